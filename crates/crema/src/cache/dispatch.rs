@@ -1,0 +1,107 @@
+//! The node's side of the transport: what to do with each envelope a peer sends.
+//!
+//! Raft messages go to their group's mailbox; a forwarded write is checked (decoded and
+//! validated: a peer must never get garbage into the log) and proposed on a tracked task whose
+//! answer goes back to the sender; forward replies complete the follower's waiting request.
+//! Handshakes tell a memory node that it restarted into an existing cluster (probation).
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::Message;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::consensus::command::{CacheCommand, CommandLimits};
+use crate::consensus::group::GroupHandle;
+use crate::transport::envelope::{Envelope, WireError};
+use crate::transport::forward::Forwarder;
+use crate::transport::{Inbound, Transport};
+use crate::types::{NodeId, ShardId};
+
+/// Routes inbound envelopes to groups and the forwarder.
+pub(crate) struct Dispatcher {
+    pub groups: OnceLock<Vec<GroupHandle>>,
+    pub forwarder: Forwarder,
+    pub tasks: TaskTracker,
+    pub limits: CommandLimits,
+}
+
+impl Dispatcher {
+    pub fn new(limits: CommandLimits) -> Self {
+        Self { groups: OnceLock::new(), forwarder: Forwarder::default(), tasks: TaskTracker::new(), limits }
+    }
+
+    fn group(&self, shard: ShardId) -> Option<&GroupHandle> {
+        self.groups.get()?.get(shard as usize)
+    }
+
+    fn on_forward(
+        &self,
+        transport: &Arc<Transport>,
+        from: NodeId,
+        shard: ShardId,
+        request_id: u64,
+        command: Bytes,
+    ) {
+        let checked = CacheCommand::decode(&command).and_then(|c| c.validate(&self.limits));
+        let group = self.group(shard).cloned();
+        let transport = transport.clone();
+        self.tasks.spawn(async move {
+            let result = match (checked, group) {
+                (Err(e), _) => Err(WireError::Invalid(e)),
+                (Ok(()), None) => Err(WireError::Other(format!("no shard {shard} on this node"))),
+                (Ok(()), Some(group)) => group.propose(command).await.map_err(|e| WireError::from(&e)),
+            };
+            let reply = Envelope::ForwardReply { request_id, result }.to_frame();
+            if let Err(e) = transport.send(from, reply) {
+                warn!(to = from, error = %e, "forward reply dropped");
+            }
+        });
+    }
+}
+
+impl Inbound for Dispatcher {
+    fn on_envelope(&self, transport: &Arc<Transport>, from: NodeId, envelope: Envelope) {
+        match envelope {
+            Envelope::Raft { shard, message } => match Message::parse_from_bytes(&message) {
+                Ok(msg) => match self.group(shard) {
+                    Some(group) => group.step(msg),
+                    None => warn!(from, shard, "raft message for an unknown shard dropped"),
+                },
+                Err(e) => warn!(from, shard, error = %e, "undecodable raft message dropped"),
+            },
+            Envelope::Forward { shard, request_id, command } => {
+                self.on_forward(transport, from, shard, request_id, command);
+            }
+            Envelope::ForwardReply { request_id, result } => self.forwarder.complete(request_id, result),
+            Envelope::Hello { .. } => {}
+        }
+    }
+
+    fn on_hello(&self, from: NodeId, _term: u64, commit: u64) {
+        let Some(groups) = self.groups.get() else { return };
+        let (term, our_commit) = self.local_progress();
+        // We never saw an election or a commit, but the peer's cluster has committed: this node
+        // may be a restarted memory node that voted before. It must not vote again until it has
+        // heard from a leader.
+        if commit > 0 && term == 0 && our_commit == 0 {
+            for group in groups.iter().filter(|g| !g.shared.in_probation()) {
+                info!(
+                    peer = from,
+                    shard = group.shared.shard,
+                    "joining a cluster that already committed: no votes until a leader is heard"
+                );
+                group.shared.enter_probation();
+            }
+        }
+    }
+
+    fn local_progress(&self) -> (u64, u64) {
+        let groups = self.groups.get().map(Vec::as_slice).unwrap_or_default();
+        let term = groups.iter().map(|g| g.shared.term()).max().unwrap_or(0);
+        let commit = groups.iter().map(|g| g.shared.commit()).max().unwrap_or(0);
+        (term, commit)
+    }
+}

@@ -1,0 +1,463 @@
+//! [`DistributedCache`]: one node of a crema cluster, as the embedding application sees it.
+//!
+//! Writes are validated, encoded and proposed to the Raft group (forwarded to the leader when
+//! this node follows); they return once this node has applied them, so a caller always reads its
+//! own writes here. `get` reads the local Moka cache; `consistent_get` first obtains a read index
+//! from the leader and waits until it is applied locally.
+
+mod dispatch;
+pub mod storage;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use raft::eraftpb::{ConfChange, ConfChangeType};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::CacheConfig;
+use crate::consensus::command::{expiry_from_ttl, CacheCommand, CommandLimits};
+use crate::consensus::group::{spawn_group, GroupHandle, GroupSettings};
+use crate::consensus::state_machine::{ApplyOutput, CacheStateMachine};
+use crate::consensus::storage::MemStorage;
+use crate::consensus::{Applied, GroupStatus};
+use crate::error::{Error, Result};
+use crate::transport::{Transport, TransportConfig};
+use crate::types::{NodeId, DEFAULT_SHARD};
+use dispatch::Dispatcher;
+use storage::{unix_now_ms, CacheStats, CacheStorage, StorageLimits};
+
+/// The cluster as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The address peers reach this node on.
+    pub raft_addr: SocketAddr,
+    /// The Raft group's state on this node.
+    pub group: GroupStatus,
+    /// Known peer addresses, by node id (this node included).
+    pub members: BTreeMap<NodeId, SocketAddr>,
+    /// Live entries in the local cache (approximate).
+    pub entry_count: u64,
+    /// Local read statistics.
+    pub stats: CacheStats,
+}
+
+/// A node of a strongly consistent distributed cache.
+///
+/// ```no_run
+/// use crema::{CacheConfig, DistributedCache};
+/// use std::time::Duration;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = CacheConfig::new(1, "127.0.0.1:9000".parse()?)
+///     .with_max_capacity(100_000)
+///     .with_default_ttl(Duration::from_secs(3600));
+/// let cache = DistributedCache::new(config).await?;
+/// cache.put("user:123", "Alice").await?;
+/// assert_eq!(cache.get(b"user:123").await.as_deref(), Some(&b"Alice"[..]));
+/// cache.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct DistributedCache {
+    config: CacheConfig,
+    storage: CacheStorage,
+    group: GroupHandle,
+    transport: Arc<Transport>,
+    dispatcher: Arc<Dispatcher>,
+    cancel: CancellationToken,
+    group_tasks: Mutex<Vec<JoinHandle<()>>>,
+    shut_down: AtomicBool,
+}
+
+impl std::fmt::Debug for DistributedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DistributedCache")
+            .field("node_id", &self.config.node_id)
+            .field("raft_addr", &self.transport.local_addr())
+            .finish()
+    }
+}
+
+impl DistributedCache {
+    /// Starts a node: binds `config.raft_addr`, starts the Raft group and connects to the seeds.
+    ///
+    /// # Errors
+    /// An invalid configuration, or the peer address cannot be bound.
+    pub async fn new(config: CacheConfig) -> Result<Self> {
+        config.validate()?;
+        let listener = tokio::net::TcpListener::bind(config.raft_addr).await?;
+        Self::start(config, listener).await
+    }
+
+    /// Starts a node on an already-bound listener (tests bind port 0 and pass it in; the
+    /// configured `raft_addr` is then only what peers are told).
+    ///
+    /// # Errors
+    /// An invalid configuration, or the listener cannot be used.
+    pub async fn new_with_listener(config: CacheConfig, listener: std::net::TcpListener) -> Result<Self> {
+        config.validate()?;
+        listener.set_nonblocking(true)?;
+        Self::start(config, tokio::net::TcpListener::from_std(listener)?).await
+    }
+
+    async fn start(config: CacheConfig, listener: tokio::net::TcpListener) -> Result<Self> {
+        let limits =
+            CommandLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
+        let dispatcher = Arc::new(Dispatcher::new(limits));
+        let transport = Transport::start(
+            TransportConfig {
+                node_id: config.node_id,
+                max_frame_bytes: crate::config::MAX_FRAME_BYTES,
+                queue_capacity: config.peer_queue_capacity,
+                handshake_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(1),
+            },
+            listener,
+            dispatcher.clone(),
+        )?;
+        let storage = CacheStorage::new(StorageLimits {
+            max_capacity: config.max_capacity,
+            max_memory_bytes: config.max_memory_bytes,
+            time_to_idle: config.default_tti,
+        });
+        let sm = CacheStateMachine::new(storage.clone());
+        {
+            let mut members = sm.members().lock().expect("members poisoned");
+            members.insert(config.node_id, config.raft_addr);
+            members.extend(config.seed_nodes.iter().copied());
+        }
+        for (id, addr) in &config.seed_nodes {
+            transport.add_peer(*id, Some(*addr));
+        }
+        let store = if config.join {
+            MemStorage::new()
+        } else {
+            MemStorage::new_with_conf_state(&config.initial_voters())
+        };
+        let cancel = CancellationToken::new();
+        let settings = GroupSettings {
+            node_id: config.node_id,
+            shard: DEFAULT_SHARD,
+            raft: config.raft.clone(),
+            mailbox_capacity: config.mailbox_capacity,
+            read_timeout: config.raft.election_timeout() * 2,
+            shutdown_grace: config.raft.election_timeout(),
+        };
+        let (group, task) = spawn_group(settings, store, sm, transport.clone(), cancel.clone())?;
+        let _ = dispatcher.groups.set(vec![group.clone()]);
+        info!(node = config.node_id, addr = %transport.local_addr(), voters = ?config.initial_voters(), join = config.join, "crema node started");
+        Ok(Self {
+            config,
+            storage,
+            group,
+            transport,
+            dispatcher,
+            cancel,
+            group_tasks: Mutex::new(vec![task]),
+            shut_down: AtomicBool::new(false),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The address the peer transport listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.transport.local_addr()
+    }
+
+    /// The configuration this node runs with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    // ----- writes -----
+
+    /// Stores `value` under `key` through Raft, with the default TTL if one is configured.
+    ///
+    /// # Errors
+    /// See [`Error`]: invalid input, no leader, timeout (outcome unknown), shutdown.
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<()> {
+        let expires_at_ms = match self.config.default_ttl {
+            Some(ttl) => Some(expiry_from_ttl(unix_now_ms(), ttl)?),
+            None => None,
+        };
+        let command = CacheCommand::Put { key: key.into(), value: value.into(), expires_at_ms };
+        self.write(command).await.map(|_| ())
+    }
+
+    /// Stores `value` under `key` through Raft; it expires `ttl` from now on every node at the
+    /// same absolute time.
+    ///
+    /// # Errors
+    /// As [`Self::put`]; a TTL of zero or over 10 years is `InvalidCommand`.
+    pub async fn put_with_ttl(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Result<()> {
+        let expires_at_ms = Some(expiry_from_ttl(unix_now_ms(), ttl)?);
+        let command = CacheCommand::Put { key: key.into(), value: value.into(), expires_at_ms };
+        self.write(command).await.map(|_| ())
+    }
+
+    /// Removes `key` through Raft; true when a live entry was removed.
+    ///
+    /// # Errors
+    /// As [`Self::put`].
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool> {
+        let applied = self.write(CacheCommand::Delete { key: key.into() }).await?;
+        Ok(applied.output == ApplyOutput::Removed(true))
+    }
+
+    /// Removes every entry on every node, through Raft.
+    ///
+    /// # Errors
+    /// As [`Self::put`].
+    pub async fn clear(&self) -> Result<()> {
+        self.write(CacheCommand::Clear).await.map(|_| ())
+    }
+
+    /// Stores `value` in this node's cache only, without consensus. Other nodes never see it and
+    /// any replicated write of the key replaces it: for node-local memoisation, not shared data.
+    pub async fn put_local(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) {
+        let expires_at_ms = self.config.default_ttl.and_then(|ttl| expiry_from_ttl(unix_now_ms(), ttl).ok());
+        self.storage.insert(key.into(), value.into(), expires_at_ms);
+    }
+
+    async fn write(&self, command: CacheCommand) -> Result<Applied> {
+        self.check_running()?;
+        command.validate(&CommandLimits {
+            max_key_bytes: self.config.max_key_bytes,
+            max_value_bytes: self.config.max_value_bytes,
+        })?;
+        let encoded = Bytes::from(command.encode());
+        let timeout = self.config.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        tokio::time::timeout_at(deadline, self.route_write(encoded, deadline))
+            .await
+            .unwrap_or(Err(Error::Timeout(timeout)))
+    }
+
+    /// Proposes here when leader, else forwards to the leader; waits for a leader during an
+    /// election and retries a proposal dropped by a leadership change (it did not commit).
+    async fn route_write(&self, command: Bytes, deadline: tokio::time::Instant) -> Result<Applied> {
+        loop {
+            let result = match self.group.shared.wait_for_leader(deadline).await {
+                None => Err(Error::NotLeader { leader_hint: None }),
+                Some(leader) if leader == self.config.node_id => self.group.propose(command.clone()).await,
+                Some(leader) if !self.config.forwarding_enabled => {
+                    return Err(Error::NotLeader { leader_hint: Some(leader) });
+                }
+                Some(leader) => self.forward(leader, command.clone()).await,
+            };
+            match result {
+                Err(Error::ProposalDropped) | Err(Error::NotLeader { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    // Leadership moved between our look and the proposal; let the election settle.
+                    tokio::time::sleep(self.config.raft.tick_interval()).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, command: Bytes) -> Result<Applied> {
+        let applied = self
+            .dispatcher
+            .forwarder
+            .forward(&self.transport, leader, DEFAULT_SHARD, command, self.config.forwarding_timeout)
+            .await?;
+        // Answer only once applied here too, so the caller reads its own write on this node.
+        self.group.wait_applied(applied.index).await?;
+        Ok(applied)
+    }
+
+    // ----- reads -----
+
+    /// The value of `key` in this node's cache: fast, may be stale on a follower.
+    pub async fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.storage.get(key)
+    }
+
+    /// The value of `key`, linearizable: reflects every write acknowledged before the call began,
+    /// on any node (Read-Index through the leader, then a local read once caught up).
+    ///
+    /// # Errors
+    /// No leader within the request timeout, timeout, shutdown.
+    pub async fn consistent_get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.check_running()?;
+        let timeout = self.config.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let read = async {
+            loop {
+                match self.group.read_index().await {
+                    Ok(index) => {
+                        self.group.wait_applied(index).await?;
+                        return Ok(self.storage.get(key));
+                    }
+                    Err(e @ Error::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                        if self.group.shared.wait_for_leader(deadline).await.is_none() {
+                            return Err(e);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, read).await.unwrap_or(Err(Error::Timeout(timeout)))
+    }
+
+    /// Whether `key` has a live entry in this node's cache.
+    pub async fn contains(&self, key: &[u8]) -> bool {
+        self.storage.contains(key)
+    }
+
+    /// Entries in this node's cache.
+    pub fn entry_count(&self) -> u64 {
+        self.storage.entry_count()
+    }
+
+    /// Local hit/miss statistics.
+    pub fn stats(&self) -> CacheStats {
+        self.storage.stats()
+    }
+
+    /// The local cache (for inspection; writes to it bypass consensus like `put_local`).
+    pub fn storage(&self) -> &CacheStorage {
+        &self.storage
+    }
+
+    // ----- cluster -----
+
+    /// Whether this node currently leads the Raft group.
+    pub fn is_leader(&self) -> bool {
+        self.group.shared.is_leader()
+    }
+
+    /// The leader this node knows of.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.group.shared.leader_id()
+    }
+
+    /// The voting members.
+    ///
+    /// # Errors
+    /// `Shutdown` once stopped.
+    pub async fn voters(&self) -> Result<Vec<NodeId>> {
+        Ok(self.group.status().await?.voters)
+    }
+
+    /// Role, term, indexes, members and cache figures of this node.
+    ///
+    /// # Errors
+    /// `Shutdown` once stopped.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        let group = self.group.status().await?;
+        let mut members: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
+        for id in group.voters.iter().chain(&group.learners) {
+            if let Some(addr) = self.transport.peer_addr(*id) {
+                members.insert(*id, addr);
+            }
+        }
+        Ok(ClusterStatus {
+            node_id: self.config.node_id,
+            raft_addr: self.transport.local_addr(),
+            group,
+            members,
+            entry_count: self.storage.entry_count(),
+            stats: self.storage.stats(),
+        })
+    }
+
+    /// Adds node `id` (reachable at `addr`) as a voter. Must be called on the leader. The new
+    /// node should be started with [`CacheConfig::with_join`].
+    ///
+    /// # Errors
+    /// `NotLeader` on a follower; a Raft refusal (another change pending).
+    pub async fn add_peer(&self, id: NodeId, addr: SocketAddr) -> Result<()> {
+        self.change_membership(ConfChangeType::AddNode, id, Some(addr)).await
+    }
+
+    /// Adds node `id` as a learner (receives the log, does not vote).
+    ///
+    /// # Errors
+    /// As [`Self::add_peer`].
+    pub async fn add_learner(&self, id: NodeId, addr: SocketAddr) -> Result<()> {
+        self.change_membership(ConfChangeType::AddLearnerNode, id, Some(addr)).await
+    }
+
+    /// Removes node `id` from the group.
+    ///
+    /// # Errors
+    /// As [`Self::add_peer`].
+    pub async fn remove_peer(&self, id: NodeId) -> Result<()> {
+        self.change_membership(ConfChangeType::RemoveNode, id, None).await
+    }
+
+    async fn change_membership(
+        &self,
+        kind: ConfChangeType,
+        id: NodeId,
+        addr: Option<SocketAddr>,
+    ) -> Result<()> {
+        self.check_running()?;
+        let change = ConfChange {
+            change_type: kind,
+            node_id: id,
+            context: addr.map(|a| a.to_string().into_bytes().into()).unwrap_or_default(),
+            ..Default::default()
+        };
+        let timeout = self.config.request_timeout;
+        tokio::time::timeout(timeout, self.group.conf_change(change))
+            .await
+            .unwrap_or(Err(Error::Timeout(timeout)))
+            .map(|_| ())
+    }
+
+    // ----- lifecycle -----
+
+    fn check_running(&self) -> Result<()> {
+        if self.shut_down.load(Ordering::Acquire) {
+            Err(Error::Shutdown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stops the node gracefully: refuses new requests, gives in-flight proposals a short grace
+    /// to commit (each gets an answer), stops the group, closes peer connections and waits for
+    /// every task. Calling it again does nothing.
+    pub async fn shutdown(&self) {
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.cancel.cancel();
+        let tasks: Vec<_> = std::mem::take(&mut *self.group_tasks.lock().expect("tasks poisoned"));
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.dispatcher.tasks.close();
+        self.dispatcher.tasks.wait().await;
+        self.transport.shutdown().await;
+        info!(node = self.config.node_id, "crema node stopped");
+    }
+}
+
+impl Drop for DistributedCache {
+    fn drop(&mut self) {
+        // Without `shutdown().await`, still stop the group loop; connections close as tasks end.
+        self.cancel.cancel();
+    }
+}

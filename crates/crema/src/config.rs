@@ -1,0 +1,377 @@
+//! Node configuration: [`CacheConfig`] (the whole node) and [`RaftConfig`] (the consensus timing and
+//! flow-control knobs).
+//!
+//! Both are plain data with `Default`-like constructors, builder methods for code that builds them
+//! inline (as the Quick Start does) and a `validate()` that turns a bad setting into a clear
+//! [`ConfigError`] before anything is started. Nothing here touches sockets or clocks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::types::NodeId;
+
+/// The longest TTL a command may carry (10 years). Longer is almost surely a unit mistake
+/// (seconds passed as milliseconds), and it keeps `now + ttl` far from overflowing.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The largest frame the peer transport accepts (16 MiB). A value must fit in one frame with
+/// its envelope, so `max_value_bytes` is capped below it.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Room kept in a frame for the envelope, the key and the Raft message around a value.
+const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// A configuration that cannot work, found by `validate()` before the node starts.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A setting is out of its allowed range; the message names the setting and the range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// Raft timing and flow control, per Raft group. Ticks are counted in `tick_interval_ms`.
+///
+/// ```
+/// use crema::RaftConfig;
+/// let raft = RaftConfig { election_tick: 20, ..Default::default() };
+/// assert_eq!(raft.heartbeat_tick, 3);
+/// raft.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// Ticks without hearing from a leader before a follower campaigns (randomised in
+    /// `[election_tick, 2 * election_tick)`). Default 10.
+    pub election_tick: usize,
+    /// Ticks between leader heartbeats; must be below `election_tick`. Default 3.
+    pub heartbeat_tick: usize,
+    /// Length of one tick in milliseconds. Default 100.
+    pub tick_interval_ms: u64,
+    /// Upper bound on the bytes of entries in one append message. Default 1 MiB.
+    pub max_size_per_msg: u64,
+    /// Append messages in flight to one follower before the leader waits. Default 256.
+    pub max_inflight_msgs: usize,
+    /// Pre-vote (a partitioned node does not disturb the cluster when it comes back). Default true.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum for an election timeout steps down. Default true.
+    pub check_quorum: bool,
+    /// Log entries kept behind the applied index before the log is compacted; a follower further
+    /// behind than this is caught up with a snapshot. Default 10,000.
+    pub max_log_entries: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            election_tick: 10,
+            heartbeat_tick: 3,
+            tick_interval_ms: 100,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            pre_vote: true,
+            check_quorum: true,
+            max_log_entries: 10_000,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// The election timeout as a duration (`election_tick * tick_interval_ms`).
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.election_tick as u64 * self.tick_interval_ms)
+    }
+
+    /// The tick interval as a duration.
+    pub fn tick_interval(&self) -> Duration {
+        Duration::from_millis(self.tick_interval_ms)
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_tick == 0 {
+            return Err(invalid("raft.heartbeat_tick must be at least 1"));
+        }
+        if self.heartbeat_tick >= self.election_tick {
+            return Err(invalid(format!(
+                "raft.heartbeat_tick ({}) must be below raft.election_tick ({})",
+                self.heartbeat_tick, self.election_tick
+            )));
+        }
+        if self.tick_interval_ms == 0 {
+            return Err(invalid("raft.tick_interval_ms must be at least 1"));
+        }
+        if self.max_size_per_msg == 0 || self.max_size_per_msg > (MAX_FRAME_BYTES / 2) as u64 {
+            return Err(invalid(format!(
+                "raft.max_size_per_msg must be in 1..={} bytes",
+                MAX_FRAME_BYTES / 2
+            )));
+        }
+        if self.max_inflight_msgs == 0 {
+            return Err(invalid("raft.max_inflight_msgs must be at least 1"));
+        }
+        if self.max_log_entries < 16 {
+            return Err(invalid("raft.max_log_entries must be at least 16"));
+        }
+        Ok(())
+    }
+}
+
+/// Everything a node needs to start: identity, peers, cache sizing, Raft and request limits.
+///
+/// ```
+/// use crema::CacheConfig;
+/// use std::time::Duration;
+///
+/// let config = CacheConfig::new(1, "127.0.0.1:9000".parse().unwrap())
+///     .with_seed_nodes(vec![(2, "127.0.0.1:9001".parse().unwrap())])
+///     .with_max_capacity(100_000)
+///     .with_default_ttl(Duration::from_secs(3600));
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct CacheConfig {
+    /// This node's id; unique in the cluster and never 0.
+    pub node_id: NodeId,
+    /// The address the peer transport listens on and that peers dial.
+    pub raft_addr: SocketAddr,
+    /// The other members at bootstrap, `(id, raft address)`. Together with this node they are the
+    /// initial voters (every member must list the same set), unless `join` is set.
+    pub seed_nodes: Vec<(NodeId, SocketAddr)>,
+    /// Start empty and wait to be added by an existing cluster's `add_peer`/`add_learner`;
+    /// `seed_nodes` then only gives the members' addresses. Default false.
+    pub join: bool,
+    /// Maximum number of entries in the local cache. Default 100,000.
+    pub max_capacity: u64,
+    /// Maximum bytes of keys and values (plus a fixed per-entry overhead) in the local cache;
+    /// when set, it replaces `max_capacity` as the eviction bound.
+    pub max_memory_bytes: Option<u64>,
+    /// TTL given to writes that do not carry their own. Default none (entries live until evicted).
+    pub default_ttl: Option<Duration>,
+    /// Time-to-idle of local entries: an entry not read or written for this long is dropped from
+    /// this node's cache (local only, like eviction). Default none.
+    pub default_tti: Option<Duration>,
+    /// Raft timing and flow control.
+    pub raft: RaftConfig,
+    /// Forward writes and read-index requests that reach a follower to the leader. Default true.
+    pub forwarding_enabled: bool,
+    /// How long a forwarded write may take before it fails with a timeout. Default 5 s.
+    pub forwarding_timeout: Duration,
+    /// How long a write or a linearizable read may take on this node before it fails with a
+    /// timeout (its outcome is then unknown). Default 5 s.
+    pub request_timeout: Duration,
+    /// Largest key accepted, in bytes. Default 64 KiB.
+    pub max_key_bytes: usize,
+    /// Largest value accepted, in bytes. Default 8 MiB; at most 16 MiB minus 64 KiB.
+    pub max_value_bytes: usize,
+    /// Capacity of each Raft group's client mailbox (writes, reads, admin). Default 4,096.
+    pub mailbox_capacity: usize,
+    /// Frames queued per peer before new ones are dropped (Raft retransmits). Default 8,192.
+    pub peer_queue_capacity: usize,
+}
+
+impl CacheConfig {
+    /// A single-node configuration with every default; add peers with [`Self::with_seed_nodes`].
+    pub fn new(node_id: NodeId, raft_addr: SocketAddr) -> Self {
+        Self {
+            node_id,
+            raft_addr,
+            seed_nodes: Vec::new(),
+            join: false,
+            max_capacity: 100_000,
+            max_memory_bytes: None,
+            default_ttl: None,
+            default_tti: None,
+            raft: RaftConfig::default(),
+            forwarding_enabled: true,
+            forwarding_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            max_key_bytes: 64 * 1024,
+            max_value_bytes: 8 * 1024 * 1024,
+            mailbox_capacity: 4096,
+            peer_queue_capacity: 8192,
+        }
+    }
+
+    /// Sets the other members of the cluster at bootstrap.
+    pub fn with_seed_nodes(mut self, seed_nodes: Vec<(NodeId, SocketAddr)>) -> Self {
+        self.seed_nodes = seed_nodes;
+        self
+    }
+
+    /// Starts this node empty, to be added to a running cluster (see [`Self::join`]).
+    pub fn with_join(mut self, join: bool) -> Self {
+        self.join = join;
+        self
+    }
+
+    /// Sets the maximum number of local entries.
+    pub fn with_max_capacity(mut self, max_capacity: u64) -> Self {
+        self.max_capacity = max_capacity;
+        self
+    }
+
+    /// Bounds the local cache by bytes instead of entries.
+    pub fn with_max_memory(mut self, max_memory_bytes: u64) -> Self {
+        self.max_memory_bytes = Some(max_memory_bytes);
+        self
+    }
+
+    /// Sets the TTL of writes that carry none.
+    pub fn with_default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+
+    /// Sets the local time-to-idle.
+    pub fn with_default_tti(mut self, tti: Duration) -> Self {
+        self.default_tti = Some(tti);
+        self
+    }
+
+    /// Replaces the Raft settings.
+    pub fn with_raft_config(mut self, raft: RaftConfig) -> Self {
+        self.raft = raft;
+        self
+    }
+
+    /// Turns forwarding of follower writes to the leader on or off.
+    pub fn with_forwarding(mut self, enabled: bool) -> Self {
+        self.forwarding_enabled = enabled;
+        self
+    }
+
+    /// Sets the forwarding timeout.
+    pub fn with_forwarding_timeout(mut self, timeout: Duration) -> Self {
+        self.forwarding_timeout = timeout;
+        self
+    }
+
+    /// Sets the local request timeout.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest accepted key.
+    pub fn with_max_key_size(mut self, bytes: usize) -> Self {
+        self.max_key_bytes = bytes;
+        self
+    }
+
+    /// Sets the largest accepted value.
+    pub fn with_max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Ids of the initial voters: this node and every seed, sorted, without duplicates.
+    pub fn initial_voters(&self) -> Vec<NodeId> {
+        let mut voters: Vec<NodeId> = self.seed_nodes.iter().map(|(id, _)| *id).collect();
+        voters.push(self.node_id);
+        voters.sort_unstable();
+        voters.dedup();
+        voters
+    }
+
+    /// Checks every setting; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id must not be 0 (Raft reserves it)"));
+        }
+        if self.max_capacity == 0 {
+            return Err(invalid("max_capacity must be at least 1"));
+        }
+        if self.max_memory_bytes == Some(0) {
+            return Err(invalid("max_memory_bytes must be at least 1"));
+        }
+        for (name, ttl) in [("default_ttl", self.default_ttl), ("default_tti", self.default_tti)] {
+            if let Some(d) = ttl {
+                if d.is_zero() || d > MAX_TTL {
+                    return Err(invalid(format!("{name} must be between 1 ms and 10 years")));
+                }
+            }
+        }
+        self.raft.validate()?;
+        for (id, addr) in &self.seed_nodes {
+            if *id == 0 {
+                return Err(invalid(format!("seed node {addr} has id 0")));
+            }
+            if *id == self.node_id && *addr != self.raft_addr {
+                return Err(invalid(format!(
+                    "seed node {id} has this node's id but another address ({addr})"
+                )));
+            }
+        }
+        if self.forwarding_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(invalid("forwarding_timeout and request_timeout must be above 0"));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > 1024 * 1024 {
+            return Err(invalid("max_key_bytes must be in 1..=1 MiB"));
+        }
+        let max_value = MAX_FRAME_BYTES - FRAME_OVERHEAD_BYTES - self.max_key_bytes;
+        if self.max_value_bytes > max_value {
+            return Err(invalid(format!(
+                "max_value_bytes must be at most {max_value} (a value must fit in one 16 MiB frame)"
+            )));
+        }
+        if self.mailbox_capacity == 0 || self.peer_queue_capacity == 0 {
+            return Err(invalid("mailbox_capacity and peer_queue_capacity must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> CacheConfig {
+        CacheConfig::new(1, "127.0.0.1:9000".parse().unwrap())
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let raft = RaftConfig::default();
+        assert_eq!((raft.election_tick, raft.heartbeat_tick, raft.tick_interval_ms), (10, 3, 100));
+        assert_eq!((raft.max_size_per_msg, raft.max_inflight_msgs), (1 << 20, 256));
+        assert!(raft.pre_vote);
+        base().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let cases: Vec<(CacheConfig, &str)> = vec![
+            (CacheConfig::new(0, "127.0.0.1:1".parse().unwrap()), "node_id"),
+            (base().with_max_capacity(0), "max_capacity"),
+            (base().with_max_memory(0), "max_memory_bytes"),
+            (base().with_default_ttl(Duration::ZERO), "default_ttl"),
+            (
+                base().with_raft_config(RaftConfig { heartbeat_tick: 10, ..Default::default() }),
+                "heartbeat_tick",
+            ),
+            (base().with_max_value_size(MAX_FRAME_BYTES), "max_value_bytes"),
+            (base().with_seed_nodes(vec![(0, "127.0.0.1:2".parse().unwrap())]), "id 0"),
+            (base().with_request_timeout(Duration::ZERO), "request_timeout"),
+        ];
+        for (config, needle) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn initial_voters_include_self_once() {
+        let c = base().with_seed_nodes(vec![
+            (3, "127.0.0.1:3".parse().unwrap()),
+            (1, "127.0.0.1:9000".parse().unwrap()),
+            (2, "127.0.0.1:2".parse().unwrap()),
+        ]);
+        assert_eq!(c.initial_voters(), vec![1, 2, 3]);
+    }
+}

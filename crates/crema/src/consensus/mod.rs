@@ -1,0 +1,86 @@
+//! Consensus: the replicated command, the state machine it is applied to, Raft log storage and
+//! the group loop that owns each Raft group's `RawNode`.
+//!
+//! Pure parts (`command`, `state_machine`, `storage`, `pending`) are tested without a network;
+//! only `group` runs a task and talks to the transport.
+
+pub mod command;
+pub(crate) mod group;
+mod logger;
+pub(crate) mod pending;
+pub mod state_machine;
+pub mod storage;
+#[cfg(test)]
+pub(crate) mod storage_suite;
+
+use serde::{Deserialize, Serialize};
+
+pub use state_machine::ApplyOutput;
+
+use crate::types::{NodeId, ShardId};
+
+/// Where a write was applied: its log index and what applying it produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The Raft log index of the entry.
+    pub index: u64,
+    /// What applying it produced.
+    pub output: ApplyOutput,
+}
+
+/// A node's role in a Raft group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower = 0,
+    /// Campaigning in a pre-vote round.
+    PreCandidate = 1,
+    /// Campaigning.
+    Candidate = 2,
+    /// The leader.
+    Leader = 3,
+}
+
+impl From<raft::StateRole> for Role {
+    fn from(role: raft::StateRole) -> Self {
+        match role {
+            raft::StateRole::Follower => Role::Follower,
+            raft::StateRole::PreCandidate => Role::PreCandidate,
+            raft::StateRole::Candidate => Role::Candidate,
+            raft::StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// A snapshot of one Raft group's state on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The group.
+    pub shard: ShardId,
+    /// This node.
+    pub node_id: NodeId,
+    /// This node's role.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader_id: Option<NodeId>,
+    /// The highest committed index known here.
+    pub commit_index: u64,
+    /// The highest index applied here.
+    pub applied_index: u64,
+    /// The first index still in the log (older ones are compacted).
+    pub first_index: u64,
+    /// The last index in the log.
+    pub last_index: u64,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members.
+    pub learners: Vec<NodeId>,
+    /// True while this node refuses to vote until it hears from a leader (see the README's
+    /// "Restarting a memory node").
+    pub probation: bool,
+    /// Proposals of this node awaiting commit.
+    pub pending_proposals: usize,
+}

@@ -1,0 +1,262 @@
+//! Raft log storage: the [`LogStore`] trait the group loop writes through, and [`MemStorage`], the
+//! in-memory implementation.
+//!
+//! `raft::Storage` is the read side raft-rs asks; `LogStore` adds the writes the group loop makes
+//! while handling a Ready (append, hard state, conf state, compaction, snapshots) so a persistent
+//! store can slot in. Every implementation runs the conformance suite in `storage_suite`.
+//!
+//! Snapshots are built lazily: the store remembers the applied index and asks a snapshot source
+//! (the state machine's encoder) for the data only when raft-rs needs a snapshot for a follower.
+//! Compaction therefore costs nothing but dropping entries.
+
+use std::fmt;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+/// Produces the snapshot data of the state machine at the store's applied index.
+pub type SnapshotSource = Box<dyn Fn() -> Vec<u8> + Send>;
+
+/// The write side of Raft log storage, used by the group loop.
+///
+/// Contract (checked by the conformance suite):
+/// - `append` takes entries contiguous with the log (their first index in
+///   `first_index()..=last_index() + 1`) and replaces any conflicting suffix.
+/// - `compact(i)` drops entries below `i` (`i <= applied + 1`); `term(i - 1)` stays answerable.
+/// - `apply_snapshot` replaces the log with the snapshot's metadata (data goes to the state
+///   machine, not here) and refuses a snapshot older than the first index.
+/// - `snapshot(request_index, _)` answers a snapshot at the applied index, with the conf state
+///   as of that index, or `SnapshotTemporarilyUnavailable` when the applied index is older than
+///   `request_index`.
+pub trait LogStore: raft::Storage + Send + 'static {
+    /// Appends `entries`, truncating any conflicting suffix first.
+    ///
+    /// # Errors
+    /// `Compacted` if the first entry is below the first index; `Unavailable` for a gap.
+    fn append(&mut self, entries: &[Entry]) -> raft::Result<()>;
+    /// Replaces the hard state.
+    fn set_hard_state(&mut self, hs: HardState) -> raft::Result<()>;
+    /// Sets only the commit index of the hard state.
+    fn set_commit(&mut self, commit: u64) -> raft::Result<()>;
+    /// Replaces the conf state (after a conf change is applied).
+    fn set_conf_state(&mut self, cs: ConfState) -> raft::Result<()>;
+    /// Drops entries below `index`.
+    fn compact(&mut self, index: u64) -> raft::Result<()>;
+    /// Replaces the log with a received snapshot's metadata.
+    fn apply_snapshot(&mut self, snapshot: &Snapshot) -> raft::Result<()>;
+    /// Records the state machine's applied index (what a snapshot would capture).
+    fn set_applied(&mut self, index: u64);
+    /// Installs the function that encodes the state machine for snapshots.
+    fn set_snapshot_source(&mut self, source: SnapshotSource);
+}
+
+/// In-memory Raft storage. Nothing survives a restart.
+#[derive(Default)]
+pub struct MemStorage {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// `entries[i].index == compacted.index + 1 + i`.
+    entries: Vec<Entry>,
+    /// Index and term of the last entry dropped by compaction or covered by a snapshot.
+    compacted: SnapshotMetadata,
+    applied: u64,
+    source: Option<SnapshotSource>,
+}
+
+impl fmt::Debug for MemStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemStorage")
+            .field("hard_state", &self.hard_state)
+            .field("conf_state", &self.conf_state)
+            .field("first_index", &self.first())
+            .field("last_index", &self.last())
+            .field("applied", &self.applied)
+            .finish()
+    }
+}
+
+impl MemStorage {
+    /// An empty store with no members: a node waiting to be added to a cluster.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty store whose initial voters are `voters` (cluster bootstrap).
+    pub fn new_with_conf_state(voters: &[u64]) -> Self {
+        let mut store = Self::new();
+        store.conf_state.voters = voters.to_vec();
+        store
+    }
+
+    /// The current hard state.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The current conf state.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    fn first(&self) -> u64 {
+        self.compacted.index + 1
+    }
+
+    fn last(&self) -> u64 {
+        self.compacted.index + self.entries.len() as u64
+    }
+}
+
+fn store_err(e: StorageError) -> raft::Error {
+    raft::Error::Store(e)
+}
+
+impl raft::Storage for MemStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first() {
+            return Err(store_err(StorageError::Compacted));
+        }
+        if high > self.last() + 1 || low > high {
+            return Err(store_err(StorageError::Unavailable));
+        }
+        let offset = self.first();
+        let mut out = self.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.compacted.index {
+            return Ok(self.compacted.term);
+        }
+        if idx < self.compacted.index {
+            return Err(store_err(StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(store_err(StorageError::Unavailable));
+        }
+        Ok(self.entries[(idx - self.first()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let index = self.applied.max(self.compacted.index);
+        if index < request_index {
+            return Err(store_err(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = self.term(index)?;
+        meta.set_conf_state(self.conf_state.clone());
+        if let Some(source) = &self.source {
+            snapshot.data = source().into();
+        }
+        Ok(snapshot)
+    }
+}
+
+impl LogStore for MemStorage {
+    fn append(&mut self, entries: &[Entry]) -> raft::Result<()> {
+        let Some(first_new) = entries.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        if first_new < self.first() {
+            return Err(store_err(StorageError::Compacted));
+        }
+        if first_new > self.last() + 1 {
+            return Err(store_err(StorageError::Unavailable));
+        }
+        self.entries.truncate((first_new - self.first()) as usize);
+        self.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn set_hard_state(&mut self, hs: HardState) -> raft::Result<()> {
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    fn set_commit(&mut self, commit: u64) -> raft::Result<()> {
+        self.hard_state.commit = commit;
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, cs: ConfState) -> raft::Result<()> {
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    fn compact(&mut self, index: u64) -> raft::Result<()> {
+        if index <= self.first() {
+            return Ok(());
+        }
+        if index > self.last() + 1 {
+            return Err(store_err(StorageError::Unavailable));
+        }
+        let term = raft::Storage::term(self, index - 1)?;
+        self.entries.drain(..(index - self.first()) as usize);
+        self.compacted.index = index - 1;
+        self.compacted.term = term;
+        Ok(())
+    }
+
+    fn apply_snapshot(&mut self, snapshot: &Snapshot) -> raft::Result<()> {
+        let meta = snapshot.get_metadata();
+        if meta.index < self.first() {
+            return Err(store_err(StorageError::SnapshotOutOfDate));
+        }
+        self.entries.clear();
+        self.compacted.index = meta.index;
+        self.compacted.term = meta.term;
+        self.conf_state = meta.get_conf_state().clone();
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.hard_state.commit = meta.index;
+        self.applied = meta.index;
+        Ok(())
+    }
+
+    fn set_applied(&mut self, index: u64) {
+        self.applied = index;
+    }
+
+    fn set_snapshot_source(&mut self, source: SnapshotSource) {
+        self.source = Some(source);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_storage_passes_the_conformance_suite() {
+        crate::consensus::storage_suite::run_all(MemStorage::new);
+    }
+
+    #[test]
+    fn bootstrap_voters_are_the_initial_conf_state() {
+        let store = MemStorage::new_with_conf_state(&[1, 2, 3]);
+        let state = raft::Storage::initial_state(&store).unwrap();
+        assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+        assert!(state.initialized(), "a store with voters is initialized");
+        assert_eq!(state.hard_state.term, 0);
+    }
+}

@@ -1,0 +1,66 @@
+//! # crema: a strongly consistent distributed cache
+//!
+//! Writes are linearizable through Raft (tikv's raft-rs); every node serves reads from a local
+//! Moka cache, and any read can be made linearizable with Raft's Read-Index.
+//!
+//! ```text
+//!  put/delete ─► validate ─► leader? ─yes─► group mailbox ─► RawNode ─► Ready ─► apply ─► Moka
+//!                              │ no                                         │
+//!                              └─► forward to leader (peer TCP) ◄───────────┘ (replicated)
+//!  get ─────────────────────────────────────────────────────────────────────────► Moka (local)
+//!  consistent_get ─► read index (leader confirms with a quorum) ─► wait applied ─► Moka
+//! ```
+//!
+//! Each Raft group is owned by one task that handles a Ready in raft-rs's order:
+//! 1. send messages;
+//! 2. install a snapshot;
+//! 3. record read states;
+//! 4. apply committed entries;
+//! 5. persist entries and hard state;
+//! 6. send persisted messages;
+//! 7. advance (and handle the light ready the same way).
+//!
+//! Apply is deterministic: time enters a command only as an absolute expiry.
+//!
+//! ```no_run
+//! use crema::{CacheConfig, DistributedCache};
+//! use std::time::Duration;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let config = CacheConfig::new(1, "127.0.0.1:9000".parse()?)
+//!         .with_max_capacity(100_000)
+//!         .with_default_ttl(Duration::from_secs(3600));
+//!     let cache = DistributedCache::new(config).await?;
+//!     cache.put("user:123", "Alice").await?;
+//!     if let Some(value) = cache.consistent_get(b"user:123").await? {
+//!         println!("Consistent read: {:?}", value);
+//!     }
+//!     cache.shutdown().await;
+//!     Ok(())
+//! }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod config;
+pub mod consensus;
+pub mod error;
+pub(crate) mod transport;
+pub mod types;
+
+pub use cache::storage::{CacheStats, CacheStorage};
+pub use cache::{ClusterStatus, DistributedCache};
+pub use config::{CacheConfig, ConfigError, RaftConfig};
+pub use consensus::command::{CacheCommand, CommandError};
+pub use consensus::state_machine::CacheStateMachine;
+pub use consensus::storage::MemStorage;
+pub use consensus::{GroupStatus, Role};
+pub use error::{Error, Result};
+pub use transport::TransportError;
+pub use types::{NodeId, ShardId};
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,177 @@
+//! The envelope every peer frame carries: a version byte, then one postcard-encoded [`Envelope`].
+//!
+//! Raft messages travel as their protobuf bytes inside `Envelope::Raft`, tagged with the shard
+//! (Raft group) they belong to, so every group shares one connection per node pair.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::error::TransportError;
+use super::frame::LENGTH_PREFIX_BYTES;
+use crate::consensus::command::CommandError;
+use crate::consensus::Applied;
+use crate::error::Error;
+use crate::types::{NodeId, ShardId};
+
+/// Version of the envelope format; a peer sending another version is disconnected.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// One message between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Envelope {
+    /// First frame each way on a new connection.
+    Hello {
+        /// The sender's id.
+        node_id: NodeId,
+        /// The highest Raft term the sender has seen (0 for a node that never saw an election).
+        term: u64,
+        /// The highest commit index the sender knows (0 for a cluster that never committed).
+        commit: u64,
+    },
+    /// A Raft message (protobuf bytes) for group `shard`.
+    Raft {
+        /// Target group.
+        shard: ShardId,
+        /// `eraftpb::Message` protobuf bytes.
+        message: Bytes,
+    },
+    /// A write forwarded by a follower to the leader.
+    Forward {
+        /// Target group.
+        shard: ShardId,
+        /// Matches the reply to the request on the forwarding node.
+        request_id: u64,
+        /// An encoded `CacheCommand`.
+        command: Bytes,
+    },
+    /// The leader's answer to a `Forward`.
+    ForwardReply {
+        /// The forwarded request's id.
+        request_id: u64,
+        /// Where it was applied, or why not.
+        result: Result<Applied, WireError>,
+    },
+}
+
+/// An [`Error`] as it crosses the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WireError {
+    /// See [`Error::NotLeader`].
+    NotLeader(Option<NodeId>),
+    /// See [`Error::ProposalDropped`].
+    ProposalDropped,
+    /// See [`Error::Timeout`] (milliseconds).
+    Timeout(u64),
+    /// See [`Error::InvalidCommand`].
+    Invalid(CommandError),
+    /// See [`Error::Shutdown`].
+    Shutdown,
+    /// Anything else, as text.
+    Other(String),
+}
+
+impl From<&Error> for WireError {
+    fn from(e: &Error) -> Self {
+        match e {
+            Error::NotLeader { leader_hint } => WireError::NotLeader(*leader_hint),
+            Error::ProposalDropped | Error::Raft(raft::Error::ProposalDropped) => WireError::ProposalDropped,
+            Error::Timeout(d) => WireError::Timeout(d.as_millis() as u64),
+            Error::InvalidCommand(c) => WireError::Invalid(c.clone()),
+            Error::Shutdown => WireError::Shutdown,
+            other => WireError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NotLeader(leader_hint) => Error::NotLeader { leader_hint },
+            WireError::ProposalDropped => Error::ProposalDropped,
+            WireError::Timeout(ms) => Error::Timeout(std::time::Duration::from_millis(ms)),
+            WireError::Invalid(c) => Error::InvalidCommand(c),
+            // The leader is shutting down: to this caller that is a failed remote request.
+            WireError::Shutdown => Error::Transport(TransportError::Remote("leader shutting down".into())),
+            WireError::Other(msg) => Error::Transport(TransportError::Remote(msg)),
+        }
+    }
+}
+
+impl Envelope {
+    /// Encodes a whole frame: length prefix, version byte, postcard body.
+    pub fn to_frame(&self) -> Bytes {
+        let mut out = Vec::with_capacity(64 + self.payload_len_hint());
+        out.extend_from_slice(&[0; LENGTH_PREFIX_BYTES]);
+        out.push(ENVELOPE_VERSION);
+        let mut out = postcard::to_extend(self, out).expect("encoding into a Vec cannot fail");
+        let len = (out.len() - LENGTH_PREFIX_BYTES) as u32;
+        out[..LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
+        Bytes::from(out)
+    }
+
+    /// Decodes a frame payload (without its length prefix).
+    ///
+    /// # Errors
+    /// [`TransportError::Decode`] for an unknown version or bytes that are not an envelope.
+    pub fn from_payload(payload: &[u8]) -> Result<Self, TransportError> {
+        match payload.split_first() {
+            Some((&ENVELOPE_VERSION, body)) => {
+                postcard::from_bytes(body).map_err(|e| TransportError::Decode(e.to_string()))
+            }
+            Some((v, _)) => Err(TransportError::Decode(format!("unknown envelope version {v}"))),
+            None => Err(TransportError::Decode("empty frame".into())),
+        }
+    }
+
+    fn payload_len_hint(&self) -> usize {
+        match self {
+            Envelope::Raft { message, .. } => message.len(),
+            Envelope::Forward { command, .. } => command.len(),
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::state_machine::ApplyOutput;
+    use crate::transport::frame::decode_frame;
+    use bytes::BytesMut;
+
+    fn round_trip(e: Envelope) {
+        let mut buf = BytesMut::from(&e.to_frame()[..]);
+        let payload = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(Envelope::from_payload(&payload).unwrap(), e);
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        round_trip(Envelope::Hello { node_id: 7, term: 3, commit: 9 });
+        round_trip(Envelope::Raft { shard: 2, message: Bytes::from_static(b"\x08\x01") });
+        round_trip(Envelope::Forward { shard: 0, request_id: 9, command: Bytes::from("c") });
+        round_trip(Envelope::ForwardReply {
+            request_id: 9,
+            result: Ok(Applied { index: 4, output: ApplyOutput::Removed(true) }),
+        });
+        round_trip(Envelope::ForwardReply {
+            request_id: 1,
+            result: Err(WireError::Invalid(CommandError::EmptyKey)),
+        });
+    }
+
+    #[test]
+    fn garbage_and_unknown_versions_are_refused() {
+        assert!(Envelope::from_payload(&[]).is_err());
+        assert!(Envelope::from_payload(&[ENVELOPE_VERSION + 1, 0]).is_err());
+        assert!(Envelope::from_payload(&[ENVELOPE_VERSION, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn errors_keep_their_meaning_across_the_wire() {
+        let e: Error = WireError::from(&Error::NotLeader { leader_hint: Some(2) }).into();
+        assert_eq!(e.leader_hint(), Some(2));
+        let e: Error = WireError::from(&Error::ProposalDropped).into();
+        assert!(matches!(e, Error::ProposalDropped));
+    }
+}

@@ -1,0 +1,263 @@
+//! One peer link: its bounded outgoing queue and the task that keeps a connection to it.
+//!
+//! The link task owns the queue's receiver. It gets a connection by dialing (when this node has
+//! the lower id) or from the accept loop, then writes queued frames in batches (one flush per
+//! batch) while a reader task hands incoming frames to the transport. A broken connection is
+//! replaced; a newer accepted one replaces the current one.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::envelope::Envelope;
+use super::frame::decode_frame;
+use super::{Transport, TransportConfig, TransportError};
+use crate::types::NodeId;
+
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Frames written before a flush, at most.
+const WRITE_BATCH_FRAMES: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A TCP stream with the bytes read ahead of the frames consumed so far.
+pub(super) struct Connection {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Connection {
+    pub(super) fn new(stream: TcpStream) -> Self {
+        let _ = stream.set_nodelay(true);
+        Self { stream, buf: BytesMut::with_capacity(READ_CHUNK_BYTES) }
+    }
+
+    /// Reads one whole envelope (used for the handshake).
+    pub(super) async fn read_envelope(
+        &mut self,
+        config: &TransportConfig,
+    ) -> Result<Envelope, TransportError> {
+        loop {
+            if let Some(payload) = decode_frame(&mut self.buf, config.max_frame_bytes)? {
+                return Envelope::from_payload(&payload);
+            }
+            self.buf.reserve(READ_CHUNK_BYTES);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(TransportError::Handshake("connection closed".into()));
+            }
+        }
+    }
+
+    pub(super) async fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(frame).await
+    }
+}
+
+pub(super) struct PeerLink {
+    id: NodeId,
+    addr: Mutex<Option<SocketAddr>>,
+    queue: mpsc::Sender<Bytes>,
+    incoming: mpsc::Sender<Connection>,
+    cancel: CancellationToken,
+}
+
+enum WriteEnd {
+    Broken,
+    Replaced(Connection),
+    Closed,
+}
+
+impl PeerLink {
+    pub(super) fn spawn(transport: &Arc<Transport>, id: NodeId, addr: Option<SocketAddr>) -> Arc<Self> {
+        let (queue, queue_rx) = mpsc::channel(transport.config.queue_capacity);
+        let (incoming, incoming_rx) = mpsc::channel(4);
+        let link = Arc::new(Self {
+            id,
+            addr: Mutex::new(addr),
+            queue,
+            incoming,
+            cancel: transport.cancel.child_token(),
+        });
+        let task = LinkTask { link: link.clone(), transport: transport.clone(), queue_rx, incoming_rx };
+        transport.tracker.spawn(task.run());
+        link
+    }
+
+    pub(super) fn addr(&self) -> Option<SocketAddr> {
+        *self.addr.lock().expect("addr poisoned")
+    }
+
+    pub(super) fn set_addr(&self, addr: Option<SocketAddr>) {
+        *self.addr.lock().expect("addr poisoned") = addr;
+    }
+
+    pub(super) fn enqueue(&self, frame: Bytes) -> Result<(), TransportError> {
+        self.queue.try_send(frame).map_err(|_| TransportError::QueueFull(self.id))
+    }
+
+    pub(super) async fn adopt(&self, conn: Connection) {
+        let _ = self.incoming.send(conn).await;
+    }
+
+    pub(super) fn close(&self) {
+        self.cancel.cancel();
+    }
+}
+
+struct LinkTask {
+    link: Arc<PeerLink>,
+    transport: Arc<Transport>,
+    queue_rx: mpsc::Receiver<Bytes>,
+    incoming_rx: mpsc::Receiver<Connection>,
+}
+
+impl LinkTask {
+    async fn run(mut self) {
+        let mut next: Option<Connection> = None;
+        loop {
+            let conn = match next.take() {
+                Some(conn) => conn,
+                None => match self.connect().await {
+                    Some(conn) => conn,
+                    None => return,
+                },
+            };
+            let (rd, wr) = conn.stream.into_split();
+            let reader = self.spawn_reader(rd, conn.buf);
+            match self.write_loop(wr, reader).await {
+                WriteEnd::Broken => debug!(peer = self.link.id, "peer connection lost"),
+                WriteEnd::Replaced(conn) => next = Some(conn),
+                WriteEnd::Closed => return,
+            }
+        }
+    }
+
+    fn dials(&self) -> bool {
+        self.transport.config.node_id < self.link.id
+    }
+
+    /// Waits for a connection: dials with backoff (lower id) or waits for the peer to dial.
+    async fn connect(&mut self) -> Option<Connection> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if self.dials() {
+                if let Some(addr) = self.link.addr() {
+                    match self.dial(addr).await {
+                        Ok(conn) => return Some(conn),
+                        Err(e) => debug!(peer = self.link.id, %addr, error = %e, "dial failed"),
+                    }
+                }
+            }
+            let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
+            let wait = backoff + Duration::from_millis(jitter);
+            tokio::select! {
+                _ = self.link.cancel.cancelled() => return None,
+                conn = self.incoming_rx.recv() => return conn,
+                _ = tokio::time::sleep(wait), if self.dials() => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<Connection, TransportError> {
+        let config = &self.transport.config;
+        let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| TransportError::Handshake("connect timed out".into()))??;
+        let mut conn = Connection::new(stream);
+        conn.write_frame(&self.transport.hello_frame()).await?;
+        let reply = tokio::time::timeout(config.handshake_timeout, conn.read_envelope(config))
+            .await
+            .map_err(|_| TransportError::Handshake("no hello reply".into()))??;
+        match reply {
+            Envelope::Hello { node_id, term, commit } if node_id == self.link.id => {
+                info!(peer = node_id, %addr, "connected to peer");
+                self.transport.inbound.on_hello(node_id, term, commit);
+                Ok(conn)
+            }
+            other => Err(TransportError::Handshake(format!(
+                "expected hello from node {}, got {other:?}",
+                self.link.id
+            ))),
+        }
+    }
+
+    fn spawn_reader(&self, rd: OwnedReadHalf, buf: BytesMut) -> JoinHandle<()> {
+        let transport = self.transport.clone();
+        let peer = self.link.id;
+        self.transport.tracker.spawn(async move {
+            if let Err(e) = read_loop(&transport, peer, rd, buf).await {
+                warn!(peer, error = %e, "closing peer connection");
+            }
+        })
+    }
+
+    async fn write_loop(&mut self, wr: OwnedWriteHalf, mut reader: JoinHandle<()>) -> WriteEnd {
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr);
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = self.link.cancel.cancelled() => break WriteEnd::Closed,
+                conn = self.incoming_rx.recv() => match conn {
+                    Some(conn) => break WriteEnd::Replaced(conn),
+                    None => break WriteEnd::Closed,
+                },
+                _ = &mut reader => break WriteEnd::Broken,
+                frame = self.queue_rx.recv() => {
+                    let Some(frame) = frame else { break WriteEnd::Closed };
+                    if let Err(e) = self.write_batch(&mut out, frame).await {
+                        debug!(peer = self.link.id, error = %e, "write to peer failed");
+                        break WriteEnd::Broken;
+                    }
+                }
+            }
+        };
+        reader.abort();
+        end
+    }
+
+    /// Writes `first` and whatever else is already queued, then flushes once.
+    async fn write_batch(
+        &mut self,
+        out: &mut BufWriter<OwnedWriteHalf>,
+        first: Bytes,
+    ) -> std::io::Result<()> {
+        out.write_all(&first).await?;
+        for _ in 1..WRITE_BATCH_FRAMES {
+            match self.queue_rx.try_recv() {
+                Ok(frame) => out.write_all(&frame).await?,
+                Err(_) => break,
+            }
+        }
+        out.flush().await
+    }
+}
+
+async fn read_loop(
+    transport: &Arc<Transport>,
+    peer: NodeId,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+) -> Result<(), TransportError> {
+    let max = transport.config.max_frame_bytes;
+    loop {
+        while let Some(payload) = decode_frame(&mut buf, max)? {
+            transport.dispatch(peer, &payload)?;
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        if rd.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! A real cluster over TCP on 127.0.0.1: election, replication, forwarding, linearizable reads
+//! on followers, leader failure and recovery, concurrent writers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use crema::{DistributedCache, Error};
+
+const ELECTION: Duration = Duration::from_millis(200);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_leads_at_once_and_serves_writes() {
+    init_tracing();
+    let nodes = cluster(1).await;
+    let n = &nodes[0];
+    n.put("user:123", "Alice").await.unwrap();
+    assert!(n.is_leader());
+    assert_eq!(n.get(b"user:123").await, Some(Bytes::from("Alice")));
+    assert_eq!(n.consistent_get(b"user:123").await.unwrap(), Some(Bytes::from("Alice")));
+    assert!(n.contains(b"user:123").await);
+    assert!(n.delete("user:123").await.unwrap());
+    assert!(!n.delete("user:123").await.unwrap(), "second delete removes nothing");
+    assert_eq!(n.get(b"user:123").await, None);
+    n.put("a", "1").await.unwrap();
+    n.clear().await.unwrap();
+    assert_eq!(n.entry_count(), 0);
+    n.shutdown().await;
+    assert!(matches!(n.put("a", "1").await, Err(Error::Shutdown)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_forward_and_read_linearizably() {
+    init_tracing();
+    let nodes = cluster(3).await;
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    let leader = wait_leader(&refs, 10 * ELECTION).await;
+    let follower = (leader + 1) % 3;
+
+    nodes[leader].put("on-leader", "1").await.unwrap();
+    for n in &nodes {
+        wait_until(5 * ELECTION, "the put reaches every node", || async {
+            n.get(b"on-leader").await.is_some()
+        })
+        .await;
+    }
+
+    // A write on a follower is forwarded, and readable there as soon as it is acknowledged.
+    nodes[follower].put("on-follower", "2").await.unwrap();
+    assert_eq!(nodes[follower].get(b"on-follower").await, Some(Bytes::from("2")));
+    assert_eq!(nodes[leader].consistent_get(b"on-follower").await.unwrap(), Some(Bytes::from("2")));
+
+    // A linearizable read on the other follower sees a write made a moment before on the leader.
+    let other = (leader + 2) % 3;
+    for i in 0..20 {
+        let value = format!("v{i}");
+        nodes[leader].put("fresh", value.clone()).await.unwrap();
+        assert_eq!(nodes[other].consistent_get(b"fresh").await.unwrap(), Some(Bytes::from(value)));
+    }
+
+    let status = nodes[follower].cluster_status().await.unwrap();
+    assert_eq!(status.group.voters, vec![1, 2, 3]);
+    assert_eq!(status.group.leader_id, Some(nodes[leader].node_id()));
+    assert_eq!(status.members.len(), 3);
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_forwarding_off_a_follower_names_the_leader() {
+    init_tracing();
+    let nodes = cluster_with(3, |c| c.with_forwarding(false)).await;
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    let leader = wait_leader(&refs, 10 * ELECTION).await;
+    let follower = (leader + 1) % 3;
+    let err = nodes[follower].put("k", "v").await.unwrap_err();
+    assert_eq!(err.leader_hint(), Some(nodes[leader].node_id()));
+    assert!(err.is_retryable());
+    nodes[leader].put("k", "v").await.unwrap();
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_keeps_every_acknowledged_write() {
+    init_tracing();
+    let nodes = cluster(3).await;
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    let leader = wait_leader(&refs, 10 * ELECTION).await;
+    for i in 0..50 {
+        nodes[(leader + i) % 3].put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    let old_leader_id = nodes[leader].node_id();
+    nodes[leader].shutdown().await;
+
+    let survivors: Vec<&DistributedCache> =
+        nodes.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, n)| n).collect();
+    // A new leader within 3 election timeouts (randomised timeouts run up to 2x, plus pre-vote).
+    let started = tokio::time::Instant::now();
+    let new_leader = wait_leader(&survivors, 3 * 2 * ELECTION + ELECTION).await;
+    assert_ne!(survivors[new_leader].node_id(), old_leader_id);
+    eprintln!("new leader after {:?}", started.elapsed());
+
+    for n in &survivors {
+        for i in 0..50 {
+            let want = Bytes::from(format!("v{i}"));
+            assert_eq!(n.consistent_get(format!("k{i}").as_bytes()).await.unwrap(), Some(want));
+        }
+    }
+    survivors[(new_leader + 1) % 2].put("after", "failover").await.unwrap();
+    for n in &survivors {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_every_node_lose_nothing() {
+    init_tracing();
+    let nodes: Vec<Arc<DistributedCache>> = cluster(3).await.into_iter().map(Arc::new).collect();
+    let refs: Vec<&DistributedCache> = nodes.iter().map(|n| n.as_ref()).collect();
+    wait_leader(&refs, 10 * ELECTION).await;
+
+    let run_for = Duration::from_secs(2);
+    let mut tasks = Vec::new();
+    for t in 0..32usize {
+        let node = nodes[t % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut last = HashMap::new();
+            let until = tokio::time::Instant::now() + run_for;
+            let mut i = 0u64;
+            while tokio::time::Instant::now() < until {
+                let key = format!("t{t}-k{}", i % 16);
+                let value = format!("{t}-{i}");
+                node.put(key.clone(), value.clone()).await.expect("put");
+                last.insert(key, value);
+                i += 1;
+            }
+            last
+        }));
+    }
+    let mut expected = HashMap::new();
+    for t in tasks {
+        expected.extend(t.await.unwrap());
+    }
+    assert!(expected.len() >= 32, "every writer wrote");
+    let leader = refs.iter().find(|n| n.is_leader()).unwrap();
+    let commit = leader.cluster_status().await.unwrap().group.commit_index;
+    for n in &nodes {
+        wait_until(Duration::from_secs(5), "every node applied the last write", || async {
+            n.cluster_status().await.unwrap().group.applied_index >= commit
+        })
+        .await;
+        for (k, v) in &expected {
+            assert_eq!(
+                n.get(k.as_bytes()).await.as_deref(),
+                Some(v.as_bytes()),
+                "node {} key {k}",
+                n.node_id()
+            );
+        }
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

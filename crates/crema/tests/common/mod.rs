@@ -1,0 +1,93 @@
+//! Helpers for integration tests: clusters of real nodes on 127.0.0.1 with ports bound to 0, and
+//! waiting on conditions with deadlines (never fixed sleeps).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use crema::{CacheConfig, DistributedCache, NodeId, RaftConfig};
+
+/// Raft timing for tests: 20 ms ticks, so an election timeout is 200–400 ms.
+pub fn fast_raft() -> RaftConfig {
+    RaftConfig { tick_interval_ms: 20, ..Default::default() }
+}
+
+/// Binds `n` listeners on 127.0.0.1:0.
+pub fn bind(n: usize) -> Vec<(TcpListener, SocketAddr)> {
+    (0..n)
+        .map(|_| {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = l.local_addr().unwrap();
+            (l, addr)
+        })
+        .collect()
+}
+
+/// The config of node `id` in a cluster at `addrs` (node i+1 at addrs[i]).
+pub fn node_config(id: NodeId, addrs: &[SocketAddr]) -> CacheConfig {
+    let seeds = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 + 1 != id)
+        .map(|(i, a)| (i as u64 + 1, *a))
+        .collect();
+    CacheConfig::new(id, addrs[id as usize - 1])
+        .with_seed_nodes(seeds)
+        .with_raft_config(fast_raft())
+        .with_request_timeout(Duration::from_secs(5))
+}
+
+/// Starts an `n`-node cluster; `tweak` adjusts each config.
+pub async fn cluster_with(n: usize, tweak: impl Fn(CacheConfig) -> CacheConfig) -> Vec<DistributedCache> {
+    let bound = bind(n);
+    let addrs: Vec<SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let mut nodes = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        let config = tweak(node_config(i as u64 + 1, &addrs));
+        nodes.push(DistributedCache::new_with_listener(config, listener).await.expect("start node"));
+    }
+    nodes
+}
+
+/// Starts an `n`-node cluster with test defaults.
+pub async fn cluster(n: usize) -> Vec<DistributedCache> {
+    cluster_with(n, |c| c).await
+}
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until exactly one node leads and every listed node agrees on it; answers its index.
+pub async fn wait_leader(nodes: &[&DistributedCache], timeout: Duration) -> usize {
+    wait_until(timeout, "a leader every node agrees on", || async {
+        let leaders: Vec<_> = nodes.iter().filter(|n| n.is_leader()).collect();
+        leaders.len() == 1 && nodes.iter().all(|n| n.leader_id() == Some(leaders[0].node_id()))
+    })
+    .await;
+    nodes.iter().position(|n| n.is_leader()).unwrap()
+}
+
+/// Installs a tracing subscriber once (RUST_LOG controls it).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
