@@ -1,0 +1,94 @@
+//! Absolute TTLs agree on every node, also on one that applied the entry late (a node that joined
+//! afterwards and caught up by snapshot); local time-to-idle; adding and removing members.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use crema::{CacheConfig, DistributedCache, RaftConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_catches_up_by_snapshot_and_expires_entries_at_the_same_time() {
+    init_tracing();
+    let raft = RaftConfig { tick_interval_ms: 20, max_log_entries: 16, ..Default::default() };
+    let nodes = cluster_with(3, |c| c.with_raft_config(raft.clone())).await;
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    let leader = refs[wait_leader(&refs, Duration::from_secs(5)).await];
+
+    leader.put_with_ttl("session", "token", Duration::from_secs(3)).await.unwrap();
+    let expires_at = leader.storage().get_entry(b"session").unwrap().expires_at_ms.unwrap();
+    // Enough writes that the leader compacts its log past the TTL'd entry.
+    for i in 0..200 {
+        leader.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+
+    // Node 4 joins afterwards: it can only get the entry through a snapshot.
+    let (listener, addr4): (std::net::TcpListener, SocketAddr) = bind(1).pop().unwrap();
+    let seeds = nodes.iter().map(|n| (n.node_id(), n.local_addr())).collect();
+    let config = CacheConfig::new(4, addr4).with_seed_nodes(seeds).with_join(true).with_raft_config(raft);
+    let joiner = DistributedCache::new_with_listener(config, listener).await.unwrap();
+    leader.add_peer(4, addr4).await.unwrap();
+    wait_until(Duration::from_secs(10), "node 4 catches up", || async {
+        joiner.get(b"k199").await.is_some()
+    })
+    .await;
+    let status = joiner.cluster_status().await.unwrap();
+    assert!(status.group.first_index > 1, "node 4's log starts after a snapshot: {status:?}");
+    assert_eq!(status.group.voters, vec![1, 2, 3, 4]);
+
+    for n in nodes.iter().chain(std::iter::once(&joiner)) {
+        let entry = n.storage().get_entry(b"session").expect("live before its expiry");
+        assert_eq!(entry.expires_at_ms, Some(expires_at), "node {}", n.node_id());
+    }
+    // After the absolute expiry every node misses.
+    for n in nodes.iter().chain(std::iter::once(&joiner)) {
+        wait_until(Duration::from_secs(10), "the entry expires", || async {
+            n.get(b"session").await.is_none()
+        })
+        .await;
+        assert!(crema::cache::storage::unix_now_ms() >= expires_at, "node {} expired it early", n.node_id());
+    }
+
+    // Node 4 is a full member: writes through it work; then it is removed.
+    joiner.put("via-4", "ok").await.unwrap();
+    leader.remove_peer(4).await.unwrap();
+    assert_eq!(leader.voters().await.unwrap(), vec![1, 2, 3]);
+    leader.put("after-removal", "ok").await.unwrap();
+    joiner.shutdown().await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_to_idle_drops_entries_nobody_reads() {
+    init_tracing();
+    let nodes = cluster_with(1, |c| c.with_default_tti(Duration::from_millis(500))).await;
+    let n = &nodes[0];
+    n.put("read-often", "v").await.unwrap();
+    n.put("never-read", "v").await.unwrap();
+    // Reading every 50 ms keeps an entry alive well past its idle time.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while tokio::time::Instant::now() < until {
+        assert!(n.get(b"read-often").await.is_some(), "read entries stay");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(n.storage().get_entry(b"never-read").is_none(), "idle entries are dropped");
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_are_refused_on_a_follower() {
+    init_tracing();
+    let nodes = cluster(3).await;
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    let leader = wait_leader(&refs, Duration::from_secs(5)).await;
+    let follower = &nodes[(leader + 1) % 3];
+    let err = follower.remove_peer(1).await.unwrap_err();
+    assert_eq!(err.leader_hint(), Some(nodes[leader].node_id()));
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
