@@ -2,8 +2,8 @@
 //! 16-byte keys, 100-byte values, N concurrent writers spread over the three nodes (so two
 //! thirds of the writes are forwarded), each waiting for its acknowledgement.
 //!
-//! Run: `cargo bench --bench cluster_writes -- [writers] [seconds]` (default: 64 writers, then 1
-//! writer, 10 s each). Prints throughput and latency percentiles (HdrHistogram).
+//! Run: `cargo bench --bench cluster_writes -- [writers] [seconds] [nodes]` (default: 64 writers,
+//! then 1 writer, 10 s each, 3 nodes). Prints throughput and latency percentiles (HdrHistogram).
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use crema::{CacheConfig, DistributedCache};
 use hdrhistogram::Histogram;
 
-async fn start_cluster() -> Vec<Arc<DistributedCache>> {
-    let listeners: Vec<TcpListener> = (0..3).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+async fn start_cluster(size: usize) -> Vec<Arc<DistributedCache>> {
+    let listeners: Vec<TcpListener> = (0..size).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let mut nodes = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let id = i as u64 + 1;
-        let seeds = (1..=3u64).filter(|p| *p != id).map(|p| (p, addrs[p as usize - 1])).collect();
+        let seeds = (1..=size as u64).filter(|p| *p != id).map(|p| (p, addrs[p as usize - 1])).collect();
         let config = CacheConfig::new(id, addrs[i]).with_seed_nodes(seeds).with_max_capacity(10_000_000);
         nodes.push(Arc::new(DistributedCache::new_with_listener(config, listener).await.unwrap()));
     }
@@ -59,7 +59,8 @@ async fn run(nodes: &[Arc<DistributedCache>], writers: usize, seconds: u64) {
     }
     let secs = seconds as f64;
     println!(
-        "writers={writers:3} acked={:8} errors={errors} throughput={:9.0}/s p50={}us p90={}us p99={}us p999={}us max={}us",
+        "nodes={} writers={writers:3} acked={:8} errors={errors} throughput={:9.0}/s p50={}us p90={}us p99={}us p999={}us max={}us",
+        nodes.len(),
         hist.len(),
         hist.len() as f64 / secs,
         hist.value_at_quantile(0.50),
@@ -74,9 +75,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let writers: Option<usize> = args.first().and_then(|a| a.parse().ok());
     let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let size: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let nodes = start_cluster().await;
+        let nodes = start_cluster(size).await;
         match writers {
             Some(w) => run(&nodes, w, seconds).await,
             None => {

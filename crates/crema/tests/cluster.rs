@@ -29,8 +29,11 @@ async fn a_single_node_leads_at_once_and_serves_writes() {
     n.put("a", "1").await.unwrap();
     n.clear().await.unwrap();
     assert_eq!(n.entry_count(), 0);
+    let addr = n.local_addr();
     n.shutdown().await;
     assert!(matches!(n.put("a", "1").await, Err(Error::Shutdown)));
+    assert!(matches!(n.consistent_get(b"a").await, Err(Error::Shutdown)));
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the peer port is closed after shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,5 +170,46 @@ async fn concurrent_writers_on_every_node_lose_nothing() {
     }
     for n in &nodes {
         n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_in_flight_write() {
+    init_tracing();
+    let nodes: Vec<Arc<DistributedCache>> = cluster(3).await.into_iter().map(Arc::new).collect();
+    let refs: Vec<&DistributedCache> = nodes.iter().map(|n| n.as_ref()).collect();
+    let leader = wait_leader(&refs, 10 * ELECTION).await;
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let node = nodes[leader].clone();
+        writers.push(tokio::spawn(async move {
+            let mut outcomes = (0u32, 0u32);
+            for i in 0.. {
+                match node.put(format!("w{w}-{i}"), "v").await {
+                    Ok(()) => outcomes.0 += 1,
+                    Err(Error::Shutdown) => return outcomes,
+                    Err(_) => outcomes.1 += 1,
+                }
+            }
+            outcomes
+        }));
+    }
+    wait_until(Duration::from_secs(5), "writes flowing", || async {
+        nodes[leader].cluster_status().await.map(|s| s.group.applied_index > 100).unwrap_or(false)
+    })
+    .await;
+    nodes[leader].shutdown().await;
+    let mut acked = 0;
+    for w in writers {
+        // Every call returns: answered before the stop, or refused with Shutdown.
+        let (ok, _) =
+            tokio::time::timeout(Duration::from_secs(10), w).await.expect("no writer hangs").unwrap();
+        acked += ok;
+    }
+    assert!(acked > 0);
+    for (i, n) in nodes.iter().enumerate() {
+        if i != leader {
+            n.shutdown().await;
+        }
     }
 }

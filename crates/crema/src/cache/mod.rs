@@ -457,7 +457,9 @@ impl DistributedCache {
 
 impl Drop for DistributedCache {
     fn drop(&mut self) {
-        // Without `shutdown().await`, still stop the group loop; connections close as tasks end.
+        // Without `shutdown().await`, still stop the group loop and the transport's tasks (they
+        // end on their own; nobody waits for them here).
         self.cancel.cancel();
+        self.transport.close();
     }
 }

@@ -506,21 +506,18 @@ impl<S: LogStore> Group<S> {
 
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<ApplyOutput> {
         self.sm.advance_to(entry.index);
-        let change = if entry.get_entry_type() == EntryType::EntryConfChange {
-            let cc = ConfChange::parse_from_bytes(&entry.data);
-            cc.map(|cc| vec![(cc.change_type, cc.node_id, cc.context)])
-        } else {
-            ConfChangeV2::parse_from_bytes(&entry.data)
-                .map(|cc| cc.changes.iter().map(|c| (c.change_type, c.node_id, cc.context.clone())).collect())
+        let corrupt = |e: protobuf::ProtobufError| -> ! {
+            panic!("conf change at {} cannot be decoded: {e}", entry.index)
         };
-        let changes =
-            change.unwrap_or_else(|e| panic!("conf change at {} cannot be decoded: {e}", entry.index));
-        let cs = if entry.get_entry_type() == EntryType::EntryConfChange {
-            self.raw.apply_conf_change(&ConfChange::parse_from_bytes(&entry.data).expect("decoded above"))
+        let (applied, changes) = if entry.get_entry_type() == EntryType::EntryConfChange {
+            let cc = ConfChange::parse_from_bytes(&entry.data).unwrap_or_else(|e| corrupt(e));
+            (self.raw.apply_conf_change(&cc), vec![(cc.change_type, cc.node_id, cc.context)])
         } else {
-            self.raw.apply_conf_change(&ConfChangeV2::parse_from_bytes(&entry.data).expect("decoded above"))
+            let cc = ConfChangeV2::parse_from_bytes(&entry.data).unwrap_or_else(|e| corrupt(e));
+            let changes = cc.changes.iter().map(|c| (c.change_type, c.node_id, cc.context.clone())).collect();
+            (self.raw.apply_conf_change(&cc), changes)
         };
-        let cs = match cs {
+        let cs = match applied {
             Ok(cs) => cs,
             Err(e) => {
                 // Deterministic: every node refuses the same change at the same index.

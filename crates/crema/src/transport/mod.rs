@@ -130,9 +130,14 @@ impl Transport {
         link.enqueue(frame)
     }
 
+    /// Tells every transport task to stop, without waiting.
+    pub fn close(&self) {
+        self.cancel.cancel();
+    }
+
     /// Closes every connection and waits for every transport task to end.
     pub async fn shutdown(&self) {
-        self.cancel.cancel();
+        self.close();
         self.tracker.close();
         self.tracker.wait().await;
         self.peers.write().expect("peer map poisoned").clear();
