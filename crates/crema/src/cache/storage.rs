@@ -6,6 +6,11 @@
 //! it. A read checks that time against this node's clock; Moka's per-entry expiry is set to the
 //! same moment only so that memory is reclaimed. Eviction (TinyLFU, entries or bytes) and
 //! time-to-idle are local decisions: they can turn a hit into a miss, never into a wrong value.
+//!
+//! For conditional commands (INCR, SET NX, ...), which read state during apply: Moka may drop an
+//! expired or evicted entry on one node and not on another, so such a command must decide
+//! "expired" with the proposer's time carried in the command, never with Moka's view or this
+//! node's clock, and must define what a locally evicted key means, or replicas diverge.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
