@@ -1,0 +1,173 @@
+//! Encoding replies in RESP2 or RESP3 (chosen per connection by `HELLO`).
+//!
+//! A [`Reply`] is the shape a command answers; [`Reply::encode`] writes it for the connection's
+//! protocol version. RESP3-only shapes degrade the way Redis does for RESP2 clients: a map
+//! becomes a flat array, null becomes the null bulk string, booleans become 1/0, doubles become
+//! bulk strings.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The protocol version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// RESP2, the default.
+    #[default]
+    Resp2,
+    /// RESP3, after `HELLO 3`.
+    Resp3,
+}
+
+/// A reply to one command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// `+OK`-style status.
+    Simple(&'static str),
+    /// An error line: the text starts with its code (`ERR`, `WRONGTYPE`, `NOTLEADER`, ...).
+    Error(String),
+    /// An integer.
+    Integer(i64),
+    /// A binary-safe string.
+    Bulk(Bytes),
+    /// No value (`$-1` in RESP2, `_` in RESP3).
+    Null,
+    /// An array.
+    Array(Vec<Reply>),
+    /// A map (RESP3); a flat key-value array in RESP2.
+    Map(Vec<(Reply, Reply)>),
+    /// A boolean (RESP3); 1 or 0 in RESP2.
+    Boolean(bool),
+    /// A double (RESP3); a bulk string in RESP2.
+    Double(f64),
+}
+
+impl Reply {
+    /// `+OK`.
+    pub const OK: Reply = Reply::Simple("OK");
+
+    /// An `-ERR <msg>` error.
+    pub fn err(msg: impl std::fmt::Display) -> Reply {
+        Reply::Error(format!("ERR {msg}"))
+    }
+
+    /// A bulk string from anything byte-like.
+    pub fn bulk(b: impl Into<Bytes>) -> Reply {
+        Reply::Bulk(b.into())
+    }
+
+    /// Appends this reply, encoded for `protocol`, to `out`.
+    pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
+        let resp3 = protocol == Protocol::Resp3;
+        match self {
+            Reply::Simple(s) => line(out, b'+', s.as_bytes()),
+            Reply::Error(e) => {
+                // An error line cannot hold CR or LF; replace them rather than break the framing.
+                let clean: Vec<u8> =
+                    e.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }).collect();
+                line(out, b'-', &clean);
+            }
+            Reply::Integer(i) => line(out, b':', itoa(*i).as_bytes()),
+            Reply::Bulk(b) => bulk(out, b),
+            Reply::Null if resp3 => out.put_slice(b"_\r\n"),
+            Reply::Null => out.put_slice(b"$-1\r\n"),
+            Reply::Array(items) => {
+                line(out, b'*', itoa(items.len() as i64).as_bytes());
+                for item in items {
+                    item.encode(protocol, out);
+                }
+            }
+            Reply::Map(pairs) => {
+                if resp3 {
+                    line(out, b'%', itoa(pairs.len() as i64).as_bytes());
+                } else {
+                    line(out, b'*', itoa(2 * pairs.len() as i64).as_bytes());
+                }
+                for (k, v) in pairs {
+                    k.encode(protocol, out);
+                    v.encode(protocol, out);
+                }
+            }
+            Reply::Boolean(b) if resp3 => out.put_slice(if *b { b"#t\r\n" } else { b"#f\r\n" }),
+            Reply::Boolean(b) => line(out, b':', if *b { b"1" } else { b"0" }),
+            Reply::Double(d) if resp3 => line(out, b',', format_double(*d).as_bytes()),
+            Reply::Double(d) => bulk(out, format_double(*d).as_bytes()),
+        }
+    }
+}
+
+fn line(out: &mut BytesMut, kind: u8, body: &[u8]) {
+    out.reserve(body.len() + 3);
+    out.put_u8(kind);
+    out.put_slice(body);
+    out.put_slice(b"\r\n");
+}
+
+fn bulk(out: &mut BytesMut, body: &[u8]) {
+    line(out, b'$', itoa(body.len() as i64).as_bytes());
+    out.reserve(body.len() + 2);
+    out.put_slice(body);
+    out.put_slice(b"\r\n");
+}
+
+fn itoa(i: i64) -> String {
+    i.to_string()
+}
+
+/// Formats a double as Redis does: `inf`, `-inf`, `nan`, else the shortest round-trip form.
+pub fn format_double(d: f64) -> String {
+    if d.is_nan() {
+        "nan".into()
+    } else if d.is_infinite() {
+        if d > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
+    } else {
+        format!("{d}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(r: &Reply, p: Protocol) -> String {
+        let mut out = BytesMut::new();
+        r.encode(p, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn resp2_shapes() {
+        use Protocol::Resp2 as P;
+        assert_eq!(enc(&Reply::OK, P), "+OK\r\n");
+        assert_eq!(enc(&Reply::err("boom"), P), "-ERR boom\r\n");
+        assert_eq!(enc(&Reply::Integer(-3), P), ":-3\r\n");
+        assert_eq!(enc(&Reply::bulk("hi"), P), "$2\r\nhi\r\n");
+        assert_eq!(enc(&Reply::Null, P), "$-1\r\n");
+        assert_eq!(enc(&Reply::Array(vec![Reply::Integer(1), Reply::Null]), P), "*2\r\n:1\r\n$-1\r\n");
+        assert_eq!(
+            enc(&Reply::Map(vec![(Reply::bulk("a"), Reply::Integer(1))]), P),
+            "*2\r\n$1\r\na\r\n:1\r\n"
+        );
+        assert_eq!(enc(&Reply::Boolean(true), P), ":1\r\n");
+        assert_eq!(enc(&Reply::Double(1.5), P), "$3\r\n1.5\r\n");
+    }
+
+    #[test]
+    fn resp3_shapes() {
+        use Protocol::Resp3 as P;
+        assert_eq!(enc(&Reply::Null, P), "_\r\n");
+        assert_eq!(
+            enc(&Reply::Map(vec![(Reply::bulk("a"), Reply::Integer(1))]), P),
+            "%1\r\n$1\r\na\r\n:1\r\n"
+        );
+        assert_eq!(enc(&Reply::Boolean(false), P), "#f\r\n");
+        assert_eq!(enc(&Reply::Double(f64::INFINITY), P), ",inf\r\n");
+    }
+
+    #[test]
+    fn error_text_cannot_break_framing() {
+        assert_eq!(enc(&Reply::Error("ERR a\r\nb".into()), Protocol::Resp2), "-ERR a  b\r\n");
+    }
+}

@@ -1,0 +1,291 @@
+//! Parsing client requests: RESP arrays of bulk strings (what every client library and
+//! `redis-cli` send) and inline commands (what a human types over telnet).
+//!
+//! [`parse_request`] looks at the bytes received so far and answers a whole request and how many
+//! bytes it used, `Ok(None)` when more bytes are needed, or an error. Every length is checked
+//! against [`RequestLimits`] before anything is buffered for it, so a client announcing a huge
+//! bulk string is refused at once instead of making the server wait for (and hold) its bytes.
+//! Written by hand: the RESP crates on crates.io parse replies (client side) or allocate per
+//! frame without limits; this parser is the hot path of every command.
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+
+/// Limits on what one request may announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Largest bulk string (a key or value), bytes. Redis's default is 512 MiB.
+    pub max_bulk_bytes: usize,
+    /// Most arguments in one request.
+    pub max_args: usize,
+    /// Longest inline command line, bytes (Redis: 64 KiB).
+    pub max_inline_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self { max_bulk_bytes: 16 * 1024 * 1024, max_args: 1024 * 1024, max_inline_bytes: 64 * 1024 }
+    }
+}
+
+/// Why a request cannot be parsed. The connection answers `-ERR Protocol error: ...` and closes:
+/// after a framing error the byte stream cannot be trusted.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// Malformed bytes (the message says what was expected).
+    #[error("Protocol error: {0}")]
+    Protocol(String),
+    /// A length over a limit.
+    #[error("Protocol error: {what} {len} is over the limit of {max}")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+fn protocol(msg: impl Into<String>) -> RequestError {
+    RequestError::Protocol(msg.into())
+}
+
+/// Finds `\r\n` at or after `from`; answers the index of `\r`.
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|p| from + p)
+}
+
+/// Parses a decimal length line starting at `at` (after the type byte); answers (value, next).
+fn parse_len(buf: &[u8], at: usize, max_digits_ok: usize) -> Result<Option<(i64, usize)>, RequestError> {
+    let Some(end) = find_crlf(buf, at) else {
+        if buf.len().saturating_sub(at) > max_digits_ok {
+            return Err(protocol("length line too long"));
+        }
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(&buf[at..end]).map_err(|_| protocol("invalid length"))?;
+    let value: i64 = text.parse().map_err(|_| protocol(format!("invalid length '{text}'")))?;
+    Ok(Some((value, end + 2)))
+}
+
+/// Parses one request from the front of `buf`: its arguments and the bytes it used.
+///
+/// # Errors
+/// [`RequestError`] for malformed input or a length over `limits`.
+pub fn parse_request(
+    buf: &[u8],
+    limits: &RequestLimits,
+) -> Result<Option<(Vec<Bytes>, usize)>, RequestError> {
+    match buf.first() {
+        None => Ok(None),
+        Some(b'*') => parse_array(buf, limits),
+        Some(_) => parse_inline(buf, limits),
+    }
+}
+
+fn parse_array(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Vec<Bytes>, usize)>, RequestError> {
+    let Some((count, mut at)) = parse_len(buf, 1, 20)? else { return Ok(None) };
+    if count <= 0 {
+        // `*0` and `*-1` are valid RESP but carry no command: skip them like Redis does.
+        return Ok(Some((Vec::new(), at)));
+    }
+    let count = count as usize;
+    if count > limits.max_args {
+        return Err(RequestError::TooLarge { what: "multibulk length", len: count, max: limits.max_args });
+    }
+    // Pre-size modestly: a client may announce many arguments and never send them.
+    let mut args = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        match buf.get(at) {
+            None => return Ok(None),
+            Some(b'$') => {}
+            Some(&other) => {
+                return Err(protocol(format!("expected '$', got '{}'", char::from(other).escape_default())))
+            }
+        }
+        let Some((len, start)) = parse_len(buf, at + 1, 20)? else { return Ok(None) };
+        if len < 0 {
+            return Err(protocol("invalid bulk length"));
+        }
+        let len = len as usize;
+        if len > limits.max_bulk_bytes {
+            return Err(RequestError::TooLarge { what: "bulk length", len, max: limits.max_bulk_bytes });
+        }
+        let end = start + len;
+        if buf.len() < end + 2 {
+            return Ok(None);
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(protocol("bulk string not terminated by CRLF"));
+        }
+        args.push(Bytes::copy_from_slice(&buf[start..end]));
+        at = end + 2;
+    }
+    Ok(Some((args, at)))
+}
+
+fn parse_inline(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Vec<Bytes>, usize)>, RequestError> {
+    let newline = buf.iter().position(|b| *b == b'\n');
+    let Some(nl) = newline else {
+        if buf.len() > limits.max_inline_bytes {
+            return Err(RequestError::TooLarge {
+                what: "inline request",
+                len: buf.len(),
+                max: limits.max_inline_bytes,
+            });
+        }
+        return Ok(None);
+    };
+    if nl > limits.max_inline_bytes {
+        return Err(RequestError::TooLarge { what: "inline request", len: nl, max: limits.max_inline_bytes });
+    }
+    let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
+    let args = split_inline(line)?;
+    Ok(Some((args, nl + 1)))
+}
+
+/// Splits an inline line on spaces, honouring double and single quotes like redis-cli does.
+fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, RequestError> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == line.len() {
+            break;
+        }
+        let mut arg = BytesMut::new();
+        match line[i] {
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                loop {
+                    match line.get(i) {
+                        None => return Err(protocol("unbalanced quotes in request")),
+                        Some(&c) if c == quote => {
+                            i += 1;
+                            break;
+                        }
+                        Some(b'\\') if quote == b'"' && i + 1 < line.len() => {
+                            arg.extend_from_slice(&[unescape(line[i + 1])]);
+                            i += 2;
+                        }
+                        Some(&c) => {
+                            arg.extend_from_slice(&[c]);
+                            i += 1;
+                        }
+                    }
+                }
+                if i < line.len() && !line[i].is_ascii_whitespace() {
+                    return Err(protocol("closing quote must be followed by a space"));
+                }
+            }
+            _ => {
+                while i < line.len() && !line[i].is_ascii_whitespace() {
+                    arg.extend_from_slice(&[line[i]]);
+                    i += 1;
+                }
+            }
+        }
+        args.push(arg.freeze());
+    }
+    Ok(args)
+}
+
+fn unescape(c: u8) -> u8 {
+    match c {
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        b'0' => 0,
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(buf: &[u8]) -> Result<Option<(Vec<Bytes>, usize)>, RequestError> {
+        parse_request(buf, &RequestLimits::default())
+    }
+
+    fn encode(args: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend(format!("${}\r\n", a.len()).into_bytes());
+            out.extend(a);
+            out.extend(b"\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn arrays_of_bulk_strings() {
+        let wire = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n*1\r\n$4\r\nPING\r\n";
+        let (args, used) = parse(wire).unwrap().unwrap();
+        assert_eq!(args, vec![Bytes::from("SET"), Bytes::from("k"), Bytes::new()]);
+        let (args, rest) = parse(&wire[used..]).unwrap().unwrap();
+        assert_eq!(args, vec![Bytes::from("PING")]);
+        assert_eq!(used + rest, wire.len());
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete() {
+        let wire = encode(&[b"SET".to_vec(), b"key".to_vec(), b"value".to_vec()]);
+        for cut in 0..wire.len() {
+            assert_eq!(parse(&wire[..cut]).unwrap(), None, "prefix of {cut} bytes");
+        }
+    }
+
+    #[test]
+    fn inline_commands_with_quotes() {
+        let (args, used) = parse(b"set \"a b\" 'c d' e\r\n").unwrap().unwrap();
+        assert_eq!(args, vec![Bytes::from("set"), Bytes::from("a b"), Bytes::from("c d"), Bytes::from("e")]);
+        assert_eq!(used, 19);
+        let (args, _) = parse(b"ECHO \"x\\ny\"\n").unwrap().unwrap();
+        assert_eq!(args[1], Bytes::from("x\ny"));
+        assert!(parse(b"set \"unterminated\r\n").is_err());
+        assert_eq!(parse(b"PING").unwrap(), None, "no newline yet");
+    }
+
+    #[test]
+    fn limits_are_enforced_before_buffering() {
+        let limits = RequestLimits { max_bulk_bytes: 10, max_args: 2, max_inline_bytes: 8 };
+        assert!(matches!(
+            parse_request(b"*1\r\n$11\r\n", &limits),
+            Err(RequestError::TooLarge { what: "bulk length", len: 11, max: 10 })
+        ));
+        assert!(matches!(parse_request(b"*3\r\n", &limits), Err(RequestError::TooLarge { len: 3, .. })));
+        assert!(matches!(parse_request(b"PING PING PING", &limits), Err(RequestError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn malformed_input_is_a_protocol_error() {
+        for bad in [&b"*x\r\n"[..], b"*1\r\n:1\r\n", b"*1\r\n$-1\r\n", b"*1\r\n$1\r\nab\r\n", b"*1\r\n$z\r\n"]
+        {
+            assert!(
+                matches!(parse(bad), Err(RequestError::Protocol(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_requests_round_trip(args in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..6)) {
+            let wire = encode(&args);
+            let (got, used) = parse(&wire).unwrap().unwrap();
+            prop_assert_eq!(used, wire.len());
+            prop_assert_eq!(got.iter().map(|b| b.to_vec()).collect::<Vec<_>>(), args);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&bytes);
+        }
+    }
+}
