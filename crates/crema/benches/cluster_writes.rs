@@ -2,8 +2,10 @@
 //! 16-byte keys, 100-byte values, N concurrent writers spread over the three nodes (so two
 //! thirds of the writes are forwarded), each waiting for its acknowledgement.
 //!
-//! Run: `cargo bench --bench cluster_writes -- [writers] [seconds] [nodes]` (default: 64 writers,
-//! then 1 writer, 10 s each, 3 nodes). Prints throughput and latency percentiles (HdrHistogram).
+//! Run: `cargo bench -p crema --bench cluster_writes -- [writers] [seconds] [nodes] [memory|rocksdb]`
+//! (default: 64 writers, then 1 writer, 10 s each, 3 nodes, memory storage). `rocksdb` needs
+//! `--features rocksdb` and keeps each node's log in a temporary directory with synced writes.
+//! Prints throughput and latency percentiles (HdrHistogram).
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -12,14 +14,19 @@ use std::time::{Duration, Instant};
 use crema::{CacheConfig, DistributedCache};
 use hdrhistogram::Histogram;
 
-async fn start_cluster(size: usize) -> Vec<Arc<DistributedCache>> {
+async fn start_cluster(size: usize, data: Option<&std::path::Path>) -> Vec<Arc<DistributedCache>> {
     let listeners: Vec<TcpListener> = (0..size).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let mut nodes = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let id = i as u64 + 1;
         let seeds = (1..=size as u64).filter(|p| *p != id).map(|p| (p, addrs[p as usize - 1])).collect();
-        let config = CacheConfig::new(id, addrs[i]).with_seed_nodes(seeds).with_max_capacity(10_000_000);
+        let mut config = CacheConfig::new(id, addrs[i]).with_seed_nodes(seeds).with_max_capacity(10_000_000);
+        if let Some(dir) = data {
+            config = config
+                .with_raft_storage_type(crema::RaftStorageType::RocksDb)
+                .with_data_dir(dir.join(format!("node{id}")));
+        }
         nodes.push(Arc::new(DistributedCache::new_with_listener(config, listener).await.unwrap()));
     }
     // Wait for a leader: the first write waits for the election.
@@ -76,9 +83,12 @@ fn main() {
     let writers: Option<usize> = args.first().and_then(|a| a.parse().ok());
     let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let size: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let durable = args.get(3).is_some_and(|a| a == "rocksdb");
+    let dir = std::env::temp_dir().join(format!("crema-bench-{}", std::process::id()));
+    println!("storage: {}", if durable { "rocksdb (synced writes)" } else { "memory" });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let nodes = start_cluster(size).await;
+        let nodes = start_cluster(size, durable.then_some(dir.as_path())).await;
         match writers {
             Some(w) => run(&nodes, w, seconds).await,
             None => {
@@ -90,4 +100,5 @@ fn main() {
             n.shutdown().await;
         }
     });
+    let _ = std::fs::remove_dir_all(&dir);
 }

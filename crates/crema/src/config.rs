@@ -6,10 +6,12 @@
 //! [`ConfigError`] before anything is started. Nothing here touches sockets or clocks.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::checkpoint::CheckpointConfig;
 use crate::types::NodeId;
 
 /// The longest TTL a command may carry (10 years). Longer is almost surely a unit mistake
@@ -173,6 +175,31 @@ pub struct CacheConfig {
     pub mailbox_capacity: usize,
     /// Frames queued per peer before new ones are dropped (Raft retransmits). Default 8,192.
     pub peer_queue_capacity: usize,
+    /// Where the Raft log lives. Default memory.
+    pub raft_storage: RaftStorageType,
+    /// The node's data directory (RocksDB storage needs one): `raft/` holds the log,
+    /// `checkpoints/` the checkpoints unless [`Self::checkpoint`] names another directory.
+    pub data_dir: Option<PathBuf>,
+    /// Checkpoint settings with durable storage; none: the defaults in `<data_dir>/checkpoints`.
+    pub checkpoint: Option<CheckpointConfig>,
+    /// With durable storage, writes are held back (new ones refused) while the data disk has
+    /// less than this free. Default 64 MiB.
+    pub min_free_disk_bytes: u64,
+    /// Test-only fault injection shared by a test cluster's nodes (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
+}
+
+/// Where a node keeps its Raft log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RaftStorageType {
+    /// In memory: fastest; a restarted node has lost its data and catches up from its peers (see
+    /// the README's "Restarting a memory node").
+    #[default]
+    Memory,
+    /// On disk in RocksDB (cargo feature `rocksdb`), with checkpoints: a restarted node recovers
+    /// every write it acknowledged. Needs [`CacheConfig::with_data_dir`].
+    RocksDb,
 }
 
 impl CacheConfig {
@@ -195,7 +222,57 @@ impl CacheConfig {
             max_value_bytes: 8 * 1024 * 1024,
             mailbox_capacity: 4096,
             peer_queue_capacity: 8192,
+            raft_storage: RaftStorageType::Memory,
+            data_dir: None,
+            checkpoint: None,
+            min_free_disk_bytes: 64 * 1024 * 1024,
+            #[cfg(feature = "fault-injection")]
+            faults: None,
         }
+    }
+
+    /// Routes this node's peer traffic and group loop through `faults` (test-only, feature
+    /// `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub fn with_faults(mut self, faults: std::sync::Arc<crate::faults::Faults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// Keeps the Raft log in memory (the default) or in RocksDB.
+    pub fn with_raft_storage_type(mut self, storage: RaftStorageType) -> Self {
+        self.raft_storage = storage;
+        self
+    }
+
+    /// The data directory (required for [`RaftStorageType::RocksDb`]; created if missing).
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// With durable storage: hold writes back (and refuse new ones) while the data disk has less
+    /// than `bytes` free, instead of running it full.
+    pub fn with_min_free_disk_bytes(mut self, bytes: u64) -> Self {
+        self.min_free_disk_bytes = bytes;
+        self
+    }
+
+    /// Checkpoint settings for durable storage.
+    pub fn with_checkpoint_config(mut self, checkpoint: CheckpointConfig) -> Self {
+        self.checkpoint = Some(checkpoint);
+        self
+    }
+
+    /// The checkpoint settings in effect with durable storage: the configured ones, or the
+    /// defaults in `<data_dir>/checkpoints`.
+    pub fn checkpoint_config(&self) -> Option<CheckpointConfig> {
+        if self.raft_storage != RaftStorageType::RocksDb {
+            return None;
+        }
+        self.checkpoint
+            .clone()
+            .or_else(|| self.data_dir.as_ref().map(|d| CheckpointConfig::new(d.join("checkpoints"))))
     }
 
     /// Sets the other members of the cluster at bootstrap.
@@ -322,6 +399,14 @@ impl CacheConfig {
         }
         if self.mailbox_capacity == 0 || self.peer_queue_capacity == 0 {
             return Err(invalid("mailbox_capacity and peer_queue_capacity must be at least 1"));
+        }
+        if self.raft_storage == RaftStorageType::RocksDb {
+            if !cfg!(feature = "rocksdb") {
+                return Err(invalid("RocksDB storage needs crema built with the `rocksdb` feature"));
+            }
+            if self.data_dir.is_none() {
+                return Err(invalid("RocksDB storage needs a data directory (with_data_dir)"));
+            }
         }
         Ok(())
     }

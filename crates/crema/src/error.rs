@@ -63,6 +63,11 @@ pub enum Error {
     /// An I/O failure at start-up (binding the peer port).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+
+    /// Durable storage cannot be opened or recovered at start-up (the message says what and
+    /// where). Nothing was changed on disk.
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 impl Error {

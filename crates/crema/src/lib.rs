@@ -44,19 +44,27 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod checkpoint;
 pub mod config;
 pub mod consensus;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub(crate) mod transport;
 pub mod types;
 
+pub use cache::storage::unix_now_ms;
 pub use cache::storage::{CacheStats, CacheStorage};
-pub use cache::{ClusterStatus, DistributedCache};
-pub use config::{CacheConfig, ConfigError, RaftConfig};
-pub use consensus::command::{CacheCommand, CommandError};
+pub use cache::{ClusterStatus, DistributedCache, RaftFigures};
+pub use checkpoint::{CheckpointConfig, CheckpointManager, CheckpointStore};
+pub use config::{CacheConfig, ConfigError, RaftConfig, RaftStorageType};
+pub use consensus::apply::{format_f64, parse_f64, parse_i64};
+pub use consensus::command::{CacheCommand, CommandError, ExpireCondition, ExpiryUpdate, SetCondition};
 pub use consensus::state_machine::CacheStateMachine;
 pub use consensus::storage::MemStorage;
-pub use consensus::{GroupStatus, Role};
+pub use consensus::{ApplyError, ApplyOutput, GroupStatus, Role};
 pub use error::{Error, Result};
 pub use transport::TransportError;
 pub use types::{NodeId, ShardId};

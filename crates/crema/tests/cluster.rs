@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use crema::{DistributedCache, Error};
+use crema::{ApplyError, ApplyOutput, CacheCommand, DistributedCache, Error};
 
 const ELECTION: Duration = Duration::from_millis(200);
 
@@ -212,4 +212,47 @@ async fn shutdown_answers_every_in_flight_write() {
             n.shutdown().await;
         }
     }
+}
+
+/// INCR is decided in apply: clients racing on one key through different nodes never lose an
+/// increment, and every node ends with the same count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_increments_through_every_node_are_all_counted() {
+    init_tracing();
+    let nodes = Arc::new(cluster(3).await);
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    wait_leader(&refs, 10 * ELECTION).await;
+    let mut tasks = Vec::new();
+    for client in 0..6 {
+        let nodes = nodes.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = 0;
+            for _ in 0..40 {
+                let out =
+                    nodes[client % 3].execute(CacheCommand::IncrBy { key: "hits".into(), delta: 1 }).await;
+                if let Ok(ApplyOutput::Int(_)) = out {
+                    acknowledged += 1;
+                }
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = 0;
+    for t in tasks {
+        acknowledged += t.await.unwrap();
+    }
+    assert_eq!(acknowledged, 240, "no failures expected on a healthy cluster");
+    for n in nodes.iter() {
+        n.read_barrier().await.unwrap();
+        assert_eq!(n.get(b"hits").await, Some(Bytes::from(acknowledged.to_string())));
+    }
+    let out =
+        nodes[0].execute(CacheCommand::Append { key: "hits".into(), value: "x".into(), max_len: 64 }).await;
+    assert_eq!(out.unwrap(), ApplyOutput::Int(4));
+    let out = nodes[1].execute(CacheCommand::IncrBy { key: "hits".into(), delta: 1 }).await;
+    assert_eq!(
+        out.unwrap(),
+        ApplyOutput::Failed(ApplyError::NotInteger),
+        "decided on the leader, answered here"
+    );
 }

@@ -92,3 +92,44 @@ async fn membership_changes_are_refused_on_a_follower() {
         n.shutdown().await;
     }
 }
+
+/// raft-rs keeps a leader that removed itself leading, and it then panics on its own missing
+/// progress (found by the 10-minute membership run). The node must step aside instead: the
+/// others elect a leader and go on, and the removed node refuses requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_removes_itself_steps_aside() {
+    init_tracing();
+    let panics = count_panics();
+    let nodes = cluster(3).await;
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    let leader = wait_leader(&refs, Duration::from_secs(5)).await;
+    let gone = &nodes[leader];
+    gone.put("before", "1").await.unwrap();
+    // Writes keep arriving while the removal commits.
+    let writer = {
+        let node = nodes[(leader + 1) % 3].node_id();
+        let follower = nodes.iter().find(|n| n.node_id() == node).unwrap();
+        async move {
+            for i in 0..50 {
+                let _ = follower.put(format!("during{i}"), "x").await;
+            }
+        }
+    };
+    let (removed, ()) = tokio::join!(gone.remove_peer(gone.node_id()), writer);
+    removed.unwrap();
+
+    let rest: Vec<&DistributedCache> = nodes.iter().filter(|n| n.node_id() != gone.node_id()).collect();
+    let next = wait_leader(&rest, Duration::from_secs(5)).await;
+    rest[next].put("after", "2").await.unwrap();
+    let other = rest[1 - next];
+    assert_eq!(other.consistent_get(b"after").await.unwrap(), Some(bytes::Bytes::from("2")));
+    assert_eq!(other.consistent_get(b"before").await.unwrap(), Some(bytes::Bytes::from("1")));
+    assert_eq!(rest[next].voters().await.unwrap().len(), 2);
+
+    assert!(!gone.is_leader());
+    assert!(matches!(gone.put("x", "y").await, Err(crema::Error::Shutdown)), "the removed node refuses");
+    assert_eq!(panics.load(std::sync::atomic::Ordering::SeqCst), 0, "a task panicked (see above)");
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

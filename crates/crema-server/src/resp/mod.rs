@@ -1,6 +1,9 @@
 //! RESP, the Redis serialization protocol: requests in ([`request`]), replies out ([`reply`]).
 //!
-//! Pure code: bytes in, values out. Only the connection module (to come) touches sockets.
+//! Pure code: bytes in, values out. Only `server::connection` touches sockets.
 
 pub mod reply;
 pub mod request;
+
+pub use reply::{Protocol, Reply};
+pub use request::{parse_request, take_request, RequestError, RequestLimits};

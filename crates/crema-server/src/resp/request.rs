@@ -69,7 +69,14 @@ fn parse_len(buf: &[u8], at: usize, max_digits_ok: usize) -> Result<Option<(i64,
     Ok(Some((value, end + 2)))
 }
 
-/// Parses one request from the front of `buf`: its arguments and the bytes it used.
+/// Where an argument is: a range of the input (array requests) or its own bytes (inline
+/// requests, which may unescape).
+enum Span {
+    At(usize, usize),
+    Owned(Bytes),
+}
+
+/// Parses one request from the front of `buf`: its arguments (copied) and the bytes it used.
 ///
 /// # Errors
 /// [`RequestError`] for malformed input or a length over `limits`.
@@ -77,6 +84,37 @@ pub fn parse_request(
     buf: &[u8],
     limits: &RequestLimits,
 ) -> Result<Option<(Vec<Bytes>, usize)>, RequestError> {
+    let Some((spans, used)) = parse_spans(buf, limits)? else { return Ok(None) };
+    let args = spans
+        .into_iter()
+        .map(|s| match s {
+            Span::At(start, end) => Bytes::copy_from_slice(&buf[start..end]),
+            Span::Owned(b) => b,
+        })
+        .collect();
+    Ok(Some((args, used)))
+}
+
+/// Like [`parse_request`], but takes the request off the front of `buf` and answers arguments
+/// that share its memory instead of copies (the server's hot path).
+///
+/// # Errors
+/// As [`parse_request`]; `buf` is then unchanged.
+pub fn take_request(buf: &mut BytesMut, limits: &RequestLimits) -> Result<Option<Vec<Bytes>>, RequestError> {
+    let Some((spans, used)) = parse_spans(buf, limits)? else { return Ok(None) };
+    let frame = buf.split_to(used).freeze();
+    Ok(Some(
+        spans
+            .into_iter()
+            .map(|s| match s {
+                Span::At(start, end) => frame.slice(start..end),
+                Span::Owned(b) => b,
+            })
+            .collect(),
+    ))
+}
+
+fn parse_spans(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Vec<Span>, usize)>, RequestError> {
     match buf.first() {
         None => Ok(None),
         Some(b'*') => parse_array(buf, limits),
@@ -84,7 +122,7 @@ pub fn parse_request(
     }
 }
 
-fn parse_array(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Vec<Bytes>, usize)>, RequestError> {
+fn parse_array(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Vec<Span>, usize)>, RequestError> {
     let Some((count, mut at)) = parse_len(buf, 1, 20)? else { return Ok(None) };
     if count <= 0 {
         // `*0` and `*-1` are valid RESP but carry no command: skip them like Redis does.
@@ -119,13 +157,13 @@ fn parse_array(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Vec<Bytes>,
         if &buf[end..end + 2] != b"\r\n" {
             return Err(protocol("bulk string not terminated by CRLF"));
         }
-        args.push(Bytes::copy_from_slice(&buf[start..end]));
+        args.push(Span::At(start, end));
         at = end + 2;
     }
     Ok(Some((args, at)))
 }
 
-fn parse_inline(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Vec<Bytes>, usize)>, RequestError> {
+fn parse_inline(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Vec<Span>, usize)>, RequestError> {
     let newline = buf.iter().position(|b| *b == b'\n');
     let Some(nl) = newline else {
         if buf.len() > limits.max_inline_bytes {
@@ -141,7 +179,7 @@ fn parse_inline(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Vec<Bytes>
         return Err(RequestError::TooLarge { what: "inline request", len: nl, max: limits.max_inline_bytes });
     }
     let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
-    let args = split_inline(line)?;
+    let args = split_inline(line)?.into_iter().map(Span::Owned).collect();
     Ok(Some((args, nl + 1)))
 }
 
@@ -286,6 +324,18 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn taking_agrees_with_parsing(args in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..6), tail in prop::collection::vec(any::<u8>(), 0..20)) {
+            let mut wire = encode(&args);
+            let request_len = wire.len();
+            wire.extend(&tail);
+            let parsed = parse(&wire).unwrap().unwrap();
+            let mut buf = BytesMut::from(&wire[..]);
+            let taken = take_request(&mut buf, &RequestLimits::default()).unwrap().unwrap();
+            prop_assert_eq!(taken, parsed.0);
+            prop_assert_eq!(&buf[..], &wire[request_len..], "exactly the request was taken");
         }
     }
 }

@@ -5,18 +5,20 @@
 //! answer goes back to the sender; forward replies complete the follower's waiting request.
 //! Handshakes tell a memory node that it restarted into an existing cluster (probation).
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::Message;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::consensus::command::{CacheCommand, CommandLimits};
+use crate::consensus::command::{CommandLimits, StampedCommand};
 use crate::consensus::group::GroupHandle;
 use crate::transport::envelope::{Envelope, WireError};
-use crate::transport::forward::Forwarder;
+use crate::transport::forward::{Forwarder, SeenRequests};
+use crate::transport::snapshot_assembly::{Piece, SnapshotAssembler};
 use crate::transport::{Inbound, Transport};
 use crate::types::{NodeId, ShardId};
 
@@ -26,11 +28,21 @@ pub(crate) struct Dispatcher {
     pub forwarder: Forwarder,
     pub tasks: TaskTracker,
     pub limits: CommandLimits,
+    snapshots: Mutex<SnapshotAssembler>,
+    /// Forwarded request ids taken lately, per sender: a repeated frame is not proposed again.
+    seen_forwards: Mutex<HashMap<NodeId, SeenRequests>>,
 }
 
 impl Dispatcher {
     pub fn new(limits: CommandLimits) -> Self {
-        Self { groups: OnceLock::new(), forwarder: Forwarder::default(), tasks: TaskTracker::new(), limits }
+        Self {
+            groups: OnceLock::new(),
+            forwarder: Forwarder::default(),
+            tasks: TaskTracker::new(),
+            limits,
+            snapshots: Mutex::default(),
+            seen_forwards: Mutex::default(),
+        }
     }
 
     fn group(&self, shard: ShardId) -> Option<&GroupHandle> {
@@ -45,7 +57,18 @@ impl Dispatcher {
         request_id: u64,
         command: Bytes,
     ) {
-        let checked = CacheCommand::decode(&command).and_then(|c| c.validate(&self.limits));
+        let first = self
+            .seen_forwards
+            .lock()
+            .expect("seen forwards poisoned")
+            .entry(from)
+            .or_default()
+            .first_time(request_id);
+        if !first {
+            debug!(from, request_id, "repeated forward dropped");
+            return;
+        }
+        let checked = StampedCommand::decode(&command).and_then(|c| c.command.validate(&self.limits));
         let group = self.group(shard).cloned();
         let transport = transport.clone();
         self.tasks.spawn(async move {
@@ -76,6 +99,20 @@ impl Inbound for Dispatcher {
                 self.on_forward(transport, from, shard, request_id, command);
             }
             Envelope::ForwardReply { request_id, result } => self.forwarder.complete(request_id, result),
+            Envelope::SnapshotChunk { shard, transfer, header, total_len, offset, data } => {
+                let piece = Piece { transfer, header, total_len, offset, data };
+                let assembled =
+                    self.snapshots.lock().expect("snapshot assembler poisoned").accept(from, shard, piece);
+                match (assembled, self.group(shard)) {
+                    (Ok(Some(msg)), Some(group)) => {
+                        info!(from, shard, bytes = msg.get_snapshot().data.len(), "snapshot received");
+                        group.step(msg);
+                    }
+                    (Ok(Some(_)), None) => warn!(from, shard, "snapshot for an unknown shard dropped"),
+                    (Ok(None), _) => {}
+                    (Err(e), _) => warn!(from, shard, error = %e, "snapshot transfer dropped"),
+                }
+            }
             Envelope::Hello { .. } => {}
         }
     }

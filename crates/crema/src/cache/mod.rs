@@ -5,7 +5,10 @@
 //! own writes here. `get` reads the local Moka cache; `consistent_get` first obtains a read index
 //! from the leader and waits until it is applied locally.
 
+mod capture;
 mod dispatch;
+#[cfg(feature = "rocksdb")]
+mod recovery;
 pub mod storage;
 
 use std::collections::BTreeMap;
@@ -20,8 +23,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::CacheConfig;
-use crate::consensus::command::{expiry_from_ttl, CacheCommand, CommandLimits};
+use crate::config::{CacheConfig, RaftStorageType};
+use crate::consensus::command::{expiry_from_ttl, CacheCommand, CommandLimits, StampedCommand};
 use crate::consensus::group::{spawn_group, GroupHandle, GroupSettings};
 use crate::consensus::state_machine::{ApplyOutput, CacheStateMachine};
 use crate::consensus::storage::MemStorage;
@@ -118,6 +121,8 @@ impl DistributedCache {
                 queue_capacity: config.peer_queue_capacity,
                 handshake_timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(1),
+                #[cfg(feature = "fault-injection")]
+                faults: config.faults.clone(),
             },
             listener,
             dispatcher.clone(),
@@ -136,21 +141,32 @@ impl DistributedCache {
         for (id, addr) in &config.seed_nodes {
             transport.add_peer(*id, Some(*addr));
         }
-        let store = if config.join {
-            MemStorage::new()
-        } else {
-            MemStorage::new_with_conf_state(&config.initial_voters())
-        };
         let cancel = CancellationToken::new();
         let settings = GroupSettings {
             node_id: config.node_id,
             shard: DEFAULT_SHARD,
             raft: config.raft.clone(),
             mailbox_capacity: config.mailbox_capacity,
-            read_timeout: config.raft.election_timeout() * 2,
+            // A read waits for its index as long as its caller does (rounds dropped by Raft are
+            // retried meanwhile), so a node still catching up answers late rather than not at all.
+            read_timeout: config.request_timeout,
             shutdown_grace: config.raft.election_timeout(),
+            checkpoints: None,
+            #[cfg(feature = "fault-injection")]
+            faults: config.faults.clone(),
         };
-        let (group, task) = spawn_group(settings, store, sm, transport.clone(), cancel.clone())?;
+        let (group, task) = match config.raft_storage {
+            RaftStorageType::Memory => {
+                let store = if config.join {
+                    MemStorage::new()
+                } else {
+                    MemStorage::new_with_conf_state(&config.initial_voters())
+                };
+                spawn_group(settings, store, sm, transport.clone(), cancel.clone())?
+            }
+            RaftStorageType::RocksDb => Self::spawn_durable(&config, settings, sm, &transport, &cancel)?,
+        };
+        let sweeper = tokio::spawn(sweep_expired(storage.clone(), cancel.clone()));
         let _ = dispatcher.groups.set(vec![group.clone()]);
         info!(node = config.node_id, addr = %transport.local_addr(), voters = ?config.initial_voters(), join = config.join, "crema node started");
         Ok(Self {
@@ -160,9 +176,39 @@ impl DistributedCache {
             transport,
             dispatcher,
             cancel,
-            group_tasks: Mutex::new(vec![task]),
+            group_tasks: Mutex::new(vec![task, sweeper]),
             shut_down: AtomicBool::new(false),
         })
+    }
+
+    #[cfg(feature = "rocksdb")]
+    fn spawn_durable(
+        config: &CacheConfig,
+        mut settings: GroupSettings,
+        mut sm: CacheStateMachine,
+        transport: &Arc<Transport>,
+        cancel: &CancellationToken,
+    ) -> Result<(GroupHandle, JoinHandle<()>)> {
+        let (store, checkpoints) = recovery::open_durable(config, &mut sm)?;
+        let members: Vec<_> = sm.members().lock().expect("members poisoned").clone().into_iter().collect();
+        for (id, addr) in members.into_iter().filter(|(id, _)| *id != config.node_id) {
+            transport.add_peer(id, Some(addr));
+        }
+        settings.checkpoints = Some(checkpoints);
+        spawn_group(settings, store, sm, transport.clone(), cancel.clone())
+    }
+
+    #[cfg(not(feature = "rocksdb"))]
+    fn spawn_durable(
+        _: &CacheConfig,
+        _: GroupSettings,
+        _: CacheStateMachine,
+        _: &Arc<Transport>,
+        _: &CancellationToken,
+    ) -> Result<(GroupHandle, JoinHandle<()>)> {
+        Err(Error::Config(crate::config::ConfigError::Invalid(
+            "RocksDB storage needs crema built with the `rocksdb` feature".into(),
+        )))
     }
 
     /// This node's id.
@@ -235,13 +281,25 @@ impl DistributedCache {
         self.storage.insert(key.into(), value.into(), expires_at_ms);
     }
 
+    /// Applies `command` through Raft and answers what applying it produced, as decided on the
+    /// leader (forwarded from a follower like every write). This is the general write: `put`,
+    /// `delete` and `clear` are shorthands for it, and the RESP server builds INCR, SET NX, ...
+    /// on it. Answers once this node has applied the command, so a following local read sees it.
+    ///
+    /// # Errors
+    /// As [`Self::put`]. A command that committed but did not fit the stored value (INCR on
+    /// text) is not an error: it is `Ok(ApplyOutput::Failed(..))`.
+    pub async fn execute(&self, command: CacheCommand) -> Result<ApplyOutput> {
+        self.write(command).await.map(|applied| applied.output)
+    }
+
     async fn write(&self, command: CacheCommand) -> Result<Applied> {
         self.check_running()?;
         command.validate(&CommandLimits {
             max_key_bytes: self.config.max_key_bytes,
             max_value_bytes: self.config.max_value_bytes,
         })?;
-        let encoded = Bytes::from(command.encode());
+        let encoded = Bytes::from(StampedCommand::new(unix_now_ms(), command).encode());
         let timeout = self.config.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         tokio::time::timeout_at(deadline, self.route_write(encoded, deadline))
@@ -297,16 +355,32 @@ impl DistributedCache {
     /// # Errors
     /// No leader within the request timeout, timeout, shutdown.
     pub async fn consistent_get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.read_barrier().await?;
+        Ok(self.storage.get(key))
+    }
+
+    /// Waits until this node has applied every write acknowledged (on any node) before the call
+    /// began (Read-Index through the leader). Local reads made after it returns, through
+    /// [`Self::storage`], are linearizable; this is how the RESP server serves EXISTS, TTL, MGET
+    /// and the rest in its default mode.
+    ///
+    /// # Errors
+    /// No leader within the request timeout, timeout, shutdown.
+    pub async fn read_barrier(&self) -> Result<()> {
         self.check_running()?;
+        if self.group.shared.leads_alone() {
+            return Ok(());
+        }
+        #[cfg(feature = "fault-injection")]
+        if self.group.planted(crate::faults::Mutant::StaleLeaderReads) && self.group.shared.is_leader() {
+            return Ok(());
+        }
         let timeout = self.config.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let read = async {
             loop {
                 match self.group.read_index().await {
-                    Ok(index) => {
-                        self.group.wait_applied(index).await?;
-                        return Ok(self.storage.get(key));
-                    }
+                    Ok(index) => return self.group.wait_applied(index).await,
                     Err(e @ Error::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
                         if self.group.shared.wait_for_leader(deadline).await.is_none() {
                             return Err(e);
@@ -349,6 +423,29 @@ impl DistributedCache {
     /// The leader this node knows of.
     pub fn leader_id(&self) -> Option<NodeId> {
         self.group.shared.leader_id()
+    }
+
+    /// Cheap figures of the Raft group (no round trip to its task): term, commit and applied
+    /// index, leader changes seen so far.
+    pub fn raft_figures(&self) -> RaftFigures {
+        let shared = &self.group.shared;
+        RaftFigures {
+            term: shared.term(),
+            commit_index: shared.commit(),
+            applied_index: shared.applied(),
+            leader_changes: shared.leader_changes(),
+            snapshots_installed: shared.snapshots_installed(),
+            persist_failing: shared.persist_failing(),
+        }
+    }
+
+    /// The peer address of node `id` as this node knows it (from configuration or applied
+    /// membership changes).
+    pub fn peer_addr(&self, id: NodeId) -> Option<SocketAddr> {
+        if id == self.config.node_id {
+            return Some(self.transport.local_addr());
+        }
+        self.transport.peer_addr(id)
     }
 
     /// The voting members.
@@ -429,7 +526,8 @@ impl DistributedCache {
     // ----- lifecycle -----
 
     fn check_running(&self) -> Result<()> {
-        if self.shut_down.load(Ordering::Acquire) {
+        // A node removed from the group stopped its Raft loop: it serves nothing consistent.
+        if self.shut_down.load(Ordering::Acquire) || self.group.shared.removed() {
             Err(Error::Shutdown)
         } else {
             Ok(())
@@ -461,5 +559,45 @@ impl Drop for DistributedCache {
         // end on their own; nobody waits for them here).
         self.cancel.cancel();
         self.transport.close();
+    }
+}
+
+/// Raft figures read without a round trip to the group task; see
+/// [`DistributedCache::raft_figures`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftFigures {
+    /// The current term.
+    pub term: u64,
+    /// The highest committed index known here.
+    pub commit_index: u64,
+    /// The highest index applied here.
+    pub applied_index: u64,
+    /// Leader changes seen by this node since it started.
+    pub leader_changes: u64,
+    /// Snapshots received from a leader and installed since this node started.
+    pub snapshots_installed: u64,
+    /// True while the Raft log cannot be written (disk full): writes wait and time out.
+    pub persist_failing: bool,
+}
+
+/// Reclaims expired entries in the background: every second, or less often when a pass takes
+/// long (a pass walks every entry, so it is spaced to at most ~5% of one core).
+async fn sweep_expired(storage: CacheStorage, cancel: CancellationToken) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let started = std::time::Instant::now();
+        let purging = storage.clone();
+        let Ok(purged) = tokio::task::spawn_blocking(move || purging.purge_expired()).await else {
+            return;
+        };
+        let took = started.elapsed();
+        pause = (took * 20).max(Duration::from_secs(1));
+        if purged > 0 {
+            tracing::debug!(purged, took_ms = took.as_millis() as u64, "expired entries reclaimed");
+        }
     }
 }

@@ -1,24 +1,30 @@
 //! [`CacheStorage`]: the node-local cache on Moka that the state machine applies into and that
 //! local reads are served from.
 //!
-//! Expiry is absolute: each entry carries the unix-ms time written into its command by the
-//! proposing node, so it expires at the same moment on every node however late the node applied
-//! it. A read checks that time against this node's clock; Moka's per-entry expiry is set to the
-//! same moment only so that memory is reclaimed. Eviction (TinyLFU, entries or bytes) and
-//! time-to-idle are local decisions: they can turn a hit into a miss, never into a wrong value.
+//! Expiry is absolute: each entry carries a unix-ms time written into its command by the
+//! proposing node. A read checks that time against this node's clock. Apply never does: it judges
+//! with the *log time* (the largest command stamp applied so far, see `state_machine`), and
+//! expired entries are reclaimed only once the log time has passed their expiry
+//! ([`CacheStorage::purge_expired`], run by a background sweeper). So an entry that a
+//! conditional command applied late (a follower catching up) must still see is never gone too
+//! early, and every node decides INCR, SET NX, ... alike. Moka's own per-entry expiry is not used
+//! for that reason: it runs on this node's clock.
 //!
-//! For conditional commands (INCR, SET NX, ...), which read state during apply: Moka may drop an
-//! expired or evicted entry on one node and not on another, so such a command must decide
-//! "expired" with the proposer's time carried in the command, never with Moka's view or this
-//! node's clock, and must define what a locally evicted key means, or replicas diverge.
+//! Eviction (TinyLFU, entries or bytes) and time-to-idle are local decisions: they turn a hit
+//! into a miss on one node, never into a wrong value, but a read-modify-write command (INCR,
+//! APPEND, SET NX) applied to a key that one node evicted and another kept gives different
+//! results on the two nodes. Size the cache so that keys used that way are not evicted; the
+//! README's consistency section says the same.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use moka::ops::compute::Op;
 use moka::sync::Cache;
-use moka::Expiry;
+
+use super::capture::CaptureState;
 
 /// Bytes counted per entry on top of its key and value when capacity is set in bytes.
 pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
@@ -75,35 +81,12 @@ pub struct StorageLimits {
     pub time_to_idle: Option<Duration>,
 }
 
-struct AbsoluteExpiry;
-
-impl AbsoluteExpiry {
-    fn remaining(value: &StoredValue) -> Option<Duration> {
-        let at = value.expires_at_ms?;
-        Some(Duration::from_millis(at.saturating_sub(unix_now_ms())))
-    }
-}
-
-impl Expiry<Bytes, StoredValue> for AbsoluteExpiry {
-    fn expire_after_create(&self, _: &Bytes, value: &StoredValue, _: Instant) -> Option<Duration> {
-        Self::remaining(value)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Bytes,
-        value: &StoredValue,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Self::remaining(value)
-    }
-}
-
 #[derive(Default)]
 struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
+    /// The log time of the state applied into this cache (see the module docs).
+    log_time_ms: AtomicU64,
 }
 
 /// The local cache. Cloning is cheap and shares the same entries.
@@ -111,6 +94,7 @@ struct Counters {
 pub struct CacheStorage {
     cache: Cache<Bytes, StoredValue>,
     counters: Arc<Counters>,
+    capture: Arc<CaptureState>,
 }
 
 impl std::fmt::Debug for CacheStorage {
@@ -122,7 +106,7 @@ impl std::fmt::Debug for CacheStorage {
 impl CacheStorage {
     /// A cache bounded by `limits`.
     pub fn new(limits: StorageLimits) -> Self {
-        let mut builder = Cache::builder().expire_after(AbsoluteExpiry);
+        let mut builder = Cache::builder();
         builder = match limits.max_memory_bytes {
             Some(bytes) => builder.max_capacity(bytes).weigher(|k: &Bytes, v: &StoredValue| {
                 let weight = k.len() as u64 + v.value.len() as u64 + ENTRY_OVERHEAD_BYTES;
@@ -133,7 +117,35 @@ impl CacheStorage {
         if let Some(tti) = limits.time_to_idle {
             builder = builder.time_to_idle(tti);
         }
-        Self { cache: builder.build(), counters: Arc::default() }
+        Self { cache: builder.build(), counters: Arc::default(), capture: Arc::default() }
+    }
+
+    /// Before `key` changes: if a capture runs, remember the value it had.
+    fn before_change(&self, key: &[u8]) {
+        if self.capture.is_active() {
+            self.capture.record(key, || self.cache.get(key));
+        }
+    }
+
+    /// Starts a copy-on-write capture of the cache as it is now (see `cache::capture`); false
+    /// when one is already running.
+    pub fn begin_capture(&self) -> bool {
+        self.capture.begin()
+    }
+
+    /// Completes the capture started by [`Self::begin_capture`]: every entry as it was at that
+    /// instant and live at `at_ms`, or none if a `clear` aborted it. Walks the whole cache:
+    /// call it off the thread that applies writes.
+    pub fn finish_capture(&self, at_ms: u64) -> Option<Vec<(Bytes, StoredValue)>> {
+        let walked: Vec<(Bytes, StoredValue)> = self.cache.iter().map(|(k, v)| ((*k).clone(), v)).collect();
+        let before = self.capture.finish()?;
+        // Keys changed since the capture began take their recorded value (or are dropped if
+        // they did not exist then); the rest are as walked.
+        let mut entries: Vec<(Bytes, StoredValue)> =
+            walked.into_iter().filter(|(k, _)| !before.contains_key(k)).collect();
+        entries.extend(before.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        entries.retain(|(_, v)| v.is_live_at(at_ms));
+        Some(entries)
     }
 
     /// The live value of `key`, counting a hit or a miss.
@@ -163,19 +175,80 @@ impl CacheStorage {
 
     /// Inserts or replaces `key`.
     pub fn insert(&self, key: Bytes, value: Bytes, expires_at_ms: Option<u64>) {
+        self.before_change(&key);
         self.cache.insert(key, StoredValue { value, expires_at_ms });
     }
 
     /// Removes `key`; true when a live entry was there.
     pub fn remove(&self, key: &[u8]) -> bool {
+        self.before_change(key);
         let now = unix_now_ms();
         self.cache.remove(key).is_some_and(|v| v.is_live_at(now))
     }
 
+    /// The entry of `key` live at log time `at_ms` (apply's view: no statistics, no local clock).
+    pub fn entry_at(&self, key: &[u8], at_ms: u64) -> Option<StoredValue> {
+        self.cache.get(key).filter(|v| v.is_live_at(at_ms))
+    }
+
+    /// Removes `key`; true when an entry live at log time `at_ms` was there.
+    pub fn remove_at(&self, key: &[u8], at_ms: u64) -> bool {
+        self.before_change(key);
+        self.cache.remove(key).is_some_and(|v| v.is_live_at(at_ms))
+    }
+
+    /// The log time of the applied state (unix ms).
+    pub fn log_time_ms(&self) -> u64 {
+        self.counters.log_time_ms.load(Ordering::Acquire)
+    }
+
+    /// Advances the log time; it never goes back.
+    pub fn advance_log_time(&self, at_ms: u64) {
+        self.counters.log_time_ms.fetch_max(at_ms, Ordering::AcqRel);
+    }
+
+    /// Reclaims every entry that expired at or before the log time; answers how many. Each
+    /// removal re-checks the entry atomically, so a value written meanwhile is kept.
+    pub fn purge_expired(&self) -> usize {
+        let log_time = self.log_time_ms();
+        let expired: Vec<Arc<Bytes>> =
+            self.cache.iter().filter(|(_, v)| !v.is_live_at(log_time)).map(|(k, _)| k).collect();
+        let mut purged = 0;
+        for key in expired {
+            self.before_change(&key);
+            let result = self.cache.entry_by_ref(key.as_ref()).and_compute_with(|entry| match entry {
+                Some(e) if !e.value().is_live_at(log_time) => Op::Remove,
+                _ => Op::Nop,
+            });
+            if matches!(result, moka::ops::compute::CompResult::Removed(_)) {
+                purged += 1;
+            }
+        }
+        purged
+    }
+
+    /// Calls `f` with every key live on this node's clock, in no particular order, until it
+    /// answers false.
+    pub fn for_each_live_key(&self, mut f: impl FnMut(&Bytes, &StoredValue) -> bool) {
+        let now = unix_now_ms();
+        for (key, value) in self.cache.iter() {
+            if value.is_live_at(now) && !f(&key, &value) {
+                break;
+            }
+        }
+    }
+
     /// Removes every entry.
     pub fn clear(&self) {
+        self.capture.abort();
         self.cache.invalidate_all();
         self.cache.run_pending_tasks();
+    }
+
+    /// Entries live on this node's clock (counts them: O(entries)).
+    pub fn live_count(&self) -> u64 {
+        let now = unix_now_ms();
+        self.cache.iter().filter(|(_, v)| v.is_live_at(now)).count() as u64
     }
 
     /// Entries held (expired ones not yet reclaimed included), after Moka's pending work is done.
@@ -198,7 +271,7 @@ impl CacheStorage {
         }
     }
 
-    /// Every entry live at `now_ms`, in no particular order.
+    /// Every entry live at `now_ms` (log time for snapshots), in no particular order.
     pub fn live_entries(&self, now_ms: u64) -> Vec<(Bytes, StoredValue)> {
         self.cache.iter().filter(|(_, v)| v.is_live_at(now_ms)).map(|(k, v)| ((*k).clone(), v)).collect()
     }
@@ -233,6 +306,50 @@ mod tests {
         assert!(!s.remove(b"old"), "removing an expired entry removes nothing live");
         assert_eq!(s.get(b"new"), Some(Bytes::from("v")));
         assert_eq!(s.live_entries(now).len(), 1);
+    }
+
+    #[test]
+    fn purge_reclaims_only_what_the_log_time_has_passed() {
+        let s = storage(100);
+        s.insert(Bytes::from("a"), Bytes::from("1"), Some(1_000));
+        s.insert(Bytes::from("b"), Bytes::from("2"), Some(2_000));
+        s.insert(Bytes::from("c"), Bytes::from("3"), None);
+        // The wall clock is far past both expiries, but the applied state is at log time 1500.
+        s.advance_log_time(1_500);
+        s.advance_log_time(1_200);
+        assert_eq!(s.log_time_ms(), 1_500, "log time never goes back");
+        assert_eq!(s.purge_expired(), 1);
+        assert!(s.entry_at(b"a", 1_500).is_none());
+        assert_eq!(s.entry_at(b"b", 1_500).unwrap().value, Bytes::from("2"));
+        assert!(s.entry_at(b"b", 2_000).is_none(), "expired at its own expiry instant");
+        assert_eq!(s.entry_count(), 2);
+    }
+
+    #[test]
+    fn a_capture_sees_the_cache_as_it_was_when_it_began() {
+        let s = storage(1000);
+        for (k, v) in [("same", "1"), ("changed", "1"), ("deleted", "1"), ("expiring", "1")] {
+            s.insert(Bytes::from(k), Bytes::from(v), None);
+        }
+        assert!(s.begin_capture());
+        assert!(!s.begin_capture(), "one capture at a time");
+        s.insert(Bytes::from("changed"), Bytes::from("2"), None);
+        s.insert(Bytes::from("changed"), Bytes::from("3"), None);
+        s.remove_at(b"deleted", 0);
+        s.insert(Bytes::from("new"), Bytes::from("1"), None);
+        s.insert(Bytes::from("expiring"), Bytes::from("1"), Some(5));
+        let mut captured = s.finish_capture(10).unwrap();
+        captured.sort_by(|a, b| a.0.cmp(&b.0));
+        let keys: Vec<(&[u8], &[u8])> =
+            captured.iter().map(|(k, v)| (k.as_ref(), v.value.as_ref())).collect();
+        assert_eq!(
+            keys,
+            vec![(&b"changed"[..], &b"1"[..]), (b"deleted", b"1"), (b"expiring", b"1"), (b"same", b"1")]
+        );
+        assert_eq!(s.get_entry(b"changed").unwrap().value, Bytes::from("3"), "the cache itself moved on");
+        assert!(s.begin_capture());
+        s.clear();
+        assert_eq!(s.finish_capture(10), None, "a clear aborts the capture");
     }
 
     #[test]

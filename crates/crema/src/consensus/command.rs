@@ -1,9 +1,16 @@
 //! The replicated command, [`CacheCommand`]: its validation before propose and its byte codec.
 //!
-//! Pure code: no clock, no I/O. Time enters a command only as an absolute expiry in unix
-//! milliseconds, written by the proposing node, so every node applies the same bytes to the same
-//! state. The encoding is one format-version byte followed by postcard; a version this build does
-//! not know is a decode error (and, for a committed entry, a bug that halts the group).
+//! Pure code: no clock, no I/O. Time enters a command only as data written by the proposing node:
+//! absolute expiries in unix milliseconds, and the proposer's clock reading carried beside every
+//! command in a [`StampedCommand`]. Apply judges "expired" with that stamp (see
+//! `state_machine`), so every node applies the same bytes to the same state with the same result.
+//!
+//! Conditional and read-modify-write commands (`Set` with a condition, `IncrBy`, `Append`,
+//! `PutMany` with `only_if_none_exist`, ...) are decided in apply, never by a read on the
+//! proposing node, so two clients racing on the same key cannot lose an update.
+//!
+//! The encoding is one format-version byte followed by postcard; a version this build does not
+//! know is a decode error (and, for a committed entry, a bug that halts the group).
 
 use std::time::Duration;
 
@@ -17,9 +24,13 @@ use crate::config::MAX_TTL;
 pub const COMMAND_FORMAT_VERSION: u8 = 1;
 
 /// A change to the cache, replicated through the Raft log and applied on every node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Every variant that names a key requires it non-empty; values are bounded by
+/// [`CommandLimits`]. "Live" below means present and not expired at the command's stamp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CacheCommand {
     /// Insert or replace `key`. `expires_at_ms` is an absolute unix time in milliseconds.
+    /// Output: `Done`.
     Put {
         /// The key (never empty).
         key: Bytes,
@@ -28,13 +39,156 @@ pub enum CacheCommand {
         /// Absolute expiry (unix ms), or none for no expiry.
         expires_at_ms: Option<u64>,
     },
-    /// Remove `key` if present.
+    /// Remove `key` if present. Output: `Removed(live entry was removed)`.
     Delete {
         /// The key.
         key: Bytes,
     },
-    /// Remove every entry.
+    /// Remove every entry. Output: `Done`.
     Clear,
+    /// Redis `SET` with its options. Output: `Written { written, old }`, `old` being the value
+    /// live before the command (only filled when `return_old`).
+    Set {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+        /// The expiry to leave on the key when written (`Keep` is `KEEPTTL`).
+        expiry: ExpiryUpdate,
+        /// Write only if absent (`NX`), only if present (`XX`), or always.
+        condition: SetCondition,
+        /// Report the previous value (`GET`).
+        return_old: bool,
+    },
+    /// Remove several keys. Output: `Int(live entries removed)`.
+    DeleteMany {
+        /// The keys (duplicates count once).
+        keys: Vec<Bytes>,
+    },
+    /// Write several keys, clearing their expiry (`MSET`); with `only_if_none_exist`, nothing
+    /// is written if any key is live (`MSETNX`). Output: `Int(1)` if written, `Int(0)` if not.
+    PutMany {
+        /// Key/value pairs, written in order (a repeated key ends with its last value).
+        pairs: Vec<(Bytes, Bytes)>,
+        /// Write only if no key is live.
+        only_if_none_exist: bool,
+    },
+    /// Add `delta` to the integer stored at `key` (absent counts as 0); the expiry is kept.
+    /// Output: `Int(new value)`, or `Failed(NotInteger | Overflow)`.
+    IncrBy {
+        /// The key.
+        key: Bytes,
+        /// The increment (may be negative).
+        delta: i64,
+    },
+    /// Add `delta` to the number stored at `key` (absent counts as 0); the expiry is kept.
+    /// Output: `Value(Some(new value as text))`, or `Failed(NotFloat | NanOrInfinity)`.
+    IncrByFloat {
+        /// The key.
+        key: Bytes,
+        /// The increment (finite).
+        delta: f64,
+    },
+    /// Append `value` to the value at `key` (absent counts as empty); the expiry is kept.
+    /// Output: `Int(new length)`, or `Failed(TooLarge)` past `max_len`.
+    Append {
+        /// The key.
+        key: Bytes,
+        /// The bytes to append.
+        value: Bytes,
+        /// Largest value allowed, written by the proposer so every node decides alike.
+        max_len: u64,
+    },
+    /// Overwrite the value at `key` from `offset` on, zero-padding as needed; the expiry is kept.
+    /// An empty `value` changes nothing. Output: `Int(new length)`, or `Failed(TooLarge)`.
+    SetRange {
+        /// The key.
+        key: Bytes,
+        /// Where to write.
+        offset: u64,
+        /// The bytes to write.
+        value: Bytes,
+        /// Largest value allowed.
+        max_len: u64,
+    },
+    /// Remove `key` and report its value. Output: `Value(old)`.
+    GetDel {
+        /// The key.
+        key: Bytes,
+    },
+    /// Report the value of `key` and change its expiry (`GETEX`). Output: `Value(value)`.
+    GetEx {
+        /// The key.
+        key: Bytes,
+        /// The new expiry: `Keep` changes nothing, `Persist` removes it.
+        expiry: ExpiryUpdate,
+    },
+    /// Set the absolute expiry of a live `key` when `condition` holds; an expiry not after the
+    /// command's stamp removes the key. Output: `Int(1)` if changed, `Int(0)` if not.
+    Expire {
+        /// The key.
+        key: Bytes,
+        /// The new absolute expiry (unix ms).
+        expires_at_ms: u64,
+        /// `NX`, `XX`, `GT`, `LT` or always.
+        condition: ExpireCondition,
+    },
+    /// Remove the expiry of `key`. Output: `Int(1)` if it had one, else `Int(0)`.
+    Persist {
+        /// The key.
+        key: Bytes,
+    },
+    /// Several commands in one log entry, applied in order with nothing in between; each is
+    /// answered on its own (one that does not fit its value does not stop the others). The
+    /// server sends a client's pipelined writes this way: one proposal instead of many, in the
+    /// client's order. Output: `Batch(outputs)`.
+    Batch(Vec<CacheCommand>),
+}
+
+/// What a write does to a key's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpiryUpdate {
+    /// Leave it as it is (`KEEPTTL`; for `GetEx`, no change).
+    Keep,
+    /// No expiry.
+    Persist,
+    /// Expire at this absolute unix time in milliseconds.
+    At(u64),
+}
+
+/// When a `Set` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetCondition {
+    /// Always.
+    Always,
+    /// Only when the key is not live (`NX`).
+    IfAbsent,
+    /// Only when the key is live (`XX`).
+    IfPresent,
+}
+
+/// When an `Expire` applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireCondition {
+    /// Always.
+    Always,
+    /// Only when the key has no expiry (`NX`).
+    IfNone,
+    /// Only when the key has an expiry (`XX`).
+    IfSome,
+    /// Only when the new expiry is later than the current one; no expiry counts as infinite (`GT`).
+    IfLater,
+    /// Only when the new expiry is earlier than the current one (`LT`).
+    IfEarlier,
+}
+
+/// A command with the proposer's clock reading (unix ms): the unit written to the Raft log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StampedCommand {
+    /// The proposing node's clock when the command was made.
+    pub now_ms: u64,
+    /// The command.
+    pub command: CacheCommand,
 }
 
 /// Size limits a command is validated against before it is proposed.
@@ -71,6 +225,15 @@ pub enum CommandError {
     /// A TTL of zero or above ten years.
     #[error("ttl {0:?} is out of range (1 ms to 10 years)")]
     TtlOutOfRange(Duration),
+    /// A multi-key command with no keys.
+    #[error("no keys given")]
+    NoKeys,
+    /// A batch that is empty or holds another batch.
+    #[error("a batch must hold at least one command and no batch")]
+    BadBatch,
+    /// A float increment that is NaN or infinite.
+    #[error("increment is not a finite number")]
+    NotFinite,
     /// The bytes are not a command of a version this build knows.
     #[error("cannot decode command: {0}")]
     Decode(String),
@@ -87,27 +250,80 @@ impl CacheCommand {
         CacheCommand::Delete { key: key.into() }
     }
 
-    /// Checks key and value against `limits`.
+    /// Checks keys and values against `limits`.
     pub fn validate(&self, limits: &CommandLimits) -> Result<(), CommandError> {
+        use CacheCommand::*;
         match self {
-            CacheCommand::Put { key, value, .. } => {
+            Put { key, value, .. } | Set { key, value, .. } => {
                 validate_key(key, limits)?;
-                if value.len() > limits.max_value_bytes {
-                    return Err(CommandError::ValueTooLarge {
-                        len: value.len(),
-                        max: limits.max_value_bytes,
-                    });
-                }
-                Ok(())
+                validate_value(value, limits)
             }
-            CacheCommand::Delete { key } => validate_key(key, limits),
-            CacheCommand::Clear => Ok(()),
+            Append { key, value, .. } | SetRange { key, value, .. } => {
+                validate_key(key, limits)?;
+                validate_value(value, limits)
+            }
+            Delete { key } | IncrBy { key, .. } | GetDel { key } | GetEx { key, .. } => {
+                validate_key(key, limits)
+            }
+            Expire { key, .. } | Persist { key } => validate_key(key, limits),
+            IncrByFloat { key, delta } => {
+                validate_key(key, limits)?;
+                if delta.is_finite() {
+                    Ok(())
+                } else {
+                    Err(CommandError::NotFinite)
+                }
+            }
+            DeleteMany { keys } => {
+                if keys.is_empty() {
+                    return Err(CommandError::NoKeys);
+                }
+                keys.iter().try_for_each(|k| validate_key(k, limits))
+            }
+            PutMany { pairs, .. } => {
+                if pairs.is_empty() {
+                    return Err(CommandError::NoKeys);
+                }
+                pairs.iter().try_for_each(|(k, v)| {
+                    validate_key(k, limits)?;
+                    validate_value(v, limits)
+                })
+            }
+            Clear => Ok(()),
+            Batch(commands) => {
+                if commands.is_empty() || commands.iter().any(|c| matches!(c, Batch(_))) {
+                    return Err(CommandError::BadBatch);
+                }
+                commands.iter().try_for_each(|c| c.validate(limits))
+            }
         }
+    }
+
+    /// A size hint for the encoding.
+    fn encoded_len_hint(&self) -> usize {
+        use CacheCommand::*;
+        match self {
+            Put { key, value, .. } | Set { key, value, .. } => key.len() + value.len() + 24,
+            Append { key, value, .. } | SetRange { key, value, .. } => key.len() + value.len() + 24,
+            DeleteMany { keys } => keys.iter().map(|k| k.len() + 5).sum::<usize>() + 8,
+            PutMany { pairs, .. } => pairs.iter().map(|(k, v)| k.len() + v.len() + 10).sum::<usize>() + 8,
+            Delete { key } | IncrBy { key, .. } | IncrByFloat { key, .. } | GetDel { key } => key.len() + 16,
+            GetEx { key, .. } | Expire { key, .. } | Persist { key } => key.len() + 24,
+            Clear => 2,
+            Batch(commands) => commands.iter().map(CacheCommand::encoded_len_hint).sum::<usize>() + 4,
+        }
+    }
+}
+
+impl StampedCommand {
+    /// Stamps `command` with `now_ms`.
+    pub fn new(now_ms: u64, command: CacheCommand) -> Self {
+        Self { now_ms, command }
     }
 
     /// Encodes the command: version byte + postcard.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len_hint());
+        let mut out = Vec::with_capacity(self.command.encoded_len_hint() + 10);
         out.push(COMMAND_FORMAT_VERSION);
         postcard::to_extend(self, out).expect("encoding into a Vec cannot fail")
     }
@@ -122,14 +338,6 @@ impl CacheCommand {
             None => Err(CommandError::Decode("empty command".into())),
         }
     }
-
-    fn encoded_len_hint(&self) -> usize {
-        match self {
-            CacheCommand::Put { key, value, .. } => key.len() + value.len() + 24,
-            CacheCommand::Delete { key } => key.len() + 8,
-            CacheCommand::Clear => 2,
-        }
-    }
 }
 
 fn validate_key(key: &[u8], limits: &CommandLimits) -> Result<(), CommandError> {
@@ -138,6 +346,13 @@ fn validate_key(key: &[u8], limits: &CommandLimits) -> Result<(), CommandError> 
     }
     if key.len() > limits.max_key_bytes {
         return Err(CommandError::KeyTooLarge { len: key.len(), max: limits.max_key_bytes });
+    }
+    Ok(())
+}
+
+fn validate_value(value: &[u8], limits: &CommandLimits) -> Result<(), CommandError> {
+    if value.len() > limits.max_value_bytes {
+        return Err(CommandError::ValueTooLarge { len: value.len(), max: limits.max_value_bytes });
     }
     Ok(())
 }
@@ -176,6 +391,23 @@ mod tests {
     }
 
     #[test]
+    fn multi_key_and_float_commands_are_validated() {
+        assert_eq!(CacheCommand::DeleteMany { keys: vec![] }.validate(&LIMITS), Err(CommandError::NoKeys));
+        let pairs = vec![(Bytes::from("a"), Bytes::from("1")), (Bytes::from(""), Bytes::from("2"))];
+        let mset = CacheCommand::PutMany { pairs, only_if_none_exist: false };
+        assert_eq!(mset.validate(&LIMITS), Err(CommandError::EmptyKey));
+        let nan = CacheCommand::IncrByFloat { key: "k".into(), delta: f64::NAN };
+        assert_eq!(nan.validate(&LIMITS), Err(CommandError::NotFinite));
+        let append = CacheCommand::Append { key: "k".into(), value: vec![0u8; 17].into(), max_len: 100 };
+        assert_eq!(append.validate(&LIMITS), Err(CommandError::ValueTooLarge { len: 17, max: 16 }));
+        assert_eq!(CacheCommand::Batch(vec![]).validate(&LIMITS), Err(CommandError::BadBatch));
+        let nested = CacheCommand::Batch(vec![CacheCommand::Batch(vec![CacheCommand::Clear])]);
+        assert_eq!(nested.validate(&LIMITS), Err(CommandError::BadBatch));
+        let bad_inside = CacheCommand::Batch(vec![CacheCommand::Clear, CacheCommand::delete("")]);
+        assert_eq!(bad_inside.validate(&LIMITS), Err(CommandError::EmptyKey));
+    }
+
+    #[test]
     fn ttl_range_is_checked() {
         assert!(expiry_from_ttl(1_000, Duration::ZERO).is_err());
         assert!(expiry_from_ttl(1_000, MAX_TTL + Duration::from_millis(1)).is_err());
@@ -185,32 +417,58 @@ mod tests {
 
     #[test]
     fn decode_refuses_unknown_versions_and_garbage() {
-        let mut bytes = CacheCommand::Clear.encode();
+        let mut bytes = StampedCommand::new(5, CacheCommand::Clear).encode();
         bytes[0] = 9;
-        assert!(CacheCommand::decode(&bytes).unwrap_err().to_string().contains("version 9"));
-        assert!(CacheCommand::decode(&[]).is_err());
-        assert!(CacheCommand::decode(&[COMMAND_FORMAT_VERSION, 0xff, 0xff]).is_err());
+        assert!(StampedCommand::decode(&bytes).unwrap_err().to_string().contains("version 9"));
+        assert!(StampedCommand::decode(&[]).is_err());
+        assert!(StampedCommand::decode(&[COMMAND_FORMAT_VERSION, 0xff, 0xff]).is_err());
     }
 
-    fn any_command() -> impl Strategy<Value = CacheCommand> {
-        let bytes = || proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from);
+    pub(crate) fn any_command() -> impl Strategy<Value = CacheCommand> {
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..16).prop_map(Bytes::from);
+        let expiry = prop_oneof![
+            Just(ExpiryUpdate::Keep),
+            Just(ExpiryUpdate::Persist),
+            any::<u64>().prop_map(ExpiryUpdate::At)
+        ];
+        let cond = prop_oneof![
+            Just(SetCondition::Always),
+            Just(SetCondition::IfAbsent),
+            Just(SetCondition::IfPresent)
+        ];
         prop_oneof![
             (bytes(), bytes(), any::<Option<u64>>())
-                .prop_map(|(key, value, expires_at_ms)| { CacheCommand::Put { key, value, expires_at_ms } }),
+                .prop_map(|(key, value, expires_at_ms)| CacheCommand::Put { key, value, expires_at_ms }),
             bytes().prop_map(|key| CacheCommand::Delete { key }),
             Just(CacheCommand::Clear),
+            (bytes(), bytes(), expiry, cond, any::<bool>()).prop_map(
+                |(key, value, expiry, condition, return_old)| {
+                    CacheCommand::Set { key, value, expiry, condition, return_old }
+                }
+            ),
+            (bytes(), any::<i64>()).prop_map(|(key, delta)| CacheCommand::IncrBy { key, delta }),
+            (bytes(), -1e9f64..1e9).prop_map(|(key, delta)| CacheCommand::IncrByFloat { key, delta }),
+            proptest::collection::vec((bytes(), bytes()), 0..4)
+                .prop_map(|pairs| CacheCommand::PutMany { pairs, only_if_none_exist: true }),
+            (bytes(), any::<u64>(), bytes()).prop_map(|(key, offset, value)| CacheCommand::SetRange {
+                key,
+                offset,
+                value,
+                max_len: 1 << 20
+            }),
         ]
     }
 
     proptest! {
         #[test]
-        fn encode_decode_round_trips(cmd in any_command()) {
-            prop_assert_eq!(CacheCommand::decode(&cmd.encode()).unwrap(), cmd);
+        fn encode_decode_round_trips(now_ms in any::<u64>(), cmd in any_command()) {
+            let stamped = StampedCommand::new(now_ms, cmd);
+            prop_assert_eq!(StampedCommand::decode(&stamped.encode()).unwrap(), stamped);
         }
 
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
-            let _ = CacheCommand::decode(&bytes);
+            let _ = StampedCommand::decode(&bytes);
         }
     }
 }

@@ -28,14 +28,15 @@ use raft::eraftpb::{
 use raft::{RawNode, ReadOnlyOption, StateRole};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::command::CacheCommand;
+use super::command::StampedCommand;
 use super::logger::raft_logger;
 use super::pending::{ctx_bytes, ctx_from_bytes, ProposalReply, Proposals, ReadBatches, ReadReply};
-use super::state_machine::{ApplyOutput, CacheStateMachine};
+use super::state_machine::{ApplyOutput, CacheStateMachine, SnapshotCapture};
 use super::storage::LogStore;
 use super::{Applied, GroupStatus, Role};
+use crate::checkpoint::CheckpointManager;
 use crate::config::{RaftConfig, MAX_FRAME_BYTES};
 use crate::error::{Error, Result};
 use crate::transport::envelope::Envelope;
@@ -65,6 +66,20 @@ pub(crate) struct GroupShared {
     /// that had already committed): it neither votes nor campaigns until it hears from a leader.
     probation: AtomicBool,
     leader_changed: Notify,
+    /// How many times the known leader changed (to a node or to none).
+    leader_changes: AtomicU64,
+    /// Snapshots received from a leader and installed.
+    snapshots_installed: AtomicU64,
+    /// The term of the last entry applied here.
+    applied_term: AtomicU64,
+    /// True while the raft log cannot be persisted (disk full): the group waits.
+    persist_failing: AtomicBool,
+    /// This node applied its own removal: its group has stopped.
+    removed: AtomicBool,
+    /// This node is the group's only voter: as leader it has applied every acknowledged write
+    /// (a write is acknowledged only by its proposer, after applying it), so reads need no
+    /// Read-Index round.
+    sole_voter: AtomicBool,
 }
 
 impl GroupShared {
@@ -78,6 +93,12 @@ impl GroupShared {
             applied: watch::Sender::new(0),
             probation: AtomicBool::new(false),
             leader_changed: Notify::new(),
+            leader_changes: AtomicU64::new(0),
+            snapshots_installed: AtomicU64::new(0),
+            applied_term: AtomicU64::new(0),
+            persist_failing: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            sole_voter: AtomicBool::new(false),
         }
     }
 
@@ -95,6 +116,38 @@ impl GroupShared {
 
     pub fn commit(&self) -> u64 {
         self.commit.load(Ordering::Acquire)
+    }
+
+    /// True when this node leads, is the only voter (see `sole_voter`) and has applied an entry
+    /// of its own term: everything committed before it (by an earlier run of this node, from
+    /// its durable log) is then applied too.
+    pub fn leads_alone(&self) -> bool {
+        let term = self.term();
+        self.sole_voter.load(Ordering::Acquire)
+            && self.is_leader()
+            && term > 0
+            && self.applied_term.load(Ordering::Acquire) == term
+    }
+
+    /// Whether this node was removed from the group (its loop has stopped).
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    pub fn persist_failing(&self) -> bool {
+        self.persist_failing.load(Ordering::Acquire)
+    }
+
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed.load(Ordering::Relaxed)
+    }
+
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes.load(Ordering::Relaxed)
+    }
+
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
     }
 
     pub fn enter_probation(&self) {
@@ -125,6 +178,8 @@ pub(crate) struct GroupHandle {
     pub shared: Arc<GroupShared>,
     client_tx: mpsc::Sender<ClientMsg>,
     raft_tx: mpsc::Sender<Message>,
+    #[cfg(feature = "fault-injection")]
+    faults: Option<Arc<crate::faults::Faults>>,
 }
 
 impl GroupHandle {
@@ -134,8 +189,27 @@ impl GroupHandle {
         rx.await.map_err(|_| Error::Shutdown)?
     }
 
+    /// Whether `mutant` is planted in this node (test-only).
+    #[cfg(feature = "fault-injection")]
+    pub fn planted(&self, mutant: crate::faults::Mutant) -> bool {
+        self.faults.as_ref().is_some_and(|f| f.planted(mutant))
+    }
+
     /// Proposes an encoded command; answers once this node applied it.
+    ///
+    /// Refused at once while the group cannot persist its log (disk full): nothing is proposed.
     pub async fn propose(&self, command: Bytes) -> Result<Applied> {
+        if self.shared.persist_failing() {
+            return Err(Error::Storage(
+                "writes are refused: this node cannot persist its raft log (disk full or failing; see its log)".into(),
+            ));
+        }
+        #[cfg(feature = "fault-injection")]
+        if self.planted(crate::faults::Mutant::AckBeforeCommit) && self.shared.is_leader() {
+            let group = self.clone();
+            tokio::spawn(async move { group.ask(|reply| ClientMsg::Propose { command, reply }).await });
+            return Ok(Applied { index: 0, output: ApplyOutput::Done });
+        }
         self.ask(|reply| ClientMsg::Propose { command, reply }).await
     }
 
@@ -178,6 +252,23 @@ pub(crate) struct GroupSettings {
     pub mailbox_capacity: usize,
     pub read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// With durable storage: checkpoints are taken here and the log is compacted behind them.
+    pub checkpoints: Option<CheckpointManager>,
+    #[cfg(feature = "fault-injection")]
+    pub faults: Option<Arc<crate::faults::Faults>>,
+}
+
+/// Snapshot data per peer frame: well under the 16 MiB frame limit, small enough that other
+/// traffic to the peer is not held up for long behind one piece.
+pub(crate) const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Runs `f`, which may block on the disk (a synced write), without holding up the other tasks of
+/// this runtime worker: on a multi-threaded runtime they move to another thread meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Starts a group's task over `store` and `sm`; answers its handle and the task to await.
@@ -207,15 +298,25 @@ pub(crate) fn spawn_group<S: LogStore>(
     store.set_applied(applied);
     let mut raw = RawNode::new(&cfg, store, &raft_logger(settings.node_id, settings.shard))?;
     let voters = raw.raft.prs().conf().voters().ids();
-    if voters.len() == 1 && voters.contains(settings.node_id) && raw.raft.term == 0 {
-        // The only voter of a new group: lead at once instead of after an election timeout.
+    if voters.len() == 1 && voters.contains(settings.node_id) {
+        // The only voter (of a new group, or restarted from disk): lead at once instead of after
+        // an election timeout.
         raw.campaign()?;
     }
+    let mut settings = settings;
+    let checkpoints = settings.checkpoints.take();
     let (client_tx, client_rx) = mpsc::channel(settings.mailbox_capacity);
     let (raft_tx, raft_rx) = mpsc::channel(settings.mailbox_capacity);
     let shared = Arc::new(GroupShared::new(settings.shard));
     shared.applied.send_replace(applied);
-    let handle = GroupHandle { shared: shared.clone(), client_tx, raft_tx };
+    shared.term.store(raw.raft.term, Ordering::Release);
+    let handle = GroupHandle {
+        shared: shared.clone(),
+        client_tx,
+        raft_tx,
+        #[cfg(feature = "fault-injection")]
+        faults: settings.faults.clone(),
+    };
     let group = Group {
         raw,
         sm,
@@ -227,7 +328,14 @@ pub(crate) fn spawn_group<S: LogStore>(
         raft_rx,
         settings,
         heard_leader: false,
+        checkpoints,
+        checkpoint_job: None,
+        snapshot_transfers: 0,
+        cancel: cancel.clone(),
+        halted: false,
+        removed: false,
     };
+    group.publish_voters();
     let task = tokio::spawn(group.run(cancel));
     Ok((handle, task))
 }
@@ -243,6 +351,18 @@ struct Group<S: LogStore> {
     raft_rx: mpsc::Receiver<Message>,
     settings: GroupSettings,
     heard_leader: bool,
+    checkpoints: Option<CheckpointManager>,
+    /// A checkpoint being written on a blocking thread: answers its index when done.
+    checkpoint_job: Option<oneshot::Receiver<std::io::Result<u64>>>,
+    /// Snapshot transfers started (numbers each transfer).
+    snapshot_transfers: u64,
+    /// Stops the loop (a copy of the node's token).
+    cancel: CancellationToken,
+    /// Set when the group gave up persisting while stopping: the loop ends.
+    halted: bool,
+    /// This node applied its own removal from the group: the loop stops (raft-rs keeps a
+    /// removed leader leading, and it then fails on its own missing progress).
+    removed: bool,
 }
 
 impl<S: LogStore> Group<S> {
@@ -250,6 +370,15 @@ impl<S: LogStore> Group<S> {
         let mut ticker = tokio::time::interval(self.settings.raft.tick_interval());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            #[cfg(feature = "fault-injection")]
+            if let Some(faults) = self.settings.faults.clone() {
+                if faults.is_paused(self.settings.node_id) {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = faults.wait_while_paused(self.settings.node_id) => {}
+                    }
+                }
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -258,6 +387,9 @@ impl<S: LogStore> Group<S> {
                 _ = ticker.tick() => self.tick(),
             }
             self.pass();
+            if self.halted {
+                break;
+            }
         }
         self.drain_before_exit(&mut ticker).await;
     }
@@ -276,8 +408,11 @@ impl<S: LogStore> Group<S> {
                 Err(_) => break,
             }
         }
-        if let Some(ctx) = self.reads.start_round(Instant::now()) {
-            self.raw.read_index(ctx_bytes(ctx));
+        // Raft drops read requests while no leader is known; keep them gathered until one is.
+        if self.raw.raft.leader_id != raft::INVALID_ID {
+            if let Some(ctx) = self.reads.start_round(Instant::now()) {
+                self.raw.read_index(ctx_bytes(ctx));
+            }
         }
         if self.raw.has_ready() {
             self.on_ready();
@@ -289,16 +424,38 @@ impl<S: LogStore> Group<S> {
     async fn drain_before_exit(&mut self, ticker: &mut tokio::time::Interval) {
         self.client_rx.close();
         while let Ok(msg) = self.client_rx.try_recv() {
-            self.on_client(msg);
+            if self.removed {
+                // No Raft calls on a removed node: answer without proposing anything.
+                match msg {
+                    ClientMsg::Propose { reply, .. } | ClientMsg::ConfChange { reply, .. } => {
+                        let _ = reply.send(Err(Error::Shutdown));
+                    }
+                    ClientMsg::ReadIndex { reply } => {
+                        let _ = reply.send(Err(Error::Shutdown));
+                    }
+                    ClientMsg::Status { reply } => {
+                        let _ = reply.send(self.status());
+                    }
+                }
+            } else {
+                self.on_client(msg);
+            }
         }
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
-        while self.proposals.len() > 0 && self.raw.raft.state == StateRole::Leader {
+        while !self.removed && self.proposals.len() > 0 && self.raw.raft.state == StateRole::Leader {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 Some(msg) = self.raft_rx.recv() => self.step(msg),
                 _ = ticker.tick() => self.tick(),
             }
             self.pass();
+        }
+        if let Err(e) = self.raw.mut_store().flush() {
+            warn!(shard = self.shared.shard, error = %e, "final raft log flush failed");
+        }
+        if let Some(job) = self.checkpoint_job.take() {
+            // Let a checkpoint being written finish rather than leave a temp file behind.
+            let _ = job.await;
         }
         self.proposals.fail_all(|| Error::Shutdown);
         self.reads.fail_all(|| Error::Shutdown);
@@ -331,7 +488,8 @@ impl<S: LogStore> Group<S> {
         }
         let leader = self.shared.leader_id();
         let timeout = self.settings.read_timeout;
-        self.reads.expire(Instant::now(), timeout, || match leader {
+        let retry_after = self.settings.raft.election_timeout() / 2;
+        self.reads.expire(Instant::now(), retry_after, timeout, || match leader {
             None => Error::NotLeader { leader_hint: None },
             Some(_) => Error::Timeout(timeout),
         });
@@ -341,7 +499,7 @@ impl<S: LogStore> Group<S> {
         match msg {
             ClientMsg::Propose { command, reply } => self.propose(command, reply),
             ClientMsg::ConfChange { change, reply } => self.propose_conf_change(change, reply),
-            ClientMsg::ReadIndex { reply } => self.reads.push(reply),
+            ClientMsg::ReadIndex { reply } => self.reads.push(Instant::now(), reply),
             ClientMsg::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -402,6 +560,10 @@ impl<S: LogStore> Group<S> {
             }
         }
         self.apply(ready.take_committed_entries());
+        if self.removed {
+            self.leave();
+            return;
+        }
         let store = self.raw.mut_store();
         if !ready.entries().is_empty() {
             store.append(ready.entries()).unwrap_or_else(|e| panic!("appending to the raft log failed: {e}"));
@@ -411,6 +573,13 @@ impl<S: LogStore> Group<S> {
             store
                 .set_hard_state(hs.clone())
                 .unwrap_or_else(|e| panic!("persisting the hard state failed: {e}"));
+        }
+        // One synced write for everything this Ready (and the lazy commit and compaction
+        // changes of the previous one) made: concurrent proposals share the fsync. Nothing of
+        // this Ready is acknowledged or sent as persisted before it returns; while the disk
+        // refuses (full), the group waits here.
+        if !self.persist() {
+            return;
         }
         if !ready.persisted_messages().is_empty() {
             self.send(ready.take_persisted_messages());
@@ -424,18 +593,35 @@ impl<S: LogStore> Group<S> {
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries());
+        if self.removed {
+            self.leave();
+            return;
+        }
         self.raw.advance_apply();
         self.shared.commit.store(self.raw.raft.raft_log.committed, Ordering::Release);
         self.compact_log();
     }
 
+    /// This node was removed: keep what was applied, stop the loop, and let nobody take it
+    /// for a leader any more. Proposals it still holds may yet commit through the new leader,
+    /// so they are answered `Shutdown` (outcome unknown), not as dropped.
+    fn leave(&mut self) {
+        let _ = self.persist();
+        self.halted = true;
+        self.shared.removed.store(true, Ordering::Release);
+        self.publish_soft_state(raft::INVALID_ID, StateRole::Follower);
+    }
+
     fn publish_soft_state(&mut self, leader: NodeId, role: StateRole) {
+        // The term first: a reader that sees the new role must not pair it with an old term.
+        self.shared.term.store(self.raw.raft.term, Ordering::Release);
         let previous = self.shared.leader.swap(leader, Ordering::AcqRel);
         self.shared.role.store(Role::from(role) as u8, Ordering::Release);
         if leader != raft::INVALID_ID {
             self.heard_leader = true;
         }
         if previous != leader {
+            self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
             self.shared.leader_changed.notify_waiters();
             info!(shard = self.shared.shard, leader, term = self.raw.raft.term, ?role, "leader changed");
         }
@@ -445,30 +631,110 @@ impl<S: LogStore> Group<S> {
         for msg in msgs {
             let to = msg.to;
             let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+            if is_snapshot {
+                self.send_snapshot(msg);
+                continue;
+            }
             let bytes = msg.write_to_bytes().expect("encoding a raft message cannot fail");
             let frame = Envelope::Raft { shard: self.shared.shard, message: bytes.into() }.to_frame();
             if frame.len() > MAX_FRAME_BYTES {
-                // Only a snapshot of a large cache can get here; the peer would refuse the frame
-                // and drop the connection. Chunked snapshot transfer is not built yet.
+                // Appends are bounded by max_size_per_msg (at most half a frame) and snapshots go
+                // in pieces: this would be a bug, and the peer would refuse the frame.
                 warn!(
                     shard = self.shared.shard,
                     to,
                     bytes = frame.len(),
                     "message over the frame limit not sent"
                 );
-                if is_snapshot {
-                    self.raw.report_snapshot(to, raft::SnapshotStatus::Failure);
-                }
                 continue;
             }
             if let Err(e) = self.transport.send(to, frame) {
                 debug!(shard = self.shared.shard, to, error = %e, "raft message dropped");
                 self.raw.report_unreachable(to);
-                if is_snapshot {
-                    self.raw.report_snapshot(to, raft::SnapshotStatus::Failure);
+            }
+        }
+    }
+
+    /// Sends a snapshot message in pieces of at most `SNAPSHOT_CHUNK_BYTES` (a large cache's
+    /// snapshot is far over one frame), then tells raft-rs it went out: the follower answers
+    /// once it has installed it, and if a piece was lost on the way the leader notices that
+    /// the follower is still behind and sends a new snapshot.
+    fn send_snapshot(&mut self, mut msg: Message) {
+        let to = msg.to;
+        let data = std::mem::take(&mut msg.mut_snapshot().data);
+        let header = Bytes::from(msg.write_to_bytes().expect("encoding a raft message cannot fail"));
+        self.snapshot_transfers += 1;
+        let transfer = self.snapshot_transfers;
+        let total_len = data.len() as u64;
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
+            let chunk = Envelope::SnapshotChunk {
+                shard: self.shared.shard,
+                transfer,
+                header: (offset == 0).then(|| header.clone()),
+                total_len,
+                offset: offset as u64,
+                data: data.slice(offset..end),
+            };
+            if let Err(e) = self.transport.send(to, chunk.to_frame()) {
+                debug!(shard = self.shared.shard, to, error = %e, "snapshot piece dropped");
+                self.raw.report_unreachable(to);
+                self.raw.report_snapshot(to, raft::SnapshotStatus::Failure);
+                return;
+            }
+            offset = end;
+            if offset >= data.len() {
+                break;
+            }
+        }
+        info!(
+            shard = self.shared.shard,
+            to,
+            bytes = total_len,
+            index = msg.get_snapshot().get_metadata().index,
+            "snapshot sent"
+        );
+        self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+    }
+
+    /// Makes the store's pending changes durable. While the disk refuses them (full, failing)
+    /// it keeps trying: the group waits, clients time out, nothing is acknowledged, and it goes
+    /// on once the disk accepts the write again. Answers false if the node is stopping meanwhile
+    /// (the group then halts; nothing that depended on the lost changes was acknowledged).
+    fn persist(&mut self) -> bool {
+        let shard = self.shared.shard;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let store = self.raw.mut_store();
+            match blocking(|| store.flush()) {
+                Ok(()) => {
+                    if let Some(since) = failing_since {
+                        info!(shard, stalled = ?since.elapsed(), "the raft log is persisted again");
+                        self.shared.persist_failing.store(false, Ordering::Release);
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    if failing_since.is_none() {
+                        error!(shard, error = %e, "cannot persist the raft log; writes wait until the disk accepts them");
+                        self.shared.persist_failing.store(true, Ordering::Release);
+                        failing_since = Some(Instant::now());
+                    }
+                    if self.cancel.is_cancelled() {
+                        self.halted = true;
+                        return false;
+                    }
+                    blocking(|| std::thread::sleep(Duration::from_millis(100)));
                 }
             }
         }
+    }
+
+    fn publish_voters(&self) {
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        let alone = voters.len() == 1 && voters.contains(self.settings.node_id);
+        self.shared.sole_voter.store(alone, Ordering::Release);
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) {
@@ -487,13 +753,23 @@ impl<S: LogStore> Group<S> {
             self.transport.add_peer(id, Some(addr));
         }
         self.shared.applied.send_replace(meta.index);
+        self.shared.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         info!(shard = self.shared.shard, index = meta.index, entries = count, elapsed = ?started.elapsed(), "installed snapshot");
+        if let Some(checkpoints) = self.checkpoints.as_mut() {
+            // Durable at once: after a restart the node starts from this state, not from a log it
+            // no longer has.
+            if let Err(e) = checkpoints.take(meta.index, meta.term, meta.get_conf_state(), &snapshot.data) {
+                panic!("shard {} cannot write the received snapshot as a checkpoint: {e}", self.shared.shard);
+            }
+        }
+        self.publish_voters();
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {
         if entries.is_empty() {
             return;
         }
+        let last_term = entries.last().map_or(0, |e| e.term);
         for entry in entries {
             let (index, term) = (entry.index, entry.term);
             let result = match entry.get_entry_type() {
@@ -502,7 +778,7 @@ impl<S: LogStore> Group<S> {
                     Ok(ApplyOutput::Done)
                 }
                 EntryType::EntryNormal => {
-                    let command = CacheCommand::decode(&entry.data).unwrap_or_else(|e| {
+                    let command = StampedCommand::decode(&entry.data).unwrap_or_else(|e| {
                         panic!("shard {} entry {index} cannot be decoded ({e}): corrupt log or incompatible version", self.shared.shard)
                     });
                     Ok(self.sm.apply(index, &command))
@@ -515,6 +791,7 @@ impl<S: LogStore> Group<S> {
         }
         let applied = self.sm.applied_index();
         self.raw.mut_store().set_applied(applied);
+        self.shared.applied_term.store(last_term, Ordering::Release);
         self.shared.applied.send_replace(applied);
     }
 
@@ -546,6 +823,7 @@ impl<S: LogStore> Group<S> {
             .mut_store()
             .set_conf_state(cs)
             .unwrap_or_else(|e| panic!("persisting conf state failed: {e}"));
+        self.publish_voters();
         Ok(ApplyOutput::Done)
     }
 
@@ -561,10 +839,16 @@ impl<S: LogStore> Group<S> {
             }
             ConfChangeType::RemoveNode => {
                 self.sm.members().lock().expect("members poisoned").remove(&id);
-                if id != self.settings.node_id {
+                if id == self.settings.node_id {
+                    self.removed = true;
+                    warn!(
+                        shard = self.shared.shard,
+                        "this node was removed from the group: its Raft group stops (restart it empty to add it again)"
+                    );
+                } else {
                     self.transport.remove_peer(id);
+                    info!(shard = self.shared.shard, node = id, "member removed");
                 }
-                info!(shard = self.shared.shard, node = id, "member removed");
             }
         }
     }
@@ -573,11 +857,62 @@ impl<S: LogStore> Group<S> {
     fn compact_log(&mut self) {
         let keep = self.settings.raft.max_log_entries;
         let applied = self.sm.applied_index();
-        let first = self.raw.raft.raft_log.first_index();
-        if applied + 1 >= first + keep + keep / 4 {
-            let store = self.raw.mut_store();
-            store.compact(applied + 1 - keep).unwrap_or_else(|e| panic!("compacting the log failed: {e}"));
+        let mut limit = applied + 1 - keep.min(applied);
+        if self.checkpoints.is_some() {
+            self.checkpoint_if_due(applied);
+            let checkpoints = self.checkpoints.as_ref().expect("checked above");
+            limit = limit.min(checkpoints.compact_limit());
         }
+        let first = self.raw.raft.raft_log.first_index();
+        if applied + 1 >= first + keep + keep / 4 && limit > first {
+            let store = self.raw.mut_store();
+            store.compact(limit).unwrap_or_else(|e| panic!("compacting the log failed: {e}"));
+        }
+    }
+
+    /// Takes a checkpoint of the state at `applied` when one is due: the state is captured here
+    /// (one pass over the cache), then compressed, written and fsynced on a blocking thread so
+    /// writes go on meanwhile. A failed write (disk full) is logged and tried again at the next
+    /// due point; the log is not compacted past the older checkpoints until one succeeds.
+    fn checkpoint_if_due(&mut self, applied: u64) {
+        let shard = self.shared.shard;
+        let Some(checkpoints) = self.checkpoints.as_mut() else { return };
+        if let Some(job) = self.checkpoint_job.as_mut() {
+            match job.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Ok(Ok(index)) => {
+                    if let Err(e) = checkpoints.completed(index) {
+                        warn!(shard, error = %e, "listing checkpoints failed");
+                    }
+                }
+                Ok(Err(e)) => warn!(shard, error = %e, "checkpoint failed; will retry"),
+                Err(oneshot::error::TryRecvError::Closed) => warn!(shard, "checkpoint job lost"),
+            }
+            self.checkpoint_job = None;
+        }
+        if !checkpoints.due(applied) {
+            return;
+        }
+        // The commit index must be durable at least up to the checkpoint before it exists.
+        if !self.persist() {
+            return;
+        }
+        let Some(checkpoints) = self.checkpoints.as_mut() else { return };
+        let term = self.raw.raft.raft_log.term(applied).unwrap_or(0);
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        // Copy-on-write: only a flag is set here; the walk over the cache runs with the job.
+        let Some(finish) = self.sm.capture_later() else { return };
+        let job = checkpoints.job(applied, term, conf, move || {
+            finish()
+                .map(SnapshotCapture::encode)
+                .ok_or_else(|| std::io::Error::other("a clear aborted the capture"))
+        });
+        checkpoints.started(applied);
+        let (tx, rx) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(job().map(|()| applied));
+        });
+        self.checkpoint_job = Some(rx);
     }
 
     fn status(&self) -> GroupStatus {
@@ -587,6 +922,12 @@ impl<S: LogStore> Group<S> {
         voters.sort_unstable();
         let mut learners: Vec<NodeId> = conf.learners().iter().copied().collect();
         learners.sort_unstable();
+        let replica_progress = if raft.state == StateRole::Leader {
+            let me = self.settings.node_id;
+            raft.prs().iter().filter(|(id, _)| **id != me).map(|(id, pr)| (*id, pr.matched)).collect()
+        } else {
+            Vec::new()
+        };
         GroupStatus {
             shard: self.shared.shard,
             node_id: self.settings.node_id,
@@ -601,6 +942,29 @@ impl<S: LogStore> Group<S> {
             learners,
             probation: self.probation_blocks_votes(),
             pending_proposals: self.proposals.len(),
+            replica_progress,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Read-Index shortcut of a sole voter is taken only once it has applied an entry of
+    /// its own term: never at term 0, never while it replays an earlier term's log.
+    #[test]
+    fn a_sole_leader_skips_read_index_only_after_applying_its_own_term() {
+        let s = GroupShared::new(0);
+        s.sole_voter.store(true, Ordering::Release);
+        s.role.store(Role::Leader as u8, Ordering::Release);
+        assert!(!s.leads_alone(), "term 0: nothing known yet");
+        s.term.store(2, Ordering::Release);
+        s.applied_term.store(1, Ordering::Release);
+        assert!(!s.leads_alone(), "still replaying the log of term 1");
+        s.applied_term.store(2, Ordering::Release);
+        assert!(s.leads_alone());
+        s.sole_voter.store(false, Ordering::Release);
+        assert!(!s.leads_alone(), "not alone any more");
     }
 }

@@ -4,10 +4,13 @@
 //! Pure parts (`command`, `state_machine`, `storage`, `pending`) are tested without a network;
 //! only `group` runs a task and talks to the transport.
 
+pub mod apply;
 pub mod command;
 pub(crate) mod group;
 mod logger;
 pub(crate) mod pending;
+#[cfg(feature = "rocksdb")]
+pub mod rocks_storage;
 pub mod state_machine;
 pub mod storage;
 #[cfg(test)]
@@ -15,12 +18,12 @@ pub(crate) mod storage_suite;
 
 use serde::{Deserialize, Serialize};
 
-pub use state_machine::ApplyOutput;
+pub use apply::{ApplyError, ApplyOutput};
 
 use crate::types::{NodeId, ShardId};
 
 /// Where a write was applied: its log index and what applying it produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     /// The Raft log index of the entry.
     pub index: u64,
@@ -83,4 +86,7 @@ pub struct GroupStatus {
     pub probation: bool,
     /// Proposals of this node awaiting commit.
     pub pending_proposals: usize,
+    /// On the leader: each other member and the highest log index known to be on it (empty on
+    /// a follower).
+    pub replica_progress: Vec<(NodeId, u64)>,
 }

@@ -66,23 +66,34 @@ impl Proposals {
     }
 }
 
-struct ReadRound {
-    started: Instant,
-    replies: Vec<ReadReply>,
+/// A read waiting for its index, with the time it was asked (its deadline counts from there).
+struct PendingRead {
+    asked: Instant,
+    reply: ReadReply,
 }
 
-/// Linearizable reads: those gathered in this loop pass, and rounds awaiting their read index.
+struct ReadRound {
+    started: Instant,
+    reads: Vec<PendingRead>,
+}
+
+/// Linearizable reads: those gathered since the last round, and rounds awaiting their read index.
+///
+/// Raft drops a read-index request it cannot serve (no leader yet, or a new leader that has not
+/// committed in its term), without an answer. So a round unanswered after the retry interval is
+/// not failed but gathered again into the next round; a read fails only when its own deadline
+/// passes.
 #[derive(Default)]
 pub(crate) struct ReadBatches {
-    gathered: Vec<ReadReply>,
+    gathered: Vec<PendingRead>,
     next_ctx: u64,
     rounds: HashMap<u64, ReadRound>,
 }
 
 impl ReadBatches {
-    /// Adds a read to the next round.
-    pub fn push(&mut self, reply: ReadReply) {
-        self.gathered.push(reply);
+    /// Adds a read, asked at `now`, to the next round.
+    pub fn push(&mut self, now: Instant, reply: ReadReply) {
+        self.gathered.push(PendingRead { asked: now, reply });
     }
 
     /// Turns the reads gathered so far into one round; answers its context for `read_index`.
@@ -91,38 +102,59 @@ impl ReadBatches {
             return None;
         }
         self.next_ctx += 1;
-        let replies = std::mem::take(&mut self.gathered);
-        self.rounds.insert(self.next_ctx, ReadRound { started: now, replies });
+        let reads = std::mem::take(&mut self.gathered);
+        self.rounds.insert(self.next_ctx, ReadRound { started: now, reads });
         Some(self.next_ctx)
     }
 
     /// Raft answered round `ctx` with `index`: every read in it may proceed once `index` is applied.
     pub fn complete(&mut self, ctx: u64, index: u64) {
         if let Some(round) = self.rounds.remove(&ctx) {
-            for reply in round.replies {
-                let _ = reply.send(Ok(index));
+            for read in round.reads {
+                let _ = read.reply.send(Ok(index));
             }
         }
     }
 
-    /// Fails rounds older than `timeout` (Raft drops read requests when there is no leader).
-    pub fn expire(&mut self, now: Instant, timeout: Duration, err: impl Fn() -> Error) {
-        self.rounds.retain(|_, round| {
-            let keep = now.duration_since(round.started) < timeout;
-            if !keep {
-                for reply in round.replies.drain(..) {
-                    let _ = reply.send(Err(err()));
-                }
-            }
-            keep
-        });
+    /// Gathers again the reads of rounds unanswered for `retry_after`, and fails with `err` every
+    /// read (gathered or in a round) asked more than `timeout` ago.
+    pub fn expire(
+        &mut self,
+        now: Instant,
+        retry_after: Duration,
+        timeout: Duration,
+        err: impl Fn() -> Error,
+    ) {
+        let stale: Vec<u64> = self
+            .rounds
+            .iter()
+            .filter(|(_, r)| now.duration_since(r.started) >= retry_after)
+            .map(|(c, _)| *c)
+            .collect();
+        for ctx in stale {
+            let round = self.rounds.remove(&ctx).expect("listed above");
+            self.gathered.extend(round.reads);
+        }
+        let (late, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.gathered)
+            .into_iter()
+            .partition(|r| now.duration_since(r.asked) >= timeout);
+        self.gathered = waiting;
+        for read in late {
+            let _ = read.reply.send(Err(err()));
+        }
+    }
+
+    /// Whether reads wait to be sent in a round.
+    #[cfg(test)]
+    pub fn has_gathered(&self) -> bool {
+        !self.gathered.is_empty()
     }
 
     /// Fails everything (shutdown).
     pub fn fail_all(&mut self, err: impl Fn() -> Error) {
         let gathered = std::mem::take(&mut self.gathered);
-        for reply in gathered.into_iter().chain(self.rounds.drain().flat_map(|(_, r)| r.replies)) {
-            let _ = reply.send(Err(err()));
+        for read in gathered.into_iter().chain(self.rounds.drain().flat_map(|(_, r)| r.reads)) {
+            let _ = read.reply.send(Err(err()));
         }
     }
 }
@@ -175,9 +207,9 @@ mod tests {
         let mut reads = ReadBatches::default();
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
-        reads.push(tx1);
-        reads.push(tx2);
         let now = Instant::now();
+        reads.push(now, tx1);
+        reads.push(now, tx2);
         let ctx = reads.start_round(now).unwrap();
         assert_eq!(reads.start_round(now), None, "nothing gathered since");
         assert_eq!(ctx_from_bytes(&ctx_bytes(ctx)), Some(ctx));
@@ -187,15 +219,35 @@ mod tests {
     }
 
     #[test]
-    fn stale_rounds_expire() {
+    fn unanswered_rounds_are_retried_until_the_deadline() {
         let mut reads = ReadBatches::default();
         let (tx, mut rx) = oneshot::channel();
-        reads.push(tx);
         let t0 = Instant::now();
+        let (retry, timeout) = (Duration::from_millis(100), Duration::from_secs(1));
+        reads.push(t0, tx);
+        let first = reads.start_round(t0).unwrap();
+        reads.expire(t0 + Duration::from_millis(10), retry, timeout, || Error::ProposalDropped);
+        assert!(!reads.has_gathered() && rx.try_recv().is_err(), "too early to retry");
+        reads.expire(t0 + Duration::from_millis(150), retry, timeout, || Error::ProposalDropped);
+        assert!(reads.has_gathered(), "the dropped round is gathered again");
+        let second = reads.start_round(t0 + Duration::from_millis(150)).unwrap();
+        reads.complete(first, 7);
+        assert!(rx.try_recv().is_err(), "a late answer to the dropped round is ignored");
+        reads.complete(second, 9);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), 9);
+    }
+
+    #[test]
+    fn reads_fail_at_their_deadline() {
+        let mut reads = ReadBatches::default();
+        let (tx, mut rx) = oneshot::channel();
+        let t0 = Instant::now();
+        reads.push(t0, tx);
         reads.start_round(t0).unwrap();
-        reads.expire(t0 + Duration::from_millis(10), Duration::from_secs(1), || Error::ProposalDropped);
-        assert!(rx.try_recv().is_err(), "not yet");
-        reads.expire(t0 + Duration::from_secs(2), Duration::from_secs(1), || Error::ProposalDropped);
+        let (retry, timeout) = (Duration::from_millis(100), Duration::from_secs(1));
+        reads.expire(t0 + Duration::from_millis(500), retry, timeout, || Error::ProposalDropped);
+        assert!(rx.try_recv().is_err(), "gathered again, not failed");
+        reads.expire(t0 + Duration::from_secs(2), retry, timeout, || Error::ProposalDropped);
         assert!(matches!(rx.try_recv().unwrap(), Err(Error::ProposalDropped)));
     }
 }

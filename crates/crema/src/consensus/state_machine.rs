@@ -1,9 +1,13 @@
 //! [`CacheStateMachine`]: applies committed commands to the local [`CacheStorage`].
 //!
-//! Apply is deterministic and infallible: it reads no clock, does no I/O and every valid command
-//! succeeds (validation happened before propose). It is idempotent: the applied index is tracked
-//! and an entry at or below it is skipped, so a replay after a snapshot restore changes nothing.
-//! Snapshots (the whole cache at the applied index) are encoded and restored here too.
+//! Apply is deterministic and never fails the group: it reads no clock and does no I/O; a command
+//! that does not fit the stored value (INCR on text) is answered with [`ApplyOutput::Failed`] and
+//! changes nothing. Time comes from the log: the *log time* is the largest stamp of any command
+//! applied so far, and a command is applied at `max(log time, its stamp)`, so expiry decisions
+//! never go back in time and are the same on every node however late it applies. It is
+//! idempotent: the applied index is tracked and an entry at or below it is skipped, so a replay
+//! after a snapshot restore changes nothing. Snapshots (the whole cache at the applied index,
+//! with the log time) are encoded and restored here too.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,21 +16,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::storage::{unix_now_ms, CacheStorage, StoredValue};
-use crate::consensus::command::{CacheCommand, CommandError};
+use crate::cache::storage::{CacheStorage, StoredValue};
+use crate::consensus::apply::apply_command;
+pub use crate::consensus::apply::{ApplyError, ApplyOutput};
+use crate::consensus::command::{CommandError, StampedCommand};
 use crate::types::NodeId;
 
 /// Version byte leading snapshot data.
 pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
-
-/// What applying a command produced, handed back to whoever proposed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ApplyOutput {
-    /// The command was applied (put, clear) or skipped as already applied.
-    Done,
-    /// A delete: whether a live entry was removed.
-    Removed(bool),
-}
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotEntry {
@@ -37,6 +34,7 @@ struct SnapshotEntry {
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
+    log_time_ms: u64,
     members: Vec<(NodeId, SocketAddr)>,
     entries: Vec<SnapshotEntry>,
 }
@@ -76,22 +74,19 @@ impl CacheStateMachine {
 
     /// Applies the command committed at `index`. An index at or below the applied index is a
     /// replay and changes nothing.
-    pub fn apply(&mut self, index: u64, command: &CacheCommand) -> ApplyOutput {
+    pub fn apply(&mut self, index: u64, stamped: &StampedCommand) -> ApplyOutput {
         if index <= self.applied_index {
             return ApplyOutput::Done;
         }
         self.applied_index = index;
-        match command {
-            CacheCommand::Put { key, value, expires_at_ms } => {
-                self.storage.insert(key.clone(), value.clone(), *expires_at_ms);
-                ApplyOutput::Done
-            }
-            CacheCommand::Delete { key } => ApplyOutput::Removed(self.storage.remove(key)),
-            CacheCommand::Clear => {
-                self.storage.clear();
-                ApplyOutput::Done
-            }
-        }
+        let t = self.storage.log_time_ms().max(stamped.now_ms);
+        self.storage.advance_log_time(t);
+        apply_command(&self.storage, t, &stamped.command)
+    }
+
+    /// The log time of the applied state (unix ms).
+    pub fn log_time_ms(&self) -> u64 {
+        self.storage.log_time_ms()
     }
 
     /// Records that the entry at `index` (an empty entry or a conf change) was applied.
@@ -99,17 +94,43 @@ impl CacheStateMachine {
         self.applied_index = self.applied_index.max(index);
     }
 
-    /// Encodes every entry live at `now_ms` (entries already expired are dropped) and the
-    /// member address book.
-    pub fn snapshot_data(&self, now_ms: u64) -> Vec<u8> {
-        encode_snapshot(&self.storage, &self.members, now_ms)
+    /// Encodes every entry live at the log time (entries already expired are dropped), the log
+    /// time and the member address book.
+    pub fn snapshot_data(&self) -> Vec<u8> {
+        encode_snapshot(&self.storage, &self.members)
+    }
+
+    /// Starts a copy-on-write capture of the state as it is now, in constant time; the returned
+    /// function completes it (walking the cache) and may run on another thread while writes
+    /// are applied. It answers none if a `clear` aborted the capture. None when a capture is
+    /// already running.
+    pub fn capture_later(&self) -> Option<impl FnOnce() -> Option<SnapshotCapture> + Send + 'static> {
+        if !self.storage.begin_capture() {
+            return None;
+        }
+        let storage = self.storage.clone();
+        let log_time_ms = storage.log_time_ms();
+        let members: Vec<(NodeId, SocketAddr)> =
+            self.members.lock().expect("members poisoned").iter().map(|(k, v)| (*k, *v)).collect();
+        Some(move || {
+            let entries = storage
+                .finish_capture(log_time_ms)?
+                .into_iter()
+                .map(|(key, StoredValue { value, expires_at_ms })| SnapshotEntry {
+                    key,
+                    value,
+                    expires_at_ms,
+                })
+                .collect();
+            Some(SnapshotCapture(SnapshotData { log_time_ms, members, entries }))
+        })
     }
 
     /// A function encoding the current state, for the log store to call when a snapshot is due.
     pub fn snapshot_source(&self) -> impl Fn() -> Vec<u8> + Send + 'static {
         let storage = self.storage.clone();
         let members = self.members.clone();
-        move || encode_snapshot(&storage, &members, unix_now_ms())
+        move || encode_snapshot(&storage, &members)
     }
 
     /// Replaces the whole state with snapshot `data` taken at `index`; answers the entry count.
@@ -118,7 +139,7 @@ impl CacheStateMachine {
     /// Data of an unknown version or that does not decode; the state is then unchanged.
     pub fn restore(&mut self, index: u64, data: &[u8]) -> Result<usize, CommandError> {
         let decoded: SnapshotData = match data.split_first() {
-            None => SnapshotData { members: Vec::new(), entries: Vec::new() },
+            None => SnapshotData { log_time_ms: 0, members: Vec::new(), entries: Vec::new() },
             Some((&SNAPSHOT_FORMAT_VERSION, rest)) => {
                 postcard::from_bytes(rest).map_err(|e| CommandError::Decode(e.to_string()))?
             }
@@ -127,6 +148,7 @@ impl CacheStateMachine {
             }
         };
         self.storage.clear();
+        self.storage.advance_log_time(decoded.log_time_ms);
         let count = decoded.entries.len();
         for e in decoded.entries {
             self.storage.insert(e.key, e.value, e.expires_at_ms);
@@ -137,24 +159,37 @@ impl CacheStateMachine {
     }
 }
 
-fn encode_snapshot(storage: &CacheStorage, members: &Members, now_ms: u64) -> Vec<u8> {
+/// The state at one applied index, captured for a snapshot (values shared, not copied).
+pub struct SnapshotCapture(SnapshotData);
+
+impl SnapshotCapture {
+    /// The snapshot bytes (format version + postcard).
+    pub fn encode(self) -> Vec<u8> {
+        let out = vec![SNAPSHOT_FORMAT_VERSION];
+        postcard::to_extend(&self.0, out).expect("encoding into a Vec cannot fail")
+    }
+}
+
+fn capture(storage: &CacheStorage, members: &Members) -> SnapshotData {
+    let log_time_ms = storage.log_time_ms();
     let entries = storage
-        .live_entries(now_ms)
+        .live_entries(log_time_ms)
         .into_iter()
         .map(|(key, StoredValue { value, expires_at_ms })| SnapshotEntry { key, value, expires_at_ms })
         .collect();
     let members = members.lock().expect("members poisoned").iter().map(|(k, v)| (*k, *v)).collect();
-    let data = SnapshotData { members, entries };
-    let out = vec![SNAPSHOT_FORMAT_VERSION];
-    postcard::to_extend(&data, out).expect("encoding into a Vec cannot fail")
+    SnapshotData { log_time_ms, members, entries }
+}
+
+fn encode_snapshot(storage: &CacheStorage, members: &Members) -> Vec<u8> {
+    SnapshotCapture(capture(storage, members)).encode()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::storage::StorageLimits;
-    use proptest::prelude::*;
-    use std::collections::BTreeMap;
+    use crate::cache::storage::{unix_now_ms, StorageLimits};
+    use crate::consensus::command::{CacheCommand, ExpiryUpdate, SetCondition};
 
     fn machine() -> CacheStateMachine {
         CacheStateMachine::new(CacheStorage::new(StorageLimits {
@@ -164,13 +199,17 @@ mod tests {
         }))
     }
 
+    fn at(now_ms: u64, command: CacheCommand) -> StampedCommand {
+        StampedCommand::new(now_ms, command)
+    }
+
     #[test]
     fn replayed_entries_change_nothing() {
         let mut sm = machine();
-        sm.apply(1, &CacheCommand::put("k", "v1"));
-        sm.apply(2, &CacheCommand::put("k", "v2"));
-        assert_eq!(sm.apply(1, &CacheCommand::put("k", "v1")), ApplyOutput::Done);
-        assert_eq!(sm.apply(2, &CacheCommand::delete("k")), ApplyOutput::Done);
+        sm.apply(1, &at(1, CacheCommand::put("k", "v1")));
+        sm.apply(2, &at(1, CacheCommand::put("k", "v2")));
+        assert_eq!(sm.apply(1, &at(1, CacheCommand::put("k", "v1"))), ApplyOutput::Done);
+        assert_eq!(sm.apply(2, &at(1, CacheCommand::delete("k"))), ApplyOutput::Done);
         assert_eq!(sm.storage().get(b"k"), Some(Bytes::from("v2")));
         assert_eq!(sm.applied_index(), 2);
     }
@@ -178,31 +217,78 @@ mod tests {
     #[test]
     fn delete_reports_whether_it_removed() {
         let mut sm = machine();
-        sm.apply(1, &CacheCommand::put("k", "v"));
-        assert_eq!(sm.apply(2, &CacheCommand::delete("k")), ApplyOutput::Removed(true));
-        assert_eq!(sm.apply(3, &CacheCommand::delete("k")), ApplyOutput::Removed(false));
+        sm.apply(1, &at(1, CacheCommand::put("k", "v")));
+        assert_eq!(sm.apply(2, &at(1, CacheCommand::delete("k"))), ApplyOutput::Removed(true));
+        assert_eq!(sm.apply(3, &at(1, CacheCommand::delete("k"))), ApplyOutput::Removed(false));
     }
 
     #[test]
-    fn snapshot_round_trips_and_drops_expired() {
+    fn log_time_is_the_largest_stamp_and_never_goes_back() {
+        let mut sm = machine();
+        sm.apply(1, &at(5_000, CacheCommand::Clear));
+        sm.apply(2, &at(4_000, CacheCommand::Clear));
+        assert_eq!(sm.log_time_ms(), 5_000);
+        // A key expiring at 4500 written by a proposer whose clock is behind is already gone.
+        let put = CacheCommand::Put { key: "k".into(), value: "v".into(), expires_at_ms: Some(4_500) };
+        sm.apply(3, &at(4_000, put));
+        assert!(sm.storage().entry_at(b"k", sm.log_time_ms()).is_none());
+    }
+
+    /// The reason for log time: a node applying late (catching up long after the commands were
+    /// made, its own clock far past every expiry) decides exactly as the leader did.
+    #[test]
+    fn a_late_applier_decides_conditional_writes_like_the_leader() {
+        let commands = [
+            at(1_000, CacheCommand::Put { key: "k".into(), value: "v".into(), expires_at_ms: Some(2_000) }),
+            at(
+                1_500,
+                CacheCommand::Set {
+                    key: "k".into(),
+                    value: "w".into(),
+                    expiry: ExpiryUpdate::Persist,
+                    condition: SetCondition::IfAbsent,
+                    return_old: true,
+                },
+            ),
+            at(1_600, CacheCommand::IncrBy { key: "n".into(), delta: 1 }),
+            at(
+                2_500,
+                CacheCommand::Set {
+                    key: "k".into(),
+                    value: "x".into(),
+                    expiry: ExpiryUpdate::Persist,
+                    condition: SetCondition::IfAbsent,
+                    return_old: false,
+                },
+            ),
+        ];
+        let mut sm = machine();
+        let outputs: Vec<_> = commands.iter().enumerate().map(|(i, c)| sm.apply(i as u64 + 1, c)).collect();
+        assert!(unix_now_ms() > 2_000_000, "this node's clock is far past every expiry above");
+        assert_eq!(outputs[1], ApplyOutput::Written { written: false, old: Some(Bytes::from("v")) });
+        assert_eq!(outputs[3], ApplyOutput::Written { written: true, old: None });
+        assert_eq!(sm.storage().entry_at(b"k", 2_500).unwrap().value, Bytes::from("x"));
+    }
+
+    #[test]
+    fn snapshot_round_trips_with_log_time_and_drops_expired() {
         let mut sm = machine();
         let now = unix_now_ms();
-        sm.apply(1, &CacheCommand::put("a", "1"));
-        sm.apply(
-            2,
-            &CacheCommand::Put { key: "b".into(), value: "2".into(), expires_at_ms: Some(now + 60_000) },
-        );
-        sm.apply(
-            3,
-            &CacheCommand::Put { key: "gone".into(), value: "x".into(), expires_at_ms: Some(now - 1) },
-        );
+        sm.apply(1, &at(now, CacheCommand::put("a", "1")));
+        let b = CacheCommand::Put { key: "b".into(), value: "2".into(), expires_at_ms: Some(now + 60_000) };
+        sm.apply(2, &at(now, b));
+        let gone = CacheCommand::Put { key: "gone".into(), value: "x".into(), expires_at_ms: Some(now + 5) };
+        sm.apply(3, &at(now, gone));
+        // Advances the log time past "gone"'s expiry (the delete itself touches nothing).
+        sm.apply(4, &at(now + 10, CacheCommand::delete("nothing")));
         sm.members().lock().unwrap().insert(2, "127.0.0.1:9002".parse().unwrap());
-        let data = sm.snapshot_data(now);
+        let data = sm.snapshot_data();
 
         let mut other = machine();
-        other.apply(1, &CacheCommand::put("stale", "x"));
-        assert_eq!(other.restore(3, &data).unwrap(), 2);
-        assert_eq!(other.applied_index(), 3);
+        other.apply(1, &at(now, CacheCommand::put("stale", "x")));
+        assert_eq!(other.restore(4, &data).unwrap(), 2, "the entry expired at the log time is dropped");
+        assert_eq!(other.applied_index(), 4);
+        assert_eq!(other.log_time_ms(), now + 10);
         assert_eq!(other.storage().get(b"stale"), None);
         assert_eq!(other.storage().get_entry(b"b").unwrap().expires_at_ms, Some(now + 60_000));
         assert_eq!(other.storage().get(b"a"), Some(Bytes::from("1")));
@@ -212,40 +298,10 @@ mod tests {
     #[test]
     fn restore_refuses_unknown_versions_and_keeps_state() {
         let mut sm = machine();
-        sm.apply(1, &CacheCommand::put("a", "1"));
+        sm.apply(1, &at(1, CacheCommand::put("a", "1")));
         assert!(sm.restore(5, &[9, 0]).is_err());
         assert!(sm.restore(5, &[SNAPSHOT_FORMAT_VERSION, 0xff]).is_err());
         assert_eq!(sm.applied_index(), 1);
         assert_eq!(sm.storage().get(b"a"), Some(Bytes::from("1")));
-    }
-
-    fn command() -> impl Strategy<Value = CacheCommand> {
-        let key = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(Bytes::from);
-        prop_oneof![
-            6 => (key.clone(), any::<u16>()).prop_map(|(k, v)| CacheCommand::put(k, v.to_string())),
-            3 => key.prop_map(|key| CacheCommand::Delete { key }),
-            1 => Just(CacheCommand::Clear),
-        ]
-    }
-
-    proptest! {
-        #[test]
-        fn matches_a_btreemap_model(commands in prop::collection::vec(command(), 0..64)) {
-            let mut sm = machine();
-            let mut model = BTreeMap::new();
-            for (i, cmd) in commands.iter().enumerate() {
-                let out = sm.apply(i as u64 + 1, cmd);
-                match cmd {
-                    CacheCommand::Put { key, value, .. } => { model.insert(key.clone(), value.clone()); }
-                    CacheCommand::Delete { key } => {
-                        prop_assert_eq!(out, ApplyOutput::Removed(model.remove(key).is_some()));
-                    }
-                    CacheCommand::Clear => model.clear(),
-                }
-            }
-            for key in ["a", "b", "c", "d"] {
-                prop_assert_eq!(sm.storage().get(key.as_bytes()), model.get(key.as_bytes()).cloned());
-            }
-        }
     }
 }

@@ -48,6 +48,15 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn set_applied(&mut self, index: u64);
     /// Installs the function that encodes the state machine for snapshots.
     fn set_snapshot_source(&mut self, source: SnapshotSource);
+    /// Makes every change made since the last flush durable, with one synced write. The group
+    /// loop calls it once per Ready, before anything of that Ready is sent as persisted or
+    /// acknowledged. Memory storage has nothing to do.
+    ///
+    /// # Errors
+    /// The write failed (after the store's own retries); the changes are not durable.
+    fn flush(&mut self) -> raft::Result<()> {
+        Ok(())
+    }
 }
 
 /// In-memory Raft storage. Nothing survives a restart.
@@ -86,6 +95,20 @@ impl MemStorage {
         let mut store = Self::new();
         store.conf_state.voters = voters.to_vec();
         store
+    }
+
+    /// A store holding state loaded from disk: the log after the compaction point
+    /// (`compacted_index`, `compacted_term`), hard state and conf state.
+    pub fn restored(
+        hard_state: HardState,
+        conf_state: ConfState,
+        compacted_index: u64,
+        compacted_term: u64,
+        entries: Vec<Entry>,
+    ) -> Self {
+        let compacted =
+            SnapshotMetadata { index: compacted_index, term: compacted_term, ..Default::default() };
+        Self { hard_state, conf_state, entries, compacted, applied: compacted_index, source: None }
     }
 
     /// The current hard state.

@@ -51,6 +51,23 @@ pub enum Envelope {
         /// Where it was applied, or why not.
         result: Result<Applied, WireError>,
     },
+    /// One piece of a Raft snapshot message, whose data is too large for one frame. The first
+    /// piece carries the message without its data; the receiver appends the pieces in order
+    /// and steps the whole message once `total_len` bytes arrived.
+    SnapshotChunk {
+        /// Target group.
+        shard: ShardId,
+        /// Identifies one transfer; a piece of another transfer restarts assembly.
+        transfer: u64,
+        /// On the first piece: the `eraftpb::Message` protobuf bytes with empty snapshot data.
+        header: Option<Bytes>,
+        /// Bytes of snapshot data in the whole transfer.
+        total_len: u64,
+        /// Where this piece starts in the data.
+        offset: u64,
+        /// The piece.
+        data: Bytes,
+    },
 }
 
 /// An [`Error`] as it crosses the wire.
@@ -127,6 +144,9 @@ impl Envelope {
         match self {
             Envelope::Raft { message, .. } => message.len(),
             Envelope::Forward { command, .. } => command.len(),
+            Envelope::SnapshotChunk { data, header, .. } => {
+                data.len() + header.as_ref().map_or(0, |h| h.len())
+            }
             _ => 0,
         }
     }
@@ -150,6 +170,14 @@ mod tests {
         round_trip(Envelope::Hello { node_id: 7, term: 3, commit: 9 });
         round_trip(Envelope::Raft { shard: 2, message: Bytes::from_static(b"\x08\x01") });
         round_trip(Envelope::Forward { shard: 0, request_id: 9, command: Bytes::from("c") });
+        round_trip(Envelope::SnapshotChunk {
+            shard: 1,
+            transfer: 5,
+            header: Some(Bytes::from_static(b"hdr")),
+            total_len: 10,
+            offset: 0,
+            data: Bytes::from_static(b"01234"),
+        });
         round_trip(Envelope::ForwardReply {
             request_id: 9,
             result: Ok(Applied { index: 4, output: ApplyOutput::Removed(true) }),

@@ -3,8 +3,14 @@
 //! A request gets an id, its frame goes out on the leader's link, and the reply (matched by id)
 //! completes it. A request that outlives its timeout fails with `Timeout` (outcome unknown: the
 //! leader may still apply it) and its slot is freed; a late reply is then ignored.
+//!
+//! The leader side keeps a [`SeenRequests`] window per sender, so a forward frame delivered
+//! twice is proposed once: a write applied twice is not linearizable (a read can see its value
+//! come back after a later write, or a compare-and-set answer "not written" for the copy that
+//! found its own value). Ids start at a random point in each process, so a restarted follower's
+//! ids are not taken for repeats of its earlier ones.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,10 +27,51 @@ use crate::types::{NodeId, ShardId};
 type Reply = std::result::Result<Applied, WireError>;
 
 /// Forwarded requests awaiting the leader's answer.
-#[derive(Default)]
 pub(crate) struct Forwarder {
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        // A random start (with room below u64::MAX) tells this incarnation's ids apart.
+        Self { next_id: AtomicU64::new(rand::random::<u64>() >> 2), pending: Mutex::default() }
+    }
+}
+
+/// How far behind the newest id of a sender a request may arrive and still be told apart from
+/// a repeat. An older one is refused (its sender times out: outcome unknown, nothing applied).
+const SEEN_WINDOW: u64 = 65_536;
+
+/// Ids further than this from the newest one seen belong to a new incarnation of the sender.
+const NEW_INCARNATION: u64 = 1 << 40;
+
+/// The request ids one sender's forwards carried lately (leader side): a sliding window.
+#[derive(Debug, Default)]
+pub(crate) struct SeenRequests {
+    newest: u64,
+    seen: BTreeSet<u64>,
+}
+
+impl SeenRequests {
+    /// Whether `id` is new (and now remembered); false for a repeat, or for an id too old to
+    /// tell.
+    pub fn first_time(&mut self, id: u64) -> bool {
+        if self.seen.is_empty() || id.abs_diff(self.newest) > NEW_INCARNATION {
+            self.seen.clear();
+            self.seen.insert(id);
+            self.newest = id;
+            return true;
+        }
+        if id.saturating_add(SEEN_WINDOW) <= self.newest || !self.seen.insert(id) {
+            return false;
+        }
+        self.newest = self.newest.max(id);
+        if self.seen.len() as u64 > 2 * SEEN_WINDOW {
+            self.seen = self.seen.split_off(&(self.newest - SEEN_WINDOW + 1));
+        }
+        true
+    }
 }
 
 struct Slot<'a> {
@@ -65,5 +112,39 @@ impl Forwarder {
         if let Some(tx) = self.pending.lock().expect("pending poisoned").remove(&request_id) {
             let _ = tx.send(reply);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_are_refused_and_reordering_is_not() {
+        let mut seen = SeenRequests::default();
+        assert!(seen.first_time(1000));
+        assert!(!seen.first_time(1000), "a repeat");
+        assert!(seen.first_time(1002));
+        assert!(seen.first_time(1001), "overtaken, but new");
+        assert!(!seen.first_time(1001) && !seen.first_time(1002));
+        // Far ahead: the window slides, and what fell out of it is refused.
+        assert!(seen.first_time(1000 + 3 * SEEN_WINDOW));
+        assert!(!seen.first_time(1003), "too old to tell from a repeat");
+        for id in 0..3 * SEEN_WINDOW {
+            seen.first_time(2_000_000 + id);
+        }
+        assert!(seen.seen.len() as u64 <= 2 * SEEN_WINDOW + 1, "bounded: {}", seen.seen.len());
+        assert!(!seen.first_time(2_000_000 + 3 * SEEN_WINDOW - 1));
+        // A restarted sender starts somewhere else entirely: a new window.
+        assert!(seen.first_time(1 << 60));
+        assert!(seen.first_time((1 << 60) + 1));
+        assert!(!seen.first_time(1 << 60));
+    }
+
+    #[test]
+    fn each_forwarder_starts_its_ids_somewhere_else() {
+        let (a, b) = (Forwarder::default(), Forwarder::default());
+        let (a, b) = (a.next_id.load(Ordering::Relaxed), b.next_id.load(Ordering::Relaxed));
+        assert!(a.abs_diff(b) > NEW_INCARNATION, "{a} and {b}");
     }
 }

@@ -14,6 +14,7 @@ mod error;
 pub(crate) mod forward;
 pub(crate) mod frame;
 mod peer;
+pub(crate) mod snapshot_assembly;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,6 +52,8 @@ pub(crate) struct TransportConfig {
     pub queue_capacity: usize,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
+    #[cfg(feature = "fault-injection")]
+    pub faults: Option<Arc<crate::faults::Faults>>,
 }
 
 /// The node's peer connections.
@@ -127,6 +130,28 @@ impl Transport {
     pub fn send(&self, to: NodeId, frame: Bytes) -> Result<(), TransportError> {
         let peers = self.peers.read().expect("peer map poisoned");
         let link = peers.get(&to).ok_or(TransportError::UnknownPeer(to))?;
+        #[cfg(feature = "fault-injection")]
+        if let Some(faults) = &self.config.faults {
+            use crate::faults::Delivery;
+            match faults.delivery(self.config.node_id, to) {
+                Delivery::Drop => return Ok(()),
+                Delivery::Send { copies, delay: Some(delay) } => {
+                    let link = link.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        for _ in 0..copies {
+                            let _ = link.enqueue(frame.clone());
+                        }
+                    });
+                    return Ok(());
+                }
+                Delivery::Send { copies, delay: None } => {
+                    for _ in 1..copies {
+                        let _ = link.enqueue(frame.clone());
+                    }
+                }
+            }
+        }
         link.enqueue(frame)
     }
 

@@ -91,3 +91,23 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Counts panics on any thread from now on (a panicking task does not fail its test by itself);
+/// the default hook still prints them.
+pub fn count_panics() -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, OnceLock};
+    static COUNT: OnceLock<Arc<AtomicU64>> = OnceLock::new();
+    COUNT
+        .get_or_init(|| {
+            let count = Arc::new(AtomicU64::new(0));
+            let seen = count.clone();
+            let default = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                default(info);
+            }));
+            count
+        })
+        .clone()
+}

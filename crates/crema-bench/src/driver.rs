@@ -1,0 +1,156 @@
+//! Runs clients against a target: closed loop (each client sends its next batch when the last
+//! one is answered) or open loop (batches leave at a fixed rate, and latency counts from when a
+//! batch was due, so a stalled server is not hidden by clients that waited for it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+use crate::target::{Conn, Target};
+use crate::workload::{Op, OpGen, Workload};
+
+/// Highest latency recorded exactly (larger ones are recorded as this).
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// How a run is driven.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Concurrent clients, each with its own connection.
+    pub clients: usize,
+    /// Operations per batch (pipeline depth).
+    pub pipeline: usize,
+    /// The measured window.
+    pub duration: Duration,
+    /// Load before the window, not measured.
+    pub warmup: Duration,
+    /// Operations per second over all clients (open loop); none: closed loop.
+    pub rate: Option<f64>,
+}
+
+/// What the clients saw in the measured window.
+pub struct Outcome {
+    /// Latencies of answered operations, microseconds.
+    pub latencies: Histogram<u64>,
+    /// Operations that failed.
+    pub errors: u64,
+    /// The window, seconds.
+    pub seconds: f64,
+}
+
+/// Runs `spec` against `target`.
+///
+/// # Errors
+/// A client cannot connect.
+pub async fn run(target: Arc<Target>, workload: &Workload, spec: &RunSpec) -> anyhow::Result<Outcome> {
+    let mut conns = Vec::with_capacity(spec.clients);
+    for c in 0..spec.clients {
+        conns.push(target.connect(c).await?);
+    }
+    let start = Instant::now();
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.duration;
+    let interval = spec.rate.map(|r| Duration::from_secs_f64(spec.clients as f64 * spec.pipeline as f64 / r));
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(c, conn)| {
+            let (target, workload, spec) = (target.clone(), workload.clone(), spec.clone());
+            // Open-loop clients start spread over one interval, not all at once.
+            let first =
+                start + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / spec.clients as f64));
+            tokio::spawn(async move {
+                client(c, conn, &target, &workload, &spec, interval, first, measure_from, end).await
+            })
+        })
+        .collect();
+    let mut latencies = histogram();
+    let mut errors = 0;
+    for task in tasks {
+        let (h, e) = task.await?;
+        latencies.add(&h)?;
+        errors += e;
+    }
+    Ok(Outcome { latencies, errors, seconds: spec.duration.as_secs_f64() })
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds")
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client(
+    c: usize,
+    mut conn: Conn,
+    target: &Target,
+    workload: &Workload,
+    spec: &RunSpec,
+    interval: Option<Duration>,
+    first: Instant,
+    measure_from: Instant,
+    end: Instant,
+) -> (Histogram<u64>, u64) {
+    let mut gen = OpGen::new(workload, c as u64);
+    let mut hist = histogram();
+    let mut errors = 0;
+    let mut next = first;
+    loop {
+        let due = match interval {
+            Some(i) => {
+                let due = next;
+                next += i;
+                tokio::time::sleep_until(due).await;
+                due
+            }
+            None => Instant::now(),
+        };
+        if due >= end {
+            break;
+        }
+        let batch: Vec<Op> = (0..spec.pipeline).map(|_| gen.next_op()).collect();
+        let result = conn.run(&batch).await;
+        let latency = (due.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_US);
+        let measured = due >= measure_from;
+        match result {
+            Ok(()) if measured => hist.record_n(latency, batch.len() as u64).expect("clamped to the bounds"),
+            Ok(()) => {}
+            Err(_) => {
+                if measured {
+                    errors += batch.len() as u64;
+                }
+                // A broken connection stays broken: make a new one (or wait a little).
+                match target.connect(c).await {
+                    Ok(fresh) => conn = fresh,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }
+    }
+    (hist, errors)
+}
+
+/// Writes every key once (pipelined, split over the clients), so reads find data.
+///
+/// # Errors
+/// A client cannot connect or a write fails.
+pub async fn preload(target: Arc<Target>, workload: &Workload, clients: usize) -> anyhow::Result<()> {
+    let value = workload.value();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut conn = target.connect(c).await?;
+        let (workload, value) = (workload.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let mine: Vec<u64> = (c as u64..workload.keys).step_by(clients).collect();
+            for chunk in mine.chunks(64) {
+                let batch: Vec<Op> = chunk.iter().map(|i| Op::Set(workload.key(*i), value.clone())).collect();
+                conn.run(&batch).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}

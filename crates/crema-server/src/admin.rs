@@ -1,0 +1,196 @@
+//! The admin HTTP server: `/metrics` (Prometheus text), `/health` (the process is up), `/ready`
+//! (a leader is known and this node has applied what it knows is committed), `/cluster` (this
+//! node's view as JSON), and membership changes (`POST /cluster/nodes`, `DELETE
+//! /cluster/nodes/{id}`) used by `crema cluster add-node` / `remove-node`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use crema::{DistributedCache, NodeId};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::metrics::Metrics;
+
+/// What the admin handlers need.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The node.
+    pub cache: Arc<DistributedCache>,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    /// Its RESP address (shown in `/cluster`).
+    pub resp_addr: SocketAddr,
+}
+
+/// `/cluster`: this node's view of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// This node.
+    pub node_id: NodeId,
+    /// `Leader`, `Follower`, ...
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader_id: Option<NodeId>,
+    /// Highest committed index known here.
+    pub commit_index: u64,
+    /// Highest index applied here.
+    pub applied_index: u64,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Learners.
+    pub learners: Vec<NodeId>,
+    /// Raft addresses of the members this node knows.
+    pub members: std::collections::BTreeMap<NodeId, String>,
+    /// This node's Raft address.
+    pub raft_addr: String,
+    /// This node's RESP address.
+    pub resp_addr: String,
+    /// Entries in the local cache.
+    pub entries: u64,
+    /// Weighted size of the local cache (bytes when sized by memory, else entries).
+    pub size: u64,
+    /// Local read hits.
+    pub hits: u64,
+    /// Local read misses.
+    pub misses: u64,
+    /// Resident memory of the node's process, bytes (Linux).
+    pub memory_bytes: Option<u64>,
+    /// True while this restarted memory node waits to hear from a leader before voting.
+    pub probation: bool,
+}
+
+/// `POST /cluster/nodes` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddNode {
+    /// The new node's id.
+    pub id: NodeId,
+    /// Its Raft address.
+    pub addr: SocketAddr,
+    /// Add as a learner (no vote) instead of a voter.
+    #[serde(default)]
+    pub learner: bool,
+}
+
+/// The router (exposed for tests).
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/cluster", get(cluster))
+        .route("/cluster/nodes", post(add_node))
+        .route("/cluster/nodes/{id}", delete(remove_node))
+        .with_state(state)
+}
+
+/// Serves the admin API on `listener` until `shutdown`.
+///
+/// # Errors
+/// The server failed (the listener broke).
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    info!(addr = %listener.local_addr()?, "admin HTTP listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn ready(State(s): State<AdminState>) -> Response {
+    let raft = s.cache.raft_figures();
+    if raft.persist_failing {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: cannot persist the raft log (disk full?)\n")
+            .into_response();
+    }
+    match s.cache.leader_id() {
+        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n").into_response(),
+        Some(_) if raft.applied_index < raft.commit_index => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: applied {} of {} committed\n", raft.applied_index, raft.commit_index),
+        )
+            .into_response(),
+        Some(leader) => format!("ready: leader {leader}, applied {}\n", raft.applied_index).into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let body = s.metrics.render();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
+}
+
+async fn cluster(State(s): State<AdminState>) -> Response {
+    match s.cache.cluster_status().await {
+        Ok(status) => {
+            let g = &status.group;
+            Json(ClusterView {
+                node_id: status.node_id,
+                role: format!("{:?}", g.role),
+                term: g.term,
+                leader_id: g.leader_id,
+                commit_index: g.commit_index,
+                applied_index: g.applied_index,
+                voters: g.voters.clone(),
+                learners: g.learners.clone(),
+                members: status.members.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+                raft_addr: status.raft_addr.to_string(),
+                resp_addr: s.resp_addr.to_string(),
+                entries: status.entry_count,
+                size: s.cache.storage().weighted_size(),
+                hits: status.stats.hits,
+                misses: status.stats.misses,
+                memory_bytes: crate::metrics::resident_memory_bytes(),
+                probation: g.probation,
+            })
+            .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+async fn add_node(State(s): State<AdminState>, Json(body): Json<AddNode>) -> Response {
+    let result = if body.learner {
+        s.cache.add_learner(body.id, body.addr).await
+    } else {
+        s.cache.add_peer(body.id, body.addr).await
+    };
+    match result {
+        Ok(()) => (StatusCode::OK, format!("node {} added at {}\n", body.id, body.addr)).into_response(),
+        Err(e) => membership_error(&s, &e),
+    }
+}
+
+async fn remove_node(State(s): State<AdminState>, Path(id): Path<NodeId>) -> Response {
+    match s.cache.remove_peer(id).await {
+        Ok(()) => (StatusCode::OK, format!("node {id} removed\n")).into_response(),
+        Err(e) => membership_error(&s, &e),
+    }
+}
+
+fn membership_error(s: &AdminState, e: &crema::Error) -> Response {
+    match e.leader_hint() {
+        Some(leader) => {
+            let addr = s.cache.peer_addr(leader).map(|a| a.to_string()).unwrap_or_default();
+            let msg =
+                format!("not the leader: node {leader} (raft {addr}) is; send this to its admin port\n");
+            (StatusCode::CONFLICT, msg).into_response()
+        }
+        None => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+fn error(code: StatusCode, e: &crema::Error) -> Response {
+    (code, format!("{e}\n")).into_response()
+}

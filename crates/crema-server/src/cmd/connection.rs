@@ -1,0 +1,200 @@
+//! Commands about the connection itself: PING, ECHO, HELLO, AUTH, SELECT, QUIT, RESET, CLIENT,
+//! and READONLY / READWRITE, which switch the connection between fast local reads and
+//! linearizable reads (the default).
+
+use bytes::Bytes;
+
+use super::{parse_int, Call, CmdError, Kind, ReadMode, Session};
+use crate::resp::{Protocol, Reply};
+
+pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    match kind {
+        Kind::Ping => Ok(match call.args.get(1) {
+            None => Reply::Simple("PONG"),
+            Some(msg) if call.args.len() == 2 => Reply::Bulk(msg.clone()),
+            Some(_) => return Err(CmdError::Arity("ping".into())),
+        }),
+        Kind::Echo => Ok(Reply::Bulk(call.arg(1).clone())),
+        Kind::Hello => hello(call),
+        Kind::Auth => {
+            let (user, password) = match call.args.len() {
+                2 => (None, call.arg(1).clone()),
+                3 => (Some(call.arg(1).clone()), call.arg(2).clone()),
+                _ => return Err(CmdError::Syntax),
+            };
+            authenticate(call, user.as_deref(), &password)?;
+            Ok(Reply::OK)
+        }
+        Kind::Select => match parse_int(call.arg(1)) {
+            Ok(0) => Ok(Reply::OK),
+            Ok(_) => Err(CmdError::Invalid("DB index is out of range".into())),
+            Err(e) => Err(e),
+        },
+        Kind::Quit => {
+            call.session.quit = true;
+            Ok(Reply::OK)
+        }
+        Kind::Reset => {
+            let s = &mut call.session;
+            s.name = None;
+            s.protocol = Protocol::Resp2;
+            s.read_mode = call.state.settings.read_mode;
+            s.authenticated = call.state.settings.password.is_none();
+            Ok(Reply::Simple("RESET"))
+        }
+        Kind::Client => client(call),
+        Kind::ReadOnly => {
+            call.session.read_mode = ReadMode::Local;
+            Ok(Reply::OK)
+        }
+        Kind::ReadWrite => {
+            call.session.read_mode = ReadMode::Linearizable;
+            Ok(Reply::OK)
+        }
+        _ => unreachable!("not a connection command: {kind:?}"),
+    }
+}
+
+/// Checks `password` for the `default` user (the only one).
+fn authenticate(call: &mut Call<'_>, user: Option<&[u8]>, password: &[u8]) -> Result<(), CmdError> {
+    let Some(expected) = &call.state.settings.password else {
+        return Err(CmdError::Invalid(
+            "AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?"
+                .into(),
+        ));
+    };
+    let user_ok = user.is_none_or(|u| u == b"default");
+    if user_ok && constant_time_eq(expected.as_bytes(), password) {
+        call.session.authenticated = true;
+        Ok(())
+    } else {
+        Err(CmdError::WrongPass)
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn hello(call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    let mut protocol = call.session.protocol;
+    let mut i = 1;
+    if let Some(version) = call.args.get(1) {
+        protocol = match parse_int(version) {
+            Ok(2) => Protocol::Resp2,
+            Ok(3) => Protocol::Resp3,
+            Ok(_) => return Ok(Reply::Error("NOPROTO unsupported protocol version".into())),
+            Err(_) => {
+                return Err(CmdError::Invalid("Protocol version is not an integer or out of range".into()))
+            }
+        };
+        i = 2;
+    }
+    let mut name = None;
+    while i < call.args.len() {
+        match call.option(i).as_str() {
+            "AUTH" if i + 2 < call.args.len() => {
+                let (user, password) = (call.arg(i + 1).clone(), call.arg(i + 2).clone());
+                authenticate(call, Some(&user), &password)?;
+                i += 3;
+            }
+            "SETNAME" if i + 1 < call.args.len() => {
+                name = Some(valid_name(call.arg(i + 1))?);
+                i += 2;
+            }
+            _ => return Err(CmdError::Syntax),
+        }
+    }
+    if !call.session.authenticated {
+        return Err(CmdError::NoAuth);
+    }
+    call.session.protocol = protocol;
+    if name.is_some() {
+        call.session.name = name;
+    }
+    let role = if call.state.cache.is_leader() { "master" } else { "replica" };
+    let proto = if protocol == Protocol::Resp3 { 3 } else { 2 };
+    Ok(Reply::Map(vec![
+        (Reply::bulk("server"), Reply::bulk("redis")),
+        (Reply::bulk("version"), Reply::bulk(crate::REDIS_COMPAT_VERSION)),
+        (Reply::bulk("proto"), Reply::Integer(proto)),
+        (Reply::bulk("id"), Reply::Integer(call.session.id as i64)),
+        (Reply::bulk("mode"), Reply::bulk("standalone")),
+        (Reply::bulk("role"), Reply::bulk(role)),
+        (Reply::bulk("modules"), Reply::Array(Vec::new())),
+    ]))
+}
+
+fn valid_name(name: &Bytes) -> Result<Bytes, CmdError> {
+    if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+        return Err(CmdError::Invalid(
+            "Client names cannot contain spaces, newlines or special characters.".into(),
+        ));
+    }
+    Ok(name.clone())
+}
+
+fn client(call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    let sub = call.option(1);
+    let argc = call.args.len();
+    match (sub.as_str(), argc) {
+        ("SETNAME", 3) => {
+            let name = valid_name(call.arg(2))?;
+            call.session.name = if name.is_empty() { None } else { Some(name) };
+            Ok(Reply::OK)
+        }
+        ("GETNAME", 2) => Ok(call.session.name.clone().map_or(Reply::Null, Reply::Bulk)),
+        ("ID", 2) => Ok(Reply::Integer(call.session.id as i64)),
+        ("INFO", 2) | ("LIST", _) => Ok(Reply::Bulk(Bytes::from(client_line(call.session) + "\n"))),
+        ("SETINFO", 4) => {
+            let value = call.arg(3).clone();
+            match call.option(2).as_str() {
+                "LIB-NAME" => call.session.lib.0 = Some(valid_name(&value)?),
+                "LIB-VER" => call.session.lib.1 = Some(valid_name(&value)?),
+                _ => return Err(CmdError::Invalid(format!("Unrecognized option '{}'", call.option(2)))),
+            }
+            Ok(Reply::OK)
+        }
+        ("NO-EVICT" | "NO-TOUCH", 3) => Ok(Reply::OK),
+        ("SETNAME" | "GETNAME" | "ID" | "INFO" | "SETINFO" | "NO-EVICT" | "NO-TOUCH", _) => {
+            Err(CmdError::Arity(format!("client|{}", sub.to_ascii_lowercase())))
+        }
+        _ => Err(CmdError::Invalid(format!(
+            "unknown subcommand '{}'. Try CLIENT HELP.",
+            String::from_utf8_lossy(call.arg(1))
+        ))),
+    }
+}
+
+/// The `CLIENT INFO` line of a session.
+pub(super) fn client_line(s: &Session) -> String {
+    let text =
+        |b: &Option<Bytes>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let resp = if s.protocol == Protocol::Resp3 { 3 } else { 2 };
+    let mode = if s.read_mode == ReadMode::Local { "local" } else { "linearizable" };
+    format!(
+        "id={} addr={} laddr= fd=0 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 cmd={} resp={resp} \
+         read-mode={mode} lib-name={} lib-ver={}",
+        s.id,
+        s.addr,
+        text(&s.name),
+        s.created.elapsed().as_secs(),
+        s.last_command,
+        text(&s.lib.0),
+        text(&s.lib.1),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret1"));
+    }
+}

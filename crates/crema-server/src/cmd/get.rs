@@ -1,0 +1,101 @@
+//! Reading strings: GET, MGET, STRLEN, GETRANGE (SUBSTR), and the two reads that also write,
+//! GETDEL and GETEX (replicated, so they are decided in apply like every write).
+
+use bytes::Bytes;
+use crema::{CacheCommand, ExpiryUpdate};
+
+use super::write::{PreparedWrite, Render};
+use super::{expiry_option, value_reply, Call, CmdError, Kind};
+use crate::resp::Reply;
+
+pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    match kind {
+        Kind::Get => {
+            call.read_barrier().await?;
+            Ok(value_reply(call.storage().get(call.arg(1))))
+        }
+        Kind::MGet => {
+            call.read_barrier().await?;
+            let storage = call.storage();
+            Ok(Reply::Array(call.args[1..].iter().map(|k| value_reply(storage.get(k))).collect()))
+        }
+        Kind::StrLen => {
+            call.read_barrier().await?;
+            Ok(Reply::Integer(call.storage().get_entry(call.arg(1)).map_or(0, |e| e.value.len() as i64)))
+        }
+        Kind::GetRange => {
+            let (start, end) = (super::parse_int(call.arg(2))?, super::parse_int(call.arg(3))?);
+            call.read_barrier().await?;
+            let value = call.storage().get_entry(call.arg(1)).map(|e| e.value).unwrap_or_default();
+            Ok(Reply::Bulk(substring(&value, start, end)))
+        }
+        // Without options GETEX is a plain read.
+        Kind::GetEx => {
+            call.read_barrier().await?;
+            Ok(value_reply(call.storage().get(call.arg(1))))
+        }
+        _ => unreachable!("not a get command: {kind:?}"),
+    }
+}
+
+/// GETDEL, and GETEX with an expiry option; `None` for a GETEX without one (a read).
+pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<Option<PreparedWrite>, CmdError> {
+    let key = call.arg(1).clone();
+    match kind {
+        Kind::GetDel => Ok(Some(PreparedWrite::new(CacheCommand::GetDel { key }, Render::Value))),
+        _ => Ok(get_ex_expiry(call)?
+            .map(|expiry| PreparedWrite::new(CacheCommand::GetEx { key, expiry }, Render::Value))),
+    }
+}
+
+fn get_ex_expiry(call: &Call<'_>) -> Result<Option<ExpiryUpdate>, CmdError> {
+    let mut expiry = ExpiryUpdate::Keep;
+    let mut i = 2;
+    while i < call.args.len() {
+        let option = call.option(i);
+        match option.as_str() {
+            "PERSIST" if expiry == ExpiryUpdate::Keep => expiry = ExpiryUpdate::Persist,
+            "EX" | "PX" | "EXAT" | "PXAT" if expiry == ExpiryUpdate::Keep && i + 1 < call.args.len() => {
+                expiry = ExpiryUpdate::At(expiry_option(&option, call.arg(i + 1), "getex")?);
+                i += 1;
+            }
+            _ => return Err(CmdError::Syntax),
+        }
+        i += 1;
+    }
+    Ok((expiry != ExpiryUpdate::Keep).then_some(expiry))
+}
+
+/// Redis's GETRANGE: inclusive `start..=end`, negative positions count from the end.
+fn substring(value: &Bytes, start: i64, end: i64) -> Bytes {
+    let len = value.len() as i64;
+    if len == 0 || (start < 0 && end < 0 && start > end) {
+        return Bytes::new();
+    }
+    let start = if start < 0 { (len + start).max(0) } else { start };
+    let end = if end < 0 { (len + end).max(0) } else { end.min(len - 1) };
+    if start > end || start >= len {
+        return Bytes::new();
+    }
+    value.slice(start as usize..=end as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substring_matches_redis() {
+        let v = Bytes::from("This is a string");
+        let s = |a, b| String::from_utf8(substring(&v, a, b).to_vec()).unwrap();
+        assert_eq!(s(0, 3), "This");
+        assert_eq!(s(-3, -1), "ing");
+        assert_eq!(s(0, -1), "This is a string");
+        assert_eq!(s(10, 100), "string");
+        assert_eq!(s(5, 2), "");
+        assert_eq!(s(-1, -5), "");
+        assert_eq!(s(100, 200), "");
+        assert_eq!(s(-100, 2), "Thi");
+        assert_eq!(substring(&Bytes::new(), 0, -1), Bytes::new());
+    }
+}

@@ -1,0 +1,206 @@
+//! Commands about keys rather than values: DEL, UNLINK, EXISTS, TYPE, KEYS, SCAN, RANDOMKEY, the
+//! EXPIRE family, PERSIST, TTL, PTTL, EXPIRETIME, PEXPIRETIME.
+//!
+//! SCAN's cursor is a position in the 64-bit hash space of keys (xxh3): each call walks the local
+//! cache and returns the keys with the smallest hashes at or after the cursor. That keeps Redis's
+//! guarantee (a key present for the whole scan is returned at least once) without a stable
+//! iteration order, at the cost of one pass over the cache per call.
+
+use std::collections::BinaryHeap;
+
+use bytes::Bytes;
+use crema::{CacheCommand, ExpireCondition};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::write::{PreparedWrite, Render};
+use super::{parse_int, Call, CmdError, Kind};
+use crate::glob::glob_match;
+use crate::resp::Reply;
+
+/// DEL, UNLINK, the EXPIRE family and PERSIST.
+pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<PreparedWrite, CmdError> {
+    let command = match kind {
+        Kind::Del | Kind::Unlink => CacheCommand::DeleteMany { keys: call.args[1..].to_vec() },
+        Kind::Persist => CacheCommand::Persist { key: call.arg(1).clone() },
+        _ => expire(kind, call)?,
+    };
+    Ok(PreparedWrite::new(command, Render::Int))
+}
+
+pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    match kind {
+        Kind::Exists => {
+            call.read_barrier().await?;
+            let storage = call.storage();
+            Ok(Reply::Integer(call.args[1..].iter().filter(|k| storage.contains(k)).count() as i64))
+        }
+        Kind::Type => {
+            call.read_barrier().await?;
+            Ok(Reply::Simple(if call.storage().contains(call.arg(1)) { "string" } else { "none" }))
+        }
+        Kind::Keys => {
+            call.read_barrier().await?;
+            let pattern = call.arg(1).clone();
+            let mut keys = Vec::new();
+            call.storage().for_each_live_key(|k, _| {
+                if glob_match(&pattern, k) {
+                    keys.push(Reply::Bulk(k.clone()));
+                }
+                true
+            });
+            Ok(Reply::Array(keys))
+        }
+        Kind::Scan => scan(call).await,
+        Kind::RandomKey => {
+            call.read_barrier().await?;
+            let mut found = None;
+            call.storage().for_each_live_key(|k, _| {
+                found = Some(k.clone());
+                false
+            });
+            Ok(found.map_or(Reply::Null, Reply::Bulk))
+        }
+        Kind::Ttl | Kind::PTtl | Kind::ExpireTime | Kind::PExpireTime => {
+            call.read_barrier().await?;
+            let entry = call.storage().get_entry(call.arg(1));
+            Ok(Reply::Integer(match entry.map(|e| e.expires_at_ms) {
+                None => -2,
+                Some(None) => -1,
+                Some(Some(at)) => ttl_reply(kind, at, crema::unix_now_ms()),
+            }))
+        }
+        _ => unreachable!("not a keyspace command: {kind:?}"),
+    }
+}
+
+fn ttl_reply(kind: Kind, at_ms: u64, now_ms: u64) -> i64 {
+    let remaining = at_ms.saturating_sub(now_ms) as i64;
+    match kind {
+        // Redis rounds the remaining seconds to the nearest.
+        Kind::Ttl => (remaining + 500) / 1000,
+        Kind::PTtl => remaining,
+        Kind::ExpireTime => (at_ms / 1000) as i64,
+        _ => at_ms as i64,
+    }
+}
+
+fn expire(kind: Kind, call: &Call<'_>) -> Result<CacheCommand, CmdError> {
+    let amount = parse_int(call.arg(2))?;
+    let name = call.option(0).to_ascii_lowercase();
+    let now = crema::unix_now_ms() as i64;
+    let at = match kind {
+        Kind::Expire => amount.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
+        Kind::PExpire => amount.checked_add(now),
+        Kind::ExpireAt => amount.checked_mul(1000),
+        _ => Some(amount),
+    }
+    .ok_or(CmdError::InvalidExpire(name))?;
+    let mut condition = ExpireCondition::Always;
+    for i in 3..call.args.len() {
+        let next = match call.option(i).as_str() {
+            "NX" => ExpireCondition::IfNone,
+            "XX" => ExpireCondition::IfSome,
+            "GT" => ExpireCondition::IfLater,
+            "LT" => ExpireCondition::IfEarlier,
+            _ => {
+                return Err(CmdError::Invalid(format!(
+                    "Unsupported option {}",
+                    String::from_utf8_lossy(call.arg(i))
+                )))
+            }
+        };
+        let compatible = matches!(
+            (condition, next),
+            (ExpireCondition::Always, _)
+                | (ExpireCondition::IfSome, ExpireCondition::IfLater | ExpireCondition::IfEarlier)
+                | (ExpireCondition::IfLater | ExpireCondition::IfEarlier, ExpireCondition::IfSome)
+        );
+        if !compatible || condition == next {
+            return Err(CmdError::Invalid(
+                "NX and XX, GT or LT options at the same time are not compatible".into(),
+            ));
+        }
+        // XX with GT/LT: GT/LT already require an expiry to compare with (GT) or treat none as
+        // infinite (LT); XX narrows LT to keys that have one.
+        condition = match (condition, next) {
+            (ExpireCondition::Always, n) => n,
+            (ExpireCondition::IfSome, n) | (n, ExpireCondition::IfSome) => n,
+            (c, _) => c,
+        };
+    }
+    Ok(CacheCommand::Expire { key: call.arg(1).clone(), expires_at_ms: at.max(0) as u64, condition })
+}
+
+async fn scan(call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    let cursor: u64 = std::str::from_utf8(call.arg(1))
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CmdError::Invalid("invalid cursor".into()))?;
+    let (mut pattern, mut count, mut strings_only) = (None, 10usize, true);
+    let mut i = 2;
+    while i < call.args.len() {
+        let value = call.args.get(i + 1).ok_or(CmdError::Syntax)?;
+        match call.option(i).as_str() {
+            "MATCH" => pattern = Some(value.clone()),
+            "COUNT" => {
+                count = usize::try_from(parse_int(value)?).ok().filter(|c| *c > 0).ok_or(CmdError::Syntax)?;
+            }
+            "TYPE" => strings_only = value.eq_ignore_ascii_case(b"string"),
+            _ => return Err(CmdError::Syntax),
+        }
+        i += 2;
+    }
+    call.read_barrier().await?;
+    if !strings_only {
+        return Ok(Reply::Array(vec![Reply::bulk("0"), Reply::Array(Vec::new())]));
+    }
+    let (next, keys) = scan_page(call, cursor, count.min(100_000), pattern.as_deref());
+    Ok(Reply::Array(vec![
+        Reply::Bulk(Bytes::from(next.to_string())),
+        Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
+    ]))
+}
+
+/// The keys with the `count` smallest hashes at or after `cursor` (all keys sharing the last
+/// hash included) and the cursor after them, 0 when the scan is complete.
+fn scan_page(call: &Call<'_>, cursor: u64, count: usize, pattern: Option<&[u8]>) -> (u64, Vec<Bytes>) {
+    let mut best: BinaryHeap<(u64, Bytes)> = BinaryHeap::new();
+    let mut more = false;
+    call.storage().for_each_live_key(|key, _| {
+        let hash = xxh3_64(key);
+        if hash < cursor || pattern.is_some_and(|p| !glob_match(p, key)) {
+            return true;
+        }
+        best.push((hash, key.clone()));
+        if best.len() > count {
+            more = true;
+            let dropped = best.pop().expect("heap is not empty");
+            // Keep keys that share the largest kept hash, so none is skipped by the next cursor.
+            if best.peek().is_some_and(|(top, _)| *top == dropped.0) {
+                best.push(dropped);
+            }
+        }
+        true
+    });
+    let mut page: Vec<(u64, Bytes)> = best.into_vec();
+    page.sort_unstable();
+    let next = match page.last() {
+        Some((last, _)) if more => last.checked_add(1).unwrap_or(0),
+        _ => 0,
+    };
+    (next, page.into_iter().map(|(_, k)| k).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounds_like_redis() {
+        assert_eq!(ttl_reply(Kind::Ttl, 10_499, 0), 10);
+        assert_eq!(ttl_reply(Kind::Ttl, 10_500, 0), 11);
+        assert_eq!(ttl_reply(Kind::PTtl, 10_500, 500), 10_000);
+        assert_eq!(ttl_reply(Kind::ExpireTime, 10_500, 0), 10);
+        assert_eq!(ttl_reply(Kind::PExpireTime, 10_500, 0), 10_500);
+    }
+}

@@ -1,0 +1,323 @@
+//! Commands: the table ([`table`]), the dispatcher ([`run`]) and one file per command family
+//! (families share their parsing: every SET variant lives in `set`, every INCR in `incr`).
+//!
+//! A command gets a [`Call`]: its arguments, the connection's [`Session`] and the node's shared
+//! [`ServerState`]. Reads go through [`Call::read_barrier`] first (Read-Index unless the
+//! connection chose local reads); writes are *prepared* into one [`crema::CacheCommand`] and a
+//! way to render its output ([`write`](mod@write)), then proposed alone ([`Call::execute_raw`]) or, from a
+//! pipeline, with the writes around them as one batch ([`run_writes`]). Anything that depends on
+//! the current value is decided in apply.
+//! Failures are [`CmdError`]s, turned into replies in one place ([`CmdError::to_reply`]).
+
+mod connection;
+pub mod error;
+mod get;
+mod incr;
+mod keyspace;
+mod server;
+mod set;
+pub mod table;
+pub mod write;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crema::consensus::command::CommandLimits;
+use crema::{ApplyOutput, CacheCommand, CacheStorage};
+
+pub use error::CmdError;
+pub use table::{lookup, lookup_index, CommandSpec, Kind, COMMANDS};
+
+use crate::resp::{Protocol, Reply};
+use crate::server::ServerState;
+
+/// How a connection's reads are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMode {
+    /// Every read reflects every write acknowledged before it (Read-Index). The default.
+    #[default]
+    Linearizable,
+    /// Reads are served from this node's cache at once: fastest, may lag the leader by a few
+    /// milliseconds on a follower (your own writes are always visible). `READONLY` selects it.
+    Local,
+}
+
+/// The state of one client connection.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique id of the connection on this node (`CLIENT ID`).
+    pub id: u64,
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// `CLIENT SETNAME`.
+    pub name: Option<Bytes>,
+    /// `CLIENT SETINFO LIB-NAME` / `LIB-VER`.
+    pub lib: (Option<Bytes>, Option<Bytes>),
+    /// RESP2 or RESP3 (`HELLO`).
+    pub protocol: Protocol,
+    /// How reads are served.
+    pub read_mode: ReadMode,
+    /// True once `AUTH` succeeded, or when no password is set.
+    pub authenticated: bool,
+    /// Set when the connection must close after the current reply (`QUIT`).
+    pub quit: bool,
+    /// When the connection was accepted.
+    pub created: Instant,
+    /// The last command run (`CLIENT INFO`).
+    pub last_command: &'static str,
+    /// Whether a read barrier already covers the rest of the current batch of requests.
+    barrier_done: bool,
+    /// When the current command started: the end of the previous one in the batch (commands of
+    /// a batch run back to back), so the clock is read once per command.
+    clock: Instant,
+}
+
+impl Session {
+    /// A new session; `authenticated` is false when a password is required.
+    pub fn new(id: u64, addr: SocketAddr, authenticated: bool, read_mode: ReadMode) -> Self {
+        Self {
+            id,
+            addr,
+            name: None,
+            lib: (None, None),
+            protocol: Protocol::Resp2,
+            read_mode,
+            authenticated,
+            quit: false,
+            created: Instant::now(),
+            last_command: "NULL",
+            barrier_done: false,
+            clock: Instant::now(),
+        }
+    }
+
+    /// Called when a new batch of requests has been read from the socket: reads in it need a
+    /// fresh barrier. Requests that arrived together began before one barrier taken after their
+    /// arrival, so a single barrier serves every read of the batch.
+    pub fn new_batch(&mut self) {
+        self.barrier_done = false;
+        self.clock = Instant::now();
+    }
+}
+
+/// One command being run.
+pub struct Call<'a> {
+    /// The node.
+    pub state: &'a ServerState,
+    /// The connection.
+    pub session: &'a mut Session,
+    /// The arguments, the command name first.
+    pub args: Vec<Bytes>,
+}
+
+impl Call<'_> {
+    /// Argument `i` (the table's arity check guarantees it exists).
+    pub fn arg(&self, i: usize) -> &Bytes {
+        &self.args[i]
+    }
+
+    /// Argument `i` upper-cased, for matching option names.
+    pub fn option(&self, i: usize) -> String {
+        String::from_utf8_lossy(&self.args[i]).to_ascii_uppercase()
+    }
+
+    /// The local cache, to read after [`Self::read_barrier`].
+    pub fn storage(&self) -> &CacheStorage {
+        self.state.cache.storage()
+    }
+
+    /// Makes the following local reads linearizable, unless the connection reads locally.
+    pub async fn read_barrier(&mut self) -> Result<(), CmdError> {
+        if self.session.read_mode == ReadMode::Linearizable && !self.session.barrier_done {
+            self.state.cache.read_barrier().await?;
+            self.session.barrier_done = true;
+        }
+        Ok(())
+    }
+
+    /// Applies `command` through Raft; answers its output (a failed apply included).
+    pub async fn execute_raw(&self, command: CacheCommand) -> Result<ApplyOutput, CmdError> {
+        let started = Instant::now();
+        let result = self.state.cache.execute(command).await;
+        self.state.metrics.observe_proposal(started.elapsed(), result.is_ok());
+        Ok(result?)
+    }
+
+    /// The largest value this node accepts.
+    pub fn max_value_bytes(&self) -> u64 {
+        self.state.cache.config().max_value_bytes as u64
+    }
+}
+
+/// Runs the request `args` on `session`; answers the reply (errors included). `index` is the
+/// command's position in [`COMMANDS`] as [`step`] found it (`None`: unknown command).
+pub async fn run(
+    state: &ServerState,
+    session: &mut Session,
+    args: Vec<Bytes>,
+    index: Option<usize>,
+) -> Reply {
+    let reply = match index {
+        None => unknown_command(state, session, &args),
+        Some(i) => {
+            let spec = &COMMANDS[i];
+            session.last_command = spec.name;
+            match check(spec, session, args.len()) {
+                Err(e) => e.to_reply(state),
+                Ok(()) => {
+                    let mut call = Call { state, session: &mut *session, args };
+                    dispatch(spec.kind, &mut call).await.unwrap_or_else(|e| e.to_reply(state))
+                }
+            }
+        }
+    };
+    let now = Instant::now();
+    state.metrics.observe_command(index, now.duration_since(session.clock), matches!(reply, Reply::Error(_)));
+    session.clock = now;
+    reply
+}
+
+fn check(spec: &CommandSpec, session: &Session, argc: usize) -> Result<(), CmdError> {
+    if !session.authenticated && !spec.no_auth() {
+        return Err(CmdError::NoAuth);
+    }
+    if !spec.arity_ok(argc) {
+        return Err(CmdError::Arity(spec.name.to_owned()));
+    }
+    Ok(())
+}
+
+fn unknown_command(state: &ServerState, session: &Session, args: &[Bytes]) -> Reply {
+    if !session.authenticated {
+        return CmdError::NoAuth.to_reply(state);
+    }
+    let name = args.first().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
+    let quoted: Vec<String> =
+        args.iter().skip(1).take(8).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
+    CmdError::Unknown { name, args: quoted.join(" ") + " " }.to_reply(state)
+}
+
+async fn dispatch(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    use Kind::*;
+    if let Some(prepared) = write::prepare(kind, call)? {
+        let render = prepared.render;
+        return render.reply(call.execute_raw(prepared.command).await?);
+    }
+    match kind {
+        Ping | Echo | Hello | Auth | Select | Quit | Reset | Client | ReadOnly | ReadWrite => {
+            connection::run(kind, call).await
+        }
+        Command | Config | Info | DbSize | Time | Wait | Lolwut => server::run(kind, call).await,
+        Get | MGet | StrLen | GetRange | GetEx => get::run(kind, call).await,
+        Exists | Type | Keys | Scan | RandomKey | Ttl | PTtl | ExpireTime | PExpireTime => {
+            keyspace::run(kind, call).await
+        }
+        _ => unreachable!("{kind:?} is a write and was prepared above"),
+    }
+}
+
+/// What the connection does with one request when it gathers pipelined writes.
+pub enum Step {
+    /// A write, prepared: it may join the run of writes being gathered.
+    Write {
+        /// Its position in [`COMMANDS`].
+        index: usize,
+        /// The write.
+        write: write::PreparedWrite,
+    },
+    /// Answered without running (a bad argument, over a limit).
+    Reply {
+        /// Its position in [`COMMANDS`].
+        index: usize,
+        /// The reply.
+        reply: Reply,
+    },
+    /// Anything else (reads, connection and server commands, unknown commands, arity and
+    /// authentication errors): run it with [`run`] (its position in [`COMMANDS`] is
+    /// given) once the writes before it are answered.
+    Run(Vec<Bytes>, Option<usize>),
+}
+
+/// Sorts request `args` for the connection: a prepared write, an immediate reply, or a command
+/// to run.
+pub fn step(state: &ServerState, session: &mut Session, args: Vec<Bytes>) -> Step {
+    let Some(index) = args.first().and_then(|name| lookup_index(name)) else { return Step::Run(args, None) };
+    let spec = &COMMANDS[index];
+    if !spec.is_write() || check(spec, session, args.len()).is_err() {
+        return Step::Run(args, Some(index));
+    }
+    session.last_command = spec.name;
+    let call = Call { state, session, args };
+    let config = state.cache.config();
+    let limits =
+        CommandLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
+    match write::prepare(spec.kind, &call) {
+        Ok(Some(write)) => match write.command.validate(&limits) {
+            Ok(()) => Step::Write { index, write },
+            Err(e) => Step::Reply { index, reply: CmdError::from(e).to_reply(state) },
+        },
+        Ok(None) => Step::Run(call.args, Some(index)),
+        Err(e) => Step::Reply { index, reply: e.to_reply(state) },
+    }
+}
+
+/// Proposes `writes` (gathered from one connection's pipeline, in order) together and answers
+/// their replies in the same order.
+pub async fn run_writes(
+    state: &ServerState,
+    session: &mut Session,
+    writes: Vec<(usize, write::PreparedWrite)>,
+) -> Vec<Reply> {
+    let (indexes, prepared): (Vec<usize>, Vec<write::PreparedWrite>) = writes.into_iter().unzip();
+    let call = Call { state, session: &mut *session, args: Vec::new() };
+    let replies = write::execute_all(&call, prepared).await;
+    let now = Instant::now();
+    let took = now.duration_since(session.clock);
+    for (index, reply) in indexes.iter().zip(&replies) {
+        state.metrics.observe_command(Some(*index), took, matches!(reply, Reply::Error(_)));
+    }
+    session.clock = now;
+    replies
+}
+
+/// Records a reply made by [`step`] without running anything.
+pub fn observe_reply(state: &ServerState, session: &mut Session, index: usize) {
+    let now = Instant::now();
+    state.metrics.observe_command(Some(index), now.duration_since(session.clock), true);
+    session.clock = now;
+}
+
+/// Parses an integer argument the way Redis does (canonical decimal `i64`).
+pub fn parse_int(arg: &[u8]) -> Result<i64, CmdError> {
+    crema::parse_i64(arg).ok_or(CmdError::NotInteger)
+}
+
+/// Parses a float argument (finite, no spaces).
+pub fn parse_float(arg: &[u8]) -> Result<f64, CmdError> {
+    crema::parse_f64(arg).filter(|f| f.is_finite()).ok_or(CmdError::NotFloat)
+}
+
+/// The reply for an optional value.
+pub fn value_reply(value: Option<Bytes>) -> Reply {
+    value.map_or(Reply::Null, Reply::Bulk)
+}
+
+/// The absolute expiry (unix ms) named by a SET/GETEX-style option: `EX` seconds, `PX`
+/// milliseconds, `EXAT` unix seconds, `PXAT` unix milliseconds. The amount must be positive.
+pub fn expiry_option(option: &str, amount: &[u8], command: &str) -> Result<u64, CmdError> {
+    let invalid = || CmdError::InvalidExpire(command.to_owned());
+    let amount = parse_int(amount)?;
+    if amount <= 0 {
+        return Err(invalid());
+    }
+    let now = crema::unix_now_ms() as i64;
+    let at = match option {
+        "EX" => amount.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
+        "PX" => amount.checked_add(now),
+        "EXAT" => amount.checked_mul(1000),
+        _ => Some(amount),
+    };
+    at.map(|at| at as u64).ok_or_else(invalid)
+}

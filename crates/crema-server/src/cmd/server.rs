@@ -1,0 +1,199 @@
+//! Commands about the node: COMMAND, CONFIG, INFO, DBSIZE, TIME, WAIT, FLUSHDB, FLUSHALL, LOLWUT.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crema::{CacheCommand, ClusterStatus, Role};
+
+use super::write::{PreparedWrite, Render};
+use super::{parse_int, Call, CmdError, CommandSpec, Kind, COMMANDS};
+use crate::resp::Reply;
+
+pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    match kind {
+        Kind::Command => command(call),
+        Kind::Config => config(call),
+        Kind::Info => info(call).await,
+        Kind::DbSize => {
+            call.read_barrier().await?;
+            Ok(Reply::Integer(call.storage().live_count() as i64))
+        }
+        Kind::Time => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            Ok(Reply::Array(vec![
+                Reply::Bulk(Bytes::from(now.as_secs().to_string())),
+                Reply::Bulk(Bytes::from(now.subsec_micros().to_string())),
+            ]))
+        }
+        Kind::Wait => wait(call).await,
+        Kind::Lolwut => Ok(Reply::Bulk(Bytes::from(format!(
+            "crema {}: Raft underneath, Redis on top. Espresso, not decaf.\n",
+            env!("CARGO_PKG_VERSION")
+        )))),
+        _ => unreachable!("not a server command: {kind:?}"),
+    }
+}
+
+/// FLUSHDB and FLUSHALL, with their optional SYNC or ASYNC (both clear at once).
+pub(super) fn prepare_flush(call: &Call<'_>) -> Result<PreparedWrite, CmdError> {
+    match call.args.get(1).map(|_| call.option(1)) {
+        None => {}
+        Some(mode) if call.args.len() == 2 && (mode == "SYNC" || mode == "ASYNC") => {}
+        Some(_) => return Err(CmdError::Syntax),
+    }
+    Ok(PreparedWrite::new(CacheCommand::Clear, Render::Ok))
+}
+
+fn command_info(spec: &CommandSpec) -> Reply {
+    Reply::Array(vec![
+        Reply::bulk(spec.name),
+        Reply::Integer(spec.arity.into()),
+        Reply::Array(spec.flags.iter().map(|f| Reply::Simple(f)).collect()),
+        Reply::Integer(spec.first_key.into()),
+        Reply::Integer(spec.last_key.into()),
+        Reply::Integer(spec.step.into()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+    ])
+}
+
+fn command(call: &Call<'_>) -> Result<Reply, CmdError> {
+    let named = |from: usize| call.args[from..].iter().map(|n| super::lookup(n));
+    match call.args.get(1).map(|_| call.option(1)).as_deref() {
+        None => Ok(Reply::Array(COMMANDS.iter().map(command_info).collect())),
+        Some("COUNT") => Ok(Reply::Integer(COMMANDS.len() as i64)),
+        Some("LIST") => Ok(Reply::Array(COMMANDS.iter().map(|c| Reply::bulk(c.name)).collect())),
+        Some("INFO") => Ok(Reply::Array(if call.args.len() == 2 {
+            COMMANDS.iter().map(command_info).collect()
+        } else {
+            named(2).map(|s| s.map_or(Reply::Null, command_info)).collect()
+        })),
+        Some("DOCS") => {
+            let specs: Vec<&CommandSpec> =
+                if call.args.len() == 2 { COMMANDS.iter().collect() } else { named(2).flatten().collect() };
+            Ok(Reply::Map(
+                specs
+                    .into_iter()
+                    .map(|s| {
+                        let doc = Reply::Map(vec![
+                            (
+                                Reply::bulk("summary"),
+                                Reply::bulk(format!("the Redis {} command", s.name.to_uppercase())),
+                            ),
+                            (Reply::bulk("since"), Reply::bulk("1.0.0")),
+                            (
+                                Reply::bulk("group"),
+                                Reply::bulk(if s.first_key > 0 { "string" } else { "server" }),
+                            ),
+                        ]);
+                        (Reply::bulk(s.name), doc)
+                    })
+                    .collect(),
+            ))
+        }
+        Some(_) => Err(CmdError::Invalid(format!(
+            "unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(call.arg(1))
+        ))),
+    }
+}
+
+fn config(call: &Call<'_>) -> Result<Reply, CmdError> {
+    match call.option(1).as_str() {
+        "GET" if call.args.len() >= 3 => {
+            let params = config_params(call);
+            let mut out = Vec::new();
+            for (name, value) in &params {
+                if call.args[2..].iter().any(|p| crate::glob::glob_match(&p.to_ascii_lowercase(), name.as_bytes())) {
+                    out.push((Reply::bulk(*name), Reply::bulk(value.clone())));
+                }
+            }
+            Ok(Reply::Map(out))
+        }
+        "RESETSTAT" => Ok(Reply::OK),
+        "SET" => Err(CmdError::Invalid(
+            "CONFIG SET is not supported: crema settings are fixed at start (flags, config file, CREMA_* variables)"
+                .into(),
+        )),
+        _ => Err(CmdError::Invalid(format!(
+            "unknown subcommand or wrong number of arguments for '{}'",
+            String::from_utf8_lossy(call.arg(1))
+        ))),
+    }
+}
+
+/// Settings a client library may ask for, with harmless truthful answers.
+fn config_params(call: &Call<'_>) -> Vec<(&'static str, String)> {
+    let s = &call.state.settings;
+    let cache = call.state.cache.config();
+    vec![
+        ("maxmemory", cache.max_memory_bytes.unwrap_or(0).to_string()),
+        ("maxmemory-policy", "allkeys-lfu".into()),
+        ("maxclients", s.max_clients.to_string()),
+        ("timeout", s.idle_timeout.as_secs().to_string()),
+        ("databases", "1".into()),
+        ("save", String::new()),
+        ("appendonly", "no".into()),
+        ("port", call.state.resp_addr.port().to_string()),
+        ("bind", call.state.resp_addr.ip().to_string()),
+        ("proto-max-bulk-len", s.limits.max_bulk_bytes.to_string()),
+        ("cluster-enabled", "no".into()),
+    ]
+}
+
+async fn wait(call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    let wanted = parse_int(call.arg(1))?;
+    let timeout_ms = parse_int(call.arg(2))?;
+    if timeout_ms < 0 {
+        return Err(CmdError::Invalid("timeout is negative".into()));
+    }
+    let deadline = (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
+    let target = call.state.cache.raft_figures().applied_index;
+    loop {
+        let status = call.state.cache.cluster_status().await?;
+        let acked = acknowledged_replicas(&status, target);
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        if acked >= wanted || expired || status.group.role != Role::Leader {
+            return Ok(Reply::Integer(acked));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Replicas known to hold the log up to `target`. On the leader that is read from each
+/// replica's progress; a follower knows only that a majority holds anything it applied.
+fn acknowledged_replicas(status: &ClusterStatus, target: u64) -> i64 {
+    let group = &status.group;
+    if group.role == Role::Leader {
+        group.replica_progress.iter().filter(|(_, matched)| *matched >= target).count() as i64
+    } else {
+        (group.voters.len() / 2) as i64
+    }
+}
+
+async fn info(call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    let wanted: Vec<String> =
+        call.args[1..].iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect();
+    let all =
+        wanted.is_empty() || wanted.iter().any(|w| matches!(w.as_str(), "all" | "everything" | "default"));
+    let status = call.state.cache.cluster_status().await?;
+    let mut out = String::new();
+    for (name, section) in crate::info::SECTIONS {
+        if all || wanted.iter().any(|w| w == name) {
+            if !out.is_empty() {
+                out.push_str("\r\n");
+            }
+            let _ = writeln!(out, "# {}\r", capitalise(name));
+            section(call.state, &status, &mut out);
+        }
+    }
+    Ok(Reply::Bulk(Bytes::from(out)))
+}
+
+fn capitalise(name: &str) -> String {
+    let mut c = name.chars();
+    c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+}

@@ -1,0 +1,90 @@
+//! Writing strings: SET with every option (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), SETNX,
+//! SETEX, PSETEX, GETSET, MSET and MSETNX. Each is one replicated command; the conditions
+//! (NX, XX, MSETNX) and the GET option are decided in apply.
+
+use bytes::Bytes;
+use crema::{CacheCommand, ExpiryUpdate, SetCondition};
+
+use super::write::{PreparedWrite, Render};
+use super::{expiry_option, Call, CmdError, Kind};
+
+/// A parsed SET.
+#[derive(Debug, PartialEq)]
+struct SetArgs {
+    expiry: ExpiryUpdate,
+    condition: SetCondition,
+    return_old: bool,
+}
+
+pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<PreparedWrite, CmdError> {
+    let (key, value) = (call.arg(1).clone(), call.args.last().cloned().unwrap_or_default());
+    let set = |expiry, condition, return_old| CacheCommand::Set {
+        key: key.clone(),
+        value: value.clone(),
+        expiry,
+        condition,
+        return_old,
+    };
+    Ok(match kind {
+        Kind::Set => {
+            let args = parse_set(call)?;
+            let command = CacheCommand::Set {
+                key,
+                value: call.arg(2).clone(),
+                expiry: args.expiry,
+                condition: args.condition,
+                return_old: args.return_old,
+            };
+            PreparedWrite::new(command, Render::Set { return_old: args.return_old })
+        }
+        Kind::SetNx => {
+            PreparedWrite::new(set(ExpiryUpdate::Persist, SetCondition::IfAbsent, false), Render::WrittenFlag)
+        }
+        Kind::SetEx | Kind::PSetEx => {
+            let (option, name) = if kind == Kind::SetEx { ("EX", "setex") } else { ("PX", "psetex") };
+            let at = expiry_option(option, call.arg(2), name)?;
+            PreparedWrite::new(set(ExpiryUpdate::At(at), SetCondition::Always, false), Render::Ok)
+        }
+        Kind::GetSet => {
+            PreparedWrite::new(set(ExpiryUpdate::Persist, SetCondition::Always, true), Render::OldValue)
+        }
+        Kind::MSet | Kind::MSetNx => {
+            if call.args.len().is_multiple_of(2) {
+                return Err(CmdError::Arity(if kind == Kind::MSet { "mset" } else { "msetnx" }.into()));
+            }
+            let pairs: Vec<(Bytes, Bytes)> =
+                call.args[1..].chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+            let only_if_none_exist = kind == Kind::MSetNx;
+            let render = if only_if_none_exist { Render::Int } else { Render::Ok };
+            PreparedWrite::new(CacheCommand::PutMany { pairs, only_if_none_exist }, render)
+        }
+        _ => unreachable!("not a set command: {kind:?}"),
+    })
+}
+
+fn parse_set(call: &Call<'_>) -> Result<SetArgs, CmdError> {
+    let mut args =
+        SetArgs { expiry: ExpiryUpdate::Persist, condition: SetCondition::Always, return_old: false };
+    let mut expiry_given = false;
+    let mut i = 3;
+    while i < call.args.len() {
+        let option = call.option(i);
+        match option.as_str() {
+            "NX" if args.condition == SetCondition::Always => args.condition = SetCondition::IfAbsent,
+            "XX" if args.condition == SetCondition::Always => args.condition = SetCondition::IfPresent,
+            "GET" => args.return_old = true,
+            "KEEPTTL" if !expiry_given => {
+                args.expiry = ExpiryUpdate::Keep;
+                expiry_given = true;
+            }
+            "EX" | "PX" | "EXAT" | "PXAT" if !expiry_given && i + 1 < call.args.len() => {
+                args.expiry = ExpiryUpdate::At(expiry_option(&option, call.arg(i + 1), "set")?);
+                expiry_given = true;
+                i += 1;
+            }
+            _ => return Err(CmdError::Syntax),
+        }
+        i += 1;
+    }
+    Ok(args)
+}

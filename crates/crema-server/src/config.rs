@@ -1,0 +1,501 @@
+//! `crema serve` settings: [`ServeConfig`] (plain data, `Default`, `validate`) read from a TOML
+//! file, then overridden by `CREMA_*` environment variables, then by command-line flags
+//! ([`ServeArgs`]). That is the one precedence: flag > environment > file > default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use crema::{CacheConfig, CheckpointConfig, NodeId, RaftConfig, RaftStorageType};
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::ReadMode;
+use crate::resp::RequestLimits;
+use crate::server::RespSettings;
+
+/// Every setting of a node. Field names are the TOML keys; the environment variable of a field
+/// is `CREMA_` + its name in upper case (`CREMA_RESP_ADDR`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// This node's id (unique in the cluster, not 0).
+    pub node_id: NodeId,
+    /// Where Redis clients connect.
+    pub resp_addr: SocketAddr,
+    /// Where other nodes connect (Raft traffic).
+    pub raft_addr: SocketAddr,
+    /// Admin HTTP: /metrics, /health, /ready, /cluster.
+    pub admin_addr: SocketAddr,
+    /// The other members: `id=raft_addr` or `id=raft_addr,resp_addr`.
+    pub peers: Vec<String>,
+    /// Start empty, to be added to a running cluster with `crema cluster add-node`.
+    pub join: bool,
+    /// Password of the `default` user (AUTH); none: no authentication.
+    pub password: Option<String>,
+    /// How connections read by default: `linearizable` or `local`.
+    pub read_mode: ReadMode,
+    /// Most entries in the local cache (when `max_memory_bytes` is not set).
+    pub max_capacity: u64,
+    /// Most bytes of keys and values in the local cache.
+    pub max_memory_bytes: Option<u64>,
+    /// TTL of writes that set none, in milliseconds (SET without EX keeps no TTL in Redis; this
+    /// applies to the library API's `put`).
+    pub default_ttl_ms: Option<u64>,
+    /// Largest key, bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, bytes.
+    pub max_value_bytes: usize,
+    /// Forward writes from followers to the leader (else `-NOTLEADER host:port`).
+    pub forwarding: bool,
+    /// How long a write or linearizable read may wait, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Raft tick, milliseconds.
+    pub tick_interval_ms: u64,
+    /// Election timeout, in ticks.
+    pub election_tick: usize,
+    /// Heartbeat interval, in ticks.
+    pub heartbeat_tick: usize,
+    /// Most RESP clients at once.
+    pub max_clients: usize,
+    /// Close idle clients after this many seconds; 0 never closes them.
+    pub idle_timeout_secs: u64,
+    /// Largest bulk string in a request, bytes.
+    pub max_bulk_bytes: usize,
+    /// Most arguments in one request.
+    pub max_args: usize,
+    /// Longest inline command line, bytes.
+    pub max_inline_bytes: usize,
+    /// Most unparsed request bytes buffered per client.
+    pub max_query_buffer_bytes: usize,
+    /// Reply bytes buffered per client before writing them out.
+    pub max_output_buffer_bytes: usize,
+    /// A started request must arrive completely within this many milliseconds.
+    pub slow_request_timeout_ms: u64,
+    /// A client must take its replies within this many milliseconds.
+    pub write_timeout_ms: u64,
+    /// Where the Raft log lives: `memory` or `rocksdb` (built with the `rocksdb` feature).
+    pub storage: StorageKind,
+    /// The data directory (required with `rocksdb`): the log in `raft/`, checkpoints in
+    /// `checkpoints/`.
+    pub data_dir: Option<PathBuf>,
+    /// Take a checkpoint after this many applied entries.
+    pub checkpoint_log_threshold: u64,
+    /// Take a checkpoint after this many seconds if anything changed; 0: by log threshold only.
+    pub checkpoint_interval_secs: u64,
+    /// With rocksdb: refuse writes while the data disk has less than this many bytes free.
+    pub min_free_disk_bytes: u64,
+}
+
+/// `--storage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// In memory (the default): a restarted node catches up from its peers.
+    #[default]
+    Memory,
+    /// RocksDB and checkpoints in `data_dir`: a restarted node has every acknowledged write.
+    Rocksdb,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        let cache = CacheConfig::new(1, "127.0.0.1:9000".parse().expect("valid address"));
+        let raft = RaftConfig::default();
+        let resp = RespSettings::default();
+        Self {
+            node_id: 1,
+            resp_addr: "127.0.0.1:6380".parse().expect("valid address"),
+            raft_addr: cache.raft_addr,
+            admin_addr: "127.0.0.1:9090".parse().expect("valid address"),
+            peers: Vec::new(),
+            join: false,
+            password: None,
+            read_mode: ReadMode::Linearizable,
+            max_capacity: 1_000_000,
+            max_memory_bytes: None,
+            default_ttl_ms: None,
+            max_key_bytes: cache.max_key_bytes,
+            max_value_bytes: cache.max_value_bytes,
+            forwarding: true,
+            request_timeout_ms: cache.request_timeout.as_millis() as u64,
+            tick_interval_ms: raft.tick_interval_ms,
+            election_tick: raft.election_tick,
+            heartbeat_tick: raft.heartbeat_tick,
+            max_clients: resp.max_clients,
+            idle_timeout_secs: 0,
+            max_bulk_bytes: resp.limits.max_bulk_bytes,
+            max_args: resp.limits.max_args,
+            max_inline_bytes: resp.limits.max_inline_bytes,
+            max_query_buffer_bytes: resp.max_query_buffer_bytes,
+            max_output_buffer_bytes: resp.max_output_buffer_bytes,
+            slow_request_timeout_ms: resp.request_timeout.as_millis() as u64,
+            write_timeout_ms: resp.write_timeout.as_millis() as u64,
+            storage: StorageKind::Memory,
+            data_dir: None,
+            checkpoint_log_threshold: 10_000,
+            checkpoint_interval_secs: 300,
+            min_free_disk_bytes: cache.min_free_disk_bytes,
+        }
+    }
+}
+
+/// One `--peer`: a member's id, Raft address and, optionally, its RESP address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its id.
+    pub id: NodeId,
+    /// Its Raft address.
+    pub raft_addr: SocketAddr,
+    /// Its RESP address, for `-NOTLEADER` replies.
+    pub resp_addr: Option<SocketAddr>,
+}
+
+impl std::str::FromStr for Peer {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let (id, addrs) = s.split_once('=').context("expected id=raft_addr[,resp_addr]")?;
+        let id: NodeId = id.trim().parse().with_context(|| format!("bad node id in '{s}'"))?;
+        let (raft, resp) = match addrs.split_once(',') {
+            Some((raft, resp)) => (raft, Some(resp)),
+            None => (addrs, None),
+        };
+        let raft_addr = raft.trim().parse().with_context(|| format!("bad raft address in '{s}'"))?;
+        let resp_addr = resp
+            .map(|r| r.trim().parse())
+            .transpose()
+            .with_context(|| format!("bad RESP address in '{s}'"))?;
+        Ok(Peer { id, raft_addr, resp_addr })
+    }
+}
+
+impl ServeConfig {
+    /// Reads a TOML file.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not a valid config (unknown keys included).
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The parsed peers.
+    ///
+    /// # Errors
+    /// A peer that does not parse.
+    pub fn parsed_peers(&self) -> anyhow::Result<Vec<Peer>> {
+        self.peers.iter().map(|p| p.parse()).collect()
+    }
+
+    /// Checks the settings; the error names the first bad one.
+    ///
+    /// # Errors
+    /// As described.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let peers = self.parsed_peers()?;
+        if peers.iter().any(|p| p.id == self.node_id) {
+            bail!("peers must not include this node ({})", self.node_id);
+        }
+        if self.max_clients == 0 {
+            bail!("max_clients must be at least 1");
+        }
+        if self.max_bulk_bytes < self.max_value_bytes.min(1024) {
+            bail!("max_bulk_bytes is too small");
+        }
+        self.cache_config()?.validate().context("invalid cache settings")?;
+        Ok(())
+    }
+
+    /// The cache (library) configuration.
+    ///
+    /// # Errors
+    /// A peer that does not parse.
+    pub fn cache_config(&self) -> anyhow::Result<CacheConfig> {
+        let seeds = self.parsed_peers()?.into_iter().map(|p| (p.id, p.raft_addr)).collect();
+        let raft = RaftConfig {
+            tick_interval_ms: self.tick_interval_ms,
+            election_tick: self.election_tick,
+            heartbeat_tick: self.heartbeat_tick,
+            ..RaftConfig::default()
+        };
+        let mut config = CacheConfig::new(self.node_id, self.raft_addr)
+            .with_seed_nodes(seeds)
+            .with_join(self.join)
+            .with_max_capacity(self.max_capacity)
+            .with_raft_config(raft)
+            .with_forwarding(self.forwarding)
+            .with_request_timeout(Duration::from_millis(self.request_timeout_ms))
+            .with_max_key_size(self.max_key_bytes)
+            .with_max_value_size(self.max_value_bytes);
+        if let Some(bytes) = self.max_memory_bytes {
+            config = config.with_max_memory(bytes);
+        }
+        if let Some(ms) = self.default_ttl_ms {
+            config = config.with_default_ttl(Duration::from_millis(ms));
+        }
+        if self.storage == StorageKind::Rocksdb {
+            config = config.with_raft_storage_type(RaftStorageType::RocksDb);
+        }
+        if let Some(dir) = &self.data_dir {
+            let interval = (self.checkpoint_interval_secs > 0)
+                .then(|| Duration::from_secs(self.checkpoint_interval_secs));
+            let checkpoints = CheckpointConfig::new(dir.join("checkpoints"))
+                .with_log_threshold(self.checkpoint_log_threshold)
+                .with_interval(interval);
+            config = config.with_data_dir(dir).with_checkpoint_config(checkpoints);
+        }
+        config = config.with_min_free_disk_bytes(self.min_free_disk_bytes);
+        Ok(config)
+    }
+
+    /// The RESP server settings.
+    ///
+    /// # Errors
+    /// A peer that does not parse.
+    pub fn resp_settings(&self) -> anyhow::Result<RespSettings> {
+        let client_addrs: BTreeMap<NodeId, String> = self
+            .parsed_peers()?
+            .into_iter()
+            .filter_map(|p| p.resp_addr.map(|a| (p.id, a.to_string())))
+            .collect();
+        Ok(RespSettings {
+            limits: RequestLimits {
+                max_bulk_bytes: self.max_bulk_bytes,
+                max_args: self.max_args,
+                max_inline_bytes: self.max_inline_bytes,
+            },
+            max_query_buffer_bytes: self.max_query_buffer_bytes,
+            max_output_buffer_bytes: self.max_output_buffer_bytes,
+            max_clients: self.max_clients,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            request_timeout: Duration::from_millis(self.slow_request_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+            password: self.password.clone(),
+            read_mode: self.read_mode,
+            client_addrs,
+        })
+    }
+}
+
+/// `crema serve` flags. Each also reads `CREMA_<NAME>` from the environment; a flag wins over
+/// the variable, the variable over the config file, the file over the default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the settings below (keys as the flag names with `_`).
+    #[arg(long, env = "CREMA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id, unique in the cluster [default: 1].
+    #[arg(long, env = "CREMA_NODE_ID")]
+    pub node_id: Option<NodeId>,
+    /// Address Redis clients connect to [default: 127.0.0.1:6380].
+    #[arg(long, env = "CREMA_RESP_ADDR")]
+    pub resp_addr: Option<SocketAddr>,
+    /// Address other nodes connect to [default: 127.0.0.1:9000].
+    #[arg(long, env = "CREMA_RAFT_ADDR")]
+    pub raft_addr: Option<SocketAddr>,
+    /// Admin HTTP address: /metrics, /health, /ready, /cluster [default: 127.0.0.1:9090].
+    #[arg(long, env = "CREMA_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Another member, `id=raft_addr` or `id=raft_addr,resp_addr`; repeat for each. Every node
+    /// of a new cluster lists all the others.
+    #[arg(long = "peer", visible_alias = "seed", env = "CREMA_PEERS", value_delimiter = ';')]
+    pub peers: Vec<String>,
+    /// Start empty and wait to be added with `crema cluster add-node` on the leader.
+    #[arg(long, env = "CREMA_JOIN")]
+    pub join: Option<bool>,
+    /// Require AUTH with this password.
+    #[arg(long, env = "CREMA_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Default read mode of connections: linearizable or local [default: linearizable].
+    #[arg(long, env = "CREMA_READ_MODE", value_parser = parse_read_mode)]
+    pub read_mode: Option<ReadMode>,
+    /// Most entries in the local cache [default: 1000000].
+    #[arg(long, env = "CREMA_MAX_CAPACITY")]
+    pub max_capacity: Option<u64>,
+    /// Most bytes of keys and values in the local cache (replaces --max-capacity).
+    #[arg(long, env = "CREMA_MAX_MEMORY_BYTES")]
+    pub max_memory_bytes: Option<u64>,
+    /// TTL in milliseconds for library `put`s that set none.
+    #[arg(long, env = "CREMA_DEFAULT_TTL_MS")]
+    pub default_ttl_ms: Option<u64>,
+    /// Largest key in bytes [default: 65536].
+    #[arg(long, env = "CREMA_MAX_KEY_BYTES")]
+    pub max_key_bytes: Option<usize>,
+    /// Largest value in bytes [default: 8388608].
+    #[arg(long, env = "CREMA_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Forward follower writes to the leader; false answers -NOTLEADER [default: true].
+    #[arg(long, env = "CREMA_FORWARDING")]
+    pub forwarding: Option<bool>,
+    /// How long a write or linearizable read may wait, ms [default: 5000].
+    #[arg(long, env = "CREMA_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Raft tick in ms [default: 100].
+    #[arg(long, env = "CREMA_TICK_INTERVAL_MS")]
+    pub tick_interval_ms: Option<u64>,
+    /// Election timeout in ticks [default: 10].
+    #[arg(long, env = "CREMA_ELECTION_TICK")]
+    pub election_tick: Option<usize>,
+    /// Heartbeat interval in ticks [default: 3].
+    #[arg(long, env = "CREMA_HEARTBEAT_TICK")]
+    pub heartbeat_tick: Option<usize>,
+    /// Most RESP clients at once [default: 10000].
+    #[arg(long, env = "CREMA_MAX_CLIENTS")]
+    pub max_clients: Option<usize>,
+    /// Close clients idle this many seconds; 0 never [default: 0].
+    #[arg(long, env = "CREMA_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Largest bulk string in a request, bytes [default: 16777216].
+    #[arg(long, env = "CREMA_MAX_BULK_BYTES")]
+    pub max_bulk_bytes: Option<usize>,
+    /// Most arguments in one request [default: 1048576].
+    #[arg(long, env = "CREMA_MAX_ARGS")]
+    pub max_args: Option<usize>,
+    /// Longest inline command, bytes [default: 65536].
+    #[arg(long, env = "CREMA_MAX_INLINE_BYTES")]
+    pub max_inline_bytes: Option<usize>,
+    /// Most unparsed request bytes per client [default: 67108864].
+    #[arg(long, env = "CREMA_MAX_QUERY_BUFFER_BYTES")]
+    pub max_query_buffer_bytes: Option<usize>,
+    /// Reply bytes buffered per client before writing [default: 1048576].
+    #[arg(long, env = "CREMA_MAX_OUTPUT_BUFFER_BYTES")]
+    pub max_output_buffer_bytes: Option<usize>,
+    /// A started request must complete within this many ms [default: 30000].
+    #[arg(long, env = "CREMA_SLOW_REQUEST_TIMEOUT_MS")]
+    pub slow_request_timeout_ms: Option<u64>,
+    /// A client must take its replies within this many ms [default: 30000].
+    #[arg(long, env = "CREMA_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+    /// Where the Raft log lives: memory, or rocksdb (durable; needs --data-dir and a build with
+    /// the `rocksdb` feature) [default: memory].
+    #[arg(long, env = "CREMA_STORAGE", value_enum)]
+    pub storage: Option<StorageKind>,
+    /// Data directory for rocksdb storage (created if missing).
+    #[arg(long, env = "CREMA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Checkpoint after this many applied entries [default: 10000].
+    #[arg(long, env = "CREMA_CHECKPOINT_LOG_THRESHOLD")]
+    pub checkpoint_log_threshold: Option<u64>,
+    /// Checkpoint after this many seconds if anything changed; 0: by threshold only [default: 300].
+    #[arg(long, env = "CREMA_CHECKPOINT_INTERVAL_SECS")]
+    pub checkpoint_interval_secs: Option<u64>,
+    /// With rocksdb: refuse writes while the data disk has less free [default: 67108864].
+    #[arg(long, env = "CREMA_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
+}
+
+fn parse_read_mode(s: &str) -> Result<ReadMode, String> {
+    match s {
+        "linearizable" => Ok(ReadMode::Linearizable),
+        "local" => Ok(ReadMode::Local),
+        other => Err(format!("'{other}' is not a read mode (linearizable, local)")),
+    }
+}
+
+macro_rules! overlay {
+    ($config:ident, $args:ident, $($field:ident),*) => {
+        $( if let Some(v) = $args.$field.clone() { $config.$field = v; } )*
+    };
+}
+
+impl ServeArgs {
+    /// The settings: defaults, then the config file, then environment and flags.
+    ///
+    /// # Errors
+    /// An unreadable config file or invalid settings.
+    pub fn resolve(&self) -> anyhow::Result<ServeConfig> {
+        let mut c = match &self.config {
+            Some(path) => ServeConfig::from_file(path)?,
+            None => ServeConfig::default(),
+        };
+        let a = self;
+        overlay!(c, a, node_id, resp_addr, raft_addr, admin_addr, join, read_mode, max_capacity);
+        overlay!(c, a, max_key_bytes, max_value_bytes, forwarding, request_timeout_ms, tick_interval_ms);
+        overlay!(
+            c,
+            a,
+            election_tick,
+            heartbeat_tick,
+            max_clients,
+            idle_timeout_secs,
+            max_bulk_bytes,
+            max_args
+        );
+        overlay!(c, a, max_inline_bytes, max_query_buffer_bytes, max_output_buffer_bytes);
+        overlay!(c, a, slow_request_timeout_ms, write_timeout_ms, storage, checkpoint_log_threshold);
+        overlay!(c, a, checkpoint_interval_secs, min_free_disk_bytes);
+        if a.data_dir.is_some() {
+            c.data_dir = a.data_dir.clone();
+        }
+        if a.password.is_some() {
+            c.password = a.password.clone();
+        }
+        if a.max_memory_bytes.is_some() {
+            c.max_memory_bytes = a.max_memory_bytes;
+        }
+        if a.default_ttl_ms.is_some() {
+            c.default_ttl_ms = a.default_ttl_ms;
+        }
+        if !a.peers.is_empty() {
+            c.peers = a.peers.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_with_and_without_a_resp_address() {
+        let p: Peer = "2=127.0.0.1:9001".parse().unwrap();
+        assert_eq!((p.id, p.resp_addr), (2, None));
+        let p: Peer = "3=127.0.0.1:9002,127.0.0.1:6382".parse().unwrap();
+        assert_eq!(p.resp_addr, Some("127.0.0.1:6382".parse().unwrap()));
+        assert!("x=127.0.0.1:9001".parse::<Peer>().is_err());
+        assert!("2:127.0.0.1:9001".parse::<Peer>().is_err());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crema.toml");
+        std::fs::write(
+            &path,
+            "node_id = 2\nresp_addr = \"127.0.0.1:7000\"\nmax_clients = 5\npeers = [\"1=127.0.0.1:9000\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs { config: Some(path.clone()), max_clients: Some(7), ..Default::default() };
+        let c = args.resolve().unwrap();
+        assert_eq!(
+            (c.node_id, c.resp_addr.port(), c.max_clients),
+            (2, 7000, 7),
+            "flag beats file, file beats default"
+        );
+        assert_eq!(c.raft_addr.port(), 9000);
+        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+        let err = ServeConfig::from_file(&path).unwrap_err();
+        assert!(format!("{err:#}").contains("no_such_setting"), "{err:#}");
+    }
+
+    #[test]
+    fn the_example_config_in_docs_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/crema.toml.example");
+        let c = ServeConfig::from_file(&path).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.parsed_peers().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let c = ServeConfig { peers: vec!["1=127.0.0.1:9000".into()], ..Default::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("must not include this node"));
+        let c = ServeConfig { node_id: 0, ..Default::default() };
+        assert!(c.validate().is_err());
+    }
+}

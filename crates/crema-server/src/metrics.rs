@@ -1,0 +1,214 @@
+//! Prometheus metrics, declared in one place and served by the admin port's `/metrics`.
+//!
+//! Counters and histograms the server updates as it works (RESP commands, proposals,
+//! connections) live in the registry; figures the cache already keeps (hits, misses, entries,
+//! bytes, Raft term and indexes, leader changes) are read at scrape time by a collector, so the
+//! hot path pays nothing for them. Every name starts with `crema_`.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use crema::DistributedCache;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{text::encode, DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::server::ServerState;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    command: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Handles of one command's series, made once so that recording is a few atomic adds (no label
+/// hashing or locking per command).
+#[derive(Clone)]
+struct CommandSeries {
+    count: Counter,
+    errors: Counter,
+    seconds: Histogram,
+}
+
+/// The node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// By position in [`crate::cmd::COMMANDS`]; the last is for unknown commands.
+    series: Vec<CommandSeries>,
+    proposals: Family<ResultLabels, Counter>,
+    proposal_seconds: Histogram,
+    /// Set once the RESP server exists, for the connection gauges.
+    server: Arc<OnceLock<Weak<ServerState>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs to ~40 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 22))
+}
+
+impl Metrics {
+    /// Metrics for `cache`'s node.
+    pub fn new(cache: &Arc<DistributedCache>) -> Self {
+        let mut registry = Registry::with_prefix("crema");
+        let commands = Family::<CommandLabels, Counter>::default();
+        let command_errors = Family::<CommandLabels, Counter>::default();
+        let command_seconds =
+            Family::<CommandLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let proposals = Family::<ResultLabels, Counter>::default();
+        let proposal_seconds = latency_histogram();
+        registry.register("resp_commands", "RESP commands run, by command", commands.clone());
+        registry.register(
+            "resp_command_errors",
+            "RESP commands answered with an error",
+            command_errors.clone(),
+        );
+        registry.register("resp_command_duration_seconds", "RESP command latency", command_seconds.clone());
+        registry.register(
+            "raft_proposals",
+            "Writes proposed through this node, by result",
+            proposals.clone(),
+        );
+        registry.register(
+            "raft_proposal_latency_seconds",
+            "Time from propose to applied on this node",
+            proposal_seconds.clone(),
+        );
+        let server = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(NodeCollector {
+            cache: Arc::downgrade(cache),
+            server: server.clone(),
+        }));
+        let names = crate::cmd::COMMANDS.iter().map(|c| c.name).chain(["unknown"]);
+        let series = names
+            .map(|command| {
+                let labels = CommandLabels { command };
+                CommandSeries {
+                    count: commands.get_or_create(&labels).clone(),
+                    errors: command_errors.get_or_create(&labels).clone(),
+                    seconds: command_seconds.get_or_create(&labels).clone(),
+                }
+            })
+            .collect();
+        Self { registry, series, proposals, proposal_seconds, server }
+    }
+
+    /// Connects the connection gauges to the RESP server.
+    pub fn attach_server(&self, state: &Arc<ServerState>) {
+        let _ = self.server.set(Arc::downgrade(state));
+    }
+
+    /// Records one RESP command: `index` is its position in [`crate::cmd::COMMANDS`], or
+    /// `None` for an unknown command.
+    pub fn observe_command(&self, index: Option<usize>, took: Duration, error: bool) {
+        let series = &self.series[index.unwrap_or(self.series.len() - 1)];
+        series.count.inc();
+        if error {
+            series.errors.inc();
+        }
+        series.seconds.observe(took.as_secs_f64());
+    }
+
+    /// Records one proposal.
+    pub fn observe_proposal(&self, took: Duration, ok: bool) {
+        self.proposals.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
+        if ok {
+            self.proposal_seconds.observe(took.as_secs_f64());
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// This process's resident memory in bytes (Linux: `VmRSS` of `/proc/self/status`; none
+/// elsewhere).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Reads the cache's own figures at scrape time.
+#[derive(Debug)]
+struct NodeCollector {
+    cache: Weak<DistributedCache>,
+    server: Arc<OnceLock<Weak<ServerState>>>,
+}
+
+fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let Some(cache) = self.cache.upgrade() else { return Ok(()) };
+        let stats = cache.stats();
+        let raft = cache.raft_figures();
+        let e = &mut encoder;
+        counter(e, "cache_hits", "Local reads that found a live entry", stats.hits)?;
+        counter(e, "cache_misses", "Local reads that found nothing", stats.misses)?;
+        gauge(e, "cache_entries", "Entries held in the local cache", cache.entry_count() as i64)?;
+        gauge(
+            e,
+            "cache_size_bytes",
+            "Weighted size of the local cache (bytes when sized by memory, else entries)",
+            cache.storage().weighted_size() as i64,
+        )?;
+        gauge(e, "raft_term", "Current Raft term", raft.term as i64)?;
+        gauge(e, "raft_commit_index", "Highest committed log index known here", raft.commit_index as i64)?;
+        gauge(e, "raft_applied_index", "Highest log index applied here", raft.applied_index as i64)?;
+        gauge(e, "raft_is_leader", "1 when this node leads its Raft group", cache.is_leader() as i64)?;
+        counter(e, "raft_leader_changes", "Leader changes seen by this node", raft.leader_changes)?;
+        if let Some(rss) = resident_memory_bytes() {
+            gauge(e, "process_resident_memory_bytes", "Resident memory of this process", rss as i64)?;
+        }
+        if let Some(server) = self.server.get().and_then(Weak::upgrade) {
+            let clients = &server.clients;
+            gauge(
+                e,
+                "resp_connected_clients",
+                "RESP clients connected",
+                clients.connected.load(Ordering::Relaxed) as i64,
+            )?;
+            counter(
+                e,
+                "resp_connections",
+                "RESP connections accepted",
+                clients.accepted.load(Ordering::Relaxed),
+            )?;
+            counter(
+                e,
+                "resp_rejected_connections",
+                "RESP connections refused at max clients",
+                clients.rejected.load(Ordering::Relaxed),
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! Starting a whole node from a [`ServeConfig`]: the cache, the RESP server and the admin HTTP
+//! server, all stopped together by one cancellation token. `crema serve` runs one; `crema dev`
+//! runs several in one process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use crema::DistributedCache;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::config::ServeConfig;
+use crate::metrics::Metrics;
+use crate::server::RespServer;
+
+/// A running node.
+pub struct RunningNode {
+    /// The cache.
+    pub cache: Arc<DistributedCache>,
+    /// Where Redis clients connect.
+    pub resp_addr: SocketAddr,
+    /// Where peers connect.
+    pub raft_addr: SocketAddr,
+    /// The admin HTTP address.
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Binds the three ports and starts everything.
+    ///
+    /// # Errors
+    /// A port cannot be bound, or the cache does not start.
+    pub async fn start(config: &ServeConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        let raft_listener = std::net::TcpListener::bind(config.raft_addr)
+            .with_context(|| format!("binding the raft address {}", config.raft_addr))?;
+        let resp_listener = TcpListener::bind(config.resp_addr)
+            .await
+            .with_context(|| format!("binding the RESP address {}", config.resp_addr))?;
+        let admin_listener = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
+        let raft_addr = raft_listener.local_addr()?;
+        let mut cache_config = config.cache_config()?;
+        cache_config.raft_addr = raft_addr;
+        let cache = Arc::new(DistributedCache::new_with_listener(cache_config, raft_listener).await?);
+        let metrics = Arc::new(Metrics::new(&cache));
+        let server = RespServer::new(cache.clone(), resp_listener, config.resp_settings()?, metrics.clone())?;
+        metrics.attach_server(&server.state());
+        let resp_addr = server.local_addr();
+        let admin_addr = admin_listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let admin_state = AdminState { cache: cache.clone(), metrics, resp_addr };
+        let admin_shutdown = shutdown.clone();
+        let tasks = vec![
+            tokio::spawn(server.run(shutdown.clone())),
+            tokio::spawn(async move {
+                if let Err(e) = admin::serve(admin_listener, admin_state, admin_shutdown).await {
+                    tracing::error!(error = %e, "admin server failed");
+                }
+            }),
+        ];
+        Ok(Self { cache, resp_addr, raft_addr, admin_addr, shutdown, tasks })
+    }
+
+    /// Stops accepting, closes client connections, stops the admin server and shuts the cache
+    /// down gracefully (in-flight writes get an answer).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.cache.shutdown().await;
+    }
+}

@@ -1,0 +1,246 @@
+//! One client connection: the only code that reads and writes a client socket.
+//!
+//! Each pass reads what has arrived, runs every complete request in order (pipelining) and
+//! writes all their replies with one write. Limits are enforced here: the request parser refuses
+//! oversized lengths before buffering them, the unparsed bytes are capped, a request must
+//! complete within `request_timeout` (slow-drip clients), replies are flushed once
+//! `max_output_buffer_bytes` are pending and must be taken within `write_timeout` (clients that
+//! never read), and an idle connection closes after `idle_timeout` when set.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::ServerState;
+use crate::cmd::write::PreparedWrite;
+use crate::cmd::{self, Session, Step};
+use crate::resp::{take_request, Reply, RequestLimits};
+
+/// Most writes proposed together, and most bytes of keys and values in them: a batch stays
+/// well under the peer frame limit when it is forwarded from a follower.
+const MAX_RUN_WRITES: usize = 512;
+const MAX_RUN_BYTES: usize = 1024 * 1024;
+
+/// One request of a run: a prepared write, or a reply already made (kept for the order).
+enum RunEntry {
+    Write(usize, PreparedWrite),
+    Ready(Reply),
+}
+
+#[derive(Default)]
+struct WriteRun {
+    entries: Vec<RunEntry>,
+    bytes: usize,
+}
+
+impl WriteRun {
+    fn is_full(&self) -> bool {
+        self.entries.len() >= MAX_RUN_WRITES || self.bytes >= MAX_RUN_BYTES
+    }
+}
+
+/// Limits before `AUTH` when a password is set: enough for `AUTH`/`HELLO`, nothing more.
+const UNAUTHENTICATED: RequestLimits =
+    RequestLimits { max_bulk_bytes: 1024, max_args: 8, max_inline_bytes: 1024 };
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a connection ended (logged at debug level; the fields are read through `Debug`).
+#[allow(dead_code)]
+#[derive(Debug)]
+enum Closed {
+    ByClient,
+    Quit,
+    Shutdown,
+    Idle,
+    SlowRequest,
+    SlowReader,
+    Protocol(String),
+    QueryBufferFull,
+    Io(std::io::Error),
+}
+
+pub(super) async fn serve(
+    state: &ServerState,
+    mut stream: TcpStream,
+    id: u64,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let authenticated = state.settings.password.is_none();
+    let mut session = Session::new(id, addr, authenticated, state.settings.read_mode);
+    let mut conn = Connection { state, stream: &mut stream, input: BytesMut::new(), output: BytesMut::new() };
+    let closed = conn.run(&mut session, &shutdown).await;
+    debug!(id, %addr, reason = ?closed, "client connection closed");
+}
+
+struct Connection<'a> {
+    state: &'a ServerState,
+    stream: &'a mut TcpStream,
+    input: BytesMut,
+    output: BytesMut,
+}
+
+impl Connection<'_> {
+    async fn run(&mut self, session: &mut Session, shutdown: &CancellationToken) -> Closed {
+        let settings = &self.state.settings;
+        let mut partial_since: Option<Instant> = None;
+        // One wait for shutdown for the whole connection: making a new one per read would
+        // register with the token (a lock) every time.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            if let Err(closed) = self.run_requests(session).await {
+                return closed;
+            }
+            if self.input.len() > settings.max_query_buffer_bytes {
+                let _ = self.reply_and_close(Reply::err("Protocol error: query buffer limit reached")).await;
+                return Closed::QueryBufferFull;
+            }
+            let deadline = if self.input.is_empty() {
+                partial_since = None;
+                (!settings.idle_timeout.is_zero()).then(|| Instant::now() + settings.idle_timeout)
+            } else {
+                Some(*partial_since.get_or_insert_with(Instant::now) + settings.request_timeout)
+            };
+            self.input.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                biased;
+                _ = &mut cancelled => return Closed::Shutdown,
+                read = read_until(self.stream, &mut self.input, deadline) => read,
+            };
+            match read {
+                Ok(Some(0)) => return Closed::ByClient,
+                Ok(Some(_)) => session.new_batch(),
+                Ok(None) if self.input.is_empty() => return Closed::Idle,
+                Ok(None) => {
+                    let _ = self.reply_and_close(Reply::err("request not completed in time")).await;
+                    return Closed::SlowRequest;
+                }
+                Err(e) => return Closed::Io(e),
+            }
+        }
+    }
+
+    /// Runs every complete request in the input and writes the replies.
+    /// Runs every complete request in the input and writes the replies. Consecutive writes are
+    /// gathered (with replies made without running, to keep the order) and proposed together
+    /// when a request that is not a write comes, the input runs dry, or the run is full.
+    async fn run_requests(&mut self, session: &mut Session) -> Result<(), Closed> {
+        let mut run = WriteRun::default();
+        loop {
+            let limits = if session.authenticated { &self.state.settings.limits } else { &UNAUTHENTICATED };
+            let args = match take_request(&mut self.input, limits) {
+                Ok(Some(args)) if args.is_empty() => continue,
+                Ok(Some(args)) => args,
+                Ok(None) => {
+                    self.propose_run(session, &mut run).await?;
+                    return self.flush().await;
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    self.propose_run(session, &mut run).await?;
+                    self.flush().await?;
+                    let _ = self.reply_and_close(Reply::err(&message)).await;
+                    return Err(Closed::Protocol(message));
+                }
+            };
+            match cmd::step(self.state, session, args) {
+                Step::Write { index, write } => {
+                    run.bytes += write.command_bytes();
+                    run.entries.push(RunEntry::Write(index, write));
+                    if run.is_full() {
+                        self.propose_run(session, &mut run).await?;
+                    }
+                }
+                Step::Reply { index, reply } => {
+                    cmd::observe_reply(self.state, session, index);
+                    run.entries.push(RunEntry::Ready(reply));
+                }
+                Step::Run(args, index) => {
+                    self.propose_run(session, &mut run).await?;
+                    let reply = cmd::run(self.state, session, args, index).await;
+                    self.answer(session, reply).await?;
+                    if session.quit {
+                        self.flush().await?;
+                        return Err(Closed::Quit);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Proposes the gathered writes and writes every reply of the run in order.
+    async fn propose_run(&mut self, session: &mut Session, run: &mut WriteRun) -> Result<(), Closed> {
+        let entries = std::mem::take(&mut run.entries);
+        run.bytes = 0;
+        let mut ready = Vec::with_capacity(entries.len());
+        let mut writes = Vec::new();
+        for entry in entries {
+            match entry {
+                RunEntry::Write(index, write) => {
+                    writes.push((index, write));
+                    ready.push(None);
+                }
+                RunEntry::Ready(reply) => ready.push(Some(reply)),
+            }
+        }
+        let mut replies =
+            if writes.is_empty() { Vec::new() } else { cmd::run_writes(self.state, session, writes).await };
+        replies.reverse();
+        for slot in ready {
+            let reply = slot.unwrap_or_else(|| replies.pop().expect("one reply per write"));
+            self.answer(session, reply).await?;
+        }
+        Ok(())
+    }
+
+    /// Encodes `reply`, writing out once enough is pending.
+    async fn answer(&mut self, session: &Session, reply: Reply) -> Result<(), Closed> {
+        reply.encode(session.protocol, &mut self.output);
+        if self.output.len() >= self.state.settings.max_output_buffer_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Closed> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let write = self.stream.write_all(&self.output);
+        match tokio::time::timeout(self.state.settings.write_timeout, write).await {
+            Ok(Ok(())) => {
+                self.output.clear();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Closed::Io(e)),
+            Err(_) => Err(Closed::SlowReader),
+        }
+    }
+
+    async fn reply_and_close(&mut self, reply: Reply) -> Result<(), Closed> {
+        reply.encode(crate::resp::Protocol::Resp2, &mut self.output);
+        self.flush().await
+    }
+}
+
+/// Reads into `buf` until `deadline`; `Ok(None)` when the deadline passed first.
+async fn read_until(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: Option<Instant>,
+) -> std::io::Result<Option<usize>> {
+    match deadline {
+        None => stream.read_buf(buf).await.map(Some),
+        Some(at) => match tokio::time::timeout_at(at, stream.read_buf(buf)).await {
+            Ok(read) => read.map(Some),
+            Err(_) => Ok(None),
+        },
+    }
+}

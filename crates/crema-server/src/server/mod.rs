@@ -1,0 +1,189 @@
+//! The RESP server: [`RespServer`] accepts clients up to `max_clients` and runs one task per
+//! connection (`connection.rs`); [`ServerState`] is what every command can see of the node.
+
+mod connection;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crema::{DistributedCache, NodeId};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::cmd::error::LeaderAddr;
+use crate::cmd::ReadMode;
+use crate::metrics::Metrics;
+use crate::resp::RequestLimits;
+
+/// Limits and choices of the RESP front door. Every limit, when broken, gets the client an error
+/// and a closed connection; the node keeps serving everyone else.
+#[derive(Debug, Clone)]
+pub struct RespSettings {
+    /// Request size limits once authenticated (before `AUTH`, much smaller ones apply).
+    pub limits: RequestLimits,
+    /// Most bytes of unparsed requests buffered per client.
+    pub max_query_buffer_bytes: usize,
+    /// Replies buffered per client before they are written out (the connection then waits for
+    /// the client to read; see `write_timeout`).
+    pub max_output_buffer_bytes: usize,
+    /// Most clients connected at once.
+    pub max_clients: usize,
+    /// Close a connection idle this long; zero never closes (Redis's default).
+    pub idle_timeout: Duration,
+    /// A request that started arriving must be complete within this (slow clients are closed).
+    pub request_timeout: Duration,
+    /// A reply must be taken by the client within this, or the connection is closed.
+    pub write_timeout: Duration,
+    /// The password of the `default` user; none: no authentication.
+    pub password: Option<String>,
+    /// How new connections read.
+    pub read_mode: ReadMode,
+    /// Client (RESP) addresses of other nodes, for `-NOTLEADER host:port`.
+    pub client_addrs: BTreeMap<NodeId, String>,
+}
+
+impl Default for RespSettings {
+    fn default() -> Self {
+        Self {
+            limits: RequestLimits::default(),
+            max_query_buffer_bytes: 64 * 1024 * 1024,
+            max_output_buffer_bytes: 1024 * 1024,
+            max_clients: 10_000,
+            idle_timeout: Duration::ZERO,
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            password: None,
+            read_mode: ReadMode::Linearizable,
+            client_addrs: BTreeMap::new(),
+        }
+    }
+}
+
+/// Connection counters.
+#[derive(Debug, Default)]
+pub struct Clients {
+    /// Connected now.
+    pub connected: AtomicUsize,
+    /// Accepted since start.
+    pub accepted: AtomicU64,
+    /// Refused because `max_clients` were connected.
+    pub rejected: AtomicU64,
+    next_id: AtomicU64,
+}
+
+/// What every command can see of the node.
+pub struct ServerState {
+    /// The cache node.
+    pub cache: Arc<DistributedCache>,
+    /// The RESP settings.
+    pub settings: RespSettings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Connection counters.
+    pub clients: Clients,
+    /// When the server started.
+    pub started: Instant,
+    /// The RESP address.
+    pub resp_addr: SocketAddr,
+}
+
+impl LeaderAddr for ServerState {
+    fn client_addr_of(&self, id: NodeId) -> Option<String> {
+        if id == self.cache.node_id() {
+            return Some(self.resp_addr.to_string());
+        }
+        self.settings.client_addrs.get(&id).cloned()
+    }
+}
+
+/// The RESP listener of one node.
+pub struct RespServer {
+    state: Arc<ServerState>,
+    listener: TcpListener,
+}
+
+impl RespServer {
+    /// A server for `cache` on an already-bound `listener` (tests bind port 0).
+    ///
+    /// # Errors
+    /// The listener's address cannot be read.
+    pub fn new(
+        cache: Arc<DistributedCache>,
+        listener: TcpListener,
+        settings: RespSettings,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let resp_addr = listener.local_addr()?;
+        let state = ServerState {
+            cache,
+            settings,
+            metrics,
+            clients: Clients::default(),
+            started: Instant::now(),
+            resp_addr,
+        };
+        Ok(Self { state: Arc::new(state), listener })
+    }
+
+    /// The shared state (for the admin server and tests).
+    pub fn state(&self) -> Arc<ServerState> {
+        self.state.clone()
+    }
+
+    /// The RESP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.state.resp_addr
+    }
+
+    /// Accepts clients until `shutdown` is cancelled, then closes every connection (a command
+    /// being run finishes and gets its reply first) and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        info!(addr = %self.state.resp_addr, "RESP server listening");
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (mut stream, addr) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let clients = &self.state.clients;
+            if clients.connected.load(Ordering::Acquire) >= self.state.settings.max_clients {
+                clients.rejected.fetch_add(1, Ordering::Relaxed);
+                debug!(%addr, "refused: max clients reached");
+                tracker.spawn(async move {
+                    let refusal = stream.write_all(b"-ERR max number of clients reached\r\n");
+                    let _ = tokio::time::timeout(Duration::from_secs(1), refusal).await;
+                });
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            clients.connected.fetch_add(1, Ordering::AcqRel);
+            clients.accepted.fetch_add(1, Ordering::Relaxed);
+            let id = clients.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            let state = self.state.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                connection::serve(&state, stream, id, addr, shutdown).await;
+                state.clients.connected.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        drop(self.listener);
+        tracker.close();
+        tracker.wait().await;
+        info!("RESP server stopped");
+    }
+}

@@ -1,0 +1,224 @@
+//! The admin HTTP port and the operator commands of the `crema` binary against running nodes:
+//! /health, /ready, /metrics, /cluster, `crema status`, `crema metrics show`,
+//! `crema cluster add-node` and `remove-node`.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use redis::AsyncCommands;
+
+fn crema(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_crema")).args(args).env("RUST_LOG", "error").output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn health_ready_metrics_and_cluster() {
+    let node = start(FAST);
+    let (status, body) = http_get(node.admin, "/health").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    wait_until(Duration::from_secs(5), "/ready", || async { http_get(node.admin, "/ready").await.0 == 200 })
+        .await;
+
+    let mut c = client(node.resp).await;
+    let _: () = c.set("k", "v").await.unwrap();
+    let _: Option<String> = c.get("k").await.unwrap();
+    let _: Option<String> = c.get("missing").await.unwrap();
+    let (status, metrics) = http_get(node.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for expected in [
+        "crema_cache_hits_total 1",
+        "crema_cache_misses_total 1",
+        "crema_cache_entries 1",
+        "crema_raft_is_leader 1",
+        "crema_raft_leader_changes_total",
+        "crema_raft_proposals_total{result=\"ok\"} 1",
+        "crema_raft_proposal_latency_seconds_count 1",
+        "crema_resp_commands_total{command=\"get\"} 2",
+        "crema_resp_command_duration_seconds_bucket{",
+        "crema_resp_connected_clients 1",
+        "crema_process_resident_memory_bytes ",
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing from:\n{metrics}");
+    }
+    let (status, cluster) = http_get(node.admin, "/cluster").await;
+    assert_eq!(status, 200);
+    let view: serde_json::Value = serde_json::from_str(&cluster).unwrap();
+    assert_eq!(view["role"], "Leader");
+    assert_eq!(view["voters"], serde_json::json!([1]));
+    assert_eq!(view["entries"], 1);
+    assert_eq!(view["resp_addr"], node.resp.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_grow_and_shrink_the_cluster() {
+    let first = start(FAST);
+    wait_until(Duration::from_secs(5), "first node ready", || async {
+        http_get(first.admin, "/ready").await.0 == 200
+    })
+    .await;
+    let admin = first.admin.to_string();
+    let (ok, out, err) = crema(&["status", "--admin", &admin]);
+    assert!(ok, "{err}");
+    assert!(out.contains("node        1 (Leader)") && out.contains("voters      [1]"), "{out}");
+    assert!(out.contains("MiB resident"), "{out}");
+
+    let (ok, out, _) = crema(&["metrics", "show", "--admin", &admin]);
+    assert!(ok && out.contains("crema_raft_term"), "{out}");
+
+    // A second node started empty, then added through the CLI.
+    let first_raft = format!("1={}", first.raft);
+    let mut args = vec!["--node-id", "2", "--join", "true", "--peer", &first_raft];
+    args.extend(FAST);
+    let second = start(&args);
+    let raft2 = second.raft.to_string();
+    let (ok, out, err) = crema(&["cluster", "add-node", "--admin", &admin, "--id", "2", "--addr", &raft2]);
+    assert!(ok, "add-node failed: {out} {err}");
+    let mut c1 = client(first.resp).await;
+    let _: () = c1.set("replicated", "yes").await.unwrap();
+    let mut c2 = client(second.resp).await;
+    let got: Option<String> = c2.get("replicated").await.unwrap();
+    assert_eq!(got.as_deref(), Some("yes"), "the new member reads the cluster's writes linearizably");
+    let (_, out, _) = crema(&["status", "--admin", &admin]);
+    assert!(out.contains("voters      [1, 2]"), "{out}");
+
+    // Membership changes go to the leader; a follower says who leads.
+    let (ok, _, err) = crema(&["cluster", "remove-node", "--admin", &second.admin.to_string(), "--id", "2"]);
+    assert!(!ok && err.contains("not the leader: node 1"), "{err}");
+    let (ok, out, err) = crema(&["cluster", "remove-node", "--admin", &admin, "--id", "2"]);
+    assert!(ok, "remove-node failed: {out} {err}");
+    let (_, out, _) = crema(&["status", "--admin", &admin]);
+    assert!(out.contains("voters      [1]"), "{out}");
+    let (ok, _, err) = crema(&["status", "--admin", "127.0.0.1:1"]);
+    assert!(!ok && err.contains("connecting to 127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn serve_help_explains_every_setting_and_bad_config_is_refused() {
+    let (ok, out, _) = crema(&["serve", "--help"]);
+    assert!(ok);
+    for flag in [
+        "--node-id",
+        "--resp-addr",
+        "--peer",
+        "--config",
+        "--password",
+        "--max-clients",
+        "--read-mode",
+        "CREMA_RESP_ADDR",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from serve --help");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "max_clientz = 3\n").unwrap();
+    let (ok, _, err) = crema(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(!ok && err.contains("max_clientz"), "{err}");
+    let (ok, _, err) = crema(&["serve", "--peer", "1=127.0.0.1:9000"]);
+    assert!(!ok && err.contains("must not include this node"), "{err}");
+}
+
+#[tokio::test]
+async fn environment_variables_configure_serve() {
+    let out = Command::new(env!("CARGO_BIN_EXE_crema"))
+        .args([
+            "serve",
+            "--resp-addr",
+            "127.0.0.1:0",
+            "--raft-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .env("CREMA_NODE_ID", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "node id 0 from the environment is refused");
+}
+
+#[tokio::test]
+async fn sigterm_stops_serve_cleanly() {
+    let mut node = start(FAST);
+    let mut c = client(node.resp).await;
+    let _: () = c.set("k", "v").await.unwrap();
+    let status = Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = node.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "serve did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "serve exited with {exit}");
+    assert!(tokio::net::TcpStream::connect(node.resp).await.is_err(), "the RESP port is closed");
+}
+
+/// A free port `p` such that `p`, `p + 1` and `p + 2` are all free (for `crema dev`'s
+/// consecutive ports).
+fn three_free_ports() -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = first.local_addr().unwrap().port();
+        if p > 65_000 {
+            continue;
+        }
+        let rest: Vec<_> =
+            (1..3).filter_map(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).ok()).collect();
+        if rest.len() == 2 {
+            return p;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crema_dev_runs_a_local_cluster_until_interrupted() {
+    use std::io::BufRead;
+    let (resp, raft, admin) = (three_free_ports(), three_free_ports(), three_free_ports());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crema"))
+        .args(["dev", "--nodes", "3"])
+        .args([
+            "--resp-port",
+            &resp.to_string(),
+            "--raft-port",
+            &raft.to_string(),
+            "--admin-port",
+            &admin.to_string(),
+        ])
+        .args(["--tick-interval-ms", "20"])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let header = lines.next().unwrap().unwrap();
+    assert!(header.starts_with("crema dev cluster of 3 nodes"), "{header}");
+    for i in 0..3u16 {
+        let line = lines.next().unwrap().unwrap();
+        assert!(line.contains(&format!("redis-cli -p {}", resp + i)), "{line}");
+    }
+    let addr = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], resp + i));
+    let mut first = client(addr(0)).await;
+    let _: () = first.set("dev", "works").await.unwrap();
+    let mut third = client(addr(2)).await;
+    let got: Option<String> = third.get("dev").await.unwrap();
+    assert_eq!(got.as_deref(), Some("works"));
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let started = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "crema dev did not stop on SIGINT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit}");
+}

@@ -1,0 +1,189 @@
+//! Hostile and broken clients against a real `crema serve`: huge and negative lengths, random
+//! bytes, slow-drip requests, clients that never read, ten thousand connections. Each gets a
+//! clear error or a closed connection; memory stays bounded; other clients are unaffected.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redis::AsyncCommands;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Resident memory of a process, in MiB (Linux).
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// A well-behaved client still gets answers.
+async fn still_serves(node: &Node) {
+    let mut c = client(node.resp).await;
+    let _: () = c.set("canary", "alive").await.unwrap();
+    let got: String = c.get("canary").await.unwrap();
+    assert_eq!(got, "alive");
+}
+
+/// Waits until `INFO clients` (asked on a new connection, which counts) reports `n` clients.
+async fn wait_for_clients(node: &Node, n: usize, what: &str) {
+    let expected = format!("connected_clients:{n}\r");
+    wait_until(Duration::from_secs(10), what, || {
+        let (addr, expected) = (node.resp, expected.clone());
+        async move {
+            let mut c = client(addr).await;
+            let info: String = redis::cmd("INFO").arg("clients").query_async(&mut c).await.unwrap();
+            info.contains(&expected)
+        }
+    })
+    .await;
+}
+
+async fn error_then_close(node: &Node, bytes: &[u8], expected: &str) {
+    let mut stream = TcpStream::connect(node.resp).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let reply = read_some(&mut stream, 1).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("-ERR Protocol error") && text.contains(expected), "{text:?} for {bytes:?}");
+    assert!(closed_by_peer(&mut stream).await, "connection closed after {expected}");
+}
+
+#[tokio::test]
+async fn impossible_lengths_get_an_error_and_a_closed_connection() {
+    let node = start(&[]);
+    error_then_close(&node, b"*1\r\n$4611686018427387904\r\n", "bulk length 4611686018427387904 is over")
+        .await;
+    error_then_close(&node, b"*1\r\n$-5\r\n", "invalid bulk length").await;
+    error_then_close(&node, b"*1073741824\r\n", "multibulk length 1073741824 is over").await;
+    error_then_close(&node, b"*2\r\n$3\r\nGET\r\n+x\r\n", "expected '$'").await;
+    error_then_close(&node, b"*1\r\n$3\r\nGETxx", "not terminated by CRLF").await;
+    error_then_close(&node, b"*abc\r\n", "invalid length").await;
+    error_then_close(&node, b"SET \"unbalanced\r\n", "unbalanced quotes").await;
+    // `*0`, `*-1` and `*-0` carry no command: skipped, and the connection goes on.
+    let reply = raw_until(node.resp, b"*-0\r\n*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n", b"+PONG\r\n").await;
+    assert_eq!(reply, b"+PONG\r\n");
+    still_serves(&node).await;
+}
+
+#[tokio::test]
+async fn oversized_keys_and_values_are_refused_and_the_connection_stays() {
+    let node = start(&["--max-key-bytes", "16", "--max-value-bytes", "1000", "--max-bulk-bytes", "4096"]);
+    let mut c = client(node.resp).await;
+    let err = c.set::<_, _, ()>("k".repeat(17), "v").await.unwrap_err();
+    assert!(err.to_string().contains("key is 17 bytes, the limit is 16"), "{err}");
+    let err = c.set::<_, _, ()>("k", "v".repeat(1001)).await.unwrap_err();
+    assert!(err.to_string().contains("value is 1001 bytes, the limit is 1000"), "{err}");
+    let err = c.set::<_, _, ()>("", "v").await.unwrap_err();
+    assert!(err.to_string().contains("key must not be empty"), "{err}");
+    assert_eq!(c.get::<_, Option<String>>("k").await.unwrap(), None, "nothing was written");
+    // Over the bulk limit the request itself is refused and the connection closed.
+    let mut big = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5000\r\n".to_vec();
+    big.extend(vec![b'x'; 5000]);
+    big.extend(b"\r\n");
+    error_then_close(&node, &big, "bulk length 5000 is over the limit of 4096").await;
+    still_serves(&node).await;
+}
+
+#[tokio::test]
+async fn random_bytes_never_take_the_node_down() {
+    let node = start(&[]);
+    // A fixed-seed xorshift: reproducible garbage without another dependency.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..200 {
+        let len = (next() % 512) as usize + 1;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if round % 2 == 0 {
+            bytes[0] = b'*'; // half of them look like arrays, to reach deeper into the parser
+        }
+        let mut stream = TcpStream::connect(node.resp).await.unwrap();
+        let _ = stream.write_all(&bytes).await;
+        drop(stream);
+    }
+    still_serves(&node).await;
+}
+
+#[tokio::test]
+async fn a_slow_drip_request_is_cut_off_and_others_are_served() {
+    let node = start(&["--slow-request-timeout-ms", "300"]);
+    let mut slow = TcpStream::connect(node.resp).await.unwrap();
+    slow.write_all(b"*2\r\n$3\r\nGET\r\n$10\r\nab").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for byte in b"cdefghij".iter().cycle().take(50) {
+        still_serves(&node).await;
+        if slow.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !closed {
+        closed = closed_by_peer(&mut slow).await;
+    }
+    assert!(closed, "the slow client was not disconnected");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn idle_connections_close_when_asked() {
+    let node = start(&["--idle-timeout-secs", "1"]);
+    let mut idle = TcpStream::connect(node.resp).await.unwrap();
+    assert!(closed_by_peer(&mut idle).await, "an idle client is closed after the idle timeout");
+    still_serves(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_dropped_with_bounded_memory() {
+    let node = start(&["--write-timeout-ms", "500", "--max-output-buffer-bytes", "1048576"]);
+    let mut c = client(node.resp).await;
+    let _: () = c.set("big", "x".repeat(1 << 20)).await.unwrap();
+    let before = rss_mib(node.child.id());
+    // 3,000 GETs of a 1 MiB value = 3 GiB of replies, never read.
+    let mut greedy = TcpStream::connect(node.resp).await.unwrap();
+    let request = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(3000);
+    let _ = greedy.write_all(&request).await;
+    // The server blocks on its flush, gives up after the write timeout and closes.
+    // This probe and `c` above are the only clients left once it is dropped.
+    wait_for_clients(&node, 2, "the greedy client is dropped").await;
+    let after = rss_mib(node.child.id());
+    assert!(after < before + 256, "RSS grew from {before} to {after} MiB");
+    still_serves(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connections_meet_max_clients_and_others_are_unaffected() {
+    let node = start(&["--max-clients", "300"]);
+    let mut steady = client(node.resp).await;
+    let mut refused = 0;
+    // 20 waves of 500 held at once: 10,000 connections, within a default 1,024 open-file limit.
+    for _wave in 0..20 {
+        let mut held = Vec::new();
+        for _ in 0..500 {
+            match TcpStream::connect(node.resp).await {
+                Ok(s) => held.push(s),
+                Err(e) => panic!("connect failed: {e}"),
+            }
+        }
+        let _: () = steady.set("steady", "ok").await.unwrap();
+        // The last ones of a wave are over the limit: they must be told so.
+        for s in held.iter_mut().rev().take(50) {
+            let reply = read_some(s, 1).await;
+            if reply.starts_with(b"-ERR max number of clients reached") {
+                refused += 1;
+            }
+        }
+        drop(held);
+    }
+    assert_eq!(refused, 1000, "every sampled over-limit connection is refused with an error");
+    wait_for_clients(&node, 2, "the held connections are released").await;
+    assert!(rss_mib(node.child.id()) < 512, "RSS {} MiB", rss_mib(node.child.id()));
+    let got: String = steady.get("steady").await.unwrap();
+    assert_eq!(got, "ok");
+}

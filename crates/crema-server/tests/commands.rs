@@ -1,0 +1,413 @@
+//! Every RESP command against a real `crema serve` process, through the `redis` crate (what
+//! applications use), with the edge cases clients rely on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redis::aio::MultiplexedConnection;
+use redis::{FromRedisValue, RedisResult, Value};
+
+async fn q<T: FromRedisValue>(con: &mut MultiplexedConnection, args: &[&str]) -> RedisResult<T> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(con).await
+}
+
+async fn ok(con: &mut MultiplexedConnection, args: &[&str]) -> Value {
+    q(con, args).await.unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+}
+
+async fn err(con: &mut MultiplexedConnection, args: &[&str]) -> String {
+    match q::<Value>(con, args).await {
+        Ok(v) => panic!("{args:?} should fail, answered {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn bulk(s: &str) -> Value {
+    Value::BulkString(s.as_bytes().to_vec())
+}
+
+#[tokio::test]
+async fn set_and_its_options() {
+    let node = start(&[]);
+    let c = &mut client(node.resp).await;
+    assert_eq!(ok(c, &["SET", "k", "v1"]).await, Value::Okay);
+    assert_eq!(ok(c, &["GET", "k"]).await, bulk("v1"));
+    assert_eq!(ok(c, &["SET", "k", "v2", "NX"]).await, Value::Nil, "NX on an existing key writes nothing");
+    assert_eq!(ok(c, &["SET", "k", "v2", "XX"]).await, Value::Okay);
+    assert_eq!(ok(c, &["SET", "new", "x", "XX"]).await, Value::Nil);
+    assert_eq!(ok(c, &["GET", "new"]).await, Value::Nil);
+    assert_eq!(ok(c, &["SET", "k", "v3", "GET"]).await, bulk("v2"));
+    assert_eq!(ok(c, &["SET", "k", "v4", "NX", "GET"]).await, bulk("v3"), "NX+GET answers the old value");
+    assert_eq!(ok(c, &["GET", "k"]).await, bulk("v3"), "and does not write");
+    assert_eq!(ok(c, &["SET", "fresh", "1", "NX", "GET"]).await, Value::Nil);
+    assert_eq!(ok(c, &["GET", "fresh"]).await, bulk("1"));
+    assert!(err(c, &["SET", "k", "v", "NX", "XX"]).await.contains("syntax error"));
+    assert!(err(c, &["SET", "k", "v", "EX", "10", "PX", "100"]).await.contains("syntax error"));
+    assert!(err(c, &["SET", "k", "v", "EX"]).await.contains("syntax error"));
+    assert!(err(c, &["SET", "k", "v", "EX", "0"]).await.contains("invalid expire time in 'set'"));
+    assert!(err(c, &["SET", "k", "v", "EX", "-5"]).await.contains("invalid expire time"));
+    assert!(err(c, &["SET", "k", "v", "EX", "ten"]).await.contains("not an integer"));
+    assert!(err(c, &["SET", "k"]).await.contains("wrong number of arguments for 'set'"));
+
+    // Expiry options and KEEPTTL.
+    ok(c, &["SET", "t", "1", "EX", "100"]).await;
+    let ttl: i64 = q(c, &["TTL", "t"]).await.unwrap();
+    assert!((99..=100).contains(&ttl), "{ttl}");
+    ok(c, &["SET", "t", "2", "KEEPTTL"]).await;
+    assert!(q::<i64>(c, &["PTTL", "t"]).await.unwrap() > 90_000, "KEEPTTL keeps the TTL");
+    ok(c, &["SET", "t", "3"]).await;
+    assert_eq!(q::<i64>(c, &["TTL", "t"]).await.unwrap(), -1, "a plain SET clears the TTL");
+    let at = (crema::unix_now_ms() + 60_000).to_string();
+    ok(c, &["SET", "t", "4", "PXAT", &at]).await;
+    assert_eq!(q::<i64>(c, &["PEXPIRETIME", "t"]).await.unwrap().to_string(), at);
+    ok(c, &["SET", "t", "5", "EXAT", "1"]).await;
+    assert_eq!(ok(c, &["GET", "t"]).await, Value::Nil, "an EXAT in the past leaves no key");
+
+    // The SET relatives.
+    assert_eq!(q::<i64>(c, &["SETNX", "sn", "1"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(c, &["SETNX", "sn", "2"]).await.unwrap(), 0);
+    assert_eq!(ok(c, &["SETEX", "se", "100", "v"]).await, Value::Okay);
+    assert!(q::<i64>(c, &["TTL", "se"]).await.unwrap() > 98);
+    assert_eq!(ok(c, &["PSETEX", "pse", "100000", "v"]).await, Value::Okay);
+    assert!(err(c, &["SETEX", "se", "0", "v"]).await.contains("invalid expire time in 'setex'"));
+    assert_eq!(ok(c, &["GETSET", "sn", "3"]).await, bulk("1"));
+    assert_eq!(ok(c, &["GETSET", "none", "3"]).await, Value::Nil);
+}
+
+#[tokio::test]
+async fn counters_are_exact_and_refuse_non_integers() {
+    let node = start(&[]);
+    let c = &mut client(node.resp).await;
+    assert_eq!(q::<i64>(c, &["INCR", "n"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(c, &["INCRBY", "n", "41"]).await.unwrap(), 42);
+    assert_eq!(q::<i64>(c, &["DECR", "n"]).await.unwrap(), 41);
+    assert_eq!(q::<i64>(c, &["DECRBY", "n", "50"]).await.unwrap(), -9);
+    ok(c, &["SET", "text", "hello"]).await;
+    assert!(err(c, &["INCR", "text"]).await.contains("value is not an integer or out of range"));
+    ok(c, &["SET", "spaced", " 1"]).await;
+    assert!(err(c, &["INCR", "spaced"]).await.contains("not an integer"));
+    assert!(err(c, &["INCRBY", "n", "1.5"]).await.contains("not an integer"));
+    ok(c, &["SET", "max", &i64::MAX.to_string()]).await;
+    assert!(err(c, &["INCR", "max"]).await.contains("increment or decrement would overflow"));
+    assert!(err(c, &["DECRBY", "n", &i64::MIN.to_string()]).await.contains("decrement would overflow"));
+    assert_eq!(ok(c, &["GET", "max"]).await, bulk(&i64::MAX.to_string()), "a failed INCR changes nothing");
+
+    assert_eq!(ok(c, &["INCRBYFLOAT", "f", "10.5"]).await, bulk("10.5"));
+    assert_eq!(ok(c, &["INCRBYFLOAT", "f", "0.1"]).await, bulk("10.6"));
+    assert_eq!(ok(c, &["INCRBYFLOAT", "f", "-5.6"]).await, bulk("5"));
+    assert!(err(c, &["INCRBYFLOAT", "text", "1"]).await.contains("not a valid float"));
+    assert!(err(c, &["INCRBYFLOAT", "f", "abc"]).await.contains("not a valid float"));
+    assert!(err(c, &["INCRBYFLOAT", "f", "inf"]).await.contains("not a valid float"));
+
+    ok(c, &["SET", "ttl", "1", "EX", "100"]).await;
+    q::<i64>(c, &["INCR", "ttl"]).await.unwrap();
+    assert!(q::<i64>(c, &["TTL", "ttl"]).await.unwrap() > 90, "INCR keeps the TTL");
+}
+
+#[tokio::test]
+async fn append_ranges_and_lengths() {
+    let node = start(&["--max-value-bytes", "64"]);
+    let c = &mut client(node.resp).await;
+    assert_eq!(q::<i64>(c, &["APPEND", "s", "Hello"]).await.unwrap(), 5);
+    assert_eq!(q::<i64>(c, &["APPEND", "s", " World"]).await.unwrap(), 11);
+    assert_eq!(q::<i64>(c, &["STRLEN", "s"]).await.unwrap(), 11);
+    assert_eq!(q::<i64>(c, &["STRLEN", "nokey"]).await.unwrap(), 0);
+    assert_eq!(ok(c, &["GETRANGE", "s", "0", "4"]).await, bulk("Hello"));
+    assert_eq!(ok(c, &["GETRANGE", "s", "-5", "-1"]).await, bulk("World"));
+    assert_eq!(ok(c, &["SUBSTR", "s", "6", "100"]).await, bulk("World"));
+    assert_eq!(ok(c, &["GETRANGE", "nokey", "0", "-1"]).await, bulk(""));
+    assert_eq!(q::<i64>(c, &["SETRANGE", "s", "6", "Redis"]).await.unwrap(), 11);
+    assert_eq!(ok(c, &["GET", "s"]).await, bulk("Hello Redis"));
+    assert_eq!(q::<i64>(c, &["SETRANGE", "pad", "3", "x"]).await.unwrap(), 4);
+    assert_eq!(ok(c, &["GET", "pad"]).await, Value::BulkString(b"\0\0\0x".to_vec()));
+    assert!(err(c, &["SETRANGE", "s", "-1", "x"]).await.contains("offset is out of range"));
+    assert!(err(c, &["SETRANGE", "s", "64", "x"]).await.contains("string exceeds maximum allowed size"));
+    let long = "x".repeat(60);
+    assert!(err(c, &["APPEND", "s", &long]).await.contains("string exceeds maximum allowed size"));
+    assert_eq!(q::<i64>(c, &["STRLEN", "s"]).await.unwrap(), 11, "a refused APPEND changes nothing");
+}
+
+#[tokio::test]
+async fn multi_key_commands_and_the_keyspace() {
+    let node = start(&[]);
+    let c = &mut client(node.resp).await;
+    assert_eq!(ok(c, &["MSET", "a", "1", "b", "2", "c", "3"]).await, Value::Okay);
+    assert!(err(c, &["MSET", "a", "1", "b"]).await.contains("wrong number of arguments for 'mset'"));
+    assert_eq!(
+        ok(c, &["MGET", "a", "nokey", "c"]).await,
+        Value::Array(vec![bulk("1"), Value::Nil, bulk("3")])
+    );
+    assert_eq!(q::<i64>(c, &["MSETNX", "a", "9", "d", "4"]).await.unwrap(), 0);
+    assert_eq!(ok(c, &["GET", "d"]).await, Value::Nil, "MSETNX writes nothing when any key exists");
+    assert_eq!(q::<i64>(c, &["MSETNX", "d", "4", "e", "5"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(c, &["EXISTS", "a", "a", "nokey"]).await.unwrap(), 2, "EXISTS counts repeats");
+    assert_eq!(q::<i64>(c, &["DBSIZE"]).await.unwrap(), 5);
+    assert_eq!(ok(c, &["TYPE", "a"]).await, Value::SimpleString("string".into()));
+    assert_eq!(ok(c, &["TYPE", "nokey"]).await, Value::SimpleString("none".into()));
+    let mut keys: Vec<String> = q(c, &["KEYS", "*"]).await.unwrap();
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "c", "d", "e"]);
+    let keys: Vec<String> = q(c, &["KEYS", "[ab]"]).await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(q::<Option<String>>(c, &["RANDOMKEY"]).await.unwrap().is_some());
+    assert_eq!(q::<i64>(c, &["DEL", "a", "b", "nokey", "a"]).await.unwrap(), 2);
+    assert_eq!(q::<i64>(c, &["UNLINK", "c"]).await.unwrap(), 1);
+    assert_eq!(ok(c, &["GETDEL", "d"]).await, bulk("4"));
+    assert_eq!(ok(c, &["GETDEL", "d"]).await, Value::Nil);
+    assert_eq!(ok(c, &["FLUSHDB"]).await, Value::Okay);
+    assert_eq!(q::<i64>(c, &["DBSIZE"]).await.unwrap(), 0);
+    assert_eq!(ok(c, &["RANDOMKEY"]).await, Value::Nil);
+    assert_eq!(ok(c, &["FLUSHALL", "ASYNC"]).await, Value::Okay);
+}
+
+#[tokio::test]
+async fn scan_visits_every_key_once_per_pass() {
+    let node = start(&[]);
+    let c = &mut client(node.resp).await;
+    let mut args = vec!["MSET".to_owned()];
+    for i in 0..250 {
+        args.extend([format!("key:{i}"), i.to_string()]);
+    }
+    args.extend(["other".into(), "x".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(c, &refs).await;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = "0".to_owned();
+    let mut pages = 0;
+    loop {
+        let (next, keys): (String, Vec<String>) =
+            q(c, &["SCAN", &cursor, "MATCH", "key:*", "COUNT", "40"]).await.unwrap();
+        assert!(keys.len() <= 40, "{} keys in a COUNT 40 page", keys.len());
+        for k in keys {
+            assert!(seen.insert(k.clone()), "{k} returned twice");
+        }
+        pages += 1;
+        cursor = next;
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 250);
+    assert!(pages >= 7, "{pages} pages");
+    let (next, keys): (String, Vec<String>) = q(c, &["SCAN", "0", "TYPE", "list"]).await.unwrap();
+    assert_eq!((next.as_str(), keys.len()), ("0", 0));
+    assert!(err(c, &["SCAN", "notanumber"]).await.contains("invalid cursor"));
+    assert!(err(c, &["SCAN", "0", "COUNT", "0"]).await.contains("syntax error"));
+}
+
+#[tokio::test]
+async fn expiry_commands() {
+    let node = start(&[]);
+    let c = &mut client(node.resp).await;
+    ok(c, &["SET", "k", "v"]).await;
+    assert_eq!(q::<i64>(c, &["TTL", "k"]).await.unwrap(), -1);
+    assert_eq!(q::<i64>(c, &["TTL", "nokey"]).await.unwrap(), -2);
+    assert_eq!(q::<i64>(c, &["EXPIRE", "k", "100", "XX"]).await.unwrap(), 0);
+    assert_eq!(q::<i64>(c, &["EXPIRE", "k", "100", "GT"]).await.unwrap(), 0, "no TTL counts as infinite");
+    assert_eq!(q::<i64>(c, &["EXPIRE", "k", "100", "NX"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(c, &["EXPIRE", "k", "200", "NX"]).await.unwrap(), 0);
+    assert_eq!(q::<i64>(c, &["EXPIRE", "k", "200", "GT"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(c, &["PEXPIRE", "k", "50000", "LT"]).await.unwrap(), 1);
+    assert!((49..=50).contains(&q::<i64>(c, &["TTL", "k"]).await.unwrap()));
+    assert!(err(c, &["EXPIRE", "k", "10", "NX", "XX"]).await.contains("not compatible"));
+    assert!(err(c, &["EXPIRE", "k", "10", "FOO"]).await.contains("Unsupported option FOO"));
+    assert_eq!(q::<i64>(c, &["EXPIRE", "nokey", "10"]).await.unwrap(), 0);
+    let at = (crema::unix_now_ms() / 1000 + 1000).to_string();
+    assert_eq!(q::<i64>(c, &["EXPIREAT", "k", &at]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(c, &["EXPIRETIME", "k"]).await.unwrap().to_string(), at);
+    assert_eq!(q::<i64>(c, &["PERSIST", "k"]).await.unwrap(), 1);
+    assert_eq!(q::<i64>(c, &["PERSIST", "k"]).await.unwrap(), 0);
+    assert_eq!(q::<i64>(c, &["EXPIRETIME", "k"]).await.unwrap(), -1);
+    assert_eq!(q::<i64>(c, &["EXPIRE", "k", "-1"]).await.unwrap(), 1, "a past expiry deletes");
+    assert_eq!(q::<i64>(c, &["EXISTS", "k"]).await.unwrap(), 0);
+
+    ok(c, &["SET", "g", "v"]).await;
+    assert_eq!(ok(c, &["GETEX", "g", "PX", "300"]).await, bulk("v"));
+    assert!(q::<i64>(c, &["PTTL", "g"]).await.unwrap() > 0);
+    assert_eq!(ok(c, &["GETEX", "g", "PERSIST"]).await, bulk("v"));
+    assert_eq!(q::<i64>(c, &["TTL", "g"]).await.unwrap(), -1);
+    assert!(err(c, &["GETEX", "g", "EX", "1", "PX", "1"]).await.contains("syntax error"));
+    assert_eq!(ok(c, &["GETEX", "nokey", "EX", "10"]).await, Value::Nil);
+
+    // A key really goes away when its time comes, on its own.
+    ok(c, &["SET", "short", "v", "PX", "150"]).await;
+    assert_eq!(ok(c, &["GET", "short"]).await, bulk("v"));
+    wait_until(Duration::from_secs(5), "the key expires", || {
+        let mut c = c.clone();
+        async move { q::<Option<String>>(&mut c, &["GET", "short"]).await.unwrap().is_none() }
+    })
+    .await;
+    assert_eq!(q::<i64>(c, &["TTL", "short"]).await.unwrap(), -2);
+}
+
+#[tokio::test]
+async fn connection_commands() {
+    let node = start(&[]);
+    let c = &mut client(node.resp).await;
+    assert_eq!(ok(c, &["PING"]).await, Value::SimpleString("PONG".into()));
+    assert_eq!(ok(c, &["PING", "hi"]).await, bulk("hi"));
+    assert_eq!(ok(c, &["ECHO", "hey"]).await, bulk("hey"));
+    assert_eq!(ok(c, &["SELECT", "0"]).await, Value::Okay);
+    assert!(err(c, &["SELECT", "1"]).await.contains("DB index is out of range"));
+    assert_eq!(ok(c, &["CLIENT", "SETNAME", "tester"]).await, Value::Okay);
+    assert_eq!(ok(c, &["CLIENT", "GETNAME"]).await, bulk("tester"));
+    assert!(err(c, &["CLIENT", "SETNAME", "has space"]).await.contains("cannot contain spaces"));
+    assert!(q::<i64>(c, &["CLIENT", "ID"]).await.unwrap() > 0);
+    let info: String = q(c, &["CLIENT", "INFO"]).await.unwrap();
+    assert!(info.contains("name=tester") && info.contains("read-mode=linearizable"), "{info}");
+    assert_eq!(ok(c, &["CLIENT", "SETINFO", "LIB-NAME", "mylib"]).await, Value::Okay);
+    assert!(err(c, &["CLIENT", "NOSUCH"]).await.contains("unknown subcommand"));
+    assert_eq!(ok(c, &["READONLY"]).await, Value::Okay);
+    let info: String = q(c, &["CLIENT", "INFO"]).await.unwrap();
+    assert!(info.contains("read-mode=local"), "{info}");
+    ok(c, &["SET", "mine", "1"]).await;
+    assert_eq!(ok(c, &["GET", "mine"]).await, bulk("1"), "local reads see this connection's writes");
+    assert_eq!(ok(c, &["READWRITE"]).await, Value::Okay);
+    assert!(err(c, &["NOSUCHCMD", "a"])
+        .await
+        .contains("unknown command 'NOSUCHCMD', with args beginning with: 'a'"));
+    assert!(err(c, &["AUTH", "pw"]).await.contains("without any password configured"));
+    assert!(err(c, &["GET"]).await.contains("wrong number of arguments for 'get' command"));
+}
+
+#[tokio::test]
+async fn resp3_after_hello() {
+    let node = start(&[]);
+    let reply = raw_until(
+        node.resp,
+        b"HELLO 3\r\nCLIENT SETNAME x\r\nGET nokey\r\nCONFIG GET databases\r\n",
+        b"$1\r\n1\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), "{text}");
+    assert!(text.contains("$5\r\nproto\r\n:3\r\n"), "{text}");
+    assert!(text.ends_with("+OK\r\n_\r\n%1\r\n$9\r\ndatabases\r\n$1\r\n1\r\n"), "{text}");
+    let reply = raw(node.resp, b"HELLO 4\r\n", 10).await;
+    assert!(reply.starts_with(b"-NOPROTO"), "{}", String::from_utf8_lossy(&reply));
+    let reply = raw(node.resp, b"GET nokey\r\n", 5).await;
+    assert_eq!(reply, b"$-1\r\n", "RESP2 by default");
+}
+
+#[tokio::test]
+async fn server_commands() {
+    let node = start(&[]);
+    let c = &mut client(node.resp).await;
+    let info: String = q(c, &["INFO"]).await.unwrap();
+    for section in ["# Server", "# Clients", "# Memory", "# Stats", "# Replication", "# Keyspace", "# Raft"] {
+        assert!(info.contains(section), "{section} missing from INFO");
+    }
+    assert!(
+        info.contains("role:master") && info.contains("role:Leader") && info.contains("connected_clients:1")
+    );
+    let raft: String = q(c, &["INFO", "raft"]).await.unwrap();
+    assert!(raft.starts_with("# Raft") && !raft.contains("# Server"));
+    ok(c, &["SET", "k", "v"]).await;
+    let keyspace: String = q(c, &["INFO", "keyspace"]).await.unwrap();
+    assert!(keyspace.contains("db0:keys=1,expires=0"), "{keyspace}");
+    ok(c, &["SET", "t", "v", "EX", "100"]).await;
+    let keyspace: String = q(c, &["INFO", "keyspace"]).await.unwrap();
+    assert!(keyspace.contains("db0:keys=2,expires=1,avg_ttl="), "{keyspace}");
+    let memory: String = q(c, &["INFO", "memory"]).await.unwrap();
+    assert!(!memory.contains("used_memory:0\r"), "{memory}");
+    let count: i64 = q(c, &["COMMAND", "COUNT"]).await.unwrap();
+    assert!(count > 50);
+    let info = ok(c, &["COMMAND", "INFO", "get", "nosuch"]).await;
+    let Value::Array(rows) = info else { panic!("{info:?}") };
+    assert_eq!(rows[1], Value::Nil);
+    let Value::Array(get) = &rows[0] else { panic!() };
+    assert_eq!((&get[0], &get[1], &get[3]), (&bulk("get"), &Value::Int(2), &Value::Int(1)));
+    assert!(matches!(ok(c, &["COMMAND", "DOCS", "get"]).await, Value::Array(_) | Value::Map(_)));
+    let config: Vec<String> = q(c, &["CONFIG", "GET", "maxmemory*"]).await.unwrap();
+    assert!(config.contains(&"maxmemory-policy".to_owned()));
+    assert!(err(c, &["CONFIG", "SET", "maxmemory", "1"]).await.contains("not supported"));
+    let time: Vec<String> = q(c, &["TIME"]).await.unwrap();
+    assert!(time[0].parse::<u64>().unwrap() > 1_700_000_000);
+    assert_eq!(q::<i64>(c, &["WAIT", "0", "100"]).await.unwrap(), 0, "a single node has no replicas");
+    assert!(q::<String>(c, &["LOLWUT"]).await.unwrap().contains("crema"));
+}
+
+#[tokio::test]
+async fn password_protects_everything_but_auth() {
+    let node = start(&["--password", "s3cret"]);
+    let reply =
+        raw_until(node.resp, b"GET k\r\nPING\r\nAUTH wrong\r\nAUTH s3cret\r\nPING\r\n", b"+PONG\r\n").await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("-NOAUTH Authentication required.\r\n-NOAUTH"), "{text}");
+    assert!(text.contains("-WRONGPASS"), "{text}");
+    assert!(text.ends_with("+OK\r\n+PONG\r\n"), "{text}");
+    let reply = raw_until(node.resp, b"HELLO 3 AUTH default s3cret\r\nPING\r\n", b"+PONG\r\n").await;
+    assert!(reply.starts_with(b"%7") && reply.ends_with(b"+PONG\r\n"), "{}", String::from_utf8_lossy(&reply));
+    // Before AUTH only small requests are read: a big one closes the connection.
+    let mut big = b"*2\r\n$3\r\nSET\r\n$100000\r\n".to_vec();
+    big.extend(vec![b'x'; 100]);
+    let reply = raw(node.resp, &big, 1000).await;
+    assert!(
+        String::from_utf8_lossy(&reply).starts_with("-ERR Protocol error"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let client = redis::Client::open(format!("redis://:s3cret@{}/", node.resp)).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    assert_eq!(ok(&mut c, &["SET", "k", "v"]).await, Value::Okay);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let node = start(&[]);
+    let c = &mut client(node.resp).await;
+    let mut pipe = redis::pipe();
+    for i in 0..500 {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+        pipe.cmd("INCR").arg("counter");
+    }
+    let counts: Vec<i64> = pipe.query_async(c).await.unwrap();
+    assert_eq!(counts, (1..=500).collect::<Vec<i64>>());
+    // Many frames in one write, raw.
+    let mut bytes = Vec::new();
+    for i in 0..100 {
+        bytes.extend(format!("*2\r\n$4\r\nECHO\r\n${}\r\n{i}\r\n", i.to_string().len()).as_bytes());
+    }
+    let expected: String = (0..100).map(|i| format!("${}\r\n{i}\r\n", i.to_string().len())).collect();
+    let reply = raw(node.resp, &bytes, expected.len()).await;
+    assert_eq!(String::from_utf8_lossy(&reply), expected);
+}
+
+/// Pipelined writes are proposed together; every reply still comes back in order, errors in
+/// their place, and reads in the same pipeline see the writes before them.
+#[tokio::test]
+async fn a_pipeline_mixing_writes_errors_and_reads_keeps_its_order() {
+    let node = start(&["--max-key-bytes", "8"]);
+    let mut wire = Vec::new();
+    for args in [
+        &["SET", "a", "1"][..],
+        &["INCR", "a"],
+        &["SET", "a", "x", "EX", "0"],
+        &["SET", "keytoolong", "v"],
+        &["INCR", "a"],
+        &["GET", "a"],
+        &["SET", "a", "text"],
+        &["INCR", "a"],
+        &["APPEND", "a", "!"],
+        &["GET"],
+        &["MGET", "a", "b"],
+        &["DEL", "a"],
+    ] {
+        wire.extend(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            wire.extend(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+    }
+    let expected = "+OK\r\n:2\r\n-ERR invalid expire time in 'set' command\r\n\
+        -ERR key is 10 bytes, the limit is 8\r\n:3\r\n$1\r\n3\r\n+OK\r\n\
+        -ERR value is not an integer or out of range\r\n:5\r\n\
+        -ERR wrong number of arguments for 'get' command\r\n*2\r\n$5\r\ntext!\r\n$-1\r\n:1\r\n";
+    let reply = raw_until(node.resp, &wire, b":1\r\n").await;
+    assert_eq!(String::from_utf8_lossy(&reply), expected);
+}

@@ -1,0 +1,217 @@
+//! Helpers for driving real `crema serve` processes: start one (ports picked by the OS), read
+//! the addresses it prints, talk to it with the `redis` crate or raw bytes, kill it on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A running `crema serve` process, killed (SIGKILL) when dropped.
+pub struct Node {
+    pub child: Child,
+    pub resp: SocketAddr,
+    pub raft: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fast Raft timing so elections in tests take tens of milliseconds.
+pub const FAST: &[&str] = &["--tick-interval-ms", "20"];
+
+/// Starts `crema serve` with `args` (plus port-0 addresses unless given) and waits for its
+/// "crema ready" line.
+pub fn start(args: &[&str]) -> Node {
+    try_start(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`start`], but answers why when the node did not start (a fixed port taken meanwhile).
+pub fn try_start(args: &[&str]) -> Result<Node, String> {
+    let mut all: Vec<String> = vec!["serve".into()];
+    for (flag, default) in
+        [("--resp-addr", "127.0.0.1:0"), ("--raft-addr", "127.0.0.1:0"), ("--admin-addr", "127.0.0.1:0")]
+    {
+        if !args.contains(&flag) {
+            all.extend([flag.to_owned(), default.to_owned()]);
+        }
+    }
+    all.extend(args.iter().map(|s| s.to_string()));
+    let log = std::env::var_os("CREMA_TEST_LOG").is_some();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crema"))
+        .args(&all)
+        .env("RUST_LOG", if log { "info,raft=warn" } else { "error" })
+        .stdout(Stdio::piped())
+        .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+        .spawn()
+        .expect("starting crema");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("reading the ready line");
+    if !line.starts_with("crema ready") {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("crema did not start: {line:?} (args {all:?})"));
+    }
+    let field = |name: &str| -> SocketAddr {
+        let start = line.find(&format!("{name}=")).expect("field in ready line") + name.len() + 1;
+        line[start..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    Ok(Node { resp: field("resp"), raft: field("raft"), admin: field("admin"), child })
+}
+
+/// Free 127.0.0.1 ports (bound then released; another process could take one in between, which
+/// on a test machine does not happen in practice).
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+/// Starts an `n`-node cluster of processes on fixed ports; each lists the others as peers
+/// (with their RESP addresses, for `-NOTLEADER`). Ports are picked free, but another process can
+/// take one before the node binds it: then the whole cluster is started again on new ports.
+pub fn start_cluster(n: usize, extra: &[&str]) -> Vec<Node> {
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        match try_start_cluster(n, extra) {
+            Ok(nodes) => return nodes,
+            Err(e) => last_error = e,
+        }
+    }
+    panic!("the cluster did not start in 5 attempts: {last_error}");
+}
+
+fn try_start_cluster(n: usize, extra: &[&str]) -> Result<Vec<Node>, String> {
+    let raft = free_addrs(n);
+    let resp = free_addrs(n);
+    (0..n)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            let (own_raft, own_resp) = (raft[i].to_string(), resp[i].to_string());
+            let peers: Vec<String> =
+                (0..n).filter(|j| *j != i).map(|j| format!("{}={},{}", j + 1, raft[j], resp[j])).collect();
+            let mut args: Vec<&str> =
+                vec!["--node-id", &id, "--raft-addr", &own_raft, "--resp-addr", &own_resp];
+            for p in &peers {
+                args.extend(["--peer", p.as_str()]);
+            }
+            args.extend(FAST);
+            args.extend(extra);
+            try_start(&args)
+        })
+        .collect()
+}
+
+/// The index in `nodes` of the leader, once one is elected (asked with `INFO raft`).
+pub async fn leader_of(nodes: &[Node]) -> usize {
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.resp).collect();
+    leader_among(&addrs).await
+}
+
+/// The index in `addrs` of the node that leads, once one does.
+pub async fn leader_among(addrs: &[SocketAddr]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for (i, addr) in addrs.iter().enumerate() {
+            let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                let info: redis::RedisResult<String> =
+                    redis::cmd("INFO").arg("raft").query_async(&mut c).await;
+                if info.is_ok_and(|i| i.contains("role:Leader")) {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader elected within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A multiplexed `redis` crate connection to `addr`.
+pub async fn client(addr: SocketAddr) -> MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    client.get_multiplexed_async_connection().await.expect("connecting with the redis crate")
+}
+
+/// Sends raw bytes and reads what arrives until `expect` bytes came or the peer closed.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], expect: usize) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    read_some(&mut stream, expect).await
+}
+
+/// Sends raw bytes and reads until the answer ends with `suffix`, the peer closed, or 5 s passed.
+pub async fn raw_until(addr: SocketAddr, bytes: &[u8], suffix: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while !out.ends_with(suffix) {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
+/// Reads until `expect` bytes arrived, the peer closed, or 5 s passed.
+pub async fn read_some(stream: &mut TcpStream, expect: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while out.len() < expect {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
+/// Whether the peer has closed `stream` (reads EOF or a reset within 5 s, ignoring data).
+pub async fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes (then panics with `what`).
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// GET over HTTP/1.1 to an admin address: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let raw = raw(addr, request.as_bytes(), usize::MAX).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_owned())
+}

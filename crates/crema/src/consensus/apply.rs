@@ -1,0 +1,300 @@
+//! What each [`CacheCommand`] does to the cache: the deterministic heart of the state machine.
+//!
+//! Pure with respect to time: every decision about expiry uses `t`, the log time the state machine
+//! passes in (never this node's clock), and every result is a function of the command and the
+//! entries it touches. Integer and float parsing follow Redis (`INCR` accepts only the canonical
+//! decimal form of an `i64`), so clients see the answers they expect.
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::cache::storage::{CacheStorage, StoredValue};
+use crate::consensus::command::{CacheCommand, ExpireCondition, ExpiryUpdate, SetCondition};
+
+/// What applying a command produced, handed back to whoever proposed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyOutput {
+    /// The command was applied (put, clear) or skipped as already applied.
+    Done,
+    /// A delete: whether a live entry was removed.
+    Removed(bool),
+    /// A count or a new integer value.
+    Int(i64),
+    /// A value read by the command (`GETDEL`, `GETEX`, the result of `INCRBYFLOAT`).
+    Value(Option<Bytes>),
+    /// A `Set`: whether it wrote, and the value live before it (when asked for).
+    Written {
+        /// Whether the condition held and the value was written.
+        written: bool,
+        /// The previous value, when `return_old` was set.
+        old: Option<Bytes>,
+    },
+    /// The command changed nothing because the stored value does not fit it.
+    Failed(ApplyError),
+    /// The outputs of a batch's commands, in order.
+    Batch(Vec<ApplyOutput>),
+}
+
+/// Why a committed command changed nothing. Decided alike on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum ApplyError {
+    /// The stored value is not the decimal form of a 64-bit integer.
+    #[error("value is not an integer or out of range")]
+    NotInteger,
+    /// The result would not fit in a 64-bit integer.
+    #[error("increment or decrement would overflow")]
+    Overflow,
+    /// The stored value is not a number.
+    #[error("value is not a valid float")]
+    NotFloat,
+    /// The result would be NaN or infinite.
+    #[error("increment would produce NaN or Infinity")]
+    NanOrInfinity,
+    /// The result would be longer than the value limit.
+    #[error("string exceeds maximum allowed size")]
+    TooLarge,
+}
+
+/// Applies `command` to `storage` at log time `t`.
+pub(crate) fn apply_command(storage: &CacheStorage, t: u64, command: &CacheCommand) -> ApplyOutput {
+    use CacheCommand::*;
+    match command {
+        Put { key, value, expires_at_ms } => {
+            write(storage, t, key, value.clone(), *expires_at_ms);
+            ApplyOutput::Done
+        }
+        Delete { key } => ApplyOutput::Removed(storage.remove_at(key, t)),
+        Clear => {
+            storage.clear();
+            ApplyOutput::Done
+        }
+        Set { key, value, expiry, condition, return_old } => {
+            set(storage, t, key, value, *expiry, *condition, *return_old)
+        }
+        DeleteMany { keys } => {
+            ApplyOutput::Int(keys.iter().filter(|k| storage.remove_at(k, t)).count() as i64)
+        }
+        PutMany { pairs, only_if_none_exist } => {
+            if *only_if_none_exist && pairs.iter().any(|(k, _)| storage.entry_at(k, t).is_some()) {
+                return ApplyOutput::Int(0);
+            }
+            for (key, value) in pairs {
+                storage.insert(key.clone(), value.clone(), None);
+            }
+            ApplyOutput::Int(1)
+        }
+        IncrBy { key, delta } => incr_by(storage, t, key, *delta),
+        IncrByFloat { key, delta } => incr_by_float(storage, t, key, *delta),
+        Append { key, value, max_len } => append(storage, t, key, value, *max_len),
+        SetRange { key, offset, value, max_len } => set_range(storage, t, key, *offset, value, *max_len),
+        GetDel { key } => {
+            let old = storage.entry_at(key, t).map(|e| e.value);
+            storage.remove_at(key, t);
+            ApplyOutput::Value(old)
+        }
+        GetEx { key, expiry } => get_ex(storage, t, key, *expiry),
+        Expire { key, expires_at_ms, condition } => expire(storage, t, key, *expires_at_ms, *condition),
+        Batch(commands) => {
+            ApplyOutput::Batch(commands.iter().map(|c| apply_command(storage, t, c)).collect())
+        }
+        Persist { key } => match storage.entry_at(key, t) {
+            Some(StoredValue { value, expires_at_ms: Some(_) }) => {
+                storage.insert(key.clone(), value, None);
+                ApplyOutput::Int(1)
+            }
+            _ => ApplyOutput::Int(0),
+        },
+    }
+}
+
+/// Writes `key`, or removes it when the expiry is already past at `t` (Redis answers a SET with
+/// a past EXAT with OK and leaves no key).
+fn write(storage: &CacheStorage, t: u64, key: &Bytes, value: Bytes, expires_at_ms: Option<u64>) {
+    match expires_at_ms {
+        Some(at) if at <= t => {
+            storage.remove_at(key, t);
+        }
+        _ => storage.insert(key.clone(), value, expires_at_ms),
+    }
+}
+
+fn set(
+    storage: &CacheStorage,
+    t: u64,
+    key: &Bytes,
+    value: &Bytes,
+    expiry: ExpiryUpdate,
+    condition: SetCondition,
+    return_old: bool,
+) -> ApplyOutput {
+    let current = storage.entry_at(key, t);
+    let allowed = match condition {
+        SetCondition::Always => true,
+        SetCondition::IfAbsent => current.is_none(),
+        SetCondition::IfPresent => current.is_some(),
+    };
+    let old_expiry = current.as_ref().and_then(|c| c.expires_at_ms);
+    let old = if return_old { current.map(|c| c.value) } else { None };
+    if allowed {
+        let expires_at_ms = match expiry {
+            ExpiryUpdate::Keep => old_expiry,
+            ExpiryUpdate::Persist => None,
+            ExpiryUpdate::At(at) => Some(at),
+        };
+        write(storage, t, key, value.clone(), expires_at_ms);
+    }
+    ApplyOutput::Written { written: allowed, old }
+}
+
+/// Parses a value the way Redis's `string2ll` does: only the canonical decimal form of an i64.
+pub fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let n: i64 = text.parse().ok()?;
+    // Rejects "+1", "01", "-0", " 1": Redis stores integers canonically and so do we.
+    (n.to_string() == text).then_some(n)
+}
+
+/// Parses a value as a float the way Redis's `INCRBYFLOAT` accepts it (no spaces, not NaN).
+pub fn parse_f64(bytes: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    if text.is_empty() || text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
+        return None;
+    }
+    text.parse::<f64>().ok().filter(|f| !f.is_nan())
+}
+
+/// Formats a float as Redis does for INCRBYFLOAT: no exponent, no trailing zeros.
+pub fn format_f64(value: f64) -> String {
+    // Rust's Display is the shortest text that reads back as the same f64, never in exponent form.
+    value.to_string()
+}
+
+/// The number stored at `key` (`zero` when absent) and its expiry, or `not_a_number` when the
+/// stored value does not parse.
+fn current_number<N>(
+    storage: &CacheStorage,
+    t: u64,
+    key: &Bytes,
+    zero: N,
+    parse: impl Fn(&[u8]) -> Option<N>,
+    not_a_number: ApplyError,
+) -> Result<(N, Option<u64>), ApplyOutput> {
+    match storage.entry_at(key, t) {
+        None => Ok((zero, None)),
+        Some(entry) => match parse(&entry.value) {
+            Some(n) => Ok((n, entry.expires_at_ms)),
+            None => Err(ApplyOutput::Failed(not_a_number)),
+        },
+    }
+}
+
+fn incr_by(storage: &CacheStorage, t: u64, key: &Bytes, delta: i64) -> ApplyOutput {
+    let (old, expires_at_ms) = match current_number(storage, t, key, 0, parse_i64, ApplyError::NotInteger) {
+        Ok(found) => found,
+        Err(failed) => return failed,
+    };
+    let Some(new) = old.checked_add(delta) else {
+        return ApplyOutput::Failed(ApplyError::Overflow);
+    };
+    storage.insert(key.clone(), Bytes::from(new.to_string()), expires_at_ms);
+    ApplyOutput::Int(new)
+}
+
+fn incr_by_float(storage: &CacheStorage, t: u64, key: &Bytes, delta: f64) -> ApplyOutput {
+    let (old, expires_at_ms) = match current_number(storage, t, key, 0.0, parse_f64, ApplyError::NotFloat) {
+        Ok(found) => found,
+        Err(failed) => return failed,
+    };
+    let new = old + delta;
+    if !new.is_finite() {
+        return ApplyOutput::Failed(ApplyError::NanOrInfinity);
+    }
+    let text = Bytes::from(format_f64(new));
+    storage.insert(key.clone(), text.clone(), expires_at_ms);
+    ApplyOutput::Value(Some(text))
+}
+
+fn append(storage: &CacheStorage, t: u64, key: &Bytes, value: &Bytes, max_len: u64) -> ApplyOutput {
+    let current = storage.entry_at(key, t);
+    let (old, expires_at_ms) = match current {
+        None => (Bytes::new(), None),
+        Some(entry) => (entry.value, entry.expires_at_ms),
+    };
+    let len = old.len() + value.len();
+    if len as u64 > max_len {
+        return ApplyOutput::Failed(ApplyError::TooLarge);
+    }
+    let mut joined = BytesMut::with_capacity(len);
+    joined.extend_from_slice(&old);
+    joined.extend_from_slice(value);
+    storage.insert(key.clone(), joined.freeze(), expires_at_ms);
+    ApplyOutput::Int(len as i64)
+}
+
+fn set_range(
+    storage: &CacheStorage,
+    t: u64,
+    key: &Bytes,
+    offset: u64,
+    value: &Bytes,
+    max_len: u64,
+) -> ApplyOutput {
+    let current = storage.entry_at(key, t);
+    let old_len = current.as_ref().map_or(0, |c| c.value.len());
+    if value.is_empty() {
+        return ApplyOutput::Int(old_len as i64);
+    }
+    let end = offset.saturating_add(value.len() as u64);
+    if end > max_len {
+        return ApplyOutput::Failed(ApplyError::TooLarge);
+    }
+    let (old, expires_at_ms) = match current {
+        None => (Bytes::new(), None),
+        Some(entry) => (entry.value, entry.expires_at_ms),
+    };
+    let (offset, end) = (offset as usize, end as usize);
+    let mut out = BytesMut::from(old.as_ref());
+    if out.len() < end {
+        out.resize(end, 0);
+    }
+    out[offset..end].copy_from_slice(value);
+    let len = out.len();
+    storage.insert(key.clone(), out.freeze(), expires_at_ms);
+    ApplyOutput::Int(len as i64)
+}
+
+fn get_ex(storage: &CacheStorage, t: u64, key: &Bytes, expiry: ExpiryUpdate) -> ApplyOutput {
+    let Some(entry) = storage.entry_at(key, t) else {
+        return ApplyOutput::Value(None);
+    };
+    match expiry {
+        ExpiryUpdate::Keep => {}
+        ExpiryUpdate::Persist => storage.insert(key.clone(), entry.value.clone(), None),
+        ExpiryUpdate::At(at) => write(storage, t, key, entry.value.clone(), Some(at)),
+    }
+    ApplyOutput::Value(Some(entry.value))
+}
+
+fn expire(storage: &CacheStorage, t: u64, key: &Bytes, at: u64, condition: ExpireCondition) -> ApplyOutput {
+    let Some(entry) = storage.entry_at(key, t) else {
+        return ApplyOutput::Int(0);
+    };
+    let allowed = match (condition, entry.expires_at_ms) {
+        (ExpireCondition::Always, _) => true,
+        (ExpireCondition::IfNone, current) => current.is_none(),
+        (ExpireCondition::IfSome, current) => current.is_some(),
+        // No expiry is an infinite TTL: never "later than" it, always "earlier".
+        (ExpireCondition::IfLater, current) => current.is_some_and(|c| at > c),
+        (ExpireCondition::IfEarlier, current) => current.is_none_or(|c| at < c),
+    };
+    if !allowed {
+        return ApplyOutput::Int(0);
+    }
+    write(storage, t, key, entry.value, Some(at));
+    ApplyOutput::Int(1)
+}
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;

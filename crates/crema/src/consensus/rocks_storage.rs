@@ -1,0 +1,407 @@
+//! [`RocksDbStorage`]: durable Raft log storage on RocksDB (feature `rocksdb`).
+//!
+//! The log, hard state, conf state and the compaction point are kept twice: in a [`MemStorage`]
+//! mirror that answers raft-rs's reads at memory speed, and in RocksDB for durability. Every
+//! change of a Ready is recorded as a pending operation and [`LogStore::flush`] writes them all
+//! in one `WriteBatch` with one synced write, so concurrent proposals share one fsync (group
+//! commit). Until `flush` returns, nothing of that Ready may be acknowledged or sent as persisted.
+//!
+//! Keys: `[shard: u32 BE][tag]`, plus the index (u64 BE) for entries, so entries sort by index and
+//! a Multi-Raft node can keep every group in one database.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+
+use super::storage::{LogStore, MemStorage, SnapshotSource};
+use crate::types::ShardId;
+
+const TAG_HARD_STATE: u8 = 1;
+const TAG_CONF_STATE: u8 = 2;
+const TAG_COMPACTED: u8 = 3;
+const TAG_ENTRY: u8 = 0x10;
+
+/// One change waiting for the next synced write.
+#[derive(Debug, Clone)]
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
+
+/// Durable Raft storage of one group.
+pub struct RocksDbStorage {
+    mirror: MemStorage,
+    /// None after a failed write: RocksDB must not be written through a handle that failed
+    /// (Debian's build asserts on it), so the next flush opens the database again.
+    db: Option<Arc<DB>>,
+    path: std::path::PathBuf,
+    shard: ShardId,
+    pending: Vec<Op>,
+    min_free_bytes: u64,
+}
+
+impl std::fmt::Debug for RocksDbStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksDbStorage").field("shard", &self.shard).field("mirror", &self.mirror).finish()
+    }
+}
+
+/// Opens (creating if needed) the RocksDB database at `path`.
+///
+/// # Errors
+/// RocksDB cannot open it (missing permissions, another process holds its lock, corruption).
+pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    // The log is written once and read rarely: keep RocksDB's own caches small.
+    options.set_max_total_wal_size(64 * 1024 * 1024);
+    options.set_keep_log_file_num(4);
+    DB::open(&options, path).map(Arc::new)
+}
+
+fn key(shard: ShardId, tag: u8) -> Vec<u8> {
+    let mut k = shard.to_be_bytes().to_vec();
+    k.push(tag);
+    k
+}
+
+fn entry_key(shard: ShardId, index: u64) -> Vec<u8> {
+    let mut k = key(shard, TAG_ENTRY);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(format!("corrupt {what} in the raft database: {e}").into()))
+}
+
+fn db_error(e: rocksdb::Error) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl RocksDbStorage {
+    /// Loads group `shard` from `db`. A group seen for the first time starts with
+    /// `initial_voters` as its conf state (empty for a node that joins a running cluster).
+    ///
+    /// # Errors
+    /// The database cannot be read or holds undecodable state.
+    pub fn open(db: Arc<DB>, shard: ShardId, initial_voters: &[u64]) -> raft::Result<Self> {
+        let get = |tag| db.get(key(shard, tag)).map_err(db_error);
+        let hard_state = match get(TAG_HARD_STATE)? {
+            Some(b) => HardState::parse_from_bytes(&b).map_err(|e| corrupt("hard state", e))?,
+            None => HardState::default(),
+        };
+        let stored_conf = get(TAG_CONF_STATE)?;
+        let fresh = stored_conf.is_none() && hard_state == HardState::default();
+        let conf_state = match stored_conf {
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| corrupt("conf state", e))?,
+            None => ConfState { voters: initial_voters.to_vec(), ..Default::default() },
+        };
+        let (compacted_index, compacted_term) = match get(TAG_COMPACTED)? {
+            Some(b) if b.len() == 16 => {
+                let (i, t) = b.split_at(8);
+                (
+                    u64::from_be_bytes(i.try_into().expect("8 bytes")),
+                    u64::from_be_bytes(t.try_into().expect("8 bytes")),
+                )
+            }
+            Some(b) => return Err(corrupt("compaction point", format!("{} bytes", b.len()))),
+            None => (0, 0),
+        };
+        let mut entries = Vec::new();
+        let start = entry_key(shard, compacted_index + 1);
+        let prefix = key(shard, TAG_ENTRY);
+        for item in db.iterator(rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+            let (k, v) = item.map_err(db_error)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let entry = Entry::parse_from_bytes(&v).map_err(|e| corrupt("log entry", e))?;
+            let expected = compacted_index + 1 + entries.len() as u64;
+            if entry.index != expected {
+                return Err(corrupt("log", format!("entry {} where {expected} was expected", entry.index)));
+            }
+            entries.push(entry);
+        }
+        let mirror =
+            MemStorage::restored(hard_state, conf_state.clone(), compacted_index, compacted_term, entries);
+        let path = db.path().to_owned();
+        let mut store = Self { mirror, db: Some(db), path, shard, pending: Vec::new(), min_free_bytes: 0 };
+        if fresh {
+            // Make the bootstrap conf state durable with the first write.
+            store
+                .put(TAG_CONF_STATE, conf_state.write_to_bytes().expect("encoding a conf state cannot fail"));
+        }
+        Ok(store)
+    }
+
+    /// The current hard state.
+    pub fn hard_state(&self) -> &HardState {
+        self.mirror.hard_state()
+    }
+
+    /// Refuses to write while the disk holding the database has less than `bytes` free: a
+    /// write is held back (and retried by the group) instead of running the disk full, which
+    /// RocksDB does not recover from without a restart.
+    pub fn with_min_free_bytes(mut self, bytes: u64) -> Self {
+        self.min_free_bytes = bytes;
+        self
+    }
+
+    fn check_free_space(&self) -> Result<(), StorageError> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let stat = nix::sys::statvfs::statvfs(&self.path).map_err(|e| {
+            StorageError::Other(format!("cannot read free space of {}: {e}", self.path.display()).into())
+        })?;
+        let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+        if free < self.min_free_bytes {
+            return Err(StorageError::Other(
+                format!(
+                    "disk nearly full: {free} bytes free on {}, below the reserve of {} bytes",
+                    self.path.display(),
+                    self.min_free_bytes
+                )
+                .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, tag: u8, value: Vec<u8>) {
+        self.pending.push(Op::Put(key(self.shard, tag), value));
+    }
+
+    fn put_hard_state(&mut self) {
+        let bytes = self.mirror.hard_state().write_to_bytes().expect("encoding a hard state cannot fail");
+        self.put(TAG_HARD_STATE, bytes);
+    }
+
+    fn put_compacted(&mut self, index: u64, term: u64) {
+        let mut v = index.to_be_bytes().to_vec();
+        v.extend_from_slice(&term.to_be_bytes());
+        self.put(TAG_COMPACTED, v);
+    }
+
+    fn write_pending(&mut self) -> Result<(), rocksdb::Error> {
+        let db = match &self.db {
+            Some(db) => db.clone(),
+            None => {
+                let db = open_db(&self.path)?;
+                self.db = Some(db.clone());
+                db
+            }
+        };
+        let mut batch = WriteBatch::default();
+        for op in &self.pending {
+            match op {
+                Op::Put(k, v) => batch.put(k, v),
+                Op::Delete(k) => batch.delete(k),
+                Op::DeleteRange(from, to) => batch.delete_range(from, to),
+            }
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        let written = db.write_opt(batch, &options);
+        if written.is_err() {
+            drop(db);
+            self.db = None;
+        }
+        written
+    }
+}
+
+impl raft::Storage for RocksDbStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mirror.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mirror.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mirror.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mirror.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mirror.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        self.mirror.snapshot(request_index, to)
+    }
+}
+
+impl LogStore for RocksDbStorage {
+    fn append(&mut self, entries: &[Entry]) -> raft::Result<()> {
+        let Some(first_new) = entries.first().map(|e| e.index) else { return Ok(()) };
+        let old_last = raft::Storage::last_index(&self.mirror)?;
+        self.mirror.append(entries)?;
+        let new_last = first_new + entries.len() as u64 - 1;
+        if new_last < old_last {
+            // A shorter conflicting suffix replaced a longer one: drop the rest on disk too.
+            self.pending.push(Op::DeleteRange(
+                entry_key(self.shard, new_last + 1),
+                entry_key(self.shard, old_last + 1),
+            ));
+        }
+        for entry in entries {
+            let bytes = entry.write_to_bytes().expect("encoding an entry cannot fail");
+            self.pending.push(Op::Put(entry_key(self.shard, entry.index), bytes));
+        }
+        Ok(())
+    }
+
+    fn set_hard_state(&mut self, hs: HardState) -> raft::Result<()> {
+        self.mirror.set_hard_state(hs)?;
+        self.put_hard_state();
+        Ok(())
+    }
+
+    fn set_commit(&mut self, commit: u64) -> raft::Result<()> {
+        self.mirror.set_commit(commit)?;
+        self.put_hard_state();
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, cs: ConfState) -> raft::Result<()> {
+        let bytes = cs.write_to_bytes().expect("encoding a conf state cannot fail");
+        self.mirror.set_conf_state(cs)?;
+        self.put(TAG_CONF_STATE, bytes);
+        Ok(())
+    }
+
+    fn compact(&mut self, index: u64) -> raft::Result<()> {
+        let first = raft::Storage::first_index(&self.mirror)?;
+        self.mirror.compact(index)?;
+        if index > first {
+            let term = raft::Storage::term(&self.mirror, index - 1)?;
+            self.pending.push(Op::DeleteRange(entry_key(self.shard, first), entry_key(self.shard, index)));
+            self.put_compacted(index - 1, term);
+        }
+        Ok(())
+    }
+
+    fn apply_snapshot(&mut self, snapshot: &Snapshot) -> raft::Result<()> {
+        self.mirror.apply_snapshot(snapshot)?;
+        let meta = snapshot.get_metadata();
+        self.pending.push(Op::DeleteRange(entry_key(self.shard, 0), entry_key(self.shard, u64::MAX)));
+        self.pending.push(Op::Delete(entry_key(self.shard, u64::MAX)));
+        self.put_compacted(meta.index, meta.term);
+        let conf = meta.get_conf_state().write_to_bytes().expect("encoding a conf state cannot fail");
+        self.put(TAG_CONF_STATE, conf);
+        self.put_hard_state();
+        Ok(())
+    }
+
+    fn set_applied(&mut self, index: u64) {
+        self.mirror.set_applied(index);
+    }
+
+    fn set_snapshot_source(&mut self, source: SnapshotSource) {
+        self.mirror.set_snapshot_source(source);
+    }
+
+    fn flush(&mut self) -> raft::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // One attempt: the group loop decides how to wait and retry (the pending changes stay
+        // queued, so a retry writes exactly the same batch, through a freshly opened handle).
+        self.check_free_space().map_err(raft::Error::Store)?;
+        self.write_pending().map_err(db_error)?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index, term, data: format!("e{index}").into_bytes().into(), ..Default::default() }
+    }
+
+    #[test]
+    fn rocksdb_storage_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let next = std::sync::atomic::AtomicU32::new(0);
+        // A fresh group (its own key prefix) per case, all in one database.
+        crate::consensus::storage_suite::run_all(|| {
+            let shard = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            RocksDbStorage::open(db.clone(), shard, &[]).unwrap()
+        });
+    }
+
+    #[test]
+    fn what_was_flushed_survives_a_reopen_and_what_was_not_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(dir.path()).unwrap();
+            let mut s = RocksDbStorage::open(db, 0, &[1, 2, 3]).unwrap();
+            s.append(&[entry(1, 1), entry(2, 1), entry(3, 1), entry(4, 2)]).unwrap();
+            s.set_hard_state(HardState { term: 2, vote: 3, commit: 3, ..Default::default() }).unwrap();
+            s.flush().unwrap();
+            // Overwrite the tail with a shorter conflicting suffix, compact, flush.
+            s.append(&[entry(3, 3)]).unwrap();
+            s.compact(2).unwrap();
+            s.flush().unwrap();
+            s.append(&[entry(4, 3)]).unwrap(); // never flushed: lost like a crash would lose it
+        }
+        let db = open_db(dir.path()).unwrap();
+        let s = RocksDbStorage::open(db, 0, &[9]).unwrap();
+        let state = raft::Storage::initial_state(&s).unwrap();
+        assert_eq!(state.hard_state.term, 2);
+        assert_eq!(state.hard_state.vote, 3);
+        assert_eq!(
+            state.conf_state.voters,
+            vec![1, 2, 3],
+            "the stored conf state, not the new initial voters"
+        );
+        assert_eq!(raft::Storage::first_index(&s).unwrap(), 2);
+        assert_eq!(raft::Storage::last_index(&s).unwrap(), 3);
+        assert_eq!(raft::Storage::term(&s, 1).unwrap(), 1, "the compaction point keeps its term");
+        assert_eq!(raft::Storage::term(&s, 3).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_log_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(dir.path()).unwrap();
+            let mut s = RocksDbStorage::open(db, 7, &[1]).unwrap();
+            s.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = 10;
+            snap.mut_metadata().term = 4;
+            snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
+            s.apply_snapshot(&snap).unwrap();
+            s.flush().unwrap();
+        }
+        let s = RocksDbStorage::open(open_db(dir.path()).unwrap(), 7, &[]).unwrap();
+        assert_eq!(raft::Storage::first_index(&s).unwrap(), 11);
+        assert_eq!(raft::Storage::last_index(&s).unwrap(), 10);
+        assert_eq!(raft::Storage::term(&s, 10).unwrap(), 4);
+        assert_eq!(s.hard_state().commit, 10);
+        assert_eq!(raft::Storage::initial_state(&s).unwrap().conf_state.voters, vec![1, 2]);
+    }
+}

@@ -1,0 +1,153 @@
+//! [`SnapshotAssembler`]: puts a snapshot sent in pieces (`Envelope::SnapshotChunk`) back
+//! together. Pure bookkeeping, no I/O.
+//!
+//! One transfer per (peer, group) is assembled at a time; a first piece starts a new one and
+//! drops any unfinished one. A piece that does not continue its transfer exactly (wrong transfer,
+//! gap, overlap, more bytes than announced) drops the transfer: the leader notices the follower
+//! is still behind and sends a new snapshot. The announced size is checked against a limit
+//! before anything is buffered for it.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use crate::types::{NodeId, ShardId};
+
+/// Largest snapshot accepted, bytes.
+pub const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
+
+struct Assembly {
+    transfer: u64,
+    header: Bytes,
+    total_len: u64,
+    data: Vec<u8>,
+}
+
+/// One piece, as it arrived.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    /// Which transfer.
+    pub transfer: u64,
+    /// The message without data (first piece only).
+    pub header: Option<Bytes>,
+    /// Announced size of the data.
+    pub total_len: u64,
+    /// Where this piece starts.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// Snapshots being received, by sender and group.
+#[derive(Default)]
+pub struct SnapshotAssembler {
+    in_progress: HashMap<(NodeId, ShardId), Assembly>,
+}
+
+impl SnapshotAssembler {
+    /// Takes one piece from `from` for `shard`. Answers the whole Raft message once its last
+    /// piece arrived, `Ok(None)` while more are expected.
+    ///
+    /// # Errors
+    /// Why the piece (and its transfer) was dropped.
+    pub fn accept(&mut self, from: NodeId, shard: ShardId, piece: Piece) -> Result<Option<Message>, String> {
+        let key = (from, shard);
+        if let Some(header) = piece.header {
+            if piece.total_len > MAX_SNAPSHOT_BYTES {
+                self.in_progress.remove(&key);
+                return Err(format!(
+                    "snapshot of {} bytes is over the limit of {MAX_SNAPSHOT_BYTES}",
+                    piece.total_len
+                ));
+            }
+            let capacity = piece.total_len.min(64 << 20) as usize;
+            let assembly = Assembly {
+                transfer: piece.transfer,
+                header,
+                total_len: piece.total_len,
+                data: Vec::with_capacity(capacity),
+            };
+            self.in_progress.insert(key, assembly);
+        }
+        let Some(assembly) = self.in_progress.get_mut(&key) else {
+            return Err(format!("piece of transfer {} without its first piece", piece.transfer));
+        };
+        let fits = assembly.transfer == piece.transfer
+            && piece.offset == assembly.data.len() as u64
+            && piece.total_len == assembly.total_len
+            && piece.offset + piece.data.len() as u64 <= assembly.total_len;
+        if !fits {
+            self.in_progress.remove(&key);
+            return Err(format!(
+                "piece at {} of transfer {} does not continue it",
+                piece.offset, piece.transfer
+            ));
+        }
+        assembly.data.extend_from_slice(&piece.data);
+        if (assembly.data.len() as u64) < assembly.total_len {
+            return Ok(None);
+        }
+        let assembly = self.in_progress.remove(&key).expect("present above");
+        let mut msg =
+            Message::parse_from_bytes(&assembly.header).map_err(|e| format!("undecodable header: {e}"))?;
+        msg.mut_snapshot().data = Bytes::from(assembly.data);
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::MessageType;
+
+    fn header() -> Bytes {
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgSnapshot);
+        msg.to = 2;
+        msg.mut_snapshot().mut_metadata().index = 77;
+        Bytes::from(msg.write_to_bytes().unwrap())
+    }
+
+    fn piece(transfer: u64, first: bool, total: u64, offset: u64, data: &'static [u8]) -> Piece {
+        Piece {
+            transfer,
+            header: first.then(header),
+            total_len: total,
+            offset,
+            data: Bytes::from_static(data),
+        }
+    }
+
+    #[test]
+    fn pieces_in_order_make_the_message() {
+        let mut a = SnapshotAssembler::default();
+        assert!(a.accept(1, 0, piece(1, true, 6, 0, b"abc")).unwrap().is_none());
+        let msg = a.accept(1, 0, piece(1, false, 6, 3, b"def")).unwrap().unwrap();
+        assert_eq!(msg.get_snapshot().get_metadata().index, 77);
+        assert_eq!(msg.get_snapshot().data.as_ref(), b"abcdef");
+        let empty = a.accept(1, 0, piece(2, true, 0, 0, b"")).unwrap().unwrap();
+        assert!(empty.get_snapshot().data.is_empty(), "an empty snapshot is one piece");
+    }
+
+    #[test]
+    fn a_gap_another_transfer_or_too_many_bytes_drop_the_transfer() {
+        let mut a = SnapshotAssembler::default();
+        a.accept(1, 0, piece(1, true, 6, 0, b"abc")).unwrap();
+        assert!(a.accept(1, 0, piece(1, false, 6, 4, b"ef")).is_err(), "gap");
+        assert!(a.accept(1, 0, piece(1, false, 6, 3, b"def")).is_err(), "dropped: the rest is refused too");
+        a.accept(1, 0, piece(3, true, 4, 0, b"ab")).unwrap();
+        assert!(a.accept(1, 0, piece(4, false, 4, 2, b"cd")).is_err(), "another transfer");
+        a.accept(1, 0, piece(5, true, 4, 0, b"ab")).unwrap();
+        assert!(a.accept(1, 0, piece(5, false, 4, 2, b"cde")).is_err(), "more than announced");
+        assert!(a.accept(1, 0, piece(6, true, MAX_SNAPSHOT_BYTES + 1, 0, b"")).is_err(), "over the limit");
+        // Another sender's transfer is separate.
+        a.accept(1, 0, piece(7, true, 2, 0, b"a")).unwrap();
+        a.accept(3, 0, piece(1, true, 2, 0, b"x")).unwrap();
+        assert_eq!(
+            a.accept(1, 0, piece(7, false, 2, 1, b"b")).unwrap().unwrap().get_snapshot().data.as_ref(),
+            b"ab"
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! Durable storage through the library: a node restarted on its data directory has every write
+//! it acknowledged, from its checkpoints and its RocksDB log; a damaged checkpoint is skipped for
+//! the previous one. (Crashes with SIGKILL are in the server's tests, with real processes.)
+#![cfg(feature = "rocksdb")]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use crema::{CacheConfig, CheckpointConfig, DistributedCache, Error, RaftStorageType};
+
+fn durable(dir: &Path, threshold: u64) -> CacheConfig {
+    CacheConfig::new(1, "127.0.0.1:0".parse().unwrap())
+        .with_raft_config(fast_raft())
+        .with_raft_storage_type(RaftStorageType::RocksDb)
+        .with_data_dir(dir)
+        .with_checkpoint_config(
+            CheckpointConfig::new(dir.join("checkpoints")).with_log_threshold(threshold).with_interval(None),
+        )
+}
+
+async fn start(config: CacheConfig) -> DistributedCache {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    DistributedCache::new_with_listener(config, listener).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_has_every_acknowledged_write() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(
+        durable(dir.path(), 200).with_raft_config(crema::RaftConfig { max_log_entries: 100, ..fast_raft() }),
+    )
+    .await;
+    for i in 0..1000u32 {
+        node.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    node.put_with_ttl("ttl", "v", Duration::from_secs(600)).await.unwrap();
+    assert!(node.delete("k7").await.unwrap());
+    let before = node.raft_figures();
+    node.shutdown().await;
+    drop(node);
+    let checkpoints = std::fs::read_dir(dir.path().join("checkpoints")).unwrap().count();
+    assert!((1..=2).contains(&checkpoints), "{checkpoints} checkpoints kept");
+
+    let node = start(durable(dir.path(), 200)).await;
+    // At once, without waiting for it to lead: a linearizable read must wait until the log
+    // committed before the restart is applied again.
+    node.read_barrier().await.unwrap();
+    assert!(node.raft_figures().applied_index >= before.applied_index);
+    for i in (0..1000u32).filter(|i| *i != 7) {
+        assert_eq!(node.get(format!("k{i}").as_bytes()).await, Some(Bytes::from(format!("v{i}"))), "k{i}");
+    }
+    assert_eq!(node.get(b"k7").await, None, "the delete survived too");
+    assert!(node.storage().get_entry(b"ttl").unwrap().expires_at_ms.is_some(), "with its expiry");
+    node.put("after", "restart").await.unwrap();
+    node.shutdown().await;
+}
+
+/// The ways a checkpoint file can be damaged.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    FlippedByte,
+    Truncated,
+    WrongMagic,
+    FutureVersion,
+}
+
+fn damage(bytes: &mut Vec<u8>, how: Damage) {
+    match how {
+        Damage::FlippedByte => {
+            let at = bytes.len() / 3;
+            bytes[at] ^= 0x40;
+        }
+        Damage::Truncated => bytes.truncate(bytes.len() * 2 / 3),
+        Damage::WrongMagic => bytes[..4].copy_from_slice(b"NOPE"),
+        Damage::FutureVersion => bytes[4] = 9,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_newest_checkpoint_is_skipped_for_the_previous_one() {
+    init_tracing();
+    for how in [Damage::FlippedByte, Damage::Truncated, Damage::WrongMagic, Damage::FutureVersion] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || {
+            durable(dir.path(), 100)
+                .with_raft_config(crema::RaftConfig { max_log_entries: 16, ..fast_raft() })
+        };
+        let node = start(config()).await;
+        for i in 0..450u32 {
+            node.put(format!("k{i}"), i.to_string()).await.unwrap();
+        }
+        node.shutdown().await;
+        drop(node);
+        let store = crema::CheckpointStore::open(dir.path().join("checkpoints")).unwrap();
+        let files = store.list().unwrap();
+        assert_eq!(files.len(), 2, "{files:?}");
+        let newest = &files[0].1;
+        let mut bytes = std::fs::read(newest).unwrap();
+        damage(&mut bytes, how);
+        std::fs::write(newest, bytes).unwrap();
+        let loaded = store.load_newest_valid().unwrap().unwrap();
+        assert_eq!(loaded.path, files[1].1, "{how:?}: the older checkpoint is the one used");
+
+        let node = start(config()).await;
+        wait_until(Duration::from_secs(5), "the restarted node leads", || async { node.is_leader() }).await;
+        node.read_barrier().await.unwrap();
+        for i in 0..450u32 {
+            let got = node.get(format!("k{i}").as_bytes()).await;
+            assert_eq!(got, Some(Bytes::from(i.to_string())), "{how:?}: k{i}");
+        }
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn rocksdb_storage_needs_a_data_dir() {
+    let config =
+        CacheConfig::new(1, "127.0.0.1:0".parse().unwrap()).with_raft_storage_type(RaftStorageType::RocksDb);
+    let Err(err) = DistributedCache::new(config).await else {
+        panic!("a RocksDB node without a data dir started")
+    };
+    assert!(matches!(&err, Error::Config(_)) && err.to_string().contains("data directory"), "{err}");
+}
+
+/// A digest of every entry (key, value, expiry) of a node's cache, independent of order.
+fn digest(node: &DistributedCache) -> (usize, u64) {
+    let mut entries = node.storage().live_entries(0);
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (k, v) in &entries {
+        std::hash::Hash::hash(&(k, &v.value, v.expires_at_ms), &mut hasher);
+    }
+    (entries.len(), std::hash::Hasher::finish(&hasher))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_is_caught_up_by_a_snapshot_and_ends_identical() {
+    init_tracing();
+    let base = tempfile::tempdir().unwrap();
+    let base_path = base.path().to_owned();
+    let durable_node = move |c: CacheConfig| {
+        let dir = base_path.join(format!("node{}", c.node_id));
+        // Room for every key: eviction is local to each node and would make the digests differ.
+        c.with_max_capacity(1_000_000)
+            .with_raft_config(crema::RaftConfig { max_log_entries: 1000, ..fast_raft() })
+            .with_raft_storage_type(RaftStorageType::RocksDb)
+            .with_data_dir(&dir)
+            .with_checkpoint_config(
+                CheckpointConfig::new(dir.join("checkpoints")).with_log_threshold(1000).with_interval(None),
+            )
+    };
+    let nodes = std::sync::Arc::new(cluster_with(3, durable_node.clone()).await);
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    let leader = wait_leader(&refs, Duration::from_secs(5)).await;
+    let lagging = (leader + 1) % 3;
+    let lagging_config = nodes[lagging].config().clone();
+    let stopped_at = nodes[lagging].raft_figures().applied_index;
+    nodes[lagging].shutdown().await;
+
+    // 100,000 writes while it is down, from 64 writers on the leader.
+    let mut writers = Vec::new();
+    for w in 0..64u32 {
+        let nodes = nodes.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..(100_000 / 64 + 1) {
+                let n = w * 10_000 + i;
+                nodes[leader].put(format!("key:{n}"), format!("value:{n}")).await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let first_index = nodes[leader].cluster_status().await.unwrap().group.first_index;
+    assert!(
+        first_index > stopped_at + 1,
+        "the leader compacted past the stopped node ({stopped_at}): its log starts at {first_index}"
+    );
+
+    let listener = std::net::TcpListener::bind(lagging_config.raft_addr).unwrap();
+    let restarted = DistributedCache::new_with_listener(lagging_config, listener).await.unwrap();
+    let target = nodes[leader].raft_figures().applied_index;
+    wait_until(Duration::from_secs(30), "the restarted follower catches up", || async {
+        restarted.raft_figures().applied_index >= target
+    })
+    .await;
+    assert!(restarted.raft_figures().snapshots_installed >= 1, "it was caught up through a snapshot");
+    let other = (leader + 2) % 3;
+    // (An election may add an empty entry meanwhile: wait for all three to agree.)
+    let agree = || {
+        let a = nodes[leader].raft_figures().applied_index;
+        a >= target
+            && nodes[other].raft_figures().applied_index == a
+            && restarted.raft_figures().applied_index == a
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !agree() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "applied indexes never agreed: leader {:?}, other {:?}, restarted {:?}",
+            nodes[leader].raft_figures(),
+            nodes[other].raft_figures(),
+            restarted.raft_figures()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let expected = digest(&nodes[leader]);
+    assert_eq!(expected.0, 64 * (100_000 / 64 + 1), "every write is there");
+    assert_eq!(digest(&restarted), expected, "the caught-up follower is identical to the leader");
+    assert_eq!(digest(&nodes[other]), expected);
+    restarted.shutdown().await;
+    for n in nodes.iter() {
+        n.shutdown().await;
+    }
+}
+
+/// A small tmpfs mounted for the test, unmounted when dropped (needs root, as CI runs).
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs", path.to_str().unwrap()])
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mounting a tmpfs failed: this test needs root (CI runs as root)");
+        Self { path, _dir: dir }
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazy: a node still running after a failed assertion must not leave the mount behind.
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_loses_nothing_and_recovers() {
+    init_tracing();
+    let disk = SmallDisk::mount(64 << 20);
+    let data = disk.path.join("node1");
+    let config = || {
+        durable(&data, 1_000_000)
+            .with_request_timeout(Duration::from_millis(1500))
+            .with_max_capacity(1_000_000)
+            .with_min_free_disk_bytes(16 << 20)
+    };
+    let node = start(config()).await;
+    wait_until(Duration::from_secs(5), "leader", || async { node.is_leader() }).await;
+    node.put("before", "full").await.unwrap();
+    // Leave 8 MiB above the 16 MiB reserve, then write 64 KiB values until the node refuses.
+    let filler = disk.path.join("filler");
+    let fill = disk.free_bytes().saturating_sub(24 << 20);
+    std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
+    let value = Bytes::from(vec![b'v'; 64 << 10]);
+    let mut acknowledged = Vec::new();
+    let mut refusal = None;
+    for i in 0..1000u32 {
+        match node.put(format!("k{i}"), value.clone()).await {
+            Ok(()) => acknowledged.push(i),
+            Err(Error::Storage(msg)) => {
+                refusal = Some(msg);
+                break;
+            }
+            // The write that hit the reserve waits in the log and times out: outcome unknown.
+            Err(Error::Timeout(_)) => {}
+            Err(e) => panic!("unexpected error while the disk fills: {e}"),
+        }
+    }
+    let refusal =
+        refusal.unwrap_or_else(|| panic!("never refused ({} writes acknowledged)", acknowledged.len()));
+    assert!(refusal.contains("disk full"), "{refusal}");
+    assert!(node.raft_figures().persist_failing, "the node reports it cannot persist");
+    assert!(!acknowledged.is_empty());
+
+    // Space comes back: the node goes on by itself, with everything it acknowledged.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(20), "the node persists again", || async {
+        !node.raft_figures().persist_failing
+    })
+    .await;
+    node.put("after", "space").await.unwrap();
+    for i in &acknowledged {
+        assert_eq!(node.get(format!("k{i}").as_bytes()).await, Some(value.clone()), "k{i}");
+    }
+    node.shutdown().await;
+    drop(node);
+
+    let node = start(config()).await;
+    wait_until(Duration::from_secs(5), "leader after restart", || async { node.is_leader() }).await;
+    node.read_barrier().await.unwrap();
+    for key in ["before", "after"] {
+        assert!(node.get(key.as_bytes()).await.is_some(), "{key}");
+    }
+    for i in &acknowledged {
+        assert_eq!(node.get(format!("k{i}").as_bytes()).await, Some(value.clone()), "k{i} after restart");
+    }
+    node.shutdown().await;
+}
+
+/// A restarted single node replays its log before it serves a linearizable read: a read made
+/// the moment it starts sees the last write of its previous run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_right_after_a_restart_waits_for_the_replay() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(durable(dir.path(), 1_000_000)).await;
+    for i in 0..3000u32 {
+        node.put(format!("k{i}"), i.to_string()).await.unwrap();
+    }
+    node.shutdown().await;
+    drop(node);
+    for _ in 0..3 {
+        let node = start(durable(dir.path(), 1_000_000)).await;
+        assert_eq!(node.consistent_get(b"k2999").await.unwrap(), Some(Bytes::from("2999")));
+        node.shutdown().await;
+    }
+}
