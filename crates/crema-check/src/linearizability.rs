@@ -5,6 +5,11 @@
 //! Written by hand: the crates that check linearizability on crates.io either search without
 //! memoisation (exponential past a few hundred operations) or model other objects.
 //!
+//! Two models: [`Model::Register`], a plain register, and [`Model::EvictingRegister`] for a
+//! cache that may drop a key at any moment (eviction through the log): a read may find nothing,
+//! and a compare-and-set on an absent value may swap however recently the key was written, but
+//! a value read must be the latest one written.
+//!
 //! An operation whose outcome is unknown (a timeout) has no return time: it may take effect at
 //! any point after its call, or never, and its output is not checked. A search that exceeds its
 //! step budget answers [`Verdict::GaveUp`], which callers must treat as a failure.
@@ -74,9 +79,36 @@ pub enum Verdict {
     },
 }
 
+/// What the history is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Model {
+    /// A register: a value stays until it is overwritten or deleted.
+    #[default]
+    Register,
+    /// A register that may lose its value at any moment (a cache that evicts). A state of
+    /// `Some(v)` means "v, unless it was evicted since": a read of nothing and a swap of an
+    /// absent value always fit (and leave the register empty or written); a read of a value
+    /// must see the latest write.
+    EvictingRegister,
+}
+
 /// Applies `op` to register state `state`: whether the output fits, and the state after.
-fn step(state: Option<u64>, input: &Input, output: &Output) -> Option<Option<u64>> {
+fn step(model: Model, state: Option<u64>, input: &Input, output: &Output) -> Option<Option<u64>> {
     let unknown = *output == Output::Unknown;
+    if model == Model::EvictingRegister && state.is_some() {
+        match (input, output) {
+            // Evicted since: the read missed, the swap of an absent value wrote.
+            (Input::Get, Output::Value(None)) => return Some(None),
+            // A swap of an absent value of unknown outcome is taken here as "evicted, then
+            // swapped"; "not taken effect" is covered by linearizing it last.
+            (Input::Cas { expected: None, new }, Output::Swapped(true) | Output::Unknown) => {
+                return Some(Some(*new))
+            }
+            // A swap of this very value that did not write: it was evicted first.
+            (Input::Cas { expected, .. }, Output::Swapped(false)) if *expected == state => return Some(None),
+            _ => {}
+        }
+    }
     match input {
         Input::Put(v) => (unknown || *output == Output::Ok).then_some(Some(*v)),
         Input::Delete => (unknown || *output == Output::Ok).then_some(None),
@@ -93,8 +125,13 @@ fn step(state: Option<u64>, input: &Input, output: &Output) -> Option<Option<u64
     }
 }
 
-/// Checks a history, key by key, with at most `budget` search steps per key.
+/// Checks a history against a register, key by key, with at most `budget` search steps per key.
 pub fn check(history: &[Operation], budget: u64) -> Verdict {
+    check_with(Model::Register, history, budget)
+}
+
+/// Checks a history against `model`, key by key, with at most `budget` search steps per key.
+pub fn check_with(model: Model, history: &[Operation], budget: u64) -> Verdict {
     let mut by_key: BTreeMap<u64, Vec<&Operation>> = BTreeMap::new();
     for op in history {
         // A read of unknown outcome observed nothing.
@@ -103,7 +140,7 @@ pub fn check(history: &[Operation], budget: u64) -> Verdict {
         }
     }
     for (key, ops) in by_key {
-        match check_key(&ops, budget) {
+        match check_key(model, &ops, budget) {
             Some(true) => {}
             Some(false) => return Verdict::Violation { key },
             None => return Verdict::GaveUp { key },
@@ -126,7 +163,7 @@ struct Event {
 }
 
 /// Some(linearizable) or None when the budget ran out.
-fn check_key(ops: &[&Operation], budget: u64) -> Option<bool> {
+fn check_key(model: Model, ops: &[&Operation], budget: u64) -> Option<bool> {
     // Events sorted by time; at equal times calls come first (the operations overlap).
     let mut times: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
     for (i, op) in ops.iter().enumerate() {
@@ -163,7 +200,7 @@ fn check_key(ops: &[&Operation], budget: u64) -> Option<bool> {
         if entry != NONE && events[entry].is_call {
             let e = events[entry];
             let op = ops[e.op];
-            if let Some(next_state) = step(state, &op.input, &op.output) {
+            if let Some(next_state) = step(model, state, &op.input, &op.output) {
                 let mut with = linearized.clone();
                 with[e.op / 64] |= 1 << (e.op % 64);
                 if seen.insert((with.clone(), next_state)) {

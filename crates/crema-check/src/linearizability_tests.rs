@@ -71,6 +71,48 @@ fn unknown_writes_may_or_may_not_have_happened() {
 }
 
 #[test]
+fn an_evicting_register_may_lose_its_value_but_never_serves_a_stale_one() {
+    let ev = |h: &[Operation]| check_with(Model::EvictingRegister, h, BUDGET);
+    let nx =
+        |new, swapped, call, ret| op(Input::Cas { expected: None, new }, Output::Swapped(swapped), call, ret);
+    // Written, evicted (a miss), swapped in as absent: fine for a cache, not for a register.
+    let h = [
+        op(Input::Put(1), Output::Ok, 0, 1),
+        op(Input::Get, Output::Value(None), 2, 3),
+        nx(2, true, 4, 5),
+        op(Input::Get, Output::Value(Some(2)), 6, 7),
+    ];
+    assert_eq!(ev(&h), Verdict::Linearizable);
+    assert_eq!(check(&h, BUDGET), Verdict::Violation { key: 1 });
+    // A swap of an absent value may follow a write with no miss seen in between.
+    assert_eq!(ev(&[op(Input::Put(1), Output::Ok, 0, 1), nx(2, true, 2, 3)]), Verdict::Linearizable);
+    // A hit must be the latest write: stale after an overwrite, ...
+    let stale = [
+        op(Input::Put(1), Output::Ok, 0, 1),
+        op(Input::Put(2), Output::Ok, 2, 3),
+        op(Input::Get, Output::Value(Some(1)), 4, 5),
+    ];
+    assert_eq!(ev(&stale), Verdict::Violation { key: 1 });
+    // ... back after a delete, ...
+    let resurrected = [
+        op(Input::Put(1), Output::Ok, 0, 1),
+        op(Input::Delete, Output::Ok, 2, 3),
+        op(Input::Get, Output::Value(Some(1)), 4, 5),
+    ];
+    assert_eq!(ev(&resurrected), Verdict::Violation { key: 1 });
+    // ... or back after a miss (an eviction is a delete every node applies).
+    let back = [
+        op(Input::Put(1), Output::Ok, 0, 1),
+        op(Input::Get, Output::Value(None), 2, 3),
+        op(Input::Get, Output::Value(Some(1)), 4, 5),
+    ];
+    assert_eq!(ev(&back), Verdict::Violation { key: 1 });
+    // A swap that did not write saw a value, so a miss cannot have been the state then.
+    let refused = [op(Input::Delete, Output::Ok, 0, 1), nx(3, false, 2, 3)];
+    assert_eq!(ev(&refused), Verdict::Violation { key: 1 });
+}
+
+#[test]
 fn compare_and_set_is_checked() {
     let cas = |expected, new, swapped, call, ret| {
         op(Input::Cas { expected, new }, Output::Swapped(swapped), call, ret)
@@ -93,10 +135,14 @@ fn keys_are_independent_and_the_budget_gives_up() {
     assert_eq!(check(&with_read, 5), Verdict::GaveUp { key: 1 });
 }
 
-/// The oracle: try every order of the operations that respects real time.
-fn brute_force(ops: &[Operation]) -> bool {
-    fn search(ops: &[Operation], done: &mut Vec<bool>, state: Option<u64>) -> bool {
+/// The oracle: try every order of the operations that respects real time; with `evicting`, the
+/// register may also lose its value between any two operations.
+fn brute_force(ops: &[Operation], evicting: bool) -> bool {
+    fn search(ops: &[Operation], done: &mut Vec<bool>, state: Option<u64>, evicting: bool) -> bool {
         if done.iter().all(|d| *d) {
+            return true;
+        }
+        if evicting && state.is_some() && search(ops, done, None, evicting) {
             return true;
         }
         for i in 0..ops.len() {
@@ -116,14 +162,14 @@ fn brute_force(ops: &[Operation]) -> bool {
             // An unknown operation may also never happen.
             if ops[i].output == Output::Unknown {
                 done[i] = true;
-                if search(ops, done, state) {
+                if search(ops, done, state, evicting) {
                     return true;
                 }
                 done[i] = false;
             }
-            if let Some(next) = step(state, &ops[i].input, &ops[i].output) {
+            if let Some(next) = step(Model::Register, state, &ops[i].input, &ops[i].output) {
                 done[i] = true;
-                if search(ops, done, next) {
+                if search(ops, done, next, evicting) {
                     return true;
                 }
                 done[i] = false;
@@ -133,7 +179,7 @@ fn brute_force(ops: &[Operation]) -> bool {
     }
     let ops: Vec<Operation> =
         ops.iter().filter(|o| !(o.input == Input::Get && o.output == Output::Unknown)).cloned().collect();
-    search(&ops, &mut vec![false; ops.len()], None)
+    search(&ops, &mut vec![false; ops.len()], None, evicting)
 }
 
 fn any_op() -> impl Strategy<Value = Operation> {
@@ -165,10 +211,19 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     #[test]
     fn agrees_with_brute_force_on_small_histories(ops in prop::collection::vec(any_op(), 0..7)) {
-        let expected = brute_force(&ops);
+        let expected = brute_force(&ops, false);
         let verdict = check(&ops, BUDGET);
         prop_assert_eq!(verdict == Verdict::Linearizable, expected, "{:?}", ops);
         prop_assert!(!matches!(verdict, Verdict::GaveUp { .. }), "gave up");
+    }
+
+    /// The evicting register's shortcut states ("v, unless evicted") against a search that
+    /// tries an eviction between every two operations.
+    #[test]
+    fn the_evicting_model_agrees_with_brute_force(ops in prop::collection::vec(any_op(), 0..7)) {
+        let expected = brute_force(&ops, true);
+        let verdict = check_with(Model::EvictingRegister, &ops, BUDGET);
+        prop_assert_eq!(verdict == Verdict::Linearizable, expected, "{:?}", ops);
     }
 }
 
@@ -209,7 +264,8 @@ fn a_long_concurrent_history_is_checked_quickly() {
             Input::Put(_) | Input::Delete => Output::Ok,
             Input::Cas { expected, .. } => Output::Swapped(state == expected),
         };
-        state = step(state, &op.input, &op.output).expect("the model accepts its own outputs");
+        state =
+            step(Model::Register, state, &op.input, &op.output).expect("the model accepts its own outputs");
     }
     let history: Vec<Operation> = ops.into_iter().map(|(_, op)| op).collect();
     // The step budget, not a clock, bounds the work: without memoisation this would not finish.

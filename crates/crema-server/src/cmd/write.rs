@@ -52,7 +52,7 @@ impl PreparedWrite {
             }
             SetRange { key, value, .. } => key.len() + value.len(),
             PutMany { pairs, .. } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
-            DeleteMany { keys } => keys.iter().map(|k| k.len()).sum(),
+            DeleteMany { keys } | Evict { keys } => keys.iter().map(|k| k.len()).sum(),
             Delete { key }
             | IncrBy { key, .. }
             | IncrByFloat { key, .. }

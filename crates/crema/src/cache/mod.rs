@@ -167,6 +167,7 @@ impl DistributedCache {
             RaftStorageType::RocksDb => Self::spawn_durable(&config, settings, sm, &transport, &cancel)?,
         };
         let sweeper = tokio::spawn(sweep_expired(storage.clone(), cancel.clone()));
+        let evictor = tokio::spawn(evict(storage.clone(), group.clone(), cancel.clone()));
         let _ = dispatcher.groups.set(vec![group.clone()]);
         info!(node = config.node_id, addr = %transport.local_addr(), voters = ?config.initial_voters(), join = config.join, "crema node started");
         Ok(Self {
@@ -176,7 +177,7 @@ impl DistributedCache {
             transport,
             dispatcher,
             cancel,
-            group_tasks: Mutex::new(vec![task, sweeper]),
+            group_tasks: Mutex::new(vec![task, sweeper, evictor]),
             shut_down: AtomicBool::new(false),
         })
     }
@@ -578,6 +579,64 @@ pub struct RaftFigures {
     pub snapshots_installed: u64,
     /// True while the Raft log cannot be written (disk full): writes wait and time out.
     pub persist_failing: bool,
+}
+
+/// Most keys one `Evict` command carries.
+const EVICT_BATCH: usize = 1024;
+
+/// The leader's evictor (see `cache::storage`): while this node leads it keeps the eviction
+/// policy and proposes the keys the policy drops as `Evict` commands, one at a time; when it
+/// stops leading it drops the policy, which the next leader rebuilds from its own entries.
+/// Nothing runs for an unbounded cache.
+async fn evict(storage: CacheStorage, group: GroupHandle, cancel: CancellationToken) {
+    let Some(wake) = storage.eviction_wake() else { return };
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = wake.notified() => {}
+            // Leadership changes and the policy's own pending work are noticed on this tick.
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if group.shared.is_leader() != leading {
+            leading = !leading;
+            if leading {
+                let filling = storage.clone();
+                let started = std::time::Instant::now();
+                let Ok(held) = tokio::task::spawn_blocking(move || filling.activate_policy()).await else {
+                    return;
+                };
+                tracing::debug!(
+                    held,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "eviction policy filled"
+                );
+            } else {
+                storage.deactivate_policy();
+            }
+        }
+        if !leading {
+            continue;
+        }
+        storage.run_policy_tasks();
+        loop {
+            let keys = storage.take_victims(EVICT_BATCH);
+            if keys.is_empty() {
+                break;
+            }
+            let command = StampedCommand::new(unix_now_ms(), CacheCommand::Evict { keys: keys.clone() });
+            let proposed = tokio::select! {
+                _ = cancel.cancelled() => return,
+                proposed = group.propose(Bytes::from(command.encode())) => proposed,
+            };
+            if let Err(e) = proposed {
+                // Still leading: try again on the next tick. Deposed: the policy is dropped.
+                tracing::debug!(error = %e, keys = keys.len(), "eviction not committed");
+                storage.return_victims(keys);
+                break;
+            }
+        }
+    }
 }
 
 /// Reclaims expired entries in the background: every second, or less often when a pass takes

@@ -10,24 +10,40 @@
 //! early, and every node decides INCR, SET NX, ... alike. Moka's own per-entry expiry is not used
 //! for that reason: it runs on this node's clock.
 //!
-//! Eviction (TinyLFU, entries or bytes) and time-to-idle are local decisions: they turn a hit
-//! into a miss on one node, never into a wrong value, but a read-modify-write command (INCR,
-//! APPEND, SET NX) applied to a key that one node evicted and another kept gives different
-//! results on the two nodes. Size the cache so that keys used that way are not evicted; the
-//! README's consistency section says the same.
+//! Eviction is decided once, by the leader, and carried out through the log, so every node holds
+//! the same keys at the same applied index and a conditional command (INCR, APPEND, SET NX)
+//! finds the same state everywhere. The Moka cache holding the entries is unbounded; a bounded
+//! cache has a second Moka cache beside it, the policy, holding only keys and weights. It
+//! runs while this node leads: applied writes go into it, local reads train it (one hit in
+//! [`POLICY_READ_SAMPLE`], to keep the read path cheap), and the keys its TinyLFU policy drops
+//! are collected as victims. The leader's evictor (`cache::evict`) proposes them as one
+//! `CacheCommand::Evict`, which every node applies like a delete. A node that becomes leader
+//! fills its policy from the entries it holds. The bound is therefore soft: writes that commit
+//! between a victim's choice and its eviction's commit go over it for that long. Moka is used
+//! for the policy, not written by hand: its TinyLFU admission is what the seed promises.
+//!
+//! Time-to-idle stays a local decision (a key idle on one node may be read on another): with it,
+//! conditional commands can be decided differently on different nodes. Do not combine the two;
+//! the README's consistency section says the same.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
+use tokio::sync::Notify;
 
 use super::capture::CaptureState;
 
 /// Bytes counted per entry on top of its key and value when capacity is set in bytes.
 pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
+
+/// One local hit in this many is recorded in the eviction policy (on the leader).
+pub const POLICY_READ_SAMPLE: u32 = 4;
 
 /// The current unix time in milliseconds (this node's clock).
 pub fn unix_now_ms() -> u64 {
@@ -56,6 +72,8 @@ pub struct CacheStats {
     pub hits: u64,
     /// Reads that found nothing (absent, expired or evicted).
     pub misses: u64,
+    /// Entries removed by replicated evictions (the same on every node at the same index).
+    pub evictions: u64,
 }
 
 impl CacheStats {
@@ -85,8 +103,76 @@ pub struct StorageLimits {
 struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
+    evictions: AtomicU64,
     /// The log time of the state applied into this cache (see the module docs).
     log_time_ms: AtomicU64,
+}
+
+fn weight_of(key: &[u8], value: &[u8]) -> u32 {
+    (key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES).min(u32::MAX as u64) as u32
+}
+
+/// The eviction policy of a bounded cache: keys and weights in a bounded Moka cache whose
+/// TinyLFU choices become victims for the leader to evict through the log (see the module docs).
+struct Policy {
+    keys: Cache<Bytes, u32>,
+    /// Whether this node keeps the policy up to date (it leads).
+    active: AtomicBool,
+    victims: Arc<Mutex<Vec<Bytes>>>,
+    wake: Arc<Notify>,
+    /// Weigh entries by bytes (else each counts 1).
+    by_memory: bool,
+}
+
+impl Policy {
+    fn new(limits: &StorageLimits) -> Self {
+        let victims: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+        let wake = Arc::new(Notify::new());
+        let (listener_victims, listener_wake) = (victims.clone(), wake.clone());
+        let builder = Cache::<Bytes, u32>::builder()
+            .eviction_listener(move |key: Arc<Bytes>, _, cause| {
+                if cause == RemovalCause::Size {
+                    listener_victims.lock().expect("victims poisoned").push((*key).clone());
+                    listener_wake.notify_one();
+                }
+            })
+            .weigher(|_: &Bytes, weight: &u32| *weight);
+        let (keys, by_memory) = match limits.max_memory_bytes {
+            Some(bytes) => (builder.max_capacity(bytes).build(), true),
+            None => (builder.max_capacity(limits.max_capacity).build(), false),
+        };
+        Self { keys, active: AtomicBool::new(false), victims, wake, by_memory }
+    }
+
+    fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    fn insert(&self, key: &Bytes, value: &[u8]) {
+        if self.is_active() {
+            let weight = if self.by_memory { weight_of(key, value) } else { 1 };
+            self.keys.insert(key.clone(), weight);
+        }
+    }
+
+    fn remove(&self, key: &[u8]) {
+        if self.is_active() {
+            self.keys.invalidate(key);
+        }
+    }
+}
+
+thread_local! {
+    static READS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// True for one call in [`POLICY_READ_SAMPLE`] on this thread.
+fn sampled() -> bool {
+    READS.with(|reads| {
+        let n = reads.get().wrapping_add(1);
+        reads.set(n);
+        n % POLICY_READ_SAMPLE == 0
+    })
 }
 
 /// The local cache. Cloning is cheap and shares the same entries.
@@ -95,6 +181,8 @@ pub struct CacheStorage {
     cache: Cache<Bytes, StoredValue>,
     counters: Arc<Counters>,
     capture: Arc<CaptureState>,
+    /// The eviction policy, when the cache is bounded.
+    policy: Option<Arc<Policy>>,
 }
 
 impl std::fmt::Debug for CacheStorage {
@@ -104,20 +192,90 @@ impl std::fmt::Debug for CacheStorage {
 }
 
 impl CacheStorage {
-    /// A cache bounded by `limits`.
+    /// A cache bounded by `limits` (through its eviction policy: see the module docs). A
+    /// `max_capacity` of `u64::MAX` with no memory bound means unbounded: no policy at all.
     pub fn new(limits: StorageLimits) -> Self {
         let mut builder = Cache::builder();
-        builder = match limits.max_memory_bytes {
-            Some(bytes) => builder.max_capacity(bytes).weigher(|k: &Bytes, v: &StoredValue| {
-                let weight = k.len() as u64 + v.value.len() as u64 + ENTRY_OVERHEAD_BYTES;
-                weight.min(u32::MAX as u64) as u32
-            }),
-            None => builder.max_capacity(limits.max_capacity),
-        };
+        if limits.max_memory_bytes.is_some() {
+            builder = builder.weigher(|k: &Bytes, v: &StoredValue| weight_of(k, &v.value));
+        }
         if let Some(tti) = limits.time_to_idle {
             builder = builder.time_to_idle(tti);
         }
-        Self { cache: builder.build(), counters: Arc::default(), capture: Arc::default() }
+        let bounded = limits.max_memory_bytes.is_some() || limits.max_capacity < u64::MAX;
+        Self {
+            cache: builder.build(),
+            counters: Arc::default(),
+            capture: Arc::default(),
+            policy: bounded.then(|| Arc::new(Policy::new(&limits))),
+        }
+    }
+
+    // ----- eviction policy (see the module docs) -----
+
+    /// What wakes the evictor when the policy has chosen victims; none for an unbounded cache.
+    pub fn eviction_wake(&self) -> Option<Arc<Notify>> {
+        self.policy.as_ref().map(|p| p.wake.clone())
+    }
+
+    /// Starts keeping the eviction policy (this node now leads): fills it with every entry held,
+    /// then lets the policy choose victims among them. Walks the whole cache: call it off the
+    /// thread that applies writes. Answers the entries it holds.
+    pub fn activate_policy(&self) -> u64 {
+        let Some(policy) = &self.policy else { return 0 };
+        if policy.active.swap(true, Ordering::AcqRel) {
+            return policy.keys.entry_count();
+        }
+        for (key, value) in self.cache.iter() {
+            policy.insert(&key, &value.value);
+            // A delete applied since the walk read this key must not leave it in the policy: it
+            // removes from the cache first, so checking after the insert closes the race.
+            if !self.cache.contains_key(key.as_ref()) {
+                policy.keys.invalidate(key.as_ref());
+            }
+        }
+        policy.keys.run_pending_tasks();
+        policy.keys.entry_count()
+    }
+
+    /// Stops keeping the eviction policy (this node no longer leads) and forgets its victims.
+    pub fn deactivate_policy(&self) {
+        if let Some(policy) = &self.policy {
+            policy.active.store(false, Ordering::Release);
+            policy.keys.invalidate_all();
+            policy.victims.lock().expect("victims poisoned").clear();
+        }
+    }
+
+    /// Lets the policy do its pending work (choosing victims when it is over its bound).
+    pub fn run_policy_tasks(&self) {
+        if let Some(policy) = self.policy.as_ref().filter(|p| p.is_active()) {
+            policy.keys.run_pending_tasks();
+        }
+    }
+
+    /// Takes up to `max` of the keys the policy chose to evict.
+    pub fn take_victims(&self, max: usize) -> Vec<Bytes> {
+        let Some(policy) = &self.policy else { return Vec::new() };
+        let mut victims = policy.victims.lock().expect("victims poisoned");
+        let keep = victims.len().saturating_sub(max);
+        victims.split_off(keep)
+    }
+
+    /// Gives back victims whose eviction could not be proposed, to try again.
+    pub fn return_victims(&self, keys: Vec<Bytes>) {
+        if let Some(policy) = self.policy.as_ref().filter(|p| p.is_active()) {
+            policy.victims.lock().expect("victims poisoned").extend(keys);
+        }
+    }
+
+    /// Removes `key` by a replicated eviction; true when an entry was there.
+    pub fn evict(&self, key: &[u8], at_ms: u64) -> bool {
+        let removed = self.remove_at(key, at_ms);
+        if removed {
+            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     /// Before `key` changes: if a capture runs, remember the value it had.
@@ -159,6 +317,11 @@ impl CacheStorage {
         });
         let counter = if found.is_some() { &self.counters.hits } else { &self.counters.misses };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(policy) = &self.policy {
+            if found.is_some() && policy.is_active() && sampled() {
+                policy.keys.get(key);
+            }
+        }
         found
     }
 
@@ -176,14 +339,15 @@ impl CacheStorage {
     /// Inserts or replaces `key`.
     pub fn insert(&self, key: Bytes, value: Bytes, expires_at_ms: Option<u64>) {
         self.before_change(&key);
+        if let Some(policy) = &self.policy {
+            policy.insert(&key, &value);
+        }
         self.cache.insert(key, StoredValue { value, expires_at_ms });
     }
 
     /// Removes `key`; true when a live entry was there.
     pub fn remove(&self, key: &[u8]) -> bool {
-        self.before_change(key);
-        let now = unix_now_ms();
-        self.cache.remove(key).is_some_and(|v| v.is_live_at(now))
+        self.remove_at(key, unix_now_ms())
     }
 
     /// The entry of `key` live at log time `at_ms` (apply's view: no statistics, no local clock).
@@ -194,7 +358,11 @@ impl CacheStorage {
     /// Removes `key`; true when an entry live at log time `at_ms` was there.
     pub fn remove_at(&self, key: &[u8], at_ms: u64) -> bool {
         self.before_change(key);
-        self.cache.remove(key).is_some_and(|v| v.is_live_at(at_ms))
+        let removed = self.cache.remove(key);
+        if let Some(policy) = &self.policy {
+            policy.remove(key);
+        }
+        removed.is_some_and(|v| v.is_live_at(at_ms))
     }
 
     /// The log time of the applied state (unix ms).
@@ -221,6 +389,9 @@ impl CacheStorage {
                 _ => Op::Nop,
             });
             if matches!(result, moka::ops::compute::CompResult::Removed(_)) {
+                if let Some(policy) = &self.policy {
+                    policy.remove(&key);
+                }
                 purged += 1;
             }
         }
@@ -243,6 +414,10 @@ impl CacheStorage {
         self.capture.abort();
         self.cache.invalidate_all();
         self.cache.run_pending_tasks();
+        if let Some(policy) = self.policy.as_ref().filter(|p| p.is_active()) {
+            policy.keys.invalidate_all();
+            policy.victims.lock().expect("victims poisoned").clear();
+        }
     }
 
     /// Entries live on this node's clock (counts them: O(entries)).
@@ -268,6 +443,7 @@ impl CacheStorage {
         CacheStats {
             hits: self.counters.hits.load(Ordering::Relaxed),
             misses: self.counters.misses.load(Ordering::Relaxed),
+            evictions: self.counters.evictions.load(Ordering::Relaxed),
         }
     }
 
@@ -291,7 +467,7 @@ mod tests {
         s.insert(Bytes::from("a"), Bytes::from("1"), None);
         assert_eq!(s.get(b"a"), Some(Bytes::from("1")));
         assert_eq!(s.get(b"b"), None);
-        assert_eq!(s.stats(), CacheStats { hits: 1, misses: 1 });
+        assert_eq!(s.stats(), CacheStats { hits: 1, misses: 1, evictions: 0 });
         assert_eq!(s.stats().hit_rate(), 0.5);
     }
 
@@ -352,27 +528,86 @@ mod tests {
         assert_eq!(s.finish_capture(10), None, "a clear aborts the capture");
     }
 
+    /// Evicts what the policy chose, as applying the leader's `Evict` does; answers how many.
+    fn evict_victims(s: &CacheStorage) -> usize {
+        s.run_policy_tasks();
+        let victims = s.take_victims(usize::MAX);
+        victims.iter().filter(|k| s.evict(k, 0)).count()
+    }
+
     #[test]
-    fn capacity_in_entries_evicts() {
+    fn a_follower_never_evicts_on_its_own() {
         let s = storage(50);
         for i in 0..500u32 {
             s.insert(Bytes::from(i.to_be_bytes().to_vec()), Bytes::from("v"), None);
         }
-        assert!(s.entry_count() <= 50, "{} entries", s.entry_count());
+        assert_eq!(evict_victims(&s), 0, "an inactive policy chooses nothing");
+        assert_eq!(s.entry_count(), 500, "only the log evicts");
     }
 
     #[test]
-    fn capacity_in_bytes_evicts_by_weight() {
+    fn the_leaders_policy_brings_the_cache_to_its_bound_in_entries() {
+        let s = storage(50);
+        assert_eq!(s.activate_policy(), 0);
+        for i in 0..500u32 {
+            s.insert(Bytes::from(i.to_be_bytes().to_vec()), Bytes::from("v"), None);
+        }
+        let evicted = evict_victims(&s);
+        assert!(s.entry_count() <= 50, "{} entries", s.entry_count());
+        assert_eq!(s.entry_count() as usize + evicted, 500, "every entry is kept or evicted");
+        assert_eq!(s.stats().evictions as usize, evicted);
+    }
+
+    #[test]
+    fn the_leaders_policy_bounds_bytes_by_weight() {
         let s = CacheStorage::new(StorageLimits {
             max_capacity: u64::MAX,
             max_memory_bytes: Some(10_000),
             time_to_idle: None,
         });
+        s.activate_policy();
         for i in 0..100u32 {
             s.insert(Bytes::from(i.to_be_bytes().to_vec()), Bytes::from(vec![0u8; 1000]), None);
         }
+        evict_victims(&s);
         assert!(s.weighted_size() <= 10_000, "{} bytes", s.weighted_size());
         assert!(s.entry_count() <= 10);
+    }
+
+    #[test]
+    fn a_new_leader_fills_its_policy_from_the_cache_and_frequent_reads_survive() {
+        let s = storage(100);
+        for i in 0..100u32 {
+            s.insert(Bytes::from(format!("old{i}")), Bytes::from("v"), None);
+        }
+        assert_eq!(s.activate_policy(), 100, "the policy starts with every entry held");
+        // The first ten keys are read often; then 400 new keys are written once each.
+        for _ in 0..20 {
+            for i in 0..10u32 {
+                assert!(s.get(format!("old{i}").as_bytes()).is_some());
+            }
+        }
+        for i in 0..400u32 {
+            s.insert(Bytes::from(format!("new{i}")), Bytes::from("v"), None);
+            if i % 50 == 0 {
+                evict_victims(&s);
+            }
+        }
+        evict_victims(&s);
+        assert!(s.entry_count() <= 100, "{} entries", s.entry_count());
+        for i in 0..10u32 {
+            assert!(s.contains(format!("old{i}").as_bytes()), "hot key old{i} was evicted");
+        }
+        s.deactivate_policy();
+        s.insert(Bytes::from("after"), Bytes::from("v"), None);
+        assert!(s.take_victims(usize::MAX).is_empty(), "a deposed leader keeps no victims");
+    }
+
+    #[test]
+    fn an_unbounded_cache_has_no_policy() {
+        let s = storage(u64::MAX);
+        assert!(s.eviction_wake().is_none());
+        assert_eq!(s.activate_policy(), 0);
     }
 
     #[test]

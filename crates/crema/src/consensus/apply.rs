@@ -95,6 +95,7 @@ pub(crate) fn apply_command(storage: &CacheStorage, t: u64, command: &CacheComma
         }
         GetEx { key, expiry } => get_ex(storage, t, key, *expiry),
         Expire { key, expires_at_ms, condition } => expire(storage, t, key, *expires_at_ms, *condition),
+        Evict { keys } => ApplyOutput::Int(keys.iter().filter(|k| storage.evict(k, t)).count() as i64),
         Batch(commands) => {
             ApplyOutput::Batch(commands.iter().map(|c| apply_command(storage, t, c)).collect())
         }

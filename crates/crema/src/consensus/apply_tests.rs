@@ -211,6 +211,7 @@ fn command() -> impl Strategy<Value = CacheCommand> {
         (key(), val()).prop_map(|(key, value)| CacheCommand::Append { key, value, max_len: 1 << 20 }),
         key().prop_map(|key| CacheCommand::GetDel { key }),
         prop::collection::vec(key(), 1..3).prop_map(|keys| CacheCommand::DeleteMany { keys }),
+        prop::collection::vec(key(), 1..3).prop_map(|keys| CacheCommand::Evict { keys }),
     ]
 }
 
@@ -256,7 +257,7 @@ fn model_apply(model: &mut BTreeMap<Bytes, Bytes>, command: &CacheCommand) -> Ap
             ApplyOutput::Int(len)
         }
         CacheCommand::GetDel { key } => ApplyOutput::Value(model.remove(&key)),
-        CacheCommand::DeleteMany { keys } => {
+        CacheCommand::DeleteMany { keys } | CacheCommand::Evict { keys } => {
             ApplyOutput::Int(keys.iter().filter(|k| model.remove(*k).is_some()).count() as i64)
         }
         other => unreachable!("not generated: {other:?}"),

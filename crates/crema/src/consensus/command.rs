@@ -143,6 +143,13 @@ pub enum CacheCommand {
     /// server sends a client's pipelined writes this way: one proposal instead of many, in the
     /// client's order. Output: `Batch(outputs)`.
     Batch(Vec<CacheCommand>),
+    /// Remove keys the leader's eviction policy chose (see `cache::storage`): proposed by the
+    /// leader itself, applied on every node like a delete, so all hold the same keys.
+    /// Output: `Int(entries removed)`.
+    Evict {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
 }
 
 /// What a write does to a key's expiry.
@@ -274,7 +281,7 @@ impl CacheCommand {
                     Err(CommandError::NotFinite)
                 }
             }
-            DeleteMany { keys } => {
+            DeleteMany { keys } | Evict { keys } => {
                 if keys.is_empty() {
                     return Err(CommandError::NoKeys);
                 }
@@ -305,7 +312,7 @@ impl CacheCommand {
         match self {
             Put { key, value, .. } | Set { key, value, .. } => key.len() + value.len() + 24,
             Append { key, value, .. } | SetRange { key, value, .. } => key.len() + value.len() + 24,
-            DeleteMany { keys } => keys.iter().map(|k| k.len() + 5).sum::<usize>() + 8,
+            DeleteMany { keys } | Evict { keys } => keys.iter().map(|k| k.len() + 5).sum::<usize>() + 8,
             PutMany { pairs, .. } => pairs.iter().map(|(k, v)| k.len() + v.len() + 10).sum::<usize>() + 8,
             Delete { key } | IncrBy { key, .. } | IncrByFloat { key, .. } | GetDel { key } => key.len() + 16,
             GetEx { key, .. } | Expire { key, .. } | Persist { key } => key.len() + 24,
@@ -456,6 +463,7 @@ mod tests {
                 value,
                 max_len: 1 << 20
             }),
+            proptest::collection::vec(bytes(), 0..4).prop_map(|keys| CacheCommand::Evict { keys }),
         ]
     }
 
