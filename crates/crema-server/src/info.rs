@@ -73,6 +73,7 @@ fn stats(state: &ServerState, _: &ClusterStatus, out: &mut String) {
     line!(out, "rejected_connections:{}", state.clients.rejected.load(Ordering::Relaxed));
     line!(out, "keyspace_hits:{}", s.hits);
     line!(out, "keyspace_misses:{}", s.misses);
+    line!(out, "evicted_keys:{}", s.evictions);
 }
 
 fn replication(state: &ServerState, status: &ClusterStatus, out: &mut String) {

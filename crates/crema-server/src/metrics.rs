@@ -173,6 +173,12 @@ impl Collector for NodeCollector {
         let e = &mut encoder;
         counter(e, "cache_hits", "Local reads that found a live entry", stats.hits)?;
         counter(e, "cache_misses", "Local reads that found nothing", stats.misses)?;
+        counter(
+            e,
+            "cache_evictions",
+            "Entries removed by evictions replicated from the leader",
+            stats.evictions,
+        )?;
         gauge(e, "cache_entries", "Entries held in the local cache", cache.entry_count() as i64)?;
         gauge(
             e,

@@ -36,6 +36,7 @@ async fn health_ready_metrics_and_cluster() {
     for expected in [
         "crema_cache_hits_total 1",
         "crema_cache_misses_total 1",
+        "crema_cache_evictions_total 0",
         "crema_cache_entries 1",
         "crema_raft_is_leader 1",
         "crema_raft_leader_changes_total",
@@ -55,6 +56,34 @@ async fn health_ready_metrics_and_cluster() {
     assert_eq!(view["voters"], serde_json::json!([1]));
     assert_eq!(view["entries"], 1);
     assert_eq!(view["resp_addr"], node.resp.to_string());
+}
+
+#[tokio::test]
+async fn a_bounded_node_evicts_to_its_capacity_and_reports_it() {
+    let node = start(&["--tick-interval-ms", "20", "--max-capacity", "10"]);
+    let mut c = client(node.resp).await;
+    for i in 0..100 {
+        let _: () = c.set(format!("key{i}"), "v").await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let size: u64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+        let info: String = redis::cmd("INFO").arg("stats").query_async(&mut c).await.unwrap();
+        let evicted: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("evicted_keys:"))
+            .expect("INFO stats has evicted_keys")
+            .trim()
+            .parse()
+            .unwrap();
+        if size <= 10 && size + evicted == 100 {
+            let (_, metrics) = http_get(node.admin, "/metrics").await;
+            assert!(metrics.contains(&format!("crema_cache_evictions_total {evicted}")), "{metrics}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not evicted to 10 entries: {size} left, {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

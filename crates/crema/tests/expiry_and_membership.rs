@@ -133,3 +133,35 @@ async fn a_leader_that_removes_itself_steps_aside() {
         n.shutdown().await;
     }
 }
+
+/// A node added to a cluster whose members it has no address for (started with no seeds, lowest
+/// id): the members, who would normally wait for the lower id to dial, dial it themselves, so it
+/// catches up and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_that_knows_no_address_is_reached_by_the_others() {
+    init_tracing();
+    let bound = bind(3);
+    let addrs: Vec<SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let config = |id: u64, seeds: Vec<(u64, SocketAddr)>| {
+        CacheConfig::new(id, addrs[id as usize - 1])
+            .with_seed_nodes(seeds)
+            .with_raft_config(fast_raft())
+            .with_request_timeout(Duration::from_secs(5))
+    };
+    let mut listeners: Vec<_> = bound.into_iter().map(|(l, _)| Some(l)).collect();
+    let mut take = |id: u64| listeners[id as usize - 1].take().unwrap();
+    let two = DistributedCache::new_with_listener(config(2, vec![(3, addrs[2])]), take(2)).await.unwrap();
+    let three = DistributedCache::new_with_listener(config(3, vec![(2, addrs[1])]), take(3)).await.unwrap();
+    let leader = [&two, &three][wait_leader(&[&two, &three], Duration::from_secs(5)).await];
+    leader.put("k", "v").await.unwrap();
+
+    let one = DistributedCache::new_with_listener(config(1, vec![]).with_join(true), take(1)).await.unwrap();
+    leader.add_peer(1, addrs[0]).await.unwrap();
+    wait_until(Duration::from_secs(10), "node 1 to read the write made before it joined", || async {
+        matches!(one.consistent_get(b"k").await, Ok(Some(v)) if v == "v")
+    })
+    .await;
+    for node in [&one, &two, &three] {
+        node.shutdown().await;
+    }
+}

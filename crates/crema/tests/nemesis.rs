@@ -432,7 +432,17 @@ where
                         eprintln!("{}: final read of k{key} on node {id}: {e}; retrying", scenario.name);
                         pending.failed();
                     }
-                    Err(e) => panic!("{}: the final read of k{key} on node {id} failed: {e}", scenario.name),
+                    Err(e) => {
+                        // What each side believes, to tell a lagging member from a lost one.
+                        let status = |n: Arc<DistributedCache>| async move {
+                            tokio::time::timeout(Duration::from_secs(1), n.cluster_status()).await
+                        };
+                        println!("{}: node {id}: {:?}", scenario.name, status(node.clone()).await);
+                        if let Some(leader) = cluster.leader().and_then(|l| cluster.node(l)) {
+                            println!("{}: leader: {:?}", scenario.name, status(leader).await);
+                        }
+                        panic!("{}: the final read of k{key} on node {id} failed: {e}", scenario.name)
+                    }
                 }
             }
         }

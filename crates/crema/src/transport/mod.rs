@@ -2,7 +2,8 @@
 //!
 //! One connection per node pair, shared by every Raft group (the envelope carries the shard id).
 //! The node with the lower id dials and redials with backoff; the other side accepts and adopts
-//! the newest connection. Each peer has a bounded outgoing queue: a dead or slow peer fills its
+//! the newest connection, and dials itself only after a while without one (the lower id may not
+//! know its address; see `peer.rs`). Each peer has a bounded outgoing queue: a dead or slow peer fills its
 //! own queue and further messages to it are dropped (Raft retransmits), so it slows nobody else.
 //! Received envelopes are handed to an [`Inbound`] without blocking the reader.
 //!

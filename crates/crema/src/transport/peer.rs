@@ -4,6 +4,12 @@
 //! the lower id) or from the accept loop, then writes queued frames in batches (one flush per
 //! batch) while a reader task hands incoming frames to the transport. A broken connection is
 //! replaced; a newer accepted one replaces the current one.
+//!
+//! The node with the higher id dials too once it has been without a connection for
+//! [`DIAL_FALLBACK`]: the lower one may not know its address (it joined, or was re-added, after
+//! the higher one did, and can only learn it from the log the higher one would send). The lower
+//! id redials at once after a loss and the higher one waits, so when both dial at the same moment
+//! and each adopts the other's connection, the next round settles on the lower id's.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -30,6 +36,8 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 const WRITE_BATCH_FRAMES: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long the higher id of a pair waits for the lower one to dial before it dials itself.
+const DIAL_FALLBACK: Duration = Duration::from_secs(2);
 
 /// A TCP stream with the bytes read ahead of the frames consumed so far.
 pub(super) struct Connection {
@@ -147,11 +155,14 @@ impl LinkTask {
         self.transport.config.node_id < self.link.id
     }
 
-    /// Waits for a connection: dials with backoff (lower id) or waits for the peer to dial.
+    /// Waits for a connection: dials with backoff (lower id), or waits for the peer to dial and
+    /// dials itself past [`DIAL_FALLBACK`] (higher id).
     async fn connect(&mut self) -> Option<Connection> {
         let mut backoff = BACKOFF_MIN;
+        let started = tokio::time::Instant::now();
         loop {
-            if self.dials() {
+            let may_dial = self.dials() || started.elapsed() >= DIAL_FALLBACK;
+            if may_dial {
                 if let Some(addr) = self.link.addr() {
                     match self.dial(addr).await {
                         Ok(conn) => return Some(conn),
@@ -160,13 +171,15 @@ impl LinkTask {
                 }
             }
             let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
-            let wait = backoff + Duration::from_millis(jitter);
+            let wait = if may_dial { backoff } else { DIAL_FALLBACK.saturating_sub(started.elapsed()) };
             tokio::select! {
                 _ = self.link.cancel.cancelled() => return None,
                 conn = self.incoming_rx.recv() => return conn,
-                _ = tokio::time::sleep(wait), if self.dials() => {}
+                _ = tokio::time::sleep(wait + Duration::from_millis(jitter)) => {}
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            if may_dial {
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
         }
     }
 
