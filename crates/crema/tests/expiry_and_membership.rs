@@ -165,3 +165,41 @@ async fn a_new_member_that_knows_no_address_is_reached_by_the_others() {
         node.shutdown().await;
     }
 }
+
+/// A member added to a running cluster replays the log from index 1; the log must name the first
+/// voters too, or the new member would count a majority of the voters added later only (with
+/// one of them, itself alone: a second leader once the others were out of reach).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_knows_every_voter_including_the_first_ones() {
+    init_tracing();
+    let bound = bind(4);
+    let addrs: Vec<SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let seeds: Vec<(u64, SocketAddr)> = (1..=3).map(|id| (id, addrs[id as usize - 1])).collect();
+    let config = |id: u64| {
+        CacheConfig::new(id, addrs[id as usize - 1])
+            .with_seed_nodes(seeds.clone())
+            .with_raft_config(fast_raft())
+            .with_request_timeout(Duration::from_secs(5))
+    };
+    let mut nodes = Vec::new();
+    for (id, (listener, _)) in (1..).zip(bound) {
+        let config = if id == 4 { config(id).with_join(true) } else { config(id) };
+        nodes.push(DistributedCache::new_with_listener(config, listener).await.unwrap());
+    }
+    let first: Vec<&DistributedCache> = nodes[..3].iter().collect();
+    let leader = first[wait_leader(&first, Duration::from_secs(5)).await];
+    leader.put("k", "v").await.unwrap();
+    leader.add_peer(4, addrs[3]).await.unwrap();
+    wait_until(Duration::from_secs(10), "node 4 to read the write made before it joined", || async {
+        matches!(nodes[3].consistent_get(b"k").await, Ok(Some(v)) if v == "v")
+    })
+    .await;
+    for node in &nodes {
+        let mut voters = node.cluster_status().await.unwrap().group.voters;
+        voters.sort_unstable();
+        assert_eq!(voters, vec![1, 2, 3, 4], "node {} sees every voter", node.node_id());
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

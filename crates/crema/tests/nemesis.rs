@@ -805,11 +805,16 @@ async fn membership(
                 cluster.restart(gone, true).await;
             }
         }
-        // Partitions come and go: half the time a random majority/minority split until the next
-        // change.
-        if rng.gen_bool(0.5) {
+        // Partitions come and go: three rounds in four a majority/minority split until the
+        // next change, the leader on the minority side in half of them (the case where a
+        // deposed leader could still answer, and where a change in flight could be lost).
+        if rng.gen_bool(0.75) {
             let mut ids = cluster.members();
             ids.shuffle(&mut rng);
+            if let Some(at) = cluster.leader().and_then(|l| ids.iter().position(|i| *i == l)) {
+                let to = if rng.gen_bool(0.5) { 0 } else { ids.len() - 1 };
+                ids.swap(at, to);
+            }
             let cut = (ids.len() - 1) / 2;
             cluster.faults.partition(&[ids[..cut].to_vec(), ids[cut..].to_vec()]);
             nemesis.count();

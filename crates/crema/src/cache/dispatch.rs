@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::consensus::command::{CommandLimits, StampedCommand};
 use crate::consensus::group::GroupHandle;
+use crate::consensus::storage::BOOTSTRAP_TERM;
 use crate::transport::envelope::{Envelope, WireError};
 use crate::transport::forward::{Forwarder, SeenRequests};
 use crate::transport::snapshot_assembly::{Piece, SnapshotAssembler};
@@ -120,10 +121,10 @@ impl Inbound for Dispatcher {
     fn on_hello(&self, from: NodeId, _term: u64, commit: u64) {
         let Some(groups) = self.groups.get() else { return };
         let (term, our_commit) = self.local_progress();
-        // We never saw an election or a commit, but the peer's cluster has committed: this node
-        // may be a restarted memory node that voted before. It must not vote again until it has
-        // heard from a leader.
-        if commit > 0 && term == 0 && our_commit == 0 {
+        // We never saw an election (nothing past the bootstrap term), but the peer's cluster has
+        // committed more than we have: this node may be a restarted memory node that voted
+        // before. It must not vote again until it has heard from a leader.
+        if term <= BOOTSTRAP_TERM && commit > our_commit {
             for group in groups.iter().filter(|g| !g.shared.in_probation()) {
                 info!(
                     peer = from,

@@ -296,13 +296,12 @@ pub(crate) fn spawn_group<S: LogStore>(
     let mut store = store;
     store.set_snapshot_source(Box::new(sm.snapshot_source()));
     store.set_applied(applied);
-    let mut raw = RawNode::new(&cfg, store, &raft_logger(settings.node_id, settings.shard))?;
+    let raw = RawNode::new(&cfg, store, &raft_logger(settings.node_id, settings.shard))?;
     let voters = raw.raft.prs().conf().voters().ids();
-    if voters.len() == 1 && voters.contains(settings.node_id) {
-        // The only voter (of a new group, or restarted from disk): lead at once instead of after
-        // an election timeout.
-        raw.campaign()?;
-    }
+    // The only voter (of a new group, or restarted from disk) leads at once instead of after an
+    // election timeout, as soon as it applied the committed log (raft-rs refuses to campaign
+    // with a conf change, such as a bootstrap entry, still to apply).
+    let campaign_when_applied = voters.len() == 1 && voters.contains(settings.node_id);
     let mut settings = settings;
     let checkpoints = settings.checkpoints.take();
     let (client_tx, client_rx) = mpsc::channel(settings.mailbox_capacity);
@@ -310,6 +309,7 @@ pub(crate) fn spawn_group<S: LogStore>(
     let shared = Arc::new(GroupShared::new(settings.shard));
     shared.applied.send_replace(applied);
     shared.term.store(raw.raft.term, Ordering::Release);
+    shared.commit.store(raw.raft.raft_log.committed, Ordering::Release);
     let handle = GroupHandle {
         shared: shared.clone(),
         client_tx,
@@ -328,6 +328,7 @@ pub(crate) fn spawn_group<S: LogStore>(
         raft_rx,
         settings,
         heard_leader: false,
+        campaign_when_applied,
         checkpoints,
         checkpoint_job: None,
         snapshot_transfers: 0,
@@ -351,6 +352,8 @@ struct Group<S: LogStore> {
     raft_rx: mpsc::Receiver<Message>,
     settings: GroupSettings,
     heard_leader: bool,
+    /// The sole voter campaigns once it has applied everything committed.
+    campaign_when_applied: bool,
     checkpoints: Option<CheckpointManager>,
     /// A checkpoint being written on a blocking thread: answers its index when done.
     checkpoint_job: Option<oneshot::Receiver<std::io::Result<u64>>>,
@@ -416,6 +419,15 @@ impl<S: LogStore> Group<S> {
         }
         if self.raw.has_ready() {
             self.on_ready();
+        }
+        if self.campaign_when_applied && self.raw.raft.raft_log.applied >= self.raw.raft.raft_log.committed {
+            self.campaign_when_applied = false;
+            if let Err(e) = self.raw.campaign() {
+                warn!(shard = self.shared.shard, error = %e, "the sole voter could not campaign");
+            }
+            if self.raw.has_ready() {
+                self.on_ready();
+            }
         }
     }
 

@@ -86,7 +86,8 @@ fn db_error(e: rocksdb::Error) -> raft::Error {
 
 impl RocksDbStorage {
     /// Loads group `shard` from `db`. A group seen for the first time starts with
-    /// `initial_voters` as its conf state (empty for a node that joins a running cluster).
+    /// `initial_voters` as its conf state and their bootstrap log (`storage::bootstrap_log`);
+    /// empty for a node that joins a running cluster.
     ///
     /// # Errors
     /// The database cannot be read or holds undecodable state.
@@ -133,9 +134,14 @@ impl RocksDbStorage {
         let path = db.path().to_owned();
         let mut store = Self { mirror, db: Some(db), path, shard, pending: Vec::new(), min_free_bytes: 0 };
         if fresh {
-            // Make the bootstrap conf state durable with the first write.
+            // Make the bootstrap conf state and log durable with the first write.
             store
                 .put(TAG_CONF_STATE, conf_state.write_to_bytes().expect("encoding a conf state cannot fail"));
+            if !initial_voters.is_empty() && raft::Storage::last_index(&store.mirror)? == 0 {
+                let (entries, hard_state) = crate::consensus::storage::bootstrap_log(initial_voters);
+                store.append(&entries)?;
+                store.set_hard_state(hard_state)?;
+            }
         }
         Ok(store)
     }

@@ -8,11 +8,48 @@
 //! Snapshots are built lazily: the store remembers the applied index and asks a snapshot source
 //! (the state machine's encoder) for the data only when raft-rs needs a snapshot for a follower.
 //! Compaction therefore costs nothing but dropping entries.
+//!
+//! A new cluster's initial voters are written into the log itself ([`bootstrap_log`]), not only
+//! into the conf state: a node added later starts with an empty log and learns the membership by
+//! replaying the log from index 1, so the log must say who the first voters were. Without those
+//! entries such a node would know only the voters added after the bootstrap, and could count a
+//! majority of that partial set (once it elected itself alone).
 
 use std::fmt;
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata,
+};
 use raft::{GetEntriesContext, RaftState, StorageError};
+
+/// The term of the bootstrap entries: every initial voter writes the same entries at term 1, so
+/// their logs agree before any election, which starts at term 2.
+pub const BOOTSTRAP_TERM: u64 = 1;
+
+/// The log a new cluster's initial voters start with: one committed `AddNode` entry per voter
+/// (indices `1..=voters.len()`, term [`BOOTSTRAP_TERM`]) and the hard state committing them. The
+/// entries are identical on every initial voter (they carry no address), and applying them on
+/// a node whose conf state already holds the voters changes nothing.
+pub fn bootstrap_log(voters: &[u64]) -> (Vec<Entry>, HardState) {
+    let entries: Vec<Entry> = voters
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let cc = ConfChange { change_type: ConfChangeType::AddNode, node_id: id, ..Default::default() };
+            Entry {
+                entry_type: EntryType::EntryConfChange,
+                term: BOOTSTRAP_TERM,
+                index: i as u64 + 1,
+                data: cc.write_to_bytes().expect("encoding a conf change cannot fail").into(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let hard_state =
+        HardState { term: BOOTSTRAP_TERM, vote: 0, commit: entries.len() as u64, ..Default::default() };
+    (entries, hard_state)
+}
 
 /// Produces the snapshot data of the state machine at the store's applied index.
 pub type SnapshotSource = Box<dyn Fn() -> Vec<u8> + Send>;
@@ -90,10 +127,14 @@ impl MemStorage {
         Self::default()
     }
 
-    /// An empty store whose initial voters are `voters` (cluster bootstrap).
+    /// The store of an initial voter of a new cluster: `voters` as the conf state and the
+    /// [`bootstrap_log`] naming them.
     pub fn new_with_conf_state(voters: &[u64]) -> Self {
         let mut store = Self::new();
         store.conf_state.voters = voters.to_vec();
+        if !voters.is_empty() {
+            (store.entries, store.hard_state) = bootstrap_log(voters);
+        }
         store
     }
 
@@ -275,11 +316,28 @@ mod tests {
     }
 
     #[test]
-    fn bootstrap_voters_are_the_initial_conf_state() {
+    fn bootstrap_voters_are_the_initial_conf_state_and_in_the_log() {
         let store = MemStorage::new_with_conf_state(&[1, 2, 3]);
         let state = raft::Storage::initial_state(&store).unwrap();
         assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
         assert!(state.initialized(), "a store with voters is initialized");
-        assert_eq!(state.hard_state.term, 0);
+        assert_eq!(state.hard_state.term, BOOTSTRAP_TERM);
+        assert_eq!(state.hard_state.commit, 3, "the bootstrap entries are committed");
+        let entries = raft::Storage::entries(&store, 1, 4, None, GetEntriesContext::empty(false)).unwrap();
+        let added: Vec<u64> = entries
+            .iter()
+            .map(|e| {
+                assert_eq!((e.get_entry_type(), e.term), (EntryType::EntryConfChange, BOOTSTRAP_TERM));
+                let cc = ConfChange::parse_from_bytes(&e.data).unwrap();
+                assert_eq!(cc.change_type, ConfChangeType::AddNode);
+                cc.node_id
+            })
+            .collect();
+        assert_eq!(added, vec![1, 2, 3], "a node replaying the log from 1 learns the first voters");
+        assert_eq!(
+            MemStorage::new_with_conf_state(&[1, 2, 3]).entries,
+            store.entries,
+            "identical on every voter"
+        );
     }
 }
