@@ -13,6 +13,11 @@ use crema_server::config::{ServeArgs, ServeConfig};
 use crema_server::node::RunningNode;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived buffers
+/// on many threads, where glibc's arenas cost ~10% of a busy node's time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// crema: a strongly consistent distributed cache that speaks the Redis protocol.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]

@@ -129,7 +129,10 @@ fn set(
     condition: SetCondition,
     return_old: bool,
 ) -> ApplyOutput {
-    let current = storage.entry_at(key, t);
+    // A plain SET (no condition, no GET, a new expiry or none) does not depend on the entry it
+    // replaces: skip the lookup.
+    let needs_current = condition != SetCondition::Always || return_old || expiry == ExpiryUpdate::Keep;
+    let current = if needs_current { storage.entry_at(key, t) } else { None };
     let allowed = match condition {
         SetCondition::Always => true,
         SetCondition::IfAbsent => current.is_none(),

@@ -717,6 +717,9 @@ impl<S: LogStore> Group<S> {
     fn persist(&mut self) -> bool {
         let shard = self.shared.shard;
         let mut failing_since: Option<Instant> = None;
+        if !self.raw.store().has_unflushed() {
+            return true;
+        }
         loop {
             let store = self.raw.mut_store();
             match blocking(|| store.flush()) {

@@ -325,6 +325,10 @@ impl LogStore for RocksDbStorage {
         self.mirror.set_snapshot_source(source);
     }
 
+    fn has_unflushed(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     fn flush(&mut self) -> raft::Result<()> {
         if self.pending.is_empty() {
             return Ok(());

@@ -94,6 +94,12 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn flush(&mut self) -> raft::Result<()> {
         Ok(())
     }
+    /// True when [`Self::flush`] has changes to write (and may block on the disk). The group
+    /// loop moves off its runtime worker only then: handing a worker over costs a thread
+    /// wake-up, which memory storage would pay on every Ready for nothing.
+    fn has_unflushed(&self) -> bool {
+        false
+    }
 }
 
 /// In-memory Raft storage. Nothing survives a restart.
