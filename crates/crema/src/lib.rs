@@ -43,6 +43,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "bench-internals")]
+pub mod bench_support;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
@@ -52,6 +54,7 @@ pub mod error;
 pub mod faults;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod multiraft;
 pub(crate) mod transport;
 pub mod types;
 
@@ -66,6 +69,7 @@ pub use consensus::state_machine::CacheStateMachine;
 pub use consensus::storage::MemStorage;
 pub use consensus::{ApplyError, ApplyOutput, GroupStatus, Role};
 pub use error::{Error, Result};
+pub use multiraft::ShardRouter;
 pub use transport::TransportError;
 pub use types::{NodeId, ShardId};
 

@@ -6,7 +6,7 @@
 //! from the leader and waits until it is applied locally.
 
 mod capture;
-mod dispatch;
+pub(crate) mod dispatch;
 #[cfg(feature = "rocksdb")]
 mod recovery;
 pub mod storage;
