@@ -31,29 +31,31 @@ fn bench(c: &mut Criterion) {
     let value = Bytes::from(vec![b'v'; 100]);
     for nodes in [1usize, 3] {
         for groups in [1usize, 4, 16] {
-            // Skip the (slow) cluster start when a filter on the command line excludes this one.
-            let name = format!("group_loop/{nodes} nodes/{groups} groups");
-            if std::env::args().skip(1).filter(|a| !a.starts_with('-')).any(|f| !name.contains(f.as_str())) {
-                continue;
-            }
-            let cluster = Arc::new(rt.block_on(async {
-                let cluster = GroupBench::start(nodes, groups).await.unwrap();
-                cluster.wait_for_leaders(Duration::from_secs(30)).await.unwrap();
-                cluster
-            }));
             let router = ShardRouter::new(groups as u32).unwrap();
+            // Started on first use: criterion does not call the routine of a benchmark that a
+            // command-line filter excludes, and then no cluster is started for it.
+            let mut cluster: Option<Arc<GroupBench>> = None;
             let mut round = 0u64;
             group.bench_function(
                 BenchmarkId::new(format!("{nodes} nodes"), format!("{groups} groups")),
                 |b| {
+                    let cluster = cluster.get_or_insert_with(|| {
+                        Arc::new(rt.block_on(async {
+                            let cluster = GroupBench::start(nodes, groups).await.unwrap();
+                            cluster.wait_for_leaders(Duration::from_secs(30)).await.unwrap();
+                            cluster
+                        }))
+                    });
                     b.iter_custom(|iters| {
                         round += 1;
-                        rt.block_on(run(&cluster, router, &value, iters, round))
+                        rt.block_on(run(cluster, router, &value, iters, round))
                     })
                 },
             );
-            let cluster = Arc::into_inner(cluster).expect("writers are done");
-            rt.block_on(cluster.shutdown());
+            if let Some(cluster) = cluster {
+                let cluster = Arc::into_inner(cluster).expect("writers are done");
+                rt.block_on(cluster.shutdown());
+            }
         }
     }
     group.finish();

@@ -1,14 +1,15 @@
 //! # crema: a strongly consistent distributed cache
 //!
-//! Writes are linearizable through Raft (tikv's raft-rs); every node serves reads from a local
-//! Moka cache, and any read can be made linearizable with Raft's Read-Index.
+//! Writes are linearizable through Raft (tikv's raft-rs); every node serves reads from its local
+//! cache (a lock-free map; Moka decides evictions and time-to-idle), and any read can be made
+//! linearizable with Raft's Read-Index.
 //!
 //! ```text
-//!  put/delete ─► validate ─► leader? ─yes─► group mailbox ─► RawNode ─► Ready ─► apply ─► Moka
+//!  put/delete ─► validate ─► leader? ─yes─► group mailbox ─► RawNode ─► Ready ─► apply ─► cache
 //!                              │ no                                         │
 //!                              └─► forward to leader (peer TCP) ◄───────────┘ (replicated)
-//!  get ─────────────────────────────────────────────────────────────────────────► Moka (local)
-//!  consistent_get ─► read index (leader confirms with a quorum) ─► wait applied ─► Moka
+//!  get ─────────────────────────────────────────────────────────────────────────► cache (local)
+//!  consistent_get ─► read index (leader confirms with a quorum) ─► wait applied ─► cache
 //! ```
 //!
 //! Each Raft group is owned by one task that handles a Ready in raft-rs's order:

@@ -2,7 +2,7 @@
 //!
 //! Writes are validated, encoded and proposed to the Raft group (forwarded to the leader when
 //! this node follows); they return once this node has applied them, so a caller always reads its
-//! own writes here. `get` reads the local Moka cache; `consistent_get` first obtains a read index
+//! own writes here. `get` reads the local cache; `consistent_get` first obtains a read index
 //! from the leader and waits until it is applied locally.
 
 mod capture;

@@ -22,6 +22,13 @@
 //! between a victim's choice and its eviction's commit go over it for that long. Moka is used
 //! for the policy, not written by hand: its TinyLFU admission is what the seed promises.
 //!
+//! The entries themselves live in a lock-free hash map (papaya) unless a time-to-idle is set.
+//! Eviction is the policy's job, not the entry store's, so the store needs none of Moka's
+//! per-access bookkeeping (its read and write buffers, access-order queues and housekeeping),
+//! which took about 40% of the server's CPU on a read-heavy run and a quarter of apply's
+//! (profiled in docs/performance.md). With a time-to-idle the entries stay in a Moka cache: its
+//! access-order tracking is what expires idle entries.
+//!
 //! Time-to-idle stays a local decision (a key idle on one node may be read on another): with it,
 //! conditional commands can be decided differently on different nodes. Do not combine the two;
 //! the README's consistency section says the same.
@@ -115,6 +122,173 @@ fn weight_of(key: &[u8], value: &[u8]) -> u32 {
     (key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES).min(u32::MAX as u64) as u32
 }
 
+/// Where the entries live: see the module docs.
+enum Entries {
+    /// No time-to-idle: a lock-free map, plus the total weight when sized by memory.
+    Map { map: papaya::HashMap<Bytes, StoredValue>, weight: Option<AtomicU64> },
+    /// With a time-to-idle: Moka, whose access-order tracking expires idle entries.
+    Moka(Cache<Bytes, StoredValue>),
+}
+
+impl Entries {
+    fn new(limits: &StorageLimits) -> Self {
+        match limits.time_to_idle {
+            None => Self::Map {
+                map: papaya::HashMap::new(),
+                weight: limits.max_memory_bytes.map(|_| AtomicU64::new(0)),
+            },
+            Some(tti) => {
+                let mut builder = Cache::builder().time_to_idle(tti);
+                if limits.max_memory_bytes.is_some() {
+                    builder = builder.weigher(|k: &Bytes, v: &StoredValue| weight_of(k, &v.value));
+                }
+                Self::Moka(builder.build())
+            }
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<StoredValue> {
+        match self {
+            Self::Map { map, .. } => map.pin().get(key).cloned(),
+            Self::Moka(cache) => cache.get(key),
+        }
+    }
+
+    fn contains_key(&self, key: &[u8]) -> bool {
+        match self {
+            Self::Map { map, .. } => map.pin().contains_key(key),
+            Self::Moka(cache) => cache.contains_key(key),
+        }
+    }
+
+    fn insert(&self, key: Bytes, value: StoredValue) {
+        match self {
+            Self::Map { map, weight: None } => {
+                map.pin().insert(key, value);
+            }
+            Self::Map { map, weight: Some(total) } => {
+                let added = u64::from(weight_of(&key, &value.value));
+                let guard = map.guard();
+                let old =
+                    map.insert(key.clone(), value, &guard).map(|old| u64::from(weight_of(&key, &old.value)));
+                total.fetch_add(added, Ordering::Relaxed);
+                if let Some(old) = old {
+                    total.fetch_sub(old, Ordering::Relaxed);
+                }
+            }
+            Self::Moka(cache) => cache.insert(key, value),
+        }
+    }
+
+    fn remove(&self, key: &[u8]) -> Option<StoredValue> {
+        match self {
+            Self::Map { map, weight } => {
+                let guard = map.guard();
+                let old = map.remove(key, &guard)?;
+                if let Some(total) = weight {
+                    total.fetch_sub(u64::from(weight_of(key, &old.value)), Ordering::Relaxed);
+                }
+                Some(old.clone())
+            }
+            Self::Moka(cache) => cache.remove(key),
+        }
+    }
+
+    /// Removes `key` if its entry is (still) not live at `at_ms`: the check and the removal
+    /// are one step, so a value written meanwhile is kept. True when it removed one.
+    fn remove_if_expired(&self, key: &Bytes, at_ms: u64) -> bool {
+        match self {
+            Self::Map { map, weight } => {
+                let guard = map.guard();
+                match map.remove_if(key.as_ref(), |_, v| !v.is_live_at(at_ms), &guard) {
+                    Ok(Some((_, old))) => {
+                        if let Some(total) = weight {
+                            total.fetch_sub(u64::from(weight_of(key, &old.value)), Ordering::Relaxed);
+                        }
+                        true
+                    }
+                    Ok(None) | Err(_) => false,
+                }
+            }
+            Self::Moka(cache) => {
+                let result = cache.entry_by_ref(key).and_compute_with(|entry| match entry {
+                    Some(e) if !e.value().is_live_at(at_ms) => Op::Remove,
+                    _ => Op::Nop,
+                });
+                matches!(result, moka::ops::compute::CompResult::Removed(_))
+            }
+        }
+    }
+
+    /// Calls `f` with every entry, in no particular order, until it answers false.
+    fn for_each(&self, mut f: impl FnMut(&Bytes, &StoredValue) -> bool) {
+        match self {
+            Self::Map { map, .. } => {
+                for (key, value) in map.pin().iter() {
+                    if !f(key, value) {
+                        break;
+                    }
+                }
+            }
+            Self::Moka(cache) => {
+                for (key, value) in cache.iter() {
+                    if !f(&key, &value) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every entry for which `keep` holds, copied out.
+    fn collect(&self, mut keep: impl FnMut(&StoredValue) -> bool) -> Vec<(Bytes, StoredValue)> {
+        let mut out = Vec::new();
+        self.for_each(|k, v| {
+            if keep(v) {
+                out.push((k.clone(), v.clone()));
+            }
+            true
+        });
+        out
+    }
+
+    fn clear(&self) {
+        match self {
+            Self::Map { map, weight } => {
+                map.pin().clear();
+                if let Some(total) = weight {
+                    total.store(0, Ordering::Relaxed);
+                }
+            }
+            Self::Moka(cache) => {
+                cache.invalidate_all();
+                cache.run_pending_tasks();
+            }
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Self::Map { map, .. } => map.len() as u64,
+            Self::Moka(cache) => {
+                cache.run_pending_tasks();
+                cache.entry_count()
+            }
+        }
+    }
+
+    fn weighted_size(&self) -> u64 {
+        match self {
+            Self::Map { weight: Some(total), .. } => total.load(Ordering::Relaxed),
+            Self::Map { map, weight: None } => map.len() as u64,
+            Self::Moka(cache) => {
+                cache.run_pending_tasks();
+                cache.weighted_size()
+            }
+        }
+    }
+}
+
 /// The eviction policy of a bounded cache: keys and weights in a bounded Moka cache whose
 /// TinyLFU choices become victims for the leader to evict through the log (see the module docs).
 struct Policy {
@@ -188,7 +362,7 @@ fn sampled() -> bool {
 /// The local cache. Cloning is cheap and shares the same entries.
 #[derive(Clone)]
 pub struct CacheStorage {
-    cache: Cache<Bytes, StoredValue>,
+    cache: Arc<Entries>,
     counters: Arc<Counters>,
     capture: Arc<CaptureState>,
     /// The eviction policy, when the cache is bounded.
@@ -197,7 +371,7 @@ pub struct CacheStorage {
 
 impl std::fmt::Debug for CacheStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheStorage").field("entries", &self.cache.entry_count()).finish()
+        f.debug_struct("CacheStorage").field("entries", &self.cache.len()).finish()
     }
 }
 
@@ -205,16 +379,9 @@ impl CacheStorage {
     /// A cache bounded by `limits` (through its eviction policy: see the module docs). A
     /// `max_capacity` of `u64::MAX` with no memory bound means unbounded: no policy at all.
     pub fn new(limits: StorageLimits) -> Self {
-        let mut builder = Cache::builder();
-        if limits.max_memory_bytes.is_some() {
-            builder = builder.weigher(|k: &Bytes, v: &StoredValue| weight_of(k, &v.value));
-        }
-        if let Some(tti) = limits.time_to_idle {
-            builder = builder.time_to_idle(tti);
-        }
         let bounded = limits.max_memory_bytes.is_some() || limits.max_capacity < u64::MAX;
         Self {
-            cache: builder.build(),
+            cache: Arc::new(Entries::new(&limits)),
             counters: Arc::default(),
             capture: Arc::default(),
             policy: bounded.then(|| Arc::new(Policy::new(&limits))),
@@ -236,14 +403,15 @@ impl CacheStorage {
         if policy.active.swap(true, Ordering::AcqRel) {
             return policy.keys.entry_count();
         }
-        for (key, value) in self.cache.iter() {
-            policy.insert(&key, &value.value);
+        self.cache.for_each(|key, value| {
+            policy.insert(key, &value.value);
             // A delete applied since the walk read this key must not leave it in the policy: it
             // removes from the cache first, so checking after the insert closes the race.
-            if !self.cache.contains_key(key.as_ref()) {
+            if !self.cache.contains_key(key) {
                 policy.keys.invalidate(key.as_ref());
             }
-        }
+            true
+        });
         policy.keys.run_pending_tasks();
         policy.keys.entry_count()
     }
@@ -305,7 +473,7 @@ impl CacheStorage {
     /// instant and live at `at_ms`, or none if a `clear` aborted it. Walks the whole cache:
     /// call it off the thread that applies writes.
     pub fn finish_capture(&self, at_ms: u64) -> Option<Vec<(Bytes, StoredValue)>> {
-        let walked: Vec<(Bytes, StoredValue)> = self.cache.iter().map(|(k, v)| ((*k).clone(), v)).collect();
+        let walked = self.cache.collect(|_| true);
         let before = self.capture.finish()?;
         // Keys changed since the capture began take their recorded value (or are dropped if
         // they did not exist then); the rest are as walked.
@@ -397,26 +565,21 @@ impl CacheStorage {
         }
         let log_time = self.log_time_ms();
         let mut expiring = false;
-        let expired: Vec<Arc<Bytes>> = self
-            .cache
-            .iter()
-            .filter(|(_, v)| {
-                expiring |= v.expires_at_ms.is_some();
-                !v.is_live_at(log_time)
-            })
-            .map(|(k, _)| k)
-            .collect();
+        let mut expired = Vec::new();
+        self.cache.for_each(|key, value| {
+            expiring |= value.expires_at_ms.is_some();
+            if !value.is_live_at(log_time) {
+                expired.push(key.clone());
+            }
+            true
+        });
         if expiring {
             self.counters.may_expire.store(true, Ordering::Release);
         }
         let mut purged = 0;
         for key in expired {
             self.before_change(&key);
-            let result = self.cache.entry_by_ref(key.as_ref()).and_compute_with(|entry| match entry {
-                Some(e) if !e.value().is_live_at(log_time) => Op::Remove,
-                _ => Op::Nop,
-            });
-            if matches!(result, moka::ops::compute::CompResult::Removed(_)) {
+            if self.cache.remove_if_expired(&key, log_time) {
                 if let Some(policy) = &self.policy {
                     policy.remove(&key);
                 }
@@ -430,18 +593,13 @@ impl CacheStorage {
     /// answers false.
     pub fn for_each_live_key(&self, mut f: impl FnMut(&Bytes, &StoredValue) -> bool) {
         let now = unix_now_ms();
-        for (key, value) in self.cache.iter() {
-            if value.is_live_at(now) && !f(&key, &value) {
-                break;
-            }
-        }
+        self.cache.for_each(|key, value| !value.is_live_at(now) || f(key, value));
     }
 
     /// Removes every entry.
     pub fn clear(&self) {
         self.capture.abort();
-        self.cache.invalidate_all();
-        self.cache.run_pending_tasks();
+        self.cache.clear();
         if let Some(policy) = self.policy.as_ref().filter(|p| p.is_active()) {
             policy.keys.invalidate_all();
             policy.victims.lock().expect("victims poisoned").clear();
@@ -451,18 +609,21 @@ impl CacheStorage {
     /// Entries live on this node's clock (counts them: O(entries)).
     pub fn live_count(&self) -> u64 {
         let now = unix_now_ms();
-        self.cache.iter().filter(|(_, v)| v.is_live_at(now)).count() as u64
+        let mut live = 0;
+        self.cache.for_each(|_, v| {
+            live += u64::from(v.is_live_at(now));
+            true
+        });
+        live
     }
 
     /// Entries held (expired ones not yet reclaimed included), after Moka's pending work is done.
     pub fn entry_count(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.cache.len()
     }
 
     /// The weighted size: bytes when sized by memory, else entries.
     pub fn weighted_size(&self) -> u64 {
-        self.cache.run_pending_tasks();
         self.cache.weighted_size()
     }
 
@@ -477,7 +638,7 @@ impl CacheStorage {
 
     /// Every entry live at `now_ms` (log time for snapshots), in no particular order.
     pub fn live_entries(&self, now_ms: u64) -> Vec<(Bytes, StoredValue)> {
-        self.cache.iter().filter(|(_, v)| v.is_live_at(now_ms)).map(|(k, v)| ((*k).clone(), v)).collect()
+        self.cache.collect(|v| v.is_live_at(now_ms))
     }
 }
 
@@ -645,6 +806,48 @@ mod tests {
         let s = storage(u64::MAX);
         assert!(s.eviction_wake().is_none());
         assert_eq!(s.activate_policy(), 0);
+    }
+
+    /// Both entry stores: the map (no time-to-idle) and Moka (with one).
+    fn by_memory_both_ways() -> [CacheStorage; 2] {
+        [None, Some(Duration::from_secs(3600))].map(|time_to_idle| {
+            CacheStorage::new(StorageLimits {
+                max_capacity: u64::MAX,
+                max_memory_bytes: Some(1 << 30),
+                time_to_idle,
+            })
+        })
+    }
+
+    #[test]
+    fn the_weighted_size_follows_overwrites_removes_purges_and_clear() {
+        let w = |k: &str, v: &str| k.len() as u64 + v.len() as u64 + ENTRY_OVERHEAD_BYTES;
+        for s in by_memory_both_ways() {
+            s.insert(Bytes::from("a"), Bytes::from("12345"), None);
+            s.insert(Bytes::from("b"), Bytes::from("x"), Some(1_000));
+            assert_eq!(s.weighted_size(), w("a", "12345") + w("b", "x"));
+            s.insert(Bytes::from("a"), Bytes::from("1"), None);
+            assert_eq!(s.weighted_size(), w("a", "1") + w("b", "x"));
+            assert!(s.remove_at(b"a", 0));
+            assert_eq!(s.weighted_size(), w("b", "x"));
+            s.advance_log_time(1_000);
+            assert_eq!(s.purge_expired(), 1);
+            assert_eq!((s.weighted_size(), s.entry_count()), (0, 0));
+            s.insert(Bytes::from("c"), Bytes::from("v"), None);
+            s.clear();
+            assert_eq!((s.weighted_size(), s.entry_count()), (0, 0));
+        }
+    }
+
+    #[test]
+    fn a_purge_keeps_a_value_rewritten_without_expiry() {
+        for s in by_memory_both_ways() {
+            s.insert(Bytes::from("k"), Bytes::from("old"), Some(1_000));
+            s.advance_log_time(2_000);
+            s.insert(Bytes::from("k"), Bytes::from("new"), None);
+            assert_eq!(s.purge_expired(), 0);
+            assert_eq!(s.get(b"k"), Some(Bytes::from("new")));
+        }
     }
 
     #[test]
