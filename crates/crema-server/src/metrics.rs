@@ -191,6 +191,20 @@ impl Collector for NodeCollector {
         gauge(e, "raft_applied_index", "Highest log index applied here", raft.applied_index as i64)?;
         gauge(e, "raft_is_leader", "1 when this node leads its Raft group", cache.is_leader() as i64)?;
         counter(e, "raft_leader_changes", "Leader changes seen by this node", raft.leader_changes)?;
+        counter(
+            e,
+            "raft_proposal_batches",
+            "Batches of writes proposed together as leader (one append per follower each)",
+            raft.proposal_batches,
+        )?;
+        counter(e, "raft_proposed_entries", "Log entries proposed as leader", raft.proposed_entries)?;
+        counter(e, "raft_messages_sent", "Raft messages sent to peers", raft.messages_sent)?;
+        gauge(
+            e,
+            "raft_mailbox_requests",
+            "Requests waiting in the Raft group's mailbox",
+            raft.queued_requests as i64,
+        )?;
         if let Some(rss) = resident_memory_bytes() {
             gauge(e, "process_resident_memory_bytes", "Resident memory of this process", rss as i64)?;
         }

@@ -437,6 +437,10 @@ impl DistributedCache {
             leader_changes: shared.leader_changes(),
             snapshots_installed: shared.snapshots_installed(),
             persist_failing: shared.persist_failing(),
+            proposal_batches: shared.proposals().0,
+            proposed_entries: shared.proposals().1,
+            messages_sent: shared.messages_sent(),
+            queued_requests: self.group.queued_requests(),
         }
     }
 
@@ -579,6 +583,15 @@ pub struct RaftFigures {
     pub snapshots_installed: u64,
     /// True while the Raft log cannot be written (disk full): writes wait and time out.
     pub persist_failing: bool,
+    /// Proposal batches this node appended as leader: every write the group loop took from
+    /// its mailbox in one pass goes into one batch (one append message per follower).
+    pub proposal_batches: u64,
+    /// Log entries in those batches (writes proposed here as leader).
+    pub proposed_entries: u64,
+    /// Raft messages this node sent to its peers (appends, heartbeats, votes, responses).
+    pub messages_sent: u64,
+    /// Requests (writes, reads, admin calls) waiting in the group's mailbox right now.
+    pub queued_requests: usize,
 }
 
 /// Most keys one `Evict` command carries.

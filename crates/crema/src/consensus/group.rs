@@ -80,6 +80,12 @@ pub(crate) struct GroupShared {
     /// (a write is acknowledged only by its proposer, after applying it), so reads need no
     /// Read-Index round.
     sole_voter: AtomicBool,
+    /// Proposal batches this node appended as leader (one `MsgPropose` each).
+    proposal_batches: AtomicU64,
+    /// Entries in those batches.
+    proposed_entries: AtomicU64,
+    /// Raft messages handed to the transport (snapshot pieces not included).
+    messages_sent: AtomicU64,
 }
 
 impl GroupShared {
@@ -99,7 +105,20 @@ impl GroupShared {
             persist_failing: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             sole_voter: AtomicBool::new(false),
+            proposal_batches: AtomicU64::new(0),
+            proposed_entries: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
         }
+    }
+
+    /// Proposal batches appended as leader, and the entries in them.
+    pub fn proposals(&self) -> (u64, u64) {
+        (self.proposal_batches.load(Ordering::Relaxed), self.proposed_entries.load(Ordering::Relaxed))
+    }
+
+    /// Raft messages sent to peers.
+    pub fn messages_sent(&self) -> u64 {
+        self.messages_sent.load(Ordering::Relaxed)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -223,6 +242,11 @@ impl GroupHandle {
         self.ask(|reply| ClientMsg::ReadIndex { reply }).await
     }
 
+    /// Requests waiting in the client mailbox for the group loop to take them.
+    pub fn queued_requests(&self) -> usize {
+        self.client_tx.max_capacity() - self.client_tx.capacity()
+    }
+
     /// Waits until this node applied `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<()> {
         let mut rx = self.shared.applied.subscribe();
@@ -323,6 +347,7 @@ pub(crate) fn spawn_group<S: LogStore>(
         shared,
         transport,
         proposals: Proposals::default(),
+        gathered: Vec::new(),
         reads: ReadBatches::default(),
         client_rx,
         raft_rx,
@@ -347,6 +372,8 @@ struct Group<S: LogStore> {
     shared: Arc<GroupShared>,
     transport: Arc<Transport>,
     proposals: Proposals,
+    /// Writes taken from the mailbox this pass, proposed together at its end.
+    gathered: Vec<(Bytes, ProposalReply)>,
     reads: ReadBatches,
     client_rx: mpsc::Receiver<ClientMsg>,
     raft_rx: mpsc::Receiver<Message>,
@@ -411,6 +438,7 @@ impl<S: LogStore> Group<S> {
                 Err(_) => break,
             }
         }
+        self.propose_gathered();
         // Raft drops read requests while no leader is known; keep them gathered until one is.
         if self.raw.raft.leader_id != raft::INVALID_ID {
             if let Some(ctx) = self.reads.start_round(Instant::now()) {
@@ -452,6 +480,9 @@ impl<S: LogStore> Group<S> {
             } else {
                 self.on_client(msg);
             }
+        }
+        if !self.removed {
+            self.propose_gathered();
         }
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
         while !self.removed && self.proposals.len() > 0 && self.raw.raft.state == StateRole::Leader {
@@ -509,8 +540,12 @@ impl<S: LogStore> Group<S> {
 
     fn on_client(&mut self, msg: ClientMsg) {
         match msg {
-            ClientMsg::Propose { command, reply } => self.propose(command, reply),
-            ClientMsg::ConfChange { change, reply } => self.propose_conf_change(change, reply),
+            ClientMsg::Propose { command, reply } => self.gathered.push((command, reply)),
+            ClientMsg::ConfChange { change, reply } => {
+                // In the order they arrived: the writes taken before it go first.
+                self.propose_gathered();
+                self.propose_conf_change(change, reply);
+            }
             ClientMsg::ReadIndex { reply } => self.reads.push(Instant::now(), reply),
             ClientMsg::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -522,14 +557,53 @@ impl<S: LogStore> Group<S> {
         Error::NotLeader { leader_hint: Some(self.raw.raft.leader_id).filter(|id| *id != 0) }
     }
 
-    fn propose(&mut self, command: Bytes, reply: ProposalReply) {
-        if self.raw.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(self.not_leader()));
+    /// Proposes every write gathered this pass as one `MsgPropose` carrying all their entries.
+    /// raft-rs then appends them together and sends each follower one append for the lot,
+    /// where proposing them one by one sent one append (and drew one response) per write.
+    fn propose_gathered(&mut self) {
+        if self.gathered.is_empty() {
             return;
         }
+        let gathered = std::mem::take(&mut self.gathered);
+        if self.raw.raft.state != StateRole::Leader {
+            let err = self.not_leader();
+            for (_, reply) in gathered {
+                let _ = reply.send(Err(Error::NotLeader { leader_hint: err.leader_hint() }));
+            }
+            return;
+        }
+        let count = gathered.len() as u64;
+        let mut replies = Vec::with_capacity(gathered.len());
+        let mut entries = Vec::with_capacity(gathered.len());
+        for (command, reply) in gathered {
+            entries.push(Entry { data: command.to_vec().into(), ..Default::default() });
+            replies.push(reply);
+        }
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgPropose);
+        msg.from = self.raw.raft.id;
+        msg.set_entries(entries.into());
         let before = self.raw.raft.raft_log.last_index();
-        let result = self.raw.propose(Vec::new(), command.to_vec());
-        self.track(before, result, reply);
+        let result = self.raw.raft.step(msg);
+        let (last, term) = (self.raw.raft.raft_log.last_index(), self.raw.raft.term);
+        match result {
+            // Appended in order at before + 1 ..= before + count.
+            Ok(()) if last == before + count => {
+                self.shared.proposal_batches.fetch_add(1, Ordering::Relaxed);
+                self.shared.proposed_entries.fetch_add(count, Ordering::Relaxed);
+                for (index, reply) in (before + 1..).zip(replies) {
+                    self.proposals.push(index, term, reply);
+                }
+            }
+            // Nothing was appended (a leadership transfer, or no progress for this node).
+            result => {
+                debug_assert_eq!(last, before, "a proposal was partly appended");
+                let mut first = result.err().filter(|e| *e != raft::Error::ProposalDropped).map(Error::Raft);
+                for reply in replies {
+                    let _ = reply.send(Err(first.take().unwrap_or(Error::ProposalDropped)));
+                }
+            }
+        }
     }
 
     fn propose_conf_change(&mut self, change: ConfChange, reply: ProposalReply) {
@@ -640,6 +714,7 @@ impl<S: LogStore> Group<S> {
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
+        self.shared.messages_sent.fetch_add(msgs.len() as u64, Ordering::Relaxed);
         for msg in msgs {
             let to = msg.to;
             let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
