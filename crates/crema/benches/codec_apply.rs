@@ -49,6 +49,21 @@ fn bench(c: &mut Criterion) {
             sm.apply(index, &commands[(index % KEYS) as usize])
         })
     });
+    // On the leader of a bounded cache every applied write also goes to the eviction policy.
+    let leader_storage = CacheStorage::new(StorageLimits {
+        max_capacity: KEYS * 2,
+        max_memory_bytes: None,
+        time_to_idle: None,
+    });
+    leader_storage.activate_policy();
+    let mut leader = CacheStateMachine::new(leader_storage);
+    let mut leader_index = 0u64;
+    c.bench_function("apply put on the leader (policy on, 100,000 keys, overwriting)", |b| {
+        b.iter(|| {
+            leader_index += 1;
+            leader.apply(leader_index, &commands[(leader_index % KEYS) as usize])
+        })
+    });
     c.bench_function("decode + apply put", |b| {
         let bytes: Vec<Vec<u8>> = commands.iter().take(1024).map(StampedCommand::encode).collect();
         b.iter(|| {

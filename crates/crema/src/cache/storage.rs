@@ -119,7 +119,22 @@ struct Counters {
 }
 
 fn weight_of(key: &[u8], value: &[u8]) -> u32 {
-    (key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES).min(u32::MAX as u64) as u32
+    weight_of_lens(key.len(), value.len())
+}
+
+fn weight_of_lens(key_bytes: usize, value_bytes: usize) -> u32 {
+    (key_bytes as u64 + value_bytes as u64 + ENTRY_OVERHEAD_BYTES).min(u32::MAX as u64) as u32
+}
+
+/// What an insert into the entries replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replaced {
+    /// A new key.
+    Nothing,
+    /// An entry of this weight (`weight_of` its key and value).
+    Entry { weight: u32 },
+    /// Not known (Moka's insert does not tell).
+    Unknown,
 }
 
 /// Where the entries live: see the module docs.
@@ -161,22 +176,33 @@ impl Entries {
         }
     }
 
-    fn insert(&self, key: Bytes, value: StoredValue) {
+    /// Inserts `value`; answers what it replaced (for the eviction policy).
+    fn insert(&self, key: Bytes, value: StoredValue) -> Replaced {
         match self {
             Self::Map { map, weight: None } => {
-                map.pin().insert(key, value);
+                let key_bytes = key.len();
+                match map.pin().insert(key, value) {
+                    Some(old) => Replaced::Entry { weight: weight_of_lens(key_bytes, old.value.len()) },
+                    None => Replaced::Nothing,
+                }
             }
             Self::Map { map, weight: Some(total) } => {
                 let added = u64::from(weight_of(&key, &value.value));
                 let guard = map.guard();
-                let old =
-                    map.insert(key.clone(), value, &guard).map(|old| u64::from(weight_of(&key, &old.value)));
+                let old = map.insert(key.clone(), value, &guard).map(|old| weight_of(&key, &old.value));
                 total.fetch_add(added, Ordering::Relaxed);
-                if let Some(old) = old {
-                    total.fetch_sub(old, Ordering::Relaxed);
+                match old {
+                    Some(old) => {
+                        total.fetch_sub(u64::from(old), Ordering::Relaxed);
+                        Replaced::Entry { weight: old }
+                    }
+                    None => Replaced::Nothing,
                 }
             }
-            Self::Moka(cache) => cache.insert(key, value),
+            Self::Moka(cache) => {
+                cache.insert(key, value);
+                Replaced::Unknown
+            }
         }
     }
 
@@ -325,16 +351,33 @@ impl Policy {
         self.active.load(Ordering::Acquire)
     }
 
-    fn insert(&self, key: &Bytes, value: &[u8]) {
-        if self.is_active() {
-            let weight = if self.by_memory { weight_of(key, value) } else { 1 };
-            // An overwrite of the same weight is an access to the policy, not a new entry: a
-            // read records it for TinyLFU at a fraction of an insert's cost (profiled in
-            // docs/performance.md). `contains_key` first, because a read that misses would
-            // count towards a new key's frequency as well.
-            let same = self.keys.contains_key(key) && self.keys.get(key) == Some(weight);
-            if !same {
-                self.keys.insert(key.clone(), weight);
+    /// Records a write of `key` (of `bytes`, as `weight_of` counts them) that replaced
+    /// `replaced` in the entries.
+    fn insert(&self, key: &Bytes, bytes: u32, replaced: Replaced) {
+        if !self.is_active() {
+            return;
+        }
+        let weight = if self.by_memory { bytes } else { 1 };
+        let old_weight = |bytes: u32| if self.by_memory { bytes } else { 1 };
+        match replaced {
+            // An overwrite of the same weight is an access to the policy, not a new entry: it
+            // is recorded like a local hit, one in POLICY_READ_SAMPLE, by a read (an insert
+            // costs far more; both were most of apply's time under a write load, profiled in
+            // docs/performance.md). A key the policy lost meanwhile (a victim being evicted)
+            // is put back when the read misses.
+            Replaced::Entry { weight: old } if old_weight(old) == weight => {
+                if sampled() && self.keys.get(key).is_none() {
+                    self.keys.insert(key.clone(), weight);
+                }
+            }
+            Replaced::Entry { .. } | Replaced::Nothing => self.keys.insert(key.clone(), weight),
+            // `contains_key` first, because a read that misses would count towards a new
+            // key's frequency as well.
+            Replaced::Unknown => {
+                let same = self.keys.contains_key(key) && self.keys.get(key) == Some(weight);
+                if !same {
+                    self.keys.insert(key.clone(), weight);
+                }
             }
         }
     }
@@ -404,7 +447,7 @@ impl CacheStorage {
             return policy.keys.entry_count();
         }
         self.cache.for_each(|key, value| {
-            policy.insert(key, &value.value);
+            policy.insert(key, weight_of(key, &value.value), Replaced::Nothing);
             // A delete applied since the walk read this key must not leave it in the policy: it
             // removes from the cache first, so checking after the insert closes the race.
             if !self.cache.contains_key(key) {
@@ -517,13 +560,15 @@ impl CacheStorage {
     /// Inserts or replaces `key`.
     pub fn insert(&self, key: Bytes, value: Bytes, expires_at_ms: Option<u64>) {
         self.before_change(&key);
-        if let Some(policy) = &self.policy {
-            policy.insert(&key, &value);
-        }
         if expires_at_ms.is_some() {
             self.counters.may_expire.store(true, Ordering::Release);
         }
-        self.cache.insert(key, StoredValue { value, expires_at_ms });
+        let policy = self.policy.as_ref().filter(|p| p.is_active());
+        let for_policy = policy.map(|_| (key.clone(), weight_of(&key, &value)));
+        let replaced = self.cache.insert(key, StoredValue { value, expires_at_ms });
+        if let (Some(policy), Some((key, bytes))) = (policy, for_policy) {
+            policy.insert(&key, bytes, replaced);
+        }
     }
 
     /// Removes `key`; true when a live entry was there.
@@ -770,6 +815,57 @@ mod tests {
         evict_victims(&s);
         assert!(s.weighted_size() <= 10_000, "{} bytes", s.weighted_size());
         assert!(s.entry_count() <= 10);
+    }
+
+    #[test]
+    fn an_overwrite_that_grows_a_value_counts_its_new_weight() {
+        let s = CacheStorage::new(StorageLimits {
+            max_capacity: u64::MAX,
+            max_memory_bytes: Some(10_000),
+            time_to_idle: None,
+        });
+        s.activate_policy();
+        for i in 0..50u32 {
+            s.insert(Bytes::from(i.to_be_bytes().to_vec()), Bytes::from(vec![0u8; 10]), None);
+        }
+        assert_eq!(evict_victims(&s), 0, "50 small entries fit");
+        for i in 0..50u32 {
+            s.insert(Bytes::from(i.to_be_bytes().to_vec()), Bytes::from(vec![0u8; 1000]), None);
+        }
+        evict_victims(&s);
+        assert!(s.weighted_size() <= 10_000, "{} bytes after the values grew", s.weighted_size());
+    }
+
+    #[test]
+    fn keys_overwritten_often_survive_new_keys_read_a_few_times() {
+        let s = storage(100);
+        s.activate_policy();
+        for i in 0..100u32 {
+            s.insert(Bytes::from(format!("old{i}")), Bytes::from("v"), None);
+        }
+        // 400 new keys come, each read a few times (more than the other old keys ever were),
+        // while the first ten old keys are overwritten all the while with values of the same
+        // size: those overwrites, not reads, are what keeps them.
+        for i in 0..400u32 {
+            for round in 0..4u32 {
+                for hot in 0..10u32 {
+                    s.insert(Bytes::from(format!("old{hot}")), Bytes::from(format!("{round}")), None);
+                }
+            }
+            let key = format!("new{i}");
+            s.insert(Bytes::from(key.clone()), Bytes::from("v"), None);
+            for _ in 0..4 * POLICY_READ_SAMPLE {
+                s.get(key.as_bytes());
+            }
+            if i % 50 == 0 {
+                evict_victims(&s);
+            }
+        }
+        evict_victims(&s);
+        assert!(s.entry_count() <= 100, "{} entries", s.entry_count());
+        for i in 0..10u32 {
+            assert!(s.contains(format!("old{i}").as_bytes()), "often written key old{i} was evicted");
+        }
     }
 
     #[test]
