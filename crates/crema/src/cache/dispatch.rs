@@ -17,10 +17,11 @@ use tracing::{debug, info, warn};
 use crate::consensus::command::{CommandLimits, StampedCommand};
 use crate::consensus::group::GroupHandle;
 use crate::consensus::storage::BOOTSTRAP_TERM;
-use crate::transport::envelope::{Envelope, WireError};
-use crate::transport::forward::{Forwarder, SeenRequests};
+use crate::error::Error;
+use crate::transport::envelope::Envelope;
+use crate::transport::forward::{ForwardTicket, Forwarder, SeenRequests};
 use crate::transport::snapshot_assembly::{Piece, SnapshotAssembler};
-use crate::transport::{Inbound, Transport};
+use crate::transport::{Inbound, Transport, TransportError};
 use crate::types::{NodeId, ShardId};
 
 /// Routes inbound envelopes to groups and the forwarder.
@@ -70,19 +71,14 @@ impl Dispatcher {
             return;
         }
         let checked = StampedCommand::decode(&command).and_then(|c| c.command.validate(&self.limits));
-        let group = self.group(shard).cloned();
-        let transport = transport.clone();
-        self.tasks.spawn(async move {
-            let result = match (checked, group) {
-                (Err(e), _) => Err(WireError::Invalid(e)),
-                (Ok(()), None) => Err(WireError::Other(format!("no shard {shard} on this node"))),
-                (Ok(()), Some(group)) => group.propose(command).await.map_err(|e| WireError::from(&e)),
-            };
-            let reply = Envelope::ForwardReply { request_id, result }.to_frame();
-            if let Err(e) = transport.send(from, reply) {
-                warn!(to = from, error = %e, "forward reply dropped");
-            }
-        });
+        let ticket = ForwardTicket { transport: transport.clone(), to: from, request_id };
+        match (checked, self.group(shard)) {
+            (Err(e), _) => ticket.answer(Err(e.into())),
+            (Ok(()), None) => ticket.answer(Err(Error::Transport(TransportError::Remote(format!(
+                "no shard {shard} on this node"
+            ))))),
+            (Ok(()), Some(group)) => group.propose_forwarded(command, ticket, &self.tasks),
+        }
     }
 }
 

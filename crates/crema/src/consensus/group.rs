@@ -28,6 +28,7 @@ use raft::eraftpb::{
 use raft::{RawNode, ReadOnlyOption, StateRole};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::command::StampedCommand;
@@ -40,6 +41,7 @@ use crate::checkpoint::CheckpointManager;
 use crate::config::{RaftConfig, MAX_FRAME_BYTES};
 use crate::error::{Error, Result};
 use crate::transport::envelope::Envelope;
+use crate::transport::forward::ForwardTicket;
 use crate::transport::Transport;
 use crate::types::{NodeId, ShardId};
 
@@ -214,27 +216,66 @@ impl GroupHandle {
         self.faults.as_ref().is_some_and(|f| f.planted(mutant))
     }
 
-    /// Proposes an encoded command; answers once this node applied it.
-    ///
-    /// Refused at once while the group cannot persist its log (disk full): nothing is proposed.
-    pub async fn propose(&self, command: Bytes) -> Result<Applied> {
+    /// Refuses writes while the group cannot persist its log (disk full): nothing is proposed.
+    fn check_persisting(&self) -> Result<()> {
         if self.shared.persist_failing() {
             return Err(Error::Storage(
                 "writes are refused: this node cannot persist its raft log (disk full or failing; see its log)".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Proposes an encoded command; answers once this node applied it.
+    ///
+    /// Refused at once while the group cannot persist its log (disk full): nothing is proposed.
+    pub async fn propose(&self, command: Bytes) -> Result<Applied> {
+        self.check_persisting()?;
         #[cfg(feature = "fault-injection")]
         if self.planted(crate::faults::Mutant::AckBeforeCommit) && self.shared.is_leader() {
             let group = self.clone();
-            tokio::spawn(async move { group.ask(|reply| ClientMsg::Propose { command, reply }).await });
+            tokio::spawn(async move {
+                group.ask(|reply| ClientMsg::Propose { command, reply: ProposalReply::Local(reply) }).await
+            });
             return Ok(Applied { index: 0, output: ApplyOutput::Done });
         }
-        self.ask(|reply| ClientMsg::Propose { command, reply }).await
+        self.ask(|reply| ClientMsg::Propose { command, reply: ProposalReply::Local(reply) }).await
+    }
+
+    /// Proposes a command a follower forwarded; the group loop answers `ticket` once the entry
+    /// is applied. Queues at once when the mailbox has room; when it is full, a task on
+    /// `tasks` waits for room (the same backpressure as a local write).
+    pub fn propose_forwarded(&self, command: Bytes, ticket: ForwardTicket, tasks: &TaskTracker) {
+        if let Err(e) = self.check_persisting() {
+            return ticket.answer(Err(e));
+        }
+        #[cfg(feature = "fault-injection")]
+        if self.planted(crate::faults::Mutant::AckBeforeCommit) && self.shared.is_leader() {
+            ticket.answer(Ok(Applied { index: 0, output: ApplyOutput::Done }));
+            let group = self.clone();
+            tasks.spawn(async move {
+                group.ask(|reply| ClientMsg::Propose { command, reply: ProposalReply::Local(reply) }).await
+            });
+            return;
+        }
+        let msg = ClientMsg::Propose { command, reply: ProposalReply::Forwarded(ticket) };
+        match self.client_tx.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let tx = self.client_tx.clone();
+                tasks.spawn(async move {
+                    if let Err(mpsc::error::SendError(msg)) = tx.send(msg).await {
+                        answer_shutdown(msg);
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(msg)) => answer_shutdown(msg),
+        }
     }
 
     /// Proposes a membership change; answers once applied.
     pub async fn conf_change(&self, change: ConfChange) -> Result<Applied> {
-        self.ask(|reply| ClientMsg::ConfChange { change, reply }).await
+        self.ask(|reply| ClientMsg::ConfChange { change, reply: ProposalReply::Local(reply) }).await
     }
 
     /// A read index that is safe for a linearizable read once applied locally.
@@ -265,6 +306,19 @@ impl GroupHandle {
         if self.raft_tx.try_send(msg).is_err() {
             debug!(shard = self.shared.shard, "raft mailbox full or closed; message dropped");
         }
+    }
+}
+
+/// Answers a request the group never took: the node is stopping.
+fn answer_shutdown(msg: ClientMsg) {
+    match msg {
+        ClientMsg::Propose { reply, .. } | ClientMsg::ConfChange { reply, .. } => {
+            reply.send(Err(Error::Shutdown))
+        }
+        ClientMsg::ReadIndex { reply } => {
+            let _ = reply.send(Err(Error::Shutdown));
+        }
+        ClientMsg::Status { .. } => {}
     }
 }
 
@@ -468,7 +522,7 @@ impl<S: LogStore> Group<S> {
                 // No Raft calls on a removed node: answer without proposing anything.
                 match msg {
                     ClientMsg::Propose { reply, .. } | ClientMsg::ConfChange { reply, .. } => {
-                        let _ = reply.send(Err(Error::Shutdown));
+                        reply.send(Err(Error::Shutdown));
                     }
                     ClientMsg::ReadIndex { reply } => {
                         let _ = reply.send(Err(Error::Shutdown));
@@ -568,7 +622,7 @@ impl<S: LogStore> Group<S> {
         if self.raw.raft.state != StateRole::Leader {
             let err = self.not_leader();
             for (_, reply) in gathered {
-                let _ = reply.send(Err(Error::NotLeader { leader_hint: err.leader_hint() }));
+                reply.send(Err(Error::NotLeader { leader_hint: err.leader_hint() }));
             }
             return;
         }
@@ -600,7 +654,7 @@ impl<S: LogStore> Group<S> {
                 debug_assert_eq!(last, before, "a proposal was partly appended");
                 let mut first = result.err().filter(|e| *e != raft::Error::ProposalDropped).map(Error::Raft);
                 for reply in replies {
-                    let _ = reply.send(Err(first.take().unwrap_or(Error::ProposalDropped)));
+                    reply.send(Err(first.take().unwrap_or(Error::ProposalDropped)));
                 }
             }
         }
@@ -608,7 +662,7 @@ impl<S: LogStore> Group<S> {
 
     fn propose_conf_change(&mut self, change: ConfChange, reply: ProposalReply) {
         if self.raw.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(self.not_leader()));
+            reply.send(Err(self.not_leader()));
             return;
         }
         let before = self.raw.raft.raft_log.last_index();
@@ -621,10 +675,10 @@ impl<S: LogStore> Group<S> {
         match result {
             Ok(()) if index > before => self.proposals.push(index, self.raw.raft.term, reply),
             Ok(()) | Err(raft::Error::ProposalDropped) => {
-                let _ = reply.send(Err(Error::ProposalDropped));
+                reply.send(Err(Error::ProposalDropped));
             }
             Err(e) => {
-                let _ = reply.send(Err(Error::Raft(e)));
+                reply.send(Err(Error::Raft(e)));
             }
         }
     }
@@ -876,7 +930,7 @@ impl<S: LogStore> Group<S> {
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(&entry),
             };
             if let Some(reply) = self.proposals.settle(index, term) {
-                let _ = reply.send(result.map(|output| Applied { index, output }));
+                reply.send(result.map(|output| Applied { index, output }));
             }
         }
         let applied = self.sm.applied_index();

@@ -1,5 +1,7 @@
 //! Bookkeeping of the group loop's outstanding requests: proposals awaiting their entry's apply,
-//! and linearizable reads batched into read-index rounds. Pure code, no I/O or Raft calls.
+//! and linearizable reads batched into read-index rounds. No Raft calls and no waiting: an
+//! answer goes into a oneshot channel, or, for a write a follower forwarded, onto that
+//! follower's peer queue (`ForwardTicket`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -8,9 +10,28 @@ use tokio::sync::oneshot;
 
 use crate::consensus::Applied;
 use crate::error::{Error, Result};
+use crate::transport::forward::ForwardTicket;
 
 /// Where a proposal's answer goes.
-pub(crate) type ProposalReply = oneshot::Sender<Result<Applied>>;
+pub(crate) enum ProposalReply {
+    /// A caller on this node waits for it.
+    Local(oneshot::Sender<Result<Applied>>),
+    /// A follower forwarded the write: the answer goes straight back to it from the group loop,
+    /// with no task on this node waiting for it.
+    Forwarded(ForwardTicket),
+}
+
+impl ProposalReply {
+    /// Delivers the answer (a caller that stopped waiting is not an error).
+    pub fn send(self, result: Result<Applied>) {
+        match self {
+            Self::Local(tx) => {
+                let _ = tx.send(result);
+            }
+            Self::Forwarded(ticket) => ticket.answer(result),
+        }
+    }
+}
 /// Where a read's read index goes.
 pub(crate) type ReadReply = oneshot::Sender<Result<u64>>;
 
@@ -47,7 +68,7 @@ impl Proposals {
             if p.index == index && p.term == term {
                 matched = Some(p.reply);
             } else {
-                let _ = p.reply.send(Err(Error::ProposalDropped));
+                p.reply.send(Err(Error::ProposalDropped));
             }
         }
         matched
@@ -56,7 +77,7 @@ impl Proposals {
     /// Answers every proposal with an error made by `err` (shutdown).
     pub fn fail_all(&mut self, err: impl Fn() -> Error) {
         for p in self.queue.drain(..) {
-            let _ = p.reply.send(Err(err()));
+            p.reply.send(Err(err()));
         }
     }
 
@@ -176,7 +197,7 @@ mod tests {
 
     fn proposal(p: &mut Proposals, index: u64, term: u64) -> oneshot::Receiver<Result<Applied>> {
         let (tx, rx) = oneshot::channel();
-        p.push(index, term, tx);
+        p.push(index, term, ProposalReply::Local(tx));
         rx
     }
 
@@ -197,7 +218,7 @@ mod tests {
         let _r5 = proposal(&mut p, 5, 2);
         let mut r6 = proposal(&mut p, 6, 2);
         let reply = p.settle(5, 2).expect("5 is this entry");
-        reply.send(Ok(Applied { index: 5, output: ApplyOutput::Done })).unwrap();
+        reply.send(Ok(Applied { index: 5, output: ApplyOutput::Done }));
         assert_eq!(p.len(), 1);
         assert!(r6.try_recv().is_err(), "6 not answered yet");
     }

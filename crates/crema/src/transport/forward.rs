@@ -12,11 +12,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
+use tracing::warn;
 
 use super::envelope::{Envelope, WireError};
 use super::Transport;
@@ -71,6 +72,27 @@ impl SeenRequests {
             self.seen = self.seen.split_off(&(self.newest - SEEN_WINDOW + 1));
         }
         true
+    }
+}
+
+/// The leader's side of one forwarded write: where its answer goes. The group loop answers it
+/// itself once the entry is applied (or dropped), so no task waits per forwarded write.
+pub(crate) struct ForwardTicket {
+    pub transport: Arc<Transport>,
+    /// The follower that forwarded the write.
+    pub to: NodeId,
+    pub request_id: u64,
+}
+
+impl ForwardTicket {
+    /// Sends `result` back to the follower (a full or lost link drops it: the follower times
+    /// out, outcome unknown).
+    pub fn answer(self, result: Result<Applied>) {
+        let result = result.map_err(|e| WireError::from(&e));
+        let frame = Envelope::ForwardReply { request_id: self.request_id, result }.to_frame();
+        if let Err(e) = self.transport.send(self.to, frame) {
+            warn!(to = self.to, error = %e, "forward reply dropped");
+        }
     }
 }
 
