@@ -125,6 +125,22 @@ impl Target {
         }
     }
 
+    /// For in-process nodes: what happened in the cluster during the run (leader changes and
+    /// snapshots installed, summed over the nodes), which explains latency outliers.
+    pub fn events(&self) -> Option<String> {
+        let Target::Embedded { nodes, .. } = self else { return None };
+        let figures: Vec<_> = nodes.iter().map(|n| n.raft_figures()).collect();
+        let changes: u64 = figures.iter().map(|f| f.leader_changes).sum();
+        let snapshots: u64 = figures.iter().map(|f| f.snapshots_installed).sum();
+        let batches: u64 = figures.iter().map(|f| f.proposal_batches).sum();
+        let entries: u64 = figures.iter().map(|f| f.proposed_entries).sum();
+        let per_batch = if batches == 0 { 0.0 } else { entries as f64 / batches as f64 };
+        Some(format!(
+            "cluster: {changes} leader changes seen, {snapshots} snapshots installed, \
+             {entries} entries proposed in {batches} batches ({per_batch:.1} per batch)"
+        ))
+    }
+
     /// Stops in-process nodes.
     pub async fn shutdown(&self) {
         if let Target::Embedded { nodes, .. } = self {

@@ -13,10 +13,11 @@ use crema_server::config::{ServeArgs, ServeConfig};
 use crema_server::node::RunningNode;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived buffers
-/// on many threads, where glibc's arenas cost ~10% of a busy node's time.
+/// jemalloc instead of glibc's malloc: the request path allocates small, short-lived buffers
+/// on many threads, where glibc's arenas cost ~10% of a busy node's time. (mimalloc was as fast
+/// but stalled for 20-170 ms now and then, which showed at p99.9: docs/performance.md.)
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// crema: a strongly consistent distributed cache that speaks the Redis protocol.
 #[derive(Debug, Parser)]
