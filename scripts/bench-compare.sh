@@ -145,6 +145,20 @@ start_etcd() { # extra flag or ""
   return 1
 }
 
+# The RESP address of a crema node that leads (role master) or follows (role slave), as
+# INFO replication says.
+crema_node() { # master|slave
+  local a
+  for _ in $(seq 1 100); do
+    for a in $ADDRS; do
+      if redis_cli "$a" INFO replication 2>/dev/null | grep -q "^role:$1"; then echo "$a"; return 0; fi
+    done
+    sleep 0.1
+  done
+  echo "no crema node with role $1" >&2
+  return 1
+}
+
 redis_cli() { # addr args...
   local addr="$1"; shift
   if command -v redis-cli >/dev/null; then redis-cli -h "${addr%:*}" -p "${addr#*:}" "$@"; else return 0; fi
@@ -187,8 +201,10 @@ WORKLOADS=(
   "W4 linearizable reads, 50 clients|crema3 etcd|--clients 50 --reads 1 --preload"
   "W5 local reads, 1 node, pipeline 16|crema1 redis|--clients 50 --pipeline 16 --reads 1 --preload"
   "W6 90% reads zipfian, 50 clients|crema3 redis etcd|--clients 50 --reads 0.9 --distribution zipfian --preload"
-  "W8 1 client SET|crema3 redis etcd|--clients 1"
-  "W8 1 client linearizable GET|crema3 redis etcd|--clients 1 --reads 1 --preload"
+  "W8 1 client SET (crema: to a follower)|crema3 redis etcd|--clients 1"
+  "W8 1 client linearizable GET (crema: to a follower)|crema3 redis etcd|--clients 1 --reads 1 --preload"
+  "W8 1 client SET, to the leader|crema3|--clients 1"
+  "W8 1 client linearizable GET, to the leader|crema3|--clients 1 --reads 1 --preload"
 )
 
 start_system() {
@@ -221,6 +237,15 @@ for entry in "${WORKLOADS[@]}"; do
     for system in $systems; do
       available "$system" || continue
       start_system "$system"
+      # W8's one client talks to one crema node: a follower (each write is forwarded, and each
+      # read asks the leader for a read index), or the leader, as a Redis client talks to its
+      # primary.
+      if [[ "$system" == crema3 ]]; then
+        case "$name" in
+          *"to the leader"*) ADDRS="$(crema_node master)" ;;
+          *"to a follower"*) ADDRS="$(crema_node slave)" ;;
+        esac
+      fi
       extra=()
       # crema1 serves W5 with local reads (READONLY on each connection).
       [ "$system" = crema1 ] && [[ "$name" == W5* ]] && extra=(--local-reads)
