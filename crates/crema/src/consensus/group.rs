@@ -233,13 +233,19 @@ impl GroupHandle {
         self.check_persisting()?;
         #[cfg(feature = "fault-injection")]
         if self.planted(crate::faults::Mutant::AckBeforeCommit) && self.shared.is_leader() {
-            let group = self.clone();
-            tokio::spawn(async move {
-                group.ask(|reply| ClientMsg::Propose { command, reply: ProposalReply::Local(reply) }).await
-            });
+            self.propose_unawaited(command);
             return Ok(Applied { index: 0, output: ApplyOutput::Done });
         }
         self.ask(|reply| ClientMsg::Propose { command, reply: ProposalReply::Local(reply) }).await
+    }
+
+    /// The planted `AckBeforeCommit` bug: proposes `command` with nobody waiting for it.
+    #[cfg(feature = "fault-injection")]
+    fn propose_unawaited(&self, command: Bytes) {
+        let group = self.clone();
+        tokio::spawn(async move {
+            group.ask(|reply| ClientMsg::Propose { command, reply: ProposalReply::Local(reply) }).await
+        });
     }
 
     /// Proposes a command a follower forwarded; the group loop answers `ticket` once the entry
@@ -252,11 +258,7 @@ impl GroupHandle {
         #[cfg(feature = "fault-injection")]
         if self.planted(crate::faults::Mutant::AckBeforeCommit) && self.shared.is_leader() {
             ticket.answer(Ok(Applied { index: 0, output: ApplyOutput::Done }));
-            let group = self.clone();
-            tasks.spawn(async move {
-                group.ask(|reply| ClientMsg::Propose { command, reply: ProposalReply::Local(reply) }).await
-            });
-            return;
+            return self.propose_unawaited(command);
         }
         let msg = ClientMsg::Propose { command, reply: ProposalReply::Forwarded(ticket) };
         match self.client_tx.try_send(msg) {
@@ -521,15 +523,10 @@ impl<S: LogStore> Group<S> {
             if self.removed {
                 // No Raft calls on a removed node: answer without proposing anything.
                 match msg {
-                    ClientMsg::Propose { reply, .. } | ClientMsg::ConfChange { reply, .. } => {
-                        reply.send(Err(Error::Shutdown));
-                    }
-                    ClientMsg::ReadIndex { reply } => {
-                        let _ = reply.send(Err(Error::Shutdown));
-                    }
                     ClientMsg::Status { reply } => {
                         let _ = reply.send(self.status());
                     }
+                    other => answer_shutdown(other),
                 }
             } else {
                 self.on_client(msg);
