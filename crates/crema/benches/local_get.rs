@@ -1,5 +1,6 @@
 //! Local `get` of an existing key through `CacheStorage` against a bare `moka::sync::Cache::get`,
-//! same keys, same values, same capacity. Run: `cargo bench --bench local_get`.
+//! same keys, same values, same capacity; and as the leader of a bounded cache, whose eviction
+//! policy local hits train (one in `POLICY_READ_SAMPLE`). Run: `cargo bench --bench local_get`.
 
 use bytes::Bytes;
 use crema::cache::storage::StorageLimits;
@@ -28,12 +29,19 @@ fn bench(c: &mut Criterion) {
         max_memory_bytes: None,
         time_to_idle: None,
     });
+    let leader = CacheStorage::new(StorageLimits {
+        max_capacity: KEYS as u64 * 2,
+        max_memory_bytes: None,
+        time_to_idle: None,
+    });
     let far = crema::cache::storage::unix_now_ms() + 3_600_000;
     for k in &keys {
         bare.insert(k.clone(), value.clone());
         ours.insert(k.clone(), value.clone(), None);
         with_ttl.insert(k.clone(), value.clone(), Some(far));
+        leader.insert(k.clone(), value.clone(), None);
     }
+    leader.activate_policy();
 
     let mut group = c.benchmark_group("local_get");
     let mut i = 0usize;
@@ -53,6 +61,12 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % KEYS;
             black_box(with_ttl.get(&keys[i][..]))
+        })
+    });
+    group.bench_function("crema_cache_storage_leader", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            black_box(leader.get(&keys[i][..]))
         })
     });
     group.finish();

@@ -33,7 +33,6 @@
 //! conditional commands can be decided differently on different nodes. Do not combine the two;
 //! the README's consistency section says the same.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,7 +49,12 @@ use super::capture::CaptureState;
 pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
 
 /// One local hit in this many is recorded in the eviction policy (on the leader).
-pub const POLICY_READ_SAMPLE: u32 = 4;
+pub const POLICY_READ_SAMPLE: u32 = 16;
+
+/// The hasher of the entry map and of the policy: foldhash (hashbrown's default) instead of
+/// std's SipHash, which is slower on short keys. Its random seed per map keeps keys chosen by a
+/// client from colliding on purpose (what foldhash calls minimal DoS resistance).
+type Hasher = foldhash::fast::RandomState;
 
 /// The current unix time in milliseconds (this node's clock).
 pub fn unix_now_ms() -> u64 {
@@ -140,7 +144,7 @@ enum Replaced {
 /// Where the entries live: see the module docs.
 enum Entries {
     /// No time-to-idle: a lock-free map, plus the total weight when sized by memory.
-    Map { map: papaya::HashMap<Bytes, StoredValue>, weight: Option<AtomicU64> },
+    Map { map: papaya::HashMap<Bytes, StoredValue, Hasher>, weight: Option<AtomicU64> },
     /// With a time-to-idle: Moka, whose access-order tracking expires idle entries.
     Moka(Cache<Bytes, StoredValue>),
 }
@@ -149,7 +153,7 @@ impl Entries {
     fn new(limits: &StorageLimits) -> Self {
         match limits.time_to_idle {
             None => Self::Map {
-                map: papaya::HashMap::new(),
+                map: papaya::HashMap::with_hasher(Hasher::default()),
                 weight: limits.max_memory_bytes.map(|_| AtomicU64::new(0)),
             },
             Some(tti) => {
@@ -318,7 +322,7 @@ impl Entries {
 /// The eviction policy of a bounded cache: keys and weights in a bounded Moka cache whose
 /// TinyLFU choices become victims for the leader to evict through the log (see the module docs).
 struct Policy {
-    keys: Cache<Bytes, u32>,
+    keys: Cache<Bytes, u32, Hasher>,
     /// Whether this node keeps the policy up to date (it leads).
     active: AtomicBool,
     victims: Arc<Mutex<Vec<Bytes>>>,
@@ -341,8 +345,8 @@ impl Policy {
             })
             .weigher(|_: &Bytes, weight: &u32| *weight);
         let (keys, by_memory) = match limits.max_memory_bytes {
-            Some(bytes) => (builder.max_capacity(bytes).build(), true),
-            None => (builder.max_capacity(limits.max_capacity).build(), false),
+            Some(bytes) => (builder.max_capacity(bytes).build_with_hasher(Hasher::default()), true),
+            None => (builder.max_capacity(limits.max_capacity).build_with_hasher(Hasher::default()), false),
         };
         Self { keys, active: AtomicBool::new(false), victims, wake, by_memory }
     }
@@ -389,17 +393,10 @@ impl Policy {
     }
 }
 
-thread_local! {
-    static READS: Cell<u32> = const { Cell::new(0) };
-}
-
-/// True for one call in [`POLICY_READ_SAMPLE`] on this thread.
+/// True for one call in [`POLICY_READ_SAMPLE`], at random: a counter would sample the same
+/// keys over and over when reads come in a fixed rotation.
 fn sampled() -> bool {
-    READS.with(|reads| {
-        let n = reads.get().wrapping_add(1);
-        reads.set(n);
-        n % POLICY_READ_SAMPLE == 0
-    })
+    rand::random::<u32>().is_multiple_of(POLICY_READ_SAMPLE)
 }
 
 /// The local cache. Cloning is cheap and shares the same entries.
@@ -876,7 +873,9 @@ mod tests {
         }
         assert_eq!(s.activate_policy(), 100, "the policy starts with every entry held");
         // The first ten keys are read often; then 400 new keys are written once each.
-        for _ in 0..20 {
+        // Each is read 20 * POLICY_READ_SAMPLE times, so that some of its reads train the
+        // policy (the chance that one of the ten is never sampled is about 1e-8).
+        for _ in 0..20 * POLICY_READ_SAMPLE {
             for i in 0..10u32 {
                 assert!(s.get(format!("old{i}").as_bytes()).is_some());
             }
