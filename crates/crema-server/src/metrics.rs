@@ -205,6 +205,12 @@ impl Collector for NodeCollector {
             "Requests waiting in the Raft group's mailbox",
             raft.queued_requests as i64,
         )?;
+        gauge(
+            e,
+            "raft_held_writes",
+            "Writes the leader holds for its next batch while its batches in flight commit",
+            raft.held_writes as i64,
+        )?;
         if let Some(rss) = resident_memory_bytes() {
             gauge(e, "process_resident_memory_bytes", "Resident memory of this process", rss as i64)?;
         }

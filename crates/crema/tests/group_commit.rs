@@ -3,7 +3,9 @@
 //! each per write.
 //!
 //! The leader's group loop is held still (`crema::faults`, pause) while the writes queue up in
-//! its mailbox; once it runs again it takes them all in one pass.
+//! its mailbox; once it runs again it takes them all in one pass. And a leader with two batches
+//! uncommitted holds the writes that come meanwhile for one batch after them (the followers'
+//! answers are held back by a delay on their links).
 #![cfg(feature = "fault-injection")]
 
 mod common;
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{cluster_with, init_tracing, wait_leader, wait_until};
-use crema::faults::Faults;
+use crema::faults::{Faults, LinkFaults};
 use crema::{DistributedCache, RaftConfig};
 
 const WRITES: u64 = 100;
@@ -67,6 +69,70 @@ async fn writes_queued_together_share_one_proposal_and_one_append_per_follower()
         let value = leader.get(format!("key-{i}").as_bytes()).await;
         assert_eq!(value.as_deref(), Some(format!("value-{i}").as_bytes()), "key-{i} applied");
     }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_arriving_while_two_batches_are_uncommitted_wait_and_go_as_one() {
+    init_tracing();
+    let faults = Arc::new(Faults::new(2));
+    // An election timeout of 5-10 s: answers held back for 1.5 s leave the leader in place.
+    let raft =
+        RaftConfig { tick_interval_ms: 20, election_tick: 250, heartbeat_tick: 3, ..Default::default() };
+    let nodes: Vec<Arc<DistributedCache>> =
+        cluster_with(3, |c| c.with_faults(faults.clone()).with_raft_config(raft.clone()))
+            .await
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+    let refs: Vec<&DistributedCache> = nodes.iter().map(|n| n.as_ref()).collect();
+    let leader = nodes[wait_leader(&refs, Duration::from_secs(10)).await].clone();
+    leader.put("warm-up", "1").await.expect("a first write");
+
+    let before = leader.raft_figures();
+    let slow = LinkFaults { delay: Duration::from_millis(1500), ..Default::default() };
+    for node in nodes.iter().filter(|n| n.node_id() != leader.node_id()) {
+        faults.set_link(node.node_id(), leader.node_id(), slow);
+    }
+    let spawn_put = |key: String| {
+        let leader = leader.clone();
+        tokio::spawn(async move { leader.put(key, "v").await })
+    };
+    // Two writes, one after the other: two batches in flight, neither answered yet.
+    let mut writers = Vec::new();
+    for (i, key) in ["first", "second"].into_iter().enumerate() {
+        writers.push(spawn_put(key.to_string()));
+        wait_until(Duration::from_secs(5), "the write proposed", || async {
+            leader.raft_figures().proposed_entries - before.proposed_entries == i as u64 + 1
+        })
+        .await;
+    }
+    const LATER: usize = 50;
+    writers.extend((0..LATER).map(|i| spawn_put(format!("later-{i}"))));
+    wait_until(Duration::from_secs(5), "the later writes held by the leader", || async {
+        leader.raft_figures().held_writes == LATER
+    })
+    .await;
+    let held = leader.raft_figures();
+    assert_eq!(held.proposed_entries - before.proposed_entries, 2, "nothing proposed past two batches");
+    assert_eq!(held.commit_index, before.commit_index, "both batches were still uncommitted");
+
+    faults.heal();
+    for writer in writers {
+        writer.await.expect("writer task").expect("write acknowledged");
+    }
+    let after = leader.raft_figures();
+    assert_eq!(after.proposed_entries - before.proposed_entries, LATER as u64 + 2);
+    // The 50 held writes went out together once a batch committed (proposed one pass at a time
+    // as they arrived, they made many more).
+    assert!(
+        after.proposal_batches - before.proposal_batches <= 3,
+        "{} batches for two writes and {LATER} held ones",
+        after.proposal_batches - before.proposal_batches
+    );
+    assert_eq!(after.held_writes, 0);
     for node in &nodes {
         node.shutdown().await;
     }

@@ -441,6 +441,7 @@ impl DistributedCache {
             proposed_entries: shared.proposals().1,
             messages_sent: shared.messages_sent(),
             queued_requests: self.group.queued_requests(),
+            held_writes: shared.held_writes(),
         }
     }
 
@@ -592,6 +593,9 @@ pub struct RaftFigures {
     pub messages_sent: u64,
     /// Requests (writes, reads, admin calls) waiting in the group's mailbox right now.
     pub queued_requests: usize,
+    /// Writes the leader took from its mailbox and holds for its next batch, while as many
+    /// batches as it keeps in flight are still uncommitted.
+    pub held_writes: usize,
 }
 
 /// Most keys one `Evict` command carries.

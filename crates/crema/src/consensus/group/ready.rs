@@ -1,0 +1,404 @@
+//! The Ready half of the group loop (see `group`): sending messages, persisting, installing
+//! snapshots, applying committed entries and membership changes, compacting the log and
+//! starting checkpoints. Split from `group.rs` to keep each file to one concern.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot,
+};
+use raft::StateRole;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use super::{blocking, Group, SNAPSHOT_CHUNK_BYTES};
+use crate::config::MAX_FRAME_BYTES;
+use crate::consensus::command::StampedCommand;
+use crate::consensus::pending::ctx_from_bytes;
+use crate::consensus::state_machine::{ApplyOutput, SnapshotCapture};
+use crate::consensus::storage::LogStore;
+use crate::consensus::{Applied, Role};
+use crate::error::{Error, Result};
+use crate::transport::envelope::Envelope;
+use crate::types::NodeId;
+
+impl<S: LogStore> Group<S> {
+    pub(super) fn on_ready(&mut self) {
+        let mut ready = self.raw.ready();
+        if let Some(ss) = ready.ss() {
+            self.publish_soft_state(ss.leader_id, ss.raft_state);
+        }
+        if !ready.messages().is_empty() {
+            self.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot());
+        }
+        for rs in ready.take_read_states() {
+            if let Some(ctx) = ctx_from_bytes(&rs.request_ctx) {
+                self.reads.complete(ctx, rs.index);
+            }
+        }
+        self.apply(ready.take_committed_entries());
+        if self.removed {
+            self.leave();
+            return;
+        }
+        let store = self.raw.mut_store();
+        if !ready.entries().is_empty() {
+            store.append(ready.entries()).unwrap_or_else(|e| panic!("appending to the raft log failed: {e}"));
+        }
+        if let Some(hs) = ready.hs() {
+            self.shared.term.store(hs.term, Ordering::Release);
+            store
+                .set_hard_state(hs.clone())
+                .unwrap_or_else(|e| panic!("persisting the hard state failed: {e}"));
+        }
+        // One synced write for everything this Ready (and the lazy commit and compaction
+        // changes of the previous one) made: concurrent proposals share the fsync. Nothing of
+        // this Ready is acknowledged or sent as persisted before it returns; while the disk
+        // refuses (full), the group waits here.
+        if !self.persist() {
+            return;
+        }
+        if !ready.persisted_messages().is_empty() {
+            self.send(ready.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw
+                .mut_store()
+                .set_commit(commit)
+                .unwrap_or_else(|e| panic!("persisting commit failed: {e}"));
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries());
+        if self.removed {
+            self.leave();
+            return;
+        }
+        self.raw.advance_apply();
+        self.shared.commit.store(self.raw.raft.raft_log.committed, Ordering::Release);
+        self.compact_log();
+    }
+
+    /// This node was removed: keep what was applied, stop the loop, and let nobody take it
+    /// for a leader any more. Proposals it still holds may yet commit through the new leader,
+    /// so they are answered `Shutdown` (outcome unknown), not as dropped.
+    fn leave(&mut self) {
+        let _ = self.persist();
+        self.halted = true;
+        self.shared.removed.store(true, Ordering::Release);
+        self.publish_soft_state(raft::INVALID_ID, StateRole::Follower);
+    }
+
+    fn publish_soft_state(&mut self, leader: NodeId, role: StateRole) {
+        // The term first: a reader that sees the new role must not pair it with an old term.
+        self.shared.term.store(self.raw.raft.term, Ordering::Release);
+        let previous = self.shared.leader.swap(leader, Ordering::AcqRel);
+        self.shared.role.store(Role::from(role) as u8, Ordering::Release);
+        if leader != raft::INVALID_ID {
+            self.heard_leader = true;
+        }
+        if previous != leader {
+            self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
+            self.shared.leader_changed.notify_waiters();
+            info!(shard = self.shared.shard, leader, term = self.raw.raft.term, ?role, "leader changed");
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        self.shared.messages_sent.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        for msg in msgs {
+            let to = msg.to;
+            let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+            if is_snapshot {
+                self.send_snapshot(msg);
+                continue;
+            }
+            let bytes = msg.write_to_bytes().expect("encoding a raft message cannot fail");
+            let frame = Envelope::Raft { shard: self.shared.shard, message: bytes.into() }.to_frame();
+            if frame.len() > MAX_FRAME_BYTES {
+                // Appends are bounded by max_size_per_msg (at most half a frame) and snapshots go
+                // in pieces: this would be a bug, and the peer would refuse the frame.
+                warn!(
+                    shard = self.shared.shard,
+                    to,
+                    bytes = frame.len(),
+                    "message over the frame limit not sent"
+                );
+                continue;
+            }
+            if let Err(e) = self.transport.send(to, frame) {
+                debug!(shard = self.shared.shard, to, error = %e, "raft message dropped");
+                self.raw.report_unreachable(to);
+            }
+        }
+    }
+
+    /// Sends a snapshot message in pieces of at most `SNAPSHOT_CHUNK_BYTES` (a large cache's
+    /// snapshot is far over one frame), then tells raft-rs it went out: the follower answers
+    /// once it has installed it, and if a piece was lost on the way the leader notices that
+    /// the follower is still behind and sends a new snapshot.
+    fn send_snapshot(&mut self, mut msg: Message) {
+        let to = msg.to;
+        let data = std::mem::take(&mut msg.mut_snapshot().data);
+        let header = Bytes::from(msg.write_to_bytes().expect("encoding a raft message cannot fail"));
+        self.snapshot_transfers += 1;
+        let transfer = self.snapshot_transfers;
+        let total_len = data.len() as u64;
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
+            let chunk = Envelope::SnapshotChunk {
+                shard: self.shared.shard,
+                transfer,
+                header: (offset == 0).then(|| header.clone()),
+                total_len,
+                offset: offset as u64,
+                data: data.slice(offset..end),
+            };
+            if let Err(e) = self.transport.send(to, chunk.to_frame()) {
+                debug!(shard = self.shared.shard, to, error = %e, "snapshot piece dropped");
+                self.raw.report_unreachable(to);
+                self.raw.report_snapshot(to, raft::SnapshotStatus::Failure);
+                return;
+            }
+            offset = end;
+            if offset >= data.len() {
+                break;
+            }
+        }
+        info!(
+            shard = self.shared.shard,
+            to,
+            bytes = total_len,
+            index = msg.get_snapshot().get_metadata().index,
+            "snapshot sent"
+        );
+        self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+    }
+
+    /// Makes the store's pending changes durable. While the disk refuses them (full, failing)
+    /// it keeps trying: the group waits, clients time out, nothing is acknowledged, and it goes
+    /// on once the disk accepts the write again. Answers false if the node is stopping meanwhile
+    /// (the group then halts; nothing that depended on the lost changes was acknowledged).
+    fn persist(&mut self) -> bool {
+        let shard = self.shared.shard;
+        let mut failing_since: Option<Instant> = None;
+        if !self.raw.store().has_unflushed() {
+            return true;
+        }
+        loop {
+            let store = self.raw.mut_store();
+            match blocking(|| store.flush()) {
+                Ok(()) => {
+                    if let Some(since) = failing_since {
+                        info!(shard, stalled = ?since.elapsed(), "the raft log is persisted again");
+                        self.shared.persist_failing.store(false, Ordering::Release);
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    if failing_since.is_none() {
+                        error!(shard, error = %e, "cannot persist the raft log; writes wait until the disk accepts them");
+                        self.shared.persist_failing.store(true, Ordering::Release);
+                        failing_since = Some(Instant::now());
+                    }
+                    if self.cancel.is_cancelled() {
+                        self.halted = true;
+                        return false;
+                    }
+                    blocking(|| std::thread::sleep(Duration::from_millis(100)));
+                }
+            }
+        }
+    }
+
+    pub(super) fn publish_voters(&self) {
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        let alone = voters.len() == 1 && voters.contains(self.settings.node_id);
+        self.shared.sole_voter.store(alone, Ordering::Release);
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) {
+        let meta = snapshot.get_metadata();
+        let started = Instant::now();
+        let count = self.sm.restore(meta.index, &snapshot.data).unwrap_or_else(|e| {
+            panic!("snapshot at index {} from the leader cannot be restored: {e}", meta.index)
+        });
+        self.raw
+            .mut_store()
+            .apply_snapshot(snapshot)
+            .unwrap_or_else(|e| panic!("installing snapshot metadata failed: {e}"));
+        let members: Vec<_> =
+            self.sm.members().lock().expect("members poisoned").clone().into_iter().collect();
+        for (id, addr) in members {
+            self.transport.add_peer(id, Some(addr));
+        }
+        self.shared.applied.send_replace(meta.index);
+        self.shared.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        info!(shard = self.shared.shard, index = meta.index, entries = count, elapsed = ?started.elapsed(), "installed snapshot");
+        if let Some(checkpoints) = self.checkpoints.as_mut() {
+            // Durable at once: after a restart the node starts from this state, not from a log it
+            // no longer has.
+            if let Err(e) = checkpoints.take(meta.index, meta.term, meta.get_conf_state(), &snapshot.data) {
+                panic!("shard {} cannot write the received snapshot as a checkpoint: {e}", self.shared.shard);
+            }
+        }
+        self.publish_voters();
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let last_term = entries.last().map_or(0, |e| e.term);
+        for entry in entries {
+            let (index, term) = (entry.index, entry.term);
+            let result = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.sm.advance_to(index);
+                    Ok(ApplyOutput::Done)
+                }
+                EntryType::EntryNormal => {
+                    let command = StampedCommand::decode(&entry.data).unwrap_or_else(|e| {
+                        panic!("shard {} entry {index} cannot be decoded ({e}): corrupt log or incompatible version", self.shared.shard)
+                    });
+                    Ok(self.sm.apply(index, &command))
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(&entry),
+            };
+            if let Some(reply) = self.proposals.settle(index, term) {
+                reply.send(result.map(|output| Applied { index, output }));
+            }
+        }
+        let applied = self.sm.applied_index();
+        self.raw.mut_store().set_applied(applied);
+        self.shared.applied_term.store(last_term, Ordering::Release);
+        self.shared.applied.send_replace(applied);
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<ApplyOutput> {
+        self.sm.advance_to(entry.index);
+        let corrupt = |e: protobuf::ProtobufError| -> ! {
+            panic!("conf change at {} cannot be decoded: {e}", entry.index)
+        };
+        let (applied, changes) = if entry.get_entry_type() == EntryType::EntryConfChange {
+            let cc = ConfChange::parse_from_bytes(&entry.data).unwrap_or_else(|e| corrupt(e));
+            (self.raw.apply_conf_change(&cc), vec![(cc.change_type, cc.node_id, cc.context)])
+        } else {
+            let cc = ConfChangeV2::parse_from_bytes(&entry.data).unwrap_or_else(|e| corrupt(e));
+            let changes = cc.changes.iter().map(|c| (c.change_type, c.node_id, cc.context.clone())).collect();
+            (self.raw.apply_conf_change(&cc), changes)
+        };
+        let cs = match applied {
+            Ok(cs) => cs,
+            Err(e) => {
+                // Deterministic: every node refuses the same change at the same index.
+                warn!(shard = self.shared.shard, index = entry.index, error = %e, "conf change refused");
+                return Err(Error::Raft(e));
+            }
+        };
+        for (kind, id, context) in changes {
+            self.apply_membership(kind, id, &context);
+        }
+        self.raw
+            .mut_store()
+            .set_conf_state(cs)
+            .unwrap_or_else(|e| panic!("persisting conf state failed: {e}"));
+        self.publish_voters();
+        Ok(ApplyOutput::Done)
+    }
+
+    fn apply_membership(&mut self, kind: ConfChangeType, id: NodeId, context: &[u8]) {
+        match kind {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let addr = std::str::from_utf8(context).ok().and_then(|s| s.parse().ok());
+                if let Some(addr) = addr {
+                    self.sm.members().lock().expect("members poisoned").insert(id, addr);
+                }
+                self.transport.add_peer(id, addr);
+                info!(shard = self.shared.shard, node = id, ?addr, ?kind, "member added");
+            }
+            ConfChangeType::RemoveNode => {
+                self.sm.members().lock().expect("members poisoned").remove(&id);
+                if id == self.settings.node_id {
+                    self.removed = true;
+                    warn!(
+                        shard = self.shared.shard,
+                        "this node was removed from the group: its Raft group stops (restart it empty to add it again)"
+                    );
+                } else {
+                    self.transport.remove_peer(id);
+                    info!(shard = self.shared.shard, node = id, "member removed");
+                }
+            }
+        }
+    }
+
+    /// Keeps at most `max_log_entries` applied entries; compacts in steps of a quarter of that.
+    fn compact_log(&mut self) {
+        let keep = self.settings.raft.max_log_entries;
+        let applied = self.sm.applied_index();
+        let mut limit = applied + 1 - keep.min(applied);
+        if self.checkpoints.is_some() {
+            self.checkpoint_if_due(applied);
+            let checkpoints = self.checkpoints.as_ref().expect("checked above");
+            limit = limit.min(checkpoints.compact_limit());
+        }
+        let first = self.raw.raft.raft_log.first_index();
+        if applied + 1 >= first + keep + keep / 4 && limit > first {
+            let store = self.raw.mut_store();
+            store.compact(limit).unwrap_or_else(|e| panic!("compacting the log failed: {e}"));
+        }
+    }
+
+    /// Takes a checkpoint of the state at `applied` when one is due: the state is captured here
+    /// (one pass over the cache), then compressed, written and fsynced on a blocking thread so
+    /// writes go on meanwhile. A failed write (disk full) is logged and tried again at the next
+    /// due point; the log is not compacted past the older checkpoints until one succeeds.
+    fn checkpoint_if_due(&mut self, applied: u64) {
+        let shard = self.shared.shard;
+        let Some(checkpoints) = self.checkpoints.as_mut() else { return };
+        if let Some(job) = self.checkpoint_job.as_mut() {
+            match job.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Ok(Ok(index)) => {
+                    if let Err(e) = checkpoints.completed(index) {
+                        warn!(shard, error = %e, "listing checkpoints failed");
+                    }
+                }
+                Ok(Err(e)) => warn!(shard, error = %e, "checkpoint failed; will retry"),
+                Err(oneshot::error::TryRecvError::Closed) => warn!(shard, "checkpoint job lost"),
+            }
+            self.checkpoint_job = None;
+        }
+        if !checkpoints.due(applied) {
+            return;
+        }
+        // The commit index must be durable at least up to the checkpoint before it exists.
+        if !self.persist() {
+            return;
+        }
+        let Some(checkpoints) = self.checkpoints.as_mut() else { return };
+        let term = self.raw.raft.raft_log.term(applied).unwrap_or(0);
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        // Copy-on-write: only a flag is set here; the walk over the cache runs with the job.
+        let Some(finish) = self.sm.capture_later() else { return };
+        let job = checkpoints.job(applied, term, conf, move || {
+            finish()
+                .map(SnapshotCapture::encode)
+                .ok_or_else(|| std::io::Error::other("a clear aborted the capture"))
+        });
+        checkpoints.started(applied);
+        let (tx, rx) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(job().map(|()| applied));
+        });
+        self.checkpoint_job = Some(rx);
+    }
+}
