@@ -19,13 +19,14 @@ use crema::{DistributedCache, RaftConfig};
 
 const WRITES: u64 = 100;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_queued_together_share_one_proposal_and_one_append_per_follower() {
+/// Three nodes on `faults` with 20 ms ticks and `election_tick` of them, and their leader once
+/// it has applied a first write.
+async fn three_nodes(
+    faults: &Arc<Faults>,
+    election_tick: usize,
+) -> (Vec<Arc<DistributedCache>>, Arc<DistributedCache>) {
     init_tracing();
-    let faults = Arc::new(Faults::new(1));
-    // An election timeout of 2-4 s: the leader, held for a moment, is not replaced meanwhile.
-    let raft =
-        RaftConfig { tick_interval_ms: 20, election_tick: 100, heartbeat_tick: 3, ..Default::default() };
+    let raft = RaftConfig { tick_interval_ms: 20, election_tick, heartbeat_tick: 3, ..Default::default() };
     let nodes: Vec<Arc<DistributedCache>> =
         cluster_with(3, |c| c.with_faults(faults.clone()).with_raft_config(raft.clone()))
             .await
@@ -35,6 +36,14 @@ async fn writes_queued_together_share_one_proposal_and_one_append_per_follower()
     let refs: Vec<&DistributedCache> = nodes.iter().map(|n| n.as_ref()).collect();
     let leader = nodes[wait_leader(&refs, Duration::from_secs(10)).await].clone();
     leader.put("warm-up", "1").await.expect("a first write");
+    (nodes, leader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_together_share_one_proposal_and_one_append_per_follower() {
+    let faults = Arc::new(Faults::new(1));
+    // An election timeout of 2-4 s: the leader, held for a moment, is not replaced meanwhile.
+    let (nodes, leader) = three_nodes(&faults, 100).await;
 
     let before = leader.raft_figures();
     faults.pause(leader.node_id());
@@ -76,20 +85,9 @@ async fn writes_queued_together_share_one_proposal_and_one_append_per_follower()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_arriving_while_two_batches_are_uncommitted_wait_and_go_as_one() {
-    init_tracing();
     let faults = Arc::new(Faults::new(2));
     // An election timeout of 5-10 s: answers held back for 1.5 s leave the leader in place.
-    let raft =
-        RaftConfig { tick_interval_ms: 20, election_tick: 250, heartbeat_tick: 3, ..Default::default() };
-    let nodes: Vec<Arc<DistributedCache>> =
-        cluster_with(3, |c| c.with_faults(faults.clone()).with_raft_config(raft.clone()))
-            .await
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-    let refs: Vec<&DistributedCache> = nodes.iter().map(|n| n.as_ref()).collect();
-    let leader = nodes[wait_leader(&refs, Duration::from_secs(10)).await].clone();
-    leader.put("warm-up", "1").await.expect("a first write");
+    let (nodes, leader) = three_nodes(&faults, 250).await;
 
     let before = leader.raft_figures();
     let slow = LinkFaults { delay: Duration::from_millis(1500), ..Default::default() };
