@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::logger::raft_logger;
-use super::pending::{ctx_bytes, ProposalReply, Proposals, ReadBatches, ReadReply};
+use super::pending::{ProposalReply, Proposals, ReadBatches, ReadReply};
 use super::state_machine::CacheStateMachine;
 use super::storage::LogStore;
 use super::{Applied, GroupStatus, Role};
@@ -520,7 +520,8 @@ impl<S: LogStore> Group<S> {
         // Raft drops read requests while no leader is known; keep them gathered until one is.
         if self.raw.raft.leader_id != raft::INVALID_ID {
             if let Some(ctx) = self.reads.start_round(Instant::now()) {
-                self.raw.read_index(ctx_bytes(ctx));
+                let ctx = self.reads.ctx_bytes(ctx);
+                self.raw.read_index(ctx);
             }
         }
         if self.raw.has_ready() {

@@ -104,14 +104,44 @@ struct ReadRound {
 /// committed in its term), without an answer. So a round unanswered after the retry interval is
 /// not failed but gathered again into the next round; a read fails only when its own deadline
 /// passes.
-#[derive(Default)]
+///
+/// A round's context is this loop's random `incarnation` followed by the round's number. The
+/// leader keys pending read-index requests by context alone and answers a request whose context
+/// it already holds with the index of the one it holds. With bare round numbers, a node restarted
+/// after a SIGKILL numbered its rounds from 1 again and could be answered, for a new round, with
+/// the index its previous life had asked for before a write committed: a stale "linearizable"
+/// read (`crash_recovery.rs` caught it). Contexts are now never reused by another loop.
 pub(crate) struct ReadBatches {
     gathered: Vec<PendingRead>,
+    incarnation: u64,
     next_ctx: u64,
     rounds: HashMap<u64, ReadRound>,
 }
 
+impl Default for ReadBatches {
+    fn default() -> Self {
+        Self { gathered: Vec::new(), incarnation: rand::random(), next_ctx: 0, rounds: HashMap::new() }
+    }
+}
+
 impl ReadBatches {
+    /// Encodes round `ctx`'s context for `RawNode::read_index`.
+    pub fn ctx_bytes(&self, ctx: u64) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(16);
+        bytes.extend_from_slice(&self.incarnation.to_be_bytes());
+        bytes.extend_from_slice(&ctx.to_be_bytes());
+        bytes
+    }
+
+    /// Decodes a read state's context; none for a context this loop did not make.
+    pub fn ctx_of(&self, bytes: &[u8]) -> Option<u64> {
+        let (incarnation, ctx) = bytes.split_at_checked(8)?;
+        if incarnation != self.incarnation.to_be_bytes() {
+            return None;
+        }
+        Some(u64::from_be_bytes(ctx.try_into().ok()?))
+    }
+
     /// Adds a read, asked at `now`, to the next round.
     pub fn push(&mut self, now: Instant, reply: ReadReply) {
         self.gathered.push(PendingRead { asked: now, reply });
@@ -180,16 +210,6 @@ impl ReadBatches {
     }
 }
 
-/// Encodes a read round's context for `RawNode::read_index`.
-pub(crate) fn ctx_bytes(ctx: u64) -> Vec<u8> {
-    ctx.to_be_bytes().to_vec()
-}
-
-/// Decodes a read state's context; none for a context this node did not make.
-pub(crate) fn ctx_from_bytes(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +244,20 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_loop_does_not_take_its_previous_lifes_read_contexts() {
+        let before = ReadBatches::default();
+        let mut after = ReadBatches::default();
+        let (tx, _rx) = oneshot::channel();
+        after.push(Instant::now(), tx);
+        let ctx = after.start_round(Instant::now()).unwrap();
+        // The same round number from the loop before the restart, and a bare number.
+        assert_eq!(after.ctx_of(&before.ctx_bytes(ctx)), None);
+        assert_eq!(after.ctx_of(&ctx.to_be_bytes()), None);
+        assert_ne!(before.ctx_bytes(ctx), after.ctx_bytes(ctx), "two loops never share a context");
+        assert_eq!(after.ctx_of(&after.ctx_bytes(ctx)), Some(ctx));
+    }
+
+    #[test]
     fn reads_are_batched_into_one_round() {
         let mut reads = ReadBatches::default();
         let (tx1, mut rx1) = oneshot::channel();
@@ -233,7 +267,7 @@ mod tests {
         reads.push(now, tx2);
         let ctx = reads.start_round(now).unwrap();
         assert_eq!(reads.start_round(now), None, "nothing gathered since");
-        assert_eq!(ctx_from_bytes(&ctx_bytes(ctx)), Some(ctx));
+        assert_eq!(reads.ctx_of(&reads.ctx_bytes(ctx)), Some(ctx));
         reads.complete(ctx, 42);
         assert_eq!(rx1.try_recv().unwrap().unwrap(), 42);
         assert_eq!(rx2.try_recv().unwrap().unwrap(), 42);

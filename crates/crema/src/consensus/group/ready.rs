@@ -17,7 +17,6 @@ use tracing::{debug, error, info, warn};
 use super::{blocking, Group, SNAPSHOT_CHUNK_BYTES};
 use crate::config::MAX_FRAME_BYTES;
 use crate::consensus::command::StampedCommand;
-use crate::consensus::pending::ctx_from_bytes;
 use crate::consensus::state_machine::{ApplyOutput, SnapshotCapture};
 use crate::consensus::storage::LogStore;
 use crate::consensus::{Applied, Role};
@@ -38,7 +37,7 @@ impl<S: LogStore> Group<S> {
             self.install_snapshot(ready.snapshot());
         }
         for rs in ready.take_read_states() {
-            if let Some(ctx) = ctx_from_bytes(&rs.request_ctx) {
+            if let Some(ctx) = self.reads.ctx_of(&rs.request_ctx) {
                 self.reads.complete(ctx, rs.index);
             }
         }
