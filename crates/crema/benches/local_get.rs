@@ -19,21 +19,10 @@ fn bench(c: &mut Criterion) {
 
     let bare: moka::sync::Cache<Bytes, Bytes> =
         moka::sync::Cache::builder().max_capacity(KEYS as u64 * 2).build();
-    let ours = CacheStorage::new(StorageLimits {
-        max_capacity: KEYS as u64 * 2,
-        max_memory_bytes: None,
-        time_to_idle: None,
-    });
-    let with_ttl = CacheStorage::new(StorageLimits {
-        max_capacity: KEYS as u64 * 2,
-        max_memory_bytes: None,
-        time_to_idle: None,
-    });
-    let leader = CacheStorage::new(StorageLimits {
-        max_capacity: KEYS as u64 * 2,
-        max_memory_bytes: None,
-        time_to_idle: None,
-    });
+    let limits = StorageLimits { max_capacity: KEYS as u64 * 2, max_memory_bytes: None, time_to_idle: None };
+    let ours = CacheStorage::new(limits);
+    let with_ttl = CacheStorage::new(limits);
+    let leader = CacheStorage::new(limits);
     let far = crema::cache::storage::unix_now_ms() + 3_600_000;
     for k in &keys {
         bare.insert(k.clone(), value.clone());

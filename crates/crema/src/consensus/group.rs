@@ -33,6 +33,8 @@ use tracing::{debug, warn};
 
 use super::logger::raft_logger;
 use super::pending::{ProposalReply, Proposals, ReadBatches, ReadReply};
+#[cfg(feature = "fault-injection")]
+use super::state_machine::ApplyOutput;
 use super::state_machine::CacheStateMachine;
 use super::storage::LogStore;
 use super::{Applied, GroupStatus, Role};
@@ -251,7 +253,7 @@ impl GroupHandle {
         #[cfg(feature = "fault-injection")]
         if self.planted(crate::faults::Mutant::AckBeforeCommit) && self.shared.is_leader() {
             self.propose_unawaited(command);
-            return Ok(Applied { index: 0, output: super::state_machine::ApplyOutput::Done });
+            return Ok(Applied { index: 0, output: ApplyOutput::Done });
         }
         self.ask(|reply| ClientMsg::Propose { command, reply: ProposalReply::Local(reply) }).await
     }
@@ -274,7 +276,7 @@ impl GroupHandle {
         }
         #[cfg(feature = "fault-injection")]
         if self.planted(crate::faults::Mutant::AckBeforeCommit) && self.shared.is_leader() {
-            ticket.answer(Ok(Applied { index: 0, output: super::state_machine::ApplyOutput::Done }));
+            ticket.answer(Ok(Applied { index: 0, output: ApplyOutput::Done }));
             return self.propose_unawaited(command);
         }
         let msg = ClientMsg::Propose { command, reply: ProposalReply::Forwarded(ticket) };
