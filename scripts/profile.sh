@@ -6,7 +6,8 @@
 #   scripts/profile.sh w1 [seconds]   3 nodes, memory, 50 clients writing; profiles the leader
 #   scripts/profile.sh w5 [seconds]   1 node, 50 clients, pipeline 16, local reads (READONLY)
 #
-# Needs a release build (`cargo build --release -p crema-server -p crema-bench`) and `perf`.
+# Needs a release build (`cargo build --release -p crema-server -p crema-bench`; `CREMA_BIN_DIR`
+# points at another directory of the two binaries, to profile an older build) and `perf`.
 # This VM has no hardware counters, so it samples the `cpu-clock` software event. The load
 # generator runs on the same 2 cores as the nodes: the profile shows each function's share of
 # the profiled node's time, which is what the fixes change.
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 WORKLOAD="${1:-w1}"
 SECS="${2:-10}"
-BIN="target/release"
+BIN="${CREMA_BIN_DIR:-target/release}"
 WORK="$(mktemp -d /tmp/crema-profile.XXXXXX)"
 PIDS=()
 cleanup() {

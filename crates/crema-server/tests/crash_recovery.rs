@@ -20,20 +20,55 @@ use tokio::sync::watch;
 const CLIENTS: usize = 8;
 const KEYS_PER_CLIENT: u64 = 20;
 
-/// What a key may hold: its last acknowledged value, or any write after it whose outcome is
-/// unknown (the client saw an error, but the write may have been applied).
+/// One SET as the client saw it: which node it went to, when it was sent and answered (ms
+/// since the test began) and how it ended (`None` when acknowledged).
+#[derive(Debug, Clone)]
+struct Write {
+    seq: u64,
+    node: usize,
+    sent_ms: u128,
+    done_ms: u128,
+    error: Option<String>,
+}
+
+/// Every write to one key, in the order the client made them. A key may hold its last
+/// acknowledged value, or any write after it whose outcome is unknown (the client saw an error,
+/// but the write may have been applied).
 #[derive(Debug, Default, Clone)]
 struct KeyHistory {
-    acked: Option<u64>,
-    unknown: Vec<u64>,
+    writes: Vec<Write>,
 }
 
 impl KeyHistory {
+    /// Index of the last acknowledged write.
+    fn last_acked(&self) -> Option<usize> {
+        self.writes.iter().rposition(|w| w.error.is_none())
+    }
+
     fn allows(&self, value: Option<u64>) -> bool {
+        let from = self.last_acked();
         match value {
-            None => self.acked.is_none(),
-            Some(v) => self.acked == Some(v) || self.unknown.contains(&v),
+            None => from.is_none(),
+            Some(v) => self.writes[from.unwrap_or(0)..].iter().any(|w| w.seq == v),
         }
+    }
+
+    /// The writes from the one that put `value` (or the last acknowledged one, if earlier) to
+    /// the end, for a failure message: shows whether a stale value was an unknown write.
+    fn explain(&self, value: Option<u64>) -> String {
+        let from_value = value.and_then(|v| self.writes.iter().position(|w| w.seq == v));
+        let from = match (from_value, self.last_acked()) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(0),
+        };
+        let lines: Vec<String> = self.writes[from..]
+            .iter()
+            .map(|w| {
+                let outcome = w.error.as_deref().unwrap_or("acknowledged");
+                format!("  {} to node {} at {}-{} ms: {outcome}", w.seq, w.node + 1, w.sent_ms, w.done_ms)
+            })
+            .collect();
+        lines.join("\n")
     }
 }
 
@@ -107,6 +142,7 @@ async fn writer(
     client_no: usize,
     resp: Vec<SocketAddr>,
     history: History,
+    began: Instant,
     mut stop: watch::Receiver<bool>,
 ) -> u64 {
     let mut node = client_no % resp.len();
@@ -130,21 +166,21 @@ async fn writer(
         seq += 1;
         let key = format!("c{client_no}:{}", seq % KEYS_PER_CLIENT);
         let c = conn.as_mut().expect("connected above");
+        let sent_ms = began.elapsed().as_millis();
         let result = tokio::time::timeout(Duration::from_secs(5), c.set::<_, _, ()>(&key, seq)).await;
-        let mut h = history.lock().unwrap();
-        let entry = h.entry(key).or_default();
-        match result {
-            Ok(Ok(())) => {
-                entry.acked = Some(seq);
-                entry.unknown.clear();
-                acked += 1;
-            }
-            _ => {
-                entry.unknown.push(seq);
-                drop(h);
-                conn = None;
-                node = (node + 1) % resp.len();
-            }
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer within 5 s".to_owned()),
+        };
+        let failed = error.is_some();
+        let write = Write { seq, node, sent_ms, done_ms: began.elapsed().as_millis(), error };
+        history.lock().unwrap().entry(key).or_default().writes.push(write);
+        if failed {
+            conn = None;
+            node = (node + 1) % resp.len();
+        } else {
+            acked += 1;
         }
     }
     acked
@@ -187,7 +223,12 @@ async fn verify(cluster: &Cluster, history: &BTreeMap<String, KeyHistory>) -> BT
                     panic!("GET {key} on node {}: {e}\n{info}", i + 1);
                 }
             };
-            assert!(h.allows(value), "node {} has {key} = {value:?}, history {h:?}", i + 1);
+            assert!(
+                h.allows(value),
+                "node {} has {key} = {value:?}; its writes:\n{}",
+                i + 1,
+                h.explain(value)
+            );
             if i == 0 {
                 seen.insert(key.clone(), value);
             }
@@ -212,11 +253,12 @@ async fn sigkill_under_load_loses_no_acknowledged_write() {
         rng
     };
 
+    let began = Instant::now();
     let mut cluster = Cluster::new();
     let history: History = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let writers: Vec<_> = (0..CLIENTS)
-        .map(|c| tokio::spawn(writer(c, cluster.resp.clone(), history.clone(), stop_rx.clone())))
+        .map(|c| tokio::spawn(writer(c, cluster.resp.clone(), history.clone(), began, stop_rx.clone())))
         .collect();
 
     let started = Instant::now();
@@ -226,8 +268,10 @@ async fn sigkill_under_load_loses_no_acknowledged_write() {
         let victim = (next() % 3) as usize;
         cluster.kill(victim);
         kills += 1;
+        println!("node {} killed at {} ms", victim + 1, began.elapsed().as_millis());
         tokio::time::sleep(Duration::from_millis(200 + next() % 800)).await;
         cluster.start(victim);
+        println!("node {} restarted at {} ms", victim + 1, began.elapsed().as_millis());
     }
     stop_tx.send(true).unwrap();
     let mut acknowledged = 0;
