@@ -800,11 +800,7 @@ mod tests {
 
     #[test]
     fn the_leaders_policy_bounds_bytes_by_weight() {
-        let s = CacheStorage::new(StorageLimits {
-            max_capacity: u64::MAX,
-            max_memory_bytes: Some(10_000),
-            time_to_idle: None,
-        });
+        let s = by_memory(10_000);
         s.activate_policy();
         for i in 0..100u32 {
             s.insert(Bytes::from(i.to_be_bytes().to_vec()), Bytes::from(vec![0u8; 1000]), None);
@@ -816,11 +812,7 @@ mod tests {
 
     #[test]
     fn an_overwrite_that_grows_a_value_counts_its_new_weight() {
-        let s = CacheStorage::new(StorageLimits {
-            max_capacity: u64::MAX,
-            max_memory_bytes: Some(10_000),
-            time_to_idle: None,
-        });
+        let s = by_memory(10_000);
         s.activate_policy();
         for i in 0..50u32 {
             s.insert(Bytes::from(i.to_be_bytes().to_vec()), Bytes::from(vec![0u8; 10]), None);
@@ -901,6 +893,15 @@ mod tests {
         let s = storage(u64::MAX);
         assert!(s.eviction_wake().is_none());
         assert_eq!(s.activate_policy(), 0);
+    }
+
+    /// A cache bounded to `bytes` of keys, values and overhead, with no time-to-idle.
+    fn by_memory(bytes: u64) -> CacheStorage {
+        CacheStorage::new(StorageLimits {
+            max_capacity: u64::MAX,
+            max_memory_bytes: Some(bytes),
+            time_to_idle: None,
+        })
     }
 
     /// Both entry stores: the map (no time-to-idle) and Moka (with one).
