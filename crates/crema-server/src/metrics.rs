@@ -211,6 +211,18 @@ impl Collector for NodeCollector {
             "Writes the leader holds for its next batch while its batches in flight commit",
             raft.held_writes as i64,
         )?;
+        counter(
+            e,
+            "raft_read_rounds",
+            "Read-index rounds started (linearizable reads share them)",
+            raft.read_rounds,
+        )?;
+        gauge(
+            e,
+            "raft_held_reads",
+            "Linearizable reads waiting for the next read-index round while one is in flight",
+            raft.held_reads as i64,
+        )?;
         if let Some(rss) = resident_memory_bytes() {
             gauge(e, "process_resident_memory_bytes", "Resident memory of this process", rss as i64)?;
         }

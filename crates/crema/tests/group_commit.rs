@@ -5,7 +5,8 @@
 //! The leader's group loop is held still (`crema::faults`, pause) while the writes queue up in
 //! its mailbox; once it runs again it takes them all in one pass. And a leader with two batches
 //! uncommitted holds the writes that come meanwhile for one batch after them (the followers'
-//! answers are held back by a delay on their links).
+//! answers are held back by a delay on their links). Linearizable reads are batched the same
+//! way: a node with a read-index round in flight holds the reads asked meanwhile for one round.
 #![cfg(feature = "fault-injection")]
 
 mod common;
@@ -131,6 +132,50 @@ async fn writes_arriving_while_two_batches_are_uncommitted_wait_and_go_as_one() 
         after.proposal_batches - before.proposal_batches
     );
     assert_eq!(after.held_writes, 0);
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_asked_while_a_read_round_is_in_flight_wait_and_share_the_next() {
+    let faults = Arc::new(Faults::new(3));
+    // An election timeout of 5-10 s (and a read retry after 2.5 s): a 1.5 s delay changes neither.
+    let (nodes, leader) = three_nodes(&faults, 250).await;
+    let follower = nodes.iter().find(|n| n.node_id() != leader.node_id()).expect("a follower").clone();
+    assert_eq!(follower.consistent_get(b"warm-up").await.unwrap().as_deref(), Some(&b"1"[..]));
+
+    let before = follower.raft_figures();
+    // The leader's heartbeat to this follower and its read-index answer come 1.5 s late.
+    let slow = LinkFaults { delay: Duration::from_millis(1500), ..Default::default() };
+    faults.set_link(leader.node_id(), follower.node_id(), slow);
+    let spawn_read = || {
+        let follower = follower.clone();
+        tokio::spawn(async move { follower.consistent_get(b"warm-up").await })
+    };
+    let mut readers = vec![spawn_read()];
+    wait_until(Duration::from_secs(5), "the first read's round sent", || async {
+        follower.raft_figures().read_rounds - before.read_rounds == 1
+    })
+    .await;
+    const LATER: usize = 50;
+    readers.extend((0..LATER).map(|_| spawn_read()));
+    wait_until(Duration::from_secs(5), "the later reads held by the follower", || async {
+        follower.raft_figures().held_reads == LATER
+    })
+    .await;
+    assert_eq!(follower.raft_figures().read_rounds - before.read_rounds, 1, "one round in flight, no more");
+
+    faults.heal();
+    for reader in readers {
+        let value = reader.await.expect("reader task").expect("linearizable read answered");
+        assert_eq!(value.as_deref(), Some(&b"1"[..]));
+    }
+    let after = follower.raft_figures();
+    // The 50 held reads shared one round once the first was answered (started one pass at a
+    // time as they arrived, they made many).
+    assert_eq!(after.read_rounds - before.read_rounds, 2, "rounds for one read and {LATER} held ones");
+    assert_eq!(after.held_reads, 0);
     for node in &nodes {
         node.shutdown().await;
     }

@@ -442,6 +442,8 @@ impl DistributedCache {
             messages_sent: shared.messages_sent(),
             queued_requests: self.group.queued_requests(),
             held_writes: shared.held_writes(),
+            read_rounds: shared.read_rounds(),
+            held_reads: shared.held_reads(),
         }
     }
 
@@ -596,6 +598,12 @@ pub struct RaftFigures {
     /// Writes the leader took from its mailbox and holds for its next batch, while as many
     /// batches as it keeps in flight are still uncommitted.
     pub held_writes: usize,
+    /// Read-index rounds this node started: linearizable reads gathered in one loop pass, or
+    /// held while a round was in flight, share one (a round retried after a lost answer counts
+    /// again).
+    pub read_rounds: u64,
+    /// Linearizable reads waiting for the next round while this node's round is in flight.
+    pub held_reads: usize,
 }
 
 /// Most keys one `Evict` command carries.

@@ -56,6 +56,14 @@ const DRAIN_LIMIT: usize = 4096;
 /// write load spent its time; an idle leader proposes at once. Measured in docs/performance.md.
 const UNCOMMITTED_BATCHES: usize = 2;
 
+/// Read-index rounds a node keeps in flight at once. Linearizable reads asked while one is
+/// out wait in the loop and go together in the next round when it is answered: under load each
+/// round (a request to the leader, its heartbeat to a quorum, the answers) serves many reads
+/// instead of the two or three that reached the loop in one pass. An idle node starts a round
+/// at once. A round lost with a leader change, or unanswered past the retry interval, frees its
+/// place. Measured in docs/performance.md.
+const READ_ROUNDS_IN_FLIGHT: usize = 1;
+
 /// Writes gathered past this many are proposed even with `UNCOMMITTED_BATCHES` in flight.
 const GATHER_LIMIT: usize = 4096;
 
@@ -101,6 +109,10 @@ pub(crate) struct GroupShared {
     messages_sent: AtomicU64,
     /// Writes the leader took from the mailbox and holds until a batch in flight commits.
     held_writes: AtomicUsize,
+    /// Read-index rounds this node started (a round retried after a lost answer counts again).
+    read_rounds: AtomicU64,
+    /// Linearizable reads waiting for the next round while one is in flight.
+    held_reads: AtomicUsize,
 }
 
 impl GroupShared {
@@ -124,6 +136,8 @@ impl GroupShared {
             proposed_entries: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             held_writes: AtomicUsize::new(0),
+            read_rounds: AtomicU64::new(0),
+            held_reads: AtomicUsize::new(0),
         }
     }
 
@@ -140,6 +154,16 @@ impl GroupShared {
     /// Writes held for the next batch (see `UNCOMMITTED_BATCHES`).
     pub fn held_writes(&self) -> usize {
         self.held_writes.load(Ordering::Relaxed)
+    }
+
+    /// Read-index rounds started (see `READ_ROUNDS_IN_FLIGHT`).
+    pub fn read_rounds(&self) -> u64 {
+        self.read_rounds.load(Ordering::Relaxed)
+    }
+
+    /// Reads waiting for the next read-index round.
+    pub fn held_reads(&self) -> usize {
+        self.held_reads.load(Ordering::Relaxed)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -519,25 +543,24 @@ impl<S: LogStore> Group<S> {
         if self.may_propose() {
             self.propose_gathered();
         }
-        // Raft drops read requests while no leader is known; keep them gathered until one is.
-        if self.raw.raft.leader_id != raft::INVALID_ID {
-            if let Some(ctx) = self.reads.start_round(Instant::now()) {
-                let ctx = self.reads.ctx_bytes(ctx);
-                self.raw.read_index(ctx);
-            }
-        }
+        self.start_read_round();
         if self.raw.has_ready() {
             self.on_ready();
         }
         // Persisting this node's own entries can commit a batch (its followers answered
-        // first): writes held for it go now, not at the next wake-up.
+        // first), and a Ready can answer the read round in flight: writes and reads held for
+        // them go now, not at the next wake-up.
+        let mut more = false;
         if !self.gathered.is_empty() && self.may_propose() {
             self.propose_gathered();
-            if self.raw.has_ready() {
-                self.on_ready();
-            }
+            more = true;
+        }
+        more |= self.start_read_round();
+        if more && self.raw.has_ready() {
+            self.on_ready();
         }
         self.shared.held_writes.store(self.gathered.len(), Ordering::Relaxed);
+        self.shared.held_reads.store(self.reads.gathered_len(), Ordering::Relaxed);
         if self.campaign_when_applied && self.raw.raft.raft_log.applied >= self.raw.raft.raft_log.committed {
             self.campaign_when_applied = false;
             if let Err(e) = self.raw.campaign() {
@@ -621,6 +644,20 @@ impl<S: LogStore> Group<S> {
             None => Error::NotLeader { leader_hint: None },
             Some(_) => Error::Timeout(timeout),
         });
+    }
+
+    /// Sends the reads gathered so far to the leader as one read-index round, unless
+    /// `READ_ROUNDS_IN_FLIGHT` rounds await their answer or no leader is known (raft-rs drops
+    /// read requests then; they stay gathered until one is). True when a round started.
+    fn start_read_round(&mut self) -> bool {
+        if self.raw.raft.leader_id == raft::INVALID_ID || self.reads.in_flight() >= READ_ROUNDS_IN_FLIGHT {
+            return false;
+        }
+        let Some(ctx) = self.reads.start_round(Instant::now()) else { return false };
+        let ctx = self.reads.ctx_bytes(ctx);
+        self.raw.read_index(ctx);
+        self.shared.read_rounds.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     fn on_client(&mut self, msg: ClientMsg) {

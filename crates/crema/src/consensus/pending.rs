@@ -158,6 +158,25 @@ impl ReadBatches {
         Some(self.next_ctx)
     }
 
+    /// Rounds sent and neither answered nor given up on yet.
+    pub fn in_flight(&self) -> usize {
+        self.rounds.len()
+    }
+
+    /// Reads waiting for the next round.
+    pub fn gathered_len(&self) -> usize {
+        self.gathered.len()
+    }
+
+    /// Gathers again the reads of every round in flight: the leader changed, and raft-rs drops
+    /// the read-index requests a leader held when it steps down (a later round's index is as
+    /// good for them: it is taken after they were asked).
+    pub fn requeue_rounds(&mut self) {
+        for (_, round) in self.rounds.drain() {
+            self.gathered.extend(round.reads);
+        }
+    }
+
     /// Raft answered round `ctx` with `index`: every read in it may proceed once `index` is applied.
     pub fn complete(&mut self, ctx: u64, index: u64) {
         if let Some(round) = self.rounds.remove(&ctx) {

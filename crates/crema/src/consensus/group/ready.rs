@@ -103,6 +103,9 @@ impl<S: LogStore> Group<S> {
             self.heard_leader = true;
         }
         if previous != leader {
+            // The read-index requests in flight went to the old leader (or were held by this
+            // node as leader): raft-rs drops them, so they are sent again to the new one.
+            self.reads.requeue_rounds();
             self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
             self.shared.leader_changed.notify_waiters();
             info!(shard = self.shared.shard, leader, term = self.raw.raft.term, ?role, "leader changed");
