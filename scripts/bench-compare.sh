@@ -13,6 +13,7 @@
 #   scripts/bench-compare.sh --short         # 1 run x 2 s: the CI smoke run
 #   scripts/bench-compare.sh --runs 5 --secs 20 --write
 #   (--only W4: one workload; --crema-only: skip redis and etcd; --debug: debug build)
+#   CREMA_BIN_DIR=/tmp/base scripts/bench-compare.sh ...   # another build's crema and crema-bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
     --write) WRITE=1 ;;
     --only) ONLY="$2"; shift ;;
     --crema-only) CREMA_ONLY=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -54,11 +55,17 @@ if [ -z "${ROCKSDB_LIB_DIR:-}" ]; then
   if [ -n "$so" ]; then export ROCKSDB_LIB_DIR="${so%/*}"; fi
 fi
 
-BUILD=()
-[ "$PROFILE" = release ] && BUILD=(--release)
-echo "== building ($PROFILE)" >&2
-cargo build -q "${BUILD[@]}" -p crema-server -p crema-bench "${FEATURES[@]}"
-BIN="target/$PROFILE"
+if [ -n "${CREMA_BIN_DIR:-}" ]; then
+  # An A/B run: the binaries of another build (built with the features above), not built here.
+  BIN="$CREMA_BIN_DIR"
+  PROFILE="$BIN"
+else
+  BUILD=()
+  [ "$PROFILE" = release ] && BUILD=(--release)
+  echo "== building ($PROFILE)" >&2
+  cargo build -q "${BUILD[@]}" -p crema-server -p crema-bench "${FEATURES[@]}"
+  BIN="target/$PROFILE"
+fi
 
 WORK="$(mktemp -d)"
 PIDS=()

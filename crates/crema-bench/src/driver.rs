@@ -130,11 +130,17 @@ async fn client(
     (hist, errors)
 }
 
-/// Writes every key once (pipelined, split over the clients), so reads find data.
+/// Connections a preload uses at least: a one-client workload against a target without
+/// pipelining (etcd) would otherwise write its 100,000 keys one round trip at a time.
+const PRELOAD_CLIENTS: usize = 32;
+
+/// Writes every key once (pipelined, split over at least `PRELOAD_CLIENTS` connections), so
+/// reads find data.
 ///
 /// # Errors
 /// A client cannot connect or a write fails.
 pub async fn preload(target: Arc<Target>, workload: &Workload, clients: usize) -> anyhow::Result<()> {
+    let clients = clients.max(PRELOAD_CLIENTS);
     let value = workload.value();
     let mut tasks = Vec::new();
     for c in 0..clients {

@@ -601,7 +601,7 @@ impl<S: LogStore> Group<S> {
             }
             self.pass();
         }
-        if let Err(e) = self.raw.mut_store().flush() {
+        if let Err(e) = self.raw.mut_store().sync() {
             warn!(shard = self.shared.shard, error = %e, "final raft log flush failed");
         }
         if let Some(job) = self.checkpoint_job.take() {

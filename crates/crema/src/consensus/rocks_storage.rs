@@ -6,6 +6,14 @@
 //! in one `WriteBatch` with one synced write, so concurrent proposals share one fsync (group
 //! commit). Until `flush` returns, nothing of that Ready may be acknowledged or sent as persisted.
 //!
+//! A batch that only moves the commit index (or compacts the log) is written without waiting
+//! for the disk, as etcd does (its `MustSync`): Raft needs entries, term, vote and conf state
+//! durable, not the commit index, which a restarted node learns again from the leader and from
+//! its checkpoint (`cache/recovery.rs`). Under load every append carries the leader's new commit
+//! index, and a follower used to pay one fsync for the entries and another for the commit-only
+//! append that followed. RocksDB's log is written in order and recovered up to the first record
+//! it cannot read, so a later synced write also makes the earlier unsynced ones durable.
+//!
 //! Keys: `[shard: u32 BE][tag]`, plus the index (u64 BE) for entries, so entries sort by index and
 //! a Multi-Raft node can keep every group in one database.
 
@@ -42,6 +50,11 @@ pub struct RocksDbStorage {
     path: std::path::PathBuf,
     shard: ShardId,
     pending: Vec<Op>,
+    /// The pending changes hold something Raft needs durable before it goes on (entries, a new
+    /// term or vote, a conf state, a snapshot): the next flush syncs.
+    sync_next: bool,
+    /// Changes were written without a sync since the last synced write.
+    unsynced: bool,
     min_free_bytes: u64,
 }
 
@@ -132,9 +145,19 @@ impl RocksDbStorage {
         let mirror =
             MemStorage::restored(hard_state, conf_state.clone(), compacted_index, compacted_term, entries);
         let path = db.path().to_owned();
-        let mut store = Self { mirror, db: Some(db), path, shard, pending: Vec::new(), min_free_bytes: 0 };
+        let mut store = Self {
+            mirror,
+            db: Some(db),
+            path,
+            shard,
+            pending: Vec::new(),
+            sync_next: false,
+            unsynced: false,
+            min_free_bytes: 0,
+        };
         if fresh {
             // Make the bootstrap conf state and log durable with the first write.
+            store.sync_next = true;
             store
                 .put(TAG_CONF_STATE, conf_state.write_to_bytes().expect("encoding a conf state cannot fail"));
             if !initial_voters.is_empty() && raft::Storage::last_index(&store.mirror)? == 0 {
@@ -195,7 +218,7 @@ impl RocksDbStorage {
         self.put(TAG_COMPACTED, v);
     }
 
-    fn write_pending(&mut self) -> Result<(), rocksdb::Error> {
+    fn write_pending(&mut self, sync: bool) -> Result<(), rocksdb::Error> {
         let db = match &self.db {
             Some(db) => db.clone(),
             None => {
@@ -213,7 +236,7 @@ impl RocksDbStorage {
             }
         }
         let mut options = WriteOptions::default();
-        options.set_sync(true);
+        options.set_sync(sync);
         let written = db.write_opt(batch, &options);
         if written.is_err() {
             drop(db);
@@ -272,10 +295,15 @@ impl LogStore for RocksDbStorage {
             let bytes = entry.write_to_bytes().expect("encoding an entry cannot fail");
             self.pending.push(Op::Put(entry_key(self.shard, entry.index), bytes));
         }
+        self.sync_next = true;
         Ok(())
     }
 
     fn set_hard_state(&mut self, hs: HardState) -> raft::Result<()> {
+        let old = self.mirror.hard_state();
+        // A vote or term must be durable before the node acts on it (or it could vote twice in
+        // a term after a restart); a commit index alone need not.
+        self.sync_next |= hs.term != old.term || hs.vote != old.vote;
         self.mirror.set_hard_state(hs)?;
         self.put_hard_state();
         Ok(())
@@ -291,9 +319,12 @@ impl LogStore for RocksDbStorage {
         let bytes = cs.write_to_bytes().expect("encoding a conf state cannot fail");
         self.mirror.set_conf_state(cs)?;
         self.put(TAG_CONF_STATE, bytes);
+        self.sync_next = true;
         Ok(())
     }
 
+    /// Written without a sync of its own: a compaction lost in a crash leaves entries that the
+    /// retained checkpoints already cover, and the next compaction drops them.
     fn compact(&mut self, index: u64) -> raft::Result<()> {
         let first = raft::Storage::first_index(&self.mirror)?;
         self.mirror.compact(index)?;
@@ -314,6 +345,7 @@ impl LogStore for RocksDbStorage {
         let conf = meta.get_conf_state().write_to_bytes().expect("encoding a conf state cannot fail");
         self.put(TAG_CONF_STATE, conf);
         self.put_hard_state();
+        self.sync_next = true;
         Ok(())
     }
 
@@ -329,6 +361,10 @@ impl LogStore for RocksDbStorage {
         !self.pending.is_empty()
     }
 
+    fn flush_syncs(&self) -> bool {
+        !self.pending.is_empty() && self.sync_next
+    }
+
     fn flush(&mut self) -> raft::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
@@ -336,8 +372,26 @@ impl LogStore for RocksDbStorage {
         // One attempt: the group loop decides how to wait and retry (the pending changes stay
         // queued, so a retry writes exactly the same batch, through a freshly opened handle).
         self.check_free_space().map_err(raft::Error::Store)?;
-        self.write_pending().map_err(db_error)?;
+        let sync = self.sync_next;
+        self.write_pending(sync).map_err(db_error)?;
         self.pending.clear();
+        self.sync_next = false;
+        // A synced write makes every earlier write of the log durable too.
+        self.unsynced = !sync;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> raft::Result<()> {
+        if !self.pending.is_empty() {
+            self.sync_next = true;
+            return self.flush();
+        }
+        if self.unsynced {
+            if let Some(db) = &self.db {
+                db.flush_wal(true).map_err(db_error)?;
+            }
+            self.unsynced = false;
+        }
         Ok(())
     }
 }
@@ -391,6 +445,45 @@ mod tests {
         assert_eq!(raft::Storage::last_index(&s).unwrap(), 3);
         assert_eq!(raft::Storage::term(&s, 1).unwrap(), 1, "the compaction point keeps its term");
         assert_eq!(raft::Storage::term(&s, 3).unwrap(), 3);
+    }
+
+    /// Entries, a vote or a term wait for the disk; a commit index alone (the append that only
+    /// carries the leader's commit, the light ready's commit) does not, and `sync` writes it.
+    #[test]
+    fn only_what_raft_needs_durable_waits_for_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(dir.path()).unwrap();
+            let mut s = RocksDbStorage::open(db, 0, &[1]).unwrap();
+            assert!(s.flush_syncs(), "the bootstrap conf state and log");
+            s.flush().unwrap();
+            s.append(&[entry(2, 1), entry(3, 1)]).unwrap();
+            assert!(s.flush_syncs(), "entries");
+            s.flush().unwrap();
+            assert!(!s.has_unflushed() && !s.flush_syncs());
+            s.set_hard_state(HardState { term: 1, vote: 0, commit: 2, ..Default::default() }).unwrap();
+            assert!(s.has_unflushed() && !s.flush_syncs(), "the commit index alone");
+            s.flush().unwrap();
+            s.set_commit(3).unwrap();
+            assert!(!s.flush_syncs(), "the light ready's commit index");
+            s.compact(2).unwrap();
+            assert!(!s.flush_syncs(), "a compaction");
+            s.flush().unwrap();
+            s.set_hard_state(HardState { term: 2, vote: 0, commit: 3, ..Default::default() }).unwrap();
+            assert!(s.flush_syncs(), "a new term");
+            s.flush().unwrap();
+            s.set_hard_state(HardState { term: 2, vote: 3, commit: 3, ..Default::default() }).unwrap();
+            assert!(s.flush_syncs(), "a vote");
+            s.flush().unwrap();
+            s.set_commit(4).unwrap();
+            s.sync().unwrap();
+            assert!(!s.has_unflushed());
+            s.sync().unwrap();
+        }
+        let s = RocksDbStorage::open(open_db(dir.path()).unwrap(), 0, &[]).unwrap();
+        let hs = raft::Storage::initial_state(&s).unwrap().hard_state;
+        assert_eq!((hs.term, hs.vote, hs.commit), (2, 3, 4));
+        assert_eq!(raft::Storage::first_index(&s).unwrap(), 2);
     }
 
     #[test]

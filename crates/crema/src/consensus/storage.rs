@@ -85,14 +85,29 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn set_applied(&mut self, index: u64);
     /// Installs the function that encodes the state machine for snapshots.
     fn set_snapshot_source(&mut self, source: SnapshotSource);
-    /// Makes every change made since the last flush durable, with one synced write. The group
-    /// loop calls it once per Ready, before anything of that Ready is sent as persisted or
-    /// acknowledged. Memory storage has nothing to do.
+    /// Writes every change made since the last flush, with one write, and makes durable what
+    /// Raft needs durable (entries, term, vote, conf state, a snapshot) before it returns; a
+    /// change of the commit index alone may stay unsynced until a later flush or [`Self::sync`].
+    /// The group loop calls it once per Ready, before anything of that Ready is sent as
+    /// persisted or acknowledged. Memory storage has nothing to do.
     ///
     /// # Errors
     /// The write failed (after the store's own retries); the changes are not durable.
     fn flush(&mut self) -> raft::Result<()> {
         Ok(())
+    }
+    /// True when [`Self::flush`] will wait for the disk (an fsync): the pending changes include
+    /// entries, a term or vote, a conf state or a snapshot.
+    fn flush_syncs(&self) -> bool {
+        false
+    }
+    /// Like [`Self::flush`], and makes everything written so far durable, the commit index
+    /// included: before a checkpoint at an applied index is written, and when the group stops.
+    ///
+    /// # Errors
+    /// As [`Self::flush`].
+    fn sync(&mut self) -> raft::Result<()> {
+        self.flush()
     }
     /// True when [`Self::flush`] has changes to write (and may block on the disk). The group
     /// loop moves off its runtime worker only then: handing a worker over costs a thread

@@ -88,7 +88,7 @@ impl<S: LogStore> Group<S> {
     /// for a leader any more. Proposals it still holds may yet commit through the new leader,
     /// so they are answered `Shutdown` (outcome unknown), not as dropped.
     fn leave(&mut self) {
-        let _ = self.persist();
+        let _ = self.persist_all();
         self.halted = true;
         self.shared.removed.store(true, Ordering::Release);
         self.publish_soft_state(raft::INVALID_ID, StateRole::Follower);
@@ -184,19 +184,37 @@ impl<S: LogStore> Group<S> {
         self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
     }
 
-    /// Makes the store's pending changes durable. While the disk refuses them (full, failing)
-    /// it keeps trying: the group waits, clients time out, nothing is acknowledged, and it goes
-    /// on once the disk accepts the write again. Answers false if the node is stopping meanwhile
-    /// (the group then halts; nothing that depended on the lost changes was acknowledged).
+    /// Writes the store's pending changes, durably where Raft needs them durable (see
+    /// `LogStore::flush`). While the disk refuses them (full, failing) it keeps trying: the
+    /// group waits, clients time out, nothing is acknowledged, and it goes on once the disk
+    /// accepts the write again. Answers false if the node is stopping meanwhile (the group then
+    /// halts; nothing that depended on the lost changes was acknowledged).
     fn persist(&mut self) -> bool {
+        self.persist_with(false)
+    }
+
+    /// As `persist`, and everything written so far is made durable, the commit index included
+    /// (`LogStore::sync`): before a checkpoint, and when the node leaves the group.
+    pub(super) fn persist_all(&mut self) -> bool {
+        self.persist_with(true)
+    }
+
+    fn persist_with(&mut self, all: bool) -> bool {
         let shard = self.shared.shard;
         let mut failing_since: Option<Instant> = None;
-        if !self.raw.store().has_unflushed() {
+        if !all && !self.raw.store().has_unflushed() {
             return true;
         }
         loop {
             let store = self.raw.mut_store();
-            match blocking(|| store.flush()) {
+            // Only a write that waits for the disk moves off the runtime worker: handing the
+            // worker over costs a thread wake-up, more than an unsynced write takes.
+            let written = match (all, store.flush_syncs()) {
+                (true, _) => blocking(|| store.sync()),
+                (false, true) => blocking(|| store.flush()),
+                (false, false) => store.flush(),
+            };
+            match written {
                 Ok(()) => {
                     if let Some(since) = failing_since {
                         info!(shard, stalled = ?since.elapsed(), "the raft log is persisted again");
@@ -383,7 +401,7 @@ impl<S: LogStore> Group<S> {
             return;
         }
         // The commit index must be durable at least up to the checkpoint before it exists.
-        if !self.persist() {
+        if !self.persist_all() {
             return;
         }
         let Some(checkpoints) = self.checkpoints.as_mut() else { return };
