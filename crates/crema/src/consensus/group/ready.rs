@@ -56,10 +56,10 @@ impl<S: LogStore> Group<S> {
                 .set_hard_state(hs.clone())
                 .unwrap_or_else(|e| panic!("persisting the hard state failed: {e}"));
         }
-        // One synced write for everything this Ready (and the lazy commit and compaction
-        // changes of the previous one) made: concurrent proposals share the fsync. Nothing of
-        // this Ready is acknowledged or sent as persisted before it returns; while the disk
-        // refuses (full), the group waits here.
+        // One write for everything this Ready (and the lazy commit and compaction changes of
+        // the previous one) made, synced when it holds entries, a term or vote: concurrent
+        // proposals share the fsync. Nothing of this Ready is acknowledged or sent as persisted
+        // before it returns; while the disk refuses (full), the group waits here.
         if !self.persist() {
             return;
         }
