@@ -195,7 +195,7 @@ impl<S: LogStore> Group<S> {
 
     /// As `persist`, and everything written so far is made durable, the commit index included
     /// (`LogStore::sync`): before a checkpoint, and when the node leaves the group.
-    pub(super) fn persist_all(&mut self) -> bool {
+    fn persist_all(&mut self) -> bool {
         self.persist_with(true)
     }
 
