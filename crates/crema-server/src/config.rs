@@ -81,8 +81,12 @@ pub struct ServeConfig {
     /// The data directory (required with `rocksdb`): the log in `raft/`, checkpoints in
     /// `checkpoints/`.
     pub data_dir: Option<PathBuf>,
-    /// Take a checkpoint after this many applied entries.
+    /// Take a checkpoint no sooner than this many applied entries after the last (then once the
+    /// log since it is as large as the cache's last checkpoint).
     pub checkpoint_log_threshold: u64,
+    /// Take a checkpoint once this many bytes of commands were applied since the last, however
+    /// large the cache; 0: every `checkpoint_log_threshold` entries.
+    pub checkpoint_max_log_bytes: u64,
     /// Take a checkpoint after this many seconds if anything changed; 0: by log threshold only.
     pub checkpoint_interval_secs: u64,
     /// With rocksdb: refuse writes while the data disk has less than this many bytes free.
@@ -105,6 +109,7 @@ impl Default for ServeConfig {
         let cache = CacheConfig::new(1, "127.0.0.1:9000".parse().expect("valid address"));
         let raft = RaftConfig::default();
         let resp = RespSettings::default();
+        let checkpoint = CheckpointConfig::new("checkpoints");
         Self {
             node_id: 1,
             resp_addr: "127.0.0.1:6380".parse().expect("valid address"),
@@ -135,8 +140,9 @@ impl Default for ServeConfig {
             write_timeout_ms: resp.write_timeout.as_millis() as u64,
             storage: StorageKind::Memory,
             data_dir: None,
-            checkpoint_log_threshold: 10_000,
-            checkpoint_interval_secs: 300,
+            checkpoint_log_threshold: checkpoint.log_threshold,
+            checkpoint_max_log_bytes: checkpoint.max_log_bytes,
+            checkpoint_interval_secs: checkpoint.interval.map_or(0, |i| i.as_secs()),
             min_free_disk_bytes: cache.min_free_disk_bytes,
         }
     }
@@ -244,6 +250,7 @@ impl ServeConfig {
                 .then(|| Duration::from_secs(self.checkpoint_interval_secs));
             let checkpoints = CheckpointConfig::new(dir.join("checkpoints"))
                 .with_log_threshold(self.checkpoint_log_threshold)
+                .with_max_log_bytes(self.checkpoint_max_log_bytes)
                 .with_interval(interval);
             config = config.with_data_dir(dir).with_checkpoint_config(checkpoints);
         }
@@ -376,9 +383,14 @@ pub struct ServeArgs {
     /// Data directory for rocksdb storage (created if missing).
     #[arg(long, env = "CREMA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Checkpoint after this many applied entries [default: 10000].
+    /// Checkpoint no sooner than this many applied entries after the last, then once the log
+    /// since it is as large as the last checkpoint [default: 10000].
     #[arg(long, env = "CREMA_CHECKPOINT_LOG_THRESHOLD")]
     pub checkpoint_log_threshold: Option<u64>,
+    /// Checkpoint once this many bytes of commands were applied since the last, however large
+    /// the cache; 0: every checkpoint-log-threshold entries [default: 67108864].
+    #[arg(long, env = "CREMA_CHECKPOINT_MAX_LOG_BYTES")]
+    pub checkpoint_max_log_bytes: Option<u64>,
     /// Checkpoint after this many seconds if anything changed; 0: by threshold only [default: 300].
     #[arg(long, env = "CREMA_CHECKPOINT_INTERVAL_SECS")]
     pub checkpoint_interval_secs: Option<u64>,
@@ -426,7 +438,7 @@ impl ServeArgs {
         );
         overlay!(c, a, max_inline_bytes, max_query_buffer_bytes, max_output_buffer_bytes);
         overlay!(c, a, slow_request_timeout_ms, write_timeout_ms, storage, checkpoint_log_threshold);
-        overlay!(c, a, checkpoint_interval_secs, min_free_disk_bytes);
+        overlay!(c, a, checkpoint_max_log_bytes, checkpoint_interval_secs, min_free_disk_bytes);
         if a.data_dir.is_some() {
             c.data_dir = a.data_dir.clone();
         }

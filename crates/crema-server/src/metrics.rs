@@ -193,6 +193,12 @@ impl Collector for NodeCollector {
         counter(e, "raft_leader_changes", "Leader changes seen by this node", raft.leader_changes)?;
         counter(
             e,
+            "checkpoint_written",
+            "Checkpoints of this node's own state written (durable storage)",
+            raft.checkpoints_written,
+        )?;
+        counter(
+            e,
             "raft_proposal_batches",
             "Batches of writes proposed together as leader (one append per follower each)",
             raft.proposal_batches,

@@ -60,6 +60,41 @@ async fn a_restarted_node_has_every_acknowledged_write() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_paced_by_the_size_of_the_cache_not_every_log_threshold_entries() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let node = std::sync::Arc::new(start(durable(dir.path(), 100)).await);
+    wait_until(Duration::from_secs(5), "the node leads", || async { node.is_leader() }).await;
+    // 2,000 keys of 100-byte values, written 11 times over: 22,000 entries, each about as
+    // large as the key's share of a checkpoint. Every 100 entries would be 220 checkpoints;
+    // paced by the cache's size it is one per rewrite of the cache or so (plus the first few
+    // while the cache grows: 100, 200, 400, ... entries).
+    const KEYS: u32 = 2_000;
+    let mut writers = Vec::new();
+    for w in 0..32u32 {
+        let node = node.clone();
+        writers.push(tokio::spawn(async move {
+            for round in 0..11u32 {
+                for k in (w..KEYS).step_by(32) {
+                    let value = format!("{round:03}{}", "v".repeat(97));
+                    node.put(format!("key:{k:05}"), value).await.unwrap();
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let figures = node.raft_figures();
+    assert!(figures.applied_index >= 22_000);
+    let written = figures.checkpoints_written;
+    assert!((5..=40).contains(&written), "{written} checkpoints for 11 rewrites of the cache");
+    let status = node.cluster_status().await.unwrap();
+    assert!(status.group.first_index > 10_000, "the log was compacted behind them: {status:?}");
+    node.shutdown().await;
+}
+
 /// The ways a checkpoint file can be damaged.
 #[derive(Debug, Clone, Copy)]
 enum Damage {

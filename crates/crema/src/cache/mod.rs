@@ -436,6 +436,7 @@ impl DistributedCache {
             applied_index: shared.applied(),
             leader_changes: shared.leader_changes(),
             snapshots_installed: shared.snapshots_installed(),
+            checkpoints_written: shared.checkpoints_written(),
             persist_failing: shared.persist_failing(),
             proposal_batches: shared.proposals().0,
             proposed_entries: shared.proposals().1,
@@ -584,6 +585,9 @@ pub struct RaftFigures {
     pub leader_changes: u64,
     /// Snapshots received from a leader and installed since this node started.
     pub snapshots_installed: u64,
+    /// Checkpoints of this node's own state written since it started (durable storage; a
+    /// received snapshot, written as a checkpoint too, counts in `snapshots_installed`).
+    pub checkpoints_written: u64,
     /// True while the Raft log cannot be written (disk full): writes wait and time out.
     pub persist_failing: bool,
     /// Proposal batches this node appended as leader: every write the group loop took from

@@ -36,7 +36,7 @@ pub(crate) fn open_durable(
     let mut store =
         RocksDbStorage::open(db, DEFAULT_SHARD, &voters)?.with_min_free_bytes(config.min_free_disk_bytes);
     let checkpoint_config = config.checkpoint_config().expect("durable storage has checkpoint settings");
-    let checkpoints = CheckpointManager::open(checkpoint_config.clone())?;
+    let mut checkpoints = CheckpointManager::open(checkpoint_config.clone())?;
     let (first, last) = (store.first_index()?, store.last_index()?);
     match checkpoints.load_newest_valid()? {
         Some(cp) => {

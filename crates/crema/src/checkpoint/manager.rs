@@ -3,6 +3,14 @@
 //!
 //! The log is compacted only up to the *oldest* retained checkpoint, so that if the newest one
 //! turns out damaged at restart, the older one plus the log after it still recover everything.
+//!
+//! Checkpoints are paced by the cache's size, as Redis paces its AOF rewrites: a checkpoint walks,
+//! encodes and writes the whole cache, so one is taken once the commands applied since the last
+//! are about as many bytes as that checkpoint's payload. A cache of 100,000 keys overwritten
+//! again and again is then rewritten about once per 100,000 writes, not once per
+//! `log_threshold` entries, while the log kept behind the checkpoints (on disk, and in the
+//! RocksDB storage's memory mirror) stays about the cache's size, and no larger than
+//! `max_log_bytes` per checkpoint; a restart replays no more log than it loads checkpoint.
 
 use std::io;
 use std::time::Instant;
@@ -19,6 +27,10 @@ pub struct CheckpointManager {
     store: CheckpointStore,
     last_index: u64,
     last_at: Instant,
+    /// Payload bytes of the newest checkpoint (0 until one is written or loaded).
+    last_bytes: u64,
+    /// Bytes of the commands applied since the newest checkpoint was started.
+    log_bytes: u64,
     /// Indexes of the checkpoints on disk, newest first.
     retained: Vec<u64>,
 }
@@ -32,24 +44,37 @@ impl CheckpointManager {
         let store = CheckpointStore::open(&config.dir)?;
         let retained: Vec<u64> = store.list()?.into_iter().map(|(i, _)| i).collect();
         let last_index = retained.first().copied().unwrap_or(0);
-        Ok(Self { config, store, last_index, last_at: Instant::now(), retained })
+        Ok(Self { config, store, last_index, last_at: Instant::now(), last_bytes: 0, log_bytes: 0, retained })
     }
 
-    /// The newest checkpoint that reads back intact (damaged ones are logged and skipped).
+    /// The newest checkpoint that reads back intact (damaged ones are logged and skipped); its
+    /// size paces the next one.
     ///
     /// # Errors
     /// The directory cannot be read.
-    pub fn load_newest_valid(&self) -> io::Result<Option<LoadedCheckpoint>> {
-        self.store.load_newest_valid()
+    pub fn load_newest_valid(&mut self) -> io::Result<Option<LoadedCheckpoint>> {
+        let loaded = self.store.load_newest_valid()?;
+        if let Some(cp) = &loaded {
+            self.last_bytes = cp.data.len() as u64;
+        }
+        Ok(loaded)
     }
 
-    /// Whether a checkpoint is due at `applied`.
+    /// Counts `bytes` of commands applied (the entries' data): they pace the next checkpoint.
+    pub fn note_applied(&mut self, bytes: u64) {
+        self.log_bytes = self.log_bytes.saturating_add(bytes);
+    }
+
+    /// Whether a checkpoint is due at `applied`: at least `log_threshold` entries and as many
+    /// bytes of commands as the last checkpoint held (or `max_log_bytes`) since the last, or the
+    /// interval passed.
     pub fn due(&self, applied: u64) -> bool {
         if applied <= self.last_index {
             return false;
         }
-        applied - self.last_index >= self.config.log_threshold
-            || self.config.interval.is_some_and(|i| self.last_at.elapsed() >= i)
+        let log_grown = applied - self.last_index >= self.config.log_threshold
+            && self.log_bytes >= self.last_bytes.min(self.config.max_log_bytes);
+        log_grown || self.config.interval.is_some_and(|i| self.last_at.elapsed() >= i)
     }
 
     /// Writes a checkpoint of `data` at `index`/`term` and prunes old ones, now.
@@ -58,21 +83,23 @@ impl CheckpointManager {
     /// Writing failed (disk full, ...): nothing changed, the previous checkpoints stay.
     pub fn take(&mut self, index: u64, term: u64, conf: &ConfState, data: &[u8]) -> io::Result<()> {
         let data = data.to_vec();
-        self.job(index, term, conf.clone(), move || Ok(data))()?;
-        self.completed(index)
+        let bytes = self.job(index, term, conf.clone(), move || Ok(data))()?;
+        self.started(index);
+        self.completed(index, bytes)
     }
 
     /// The work of writing a checkpoint, to run off the group loop (compression, the write and
-    /// its fsync take the time); call [`Self::started`] now and [`Self::completed`] when it
-    /// succeeded. Until then the log is not compacted past the older checkpoints. `data` makes
-    /// the payload on that thread (encoding a captured state takes time too).
+    /// its fsync take the time); call [`Self::started`] now and [`Self::completed`] with the
+    /// payload bytes it returns when it succeeded. Until then the log is not compacted past the
+    /// older checkpoints. `data` makes the payload on that thread (encoding a captured state
+    /// takes time too).
     pub fn job(
         &self,
         index: u64,
         term: u64,
         conf: ConfState,
         data: impl FnOnce() -> io::Result<Vec<u8>> + Send,
-    ) -> impl FnOnce() -> io::Result<()> + Send {
+    ) -> impl FnOnce() -> io::Result<u64> + Send {
         let (store, compress, keep) = (self.store.clone(), self.config.compression, self.config.keep.max(2));
         move || {
             let started = Instant::now();
@@ -80,7 +107,7 @@ impl CheckpointManager {
             let path = store.write(index, term, &conf, &data, compress)?;
             store.prune(keep)?;
             info!(index, bytes = data.len(), path = %path.display(), elapsed = ?started.elapsed(), "checkpoint written");
-            Ok(())
+            Ok(data.len() as u64)
         }
     }
 
@@ -88,13 +115,18 @@ impl CheckpointManager {
     pub fn started(&mut self, index: u64) {
         self.last_index = index;
         self.last_at = Instant::now();
+        self.log_bytes = 0;
     }
 
-    /// A checkpoint job finished: the retained checkpoints (and so the compaction limit) move.
+    /// A checkpoint job at `index` of `bytes` payload bytes finished: the retained checkpoints
+    /// (and so the compaction limit) move, and its size paces the next.
     ///
     /// # Errors
     /// The directory cannot be read.
-    pub fn completed(&mut self, index: u64) -> io::Result<()> {
+    pub fn completed(&mut self, index: u64, bytes: u64) -> io::Result<()> {
+        if index >= self.last_index {
+            self.last_bytes = bytes;
+        }
         self.last_index = self.last_index.max(index);
         self.retained = self.store.list()?.into_iter().map(|(i, _)| i).collect();
         Ok(())
@@ -126,12 +158,51 @@ mod tests {
         let conf = ConfState { voters: vec![1], ..Default::default() };
         m.take(100, 1, &conf, b"a").unwrap();
         assert_eq!(m.compact_limit(), 101);
+        m.note_applied(1);
         assert!(!m.due(150) && m.due(200));
         m.take(200, 1, &conf, b"b").unwrap();
         m.take(300, 2, &conf, b"c").unwrap();
         assert_eq!(m.compact_limit(), 201, "two kept: compaction waits for the older");
-        let reopened = CheckpointManager::open(config).unwrap();
+        let mut reopened = CheckpointManager::open(config).unwrap();
         assert_eq!((reopened.last_index(), reopened.compact_limit()), (300, 201));
         assert_eq!(reopened.load_newest_valid().unwrap().unwrap().data, b"c");
+    }
+
+    #[test]
+    fn checkpoints_are_paced_by_the_size_of_the_last_one_up_to_max_log_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CheckpointConfig::new(dir.path())
+            .with_log_threshold(100)
+            .with_max_log_bytes(10_000)
+            .with_interval(None);
+        let mut m = CheckpointManager::open(config.clone()).unwrap();
+        let conf = ConfState { voters: vec![1], ..Default::default() };
+        m.take(100, 1, &conf, &[1; 5_000]).unwrap();
+        m.note_applied(4_999);
+        assert!(!m.due(100_000), "the log since is smaller than the checkpoint");
+        m.note_applied(1);
+        assert!(!m.due(199), "and never sooner than log_threshold entries");
+        assert!(m.due(200));
+
+        // A background job: the log applied meanwhile counts from its start.
+        m.started(200);
+        m.note_applied(9_999);
+        m.completed(200, 50_000).unwrap();
+        assert!(!m.due(300), "capped at max_log_bytes, not reached");
+        m.note_applied(1);
+        assert!(m.due(300), "a cache larger than max_log_bytes is checkpointed every max_log_bytes");
+
+        // After a restart, the loaded checkpoint paces the next.
+        let mut reopened = CheckpointManager::open(config.clone()).unwrap();
+        assert!(reopened.due(300), "nothing loaded yet: log_threshold alone");
+        assert_eq!(reopened.load_newest_valid().unwrap().unwrap().meta.index, 100);
+        assert!(!reopened.due(300));
+        reopened.note_applied(5_000);
+        assert!(reopened.due(300));
+
+        // max_log_bytes 0: every log_threshold entries, whatever the size.
+        let mut fixed = CheckpointManager::open(config.with_max_log_bytes(0)).unwrap();
+        fixed.load_newest_valid().unwrap();
+        assert!(!fixed.due(199) && fixed.due(200));
     }
 }

@@ -27,8 +27,13 @@ pub use manager::CheckpointManager;
 pub struct CheckpointConfig {
     /// The directory holding checkpoint files.
     pub dir: PathBuf,
-    /// Take one after this many applied entries since the last.
+    /// Take one no sooner than this many applied entries after the last (and then once the log
+    /// since the last is as large as that checkpoint, or [`Self::max_log_bytes`]).
     pub log_threshold: u64,
+    /// Take one once the commands applied since the last reach this many bytes, however large
+    /// the cache is: bounds the log kept on disk and in memory (0: every `log_threshold`
+    /// entries).
+    pub max_log_bytes: u64,
     /// Take one after this long if anything was applied since the last.
     pub interval: Option<Duration>,
     /// LZ4-compress the payload.
@@ -38,21 +43,31 @@ pub struct CheckpointConfig {
 }
 
 impl CheckpointConfig {
-    /// Checkpoints in `dir`: every 10,000 entries or 5 minutes, compressed, the newest 2 kept.
+    /// Checkpoints in `dir`, compressed, the newest 2 kept: once the log since the last one is
+    /// as large as it (at least 10,000 entries, at most 64 MiB of commands), or after 5 minutes.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             log_threshold: 10_000,
+            max_log_bytes: 64 * 1024 * 1024,
             interval: Some(Duration::from_secs(300)),
             compression: true,
             keep: 2,
         }
     }
 
-    /// Take a checkpoint after `entries` applied entries.
+    /// Take a checkpoint no sooner than `entries` applied entries after the last.
     #[must_use]
     pub fn with_log_threshold(mut self, entries: u64) -> Self {
         self.log_threshold = entries.max(1);
+        self
+    }
+
+    /// Take a checkpoint once `bytes` of commands were applied since the last (0: every
+    /// `log_threshold` entries, whatever the cache's size).
+    #[must_use]
+    pub fn with_max_log_bytes(mut self, bytes: u64) -> Self {
+        self.max_log_bytes = bytes;
         self
     }
 

@@ -91,6 +91,8 @@ pub(crate) struct GroupShared {
     leader_changes: AtomicU64,
     /// Snapshots received from a leader and installed.
     snapshots_installed: AtomicU64,
+    /// Checkpoints of this node's own state written (durable storage only).
+    checkpoints_written: AtomicU64,
     /// The term of the last entry applied here.
     applied_term: AtomicU64,
     /// True while the raft log cannot be persisted (disk full): the group waits.
@@ -128,6 +130,7 @@ impl GroupShared {
             leader_changed: Notify::new(),
             leader_changes: AtomicU64::new(0),
             snapshots_installed: AtomicU64::new(0),
+            checkpoints_written: AtomicU64::new(0),
             applied_term: AtomicU64::new(0),
             persist_failing: AtomicBool::new(false),
             removed: AtomicBool::new(false),
@@ -204,6 +207,10 @@ impl GroupShared {
 
     pub fn snapshots_installed(&self) -> u64 {
         self.snapshots_installed.load(Ordering::Relaxed)
+    }
+
+    pub fn checkpoints_written(&self) -> u64 {
+        self.checkpoints_written.load(Ordering::Relaxed)
     }
 
     pub fn leader_changes(&self) -> u64 {
@@ -485,7 +492,7 @@ struct Group<S: LogStore> {
     campaign_when_applied: bool,
     checkpoints: Option<CheckpointManager>,
     /// A checkpoint being written on a blocking thread: answers its index when done.
-    checkpoint_job: Option<oneshot::Receiver<std::io::Result<u64>>>,
+    checkpoint_job: Option<oneshot::Receiver<std::io::Result<(u64, u64)>>>,
     /// Snapshot transfers started (numbers each transfer).
     snapshot_transfers: u64,
     /// Stops the loop (a copy of the node's token).

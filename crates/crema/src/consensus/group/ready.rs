@@ -277,6 +277,9 @@ impl<S: LogStore> Group<S> {
             return;
         }
         let last_term = entries.last().map_or(0, |e| e.term);
+        if let Some(checkpoints) = self.checkpoints.as_mut() {
+            checkpoints.note_applied(entries.iter().map(|e| e.data.len() as u64).sum());
+        }
         for entry in entries {
             let (index, term) = (entry.index, entry.term);
             let result = match entry.get_entry_type() {
@@ -387,8 +390,9 @@ impl<S: LogStore> Group<S> {
         if let Some(job) = self.checkpoint_job.as_mut() {
             match job.try_recv() {
                 Err(oneshot::error::TryRecvError::Empty) => return,
-                Ok(Ok(index)) => {
-                    if let Err(e) = checkpoints.completed(index) {
+                Ok(Ok((index, bytes))) => {
+                    self.shared.checkpoints_written.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = checkpoints.completed(index, bytes) {
                         warn!(shard, error = %e, "listing checkpoints failed");
                     }
                 }
@@ -417,7 +421,7 @@ impl<S: LogStore> Group<S> {
         checkpoints.started(applied);
         let (tx, rx) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let _ = tx.send(job().map(|()| applied));
+            let _ = tx.send(job().map(|bytes| (applied, bytes)));
         });
         self.checkpoint_job = Some(rx);
     }
