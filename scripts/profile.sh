@@ -4,6 +4,7 @@
 # (time including callees).
 #
 #   scripts/profile.sh w1 [seconds]   3 nodes, memory, 50 clients writing; profiles the leader
+#   scripts/profile.sh w4 [seconds]   3 nodes, memory, 50 clients, linearizable reads; the leader
 #   scripts/profile.sh w5 [seconds]   1 node, 50 clients, pipeline 16, local reads (READONLY)
 #
 # Needs a release build (`cargo build --release -p crema-server -p crema-bench`; `CREMA_BIN_DIR`
@@ -63,16 +64,23 @@ leader_pid() {
 }
 
 bench_args=()
+PRELOAD=0
 case "$WORKLOAD" in
   w1)
     start_nodes 3
     bench_args=(--clients 50)
     ;;
+  w4)
+    start_nodes 3
+    bench_args=(--clients 50 --reads 1)
+    PRELOAD=1
+    ;;
   w5)
     start_nodes 1
-    bench_args=(--local-reads --clients 50 --pipeline 16 --reads 1 --preload)
+    bench_args=(--local-reads --clients 50 --pipeline 16 --reads 1)
+    PRELOAD=1
     ;;
-  *) echo "unknown workload $WORKLOAD (w1 or w5)" >&2; exit 2 ;;
+  *) echo "unknown workload $WORKLOAD (w1, w4 or w5)" >&2; exit 2 ;;
 esac
 PID="$(leader_pid)"
 target=(resp)
@@ -81,6 +89,10 @@ for a in "${ADDRS[@]}"; do target+=(--addr "$a"); done
 if [ "${bench_args[0]}" = --local-reads ]; then
   target+=(--local-reads)
   bench_args=("${bench_args[@]:1}")
+fi
+# Keys are written before the profiled run, so that the samples hold none of it.
+if [ "$PRELOAD" = 1 ]; then
+  "$BIN/crema-bench" "${target[@]}" --clients 50 --reads 1 --preload --duration 0.1 --warmup 0 >/dev/null 2>&1
 fi
 "$BIN/crema-bench" "${target[@]}" "${bench_args[@]}" --duration "$((SECS + 2))" --warmup 1 >"$WORK/bench.txt" 2>&1 &
 BENCH=$!

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::logger::raft_logger;
-use super::pending::{ProposalReply, Proposals, ReadBatches, ReadReply};
+use super::pending::{PeerRead, ProposalReply, Proposals, ReadBatches, ReadReply};
 #[cfg(feature = "fault-injection")]
 use super::state_machine::ApplyOutput;
 use super::state_machine::CacheStateMachine;
@@ -625,15 +625,35 @@ impl<S: LogStore> Group<S> {
         !self.heard_leader && self.shared.in_probation()
     }
 
-    fn step(&mut self, msg: Message) {
+    fn step(&mut self, mut msg: Message) {
         let vote = matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
         if vote && self.probation_blocks_votes() {
             debug!(shard = self.shared.shard, from = msg.from, "in probation: vote request ignored");
             return;
         }
+        if msg.get_msg_type() == MessageType::MsgReadIndex && self.hold_peer_read(&mut msg) {
+            return;
+        }
         if let Err(e) = self.raw.step(msg) {
             debug!(shard = self.shared.shard, error = %e, "raft refused a message");
         }
+    }
+
+    /// As leader, holds a follower's read-index request for this node's next read round
+    /// instead of letting raft-rs start a heartbeat round for it alone (see `ReadBatches`).
+    /// False for anything else (raft-rs handles it).
+    fn hold_peer_read(&mut self, msg: &mut Message) -> bool {
+        let from = msg.from;
+        if self.raw.raft.state != StateRole::Leader
+            || from == raft::INVALID_ID
+            || from == self.settings.node_id
+            || msg.entries.len() != 1
+        {
+            return false;
+        }
+        let ctx = std::mem::take(&mut msg.entries[0].data);
+        self.reads.push_peer(Instant::now(), PeerRead { from, term: self.raw.raft.term, ctx });
+        true
     }
 
     fn tick(&mut self) {

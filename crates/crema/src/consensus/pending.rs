@@ -6,11 +6,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::consensus::Applied;
 use crate::error::{Error, Result};
 use crate::transport::forward::ForwardTicket;
+use crate::types::NodeId;
 
 /// Where a proposal's answer goes.
 pub(crate) enum ProposalReply {
@@ -87,10 +89,28 @@ impl Proposals {
     }
 }
 
+/// A follower's read-index request that this node, as leader, answers from its own next round
+/// (a `MsgReadIndexResp` with the round's index and the follower's context).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeerRead {
+    /// The follower that asked.
+    pub from: NodeId,
+    /// The term this node led in when it took the request: answered only in that term.
+    pub term: u64,
+    /// The follower's context, sent back unchanged.
+    pub ctx: Bytes,
+}
+
+/// Who waits for a read's index.
+enum ReadWaiter {
+    Local(ReadReply),
+    Peer(PeerRead),
+}
+
 /// A read waiting for its index, with the time it was asked (its deadline counts from there).
 struct PendingRead {
     asked: Instant,
-    reply: ReadReply,
+    waiter: ReadWaiter,
 }
 
 struct ReadRound {
@@ -104,6 +124,13 @@ struct ReadRound {
 /// committed in its term), without an answer. So a round unanswered after the retry interval is
 /// not failed but gathered again into the next round; a read fails only when its own deadline
 /// passes.
+///
+/// A leader also holds its followers' read-index requests for its next round (`push_peer`):
+/// raft-rs would broadcast a heartbeat round for each, so three nodes reading made three rounds
+/// (six heartbeats and six answers) where one does. A round started after the request arrived
+/// reads a commit index at least as high as the one raft-rs would have read for it, which is
+/// what makes the answer linearizable. Held requests are dropped, not moved, when the leader
+/// changes or their deadline passes: the follower asks again after its own retry interval.
 ///
 /// A round's context is this loop's random `incarnation` followed by the round's number. The
 /// leader keys pending read-index requests by context alone and answers a request whose context
@@ -144,7 +171,13 @@ impl ReadBatches {
 
     /// Adds a read, asked at `now`, to the next round.
     pub fn push(&mut self, now: Instant, reply: ReadReply) {
-        self.gathered.push(PendingRead { asked: now, reply });
+        self.gathered.push(PendingRead { asked: now, waiter: ReadWaiter::Local(reply) });
+    }
+
+    /// Adds a follower's read-index request, received at `now` by this node as leader, to the
+    /// next round.
+    pub fn push_peer(&mut self, now: Instant, read: PeerRead) {
+        self.gathered.push(PendingRead { asked: now, waiter: ReadWaiter::Peer(read) });
     }
 
     /// Turns the reads gathered so far into one round; answers its context for `read_index`.
@@ -171,19 +204,29 @@ impl ReadBatches {
     /// Gathers again the reads of every round in flight: the leader changed, and raft-rs drops
     /// the read-index requests a leader held when it steps down (a later round's index is as
     /// good for them: it is taken after they were asked).
+    /// Followers' requests held as leader are dropped: they ask the new leader themselves.
     pub fn requeue_rounds(&mut self) {
         for (_, round) in self.rounds.drain() {
             self.gathered.extend(round.reads);
         }
+        self.gathered.retain(|r| matches!(r.waiter, ReadWaiter::Local(_)));
     }
 
-    /// Raft answered round `ctx` with `index`: every read in it may proceed once `index` is applied.
-    pub fn complete(&mut self, ctx: u64, index: u64) {
+    /// Raft answered round `ctx` with `index`: every read in it may proceed once `index` is
+    /// applied. Answers the followers' requests of the round, for the caller to send.
+    pub fn complete(&mut self, ctx: u64, index: u64) -> Vec<PeerRead> {
+        let mut peers = Vec::new();
         if let Some(round) = self.rounds.remove(&ctx) {
             for read in round.reads {
-                let _ = read.reply.send(Ok(index));
+                match read.waiter {
+                    ReadWaiter::Local(reply) => {
+                        let _ = reply.send(Ok(index));
+                    }
+                    ReadWaiter::Peer(peer) => peers.push(peer),
+                }
             }
         }
+        peers
     }
 
     /// Gathers again the reads of rounds unanswered for `retry_after`, and fails with `err` every
@@ -210,7 +253,7 @@ impl ReadBatches {
             .partition(|r| now.duration_since(r.asked) >= timeout);
         self.gathered = waiting;
         for read in late {
-            let _ = read.reply.send(Err(err()));
+            read.fail(err());
         }
     }
 
@@ -224,7 +267,16 @@ impl ReadBatches {
     pub fn fail_all(&mut self, err: impl Fn() -> Error) {
         let gathered = std::mem::take(&mut self.gathered);
         for read in gathered.into_iter().chain(self.rounds.drain().flat_map(|(_, r)| r.reads)) {
-            let _ = read.reply.send(Err(err()));
+            read.fail(err());
+        }
+    }
+}
+
+impl PendingRead {
+    /// Answers a local caller with `err`; a follower's request is dropped (it retries).
+    fn fail(self, err: Error) {
+        if let ReadWaiter::Local(reply) = self.waiter {
+            let _ = reply.send(Err(err));
         }
     }
 }
@@ -287,7 +339,7 @@ mod tests {
         let ctx = reads.start_round(now).unwrap();
         assert_eq!(reads.start_round(now), None, "nothing gathered since");
         assert_eq!(reads.ctx_of(&reads.ctx_bytes(ctx)), Some(ctx));
-        reads.complete(ctx, 42);
+        assert!(reads.complete(ctx, 42).is_empty(), "no follower asked");
         assert_eq!(rx1.try_recv().unwrap().unwrap(), 42);
         assert_eq!(rx2.try_recv().unwrap().unwrap(), 42);
     }
@@ -323,5 +375,47 @@ mod tests {
         assert!(rx.try_recv().is_err(), "gathered again, not failed");
         reads.expire(t0 + Duration::from_secs(2), retry, timeout, || Error::ProposalDropped);
         assert!(matches!(rx.try_recv().unwrap(), Err(Error::ProposalDropped)));
+    }
+
+    fn peer(from: NodeId, ctx: &'static [u8]) -> PeerRead {
+        PeerRead { from, term: 3, ctx: Bytes::from_static(ctx) }
+    }
+
+    #[test]
+    fn followers_requests_join_the_next_round_and_are_handed_back_with_it() {
+        let mut reads = ReadBatches::default();
+        let t0 = Instant::now();
+        let (tx, mut rx) = oneshot::channel();
+        reads.push(t0, tx);
+        let first = reads.start_round(t0).unwrap();
+        // Asked while the first round is in flight: they wait for a round started after them.
+        reads.push_peer(t0, peer(2, b"two"));
+        reads.push_peer(t0, peer(3, b"three"));
+        assert!(reads.complete(first, 10).is_empty());
+        assert_eq!(rx.try_recv().unwrap().unwrap(), 10);
+        let second = reads.start_round(t0).unwrap();
+        assert_eq!(reads.complete(second, 12), vec![peer(2, b"two"), peer(3, b"three")]);
+        assert_eq!(reads.in_flight() + reads.gathered_len(), 0);
+    }
+
+    #[test]
+    fn followers_requests_are_dropped_at_a_leader_change_and_at_their_deadline() {
+        let mut reads = ReadBatches::default();
+        let t0 = Instant::now();
+        let (tx, mut rx) = oneshot::channel();
+        reads.push(t0, tx);
+        reads.push_peer(t0, peer(2, b"a"));
+        reads.start_round(t0).unwrap();
+        reads.push_peer(t0, peer(3, b"b"));
+        reads.requeue_rounds();
+        assert_eq!(reads.gathered_len(), 1, "only this node's own read is gathered again");
+        let round = reads.start_round(t0).unwrap();
+        assert!(reads.complete(round, 5).is_empty());
+        assert_eq!(rx.try_recv().unwrap().unwrap(), 5);
+
+        let (retry, timeout) = (Duration::from_millis(100), Duration::from_secs(1));
+        reads.push_peer(t0, peer(2, b"c"));
+        reads.expire(t0 + Duration::from_secs(2), retry, timeout, || Error::ProposalDropped);
+        assert_eq!(reads.gathered_len(), 0, "a late follower's request is dropped without an answer");
     }
 }

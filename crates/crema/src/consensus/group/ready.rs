@@ -17,6 +17,7 @@ use tracing::{debug, error, info, warn};
 use super::{blocking, Group, SNAPSHOT_CHUNK_BYTES};
 use crate::config::MAX_FRAME_BYTES;
 use crate::consensus::command::StampedCommand;
+use crate::consensus::pending::PeerRead;
 use crate::consensus::state_machine::{ApplyOutput, SnapshotCapture};
 use crate::consensus::storage::LogStore;
 use crate::consensus::{Applied, Role};
@@ -38,7 +39,8 @@ impl<S: LogStore> Group<S> {
         }
         for rs in ready.take_read_states() {
             if let Some(ctx) = self.reads.ctx_of(&rs.request_ctx) {
-                self.reads.complete(ctx, rs.index);
+                let peers = self.reads.complete(ctx, rs.index);
+                self.answer_peer_reads(peers, rs.index);
             }
         }
         self.apply(ready.take_committed_entries());
@@ -92,6 +94,30 @@ impl<S: LogStore> Group<S> {
         self.halted = true;
         self.shared.removed.store(true, Ordering::Release);
         self.publish_soft_state(raft::INVALID_ID, StateRole::Follower);
+    }
+
+    /// Answers followers' read-index requests held for a round that read `index`, as raft-rs
+    /// answers them itself (`MsgReadIndexResp` with the commit index, in this leader's term),
+    /// while this node still leads in the term it took them in.
+    fn answer_peer_reads(&mut self, peers: Vec<PeerRead>, index: u64) {
+        let (term, leading) = (self.raw.raft.term, self.raw.raft.state == StateRole::Leader);
+        let answers: Vec<Message> = peers
+            .into_iter()
+            .filter(|p| leading && p.term == term)
+            .map(|p| {
+                let mut msg = Message::default();
+                msg.set_msg_type(MessageType::MsgReadIndexResp);
+                msg.from = self.settings.node_id;
+                msg.to = p.from;
+                msg.term = term;
+                msg.index = index;
+                msg.set_entries(vec![Entry { data: p.ctx, ..Default::default() }].into());
+                msg
+            })
+            .collect();
+        if !answers.is_empty() {
+            self.send(answers);
+        }
     }
 
     fn publish_soft_state(&mut self, leader: NodeId, role: StateRole) {
