@@ -491,7 +491,7 @@ struct Group<S: LogStore> {
     /// The sole voter campaigns once it has applied everything committed.
     campaign_when_applied: bool,
     checkpoints: Option<CheckpointManager>,
-    /// A checkpoint being written on a blocking thread: answers its index when done.
+    /// A checkpoint being written on a blocking thread: answers its index and payload bytes.
     checkpoint_job: Option<oneshot::Receiver<std::io::Result<(u64, u64)>>>,
     /// Snapshot transfers started (numbers each transfer).
     snapshot_transfers: u64,
