@@ -157,32 +157,68 @@ async fn a_client_that_never_reads_is_dropped_with_bounded_memory() {
     still_serves(&node).await;
 }
 
+/// `connected_clients` and `rejected_connections` from INFO asked on `c`.
+async fn client_counts(c: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
+    let info: String = redis::cmd("INFO").query_async(c).await.unwrap();
+    let field = |name: &str| -> u64 {
+        let line = info.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in INFO"));
+        line[name.len()..].trim().parse().unwrap()
+    };
+    (field("connected_clients:"), field("rejected_connections:"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_connections_meet_max_clients_and_others_are_unaffected() {
-    let node = start(&["--max-clients", "300"]);
+    const LIMIT: u64 = 300;
+    const WAVE: u64 = 500;
+    const CHUNK: u64 = 50;
+    let limit = LIMIT.to_string();
+    let node = start(&["--max-clients", &limit]);
     let mut steady = client(node.resp).await;
     let mut refused = 0;
     // 20 waves of 500 held at once: 10,000 connections, within a default 1,024 open-file limit.
+    // Each wave connects in chunks of 50 and waits until the server has taken each chunk (as a
+    // client or refused): connections made all at once overflow the listen queue, and the ones
+    // retried after it are accepted out of order, so which of them are over the limit is
+    // not the order they connected in.
     for _wave in 0..20 {
+        let (_, rejected_before) = client_counts(&mut steady).await;
         let mut held = Vec::new();
-        for _ in 0..500 {
-            match TcpStream::connect(node.resp).await {
-                Ok(s) => held.push(s),
-                Err(e) => panic!("connect failed: {e}"),
+        for chunk in 1..=WAVE / CHUNK {
+            for _ in 0..CHUNK {
+                match TcpStream::connect(node.resp).await {
+                    Ok(s) => held.push(s),
+                    Err(e) => panic!("connect failed: {e}"),
+                }
             }
+            wait_until(Duration::from_secs(10), "the server has taken the chunk", || {
+                let mut steady = steady.clone();
+                async move {
+                    let (connected, rejected) = client_counts(&mut steady).await;
+                    (connected - 1) + (rejected - rejected_before) == chunk * CHUNK
+                }
+            })
+            .await;
         }
+        let (connected, rejected) = client_counts(&mut steady).await;
+        assert_eq!(connected, LIMIT, "the steady client and {} of the wave are served", LIMIT - 1);
+        assert_eq!(rejected - rejected_before, WAVE - (LIMIT - 1), "the rest are refused");
         let _: () = steady.set("steady", "ok").await.unwrap();
-        // The last ones of a wave are over the limit: they must be told so.
-        for s in held.iter_mut().rev().take(50) {
+        // The last chunk came after the limit was reached: each of them must be told so.
+        for s in held.iter_mut().rev().take(CHUNK as usize) {
             let reply = read_some(s, 1).await;
             if reply.starts_with(b"-ERR max number of clients reached") {
                 refused += 1;
             }
         }
         drop(held);
+        wait_until(Duration::from_secs(10), "the wave's connections are released", || {
+            let mut steady = steady.clone();
+            async move { client_counts(&mut steady).await.0 == 1 }
+        })
+        .await;
     }
     assert_eq!(refused, 1000, "every sampled over-limit connection is refused with an error");
-    wait_for_clients(&node, 2, "the held connections are released").await;
     assert!(rss_mib(node.child.id()) < 512, "RSS {} MiB", rss_mib(node.child.id()));
     let got: String = steady.get("steady").await.unwrap();
     assert_eq!(got, "ok");

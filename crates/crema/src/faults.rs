@@ -7,7 +7,8 @@
 //! forwarded writes and their answers) asks [`Faults`] first whether to drop it, send it twice
 //! or hold it back (delay plus jitter, which reorders), and links can be cut one way or between
 //! groups of nodes. A node's Raft group loop can be paused (as if the process were stopped) and
-//! resumed. Crashing and restarting a node is the test's job: shut it down and start it again
+//! resumed. A node's durable log writes can be slowed ([`Faults::slow_disk`]), as a busy disk
+//! would. Crashing and restarting a node is the test's job: shut it down and start it again
 //! on the same address and data directory.
 //!
 //! [`Mutant`]s are bugs planted on purpose behind this switch, so tests can show that the
@@ -92,6 +93,7 @@ pub struct Faults {
     rng: Mutex<StdRng>,
     paused: watch::Sender<BTreeSet<NodeId>>,
     mutants: Mutex<HashSet<Mutant>>,
+    disk_delays: Mutex<HashMap<NodeId, Duration>>,
     dropped: AtomicU64,
     duplicated: AtomicU64,
     delayed: AtomicU64,
@@ -111,6 +113,7 @@ impl Faults {
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             paused: watch::Sender::new(BTreeSet::new()),
             mutants: Mutex::default(),
+            disk_delays: Mutex::default(),
             dropped: AtomicU64::new(0),
             duplicated: AtomicU64::new(0),
             delayed: AtomicU64::new(0),
@@ -178,6 +181,17 @@ impl Faults {
     /// Resumes every paused node.
     pub fn resume_all(&self) {
         self.paused.send_modify(BTreeSet::clear);
+    }
+
+    /// Every Raft log write `node` makes off its group loop (durable storage; see
+    /// `consensus::group`) takes `delay` longer; `Duration::ZERO` puts the disk back.
+    pub fn slow_disk(&self, node: NodeId, delay: Duration) {
+        self.disk_delays.lock().expect("disk delays poisoned").insert(node, delay);
+    }
+
+    /// The extra time each of `node`'s log writes takes.
+    pub fn disk_delay(&self, node: NodeId) -> Duration {
+        self.disk_delays.lock().expect("disk delays poisoned").get(&node).copied().unwrap_or_default()
     }
 
     /// Plants `mutant` in every node sharing these faults.

@@ -372,3 +372,89 @@ async fn a_read_right_after_a_restart_waits_for_the_replay() {
         node.shutdown().await;
     }
 }
+
+/// A leader whose disk fills cannot commit or apply anything: it stops heartbeating, another
+/// node takes over and writes go on through it; once space comes back the old leader catches
+/// up with every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_disk_fills_hands_over_and_catches_up_later() {
+    init_tracing();
+    let disks: Vec<SmallDisk> = (0..3).map(|_| SmallDisk::mount(64 << 20)).collect();
+    let bound = bind(3);
+    let addrs: Vec<_> = bound.iter().map(|(_, a)| *a).collect();
+    let mut nodes = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        let data = disks[i].path.join("node");
+        let config = node_config(i as u64 + 1, &addrs)
+            .with_raft_storage_type(RaftStorageType::RocksDb)
+            .with_data_dir(&data)
+            // No checkpoint comes due in this test: one would make the loop wait for the disk
+            // (and so stop heartbeating) whatever the leader does about its full disk.
+            .with_checkpoint_config(
+                CheckpointConfig::new(data.join("checkpoints"))
+                    .with_log_threshold(1_000_000)
+                    .with_interval(None),
+            )
+            .with_request_timeout(Duration::from_millis(1500))
+            .with_min_free_disk_bytes(16 << 20);
+        nodes.push(DistributedCache::new_with_listener(config, listener).await.unwrap());
+    }
+    let all: Vec<&DistributedCache> = nodes.iter().collect();
+    let first = wait_leader(&all, Duration::from_secs(10)).await;
+    nodes[first].put("before", "full").await.unwrap();
+
+    // Leave 8 MiB above the leader's 16 MiB reserve, then write 64 KiB values through it.
+    let filler = disks[first].path.join("filler");
+    let fill = disks[first].free_bytes().saturating_sub(24 << 20);
+    std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
+    let value = Bytes::from(vec![b'v'; 64 << 10]);
+    let mut acknowledged = Vec::new();
+    let mut refused = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for i in 0..1000u32 {
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        match nodes[first].put(format!("k{i}"), value.clone()).await {
+            Ok(()) => acknowledged.push(i),
+            Err(Error::Storage(msg)) => {
+                assert!(msg.contains("disk full"), "{msg}");
+                refused = true;
+                break;
+            }
+            // Outcome unknown: the write that hit the reserve, or one caught by the hand-over.
+            Err(Error::Timeout(_) | Error::NotLeader { .. } | Error::ProposalDropped) => {}
+            Err(e) => panic!("unexpected error while the disk fills: {e}"),
+        }
+    }
+    assert!(refused, "the full leader never refused a write ({} acknowledged)", acknowledged.len());
+    assert!(!acknowledged.is_empty());
+
+    // Another node leads, and writes through it are acknowledged while the old leader's disk
+    // is still full.
+    let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    wait_until(Duration::from_secs(10), "another node leads", || async {
+        others.iter().any(|i| nodes[*i].is_leader())
+    })
+    .await;
+    let second = *others.iter().find(|i| nodes[**i].is_leader()).unwrap();
+    nodes[second].put("during", "full").await.unwrap();
+    assert!(nodes[first].raft_figures().persist_failing, "the old leader still cannot persist");
+
+    // Space comes back: the old leader persists again and has everything.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(20), "the old leader persists again", || async {
+        !nodes[first].raft_figures().persist_failing
+    })
+    .await;
+    nodes[first].read_barrier().await.unwrap();
+    for key in ["before", "during"] {
+        assert!(nodes[first].get(key.as_bytes()).await.is_some(), "{key}");
+    }
+    for i in &acknowledged {
+        assert_eq!(nodes[first].get(format!("k{i}").as_bytes()).await, Some(value.clone()), "k{i}");
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -180,3 +180,67 @@ async fn reads_asked_while_a_read_round_is_in_flight_wait_and_share_the_next() {
         node.shutdown().await;
     }
 }
+
+/// Durable storage: a write is acknowledged only once a majority of the nodes has it on disk,
+/// and a node's loop does not wait for its disk meanwhile. Two of the three disks are slowed
+/// by a second: whichever majority acknowledges the write includes one of them. While the
+/// write is out, a linearizable read on the leader (a heartbeat round, no disk) is answered.
+#[cfg(feature = "rocksdb")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_write_waits_for_a_majority_of_disks_and_the_loop_does_not() {
+    init_tracing();
+    const SLOW: Duration = Duration::from_secs(1);
+    let faults = Arc::new(Faults::new(2));
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let raft =
+        RaftConfig { tick_interval_ms: 20, election_tick: 100, heartbeat_tick: 3, ..Default::default() };
+    let nodes: Vec<Arc<DistributedCache>> = cluster_with(3, |c| {
+        let dir = dirs[c.node_id as usize - 1].path().to_owned();
+        c.with_faults(faults.clone())
+            .with_raft_config(raft.clone())
+            .with_raft_storage_type(crema::RaftStorageType::RocksDb)
+            .with_checkpoint_config(crema::CheckpointConfig::new(dir.join("checkpoints")).with_interval(None))
+            .with_data_dir(dir)
+    })
+    .await
+    .into_iter()
+    .map(Arc::new)
+    .collect();
+    let refs: Vec<&DistributedCache> = nodes.iter().map(|n| n.as_ref()).collect();
+    let leader = nodes[wait_leader(&refs, Duration::from_secs(10)).await].clone();
+    leader.put("warm-up", "1").await.expect("a first write");
+    let slow_follower = nodes.iter().find(|n| n.node_id() != leader.node_id()).unwrap().node_id();
+    faults.slow_disk(leader.node_id(), SLOW);
+    faults.slow_disk(slow_follower, SLOW);
+
+    let proposed = leader.raft_figures().proposed_entries;
+    let started = tokio::time::Instant::now();
+    let write = {
+        let leader = leader.clone();
+        tokio::spawn(async move { leader.put("durable", "yes").await })
+    };
+    wait_until(Duration::from_secs(5), "the write is proposed", || async {
+        leader.raft_figures().proposed_entries > proposed
+    })
+    .await;
+    assert_eq!(leader.consistent_get(b"warm-up").await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(
+        !write.is_finished(),
+        "the write was acknowledged before a read on the leader was answered: before a majority \
+         of disks could have it, or the leader's loop waited for its disk"
+    );
+    write.await.unwrap().expect("the write is acknowledged");
+    assert!(
+        started.elapsed() >= SLOW,
+        "acknowledged after {:?}, before a majority of disks could have it",
+        started.elapsed()
+    );
+    faults.slow_disk(leader.node_id(), Duration::ZERO);
+    faults.slow_disk(slow_follower, Duration::ZERO);
+    for node in &nodes {
+        assert_eq!(node.consistent_get(b"durable").await.unwrap().as_deref(), Some(&b"yes"[..]));
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

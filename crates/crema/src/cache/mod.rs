@@ -318,7 +318,10 @@ impl DistributedCache {
                 Some(leader) if !self.config.forwarding_enabled => {
                     return Err(Error::NotLeader { leader_hint: Some(leader) });
                 }
-                Some(leader) => self.forward(leader, command.clone()).await,
+                Some(leader) => match self.group.check_persisting() {
+                    Ok(()) => self.forward(leader, command.clone()).await,
+                    Err(e) => return Err(e),
+                },
             };
             match result {
                 Err(Error::ProposalDropped) | Err(Error::NotLeader { .. })

@@ -13,6 +13,18 @@
 //! 6. send `persisted_messages` (votes and append responses only after persisting);
 //! 7. `advance`, then the light ready the same way (commit index, messages, committed entries).
 //!
+//! With a store that syncs to disk (RocksDB) on a multi-threaded runtime, steps 5-7 do not wait
+//! for the fsync: the Ready's changes go to a blocking thread as one write
+//! (`LogStore::take_write`), the Ready is advanced without them counting as persisted
+//! (`advance_append_async`), and the loop goes on stepping messages, proposing and applying.
+//! Readies handled meanwhile add their changes to the store's next write; their persisted
+//! messages wait with them. When a write lands, `on_persist_ready` tells raft-rs, which may then
+//! commit (the leader's own entries count), and the held messages go out. One write runs at a
+//! time, so writes land in order. raft-rs applies nothing this node has not persisted (its
+//! committed entries stop at the persisted index). A snapshot, a checkpoint, leaving the group
+//! and stopping first wait for the write in flight. Under load this overlaps each node's fsync
+//! with its network and apply work, where the synchronous loop did nothing while it synced.
+//!
 //! Apply answers each proposal by its `(index, term)`; a proposal whose entry was overwritten by
 //! another leader's answers `ProposalDropped`.
 //!
@@ -66,6 +78,22 @@ const READ_ROUNDS_IN_FLIGHT: usize = 1;
 
 /// Writes gathered past this many are proposed even with `UNCOMMITTED_BATCHES` in flight.
 const GATHER_LIMIT: usize = 4096;
+
+/// A log write running off the loop (see the module header).
+struct PersistJob {
+    /// The number of the last Ready whose changes it holds.
+    number: u64,
+    /// True once written; false if the node stopped while the disk refused the write.
+    done: oneshot::Receiver<bool>,
+}
+
+/// Resolves when the write in flight lands (never when none is): `(its Ready number, written)`.
+async fn persisted(job: &mut Option<PersistJob>) -> (u64, bool) {
+    match job {
+        Some(job) => (job.number, (&mut job.done).await.unwrap_or(false)),
+        None => std::future::pending().await,
+    }
+}
 
 /// What a client (the cache API, a forwarded request, an admin call) asks of the group.
 pub(crate) enum ClientMsg {
@@ -267,7 +295,9 @@ impl GroupHandle {
     }
 
     /// Refuses writes while the group cannot persist its log (disk full): nothing is proposed.
-    fn check_persisting(&self) -> Result<()> {
+    /// A follower refuses too rather than forward: it could not apply the write, so the client
+    /// would wait for nothing and time out on a write that may well have committed.
+    pub(crate) fn check_persisting(&self) -> Result<()> {
         if self.shared.persist_failing() {
             return Err(Error::Storage(
                 "writes are refused: this node cannot persist its raft log (disk full or failing; see its log)".into(),
@@ -424,6 +454,13 @@ pub(crate) fn spawn_group<S: LogStore>(
     };
     cfg.validate()?;
     let mut store = store;
+    // Off-loop writes need a blocking thread to hand the write to and block_in_place to wait
+    // for one; a current-thread runtime (some tests) writes in the loop.
+    let persist_async = store.writes_off_loop()
+        && matches!(
+            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread)
+        );
     store.set_snapshot_source(Box::new(sm.snapshot_source()));
     store.set_applied(applied);
     let raw = RawNode::new(&cfg, store, &raft_logger(settings.node_id, settings.shard))?;
@@ -467,6 +504,9 @@ pub(crate) fn spawn_group<S: LogStore>(
         cancel: cancel.clone(),
         halted: false,
         removed: false,
+        persist_async,
+        persist_job: None,
+        unpersisted: std::collections::VecDeque::new(),
     };
     group.publish_voters();
     let task = tokio::spawn(group.run(cancel));
@@ -502,6 +542,13 @@ struct Group<S: LogStore> {
     /// This node applied its own removal from the group: the loop stops (raft-rs keeps a
     /// removed leader leading, and it then fails on its own missing progress).
     removed: bool,
+    /// Synced writes run off the loop (see the module header).
+    persist_async: bool,
+    /// The write in flight, if any.
+    persist_job: Option<PersistJob>,
+    /// Readies advanced before their changes were durable, oldest first: their numbers and the
+    /// messages to send once they are. Not empty exactly while a write is in flight.
+    unpersisted: std::collections::VecDeque<(u64, Vec<Message>)>,
 }
 
 impl<S: LogStore> Group<S> {
@@ -521,6 +568,7 @@ impl<S: LogStore> Group<S> {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                (number, written) = persisted(&mut self.persist_job) => self.on_persisted(number, written),
                 Some(msg) = self.raft_rx.recv() => self.step(msg),
                 Some(msg) = self.client_rx.recv() => self.on_client(msg),
                 _ = ticker.tick() => self.tick(),
@@ -582,6 +630,11 @@ impl<S: LogStore> Group<S> {
     /// Graceful stop: refuse new requests, give in-flight proposals a short grace to commit, then
     /// answer whatever is left with `Shutdown`.
     async fn drain_before_exit(&mut self, ticker: &mut tokio::time::Interval) {
+        // From here every Ready is persisted in the loop, after what is in flight lands.
+        if !self.removed {
+            self.settle_persist();
+        }
+        self.persist_async = false;
         self.client_rx.close();
         while let Ok(msg) = self.client_rx.try_recv() {
             if self.removed {
@@ -661,7 +714,13 @@ impl<S: LogStore> Group<S> {
             self.heard_leader = true;
         }
         // In probation a follower must not campaign (that is a vote for itself): do not tick.
-        if !(self.probation_blocks_votes() && self.raw.raft.state == StateRole::Follower) {
+        // A leader that cannot persist its log (disk full) cannot commit or apply anything:
+        // it stops heartbeating, as the loop did when it waited on the disk, so the followers
+        // elect a leader that can.
+        let role = self.raw.raft.state;
+        let held_back = (role == StateRole::Follower && self.probation_blocks_votes())
+            || (role == StateRole::Leader && self.shared.persist_failing());
+        if !held_back {
             self.raw.tick();
         }
         let leader = self.shared.leader_id();

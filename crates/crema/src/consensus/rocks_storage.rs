@@ -14,18 +14,23 @@
 //! append that followed. RocksDB's log is written in order and recovered up to the first record
 //! it cannot read, so a later synced write also makes the earlier unsynced ones durable.
 //!
+//! Under a multi-threaded runtime the group loop takes each synced batch off the loop
+//! ([`LogStore::take_write`]) and keeps working while a blocking thread writes it; the Readies it
+//! handles meanwhile go in the next batch. The handle and what a write needs are shared (`Disk`)
+//! between the store and those writes, which run one at a time.
+//!
 //! Keys: `[shard: u32 BE][tag]`, plus the index (u64 BE) for entries, so entries sort by index and
 //! a Multi-Raft node can keep every group in one database.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
-use super::storage::{LogStore, MemStorage, SnapshotSource};
+use super::storage::{LogStore, LogWrite, MemStorage, SnapshotSource};
 use crate::types::ShardId;
 
 const TAG_HARD_STATE: u8 = 1;
@@ -41,13 +46,19 @@ enum Op {
     DeleteRange(Vec<u8>, Vec<u8>),
 }
 
+/// The database as the writes of one group see it.
+struct Disk {
+    /// None after a failed write: RocksDB must not be written through a handle that failed
+    /// (Debian's build asserts on it), so the next write opens the database again.
+    db: Option<Arc<DB>>,
+    path: PathBuf,
+    min_free_bytes: u64,
+}
+
 /// Durable Raft storage of one group.
 pub struct RocksDbStorage {
     mirror: MemStorage,
-    /// None after a failed write: RocksDB must not be written through a handle that failed
-    /// (Debian's build asserts on it), so the next flush opens the database again.
-    db: Option<Arc<DB>>,
-    path: std::path::PathBuf,
+    disk: Arc<Mutex<Disk>>,
     shard: ShardId,
     pending: Vec<Op>,
     /// The pending changes hold something Raft needs durable before it goes on (entries, a new
@@ -55,7 +66,25 @@ pub struct RocksDbStorage {
     sync_next: bool,
     /// Changes were written without a sync since the last synced write.
     unsynced: bool,
-    min_free_bytes: u64,
+}
+
+/// The pending changes of a [`RocksDbStorage`], taken to be written off the group loop.
+struct RocksWrite {
+    disk: Arc<Mutex<Disk>>,
+    ops: Vec<Op>,
+    sync: bool,
+}
+
+impl LogWrite for RocksWrite {
+    fn write(&mut self) -> raft::Result<()> {
+        lock(&self.disk).write(&self.ops, self.sync)
+    }
+}
+
+/// A write that panicked cannot have left the handle half-changed (it is replaced whole), so a
+/// poisoned lock is taken as it is.
+fn lock(disk: &Mutex<Disk>) -> MutexGuard<'_, Disk> {
+    disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for RocksDbStorage {
@@ -147,13 +176,11 @@ impl RocksDbStorage {
         let path = db.path().to_owned();
         let mut store = Self {
             mirror,
-            db: Some(db),
-            path,
+            disk: Arc::new(Mutex::new(Disk { db: Some(db), path, min_free_bytes: 0 })),
             shard,
             pending: Vec::new(),
             sync_next: false,
             unsynced: false,
-            min_free_bytes: 0,
         };
         if fresh {
             // Make the bootstrap conf state and log durable with the first write.
@@ -177,11 +204,28 @@ impl RocksDbStorage {
     /// Refuses to write while the disk holding the database has less than `bytes` free: a
     /// write is held back (and retried by the group) instead of running the disk full, which
     /// RocksDB does not recover from without a restart.
-    pub fn with_min_free_bytes(mut self, bytes: u64) -> Self {
-        self.min_free_bytes = bytes;
+    pub fn with_min_free_bytes(self, bytes: u64) -> Self {
+        lock(&self.disk).min_free_bytes = bytes;
         self
     }
 
+    fn put(&mut self, tag: u8, value: Vec<u8>) {
+        self.pending.push(Op::Put(key(self.shard, tag), value));
+    }
+
+    fn put_hard_state(&mut self) {
+        let bytes = self.mirror.hard_state().write_to_bytes().expect("encoding a hard state cannot fail");
+        self.put(TAG_HARD_STATE, bytes);
+    }
+
+    fn put_compacted(&mut self, index: u64, term: u64) {
+        let mut v = index.to_be_bytes().to_vec();
+        v.extend_from_slice(&term.to_be_bytes());
+        self.put(TAG_COMPACTED, v);
+    }
+}
+
+impl Disk {
     fn check_free_space(&self) -> Result<(), StorageError> {
         if self.min_free_bytes == 0 {
             return Ok(());
@@ -203,22 +247,14 @@ impl RocksDbStorage {
         Ok(())
     }
 
-    fn put(&mut self, tag: u8, value: Vec<u8>) {
-        self.pending.push(Op::Put(key(self.shard, tag), value));
+    /// One attempt to write `ops` (the caller decides how to wait and retry, and a retry
+    /// writes the same ops through a freshly opened handle).
+    fn write(&mut self, ops: &[Op], sync: bool) -> raft::Result<()> {
+        self.check_free_space().map_err(raft::Error::Store)?;
+        self.write_ops(ops, sync).map_err(db_error)
     }
 
-    fn put_hard_state(&mut self) {
-        let bytes = self.mirror.hard_state().write_to_bytes().expect("encoding a hard state cannot fail");
-        self.put(TAG_HARD_STATE, bytes);
-    }
-
-    fn put_compacted(&mut self, index: u64, term: u64) {
-        let mut v = index.to_be_bytes().to_vec();
-        v.extend_from_slice(&term.to_be_bytes());
-        self.put(TAG_COMPACTED, v);
-    }
-
-    fn write_pending(&mut self, sync: bool) -> Result<(), rocksdb::Error> {
+    fn write_ops(&mut self, ops: &[Op], sync: bool) -> Result<(), rocksdb::Error> {
         let db = match &self.db {
             Some(db) => db.clone(),
             None => {
@@ -228,7 +264,7 @@ impl RocksDbStorage {
             }
         };
         let mut batch = WriteBatch::default();
-        for op in &self.pending {
+        for op in ops {
             match op {
                 Op::Put(k, v) => batch.put(k, v),
                 Op::Delete(k) => batch.delete(k),
@@ -243,6 +279,14 @@ impl RocksDbStorage {
             self.db = None;
         }
         written
+    }
+
+    /// Makes every unsynced write so far durable.
+    fn sync_wal(&mut self) -> raft::Result<()> {
+        match &self.db {
+            Some(db) => db.flush_wal(true).map_err(db_error),
+            None => Ok(()),
+        }
     }
 }
 
@@ -371,9 +415,8 @@ impl LogStore for RocksDbStorage {
         }
         // One attempt: the group loop decides how to wait and retry (the pending changes stay
         // queued, so a retry writes exactly the same batch, through a freshly opened handle).
-        self.check_free_space().map_err(raft::Error::Store)?;
         let sync = self.sync_next;
-        self.write_pending(sync).map_err(db_error)?;
+        lock(&self.disk).write(&self.pending, sync)?;
         self.pending.clear();
         self.sync_next = false;
         // A synced write makes every earlier write of the log durable too.
@@ -387,12 +430,24 @@ impl LogStore for RocksDbStorage {
             return self.flush();
         }
         if self.unsynced {
-            if let Some(db) = &self.db {
-                db.flush_wal(true).map_err(db_error)?;
-            }
+            lock(&self.disk).sync_wal()?;
             self.unsynced = false;
         }
         Ok(())
+    }
+
+    fn writes_off_loop(&self) -> bool {
+        true
+    }
+
+    fn take_write(&mut self) -> Option<Box<dyn LogWrite>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let sync = std::mem::take(&mut self.sync_next);
+        self.unsynced = !sync;
+        let ops = std::mem::take(&mut self.pending);
+        Some(Box::new(RocksWrite { disk: self.disk.clone(), ops, sync }))
     }
 }
 

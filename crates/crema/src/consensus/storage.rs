@@ -115,6 +115,31 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn has_unflushed(&self) -> bool {
         false
     }
+    /// True when this store can hand its pending changes to a write that runs away from the
+    /// group loop ([`Self::take_write`]). The loop then keeps stepping messages, proposing and
+    /// applying while the disk syncs a batch, and the changes of the Readies it handles
+    /// meanwhile go together in the next write.
+    fn writes_off_loop(&self) -> bool {
+        false
+    }
+    /// Takes every change made since the last flush or take as one write, synced when
+    /// [`Self::flush_syncs`] was true; `None` when nothing is pending (or the store cannot
+    /// write off the loop). Writes taken run one at a time, in the order they were taken,
+    /// and before any later [`Self::flush`] or [`Self::sync`]; the store's reads
+    /// (`raft::Storage`) answer the taken changes at once.
+    fn take_write(&mut self) -> Option<Box<dyn LogWrite>> {
+        None
+    }
+}
+
+/// Changes taken from a [`LogStore`] to be written away from the group loop.
+pub trait LogWrite: Send + 'static {
+    /// Writes the changes, durably when they were taken as synced. After an error it may be
+    /// called again and writes the same changes.
+    ///
+    /// # Errors
+    /// The write failed; the changes are not durable.
+    fn write(&mut self) -> raft::Result<()>;
 }
 
 /// In-memory Raft storage. Nothing survives a restart.

@@ -12,9 +12,10 @@ use raft::eraftpb::{
 };
 use raft::StateRole;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{blocking, Group, SNAPSHOT_CHUNK_BYTES};
+use super::{blocking, Group, GroupShared, PersistJob, SNAPSHOT_CHUNK_BYTES};
 use crate::config::MAX_FRAME_BYTES;
 use crate::consensus::command::StampedCommand;
 use crate::consensus::pending::PeerRead;
@@ -27,6 +28,12 @@ use crate::types::NodeId;
 
 impl<S: LogStore> Group<S> {
     pub(super) fn on_ready(&mut self) {
+        if self.persist_job.is_some() && self.raw.snap().is_some_and(|s| !s.is_empty()) {
+            // A snapshot replaces the log: what was written before it lands first.
+            if !self.settle_persist() {
+                return;
+            }
+        }
         let mut ready = self.raw.ready();
         if let Some(ss) = ready.ss() {
             self.publish_soft_state(ss.leader_id, ss.raft_state);
@@ -57,6 +64,21 @@ impl<S: LogStore> Group<S> {
             store
                 .set_hard_state(hs.clone())
                 .unwrap_or_else(|e| panic!("persisting the hard state failed: {e}"));
+        }
+        // Off the loop: the write goes to a blocking thread (or joins the next one) and this
+        // Ready is advanced unpersisted; its persisted messages wait for the write.
+        if self.persist_async && ready.snapshot().is_empty() && self.write_off_loop() {
+            let number = ready.number();
+            let held = ready.take_persisted_messages();
+            self.raw.advance_append_async(ready);
+            self.unpersisted.push_back((number, held));
+            if self.persist_job.is_none() {
+                self.start_persist();
+            }
+            self.raw.advance_apply();
+            self.shared.commit.store(self.raw.raft.raft_log.committed, Ordering::Release);
+            self.compact_log();
+            return;
         }
         // One write for everything this Ready (and the lazy commit and compaction changes of
         // the previous one) made, synced when it holds entries, a term or vote: concurrent
@@ -210,58 +232,135 @@ impl<S: LogStore> Group<S> {
         self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
     }
 
-    /// Writes the store's pending changes, durably where Raft needs them durable (see
-    /// `LogStore::flush`). While the disk refuses them (full, failing) it keeps trying: the
-    /// group waits, clients time out, nothing is acknowledged, and it goes on once the disk
-    /// accepts the write again. Answers false if the node is stopping meanwhile (the group then
-    /// halts; nothing that depended on the lost changes was acknowledged).
+    /// Writes the store's pending changes in the loop, durably where Raft needs them durable
+    /// (see `LogStore::flush`), retrying as `write_until_done` does. Answers false if the node
+    /// is stopping meanwhile (the group then halts).
     fn persist(&mut self) -> bool {
         self.persist_with(false)
     }
 
-    /// As `persist`, and everything written so far is made durable, the commit index included
-    /// (`LogStore::sync`): before a checkpoint, and when the node leaves the group.
+    /// As `persist`, after the write in flight, and everything written so far is made durable,
+    /// the commit index included (`LogStore::sync`): before a checkpoint, and when the node
+    /// leaves the group.
     fn persist_all(&mut self) -> bool {
-        self.persist_with(true)
+        self.settle_persist() && self.persist_with(true)
     }
 
     fn persist_with(&mut self, all: bool) -> bool {
-        let shard = self.shared.shard;
-        let mut failing_since: Option<Instant> = None;
         if !all && !self.raw.store().has_unflushed() {
             return true;
         }
-        loop {
-            let store = self.raw.mut_store();
-            // Only a write that waits for the disk moves off the runtime worker: handing the
-            // worker over costs a thread wake-up, more than an unsynced write takes.
-            let written = match (all, store.flush_syncs()) {
-                (true, _) => blocking(|| store.sync()),
-                (false, true) => blocking(|| store.flush()),
-                (false, false) => store.flush(),
-            };
-            match written {
-                Ok(()) => {
-                    if let Some(since) = failing_since {
-                        info!(shard, stalled = ?since.elapsed(), "the raft log is persisted again");
-                        self.shared.persist_failing.store(false, Ordering::Release);
-                    }
-                    return true;
+        let delay = self.disk_delay();
+        let store = self.raw.mut_store();
+        let written = write_until_done(
+            &self.shared,
+            &self.cancel,
+            || {
+                // Only a write that waits for the disk moves off the runtime worker: handing the
+                // worker over costs a thread wake-up, more than an unsynced write takes.
+                match (all, store.flush_syncs()) {
+                    (true, _) => blocking(|| store.sync()),
+                    (false, true) => blocking(|| {
+                        std::thread::sleep(delay);
+                        store.flush()
+                    }),
+                    (false, false) => store.flush(),
                 }
-                Err(e) => {
-                    if failing_since.is_none() {
-                        error!(shard, error = %e, "cannot persist the raft log; writes wait until the disk accepts them");
-                        self.shared.persist_failing.store(true, Ordering::Release);
-                        failing_since = Some(Instant::now());
-                    }
-                    if self.cancel.is_cancelled() {
-                        self.halted = true;
-                        return false;
-                    }
-                    blocking(|| std::thread::sleep(Duration::from_millis(100)));
-                }
-            }
+            },
+            |pause| blocking(|| std::thread::sleep(pause)),
+        );
+        if !written {
+            self.halted = true;
         }
+        written
+    }
+
+    /// The extra time a synced log write takes here: a slowed disk in fault-injection tests
+    /// (`Faults::slow_disk`), else none.
+    fn disk_delay(&self) -> Duration {
+        #[cfg(feature = "fault-injection")]
+        if let Some(faults) = &self.settings.faults {
+            return faults.disk_delay(self.settings.node_id);
+        }
+        Duration::ZERO
+    }
+
+    /// Whether this Ready's changes go to a write off the loop: always while one is in flight
+    /// (they land after it), when they need an fsync, and when writing them unsynced in the
+    /// loop fails (the disk refuses: the off-loop write retries while the loop goes on, so a
+    /// leader with a full disk still steps down, see `tick`).
+    fn write_off_loop(&mut self) -> bool {
+        if self.persist_job.is_some() {
+            return true;
+        }
+        let store = self.raw.mut_store();
+        store.flush_syncs() || store.flush().is_err()
+    }
+
+    /// Hands what the store holds for the Readies in `unpersisted` to a blocking thread as one
+    /// write. With nothing to write (their changes needed no disk), they are persisted now.
+    fn start_persist(&mut self) {
+        let Some(&(number, _)) = self.unpersisted.back() else { return };
+        let Some(mut write) = self.raw.mut_store().take_write() else {
+            self.persisted_through(number);
+            return;
+        };
+        let (tx, done) = oneshot::channel();
+        let (shared, cancel) = (self.shared.clone(), self.cancel.clone());
+        let delay = self.disk_delay();
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(delay);
+            let written = write_until_done(&shared, &cancel, || write.write(), std::thread::sleep);
+            let _ = tx.send(written);
+        });
+        self.persist_job = Some(PersistJob { number, done });
+    }
+
+    /// The write in flight landed (`written`) or was given up as the node stops.
+    pub(super) fn on_persisted(&mut self, number: u64, written: bool) {
+        self.persist_job = None;
+        if !written {
+            self.halted = true;
+            return;
+        }
+        self.persisted_through(number);
+        if !self.unpersisted.is_empty() {
+            self.start_persist();
+        }
+    }
+
+    /// Tells raft-rs that the Readies up to `number` are durable and sends what they held.
+    fn persisted_through(&mut self, number: u64) {
+        self.raw.on_persist_ready(number);
+        let mut held = Vec::new();
+        while self.unpersisted.front().is_some_and(|(n, _)| *n <= number) {
+            let (_, msgs) = self.unpersisted.pop_front().expect("checked above");
+            held.extend(msgs);
+        }
+        if !held.is_empty() {
+            self.send(held);
+        }
+    }
+
+    /// Waits for the write in flight, then writes in the loop what later Readies left in the
+    /// store: afterwards everything raft-rs was handed is durable and announced. False if the
+    /// node stops meanwhile (the group then halts).
+    pub(super) fn settle_persist(&mut self) -> bool {
+        if let Some(job) = self.persist_job.take() {
+            let written = blocking(|| job.done.blocking_recv()).unwrap_or(false);
+            if !written {
+                self.halted = true;
+                return false;
+            }
+            self.persisted_through(job.number);
+        }
+        if let Some(&(last, _)) = self.unpersisted.back() {
+            if !self.persist() {
+                return false;
+            }
+            self.persisted_through(last);
+        }
+        true
     }
 
     pub(super) fn publish_voters(&self) {
@@ -303,6 +402,9 @@ impl<S: LogStore> Group<S> {
             return;
         }
         let last_term = entries.last().map_or(0, |e| e.term);
+        // Published before any proposal is answered: a client that saw its write applied
+        // never reads an older commit index from this node's figures.
+        self.shared.commit.store(self.raw.raft.raft_log.committed, Ordering::Release);
         if let Some(checkpoints) = self.checkpoints.as_mut() {
             checkpoints.note_applied(entries.iter().map(|e| e.data.len() as u64).sum());
         }
@@ -450,5 +552,41 @@ impl<S: LogStore> Group<S> {
             let _ = tx.send(job().map(|bytes| (applied, bytes)));
         });
         self.checkpoint_job = Some(rx);
+    }
+}
+
+/// Runs `write` until it succeeds. While the disk refuses it (full, failing) it tries again
+/// every 100 ms, pausing with `pause`: the group's writes wait, clients time out, nothing is
+/// acknowledged, and it goes on once the disk accepts the write. Answers false if the node is
+/// stopping meanwhile (nothing that depended on the lost changes was acknowledged).
+fn write_until_done(
+    shared: &GroupShared,
+    cancel: &CancellationToken,
+    mut write: impl FnMut() -> raft::Result<()>,
+    pause: impl Fn(Duration),
+) -> bool {
+    let shard = shared.shard;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        match write() {
+            Ok(()) => {
+                if let Some(since) = failing_since {
+                    info!(shard, stalled = ?since.elapsed(), "the raft log is persisted again");
+                    shared.persist_failing.store(false, Ordering::Release);
+                }
+                return true;
+            }
+            Err(e) => {
+                if failing_since.is_none() {
+                    error!(shard, error = %e, "cannot persist the raft log; writes wait until the disk accepts them");
+                    shared.persist_failing.store(true, Ordering::Release);
+                    failing_since = Some(Instant::now());
+                }
+                if cancel.is_cancelled() {
+                    return false;
+                }
+                pause(Duration::from_millis(100));
+            }
+        }
     }
 }
