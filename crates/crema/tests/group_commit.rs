@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{cluster_with, init_tracing, wait_leader, wait_until};
 use crema::faults::{Faults, LinkFaults};
-use crema::{DistributedCache, RaftConfig};
+use crema::{CacheConfig, DistributedCache, RaftConfig};
 
 const WRITES: u64 = 100;
 
@@ -26,10 +26,19 @@ async fn three_nodes(
     faults: &Arc<Faults>,
     election_tick: usize,
 ) -> (Vec<Arc<DistributedCache>>, Arc<DistributedCache>) {
+    three_nodes_with(faults, election_tick, |c| c).await
+}
+
+/// As `three_nodes`, with `tweak` applied to each node's config.
+async fn three_nodes_with(
+    faults: &Arc<Faults>,
+    election_tick: usize,
+    tweak: impl Fn(CacheConfig) -> CacheConfig,
+) -> (Vec<Arc<DistributedCache>>, Arc<DistributedCache>) {
     init_tracing();
     let raft = RaftConfig { tick_interval_ms: 20, election_tick, heartbeat_tick: 3, ..Default::default() };
     let nodes: Vec<Arc<DistributedCache>> =
-        cluster_with(3, |c| c.with_faults(faults.clone()).with_raft_config(raft.clone()))
+        cluster_with(3, |c| tweak(c.with_faults(faults.clone()).with_raft_config(raft.clone())))
             .await
             .into_iter()
             .map(Arc::new)
@@ -188,27 +197,16 @@ async fn reads_asked_while_a_read_round_is_in_flight_wait_and_share_the_next() {
 #[cfg(feature = "rocksdb")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_write_waits_for_a_majority_of_disks_and_the_loop_does_not() {
-    init_tracing();
     const SLOW: Duration = Duration::from_secs(1);
     let faults = Arc::new(Faults::new(2));
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let raft =
-        RaftConfig { tick_interval_ms: 20, election_tick: 100, heartbeat_tick: 3, ..Default::default() };
-    let nodes: Vec<Arc<DistributedCache>> = cluster_with(3, |c| {
+    let (nodes, leader) = three_nodes_with(&faults, 100, |c| {
         let dir = dirs[c.node_id as usize - 1].path().to_owned();
-        c.with_faults(faults.clone())
-            .with_raft_config(raft.clone())
-            .with_raft_storage_type(crema::RaftStorageType::RocksDb)
+        c.with_raft_storage_type(crema::RaftStorageType::RocksDb)
             .with_checkpoint_config(crema::CheckpointConfig::new(dir.join("checkpoints")).with_interval(None))
             .with_data_dir(dir)
     })
-    .await
-    .into_iter()
-    .map(Arc::new)
-    .collect();
-    let refs: Vec<&DistributedCache> = nodes.iter().map(|n| n.as_ref()).collect();
-    let leader = nodes[wait_leader(&refs, Duration::from_secs(10)).await].clone();
-    leader.put("warm-up", "1").await.expect("a first write");
+    .await;
     let slow_follower = nodes.iter().find(|n| n.node_id() != leader.node_id()).unwrap().node_id();
     faults.slow_disk(leader.node_id(), SLOW);
     faults.slow_disk(slow_follower, SLOW);
