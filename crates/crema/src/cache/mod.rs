@@ -318,10 +318,10 @@ impl DistributedCache {
                 Some(leader) if !self.config.forwarding_enabled => {
                     return Err(Error::NotLeader { leader_hint: Some(leader) });
                 }
-                Some(leader) => match self.group.check_persisting() {
-                    Ok(()) => self.forward(leader, command.clone()).await,
-                    Err(e) => return Err(e),
-                },
+                Some(leader) => {
+                    self.group.check_persisting()?;
+                    self.forward(leader, command.clone()).await
+                }
             };
             match result {
                 Err(Error::ProposalDropped) | Err(Error::NotLeader { .. })

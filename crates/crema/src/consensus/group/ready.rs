@@ -324,9 +324,8 @@ impl<S: LogStore> Group<S> {
             return;
         }
         self.persisted_through(number);
-        if !self.unpersisted.is_empty() {
-            self.start_persist();
-        }
+        // Readies advanced while it ran: their changes go next.
+        self.start_persist();
     }
 
     /// Tells raft-rs that the Readies up to `number` are durable and sends what they held.
