@@ -2,6 +2,7 @@
 //! one is answered) or open loop (batches leave at a fixed rate, and latency counts from when a
 //! batch was due, so a stalled server is not hidden by clients that waited for it).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,10 +34,22 @@ pub struct RunSpec {
 pub struct Outcome {
     /// Latencies of answered operations, microseconds.
     pub latencies: Histogram<u64>,
+    /// Time to any answer, an error included (microseconds): what a caller waited.
+    pub answers: Histogram<u64>,
     /// Operations that failed.
     pub errors: u64,
+    /// Failed operations by kind (the RESP error code, `io`, or crema's error).
+    pub error_kinds: BTreeMap<String, u64>,
     /// The window, seconds.
     pub seconds: f64,
+}
+
+/// What one client saw.
+struct Seen {
+    latencies: Histogram<u64>,
+    answers: Histogram<u64>,
+    errors: u64,
+    error_kinds: BTreeMap<String, u64>,
 }
 
 /// Runs `spec` against `target`.
@@ -65,14 +78,38 @@ pub async fn run(target: Arc<Target>, workload: &Workload, spec: &RunSpec) -> an
             })
         })
         .collect();
-    let mut latencies = histogram();
-    let mut errors = 0;
+    let mut outcome = Outcome {
+        latencies: histogram(),
+        answers: histogram(),
+        errors: 0,
+        error_kinds: BTreeMap::new(),
+        seconds: spec.duration.as_secs_f64(),
+    };
     for task in tasks {
-        let (h, e) = task.await?;
-        latencies.add(&h)?;
-        errors += e;
+        let seen = task.await?;
+        outcome.latencies.add(&seen.latencies)?;
+        outcome.answers.add(&seen.answers)?;
+        outcome.errors += seen.errors;
+        for (kind, n) in seen.error_kinds {
+            *outcome.error_kinds.entry(kind).or_default() += n;
+        }
     }
-    Ok(Outcome { latencies, errors, seconds: spec.duration.as_secs_f64() })
+    Ok(outcome)
+}
+
+/// What kind of failure `e` is: the RESP error code (`TIMEOUT`, `CLUSTERDOWN`, ...), `io` for a
+/// broken or refused connection, else the error's first word.
+fn error_kind(e: &anyhow::Error) -> String {
+    if let Some(e) = e.downcast_ref::<redis::RedisError>() {
+        if let Some(code) = e.code() {
+            return code.to_owned();
+        }
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+            return "io".to_owned();
+        }
+    }
+    let text = e.to_string();
+    text.split(|c: char| !c.is_alphanumeric()).find(|w| !w.is_empty()).unwrap_or("error").to_owned()
 }
 
 fn histogram() -> Histogram<u64> {
@@ -90,10 +127,10 @@ async fn client(
     first: Instant,
     measure_from: Instant,
     end: Instant,
-) -> (Histogram<u64>, u64) {
+) -> Seen {
     let mut gen = OpGen::new(workload, c as u64);
-    let mut hist = histogram();
-    let mut errors = 0;
+    let mut seen =
+        Seen { latencies: histogram(), answers: histogram(), errors: 0, error_kinds: BTreeMap::new() };
     let mut next = first;
     loop {
         let due = match interval {
@@ -112,12 +149,17 @@ async fn client(
         let result = conn.run(&batch).await;
         let latency = (due.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_US);
         let measured = due >= measure_from;
+        let n = batch.len() as u64;
+        if measured {
+            seen.answers.record_n(latency, n).expect("clamped to the bounds");
+        }
         match result {
-            Ok(()) if measured => hist.record_n(latency, batch.len() as u64).expect("clamped to the bounds"),
+            Ok(()) if measured => seen.latencies.record_n(latency, n).expect("clamped to the bounds"),
             Ok(()) => {}
-            Err(_) => {
+            Err(e) => {
                 if measured {
-                    errors += batch.len() as u64;
+                    seen.errors += n;
+                    *seen.error_kinds.entry(error_kind(&e)).or_default() += n;
                 }
                 // A broken connection stays broken: make a new one (or wait a little).
                 match target.connect(c).await {
@@ -127,7 +169,7 @@ async fn client(
             }
         }
     }
-    (hist, errors)
+    seen
 }
 
 /// Connections a preload uses at least: a one-client workload against a target without

@@ -175,15 +175,7 @@ fn main() -> anyhow::Result<()> {
             workload.value_size,
             workload.read_ratio * 100.0
         );
-        anyhow::Ok(Report::new(
-            label,
-            spec.clients,
-            spec.pipeline,
-            spec.rate,
-            &outcome.latencies,
-            outcome.errors,
-            outcome.seconds,
-        ))
+        anyhow::Ok(Report::new(label, spec.clients, spec.pipeline, spec.rate, &outcome))
     })?;
     if load.json {
         println!("{}", serde_json::to_string(&report)?);

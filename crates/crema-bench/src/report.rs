@@ -1,6 +1,10 @@
 //! What a run measured, printed for people or as JSON.
 
+use std::collections::BTreeMap;
+
 use hdrhistogram::Histogram;
+
+use crate::driver::Outcome;
 
 /// Figures of one run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -31,19 +35,21 @@ pub struct Report {
     pub p999_us: u64,
     /// Largest.
     pub max_us: u64,
+    /// Failed operations by kind (RESP error code, `io`, ...).
+    pub error_kinds: BTreeMap<String, u64>,
+    /// Time to any answer, errors included (microseconds): median.
+    pub answer_p50_us: u64,
+    /// 99th percentile of the time to any answer.
+    pub answer_p99_us: u64,
+    /// Longest wait for any answer.
+    pub answer_max_us: u64,
 }
 
 impl Report {
-    /// Figures from a latency histogram (microseconds) of successful operations.
-    pub fn new(
-        label: String,
-        clients: usize,
-        pipeline: usize,
-        rate: Option<f64>,
-        hist: &Histogram<u64>,
-        errors: u64,
-        seconds: f64,
-    ) -> Self {
+    /// Figures of a run's outcome.
+    pub fn new(label: String, clients: usize, pipeline: usize, rate: Option<f64>, outcome: &Outcome) -> Self {
+        let hist: &Histogram<u64> = &outcome.latencies;
+        let (errors, seconds) = (outcome.errors, outcome.seconds);
         let ops = hist.len();
         Self {
             label,
@@ -59,6 +65,10 @@ impl Report {
             p99_us: hist.value_at_quantile(0.99),
             p999_us: hist.value_at_quantile(0.999),
             max_us: hist.max(),
+            error_kinds: outcome.error_kinds.clone(),
+            answer_p50_us: outcome.answers.value_at_quantile(0.50),
+            answer_p99_us: outcome.answers.value_at_quantile(0.99),
+            answer_max_us: outcome.answers.max(),
         }
     }
 
@@ -66,7 +76,7 @@ impl Report {
     pub fn human(&self) -> String {
         let us =
             |v: u64| if v >= 10_000 { format!("{:.1} ms", v as f64 / 1000.0) } else { format!("{v} µs") };
-        format!(
+        let mut text = format!(
             "{}\n  clients {}  pipeline {}  {}\n  {:.0} ops/s  ({} ops, {} errors, {:.1} s)\n  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             self.label,
             self.clients,
@@ -81,6 +91,17 @@ impl Report {
             us(self.p99_us),
             us(self.p999_us),
             us(self.max_us),
-        )
+        );
+        if self.errors > 0 {
+            let kinds: Vec<String> = self.error_kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            text.push_str(&format!(
+                "\n  errors: {}\n  any answer (errors included): p50 {}  p99 {}  max {}",
+                kinds.join(", "),
+                us(self.answer_p50_us),
+                us(self.answer_p99_us),
+                us(self.answer_max_us),
+            ));
+        }
+        text
     }
 }

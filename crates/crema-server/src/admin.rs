@@ -65,8 +65,9 @@ pub struct ClusterView {
     pub misses: u64,
     /// Resident memory of the node's process, bytes (Linux).
     pub memory_bytes: Option<u64>,
-    /// True while this restarted memory node waits to hear from a leader before voting.
-    pub probation: bool,
+    /// While this node recovers from a restart without its Raft state (memory storage): what
+    /// it waits for before it votes again (none once recovered).
+    pub recovery: Option<String>,
 }
 
 /// `POST /cluster/nodes` body.
@@ -84,8 +85,9 @@ pub struct AddNode {
 /// The router (exposed for tests).
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(health))
         .route("/ready", get(ready))
+        .merge(debug_routes())
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster))
         .route("/cluster/nodes", post(add_node))
@@ -108,11 +110,45 @@ pub async fn serve(
         .await
 }
 
+/// Test-only routes (feature `fault-injection`): `POST /debug/panic-group` makes the Raft group
+/// loop panic, as a bug would; the process must then exit.
+#[cfg(feature = "fault-injection")]
+fn debug_routes() -> Router<AdminState> {
+    Router::new().route(
+        "/debug/panic-group",
+        axum::routing::post(|State(s): State<AdminState>| async move {
+            s.cache.inject_group_panic().await;
+            "group loop told to panic\n"
+        }),
+    )
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn debug_routes() -> Router<AdminState> {
+    Router::new()
+}
+
+async fn health(State(s): State<AdminState>) -> Response {
+    match s.cache.end() {
+        Some(crema::NodeEnd::Failed(why)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n")).into_response()
+        }
+        Some(crema::NodeEnd::Removed) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "removed from the cluster\n").into_response()
+        }
+        None => "ok\n".into_response(),
+    }
+}
+
 async fn ready(State(s): State<AdminState>) -> Response {
     let raft = s.cache.raft_figures();
     if raft.persist_failing {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: cannot persist the raft log (disk full?)\n")
             .into_response();
+    }
+    if raft.recovering {
+        let body = "not ready: restarted without its raft state, recovering (see `crema status`)\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
     match s.cache.leader_id() {
         None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n").into_response(),
@@ -152,11 +188,24 @@ async fn cluster(State(s): State<AdminState>) -> Response {
                 hits: status.stats.hits,
                 misses: status.stats.misses,
                 memory_bytes: crate::metrics::resident_memory_bytes(),
-                probation: g.probation,
+                recovery: recovery_text(&g.recovery),
             })
             .into_response()
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+/// How a recovery is shown in `crema status` (none when there is none).
+fn recovery_text(state: &crema::RecoveryState) -> Option<String> {
+    match state {
+        crema::RecoveryState::Done => None,
+        crema::RecoveryState::WaitingForPeers { heard, needed } => Some(format!(
+            "restarted without its raft state: waiting for {needed} other voters to answer (heard {heard:?}); no votes meanwhile"
+        )),
+        crema::RecoveryState::CatchingUp { last_term, last_index } => Some(format!(
+            "catching up to the log its peers reported (term {last_term}, index {last_index}) before voting"
+        )),
     }
 }
 
@@ -180,6 +229,9 @@ async fn remove_node(State(s): State<AdminState>, Path(id): Path<NodeId>) -> Res
 }
 
 fn membership_error(s: &AdminState, e: &crema::Error) -> Response {
+    if let crema::Error::Membership(_) = e {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     match e.leader_hint() {
         Some(leader) => {
             let addr = s.cache.peer_addr(leader).map(|a| a.to_string()).unwrap_or_default();

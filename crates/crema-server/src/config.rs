@@ -33,6 +33,9 @@ pub struct ServeConfig {
     pub peers: Vec<String>,
     /// Start empty, to be added to a running cluster with `crema cluster add-node`.
     pub join: bool,
+    /// Start as the only voter of a new cluster keeping this node's state (etcd's
+    /// `--force-new-cluster`): when a majority of the voters is lost for good.
+    pub force_new_cluster: bool,
     /// Password of the `default` user (AUTH); none: no authentication.
     pub password: Option<String>,
     /// How connections read by default: `linearizable` or `local`.
@@ -117,6 +120,7 @@ impl Default for ServeConfig {
             admin_addr: "127.0.0.1:9090".parse().expect("valid address"),
             peers: Vec::new(),
             join: false,
+            force_new_cluster: false,
             password: None,
             read_mode: ReadMode::Linearizable,
             max_capacity: 1_000_000,
@@ -230,6 +234,7 @@ impl ServeConfig {
         let mut config = CacheConfig::new(self.node_id, self.raft_addr)
             .with_seed_nodes(seeds)
             .with_join(self.join)
+            .with_force_new_cluster(self.force_new_cluster)
             .with_max_capacity(self.max_capacity)
             .with_raft_config(raft)
             .with_forwarding(self.forwarding)
@@ -313,6 +318,12 @@ pub struct ServeArgs {
     /// Start empty and wait to be added with `crema cluster add-node` on the leader.
     #[arg(long, env = "CREMA_JOIN")]
     pub join: Option<bool>,
+    /// Start as the only voter of a new cluster, keeping this node's state (etcd's
+    /// --force-new-cluster): the way out when a majority of the voters is lost for good. The
+    /// other members are dropped without consensus; restart them empty with --join true and
+    /// add them back with `crema cluster add-node`.
+    #[arg(long, env = "CREMA_FORCE_NEW_CLUSTER")]
+    pub force_new_cluster: Option<bool>,
     /// Require AUTH with this password.
     #[arg(long, env = "CREMA_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
@@ -425,6 +436,7 @@ impl ServeArgs {
         };
         let a = self;
         overlay!(c, a, node_id, resp_addr, raft_addr, admin_addr, join, read_mode, max_capacity);
+        overlay!(c, a, force_new_cluster);
         overlay!(c, a, max_key_bytes, max_value_bytes, forwarding, request_timeout_ms, tick_interval_ms);
         overlay!(
             c,

@@ -128,5 +128,5 @@ fn raft(_: &ServerState, status: &ClusterStatus, out: &mut String) {
     line!(out, "voters:{}", ids(&g.voters));
     line!(out, "learners:{}", ids(&g.learners));
     line!(out, "pending_proposals:{}", g.pending_proposals);
-    line!(out, "probation:{}", g.probation as u8);
+    line!(out, "recovering:{}", g.recovery.is_recovering() as u8);
 }

@@ -4,6 +4,7 @@
 mod cli_http;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -112,15 +113,66 @@ enum ClusterCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,raft=warn")),
         )
+        // Logs go to stderr, coloured only on a terminal: stdout carries the `crema ready`
+        // line and command output that scripts read.
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(cli.command))
+    exit_on_panic();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli.command)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the causes, no backtrace: these are operator errors (a refused
+            // connection, a bad flag), not bugs.
+            eprintln!("crema: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `text` to stdout. A reader that went away (`crema status | head -3`) is not an
+/// error: what it wanted was written.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Fail fast: a panic anywhere (a Raft group loop, the transport, apply, a connection task)
+/// is a bug, and a node that runs on with a dead task may answer on its ports with a dead Raft
+/// group. The process logs one line saying where and why, and exits with status 70
+/// (EX_SOFTWARE); a supervisor (systemd, Kubernetes) restarts it.
+fn exit_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let location = info.location().map_or_else(|| "unknown place".to_string(), |l| l.to_string());
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            %location,
+            "crema panicked: {message}; the process exits (status 70) instead of running on with a dead task"
+        );
+        std::process::exit(70);
+    }));
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -131,8 +183,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Status { admin, json } => status(admin, json).await,
         Command::Metrics { command: MetricsCommand::Show { admin } } => {
-            print!("{}", cli_http::request(admin, "GET", "/metrics", None).await?.ok()?);
-            Ok(())
+            emit(&cli_http::request(admin, "GET", "/metrics", None).await?.ok()?)
         }
         Command::Cluster { command } => cluster(command).await,
     }
@@ -141,13 +192,32 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let node = RunningNode::start(&config).await?;
     let stop = shutdown_signal()?;
-    // One line scripts and tests can wait for.
-    println!(
-        "crema ready: node {} resp={} raft={} admin={}",
-        config.node_id, node.resp_addr, node.raft_addr, node.admin_addr
-    );
-    stop.await;
-    tracing::info!("signal received, shutting down");
+    // Two lines scripts and tests can wait for: the ports are open, then a leader is known (a
+    // node of a cluster prints the second only once enough of its peers are up).
+    let addrs = format!("resp={} raft={} admin={}", node.resp_addr, node.raft_addr, node.admin_addr);
+    // Written without `println!`, which panics when stdout is gone (`crema serve | head -1`).
+    let _ = emit(&format!("crema listening: node {} {addrs}\n", config.node_id));
+    let (cache, id) = (node.cache.clone(), config.node_id);
+    tokio::spawn(async move {
+        loop {
+            if let Some(leader) = cache.wait_for_leader(Duration::from_secs(3600)).await {
+                let _ = emit(&format!("crema ready: node {id} leader={leader} {addrs}\n"));
+                return;
+            }
+        }
+    });
+    tokio::select! {
+        _ = stop => tracing::info!("signal received, shutting down"),
+        end = node.cache.ended() => match end {
+            crema::NodeEnd::Failed(why) => {
+                // The node already stopped serving; say why and exit non-zero.
+                anyhow::bail!("the node stopped: {why}");
+            }
+            crema::NodeEnd::Removed => {
+                tracing::warn!("this node was removed from the cluster: it exits (its data directory is kept)");
+            }
+        },
+    }
     node.stop().await;
     Ok(())
 }
@@ -177,17 +247,18 @@ async fn dev(
         running.push(RunningNode::start(&config).await.with_context(|| format!("starting node {id}"))?);
     }
     let stop = shutdown_signal()?;
-    println!("crema dev cluster of {nodes} nodes:");
+    let mut text = format!("crema dev cluster of {nodes} nodes:\n");
     for (i, node) in running.iter().enumerate() {
-        println!(
-            "  node {}: redis-cli -p {}   admin http://{}   raft {}",
+        text.push_str(&format!(
+            "  node {}: redis-cli -p {}   admin http://{}   raft {}\n",
             i + 1,
             node.resp_addr.port(),
             node.admin_addr,
             node.raft_addr
-        );
+        ));
     }
-    println!("Writes through any node are forwarded to the leader. Ctrl-C stops all nodes.");
+    text.push_str("Writes through any node are forwarded to the leader. Ctrl-C stops all nodes.\n");
+    emit(&text)?;
     stop.await;
     for node in running {
         node.stop().await;
@@ -198,33 +269,34 @@ async fn dev(
 async fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
     let body = cli_http::request(admin, "GET", "/cluster", None).await?.ok()?;
     if json {
-        println!("{body}");
-        return Ok(());
+        return emit(&format!("{body}\n"));
     }
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let v: ClusterView = serde_json::from_str(&body).context("reading /cluster")?;
-    println!("node        {} ({})", v.node_id, v.role);
-    println!("leader      {}", v.leader_id.map_or("none".into(), |l| l.to_string()));
-    println!("term        {}", v.term);
-    println!("commit      {}", v.commit_index);
-    println!("applied     {}", v.applied_index);
-    println!("voters      {:?}", v.voters);
+    writeln!(out, "node        {} ({})", v.node_id, v.role)?;
+    writeln!(out, "leader      {}", v.leader_id.map_or("none".into(), |l| l.to_string()))?;
+    writeln!(out, "term        {}", v.term)?;
+    writeln!(out, "commit      {}", v.commit_index)?;
+    writeln!(out, "applied     {}", v.applied_index)?;
+    writeln!(out, "voters      {:?}", v.voters)?;
     if !v.learners.is_empty() {
-        println!("learners    {:?}", v.learners);
+        writeln!(out, "learners    {:?}", v.learners)?;
     }
     for (id, addr) in &v.members {
-        println!("member      {id} raft={addr}");
+        writeln!(out, "member      {id} raft={addr}")?;
     }
-    println!("resp        {}", v.resp_addr);
-    println!("entries     {}", v.entries);
-    println!("size        {}", v.size);
+    writeln!(out, "resp        {}", v.resp_addr)?;
+    writeln!(out, "entries     {}", v.entries)?;
+    writeln!(out, "size        {}", v.size)?;
     if let Some(bytes) = v.memory_bytes {
-        println!("memory      {:.1} MiB resident", bytes as f64 / (1024.0 * 1024.0));
+        writeln!(out, "memory      {:.1} MiB resident", bytes as f64 / (1024.0 * 1024.0))?;
     }
-    println!("hits/misses {}/{}", v.hits, v.misses);
-    if v.probation {
-        println!("probation   waiting to hear from a leader before voting");
+    writeln!(out, "hits/misses {}/{}", v.hits, v.misses)?;
+    if let Some(recovery) = &v.recovery {
+        writeln!(out, "recovering  {recovery}")?;
     }
-    Ok(())
+    emit(&out)
 }
 
 async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
@@ -237,8 +309,7 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             cli_http::request(admin, "DELETE", &format!("/cluster/nodes/{id}"), None).await?
         }
     };
-    print!("{}", response.ok()?);
-    Ok(())
+    emit(&response.ok()?)
 }
 
 /// Installs the SIGINT and SIGTERM handlers now (before the node says it is ready, so a signal

@@ -229,6 +229,24 @@ impl Collector for NodeCollector {
             "Linearizable reads waiting for the next read-index round while one is in flight",
             raft.held_reads as i64,
         )?;
+        counter(
+            e,
+            "apply_rejected",
+            "Committed entries that did not decode (garbage or an unknown version), applied as no-ops",
+            raft.apply_rejected,
+        )?;
+        counter(
+            e,
+            "peer_messages_rejected",
+            "Raft messages from peers dropped or corrected because a correct peer could not have sent them",
+            raft.peer_messages_rejected,
+        )?;
+        gauge(
+            e,
+            "raft_recovering",
+            "1 while this node recovers from a restart without its raft state (it does not vote)",
+            raft.recovering as i64,
+        )?;
         if let Some(rss) = resident_memory_bytes() {
             gauge(e, "process_resident_memory_bytes", "Resident memory of this process", rss as i64)?;
         }

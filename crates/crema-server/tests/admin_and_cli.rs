@@ -49,6 +49,19 @@ async fn health_ready_metrics_and_cluster() {
     ] {
         assert!(metrics.contains(expected), "{expected} missing from:\n{metrics}");
     }
+    // Every metric the README lists for `/metrics` is served under that name.
+    let readme = include_str!("../../../README.md");
+    let listed = &readme[readme.find("The admin port serves `/metrics`").unwrap()..];
+    let listed = &listed[..listed.find("`/health`").unwrap()];
+    let names: Vec<&str> =
+        listed.split('`').filter(|w| w.starts_with("crema_") && !w.contains(' ')).collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let served = metrics.lines().filter_map(|l| l.split(['{', ' ']).next()).any(|sample| {
+            sample == name || ["_bucket", "_count", "_sum"].iter().any(|s| sample == format!("{name}{s}"))
+        });
+        assert!(served, "the README lists {name}, /metrics does not serve it");
+    }
     let (status, cluster) = http_get(node.admin, "/cluster").await;
     assert_eq!(status, 200);
     let view: serde_json::Value = serde_json::from_str(&cluster).unwrap();
@@ -250,4 +263,34 @@ async fn crema_dev_runs_a_local_cluster_until_interrupted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(exit.success(), "{exit}");
+}
+
+/// Operator commands behave like Unix tools: a reader that goes away early (`crema status |
+/// head -1`) is not an error, and a refused connection is one line on stderr, no backtrace.
+#[tokio::test]
+async fn cli_output_to_a_closed_pipe_and_refused_connections() {
+    let node = start(FAST);
+    let admin = node.admin.to_string();
+    for args in [&["status", "--admin", &admin][..], &["metrics", "show", "--admin", &admin]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crema"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !stderr.contains("panicked"), "{args:?}: {} {stderr}", out.status);
+    }
+    let nowhere = free_addrs(1)[0].to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_crema"))
+        .args(["status", "--admin", &nowhere])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("crema: ") && !stderr.contains("backtrace"), "{stderr}");
 }

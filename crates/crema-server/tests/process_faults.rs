@@ -199,7 +199,7 @@ impl Cluster {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
             .unwrap();
-        assert!(line.starts_with("crema ready"), "node {} did not start: {line:?}", i + 1);
+        assert!(line.starts_with("crema listening"), "node {} did not start: {line:?}", i + 1);
         self.nodes[i] = Some(child);
         self.stopped[i] = false;
     }

@@ -64,6 +64,16 @@ fn bench(c: &mut Criterion) {
             leader.apply(leader_index, &commands[(leader_index % KEYS) as usize])
         })
     });
+    // What every applied write adds for WATCH: the key's hash and one store (consensus::versions).
+    let versions = crema::consensus::versions::KeyVersions::default();
+    let keys: Vec<Bytes> = (0..KEYS).map(key).collect();
+    let mut touched = 0u64;
+    c.bench_function("record a change for WATCH (KeyVersions::touch, 100,000 keys)", |b| {
+        b.iter(|| {
+            touched += 1;
+            versions.touch(black_box(&keys[(touched % KEYS) as usize]), touched)
+        })
+    });
     c.bench_function("decode + apply put", |b| {
         let bytes: Vec<Vec<u8>> = commands.iter().take(1024).map(StampedCommand::encode).collect();
         b.iter(|| {

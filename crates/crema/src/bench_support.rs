@@ -66,11 +66,12 @@ impl GroupBench {
                 max_key_bytes: config.max_key_bytes,
                 max_value_bytes: config.max_value_bytes,
             };
-            let dispatcher = Arc::new(Dispatcher::new(limits));
+            let dispatcher = Arc::new(Dispatcher::new(id, limits));
             listener.set_nonblocking(true)?;
             let transport = Transport::start(
                 TransportConfig {
                     node_id: id,
+                    incarnation: rand::random(),
                     max_frame_bytes: crate::config::MAX_FRAME_BYTES,
                     queue_capacity: config.peer_queue_capacity,
                     handshake_timeout: Duration::from_secs(5),
@@ -95,6 +96,7 @@ impl GroupBench {
                     read_timeout: config.request_timeout,
                     shutdown_grace: config.raft.election_timeout(),
                     checkpoints: None,
+                    recover: false,
                     #[cfg(feature = "fault-injection")]
                     faults: None,
                 };
@@ -110,7 +112,7 @@ impl GroupBench {
                 storages.push(storage);
                 tasks.push(task);
             }
-            let _ = dispatcher.groups.set(handles.clone());
+            dispatcher.attach(handles.clone());
             started.push(BenchNode { transport, dispatcher, groups: handles, storages });
         }
         Ok(Self { nodes: started, cancel, tasks })

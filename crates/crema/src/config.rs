@@ -148,6 +148,11 @@ pub struct CacheConfig {
     /// Start empty and wait to be added by an existing cluster's `add_peer`/`add_learner`;
     /// `seed_nodes` then only gives the members' addresses. Default false.
     pub join: bool,
+    /// Start as the only voter of a new cluster, keeping this node's state (etcd's
+    /// `--force-new-cluster`): the way out when a majority of the voters is lost for good.
+    /// Every other member is dropped from this node's configuration without consensus; restart
+    /// them empty with `join` and add them back. Default false.
+    pub force_new_cluster: bool,
     /// Maximum number of entries in the local cache. Default 100,000.
     pub max_capacity: u64,
     /// Maximum bytes of keys and values (plus a fixed per-entry overhead) in the local cache;
@@ -162,7 +167,9 @@ pub struct CacheConfig {
     pub raft: RaftConfig,
     /// Forward writes and read-index requests that reach a follower to the leader. Default true.
     pub forwarding_enabled: bool,
-    /// How long a forwarded write may take before it fails with a timeout. Default 5 s.
+    /// How long a forwarded write may take, from when it is first sent to the leader, before
+    /// it fails with a timeout (never longer than `request_timeout`). Within it, the write is
+    /// sent again to each new leader. Default 5 s.
     pub forwarding_timeout: Duration,
     /// How long a write or a linearizable read may take on this node before it fails with a
     /// timeout (its outcome is then unknown). Default 5 s.
@@ -210,6 +217,7 @@ impl CacheConfig {
             raft_addr,
             seed_nodes: Vec::new(),
             join: false,
+            force_new_cluster: false,
             max_capacity: 100_000,
             max_memory_bytes: None,
             default_ttl: None,
@@ -284,6 +292,12 @@ impl CacheConfig {
     /// Starts this node empty, to be added to a running cluster (see [`Self::join`]).
     pub fn with_join(mut self, join: bool) -> Self {
         self.join = join;
+        self
+    }
+
+    /// Starts this node as the only voter of a new cluster (see [`Self::force_new_cluster`]).
+    pub fn with_force_new_cluster(mut self, force: bool) -> Self {
+        self.force_new_cluster = force;
         self
     }
 

@@ -56,6 +56,12 @@ pub enum Error {
     #[error("the node is shut down")]
     Shutdown,
 
+    /// A membership change that cannot be right was refused (node id 0, an id or address
+    /// already in use, removing a node that is not a member, an address where no crema node of
+    /// that id answers the peer handshake). Nothing changed; the message says why.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+
     /// A Raft-level refusal (for example a conf change while another is pending). Nothing changed.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),

@@ -4,6 +4,10 @@
 //! Each function runs bytes through the same decoding path a node uses and must never panic,
 //! whatever the bytes; errors are the expected answer to garbage.
 
+mod group_harness;
+
+pub use group_harness::peer_group;
+
 use bytes::BytesMut;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
@@ -44,7 +48,7 @@ mod tests {
     fn garbage_and_valid_frames_decode_without_panicking() {
         assert_eq!(peer_stream(&[]), 0);
         assert_eq!(peer_stream(&[0xff; 64]), 0, "an oversized length prefix stops decoding");
-        let hello = Envelope::Hello { node_id: 1, term: 2, commit: 3 }.to_frame();
+        let hello = Envelope::Hello { node_id: 1, incarnation: 7, groups: Vec::new() }.to_frame();
         let mut two = hello.to_vec();
         two.extend_from_slice(&hello);
         assert_eq!(peer_stream(&two), 2);
@@ -125,9 +129,29 @@ mod seeds {
         };
         let header =
             Message { msg_type: MessageType::MsgSnapshot, to: 2, from: 1, term: 2, ..Default::default() };
-        let command = Bytes::from(StampedCommand::new(1, commands().remove(2)).encode());
+        let mut forwarded = StampedCommand::new(1, commands().remove(2));
+        forwarded.session = Some(crate::consensus::sessions::SessionStamp {
+            origin: 1,
+            incarnation: 7,
+            seq: 9,
+            oldest_pending: 8,
+            abandoned: vec![8],
+        });
+        write("command_codec", "seed-session", &forwarded.encode());
+        let command = Bytes::from(forwarded.encode());
         let frames = [
-            Envelope::Hello { node_id: 1, term: 2, commit: 6 },
+            Envelope::Hello {
+                node_id: 1,
+                incarnation: 7,
+                groups: vec![crate::transport::envelope::GroupPosition {
+                    shard: 0,
+                    term: 2,
+                    commit: 6,
+                    last_term: 2,
+                    last_index: 6,
+                    recovering: false,
+                }],
+            },
             Envelope::Raft { shard: 0, message: append.write_to_bytes().unwrap().into() },
             Envelope::Forward { shard: 0, request_id: 9, command },
             Envelope::ForwardReply {

@@ -61,14 +61,15 @@ pub mod types;
 
 pub use cache::storage::unix_now_ms;
 pub use cache::storage::{CacheStats, CacheStorage};
-pub use cache::{ClusterStatus, DistributedCache, RaftFigures};
+pub use cache::{ClusterStatus, DistributedCache, NodeEnd, RaftFigures};
 pub use checkpoint::{CheckpointConfig, CheckpointManager, CheckpointStore};
 pub use config::{CacheConfig, ConfigError, RaftConfig, RaftStorageType};
 pub use consensus::apply::{format_f64, parse_f64, parse_i64};
 pub use consensus::command::{CacheCommand, CommandError, ExpireCondition, ExpiryUpdate, SetCondition};
 pub use consensus::state_machine::CacheStateMachine;
 pub use consensus::storage::MemStorage;
-pub use consensus::{ApplyError, ApplyOutput, GroupStatus, Role};
+pub use consensus::transaction::{KeyMeta, ReadCommand, Transaction, TxStep, WatchedKey};
+pub use consensus::{ApplyError, ApplyOutput, GroupStatus, RecoveryState, Role};
 pub use error::{Error, Result};
 pub use multiraft::ShardRouter;
 pub use transport::TransportError;

@@ -194,10 +194,18 @@ async fn a_new_member_knows_every_voter_including_the_first_ones() {
         matches!(nodes[3].consistent_get(b"k").await, Ok(Some(v)) if v == "v")
     })
     .await;
+    // A follower applies the change once it hears the commit index (its next heartbeat).
     for node in &nodes {
-        let mut voters = node.cluster_status().await.unwrap().group.voters;
-        voters.sort_unstable();
-        assert_eq!(voters, vec![1, 2, 3, 4], "node {} sees every voter", node.node_id());
+        wait_until(
+            Duration::from_secs(5),
+            &format!("node {} to see every voter", node.node_id()),
+            || async {
+                let mut voters = node.cluster_status().await.unwrap().group.voters;
+                voters.sort_unstable();
+                voters == [1, 2, 3, 4]
+            },
+        )
+        .await;
     }
     for node in &nodes {
         node.shutdown().await;

@@ -40,6 +40,7 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
             s.protocol = Protocol::Resp2;
             s.read_mode = call.state.settings.read_mode;
             s.authenticated = call.state.settings.password.is_none();
+            s.tx.reset();
             Ok(Reply::Simple("RESET"))
         }
         Kind::Client => client(call),

@@ -1,11 +1,16 @@
 //! Reading strings: GET, MGET, STRLEN, GETRANGE (SUBSTR), and the two reads that also write,
 //! GETDEL and GETEX (replicated, so they are decided in apply like every write).
+//!
+//! Each read is also prepared as data ([`prepare_read`]) for a transaction to evaluate in apply;
+//! STRLEN and GETRANGE are answered that way outside a transaction too (against the local
+//! cache). GET and MGET, the hot path, read the cache directly and count hits and misses;
+//! both paths make the reply with [`value_reply`].
 
 use bytes::Bytes;
-use crema::{CacheCommand, ExpiryUpdate};
+use crema::{CacheCommand, ExpiryUpdate, ReadCommand};
 
-use super::write::{PreparedWrite, Render};
-use super::{expiry_option, value_reply, Call, CmdError, Kind};
+use super::write::{PreparedRead, PreparedWrite, Render};
+use super::{expiry_option, parse_int, value_reply, Call, CmdError, Kind};
 use crate::resp::Reply;
 
 pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
@@ -19,15 +24,10 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
             let storage = call.storage();
             Ok(Reply::Array(call.args[1..].iter().map(|k| value_reply(storage.get(k))).collect()))
         }
-        Kind::StrLen => {
+        Kind::StrLen | Kind::GetRange => {
+            let PreparedRead { read, render } = prepare_read(kind, call)?;
             call.read_barrier().await?;
-            Ok(Reply::Integer(call.storage().get_entry(call.arg(1)).map_or(0, |e| e.value.len() as i64)))
-        }
-        Kind::GetRange => {
-            let (start, end) = (super::parse_int(call.arg(2))?, super::parse_int(call.arg(3))?);
-            call.read_barrier().await?;
-            let value = call.storage().get_entry(call.arg(1)).map(|e| e.value).unwrap_or_default();
-            Ok(Reply::Bulk(substring(&value, start, end)))
+            render.reply(read.read(call.storage(), crema::unix_now_ms()))
         }
         // Without options GETEX is a plain read.
         Kind::GetEx => {
@@ -36,6 +36,22 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
         }
         _ => unreachable!("not a get command: {kind:?}"),
     }
+}
+
+/// GET, MGET, STRLEN, GETRANGE and GETEX without options, as data.
+pub(super) fn prepare_read(kind: Kind, call: &Call<'_>) -> Result<PreparedRead, CmdError> {
+    let key = || vec![call.arg(1).clone()];
+    let (read, render) = match kind {
+        Kind::Get | Kind::GetEx => (ReadCommand::Values { keys: key() }, Render::Value),
+        Kind::MGet => (ReadCommand::Values { keys: call.args[1..].to_vec() }, Render::Values),
+        Kind::StrLen => (ReadCommand::Meta { keys: key() }, Render::StrLen),
+        Kind::GetRange => {
+            let (start, end) = (parse_int(call.arg(2))?, parse_int(call.arg(3))?);
+            (ReadCommand::Values { keys: key() }, Render::Range { start, end })
+        }
+        _ => unreachable!("not a read of strings: {kind:?}"),
+    };
+    Ok(PreparedRead { read, render })
 }
 
 /// GETDEL, and GETEX with an expiry option; `None` for a GETEX without one (a read).
@@ -50,24 +66,28 @@ pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<Option<PreparedWrit
 
 fn get_ex_expiry(call: &Call<'_>) -> Result<Option<ExpiryUpdate>, CmdError> {
     let mut expiry = ExpiryUpdate::Keep;
+    // As in Redis, an option may repeat (the last value wins); only conflicting ones are refused.
+    let mut kind: Option<String> = None;
     let mut i = 2;
     while i < call.args.len() {
         let option = call.option(i);
+        let same = kind.as_ref().is_none_or(|k| *k == option);
         match option.as_str() {
-            "PERSIST" if expiry == ExpiryUpdate::Keep => expiry = ExpiryUpdate::Persist,
-            "EX" | "PX" | "EXAT" | "PXAT" if expiry == ExpiryUpdate::Keep && i + 1 < call.args.len() => {
+            "PERSIST" if same => expiry = ExpiryUpdate::Persist,
+            "EX" | "PX" | "EXAT" | "PXAT" if same && i + 1 < call.args.len() => {
                 expiry = ExpiryUpdate::At(expiry_option(&option, call.arg(i + 1), "getex")?);
                 i += 1;
             }
             _ => return Err(CmdError::Syntax),
         }
+        kind = Some(option);
         i += 1;
     }
     Ok((expiry != ExpiryUpdate::Keep).then_some(expiry))
 }
 
 /// Redis's GETRANGE: inclusive `start..=end`, negative positions count from the end.
-fn substring(value: &Bytes, start: i64, end: i64) -> Bytes {
+pub(super) fn substring(value: &Bytes, start: i64, end: i64) -> Bytes {
     let len = value.len() as i64;
     if len == 0 || (start < 0 && end < 0 && start > end) {
         return Bytes::new();

@@ -1,6 +1,10 @@
 //! Commands about keys rather than values: DEL, UNLINK, EXISTS, TYPE, KEYS, SCAN, RANDOMKEY, the
 //! EXPIRE family, PERSIST, TTL, PTTL, EXPIRETIME, PEXPIRETIME.
 //!
+//! EXISTS, TYPE and the TTL family are prepared as data ([`prepare_read`]): a transaction
+//! evaluates them in apply, and outside one they are evaluated against the local cache, with
+//! the same rendering.
+//!
 //! SCAN's cursor is a position in the 64-bit hash space of keys (xxh3): each call walks the local
 //! cache and returns the keys with the smallest hashes at or after the cursor. That keeps Redis's
 //! guarantee (a key present for the whole scan is returned at least once) without a stable
@@ -9,10 +13,10 @@
 use std::collections::BinaryHeap;
 
 use bytes::Bytes;
-use crema::{CacheCommand, ExpireCondition};
+use crema::{CacheCommand, ExpireCondition, ReadCommand};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::write::{PreparedWrite, Render};
+use super::write::{PreparedRead, PreparedWrite, Render};
 use super::{parse_int, Call, CmdError, Kind};
 use crate::glob::glob_match;
 use crate::resp::Reply;
@@ -29,14 +33,10 @@ pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<PreparedWrite, CmdE
 
 pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
     match kind {
-        Kind::Exists => {
+        Kind::Exists | Kind::Type | Kind::Ttl | Kind::PTtl | Kind::ExpireTime | Kind::PExpireTime => {
+            let PreparedRead { read, render } = prepare_read(kind, call);
             call.read_barrier().await?;
-            let storage = call.storage();
-            Ok(Reply::Integer(call.args[1..].iter().filter(|k| storage.contains(k)).count() as i64))
-        }
-        Kind::Type => {
-            call.read_barrier().await?;
-            Ok(Reply::Simple(if call.storage().contains(call.arg(1)) { "string" } else { "none" }))
+            render.reply(read.read(call.storage(), crema::unix_now_ms()))
         }
         Kind::Keys => {
             call.read_barrier().await?;
@@ -53,27 +53,35 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
         Kind::Scan => scan(call).await,
         Kind::RandomKey => {
             call.read_barrier().await?;
-            let mut found = None;
+            // Uniform over the live keys, by reservoir sampling in one pass (O(N), where Redis
+            // samples its hash table in O(1); RANDOMKEY is rare in caches).
+            let (mut found, mut seen) = (None, 0u64);
             call.storage().for_each_live_key(|k, _| {
-                found = Some(k.clone());
-                false
+                seen += 1;
+                if rand::random::<u64>().is_multiple_of(seen) {
+                    found = Some(k.clone());
+                }
+                true
             });
             Ok(found.map_or(Reply::Null, Reply::Bulk))
-        }
-        Kind::Ttl | Kind::PTtl | Kind::ExpireTime | Kind::PExpireTime => {
-            call.read_barrier().await?;
-            let entry = call.storage().get_entry(call.arg(1));
-            Ok(Reply::Integer(match entry.map(|e| e.expires_at_ms) {
-                None => -2,
-                Some(None) => -1,
-                Some(Some(at)) => ttl_reply(kind, at, crema::unix_now_ms()),
-            }))
         }
         _ => unreachable!("not a keyspace command: {kind:?}"),
     }
 }
 
-fn ttl_reply(kind: Kind, at_ms: u64, now_ms: u64) -> i64 {
+/// EXISTS, TYPE and the TTL family as data: what each key holds, without its value.
+pub(super) fn prepare_read(kind: Kind, call: &Call<'_>) -> PreparedRead {
+    let keys = if kind == Kind::Exists { call.args[1..].to_vec() } else { vec![call.arg(1).clone()] };
+    let render = match kind {
+        Kind::Exists => Render::Exists,
+        Kind::Type => Render::Type,
+        _ => Render::Ttl(kind),
+    };
+    PreparedRead { read: ReadCommand::Meta { keys }, render }
+}
+
+/// The TTL family's answer for a key expiring at `at_ms`, read at `now_ms`.
+pub(super) fn ttl_reply(kind: Kind, at_ms: u64, now_ms: u64) -> i64 {
     let remaining = at_ms.saturating_sub(now_ms) as i64;
     match kind {
         // Redis rounds the remaining seconds to the nearest.
@@ -95,39 +103,40 @@ fn expire(kind: Kind, call: &Call<'_>) -> Result<CacheCommand, CmdError> {
         _ => Some(amount),
     }
     .ok_or(CmdError::InvalidExpire(name))?;
-    let mut condition = ExpireCondition::Always;
+    // Options may repeat, as in Redis; only some combinations are refused.
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for i in 3..call.args.len() {
-        let next = match call.option(i).as_str() {
-            "NX" => ExpireCondition::IfNone,
-            "XX" => ExpireCondition::IfSome,
-            "GT" => ExpireCondition::IfLater,
-            "LT" => ExpireCondition::IfEarlier,
+        match call.option(i).as_str() {
+            "NX" => nx = true,
+            "XX" => xx = true,
+            "GT" => gt = true,
+            "LT" => lt = true,
             _ => {
                 return Err(CmdError::Invalid(format!(
                     "Unsupported option {}",
                     String::from_utf8_lossy(call.arg(i))
                 )))
             }
-        };
-        let compatible = matches!(
-            (condition, next),
-            (ExpireCondition::Always, _)
-                | (ExpireCondition::IfSome, ExpireCondition::IfLater | ExpireCondition::IfEarlier)
-                | (ExpireCondition::IfLater | ExpireCondition::IfEarlier, ExpireCondition::IfSome)
-        );
-        if !compatible || condition == next {
-            return Err(CmdError::Invalid(
-                "NX and XX, GT or LT options at the same time are not compatible".into(),
-            ));
         }
-        // XX with GT/LT: GT/LT already require an expiry to compare with (GT) or treat none as
-        // infinite (LT); XX narrows LT to keys that have one.
-        condition = match (condition, next) {
-            (ExpireCondition::Always, n) => n,
-            (ExpireCondition::IfSome, n) | (n, ExpireCondition::IfSome) => n,
-            (c, _) => c,
-        };
     }
+    if nx && (xx || gt || lt) {
+        return Err(CmdError::Invalid(
+            "NX and XX, GT or LT options at the same time are not compatible".into(),
+        ));
+    }
+    if gt && lt {
+        return Err(CmdError::Invalid("GT and LT options at the same time are not compatible".into()));
+    }
+    // XX GT is GT (a key without an expiry is never "later"); XX LT needs its own condition,
+    // since LT alone takes a key without an expiry as infinite.
+    let condition = match (nx, xx, gt, lt) {
+        (true, ..) => ExpireCondition::IfNone,
+        (_, _, true, _) => ExpireCondition::IfLater,
+        (_, true, _, true) => ExpireCondition::IfSomeEarlier,
+        (_, _, _, true) => ExpireCondition::IfEarlier,
+        (_, true, ..) => ExpireCondition::IfSome,
+        _ => ExpireCondition::Always,
+    };
     Ok(CacheCommand::Expire { key: call.arg(1).clone(), expires_at_ms: at.max(0) as u64, condition })
 }
 

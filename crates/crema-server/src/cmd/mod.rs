@@ -7,6 +7,7 @@
 //! way to render its output ([`write`](mod@write)), then proposed alone ([`Call::execute_raw`]) or, from a
 //! pipeline, with the writes around them as one batch ([`run_writes`]). Anything that depends on
 //! the current value is decided in apply.
+//! Between MULTI and EXEC, commands are queued instead and run as one transaction ([`multi`]).
 //! Failures are [`CmdError`]s, turned into replies in one place ([`CmdError::to_reply`]).
 
 mod connection;
@@ -14,6 +15,7 @@ pub mod error;
 mod get;
 mod incr;
 mod keyspace;
+pub mod multi;
 mod server;
 mod set;
 pub mod table;
@@ -67,6 +69,8 @@ pub struct Session {
     pub created: Instant,
     /// The last command run (`CLIENT INFO`).
     pub last_command: &'static str,
+    /// MULTI's queue and the keys WATCHed.
+    pub tx: multi::TxState,
     /// Whether a read barrier already covers the rest of the current batch of requests.
     barrier_done: bool,
     /// When the current command started: the end of the previous one in the batch (commands of
@@ -88,6 +92,7 @@ impl Session {
             quit: false,
             created: Instant::now(),
             last_command: "NULL",
+            tx: multi::TxState::default(),
             barrier_done: false,
             clock: Instant::now(),
         }
@@ -160,6 +165,7 @@ pub async fn run(
     index: Option<usize>,
 ) -> Reply {
     let reply = match index {
+        _ if session.tx.queues(index) => multi::queue(state, session, args, index),
         None => unknown_command(state, session, &args),
         Some(i) => {
             let spec = &COMMANDS[i];
@@ -206,15 +212,25 @@ async fn dispatch(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
         return render.reply(call.execute_raw(prepared.command).await?);
     }
     match kind {
-        Ping | Echo | Hello | Auth | Select | Quit | Reset | Client | ReadOnly | ReadWrite => {
-            connection::run(kind, call).await
-        }
-        Command | Config | Info | DbSize | Time | Wait | Lolwut => server::run(kind, call).await,
+        Multi | Exec | Discard | Watch | Unwatch => multi::run(kind, call).await,
         Get | MGet | StrLen | GetRange | GetEx => get::run(kind, call).await,
         Exists | Type | Keys | Scan | RandomKey | Ttl | PTtl | ExpireTime | PExpireTime => {
             keyspace::run(kind, call).await
         }
-        _ => unreachable!("{kind:?} is a write and was prepared above"),
+        _ => dispatch_keyless(kind, call).await,
+    }
+}
+
+/// The commands about the connection and the node (they touch no key); EXEC runs these itself
+/// (see [`multi`]), so this never reaches back to [`dispatch`].
+async fn dispatch_keyless(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    use Kind::*;
+    match kind {
+        Ping | Echo | Hello | Auth | Select | Quit | Reset | Client | ReadOnly | ReadWrite => {
+            connection::run(kind, call).await
+        }
+        Command | Config | Info | DbSize | Time | Wait | Lolwut => server::run(kind, call).await,
+        _ => unreachable!("{kind:?} touches keys: a write prepared above, or a read"),
     }
 }
 
@@ -245,7 +261,7 @@ pub enum Step {
 pub fn step(state: &ServerState, session: &mut Session, args: Vec<Bytes>) -> Step {
     let Some(index) = args.first().and_then(|name| lookup_index(name)) else { return Step::Run(args, None) };
     let spec = &COMMANDS[index];
-    if !spec.is_write() || check(spec, session, args.len()).is_err() {
+    if !spec.is_write() || session.tx.in_multi() || check(spec, session, args.len()).is_err() {
         return Step::Run(args, Some(index));
     }
     session.last_command = spec.name;

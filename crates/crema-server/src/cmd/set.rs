@@ -65,21 +65,23 @@ pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<PreparedWrite, CmdE
 fn parse_set(call: &Call<'_>) -> Result<SetArgs, CmdError> {
     let mut args =
         SetArgs { expiry: ExpiryUpdate::Persist, condition: SetCondition::Always, return_old: false };
-    let mut expiry_given = false;
+    // As in Redis, an option may repeat (the last value wins); only conflicting ones are refused.
+    let mut expiry_kind: Option<String> = None;
     let mut i = 3;
     while i < call.args.len() {
         let option = call.option(i);
+        let same_expiry = expiry_kind.as_ref().is_none_or(|k| *k == option);
         match option.as_str() {
-            "NX" if args.condition == SetCondition::Always => args.condition = SetCondition::IfAbsent,
-            "XX" if args.condition == SetCondition::Always => args.condition = SetCondition::IfPresent,
+            "NX" if args.condition != SetCondition::IfPresent => args.condition = SetCondition::IfAbsent,
+            "XX" if args.condition != SetCondition::IfAbsent => args.condition = SetCondition::IfPresent,
             "GET" => args.return_old = true,
-            "KEEPTTL" if !expiry_given => {
+            "KEEPTTL" if same_expiry => {
                 args.expiry = ExpiryUpdate::Keep;
-                expiry_given = true;
+                expiry_kind = Some(option);
             }
-            "EX" | "PX" | "EXAT" | "PXAT" if !expiry_given && i + 1 < call.args.len() => {
+            "EX" | "PX" | "EXAT" | "PXAT" if same_expiry && i + 1 < call.args.len() => {
                 args.expiry = ExpiryUpdate::At(expiry_option(&option, call.arg(i + 1), "set")?);
-                expiry_given = true;
+                expiry_kind = Some(option);
                 i += 1;
             }
             _ => return Err(CmdError::Syntax),

@@ -61,6 +61,11 @@ pub enum Kind {
     PTtl,
     ExpireTime,
     PExpireTime,
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
 }
 
 /// One row of the table.
@@ -120,6 +125,8 @@ const RF: &[&str] = &["readonly", "fast"];
 const C: &[&str] = &["fast", "stale", "loading"];
 const NA: &[&str] = &["no-auth", "fast", "stale", "loading"];
 const A: &[&str] = &["admin", "stale", "loading"];
+/// MULTI, DISCARD, WATCH, UNWATCH (Redis 7's flags).
+const TX: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 macro_rules! row {
     ($name:literal, $arity:expr, $flags:expr, $first:expr, $last:expr, $step:expr, $kind:ident) => {
@@ -193,6 +200,11 @@ pub static COMMANDS: &[CommandSpec] = &[
     row!("pttl", 2, RF, 1, 1, 1, PTtl),
     row!("expiretime", 2, RF, 1, 1, 1, ExpireTime),
     row!("pexpiretime", 2, RF, 1, 1, 1, PExpireTime),
+    row!("multi", 1, TX, 0, 0, 0, Multi),
+    row!("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], 0, 0, 0, Exec),
+    row!("discard", 1, TX, 0, 0, 0, Discard),
+    row!("watch", -2, TX, 1, -1, 1, Watch),
+    row!("unwatch", 1, TX, 0, 0, 0, Unwatch),
 ];
 
 /// The row of `name` (any case), if the command exists.

@@ -3,13 +3,17 @@
 //! proposes it alone; the connection instead gathers a run of pipelined writes and proposes them
 //! as one `CacheCommand::Batch` (one Raft entry, applied in the client's order), then renders
 //! each reply.
+//!
+//! Reads have a data form too, a [`ReadCommand`] (prepared in `get` and `keyspace`): inside a
+//! transaction it is evaluated in apply, outside one against the local cache, and [`Render`]
+//! turns the output into the reply either way, so each command's reply is made in one place.
 
-use crema::{ApplyOutput, CacheCommand};
+use crema::{ApplyOutput, CacheCommand, ReadCommand};
 
 use super::{get, incr, keyspace, server, set, value_reply, Call, CmdError, Kind};
 use crate::resp::Reply;
 
-/// How a write's apply output becomes its reply.
+/// How a command's apply output (or a read's local output) becomes its reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Render {
     /// `+OK`.
@@ -27,6 +31,42 @@ pub enum Render {
     WrittenFlag,
     /// GETSET: the old value.
     OldValue,
+    /// MGET: the values as an array.
+    Values,
+    /// GETRANGE: the inclusive range of the value (negative positions count from the end).
+    Range {
+        /// First position.
+        start: i64,
+        /// Last position.
+        end: i64,
+    },
+    /// STRLEN: the value's length, 0 when absent.
+    StrLen,
+    /// EXISTS: how many of the keys are live.
+    Exists,
+    /// TYPE: `string` or `none`.
+    Type,
+    /// TTL, PTTL, EXPIRETIME or PEXPIRETIME (the kind says which).
+    Ttl(Kind),
+}
+
+/// A read prepared as data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedRead {
+    /// What to read.
+    pub read: ReadCommand,
+    /// How to answer.
+    pub render: Render,
+}
+
+/// Prepares `kind` if it is a read of keys that a transaction can evaluate in apply.
+pub(super) fn prepare_read(kind: Kind, call: &Call<'_>) -> Result<Option<PreparedRead>, CmdError> {
+    use Kind::*;
+    match kind {
+        Get | MGet | StrLen | GetRange | GetEx => get::prepare_read(kind, call).map(Some),
+        Exists | Type | Ttl | PTtl | ExpireTime | PExpireTime => Ok(Some(keyspace::prepare_read(kind, call))),
+        _ => Ok(None),
+    }
 }
 
 /// A prepared write.
@@ -61,6 +101,7 @@ impl PreparedWrite {
             Expire { key, .. } | Persist { key } => key.len(),
             Clear => 0,
             Batch(commands) => commands.len(),
+            Transaction(transaction) => transaction.steps.len(),
         }
     }
 }
@@ -84,6 +125,29 @@ impl Render {
             }
             (Render::WrittenFlag, ApplyOutput::Written { written, .. }) => Reply::Integer(written as i64),
             (Render::OldValue, ApplyOutput::Written { old, .. }) => value_reply(old),
+            (Render::Value, ApplyOutput::Values(values)) => value_reply(values.into_iter().next().flatten()),
+            (Render::Values, ApplyOutput::Values(values)) => {
+                Reply::Array(values.into_iter().map(value_reply).collect())
+            }
+            (Render::Range { start, end }, ApplyOutput::Values(values)) => {
+                let value = values.into_iter().next().flatten().unwrap_or_default();
+                Reply::Bulk(get::substring(&value, start, end))
+            }
+            (Render::StrLen, ApplyOutput::Meta { keys, .. }) => {
+                Reply::Integer(keys.first().copied().flatten().map_or(0, |m| m.len as i64))
+            }
+            (Render::Exists, ApplyOutput::Meta { keys, .. }) => {
+                Reply::Integer(keys.iter().filter(|m| m.is_some()).count() as i64)
+            }
+            (Render::Type, ApplyOutput::Meta { keys, .. }) => {
+                Reply::Simple(if keys.first().copied().flatten().is_some() { "string" } else { "none" })
+            }
+            (Render::Ttl(kind), ApplyOutput::Meta { at_ms, keys }) => {
+                Reply::Integer(match keys.first().copied().flatten() {
+                    None => -2,
+                    Some(meta) => meta.expires_at_ms.map_or(-1, |at| keyspace::ttl_reply(kind, at, at_ms)),
+                })
+            }
             (render, out) => unreachable!("{render:?} cannot render {out:?}"),
         })
     }

@@ -30,6 +30,8 @@ pub enum Reply {
     Bulk(Bytes),
     /// No value (`$-1` in RESP2, `_` in RESP3).
     Null,
+    /// No array (`*-1` in RESP2, `_` in RESP3): `EXEC` when a watched key changed.
+    NullArray,
     /// An array.
     Array(Vec<Reply>),
     /// A map (RESP3); a flat key-value array in RESP2.
@@ -69,6 +71,8 @@ impl Reply {
             Reply::Bulk(b) => bulk(out, b),
             Reply::Null if resp3 => out.put_slice(b"_\r\n"),
             Reply::Null => out.put_slice(b"$-1\r\n"),
+            Reply::NullArray if resp3 => out.put_slice(b"_\r\n"),
+            Reply::NullArray => out.put_slice(b"*-1\r\n"),
             Reply::Array(items) => {
                 line(out, b'*', itoa(items.len() as i64).as_bytes());
                 for item in items {
@@ -154,6 +158,7 @@ mod tests {
         assert_eq!(enc(&Reply::Integer(-3), P), ":-3\r\n");
         assert_eq!(enc(&Reply::bulk("hi"), P), "$2\r\nhi\r\n");
         assert_eq!(enc(&Reply::Null, P), "$-1\r\n");
+        assert_eq!(enc(&Reply::NullArray, P), "*-1\r\n");
         assert_eq!(enc(&Reply::Array(vec![Reply::Integer(1), Reply::Null]), P), "*2\r\n:1\r\n$-1\r\n");
         assert_eq!(
             enc(&Reply::Map(vec![(Reply::bulk("a"), Reply::Integer(1))]), P),
@@ -167,6 +172,7 @@ mod tests {
     fn resp3_shapes() {
         use Protocol::Resp3 as P;
         assert_eq!(enc(&Reply::Null, P), "_\r\n");
+        assert_eq!(enc(&Reply::NullArray, P), "_\r\n");
         assert_eq!(
             enc(&Reply::Map(vec![(Reply::bulk("a"), Reply::Integer(1))]), P),
             "%1\r\n$1\r\na\r\n:1\r\n"
@@ -209,7 +215,7 @@ mod tests {
             Reply::Simple(s) => Value::SimpleString((*s).to_owned()),
             Reply::Integer(i) => Value::Int(*i),
             Reply::Bulk(b) => Value::BulkString(b.to_vec()),
-            Reply::Null => Value::Nil,
+            Reply::Null | Reply::NullArray => Value::Nil,
             Reply::Array(items) => Value::Array(items.iter().map(|r| as_client_sees(r, protocol)).collect()),
             Reply::Map(pairs) if resp3 => Value::Map(
                 pairs

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -18,6 +18,29 @@ pub struct Node {
     pub resp: SocketAddr,
     pub raft: SocketAddr,
     pub admin: SocketAddr,
+    /// The rest of the node's stdout (its `crema ready` line comes there).
+    pub stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Node {
+    /// Waits up to `timeout` for the node's `crema ready` line (a leader is known); answers it.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<String, String> {
+        let mut stdout = self.stdout.take().ok_or("stdout already gone")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = stdout.read_line(&mut line);
+            let _ = tx.send((read, line, stdout));
+        });
+        match rx.recv_timeout(timeout) {
+            Ok((Ok(_), line, stdout)) if line.starts_with("crema ready") => {
+                self.stdout = Some(stdout);
+                Ok(line)
+            }
+            Ok((read, line, _)) => Err(format!("no ready line: {read:?} {line:?}")),
+            Err(_) => Err(format!("no ready line within {timeout:?}")),
+        }
+    }
 }
 
 impl Drop for Node {
@@ -31,13 +54,26 @@ impl Drop for Node {
 pub const FAST: &[&str] = &["--tick-interval-ms", "20"];
 
 /// Starts `crema serve` with `args` (plus port-0 addresses unless given) and waits for its
-/// "crema ready" line.
+/// "crema listening" line, and for a node without peers its "crema ready" line too (it leads).
 pub fn start(args: &[&str]) -> Node {
-    try_start(args).unwrap_or_else(|e| panic!("{e}"))
+    let mut node = try_start(args).unwrap_or_else(|e| panic!("{e}"));
+    if !args.iter().any(|a| *a == "--peer" || *a == "--join") {
+        node.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    node
+}
+
+/// Like [`start`], with the node's log (RUST_LOG=info) piped into `node.child.stderr`.
+pub fn start_capturing_log(args: &[&str]) -> Node {
+    spawn(args, true).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Like [`start`], but answers why when the node did not start (a fixed port taken meanwhile).
 pub fn try_start(args: &[&str]) -> Result<Node, String> {
+    spawn(args, false)
+}
+
+fn spawn(args: &[&str], capture_log: bool) -> Result<Node, String> {
     let mut all: Vec<String> = vec!["serve".into()];
     for (flag, default) in
         [("--resp-addr", "127.0.0.1:0"), ("--raft-addr", "127.0.0.1:0"), ("--admin-addr", "127.0.0.1:0")]
@@ -48,17 +84,22 @@ pub fn try_start(args: &[&str]) -> Result<Node, String> {
     }
     all.extend(args.iter().map(|s| s.to_string()));
     let log = std::env::var_os("CREMA_TEST_LOG").is_some();
+    let stderr = match (capture_log, log) {
+        (true, _) => Stdio::piped(),
+        (false, true) => Stdio::inherit(),
+        (false, false) => Stdio::null(),
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_crema"))
         .args(&all)
-        .env("RUST_LOG", if log { "info,raft=warn" } else { "error" })
+        .env("RUST_LOG", if log || capture_log { "info,raft=warn" } else { "error" })
         .stdout(Stdio::piped())
-        .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+        .stderr(stderr)
         .spawn()
         .expect("starting crema");
-    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("reading the ready line");
-    if !line.starts_with("crema ready") {
+    stdout.read_line(&mut line).expect("reading the listening line");
+    if !line.starts_with("crema listening") {
         let _ = child.kill();
         let _ = child.wait();
         return Err(format!("crema did not start: {line:?} (args {all:?})"));
@@ -67,7 +108,7 @@ pub fn try_start(args: &[&str]) -> Result<Node, String> {
         let start = line.find(&format!("{name}=")).expect("field in ready line") + name.len() + 1;
         line[start..].split_whitespace().next().unwrap().parse().unwrap()
     };
-    Ok(Node { resp: field("resp"), raft: field("raft"), admin: field("admin"), child })
+    Ok(Node { resp: field("resp"), raft: field("raft"), admin: field("admin"), child, stdout: Some(stdout) })
 }
 
 /// Free 127.0.0.1 ports (bound then released; another process could take one in between, which
@@ -109,7 +150,13 @@ fn try_start_cluster(n: usize, extra: &[&str]) -> Result<Vec<Node>, String> {
             args.extend(extra);
             try_start(&args)
         })
-        .collect()
+        .collect::<Result<Vec<Node>, String>>()
+        .and_then(|mut nodes| {
+            for node in &mut nodes {
+                node.wait_ready(Duration::from_secs(30))?;
+            }
+            Ok(nodes)
+        })
 }
 
 /// The index in `nodes` of the leader, once one is elected (asked with `INFO raft`).
@@ -203,6 +250,29 @@ where
     while !cond().await {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// POST with an empty body over HTTP/1.1 to an admin address: (status, body).
+pub async fn http_post(addr: SocketAddr, path: &str) -> (u16, String) {
+    let request =
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let raw = raw(addr, request.as_bytes(), usize::MAX).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// Waits up to `timeout` for `node`'s process to exit; answers its status.
+pub fn wait_exit(node: &mut Node, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = node.child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the process did not exit within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

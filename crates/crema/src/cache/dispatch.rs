@@ -1,12 +1,18 @@
 //! The node's side of the transport: what to do with each envelope a peer sends.
 //!
-//! Raft messages go to their group's mailbox; a forwarded write is checked (decoded and
-//! validated: a peer must never get garbage into the log) and proposed on a tracked task whose
-//! answer goes back to the sender; forward replies complete the follower's waiting request.
-//! Handshakes tell a memory node that it restarted into an existing cluster (probation).
+//! Raft messages are checked (`consensus::admit`: a message a correct peer could not have sent
+//! is dropped, counted and warned about, paced) and go to their group's mailbox; a forwarded
+//! write is checked (decoded and validated: a peer must never get garbage into the log; it
+//! must carry the sender's write session) and proposed, its answer going back to the sender
+//! from the group loop; forward replies complete the follower's waiting request. Handshakes go to every group (a restarted peer, a recovering
+//! node's floor), and each peer's newest incarnation is remembered: what an older incarnation
+//! of it still sends (on a connection not yet torn down) is dropped, and when each was last heard
+//! from (whether this node can still reach a quorum).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protobuf::Message as PbMessage;
@@ -14,36 +20,112 @@ use raft::eraftpb::Message;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::consensus::command::{CommandLimits, StampedCommand};
+use crate::consensus::admit::{self, Reject, WarnThrottle};
+use crate::consensus::command::{CommandError, CommandLimits, StampedCommand};
 use crate::consensus::group::GroupHandle;
-use crate::consensus::storage::BOOTSTRAP_TERM;
 use crate::error::Error;
-use crate::transport::envelope::Envelope;
-use crate::transport::forward::{ForwardTicket, Forwarder, SeenRequests};
+use crate::transport::envelope::{Envelope, GroupPosition};
+use crate::transport::forward::{ForwardTicket, Forwarder};
 use crate::transport::snapshot_assembly::{Piece, SnapshotAssembler};
 use crate::transport::{Inbound, Transport, TransportError};
 use crate::types::{NodeId, ShardId};
 
+/// What the dispatcher knows of one peer.
+struct PeerState {
+    incarnation: u64,
+    positions: Vec<GroupPosition>,
+    heard: Instant,
+}
+
 /// Routes inbound envelopes to groups and the forwarder.
 pub(crate) struct Dispatcher {
-    pub groups: OnceLock<Vec<GroupHandle>>,
+    node_id: NodeId,
+    groups: OnceLock<Vec<GroupHandle>>,
     pub forwarder: Forwarder,
     pub tasks: TaskTracker,
     pub limits: CommandLimits,
     snapshots: Mutex<SnapshotAssembler>,
-    /// Forwarded request ids taken lately, per sender: a repeated frame is not proposed again.
-    seen_forwards: Mutex<HashMap<NodeId, SeenRequests>>,
+    /// Each peer's newest incarnation, what its last handshake reported and when it was last
+    /// heard from.
+    peers: Mutex<HashMap<NodeId, PeerState>>,
+    /// Peer messages dropped here (see `consensus::admit::check_from_peer`).
+    rejected: AtomicU64,
+    reject_warnings: WarnThrottle,
 }
 
 impl Dispatcher {
-    pub fn new(limits: CommandLimits) -> Self {
+    pub fn new(node_id: NodeId, limits: CommandLimits) -> Self {
         Self {
+            node_id,
             groups: OnceLock::new(),
             forwarder: Forwarder::default(),
             tasks: TaskTracker::new(),
             limits,
             snapshots: Mutex::default(),
-            seen_forwards: Mutex::default(),
+            peers: Mutex::default(),
+            rejected: AtomicU64::new(0),
+            reject_warnings: WarnThrottle::default(),
+        }
+    }
+
+    /// Hands the node's groups to the dispatcher, and to them the handshakes that arrived
+    /// before they existed (a recovering group needs every one).
+    pub fn attach(&self, groups: Vec<GroupHandle>) {
+        let groups = self.groups.get_or_init(|| groups);
+        let peers: Vec<_> = (self.peers.lock().expect("peers poisoned").iter())
+            .map(|(peer, state)| (*peer, state.positions.clone()))
+            .collect();
+        for (peer, positions) in peers {
+            for group in groups {
+                group.hello(peer, false, position_of(&positions, group));
+            }
+        }
+    }
+
+    /// Peer messages dropped by the dispatcher's checks.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    fn reject(&self, from: NodeId, shard: ShardId, reason: Reject) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.reject_warnings.note(Instant::now()) {
+            warn!(from, shard, %reason, count, "peer message refused");
+        }
+    }
+
+    /// The newest incarnation `peer` has shown, if it connected.
+    #[cfg(feature = "fuzzing")]
+    pub fn current_incarnation(&self, peer: NodeId) -> Option<u64> {
+        self.peers.lock().expect("peers poisoned").get(&peer).map(|p| p.incarnation)
+    }
+
+    /// Whether `incarnation` is the newest `from` has shown; if so, `from` was heard from now.
+    fn is_current(&self, from: NodeId, incarnation: u64) -> bool {
+        let mut peers = self.peers.lock().expect("peers poisoned");
+        match peers.get_mut(&from) {
+            Some(peer) if peer.incarnation == incarnation => {
+                peer.heard = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many of `nodes` this node heard from (any message) within `window`.
+    pub fn heard_within(&self, nodes: &[NodeId], window: Duration) -> usize {
+        let peers = self.peers.lock().expect("peers poisoned");
+        nodes.iter().filter(|n| peers.get(n).is_some_and(|p| p.heard.elapsed() < window)).count()
+    }
+
+    /// A decoded Raft message from `from` for `shard`: checked, then stepped.
+    fn step(&self, from: NodeId, shard: ShardId, msg: Message) {
+        if let Err(reason) = admit::check_from_peer(&msg, from, self.node_id) {
+            return self.reject(from, shard, reason);
+        }
+        match self.group(shard) {
+            Some(group) => group.step(msg),
+            None => warn!(from, shard, "raft message for an unknown shard dropped"),
         }
     }
 
@@ -59,18 +141,16 @@ impl Dispatcher {
         request_id: u64,
         command: Bytes,
     ) {
-        let first = self
-            .seen_forwards
-            .lock()
-            .expect("seen forwards poisoned")
-            .entry(from)
-            .or_default()
-            .first_time(request_id);
-        if !first {
-            debug!(from, request_id, "repeated forward dropped");
-            return;
-        }
-        let checked = StampedCommand::decode(&command).and_then(|c| c.command.validate(&self.limits));
+        // A forwarded write must carry its sender's write session: that is what makes a resent
+        // copy harmless (see `consensus::sessions`).
+        let checked = StampedCommand::decode(&command).and_then(|c| match c.session {
+            Some(session) if session.origin == from && session.seq == request_id => {
+                c.command.validate(&self.limits)
+            }
+            _ => Err(CommandError::Decode(format!(
+                "a forwarded write must carry node {from}'s write session numbered {request_id}"
+            ))),
+        });
         let ticket = ForwardTicket { transport: transport.clone(), to: from, request_id };
         match (checked, self.group(shard)) {
             (Err(e), _) => ticket.answer(Err(e.into())),
@@ -82,14 +162,25 @@ impl Dispatcher {
     }
 }
 
+/// The position `positions` report for `group`'s shard (nothing known when absent).
+fn position_of(positions: &[GroupPosition], group: &GroupHandle) -> GroupPosition {
+    let shard = group.shared.shard;
+    positions
+        .iter()
+        .find(|p| p.shard == shard)
+        .copied()
+        .unwrap_or(GroupPosition { shard, ..Default::default() })
+}
+
 impl Inbound for Dispatcher {
-    fn on_envelope(&self, transport: &Arc<Transport>, from: NodeId, envelope: Envelope) {
+    fn on_envelope(&self, transport: &Arc<Transport>, from: NodeId, incarnation: u64, envelope: Envelope) {
+        if !self.is_current(from, incarnation) {
+            debug!(from, incarnation, "envelope from an earlier incarnation of the peer dropped");
+            return;
+        }
         match envelope {
             Envelope::Raft { shard, message } => match Message::parse_from_bytes(&message) {
-                Ok(msg) => match self.group(shard) {
-                    Some(group) => group.step(msg),
-                    None => warn!(from, shard, "raft message for an unknown shard dropped"),
-                },
+                Ok(msg) => self.step(from, shard, msg),
                 Err(e) => warn!(from, shard, error = %e, "undecodable raft message dropped"),
             },
             Envelope::Forward { shard, request_id, command } => {
@@ -100,42 +191,32 @@ impl Inbound for Dispatcher {
                 let piece = Piece { transfer, header, total_len, offset, data };
                 let assembled =
                     self.snapshots.lock().expect("snapshot assembler poisoned").accept(from, shard, piece);
-                match (assembled, self.group(shard)) {
-                    (Ok(Some(msg)), Some(group)) => {
+                match assembled {
+                    Ok(Some(msg)) => {
                         info!(from, shard, bytes = msg.get_snapshot().data.len(), "snapshot received");
-                        group.step(msg);
+                        self.step(from, shard, msg);
                     }
-                    (Ok(Some(_)), None) => warn!(from, shard, "snapshot for an unknown shard dropped"),
-                    (Ok(None), _) => {}
-                    (Err(e), _) => warn!(from, shard, error = %e, "snapshot transfer dropped"),
+                    Ok(None) => {}
+                    Err(e) => warn!(from, shard, error = %e, "snapshot transfer dropped"),
                 }
             }
             Envelope::Hello { .. } => {}
         }
     }
 
-    fn on_hello(&self, from: NodeId, _term: u64, commit: u64) {
-        let Some(groups) = self.groups.get() else { return };
-        let (term, our_commit) = self.local_progress();
-        // We never saw an election (nothing past the bootstrap term), but the peer's cluster has
-        // committed more than we have: this node may be a restarted memory node that voted
-        // before. It must not vote again until it has heard from a leader.
-        if term <= BOOTSTRAP_TERM && commit > our_commit {
-            for group in groups.iter().filter(|g| !g.shared.in_probation()) {
-                info!(
-                    peer = from,
-                    shard = group.shared.shard,
-                    "joining a cluster that already committed: no votes until a leader is heard"
-                );
-                group.shared.enter_probation();
-            }
+    fn on_hello(&self, from: NodeId, incarnation: u64, positions: Vec<GroupPosition>) {
+        let state = PeerState { incarnation, positions: positions.clone(), heard: Instant::now() };
+        let previous = self.peers.lock().expect("peers poisoned").insert(from, state).map(|p| p.incarnation);
+        let restarted = previous.is_some_and(|i| i != incarnation);
+        if restarted {
+            info!(peer = from, incarnation, "the peer restarted (a new incarnation)");
+        }
+        for group in self.groups.get().map(Vec::as_slice).unwrap_or_default() {
+            group.hello(from, restarted, position_of(&positions, group));
         }
     }
 
-    fn local_progress(&self) -> (u64, u64) {
-        let groups = self.groups.get().map(Vec::as_slice).unwrap_or_default();
-        let term = groups.iter().map(|g| g.shared.term()).max().unwrap_or(0);
-        let commit = groups.iter().map(|g| g.shared.commit()).max().unwrap_or(0);
-        (term, commit)
+    fn local_positions(&self) -> Vec<GroupPosition> {
+        self.groups.get().map(Vec::as_slice).unwrap_or_default().iter().map(|g| g.shared.position()).collect()
     }
 }

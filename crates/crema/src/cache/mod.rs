@@ -7,9 +7,12 @@
 
 mod capture;
 pub(crate) mod dispatch;
+mod membership;
 #[cfg(feature = "rocksdb")]
 mod recovery;
+mod route;
 pub mod storage;
+mod supervisor;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfChange, ConfChangeType};
+use raft::eraftpb::ConfChangeType;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -34,6 +37,8 @@ use crate::transport::{Transport, TransportConfig};
 use crate::types::{NodeId, DEFAULT_SHARD};
 use dispatch::Dispatcher;
 use storage::{unix_now_ms, CacheStats, CacheStorage, StorageLimits};
+pub use supervisor::NodeEnd;
+use supervisor::Supervisor;
 
 /// The cluster as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +80,7 @@ pub struct DistributedCache {
     transport: Arc<Transport>,
     dispatcher: Arc<Dispatcher>,
     cancel: CancellationToken,
+    supervisor: Supervisor,
     group_tasks: Mutex<Vec<JoinHandle<()>>>,
     shut_down: AtomicBool,
 }
@@ -113,10 +119,11 @@ impl DistributedCache {
     async fn start(config: CacheConfig, listener: tokio::net::TcpListener) -> Result<Self> {
         let limits =
             CommandLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
-        let dispatcher = Arc::new(Dispatcher::new(limits));
+        let dispatcher = Arc::new(Dispatcher::new(config.node_id, limits));
         let transport = Transport::start(
             TransportConfig {
                 node_id: config.node_id,
+                incarnation: rand::random(),
                 max_frame_bytes: crate::config::MAX_FRAME_BYTES,
                 queue_capacity: config.peer_queue_capacity,
                 handshake_timeout: Duration::from_secs(5),
@@ -152,6 +159,12 @@ impl DistributedCache {
             read_timeout: config.request_timeout,
             shutdown_grace: config.raft.election_timeout(),
             checkpoints: None,
+            // A memory node remembers nothing of an earlier life, so every start may be a
+            // restart: it recovers first unless it is the only voter (or joins, empty conf).
+            recover: config.raft_storage == RaftStorageType::Memory
+                && !config.join
+                && !config.force_new_cluster
+                && config.initial_voters().len() > 1,
             #[cfg(feature = "fault-injection")]
             faults: config.faults.clone(),
         };
@@ -166,9 +179,31 @@ impl DistributedCache {
             }
             RaftStorageType::RocksDb => Self::spawn_durable(&config, settings, sm, &transport, &cancel)?,
         };
-        let sweeper = tokio::spawn(sweep_expired(storage.clone(), cancel.clone()));
-        let evictor = tokio::spawn(evict(storage.clone(), group.clone(), cancel.clone()));
-        let _ = dispatcher.groups.set(vec![group.clone()]);
+        let supervisor = Supervisor::new(cancel.clone());
+        let removed = group.shared.clone();
+        let task = supervisor.watch("the raft group loop", task, move || removed.removed());
+        let sweeper = supervisor.spawn("the expiry sweeper", sweep_expired(storage.clone(), cancel.clone()));
+        let evictor = supervisor.spawn("the evictor", evict(storage.clone(), group.clone(), cancel.clone()));
+        let tasks = vec![task, sweeper, evictor];
+        // Watched, not awaited at shutdown: it ends when the transport closes, after the group.
+        if let Some(accept) = transport.take_accept_task() {
+            drop(supervisor.watch("the peer accept loop", accept, || false));
+        }
+        // A failed node stops talking to its peers too: it must not look alive to them.
+        let (watching, closing, stopped) = (supervisor.clone(), transport.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                end = watching.ended() => if let NodeEnd::Failed(_) = end { closing.close() },
+                _ = stopped.cancelled() => {
+                    // Stopped by its owner, or by a failure: a failure is recorded first.
+                    if let Some(NodeEnd::Failed(_)) = watching.end() { closing.close() }
+                }
+            }
+        });
+        dispatcher.attach(vec![group.clone()]);
+        if config.force_new_cluster {
+            group.force_new_cluster().await?;
+        }
         info!(node = config.node_id, addr = %transport.local_addr(), voters = ?config.initial_voters(), join = config.join, "crema node started");
         Ok(Self {
             config,
@@ -177,7 +212,8 @@ impl DistributedCache {
             transport,
             dispatcher,
             cancel,
-            group_tasks: Mutex::new(vec![task, sweeper, evictor]),
+            supervisor,
+            group_tasks: Mutex::new(tasks),
             shut_down: AtomicBool::new(false),
         })
     }
@@ -294,56 +330,36 @@ impl DistributedCache {
         self.write(command).await.map(|applied| applied.output)
     }
 
+    /// Proposes `bytes` as a log entry as they are, without decoding or validating them
+    /// (test-only, feature `fault-injection`): how tests put into the log what a buggy or
+    /// hostile proposer could, to show that apply survives it.
+    ///
+    /// # Errors
+    /// As [`Self::put`]; an entry that does not decode is applied as a no-op and answered
+    /// `InvalidCommand`.
+    #[cfg(feature = "fault-injection")]
+    pub async fn propose_unchecked(&self, bytes: Bytes) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        match StampedCommand::decode(&bytes) {
+            Ok(stamped) => self.route_write(stamped, deadline).await.map(|_| ()),
+            // A follower does not forward what does not decode; the leader proposes it.
+            Err(e) if !self.group.shared.is_leader() => Err(e.into()),
+            Err(_) => self.group.propose(bytes).await.map(|_| ()),
+        }
+    }
+
     async fn write(&self, command: CacheCommand) -> Result<Applied> {
         self.check_running()?;
         command.validate(&CommandLimits {
             max_key_bytes: self.config.max_key_bytes,
             max_value_bytes: self.config.max_value_bytes,
         })?;
-        let encoded = Bytes::from(StampedCommand::new(unix_now_ms(), command).encode());
+        let stamped = StampedCommand::new(unix_now_ms(), command);
         let timeout = self.config.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        tokio::time::timeout_at(deadline, self.route_write(encoded, deadline))
+        tokio::time::timeout_at(deadline, self.route_write(stamped, deadline))
             .await
             .unwrap_or(Err(Error::Timeout(timeout)))
-    }
-
-    /// Proposes here when leader, else forwards to the leader; waits for a leader during an
-    /// election and retries a proposal dropped by a leadership change (it did not commit).
-    async fn route_write(&self, command: Bytes, deadline: tokio::time::Instant) -> Result<Applied> {
-        loop {
-            let result = match self.group.shared.wait_for_leader(deadline).await {
-                None => Err(Error::NotLeader { leader_hint: None }),
-                Some(leader) if leader == self.config.node_id => self.group.propose(command.clone()).await,
-                Some(leader) if !self.config.forwarding_enabled => {
-                    return Err(Error::NotLeader { leader_hint: Some(leader) });
-                }
-                Some(leader) => {
-                    self.group.check_persisting()?;
-                    self.forward(leader, command.clone()).await
-                }
-            };
-            match result {
-                Err(Error::ProposalDropped) | Err(Error::NotLeader { .. })
-                    if tokio::time::Instant::now() < deadline =>
-                {
-                    // Leadership moved between our look and the proposal; let the election settle.
-                    tokio::time::sleep(self.config.raft.tick_interval()).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn forward(&self, leader: NodeId, command: Bytes) -> Result<Applied> {
-        let applied = self
-            .dispatcher
-            .forwarder
-            .forward(&self.transport, leader, DEFAULT_SHARD, command, self.config.forwarding_timeout)
-            .await?;
-        // Answer only once applied here too, so the caller reads its own write on this node.
-        self.group.wait_applied(applied.index).await?;
-        Ok(applied)
     }
 
     // ----- reads -----
@@ -383,12 +399,16 @@ impl DistributedCache {
         let deadline = tokio::time::Instant::now() + timeout;
         let read = async {
             loop {
-                match self.group.read_index().await {
+                // A read changes nothing: it is refused (`NotLeader`) as soon as this node can
+                // no longer reach a quorum, also while its request waits in the group.
+                let index = tokio::select! {
+                    index = self.group.read_index() => index,
+                    _ = self.quorum_lost() => Err(Error::NotLeader { leader_hint: None }),
+                };
+                match index {
                     Ok(index) => return self.group.wait_applied(index).await,
-                    Err(e @ Error::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
-                        if self.group.shared.wait_for_leader(deadline).await.is_none() {
-                            return Err(e);
-                        }
+                    Err(Error::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                        self.await_leader(deadline, false).await?;
                     }
                     Err(e) => return Err(e),
                 }
@@ -429,6 +449,11 @@ impl DistributedCache {
         self.group.shared.leader_id()
     }
 
+    /// Waits up to `timeout` until this node knows a leader; answers it (none at the timeout).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        self.group.shared.wait_for_leader(tokio::time::Instant::now() + timeout).await
+    }
+
     /// Cheap figures of the Raft group (no round trip to its task): term, commit and applied
     /// index, leader changes seen so far.
     pub fn raft_figures(&self) -> RaftFigures {
@@ -448,6 +473,9 @@ impl DistributedCache {
             held_writes: shared.held_writes(),
             read_rounds: shared.read_rounds(),
             held_reads: shared.held_reads(),
+            apply_rejected: shared.apply_rejected(),
+            peer_messages_rejected: shared.messages_rejected() + self.dispatcher.rejected(),
+            recovering: shared.recovering(),
         }
     }
 
@@ -490,11 +518,14 @@ impl DistributedCache {
         })
     }
 
-    /// Adds node `id` (reachable at `addr`) as a voter. Must be called on the leader. The new
-    /// node should be started with [`CacheConfig::with_join`].
+    /// Adds node `id` (reachable at `addr`) as a voter, or promotes the learner `id`. Must be
+    /// called on the leader. The new node should be started with [`CacheConfig::with_join`];
+    /// it must answer the peer handshake at `addr` as node `id` before anything is proposed.
     ///
     /// # Errors
-    /// `NotLeader` on a follower; a Raft refusal (another change pending).
+    /// `NotLeader` on a follower; `Membership` for id 0, an id already a voter (or a learner
+    /// at another address), an address another member has, or an address where node `id`
+    /// does not answer; a Raft refusal (another change pending). Nothing changes on error.
     pub async fn add_peer(&self, id: NodeId, addr: SocketAddr) -> Result<()> {
         self.change_membership(ConfChangeType::AddNode, id, Some(addr)).await
     }
@@ -507,39 +538,74 @@ impl DistributedCache {
         self.change_membership(ConfChangeType::AddLearnerNode, id, Some(addr)).await
     }
 
-    /// Removes node `id` from the group.
+    /// Removes node `id` from the group. The removed node stops by itself once it applies its
+    /// removal ([`NodeEnd::Removed`]).
     ///
     /// # Errors
-    /// As [`Self::add_peer`].
+    /// `NotLeader` on a follower; `Membership` when `id` is not a member or is the last voter;
+    /// a Raft refusal (another change pending). Nothing changes on error.
     pub async fn remove_peer(&self, id: NodeId) -> Result<()> {
         self.change_membership(ConfChangeType::RemoveNode, id, None).await
     }
 
-    async fn change_membership(
-        &self,
-        kind: ConfChangeType,
-        id: NodeId,
-        addr: Option<SocketAddr>,
-    ) -> Result<()> {
+    /// Makes this node the only voter of a new cluster, keeping its state: etcd's
+    /// `--force-new-cluster`, the way out when a majority of the voters is lost for good and
+    /// the group can elect no leader. Without consensus, every other member is removed from
+    /// this node's configuration; it then leads alone. Writes the lost members held and this
+    /// node did not are gone. Restart the others empty with [`CacheConfig::with_join`] and add
+    /// them back with [`Self::add_peer`]. Answers the members removed.
+    ///
+    /// # Errors
+    /// This node is not a voter; shutdown.
+    pub async fn force_new_cluster(&self) -> Result<Vec<NodeId>> {
         self.check_running()?;
-        let change = ConfChange {
-            change_type: kind,
-            node_id: id,
-            context: addr.map(|a| a.to_string().into_bytes().into()).unwrap_or_default(),
-            ..Default::default()
-        };
-        let timeout = self.config.request_timeout;
-        tokio::time::timeout(timeout, self.group.conf_change(change))
-            .await
-            .unwrap_or(Err(Error::Timeout(timeout)))
-            .map(|_| ())
+        self.group.force_new_cluster().await
     }
 
     // ----- lifecycle -----
 
+    /// How this node stopped by itself, if it did: an essential task failed (the node then
+    /// serves nothing; see [`NodeEnd`]) or it was removed from the cluster.
+    pub fn end(&self) -> Option<NodeEnd> {
+        self.supervisor.end()
+    }
+
+    /// Waits until this node stops by itself (see [`Self::end`]); never resolves for a node that
+    /// runs until [`Self::shutdown`]. The `crema` server exits when it resolves: non-zero for
+    /// a failure, zero for a removal.
+    pub async fn ended(&self) -> NodeEnd {
+        self.supervisor.ended().await
+    }
+
+    /// Hands `envelope` to this node as if peer `from` had sent it on its current connection
+    /// (fuzzing only): the same checks and mailboxes as the network path, without a socket.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn inject_envelope(&self, from: NodeId, envelope: crate::transport::envelope::Envelope) {
+        use crate::transport::Inbound as _;
+        let incarnation = match self.dispatcher.current_incarnation(from) {
+            Some(incarnation) => incarnation,
+            None => {
+                self.dispatcher.on_hello(from, 1, Vec::new());
+                1
+            }
+        };
+        self.dispatcher.on_envelope(&self.transport, from, incarnation, envelope);
+    }
+
+    /// Makes the Raft group loop panic, as a bug would (test-only, feature `fault-injection`):
+    /// the node must stop at once ([`Self::ended`]).
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_group_panic(&self) {
+        self.group.inject_panic().await;
+    }
+
     fn check_running(&self) -> Result<()> {
-        // A node removed from the group stopped its Raft loop: it serves nothing consistent.
-        if self.shut_down.load(Ordering::Acquire) || self.group.shared.removed() {
+        // A node removed from the group stopped its Raft loop: it serves nothing consistent;
+        // neither does one whose essential task failed.
+        if self.shut_down.load(Ordering::Acquire)
+            || self.group.shared.removed()
+            || self.supervisor.end().is_some()
+        {
             Err(Error::Shutdown)
         } else {
             Ok(())
@@ -611,6 +677,15 @@ pub struct RaftFigures {
     pub read_rounds: u64,
     /// Linearizable reads waiting for the next round while this node's round is in flight.
     pub held_reads: usize,
+    /// Committed entries that did not decode (garbage, or a command version this build does
+    /// not know), applied as no-ops on every node.
+    pub apply_rejected: u64,
+    /// Raft messages from peers dropped (or, for a heartbeat's commit index, corrected)
+    /// because a correct peer could not have sent them.
+    pub peer_messages_rejected: u64,
+    /// True while this node recovers from a restart without its Raft state (memory storage):
+    /// it does not vote until it has caught up (see [`crate::consensus::RecoveryState`]).
+    pub recovering: bool,
 }
 
 /// Most keys one `Evict` command carries.
@@ -621,7 +696,12 @@ const EVICT_BATCH: usize = 1024;
 /// stops leading it drops the policy, which the next leader rebuilds from its own entries.
 /// Nothing runs for an unbounded cache.
 async fn evict(storage: CacheStorage, group: GroupHandle, cancel: CancellationToken) {
-    let Some(wake) = storage.eviction_wake() else { return };
+    let Some(wake) = storage.eviction_wake() else {
+        // An unbounded cache has nothing to evict; the task still lives as long as the node,
+        // since the supervisor reads an essential task that ends on its own as a failure.
+        cancel.cancelled().await;
+        return;
+    };
     let mut leading = false;
     loop {
         tokio::select! {

@@ -4,6 +4,10 @@
 //! passes in (never this node's clock), and every result is a function of the command and the
 //! entries it touches. Integer and float parsing follow Redis (`INCR` accepts only the canonical
 //! decimal form of an `i64`), so clients see the answers they expect.
+//!
+//! Every change goes through a `Target`, which records it in the [`KeyVersions`] that `WATCH`
+//! is decided with (one hash and one store per key written: see `consensus::versions`).
+//! Transactions (`CacheCommand::Transaction`) are applied in `consensus::transaction`.
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -11,6 +15,50 @@ use thiserror::Error;
 
 use crate::cache::storage::{CacheStorage, StoredValue};
 use crate::consensus::command::{CacheCommand, ExpireCondition, ExpiryUpdate, SetCondition};
+use crate::consensus::transaction::KeyMeta;
+use crate::consensus::versions::KeyVersions;
+
+/// Where a command is applied: the cache, the record of changes, the entry's log index and the
+/// log time `t` every expiry is judged at.
+pub(crate) struct Target<'a> {
+    /// The cache applied into.
+    pub storage: &'a CacheStorage,
+    /// Where changes are recorded.
+    pub versions: &'a KeyVersions,
+    /// The log index of the entry being applied.
+    pub index: u64,
+    /// The log time of the entry (unix ms).
+    pub t: u64,
+}
+
+impl Target<'_> {
+    /// The entry of `key` live at `t`.
+    pub fn entry(&self, key: &[u8]) -> Option<StoredValue> {
+        self.storage.entry_at(key, self.t)
+    }
+
+    fn insert(&self, key: &Bytes, value: Bytes, expires_at_ms: Option<u64>) {
+        self.versions.touch(key, self.index);
+        self.storage.insert(key.clone(), value, expires_at_ms);
+    }
+
+    /// Removes `key`; a change only when a live entry was removed.
+    fn remove(&self, key: &[u8]) -> bool {
+        let removed = self.storage.remove_at(key, self.t);
+        if removed {
+            self.versions.touch(key, self.index);
+        }
+        removed
+    }
+
+    fn evict(&self, key: &[u8]) -> bool {
+        let removed = self.storage.evict(key, self.t);
+        if removed {
+            self.versions.touch(key, self.index);
+        }
+        removed
+    }
+}
 
 /// What applying a command produced, handed back to whoever proposed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +82,19 @@ pub enum ApplyOutput {
     Failed(ApplyError),
     /// The outputs of a batch's commands, in order.
     Batch(Vec<ApplyOutput>),
+    /// Values read in a transaction (`GET`, `MGET`): one per key, none where absent.
+    Values(Vec<Option<Bytes>>),
+    /// Lengths and expiries read in a transaction (`STRLEN`, `EXISTS`, `TTL`, ...): one per key,
+    /// none where absent, judged at log time `at_ms`.
+    Meta {
+        /// The log time the keys were read at (unix ms).
+        at_ms: u64,
+        /// What each key holds.
+        keys: Vec<Option<KeyMeta>>,
+    },
+    /// A transaction: the output of each of its steps in order, or none when a watched key had
+    /// changed (then nothing was applied).
+    Exec(Option<Vec<ApplyOutput>>),
 }
 
 /// Why a committed command changed nothing. Decided alike on every node.
@@ -54,54 +115,59 @@ pub enum ApplyError {
     /// The result would be longer than the value limit.
     #[error("string exceeds maximum allowed size")]
     TooLarge,
+    /// The values a transaction read would make its reply larger than it may be (see
+    /// `consensus::transaction`); the reads themselves changed nothing.
+    #[error("the transaction's reply would exceed its size limit")]
+    ReplyTooLarge,
+    /// A copy of a forwarded write that arrived after its sender stopped waiting for it (see
+    /// `consensus::sessions`): it was not applied again, and its first output is gone.
+    #[error("the write's session expired: it may or may not have been applied")]
+    SessionExpired,
 }
 
-/// Applies `command` to `storage` at log time `t`.
-pub(crate) fn apply_command(storage: &CacheStorage, t: u64, command: &CacheCommand) -> ApplyOutput {
+/// Applies `command` to `x`.
+pub(crate) fn apply_command(x: &Target<'_>, command: &CacheCommand) -> ApplyOutput {
     use CacheCommand::*;
     match command {
         Put { key, value, expires_at_ms } => {
-            write(storage, t, key, value.clone(), *expires_at_ms);
+            write(x, key, value.clone(), *expires_at_ms);
             ApplyOutput::Done
         }
-        Delete { key } => ApplyOutput::Removed(storage.remove_at(key, t)),
+        Delete { key } => ApplyOutput::Removed(x.remove(key)),
         Clear => {
-            storage.clear();
+            x.storage.clear();
             ApplyOutput::Done
         }
         Set { key, value, expiry, condition, return_old } => {
-            set(storage, t, key, value, *expiry, *condition, *return_old)
+            set(x, key, value, *expiry, *condition, *return_old)
         }
-        DeleteMany { keys } => {
-            ApplyOutput::Int(keys.iter().filter(|k| storage.remove_at(k, t)).count() as i64)
-        }
+        DeleteMany { keys } => ApplyOutput::Int(keys.iter().filter(|k| x.remove(k)).count() as i64),
         PutMany { pairs, only_if_none_exist } => {
-            if *only_if_none_exist && pairs.iter().any(|(k, _)| storage.entry_at(k, t).is_some()) {
+            if *only_if_none_exist && pairs.iter().any(|(k, _)| x.entry(k).is_some()) {
                 return ApplyOutput::Int(0);
             }
             for (key, value) in pairs {
-                storage.insert(key.clone(), value.clone(), None);
+                x.insert(key, value.clone(), None);
             }
             ApplyOutput::Int(1)
         }
-        IncrBy { key, delta } => incr_by(storage, t, key, *delta),
-        IncrByFloat { key, delta } => incr_by_float(storage, t, key, *delta),
-        Append { key, value, max_len } => append(storage, t, key, value, *max_len),
-        SetRange { key, offset, value, max_len } => set_range(storage, t, key, *offset, value, *max_len),
+        IncrBy { key, delta } => incr_by(x, key, *delta),
+        IncrByFloat { key, delta } => incr_by_float(x, key, *delta),
+        Append { key, value, max_len } => append(x, key, value, *max_len),
+        SetRange { key, offset, value, max_len } => set_range(x, key, *offset, value, *max_len),
         GetDel { key } => {
-            let old = storage.entry_at(key, t).map(|e| e.value);
-            storage.remove_at(key, t);
+            let old = x.entry(key).map(|e| e.value);
+            x.remove(key);
             ApplyOutput::Value(old)
         }
-        GetEx { key, expiry } => get_ex(storage, t, key, *expiry),
-        Expire { key, expires_at_ms, condition } => expire(storage, t, key, *expires_at_ms, *condition),
-        Evict { keys } => ApplyOutput::Int(keys.iter().filter(|k| storage.evict(k, t)).count() as i64),
-        Batch(commands) => {
-            ApplyOutput::Batch(commands.iter().map(|c| apply_command(storage, t, c)).collect())
-        }
-        Persist { key } => match storage.entry_at(key, t) {
+        GetEx { key, expiry } => get_ex(x, key, *expiry),
+        Expire { key, expires_at_ms, condition } => expire(x, key, *expires_at_ms, *condition),
+        Evict { keys } => ApplyOutput::Int(keys.iter().filter(|k| x.evict(k)).count() as i64),
+        Batch(commands) => ApplyOutput::Batch(commands.iter().map(|c| apply_command(x, c)).collect()),
+        Transaction(transaction) => transaction.apply(x),
+        Persist { key } => match x.entry(key) {
             Some(StoredValue { value, expires_at_ms: Some(_) }) => {
-                storage.insert(key.clone(), value, None);
+                x.insert(key, value, None);
                 ApplyOutput::Int(1)
             }
             _ => ApplyOutput::Int(0),
@@ -111,18 +177,17 @@ pub(crate) fn apply_command(storage: &CacheStorage, t: u64, command: &CacheComma
 
 /// Writes `key`, or removes it when the expiry is already past at `t` (Redis answers a SET with
 /// a past EXAT with OK and leaves no key).
-fn write(storage: &CacheStorage, t: u64, key: &Bytes, value: Bytes, expires_at_ms: Option<u64>) {
+fn write(x: &Target<'_>, key: &Bytes, value: Bytes, expires_at_ms: Option<u64>) {
     match expires_at_ms {
-        Some(at) if at <= t => {
-            storage.remove_at(key, t);
+        Some(at) if at <= x.t => {
+            x.remove(key);
         }
-        _ => storage.insert(key.clone(), value, expires_at_ms),
+        _ => x.insert(key, value, expires_at_ms),
     }
 }
 
 fn set(
-    storage: &CacheStorage,
-    t: u64,
+    x: &Target<'_>,
     key: &Bytes,
     value: &Bytes,
     expiry: ExpiryUpdate,
@@ -132,7 +197,7 @@ fn set(
     // A plain SET (no condition, no GET, a new expiry or none) does not depend on the entry it
     // replaces: skip the lookup.
     let needs_current = condition != SetCondition::Always || return_old || expiry == ExpiryUpdate::Keep;
-    let current = if needs_current { storage.entry_at(key, t) } else { None };
+    let current = if needs_current { x.entry(key) } else { None };
     let allowed = match condition {
         SetCondition::Always => true,
         SetCondition::IfAbsent => current.is_none(),
@@ -146,7 +211,7 @@ fn set(
             ExpiryUpdate::Persist => None,
             ExpiryUpdate::At(at) => Some(at),
         };
-        write(storage, t, key, value.clone(), expires_at_ms);
+        write(x, key, value.clone(), expires_at_ms);
     }
     ApplyOutput::Written { written: allowed, old }
 }
@@ -177,14 +242,13 @@ pub fn format_f64(value: f64) -> String {
 /// The number stored at `key` (`zero` when absent) and its expiry, or `not_a_number` when the
 /// stored value does not parse.
 fn current_number<N>(
-    storage: &CacheStorage,
-    t: u64,
+    x: &Target<'_>,
     key: &Bytes,
     zero: N,
     parse: impl Fn(&[u8]) -> Option<N>,
     not_a_number: ApplyError,
 ) -> Result<(N, Option<u64>), ApplyOutput> {
-    match storage.entry_at(key, t) {
+    match x.entry(key) {
         None => Ok((zero, None)),
         Some(entry) => match parse(&entry.value) {
             Some(n) => Ok((n, entry.expires_at_ms)),
@@ -193,20 +257,20 @@ fn current_number<N>(
     }
 }
 
-fn incr_by(storage: &CacheStorage, t: u64, key: &Bytes, delta: i64) -> ApplyOutput {
-    let (old, expires_at_ms) = match current_number(storage, t, key, 0, parse_i64, ApplyError::NotInteger) {
+fn incr_by(x: &Target<'_>, key: &Bytes, delta: i64) -> ApplyOutput {
+    let (old, expires_at_ms) = match current_number(x, key, 0, parse_i64, ApplyError::NotInteger) {
         Ok(found) => found,
         Err(failed) => return failed,
     };
     let Some(new) = old.checked_add(delta) else {
         return ApplyOutput::Failed(ApplyError::Overflow);
     };
-    storage.insert(key.clone(), Bytes::from(new.to_string()), expires_at_ms);
+    x.insert(key, Bytes::from(new.to_string()), expires_at_ms);
     ApplyOutput::Int(new)
 }
 
-fn incr_by_float(storage: &CacheStorage, t: u64, key: &Bytes, delta: f64) -> ApplyOutput {
-    let (old, expires_at_ms) = match current_number(storage, t, key, 0.0, parse_f64, ApplyError::NotFloat) {
+fn incr_by_float(x: &Target<'_>, key: &Bytes, delta: f64) -> ApplyOutput {
+    let (old, expires_at_ms) = match current_number(x, key, 0.0, parse_f64, ApplyError::NotFloat) {
         Ok(found) => found,
         Err(failed) => return failed,
     };
@@ -215,12 +279,12 @@ fn incr_by_float(storage: &CacheStorage, t: u64, key: &Bytes, delta: f64) -> App
         return ApplyOutput::Failed(ApplyError::NanOrInfinity);
     }
     let text = Bytes::from(format_f64(new));
-    storage.insert(key.clone(), text.clone(), expires_at_ms);
+    x.insert(key, text.clone(), expires_at_ms);
     ApplyOutput::Value(Some(text))
 }
 
-fn append(storage: &CacheStorage, t: u64, key: &Bytes, value: &Bytes, max_len: u64) -> ApplyOutput {
-    let current = storage.entry_at(key, t);
+fn append(x: &Target<'_>, key: &Bytes, value: &Bytes, max_len: u64) -> ApplyOutput {
+    let current = x.entry(key);
     let (old, expires_at_ms) = match current {
         None => (Bytes::new(), None),
         Some(entry) => (entry.value, entry.expires_at_ms),
@@ -232,19 +296,12 @@ fn append(storage: &CacheStorage, t: u64, key: &Bytes, value: &Bytes, max_len: u
     let mut joined = BytesMut::with_capacity(len);
     joined.extend_from_slice(&old);
     joined.extend_from_slice(value);
-    storage.insert(key.clone(), joined.freeze(), expires_at_ms);
+    x.insert(key, joined.freeze(), expires_at_ms);
     ApplyOutput::Int(len as i64)
 }
 
-fn set_range(
-    storage: &CacheStorage,
-    t: u64,
-    key: &Bytes,
-    offset: u64,
-    value: &Bytes,
-    max_len: u64,
-) -> ApplyOutput {
-    let current = storage.entry_at(key, t);
+fn set_range(x: &Target<'_>, key: &Bytes, offset: u64, value: &Bytes, max_len: u64) -> ApplyOutput {
+    let current = x.entry(key);
     let old_len = current.as_ref().map_or(0, |c| c.value.len());
     if value.is_empty() {
         return ApplyOutput::Int(old_len as i64);
@@ -264,24 +321,25 @@ fn set_range(
     }
     out[offset..end].copy_from_slice(value);
     let len = out.len();
-    storage.insert(key.clone(), out.freeze(), expires_at_ms);
+    x.insert(key, out.freeze(), expires_at_ms);
     ApplyOutput::Int(len as i64)
 }
 
-fn get_ex(storage: &CacheStorage, t: u64, key: &Bytes, expiry: ExpiryUpdate) -> ApplyOutput {
-    let Some(entry) = storage.entry_at(key, t) else {
+fn get_ex(x: &Target<'_>, key: &Bytes, expiry: ExpiryUpdate) -> ApplyOutput {
+    let Some(entry) = x.entry(key) else {
         return ApplyOutput::Value(None);
     };
     match expiry {
-        ExpiryUpdate::Keep => {}
-        ExpiryUpdate::Persist => storage.insert(key.clone(), entry.value.clone(), None),
-        ExpiryUpdate::At(at) => write(storage, t, key, entry.value.clone(), Some(at)),
+        // Only a key with an expiry changes (and counts as changed for WATCH, as in Redis).
+        ExpiryUpdate::Persist if entry.expires_at_ms.is_some() => x.insert(key, entry.value.clone(), None),
+        ExpiryUpdate::Keep | ExpiryUpdate::Persist => {}
+        ExpiryUpdate::At(at) => write(x, key, entry.value.clone(), Some(at)),
     }
     ApplyOutput::Value(Some(entry.value))
 }
 
-fn expire(storage: &CacheStorage, t: u64, key: &Bytes, at: u64, condition: ExpireCondition) -> ApplyOutput {
-    let Some(entry) = storage.entry_at(key, t) else {
+fn expire(x: &Target<'_>, key: &Bytes, at: u64, condition: ExpireCondition) -> ApplyOutput {
+    let Some(entry) = x.entry(key) else {
         return ApplyOutput::Int(0);
     };
     let allowed = match (condition, entry.expires_at_ms) {
@@ -291,11 +349,12 @@ fn expire(storage: &CacheStorage, t: u64, key: &Bytes, at: u64, condition: Expir
         // No expiry is an infinite TTL: never "later than" it, always "earlier".
         (ExpireCondition::IfLater, current) => current.is_some_and(|c| at > c),
         (ExpireCondition::IfEarlier, current) => current.is_none_or(|c| at < c),
+        (ExpireCondition::IfSomeEarlier, current) => current.is_some_and(|c| at < c),
     };
     if !allowed {
         return ApplyOutput::Int(0);
     }
-    write(storage, t, key, entry.value, Some(at));
+    write(x, key, entry.value, Some(at));
     ApplyOutput::Int(1)
 }
 

@@ -14,8 +14,15 @@ fn storage() -> CacheStorage {
     CacheStorage::new(StorageLimits { max_capacity: 1_000_000, max_memory_bytes: None, time_to_idle: None })
 }
 
+/// The change record the tests apply with (its contents are tested in `transaction_tests`).
+static VERSIONS: std::sync::LazyLock<KeyVersions> = std::sync::LazyLock::new(KeyVersions::default);
+
+fn apply_at_t(s: &CacheStorage, command: &CacheCommand) -> ApplyOutput {
+    apply_command(&Target { storage: s, versions: &VERSIONS, index: 1, t: T }, command)
+}
+
 fn run(s: &CacheStorage, command: CacheCommand) -> ApplyOutput {
-    apply_command(s, T, &command)
+    apply_at_t(s, &command)
 }
 
 fn value(s: &CacheStorage, key: &str) -> Option<StoredValue> {
@@ -166,6 +173,11 @@ fn expire_conditions() {
     let expire = |at, condition| CacheCommand::Expire { key: b("k"), expires_at_ms: at, condition };
     run(&s, CacheCommand::put("k", "v"));
     assert_eq!(run(&s, expire(T + 100, ExpireCondition::IfSome)), ApplyOutput::Int(0));
+    assert_eq!(
+        run(&s, expire(T + 100, ExpireCondition::IfSomeEarlier)),
+        ApplyOutput::Int(0),
+        "XX LT, no TTL"
+    );
     assert_eq!(run(&s, expire(T + 100, ExpireCondition::IfLater)), ApplyOutput::Int(0), "no TTL is infinite");
     assert_eq!(run(&s, expire(T + 100, ExpireCondition::IfNone)), ApplyOutput::Int(1));
     assert_eq!(run(&s, expire(T + 200, ExpireCondition::IfNone)), ApplyOutput::Int(0));
@@ -173,6 +185,7 @@ fn expire_conditions() {
     assert_eq!(run(&s, expire(T + 200, ExpireCondition::IfLater)), ApplyOutput::Int(1));
     assert_eq!(run(&s, expire(T + 300, ExpireCondition::IfEarlier)), ApplyOutput::Int(0));
     assert_eq!(run(&s, expire(T + 150, ExpireCondition::IfEarlier)), ApplyOutput::Int(1));
+    assert_eq!(run(&s, expire(T + 160, ExpireCondition::IfSomeEarlier)), ApplyOutput::Int(0));
     assert_eq!(value(&s, "k").unwrap().expires_at_ms, Some(T + 150));
     assert_eq!(run(&s, expire(T, ExpireCondition::Always)), ApplyOutput::Int(1));
     assert!(value(&s, "k").is_none());
@@ -271,7 +284,7 @@ proptest! {
         let mut model = BTreeMap::new();
         for command in &commands {
             let expected = model_apply(&mut model, command);
-            prop_assert_eq!(apply_command(&s, T, command), expected, "{:?}", command);
+            prop_assert_eq!(apply_at_t(&s, command), expected, "{:?}", command);
         }
         for key in ["a", "b", "c"] {
             prop_assert_eq!(value(&s, key).map(|v| v.value), model.get(key.as_bytes()).cloned());

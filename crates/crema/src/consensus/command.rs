@@ -9,8 +9,10 @@
 //! `PutMany` with `only_if_none_exist`, ...) are decided in apply, never by a read on the
 //! proposing node, so two clients racing on the same key cannot lose an update.
 //!
-//! The encoding is one format-version byte followed by postcard; a version this build does not
-//! know is a decode error (and, for a committed entry, a bug that halts the group).
+//! The encoding is one format-version byte followed by postcard: version 1 for a command made
+//! on the leader, version 2 for one forwarded by a follower, which also carries its write
+//! session (`consensus::sessions`). A version this build does not know is a decode error (a
+//! committed entry that does not decode is applied as a counted no-op).
 
 use std::time::Duration;
 
@@ -19,9 +21,14 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::MAX_TTL;
+use crate::consensus::sessions::SessionStamp;
+use crate::consensus::transaction::Transaction;
 
-/// Version byte leading every encoded command.
+/// Version byte leading an encoded command without a write session.
 pub const COMMAND_FORMAT_VERSION: u8 = 1;
+
+/// Version byte leading an encoded command that carries a write session.
+pub const COMMAND_FORMAT_SESSION: u8 = 2;
 
 /// A change to the cache, replicated through the Raft log and applied on every node.
 ///
@@ -150,6 +157,10 @@ pub enum CacheCommand {
         /// The keys.
         keys: Vec<Bytes>,
     },
+    /// A Redis transaction (`MULTI` ... `EXEC`): its steps applied in order with nothing in
+    /// between, reads included, unless a watched key changed (see `consensus::transaction`).
+    /// Output: `Exec(Some(outputs))`, or `Exec(None)` when nothing was applied.
+    Transaction(Transaction),
 }
 
 /// What a write does to a key's expiry.
@@ -187,15 +198,19 @@ pub enum ExpireCondition {
     IfLater,
     /// Only when the new expiry is earlier than the current one (`LT`).
     IfEarlier,
+    /// Only when the key has an expiry and the new one is earlier (`XX LT`).
+    IfSomeEarlier,
 }
 
 /// A command with the proposer's clock reading (unix ms): the unit written to the Raft log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StampedCommand {
     /// The proposing node's clock when the command was made.
     pub now_ms: u64,
     /// The command.
     pub command: CacheCommand,
+    /// The write session of a forwarded write: every copy of it is applied once.
+    pub session: Option<SessionStamp>,
 }
 
 /// Size limits a command is validated against before it is proposed.
@@ -238,6 +253,17 @@ pub enum CommandError {
     /// A batch that is empty or holds another batch.
     #[error("a batch must hold at least one command and no batch")]
     BadBatch,
+    /// A transaction holding a batch, a transaction or an eviction.
+    #[error("a transaction cannot hold a batch, a transaction or an eviction")]
+    BadTransaction,
+    /// A transaction whose encoding is over the limit (see `consensus::transaction`).
+    #[error("transaction is {len} bytes, the limit is {max} (max-key-bytes + max-value-bytes)")]
+    TransactionTooLarge {
+        /// Its encoded length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A float increment that is NaN or infinite.
     #[error("increment is not a finite number")]
     NotFinite,
@@ -298,16 +324,17 @@ impl CacheCommand {
             }
             Clear => Ok(()),
             Batch(commands) => {
-                if commands.is_empty() || commands.iter().any(|c| matches!(c, Batch(_))) {
+                if commands.is_empty() || commands.iter().any(|c| matches!(c, Batch(_) | Transaction(_))) {
                     return Err(CommandError::BadBatch);
                 }
                 commands.iter().try_for_each(|c| c.validate(limits))
             }
+            Transaction(transaction) => transaction.validate(limits),
         }
     }
 
     /// A size hint for the encoding.
-    fn encoded_len_hint(&self) -> usize {
+    pub(crate) fn encoded_len_hint(&self) -> usize {
         use CacheCommand::*;
         match self {
             Put { key, value, .. } | Set { key, value, .. } => key.len() + value.len() + 24,
@@ -318,6 +345,7 @@ impl CacheCommand {
             GetEx { key, .. } | Expire { key, .. } | Persist { key } => key.len() + 24,
             Clear => 2,
             Batch(commands) => commands.iter().map(CacheCommand::encoded_len_hint).sum::<usize>() + 4,
+            Transaction(transaction) => transaction.encoded_len_hint(),
         }
     }
 }
@@ -325,21 +353,36 @@ impl CacheCommand {
 impl StampedCommand {
     /// Stamps `command` with `now_ms`.
     pub fn new(now_ms: u64, command: CacheCommand) -> Self {
-        Self { now_ms, command }
+        Self { now_ms, command, session: None }
     }
 
-    /// Encodes the command: version byte + postcard.
+    /// Encodes the command: version byte + postcard (see the module docs).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.command.encoded_len_hint() + 10);
-        out.push(COMMAND_FORMAT_VERSION);
-        postcard::to_extend(self, out).expect("encoding into a Vec cannot fail")
+        let mut out = Vec::with_capacity(self.command.encoded_len_hint() + 40);
+        let encoded = match &self.session {
+            None => {
+                out.push(COMMAND_FORMAT_VERSION);
+                postcard::to_extend(&(self.now_ms, &self.command), out)
+            }
+            Some(session) => {
+                out.push(COMMAND_FORMAT_SESSION);
+                postcard::to_extend(&(self.now_ms, &self.command, session), out)
+            }
+        };
+        encoded.expect("encoding into a Vec cannot fail")
     }
 
     /// Decodes bytes produced by [`Self::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
+        let decode_error = |e: postcard::Error| CommandError::Decode(e.to_string());
         match bytes.split_first() {
             Some((&COMMAND_FORMAT_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| CommandError::Decode(e.to_string()))
+                let (now_ms, command) = postcard::from_bytes(rest).map_err(decode_error)?;
+                Ok(Self { now_ms, command, session: None })
+            }
+            Some((&COMMAND_FORMAT_SESSION, rest)) => {
+                let (now_ms, command, session) = postcard::from_bytes(rest).map_err(decode_error)?;
+                Ok(Self { now_ms, command, session: Some(session) })
             }
             Some((v, _)) => Err(CommandError::Decode(format!("unknown format version {v}"))),
             None => Err(CommandError::Decode("empty command".into())),
@@ -347,7 +390,7 @@ impl StampedCommand {
     }
 }
 
-fn validate_key(key: &[u8], limits: &CommandLimits) -> Result<(), CommandError> {
+pub(crate) fn validate_key(key: &[u8], limits: &CommandLimits) -> Result<(), CommandError> {
     if key.is_empty() {
         return Err(CommandError::EmptyKey);
     }
@@ -375,7 +418,7 @@ pub fn expiry_from_ttl(now_ms: u64, ttl: Duration) -> Result<u64, CommandError> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -464,14 +507,47 @@ mod tests {
                 max_len: 1 << 20
             }),
             proptest::collection::vec(bytes(), 0..4).prop_map(|keys| CacheCommand::Evict { keys }),
+            any_transaction(),
         ]
+    }
+
+    fn any_transaction() -> impl Strategy<Value = CacheCommand> {
+        use crate::consensus::transaction::{ReadCommand, TxStep, WatchedKey};
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..16).prop_map(Bytes::from);
+        let watch = (bytes(), any::<u64>(), any::<bool>()).prop_map(|(key, seen_index, live)| WatchedKey {
+            key,
+            seen_index,
+            live,
+        });
+        let step = prop_oneof![
+            proptest::collection::vec(bytes(), 1..3)
+                .prop_map(|keys| TxStep::Read(ReadCommand::Values { keys })),
+            proptest::collection::vec(bytes(), 1..3)
+                .prop_map(|keys| TxStep::Read(ReadCommand::Meta { keys })),
+            (bytes(), any::<i64>())
+                .prop_map(|(key, delta)| TxStep::Write(CacheCommand::IncrBy { key, delta })),
+            Just(TxStep::Write(CacheCommand::Clear)),
+        ];
+        (proptest::collection::vec(watch, 0..3), proptest::collection::vec(step, 0..4), any::<u64>())
+            .prop_map(|(watches, steps, max_reply_bytes)| {
+                CacheCommand::Transaction(Transaction { watches, steps, max_reply_bytes })
+            })
     }
 
     proptest! {
         #[test]
-        fn encode_decode_round_trips(now_ms in any::<u64>(), cmd in any_command()) {
-            let stamped = StampedCommand::new(now_ms, cmd);
-            prop_assert_eq!(StampedCommand::decode(&stamped.encode()).unwrap(), stamped);
+        fn encode_decode_round_trips(
+            now_ms in any::<u64>(),
+            cmd in any_command(),
+            session in proptest::option::of(any::<(u64, u64, u64, u64)>()),
+        ) {
+            let mut stamped = StampedCommand::new(now_ms, cmd);
+            stamped.session = session.map(|(origin, incarnation, seq, oldest_pending)| {
+                SessionStamp { origin, incarnation, seq, oldest_pending, abandoned: vec![seq / 3] }
+            });
+            let bytes = stamped.encode();
+            prop_assert_eq!(bytes[0], if stamped.session.is_some() { 2 } else { 1 });
+            prop_assert_eq!(StampedCommand::decode(&bytes).unwrap(), stamped);
         }
 
         #[test]

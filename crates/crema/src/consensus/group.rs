@@ -29,10 +29,11 @@
 //! another leader's answers `ProposalDropped`.
 //!
 //! This file holds the handle, the mailboxes and the pass; `group/ready.rs` handles the Ready
-//! (steps 1-7).
+//! (steps 1-7) and `group/peer_input.rs` the checks on peer messages, handshakes and this
+//! node's recovery after a restart without its Raft state.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,8 +44,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::admit::{self, Admitted, Reject, WarnThrottle};
 use super::logger::raft_logger;
 use super::pending::{PeerRead, ProposalReply, Proposals, ReadBatches, ReadReply};
+use super::recovery::Recovery;
 #[cfg(feature = "fault-injection")]
 use super::state_machine::ApplyOutput;
 use super::state_machine::CacheStateMachine;
@@ -53,10 +56,12 @@ use super::{Applied, GroupStatus, Role};
 use crate::checkpoint::CheckpointManager;
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
+use crate::transport::envelope::GroupPosition;
 use crate::transport::forward::ForwardTicket;
 use crate::transport::Transport;
 use crate::types::{NodeId, ShardId};
 
+mod peer_input;
 mod ready;
 
 /// Requests handled per mailbox per pass, so ticks and Readies are never starved.
@@ -95,12 +100,42 @@ async fn persisted(job: &mut Option<PersistJob>) -> (u64, bool) {
     }
 }
 
+/// What arrives from peers: Raft messages, and handshakes (in the order the transport saw them,
+/// so a peer's restart is known before its new incarnation's first message).
+pub(crate) enum PeerInput {
+    Message(Message),
+    /// `peer` connected and reported where it stands in this group; `restarted` when it is a new
+    /// incarnation of a peer this node talked to before.
+    Hello {
+        peer: NodeId,
+        restarted: bool,
+        position: GroupPosition,
+    },
+}
+
 /// What a client (the cache API, a forwarded request, an admin call) asks of the group.
 pub(crate) enum ClientMsg {
-    Propose { command: Bytes, reply: ProposalReply },
-    ConfChange { change: ConfChange, reply: ProposalReply },
-    ReadIndex { reply: ReadReply },
-    Status { reply: oneshot::Sender<GroupStatus> },
+    Propose {
+        command: Bytes,
+        reply: ProposalReply,
+    },
+    ConfChange {
+        change: ConfChange,
+        reply: ProposalReply,
+    },
+    ReadIndex {
+        reply: ReadReply,
+    },
+    Status {
+        reply: oneshot::Sender<GroupStatus>,
+    },
+    /// Make this node the only voter, without consensus (see `force_new_cluster`).
+    ForceNewCluster {
+        reply: oneshot::Sender<Result<Vec<NodeId>>>,
+    },
+    /// Test-only: the loop panics, as a bug would make it (fail-fast tests).
+    #[cfg(feature = "fault-injection")]
+    Panic,
 }
 
 /// State the loop publishes for handles to read without a round trip.
@@ -111,10 +146,19 @@ pub(crate) struct GroupShared {
     term: AtomicU64,
     commit: AtomicU64,
     applied: watch::Sender<u64>,
-    /// Set when this node may have lost its Raft state (memory storage, restarted into a cluster
-    /// that had already committed): it neither votes nor campaigns until it hears from a leader.
-    probation: AtomicBool,
+    /// True while this node recovers from a restart without its Raft state (see `recovery`).
+    recovering: AtomicBool,
+    /// The term and index of the last entry in the log (for the peer handshake).
+    last_term: AtomicU64,
+    last_index: AtomicU64,
+    /// Committed entries that did not decode (or were of an unknown version), applied as no-ops.
+    apply_rejected: AtomicU64,
+    /// Peer messages dropped (or, for a heartbeat's commit index, corrected) before raft-rs saw
+    /// them, by this loop's checks against the log.
+    messages_rejected: AtomicU64,
     leader_changed: Notify,
+    /// When this node last lost its leader (or started without one).
+    leaderless_since: Mutex<Instant>,
     /// How many times the known leader changed (to a node or to none).
     leader_changes: AtomicU64,
     /// Snapshots received from a leader and installed.
@@ -131,6 +175,8 @@ pub(crate) struct GroupShared {
     /// (a write is acknowledged only by its proposer, after applying it), so reads need no
     /// Read-Index round.
     sole_voter: AtomicBool,
+    /// The group's voters, as this node last applied them.
+    voters: std::sync::RwLock<Vec<NodeId>>,
     /// Proposal batches this node appended as leader (one `MsgPropose` each).
     proposal_batches: AtomicU64,
     /// Entries in those batches.
@@ -154,8 +200,13 @@ impl GroupShared {
             term: AtomicU64::new(0),
             commit: AtomicU64::new(0),
             applied: watch::Sender::new(0),
-            probation: AtomicBool::new(false),
+            recovering: AtomicBool::new(false),
+            last_term: AtomicU64::new(0),
+            last_index: AtomicU64::new(0),
+            apply_rejected: AtomicU64::new(0),
+            messages_rejected: AtomicU64::new(0),
             leader_changed: Notify::new(),
+            leaderless_since: Mutex::new(Instant::now()),
             leader_changes: AtomicU64::new(0),
             snapshots_installed: AtomicU64::new(0),
             checkpoints_written: AtomicU64::new(0),
@@ -163,6 +214,7 @@ impl GroupShared {
             persist_failing: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             sole_voter: AtomicBool::new(false),
+            voters: std::sync::RwLock::default(),
             proposal_batches: AtomicU64::new(0),
             proposed_entries: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
@@ -224,6 +276,30 @@ impl GroupShared {
             && self.applied_term.load(Ordering::Acquire) == term
     }
 
+    /// The group's voters, as this node last applied them.
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.voters.read().expect("voters poisoned").clone()
+    }
+
+    /// How long this node has known no leader (none while it knows one).
+    pub fn leaderless_for(&self) -> Option<Duration> {
+        match self.leader_id() {
+            Some(_) => None,
+            None => Some(self.leaderless_since.lock().expect("leaderless poisoned").elapsed()),
+        }
+    }
+
+    /// Waits until the known leader is another than `leader` (none included).
+    pub async fn leader_moved_from(&self, leader: NodeId) {
+        loop {
+            let changed = self.leader_changed.notified();
+            if self.leader_id() != Some(leader) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// Whether this node was removed from the group (its loop has stopped).
     pub fn removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
@@ -249,12 +325,31 @@ impl GroupShared {
         *self.applied.borrow()
     }
 
-    pub fn enter_probation(&self) {
-        self.probation.store(true, Ordering::Release);
+    /// True while this node recovers from a restart without its Raft state.
+    pub fn recovering(&self) -> bool {
+        self.recovering.load(Ordering::Acquire)
     }
 
-    pub fn in_probation(&self) -> bool {
-        self.probation.load(Ordering::Acquire)
+    /// Committed entries applied as no-ops because they did not decode.
+    pub fn apply_rejected(&self) -> u64 {
+        self.apply_rejected.load(Ordering::Relaxed)
+    }
+
+    /// Peer messages the loop's checks dropped or corrected.
+    pub fn messages_rejected(&self) -> u64 {
+        self.messages_rejected.load(Ordering::Relaxed)
+    }
+
+    /// Where this group stands here, for the peer handshake.
+    pub fn position(&self) -> GroupPosition {
+        GroupPosition {
+            shard: self.shard,
+            term: self.term(),
+            commit: self.commit(),
+            last_term: self.last_term.load(Ordering::Acquire),
+            last_index: self.last_index.load(Ordering::Acquire),
+            recovering: self.recovering(),
+        }
     }
 
     /// Waits until some leader is known (or `deadline`); answers it.
@@ -276,7 +371,7 @@ impl GroupShared {
 pub(crate) struct GroupHandle {
     pub shared: Arc<GroupShared>,
     client_tx: mpsc::Sender<ClientMsg>,
-    raft_tx: mpsc::Sender<Message>,
+    raft_tx: mpsc::Sender<PeerInput>,
     #[cfg(feature = "fault-injection")]
     faults: Option<Arc<crate::faults::Faults>>,
 }
@@ -376,6 +471,20 @@ impl GroupHandle {
         rx.wait_for(|applied| *applied >= index).await.map(|_| ()).map_err(|_| Error::Shutdown)
     }
 
+    /// Makes this node the only voter of its group, keeping its state (see
+    /// `Group::force_new_cluster`); answers the members it dropped.
+    pub async fn force_new_cluster(&self) -> Result<Vec<NodeId>> {
+        let (tx, rx) = oneshot::channel();
+        self.client_tx.send(ClientMsg::ForceNewCluster { reply: tx }).await.map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Makes the group loop panic (test-only).
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self) {
+        let _ = self.client_tx.send(ClientMsg::Panic).await;
+    }
+
     /// The group's current status.
     pub async fn status(&self) -> Result<GroupStatus> {
         let (tx, rx) = oneshot::channel();
@@ -385,8 +494,18 @@ impl GroupHandle {
 
     /// Hands a peer's Raft message to the group; dropped when the mailbox is full (Raft retries).
     pub fn step(&self, msg: Message) {
-        if self.raft_tx.try_send(msg).is_err() {
+        if self.raft_tx.try_send(PeerInput::Message(msg)).is_err() {
             debug!(shard = self.shared.shard, "raft mailbox full or closed; message dropped");
+        }
+    }
+
+    /// Hands a peer's handshake to the group. Never dropped: when the mailbox is full it waits
+    /// on a task (a handshake is not retransmitted as Raft messages are).
+    pub fn hello(&self, peer: NodeId, restarted: bool, position: GroupPosition) {
+        let input = PeerInput::Hello { peer, restarted, position };
+        if let Err(mpsc::error::TrySendError::Full(input)) = self.raft_tx.try_send(input) {
+            let tx = self.raft_tx.clone();
+            tokio::spawn(async move { tx.send(input).await });
         }
     }
 }
@@ -401,6 +520,11 @@ fn answer_shutdown(msg: ClientMsg) {
             let _ = reply.send(Err(Error::Shutdown));
         }
         ClientMsg::Status { .. } => {}
+        ClientMsg::ForceNewCluster { reply } => {
+            let _ = reply.send(Err(Error::Shutdown));
+        }
+        #[cfg(feature = "fault-injection")]
+        ClientMsg::Panic => {}
     }
 }
 
@@ -414,6 +538,9 @@ pub(crate) struct GroupSettings {
     pub shutdown_grace: Duration,
     /// With durable storage: checkpoints are taken here and the log is compacted behind them.
     pub checkpoints: Option<CheckpointManager>,
+    /// The node starts without the Raft state of its previous life (memory storage, one of
+    /// several voters): it recovers first (see `recovery`).
+    pub recover: bool,
     #[cfg(feature = "fault-injection")]
     pub faults: Option<Arc<crate::faults::Faults>>,
 }
@@ -471,12 +598,16 @@ pub(crate) fn spawn_group<S: LogStore>(
     let campaign_when_applied = voters.len() == 1 && voters.contains(settings.node_id);
     let mut settings = settings;
     let checkpoints = settings.checkpoints.take();
+    let recovery = settings.recover.then(|| Recovery::new(settings.node_id));
     let (client_tx, client_rx) = mpsc::channel(settings.mailbox_capacity);
     let (raft_tx, raft_rx) = mpsc::channel(settings.mailbox_capacity);
     let shared = Arc::new(GroupShared::new(settings.shard));
     shared.applied.send_replace(applied);
     shared.term.store(raw.raft.term, Ordering::Release);
     shared.commit.store(raw.raft.raft_log.committed, Ordering::Release);
+    shared.recovering.store(recovery.is_some(), Ordering::Release);
+    shared.last_term.store(raw.raft.raft_log.last_term(), Ordering::Release);
+    shared.last_index.store(raw.raft.raft_log.last_index(), Ordering::Release);
     let handle = GroupHandle {
         shared: shared.clone(),
         client_tx,
@@ -496,7 +627,10 @@ pub(crate) fn spawn_group<S: LogStore>(
         client_rx,
         raft_rx,
         settings,
-        heard_leader: false,
+        recovery,
+        started: Instant::now(),
+        warned_stuck: false,
+        reject_warnings: WarnThrottle::default(),
         campaign_when_applied,
         checkpoints,
         checkpoint_job: None,
@@ -525,9 +659,15 @@ struct Group<S: LogStore> {
     in_flight: std::collections::VecDeque<(u64, u64)>,
     reads: ReadBatches,
     client_rx: mpsc::Receiver<ClientMsg>,
-    raft_rx: mpsc::Receiver<Message>,
+    raft_rx: mpsc::Receiver<PeerInput>,
     settings: GroupSettings,
-    heard_leader: bool,
+    /// While this node recovers from a restart without its Raft state (see `recovery`).
+    recovery: Option<Recovery>,
+    /// When the loop started (a recovery stuck for long is reported once).
+    started: Instant,
+    warned_stuck: bool,
+    /// Paces the warnings about dropped peer messages.
+    reject_warnings: WarnThrottle,
     /// The sole voter campaigns once it has applied everything committed.
     campaign_when_applied: bool,
     checkpoints: Option<CheckpointManager>,
@@ -569,7 +709,7 @@ impl<S: LogStore> Group<S> {
                 biased;
                 _ = cancel.cancelled() => break,
                 (number, written) = persisted(&mut self.persist_job) => self.on_persisted(number, written),
-                Some(msg) = self.raft_rx.recv() => self.step(msg),
+                Some(input) = self.raft_rx.recv() => self.on_peer(input),
                 Some(msg) = self.client_rx.recv() => self.on_client(msg),
                 _ = ticker.tick() => self.tick(),
             }
@@ -585,7 +725,7 @@ impl<S: LogStore> Group<S> {
     fn pass(&mut self) {
         for _ in 0..DRAIN_LIMIT {
             match self.raft_rx.try_recv() {
-                Ok(msg) => self.step(msg),
+                Ok(input) => self.on_peer(input),
                 Err(_) => break,
             }
         }
@@ -614,6 +754,7 @@ impl<S: LogStore> Group<S> {
         if more && self.raw.has_ready() {
             self.on_ready();
         }
+        self.publish_log_position();
         self.shared.held_writes.store(self.gathered.len(), Ordering::Relaxed);
         self.shared.held_reads.store(self.reads.gathered_len(), Ordering::Relaxed);
         if self.campaign_when_applied && self.raw.raft.raft_log.applied >= self.raw.raft.raft_log.committed {
@@ -656,7 +797,7 @@ impl<S: LogStore> Group<S> {
         while !self.removed && self.proposals.len() > 0 && self.raw.raft.state == StateRole::Leader {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
-                Some(msg) = self.raft_rx.recv() => self.step(msg),
+                Some(input) = self.raft_rx.recv() => self.on_peer(input),
                 _ = ticker.tick() => self.tick(),
             }
             self.pass();
@@ -674,14 +815,30 @@ impl<S: LogStore> Group<S> {
         self.shared.leader.store(0, Ordering::Release);
     }
 
-    fn probation_blocks_votes(&self) -> bool {
-        !self.heard_leader && self.shared.in_probation()
+    fn on_peer(&mut self, input: PeerInput) {
+        match input {
+            PeerInput::Message(msg) => self.step(msg),
+            PeerInput::Hello { peer, restarted, position } => self.on_hello(peer, restarted, position),
+        }
     }
 
     fn step(&mut self, mut msg: Message) {
+        if self.recovery.as_ref().is_some_and(Recovery::waiting) {
+            // Phase 1 of a recovery: nothing this node would answer can be trusted yet.
+            return;
+        }
+        match admit::check_against_log(&self.raw.raft, &mut msg) {
+            Ok(Admitted::AsIs) => {}
+            Ok(Admitted::CommitLowered) => self.note_rejected(&msg, Reject::CommitPastLog),
+            Err(reason) => return self.note_rejected(&msg, reason),
+        }
         let vote = matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
-        if vote && self.probation_blocks_votes() {
-            debug!(shard = self.shared.shard, from = msg.from, "in probation: vote request ignored");
+        if vote && self.recovery.as_ref().is_some_and(|r| !r.may_vote_for(msg.log_term, msg.index)) {
+            debug!(
+                shard = self.shared.shard,
+                from = msg.from,
+                "recovering: vote request for a log behind the floor ignored"
+            );
             return;
         }
         if msg.get_msg_type() == MessageType::MsgReadIndex && self.hold_peer_read(&mut msg) {
@@ -710,15 +867,15 @@ impl<S: LogStore> Group<S> {
     }
 
     fn tick(&mut self) {
-        if self.raw.raft.leader_id != raft::INVALID_ID {
-            self.heard_leader = true;
-        }
-        // In probation a follower must not campaign (that is a vote for itself): do not tick.
+        // While recovering a follower must not campaign (that is a vote for itself): do not tick.
         // A leader that cannot persist its log (disk full) cannot commit or apply anything:
         // it stops heartbeating, as the loop did when it waited on the disk, so the followers
         // elect a leader that can.
         let role = self.raw.raft.state;
-        let held_back = (role == StateRole::Follower && self.probation_blocks_votes())
+        if self.recovery.is_some() {
+            self.warn_if_stuck();
+        }
+        let held_back = (role == StateRole::Follower && self.recovery.is_some())
             || (role == StateRole::Leader && self.shared.persist_failing());
         if !held_back {
             self.raw.tick();
@@ -757,6 +914,14 @@ impl<S: LogStore> Group<S> {
             ClientMsg::ReadIndex { reply } => self.reads.push(Instant::now(), reply),
             ClientMsg::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            ClientMsg::ForceNewCluster { reply } => {
+                self.propose_gathered();
+                let _ = reply.send(self.force_new_cluster());
+            }
+            #[cfg(feature = "fault-injection")]
+            ClientMsg::Panic => {
+                panic!("fault injection: the group loop of shard {} panics", self.shared.shard)
             }
         }
     }
@@ -874,7 +1039,7 @@ impl<S: LogStore> Group<S> {
             last_index: raft.raft_log.last_index(),
             voters,
             learners,
-            probation: self.probation_blocks_votes(),
+            recovery: self.recovery_state(),
             pending_proposals: self.proposals.len(),
             replica_progress,
         }

@@ -4,21 +4,27 @@
 //! Pure parts (`command`, `state_machine`, `storage`, `pending`) are tested without a network;
 //! only `group` runs a task and talks to the transport.
 
+pub(crate) mod admit;
 pub mod apply;
 pub mod command;
 pub(crate) mod group;
 mod logger;
 pub(crate) mod pending;
+pub mod recovery;
 #[cfg(feature = "rocksdb")]
 pub mod rocks_storage;
+pub mod sessions;
 pub mod state_machine;
 pub mod storage;
 #[cfg(test)]
 pub(crate) mod storage_suite;
+pub mod transaction;
+pub mod versions;
 
 use serde::{Deserialize, Serialize};
 
 pub use apply::{ApplyError, ApplyOutput};
+pub use recovery::RecoveryState;
 
 use crate::types::{NodeId, ShardId};
 
@@ -81,9 +87,9 @@ pub struct GroupStatus {
     pub voters: Vec<NodeId>,
     /// Non-voting members.
     pub learners: Vec<NodeId>,
-    /// True while this node refuses to vote until it hears from a leader (see the README's
-    /// "Restarting a memory node").
-    pub probation: bool,
+    /// Where this node stands in its recovery after a restart without its Raft state (memory
+    /// storage): it neither votes nor campaigns until `Done` (see `consensus::recovery`).
+    pub recovery: RecoveryState,
     /// Proposals of this node awaiting commit.
     pub pending_proposals: usize,
     /// On the leader: each other member and the highest log index known to be on it (empty on

@@ -8,6 +8,16 @@
 //! idempotent: the applied index is tracked and an entry at or below it is skipped, so a replay
 //! after a snapshot restore changes nothing. Snapshots (the whole cache at the applied index,
 //! with the log time) are encoded and restored here too.
+//!
+//! The state machine also keeps the record of when keys changed that `WATCH` is decided with
+//! ([`KeyVersions`], see `consensus::versions`). It is replicated state like the entries:
+//! snapshots carry it since format version 2. A version-1 snapshot (no record) still restores:
+//! every key then counts as changed at the snapshot's index, which only makes transactions
+//! watching older reads fail, and a `WATCH` reads after a read barrier, so never that old.
+//!
+//! It keeps the write sessions too ([`Sessions`], see `consensus::sessions`), with which a
+//! forwarded write is applied once however many copies of it commit; snapshots carry them since
+//! format version 3 (an older snapshot restores with none).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,13 +27,22 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::storage::{CacheStorage, StoredValue};
-use crate::consensus::apply::apply_command;
+use crate::consensus::apply::{apply_command, Target};
 pub use crate::consensus::apply::{ApplyError, ApplyOutput};
 use crate::consensus::command::{CommandError, StampedCommand};
+use crate::consensus::sessions::{Sessions, SessionsData};
+use crate::consensus::versions::{KeyVersions, VersionsData};
 use crate::types::NodeId;
 
-/// Version byte leading snapshot data.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+/// Version byte leading snapshot data. Versions 1 (no record of key versions) and 2 (no write
+/// sessions) are still read.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
+
+/// The snapshot version before the write sessions.
+const SNAPSHOT_FORMAT_V2: u8 = 2;
+
+/// The snapshot version before the record of key versions.
+const SNAPSHOT_FORMAT_V1: u8 = 1;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotEntry {
@@ -34,6 +53,27 @@ struct SnapshotEntry {
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
+    log_time_ms: u64,
+    members: Vec<(NodeId, SocketAddr)>,
+    entries: Vec<SnapshotEntry>,
+    /// None only when decoded from a version-1 snapshot.
+    versions: Option<VersionsData>,
+    /// Empty when decoded from a snapshot of version 1 or 2.
+    sessions: SessionsData,
+}
+
+/// Snapshot data of format version 2.
+#[derive(Serialize, Deserialize)]
+struct SnapshotDataV2 {
+    log_time_ms: u64,
+    members: Vec<(NodeId, SocketAddr)>,
+    entries: Vec<SnapshotEntry>,
+    versions: Option<VersionsData>,
+}
+
+/// Snapshot data of format version 1.
+#[derive(Serialize, Deserialize)]
+struct SnapshotDataV1 {
     log_time_ms: u64,
     members: Vec<(NodeId, SocketAddr)>,
     entries: Vec<SnapshotEntry>,
@@ -49,12 +89,21 @@ pub struct CacheStateMachine {
     storage: CacheStorage,
     members: Members,
     applied_index: u64,
+    versions: Arc<KeyVersions>,
+    /// Written by the group task only; shared with the snapshot source.
+    sessions: Arc<Mutex<Sessions>>,
 }
 
 impl CacheStateMachine {
     /// A state machine over `storage`, at applied index 0.
     pub fn new(storage: CacheStorage) -> Self {
-        Self { storage, members: Members::default(), applied_index: 0 }
+        Self {
+            storage,
+            members: Members::default(),
+            applied_index: 0,
+            versions: Arc::default(),
+            sessions: Arc::default(),
+        }
     }
 
     /// The member address book (shared with the snapshot source).
@@ -81,7 +130,21 @@ impl CacheStateMachine {
         self.applied_index = index;
         let t = self.storage.log_time_ms().max(stamped.now_ms);
         self.storage.advance_log_time(t);
-        apply_command(&self.storage, t, &stamped.command)
+        let target = Target { storage: &self.storage, versions: &self.versions, index, t };
+        match &stamped.session {
+            None => apply_command(&target, &stamped.command),
+            Some(session) => self
+                .sessions
+                .lock()
+                .expect("sessions poisoned")
+                .apply(session, index, || apply_command(&target, &stamped.command)),
+        }
+    }
+
+    /// Open write sessions and the outputs they keep (see `consensus::sessions`).
+    pub fn session_figures(&self) -> (usize, usize) {
+        let sessions = self.sessions.lock().expect("sessions poisoned");
+        (sessions.open_count(), sessions.answers_kept())
     }
 
     /// The log time of the applied state (unix ms).
@@ -97,7 +160,12 @@ impl CacheStateMachine {
     /// Encodes every entry live at the log time (entries already expired are dropped), the log
     /// time and the member address book.
     pub fn snapshot_data(&self) -> Vec<u8> {
-        encode_snapshot(&self.storage, &self.members)
+        encode_snapshot(&self.storage, &self.members, &self.versions, &self.sessions)
+    }
+
+    /// The record of key changes that `WATCH` is decided with.
+    pub fn versions(&self) -> &KeyVersions {
+        &self.versions
     }
 
     /// Starts a copy-on-write capture of the state as it is now, in constant time; the returned
@@ -112,6 +180,9 @@ impl CacheStateMachine {
         let log_time_ms = storage.log_time_ms();
         let members: Vec<(NodeId, SocketAddr)> =
             self.members.lock().expect("members poisoned").iter().map(|(k, v)| (*k, *v)).collect();
+        // Copied now, with the capture's start (a fixed 512 KiB walk), to match its entries.
+        let versions = Some(self.versions.data());
+        let sessions = self.sessions.lock().expect("sessions poisoned").data();
         Some(move || {
             let entries = storage
                 .finish_capture(log_time_ms)?
@@ -122,7 +193,7 @@ impl CacheStateMachine {
                     expires_at_ms,
                 })
                 .collect();
-            Some(SnapshotCapture(SnapshotData { log_time_ms, members, entries }))
+            Some(SnapshotCapture(SnapshotData { log_time_ms, members, entries, versions, sessions }))
         })
     }
 
@@ -130,7 +201,9 @@ impl CacheStateMachine {
     pub fn snapshot_source(&self) -> impl Fn() -> Vec<u8> + Send + 'static {
         let storage = self.storage.clone();
         let members = self.members.clone();
-        move || encode_snapshot(&storage, &members)
+        let versions = self.versions.clone();
+        let sessions = self.sessions.clone();
+        move || encode_snapshot(&storage, &members, &versions, &sessions)
     }
 
     /// Replaces the whole state with snapshot `data` taken at `index`; answers the entry count.
@@ -138,15 +211,14 @@ impl CacheStateMachine {
     /// # Errors
     /// Data of an unknown version or that does not decode; the state is then unchanged.
     pub fn restore(&mut self, index: u64, data: &[u8]) -> Result<usize, CommandError> {
-        let decoded: SnapshotData = match data.split_first() {
-            None => SnapshotData { log_time_ms: 0, members: Vec::new(), entries: Vec::new() },
-            Some((&SNAPSHOT_FORMAT_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| CommandError::Decode(e.to_string()))?
-            }
-            Some((v, _)) => {
-                return Err(CommandError::Decode(format!("unknown snapshot version {v}")));
-            }
-        };
+        let decoded = decode_snapshot(data)?;
+        // First, because these are the only steps that can still refuse the data.
+        let sessions = Sessions::from_data(decoded.sessions).map_err(CommandError::Decode)?;
+        match &decoded.versions {
+            Some(versions) => self.versions.restore(versions).map_err(CommandError::Decode)?,
+            None => self.versions.forget(index),
+        }
+        *self.sessions.lock().expect("sessions poisoned") = sessions;
         self.storage.clear();
         self.storage.advance_log_time(decoded.log_time_ms);
         let count = decoded.entries.len();
@@ -156,6 +228,47 @@ impl CacheStateMachine {
         *self.members.lock().expect("members poisoned") = decoded.members.into_iter().collect();
         self.applied_index = index;
         Ok(count)
+    }
+}
+
+fn decode_snapshot(data: &[u8]) -> Result<SnapshotData, CommandError> {
+    match data.split_first() {
+        None => Ok(SnapshotData {
+            log_time_ms: 0,
+            members: Vec::new(),
+            entries: Vec::new(),
+            versions: None,
+            sessions: SessionsData::default(),
+        }),
+        Some((&SNAPSHOT_FORMAT_VERSION, rest)) => {
+            let data: SnapshotData =
+                postcard::from_bytes(rest).map_err(|e| CommandError::Decode(e.to_string()))?;
+            if let Some(versions) = &data.versions {
+                versions.check().map_err(CommandError::Decode)?;
+            }
+            Sessions::from_data(data.sessions.clone()).map_err(CommandError::Decode)?;
+            Ok(data)
+        }
+        Some((&SNAPSHOT_FORMAT_V2, rest)) => {
+            let SnapshotDataV2 { log_time_ms, members, entries, versions } =
+                postcard::from_bytes(rest).map_err(|e| CommandError::Decode(e.to_string()))?;
+            if let Some(versions) = &versions {
+                versions.check().map_err(CommandError::Decode)?;
+            }
+            Ok(SnapshotData { log_time_ms, members, entries, versions, sessions: SessionsData::default() })
+        }
+        Some((&SNAPSHOT_FORMAT_V1, rest)) => {
+            let SnapshotDataV1 { log_time_ms, members, entries } =
+                postcard::from_bytes(rest).map_err(|e| CommandError::Decode(e.to_string()))?;
+            Ok(SnapshotData {
+                log_time_ms,
+                members,
+                entries,
+                versions: None,
+                sessions: SessionsData::default(),
+            })
+        }
+        Some((v, _)) => Err(CommandError::Decode(format!("unknown snapshot version {v}"))),
     }
 }
 
@@ -170,7 +283,12 @@ impl SnapshotCapture {
     }
 }
 
-fn capture(storage: &CacheStorage, members: &Members) -> SnapshotData {
+fn capture(
+    storage: &CacheStorage,
+    members: &Members,
+    versions: &KeyVersions,
+    sessions: &Mutex<Sessions>,
+) -> SnapshotData {
     let log_time_ms = storage.log_time_ms();
     let entries = storage
         .live_entries(log_time_ms)
@@ -178,130 +296,29 @@ fn capture(storage: &CacheStorage, members: &Members) -> SnapshotData {
         .map(|(key, StoredValue { value, expires_at_ms })| SnapshotEntry { key, value, expires_at_ms })
         .collect();
     let members = members.lock().expect("members poisoned").iter().map(|(k, v)| (*k, *v)).collect();
-    SnapshotData { log_time_ms, members, entries }
+    let sessions = sessions.lock().expect("sessions poisoned").data();
+    SnapshotData { log_time_ms, members, entries, versions: Some(versions.data()), sessions }
 }
 
-fn encode_snapshot(storage: &CacheStorage, members: &Members) -> Vec<u8> {
-    SnapshotCapture(capture(storage, members)).encode()
+/// Whether `data` is snapshot data this build can restore: decodes it and changes nothing. The
+/// peer transport checks a received snapshot with it before Raft accepts the snapshot, since
+/// data that fails to restore after that would leave the node with nothing to apply.
+///
+/// # Errors
+/// As [`CacheStateMachine::restore`].
+pub fn check_snapshot_data(data: &[u8]) -> Result<(), CommandError> {
+    decode_snapshot(data).map(|_| ())
+}
+
+fn encode_snapshot(
+    storage: &CacheStorage,
+    members: &Members,
+    versions: &KeyVersions,
+    sessions: &Mutex<Sessions>,
+) -> Vec<u8> {
+    SnapshotCapture(capture(storage, members, versions, sessions)).encode()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cache::storage::{unix_now_ms, StorageLimits};
-    use crate::consensus::command::{CacheCommand, ExpiryUpdate, SetCondition};
-
-    fn machine() -> CacheStateMachine {
-        CacheStateMachine::new(CacheStorage::new(StorageLimits {
-            max_capacity: 1_000_000,
-            max_memory_bytes: None,
-            time_to_idle: None,
-        }))
-    }
-
-    fn at(now_ms: u64, command: CacheCommand) -> StampedCommand {
-        StampedCommand::new(now_ms, command)
-    }
-
-    #[test]
-    fn replayed_entries_change_nothing() {
-        let mut sm = machine();
-        sm.apply(1, &at(1, CacheCommand::put("k", "v1")));
-        sm.apply(2, &at(1, CacheCommand::put("k", "v2")));
-        assert_eq!(sm.apply(1, &at(1, CacheCommand::put("k", "v1"))), ApplyOutput::Done);
-        assert_eq!(sm.apply(2, &at(1, CacheCommand::delete("k"))), ApplyOutput::Done);
-        assert_eq!(sm.storage().get(b"k"), Some(Bytes::from("v2")));
-        assert_eq!(sm.applied_index(), 2);
-    }
-
-    #[test]
-    fn delete_reports_whether_it_removed() {
-        let mut sm = machine();
-        sm.apply(1, &at(1, CacheCommand::put("k", "v")));
-        assert_eq!(sm.apply(2, &at(1, CacheCommand::delete("k"))), ApplyOutput::Removed(true));
-        assert_eq!(sm.apply(3, &at(1, CacheCommand::delete("k"))), ApplyOutput::Removed(false));
-    }
-
-    #[test]
-    fn log_time_is_the_largest_stamp_and_never_goes_back() {
-        let mut sm = machine();
-        sm.apply(1, &at(5_000, CacheCommand::Clear));
-        sm.apply(2, &at(4_000, CacheCommand::Clear));
-        assert_eq!(sm.log_time_ms(), 5_000);
-        // A key expiring at 4500 written by a proposer whose clock is behind is already gone.
-        let put = CacheCommand::Put { key: "k".into(), value: "v".into(), expires_at_ms: Some(4_500) };
-        sm.apply(3, &at(4_000, put));
-        assert!(sm.storage().entry_at(b"k", sm.log_time_ms()).is_none());
-    }
-
-    /// The reason for log time: a node applying late (catching up long after the commands were
-    /// made, its own clock far past every expiry) decides exactly as the leader did.
-    #[test]
-    fn a_late_applier_decides_conditional_writes_like_the_leader() {
-        let commands = [
-            at(1_000, CacheCommand::Put { key: "k".into(), value: "v".into(), expires_at_ms: Some(2_000) }),
-            at(
-                1_500,
-                CacheCommand::Set {
-                    key: "k".into(),
-                    value: "w".into(),
-                    expiry: ExpiryUpdate::Persist,
-                    condition: SetCondition::IfAbsent,
-                    return_old: true,
-                },
-            ),
-            at(1_600, CacheCommand::IncrBy { key: "n".into(), delta: 1 }),
-            at(
-                2_500,
-                CacheCommand::Set {
-                    key: "k".into(),
-                    value: "x".into(),
-                    expiry: ExpiryUpdate::Persist,
-                    condition: SetCondition::IfAbsent,
-                    return_old: false,
-                },
-            ),
-        ];
-        let mut sm = machine();
-        let outputs: Vec<_> = commands.iter().enumerate().map(|(i, c)| sm.apply(i as u64 + 1, c)).collect();
-        assert!(unix_now_ms() > 2_000_000, "this node's clock is far past every expiry above");
-        assert_eq!(outputs[1], ApplyOutput::Written { written: false, old: Some(Bytes::from("v")) });
-        assert_eq!(outputs[3], ApplyOutput::Written { written: true, old: None });
-        assert_eq!(sm.storage().entry_at(b"k", 2_500).unwrap().value, Bytes::from("x"));
-    }
-
-    #[test]
-    fn snapshot_round_trips_with_log_time_and_drops_expired() {
-        let mut sm = machine();
-        let now = unix_now_ms();
-        sm.apply(1, &at(now, CacheCommand::put("a", "1")));
-        let b = CacheCommand::Put { key: "b".into(), value: "2".into(), expires_at_ms: Some(now + 60_000) };
-        sm.apply(2, &at(now, b));
-        let gone = CacheCommand::Put { key: "gone".into(), value: "x".into(), expires_at_ms: Some(now + 5) };
-        sm.apply(3, &at(now, gone));
-        // Advances the log time past "gone"'s expiry (the delete itself touches nothing).
-        sm.apply(4, &at(now + 10, CacheCommand::delete("nothing")));
-        sm.members().lock().unwrap().insert(2, "127.0.0.1:9002".parse().unwrap());
-        let data = sm.snapshot_data();
-
-        let mut other = machine();
-        other.apply(1, &at(now, CacheCommand::put("stale", "x")));
-        assert_eq!(other.restore(4, &data).unwrap(), 2, "the entry expired at the log time is dropped");
-        assert_eq!(other.applied_index(), 4);
-        assert_eq!(other.log_time_ms(), now + 10);
-        assert_eq!(other.storage().get(b"stale"), None);
-        assert_eq!(other.storage().get_entry(b"b").unwrap().expires_at_ms, Some(now + 60_000));
-        assert_eq!(other.storage().get(b"a"), Some(Bytes::from("1")));
-        assert_eq!(other.members().lock().unwrap().get(&2), Some(&"127.0.0.1:9002".parse().unwrap()));
-    }
-
-    #[test]
-    fn restore_refuses_unknown_versions_and_keeps_state() {
-        let mut sm = machine();
-        sm.apply(1, &at(1, CacheCommand::put("a", "1")));
-        assert!(sm.restore(5, &[9, 0]).is_err());
-        assert!(sm.restore(5, &[SNAPSHOT_FORMAT_VERSION, 0xff]).is_err());
-        assert_eq!(sm.applied_index(), 1);
-        assert_eq!(sm.storage().get(b"a"), Some(Bytes::from("1")));
-    }
-}
+#[path = "state_machine_tests.rs"]
+mod tests;

@@ -13,8 +13,28 @@ use crate::consensus::Applied;
 use crate::error::Error;
 use crate::types::{NodeId, ShardId};
 
-/// Version of the envelope format; a peer sending another version is disconnected.
-pub const ENVELOPE_VERSION: u8 = 1;
+/// Version of the envelope format; a peer sending another version is disconnected. Version 2:
+/// the hello carries the sender's incarnation and each group's log position.
+pub const ENVELOPE_VERSION: u8 = 2;
+
+/// One Raft group's position on the sender of a hello: what a restarted memory node needs to
+/// learn before it may vote again (see `consensus::recovery`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPosition {
+    /// The group.
+    pub shard: ShardId,
+    /// The sender's current term in the group.
+    pub term: u64,
+    /// The highest commit index the sender knows.
+    pub commit: u64,
+    /// The term of the sender's last log entry.
+    pub last_term: u64,
+    /// The index of the sender's last log entry.
+    pub last_index: u64,
+    /// True while the sender itself is recovering (a memory node that restarted and holds
+    /// nothing it can vouch for yet).
+    pub recovering: bool,
+}
 
 /// One message between nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,10 +43,11 @@ pub enum Envelope {
     Hello {
         /// The sender's id.
         node_id: NodeId,
-        /// The highest Raft term the sender has seen (0 for a node that never saw an election).
-        term: u64,
-        /// The highest commit index the sender knows (0 for a cluster that never committed).
-        commit: u64,
+        /// A random number the sender drew when its process started: a new one means the peer
+        /// restarted (and, with memory storage, lost its log and its votes).
+        incarnation: u64,
+        /// Where each of the sender's groups stands.
+        groups: Vec<GroupPosition>,
     },
     /// A Raft message (protobuf bytes) for group `shard`.
     Raft {
@@ -167,7 +188,9 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips() {
-        round_trip(Envelope::Hello { node_id: 7, term: 3, commit: 9 });
+        let position =
+            GroupPosition { shard: 0, term: 3, commit: 9, last_term: 3, last_index: 10, recovering: false };
+        round_trip(Envelope::Hello { node_id: 7, incarnation: 42, groups: vec![position] });
         round_trip(Envelope::Raft { shard: 2, message: Bytes::from_static(b"\x08\x01") });
         round_trip(Envelope::Forward { shard: 0, request_id: 9, command: Bytes::from("c") });
         round_trip(Envelope::SnapshotChunk {

@@ -1,77 +1,129 @@
-//! The follower side of forwarding: a table of writes sent to the leader and awaiting its reply.
+//! The follower side of forwarding: the writes this node forwarded and still waits for.
 //!
-//! A request gets an id, its frame goes out on the leader's link, and the reply (matched by id)
-//! completes it. A request that outlives its timeout fails with `Timeout` (outcome unknown: the
-//! leader may still apply it) and its slot is freed; a late reply is then ignored.
-//!
-//! The leader side keeps a [`SeenRequests`] window per sender, so a forward frame delivered
-//! twice is proposed once: a write applied twice is not linearizable (a read can see its value
-//! come back after a later write, or a compare-and-set answer "not written" for the copy that
-//! found its own value). Ids start at a random point in each process, so a restarted follower's
-//! ids are not taken for repeats of its earlier ones.
+//! Each forwarded write gets a sequence number from this node's process (its write session,
+//! see `consensus::sessions`): every copy of the write, however often it is resent and to
+//! whichever leader, carries the same number, and the state machine applies it once. The
+//! table here matches the leader's replies to the writes by that number, and tells each new
+//! write the lowest number still awaited, which lets the state machine drop older answers.
+//! Numbers start at a random point in each process (the session is also told apart by the
+//! process's incarnation; the random start keeps replies meant for an earlier process from
+//! matching).
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::warn;
 
 use super::envelope::{Envelope, WireError};
 use super::Transport;
+use crate::consensus::sessions::MAX_ABANDONED;
 use crate::consensus::Applied;
-use crate::error::{Error, Result};
-use crate::types::{NodeId, ShardId};
+use crate::error::Result;
+use crate::types::NodeId;
 
-type Reply = std::result::Result<Applied, WireError>;
+/// The leader's reply to one copy of a forwarded write.
+pub(crate) type Reply = std::result::Result<Applied, WireError>;
 
-/// Forwarded requests awaiting the leader's answer.
+/// Forwarded writes awaiting the leader's answer, by sequence number.
 pub(crate) struct Forwarder {
-    next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_seq: AtomicU64,
+    /// Every write still awaited; the sender is there while a copy of it is out.
+    pending: Mutex<BTreeMap<u64, Option<oneshot::Sender<Reply>>>>,
+    /// Writes given up on (their caller timed out) that no applied write has reported yet.
+    abandoned: Mutex<BTreeSet<u64>>,
 }
 
 impl Default for Forwarder {
     fn default() -> Self {
-        // A random start (with room below u64::MAX) tells this incarnation's ids apart.
-        Self { next_id: AtomicU64::new(rand::random::<u64>() >> 2), pending: Mutex::default() }
+        // A random start (with room below u64::MAX).
+        Self {
+            next_seq: AtomicU64::new(rand::random::<u64>() >> 2),
+            pending: Mutex::default(),
+            abandoned: Mutex::default(),
+        }
     }
 }
 
-/// How far behind the newest id of a sender a request may arrive and still be told apart from
-/// a repeat. An older one is refused (its sender times out: outcome unknown, nothing applied).
-const SEEN_WINDOW: u64 = 65_536;
+impl Forwarder {
+    /// Takes the next sequence number for a write about to be forwarded: it counts as awaited
+    /// until the returned slot is dropped.
+    pub fn open(&self) -> ForwardSlot<'_> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.pending.lock().expect("pending poisoned").insert(seq, None);
+        ForwardSlot { forwarder: self, seq, answered: AtomicBool::new(false) }
+    }
 
-/// Ids further than this from the newest one seen belong to a new incarnation of the sender.
-const NEW_INCARNATION: u64 = 1 << 40;
+    /// The writes given up on that a new write should report (those at or above
+    /// `oldest_pending`; older ones are covered by it), at most `MAX_ABANDONED`.
+    pub fn abandoned_since(&self, oldest_pending: u64) -> Vec<u64> {
+        let mut abandoned = self.abandoned.lock().expect("abandoned poisoned");
+        *abandoned = abandoned.split_off(&oldest_pending);
+        abandoned.iter().rev().take(MAX_ABANDONED).copied().collect()
+    }
 
-/// The request ids one sender's forwards carried lately (leader side): a sliding window.
-#[derive(Debug, Default)]
-pub(crate) struct SeenRequests {
-    newest: u64,
-    seen: BTreeSet<u64>,
+    /// A write that reported `seqs` was applied: the state machine knows of them.
+    pub fn reported(&self, seqs: &[u64]) {
+        let mut abandoned = self.abandoned.lock().expect("abandoned poisoned");
+        for seq in seqs {
+            abandoned.remove(seq);
+        }
+    }
+
+    /// The lowest sequence number still awaited (the next one when none is).
+    pub fn oldest_pending(&self) -> u64 {
+        let pending = self.pending.lock().expect("pending poisoned");
+        pending.keys().next().copied().unwrap_or_else(|| self.next_seq.load(Ordering::Relaxed))
+    }
+
+    /// Completes the copy of write `seq` that is out with the leader's reply (ignored when the
+    /// write is no longer awaited, or no copy is out).
+    pub fn complete(&self, seq: u64, reply: Reply) {
+        let waiting = self.pending.lock().expect("pending poisoned").get_mut(&seq).and_then(Option::take);
+        if let Some(tx) = waiting {
+            let _ = tx.send(reply);
+        }
+    }
 }
 
-impl SeenRequests {
-    /// Whether `id` is new (and now remembered); false for a repeat, or for an id too old to
-    /// tell.
-    pub fn first_time(&mut self, id: u64) -> bool {
-        if self.seen.is_empty() || id.abs_diff(self.newest) > NEW_INCARNATION {
-            self.seen.clear();
-            self.seen.insert(id);
-            self.newest = id;
-            return true;
+/// One forwarded write, awaited until dropped; dropped unanswered, it is given up on.
+pub(crate) struct ForwardSlot<'a> {
+    forwarder: &'a Forwarder,
+    /// The write's sequence number.
+    pub seq: u64,
+    answered: AtomicBool,
+}
+
+impl ForwardSlot<'_> {
+    /// Where the reply to the next copy sent goes (a reply to an earlier copy then goes here
+    /// too: every copy is answered alike).
+    pub fn arm(&self) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(slot) = self.forwarder.pending.lock().expect("pending poisoned").get_mut(&self.seq) {
+            *slot = Some(tx);
         }
-        if id.saturating_add(SEEN_WINDOW) <= self.newest || !self.seen.insert(id) {
-            return false;
+        rx
+    }
+}
+
+impl ForwardSlot<'_> {
+    /// The write was answered (its outcome is known): dropping the slot gives nothing up.
+    pub fn answered(&self) {
+        self.answered.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ForwardSlot<'_> {
+    fn drop(&mut self) {
+        self.forwarder.pending.lock().expect("pending poisoned").remove(&self.seq);
+        if !self.answered.load(Ordering::Relaxed) {
+            let mut abandoned = self.forwarder.abandoned.lock().expect("abandoned poisoned");
+            abandoned.insert(self.seq);
+            while abandoned.len() > MAX_ABANDONED {
+                abandoned.pop_first();
+            }
         }
-        self.newest = self.newest.max(id);
-        if self.seen.len() as u64 > 2 * SEEN_WINDOW {
-            self.seen = self.seen.split_off(&(self.newest - SEEN_WINDOW + 1));
-        }
-        true
     }
 }
 
@@ -85,8 +137,8 @@ pub(crate) struct ForwardTicket {
 }
 
 impl ForwardTicket {
-    /// Sends `result` back to the follower (a full or lost link drops it: the follower times
-    /// out, outcome unknown).
+    /// Sends `result` back to the follower (a full or lost link drops it: the follower sends
+    /// the write again, and the copy is answered with the first one's output).
     pub fn answer(self, result: Result<Applied>) {
         let result = result.map_err(|e| WireError::from(&e));
         let frame = Envelope::ForwardReply { request_id: self.request_id, result }.to_frame();
@@ -96,77 +148,46 @@ impl ForwardTicket {
     }
 }
 
-struct Slot<'a> {
-    forwarder: &'a Forwarder,
-    id: u64,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.forwarder.pending.lock().expect("pending poisoned").remove(&self.id);
-    }
-}
-
-impl Forwarder {
-    /// Sends `command` to `leader` for group `shard` and waits for where it was applied.
-    pub async fn forward(
-        &self,
-        transport: &Transport,
-        leader: NodeId,
-        shard: ShardId,
-        command: Bytes,
-        timeout: Duration,
-    ) -> Result<Applied> {
-        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("pending poisoned").insert(request_id, tx);
-        let _slot = Slot { forwarder: self, id: request_id };
-        transport.send(leader, Envelope::Forward { shard, request_id, command }.to_frame())?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => reply.map_err(Error::from),
-            Ok(Err(_)) => Err(Error::Shutdown),
-            Err(_) => Err(Error::Timeout(timeout)),
-        }
-    }
-
-    /// Completes request `request_id` with the leader's reply (ignored if it already timed out).
-    pub fn complete(&self, request_id: u64, reply: Reply) {
-        if let Some(tx) = self.pending.lock().expect("pending poisoned").remove(&request_id) {
-            let _ = tx.send(reply);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn repeats_are_refused_and_reordering_is_not() {
-        let mut seen = SeenRequests::default();
-        assert!(seen.first_time(1000));
-        assert!(!seen.first_time(1000), "a repeat");
-        assert!(seen.first_time(1002));
-        assert!(seen.first_time(1001), "overtaken, but new");
-        assert!(!seen.first_time(1001) && !seen.first_time(1002));
-        // Far ahead: the window slides, and what fell out of it is refused.
-        assert!(seen.first_time(1000 + 3 * SEEN_WINDOW));
-        assert!(!seen.first_time(1003), "too old to tell from a repeat");
-        for id in 0..3 * SEEN_WINDOW {
-            seen.first_time(2_000_000 + id);
-        }
-        assert!(seen.seen.len() as u64 <= 2 * SEEN_WINDOW + 1, "bounded: {}", seen.seen.len());
-        assert!(!seen.first_time(2_000_000 + 3 * SEEN_WINDOW - 1));
-        // A restarted sender starts somewhere else entirely: a new window.
-        assert!(seen.first_time(1 << 60));
-        assert!(seen.first_time((1 << 60) + 1));
-        assert!(!seen.first_time(1 << 60));
+    fn the_oldest_awaited_write_is_known_and_replies_reach_the_armed_copy() {
+        let f = Forwarder::default();
+        let a = f.open();
+        let b = f.open();
+        assert_eq!(b.seq, a.seq + 1);
+        assert_eq!(f.oldest_pending(), a.seq);
+        // A reply with no copy out is dropped; one to an armed copy arrives.
+        f.complete(b.seq, Err(WireError::ProposalDropped));
+        let mut rx = b.arm();
+        f.complete(b.seq, Err(WireError::Shutdown));
+        assert_eq!(rx.try_recv().unwrap(), Err(WireError::Shutdown));
+        let first = a.seq;
+        a.answered();
+        drop(a);
+        assert_eq!(f.oldest_pending(), b.seq);
+        let c = f.open();
+        drop(b); // given up on
+        assert_eq!(f.abandoned_since(first), vec![first + 1]);
+        f.reported(&[first + 1]);
+        assert!(f.abandoned_since(0).is_empty());
+        // One below the oldest awaited write is covered by it and not listed.
+        let d = f.open();
+        drop(d);
+        assert!(f.abandoned_since(first + 2).contains(&(first + 3)));
+        assert!(f.abandoned_since(first + 4).is_empty(), "pruned below the floor");
+        c.answered();
+        drop(c);
+        assert_eq!(f.oldest_pending(), first + 4, "none awaited: the next number");
+        f.complete(first, Err(WireError::Shutdown));
     }
 
     #[test]
-    fn each_forwarder_starts_its_ids_somewhere_else() {
+    fn each_forwarder_starts_its_numbers_somewhere_else() {
         let (a, b) = (Forwarder::default(), Forwarder::default());
-        let (a, b) = (a.next_id.load(Ordering::Relaxed), b.next_id.load(Ordering::Relaxed));
-        assert!(a.abs_diff(b) > NEW_INCARNATION, "{a} and {b}");
+        let (a, b) = (a.next_seq.load(Ordering::Relaxed), b.next_seq.load(Ordering::Relaxed));
+        assert!(a.abs_diff(b) > 1 << 40, "{a} and {b}");
     }
 }

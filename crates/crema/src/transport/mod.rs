@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use envelope::Envelope;
+use envelope::{Envelope, GroupPosition};
 pub use error::TransportError;
 use peer::{Connection, PeerLink};
 
@@ -37,18 +37,22 @@ use crate::types::NodeId;
 /// Receives what peers send. Called from connection reader tasks: implementations must not
 /// block (hand work to mailboxes or spawned tasks).
 pub(crate) trait Inbound: Send + Sync + 'static {
-    /// A Raft, forward or forward-reply envelope arrived from `from`.
-    fn on_envelope(&self, transport: &Arc<Transport>, from: NodeId, envelope: Envelope);
-    /// `from` completed a handshake and reported its highest term and commit index.
-    fn on_hello(&self, from: NodeId, term: u64, commit: u64);
-    /// This node's highest term and commit index, for our side of the handshake.
-    fn local_progress(&self) -> (u64, u64);
+    /// A Raft, forward or forward-reply envelope arrived from incarnation `incarnation` of
+    /// `from` (the one that made the handshake on this connection).
+    fn on_envelope(&self, transport: &Arc<Transport>, from: NodeId, incarnation: u64, envelope: Envelope);
+    /// `from` completed a handshake as `incarnation` and reported where its groups stand.
+    /// Called before any envelope of the new connection is handed over.
+    fn on_hello(&self, from: NodeId, incarnation: u64, groups: Vec<GroupPosition>);
+    /// Where this node's groups stand, for our side of the handshake.
+    fn local_positions(&self) -> Vec<GroupPosition>;
 }
 
 /// Transport settings.
 #[derive(Debug, Clone)]
 pub(crate) struct TransportConfig {
     pub node_id: NodeId,
+    /// This process's random incarnation, sent in every hello.
+    pub incarnation: u64,
     pub max_frame_bytes: usize,
     pub queue_capacity: usize,
     pub handshake_timeout: Duration,
@@ -65,6 +69,8 @@ pub(crate) struct Transport {
     peers: RwLock<HashMap<NodeId, Arc<PeerLink>>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// The accept loop, until the node's supervisor takes it to watch.
+    accept_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Transport {
@@ -82,10 +88,22 @@ impl Transport {
             peers: RwLock::default(),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            accept_task: std::sync::Mutex::default(),
         });
         let t = transport.clone();
-        transport.tracker.spawn(async move { t.accept_loop(listener).await });
+        let accept = transport.tracker.spawn(async move { t.accept_loop(listener).await });
+        *transport.accept_task.lock().expect("accept task poisoned") = Some(accept);
         Ok(transport)
+    }
+
+    /// The accept loop's task (once): it runs until the transport closes.
+    pub fn take_accept_task(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.accept_task.lock().expect("accept task poisoned").take()
+    }
+
+    /// This process's incarnation (a random number drawn at start, sent in every hello).
+    pub fn incarnation(&self) -> u64 {
+        self.config.incarnation
     }
 
     /// The address peers reach this node on.
@@ -199,11 +217,16 @@ impl Transport {
         let mut conn = Connection::new(stream);
         let hello =
             tokio::time::timeout(self.config.handshake_timeout, conn.read_envelope(&self.config)).await;
-        let (peer, (term, commit)) = match hello {
-            Ok(Ok(Envelope::Hello { node_id, term, commit }))
-                if node_id != self.config.node_id && node_id != 0 =>
-            {
-                (node_id, (term, commit))
+        let (peer, incarnation, groups) = match hello {
+            Ok(Ok(Envelope::Hello { node_id: 0, .. })) => {
+                // A probe (see `probe`): say who this node is, and nothing more.
+                let reply =
+                    Envelope::Hello { node_id: self.config.node_id, incarnation: 0, groups: Vec::new() };
+                let _ = conn.write_frame(&reply.to_frame()).await;
+                return;
+            }
+            Ok(Ok(Envelope::Hello { node_id, incarnation, groups })) if node_id != self.config.node_id => {
+                (node_id, incarnation, groups)
             }
             Ok(Ok(other)) => {
                 warn!(%remote, "closing peer connection: first frame is not a valid hello ({other:?})");
@@ -222,8 +245,9 @@ impl Transport {
             debug!(%remote, peer, error = %e, "peer left during handshake");
             return;
         }
-        info!(peer, %remote, "peer connected");
-        self.inbound.on_hello(peer, term, commit);
+        info!(peer, %remote, incarnation, "peer connected");
+        self.inbound.on_hello(peer, incarnation, groups);
+        conn.peer_incarnation = incarnation;
         self.add_peer(peer, None);
         let link = self.peers.read().expect("peer map poisoned").get(&peer).cloned();
         if let Some(link) = link {
@@ -231,17 +255,47 @@ impl Transport {
         }
     }
 
-    fn hello_frame(&self) -> Bytes {
-        let (term, commit) = self.inbound.local_progress();
-        Envelope::Hello { node_id: self.config.node_id, term, commit }.to_frame()
+    /// Which crema node answers the peer handshake at `addr`: a hello from node id 0 (no node
+    /// has it), which the other side answers with its id and then closes, without taking the
+    /// connection as a peer's. How a membership change checks an address before proposing it.
+    ///
+    /// # Errors
+    /// Nothing listens, the connection or the answer takes longer than the timeouts, or what
+    /// answers does not speak crema's peer protocol.
+    pub async fn probe(&self, addr: SocketAddr) -> Result<NodeId, TransportError> {
+        let config = &self.config;
+        let stream = tokio::time::timeout(config.connect_timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| TransportError::Handshake("connect timed out".into()))??;
+        let mut conn = Connection::new(stream);
+        let hello = Envelope::Hello { node_id: 0, incarnation: config.incarnation, groups: Vec::new() };
+        conn.write_frame(&hello.to_frame()).await?;
+        let reply = tokio::time::timeout(config.handshake_timeout, conn.read_envelope(config))
+            .await
+            .map_err(|_| TransportError::Handshake("no answer to the handshake".into()))??;
+        match reply {
+            Envelope::Hello { node_id, .. } if node_id != 0 => Ok(node_id),
+            other => Err(TransportError::Handshake(format!("expected a hello, got {other:?}"))),
+        }
     }
 
-    fn dispatch(self: &Arc<Self>, from: NodeId, payload: &[u8]) -> Result<(), TransportError> {
+    fn hello_frame(&self) -> Bytes {
+        let groups = self.inbound.local_positions();
+        Envelope::Hello { node_id: self.config.node_id, incarnation: self.config.incarnation, groups }
+            .to_frame()
+    }
+
+    fn dispatch(
+        self: &Arc<Self>,
+        from: NodeId,
+        incarnation: u64,
+        payload: &[u8],
+    ) -> Result<(), TransportError> {
         let envelope = Envelope::from_payload(payload)?;
         if let Envelope::Hello { .. } = envelope {
             return Err(TransportError::Handshake("hello after the handshake".into()));
         }
-        self.inbound.on_envelope(self, from, envelope);
+        self.inbound.on_envelope(self, from, incarnation, envelope);
         Ok(())
     }
 }

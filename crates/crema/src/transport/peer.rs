@@ -43,12 +43,14 @@ const DIAL_FALLBACK: Duration = Duration::from_secs(2);
 pub(super) struct Connection {
     stream: TcpStream,
     buf: BytesMut,
+    /// The incarnation the peer announced in this connection's handshake.
+    pub(super) peer_incarnation: u64,
 }
 
 impl Connection {
     pub(super) fn new(stream: TcpStream) -> Self {
         let _ = stream.set_nodelay(true);
-        Self { stream, buf: BytesMut::with_capacity(READ_CHUNK_BYTES) }
+        Self { stream, buf: BytesMut::with_capacity(READ_CHUNK_BYTES), peer_incarnation: 0 }
     }
 
     /// Reads one whole envelope (used for the handshake).
@@ -142,7 +144,7 @@ impl LinkTask {
                 },
             };
             let (rd, wr) = conn.stream.into_split();
-            let reader = self.spawn_reader(rd, conn.buf);
+            let reader = self.spawn_reader(rd, conn.buf, conn.peer_incarnation);
             match self.write_loop(wr, reader).await {
                 WriteEnd::Broken => debug!(peer = self.link.id, "peer connection lost"),
                 WriteEnd::Replaced(conn) => next = Some(conn),
@@ -194,9 +196,10 @@ impl LinkTask {
             .await
             .map_err(|_| TransportError::Handshake("no hello reply".into()))??;
         match reply {
-            Envelope::Hello { node_id, term, commit } if node_id == self.link.id => {
-                info!(peer = node_id, %addr, "connected to peer");
-                self.transport.inbound.on_hello(node_id, term, commit);
+            Envelope::Hello { node_id, incarnation, groups } if node_id == self.link.id => {
+                info!(peer = node_id, %addr, incarnation, "connected to peer");
+                self.transport.inbound.on_hello(node_id, incarnation, groups);
+                conn.peer_incarnation = incarnation;
                 Ok(conn)
             }
             other => Err(TransportError::Handshake(format!(
@@ -206,11 +209,11 @@ impl LinkTask {
         }
     }
 
-    fn spawn_reader(&self, rd: OwnedReadHalf, buf: BytesMut) -> JoinHandle<()> {
+    fn spawn_reader(&self, rd: OwnedReadHalf, buf: BytesMut, incarnation: u64) -> JoinHandle<()> {
         let transport = self.transport.clone();
         let peer = self.link.id;
         self.transport.tracker.spawn(async move {
-            if let Err(e) = read_loop(&transport, peer, rd, buf).await {
+            if let Err(e) = read_loop(&transport, peer, incarnation, rd, buf).await {
                 warn!(peer, error = %e, "closing peer connection");
             }
         })
@@ -260,13 +263,14 @@ impl LinkTask {
 async fn read_loop(
     transport: &Arc<Transport>,
     peer: NodeId,
+    incarnation: u64,
     mut rd: OwnedReadHalf,
     mut buf: BytesMut,
 ) -> Result<(), TransportError> {
     let max = transport.config.max_frame_bytes;
     loop {
         while let Some(payload) = decode_frame(&mut buf, max)? {
-            transport.dispatch(peer, &payload)?;
+            transport.dispatch(peer, incarnation, &payload)?;
         }
         buf.reserve(READ_CHUNK_BYTES);
         if rd.read_buf(&mut buf).await? == 0 {

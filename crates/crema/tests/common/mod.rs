@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;

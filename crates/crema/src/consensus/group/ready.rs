@@ -147,14 +147,14 @@ impl<S: LogStore> Group<S> {
         self.shared.term.store(self.raw.raft.term, Ordering::Release);
         let previous = self.shared.leader.swap(leader, Ordering::AcqRel);
         self.shared.role.store(Role::from(role) as u8, Ordering::Release);
-        if leader != raft::INVALID_ID {
-            self.heard_leader = true;
-        }
         if previous != leader {
             // The read-index requests in flight went to the old leader (or were held by this
             // node as leader): raft-rs drops them, so they are sent again to the new one.
             self.reads.requeue_rounds();
             self.shared.leader_changes.fetch_add(1, Ordering::Relaxed);
+            if leader == 0 {
+                *self.shared.leaderless_since.lock().expect("leaderless poisoned") = Instant::now();
+            }
             self.shared.leader_changed.notify_waiters();
             info!(shard = self.shared.shard, leader, term = self.raw.raft.term, ?role, "leader changed");
         }
@@ -242,7 +242,7 @@ impl<S: LogStore> Group<S> {
     /// As `persist`, after the write in flight, and everything written so far is made durable,
     /// the commit index included (`LogStore::sync`): before a checkpoint, and when the node
     /// leaves the group.
-    fn persist_all(&mut self) -> bool {
+    pub(super) fn persist_all(&mut self) -> bool {
         self.settle_persist() && self.persist_with(true)
     }
 
@@ -366,6 +366,7 @@ impl<S: LogStore> Group<S> {
         let voters = self.raw.raft.prs().conf().voters().ids();
         let alone = voters.len() == 1 && voters.contains(self.settings.node_id);
         self.shared.sole_voter.store(alone, Ordering::Release);
+        *self.shared.voters.write().expect("voters poisoned") = voters.iter().collect();
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) {
@@ -414,12 +415,13 @@ impl<S: LogStore> Group<S> {
                     self.sm.advance_to(index);
                     Ok(ApplyOutput::Done)
                 }
-                EntryType::EntryNormal => {
-                    let command = StampedCommand::decode(&entry.data).unwrap_or_else(|e| {
-                        panic!("shard {} entry {index} cannot be decoded ({e}): corrupt log or incompatible version", self.shared.shard)
-                    });
-                    Ok(self.sm.apply(index, &command))
-                }
+                EntryType::EntryNormal => match StampedCommand::decode(&entry.data) {
+                    Ok(command) => Ok(self.sm.apply(index, &command)),
+                    Err(e) => {
+                        self.reject_entry(index, &e.to_string());
+                        Err(Error::InvalidCommand(e))
+                    }
+                },
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(&entry),
             };
             if let Some(reply) = self.proposals.settle(index, term) {
@@ -432,18 +434,44 @@ impl<S: LogStore> Group<S> {
         self.shared.applied.send_replace(applied);
     }
 
+    /// A committed entry that does not decode (garbage, or a command version this build does
+    /// not know) is applied as a no-op: every node decides alike, the group goes on, and the
+    /// operator sees it in the log and in `crema_apply_rejected_total`.
+    fn reject_entry(&mut self, index: u64, error: &str) {
+        self.sm.advance_to(index);
+        self.shared.apply_rejected.fetch_add(1, Ordering::Relaxed);
+        error!(
+            shard = self.shared.shard,
+            index, error, "committed entry cannot be decoded: applied as a no-op"
+        );
+    }
+
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<ApplyOutput> {
         self.sm.advance_to(entry.index);
-        let corrupt = |e: protobuf::ProtobufError| -> ! {
-            panic!("conf change at {} cannot be decoded: {e}", entry.index)
-        };
-        let (applied, changes) = if entry.get_entry_type() == EntryType::EntryConfChange {
-            let cc = ConfChange::parse_from_bytes(&entry.data).unwrap_or_else(|e| corrupt(e));
-            (self.raw.apply_conf_change(&cc), vec![(cc.change_type, cc.node_id, cc.context)])
+        // What each follower holds, before a removal drops its progress (see `tell_removed`).
+        let matched: Vec<(NodeId, u64)> = if self.raw.raft.state == StateRole::Leader {
+            self.raw.raft.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect()
         } else {
-            let cc = ConfChangeV2::parse_from_bytes(&entry.data).unwrap_or_else(|e| corrupt(e));
-            let changes = cc.changes.iter().map(|c| (c.change_type, c.node_id, cc.context.clone())).collect();
-            (self.raw.apply_conf_change(&cc), changes)
+            Vec::new()
+        };
+        let decoded = if entry.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(&entry.data)
+                .map(|cc| (self.raw.apply_conf_change(&cc), vec![(cc.change_type, cc.node_id, cc.context)]))
+        } else {
+            ConfChangeV2::parse_from_bytes(&entry.data).map(|cc| {
+                let changes =
+                    cc.changes.iter().map(|c| (c.change_type, c.node_id, cc.context.clone())).collect();
+                (self.raw.apply_conf_change(&cc), changes)
+            })
+        };
+        let (applied, changes) = match decoded {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                self.reject_entry(entry.index, &e.to_string());
+                return Err(Error::Raft(raft::Error::ConfChangeError(format!(
+                    "undecodable conf change: {e}"
+                ))));
+            }
         };
         let cs = match applied {
             Ok(cs) => cs,
@@ -454,6 +482,9 @@ impl<S: LogStore> Group<S> {
             }
         };
         for (kind, id, context) in changes {
+            if kind == ConfChangeType::RemoveNode {
+                self.tell_removed(id, entry.index, &matched);
+            }
             self.apply_membership(kind, id, &context);
         }
         self.raw
@@ -462,6 +493,23 @@ impl<S: LogStore> Group<S> {
             .unwrap_or_else(|e| panic!("persisting conf state failed: {e}"));
         self.publish_voters();
         Ok(ApplyOutput::Done)
+    }
+
+    /// The leader no longer replicates to a node it removed, so that node might never learn
+    /// that its removal committed. If it holds the removal entry, one heartbeat committing it
+    /// (at this term, from this leader, as raft-rs would send) makes it apply it and stop.
+    fn tell_removed(&mut self, id: NodeId, index: u64, matched: &[(NodeId, u64)]) {
+        let holds_it = matched.iter().any(|(m, at)| *m == id && *at >= index);
+        if id == self.settings.node_id || !holds_it {
+            return;
+        }
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+        heartbeat.from = self.settings.node_id;
+        heartbeat.to = id;
+        heartbeat.term = self.raw.raft.term;
+        heartbeat.commit = index;
+        self.send(vec![heartbeat]);
     }
 
     fn apply_membership(&mut self, kind: ConfChangeType, id: NodeId, context: &[u8]) {
@@ -483,7 +531,16 @@ impl<S: LogStore> Group<S> {
                         "this node was removed from the group: its Raft group stops (restart it empty to add it again)"
                     );
                 } else {
-                    self.transport.remove_peer(id);
+                    // After a moment, so that what was just sent to it (`tell_removed`) leaves.
+                    // Not if it was added back meanwhile.
+                    let (transport, grace) = (self.transport.clone(), self.settings.raft.election_timeout());
+                    let members = self.sm.members().clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        if !members.lock().expect("members poisoned").contains_key(&id) {
+                            transport.remove_peer(id);
+                        }
+                    });
                     info!(shard = self.shared.shard, node = id, "member removed");
                 }
             }

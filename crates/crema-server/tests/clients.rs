@@ -1,0 +1,58 @@
+//! Real client libraries against a real `crema serve`: the scripts in `tests/clients/` run
+//! redis-py (`pipeline()`, a WATCH retry loop, Django's `set_many` with a timeout) and node-redis
+//! (`multi().exec()`, WATCH with an isolated connection). `.ci/run` installs both libraries,
+//! pinned; a test is skipped, saying so, only when the interpreter or the library is missing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// Whether `program args` runs and exits 0 (the interpreter and the library are there).
+fn available(program: &str, args: &[&str], dir: &Path) -> bool {
+    Command::new(program).args(args).current_dir(dir).output().is_ok_and(|o| o.status.success())
+}
+
+/// Runs `program args` against a fresh node and fails with its output unless it exits 0.
+fn run_script(program: &str, args: &[&str], dir: &Path) {
+    let node = start(&[]);
+    let addr = node.resp.to_string();
+    let output = Command::new(program)
+        .args(args)
+        .arg(&addr)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{program} {args:?} failed ({})\n{stdout}\n{stderr}", output.status);
+    eprintln!("{program} {args:?}: {}", stdout.trim());
+}
+
+#[test]
+fn redis_py_pipelines_watch_loops_and_django_set_many() {
+    let dir = clients_dir();
+    if !available("python3", &["-c", "import redis"], &dir) {
+        eprintln!("SKIPPED: python3 with the `redis` package is not installed (.ci/run installs it)");
+        return;
+    }
+    run_script("python3", &["py_transactions.py"], &dir);
+}
+
+#[test]
+fn node_redis_multi_exec_and_watch() {
+    let dir = clients_dir().join("node");
+    if !dir.join("node_modules/redis/package.json").exists() || !available("node", &["--version"], &dir) {
+        eprintln!(
+            "SKIPPED: node or node-redis is not installed (`npm ci` in {}, as .ci/run does)",
+            dir.display()
+        );
+        return;
+    }
+    run_script("node", &["transactions.mjs"], &dir);
+}

@@ -1,0 +1,98 @@
+//! Membership changes, checked before they are proposed: a change that cannot be right is
+//! refused with a message saying why, and nothing is proposed. Node id 0 (Raft's "none"), an
+//! id that is already a voter, an address another member has, removing a node that is not a
+//! member (or the last voter), and an address where no crema node of that id answers the peer
+//! handshake (`Transport::probe`) are refused. The checks run on the leader, against the
+//! configuration it holds; raft-rs itself refuses a change while another is pending.
+
+use std::net::SocketAddr;
+
+use raft::eraftpb::{ConfChange, ConfChangeType};
+
+use super::DistributedCache;
+use crate::error::{Error, Result};
+use crate::types::NodeId;
+
+impl DistributedCache {
+    pub(super) async fn change_membership(
+        &self,
+        kind: ConfChangeType,
+        id: NodeId,
+        addr: Option<SocketAddr>,
+    ) -> Result<()> {
+        self.check_running()?;
+        let timeout = self.config.request_timeout;
+        let checked_and_proposed = async {
+            self.check_membership_change(kind, id, addr).await?;
+            let change = ConfChange {
+                change_type: kind,
+                node_id: id,
+                context: addr.map(|a| a.to_string().into_bytes().into()).unwrap_or_default(),
+                ..Default::default()
+            };
+            self.group.conf_change(change).await
+        };
+        tokio::time::timeout(timeout, checked_and_proposed)
+            .await
+            .unwrap_or(Err(Error::Timeout(timeout)))
+            .map(|_| ())
+    }
+
+    async fn check_membership_change(
+        &self,
+        kind: ConfChangeType,
+        id: NodeId,
+        addr: Option<SocketAddr>,
+    ) -> Result<()> {
+        let refuse = |why: String| Err(Error::Membership(why));
+        if id == 0 {
+            return refuse("node id 0 is not valid (ids start at 1)".into());
+        }
+        if !self.group.shared.is_leader() {
+            return Err(Error::NotLeader { leader_hint: self.leader_id() });
+        }
+        let status = self.group.status().await?;
+        let (voter, learner) = (status.voters.contains(&id), status.learners.contains(&id));
+        let addr = match (kind, addr) {
+            (ConfChangeType::RemoveNode, _) => {
+                if !voter && !learner {
+                    return refuse(format!(
+                        "node {id} is not a member (voters {:?}, learners {:?})",
+                        status.voters, status.learners
+                    ));
+                }
+                if status.voters == [id] {
+                    return refuse(format!("node {id} is the last voter"));
+                }
+                return Ok(());
+            }
+            (_, Some(addr)) => addr,
+            (_, None) => return refuse(format!("node {id} needs an address")),
+        };
+        let known = self.peer_addr(id);
+        if voter {
+            let at = known.map(|a| format!(" at {a}")).unwrap_or_default();
+            return refuse(format!("node {id} is already a voter{at}; remove it first to move it"));
+        }
+        if learner && kind == ConfChangeType::AddLearnerNode {
+            return refuse(format!("node {id} is already a learner"));
+        }
+        if learner && known.is_some_and(|a| a != addr) {
+            let known = known.expect("checked");
+            return refuse(format!(
+                "node {id} is a learner at {known}, not {addr}; remove it first to move it"
+            ));
+        }
+        let members = status.voters.iter().chain(&status.learners).filter(|m| **m != id);
+        if let Some(other) = members.copied().find(|m| self.peer_addr(*m) == Some(addr)) {
+            return refuse(format!("{addr} is node {other}'s address"));
+        }
+        match self.transport.probe(addr).await {
+            Ok(answered) if answered == id => Ok(()),
+            Ok(answered) => refuse(format!("the crema node at {addr} is node {answered}, not node {id}")),
+            Err(e) => refuse(format!(
+                "nothing at {addr} answered crema's peer handshake ({e}); start the node (with --join) first"
+            )),
+        }
+    }
+}

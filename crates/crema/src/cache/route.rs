@@ -1,0 +1,210 @@
+//! The write path: where a write goes, when it is sent again, and how long its caller waits.
+//!
+//! On the leader a write is proposed as it is: a proposal the leader loses before it commits is
+//! answered `ProposalDropped` (it can no longer commit), so it is proposed again, safely. On a
+//! follower the write is forwarded with a write session (`consensus::sessions`): every copy
+//! carries the same sequence number and the state machine applies it once. That is what lets a
+//! follower send the write again, at once, when the leader it went to is replaced, stops
+//! answering for an election timeout, or answers that it no longer leads: the caller waits for
+//! the next leader and a round trip, not for its whole request timeout.
+//!
+//! Without a leader, a write that was never sent anywhere gets a definite `NotLeader` (the
+//! server's `-CLUSTERDOWN`: nothing was written) once this node has been without a leader for
+//! an election timeout (at least 1 s) and has not heard from a quorum of voters within two; until then an
+//! election may still be on its way, and the write waits for it. (A follower learns that its
+//! leader is gone only when its own election timer fires; a node cut off from the majority
+//! answers within one or two election timeouts after that.) A write already sent out may have
+//! been applied, so it waits for a leader until its deadline and then answers `Timeout`
+//! (outcome unknown). A write given up on is reported as such in the origin's next writes, so
+//! a copy of it that commits later is refused (`consensus::sessions`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::DistributedCache;
+use crate::consensus::command::StampedCommand;
+use crate::consensus::sessions::SessionStamp;
+use crate::consensus::{Applied, ApplyError, ApplyOutput};
+use crate::error::{Error, Result};
+use crate::transport::envelope::{Envelope, WireError};
+use crate::transport::forward::ForwardSlot;
+use crate::types::{NodeId, DEFAULT_SHARD};
+
+/// What one copy of a forwarded write came to.
+enum Attempt {
+    /// A definite answer for the caller.
+    Answered(Result<Applied>),
+    /// No answer that settles it: look for the leader and send the write again.
+    Again,
+}
+
+impl DistributedCache {
+    /// Proposes `stamped` here when leader, else forwards it to the leader (sent again as
+    /// leadership moves) until it is answered; see the module docs.
+    pub(super) async fn route_write(
+        &self,
+        mut stamped: StampedCommand,
+        deadline: Instant,
+    ) -> Result<Applied> {
+        let local = Bytes::from(stamped.encode());
+        // Once the write went out with a session, every later copy (a proposal here too, if
+        // this node becomes the leader) carries the same one.
+        let mut forwarded: Option<(ForwardSlot<'_>, Bytes)> = None;
+        // A forwarded write also ends at `forwarding_timeout` after it first went out.
+        let mut deadline = deadline;
+        loop {
+            let leader = self.await_leader(deadline, forwarded.is_some()).await?;
+            if leader == self.config.node_id {
+                let bytes = forwarded.as_ref().map_or_else(|| local.clone(), |(_, bytes)| bytes.clone());
+                match self.group.propose(bytes).await {
+                    Err(Error::ProposalDropped | Error::NotLeader { .. }) if Instant::now() < deadline => {
+                        // Leadership moved between our look and the proposal; let it settle.
+                        tokio::time::sleep(self.config.raft.tick_interval()).await;
+                        continue;
+                    }
+                    other => {
+                        if let (Some((slot, _)), Some(session), Ok(_)) =
+                            (&forwarded, &stamped.session, &other)
+                        {
+                            slot.answered();
+                            self.dispatcher.forwarder.reported(&session.abandoned);
+                        }
+                        return other.and_then(|applied| self.settled(applied));
+                    }
+                }
+            }
+            if !self.config.forwarding_enabled {
+                return Err(Error::NotLeader { leader_hint: Some(leader) });
+            }
+            self.group.check_persisting()?;
+            let (slot, bytes) = forwarded.get_or_insert_with(|| {
+                deadline = deadline.min(Instant::now() + self.config.forwarding_timeout);
+                let forwarder = &self.dispatcher.forwarder;
+                let slot = forwarder.open();
+                let oldest_pending = forwarder.oldest_pending();
+                stamped.session = Some(SessionStamp {
+                    origin: self.config.node_id,
+                    incarnation: self.transport.incarnation(),
+                    seq: slot.seq,
+                    oldest_pending,
+                    abandoned: forwarder.abandoned_since(oldest_pending),
+                });
+                (slot, Bytes::from(stamped.encode()))
+            });
+            if let Attempt::Answered(result) = self.forward_copy(slot, bytes, leader, deadline).await {
+                let applied = result?;
+                // Answered with a result: not given up on (an error leaves it given up on, so
+                // a copy still in flight is refused).
+                slot.answered();
+                if let Some(session) = &stamped.session {
+                    self.dispatcher.forwarder.reported(&session.abandoned);
+                }
+                // Answer once applied here too, so the caller reads its own write on this node.
+                self.group.wait_applied(applied.index).await?;
+                return self.settled(applied);
+            }
+        }
+    }
+
+    /// Sends one copy of a forwarded write to `leader` and waits for its answer, for the
+    /// leader to be replaced, or for an election timeout, whichever comes first.
+    async fn forward_copy(
+        &self,
+        slot: &ForwardSlot<'_>,
+        bytes: &Bytes,
+        leader: NodeId,
+        deadline: Instant,
+    ) -> Attempt {
+        let tick = self.config.raft.tick_interval();
+        let reply = slot.arm();
+        let frame = Envelope::Forward { shard: DEFAULT_SHARD, request_id: slot.seq, command: bytes.clone() };
+        if let Err(e) = self.transport.send(leader, frame.to_frame()) {
+            debug!(leader, error = %e, "a forwarded write was not sent; trying again");
+            tokio::time::sleep(tick).await;
+            return Attempt::Again;
+        }
+        // The frame or its answer may be lost with a connection: resend after an election
+        // timeout without news.
+        let resend_at = (Instant::now() + self.config.raft.election_timeout()).min(deadline);
+        tokio::select! {
+            reply = reply => match reply {
+                Ok(Ok(applied)) => Attempt::Answered(Ok(applied)),
+                Ok(Err(WireError::NotLeader(_) | WireError::ProposalDropped | WireError::Timeout(_)
+                    | WireError::Shutdown)) => {
+                    // That node no longer leads (or stops): the write goes to the next leader.
+                    tokio::time::sleep(tick).await;
+                    Attempt::Again
+                }
+                Ok(Err(e)) => Attempt::Answered(Err(e.into())),
+                Err(_) => Attempt::Answered(Err(Error::Shutdown)),
+            },
+            _ = self.group.shared.leader_moved_from(leader) => Attempt::Again,
+            _ = tokio::time::sleep_until(resend_at) => Attempt::Again,
+        }
+    }
+
+    /// A copy answered with `SessionExpired` found its first answer gone: the outcome is
+    /// unknown to this caller.
+    fn settled(&self, applied: Applied) -> Result<Applied> {
+        match applied.output {
+            ApplyOutput::Failed(ApplyError::SessionExpired) => {
+                Err(Error::Timeout(self.config.request_timeout))
+            }
+            _ => Ok(applied),
+        }
+    }
+
+    /// The leader, once one is known. Without one: `NotLeader` (nothing was written) for a
+    /// request never sent once this node cannot reach a quorum, `Timeout` at the deadline for
+    /// one that was sent (it may have been applied).
+    pub(super) async fn await_leader(&self, deadline: Instant, sent: bool) -> Result<NodeId> {
+        loop {
+            let look_again = (Instant::now() + self.config.raft.tick_interval()).min(deadline);
+            if let Some(leader) = self.group.shared.wait_for_leader(look_again).await {
+                return Ok(leader);
+            }
+            if sent && Instant::now() >= deadline {
+                return Err(Error::Timeout(self.config.request_timeout));
+            }
+            if !sent && (Instant::now() >= deadline || !self.quorum_reachable()) {
+                return Err(Error::NotLeader { leader_hint: None });
+            }
+        }
+    }
+
+    /// Resolves once this node knows no leader and cannot reach a quorum (looked at every tick).
+    pub(super) async fn quorum_lost(&self) {
+        loop {
+            if self.group.shared.leader_id().is_none() && !self.quorum_reachable() {
+                return;
+            }
+            tokio::time::sleep(self.config.raft.tick_interval()).await;
+        }
+    }
+
+    /// Whether a leader may still appear: this node lost its leader less than an election
+    /// timeout ago, or heard from enough voters within two (the longest randomized election
+    /// timeout) to make a quorum with itself, or knows no voters yet (a joining node).
+    pub(super) fn quorum_reachable(&self) -> bool {
+        // At least a second, whatever the ticks: an overloaded node with very short election
+        // timeouts (tests run 200 ms ones on 2 busy cores) must not call a slow election lost.
+        let election = self.config.raft.election_timeout().max(Duration::from_secs(1));
+        if self.group.shared.leaderless_for().is_none_or(|d| d < election) {
+            return true;
+        }
+        // Heard within the longest randomized election timeout: a node that is still in touch
+        // with its peers hears their campaign (or their hello at start) within it.
+        let window = 2 * election;
+        let voters = self.group.shared.voters();
+        if voters.is_empty() {
+            return true;
+        }
+        let me = self.config.node_id;
+        let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != me).collect();
+        let needed = (voters.len() / 2 + 1).saturating_sub(usize::from(voters.contains(&me)));
+        self.dispatcher.heard_within(&others, window) >= needed
+    }
+}

@@ -1,0 +1,271 @@
+//! Which Raft messages from the network raft-rs gets to see. raft-rs trusts its input: it
+//! panics on a proposal without entries, on a commit index past its log, on a read-index
+//! request without a context, and overflows on a term of `u64::MAX`. Those are bugs for a
+//! message a correct peer sends and attacks for one anybody can write to the peer port, so
+//! every message is checked here first and dropped (and counted) when a correct peer could not
+//! have sent it.
+//!
+//! Two layers: [`check_from_peer`] looks at the message alone (the dispatcher runs it before
+//! the message reaches the group's mailbox); [`check_against_log`] compares it with this node's
+//! Raft state (the group loop runs it before stepping). Pure functions, no I/O.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::{Message, MessageType};
+use raft::{Raft, StateRole, Storage};
+
+use crate::types::NodeId;
+
+/// Terms at or above this are refused: no cluster reaches them by elections (one per
+/// nanosecond would take 292 years), and raft-rs adds one to a term when it campaigns.
+pub const MAX_TERM: u64 = 1 << 63;
+
+/// Why a peer's message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reject {
+    /// The message names another sender than the peer this connection authenticated as.
+    WrongSender,
+    /// The message is addressed to another node.
+    WrongReceiver,
+    /// A type that only the local node makes (`MsgPropose`, `MsgHup`, `MsgBeat`, ...).
+    LocalOnly,
+    /// A term no real cluster reaches.
+    AbsurdTerm,
+    /// A read-index request or answer without exactly one context entry.
+    MalformedReadIndex,
+    /// Appended entries that do not follow the message's index, or whose terms go back.
+    MalformedEntries,
+    /// Appended entries that contradict what this node already committed.
+    ConflictsWithCommitted,
+    /// An append acknowledgement past this leader's log.
+    AckPastLog,
+    /// A snapshot without voters or whose data does not decode.
+    BadSnapshot,
+    /// A leader-only message (`MsgTimeoutNow`) from a node that is not this node's leader.
+    NotFromLeader,
+    /// A heartbeat whose commit index lay past this node's log (corrected, not dropped).
+    CommitPastLog,
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reject::WrongSender => "sender is not the connection's peer",
+            Reject::WrongReceiver => "addressed to another node",
+            Reject::LocalOnly => "a local-only message type",
+            Reject::AbsurdTerm => "absurd term",
+            Reject::MalformedReadIndex => "read index without exactly one context",
+            Reject::MalformedEntries => "entries out of sequence",
+            Reject::ConflictsWithCommitted => "entries contradict committed ones",
+            Reject::AckPastLog => "acknowledges entries past the leader's log",
+            Reject::BadSnapshot => "snapshot without voters or with undecodable data",
+            Reject::NotFromLeader => "leader-only message from a non-leader",
+            Reject::CommitPastLog => "heartbeat commit index past this node's log (lowered)",
+        })
+    }
+}
+
+/// Checks what can be checked from the message alone, for a message that arrived from `peer`
+/// on a connection to node `me`.
+///
+/// # Errors
+/// The reason a correct peer could not have sent it.
+pub(crate) fn check_from_peer(msg: &Message, peer: NodeId, me: NodeId) -> Result<(), Reject> {
+    use MessageType::*;
+    if msg.from != peer {
+        return Err(Reject::WrongSender);
+    }
+    if msg.to != me {
+        return Err(Reject::WrongReceiver);
+    }
+    if msg.term >= MAX_TERM || msg.log_term >= MAX_TERM {
+        return Err(Reject::AbsurdTerm);
+    }
+    match msg.get_msg_type() {
+        MsgHup | MsgBeat | MsgPropose | MsgUnreachable | MsgSnapStatus | MsgCheckQuorum => {
+            Err(Reject::LocalOnly)
+        }
+        MsgReadIndex | MsgReadIndexResp if msg.entries.len() != 1 => Err(Reject::MalformedReadIndex),
+        MsgAppend => check_entries(msg),
+        MsgSnapshot => {
+            let snapshot = msg.get_snapshot();
+            let meta = snapshot.get_metadata();
+            if meta.get_conf_state().voters.is_empty() || meta.term >= MAX_TERM {
+                return Err(Reject::BadSnapshot);
+            }
+            crate::consensus::state_machine::check_snapshot_data(&snapshot.data)
+                .map_err(|_| Reject::BadSnapshot)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Entries of an append follow its index one by one, with terms that never go back, none past
+/// the message's term or before the term of the entry they follow.
+fn check_entries(msg: &Message) -> Result<(), Reject> {
+    let mut previous_term = msg.log_term;
+    for (i, entry) in msg.entries.iter().enumerate() {
+        let in_sequence = msg.index.checked_add(i as u64 + 1) == Some(entry.index);
+        if !in_sequence || entry.term < previous_term || entry.term > msg.term {
+            return Err(Reject::MalformedEntries);
+        }
+        previous_term = entry.term;
+    }
+    Ok(())
+}
+
+/// What `check_against_log` did to a message it let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admitted {
+    /// Unchanged.
+    AsIs,
+    /// A heartbeat's commit index lay past this node's log (a leader that still credits a
+    /// restarted node with entries it lost): it was lowered to this node's own commit index,
+    /// so the heartbeat still keeps this node a follower but commits nothing it cannot check.
+    CommitLowered,
+}
+
+/// Checks a message against this node's Raft state, just before it is stepped; may lower a
+/// heartbeat's commit index (see [`Admitted::CommitLowered`]).
+///
+/// # Errors
+/// The reason the message cannot be stepped safely.
+pub(crate) fn check_against_log<S: Storage>(raft: &Raft<S>, msg: &mut Message) -> Result<Admitted, Reject> {
+    use MessageType::*;
+    let log = &raft.raft_log;
+    match msg.get_msg_type() {
+        MsgHeartbeat if msg.commit > log.last_index() => {
+            msg.commit = log.committed;
+            Ok(Admitted::CommitLowered)
+        }
+        MsgAppend => {
+            // raft-rs panics on an entry at or below the commit index that contradicts the log.
+            let committed = log.committed;
+            for entry in msg.entries.iter().take_while(|e| e.index <= committed) {
+                if entry.index >= log.first_index() && log.term(entry.index).ok() != Some(entry.term) {
+                    return Err(Reject::ConflictsWithCommitted);
+                }
+            }
+            Ok(Admitted::AsIs)
+        }
+        MsgAppendResponse
+            if !msg.reject && raft.state == StateRole::Leader && msg.index > log.last_index() =>
+        {
+            Err(Reject::AckPastLog)
+        }
+        MsgTimeoutNow if msg.from != raft.leader_id || msg.term != raft.term => Err(Reject::NotFromLeader),
+        _ => Ok(Admitted::AsIs),
+    }
+}
+
+/// Lets one warning through per [`WarnThrottle::EVERY`], so a peer that floods bad messages
+/// cannot flood the log; the count of what was dropped meanwhile goes with the next warning.
+#[derive(Debug, Default)]
+pub(crate) struct WarnThrottle {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl WarnThrottle {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// Notes one event at `now`; answers how many events the warning due now covers, or none
+    /// when the last warning was less than `EVERY` ago.
+    pub fn note(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().expect("throttle poisoned");
+        state.1 += 1;
+        if state.0.is_some_and(|last| now.duration_since(last) < Self::EVERY) {
+            return None;
+        }
+        let count = std::mem::take(&mut state.1);
+        state.0 = Some(now);
+        Some(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::Entry;
+
+    fn msg(kind: MessageType) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.from = 2;
+        m.to = 1;
+        m.term = 5;
+        m
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index, term, ..Default::default() }
+    }
+
+    #[test]
+    fn only_what_a_peer_may_send_passes() {
+        assert_eq!(check_from_peer(&msg(MessageType::MsgHeartbeat), 2, 1), Ok(()));
+        assert_eq!(check_from_peer(&msg(MessageType::MsgHeartbeat), 3, 1), Err(Reject::WrongSender));
+        assert_eq!(check_from_peer(&msg(MessageType::MsgHeartbeat), 2, 4), Err(Reject::WrongReceiver));
+        for local in [
+            MessageType::MsgPropose,
+            MessageType::MsgHup,
+            MessageType::MsgBeat,
+            MessageType::MsgUnreachable,
+            MessageType::MsgSnapStatus,
+            MessageType::MsgCheckQuorum,
+        ] {
+            assert_eq!(check_from_peer(&msg(local), 2, 1), Err(Reject::LocalOnly), "{local:?}");
+        }
+        let mut huge = msg(MessageType::MsgHeartbeat);
+        huge.term = u64::MAX;
+        assert_eq!(check_from_peer(&huge, 2, 1), Err(Reject::AbsurdTerm));
+        huge.term = MAX_TERM - 1;
+        assert_eq!(check_from_peer(&huge, 2, 1), Ok(()));
+        assert_eq!(check_from_peer(&msg(MessageType::MsgReadIndex), 2, 1), Err(Reject::MalformedReadIndex));
+        let mut read = msg(MessageType::MsgReadIndex);
+        read.set_entries(vec![Entry::default()].into());
+        assert_eq!(check_from_peer(&read, 2, 1), Ok(()));
+    }
+
+    #[test]
+    fn appended_entries_must_follow_the_index_with_terms_that_never_go_back() {
+        let mut m = msg(MessageType::MsgAppend);
+        m.index = 10;
+        m.log_term = 3;
+        m.set_entries(vec![entry(11, 3), entry(12, 5)].into());
+        assert_eq!(check_from_peer(&m, 2, 1), Ok(()));
+        for bad in [
+            vec![entry(12, 3)],               // gap
+            vec![entry(11, 3), entry(11, 3)], // repeated index
+            vec![entry(11, 2)],               // before the previous entry's term
+            vec![entry(11, 6)],               // past the message's term
+            vec![entry(11, 4), entry(12, 3)], // terms go back
+        ] {
+            m.set_entries(bad.clone().into());
+            assert_eq!(check_from_peer(&m, 2, 1), Err(Reject::MalformedEntries), "{bad:?}");
+        }
+        m.index = u64::MAX;
+        m.set_entries(vec![entry(0, 3)].into());
+        assert_eq!(check_from_peer(&m, 2, 1), Err(Reject::MalformedEntries), "index overflow");
+    }
+
+    #[test]
+    fn warnings_are_paced_and_count_what_they_cover() {
+        let t = WarnThrottle::default();
+        let start = Instant::now();
+        assert_eq!(t.note(start), Some(1));
+        assert_eq!(t.note(start + Duration::from_secs(1)), None);
+        assert_eq!(t.note(start + Duration::from_secs(2)), None);
+        assert_eq!(t.note(start + WarnThrottle::EVERY), Some(3));
+    }
+
+    #[test]
+    fn a_snapshot_needs_voters_and_data_that_decodes() {
+        let mut m = msg(MessageType::MsgSnapshot);
+        assert_eq!(check_from_peer(&m, 2, 1), Err(Reject::BadSnapshot), "no voters");
+        m.mut_snapshot().mut_metadata().mut_conf_state().voters = vec![1, 2];
+        assert_eq!(check_from_peer(&m, 2, 1), Ok(()), "empty data is an empty state");
+        m.mut_snapshot().data = vec![1, 0xff, 0xff].into();
+        assert_eq!(check_from_peer(&m, 2, 1), Err(Reject::BadSnapshot));
+    }
+}

@@ -1,0 +1,209 @@
+//! What the group loop does with peer input besides stepping it (see `group`): the checks a
+//! message passes first (`admit`), a peer's handshake, and this node's own recovery after a
+//! restart without its Raft state (`recovery`).
+//!
+//! On the leader, a handshake from a new incarnation of a peer makes it forget what it knew
+//! of that peer's log: a memory node that restarted holds none of the entries the leader
+//! credited it with, and a heartbeat carrying that old commit index would ask it to commit
+//! entries it does not have. The peer's progress goes back to probing from its old match
+//! index with nothing matched, so the peer's first answer (a rejection with its real last
+//! index, or an acceptance from a durable node that kept its log) sets it right, and nothing
+//! this node commits counts on entries the peer lost.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use raft::eraftpb::{ConfChange, ConfChangeType, Message};
+use raft::StateRole;
+use tracing::{error, info, warn};
+
+use super::Group;
+use crate::consensus::admit::Reject;
+use crate::consensus::recovery::RecoveryState;
+use crate::consensus::storage::LogStore;
+use crate::error::{Error, Result};
+use crate::transport::envelope::GroupPosition;
+use crate::types::NodeId;
+
+/// A recovery still waiting for peers after this many election timeouts is reported.
+const STUCK_AFTER_ELECTIONS: u32 = 10;
+
+impl<S: LogStore> Group<S> {
+    pub(super) fn on_hello(&mut self, peer: NodeId, restarted: bool, position: GroupPosition) {
+        if restarted {
+            self.forget_progress(peer);
+        }
+        if let Some(recovery) = self.recovery.as_mut() {
+            recovery.hear(peer, position);
+            self.leave_phase_one();
+        }
+    }
+
+    /// As leader, forgets what was known of `peer`'s log (see the module header).
+    fn forget_progress(&mut self, peer: NodeId) {
+        if self.raw.raft.state != StateRole::Leader || peer == self.settings.node_id {
+            return;
+        }
+        let Some(pr) = self.raw.raft.mut_prs().get_mut(peer) else { return };
+        let matched = pr.matched;
+        pr.become_probe();
+        pr.matched = 0;
+        pr.next_idx = matched + 1;
+        info!(
+            shard = self.shared.shard,
+            peer,
+            matched,
+            "a new incarnation of the peer connected: its log is probed again, nothing of it counted"
+        );
+    }
+
+    fn voters(&self) -> Vec<NodeId> {
+        self.raw.raft.prs().conf().voters().ids().iter().collect()
+    }
+
+    /// Ends phase 1 of the recovery once enough voters answered: moves to the highest term
+    /// they reported and records a vote for itself in it (see `recovery`).
+    fn leave_phase_one(&mut self) {
+        let voters = self.voters();
+        let Some(recovery) = self.recovery.as_mut() else { return };
+        let Some(floor) = recovery.floor_if_ready(&voters) else { return };
+        let restarted = recovery.recovering_peers(&voters);
+        let me = self.settings.node_id;
+        let raft = &mut self.raw.raft;
+        if floor.term > raft.term {
+            raft.become_follower(floor.term, raft::INVALID_ID);
+        }
+        if raft.term == floor.term && raft.vote == raft::INVALID_ID {
+            raft.vote = me;
+        }
+        let shard = self.shared.shard;
+        let quorum = voters.len() / 2 + 1;
+        if restarted.len() + 1 >= quorum
+            && floor.last_index > 0
+            && floor.term > crate::consensus::storage::BOOTSTRAP_TERM
+        {
+            error!(
+                shard,
+                restarted = ?restarted,
+                "a majority of the voters restarted with memory storage at once: writes that only they held are lost; \
+                 the group goes on from the state of the others. If none of the others holds the data, restart the \
+                 survivors with --force-new-cluster (docs/reliability.md, \"Restarting a memory node\")"
+            );
+        }
+        info!(
+            shard,
+            term = floor.term,
+            last_term = floor.last_term,
+            last_index = floor.last_index,
+            "recovering: peers answered; catching up before voting"
+        );
+        self.check_caught_up();
+    }
+
+    /// Ends the recovery once this node's log is as up to date as its floor.
+    pub(super) fn check_caught_up(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        let (last_term, last_index) = (log.last_term(), log.last_index());
+        if self.recovery.as_ref().is_some_and(|r| !r.waiting() && r.caught_up(last_term, last_index)) {
+            self.recovery = None;
+            self.shared.recovering.store(false, Ordering::Release);
+            info!(shard = self.shared.shard, last_term, last_index, "recovered: caught up, votes again");
+        }
+    }
+
+    /// Publishes the log's last entry for the handshake, and ends a recovery that caught up.
+    pub(super) fn publish_log_position(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        self.shared.last_term.store(log.last_term(), Ordering::Release);
+        self.shared.last_index.store(log.last_index(), Ordering::Release);
+        if self.recovery.is_some() {
+            self.check_caught_up();
+        }
+    }
+
+    pub(super) fn recovery_state(&self) -> RecoveryState {
+        self.recovery.as_ref().map_or(RecoveryState::Done, |r| r.state(&self.voters()))
+    }
+
+    /// Reports, once, a recovery that has waited for peers for long: the cluster cannot elect
+    /// a leader that counts on this node, and an operator has to know why.
+    pub(super) fn warn_if_stuck(&mut self) {
+        let Some(recovery) = self.recovery.as_ref() else { return };
+        let patience = self.settings.raft.election_timeout() * STUCK_AFTER_ELECTIONS;
+        if self.warned_stuck || !recovery.waiting() || self.started.elapsed() < patience {
+            return;
+        }
+        self.warned_stuck = true;
+        let voters = self.voters();
+        let RecoveryState::WaitingForPeers { heard, needed } = recovery.state(&voters) else { return };
+        let missing: Vec<NodeId> =
+            voters.iter().copied().filter(|id| *id != self.settings.node_id && !heard.contains(id)).collect();
+        error!(
+            shard = self.shared.shard,
+            heard = ?heard,
+            needed,
+            missing = ?missing,
+            "this node restarted with memory storage and cannot rejoin safely: it must hear from {needed} other \
+             voters and heard from {}; it does not vote until then. If the missing nodes are lost for good, the \
+             cluster's data is lost with them: restart one survivor with --force-new-cluster and add the others \
+             back with --join (docs/reliability.md, \"Restarting a memory node\")",
+            heard.len()
+        );
+    }
+
+    /// The way out when a majority of the voters is gone for good (etcd's
+    /// `--force-new-cluster`): without consensus, this node removes every other member from its
+    /// own configuration, keeps its state, and campaigns as the only voter. What the others
+    /// held and this node did not is lost; the others must be restarted empty (`--join`) and
+    /// added back. Answers the members removed.
+    pub(super) fn force_new_cluster(&mut self) -> Result<Vec<NodeId>> {
+        let me = self.settings.node_id;
+        let conf = self.raw.raft.prs().conf();
+        let voters = conf.voters().ids();
+        if !voters.contains(me) {
+            return Err(Error::Raft(raft::Error::ConfChangeError(
+                "this node is not a voter: force a new cluster on a node that was one".into(),
+            )));
+        }
+        let mut others: Vec<NodeId> =
+            voters.iter().chain(conf.learners().iter().copied()).filter(|id| *id != me).collect();
+        others.sort_unstable();
+        others.dedup();
+        for id in &others {
+            let change =
+                ConfChange { change_type: ConfChangeType::RemoveNode, node_id: *id, ..Default::default() };
+            let cs = self.raw.apply_conf_change(&change).map_err(Error::Raft)?;
+            self.raw.mut_store().set_conf_state(cs).map_err(Error::Raft)?;
+        }
+        if !self.persist_all() {
+            return Err(Error::Shutdown);
+        }
+        self.recovery = None;
+        self.shared.recovering.store(false, Ordering::Release);
+        self.publish_voters();
+        self.campaign_when_applied = true;
+        error!(
+            shard = self.shared.shard,
+            removed = ?others,
+            "forced a new cluster: this node is now the only voter and keeps its state; restart the others \
+             empty with --join and add them back"
+        );
+        Ok(others)
+    }
+
+    /// Counts a peer message the checks dropped (or corrected) and warns, paced.
+    pub(super) fn note_rejected(&mut self, msg: &Message, reason: Reject) {
+        self.shared.messages_rejected.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.reject_warnings.note(Instant::now()) {
+            warn!(
+                shard = self.shared.shard,
+                from = msg.from,
+                kind = ?msg.get_msg_type(),
+                term = msg.term,
+                %reason,
+                count,
+                "peer message refused"
+            );
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! How a node that lost its Raft state (memory storage, restarted) takes part in its group
+//! again without breaking Raft's guarantees. Pure: positions in, decisions out; the group loop
+//! (`group.rs`) applies them.
+//!
+//! A memory node that restarts comes back with an empty log and no record of its votes. Raft's
+//! safety rests on both: a leader counted this node's acknowledgements to commit entries it no
+//! longer holds, and a candidate counted its vote in some term it no longer remembers. Two
+//! phases keep it from undoing either (the argument, with the cases, is in
+//! `docs/reliability.md`, "Restarting a memory node"):
+//!
+//! 1. **Waiting for peers.** The node steps no Raft message and does not campaign until enough
+//!    other voters have told it, in the peer handshake, where they stand (term and last log
+//!    entry): `N - q + 1` of them for `N` voters and quorum `q` (2 of 2 others with 3 voters,
+//!    3 of 4 with 5). Any majority that counted the node's lost vote or acknowledgement holds at
+//!    least `q - 1` other nodes, so it shares a node with those answers: the highest term
+//!    among them is at least every term the node's previous life voted or acknowledged in, and
+//!    the most up-to-date log among them holds every committed entry. The node then moves to
+//!    that term and records a vote for itself in it, so it can never vote twice in a term its
+//!    previous life may have voted in.
+//! 2. **Catching up.** It steps messages again (a leader sends it the log or a snapshot) but
+//!    grants a vote only to a candidate whose log is at least as up to date as that most
+//!    up-to-date answer, and does not campaign, until its own log is.
+//!
+//! The leader's side (forgetting what it knew of a peer's log when a new incarnation of that
+//! peer connects) is in the group loop.
+
+use std::collections::BTreeMap;
+
+use crate::transport::envelope::GroupPosition;
+use crate::types::NodeId;
+
+/// What a recovering node learned from its peers: it may not vote in `term` or below, and may
+/// vote only for a log at least as up to date as `(last_term, last_index)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Floor {
+    pub term: u64,
+    pub last_term: u64,
+    pub last_index: u64,
+}
+
+/// Where a node stands in its recovery, as reported in its status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RecoveryState {
+    /// Not recovering: the node votes and campaigns normally.
+    #[default]
+    Done,
+    /// Restarted without its Raft state; waiting until `needed` other voters answered the
+    /// handshake (`heard` did). It steps no Raft message meanwhile.
+    WaitingForPeers {
+        /// The voters that answered.
+        heard: Vec<NodeId>,
+        /// How many other voters must answer.
+        needed: usize,
+    },
+    /// Learned its floor; catching up with a leader's log before it may vote for anyone whose
+    /// log is behind `(last_term, last_index)` or campaign.
+    CatchingUp {
+        /// The term of the most up-to-date log its peers reported.
+        last_term: u64,
+        /// The index of the last entry of that log.
+        last_index: u64,
+    },
+}
+
+impl RecoveryState {
+    /// True while the node may not vote or campaign.
+    pub fn is_recovering(&self) -> bool {
+        *self != RecoveryState::Done
+    }
+}
+
+/// The recovery of one group on a node that restarted without its Raft state.
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    me: NodeId,
+    heard: BTreeMap<NodeId, GroupPosition>,
+    floor: Option<Floor>,
+}
+
+impl Recovery {
+    pub fn new(me: NodeId) -> Self {
+        Self { me, heard: BTreeMap::new(), floor: None }
+    }
+
+    /// Other voters that must answer before a node of a group of `voters` may leave phase 1:
+    /// enough to share a node with every majority that excludes nobody but this node.
+    pub fn needed(voters: usize) -> usize {
+        let quorum = voters / 2 + 1;
+        if quorum <= 1 {
+            // A lone voter's majority is itself: nobody else counted it.
+            return 0;
+        }
+        voters + 1 - quorum
+    }
+
+    /// True while phase 1 lasts (nothing is stepped).
+    pub fn waiting(&self) -> bool {
+        self.floor.is_none()
+    }
+
+    /// Notes `peer`'s answer (its newest one counts). Ignored once the floor is known.
+    pub fn hear(&mut self, peer: NodeId, position: GroupPosition) {
+        if self.floor.is_none() && peer != self.me {
+            self.heard.insert(peer, position);
+        }
+    }
+
+    /// The voters among `voters` that answered.
+    fn heard_voters<'a>(
+        &'a self,
+        voters: &'a [NodeId],
+    ) -> impl Iterator<Item = (&'a NodeId, &'a GroupPosition)> {
+        self.heard.iter().filter(|(id, _)| voters.contains(id))
+    }
+
+    /// Ends phase 1 when enough of `voters` answered: answers the floor (once).
+    pub fn floor_if_ready(&mut self, voters: &[NodeId]) -> Option<Floor> {
+        if self.floor.is_some() {
+            return None;
+        }
+        let others = voters.iter().filter(|id| **id != self.me).count();
+        let needed = Self::needed(others + 1);
+        if self.heard_voters(voters).count() < needed {
+            return None;
+        }
+        let term = self.heard_voters(voters).map(|(_, p)| p.term).max().unwrap_or(0);
+        let (last_term, last_index) =
+            self.heard_voters(voters).map(|(_, p)| (p.last_term, p.last_index)).max().unwrap_or((0, 0));
+        let floor = Floor { term, last_term, last_index };
+        self.floor = Some(floor);
+        Some(floor)
+    }
+
+    /// The voters that answered while recovering themselves, this node not included.
+    pub fn recovering_peers(&self, voters: &[NodeId]) -> Vec<NodeId> {
+        self.heard_voters(voters).filter(|(_, p)| p.recovering).map(|(id, _)| *id).collect()
+    }
+
+    /// Whether a candidate whose last entry is `(log_term, index)` may get this node's vote.
+    pub fn may_vote_for(&self, log_term: u64, index: u64) -> bool {
+        self.floor.is_some_and(|f| (log_term, index) >= (f.last_term, f.last_index))
+    }
+
+    /// Whether this node's own log, ending at `(last_term, last_index)`, has caught up.
+    pub fn caught_up(&self, last_term: u64, last_index: u64) -> bool {
+        self.may_vote_for(last_term, last_index)
+    }
+
+    /// The state to report.
+    pub fn state(&self, voters: &[NodeId]) -> RecoveryState {
+        match self.floor {
+            None => {
+                let others = voters.iter().filter(|id| **id != self.me).count();
+                RecoveryState::WaitingForPeers {
+                    heard: self.heard_voters(voters).map(|(id, _)| *id).collect(),
+                    needed: Self::needed(others + 1),
+                }
+            }
+            Some(f) => RecoveryState::CatchingUp { last_term: f.last_term, last_index: f.last_index },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(term: u64, last_term: u64, last_index: u64) -> GroupPosition {
+        GroupPosition { shard: 0, term, commit: 0, last_term, last_index, recovering: false }
+    }
+
+    #[test]
+    fn enough_answers_share_a_node_with_every_majority_that_counted_this_one() {
+        assert_eq!(Recovery::needed(1), 0);
+        assert_eq!(Recovery::needed(2), 1);
+        assert_eq!(Recovery::needed(3), 2);
+        assert_eq!(Recovery::needed(4), 2);
+        assert_eq!(Recovery::needed(5), 3);
+        assert_eq!(Recovery::needed(7), 4);
+        // Checked against the definition: with `voters` nodes, quorum q, every majority that
+        // contains this node has q - 1 others, and `needed` others must meet all of them.
+        for voters in 2..12usize {
+            let q = voters / 2 + 1;
+            let others = voters - 1;
+            let needed = Recovery::needed(voters);
+            assert!(needed <= others);
+            assert!(needed + (q - 1) > others, "{voters} voters: {needed} answers can miss a majority");
+            if needed > 0 {
+                assert!((needed - 1) + (q - 1) <= others, "{voters} voters: {needed} is more than needed");
+            }
+        }
+    }
+
+    #[test]
+    fn phase_one_ends_with_the_highest_term_and_the_most_up_to_date_log() {
+        let voters = [1, 2, 3, 4, 5];
+        let mut r = Recovery::new(1);
+        r.hear(2, at(7, 6, 90));
+        r.hear(9, at(99, 99, 999)); // not a voter: ignored
+        r.hear(3, at(6, 5, 120));
+        assert_eq!(r.floor_if_ready(&voters), None, "two of the three needed");
+        assert!(!r.may_vote_for(100, 1000), "no vote before the floor is known");
+        r.hear(4, at(5, 5, 10));
+        let floor = r.floor_if_ready(&voters).expect("three answered");
+        assert_eq!(
+            floor,
+            Floor { term: 7, last_term: 6, last_index: 90 },
+            "term 6 beats a longer term-5 log"
+        );
+        assert_eq!(r.floor_if_ready(&voters), None, "answered once");
+        assert!(!r.may_vote_for(5, 500));
+        assert!(!r.may_vote_for(6, 89));
+        assert!(r.may_vote_for(6, 90));
+        assert!(r.may_vote_for(7, 1));
+        assert!(r.caught_up(6, 95));
+    }
+
+    #[test]
+    fn a_lone_voter_recovers_at_once_and_recovering_peers_are_named() {
+        let mut alone = Recovery::new(1);
+        assert!(alone.floor_if_ready(&[1]).is_some());
+        let mut r = Recovery::new(1);
+        r.hear(2, GroupPosition { recovering: true, ..at(1, 1, 3) });
+        r.hear(3, at(4, 4, 50));
+        assert_eq!(r.recovering_peers(&[1, 2, 3]), vec![2]);
+        assert_eq!(r.state(&[1, 2, 3]), RecoveryState::WaitingForPeers { heard: vec![2, 3], needed: 2 });
+        r.floor_if_ready(&[1, 2, 3]).unwrap();
+        assert_eq!(r.state(&[1, 2, 3]), RecoveryState::CatchingUp { last_term: 4, last_index: 50 });
+    }
+}

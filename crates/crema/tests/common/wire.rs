@@ -1,0 +1,132 @@
+//! A fake peer that speaks the peer protocol by hand, as an attacker who read the source would:
+//! a 4-byte big-endian length, the envelope version byte, a postcard envelope (the hello with
+//! an incarnation and group positions, Raft messages as protobuf bytes).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The envelope version this mirror speaks.
+pub const VERSION: u8 = 2;
+
+/// A group's position as the hello carries it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Position {
+    pub shard: u32,
+    pub term: u64,
+    pub commit: u64,
+    pub last_term: u64,
+    pub last_index: u64,
+    pub recovering: bool,
+}
+
+/// The envelope as the wire carries it (mirrors crema's; variant order is the protocol).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Wire {
+    Hello { node_id: u64, incarnation: u64, groups: Vec<Position> },
+    Raft { shard: u32, message: Vec<u8> },
+}
+
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+pub fn envelope(w: &Wire) -> Vec<u8> {
+    let mut payload = vec![VERSION];
+    payload.extend(postcard::to_stdvec(w).unwrap());
+    frame(&payload)
+}
+
+/// A Raft message of `kind` from `from` to `to` at `term`.
+pub fn raft_msg(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(kind);
+    m.from = from;
+    m.to = to;
+    m.term = term;
+    m
+}
+
+/// A connection to a node's peer port that completed the handshake as `id`.
+pub struct FakePeer {
+    pub stream: TcpStream,
+    pub id: u64,
+}
+
+impl FakePeer {
+    /// Connects to `addr` as node `id` reporting `position` for shard 0.
+    pub async fn connect(addr: SocketAddr, id: u64, position: Position) -> Self {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let hello = Wire::Hello { node_id: id, incarnation: rand::random(), groups: vec![position] };
+        stream.write_all(&envelope(&hello)).await.unwrap();
+        let mut peer = Self { stream, id };
+        match peer.read_wire().await {
+            Some(Wire::Hello { node_id, .. }) => assert_ne!(node_id, id),
+            other => panic!("expected a hello back, got {other:?}"),
+        }
+        peer
+    }
+
+    /// Sends `m`; false when the node closed the connection (as it may for a connection that
+    /// claims a member's id once the real member connects: an attacker's frames are
+    /// best-effort).
+    pub async fn send(&mut self, m: &Message) -> bool {
+        let bytes = envelope(&Wire::Raft { shard: 0, message: m.write_to_bytes().unwrap() });
+        self.stream.write_all(&bytes).await.is_ok()
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next envelope this mirror knows (others are skipped); none once closed.
+    pub async fn read_wire(&mut self) -> Option<Wire> {
+        loop {
+            let mut len = [0u8; 4];
+            self.stream.read_exact(&mut len).await.ok()?;
+            let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+            self.stream.read_exact(&mut payload).await.ok()?;
+            assert_eq!(payload[0], VERSION, "envelope version");
+            if let Ok(w) = postcard::from_bytes(&payload[1..]) {
+                return Some(w);
+            }
+        }
+    }
+
+    /// The next Raft message the node sends on this connection (within 10 s).
+    pub async fn next_raft(&mut self) -> Message {
+        let next = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match self.read_wire().await {
+                    Some(Wire::Raft { message, .. }) => return Message::parse_from_bytes(&message).unwrap(),
+                    Some(Wire::Hello { .. }) => continue,
+                    None => panic!("the node closed the connection"),
+                }
+            }
+        })
+        .await;
+        next.expect("no raft message within 10 s")
+    }
+
+    /// Reads until the node closes the connection; fails if it stays open.
+    pub async fn expect_closed(stream: &mut TcpStream) {
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the node should have closed the connection");
+    }
+}
