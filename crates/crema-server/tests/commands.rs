@@ -103,7 +103,21 @@ async fn counters_are_exact_and_refuse_non_integers() {
     assert_eq!(ok(c, &["INCRBYFLOAT", "f", "-5.6"]).await, bulk("5"));
     assert!(err(c, &["INCRBYFLOAT", "text", "1"]).await.contains("not a valid float"));
     assert!(err(c, &["INCRBYFLOAT", "f", "abc"]).await.contains("not a valid float"));
-    assert!(err(c, &["INCRBYFLOAT", "f", "inf"]).await.contains("not a valid float"));
+    assert!(err(c, &["INCRBYFLOAT", "f", "inf"]).await.contains("increment would produce NaN or Infinity"));
+    // Redis computes in C long double and prints 17 decimal places, trimmed.
+    assert_eq!(ok(c, &["INCRBYFLOAT", "g", "0.1"]).await, bulk("0.1"));
+    assert_eq!(ok(c, &["INCRBYFLOAT", "g", "0.2"]).await, bulk("0.3"));
+    assert_eq!(ok(c, &["INCRBYFLOAT", "h", "0x10"]).await, bulk("16"));
+    let big = ok(c, &["INCRBYFLOAT", "h", "1e400"]).await;
+    assert_eq!(ok(c, &["GET", "h"]).await, big);
+    assert!(
+        matches!(&big, Value::BulkString(b) if b.len() == 401 && b.starts_with(b"1000000000000000000028188"))
+    );
+    ok(c, &["SET", "huge", "1.1e4932"]).await;
+    assert!(err(c, &["INCRBYFLOAT", "huge", "1e4932"])
+        .await
+        .contains("increment would produce NaN or Infinity"));
+    assert!(err(c, &["INCRBYFLOAT", "f", "1e5000"]).await.contains("not a valid float"));
 
     ok(c, &["SET", "ttl", "1", "EX", "100"]).await;
     q::<i64>(c, &["INCR", "ttl"]).await.unwrap();

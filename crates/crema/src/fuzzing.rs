@@ -94,6 +94,10 @@ mod seeds {
             },
             CacheCommand::IncrBy { key: k(), delta: -7 },
             CacheCommand::IncrByFloat { key: k(), delta: 2.5 },
+            CacheCommand::IncrByLongDouble {
+                key: k(),
+                delta: crate::LongDouble::parse(b"0.1").expect("0.1 parses"),
+            },
             CacheCommand::DeleteMany { keys: vec![k(), Bytes::from_static(b"other")] },
             CacheCommand::Batch(vec![CacheCommand::Delete { key: k() }, CacheCommand::Clear]),
         ]

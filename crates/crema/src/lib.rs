@@ -66,6 +66,7 @@ pub use checkpoint::{CheckpointConfig, CheckpointManager, CheckpointStore};
 pub use config::{CacheConfig, ConfigError, RaftConfig, RaftStorageType};
 pub use consensus::apply::{format_f64, parse_f64, parse_i64};
 pub use consensus::command::{CacheCommand, CommandError, ExpireCondition, ExpiryUpdate, SetCondition};
+pub use consensus::long_double::{LongDouble, ParseLongDoubleError};
 pub use consensus::state_machine::CacheStateMachine;
 pub use consensus::storage::MemStorage;
 pub use consensus::transaction::{KeyMeta, ReadCommand, Transaction, TxStep, WatchedKey};

@@ -2,10 +2,10 @@
 //! one replicated command computed in apply from the value the log has at that point, so racing
 //! clients on any nodes never lose an update.
 
-use crema::CacheCommand;
+use crema::{ApplyError, CacheCommand, LongDouble, ParseLongDoubleError};
 
 use super::write::{PreparedWrite, Render};
-use super::{parse_float, parse_int, Call, CmdError, Kind};
+use super::{parse_int, Call, CmdError, Kind};
 
 pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<PreparedWrite, CmdError> {
     let key = call.arg(1).clone();
@@ -18,7 +18,17 @@ pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<PreparedWrite, CmdE
             let delta = delta.checked_neg().ok_or(CmdError::Invalid("decrement would overflow".into()))?;
             CacheCommand::IncrBy { key, delta }
         }
-        Kind::IncrByFloat => CacheCommand::IncrByFloat { key, delta: parse_float(call.arg(2))? },
+        Kind::IncrByFloat => {
+            let delta = match LongDouble::parse(call.arg(2)) {
+                Ok(delta) => delta,
+                Err(ParseLongDoubleError::Invalid) => return Err(CmdError::NotFloat),
+                // Redis adds it and then refuses the infinite sum: refuse it before proposing.
+                Err(ParseLongDoubleError::Infinite) => {
+                    return Err(CmdError::Apply(ApplyError::NanOrInfinity))
+                }
+            };
+            CacheCommand::IncrByLongDouble { key, delta }
+        }
         Kind::Append => {
             CacheCommand::Append { key, value: call.arg(2).clone(), max_len: call.max_value_bytes() }
         }

@@ -310,11 +310,6 @@ pub fn parse_int(arg: &[u8]) -> Result<i64, CmdError> {
     crema::parse_i64(arg).ok_or(CmdError::NotInteger)
 }
 
-/// Parses a float argument (finite, no spaces).
-pub fn parse_float(arg: &[u8]) -> Result<f64, CmdError> {
-    crema::parse_f64(arg).filter(|f| f.is_finite()).ok_or(CmdError::NotFloat)
-}
-
 /// The reply for an optional value.
 pub fn value_reply(value: Option<Bytes>) -> Reply {
     value.map_or(Reply::Null, Reply::Bulk)

@@ -96,6 +96,7 @@ impl PreparedWrite {
             Delete { key }
             | IncrBy { key, .. }
             | IncrByFloat { key, .. }
+            | IncrByLongDouble { key, .. }
             | GetDel { key }
             | GetEx { key, .. } => key.len(),
             Expire { key, .. } | Persist { key } => key.len(),

@@ -1,6 +1,8 @@
 //! Which Raft messages from the network raft-rs gets to see. raft-rs trusts its input: it
 //! panics on a proposal without entries, on a commit index past its log, on a read-index
-//! request without a context, and overflows on a term of `u64::MAX`. Those are bugs for a
+//! request without a context, on a message it forwards or answers whose term is not what its
+//! own messages carry (a term on a forwarded `MsgReadIndex` or `MsgTransferLeader`, none on a
+//! vote request), and overflows on a term of `u64::MAX`. Those are bugs for a
 //! message a correct peer sends and attacks for one anybody can write to the peer port, so
 //! every message is checked here first and dropped (and counted) when a correct peer could not
 //! have sent it.
@@ -32,6 +34,9 @@ pub(crate) enum Reject {
     LocalOnly,
     /// A term no real cluster reaches.
     AbsurdTerm,
+    /// No term on a message raft-rs always sends with one, or a term on a read-index request
+    /// (raft-rs forwards those without one: term 0 means "local" to it).
+    WrongTermField,
     /// A read-index request or answer without exactly one context entry.
     MalformedReadIndex,
     /// Appended entries that do not follow the message's index, or whose terms go back.
@@ -55,6 +60,7 @@ impl std::fmt::Display for Reject {
             Reject::WrongReceiver => "addressed to another node",
             Reject::LocalOnly => "a local-only message type",
             Reject::AbsurdTerm => "absurd term",
+            Reject::WrongTermField => "term field not as raft-rs sends this type",
             Reject::MalformedReadIndex => "read index without exactly one context",
             Reject::MalformedEntries => "entries out of sequence",
             Reject::ConflictsWithCommitted => "entries contradict committed ones",
@@ -83,9 +89,16 @@ pub(crate) fn check_from_peer(msg: &Message, peer: NodeId, me: NodeId) -> Result
         return Err(Reject::AbsurdTerm);
     }
     match msg.get_msg_type() {
-        MsgHup | MsgBeat | MsgPropose | MsgUnreachable | MsgSnapStatus | MsgCheckQuorum => {
-            Err(Reject::LocalOnly)
-        }
+        // A leader transfer is asked of the leader's own node; raft-rs would forward one that
+        // reached a follower with its term set, and panic.
+        MsgHup | MsgBeat | MsgPropose | MsgUnreachable | MsgSnapStatus | MsgCheckQuorum
+        | MsgTransferLeader => Err(Reject::LocalOnly),
+        // A follower forwards its read-index requests with term 0, and forwards again one it
+        // gets (to its leader): with a term set, raft-rs panics in that send.
+        MsgReadIndex if msg.term != 0 => Err(Reject::WrongTermField),
+        // Everything else raft-rs sends carries its term; a vote request without one would
+        // be answered with term 0, which raft-rs refuses (panics) to send.
+        kind if kind != MsgReadIndex && msg.term == 0 => Err(Reject::WrongTermField),
         MsgReadIndex | MsgReadIndexResp if msg.entries.len() != 1 => Err(Reject::MalformedReadIndex),
         MsgAppend => check_entries(msg),
         MsgSnapshot => {
@@ -213,6 +226,7 @@ mod tests {
             MessageType::MsgUnreachable,
             MessageType::MsgSnapStatus,
             MessageType::MsgCheckQuorum,
+            MessageType::MsgTransferLeader,
         ] {
             assert_eq!(check_from_peer(&msg(local), 2, 1), Err(Reject::LocalOnly), "{local:?}");
         }
@@ -221,10 +235,22 @@ mod tests {
         assert_eq!(check_from_peer(&huge, 2, 1), Err(Reject::AbsurdTerm));
         huge.term = MAX_TERM - 1;
         assert_eq!(check_from_peer(&huge, 2, 1), Ok(()));
-        assert_eq!(check_from_peer(&msg(MessageType::MsgReadIndex), 2, 1), Err(Reject::MalformedReadIndex));
         let mut read = msg(MessageType::MsgReadIndex);
+        read.term = 0;
+        assert_eq!(check_from_peer(&read, 2, 1), Err(Reject::MalformedReadIndex));
         read.set_entries(vec![Entry::default()].into());
         assert_eq!(check_from_peer(&read, 2, 1), Ok(()));
+        read.term = 5;
+        assert_eq!(
+            check_from_peer(&read, 2, 1),
+            Err(Reject::WrongTermField),
+            "raft-rs forwards these without a term"
+        );
+        for kind in [MessageType::MsgRequestVote, MessageType::MsgRequestPreVote, MessageType::MsgHeartbeat] {
+            let mut no_term = msg(kind);
+            no_term.term = 0;
+            assert_eq!(check_from_peer(&no_term, 2, 1), Err(Reject::WrongTermField), "{kind:?}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::cache::storage::{CacheStorage, StoredValue};
 use crate::consensus::command::{CacheCommand, ExpireCondition, ExpiryUpdate, SetCondition};
+use crate::consensus::long_double::{LongDouble, ParseLongDoubleError};
 use crate::consensus::transaction::KeyMeta;
 use crate::consensus::versions::KeyVersions;
 
@@ -153,6 +154,7 @@ pub(crate) fn apply_command(x: &Target<'_>, command: &CacheCommand) -> ApplyOutp
         }
         IncrBy { key, delta } => incr_by(x, key, *delta),
         IncrByFloat { key, delta } => incr_by_float(x, key, *delta),
+        IncrByLongDouble { key, delta } => incr_by_long_double(x, key, *delta),
         Append { key, value, max_len } => append(x, key, value, *max_len),
         SetRange { key, offset, value, max_len } => set_range(x, key, *offset, value, *max_len),
         GetDel { key } => {
@@ -279,6 +281,25 @@ fn incr_by_float(x: &Target<'_>, key: &Bytes, delta: f64) -> ApplyOutput {
         return ApplyOutput::Failed(ApplyError::NanOrInfinity);
     }
     let text = Bytes::from(format_f64(new));
+    x.insert(key, text.clone(), expires_at_ms);
+    ApplyOutput::Value(Some(text))
+}
+
+fn incr_by_long_double(x: &Target<'_>, key: &Bytes, delta: LongDouble) -> ApplyOutput {
+    let parse = |bytes: &[u8]| match LongDouble::parse(bytes) {
+        Ok(value) => Some(Ok(value)),
+        Err(ParseLongDoubleError::Infinite) => Some(Err(ApplyError::NanOrInfinity)),
+        Err(ParseLongDoubleError::Invalid) => None,
+    };
+    let (old, expires_at_ms) = match current_number(x, key, Ok(LongDouble::ZERO), parse, ApplyError::NotFloat)
+    {
+        Ok(found) => found,
+        Err(failed) => return failed,
+    };
+    let Some(new) = old.ok().and_then(|old| old.checked_add(delta)) else {
+        return ApplyOutput::Failed(ApplyError::NanOrInfinity);
+    };
+    let text = Bytes::from(new.to_redis_string());
     x.insert(key, text.clone(), expires_at_ms);
     ApplyOutput::Value(Some(text))
 }

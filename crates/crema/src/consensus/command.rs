@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::MAX_TTL;
+use crate::consensus::long_double::LongDouble;
 use crate::consensus::sessions::SessionStamp;
 use crate::consensus::transaction::Transaction;
 
@@ -88,8 +89,9 @@ pub enum CacheCommand {
         /// The increment (may be negative).
         delta: i64,
     },
-    /// Add `delta` to the number stored at `key` (absent counts as 0); the expiry is kept.
-    /// Output: `Value(Some(new value as text))`, or `Failed(NotFloat | NanOrInfinity)`.
+    /// Add `delta` to the number stored at `key` (absent counts as 0) in `f64`; the expiry is
+    /// kept. Output: `Value(Some(new value as text))`, or `Failed(NotFloat | NanOrInfinity)`.
+    /// Logs written before [`CacheCommand::IncrByLongDouble`] hold it; servers now send that.
     IncrByFloat {
         /// The key.
         key: Bytes,
@@ -161,6 +163,16 @@ pub enum CacheCommand {
     /// between, reads included, unless a watched key changed (see `consensus::transaction`).
     /// Output: `Exec(Some(outputs))`, or `Exec(None)` when nothing was applied.
     Transaction(Transaction),
+    /// Redis's `INCRBYFLOAT`: add `delta` to the number stored at `key` (absent counts as 0)
+    /// as C's `long double` does, with Redis's text for the result (see
+    /// `consensus::long_double`); the expiry is kept. Output: `Value(Some(new value as text))`,
+    /// or `Failed(NotFloat | NanOrInfinity)`.
+    IncrByLongDouble {
+        /// The key.
+        key: Bytes,
+        /// The increment.
+        delta: LongDouble,
+    },
 }
 
 /// What a write does to a key's expiry.
@@ -298,6 +310,7 @@ impl CacheCommand {
             Delete { key } | IncrBy { key, .. } | GetDel { key } | GetEx { key, .. } => {
                 validate_key(key, limits)
             }
+            IncrByLongDouble { key, .. } => validate_key(key, limits),
             Expire { key, .. } | Persist { key } => validate_key(key, limits),
             IncrByFloat { key, delta } => {
                 validate_key(key, limits)?;
@@ -342,6 +355,7 @@ impl CacheCommand {
             DeleteMany { keys } | Evict { keys } => keys.iter().map(|k| k.len() + 5).sum::<usize>() + 8,
             PutMany { pairs, .. } => pairs.iter().map(|(k, v)| k.len() + v.len() + 10).sum::<usize>() + 8,
             Delete { key } | IncrBy { key, .. } | IncrByFloat { key, .. } | GetDel { key } => key.len() + 16,
+            IncrByLongDouble { key, .. } => key.len() + 24,
             GetEx { key, .. } | Expire { key, .. } | Persist { key } => key.len() + 24,
             Clear => 2,
             Batch(commands) => commands.iter().map(CacheCommand::encoded_len_hint).sum::<usize>() + 4,
@@ -498,6 +512,10 @@ pub(crate) mod tests {
             ),
             (bytes(), any::<i64>()).prop_map(|(key, delta)| CacheCommand::IncrBy { key, delta }),
             (bytes(), -1e9f64..1e9).prop_map(|(key, delta)| CacheCommand::IncrByFloat { key, delta }),
+            (bytes(), -(1i64 << 60)..(1i64 << 60)).prop_map(|(key, delta)| {
+                let delta = LongDouble::parse(delta.to_string().as_bytes()).expect("an integer parses");
+                CacheCommand::IncrByLongDouble { key, delta }
+            }),
             proptest::collection::vec((bytes(), bytes()), 0..4)
                 .prop_map(|pairs| CacheCommand::PutMany { pairs, only_if_none_exist: true }),
             (bytes(), any::<u64>(), bytes()).prop_map(|(key, offset, value)| CacheCommand::SetRange {

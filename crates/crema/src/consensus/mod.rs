@@ -9,6 +9,7 @@ pub mod apply;
 pub mod command;
 pub(crate) mod group;
 mod logger;
+pub mod long_double;
 pub(crate) mod pending;
 pub mod recovery;
 #[cfg(feature = "rocksdb")]
