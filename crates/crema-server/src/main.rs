@@ -189,7 +189,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Files and directories this process creates are its user's alone, whatever umask it was
+/// started with: the data directory holds the cache's data in plain text (see
+/// `crema::private_files`).
+fn private_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    private_umask();
     let node = RunningNode::start(&config).await?;
     let stop = shutdown_signal()?;
     // Two lines scripts and tests can wait for: the ports are open, then a leader is known (a
@@ -228,6 +236,7 @@ async fn dev(
     tick_interval_ms: u64,
 ) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be 1 to 9");
+    private_umask();
     let addr = |base: u16, i: u64| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], base + i as u16 - 1)) };
     let mut running = Vec::new();
     for id in 1..=nodes {

@@ -9,7 +9,8 @@
 //! node's log is kept; none may hold a panic.
 //!
 //! `CREMA_MEMORY_NEMESIS_SECS` sets the fault phase (default 30 s), `CREMA_MEMORY_NEMESIS_SEED`
-//! the schedule; `CREMA_MEMORY_NEMESIS_SOAK=1` runs 10 minutes per seed over seeds 1..=5.
+//! the schedule; `CREMA_MEMORY_NEMESIS_SOAK=1` runs each nemesis for 10 minutes in all, over
+//! seeds 1..=10 (60 s each: a fresh cluster per seed, so more schedules start from scratch).
 
 mod common;
 
@@ -402,8 +403,8 @@ async fn run(nemesis: Nemesis, seed: u64, secs: u64) {
 
 async fn run_all(nemesis: Nemesis, default_seed: u64) {
     if std::env::var_os("CREMA_MEMORY_NEMESIS_SOAK").is_some() {
-        for seed in 1..=5 {
-            run(nemesis, seed, 600).await;
+        for seed in 1..=10 {
+            run(nemesis, seed, 60).await;
         }
         return;
     }

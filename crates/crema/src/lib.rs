@@ -56,6 +56,7 @@ pub mod faults;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod multiraft;
+pub mod private_files;
 pub(crate) mod transport;
 pub mod types;
 

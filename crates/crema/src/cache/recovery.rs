@@ -28,14 +28,16 @@ pub(crate) fn open_durable(
 ) -> Result<(RocksDbStorage, CheckpointManager)> {
     let started = Instant::now();
     let dir = config.data_dir.as_ref().expect("validated: RocksDB storage has a data dir");
-    std::fs::create_dir_all(dir)?;
+    crate::private_files::ensure_private_dir(dir)?;
     let raft_dir = dir.join("raft");
+    crate::private_files::ensure_private_dir(&raft_dir)?;
     let db =
         open_db(&raft_dir).map_err(|e| Error::Storage(format!("opening {}: {e}", raft_dir.display())))?;
     let voters = if config.join { Vec::new() } else { config.initial_voters() };
     let mut store =
         RocksDbStorage::open(db, DEFAULT_SHARD, &voters)?.with_min_free_bytes(config.min_free_disk_bytes);
     let checkpoint_config = config.checkpoint_config().expect("durable storage has checkpoint settings");
+    crate::private_files::ensure_private_dir(&checkpoint_config.dir)?;
     let mut checkpoints = CheckpointManager::open(checkpoint_config.clone())?;
     let (first, last) = (store.first_index()?, store.last_index()?);
     match checkpoints.load_newest_valid()? {

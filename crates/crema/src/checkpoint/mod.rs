@@ -12,6 +12,7 @@ mod manager;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -113,7 +114,7 @@ impl CheckpointStore {
     /// The directory cannot be created or read.
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
         for entry in fs::read_dir(&dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "tmp") {
@@ -148,7 +149,8 @@ impl CheckpointStore {
         let seq = WRITES.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(".checkpoint-{index:020}-{seq}.tmp"));
         let written = (|| {
-            let mut file = File::create(&tmp)?;
+            // Private whatever the umask (see `private_files`).
+            let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             file.write_all(&bytes)?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;

@@ -51,6 +51,9 @@ pub(crate) enum Reject {
     NotFromLeader,
     /// A heartbeat whose commit index lay past this node's log (corrected, not dropped).
     CommitPastLog,
+    /// The sender is not in this node's configuration of the group (a stranger, or a removed
+    /// member); accepted only while this node has no configuration yet (it is joining).
+    NotAMember,
 }
 
 impl std::fmt::Display for Reject {
@@ -68,6 +71,7 @@ impl std::fmt::Display for Reject {
             Reject::BadSnapshot => "snapshot without voters or with undecodable data",
             Reject::NotFromLeader => "leader-only message from a non-leader",
             Reject::CommitPastLog => "heartbeat commit index past this node's log (lowered)",
+            Reject::NotAMember => "sender is not a member of the group",
         })
     }
 }
@@ -146,6 +150,14 @@ pub(crate) enum Admitted {
 /// The reason the message cannot be stepped safely.
 pub(crate) fn check_against_log<S: Storage>(raft: &Raft<S>, msg: &mut Message) -> Result<Admitted, Reject> {
     use MessageType::*;
+    let conf = raft.prs().conf();
+    let joining = conf.voters().ids().iter().next().is_none();
+    let member = conf.voters().contains(msg.from)
+        || conf.learners().contains(&msg.from)
+        || conf.learners_next().contains(&msg.from);
+    if !joining && !member {
+        return Err(Reject::NotAMember);
+    }
     let log = &raft.raft_log;
     match msg.get_msg_type() {
         MsgHeartbeat if msg.commit > log.last_index() => {

@@ -171,5 +171,15 @@ mod tests {
         input.extend_from_slice(&[2, 0x81, 9, 2, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0]);
         super::peer_group(&input);
         super::peer_group(&[]);
+        // Found by the fuzzer: node 4, a stranger, sends a follower an append at the current
+        // term with an entry after the commit index and a huge commit; the follower took it as
+        // its leader's, committed the entry, and then refused the real leader's (a stale read
+        // on that node, then a stuck follower). Messages from non-members are now dropped.
+        let stranger_append = [
+            0x32, 0x21, 0x62, 0xec, 0xbf, 0x29, 0x21, 0x08, 0x00, 0x1d, 0x00, 0x27, 0x00, 0x3c, 0x00, 0x00,
+            0x03, 0x00, 0x10, 0x10, 0x03, 0x04,
+        ];
+        super::peer_group(&stranger_append);
+        super::peer_group(&stranger_append);
     }
 }
