@@ -196,8 +196,23 @@ fn private_umask() {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 }
 
+/// Warns about secrets given as flags: any local user sees them in the process list.
+fn warn_secret_flags() {
+    for arg in std::env::args() {
+        for flag in ["--password", "--cluster-secret"] {
+            if arg == flag || arg.starts_with(&format!("{flag}=")) {
+                tracing::warn!(
+                    "{flag} on the command line shows in the process list to every local user: use {flag}-file or \
+                     the environment variable instead"
+                );
+            }
+        }
+    }
+}
+
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     private_umask();
+    warn_secret_flags();
     let node = RunningNode::start(&config).await?;
     let stop = shutdown_signal()?;
     // Two lines scripts and tests can wait for: the ports are open, then a leader is known (a

@@ -241,6 +241,12 @@ impl Collector for NodeCollector {
             "Raft messages from peers dropped or corrected because a correct peer could not have sent them",
             raft.peer_messages_rejected,
         )?;
+        counter(
+            e,
+            "peer_handshakes_refused",
+            "Incoming peer connections closed in the handshake (no proof of the cluster secret, or not a member)",
+            raft.peer_handshakes_refused,
+        )?;
         gauge(
             e,
             "raft_recovering",

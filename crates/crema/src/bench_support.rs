@@ -76,6 +76,7 @@ impl GroupBench {
                     queue_capacity: config.peer_queue_capacity,
                     handshake_timeout: Duration::from_secs(5),
                     connect_timeout: Duration::from_secs(1),
+                    secret: None,
                     #[cfg(feature = "fault-injection")]
                     faults: None,
                 },
@@ -113,6 +114,7 @@ impl GroupBench {
                 tasks.push(task);
             }
             dispatcher.attach(handles.clone());
+            transport.open();
             started.push(BenchNode { transport, dispatcher, groups: handles, storages });
         }
         Ok(Self { nodes: started, cancel, tasks })

@@ -192,6 +192,10 @@ pub struct CacheConfig {
     /// With durable storage, writes are held back (new ones refused) while the data disk has
     /// less than this free. Default 64 MiB.
     pub min_free_disk_bytes: u64,
+    /// The secret every node of the cluster shares: peers must prove they know it before
+    /// anything else is said on the peer port (see `transport::auth`). None: peers are not
+    /// authenticated (keep the peer port on a trusted network).
+    pub cluster_secret: Option<crate::ClusterSecret>,
     /// Test-only fault injection shared by a test cluster's nodes (feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
     pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
@@ -234,6 +238,7 @@ impl CacheConfig {
             data_dir: None,
             checkpoint: None,
             min_free_disk_bytes: 64 * 1024 * 1024,
+            cluster_secret: None,
             #[cfg(feature = "fault-injection")]
             faults: None,
         }
@@ -286,6 +291,13 @@ impl CacheConfig {
     /// Sets the other members of the cluster at bootstrap.
     pub fn with_seed_nodes(mut self, seed_nodes: Vec<(NodeId, SocketAddr)>) -> Self {
         self.seed_nodes = seed_nodes;
+        self
+    }
+
+    /// Authenticates peers with `secret` (see [`Self::cluster_secret`]); every node of the
+    /// cluster needs the same one.
+    pub fn with_cluster_secret(mut self, secret: crate::ClusterSecret) -> Self {
+        self.cluster_secret = Some(secret);
         self
     }
 

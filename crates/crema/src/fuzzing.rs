@@ -34,7 +34,11 @@ pub fn peer_stream(bytes: &[u8]) -> usize {
                 let piece = Piece { transfer, header, total_len, offset, data };
                 let _ = assembler.accept(2, shard, piece);
             }
-            Envelope::Hello { .. } | Envelope::Forward { .. } | Envelope::ForwardReply { .. } => {}
+            Envelope::Hello { .. }
+            | Envelope::Forward { .. }
+            | Envelope::ForwardReply { .. }
+            | Envelope::AuthChallenge { .. }
+            | Envelope::AuthProof { .. } => {}
         }
     }
     decoded

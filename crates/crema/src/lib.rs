@@ -74,6 +74,7 @@ pub use consensus::transaction::{KeyMeta, ReadCommand, Transaction, TxStep, Watc
 pub use consensus::{ApplyError, ApplyOutput, GroupStatus, RecoveryState, Role};
 pub use error::{Error, Result};
 pub use multiraft::ShardRouter;
+pub use transport::auth::ClusterSecret;
 pub use transport::TransportError;
 pub use types::{NodeId, ShardId};
 

@@ -50,11 +50,16 @@ async fn bad_input_gets_a_clear_error_and_the_cluster_keeps_serving() {
     old.extend(postcard::to_stdvec(&(0u8, 77u64, 5u64, 0u64)).unwrap());
     s.write_all(&frame(&old)).await.unwrap();
     FakePeer::expect_closed(&mut s).await;
-    // A valid hello, then an oversized frame, then garbage inside a well-formed frame.
-    let mut p = FakePeer::connect(target, 77, Position::default()).await;
+    // A hello from a node that is not a member: closed without a hello back.
+    let mut s = TcpStream::connect(target).await.unwrap();
+    s.write_all(&envelope(&Wire::Hello { node_id: 77, incarnation: 1, groups: Vec::new() })).await.unwrap();
+    FakePeer::expect_closed(&mut s).await;
+    // A valid hello as a member, then an oversized frame, then garbage inside a well-formed frame.
+    let member = nodes[(leader + 2) % 3].node_id();
+    let mut p = FakePeer::connect(target, member, Position::default()).await;
     p.send_raw(&(17 * 1024 * 1024u32).to_be_bytes()).await;
     FakePeer::expect_closed(&mut p.stream).await;
-    let mut p = FakePeer::connect(target, 78, Position::default()).await;
+    let mut p = FakePeer::connect(target, member, Position::default()).await;
     p.send_raw(&frame(&[2, 0xff, 0xff, 0xff, 0xff])).await;
     FakePeer::expect_closed(&mut p.stream).await;
 
@@ -88,7 +93,14 @@ async fn frames_that_once_stopped_the_cluster_are_refused_and_nothing_is_lost() 
 
     for (i, node) in nodes.iter().enumerate() {
         let me = node.node_id();
-        for as_id in [99, (me % 3) + 1] {
+        // A stranger does not get past the hello (it is not a member); a member's id does.
+        let mut s = TcpStream::connect(node.local_addr()).await.unwrap();
+        s.write_all(&envelope(&Wire::Hello { node_id: 99, incarnation: 1, groups: Vec::new() }))
+            .await
+            .unwrap();
+        FakePeer::expect_closed(&mut s).await;
+        {
+            let as_id = (me % 3) + 1;
             let mut p = FakePeer::connect(node.local_addr(), as_id, Position::default()).await;
             let mut garbage = raft_msg(MessageType::MsgPropose, as_id, me, term);
             garbage.set_entries(
@@ -107,20 +119,47 @@ async fn frames_that_once_stopped_the_cluster_are_refused_and_nothing_is_lost() 
         }
         if i != leader {
             // As the leader, at its term: a heartbeat committing far past this follower's log.
-            let mut p = FakePeer::connect(node.local_addr(), leader_id, Position::default()).await;
-            let mut hb = raft_msg(MessageType::MsgHeartbeat, leader_id, me, term);
-            hb.commit = 1_000_000_000;
-            p.send(&hb).await;
-            let answer = p.next_raft().await;
+            // (Again if the real leader's connection replaced ours before the answer.)
+            let mut answer = None;
+            for _ in 0..5 {
+                let mut p = FakePeer::connect(node.local_addr(), leader_id, Position::default()).await;
+                let mut hb = raft_msg(MessageType::MsgHeartbeat, leader_id, me, term);
+                hb.commit = 1_000_000_000;
+                p.send(&hb).await;
+                // Skip what the follower sends the real leader meanwhile (append responses).
+                while let Some(m) = p.try_next_raft().await {
+                    if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
+                        answer = Some(m);
+                        break;
+                    }
+                }
+                if answer.is_some() {
+                    break;
+                }
+            }
+            let answer = answer.expect("an answer on one of five connections");
             assert_eq!(answer.get_msg_type(), MessageType::MsgHeartbeatResponse, "still a follower");
         }
     }
-    // Nine refusals from the stranger's connection on every node. (A connection claiming a
-    // member's id may be replaced by the real member's before all its frames are read.)
-    wait_until(Duration::from_secs(10), "every node counted what it refused", || async {
-        nodes.iter().all(|n| n.raft_figures().peer_messages_rejected >= 9)
-    })
-    .await;
+    // Every node refused the stranger's handshake, and counts a refused frame sent as a member.
+    // (A connection claiming a member's id may be replaced by the real member's before its
+    // frames are read: each try sends on a new one; `consensus::admit`'s unit tests check each
+    // kind of frame.)
+    for node in &nodes {
+        assert!(
+            node.raft_figures().peer_handshakes_refused >= 1,
+            "node {} refused the stranger",
+            node.node_id()
+        );
+        let (me, before) = (node.node_id(), node.raft_figures().peer_messages_rejected);
+        let as_id = (me % 3) + 1;
+        wait_until(Duration::from_secs(10), "a refused frame counted", || async {
+            let mut p = FakePeer::connect(node.local_addr(), as_id, Position::default()).await;
+            p.send(&raft_msg(MessageType::MsgHup, as_id, me, term)).await;
+            node.raft_figures().peer_messages_rejected > before
+        })
+        .await;
+    }
     // The cluster serves from every node and lost nothing.
     wait_until(Duration::from_secs(15), "a write through every node", || async {
         for (i, n) in nodes.iter().enumerate() {
@@ -159,8 +198,8 @@ async fn the_handshake_comes_first_and_only_once() {
     let hb = raft_msg(MessageType::MsgHeartbeat, 2, 1, 1_000);
     s.write_all(&envelope(&Wire::Raft { shard: 0, message: hb.write_to_bytes().unwrap() })).await.unwrap();
     FakePeer::expect_closed(&mut s).await;
-    let mut p = FakePeer::connect(target, 88, Position::default()).await;
-    p.send_raw(&envelope(&Wire::Hello { node_id: 88, incarnation: 1, groups: Vec::new() })).await;
+    let mut p = FakePeer::connect(target, 2, Position::default()).await;
+    p.send_raw(&envelope(&Wire::Hello { node_id: 2, incarnation: 1, groups: Vec::new() })).await;
     FakePeer::expect_closed(&mut p.stream).await;
     assert!(nodes[0].raft_figures().term < 1_000, "the pre-handshake heartbeat was not stepped");
     for n in &nodes {

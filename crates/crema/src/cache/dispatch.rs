@@ -200,7 +200,7 @@ impl Inbound for Dispatcher {
                     Err(e) => warn!(from, shard, error = %e, "snapshot transfer dropped"),
                 }
             }
-            Envelope::Hello { .. } => {}
+            Envelope::Hello { .. } | Envelope::AuthChallenge { .. } | Envelope::AuthProof { .. } => {}
         }
     }
 
@@ -214,6 +214,10 @@ impl Inbound for Dispatcher {
         for group in self.groups.get().map(Vec::as_slice).unwrap_or_default() {
             group.hello(from, restarted, position_of(&positions, group));
         }
+    }
+
+    fn is_joining(&self) -> bool {
+        self.groups.get().is_some_and(|groups| groups.iter().all(|g| g.shared.voters().is_empty()))
     }
 
     fn local_positions(&self) -> Vec<GroupPosition> {

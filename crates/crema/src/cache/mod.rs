@@ -128,6 +128,7 @@ impl DistributedCache {
                 queue_capacity: config.peer_queue_capacity,
                 handshake_timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(1),
+                secret: config.cluster_secret.clone(),
                 #[cfg(feature = "fault-injection")]
                 faults: config.faults.clone(),
             },
@@ -201,6 +202,7 @@ impl DistributedCache {
             }
         });
         dispatcher.attach(vec![group.clone()]);
+        transport.open();
         if config.force_new_cluster {
             group.force_new_cluster().await?;
         }
@@ -475,6 +477,7 @@ impl DistributedCache {
             held_reads: shared.held_reads(),
             apply_rejected: shared.apply_rejected(),
             peer_messages_rejected: shared.messages_rejected() + self.dispatcher.rejected(),
+            peer_handshakes_refused: self.transport.handshakes_refused(),
             recovering: shared.recovering(),
         }
     }
@@ -683,6 +686,9 @@ pub struct RaftFigures {
     /// Raft messages from peers dropped (or, for a heartbeat's commit index, corrected)
     /// because a correct peer could not have sent them.
     pub peer_messages_rejected: u64,
+    /// Incoming peer connections closed in the handshake: no proof of the cluster secret, or
+    /// an id that is not a member of the cluster.
+    pub peer_handshakes_refused: u64,
     /// True while this node recovers from a restart without its Raft state (memory storage):
     /// it does not vote until it has caught up (see [`crate::consensus::RecoveryState`]).
     pub recovering: bool,

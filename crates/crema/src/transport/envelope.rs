@@ -89,6 +89,20 @@ pub enum Envelope {
         /// The piece.
         data: Bytes,
     },
+    /// Peer authentication, first frame of the accepting side: its challenge (see
+    /// `transport::auth`).
+    AuthChallenge {
+        /// Random bytes the other side must prove the secret over.
+        challenge: [u8; super::auth::CHALLENGE_BYTES],
+    },
+    /// Peer authentication: a side's proof that it knows the secret, with (from the dialing
+    /// side) its own challenge.
+    AuthProof {
+        /// The dialing side's challenge (zero from the accepting side).
+        challenge: [u8; super::auth::CHALLENGE_BYTES],
+        /// HMAC-SHA256 over both challenges.
+        proof: Vec<u8>,
+    },
 }
 
 /// An [`Error`] as it crosses the wire.
@@ -205,6 +219,8 @@ mod tests {
             request_id: 9,
             result: Ok(Applied { index: 4, output: ApplyOutput::Removed(true) }),
         });
+        round_trip(Envelope::AuthChallenge { challenge: [7; 32] });
+        round_trip(Envelope::AuthProof { challenge: [1; 32], proof: vec![9; 32] });
         round_trip(Envelope::ForwardReply {
             request_id: 1,
             result: Err(WireError::Invalid(CommandError::EmptyKey)),

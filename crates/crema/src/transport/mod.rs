@@ -10,6 +10,7 @@
 //! Not here: what the messages mean (the node's dispatcher) and forwarding's request table
 //! (`forward.rs` keeps it, this module only carries its frames).
 
+pub mod auth;
 pub(crate) mod envelope;
 mod error;
 pub(crate) mod forward;
@@ -19,6 +20,7 @@ pub(crate) mod snapshot_assembly;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -45,6 +47,9 @@ pub(crate) trait Inbound: Send + Sync + 'static {
     fn on_hello(&self, from: NodeId, incarnation: u64, groups: Vec<GroupPosition>);
     /// Where this node's groups stand, for our side of the handshake.
     fn local_positions(&self) -> Vec<GroupPosition>;
+    /// True while this node belongs to no configuration yet (it was started to join and waits
+    /// for its first snapshot): it accepts a peer it does not know, the leader adding it.
+    fn is_joining(&self) -> bool;
 }
 
 /// Transport settings.
@@ -57,6 +62,8 @@ pub(crate) struct TransportConfig {
     pub queue_capacity: usize,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
+    /// The cluster secret peers must prove before the hello (see `auth`); none: no proof.
+    pub secret: Option<auth::ClusterSecret>,
     #[cfg(feature = "fault-injection")]
     pub faults: Option<Arc<crate::faults::Faults>>,
 }
@@ -71,6 +78,13 @@ pub(crate) struct Transport {
     tracker: TaskTracker,
     /// The accept loop, until the node's supervisor takes it to watch.
     accept_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Incoming connections closed in the handshake: no proof of the secret, or an id that is
+    /// not a member.
+    handshakes_refused: AtomicU64,
+    refusal_warnings: crate::consensus::admit::WarnThrottle,
+    /// False until the node knows its members ([`Transport::open`]): peers that connect
+    /// earlier wait in the listen backlog instead of being refused as strangers.
+    open: tokio::sync::watch::Sender<bool>,
 }
 
 impl Transport {
@@ -89,6 +103,9 @@ impl Transport {
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             accept_task: std::sync::Mutex::default(),
+            handshakes_refused: AtomicU64::new(0),
+            refusal_warnings: Default::default(),
+            open: tokio::sync::watch::Sender::new(false),
         });
         let t = transport.clone();
         let accept = transport.tracker.spawn(async move { t.accept_loop(listener).await });
@@ -104,6 +121,31 @@ impl Transport {
     /// This process's incarnation (a random number drawn at start, sent in every hello).
     pub fn incarnation(&self) -> u64 {
         self.config.incarnation
+    }
+
+    /// Starts taking incoming connections: call once the node knows its members (seeds,
+    /// recovered configuration) and its groups are attached.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Incoming peer connections refused in the handshake so far.
+    pub fn handshakes_refused(&self) -> u64 {
+        self.handshakes_refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts a refused handshake and warns, paced (a scan or a flood must not flood the log).
+    fn refuse(&self, remote: SocketAddr, why: &str) {
+        self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.refusal_warnings.note(std::time::Instant::now()) {
+            warn!(%remote, refused_since_last_warning = count, "peer connection refused: {why}");
+        }
+    }
+
+    /// Whether `id` may take part: a peer this node knows (a seed or a member), or anyone while
+    /// this node is joining.
+    fn knows(&self, id: NodeId) -> bool {
+        self.peers.read().expect("peer map poisoned").contains_key(&id) || self.inbound.is_joining()
     }
 
     /// The address peers reach this node on.
@@ -188,6 +230,11 @@ impl Transport {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut open = self.open.subscribe();
+        tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            _ = open.wait_for(|open| *open) => {}
+        }
         loop {
             let accepted = tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -215,6 +262,12 @@ impl Transport {
 
     async fn adopt_incoming(self: Arc<Self>, stream: TcpStream, remote: SocketAddr) {
         let mut conn = Connection::new(stream);
+        if let Some(secret) = &self.config.secret {
+            if let Err(e) = auth::accept(&mut conn, secret, &self.config).await {
+                self.refuse(remote, &e.to_string());
+                return;
+            }
+        }
         let hello =
             tokio::time::timeout(self.config.handshake_timeout, conn.read_envelope(&self.config)).await;
         let (peer, incarnation, groups) = match hello {
@@ -223,6 +276,11 @@ impl Transport {
                 let reply =
                     Envelope::Hello { node_id: self.config.node_id, incarnation: 0, groups: Vec::new() };
                 let _ = conn.write_frame(&reply.to_frame()).await;
+                return;
+            }
+            Ok(Ok(Envelope::Hello { node_id, .. })) if !self.knows(node_id) => {
+                // Not a member or a seed: it learns nothing (not even this node's id).
+                self.refuse(remote, &format!("node {node_id} is not a member (if it was just added, this node has not applied that yet)"));
                 return;
             }
             Ok(Ok(Envelope::Hello { node_id, incarnation, groups })) if node_id != self.config.node_id => {
@@ -268,6 +326,9 @@ impl Transport {
             .await
             .map_err(|_| TransportError::Handshake("connect timed out".into()))??;
         let mut conn = Connection::new(stream);
+        if let Some(secret) = &config.secret {
+            auth::dial(&mut conn, secret, config).await?;
+        }
         let hello = Envelope::Hello { node_id: 0, incarnation: config.incarnation, groups: Vec::new() };
         conn.write_frame(&hello.to_frame()).await?;
         let reply = tokio::time::timeout(config.handshake_timeout, conn.read_envelope(config))
@@ -292,8 +353,9 @@ impl Transport {
         payload: &[u8],
     ) -> Result<(), TransportError> {
         let envelope = Envelope::from_payload(payload)?;
-        if let Envelope::Hello { .. } = envelope {
-            return Err(TransportError::Handshake("hello after the handshake".into()));
+        if let Envelope::Hello { .. } | Envelope::AuthChallenge { .. } | Envelope::AuthProof { .. } = envelope
+        {
+            return Err(TransportError::Handshake("handshake frame after the handshake".into()));
         }
         self.inbound.on_envelope(self, from, incarnation, envelope);
         Ok(())

@@ -191,6 +191,12 @@ impl LinkTask {
             .await
             .map_err(|_| TransportError::Handshake("connect timed out".into()))??;
         let mut conn = Connection::new(stream);
+        if let Some(secret) = &config.secret {
+            if let Err(e) = super::auth::dial(&mut conn, secret, config).await {
+                self.transport.refuse(addr, &e.to_string());
+                return Err(e);
+            }
+        }
         conn.write_frame(&self.transport.hello_frame()).await?;
         let reply = tokio::time::timeout(config.handshake_timeout, conn.read_envelope(config))
             .await

@@ -100,6 +100,21 @@ impl FakePeer {
         }
     }
 
+    /// The next Raft message the node sends on this connection within 10 s; none when the
+    /// node closed it first (the real peer's connection may replace one claiming its id).
+    pub async fn try_next_raft(&mut self) -> Option<Message> {
+        let next = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match self.read_wire().await? {
+                    Wire::Raft { message, .. } => return Some(Message::parse_from_bytes(&message).unwrap()),
+                    Wire::Hello { .. } => continue,
+                }
+            }
+        })
+        .await;
+        next.expect("no raft message within 10 s")
+    }
+
     /// The next Raft message the node sends on this connection (within 10 s).
     pub async fn next_raft(&mut self) -> Message {
         let next = tokio::time::timeout(Duration::from_secs(10), async {

@@ -1,0 +1,206 @@
+//! `crema serve`'s flags ([`ServeArgs`]): each also reads `CREMA_<NAME>` from the environment,
+//! and [`ServeArgs::resolve`] lays them over the config file and the defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use crema::NodeId;
+
+use super::{ServeConfig, StorageKind};
+use crate::cmd::ReadMode;
+
+/// `crema serve` flags. Each also reads `CREMA_<NAME>` from the environment; a flag wins over
+/// the variable, the variable over the config file, the file over the default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the settings below (keys as the flag names with `_`).
+    #[arg(long, env = "CREMA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id, unique in the cluster [default: 1].
+    #[arg(long, env = "CREMA_NODE_ID")]
+    pub node_id: Option<NodeId>,
+    /// Address Redis clients connect to [default: 127.0.0.1:6380].
+    #[arg(long, env = "CREMA_RESP_ADDR")]
+    pub resp_addr: Option<SocketAddr>,
+    /// Address other nodes connect to [default: 127.0.0.1:9000].
+    #[arg(long, env = "CREMA_RAFT_ADDR")]
+    pub raft_addr: Option<SocketAddr>,
+    /// Admin HTTP address: /metrics, /health, /ready, /cluster [default: 127.0.0.1:9090].
+    #[arg(long, env = "CREMA_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Another member, `id=raft_addr` or `id=raft_addr,resp_addr`; repeat for each. Every node
+    /// of a new cluster lists all the others.
+    #[arg(long = "peer", visible_alias = "seed", env = "CREMA_PEERS", value_delimiter = ';')]
+    pub peers: Vec<String>,
+    /// Start empty and wait to be added with `crema cluster add-node` on the leader.
+    #[arg(long, env = "CREMA_JOIN")]
+    pub join: Option<bool>,
+    /// Start as the only voter of a new cluster, keeping this node's state (etcd's
+    /// --force-new-cluster): the way out when a majority of the voters is lost for good. The
+    /// other members are dropped without consensus; restart them empty with --join true and
+    /// add them back with `crema cluster add-node`.
+    #[arg(long, env = "CREMA_FORCE_NEW_CLUSTER")]
+    pub force_new_cluster: Option<bool>,
+    /// Require AUTH with this password.
+    #[arg(long, env = "CREMA_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// A file holding the password (one line): not in the process list, unlike --password.
+    #[arg(long, env = "CREMA_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Authenticate peers with this secret, the same on every node (at least 16 bytes, e.g.
+    /// `openssl rand -hex 32`). It shows in the process list: prefer --cluster-secret-file.
+    #[arg(long, env = "CREMA_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (one line).
+    #[arg(long, env = "CREMA_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Default read mode of connections: linearizable or local [default: linearizable].
+    #[arg(long, env = "CREMA_READ_MODE", value_parser = parse_read_mode)]
+    pub read_mode: Option<ReadMode>,
+    /// Most entries in the local cache [default: 1000000].
+    #[arg(long, env = "CREMA_MAX_CAPACITY")]
+    pub max_capacity: Option<u64>,
+    /// Most bytes of keys and values in the local cache (replaces --max-capacity).
+    #[arg(long, env = "CREMA_MAX_MEMORY_BYTES")]
+    pub max_memory_bytes: Option<u64>,
+    /// TTL in milliseconds for library `put`s that set none.
+    #[arg(long, env = "CREMA_DEFAULT_TTL_MS")]
+    pub default_ttl_ms: Option<u64>,
+    /// Largest key in bytes [default: 65536].
+    #[arg(long, env = "CREMA_MAX_KEY_BYTES")]
+    pub max_key_bytes: Option<usize>,
+    /// Largest value in bytes [default: 8388608].
+    #[arg(long, env = "CREMA_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Forward follower writes to the leader; false answers -NOTLEADER [default: true].
+    #[arg(long, env = "CREMA_FORWARDING")]
+    pub forwarding: Option<bool>,
+    /// How long a write or linearizable read may wait, ms [default: 5000].
+    #[arg(long, env = "CREMA_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Raft tick in ms [default: 100].
+    #[arg(long, env = "CREMA_TICK_INTERVAL_MS")]
+    pub tick_interval_ms: Option<u64>,
+    /// Election timeout in ticks [default: 10].
+    #[arg(long, env = "CREMA_ELECTION_TICK")]
+    pub election_tick: Option<usize>,
+    /// Heartbeat interval in ticks [default: 3].
+    #[arg(long, env = "CREMA_HEARTBEAT_TICK")]
+    pub heartbeat_tick: Option<usize>,
+    /// Most RESP clients at once [default: 10000].
+    #[arg(long, env = "CREMA_MAX_CLIENTS")]
+    pub max_clients: Option<usize>,
+    /// Close clients idle this many seconds; 0 never [default: 0].
+    #[arg(long, env = "CREMA_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Largest bulk string in a request, bytes [default: 16777216].
+    #[arg(long, env = "CREMA_MAX_BULK_BYTES")]
+    pub max_bulk_bytes: Option<usize>,
+    /// Most arguments in one request [default: 1048576].
+    #[arg(long, env = "CREMA_MAX_ARGS")]
+    pub max_args: Option<usize>,
+    /// Longest inline command, bytes [default: 65536].
+    #[arg(long, env = "CREMA_MAX_INLINE_BYTES")]
+    pub max_inline_bytes: Option<usize>,
+    /// Most unparsed request bytes per client [default: 67108864].
+    #[arg(long, env = "CREMA_MAX_QUERY_BUFFER_BYTES")]
+    pub max_query_buffer_bytes: Option<usize>,
+    /// Reply bytes buffered per client before writing [default: 1048576].
+    #[arg(long, env = "CREMA_MAX_OUTPUT_BUFFER_BYTES")]
+    pub max_output_buffer_bytes: Option<usize>,
+    /// A started request must complete within this many ms [default: 30000].
+    #[arg(long, env = "CREMA_SLOW_REQUEST_TIMEOUT_MS")]
+    pub slow_request_timeout_ms: Option<u64>,
+    /// A client must take its replies within this many ms [default: 30000].
+    #[arg(long, env = "CREMA_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+    /// Where the Raft log lives: memory, or rocksdb (durable; needs --data-dir and a build with
+    /// the `rocksdb` feature) [default: memory].
+    #[arg(long, env = "CREMA_STORAGE", value_enum)]
+    pub storage: Option<StorageKind>,
+    /// Data directory for rocksdb storage (created if missing).
+    #[arg(long, env = "CREMA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Checkpoint no sooner than this many applied entries after the last, then once the log
+    /// since it is as large as the last checkpoint [default: 10000].
+    #[arg(long, env = "CREMA_CHECKPOINT_LOG_THRESHOLD")]
+    pub checkpoint_log_threshold: Option<u64>,
+    /// Checkpoint once this many bytes of commands were applied since the last, however large
+    /// the cache; 0: every checkpoint-log-threshold entries [default: 67108864].
+    #[arg(long, env = "CREMA_CHECKPOINT_MAX_LOG_BYTES")]
+    pub checkpoint_max_log_bytes: Option<u64>,
+    /// Checkpoint after this many seconds if anything changed; 0: by threshold only [default: 300].
+    #[arg(long, env = "CREMA_CHECKPOINT_INTERVAL_SECS")]
+    pub checkpoint_interval_secs: Option<u64>,
+    /// With rocksdb: refuse writes while the data disk has less free [default: 67108864].
+    #[arg(long, env = "CREMA_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
+}
+
+fn parse_read_mode(s: &str) -> Result<ReadMode, String> {
+    match s {
+        "linearizable" => Ok(ReadMode::Linearizable),
+        "local" => Ok(ReadMode::Local),
+        other => Err(format!("'{other}' is not a read mode (linearizable, local)")),
+    }
+}
+
+macro_rules! overlay {
+    ($config:ident, $args:ident, $($field:ident),*) => {
+        $( if let Some(v) = $args.$field.clone() { $config.$field = v; } )*
+    };
+}
+
+impl ServeArgs {
+    /// The settings: defaults, then the config file, then environment and flags.
+    ///
+    /// # Errors
+    /// An unreadable config file or invalid settings.
+    pub fn resolve(&self) -> anyhow::Result<ServeConfig> {
+        let mut c = match &self.config {
+            Some(path) => ServeConfig::from_file(path)?,
+            None => ServeConfig::default(),
+        };
+        let a = self;
+        overlay!(c, a, node_id, resp_addr, raft_addr, admin_addr, join, read_mode, max_capacity);
+        overlay!(c, a, force_new_cluster);
+        overlay!(c, a, max_key_bytes, max_value_bytes, forwarding, request_timeout_ms, tick_interval_ms);
+        overlay!(
+            c,
+            a,
+            election_tick,
+            heartbeat_tick,
+            max_clients,
+            idle_timeout_secs,
+            max_bulk_bytes,
+            max_args
+        );
+        overlay!(c, a, max_inline_bytes, max_query_buffer_bytes, max_output_buffer_bytes);
+        overlay!(c, a, slow_request_timeout_ms, write_timeout_ms, storage, checkpoint_log_threshold);
+        overlay!(c, a, checkpoint_max_log_bytes, checkpoint_interval_secs, min_free_disk_bytes);
+        if a.data_dir.is_some() {
+            c.data_dir = a.data_dir.clone();
+        }
+        if a.password.is_some() || a.password_file.is_some() {
+            c.password = a.password.clone();
+            c.password_file = a.password_file.clone();
+        }
+        if a.cluster_secret.is_some() || a.cluster_secret_file.is_some() {
+            // One source wins whole: a flag's file replaces a file's secret and back.
+            c.cluster_secret = a.cluster_secret.clone();
+            c.cluster_secret_file = a.cluster_secret_file.clone();
+        }
+        if a.max_memory_bytes.is_some() {
+            c.max_memory_bytes = a.max_memory_bytes;
+        }
+        if a.default_ttl_ms.is_some() {
+            c.default_ttl_ms = a.default_ttl_ms;
+        }
+        if !a.peers.is_empty() {
+            c.peers = a.peers.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
