@@ -179,6 +179,12 @@ impl Cluster {
             "2000",
             "--tick-interval-ms",
             "20",
+            // Peers prove the cluster secret (here under partitions too); the RESP and admin
+            // ports are on a private test network: protected mode off for them.
+            "--cluster-secret",
+            "process-faults-cluster-secret",
+            "--protected-mode",
+            "no",
         ]
         .iter()
         .map(|s| s.to_string())

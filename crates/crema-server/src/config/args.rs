@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// A file holding the cluster secret (one line).
     #[arg(long, env = "CREMA_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Refuse to start with a port other machines can reach that nobody authenticates on:
+    /// yes or no [default: yes].
+    #[arg(long, env = "CREMA_PROTECTED_MODE", value_parser = parse_yes_no)]
+    pub protected_mode: Option<bool>,
     /// Default read mode of connections: linearizable or local [default: linearizable].
     #[arg(long, env = "CREMA_READ_MODE", value_parser = parse_read_mode)]
     pub read_mode: Option<ReadMode>,
@@ -138,6 +142,14 @@ pub struct ServeArgs {
     pub min_free_disk_bytes: Option<u64>,
 }
 
+fn parse_yes_no(s: &str) -> Result<bool, String> {
+    match s {
+        "yes" | "true" => Ok(true),
+        "no" | "false" => Ok(false),
+        other => Err(format!("'{other}' is not yes or no")),
+    }
+}
+
 fn parse_read_mode(s: &str) -> Result<ReadMode, String> {
     match s {
         "linearizable" => Ok(ReadMode::Linearizable),
@@ -164,7 +176,7 @@ impl ServeArgs {
         };
         let a = self;
         overlay!(c, a, node_id, resp_addr, raft_addr, admin_addr, join, read_mode, max_capacity);
-        overlay!(c, a, force_new_cluster);
+        overlay!(c, a, force_new_cluster, protected_mode);
         overlay!(c, a, max_key_bytes, max_value_bytes, forwarding, request_timeout_ms, tick_interval_ms);
         overlay!(
             c,

@@ -48,6 +48,9 @@ pub struct ServeConfig {
     pub cluster_secret: Option<String>,
     /// A file holding the cluster secret (one line; a trailing newline is ignored).
     pub cluster_secret_file: Option<PathBuf>,
+    /// Refuse to start with a port reachable from other machines that nobody authenticates
+    /// on (Redis's protected mode; see [`ServeConfig::check_protected`]).
+    pub protected_mode: bool,
     /// How connections read by default: `linearizable` or `local`.
     pub read_mode: ReadMode,
     /// Most entries in the local cache (when `max_memory_bytes` is not set).
@@ -142,6 +145,7 @@ impl Default for ServeConfig {
             password_file: None,
             cluster_secret: None,
             cluster_secret_file: None,
+            protected_mode: true,
             read_mode: ReadMode::Linearizable,
             max_capacity: 1_000_000,
             max_memory_bytes: None,
@@ -242,6 +246,45 @@ impl ServeConfig {
             bail!("give the cluster secret once: cluster_secret or cluster_secret_file, not both");
         }
         self.cache_config()?.validate().context("invalid cache settings")?;
+        self.check_protected()
+    }
+
+    /// Protected mode (on by default, as in Redis): a port bound to an address other machines
+    /// can reach must authenticate whoever connects. The peer port needs the cluster secret,
+    /// the RESP port a password, and the admin port (which has no authentication yet) must
+    /// stay on loopback. `protected_mode = false` (`--protected-mode no`) turns the check off,
+    /// for a network the operator trusts.
+    ///
+    /// # Errors
+    /// The first exposed port, with the flag that fixes it.
+    pub fn check_protected(&self) -> anyhow::Result<()> {
+        if !self.protected_mode {
+            return Ok(());
+        }
+        let exposed = |addr: SocketAddr| !addr.ip().is_loopback();
+        let way_out = "or bind it to 127.0.0.1, or start with --protected-mode no on a network you trust";
+        if exposed(self.raft_addr) && self.cluster_secret.is_none() && self.cluster_secret_file.is_none() {
+            bail!(
+                "protected mode: the peer port {} can be reached from other machines and peers are not \
+                 authenticated: set --cluster-secret-file (the same secret on every node), {way_out}",
+                self.raft_addr
+            );
+        }
+        if exposed(self.resp_addr) && self.password.is_none() && self.password_file.is_none() {
+            bail!(
+                "protected mode: the RESP port {} can be reached from other machines and clients are not \
+                 authenticated: set --password-file, {way_out}",
+                self.resp_addr
+            );
+        }
+        if exposed(self.admin_addr) {
+            bail!(
+                "protected mode: the admin port {} can be reached from other machines and it changes membership \
+                 without authentication: bind --admin-addr to 127.0.0.1, or start with --protected-mode no on a \
+                 network you trust",
+                self.admin_addr
+            );
+        }
         Ok(())
     }
 
@@ -380,6 +423,23 @@ mod tests {
         let c = ServeConfig::from_file(&path).unwrap();
         c.validate().unwrap();
         assert_eq!(c.parsed_peers().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn protected_mode_refuses_exposed_ports_without_authentication() {
+        let open = |addr: &str| ServeConfig { resp_addr: addr.parse().unwrap(), ..Default::default() };
+        let err = open("0.0.0.0:6380").validate().unwrap_err().to_string();
+        assert!(err.contains("RESP port 0.0.0.0:6380") && err.contains("--password-file"), "{err}");
+        let c = ServeConfig { password: Some("p".into()), ..open("0.0.0.0:6380") };
+        c.validate().unwrap();
+        let c = ServeConfig { raft_addr: "10.0.0.1:9000".parse().unwrap(), ..Default::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("--cluster-secret-file"));
+        let c = ServeConfig { cluster_secret: Some("0123456789abcdef".into()), ..c };
+        c.validate().unwrap();
+        let c = ServeConfig { admin_addr: "[::]:9090".parse().unwrap(), ..Default::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("admin port"));
+        ServeConfig { protected_mode: false, ..c }.validate().unwrap();
+        ServeConfig { resp_addr: "[::1]:6380".parse().unwrap(), ..Default::default() }.validate().unwrap();
     }
 
     #[test]

@@ -36,6 +36,9 @@ use peer::{Connection, PeerLink};
 
 use crate::types::NodeId;
 
+/// How long a probe waits for each answer of the handshake.
+const PROBE_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Receives what peers send. Called from connection reader tasks: implementations must not
 /// block (hand work to mailboxes or spawned tasks).
 pub(crate) trait Inbound: Send + Sync + 'static {
@@ -321,7 +324,12 @@ impl Transport {
     /// Nothing listens, the connection or the answer takes longer than the timeouts, or what
     /// answers does not speak crema's peer protocol.
     pub async fn probe(&self, addr: SocketAddr) -> Result<NodeId, TransportError> {
-        let config = &self.config;
+        // A live crema node answers in milliseconds; one that waits for the other side to
+        // speak first (a cluster secret on one side only) should not hold the caller long.
+        let config = &TransportConfig {
+            handshake_timeout: self.config.handshake_timeout.min(PROBE_PATIENCE),
+            ..self.config.clone()
+        };
         let stream = tokio::time::timeout(config.connect_timeout, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| TransportError::Handshake("connect timed out".into()))??;
