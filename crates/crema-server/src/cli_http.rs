@@ -29,6 +29,7 @@ impl Response {
 /// Sends one request to `addr`.
 pub async fn request(
     addr: SocketAddr,
+    token: Option<&str>,
     method: &str,
     path: &str,
     json: Option<&str>,
@@ -36,8 +37,9 @@ pub async fn request(
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         let body = json.unwrap_or("");
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes()).await?;

@@ -56,9 +56,8 @@ enum Command {
     },
     /// Show a node's role, leader, term, indexes, members and cache figures.
     Status {
-        /// The node's admin address.
-        #[arg(long, default_value = "127.0.0.1:9090", env = "CREMA_ADMIN")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        admin: AdminTarget,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
@@ -75,13 +74,34 @@ enum Command {
     },
 }
 
+/// Which node's admin port a command talks to, with what token.
+#[derive(Debug, Clone, clap::Args)]
+struct AdminTarget {
+    /// The node's admin address (for membership changes, the leader's).
+    #[arg(long, default_value = "127.0.0.1:9090", env = "CREMA_ADMIN")]
+    admin: SocketAddr,
+    /// The node's admin token, if it has one.
+    #[arg(long, env = "CREMA_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+impl AdminTarget {
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+    ) -> anyhow::Result<cli_http::Response> {
+        cli_http::request(self.admin, self.admin_token.as_deref(), method, path, json).await
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum MetricsCommand {
     /// Print a node's Prometheus metrics.
     Show {
-        /// The node's admin address.
-        #[arg(long, default_value = "127.0.0.1:9090", env = "CREMA_ADMIN")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        admin: AdminTarget,
     },
 }
 
@@ -89,9 +109,8 @@ enum MetricsCommand {
 enum ClusterCommand {
     /// Add a node (started with `crema serve --join`) as a voter, or a learner.
     AddNode {
-        /// The leader's admin address.
-        #[arg(long, default_value = "127.0.0.1:9090", env = "CREMA_ADMIN")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        admin: AdminTarget,
         /// The new node's id.
         #[arg(long)]
         id: NodeId,
@@ -104,9 +123,8 @@ enum ClusterCommand {
     },
     /// Remove a node from the cluster.
     RemoveNode {
-        /// The leader's admin address.
-        #[arg(long, default_value = "127.0.0.1:9090", env = "CREMA_ADMIN")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        admin: AdminTarget,
         /// The node's id.
         #[arg(long)]
         id: NodeId,
@@ -183,7 +201,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Status { admin, json } => status(admin, json).await,
         Command::Metrics { command: MetricsCommand::Show { admin } } => {
-            emit(&cli_http::request(admin, "GET", "/metrics", None).await?.ok()?)
+            emit(&admin.request("GET", "/metrics", None).await?.ok()?)
         }
         Command::Cluster { command } => cluster(command).await,
     }
@@ -199,7 +217,7 @@ fn private_umask() {
 /// Warns about secrets given as flags: any local user sees them in the process list.
 fn warn_secret_flags() {
     for arg in std::env::args() {
-        for flag in ["--password", "--cluster-secret"] {
+        for flag in ["--password", "--cluster-secret", "--admin-token"] {
             if arg == flag || arg.starts_with(&format!("{flag}=")) {
                 tracing::warn!(
                     "{flag} on the command line shows in the process list to every local user: use {flag}-file or \
@@ -290,8 +308,8 @@ async fn dev(
     Ok(())
 }
 
-async fn status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
-    let body = cli_http::request(admin, "GET", "/cluster", None).await?.ok()?;
+async fn status(admin: AdminTarget, json: bool) -> anyhow::Result<()> {
+    let body = admin.request("GET", "/cluster", None).await?.ok()?;
     if json {
         return emit(&format!("{body}\n"));
     }
@@ -327,10 +345,10 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     let response = match command {
         ClusterCommand::AddNode { admin, id, addr, learner } => {
             let body = serde_json::to_string(&AddNode { id, addr, learner })?;
-            cli_http::request(admin, "POST", "/cluster/nodes", Some(&body)).await?
+            admin.request("POST", "/cluster/nodes", Some(&body)).await?
         }
         ClusterCommand::RemoveNode { admin, id } => {
-            cli_http::request(admin, "DELETE", &format!("/cluster/nodes/{id}"), None).await?
+            admin.request("DELETE", &format!("/cluster/nodes/{id}"), None).await?
         }
     };
     emit(&response.ok()?)

@@ -50,7 +50,7 @@ fn protected_mode_refuses_exposed_ports_without_authentication() {
     for (args, flag) in [
         (&["--resp-addr", "0.0.0.0:0"][..], "--password-file"),
         (&["--raft-addr", "0.0.0.0:0"][..], "--cluster-secret-file"),
-        (&["--admin-addr", "0.0.0.0:0"][..], "--admin-addr"),
+        (&["--admin-addr", "0.0.0.0:0"][..], "--admin-token-file"),
     ] {
         let mut all = vec!["serve"];
         for (flag, default) in

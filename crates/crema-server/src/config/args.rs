@@ -55,6 +55,17 @@ pub struct ServeArgs {
     /// A file holding the cluster secret (one line).
     #[arg(long, env = "CREMA_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// The admin port's bearer token: changes (membership) need it, and reads (/metrics,
+    /// /cluster) too unless --admin-open-metrics. Without one, changes only from this machine.
+    /// Shows in the process list: prefer --admin-token-file.
+    #[arg(long, env = "CREMA_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// A file holding the admin token (one line).
+    #[arg(long, env = "CREMA_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve /metrics and /cluster without the admin token (for a scraper).
+    #[arg(long, env = "CREMA_ADMIN_OPEN_METRICS")]
+    pub admin_open_metrics: Option<bool>,
     /// Refuse to start with a port other machines can reach that nobody authenticates on:
     /// yes or no [default: yes].
     #[arg(long, env = "CREMA_PROTECTED_MODE", value_parser = parse_yes_no)]
@@ -176,7 +187,11 @@ impl ServeArgs {
         };
         let a = self;
         overlay!(c, a, node_id, resp_addr, raft_addr, admin_addr, join, read_mode, max_capacity);
-        overlay!(c, a, force_new_cluster, protected_mode);
+        overlay!(c, a, force_new_cluster, protected_mode, admin_open_metrics);
+        if a.admin_token.is_some() || a.admin_token_file.is_some() {
+            c.admin_token = a.admin_token.clone();
+            c.admin_token_file = a.admin_token_file.clone();
+        }
         overlay!(c, a, max_key_bytes, max_value_bytes, forwarding, request_timeout_ms, tick_interval_ms);
         overlay!(
             c,

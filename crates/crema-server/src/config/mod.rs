@@ -15,6 +15,7 @@ mod args;
 
 pub use args::ServeArgs;
 
+use crate::admin::auth::AdminAuth;
 use crate::cmd::ReadMode;
 use crate::resp::RequestLimits;
 use crate::server::RespSettings;
@@ -48,6 +49,13 @@ pub struct ServeConfig {
     pub cluster_secret: Option<String>,
     /// A file holding the cluster secret (one line; a trailing newline is ignored).
     pub cluster_secret_file: Option<PathBuf>,
+    /// Bearer token the admin port requires for changes (and reads, unless
+    /// `admin_open_metrics`). None: changes only from this machine. Prefer the file.
+    pub admin_token: Option<String>,
+    /// A file holding the admin token (one line).
+    pub admin_token_file: Option<PathBuf>,
+    /// `/metrics` and `/cluster` readable without the admin token.
+    pub admin_open_metrics: bool,
     /// Refuse to start with a port reachable from other machines that nobody authenticates
     /// on (Redis's protected mode; see [`ServeConfig::check_protected`]).
     pub protected_mode: bool,
@@ -145,6 +153,9 @@ impl Default for ServeConfig {
             password_file: None,
             cluster_secret: None,
             cluster_secret_file: None,
+            admin_token: None,
+            admin_token_file: None,
+            admin_open_metrics: false,
             protected_mode: true,
             read_mode: ReadMode::Linearizable,
             max_capacity: 1_000_000,
@@ -242,10 +253,14 @@ impl ServeConfig {
         if self.password.is_some() && self.password_file.is_some() {
             bail!("give the password once: password or password_file, not both");
         }
+        if self.admin_token.is_some() && self.admin_token_file.is_some() {
+            bail!("give the admin token once: admin_token or admin_token_file, not both");
+        }
         if self.cluster_secret.is_some() && self.cluster_secret_file.is_some() {
             bail!("give the cluster secret once: cluster_secret or cluster_secret_file, not both");
         }
         self.cache_config()?.validate().context("invalid cache settings")?;
+        self.admin_auth()?;
         self.check_protected()
     }
 
@@ -277,11 +292,10 @@ impl ServeConfig {
                 self.resp_addr
             );
         }
-        if exposed(self.admin_addr) {
+        if exposed(self.admin_addr) && self.admin_token.is_none() && self.admin_token_file.is_none() {
             bail!(
-                "protected mode: the admin port {} can be reached from other machines and it changes membership \
-                 without authentication: bind --admin-addr to 127.0.0.1, or start with --protected-mode no on a \
-                 network you trust",
+                "protected mode: the admin port {} can be reached from other machines and has no admin token: \
+                 set --admin-token-file, {way_out}",
                 self.admin_addr
             );
         }
@@ -333,6 +347,22 @@ impl ServeConfig {
             config = config.with_cluster_secret(secret);
         }
         Ok(config)
+    }
+
+    /// The admin port's credentials.
+    ///
+    /// # Errors
+    /// The token file cannot be read, or the token is empty.
+    pub fn admin_auth(&self) -> anyhow::Result<AdminAuth> {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => Some(read_secret_file(path, "admin token")?),
+            (None, None) => None,
+        };
+        if token.as_ref().is_some_and(|t| t.len() < 16) {
+            bail!("the admin token must be at least 16 characters (e.g. `openssl rand -hex 32`)");
+        }
+        Ok(AdminAuth { token, open_metrics: self.admin_open_metrics })
     }
 
     /// The cluster secret, from the setting or its file.
@@ -437,7 +467,8 @@ mod tests {
         let c = ServeConfig { cluster_secret: Some("0123456789abcdef".into()), ..c };
         c.validate().unwrap();
         let c = ServeConfig { admin_addr: "[::]:9090".parse().unwrap(), ..Default::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("admin port"));
+        assert!(c.validate().unwrap_err().to_string().contains("--admin-token-file"));
+        ServeConfig { admin_token: Some("0123456789abcdef".into()), ..c.clone() }.validate().unwrap();
         ServeConfig { protected_mode: false, ..c }.validate().unwrap();
         ServeConfig { resp_addr: "[::1]:6380".parse().unwrap(), ..Default::default() }.validate().unwrap();
     }

@@ -1,7 +1,10 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/health` (the process is up), `/ready`
 //! (a leader is known and this node has applied what it knows is committed), `/cluster` (this
 //! node's view as JSON), and membership changes (`POST /cluster/nodes`, `DELETE
-//! /cluster/nodes/{id}`) used by `crema cluster add-node` / `remove-node`.
+//! /cluster/nodes/{id}`) used by `crema cluster add-node` / `remove-node`. Who may call what:
+//! `auth`.
+
+pub mod auth;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +31,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Its RESP address (shown in `/cluster`).
     pub resp_addr: SocketAddr,
+    /// Who may read and change what.
+    pub auth: Arc<auth::AdminAuth>,
 }
 
 /// `/cluster`: this node's view of the cluster.
@@ -84,14 +89,20 @@ pub struct AddNode {
 
 /// The router (exposed for tests).
 pub fn router(state: AdminState) -> Router {
+    let read = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/cluster", get(cluster))
+        .route_layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::read));
+    let change = Router::new()
+        .route("/cluster/nodes", post(add_node))
+        .route("/cluster/nodes/{id}", delete(remove_node))
+        .merge(debug_routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::change));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .merge(debug_routes())
-        .route("/metrics", get(metrics))
-        .route("/cluster", get(cluster))
-        .route("/cluster/nodes", post(add_node))
-        .route("/cluster/nodes/{id}", delete(remove_node))
+        .merge(read)
+        .merge(change)
         .with_state(state)
 }
 
@@ -105,7 +116,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     info!(addr = %listener.local_addr()?, "admin HTTP listening");
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
