@@ -276,6 +276,18 @@ impl Collector for NodeCollector {
                 "RESP connections refused at max clients",
                 clients.rejected.load(Ordering::Relaxed),
             )?;
+            counter(
+                e,
+                "resp_auth_failures",
+                "Failed AUTH attempts",
+                clients.auth_failures.load(Ordering::Relaxed),
+            )?;
+            counter(
+                e,
+                "resp_auth_closed_connections",
+                "RESP connections closed for failing AUTH too often or not authenticating in time",
+                clients.auth_closed.load(Ordering::Relaxed),
+            )?;
         }
         Ok(())
     }

@@ -70,6 +70,8 @@ fn authenticate(call: &mut Call<'_>, user: Option<&[u8]>, password: &[u8]) -> Re
         call.session.authenticated = true;
         Ok(())
     } else {
+        call.session.auth_failures += 1;
+        call.state.clients.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Err(CmdError::WrongPass)
     }
 }

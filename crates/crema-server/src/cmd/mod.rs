@@ -63,6 +63,8 @@ pub struct Session {
     pub read_mode: ReadMode,
     /// True once `AUTH` succeeded, or when no password is set.
     pub authenticated: bool,
+    /// Failed `AUTH` attempts on this connection (it is closed after a few).
+    pub auth_failures: u32,
     /// Set when the connection must close after the current reply (`QUIT`).
     pub quit: bool,
     /// When the connection was accepted.
@@ -89,6 +91,7 @@ impl Session {
             protocol: Protocol::Resp2,
             read_mode,
             authenticated,
+            auth_failures: 0,
             quit: false,
             created: Instant::now(),
             last_command: "NULL",

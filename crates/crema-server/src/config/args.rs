@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// A file holding the password (one line): not in the process list, unlike --password.
     #[arg(long, env = "CREMA_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
+    /// With a password: seconds a client has to authenticate before it is disconnected (a
+    /// tenth of --max-clients may wait unauthenticated at once) [default: 10].
+    #[arg(long, env = "CREMA_AUTH_TIMEOUT_SECS")]
+    pub auth_timeout_secs: Option<u64>,
     /// Authenticate peers with this secret, the same on every node (at least 16 bytes, e.g.
     /// `openssl rand -hex 32`). It shows in the process list: prefer --cluster-secret-file.
     #[arg(long, env = "CREMA_CLUSTER_SECRET", hide_env_values = true)]
@@ -187,7 +191,7 @@ impl ServeArgs {
         };
         let a = self;
         overlay!(c, a, node_id, resp_addr, raft_addr, admin_addr, join, read_mode, max_capacity);
-        overlay!(c, a, force_new_cluster, protected_mode, admin_open_metrics);
+        overlay!(c, a, force_new_cluster, protected_mode, admin_open_metrics, auth_timeout_secs);
         if a.admin_token.is_some() || a.admin_token_file.is_some() {
             c.admin_token = a.admin_token.clone();
             c.admin_token_file = a.admin_token_file.clone();

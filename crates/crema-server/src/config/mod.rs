@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub password: Option<String>,
     /// A file holding the `default` user's password (one line; a trailing newline is ignored).
     pub password_file: Option<PathBuf>,
+    /// With a password: seconds a client has to authenticate before it is disconnected.
+    pub auth_timeout_secs: u64,
     /// The secret every node of the cluster shares; peers prove it before anything else is
     /// said on the peer port (at least 16 bytes). Prefer `cluster_secret_file`.
     pub cluster_secret: Option<String>,
@@ -151,6 +153,7 @@ impl Default for ServeConfig {
             force_new_cluster: false,
             password: None,
             password_file: None,
+            auth_timeout_secs: 10,
             cluster_secret: None,
             cluster_secret_file: None,
             admin_token: None,
@@ -400,6 +403,7 @@ impl ServeConfig {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             request_timeout: Duration::from_millis(self.slow_request_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
+            auth_timeout: Duration::from_secs(self.auth_timeout_secs.max(1)),
             password: match (&self.password, &self.password_file) {
                 (Some(password), _) => Some(password.clone()),
                 (None, Some(path)) => Some(read_secret_file(path, "password")?),

@@ -10,13 +10,15 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
+use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
-use super::ServerState;
+use tracing::{debug, warn};
+
+use super::{ServerState, MAX_AUTH_FAILURES};
 use crate::cmd::write::PreparedWrite;
 use crate::cmd::{self, Session, Step};
 use crate::resp::{take_request, Reply, RequestLimits};
@@ -62,6 +64,10 @@ enum Closed {
     SlowReader,
     Protocol(String),
     QueryBufferFull,
+    AuthFailures,
+    AuthTimeout,
+    /// Closed, unauthenticated, to make room for a newer connection.
+    Evicted,
     Io(std::io::Error),
 }
 
@@ -71,11 +77,26 @@ pub(super) async fn serve(
     id: u64,
     addr: SocketAddr,
     shutdown: CancellationToken,
+    evicted: Option<CancellationToken>,
 ) {
     let authenticated = state.settings.password.is_none();
     let mut session = Session::new(id, addr, authenticated, state.settings.read_mode);
-    let mut conn = Connection { state, stream: &mut stream, input: BytesMut::new(), output: BytesMut::new() };
+    let mut conn = Connection {
+        state,
+        stream: &mut stream,
+        input: BytesMut::new(),
+        output: BytesMut::new(),
+        id,
+        evicted,
+    };
     let closed = conn.run(&mut session, &shutdown).await;
+    conn.release_stranger_slot();
+    if matches!(closed, Closed::AuthFailures | Closed::AuthTimeout | Closed::Evicted) {
+        state.clients.auth_closed.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = state.clients.auth_warnings.note(std::time::Instant::now()) {
+            warn!(%addr, reason = ?closed, closed_since_last_warning = count, "client closed: it did not authenticate");
+        }
+    }
     debug!(id, %addr, reason = ?closed, "client connection closed");
 }
 
@@ -84,9 +105,19 @@ struct Connection<'a> {
     stream: &'a mut TcpStream,
     input: BytesMut,
     output: BytesMut,
+    id: u64,
+    /// While unauthenticated: cancelled when a newer stranger takes this one's place (see
+    /// `Strangers`).
+    evicted: Option<CancellationToken>,
 }
 
 impl Connection<'_> {
+    fn release_stranger_slot(&mut self) {
+        if self.evicted.take().is_some() {
+            self.state.clients.strangers.leave(self.id);
+        }
+    }
+
     async fn run(&mut self, session: &mut Session, shutdown: &CancellationToken) -> Closed {
         let settings = &self.state.settings;
         let mut partial_since: Option<Instant> = None;
@@ -94,9 +125,13 @@ impl Connection<'_> {
         // register with the token (a lock) every time.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        let auth_deadline = Instant::now() + settings.auth_timeout;
         loop {
             if let Err(closed) = self.run_requests(session).await {
                 return closed;
+            }
+            if session.authenticated {
+                self.release_stranger_slot();
             }
             if self.input.len() > settings.max_query_buffer_bytes {
                 let _ = self.reply_and_close(Reply::err("Protocol error: query buffer limit reached")).await;
@@ -108,15 +143,30 @@ impl Connection<'_> {
             } else {
                 Some(*partial_since.get_or_insert_with(Instant::now) + settings.request_timeout)
             };
+            // A connection that has not authenticated gets `auth_timeout` in all.
+            let deadline = match (deadline, self.evicted.is_some()) {
+                (Some(at), true) => Some(at.min(auth_deadline)),
+                (None, true) => Some(auth_deadline),
+                (at, false) => at,
+            };
             self.input.reserve(READ_CHUNK);
+            let evicted = self.evicted.clone();
             let read = tokio::select! {
                 biased;
                 _ = &mut cancelled => return Closed::Shutdown,
+                _ = async { evicted.as_ref().expect("guarded").cancelled().await }, if evicted.is_some() => {
+                    let _ = self.reply_and_close(Reply::err("closed: not authenticated, and newer clients need the room")).await;
+                    return Closed::Evicted;
+                }
                 read = read_until(self.stream, &mut self.input, deadline) => read,
             };
             match read {
                 Ok(Some(0)) => return Closed::ByClient,
                 Ok(Some(_)) => session.new_batch(),
+                Ok(None) if self.evicted.is_some() && Instant::now() >= auth_deadline => {
+                    let _ = self.reply_and_close(Reply::err("authentication not completed in time")).await;
+                    return Closed::AuthTimeout;
+                }
                 Ok(None) if self.input.is_empty() => return Closed::Idle,
                 Ok(None) => {
                     let _ = self.reply_and_close(Reply::err("request not completed in time")).await;
@@ -134,6 +184,12 @@ impl Connection<'_> {
     async fn run_requests(&mut self, session: &mut Session) -> Result<(), Closed> {
         let mut run = WriteRun::default();
         loop {
+            // Checked per request: a pipeline of guesses stops at the limit.
+            if !session.authenticated && session.auth_failures >= MAX_AUTH_FAILURES {
+                self.propose_run(session, &mut run).await?;
+                let _ = self.reply_and_close(Reply::err("too many failed AUTH attempts")).await;
+                return Err(Closed::AuthFailures);
+            }
             let limits = if session.authenticated { &self.state.settings.limits } else { &UNAUTHENTICATED };
             let args = match take_request(&mut self.input, limits) {
                 Ok(Some(args)) if args.is_empty() => continue,

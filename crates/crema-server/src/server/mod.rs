@@ -42,6 +42,8 @@ pub struct RespSettings {
     pub write_timeout: Duration,
     /// The password of the `default` user; none: no authentication.
     pub password: Option<String>,
+    /// With a password: a connection must authenticate within this, or it is closed.
+    pub auth_timeout: Duration,
     /// How new connections read.
     pub read_mode: ReadMode,
     /// Client (RESP) addresses of other nodes, for `-NOTLEADER host:port`.
@@ -59,6 +61,7 @@ impl Default for RespSettings {
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             password: None,
+            auth_timeout: Duration::from_secs(10),
             read_mode: ReadMode::Linearizable,
             client_addrs: BTreeMap::new(),
         }
@@ -72,9 +75,66 @@ pub struct Clients {
     pub connected: AtomicUsize,
     /// Accepted since start.
     pub accepted: AtomicU64,
-    /// Refused because `max_clients` were connected.
+    /// Refused because `max_clients` were connected, or too many had not authenticated.
     pub rejected: AtomicU64,
+    /// Connected and not yet authenticated (with a password set), oldest first.
+    pub strangers: Strangers,
+    /// Failed `AUTH` attempts since start.
+    pub auth_failures: AtomicU64,
+    /// Connections closed for failing `AUTH` too often or not authenticating in time.
+    pub auth_closed: AtomicU64,
     next_id: AtomicU64,
+    /// Paces the warning about connections closed for authentication.
+    pub(crate) auth_warnings: crema::consensus::WarnThrottle,
+}
+
+/// Connections that have not authenticated yet, oldest first. Past the cap a newcomer closes
+/// the oldest: idle strangers can never keep a real client out for longer than it takes that
+/// client to authenticate, and none stays past the authentication deadline anyway.
+#[derive(Debug, Default)]
+pub struct Strangers {
+    queue: std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
+}
+
+impl Strangers {
+    /// How many are waiting now.
+    pub fn len(&self) -> usize {
+        self.queue.lock().expect("strangers poisoned").len()
+    }
+
+    /// True when none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds connection `id`, closing the oldest past `cap`; answers the token that closes `id`.
+    fn admit(&self, id: u64, cap: usize) -> CancellationToken {
+        let token = CancellationToken::new();
+        let mut queue = self.queue.lock().expect("strangers poisoned");
+        queue.push_back((id, token.clone()));
+        while queue.len() > cap {
+            if let Some((_, oldest)) = queue.pop_front() {
+                oldest.cancel();
+            }
+        }
+        token
+    }
+
+    /// Removes connection `id` (it authenticated or closed).
+    fn leave(&self, id: u64) {
+        self.queue.lock().expect("strangers poisoned").retain(|(i, _)| *i != id);
+    }
+}
+
+/// A client that fails `AUTH` this many times on one connection is disconnected.
+pub const MAX_AUTH_FAILURES: u32 = 3;
+
+impl RespSettings {
+    /// How many connections may be open without having authenticated: a tenth of
+    /// `max_clients` (at least one); past it a newcomer closes the oldest (see [`Strangers`]).
+    pub fn max_unauthenticated(&self) -> usize {
+        (self.max_clients / 10).max(1)
+    }
 }
 
 /// What every command can see of the node.
@@ -174,10 +234,15 @@ impl RespServer {
             clients.connected.fetch_add(1, Ordering::AcqRel);
             clients.accepted.fetch_add(1, Ordering::Relaxed);
             let id = clients.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            let settings = &self.state.settings;
+            let evicted = settings
+                .password
+                .is_some()
+                .then(|| clients.strangers.admit(id, settings.max_unauthenticated()));
             let state = self.state.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
-                connection::serve(&state, stream, id, addr, shutdown).await;
+                connection::serve(&state, stream, id, addr, shutdown, evicted).await;
                 state.clients.connected.fetch_sub(1, Ordering::AcqRel);
             });
         }

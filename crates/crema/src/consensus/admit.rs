@@ -187,11 +187,12 @@ pub(crate) fn check_against_log<S: Storage>(raft: &Raft<S>, msg: &mut Message) -
 /// Lets one warning through per [`WarnThrottle::EVERY`], so a peer that floods bad messages
 /// cannot flood the log; the count of what was dropped meanwhile goes with the next warning.
 #[derive(Debug, Default)]
-pub(crate) struct WarnThrottle {
+pub struct WarnThrottle {
     state: Mutex<(Option<Instant>, u64)>,
 }
 
 impl WarnThrottle {
+    /// At most one warning this often.
     pub const EVERY: Duration = Duration::from_secs(10);
 
     /// Notes one event at `now`; answers how many events the warning due now covers, or none

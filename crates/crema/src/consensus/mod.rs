@@ -24,6 +24,7 @@ pub mod versions;
 
 use serde::{Deserialize, Serialize};
 
+pub use admit::WarnThrottle;
 pub use apply::{ApplyError, ApplyOutput};
 pub use recovery::RecoveryState;
 
