@@ -41,7 +41,7 @@ impl ClusterSecret {
     /// The secret `bytes`.
     ///
     /// # Errors
-    /// Shorter than [`MIN_SECRET_BYTES`].
+    /// Shorter than 16 bytes (`MIN_SECRET_BYTES`).
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, String> {
         let bytes = bytes.into();
         if bytes.len() < MIN_SECRET_BYTES {
