@@ -72,6 +72,29 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Certificates for trying the secure setup.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Write a cluster CA and certificates for N nodes and a client: ca.crt, ca.key,
+    /// node-1.crt, node-1.key, ..., client.crt, client.key. Node certificates name localhost,
+    /// 127.0.0.1, each --host, and their node (crema://node/N).
+    Init {
+        /// Where to write them (created 0700; an existing CA key is never overwritten).
+        #[arg(long, default_value = "certs")]
+        dir: std::path::PathBuf,
+        /// How many node certificates.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Another host name or IP address the nodes are reached at (repeat).
+        #[arg(long)]
+        host: Vec<String>,
+    },
 }
 
 /// Which node's admin port a command talks to, with what token.
@@ -204,6 +227,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             emit(&admin.request("GET", "/metrics", None).await?.ok()?)
         }
         Command::Cluster { command } => cluster(command).await,
+        Command::Certs { command: CertsCommand::Init { dir, nodes, host } } => {
+            let written = crema_server::certs::init(&dir, nodes, &host)?;
+            let mut out = String::new();
+            for file in &written.files {
+                out.push_str(&format!("wrote {}\n", file.display()));
+            }
+            let d = dir.display();
+            out.push_str(&format!(
+                "node 1: crema serve --node-id 1 --peer-tls-cert {d}/node-1.crt --peer-tls-key {d}/node-1.key \
+                 --peer-tls-ca {d}/ca.crt ...\n"
+            ));
+            emit(&out)
+        }
     }
 }
 

@@ -70,3 +70,80 @@ fn protected_mode_refuses_exposed_ports_without_authentication() {
     let (ok, text) = crema(&["serve", "--resp-addr", "0.0.0.0:0", "--protected-mode", "maybe"]);
     assert!(!ok && text.contains("yes or no"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_mutual_tls_from_certs_init() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("certs");
+    let d = dir.to_str().unwrap();
+    let (ok, text) = crema(&["certs", "init", "--dir", d, "--nodes", "3"]);
+    assert!(ok, "{text}");
+    let mode = |name: &str| std::fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode("ca.key"), mode("node-2.key"), mode("client.key")), (0o600, 0o600, 0o600));
+    assert_eq!((mode("ca.crt"), mode("node-2.crt")), (0o644, 0o644));
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    let (ok, text) = crema(&["certs", "init", "--dir", d]);
+    assert!(!ok && text.contains("already holds a CA key"), "never overwritten: {text}");
+
+    let raft = free_addrs(3);
+    let resp = free_addrs(3);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let id = (i + 1).to_string();
+        let mut args: Vec<String> = vec![
+            "--node-id".into(),
+            id.clone(),
+            "--raft-addr".into(),
+            raft[i].to_string(),
+            "--resp-addr".into(),
+            resp[i].to_string(),
+            "--peer-tls-cert".into(),
+            format!("{d}/node-{id}.crt"),
+            "--peer-tls-key".into(),
+            format!("{d}/node-{id}.key"),
+            "--peer-tls-ca".into(),
+            format!("{d}/ca.crt"),
+        ];
+        for j in (0..3).filter(|j| *j != i) {
+            args.extend(["--peer".into(), format!("{}={},{}", j + 1, raft[j], resp[j])]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(start(&args));
+    }
+    for node in &mut nodes {
+        node.wait_ready(std::time::Duration::from_secs(30)).unwrap();
+    }
+    let leader = leader_of(&nodes).await;
+    let mut c = client(nodes[leader].resp).await;
+    let _: () = c.set("k", "over tls").await.unwrap();
+    for node in &nodes {
+        let v: Option<String> = client(node.resp).await.get("k").await.unwrap();
+        assert_eq!(v.as_deref(), Some("over tls"));
+    }
+    // A node with node 1's certificate started as node 2 is refused at start.
+    let (ok, text) = crema(&[
+        "serve",
+        "--node-id",
+        "2",
+        "--peer-tls-cert",
+        &format!("{d}/node-1.crt"),
+        "--peer-tls-key",
+        &format!("{d}/node-1.key"),
+        "--peer-tls-ca",
+        &format!("{d}/ca.crt"),
+        "--resp-addr",
+        "127.0.0.1:0",
+        "--raft-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok && text.contains("node 1's"), "{text}");
+    // A node without TLS cannot be added.
+    let plain = start(&["--node-id", "4", "--join", "true"]);
+    let admin = nodes[leader].admin.to_string();
+    let (ok, text) =
+        crema(&["cluster", "add-node", "--admin", &admin, "--id", "4", "--addr", &plain.raft.to_string()]);
+    assert!(!ok && text.contains("peer handshake"), "{text}");
+}

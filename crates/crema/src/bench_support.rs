@@ -77,6 +77,7 @@ impl GroupBench {
                     handshake_timeout: Duration::from_secs(5),
                     connect_timeout: Duration::from_secs(1),
                     secret: None,
+                    tls: None,
                     #[cfg(feature = "fault-injection")]
                     faults: None,
                 },

@@ -196,6 +196,8 @@ pub struct CacheConfig {
     /// anything else is said on the peer port (see `transport::auth`). None: peers are not
     /// authenticated (keep the peer port on a trusted network).
     pub cluster_secret: Option<crate::ClusterSecret>,
+    /// Mutual TLS on the peer port (see `transport::tls`); none: plain TCP.
+    pub peer_tls: Option<crate::PeerTls>,
     /// Test-only fault injection shared by a test cluster's nodes (feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
     pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
@@ -239,6 +241,7 @@ impl CacheConfig {
             checkpoint: None,
             min_free_disk_bytes: 64 * 1024 * 1024,
             cluster_secret: None,
+            peer_tls: None,
             #[cfg(feature = "fault-injection")]
             faults: None,
         }
@@ -298,6 +301,13 @@ impl CacheConfig {
     /// cluster needs the same one.
     pub fn with_cluster_secret(mut self, secret: crate::ClusterSecret) -> Self {
         self.cluster_secret = Some(secret);
+        self
+    }
+
+    /// Secures the peer port with mutual TLS (see [`Self::peer_tls`]); every node of the
+    /// cluster needs a certificate from the same CA.
+    pub fn with_peer_tls(mut self, tls: crate::PeerTls) -> Self {
+        self.peer_tls = Some(tls);
         self
     }
 
@@ -425,6 +435,14 @@ impl CacheConfig {
         }
         if self.mailbox_capacity == 0 || self.peer_queue_capacity == 0 {
             return Err(invalid("mailbox_capacity and peer_queue_capacity must be at least 1"));
+        }
+        if let Some(certified) = self.peer_tls.as_ref().and_then(crate::PeerTls::own_id) {
+            if certified != self.node_id {
+                return Err(invalid(format!(
+                    "the peer TLS certificate is node {certified}'s, and this node is node {}",
+                    self.node_id
+                )));
+            }
         }
         if self.raft_storage == RaftStorageType::RocksDb {
             if !cfg!(feature = "rocksdb") {

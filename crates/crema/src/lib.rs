@@ -75,6 +75,7 @@ pub use consensus::{ApplyError, ApplyOutput, GroupStatus, RecoveryState, Role};
 pub use error::{Error, Result};
 pub use multiraft::ShardRouter;
 pub use transport::auth::ClusterSecret;
+pub use transport::tls::{PeerTls, NODE_URI_PREFIX};
 pub use transport::TransportError;
 pub use types::{NodeId, ShardId};
 

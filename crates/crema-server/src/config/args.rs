@@ -59,6 +59,16 @@ pub struct ServeArgs {
     /// A file holding the cluster secret (one line).
     #[arg(long, env = "CREMA_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Mutual TLS on the peer port: this node's certificate (PEM), signed by --peer-tls-ca. A
+    /// certificate naming `crema://node/N` lets only node N speak as N.
+    #[arg(long, env = "CREMA_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "CREMA_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present a certificate it signed.
+    #[arg(long, env = "CREMA_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
     /// The admin port's bearer token: changes (membership) need it, and reads (/metrics,
     /// /cluster) too unless --admin-open-metrics. Without one, changes only from this machine.
     /// Shows in the process list: prefer --admin-token-file.
@@ -216,6 +226,15 @@ impl ServeArgs {
         if a.password.is_some() || a.password_file.is_some() {
             c.password = a.password.clone();
             c.password_file = a.password_file.clone();
+        }
+        for (field, value) in [
+            (&mut c.peer_tls_cert, &a.peer_tls_cert),
+            (&mut c.peer_tls_key, &a.peer_tls_key),
+            (&mut c.peer_tls_ca, &a.peer_tls_ca),
+        ] {
+            if value.is_some() {
+                field.clone_from(value);
+            }
         }
         if a.cluster_secret.is_some() || a.cluster_secret_file.is_some() {
             // One source wins whole: a flag's file replaces a file's secret and back.

@@ -51,6 +51,12 @@ pub struct ServeConfig {
     pub cluster_secret: Option<String>,
     /// A file holding the cluster secret (one line; a trailing newline is ignored).
     pub cluster_secret_file: Option<PathBuf>,
+    /// This node's certificate for the peer port (PEM; mutual TLS with the three `peer_tls_*`).
+    pub peer_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub peer_tls_key: Option<PathBuf>,
+    /// The cluster CA that signs every node's certificate (PEM).
+    pub peer_tls_ca: Option<PathBuf>,
     /// Bearer token the admin port requires for changes (and reads, unless
     /// `admin_open_metrics`). None: changes only from this machine. Prefer the file.
     pub admin_token: Option<String>,
@@ -156,6 +162,9 @@ impl Default for ServeConfig {
             auth_timeout_secs: 10,
             cluster_secret: None,
             cluster_secret_file: None,
+            peer_tls_cert: None,
+            peer_tls_key: None,
+            peer_tls_ca: None,
             admin_token: None,
             admin_token_file: None,
             admin_open_metrics: false,
@@ -281,10 +290,14 @@ impl ServeConfig {
         }
         let exposed = |addr: SocketAddr| !addr.ip().is_loopback();
         let way_out = "or bind it to 127.0.0.1, or start with --protected-mode no on a network you trust";
-        if exposed(self.raft_addr) && self.cluster_secret.is_none() && self.cluster_secret_file.is_none() {
+        let peers_authenticated = self.cluster_secret.is_some()
+            || self.cluster_secret_file.is_some()
+            || self.peer_tls_cert.is_some();
+        if exposed(self.raft_addr) && !peers_authenticated {
             bail!(
                 "protected mode: the peer port {} can be reached from other machines and peers are not \
-                 authenticated: set --cluster-secret-file (the same secret on every node), {way_out}",
+                 authenticated: set --peer-tls-cert/--peer-tls-key/--peer-tls-ca (mutual TLS) or \
+                 --cluster-secret-file (the same secret on every node), {way_out}",
                 self.raft_addr
             );
         }
@@ -348,6 +361,14 @@ impl ServeConfig {
         config = config.with_min_free_disk_bytes(self.min_free_disk_bytes);
         if let Some(secret) = self.cluster_secret()? {
             config = config.with_cluster_secret(secret);
+        }
+        match (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca) {
+            (None, None, None) => {}
+            (Some(cert), Some(key), Some(ca)) => {
+                let tls = crema::PeerTls::from_files(cert, key, ca).map_err(anyhow::Error::msg)?;
+                config = config.with_peer_tls(tls);
+            }
+            _ => bail!("give --peer-tls-cert, --peer-tls-key and --peer-tls-ca together"),
         }
         Ok(config)
     }

@@ -129,6 +129,7 @@ impl DistributedCache {
                 handshake_timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(1),
                 secret: config.cluster_secret.clone(),
+                tls: config.peer_tls.clone(),
                 #[cfg(feature = "fault-injection")]
                 faults: config.faults.clone(),
             },

@@ -17,6 +17,8 @@ pub(crate) mod forward;
 pub(crate) mod frame;
 mod peer;
 pub(crate) mod snapshot_assembly;
+mod stream;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -67,6 +69,8 @@ pub(crate) struct TransportConfig {
     pub connect_timeout: Duration,
     /// The cluster secret peers must prove before the hello (see `auth`); none: no proof.
     pub secret: Option<auth::ClusterSecret>,
+    /// Mutual TLS (see `tls`); none: plain TCP.
+    pub tls: Option<tls::PeerTls>,
     #[cfg(feature = "fault-injection")]
     pub faults: Option<Arc<crate::faults::Faults>>,
 }
@@ -264,7 +268,13 @@ impl Transport {
     }
 
     async fn adopt_incoming(self: Arc<Self>, stream: TcpStream, remote: SocketAddr) {
-        let mut conn = Connection::new(stream);
+        let mut conn = match Connection::open(stream, &self.config, None).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.refuse(remote, &e.to_string());
+                return;
+            }
+        };
         if let Some(secret) = &self.config.secret {
             if let Err(e) = auth::accept(&mut conn, secret, &self.config).await {
                 self.refuse(remote, &e.to_string());
@@ -279,6 +289,13 @@ impl Transport {
                 let reply =
                     Envelope::Hello { node_id: self.config.node_id, incarnation: 0, groups: Vec::new() };
                 let _ = conn.write_frame(&reply.to_frame()).await;
+                return;
+            }
+            Ok(Ok(Envelope::Hello { node_id, .. }))
+                if node_id != 0 && tls::check_claim(node_id, conn.certified).is_err() =>
+            {
+                let why = tls::check_claim(node_id, conn.certified).expect_err("checked");
+                self.refuse(remote, &why.to_string());
                 return;
             }
             Ok(Ok(Envelope::Hello { node_id, .. })) if !self.knows(node_id) => {
@@ -333,7 +350,7 @@ impl Transport {
         let stream = tokio::time::timeout(config.connect_timeout, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| TransportError::Handshake("connect timed out".into()))??;
-        let mut conn = Connection::new(stream);
+        let mut conn = Connection::open(stream, config, Some(addr)).await?;
         if let Some(secret) = &config.secret {
             auth::dial(&mut conn, secret, config).await?;
         }

@@ -18,7 +18,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -27,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::envelope::Envelope;
 use super::frame::decode_frame;
+use super::stream::{PeerStream, ReadHalf, WriteHalf};
 use super::{Transport, TransportConfig, TransportError};
 use crate::types::NodeId;
 
@@ -39,18 +39,43 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long the higher id of a pair waits for the lower one to dial before it dials itself.
 const DIAL_FALLBACK: Duration = Duration::from_secs(2);
 
-/// A TCP stream with the bytes read ahead of the frames consumed so far.
+/// A peer stream with the bytes read ahead of the frames consumed so far.
 pub(super) struct Connection {
-    stream: TcpStream,
+    stream: PeerStream,
     buf: BytesMut,
     /// The incarnation the peer announced in this connection's handshake.
     pub(super) peer_incarnation: u64,
+    /// The node id the peer's TLS certificate names, if any.
+    pub(super) certified: Option<NodeId>,
 }
 
 impl Connection {
-    pub(super) fn new(stream: TcpStream) -> Self {
-        let _ = stream.set_nodelay(true);
-        Self { stream, buf: BytesMut::with_capacity(READ_CHUNK_BYTES), peer_incarnation: 0 }
+    /// A connection over `tcp`, first through the TLS handshake when the transport has TLS:
+    /// `dialed` is the address this side dialed (none on the accepting side).
+    pub(super) async fn open(
+        tcp: TcpStream,
+        config: &TransportConfig,
+        dialed: Option<SocketAddr>,
+    ) -> Result<Self, TransportError> {
+        let _ = tcp.set_nodelay(true);
+        let (stream, certified) = match (&config.tls, dialed) {
+            (None, _) => (PeerStream::Plain(tcp), None),
+            (Some(tls), Some(addr)) => {
+                let handshake = tls.connect(tcp, addr);
+                let (stream, id) = tokio::time::timeout(config.handshake_timeout, handshake)
+                    .await
+                    .map_err(|_| TransportError::Handshake("TLS handshake timed out".into()))??;
+                (PeerStream::Tls(Box::new(stream)), id)
+            }
+            (Some(tls), None) => {
+                let (stream, id) =
+                    tokio::time::timeout(config.handshake_timeout, tls.accept(tcp))
+                        .await
+                        .map_err(|_| TransportError::Handshake("TLS handshake timed out".into()))??;
+                (PeerStream::Tls(Box::new(stream)), id)
+            }
+        };
+        Ok(Self { stream, buf: BytesMut::with_capacity(READ_CHUNK_BYTES), peer_incarnation: 0, certified })
     }
 
     /// Reads one whole envelope (used for the handshake).
@@ -70,7 +95,8 @@ impl Connection {
     }
 
     pub(super) async fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(frame).await
+        self.stream.write_all(frame).await?;
+        self.stream.flush().await
     }
 }
 
@@ -190,7 +216,17 @@ impl LinkTask {
         let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| TransportError::Handshake("connect timed out".into()))??;
-        let mut conn = Connection::new(stream);
+        let mut conn = match Connection::open(stream, config, Some(addr)).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.transport.refuse(addr, &e.to_string());
+                return Err(e);
+            }
+        };
+        if let Err(e) = super::tls::check_claim(self.link.id, conn.certified) {
+            self.transport.refuse(addr, &e.to_string());
+            return Err(e);
+        }
         if let Some(secret) = &config.secret {
             if let Err(e) = super::auth::dial(&mut conn, secret, config).await {
                 self.transport.refuse(addr, &e.to_string());
@@ -215,7 +251,7 @@ impl LinkTask {
         }
     }
 
-    fn spawn_reader(&self, rd: OwnedReadHalf, buf: BytesMut, incarnation: u64) -> JoinHandle<()> {
+    fn spawn_reader(&self, rd: ReadHalf, buf: BytesMut, incarnation: u64) -> JoinHandle<()> {
         let transport = self.transport.clone();
         let peer = self.link.id;
         self.transport.tracker.spawn(async move {
@@ -225,7 +261,7 @@ impl LinkTask {
         })
     }
 
-    async fn write_loop(&mut self, wr: OwnedWriteHalf, mut reader: JoinHandle<()>) -> WriteEnd {
+    async fn write_loop(&mut self, wr: WriteHalf, mut reader: JoinHandle<()>) -> WriteEnd {
         let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr);
         let end = loop {
             tokio::select! {
@@ -250,11 +286,7 @@ impl LinkTask {
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn write_batch(
-        &mut self,
-        out: &mut BufWriter<OwnedWriteHalf>,
-        first: Bytes,
-    ) -> std::io::Result<()> {
+    async fn write_batch(&mut self, out: &mut BufWriter<WriteHalf>, first: Bytes) -> std::io::Result<()> {
         out.write_all(&first).await?;
         for _ in 1..WRITE_BATCH_FRAMES {
             match self.queue_rx.try_recv() {
@@ -270,7 +302,7 @@ async fn read_loop(
     transport: &Arc<Transport>,
     peer: NodeId,
     incarnation: u64,
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     mut buf: BytesMut,
 ) -> Result<(), TransportError> {
     let max = transport.config.max_frame_bytes;
