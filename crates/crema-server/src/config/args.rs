@@ -59,6 +59,15 @@ pub struct ServeArgs {
     /// A file holding the cluster secret (one line).
     #[arg(long, env = "CREMA_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// TLS on the RESP port: the certificate (PEM) clients verify (`redis-cli --tls`, `rediss://`).
+    #[arg(long, env = "CREMA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The RESP port's private key (PEM).
+    #[arg(long, env = "CREMA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM) on the RESP port.
+    #[arg(long, env = "CREMA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Mutual TLS on the peer port: this node's certificate (PEM), signed by --peer-tls-ca. A
     /// certificate naming `crema://node/N` lets only node N speak as N.
     #[arg(long, env = "CREMA_PEER_TLS_CERT")]
@@ -231,6 +240,9 @@ impl ServeArgs {
             (&mut c.peer_tls_cert, &a.peer_tls_cert),
             (&mut c.peer_tls_key, &a.peer_tls_key),
             (&mut c.peer_tls_ca, &a.peer_tls_ca),
+            (&mut c.tls_cert, &a.tls_cert),
+            (&mut c.tls_key, &a.tls_key),
+            (&mut c.tls_ca, &a.tls_ca),
         ] {
             if value.is_some() {
                 field.clone_from(value);

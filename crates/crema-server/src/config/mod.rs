@@ -51,6 +51,12 @@ pub struct ServeConfig {
     pub cluster_secret: Option<String>,
     /// A file holding the cluster secret (one line; a trailing newline is ignored).
     pub cluster_secret_file: Option<PathBuf>,
+    /// TLS on the RESP port: the certificate (PEM) clients verify.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// With it, clients must present a certificate this CA signed (PEM).
+    pub tls_ca: Option<PathBuf>,
     /// This node's certificate for the peer port (PEM; mutual TLS with the three `peer_tls_*`).
     pub peer_tls_cert: Option<PathBuf>,
     /// Its private key (PEM).
@@ -162,6 +168,9 @@ impl Default for ServeConfig {
             auth_timeout_secs: 10,
             cluster_secret: None,
             cluster_secret_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             peer_tls_cert: None,
             peer_tls_key: None,
             peer_tls_ca: None,
@@ -301,10 +310,12 @@ impl ServeConfig {
                 self.raft_addr
             );
         }
-        if exposed(self.resp_addr) && self.password.is_none() && self.password_file.is_none() {
+        let clients_authenticated =
+            self.password.is_some() || self.password_file.is_some() || self.tls_ca.is_some();
+        if exposed(self.resp_addr) && !clients_authenticated {
             bail!(
                 "protected mode: the RESP port {} can be reached from other machines and clients are not \
-                 authenticated: set --password-file, {way_out}",
+                 authenticated: set --password-file (or client certificates: --tls-ca), {way_out}",
                 self.resp_addr
             );
         }
@@ -425,6 +436,14 @@ impl ServeConfig {
             request_timeout: Duration::from_millis(self.slow_request_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             auth_timeout: Duration::from_secs(self.auth_timeout_secs.max(1)),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (None, None) if self.tls_ca.is_none() => None,
+                (Some(cert), Some(key)) => Some(
+                    crate::server::tls::acceptor(cert, key, self.tls_ca.as_deref())
+                        .map_err(anyhow::Error::msg)?,
+                ),
+                _ => bail!("give --tls-cert and --tls-key together (and --tls-ca only with them)"),
+            },
             password: match (&self.password, &self.password_file) {
                 (Some(password), _) => Some(password.clone()),
                 (None, Some(path)) => Some(read_secret_file(path, "password")?),

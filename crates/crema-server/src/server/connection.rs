@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -71,9 +70,9 @@ enum Closed {
     Io(std::io::Error),
 }
 
-pub(super) async fn serve(
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     state: &ServerState,
-    mut stream: TcpStream,
+    mut stream: S,
     id: u64,
     addr: SocketAddr,
     shutdown: CancellationToken,
@@ -100,9 +99,9 @@ pub(super) async fn serve(
     debug!(id, %addr, reason = ?closed, "client connection closed");
 }
 
-struct Connection<'a> {
+struct Connection<'a, S> {
     state: &'a ServerState,
-    stream: &'a mut TcpStream,
+    stream: &'a mut S,
     input: BytesMut,
     output: BytesMut,
     id: u64,
@@ -111,7 +110,7 @@ struct Connection<'a> {
     evicted: Option<CancellationToken>,
 }
 
-impl Connection<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     fn release_stranger_slot(&mut self) {
         if self.evicted.take().is_some() {
             self.state.clients.strangers.leave(self.id);
@@ -287,8 +286,8 @@ impl Connection<'_> {
 }
 
 /// Reads into `buf` until `deadline`; `Ok(None)` when the deadline passed first.
-async fn read_until(
-    stream: &mut TcpStream,
+async fn read_until<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     deadline: Option<Instant>,
 ) -> std::io::Result<Option<usize>> {

@@ -2,6 +2,7 @@
 //! connection (`connection.rs`); [`ServerState`] is what every command can see of the node.
 
 mod connection;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub struct RespSettings {
     pub password: Option<String>,
     /// With a password: a connection must authenticate within this, or it is closed.
     pub auth_timeout: Duration,
+    /// TLS on the RESP port (see `tls`); none: plain TCP.
+    pub tls: Option<tls::RespTls>,
     /// How new connections read.
     pub read_mode: ReadMode,
     /// Client (RESP) addresses of other nodes, for `-NOTLEADER host:port`.
@@ -62,6 +65,7 @@ impl Default for RespSettings {
             write_timeout: Duration::from_secs(30),
             password: None,
             auth_timeout: Duration::from_secs(10),
+            tls: None,
             read_mode: ReadMode::Linearizable,
             client_addrs: BTreeMap::new(),
         }
@@ -121,7 +125,7 @@ impl Strangers {
     }
 
     /// Removes connection `id` (it authenticated or closed).
-    fn leave(&self, id: u64) {
+    pub(crate) fn leave(&self, id: u64) {
         self.queue.lock().expect("strangers poisoned").retain(|(i, _)| *i != id);
     }
 }
@@ -242,7 +246,22 @@ impl RespServer {
             let state = self.state.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
-                connection::serve(&state, stream, id, addr, shutdown, evicted).await;
+                match state.settings.tls.clone() {
+                    None => connection::serve(&state, stream, id, addr, shutdown, evicted).await,
+                    Some(acceptor) => {
+                        // The handshake counts against the client's time to authenticate.
+                        let patience = state.settings.auth_timeout.max(Duration::from_secs(10));
+                        match tokio::time::timeout(patience, acceptor.0.accept(stream)).await {
+                            Ok(Ok(tls)) => connection::serve(&state, tls, id, addr, shutdown, evicted).await,
+                            failed => {
+                                debug!(%addr, ?failed, "TLS handshake failed");
+                                if evicted.is_some() {
+                                    state.clients.strangers.leave(id);
+                                }
+                            }
+                        }
+                    }
+                }
                 state.clients.connected.fetch_sub(1, Ordering::AcqRel);
             });
         }

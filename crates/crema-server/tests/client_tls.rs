@@ -1,0 +1,67 @@
+//! TLS on the RESP port with a real client, `redis-cli --tls`, and certificates from
+//! `crema certs init`: commands work over TLS, plain text gets nothing, and with `--tls-ca` a
+//! client without a certificate from that CA is refused while one with it gets in.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn crema(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_crema")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// `redis-cli` against `port` with `args` then the command: (success, output).
+fn redis_cli(port: u16, args: &[&str], command: &[&str]) -> (bool, String) {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .args(command)
+        .output()
+        .expect("redis-cli (redis-tools) is installed by .ci/run");
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn redis_cli_over_tls_with_and_without_client_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("certs");
+    let d = d.to_str().unwrap();
+    assert!(crema(&["certs", "init", "--dir", d, "--nodes", "1"]).0);
+    let (cert, key, ca) = (format!("{d}/node-1.crt"), format!("{d}/node-1.key"), format!("{d}/ca.crt"));
+
+    let node = start(&["--tls-cert", &cert, "--tls-key", &key]);
+    let port = node.resp.port();
+    let tls = ["--tls", "--cacert", ca.as_str()];
+    let (_, out) = redis_cli(port, &tls, &["SET", "k", "over tls"]);
+    assert_eq!(out.trim(), "OK");
+    let (_, out) = redis_cli(port, &tls, &["GET", "k"]);
+    assert_eq!(out.trim(), "over tls");
+    let (_, out) = redis_cli(port, &[], &["GET", "k"]);
+    assert!(!out.contains("over tls"), "plain text gets nothing: {out}");
+
+    let mutual = start(&["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca]);
+    let port = mutual.resp.port();
+    let (_, out) = redis_cli(port, &tls, &["PING"]);
+    assert!(!out.contains("PONG"), "no client certificate, no answer: {out}");
+    let client = [
+        "--tls",
+        "--cacert",
+        ca.as_str(),
+        "--cert",
+        &format!("{d}/client.crt"),
+        "--key",
+        &format!("{d}/client.key"),
+    ];
+    let client: Vec<&str> = client.iter().map(|s| &**s).collect();
+    let (_, out) = redis_cli(port, &client, &["PING"]);
+    assert_eq!(out.trim(), "PONG");
+}
