@@ -16,6 +16,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::cmd::constant_time_eq;
+
 /// The admin port's credentials.
 #[derive(Debug, Clone, Default)]
 pub struct AdminAuth {
@@ -68,11 +70,6 @@ impl AdminAuth {
             }
         }
     }
-}
-
-/// Equal bytes, in a time that depends on the lengths only.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Middleware for read endpoints.

@@ -76,8 +76,9 @@ fn authenticate(call: &mut Call<'_>, user: Option<&[u8]>, password: &[u8]) -> Re
     }
 }
 
-/// Compares without an early exit, so the time taken does not reveal how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares without an early exit, so the time taken does not reveal how much of a guess was
+/// right (the password here, the admin token in `admin::auth`).
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -11,6 +11,8 @@
 //! Failures are [`CmdError`]s, turned into replies in one place ([`CmdError::to_reply`]).
 
 mod connection;
+
+pub(crate) use connection::constant_time_eq;
 pub mod error;
 mod get;
 mod incr;
