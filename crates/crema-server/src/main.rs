@@ -53,6 +53,14 @@ enum Command {
         /// Raft tick of every node, ms (shorter elects faster).
         #[arg(long, default_value_t = 100)]
         tick_interval_ms: u64,
+        /// Secure every port the way docs/security.md describes: mutual TLS between the nodes
+        /// and TLS on the RESP ports, with certificates from --certs-dir (written there by
+        /// `crema certs init` first if it holds none).
+        #[arg(long)]
+        tls: bool,
+        /// Where the certificates for --tls are.
+        #[arg(long, default_value = "certs")]
+        certs_dir: std::path::PathBuf,
     },
     /// Show a node's role, leader, term, indexes, members and cache figures.
     Status {
@@ -219,8 +227,9 @@ fn exit_on_panic() {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args.resolve()?).await,
-        Command::Dev { nodes, resp_port, raft_port, admin_port, tick_interval_ms } => {
-            dev(nodes, [resp_port, raft_port, admin_port], tick_interval_ms).await
+        Command::Dev { nodes, resp_port, raft_port, admin_port, tick_interval_ms, tls, certs_dir } => {
+            let certs = tls.then_some(certs_dir);
+            dev(nodes, [resp_port, raft_port, admin_port], tick_interval_ms, certs).await
         }
         Command::Status { admin, json } => status(admin, json).await,
         Command::Metrics { command: MetricsCommand::Show { admin } } => {
@@ -303,9 +312,15 @@ async fn dev(
     nodes: u64,
     [resp_port, raft_port, admin_port]: [u16; 3],
     tick_interval_ms: u64,
+    certs: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be 1 to 9");
     private_umask();
+    if let Some(dir) = &certs {
+        if !dir.join("ca.crt").exists() {
+            crema_server::certs::init(dir, nodes, &[])?;
+        }
+    }
     let addr = |base: u16, i: u64| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], base + i as u16 - 1)) };
     let mut running = Vec::new();
     for id in 1..=nodes {
@@ -313,7 +328,7 @@ async fn dev(
             .filter(|p| *p != id)
             .map(|p| format!("{p}={},{}", addr(raft_port, p), addr(resp_port, p)))
             .collect();
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             node_id: id,
             resp_addr: addr(resp_port, id),
             raft_addr: addr(raft_port, id),
@@ -322,14 +337,25 @@ async fn dev(
             tick_interval_ms,
             ..ServeConfig::default()
         };
+        if let Some(dir) = &certs {
+            let (cert, key) = (dir.join(format!("node-{id}.crt")), dir.join(format!("node-{id}.key")));
+            anyhow::ensure!(cert.exists(), "{} is missing: use another --certs-dir", cert.display());
+            config.peer_tls_cert = Some(cert.clone());
+            config.peer_tls_key = Some(key.clone());
+            config.peer_tls_ca = Some(dir.join("ca.crt"));
+            config.tls_cert = Some(cert);
+            config.tls_key = Some(key);
+        }
         running.push(RunningNode::start(&config).await.with_context(|| format!("starting node {id}"))?);
     }
     let stop = shutdown_signal()?;
     let mut text = format!("crema dev cluster of {nodes} nodes:\n");
+    let tls_flags = certs.as_ref().map(|d| format!("--tls --cacert {} ", d.join("ca.crt").display()));
     for (i, node) in running.iter().enumerate() {
         text.push_str(&format!(
-            "  node {}: redis-cli -p {}   admin http://{}   raft {}\n",
+            "  node {}: redis-cli {}-p {}   admin http://{}   raft {}\n",
             i + 1,
+            tls_flags.as_deref().unwrap_or_default(),
             node.resp_addr.port(),
             node.admin_addr,
             node.raft_addr

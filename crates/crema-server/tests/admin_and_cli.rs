@@ -265,6 +265,42 @@ async fn crema_dev_runs_a_local_cluster_until_interrupted() {
     assert!(exit.success(), "{exit}");
 }
 
+/// `crema dev --tls`: certificates written by `crema certs init` into --certs-dir, every node
+/// with mutual TLS between nodes and TLS on RESP; `redis-cli --tls` works as printed.
+#[tokio::test]
+async fn crema_dev_with_tls() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    let (resp, raft, admin) = (three_free_ports(), three_free_ports(), three_free_ports());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crema"))
+        .args(["dev", "--nodes", "3", "--tls", "--certs-dir", certs.to_str().unwrap()])
+        .args(["--resp-port", &resp.to_string(), "--raft-port", &raft.to_string()])
+        .args(["--admin-port", &admin.to_string(), "--tick-interval-ms", "20"])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let header = lines.next().unwrap().unwrap();
+    assert!(header.starts_with("crema dev cluster of 3 nodes"), "{header}");
+    let ca = certs.join("ca.crt");
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains(&format!("redis-cli --tls --cacert {} -p {resp}", ca.display())), "{first}");
+    let cli = |port: u16, args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["--tls", "--cacert", ca.to_str().unwrap(), "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(cli(resp, &["SET", "dev", "secure"]), "OK");
+    assert_eq!(cli(resp + 2, &["GET", "dev"]), "secure", "replicated over mutual TLS");
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+}
+
 /// Operator commands behave like Unix tools: a reader that goes away early (`crema status |
 /// head -1`) is not an error, and a refused connection is one line on stderr, no backtrace.
 #[tokio::test]
