@@ -6,20 +6,21 @@
 //! ```text
 //!  redis client ──RESP──▶ server::connection ──▶ cmd::run ──▶ cmd/<family>.rs
 //!                         (limits, pipelining)    (table,        │ reads: read_barrier + local cache
-//!                                                  auth, arity)  │ writes: DistributedCache::execute
+//!                                                  auth, ACL,    │ writes: DistributedCache::execute
+//!                                                  arity)
 //!  operator ──HTTP──▶ admin (/metrics, /health, /ready, /cluster, membership)
 //! ```
 //!
-//! Pure parts (RESP parsing in [`resp`], the command table, glob matching) take bytes and return
+//! Pure parts (RESP parsing in [`resp`], the command table) take bytes and return
 //! values; only [`server`] and [`admin`] touch sockets.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod admin;
 pub mod certs;
 pub mod cmd;
 pub mod config;
-pub mod glob;
 pub mod info;
 pub mod metrics;
 pub mod node;

@@ -58,7 +58,7 @@ impl RunningNode {
         let auth = std::sync::Arc::new(config.admin_auth()?);
         let admin_state = AdminState { cache: cache.clone(), metrics, resp_addr, auth };
         let admin_shutdown = shutdown.clone();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(server.run(shutdown.clone())),
             tokio::spawn(async move {
                 if let Err(e) = admin::serve(admin_listener, admin_state, admin_shutdown).await {
@@ -66,6 +66,10 @@ impl RunningNode {
                 }
             }),
         ];
+        if let Some(users) = config.acl_users()? {
+            let change = crema::acl::AclChange::replace(&users, true).map_err(anyhow::Error::msg)?;
+            tasks.push(tokio::spawn(load_acl_file(cache.clone(), change, shutdown.clone())));
+        }
         Ok(Self { cache, resp_addr, raft_addr, admin_addr, shutdown, tasks })
     }
 
@@ -77,5 +81,44 @@ impl RunningNode {
             let _ = task.await;
         }
         self.cache.shutdown().await;
+    }
+}
+
+/// Proposes the ACL file's users (only if the cluster has none yet) until the cluster answers:
+/// the node may start before there is a leader.
+async fn load_acl_file(
+    cache: Arc<DistributedCache>,
+    change: crema::acl::AclChange,
+    shutdown: CancellationToken,
+) {
+    let command = crema::CacheCommand::Acl(change);
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = cache.execute(command.clone()) => outcome,
+        };
+        match outcome {
+            Ok(crema::ApplyOutput::Int(-1)) => {
+                tracing::info!(
+                    "the cluster already has ACL users: the ACL file was not loaded (ACL LOAD replaces them)"
+                );
+                return;
+            }
+            Ok(crema::ApplyOutput::Int(n)) => {
+                tracing::info!(users = n, "ACL users loaded from the ACL file");
+                return;
+            }
+            Ok(other) => {
+                tracing::error!(?other, "the ACL file could not be applied");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "ACL file not loaded yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Real client libraries against a real `crema serve`: the scripts in `tests/clients/` run
 //! redis-py (`pipeline()`, a WATCH retry loop, Django's `set_many` with a timeout) and node-redis
-//! (`multi().exec()`, WATCH with an isolated connection). `.ci/run` installs both libraries,
+//! (`multi().exec()`, WATCH with an isolated connection), and redis-py's ACL helpers (`py_acl.py`). `.ci/run` installs both libraries,
 //! pinned; a test is skipped, saying so, only when the interpreter or the library is missing.
 
 mod common;
@@ -42,6 +42,16 @@ fn redis_py_pipelines_watch_loops_and_django_set_many() {
         return;
     }
     run_script("python3", &["py_transactions.py"], &dir);
+}
+
+#[test]
+fn redis_py_acl_helpers_and_refusals() {
+    let dir = clients_dir();
+    if !available("python3", &["-c", "import redis"], &dir) {
+        eprintln!("SKIPPED: python3 with the `redis` package is not installed (.ci/run installs it)");
+        return;
+    }
+    run_script("python3", &["py_acl.py"], &dir);
 }
 
 #[test]

@@ -44,6 +44,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod acl;
 #[cfg(feature = "bench-internals")]
 pub mod bench_support;
 pub mod cache;
@@ -55,6 +56,7 @@ pub mod error;
 pub mod faults;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod glob;
 pub mod multiraft;
 pub mod private_files;
 pub(crate) mod transport;

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use super::{parse_int, Call, CmdError, Kind, ReadMode, Session};
+use crate::acl::{Denial, DEFAULT_USER};
 use crate::resp::{Protocol, Reply};
 
 pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
@@ -15,14 +16,14 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
             Some(_) => return Err(CmdError::Arity("ping".into())),
         }),
         Kind::Echo => Ok(Reply::Bulk(call.arg(1).clone())),
-        Kind::Hello => hello(call),
+        Kind::Hello => hello(call).await,
         Kind::Auth => {
             let (user, password) = match call.args.len() {
                 2 => (None, call.arg(1).clone()),
                 3 => (Some(call.arg(1).clone()), call.arg(2).clone()),
                 _ => return Err(CmdError::Syntax),
             };
-            authenticate(call, user.as_deref(), &password)?;
+            authenticate(call, user.as_deref(), &password).await?;
             Ok(Reply::OK)
         }
         Kind::Select => match parse_int(call.arg(1)) {
@@ -39,7 +40,8 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
             s.name = None;
             s.protocol = Protocol::Resp2;
             s.read_mode = call.state.settings.read_mode;
-            s.authenticated = call.state.settings.password.is_none();
+            s.user = call.state.acl.starting_user();
+            s.authenticated = s.user.is_some();
             s.tx.reset();
             Ok(Reply::Simple("RESET"))
         }
@@ -56,23 +58,35 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
     }
 }
 
-/// Checks `password` for the `default` user (the only one).
-fn authenticate(call: &mut Call<'_>, user: Option<&[u8]>, password: &[u8]) -> Result<(), CmdError> {
-    let Some(expected) = &call.state.settings.password else {
+/// Logs the connection in as `user` (`default` when none is named) with `password`. A pair this
+/// node refuses is tried once more after a read barrier, so a user made or changed on another
+/// node a moment ago logs in here too.
+async fn authenticate(call: &mut Call<'_>, user: Option<&[u8]>, password: &[u8]) -> Result<(), CmdError> {
+    let access = &call.state.acl;
+    let name = String::from_utf8_lossy(user.unwrap_or(DEFAULT_USER.as_bytes())).into_owned();
+    if user.is_none() && access.user(DEFAULT_USER).is_some_and(|u| u.enabled && u.nopass) {
         return Err(CmdError::Invalid(
             "AUTH <password> called without any password configured for the default user. \
              Are you sure your configuration is correct?"
                 .into(),
         ));
-    };
-    let user_ok = user.is_none_or(|u| u == b"default");
-    if user_ok && constant_time_eq(expected.as_bytes(), password) {
-        call.session.authenticated = true;
-        Ok(())
-    } else {
-        call.session.auth_failures += 1;
-        call.state.clients.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Err(CmdError::WrongPass)
+    }
+    let mut logged_in = access.login(&name, password);
+    if logged_in.is_none() && call.state.cache.read_barrier().await.is_ok() {
+        logged_in = access.login(&name, password);
+    }
+    match logged_in {
+        Some(session_user) => {
+            call.session.user = Some(session_user);
+            call.session.authenticated = true;
+            Ok(())
+        }
+        None => {
+            call.session.auth_failures += 1;
+            call.state.clients.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            access.log.note(Denial::auth(call.session, name.as_bytes()));
+            Err(CmdError::WrongPass)
+        }
     }
 }
 
@@ -82,7 +96,7 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn hello(call: &mut Call<'_>) -> Result<Reply, CmdError> {
+async fn hello(call: &mut Call<'_>) -> Result<Reply, CmdError> {
     let mut protocol = call.session.protocol;
     let mut i = 1;
     if let Some(version) = call.args.get(1) {
@@ -101,7 +115,7 @@ fn hello(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         match call.option(i).as_str() {
             "AUTH" if i + 2 < call.args.len() => {
                 let (user, password) = (call.arg(i + 1).clone(), call.arg(i + 2).clone());
-                authenticate(call, Some(&user), &password)?;
+                authenticate(call, Some(&user), &password).await?;
                 i += 3;
             }
             "SETNAME" if i + 1 < call.args.len() => {
@@ -173,19 +187,24 @@ fn client(call: &mut Call<'_>) -> Result<Reply, CmdError> {
 }
 
 /// The `CLIENT INFO` line of a session.
-pub(super) fn client_line(s: &Session) -> String {
+pub(crate) fn client_line(s: &Session) -> String {
     let text =
         |b: &Option<Bytes>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
     let resp = if s.protocol == Protocol::Resp3 { 3 } else { 2 };
     let mode = if s.read_mode == ReadMode::Local { "local" } else { "linearizable" };
+    // Every field Redis 7 prints, as client libraries parse them (redis-py reads the numeric
+    // ones as integers); buffer sizes crema does not track per client show as 0.
     format!(
-        "id={} addr={} laddr= fd=0 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 cmd={} resp={resp} \
-         read-mode={mode} lib-name={} lib-ver={}",
+        "id={} addr={} laddr= fd=0 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi={} \
+         qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
+         cmd={} user={} redir=-1 resp={resp} read-mode={mode} lib-name={} lib-ver={}",
         s.id,
         s.addr,
         text(&s.name),
         s.created.elapsed().as_secs(),
+        s.tx.queued_count().map_or(-1, |n| n as i64),
         s.last_command,
+        s.user.as_ref().map_or("default", |u| u.name.as_str()),
         text(&s.lib.0),
         text(&s.lib.1),
     )

@@ -42,6 +42,20 @@ pub enum CmdError {
     /// Wrong password.
     #[error("invalid username-password pair or user is disabled.")]
     WrongPass,
+    /// The user may not run the command (ACL).
+    #[error("User {user} has no permissions to run the '{command}' command")]
+    NoPermCommand {
+        /// The user.
+        user: String,
+        /// The command (`name` or `name|sub`).
+        command: String,
+    },
+    /// The user may not touch a key of the command (ACL).
+    #[error("No permissions to access a key")]
+    NoPermKey,
+    /// The connection's user was deleted or turned off: the connection closes.
+    #[error("the user of this connection was deleted or disabled")]
+    UserGone,
     /// The command committed but did not fit the stored value (INCR on text): nothing changed.
     #[error("{0}")]
     Apply(#[from] ApplyError),
@@ -65,6 +79,7 @@ impl CmdError {
         match self {
             CmdError::NoAuth => Reply::Error(format!("NOAUTH {self}")),
             CmdError::WrongPass => Reply::Error(format!("WRONGPASS {self}")),
+            CmdError::NoPermCommand { .. } | CmdError::NoPermKey => Reply::Error(format!("NOPERM {self}")),
             CmdError::Apply(ApplyError::NotInteger) => Reply::err("value is not an integer or out of range"),
             CmdError::Apply(ApplyError::TooLarge) => {
                 Reply::err("string exceeds maximum allowed size (proto-max-bulk-len)")

@@ -18,8 +18,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::write::{PreparedRead, PreparedWrite, Render};
 use super::{parse_int, Call, CmdError, Kind};
-use crate::glob::glob_match;
 use crate::resp::Reply;
+use crema::glob::glob_match;
 
 /// DEL, UNLINK, the EXPIRE family and PERSIST.
 pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<PreparedWrite, CmdError> {

@@ -10,9 +10,10 @@
 //! Between MULTI and EXEC, commands are queued instead and run as one transaction ([`multi`]).
 //! Failures are [`CmdError`]s, turned into replies in one place ([`CmdError::to_reply`]).
 
+pub(crate) mod acl;
 mod connection;
 
-pub(crate) use connection::constant_time_eq;
+pub(crate) use connection::{client_line, constant_time_eq};
 pub mod error;
 mod get;
 mod incr;
@@ -33,6 +34,7 @@ use crema::{ApplyOutput, CacheCommand, CacheStorage};
 pub use error::CmdError;
 pub use table::{lookup, lookup_index, CommandSpec, Kind, COMMANDS};
 
+use crate::acl::SessionUser;
 use crate::resp::{Protocol, Reply};
 use crate::server::ServerState;
 
@@ -63,8 +65,10 @@ pub struct Session {
     pub protocol: Protocol,
     /// How reads are served.
     pub read_mode: ReadMode,
-    /// True once `AUTH` succeeded, or when no password is set.
+    /// True once `AUTH` succeeded, or when the `default` user needs no password.
     pub authenticated: bool,
+    /// The user logged in as (none before `AUTH`).
+    pub user: Option<SessionUser>,
     /// Failed `AUTH` attempts on this connection (it is closed after a few).
     pub auth_failures: u32,
     /// Set when the connection must close after the current reply (`QUIT`).
@@ -83,8 +87,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new session; `authenticated` is false when a password is required.
-    pub fn new(id: u64, addr: SocketAddr, authenticated: bool, read_mode: ReadMode) -> Self {
+    /// A new session, logged in as `user` (none: it must authenticate).
+    pub fn new(id: u64, addr: SocketAddr, user: Option<SessionUser>, read_mode: ReadMode) -> Self {
         Self {
             id,
             addr,
@@ -92,7 +96,8 @@ impl Session {
             lib: (None, None),
             protocol: Protocol::Resp2,
             read_mode,
-            authenticated,
+            authenticated: user.is_some(),
+            user,
             auth_failures: 0,
             quit: false,
             created: Instant::now(),
@@ -175,7 +180,7 @@ pub async fn run(
         Some(i) => {
             let spec = &COMMANDS[i];
             session.last_command = spec.name;
-            match check(spec, session, args.len()) {
+            match check(state, spec, session, &args, true) {
                 Err(e) => e.to_reply(state),
                 Ok(()) => {
                     let mut call = Call { state, session: &mut *session, args };
@@ -190,14 +195,22 @@ pub async fn run(
     reply
 }
 
-fn check(spec: &CommandSpec, session: &Session, argc: usize) -> Result<(), CmdError> {
+/// Whether `session` may run `spec` with `args`: authenticated (unless the command needs no
+/// login), the arity, then the user's ACL (see `crate::acl`).
+fn check(
+    state: &ServerState,
+    spec: &CommandSpec,
+    session: &mut Session,
+    args: &[Bytes],
+    log: bool,
+) -> Result<(), CmdError> {
     if !session.authenticated && !spec.no_auth() {
         return Err(CmdError::NoAuth);
     }
-    if !spec.arity_ok(argc) {
+    if !spec.arity_ok(args.len()) {
         return Err(CmdError::Arity(spec.name.to_owned()));
     }
-    Ok(())
+    state.acl.check(session, spec, args, log)
 }
 
 fn unknown_command(state: &ServerState, session: &Session, args: &[Bytes]) -> Reply {
@@ -235,6 +248,7 @@ async fn dispatch_keyless(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdE
             connection::run(kind, call).await
         }
         Command | Config | Info | DbSize | Time | Wait | Lolwut => server::run(kind, call).await,
+        Acl => acl::run(call).await,
         _ => unreachable!("{kind:?} touches keys: a write prepared above, or a read"),
     }
 }
@@ -266,7 +280,7 @@ pub enum Step {
 pub fn step(state: &ServerState, session: &mut Session, args: Vec<Bytes>) -> Step {
     let Some(index) = args.first().and_then(|name| lookup_index(name)) else { return Step::Run(args, None) };
     let spec = &COMMANDS[index];
-    if !spec.is_write() || session.tx.in_multi() || check(spec, session, args.len()).is_err() {
+    if !spec.is_write() || session.tx.in_multi() || check(state, spec, session, &args, false).is_err() {
         return Step::Run(args, Some(index));
     }
     session.last_command = spec.name;

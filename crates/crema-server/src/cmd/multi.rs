@@ -64,6 +64,11 @@ impl TxState {
         self.queue.is_some()
     }
 
+    /// How many commands are queued (none outside MULTI), for `CLIENT INFO`'s `multi=`.
+    pub fn queued_count(&self) -> Option<usize> {
+        self.queue.as_ref().map(|q| q.commands.len())
+    }
+
     /// Whether the command at `index` in [`COMMANDS`] (`None`: unknown) is to be queued rather
     /// than run now.
     pub fn queues(&self, index: Option<usize>) -> bool {
@@ -83,7 +88,7 @@ fn runs_at_once(kind: Kind) -> bool {
 
 /// Commands that have no apply-time form (see the module docs).
 fn refused_in_multi(kind: Kind) -> bool {
-    matches!(kind, Kind::Keys | Kind::Scan | Kind::RandomKey | Kind::DbSize | Kind::Wait)
+    matches!(kind, Kind::Keys | Kind::Scan | Kind::RandomKey | Kind::DbSize | Kind::Wait | Kind::Acl)
 }
 
 /// The most bytes a transaction may carry (see the module docs).
@@ -105,7 +110,7 @@ pub(super) fn queue(
         Some(i) => {
             let spec = &COMMANDS[i];
             session.last_command = spec.name;
-            check(spec, session, args.len()).map_err(|e| e.to_reply(state)).and_then(|()| {
+            check(state, spec, session, &args, true).map_err(|e| e.to_reply(state)).and_then(|()| {
                 if refused_in_multi(spec.kind) {
                     Err(Reply::err("Command not allowed inside a transaction"))
                 } else {

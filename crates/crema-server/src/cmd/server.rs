@@ -107,7 +107,7 @@ fn config(call: &Call<'_>) -> Result<Reply, CmdError> {
             let params = config_params(call);
             let mut out = Vec::new();
             for (name, value) in &params {
-                if call.args[2..].iter().any(|p| crate::glob::glob_match(&p.to_ascii_lowercase(), name.as_bytes())) {
+                if call.args[2..].iter().any(|p| crema::glob::glob_match(&p.to_ascii_lowercase(), name.as_bytes())) {
                     out.push((Reply::bulk(*name), Reply::bulk(value.clone())));
                 }
             }

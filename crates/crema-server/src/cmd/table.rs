@@ -66,6 +66,7 @@ pub enum Kind {
     Discard,
     Watch,
     Unwatch,
+    Acl,
 }
 
 /// One row of the table.
@@ -85,6 +86,8 @@ pub struct CommandSpec {
     pub step: i32,
     /// The command.
     pub kind: Kind,
+    /// Its ACL categories (without `@`); see also [`CommandSpec::categories_of`].
+    pub categories: &'static [&'static str],
 }
 
 impl CommandSpec {
@@ -96,6 +99,23 @@ impl CommandSpec {
     /// Whether it may run before `AUTH`.
     pub fn no_auth(&self) -> bool {
         self.flags.contains(&"no-auth")
+    }
+
+    /// The ACL categories of a call whose first argument is `sub`: a container command's
+    /// subcommands may have their own (`ACL SETUSER` is `@admin`, `ACL WHOAMI` is not).
+    pub fn categories_of(&self, sub: Option<&[u8]>) -> &'static [&'static str] {
+        let sub = sub.map(|s| s.to_ascii_lowercase());
+        match (self.kind, sub.as_deref()) {
+            (Kind::Acl, Some(b"cat" | b"whoami" | b"genpass" | b"help")) => S,
+            (Kind::Acl, _) => ADM,
+            (Kind::Client, Some(b"list" | b"no-evict")) => &["admin", "slow", "dangerous", "connection"],
+            _ => self.categories,
+        }
+    }
+
+    /// Whether the command's subcommand names the rule target `name|sub`.
+    pub fn has_subcommands(&self) -> bool {
+        matches!(self.kind, Kind::Acl | Kind::Client | Kind::Config | Kind::Command)
     }
 
     /// Whether `argc` arguments (name included) fit the arity.
@@ -129,7 +149,7 @@ const A: &[&str] = &["admin", "stale", "loading"];
 const TX: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 macro_rules! row {
-    ($name:literal, $arity:expr, $flags:expr, $first:expr, $last:expr, $step:expr, $kind:ident) => {
+    ($name:literal, $arity:expr, $flags:expr, $first:expr, $last:expr, $step:expr, $kind:ident, $acl:expr) => {
         CommandSpec {
             name: $name,
             arity: $arity,
@@ -138,73 +158,122 @@ macro_rules! row {
             last_key: $last,
             step: $step,
             kind: Kind::$kind,
+            categories: $acl,
         }
     };
 }
 
+// ACL categories, as Redis 7 gives them in `src/commands/*.json`.
+const FC: &[&str] = &["fast", "connection"];
+const SC: &[&str] = &["slow", "connection"];
+const ADM: &[&str] = &["admin", "slow", "dangerous"];
+const SD: &[&str] = &["slow", "dangerous"];
+const F: &[&str] = &["fast"];
+const S: &[&str] = &["slow"];
+const RF_: &[&str] = &["read", "fast"];
+const RSF: &[&str] = &["read", "string", "fast"];
+const RSS: &[&str] = &["read", "string", "slow"];
+const WSF: &[&str] = &["write", "string", "fast"];
+const WSS: &[&str] = &["write", "string", "slow"];
+const KRF: &[&str] = &["keyspace", "read", "fast"];
+const KRS: &[&str] = &["keyspace", "read", "slow"];
+const KRSD: &[&str] = &["keyspace", "read", "slow", "dangerous"];
+const KWF: &[&str] = &["keyspace", "write", "fast"];
+const KWS: &[&str] = &["keyspace", "write", "slow"];
+const KWSD: &[&str] = &["keyspace", "write", "slow", "dangerous"];
+const FT: &[&str] = &["fast", "transaction"];
+const ST: &[&str] = &["slow", "transaction"];
+
+/// Every ACL category Redis defines (`ACL CAT`); rules may name any of them, even those no
+/// crema command is in yet.
+pub const CATEGORIES: &[&str] = &[
+    "keyspace",
+    "read",
+    "write",
+    "set",
+    "sortedset",
+    "list",
+    "hash",
+    "string",
+    "bitmap",
+    "hyperloglog",
+    "geo",
+    "stream",
+    "pubsub",
+    "admin",
+    "fast",
+    "slow",
+    "blocking",
+    "dangerous",
+    "connection",
+    "transaction",
+    "scripting",
+];
+
 /// Every command this server knows.
 pub static COMMANDS: &[CommandSpec] = &[
-    row!("ping", -1, C, 0, 0, 0, Ping),
-    row!("echo", 2, C, 0, 0, 0, Echo),
-    row!("hello", -1, NA, 0, 0, 0, Hello),
-    row!("auth", -2, NA, 0, 0, 0, Auth),
-    row!("select", 2, C, 0, 0, 0, Select),
-    row!("quit", -1, NA, 0, 0, 0, Quit),
-    row!("reset", 1, NA, 0, 0, 0, Reset),
-    row!("client", -2, C, 0, 0, 0, Client),
-    row!("readonly", 1, C, 0, 0, 0, ReadOnly),
-    row!("readwrite", 1, C, 0, 0, 0, ReadWrite),
-    row!("command", -1, &["stale", "loading"], 0, 0, 0, Command),
-    row!("config", -2, A, 0, 0, 0, Config),
-    row!("info", -1, &["stale", "loading"], 0, 0, 0, Info),
-    row!("dbsize", 1, RF, 0, 0, 0, DbSize),
-    row!("time", 1, C, 0, 0, 0, Time),
-    row!("wait", 3, &[], 0, 0, 0, Wait),
-    row!("flushdb", -1, &["write"], 0, 0, 0, FlushDb),
-    row!("flushall", -1, &["write"], 0, 0, 0, FlushAll),
-    row!("lolwut", -1, &["readonly", "fast"], 0, 0, 0, Lolwut),
-    row!("get", 2, RF, 1, 1, 1, Get),
-    row!("mget", -2, RF, 1, -1, 1, MGet),
-    row!("strlen", 2, RF, 1, 1, 1, StrLen),
-    row!("getrange", 4, R, 1, 1, 1, GetRange),
-    row!("substr", 4, R, 1, 1, 1, GetRange),
-    row!("getdel", 2, WD, 1, 1, 1, GetDel),
-    row!("getex", -2, WD, 1, 1, 1, GetEx),
-    row!("set", -3, W, 1, 1, 1, Set),
-    row!("setnx", 3, WF, 1, 1, 1, SetNx),
-    row!("setex", 4, W, 1, 1, 1, SetEx),
-    row!("psetex", 4, W, 1, 1, 1, PSetEx),
-    row!("getset", 3, WF, 1, 1, 1, GetSet),
-    row!("mset", -3, W, 1, -1, 2, MSet),
-    row!("msetnx", -3, W, 1, -1, 2, MSetNx),
-    row!("incr", 2, WF, 1, 1, 1, Incr),
-    row!("incrby", 3, WF, 1, 1, 1, IncrBy),
-    row!("decr", 2, WF, 1, 1, 1, Decr),
-    row!("decrby", 3, WF, 1, 1, 1, DecrBy),
-    row!("incrbyfloat", 3, WF, 1, 1, 1, IncrByFloat),
-    row!("append", 3, WF, 1, 1, 1, Append),
-    row!("setrange", 4, W, 1, 1, 1, SetRange),
-    row!("del", -2, &["write"], 1, -1, 1, Del),
-    row!("unlink", -2, WD, 1, -1, 1, Unlink),
-    row!("exists", -2, RF, 1, -1, 1, Exists),
-    row!("type", 2, RF, 1, 1, 1, Type),
-    row!("keys", 2, R, 0, 0, 0, Keys),
-    row!("scan", -2, R, 0, 0, 0, Scan),
-    row!("randomkey", 1, R, 0, 0, 0, RandomKey),
-    row!("expire", -3, WD, 1, 1, 1, Expire),
-    row!("pexpire", -3, WD, 1, 1, 1, PExpire),
-    row!("expireat", -3, WD, 1, 1, 1, ExpireAt),
-    row!("pexpireat", -3, WD, 1, 1, 1, PExpireAt),
-    row!("persist", 2, WD, 1, 1, 1, Persist),
-    row!("ttl", 2, RF, 1, 1, 1, Ttl),
-    row!("pttl", 2, RF, 1, 1, 1, PTtl),
-    row!("expiretime", 2, RF, 1, 1, 1, ExpireTime),
-    row!("pexpiretime", 2, RF, 1, 1, 1, PExpireTime),
-    row!("multi", 1, TX, 0, 0, 0, Multi),
-    row!("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], 0, 0, 0, Exec),
-    row!("discard", 1, TX, 0, 0, 0, Discard),
-    row!("watch", -2, TX, 1, -1, 1, Watch),
-    row!("unwatch", 1, TX, 0, 0, 0, Unwatch),
+    row!("ping", -1, C, 0, 0, 0, Ping, FC),
+    row!("echo", 2, C, 0, 0, 0, Echo, FC),
+    row!("hello", -1, NA, 0, 0, 0, Hello, FC),
+    row!("auth", -2, NA, 0, 0, 0, Auth, FC),
+    row!("select", 2, C, 0, 0, 0, Select, FC),
+    row!("quit", -1, NA, 0, 0, 0, Quit, FC),
+    row!("reset", 1, NA, 0, 0, 0, Reset, FC),
+    row!("client", -2, C, 0, 0, 0, Client, SC),
+    row!("readonly", 1, C, 0, 0, 0, ReadOnly, FC),
+    row!("readwrite", 1, C, 0, 0, 0, ReadWrite, FC),
+    row!("command", -1, &["stale", "loading"], 0, 0, 0, Command, SC),
+    row!("config", -2, A, 0, 0, 0, Config, ADM),
+    row!("info", -1, &["stale", "loading"], 0, 0, 0, Info, SD),
+    row!("dbsize", 1, RF, 0, 0, 0, DbSize, KRF),
+    row!("time", 1, C, 0, 0, 0, Time, F),
+    row!("wait", 3, &[], 0, 0, 0, Wait, SC),
+    row!("flushdb", -1, &["write"], 0, 0, 0, FlushDb, KWSD),
+    row!("flushall", -1, &["write"], 0, 0, 0, FlushAll, KWSD),
+    row!("lolwut", -1, &["readonly", "fast"], 0, 0, 0, Lolwut, RF_),
+    row!("get", 2, RF, 1, 1, 1, Get, RSF),
+    row!("mget", -2, RF, 1, -1, 1, MGet, RSF),
+    row!("strlen", 2, RF, 1, 1, 1, StrLen, RSF),
+    row!("getrange", 4, R, 1, 1, 1, GetRange, RSS),
+    row!("substr", 4, R, 1, 1, 1, GetRange, RSS),
+    row!("getdel", 2, WD, 1, 1, 1, GetDel, WSF),
+    row!("getex", -2, WD, 1, 1, 1, GetEx, WSF),
+    row!("set", -3, W, 1, 1, 1, Set, WSS),
+    row!("setnx", 3, WF, 1, 1, 1, SetNx, WSF),
+    row!("setex", 4, W, 1, 1, 1, SetEx, WSS),
+    row!("psetex", 4, W, 1, 1, 1, PSetEx, WSS),
+    row!("getset", 3, WF, 1, 1, 1, GetSet, WSF),
+    row!("mset", -3, W, 1, -1, 2, MSet, WSS),
+    row!("msetnx", -3, W, 1, -1, 2, MSetNx, WSS),
+    row!("incr", 2, WF, 1, 1, 1, Incr, WSF),
+    row!("incrby", 3, WF, 1, 1, 1, IncrBy, WSF),
+    row!("decr", 2, WF, 1, 1, 1, Decr, WSF),
+    row!("decrby", 3, WF, 1, 1, 1, DecrBy, WSF),
+    row!("incrbyfloat", 3, WF, 1, 1, 1, IncrByFloat, WSF),
+    row!("append", 3, WF, 1, 1, 1, Append, WSF),
+    row!("setrange", 4, W, 1, 1, 1, SetRange, WSS),
+    row!("del", -2, &["write"], 1, -1, 1, Del, KWS),
+    row!("unlink", -2, WD, 1, -1, 1, Unlink, KWF),
+    row!("exists", -2, RF, 1, -1, 1, Exists, KRF),
+    row!("type", 2, RF, 1, 1, 1, Type, KRF),
+    row!("keys", 2, R, 0, 0, 0, Keys, KRSD),
+    row!("scan", -2, R, 0, 0, 0, Scan, KRS),
+    row!("randomkey", 1, R, 0, 0, 0, RandomKey, KRS),
+    row!("expire", -3, WD, 1, 1, 1, Expire, KWF),
+    row!("pexpire", -3, WD, 1, 1, 1, PExpire, KWF),
+    row!("expireat", -3, WD, 1, 1, 1, ExpireAt, KWF),
+    row!("pexpireat", -3, WD, 1, 1, 1, PExpireAt, KWF),
+    row!("persist", 2, WD, 1, 1, 1, Persist, KWF),
+    row!("ttl", 2, RF, 1, 1, 1, Ttl, KRF),
+    row!("pttl", 2, RF, 1, 1, 1, PTtl, KRF),
+    row!("expiretime", 2, RF, 1, 1, 1, ExpireTime, KRF),
+    row!("pexpiretime", 2, RF, 1, 1, 1, PExpireTime, KRF),
+    row!("multi", 1, TX, 0, 0, 0, Multi, FT),
+    row!("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], 0, 0, 0, Exec, ST),
+    row!("discard", 1, TX, 0, 0, 0, Discard, FT),
+    row!("watch", -2, TX, 1, -1, 1, Watch, FT),
+    row!("unwatch", 1, TX, 0, 0, 0, Unwatch, FT),
+    row!("acl", -2, &["noscript", "loading", "stale"], 0, 0, 0, Acl, S),
 ];
 
 /// The row of `name` (any case), if the command exists.

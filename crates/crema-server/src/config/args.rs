@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// A file holding the password (one line): not in the process list, unlike --password.
     #[arg(long, env = "CREMA_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
+    /// ACL users in Redis's ACL file format (`user <name> <rules...>` per line): loaded into the
+    /// cluster at start when it has no ACL users yet; `ACL LOAD` reloads it, `ACL SAVE` writes it.
+    #[arg(long, env = "CREMA_ACLFILE")]
+    pub aclfile: Option<PathBuf>,
     /// With a password: seconds a client has to authenticate before it is disconnected (a
     /// tenth of --max-clients may wait unauthenticated at once) [default: 10].
     #[arg(long, env = "CREMA_AUTH_TIMEOUT_SECS")]
@@ -231,6 +235,9 @@ impl ServeArgs {
         overlay!(c, a, checkpoint_max_log_bytes, checkpoint_interval_secs, min_free_disk_bytes);
         if a.data_dir.is_some() {
             c.data_dir = a.data_dir.clone();
+        }
+        if a.aclfile.is_some() {
+            c.aclfile = a.aclfile.clone();
         }
         if a.password.is_some() || a.password_file.is_some() {
             c.password = a.password.clone();

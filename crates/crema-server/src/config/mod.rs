@@ -44,6 +44,9 @@ pub struct ServeConfig {
     pub password: Option<String>,
     /// A file holding the `default` user's password (one line; a trailing newline is ignored).
     pub password_file: Option<PathBuf>,
+    /// ACL users in Redis's ACL file format, loaded into the cluster at start when it has none
+    /// (see `crate::acl::file`).
+    pub aclfile: Option<PathBuf>,
     /// With a password: seconds a client has to authenticate before it is disconnected.
     pub auth_timeout_secs: u64,
     /// The secret every node of the cluster shares; peers prove it before anything else is
@@ -165,6 +168,7 @@ impl Default for ServeConfig {
             force_new_cluster: false,
             password: None,
             password_file: None,
+            aclfile: None,
             auth_timeout_secs: 10,
             cluster_secret: None,
             cluster_secret_file: None,
@@ -281,6 +285,7 @@ impl ServeConfig {
             bail!("give the cluster secret once: cluster_secret or cluster_secret_file, not both");
         }
         self.cache_config()?.validate().context("invalid cache settings")?;
+        self.acl_users()?;
         self.admin_auth()?;
         self.check_protected()
     }
@@ -310,8 +315,10 @@ impl ServeConfig {
                 self.raft_addr
             );
         }
-        let clients_authenticated =
-            self.password.is_some() || self.password_file.is_some() || self.tls_ca.is_some();
+        let clients_authenticated = self.password.is_some()
+            || self.password_file.is_some()
+            || self.tls_ca.is_some()
+            || self.acl_default_needs_password();
         if exposed(self.resp_addr) && !clients_authenticated {
             bail!(
                 "protected mode: the RESP port {} can be reached from other machines and clients are not \
@@ -449,9 +456,39 @@ impl ServeConfig {
                 (None, Some(path)) => Some(read_secret_file(path, "password")?),
                 (None, None) => None,
             },
+            acl_file: self.aclfile.clone(),
             read_mode: self.read_mode,
             client_addrs,
         })
+    }
+
+    /// The users of the ACL file, checked (none without one).
+    ///
+    /// # Errors
+    /// The file cannot be read, or a line is bad (its number is given).
+    pub fn acl_users(&self) -> anyhow::Result<Option<crate::acl::file::UserRules>> {
+        let Some(path) = &self.aclfile else { return Ok(None) };
+        let users = crate::acl::file::load(path).map_err(anyhow::Error::msg)?;
+        for (name, rules) in &users {
+            crate::cmd::acl::check_names(rules)
+                .map_err(|e| anyhow::anyhow!("{}: user {name}: {e}", path.display()))?;
+        }
+        Ok(Some(users))
+    }
+
+    /// Whether the ACL file makes the `default` user need a password (or turns it off).
+    fn acl_default_needs_password(&self) -> bool {
+        let Ok(Some(users)) = self.acl_users() else { return false };
+        let Some((_, rules)) = users.iter().find(|(n, _)| n == crate::acl::DEFAULT_USER) else {
+            return false;
+        };
+        let mut user = crema::acl::User::new();
+        for rule in rules {
+            if let Ok(rule) = crema::acl::Rule::parse(rule) {
+                let _ = user.apply(&rule);
+            }
+        }
+        !user.enabled || !user.nopass
     }
 }
 

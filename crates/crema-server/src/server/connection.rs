@@ -78,8 +78,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     shutdown: CancellationToken,
     evicted: Option<CancellationToken>,
 ) {
-    let authenticated = state.settings.password.is_none();
-    let mut session = Session::new(id, addr, authenticated, state.settings.read_mode);
+    let mut session = Session::new(id, addr, state.acl.starting_user(), state.settings.read_mode);
     let mut conn = Connection {
         state,
         stream: &mut stream,

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::acl::Access;
 use crate::cmd::error::LeaderAddr;
 use crate::cmd::ReadMode;
 use crate::metrics::Metrics;
@@ -41,8 +42,11 @@ pub struct RespSettings {
     pub request_timeout: Duration,
     /// A reply must be taken by the client within this, or the connection is closed.
     pub write_timeout: Duration,
-    /// The password of the `default` user; none: no authentication.
+    /// The password of the `default` user while the cluster has no ACL record of it; none: no
+    /// password (see `crate::acl`).
     pub password: Option<String>,
+    /// The ACL file (`--aclfile`), for `ACL LOAD` and `ACL SAVE`.
+    pub acl_file: Option<std::path::PathBuf>,
     /// With a password: a connection must authenticate within this, or it is closed.
     pub auth_timeout: Duration,
     /// TLS on the RESP port (see `tls`); none: plain TCP.
@@ -64,6 +68,7 @@ impl Default for RespSettings {
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             password: None,
+            acl_file: None,
             auth_timeout: Duration::from_secs(10),
             tls: None,
             read_mode: ReadMode::Linearizable,
@@ -155,6 +160,8 @@ pub struct ServerState {
     pub started: Instant,
     /// The RESP address.
     pub resp_addr: SocketAddr,
+    /// The ACL users and the checks made with them.
+    pub acl: Access,
 }
 
 impl LeaderAddr for ServerState {
@@ -184,6 +191,7 @@ impl RespServer {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let resp_addr = listener.local_addr()?;
+        let acl = Access::new(cache.acl().clone(), settings.password.as_deref(), settings.acl_file.clone());
         let state = ServerState {
             cache,
             settings,
@@ -191,6 +199,7 @@ impl RespServer {
             clients: Clients::default(),
             started: Instant::now(),
             resp_addr,
+            acl,
         };
         Ok(Self { state: Arc::new(state), listener })
     }
@@ -239,9 +248,11 @@ impl RespServer {
             clients.accepted.fetch_add(1, Ordering::Relaxed);
             let id = clients.next_id.fetch_add(1, Ordering::Relaxed) + 1;
             let settings = &self.state.settings;
-            let evicted = settings
-                .password
-                .is_some()
+            let evicted = self
+                .state
+                .acl
+                .starting_user()
+                .is_none()
                 .then(|| clients.strangers.admit(id, settings.max_unauthenticated()));
             let state = self.state.clone();
             let shutdown = shutdown.clone();

@@ -76,6 +76,7 @@ pub struct ClusterStatus {
 pub struct DistributedCache {
     config: CacheConfig,
     storage: CacheStorage,
+    acl: Arc<crate::acl::AclStore>,
     group: GroupHandle,
     transport: Arc<Transport>,
     dispatcher: Arc<Dispatcher>,
@@ -142,6 +143,7 @@ impl DistributedCache {
             time_to_idle: config.default_tti,
         });
         let sm = CacheStateMachine::new(storage.clone());
+        let acl = sm.acl().clone();
         {
             let mut members = sm.members().lock().expect("members poisoned");
             members.insert(config.node_id, config.raft_addr);
@@ -211,6 +213,7 @@ impl DistributedCache {
         Ok(Self {
             config,
             storage,
+            acl,
             group,
             transport,
             dispatcher,
@@ -438,6 +441,12 @@ impl DistributedCache {
     /// The local cache (for inspection; writes to it bypass consensus like `put_local`).
     pub fn storage(&self) -> &CacheStorage {
         &self.storage
+    }
+
+    /// The group's ACL users as this node has applied them; change them by executing a
+    /// [`CacheCommand::Acl`].
+    pub fn acl(&self) -> &Arc<crate::acl::AclStore> {
+        &self.acl
     }
 
     // ----- cluster -----

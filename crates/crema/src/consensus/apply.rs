@@ -124,6 +124,10 @@ pub enum ApplyError {
     /// `consensus::sessions`): it was not applied again, and its first output is gone.
     #[error("the write's session expired: it may or may not have been applied")]
     SessionExpired,
+    /// An ACL change whose rules do not parse, or one inside a batch or a transaction: the
+    /// users are unchanged (the proposer checks first, so only a hand-made entry holds one).
+    #[error("the ACL change could not be applied")]
+    AclRule,
 }
 
 /// Applies `command` to `x`.
@@ -167,6 +171,8 @@ pub(crate) fn apply_command(x: &Target<'_>, command: &CacheCommand) -> ApplyOutp
         Evict { keys } => ApplyOutput::Int(keys.iter().filter(|k| x.evict(k)).count() as i64),
         Batch(commands) => ApplyOutput::Batch(commands.iter().map(|c| apply_command(x, c)).collect()),
         Transaction(transaction) => transaction.apply(x),
+        // The state machine applies a change on its own; here only inside a batch.
+        Acl(_) => ApplyOutput::Failed(ApplyError::AclRule),
         Persist { key } => match x.entry(key) {
             Some(StoredValue { value, expires_at_ms: Some(_) }) => {
                 x.insert(key, value, None);

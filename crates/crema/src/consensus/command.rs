@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::acl::AclChange;
 use crate::config::MAX_TTL;
 use crate::consensus::long_double::LongDouble;
 use crate::consensus::sessions::SessionStamp;
@@ -173,6 +174,9 @@ pub enum CacheCommand {
         /// The increment.
         delta: LongDouble,
     },
+    /// A change to the group's ACL users (see [`crate::acl`]); never inside a batch or a
+    /// transaction. Output: as [`AclChange`] says.
+    Acl(AclChange),
 }
 
 /// What a write does to a key's expiry.
@@ -279,6 +283,9 @@ pub enum CommandError {
     /// A float increment that is NaN or infinite.
     #[error("increment is not a finite number")]
     NotFinite,
+    /// An ACL change over the limits of [`crate::acl`].
+    #[error("too many ACL rules or users, or a rule too long")]
+    AclTooLarge,
     /// The bytes are not a command of a version this build knows.
     #[error("cannot decode command: {0}")]
     Decode(String),
@@ -336,8 +343,12 @@ impl CacheCommand {
                 })
             }
             Clear => Ok(()),
+            Acl(change) if change.within_limits() => Ok(()),
+            Acl(_) => Err(CommandError::AclTooLarge),
             Batch(commands) => {
-                if commands.is_empty() || commands.iter().any(|c| matches!(c, Batch(_) | Transaction(_))) {
+                if commands.is_empty()
+                    || commands.iter().any(|c| matches!(c, Batch(_) | Transaction(_) | Acl(_)))
+                {
                     return Err(CommandError::BadBatch);
                 }
                 commands.iter().try_for_each(|c| c.validate(limits))
@@ -358,6 +369,7 @@ impl CacheCommand {
             IncrByLongDouble { key, .. } => key.len() + 24,
             GetEx { key, .. } | Expire { key, .. } | Persist { key } => key.len() + 24,
             Clear => 2,
+            Acl(change) => change.encoded_len_hint(),
             Batch(commands) => commands.iter().map(CacheCommand::encoded_len_hint).sum::<usize>() + 4,
             Transaction(transaction) => transaction.encoded_len_hint(),
         }
@@ -526,6 +538,30 @@ pub(crate) mod tests {
             }),
             proptest::collection::vec(bytes(), 0..4).prop_map(|keys| CacheCommand::Evict { keys }),
             any_transaction(),
+            any_acl_change(),
+        ]
+    }
+
+    fn any_acl_change() -> impl Strategy<Value = CacheCommand> {
+        let name = prop_oneof![Just("a".to_owned()), Just("b".to_owned())];
+        let rule = prop_oneof![
+            Just("on"),
+            Just("off"),
+            Just(">pw"),
+            Just("<pw"),
+            Just("+get"),
+            Just("-@all"),
+            Just("~k:*"),
+            Just("reset")
+        ];
+        prop_oneof![
+            (name.clone(), proptest::collection::vec(rule, 0..4)).prop_map(|(name, rules)| {
+                let rules: Vec<Bytes> =
+                    rules.into_iter().map(|r: &'static str| Bytes::from_static(r.as_bytes())).collect();
+                CacheCommand::Acl(AclChange::set_user(&name, &rules).expect("valid rules"))
+            }),
+            proptest::collection::vec(name, 0..3)
+                .prop_map(|names| CacheCommand::Acl(AclChange::DelUsers { names })),
         ]
     }
 

@@ -15,6 +15,9 @@
 //! every key then counts as changed at the snapshot's index, which only makes transactions
 //! watching older reads fail, and a `WATCH` reads after a read barrier, so never that old.
 //!
+//! The group's ACL users live here as well ([`AclStore`], see `crate::acl`); snapshots carry
+//! them since format version 4.
+//!
 //! It keeps the write sessions too ([`Sessions`], see `consensus::sessions`), with which a
 //! forwarded write is applied once however many copies of it commit; snapshots carry them since
 //! format version 3 (an older snapshot restores with none).
@@ -26,17 +29,21 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{AclData, AclStore};
 use crate::cache::storage::{CacheStorage, StoredValue};
 use crate::consensus::apply::{apply_command, Target};
 pub use crate::consensus::apply::{ApplyError, ApplyOutput};
-use crate::consensus::command::{CommandError, StampedCommand};
+use crate::consensus::command::{CacheCommand, CommandError, StampedCommand};
 use crate::consensus::sessions::{Sessions, SessionsData};
 use crate::consensus::versions::{KeyVersions, VersionsData};
 use crate::types::NodeId;
 
-/// Version byte leading snapshot data. Versions 1 (no record of key versions) and 2 (no write
-/// sessions) are still read.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
+/// Version byte leading snapshot data. Versions 1 (no record of key versions), 2 (no write
+/// sessions) and 3 (no ACL users) are still read.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 4;
+
+/// The snapshot version before the ACL users.
+const SNAPSHOT_FORMAT_V3: u8 = 3;
 
 /// The snapshot version before the write sessions.
 const SNAPSHOT_FORMAT_V2: u8 = 2;
@@ -59,6 +66,18 @@ struct SnapshotData {
     /// None only when decoded from a version-1 snapshot.
     versions: Option<VersionsData>,
     /// Empty when decoded from a snapshot of version 1 or 2.
+    sessions: SessionsData,
+    /// Empty when decoded from a snapshot before version 4.
+    acl: AclData,
+}
+
+/// Snapshot data of format version 3.
+#[derive(Serialize, Deserialize)]
+struct SnapshotDataV3 {
+    log_time_ms: u64,
+    members: Vec<(NodeId, SocketAddr)>,
+    entries: Vec<SnapshotEntry>,
+    versions: Option<VersionsData>,
     sessions: SessionsData,
 }
 
@@ -92,6 +111,7 @@ pub struct CacheStateMachine {
     versions: Arc<KeyVersions>,
     /// Written by the group task only; shared with the snapshot source.
     sessions: Arc<Mutex<Sessions>>,
+    acl: Arc<AclStore>,
 }
 
 impl CacheStateMachine {
@@ -103,7 +123,13 @@ impl CacheStateMachine {
             applied_index: 0,
             versions: Arc::default(),
             sessions: Arc::default(),
+            acl: Arc::default(),
         }
+    }
+
+    /// The group's ACL users (shared with the server, which reads them).
+    pub fn acl(&self) -> &Arc<AclStore> {
+        &self.acl
     }
 
     /// The member address book (shared with the snapshot source).
@@ -131,13 +157,14 @@ impl CacheStateMachine {
         let t = self.storage.log_time_ms().max(stamped.now_ms);
         self.storage.advance_log_time(t);
         let target = Target { storage: &self.storage, versions: &self.versions, index, t };
+        let acl = &self.acl;
+        let run = || match &stamped.command {
+            CacheCommand::Acl(change) => acl.apply(change),
+            command => apply_command(&target, command),
+        };
         match &stamped.session {
-            None => apply_command(&target, &stamped.command),
-            Some(session) => self
-                .sessions
-                .lock()
-                .expect("sessions poisoned")
-                .apply(session, index, || apply_command(&target, &stamped.command)),
+            None => run(),
+            Some(session) => self.sessions.lock().expect("sessions poisoned").apply(session, index, run),
         }
     }
 
@@ -160,7 +187,7 @@ impl CacheStateMachine {
     /// Encodes every entry live at the log time (entries already expired are dropped), the log
     /// time and the member address book.
     pub fn snapshot_data(&self) -> Vec<u8> {
-        encode_snapshot(&self.storage, &self.members, &self.versions, &self.sessions)
+        encode_snapshot(&self.storage, &self.members, &self.versions, &self.sessions, &self.acl)
     }
 
     /// The record of key changes that `WATCH` is decided with.
@@ -183,6 +210,7 @@ impl CacheStateMachine {
         // Copied now, with the capture's start (a fixed 512 KiB walk), to match its entries.
         let versions = Some(self.versions.data());
         let sessions = self.sessions.lock().expect("sessions poisoned").data();
+        let acl = self.acl.data();
         Some(move || {
             let entries = storage
                 .finish_capture(log_time_ms)?
@@ -193,7 +221,7 @@ impl CacheStateMachine {
                     expires_at_ms,
                 })
                 .collect();
-            Some(SnapshotCapture(SnapshotData { log_time_ms, members, entries, versions, sessions }))
+            Some(SnapshotCapture(SnapshotData { log_time_ms, members, entries, versions, sessions, acl }))
         })
     }
 
@@ -203,7 +231,8 @@ impl CacheStateMachine {
         let members = self.members.clone();
         let versions = self.versions.clone();
         let sessions = self.sessions.clone();
-        move || encode_snapshot(&storage, &members, &versions, &sessions)
+        let acl = self.acl.clone();
+        move || encode_snapshot(&storage, &members, &versions, &sessions, &acl)
     }
 
     /// Replaces the whole state with snapshot `data` taken at `index`; answers the entry count.
@@ -226,6 +255,7 @@ impl CacheStateMachine {
             self.storage.insert(e.key, e.value, e.expires_at_ms);
         }
         *self.members.lock().expect("members poisoned") = decoded.members.into_iter().collect();
+        self.acl.restore(decoded.acl);
         self.applied_index = index;
         Ok(count)
     }
@@ -239,6 +269,7 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotData, CommandError> {
             entries: Vec::new(),
             versions: None,
             sessions: SessionsData::default(),
+            acl: AclData::default(),
         }),
         Some((&SNAPSHOT_FORMAT_VERSION, rest)) => {
             let data: SnapshotData =
@@ -249,13 +280,29 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotData, CommandError> {
             Sessions::from_data(data.sessions.clone()).map_err(CommandError::Decode)?;
             Ok(data)
         }
+        Some((&SNAPSHOT_FORMAT_V3, rest)) => {
+            let SnapshotDataV3 { log_time_ms, members, entries, versions, sessions } =
+                postcard::from_bytes(rest).map_err(|e| CommandError::Decode(e.to_string()))?;
+            if let Some(versions) = &versions {
+                versions.check().map_err(CommandError::Decode)?;
+            }
+            Sessions::from_data(sessions.clone()).map_err(CommandError::Decode)?;
+            Ok(SnapshotData { log_time_ms, members, entries, versions, sessions, acl: AclData::default() })
+        }
         Some((&SNAPSHOT_FORMAT_V2, rest)) => {
             let SnapshotDataV2 { log_time_ms, members, entries, versions } =
                 postcard::from_bytes(rest).map_err(|e| CommandError::Decode(e.to_string()))?;
             if let Some(versions) = &versions {
                 versions.check().map_err(CommandError::Decode)?;
             }
-            Ok(SnapshotData { log_time_ms, members, entries, versions, sessions: SessionsData::default() })
+            Ok(SnapshotData {
+                log_time_ms,
+                members,
+                entries,
+                versions,
+                sessions: SessionsData::default(),
+                acl: AclData::default(),
+            })
         }
         Some((&SNAPSHOT_FORMAT_V1, rest)) => {
             let SnapshotDataV1 { log_time_ms, members, entries } =
@@ -266,6 +313,7 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotData, CommandError> {
                 entries,
                 versions: None,
                 sessions: SessionsData::default(),
+                acl: AclData::default(),
             })
         }
         Some((v, _)) => Err(CommandError::Decode(format!("unknown snapshot version {v}"))),
@@ -288,6 +336,7 @@ fn capture(
     members: &Members,
     versions: &KeyVersions,
     sessions: &Mutex<Sessions>,
+    acl: &AclStore,
 ) -> SnapshotData {
     let log_time_ms = storage.log_time_ms();
     let entries = storage
@@ -297,7 +346,7 @@ fn capture(
         .collect();
     let members = members.lock().expect("members poisoned").iter().map(|(k, v)| (*k, *v)).collect();
     let sessions = sessions.lock().expect("sessions poisoned").data();
-    SnapshotData { log_time_ms, members, entries, versions: Some(versions.data()), sessions }
+    SnapshotData { log_time_ms, members, entries, versions: Some(versions.data()), sessions, acl: acl.data() }
 }
 
 /// Whether `data` is snapshot data this build can restore: decodes it and changes nothing. The
@@ -315,8 +364,9 @@ fn encode_snapshot(
     members: &Members,
     versions: &KeyVersions,
     sessions: &Mutex<Sessions>,
+    acl: &AclStore,
 ) -> Vec<u8> {
-    SnapshotCapture(capture(storage, members, versions, sessions)).encode()
+    SnapshotCapture(capture(storage, members, versions, sessions, acl)).encode()
 }
 
 #[cfg(test)]

@@ -204,6 +204,7 @@ fn a_snapshot_with_a_bad_version_bucket_is_refused() {
         entries: Vec::new(),
         versions: Some(versions),
         sessions: SessionsData::default(),
+        acl: crate::acl::AclData::default(),
     };
     let bytes = SnapshotCapture(data).encode();
     assert!(check_snapshot_data(&bytes).is_err());
@@ -243,6 +244,28 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn snapshots_carry_the_acl_users_and_older_ones_restore_with_none() {
+    let mut sm = machine();
+    let rules = [Bytes::from_static(b"on"), Bytes::from_static(b">pw"), Bytes::from_static(b"+get")];
+    let change = crate::acl::AclChange::set_user("alice", &rules).unwrap();
+    assert_eq!(sm.apply(1, &at(1, CacheCommand::Acl(change))), ApplyOutput::Done);
+    let mut restored = machine();
+    restored.restore(1, &sm.snapshot_data()).unwrap();
+    assert!(restored.acl().user("alice").unwrap().accepts(b"pw"));
+    // A version-3 snapshot (before ACL users) of the same state.
+    let v3 = SnapshotDataV3 {
+        log_time_ms: 1,
+        members: Vec::new(),
+        entries: Vec::new(),
+        versions: None,
+        sessions: SessionsData::default(),
+    };
+    let bytes = postcard::to_extend(&v3, vec![SNAPSHOT_FORMAT_V3]).unwrap();
+    restored.restore(2, &bytes).unwrap();
+    assert!(restored.acl().is_empty());
 }
 
 #[test]

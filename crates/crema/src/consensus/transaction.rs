@@ -143,7 +143,10 @@ impl Transaction {
         for step in &self.steps {
             match step {
                 TxStep::Write(
-                    CacheCommand::Batch(_) | CacheCommand::Transaction(_) | CacheCommand::Evict { .. },
+                    CacheCommand::Batch(_)
+                    | CacheCommand::Transaction(_)
+                    | CacheCommand::Evict { .. }
+                    | CacheCommand::Acl(_),
                 ) => {
                     return Err(CommandError::BadTransaction);
                 }
