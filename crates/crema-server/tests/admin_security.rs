@@ -66,3 +66,39 @@ async fn the_admin_token_guards_changes_and_reads() {
         crema(&["cluster", "remove-node", "--admin", &open.admin.to_string(), "--id", "1"], None);
     assert!(!ok && text.contains("401"), "changes still need the token: {text}");
 }
+
+/// Half-sent requests (the attack: 1,000 held open for ever) are closed at the header-read
+/// deadline (5 s), connections past the cap (128) are closed at once, and a real request is
+/// answered once the half-sent ones are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_timed_out_and_connections_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = start(&[]);
+    let started = std::time::Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        let mut stream = tokio::net::TcpStream::connect(node.admin).await.unwrap();
+        stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        held.push(stream);
+    }
+    // Past the cap: closed without an answer, long before the deadline.
+    let mut closed_early = 0;
+    for stream in held.iter_mut().skip(150) {
+        if tokio::time::timeout(std::time::Duration::from_secs(2), closed_by_peer(stream)).await == Ok(true) {
+            closed_early += 1;
+        }
+    }
+    assert!(closed_early >= 40, "only {closed_early} of the 50 connections past the cap were closed");
+    // The rest are closed at the deadline, without an answer to the half-sent request.
+    for stream in held.iter_mut().take(100) {
+        let mut said = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(12), stream.read_to_end(&mut said)).await;
+        assert!(read.is_ok(), "a half-sent request was held open past the deadline");
+        assert!(!String::from_utf8_lossy(&said).contains("200 OK"), "a half-sent request was answered");
+    }
+    let waited = started.elapsed();
+    assert!(waited < std::time::Duration::from_secs(15), "held for {waited:?}");
+    let (status, body) = http_get(node.admin, "/health").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}

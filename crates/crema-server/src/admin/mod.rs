@@ -2,9 +2,10 @@
 //! (a leader is known and this node has applied what it knows is committed), `/cluster` (this
 //! node's view as JSON), and membership changes (`POST /cluster/nodes`, `DELETE
 //! /cluster/nodes/{id}`) used by `crema cluster add-node` / `remove-node`. Who may call what:
-//! `auth`.
+//! `auth`. How connections are taken (timeouts, a cap): `listener`.
 
 pub mod auth;
+pub mod listener;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -116,9 +117,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     info!(addr = %listener.local_addr()?, "admin HTTP listening");
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    listener::serve(listener, router(state), shutdown).await
 }
 
 /// Test-only routes (feature `fault-injection`): `POST /debug/panic-group` makes the Raft group

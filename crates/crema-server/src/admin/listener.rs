@@ -1,0 +1,103 @@
+//! The admin listener: how connections are taken, not what is answered (that is the router in
+//! `admin`). hyper's HTTP/1 connection reads headers with a deadline ([`HEADER_READ_TIMEOUT`];
+//! hyper also applies it to a kept-alive connection waiting for its next request, so an idle
+//! connection closes too), tower-http's layer answers `408` to a request not done within
+//! [`REQUEST_TIMEOUT`] (a body sent slowly included), and at most [`MAX_CONNECTIONS`] are open
+//! at once: past that a connection is closed as soon as it is accepted. The accept loop is the
+//! one axum's own `serve` runs, with these settings, which `axum::serve` does not expose.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+/// Request headers must arrive within this (and an idle kept-alive connection closes after it).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole request must be handled within this: `408` after it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most admin connections open at once.
+pub const MAX_CONNECTIONS: usize = 128;
+
+/// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
+///
+/// # Errors
+/// Never today: accept errors (out of descriptors) are logged and waited out.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = router.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        REQUEST_TIMEOUT,
+    ));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%addr, "admin connection refused: {MAX_CONNECTIONS} open");
+            continue;
+        };
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _slot = slot;
+            serve_connection(stream, addr, router, shutdown).await;
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        // What `into_make_service_with_connect_info` would insert: the auth layer reads it.
+        request.extensions_mut().insert(ConnectInfo(addr));
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(router.oneshot(request).await.unwrap_or_else(|e| match e {})) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                debug!(%addr, error = %e, "admin connection ended");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
