@@ -65,3 +65,38 @@ fn redis_cli_over_tls_with_and_without_client_certificates() {
     let (_, out) = redis_cli(port, &client, &["PING"]);
     assert_eq!(out.trim(), "PONG");
 }
+
+/// The `redis` crate over rustls (`rediss://`), trusting the CA from `crema certs init`, with and
+/// without a client certificate, and with a password on top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_crate_over_rustls() {
+    use redis::{ClientTlsConfig, TlsCertificates};
+    // The redis crate leaves the choice of crypto to the program, as crema does: ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("certs");
+    let d = d.to_str().unwrap();
+    assert!(crema(&["certs", "init", "--dir", d, "--nodes", "1"]).0);
+    let read = |name: &str| std::fs::read(format!("{d}/{name}")).unwrap();
+    let (cert, key, ca) = (format!("{d}/node-1.crt"), format!("{d}/node-1.key"), format!("{d}/ca.crt"));
+
+    let node = start(&["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca, "--password", "pw"]);
+    let url = format!("rediss://:pw@localhost:{}/", node.resp.port());
+    let with_cert = TlsCertificates {
+        client_tls: Some(ClientTlsConfig { client_cert: read("client.crt"), client_key: read("client.key") }),
+        root_cert: Some(read("ca.crt")),
+    };
+    let client = redis::Client::build_with_tls(url.as_str(), with_cert).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.expect("TLS with a client certificate");
+    let _: () = redis::cmd("SET").arg("k").arg("over rustls").query_async(&mut c).await.unwrap();
+    let v: String = redis::cmd("GET").arg("k").query_async(&mut c).await.unwrap();
+    assert_eq!(v, "over rustls");
+
+    let without_cert = TlsCertificates { client_tls: None, root_cert: Some(read("ca.crt")) };
+    let client = redis::Client::build_with_tls(url.as_str(), without_cert).unwrap();
+    let refused = match client.get_multiplexed_async_connection().await {
+        Err(_) => true,
+        Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_err(),
+    };
+    assert!(refused, "a client without a certificate from the CA must get nothing");
+}
