@@ -288,6 +288,18 @@ impl Collector for NodeCollector {
                 "RESP connections closed for failing AUTH too often or not authenticating in time",
                 clients.auth_closed.load(Ordering::Relaxed),
             )?;
+            gauge(
+                e,
+                "resp_query_buffer_bytes",
+                "Unparsed request bytes held by clients with large buffers (64 KiB or more)",
+                server.buffers.total_bytes() as i64,
+            )?;
+            counter(
+                e,
+                "resp_evicted_clients",
+                "RESP connections closed because all query buffers together passed their cap",
+                server.buffers.evicted(),
+            )?;
         }
         Ok(())
     }

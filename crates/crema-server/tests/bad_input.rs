@@ -223,3 +223,41 @@ async fn ten_thousand_connections_meet_max_clients_and_others_are_unaffected() {
     let got: String = steady.get("steady").await.unwrap();
     assert_eq!(got, "ok");
 }
+
+/// The attack: many clients each sending most of a 16 MiB bulk, never the end, to grow the
+/// node's memory. With the query buffers of all clients capped at 32 MiB, the largest are closed
+/// with an error as the total passes the cap; memory stays bounded and others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_bulks_past_the_total_cap_evict_the_largest_buffers() {
+    let node = start(&["--max-total-query-buffer-bytes", "33554432"]);
+    let before = rss_mib(node.child.id());
+    let mut senders = Vec::new();
+    for i in 0..10u32 {
+        let mut stream = TcpStream::connect(node.resp).await.unwrap();
+        let header = format!("*3\r\n$3\r\nSET\r\n$2\r\nk{i}\r\n$16777216\r\n");
+        stream.write_all(header.as_bytes()).await.unwrap();
+        // 12 MiB of the 16: ten of these would hold 120 MiB.
+        let chunk = vec![b'x'; 1024 * 1024];
+        let mut sent = 0;
+        while sent < 12 {
+            match stream.write_all(&chunk).await {
+                Ok(()) => sent += 1,
+                Err(_) => break, // evicted already
+            }
+        }
+        senders.push(stream);
+    }
+    let mut evicted = 0;
+    for stream in &mut senders {
+        let said = read_some(stream, 512).await;
+        if String::from_utf8_lossy(&said).contains("client evicted") {
+            evicted += 1;
+        }
+    }
+    assert!(evicted >= 7, "only {evicted} of 10 clients were evicted (at most 2 fit under 32 MiB)");
+    let metrics = http_get(node.admin, "/metrics").await.1;
+    assert!(!metrics.contains("crema_resp_evicted_clients_total 0"), "{metrics}");
+    let grown = rss_mib(node.child.id()).saturating_sub(before);
+    assert!(grown < 90, "memory grew by {grown} MiB");
+    still_serves(&node).await;
+}

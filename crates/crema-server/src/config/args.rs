@@ -148,6 +148,10 @@ pub struct ServeArgs {
     /// Most unparsed request bytes per client [default: 67108864].
     #[arg(long, env = "CREMA_MAX_QUERY_BUFFER_BYTES")]
     pub max_query_buffer_bytes: Option<usize>,
+    /// Most unparsed request bytes of all clients together: past it the clients with the
+    /// largest buffers are closed (0: no cap) [default: 268435456].
+    #[arg(long, env = "CREMA_MAX_TOTAL_QUERY_BUFFER_BYTES")]
+    pub max_total_query_buffer_bytes: Option<usize>,
     /// Reply bytes buffered per client before writing [default: 1048576].
     #[arg(long, env = "CREMA_MAX_OUTPUT_BUFFER_BYTES")]
     pub max_output_buffer_bytes: Option<usize>,
@@ -231,6 +235,7 @@ impl ServeArgs {
             max_args
         );
         overlay!(c, a, max_inline_bytes, max_query_buffer_bytes, max_output_buffer_bytes);
+        overlay!(c, a, max_total_query_buffer_bytes);
         overlay!(c, a, slow_request_timeout_ms, write_timeout_ms, storage, checkpoint_log_threshold);
         overlay!(c, a, checkpoint_max_log_bytes, checkpoint_interval_secs, min_free_disk_bytes);
         if a.data_dir.is_some() {

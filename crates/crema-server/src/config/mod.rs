@@ -111,6 +111,9 @@ pub struct ServeConfig {
     pub max_inline_bytes: usize,
     /// Most unparsed request bytes buffered per client.
     pub max_query_buffer_bytes: usize,
+    /// Most unparsed request bytes of all clients together; past it the clients with the
+    /// largest buffers are closed (Redis's client eviction). 0: no cap.
+    pub max_total_query_buffer_bytes: usize,
     /// Reply bytes buffered per client before writing them out.
     pub max_output_buffer_bytes: usize,
     /// A started request must arrive completely within this many milliseconds.
@@ -199,6 +202,7 @@ impl Default for ServeConfig {
             max_args: resp.limits.max_args,
             max_inline_bytes: resp.limits.max_inline_bytes,
             max_query_buffer_bytes: resp.max_query_buffer_bytes,
+            max_total_query_buffer_bytes: resp.max_total_query_buffer_bytes,
             max_output_buffer_bytes: resp.max_output_buffer_bytes,
             slow_request_timeout_ms: resp.request_timeout.as_millis() as u64,
             write_timeout_ms: resp.write_timeout.as_millis() as u64,
@@ -437,6 +441,7 @@ impl ServeConfig {
                 max_inline_bytes: self.max_inline_bytes,
             },
             max_query_buffer_bytes: self.max_query_buffer_bytes,
+            max_total_query_buffer_bytes: self.max_total_query_buffer_bytes,
             max_output_buffer_bytes: self.max_output_buffer_bytes,
             max_clients: self.max_clients,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),

@@ -51,6 +51,9 @@ const UNAUTHENTICATED: RequestLimits =
 
 const READ_CHUNK: usize = 16 * 1024;
 
+const BUFFER_EVICTED: &str =
+    "client evicted: the query buffers of all clients passed max-total-query-buffer-bytes, and this one was among the largest";
+
 /// Why a connection ended (logged at debug level; the fields are read through `Debug`).
 #[allow(dead_code)]
 #[derive(Debug)]
@@ -65,6 +68,8 @@ enum Closed {
     QueryBufferFull,
     AuthFailures,
     AuthTimeout,
+    /// Closed to bring the query buffers of all clients under their cap.
+    BufferEvicted,
     /// Closed, unauthenticated, to make room for a newer connection.
     Evicted,
     Io(std::io::Error),
@@ -86,9 +91,14 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         output: BytesMut::new(),
         id,
         evicted,
+        buffer_evicted: CancellationToken::new(),
+        buffer_tracked: false,
     };
     let closed = conn.run(&mut session, &shutdown).await;
     conn.release_stranger_slot();
+    if conn.buffer_tracked {
+        state.buffers.leave(id);
+    }
     if matches!(closed, Closed::AuthFailures | Closed::AuthTimeout | Closed::Evicted) {
         state.clients.auth_closed.fetch_add(1, Ordering::Relaxed);
         if let Some(count) = state.clients.auth_warnings.note(std::time::Instant::now()) {
@@ -107,9 +117,23 @@ struct Connection<'a, S> {
     /// While unauthenticated: cancelled when a newer stranger takes this one's place (see
     /// `Strangers`).
     evicted: Option<CancellationToken>,
+    /// Cancelled when this connection's query buffer is closed to bring all of them under
+    /// their cap (see `super::buffers`).
+    buffer_evicted: CancellationToken,
+    /// Whether the query buffers know this connection's.
+    buffer_tracked: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
+    /// Tells the query buffers how much this connection holds; a large buffer may get a
+    /// connection (this one included) evicted.
+    fn note_buffer(&mut self) {
+        let len = self.input.len();
+        if self.buffer_tracked || len >= super::buffers::QueryBuffers::TRACKED_BYTES {
+            self.buffer_tracked = self.state.buffers.update(self.id, len, &self.buffer_evicted);
+        }
+    }
+
     fn release_stranger_slot(&mut self) {
         if self.evicted.take().is_some() {
             self.state.clients.strangers.leave(self.id);
@@ -131,6 +155,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             if session.authenticated {
                 self.release_stranger_slot();
             }
+            self.note_buffer();
+            if self.buffer_evicted.is_cancelled() {
+                let _ = self.reply_and_close(Reply::err(BUFFER_EVICTED)).await;
+                return Closed::BufferEvicted;
+            }
             if self.input.len() > settings.max_query_buffer_bytes {
                 let _ = self.reply_and_close(Reply::err("Protocol error: query buffer limit reached")).await;
                 return Closed::QueryBufferFull;
@@ -149,9 +178,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             };
             self.input.reserve(READ_CHUNK);
             let evicted = self.evicted.clone();
+            let buffer_evicted = self.buffer_evicted.clone();
             let read = tokio::select! {
                 biased;
                 _ = &mut cancelled => return Closed::Shutdown,
+                _ = buffer_evicted.cancelled(), if self.buffer_tracked => {
+                    let _ = self.reply_and_close(Reply::err(BUFFER_EVICTED)).await;
+                    return Closed::BufferEvicted;
+                }
                 _ = async { evicted.as_ref().expect("guarded").cancelled().await }, if evicted.is_some() => {
                     let _ = self.reply_and_close(Reply::err("closed: not authenticated, and newer clients need the room")).await;
                     return Closed::Evicted;

@@ -1,6 +1,7 @@
 //! The RESP server: [`RespServer`] accepts clients up to `max_clients` and runs one task per
 //! connection (`connection.rs`); [`ServerState`] is what every command can see of the node.
 
+pub mod buffers;
 mod connection;
 pub mod tls;
 
@@ -31,6 +32,9 @@ pub struct RespSettings {
     pub limits: RequestLimits,
     /// Most bytes of unparsed requests buffered per client.
     pub max_query_buffer_bytes: usize,
+    /// Most bytes of unparsed requests buffered by all clients together; past it the largest
+    /// buffers' connections are closed (see `buffers`). 0: no cap.
+    pub max_total_query_buffer_bytes: usize,
     /// Replies buffered per client before they are written out (the connection then waits for
     /// the client to read; see `write_timeout`).
     pub max_output_buffer_bytes: usize,
@@ -62,6 +66,7 @@ impl Default for RespSettings {
         Self {
             limits: RequestLimits::default(),
             max_query_buffer_bytes: 64 * 1024 * 1024,
+            max_total_query_buffer_bytes: 256 * 1024 * 1024,
             max_output_buffer_bytes: 1024 * 1024,
             max_clients: 10_000,
             idle_timeout: Duration::ZERO,
@@ -162,6 +167,8 @@ pub struct ServerState {
     pub resp_addr: SocketAddr,
     /// The ACL users and the checks made with them.
     pub acl: Access,
+    /// The query buffers of all clients together.
+    pub buffers: buffers::QueryBuffers,
 }
 
 impl LeaderAddr for ServerState {
@@ -192,6 +199,7 @@ impl RespServer {
     ) -> std::io::Result<Self> {
         let resp_addr = listener.local_addr()?;
         let acl = Access::new(cache.acl().clone(), settings.password.as_deref(), settings.acl_file.clone());
+        let buffers = buffers::QueryBuffers::new(settings.max_total_query_buffer_bytes);
         let state = ServerState {
             cache,
             settings,
@@ -200,6 +208,7 @@ impl RespServer {
             started: Instant::now(),
             resp_addr,
             acl,
+            buffers,
         };
         Ok(Self { state: Arc::new(state), listener })
     }
