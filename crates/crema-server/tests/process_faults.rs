@@ -5,6 +5,8 @@
 //! with nftables rules inside their namespaces (dropping packets to and from the other side),
 //! every 1–3 s. Clients in the root namespace reach every node throughout, as in Jepsen.
 //!
+//! The whole schedule runs twice: peers authenticated by the cluster secret, then by mutual TLS.
+//!
 //! Needs root (network namespaces, nftables); `.ci/run` installs `nftables` and runs as root.
 //! Without root the test says so and checks nothing. `CREMA_PROCESS_FAULTS_SECS` sets the fault
 //! phase (default 20 s), `CREMA_PROCESS_FAULTS_SEED` the schedule.
@@ -146,6 +148,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     nodes: Vec<Option<Child>>,
     stopped: Vec<bool>,
+    /// How peers authenticate: the flags every node gets.
+    peer_args: Vec<String>,
 }
 
 impl Cluster {
@@ -179,16 +183,15 @@ impl Cluster {
             "2000",
             "--tick-interval-ms",
             "20",
-            // Peers prove the cluster secret (here under partitions too); the RESP and admin
-            // ports are on a private test network: protected mode off for them.
-            "--cluster-secret",
-            "process-faults-cluster-secret",
+            // The RESP and admin ports are on a private test network: protected mode off for
+            // them (peers authenticate, see `peer_args`).
             "--protected-mode",
             "no",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(self.peer_args.iter().map(|a| a.replace("{N}", &id)));
         for j in (0..NODES).filter(|j| *j != i) {
             args.extend(["--peer".into(), format!("{}={}:9000,{}:6380", j + 1, ip(j), ip(j))]);
         }
@@ -335,6 +338,9 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
+/// The same faults twice, in turn (the machine has two cores): peers authenticated with the
+/// cluster secret, then with mutual TLS (certificates from `crema certs init` naming each
+/// node), so the TLS transport's reconnects under kills, pauses and partitions are exercised.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_stop_and_partition_real_processes() {
     if !is_root() || run("nft", &["--version"]).is_err() {
@@ -343,12 +349,40 @@ async fn kill_stop_and_partition_real_processes() {
     }
     let seed = std::env::var("CREMA_PROCESS_FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(301);
     let secs = std::env::var("CREMA_PROCESS_FAULTS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let secret = ["--cluster-secret", "process-faults-cluster-secret"];
+    nemesis(secret.iter().map(|s| s.to_string()).collect(), seed, secs).await;
+
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path().join("certs");
+    let mut init = vec!["certs".to_owned(), "init".into(), "--dir".into(), dir.display().to_string()];
+    init.extend(["--nodes".into(), NODES.to_string()]);
+    let probe = Network { tag: String::new(), subnet: (std::process::id() % 250) as u8 };
+    for i in 0..NODES {
+        init.extend(["--host".into(), probe.ip(i).to_string()]);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_crema")).args(&init).output().unwrap();
+    assert!(out.status.success(), "crema certs init: {}", String::from_utf8_lossy(&out.stderr));
+    let file = |name: &str| dir.join(name).display().to_string();
+    let mtls = vec![
+        "--peer-tls-cert".to_owned(),
+        file("node-{N}.crt"),
+        "--peer-tls-key".into(),
+        file("node-{N}.key"),
+        "--peer-tls-ca".into(),
+        file("ca.crt"),
+    ];
+    nemesis(mtls, seed + 1, secs).await;
+}
+
+async fn nemesis(peer_args: Vec<String>, seed: u64, secs: u64) {
+    println!("process faults with {peer_args:?}");
     let net = Network::setup();
     let mut cluster = Cluster {
         net,
         dir: tempfile::tempdir().unwrap(),
         nodes: (0..NODES).map(|_| None).collect(),
         stopped: vec![false; NODES],
+        peer_args,
     };
     for i in 0..NODES {
         cluster.start(i);
