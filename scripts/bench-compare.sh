@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side load runs: the same workloads, from the same load tool (crema-bench), against
-# crema (1 node and 3 nodes), redis-server (no persistence, and AOF with fsync always) and a
-# 3-member etcd (default, and --unsafe-no-fsync), all on 127.0.0.1. Systems alternate run by run;
+# crema (1 node and 3 nodes; crema1tls and crema3tls with TLS on the RESP port and mutual TLS
+# between the nodes, certificates from `crema certs init`), redis-server (no persistence, and AOF
+# with fsync always) and a 3-member etcd (default, and --unsafe-no-fsync), all on 127.0.0.1. Systems alternate run by run;
 # each pair of system and workload runs RUNS times. Prints one table (median and range of the
 # throughput, median p50/p99, and the ratios crema/redis and crema/etcd) and, with --write,
 # appends it to docs/performance.md with the machine and the date.
@@ -87,18 +88,27 @@ wait_port() { # host:port
 
 # --- systems: start_<name> starts it and sets ADDRS (space-separated host:port) and KIND ---
 
-start_crema() { # nodes storage
-  local n="$1" storage="$2" i j peers
+start_crema() { # nodes storage [tls]
+  local n="$1" storage="$2" i j peers tls=()
   rm -rf "$WORK/crema"
   ADDRS=""
+  TLS_CA=""
+  if [ "${3:-}" = tls ]; then
+    [ -d "$WORK/certs" ] || "$BIN/crema" certs init --dir "$WORK/certs" --nodes 3 >/dev/null
+    TLS_CA="$WORK/certs/ca.crt"
+  fi
   for i in $(seq 1 "$n"); do
     peers=()
     for j in $(seq 1 "$n"); do
       [ "$j" = "$i" ] || peers+=(--peer "$j=127.0.0.1:$((27000 + j)),127.0.0.1:$((26380 + j))")
     done
+    if [ -n "$TLS_CA" ]; then
+      tls=(--tls-cert "$WORK/certs/node-$i.crt" --tls-key "$WORK/certs/node-$i.key"
+        --peer-tls-cert "$WORK/certs/node-$i.crt" --peer-tls-key "$WORK/certs/node-$i.key" --peer-tls-ca "$TLS_CA")
+    fi
     "$BIN/crema" serve --node-id "$i" --raft-addr "127.0.0.1:$((27000 + i))" \
       --resp-addr "127.0.0.1:$((26380 + i))" --admin-addr "127.0.0.1:$((28000 + i))" \
-      --storage "$storage" --data-dir "$WORK/crema/$i" "${peers[@]}" >"$WORK/crema-$i.log" 2>&1 &
+      --storage "$storage" --data-dir "$WORK/crema/$i" "${peers[@]}" "${tls[@]}" >"$WORK/crema-$i.log" 2>&1 &
     PIDS+=($!)
     ADDRS="$ADDRS 127.0.0.1:$((26380 + i))"
   done
@@ -167,8 +177,9 @@ crema_node() { # master|slave
 }
 
 redis_cli() { # addr args...
-  local addr="$1"; shift
-  if command -v redis-cli >/dev/null; then redis-cli -h "${addr%:*}" -p "${addr#*:}" "$@"; else return 0; fi
+  local addr="$1" tls=(); shift
+  [ -n "${TLS_CA:-}" ] && tls=(--tls --cacert "$TLS_CA")
+  if command -v redis-cli >/dev/null; then redis-cli -h "${addr%:*}" -p "${addr#*:}" "${tls[@]}" "$@"; else return 0; fi
 }
 
 # --- one measurement ---
@@ -180,6 +191,7 @@ bench() { # system-label workload-label extra crema-bench args...
   if [ "$KIND" = resp ]; then
     target_args=(resp)
     for a in $ADDRS; do target_args+=(--addr "$a"); done
+    [ -n "${TLS_CA:-}" ] && target_args+=(--tls-ca "$TLS_CA")
   else
     target_args=(etcd)
     for a in $ADDRS; do target_args+=(--endpoint "$a"); done
@@ -202,22 +214,25 @@ bench() { # system-label workload-label extra crema-bench args...
 # The workloads (16-byte keys, 100-byte values, 100,000 keys): name, systems, bench arguments.
 # Systems: crema1, crema3, crema3d (RocksDB), redis, redisaof, etcd, etcdnofsync.
 WORKLOADS=(
-  "W1 writes, 50 clients|crema3 redis etcd etcdnofsync|--clients 50"
+  "W1 writes, 50 clients|crema3 crema3tls redis etcd etcdnofsync|--clients 50"
   "W2 writes, 50 clients, pipeline 16|crema3 redis|--clients 50 --pipeline 16"
   "W3 durable writes, 50 clients|crema3d redisaof etcd|--clients 50"
   "W4 linearizable reads, 50 clients|crema3 etcd|--clients 50 --reads 1 --preload"
-  "W5 local reads, 1 node, pipeline 16|crema1 redis|--clients 50 --pipeline 16 --reads 1 --preload"
+  "W5 local reads, 1 node, pipeline 16|crema1 crema1tls redis|--clients 50 --pipeline 16 --reads 1 --preload"
   "W6 90% reads zipfian, 50 clients|crema3 redis etcd|--clients 50 --reads 0.9 --distribution zipfian --preload"
   "W8 1 client SET (crema: to a follower)|crema3 redis etcd|--clients 1"
   "W8 1 client linearizable GET (crema: to a follower)|crema3 redis etcd|--clients 1 --reads 1 --preload"
-  "W8 1 client SET, to the leader|crema3|--clients 1"
+  "W8 1 client SET, to the leader|crema3 crema3tls|--clients 1"
   "W8 1 client linearizable GET, to the leader|crema3|--clients 1 --reads 1 --preload"
 )
 
 start_system() {
+  TLS_CA=""
   case "$1" in
     crema1) start_crema 1 memory ;;
     crema3) start_crema 3 memory ;;
+    crema1tls) start_crema 1 memory tls ;;
+    crema3tls) start_crema 3 memory tls ;;
     crema3d) start_crema 3 rocksdb ;;
     redis) start_redis no ;;
     redisaof) start_redis always ;;
@@ -247,7 +262,7 @@ for entry in "${WORKLOADS[@]}"; do
       # W8's one client talks to one crema node: a follower (each write is forwarded, and each
       # read asks the leader for a read index), or the leader, as a Redis client talks to its
       # primary.
-      if [[ "$system" == crema3 ]]; then
+      if [[ "$system" == crema3* ]]; then
         case "$name" in
           *"to the leader"*) ADDRS="$(crema_node master)" ;;
           *"to a follower"*) ADDRS="$(crema_node slave)" ;;
@@ -255,7 +270,7 @@ for entry in "${WORKLOADS[@]}"; do
       fi
       extra=()
       # crema1 serves W5 with local reads (READONLY on each connection).
-      [ "$system" = crema1 ] && [[ "$name" == W5* ]] && extra=(--local-reads)
+      [[ "$system" == crema1* ]] && [[ "$name" == W5* ]] && extra=(--local-reads)
       # shellcheck disable=SC2086
       bench "$system" "$name" $args "${extra[@]}"
       stop_all

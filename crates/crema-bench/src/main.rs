@@ -46,6 +46,10 @@ enum TargetCmd {
         /// Reads from crema's local cache (sends READONLY on each connection).
         #[arg(long)]
         local_reads: bool,
+        /// Connect with TLS (`rediss://`), trusting this CA certificate (PEM), e.g. the
+        /// `ca.crt` of `crema certs init`.
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
     },
     /// An etcd cluster through its gRPC API (built with `--features etcd`).
     #[cfg(feature = "etcd")]
@@ -129,13 +133,24 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(async {
         let (target, what) = match &cli.target {
-            TargetCmd::Resp { addrs, local_reads } => {
+            TargetCmd::Resp { addrs, local_reads, tls_ca } => {
                 let init = local_reads.then(|| "READONLY".to_owned());
                 let reads = if *local_reads { "local reads" } else { "default reads" };
                 let timeout = Duration::from_secs_f64(load.timeout);
+                let tls_ca = match tls_ca {
+                    None => None,
+                    Some(path) => {
+                        let _ = rustls::crypto::ring::default_provider().install_default();
+                        Some(
+                            std::fs::read(path)
+                                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?,
+                        )
+                    }
+                };
+                let tls = if tls_ca.is_some() { ", TLS" } else { "" };
                 (
-                    Target::Resp { addrs: addrs.clone(), init, timeout },
-                    format!("resp {} ({reads})", addrs.join(",")),
+                    Target::Resp { addrs: addrs.clone(), init, timeout, tls_ca },
+                    format!("resp {} ({reads}{tls})", addrs.join(",")),
                 )
             }
             #[cfg(feature = "etcd")]

@@ -31,6 +31,8 @@ pub enum Target {
         /// How long one request may take before it counts as an error (the `redis` crate's own
         /// default is 500 ms, too short for a loaded server).
         timeout: Duration,
+        /// With TLS: the CA certificate (PEM) the servers' certificates are checked against.
+        tls_ca: Option<Vec<u8>>,
     },
     /// An etcd cluster through its gRPC API (cargo feature `etcd`); each client has its own
     /// connection to all endpoints.
@@ -94,12 +96,21 @@ impl Target {
     /// The server cannot be reached.
     pub async fn connect(&self, client: usize) -> anyhow::Result<Conn> {
         match self {
-            Target::Resp { addrs, init, timeout } => {
+            Target::Resp { addrs, init, timeout, tls_ca } => {
                 let addr = &addrs[client % addrs.len()];
                 let config = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(*timeout))
                     .set_response_timeout(Some(*timeout));
-                let mut conn = redis::Client::open(format!("redis://{addr}/"))?
+                // The redis crate's defaults (no TCP_NODELAY), as every earlier figure in
+                // docs/performance.md was measured with.
+                let server = match tls_ca {
+                    None => redis::Client::open(format!("redis://{addr}/"))?,
+                    Some(ca) => redis::Client::build_with_tls(
+                        format!("rediss://{addr}/"),
+                        redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) },
+                    )?,
+                };
+                let mut conn = server
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
                     .with_context(|| format!("connecting to {addr}"))?;

@@ -55,7 +55,10 @@ impl RunningNode {
         let resp_addr = server.local_addr();
         let admin_addr = admin_listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let auth = std::sync::Arc::new(config.admin_auth()?);
+        let auth = std::sync::Arc::new(crate::admin::auth::AdminAuth {
+            users: Some(cache.acl().clone()),
+            ..config.admin_auth()?
+        });
         let admin_state = AdminState { cache: cache.clone(), metrics, resp_addr, auth };
         let admin_shutdown = shutdown.clone();
         let mut tasks = vec![

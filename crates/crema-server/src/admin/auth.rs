@@ -7,6 +7,11 @@
 //!   `Authorization: Bearer <token>`; without one, only from the node's own machine (a loopback
 //!   peer address), so a node whose admin port other machines reach cannot be taken over. The
 //!   token is compared in constant time.
+//!
+//! An ACL user (`ACL SETUSER`, replicated through Raft) may be used instead of the token, with
+//! HTTP Basic authentication: reads need a user allowed `INFO`, changes one allowed Redis's
+//! membership command (`CLUSTER MEET`, in `@admin`), so a user without `+@admin` is refused
+//! membership as it is refused `FLUSHALL`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +20,9 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+
+use base64::Engine as _;
+use crema::acl::AclStore;
 
 use crate::cmd::constant_time_eq;
 
@@ -25,6 +33,20 @@ pub struct AdminAuth {
     pub token: Option<String>,
     /// `/metrics` and `/cluster` open even with a token.
     pub open_metrics: bool,
+    /// The cluster's ACL users, who may authenticate with HTTP Basic (none: only the token).
+    pub users: Option<Arc<AclStore>>,
+}
+
+/// What a Basic `Authorization` header decided.
+enum Basic {
+    /// No Basic header.
+    Absent,
+    /// A user whose rules allow the access.
+    Allowed,
+    /// Wrong name or password, or a user that is off.
+    WrongPass,
+    /// A user whose rules do not allow the access.
+    NoPerm(String),
 }
 
 /// What an endpoint does.
@@ -40,6 +62,24 @@ impl AdminAuth {
     /// Whether a request from `peer` with `headers` may do `access`; the refusal to send if not.
     #[allow(clippy::result_large_err)]
     pub fn check(&self, access: Access, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
+        match self.basic(access, headers) {
+            Basic::Absent => {}
+            Basic::Allowed => return Ok(()),
+            Basic::WrongPass => {
+                return Err((
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Basic realm=\"crema\"")],
+                    "invalid username-password pair or user is disabled\n",
+                )
+                    .into_response())
+            }
+            Basic::NoPerm(user) => {
+                let what = if access == Access::Change { "change membership (+@admin)" } else { "read INFO" };
+                return Err(
+                    (StatusCode::FORBIDDEN, format!("NOPERM user {user} may not {what}\n")).into_response()
+                );
+            }
+        }
         match (&self.token, access) {
             (None, Access::Read) => Ok(()),
             (Some(_), Access::Read) if self.open_metrics => Ok(()),
@@ -68,6 +108,36 @@ impl AdminAuth {
                         .into_response())
                 }
             }
+        }
+    }
+}
+
+impl AdminAuth {
+    fn basic(&self, access: Access, headers: &HeaderMap) -> Basic {
+        let Some(encoded) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+        else {
+            return Basic::Absent;
+        };
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&decoded);
+        let Some((name, password)) = text.split_once(':') else { return Basic::WrongPass };
+        let Some(user) = self.users.as_ref().and_then(|users| users.user(name)) else {
+            return Basic::WrongPass;
+        };
+        if !user.accepts(password.as_bytes()) {
+            return Basic::WrongPass;
+        }
+        let allowed = match access {
+            Access::Change => user.permits_command("cluster", Some("meet"), &["admin", "slow", "dangerous"]),
+            Access::Read => user.permits_command("info", None, &["slow", "dangerous"]),
+        };
+        if allowed {
+            Basic::Allowed
+        } else {
+            Basic::NoPerm(name.to_owned())
         }
     }
 }
@@ -118,7 +188,7 @@ mod tests {
         let refused = none.check(Access::Change, remote, &HeaderMap::new()).unwrap_err();
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 
-        let token = AdminAuth { token: Some("s3cret-token".into()), open_metrics: false };
+        let token = AdminAuth { token: Some("s3cret-token".into()), open_metrics: false, users: None };
         for access in [Access::Read, Access::Change] {
             for peer in [local, remote] {
                 assert!(token.check(access, peer, &bearer("s3cret-token")).is_ok());

@@ -408,7 +408,7 @@ impl ServeConfig {
         if token.as_ref().is_some_and(|t| t.len() < 16) {
             bail!("the admin token must be at least 16 characters (e.g. `openssl rand -hex 32`)");
         }
-        Ok(AdminAuth { token, open_metrics: self.admin_open_metrics })
+        Ok(AdminAuth { token, open_metrics: self.admin_open_metrics, users: None })
     }
 
     /// The cluster secret, from the setting or its file.
