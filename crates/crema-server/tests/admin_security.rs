@@ -118,7 +118,7 @@ async fn acl_users_on_the_admin_port() {
         &["ops", "on", ">ops-pw", "+@all", "~*"][..],
         &["app", "on", ">app-pw", "+@read", "+@write", "-@dangerous"],
     ] {
-        let _: () = redis::cmd("ACL").arg("SETUSER").arg(&rules[..]).query_async(&mut c).await.unwrap();
+        let _: () = redis::cmd("ACL").arg("SETUSER").arg(rules).query_async(&mut c).await.unwrap();
     }
     let flush: redis::RedisResult<()> = {
         let url = format!("redis://app:app-pw@{}/", node.resp);
