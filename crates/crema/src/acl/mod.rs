@@ -8,7 +8,7 @@
 //! Passwords never enter the log in clear: [`AclChange::set_user`] turns `>password` and
 //! `<password` into `#hash` and `!hash` before the change is proposed. Apply is infallible: a
 //! change whose rules do not parse (only a hand-made entry can hold one, the proposer checks
-//! first) changes nothing and answers [`ApplyError::AclRule`](crate::ApplyError::AclRule).
+//! first) changes nothing and answers [`ApplyError::AclRule`].
 //!
 //! The `default` user is special only to the server: while the group has no `default` record,
 //! each node uses the one its own flags describe (`--password`).
