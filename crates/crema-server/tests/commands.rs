@@ -345,6 +345,12 @@ async fn server_commands() {
     assert!(time[0].parse::<u64>().unwrap() > 1_700_000_000);
     assert_eq!(q::<i64>(c, &["WAIT", "0", "100"]).await.unwrap(), 0, "a single node has no replicas");
     assert!(q::<String>(c, &["LOLWUT"]).await.unwrap().contains("crema"));
+    // Redis Cluster's hash slots (the values of Redis's documentation); the rest of CLUSTER
+    // answers as a Redis without cluster mode does.
+    for (key, slot) in [("somekey", 11058), ("foo{hash_tag}", 2515), ("{user1000}.following", 3443)] {
+        assert_eq!(q::<i64>(c, &["CLUSTER", "KEYSLOT", key]).await.unwrap(), slot, "{key}");
+    }
+    assert!(err(c, &["CLUSTER", "SLOTS"]).await.contains("cluster support disabled"));
 }
 
 #[tokio::test]

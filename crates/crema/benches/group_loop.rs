@@ -1,6 +1,6 @@
 //! The group loop driven in-process: 64 concurrent writers propose `SET` commands (16-byte
 //! keys, 100-byte values, 100,000 keys) straight to the leaders of N Raft groups, each key
-//! routed to its group by `ShardRouter` (`xxhash64(key) % N`). Each proposal is answered once
+//! routed to its group by `ShardRouter` (the hash slot's range). Each proposal is answered once
 //! its group's leader has applied it: propose → replicate → persist (memory log) → commit →
 //! apply. 1 node (no network) and 3 nodes (loopback TCP, one connection per node pair shared by
 //! every group), with 1, 4 and 16 groups. The reported time is per acknowledged write, with the

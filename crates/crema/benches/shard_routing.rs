@@ -1,4 +1,4 @@
-//! Key → shard routing (`xxhash64(key) % num_shards`) for the benchmarks' 16-byte keys, and
+//! Key → shard routing (Redis Cluster's CRC16 hash slot, then the slot's range) for the benchmarks' 16-byte keys, and
 //! for 64-byte and 1 KiB keys. Run: `cargo bench -p crema --bench shard_routing`.
 
 use crema::ShardRouter;

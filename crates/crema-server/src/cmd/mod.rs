@@ -11,6 +11,7 @@
 //! Failures are [`CmdError`]s, turned into replies in one place ([`CmdError::to_reply`]).
 
 pub(crate) mod acl;
+mod cluster;
 mod connection;
 
 pub(crate) use connection::{client_line, constant_time_eq};
@@ -249,6 +250,7 @@ async fn dispatch_keyless(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdE
         }
         Command | Config | Info | DbSize | Time | Wait | Lolwut => server::run(kind, call).await,
         Acl => acl::run(call).await,
+        Cluster => cluster::run(call),
         _ => unreachable!("{kind:?} touches keys: a write prepared above, or a read"),
     }
 }

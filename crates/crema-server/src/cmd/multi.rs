@@ -88,7 +88,10 @@ fn runs_at_once(kind: Kind) -> bool {
 
 /// Commands that have no apply-time form (see the module docs).
 fn refused_in_multi(kind: Kind) -> bool {
-    matches!(kind, Kind::Keys | Kind::Scan | Kind::RandomKey | Kind::DbSize | Kind::Wait | Kind::Acl)
+    matches!(
+        kind,
+        Kind::Keys | Kind::Scan | Kind::RandomKey | Kind::DbSize | Kind::Wait | Kind::Acl | Kind::Cluster
+    )
 }
 
 /// The most bytes a transaction may carry (see the module docs).

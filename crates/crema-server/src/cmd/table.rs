@@ -67,6 +67,7 @@ pub enum Kind {
     Watch,
     Unwatch,
     Acl,
+    Cluster,
 }
 
 /// One row of the table.
@@ -109,13 +110,18 @@ impl CommandSpec {
             (Kind::Acl, Some(b"cat" | b"whoami" | b"genpass" | b"help")) => S,
             (Kind::Acl, _) => ADM,
             (Kind::Client, Some(b"list" | b"no-evict")) => &["admin", "slow", "dangerous", "connection"],
+            (
+                Kind::Cluster,
+                Some(b"keyslot" | b"help" | b"info" | b"myid" | b"nodes" | b"shards" | b"slots"),
+            ) => S,
+            (Kind::Cluster, _) => ADM,
             _ => self.categories,
         }
     }
 
     /// Whether the command's subcommand names the rule target `name|sub`.
     pub fn has_subcommands(&self) -> bool {
-        matches!(self.kind, Kind::Acl | Kind::Client | Kind::Config | Kind::Command)
+        matches!(self.kind, Kind::Acl | Kind::Client | Kind::Config | Kind::Command | Kind::Cluster)
     }
 
     /// Whether `argc` arguments (name included) fit the arity.
@@ -274,6 +280,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     row!("watch", -2, TX, 1, -1, 1, Watch, FT),
     row!("unwatch", 1, TX, 0, 0, 0, Unwatch, FT),
     row!("acl", -2, &["noscript", "loading", "stale"], 0, 0, 0, Acl, S),
+    row!("cluster", -2, &["stale"], 0, 0, 0, Cluster, S),
 ];
 
 /// The row of `name` (any case), if the command exists.

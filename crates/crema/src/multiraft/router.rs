@@ -1,17 +1,19 @@
-//! Key → shard routing: `xxhash64(key, seed 0) % num_shards`, as the Crema README specifies.
+//! Key → shard routing through Redis Cluster's hash slots (see `slot`): `CRC16(key) mod 16384`
+//! (only the `{hash tag}` when there is one), each shard owning a contiguous slot range.
 //!
-//! The assignment is part of the cluster's contract: every node, and any client that routes
-//! by itself, must compute the same shard for the same key, across versions. The hash is the
-//! standard XXH64 from `xxhash-rust` (checked against the reference test vectors below), and
-//! the shard count is fixed when a cluster is created.
+//! This replaces the seed's `xxhash64(key) % num_shards` on purpose, keeping its names
+//! (`shard_for_key`, `ShardRange`): cluster-aware Redis clients compute the same slots and route
+//! by themselves, hash tags let related keys share a shard (and a transaction), and a shard can
+//! later be split by range. The assignment is part of the cluster's contract: every node and
+//! every client computes the same shard for the same key, across versions; the shard count is
+//! fixed when a cluster is created.
 
 use crate::config::ConfigError;
+use crate::multiraft::slot::{key_slot, shard_for_slot, ShardRange, SLOTS};
 use crate::types::ShardId;
 
-/// The most shards a cluster may have. Each shard is a Raft group with its own task, log and
-/// heartbeats on every replica; past a few dozen groups per node, their ticks and heartbeats
-/// cost more than the parallelism they buy on the machines crema targets.
-pub const MAX_SHARDS: u32 = 64;
+/// The most shards a cluster may have: one per slot.
+pub const MAX_SHARDS: u32 = SLOTS as u32;
 
 /// Routes keys to shards.
 ///
@@ -21,7 +23,9 @@ pub const MAX_SHARDS: u32 = 64;
 /// let router = ShardRouter::new(16).unwrap();
 /// let shard = router.shard_for_key(b"user:123");
 /// assert!(shard < 16);
-/// assert_eq!(shard, router.shard_for_key(b"user:123"));
+/// // A hash tag keeps related keys in one shard.
+/// assert_eq!(router.shard_for_key(b"{user:1}:name"), router.shard_for_key(b"{user:1}:email"));
+/// assert!(router.range(shard).contains(router.slot_for_key(b"user:123")));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardRouter {
@@ -47,17 +51,28 @@ impl ShardRouter {
         self.num_shards
     }
 
+    /// The hash slot of `key` (Redis Cluster's `CLUSTER KEYSLOT`).
+    #[inline]
+    pub fn slot_for_key(&self, key: &[u8]) -> u16 {
+        key_slot(key)
+    }
+
     /// The shard that owns `key`.
     #[inline]
     pub fn shard_for_key(&self, key: &[u8]) -> ShardId {
-        (key_hash(key) % u64::from(self.num_shards)) as ShardId
+        shard_for_slot(key_slot(key), self.num_shards)
     }
-}
 
-/// XXH64 of `key` with seed 0.
-#[inline]
-pub fn key_hash(key: &[u8]) -> u64 {
-    xxhash_rust::xxh64::xxh64(key, 0)
+    /// The shard that owns `slot`.
+    #[inline]
+    pub fn shard_for_slot(&self, slot: u16) -> ShardId {
+        shard_for_slot(slot, self.num_shards)
+    }
+
+    /// The slots `shard` owns.
+    pub fn range(&self, shard: ShardId) -> ShardRange {
+        ShardRange { shard_id: shard, total_shards: self.num_shards }
+    }
 }
 
 #[cfg(test)]
@@ -66,18 +81,10 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn the_hash_is_standard_xxh64_with_seed_zero() {
-        // Reference vectors of XXH64 (xxHash's own test suite and its documentation).
-        assert_eq!(key_hash(b""), 0xEF46_DB37_51D8_E999);
-        assert_eq!(key_hash(b"a"), 0xD24E_C4F1_A98C_6E5B);
-        assert_eq!(key_hash(b"abc"), 0x44BC_2CF5_AD77_0999);
-    }
-
-    #[test]
     fn shard_counts_out_of_range_are_refused_with_the_range() {
         for bad in [0, MAX_SHARDS + 1, u32::MAX] {
             let err = ShardRouter::new(bad).unwrap_err().to_string();
-            assert!(err.contains("between 1 and 64"), "{err}");
+            assert!(err.contains("between 1 and 16384"), "{err}");
         }
         assert_eq!(ShardRouter::new(1).unwrap().num_shards(), 1);
         assert_eq!(ShardRouter::new(MAX_SHARDS).unwrap().num_shards(), MAX_SHARDS);
@@ -94,7 +101,7 @@ mod tests {
     #[test]
     fn keys_spread_evenly_over_the_shards() {
         // 100,000 keys shaped like the benchmarks' over 16 shards: each shard within 5% of the
-        // mean (6,250; a fair hash has a standard deviation of about 77 here).
+        // mean (6,250).
         let router = ShardRouter::new(16).unwrap();
         let mut counts = [0u32; 16];
         for i in 0..100_000u64 {
@@ -107,11 +114,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn a_key_maps_to_its_hash_modulo_the_shard_count(key in proptest::collection::vec(any::<u8>(), 0..64), n in 1..=MAX_SHARDS) {
+        fn a_key_maps_to_the_shard_whose_range_holds_its_slot(key in proptest::collection::vec(any::<u8>(), 0..64), n in 1..=MAX_SHARDS) {
             let router = ShardRouter::new(n).unwrap();
             let shard = router.shard_for_key(&key);
             prop_assert!(shard < n);
-            prop_assert_eq!(u64::from(shard), key_hash(&key) % u64::from(n));
+            prop_assert!(router.range(shard).contains(key_slot(&key)));
         }
     }
 }
