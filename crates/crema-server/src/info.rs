@@ -1,5 +1,5 @@
 //! The sections of `INFO`: Redis's server, clients, memory, stats, replication and keyspace, in
-//! the `field:value` lines clients parse, plus a `raft` section of crema's own.
+//! the `field:value` lines clients parse, plus `raft` and `shards` sections of crema's own.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -20,6 +20,7 @@ pub static SECTIONS: &[(&str, Section)] = &[
     ("replication", replication),
     ("keyspace", keyspace),
     ("raft", raft),
+    ("shards", shards),
 ];
 
 macro_rules! line {
@@ -129,4 +130,27 @@ fn raft(_: &ServerState, status: &ClusterStatus, out: &mut String) {
     line!(out, "learners:{}", ids(&g.learners));
     line!(out, "pending_proposals:{}", g.pending_proposals);
     line!(out, "recovering:{}", g.recovery.is_recovering() as u8);
+}
+
+/// One line per shard replica, in the shape of Redis's keyspace lines.
+fn shards(_: &ServerState, status: &ClusterStatus, out: &mut String) {
+    let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join("|");
+    line!(out, "shards:{}", status.shards.len());
+    for s in &status.shards {
+        let state = format!("{:?}", s.state).to_ascii_lowercase();
+        line!(
+            out,
+            "shard{}:state={state},leader={},members={},learners={},slots={}-{},entries={},term={},commit_index={},applied_index={}",
+            s.shard_id,
+            s.leader.unwrap_or(0),
+            ids(&s.members),
+            ids(&s.learners),
+            s.first_slot,
+            s.last_slot,
+            s.entry_count,
+            s.term,
+            s.commit_index,
+            s.applied_index
+        );
+    }
 }

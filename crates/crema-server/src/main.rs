@@ -400,6 +400,46 @@ async fn status(admin: AdminTarget, json: bool) -> anyhow::Result<()> {
     if let Some(recovery) = &v.recovery {
         writeln!(out, "recovering  {recovery}")?;
     }
+    if !v.shards.is_empty() {
+        writeln!(out, "shards      {}", v.shards.len())?;
+        writeln!(
+            out,
+            "  {:<6} {:<13} {:<7} {:<12} {:<9} {:<12} {:>9} {:>6} {:>9} {:>9}",
+            "shard",
+            "state",
+            "leader",
+            "members",
+            "learners",
+            "slots",
+            "entries",
+            "term",
+            "commit",
+            "applied"
+        )?;
+        let ids = |v: &[u64]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+            }
+        };
+        for s in &v.shards {
+            writeln!(
+                out,
+                "  {:<6} {:<13} {:<7} {:<12} {:<9} {:<12} {:>9} {:>6} {:>9} {:>9}",
+                s.id,
+                format!("{:?}", s.state).to_ascii_lowercase(),
+                s.leader.map_or("none".into(), |l| l.to_string()),
+                ids(&s.members),
+                ids(&s.learners),
+                s.slots,
+                s.entries,
+                s.term,
+                s.commit_index,
+                s.applied_index
+            )?;
+        }
+    }
     emit(&out)
 }
 

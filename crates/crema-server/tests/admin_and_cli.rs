@@ -69,6 +69,25 @@ async fn health_ready_metrics_and_cluster() {
     assert_eq!(view["voters"], serde_json::json!([1]));
     assert_eq!(view["entries"], 1);
     assert_eq!(view["resp_addr"], node.resp.to_string());
+    // One shard, every slot, led by this node.
+    let shard = &view["shards"][0];
+    assert_eq!((&shard["id"], &shard["state"], &shard["leader"]), (&0.into(), &"active".into(), &1.into()));
+    assert_eq!(
+        (&shard["members"], &shard["slots"], &shard["entries"]),
+        (&serde_json::json!([1]), &"0-16383".into(), &1.into())
+    );
+    assert_eq!(view["shards"].as_array().unwrap().len(), 1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crema"))
+        .args(["status", "--admin", &node.admin.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("shards      1"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("0 "))
+        .unwrap_or_else(|| panic!("no shard row: {text}"));
+    assert!(row.contains("active") && row.contains("0-16383"), "{row}");
 }
 
 #[tokio::test]

@@ -320,6 +320,11 @@ async fn server_commands() {
     assert!(
         info.contains("role:master") && info.contains("role:Leader") && info.contains("connected_clients:1")
     );
+    let shards: String = q(c, &["INFO", "shards"]).await.unwrap();
+    assert!(
+        shards.contains("shards:1\r\nshard0:state=active,leader=1,members=1,learners=,slots=0-16383,"),
+        "{shards}"
+    );
     let raft: String = q(c, &["INFO", "raft"]).await.unwrap();
     assert!(raft.starts_with("# Raft") && !raft.contains("# Server"));
     ok(c, &["SET", "k", "v"]).await;

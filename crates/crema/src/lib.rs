@@ -75,7 +75,7 @@ pub use consensus::storage::MemStorage;
 pub use consensus::transaction::{KeyMeta, ReadCommand, Transaction, TxStep, WatchedKey};
 pub use consensus::{ApplyError, ApplyOutput, GroupStatus, RecoveryState, Role};
 pub use error::{Error, Result};
-pub use multiraft::{key_slot, ShardRange, ShardRouter};
+pub use multiraft::{key_slot, ShardInfo, ShardRange, ShardRouter, ShardState};
 pub use transport::auth::ClusterSecret;
 pub use transport::tls::{PeerTls, NODE_URI_PREFIX};
 pub use transport::TransportError;

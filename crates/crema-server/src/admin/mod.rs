@@ -74,6 +74,54 @@ pub struct ClusterView {
     /// While this node recovers from a restart without its Raft state (memory storage): what
     /// it waits for before it votes again (none once recovered).
     pub recovery: Option<String>,
+    /// The shards this node holds a replica of (absent from nodes older than shards).
+    #[serde(default)]
+    pub shards: Vec<ShardView>,
+}
+
+/// One shard replica in `/cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardView {
+    /// The shard.
+    pub id: crema::ShardId,
+    /// `initializing`, `active`, `transferring`, `removing` or `stopped`.
+    pub state: crema::ShardState,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// Voting members.
+    pub members: Vec<NodeId>,
+    /// Learners.
+    pub learners: Vec<NodeId>,
+    /// Entries in this replica.
+    pub entries: u64,
+    /// Weighted size of this replica (bytes when sized by memory, else entries).
+    pub size_bytes: u64,
+    /// Current term.
+    pub term: u64,
+    /// Highest committed index known here.
+    pub commit_index: u64,
+    /// Highest index applied here.
+    pub applied_index: u64,
+    /// The hash slots the shard owns, `first-last`.
+    pub slots: String,
+}
+
+impl From<&crema::ShardInfo> for ShardView {
+    fn from(s: &crema::ShardInfo) -> Self {
+        Self {
+            id: s.shard_id,
+            state: s.state,
+            leader: s.leader,
+            members: s.members.clone(),
+            learners: s.learners.clone(),
+            entries: s.entry_count,
+            size_bytes: s.size_bytes,
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            slots: format!("{}-{}", s.first_slot, s.last_slot),
+        }
+    }
 }
 
 /// `POST /cluster/nodes` body.
@@ -199,6 +247,7 @@ async fn cluster(State(s): State<AdminState>) -> Response {
                 misses: status.stats.misses,
                 memory_bytes: crate::metrics::resident_memory_bytes(),
                 recovery: recovery_text(&g.recovery),
+                shards: status.shards.iter().map(ShardView::from).collect(),
             })
             .into_response()
         }

@@ -55,6 +55,8 @@ pub struct ClusterStatus {
     pub entry_count: u64,
     /// Local read statistics.
     pub stats: CacheStats,
+    /// The shards this node holds a replica of (one today: the single group, every slot).
+    pub shards: Vec<crate::multiraft::ShardInfo>,
 }
 
 /// A node of a strongly consistent distributed cache.
@@ -521,6 +523,13 @@ impl DistributedCache {
                 members.insert(*id, addr);
             }
         }
+        let shard = crate::multiraft::ShardInfo::from_status(
+            &group,
+            self.storage.entry_count(),
+            self.storage.weighted_size(),
+            1,
+            self.end().is_some(),
+        );
         Ok(ClusterStatus {
             node_id: self.config.node_id,
             raft_addr: self.transport.local_addr(),
@@ -528,6 +537,7 @@ impl DistributedCache {
             members,
             entry_count: self.storage.entry_count(),
             stats: self.storage.stats(),
+            shards: vec![shard],
         })
     }
 
