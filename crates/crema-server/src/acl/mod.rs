@@ -142,29 +142,46 @@ impl Access {
             return Ok(());
         }
         let user = current.user.clone();
-        let sub = if spec.has_subcommands() { args.get(1).map(|s| &s[..]) } else { None };
-        let sub_name = sub.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
-        if !user.permits_command(spec.name, sub_name.as_deref(), spec.categories_of(sub)) {
-            let object = match &sub_name {
-                Some(sub) => format!("{}|{sub}", spec.name),
-                None => spec.name.to_owned(),
-            };
-            if log {
-                self.log.note(Denial::command(session, &object));
-            }
-            return Err(CmdError::NoPermCommand { user: session_user_name(session), command: object });
-        }
-        for position in spec.key_positions(args.len()) {
-            let key = &args[position];
-            if !user.permits_key(key, spec.is_write()) {
+        match refusal(&user, spec, args) {
+            None => Ok(()),
+            Some(Refusal::Command(object)) => {
                 if log {
-                    self.log.note(Denial::key(session, key));
+                    self.log.note(Denial::command(session, &object));
                 }
-                return Err(CmdError::NoPermKey);
+                Err(CmdError::NoPermCommand { user: session_user_name(session), command: object })
+            }
+            Some(Refusal::Key(key)) => {
+                if log {
+                    self.log.note(Denial::key(session, &key));
+                }
+                Err(CmdError::NoPermKey)
             }
         }
-        Ok(())
     }
+}
+
+/// Why a user may not run a call.
+pub enum Refusal {
+    /// The command (`name` or `name|sub`).
+    Command(String),
+    /// A key of the call.
+    Key(Bytes),
+}
+
+/// What in `spec` called with `args` `user` may not do, if anything: the command first, then
+/// each key (`ACL DRYRUN` answers from this too).
+pub fn refusal(user: &User, spec: &CommandSpec, args: &[Bytes]) -> Option<Refusal> {
+    let sub = if spec.has_subcommands() { args.get(1).map(|s| &s[..]) } else { None };
+    let sub_name = sub.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+    if !user.permits_command(spec.name, sub_name.as_deref(), spec.categories_of(sub)) {
+        return Some(Refusal::Command(match &sub_name {
+            Some(sub) => format!("{}|{sub}", spec.name),
+            None => spec.name.to_owned(),
+        }));
+    }
+    spec.key_positions(args.len())
+        .find(|&p| !user.permits_key(&args[p], spec.is_write()))
+        .map(|p| Refusal::Key(args[p].clone()))
 }
 
 fn session_user_name(session: &Session) -> String {

@@ -10,7 +10,7 @@ use rand::RngCore;
 
 use super::table::{lookup, CATEGORIES, COMMANDS};
 use super::{parse_int, Call, CmdError};
-use crate::acl::{file, DEFAULT_USER};
+use crate::acl::{file, refusal, Refusal, DEFAULT_USER};
 use crate::resp::Reply;
 
 pub(super) async fn run(call: &mut Call<'_>) -> Result<Reply, CmdError> {
@@ -185,20 +185,15 @@ async fn dry_run(call: &mut Call<'_>) -> Result<Reply, CmdError> {
     if !spec.arity_ok(args.len()) {
         return Err(CmdError::Arity(spec.name.to_owned()));
     }
-    let sub = if spec.has_subcommands() { args.get(1).map(|s| &s[..]) } else { None };
-    let sub_name = sub.map(|s| text(&Bytes::copy_from_slice(s)).to_ascii_lowercase());
-    if !user.permits_command(spec.name, sub_name.as_deref(), spec.categories_of(sub)) {
-        return Ok(Reply::bulk(format!("User {name} has no permissions to run the '{}' command", spec.name)));
-    }
-    for position in spec.key_positions(args.len()) {
-        if !user.permits_key(&args[position], spec.is_write()) {
-            return Ok(Reply::bulk(format!(
-                "User {name} has no permissions to access the '{}' key",
-                text(&args[position])
-            )));
+    Ok(match refusal(&user, spec, &args) {
+        None => Reply::OK,
+        Some(Refusal::Command(_)) => {
+            Reply::bulk(format!("User {name} has no permissions to run the '{}' command", spec.name))
         }
-    }
-    Ok(Reply::OK)
+        Some(Refusal::Key(key)) => {
+            Reply::bulk(format!("User {name} has no permissions to access the '{}' key", text(&key)))
+        }
+    })
 }
 
 fn gen_pass(call: &Call<'_>) -> Result<Reply, CmdError> {

@@ -487,13 +487,8 @@ impl ServeConfig {
         let Some((_, rules)) = users.iter().find(|(n, _)| n == crate::acl::DEFAULT_USER) else {
             return false;
         };
-        let mut user = crema::acl::User::new();
-        for rule in rules {
-            if let Ok(rule) = crema::acl::Rule::parse(rule) {
-                let _ = user.apply(&rule);
-            }
-        }
-        !user.enabled || !user.nopass
+        // The file was checked: its rules build.
+        crema::acl::User::new().with_rules(rules).is_some_and(|user| !user.enabled || !user.nopass)
     }
 }
 

@@ -146,14 +146,6 @@ fn hashed_rules(name: &str, rules: &[Bytes]) -> Result<Vec<Bytes>, AclChangeErro
         .collect()
 }
 
-/// Builds a user from `rules`, starting from `user`.
-fn build(mut user: User, rules: &[Bytes]) -> Option<User> {
-    for rule in rules {
-        user.apply(&Rule::parse(rule).ok()?).ok()?;
-    }
-    Some(user)
-}
-
 /// The users of one group, as applied.
 #[derive(Debug, Default)]
 pub struct AclStore {
@@ -198,7 +190,7 @@ impl AclStore {
         let output = match change {
             AclChange::SetUser { name, rules } => {
                 let base = users.get(name).map_or_else(User::new, |u| User::clone(u));
-                match build(base, rules) {
+                match base.with_rules(rules) {
                     Some(_) if !users.contains_key(name) && users.len() >= MAX_USERS => {
                         ApplyOutput::Failed(ApplyError::AclRule)
                     }
@@ -214,8 +206,10 @@ impl AclStore {
             }
             AclChange::Replace { only_if_empty: true, .. } if !users.is_empty() => ApplyOutput::Int(-1),
             AclChange::Replace { users: new, .. } => {
-                let built: Option<BTreeMap<String, Arc<User>>> =
-                    new.iter().map(|(n, r)| Some((n.clone(), Arc::new(build(User::new(), r)?)))).collect();
+                let built: Option<BTreeMap<String, Arc<User>>> = new
+                    .iter()
+                    .map(|(n, r)| Some((n.clone(), Arc::new(User::new().with_rules(r)?))))
+                    .collect();
                 match built {
                     Some(built) => {
                         *users = built;

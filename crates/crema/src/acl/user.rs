@@ -278,6 +278,14 @@ impl User {
         Ok(())
     }
 
+    /// This user with `rules` applied in order; none when one does not parse or cannot apply.
+    pub fn with_rules(mut self, rules: &[impl AsRef<[u8]>]) -> Option<User> {
+        for rule in rules {
+            self.apply(&Rule::parse(rule.as_ref()).ok()?).ok()?;
+        }
+        Some(self)
+    }
+
     /// Whether `password` logs this user in (it must be `on`).
     pub fn accepts(&self, password: &[u8]) -> bool {
         self.enabled && (self.nopass || self.passwords.contains(&hash_password(password)))
