@@ -12,6 +12,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::checkpoint::CheckpointConfig;
+use crate::multiraft::MultiRaftCacheConfig;
 use crate::types::NodeId;
 
 /// The longest TTL a command may carry (10 years). Longer is almost surely a unit mistake
@@ -198,6 +199,9 @@ pub struct CacheConfig {
     pub cluster_secret: Option<crate::ClusterSecret>,
     /// Mutual TLS on the peer port (see `transport::tls`); none: plain TCP.
     pub peer_tls: Option<crate::PeerTls>,
+    /// Multi-Raft: how many shards (Raft groups) the keys are split into; off by default (one
+    /// group).
+    pub multiraft: MultiRaftCacheConfig,
     /// Test-only fault injection shared by a test cluster's nodes (feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
     pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
@@ -242,9 +246,22 @@ impl CacheConfig {
             min_free_disk_bytes: 64 * 1024 * 1024,
             cluster_secret: None,
             peer_tls: None,
+            multiraft: MultiRaftCacheConfig::default(),
             #[cfg(feature = "fault-injection")]
             faults: None,
         }
+    }
+
+    /// Sets the Multi-Raft settings: with `enabled`, keys are split into `num_shards` shards,
+    /// each its own Raft group (see [`crate::multiraft`]).
+    pub fn with_multiraft_config(mut self, multiraft: MultiRaftCacheConfig) -> Self {
+        self.multiraft = multiraft;
+        self
+    }
+
+    /// How many Raft groups (shards) this node runs: 1 unless Multi-Raft is enabled.
+    pub fn shard_count(&self) -> u32 {
+        self.multiraft.shard_count()
     }
 
     /// Routes this node's peer traffic and group loop through `faults` (test-only, feature
@@ -444,7 +461,13 @@ impl CacheConfig {
                 )));
             }
         }
+        self.multiraft.validate()?;
         if self.raft_storage == RaftStorageType::RocksDb {
+            if self.shard_count() > 1 {
+                return Err(invalid(
+                    "Multi-Raft with RocksDB storage is not built yet: run sharded nodes with memory storage",
+                ));
+            }
             if !cfg!(feature = "rocksdb") {
                 return Err(invalid("RocksDB storage needs crema built with the `rocksdb` feature"));
             }
@@ -457,50 +480,5 @@ impl CacheConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn base() -> CacheConfig {
-        CacheConfig::new(1, "127.0.0.1:9000".parse().unwrap())
-    }
-
-    #[test]
-    fn defaults_match_the_seed() {
-        let raft = RaftConfig::default();
-        assert_eq!((raft.election_tick, raft.heartbeat_tick, raft.tick_interval_ms), (10, 3, 100));
-        assert_eq!((raft.max_size_per_msg, raft.max_inflight_msgs), (1 << 20, 256));
-        assert!(raft.pre_vote);
-        base().validate().unwrap();
-    }
-
-    #[test]
-    fn bad_settings_are_named() {
-        let cases: Vec<(CacheConfig, &str)> = vec![
-            (CacheConfig::new(0, "127.0.0.1:1".parse().unwrap()), "node_id"),
-            (base().with_max_capacity(0), "max_capacity"),
-            (base().with_max_memory(0), "max_memory_bytes"),
-            (base().with_default_ttl(Duration::ZERO), "default_ttl"),
-            (
-                base().with_raft_config(RaftConfig { heartbeat_tick: 10, ..Default::default() }),
-                "heartbeat_tick",
-            ),
-            (base().with_max_value_size(MAX_FRAME_BYTES), "max_value_bytes"),
-            (base().with_seed_nodes(vec![(0, "127.0.0.1:2".parse().unwrap())]), "id 0"),
-            (base().with_request_timeout(Duration::ZERO), "request_timeout"),
-        ];
-        for (config, needle) in cases {
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.contains(needle), "{err:?} should mention {needle}");
-        }
-    }
-
-    #[test]
-    fn initial_voters_include_self_once() {
-        let c = base().with_seed_nodes(vec![
-            (3, "127.0.0.1:3".parse().unwrap()),
-            (1, "127.0.0.1:9000".parse().unwrap()),
-            (2, "127.0.0.1:2".parse().unwrap()),
-        ]);
-        assert_eq!(c.initial_voters(), vec![1, 2, 3]);
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -62,6 +62,7 @@ pub mod private_files;
 pub(crate) mod transport;
 pub mod types;
 
+pub use cache::keyspace::{Keyspace, ReadEntries};
 pub use cache::storage::unix_now_ms;
 pub use cache::storage::{CacheStats, CacheStorage};
 pub use cache::{ClusterStatus, DistributedCache, NodeEnd, RaftFigures};
@@ -75,7 +76,7 @@ pub use consensus::storage::MemStorage;
 pub use consensus::transaction::{KeyMeta, ReadCommand, Transaction, TxStep, WatchedKey};
 pub use consensus::{ApplyError, ApplyOutput, GroupStatus, RecoveryState, Role};
 pub use error::{Error, Result};
-pub use multiraft::{key_slot, ShardInfo, ShardRange, ShardRouter, ShardState};
+pub use multiraft::{key_slot, MultiRaftCacheConfig, ShardInfo, ShardRange, ShardRouter, ShardState};
 pub use transport::auth::ClusterSecret;
 pub use transport::tls::{PeerTls, NODE_URI_PREFIX};
 pub use transport::TransportError;

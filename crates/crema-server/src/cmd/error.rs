@@ -67,6 +67,9 @@ pub enum CmdError {
     Cache(#[from] crema::Error),
 }
 
+/// Redis Cluster's answer to a command (or transaction) whose keys are in several shards.
+pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
 /// Where the leader can be reached, for `-NOTLEADER`.
 pub trait LeaderAddr {
     /// The client address of node `id`, if known.
@@ -83,6 +86,10 @@ impl CmdError {
             CmdError::Apply(ApplyError::NotInteger) => Reply::err("value is not an integer or out of range"),
             CmdError::Apply(ApplyError::TooLarge) => {
                 Reply::err("string exceeds maximum allowed size (proto-max-bulk-len)")
+            }
+            CmdError::Command(CommandError::CrossSlot)
+            | CmdError::Cache(crema::Error::InvalidCommand(CommandError::CrossSlot)) => {
+                Reply::Error(CROSSSLOT.into())
             }
             CmdError::Cache(e) => cache_error_reply(e, leaders),
             other => Reply::err(other),
@@ -139,5 +146,8 @@ mod tests {
         let not_leader = crema::Error::NotLeader { leader_hint: Some(2) };
         assert_eq!(text(not_leader.into()), "NOTLEADER 127.0.0.1:6381");
         assert!(text(crema::Error::ProposalDropped.into()).starts_with("TRYAGAIN "));
+        let cross = "CROSSSLOT Keys in request don't hash to the same slot";
+        assert_eq!(text(crema::Error::InvalidCommand(CommandError::CrossSlot).into()), cross);
+        assert_eq!(text(CommandError::CrossSlot.into()), cross);
     }
 }

@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use crema::consensus::command::CommandLimits;
-use crema::{ApplyOutput, CacheCommand, CacheStorage};
+use crema::{ApplyOutput, CacheCommand, Keyspace};
 
 pub use error::CmdError;
 pub use table::{lookup, lookup_index, CommandSpec, Kind, COMMANDS};
@@ -139,8 +139,8 @@ impl Call<'_> {
         String::from_utf8_lossy(&self.args[i]).to_ascii_uppercase()
     }
 
-    /// The local cache, to read after [`Self::read_barrier`].
-    pub fn storage(&self) -> &CacheStorage {
+    /// The local caches of every shard, to read after [`Self::read_barrier`].
+    pub fn storage(&self) -> &Keyspace {
         self.state.cache.storage()
     }
 

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use crema::consensus::command::CommandLimits;
 use crema::{ApplyOutput, CacheCommand, Transaction, TxStep, WatchedKey};
 
+use super::error::CROSSSLOT;
 use super::write::{self, PreparedRead, Render};
 use super::{check, unknown_command, Call, CmdError, Kind, Session, COMMANDS};
 use crate::resp::Reply;
@@ -56,6 +57,9 @@ struct Queue {
     bytes: usize,
     /// A command could not be queued: EXEC answers EXECABORT.
     failed: bool,
+    /// The shard every queued key is in (with several shards a transaction may touch one only,
+    /// as in Redis Cluster).
+    shard: Option<crema::ShardId>,
 }
 
 impl TxState {
@@ -131,6 +135,16 @@ pub(super) fn queue(
         }
         Ok(_) if queue.failed => Reply::Simple("QUEUED"),
         Ok(i) => {
+            let router = state.cache.router();
+            if router.num_shards() > 1 {
+                for position in COMMANDS[i].key_positions(args.len()) {
+                    let shard = router.shard_for_key(&args[position]);
+                    if *queue.shard.get_or_insert(shard) != shard {
+                        queue.failed = true;
+                        return Reply::Error(CROSSSLOT.into());
+                    }
+                }
+            }
             queue.bytes += args.iter().map(|a| a.len() + ARG_OVERHEAD_BYTES).sum::<usize>();
             if queue.bytes > limit {
                 // Nothing of it will run: free what it holds.
@@ -171,11 +185,12 @@ async fn watch(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         call.state.cache.read_barrier().await?;
         call.session.barrier_done = true;
     }
-    // The index first: the keys read after it may be newer (a needless abort), never older.
-    let seen_index = call.state.cache.raft_figures().applied_index;
     let storage = call.state.cache.storage();
     for key in &call.args[1..] {
         if !call.session.tx.watched.iter().any(|w| w.key == *key) {
+            // The index of the key's shard first: the key read after it may be newer (a
+            // needless abort), never older.
+            let seen_index = call.state.cache.applied_index_for_key(key);
             let live = storage.get_entry(key).is_some();
             call.session.tx.watched.push(WatchedKey { key: key.clone(), seen_index, live });
         }

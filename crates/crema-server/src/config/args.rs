@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// Default read mode of connections: linearizable or local [default: linearizable].
     #[arg(long, env = "CREMA_READ_MODE", value_parser = parse_read_mode)]
     pub read_mode: Option<ReadMode>,
+    /// Shards (Raft groups) the keys are split into by Redis Cluster's hash slots; every node
+    /// of a cluster needs the same number [default: 1].
+    #[arg(long, env = "CREMA_SHARDS")]
+    pub shards: Option<u32>,
     /// Most entries in the local cache [default: 1000000].
     #[arg(long, env = "CREMA_MAX_CAPACITY")]
     pub max_capacity: Option<u64>,
@@ -235,7 +239,7 @@ impl ServeArgs {
             max_args
         );
         overlay!(c, a, max_inline_bytes, max_query_buffer_bytes, max_output_buffer_bytes);
-        overlay!(c, a, max_total_query_buffer_bytes);
+        overlay!(c, a, max_total_query_buffer_bytes, shards);
         overlay!(c, a, slow_request_timeout_ms, write_timeout_ms, storage, checkpoint_log_threshold);
         overlay!(c, a, checkpoint_max_log_bytes, checkpoint_interval_secs, min_free_disk_bytes);
         if a.data_dir.is_some() {

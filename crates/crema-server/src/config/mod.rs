@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use crema::{CacheConfig, CheckpointConfig, ClusterSecret, NodeId, RaftConfig, RaftStorageType};
+use crema::{
+    CacheConfig, CheckpointConfig, ClusterSecret, MultiRaftCacheConfig, NodeId, RaftConfig, RaftStorageType,
+};
 use serde::{Deserialize, Serialize};
 
 mod args;
@@ -78,7 +80,10 @@ pub struct ServeConfig {
     pub protected_mode: bool,
     /// How connections read by default: `linearizable` or `local`.
     pub read_mode: ReadMode,
-    /// Most entries in the local cache (when `max_memory_bytes` is not set).
+    /// Shards (Raft groups) the keys are split into (1: one group, no Multi-Raft).
+    pub shards: u32,
+    /// Most entries in the local cache (when `max_memory_bytes` is not set), every shard
+    /// together.
     pub max_capacity: u64,
     /// Most bytes of keys and values in the local cache.
     pub max_memory_bytes: Option<u64>,
@@ -186,6 +191,7 @@ impl Default for ServeConfig {
             admin_open_metrics: false,
             protected_mode: true,
             read_mode: ReadMode::Linearizable,
+            shards: 1,
             max_capacity: 1_000_000,
             max_memory_bytes: None,
             default_ttl_ms: None,
@@ -364,6 +370,15 @@ impl ServeConfig {
             .with_max_value_size(self.max_value_bytes);
         if let Some(bytes) = self.max_memory_bytes {
             config = config.with_max_memory(bytes);
+        }
+        if self.shards != 1 {
+            // The node's bounds are split between its shards; no separate per-shard cap.
+            config = config.with_multiraft_config(MultiRaftCacheConfig {
+                enabled: true,
+                num_shards: self.shards,
+                shard_capacity: u64::MAX,
+                ..MultiRaftCacheConfig::default()
+            });
         }
         if let Some(ms) = self.default_ttl_ms {
             config = config.with_default_ttl(Duration::from_millis(ms));

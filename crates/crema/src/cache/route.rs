@@ -24,14 +24,16 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::shard::Shard;
 use super::DistributedCache;
 use crate::consensus::command::StampedCommand;
+use crate::consensus::group::GroupHandle;
 use crate::consensus::sessions::SessionStamp;
 use crate::consensus::{Applied, ApplyError, ApplyOutput};
 use crate::error::{Error, Result};
 use crate::transport::envelope::{Envelope, WireError};
 use crate::transport::forward::ForwardSlot;
-use crate::types::{NodeId, DEFAULT_SHARD};
+use crate::types::NodeId;
 
 /// What one copy of a forwarded write came to.
 enum Attempt {
@@ -42,10 +44,11 @@ enum Attempt {
 }
 
 impl DistributedCache {
-    /// Proposes `stamped` here when leader, else forwards it to the leader (sent again as
-    /// leadership moves) until it is answered; see the module docs.
+    /// Proposes `stamped` to `shard`'s group here when this node leads it, else forwards it to
+    /// its leader (sent again as leadership moves) until it is answered; see the module docs.
     pub(super) async fn route_write(
         &self,
+        shard: &Shard,
         mut stamped: StampedCommand,
         deadline: Instant,
     ) -> Result<Applied> {
@@ -55,11 +58,12 @@ impl DistributedCache {
         let mut forwarded: Option<(ForwardSlot<'_>, Bytes)> = None;
         // A forwarded write also ends at `forwarding_timeout` after it first went out.
         let mut deadline = deadline;
+        let group = &shard.group;
         loop {
-            let leader = self.await_leader(deadline, forwarded.is_some()).await?;
+            let leader = self.await_leader(group, deadline, forwarded.is_some()).await?;
             if leader == self.config.node_id {
                 let bytes = forwarded.as_ref().map_or_else(|| local.clone(), |(_, bytes)| bytes.clone());
-                match self.group.propose(bytes).await {
+                match group.propose(bytes).await {
                     Err(Error::ProposalDropped | Error::NotLeader { .. }) if Instant::now() < deadline => {
                         // Leadership moved between our look and the proposal; let it settle.
                         tokio::time::sleep(self.config.raft.tick_interval()).await;
@@ -79,7 +83,7 @@ impl DistributedCache {
             if !self.config.forwarding_enabled {
                 return Err(Error::NotLeader { leader_hint: Some(leader) });
             }
-            self.group.check_persisting()?;
+            group.check_persisting()?;
             let (slot, bytes) = forwarded.get_or_insert_with(|| {
                 deadline = deadline.min(Instant::now() + self.config.forwarding_timeout);
                 let forwarder = &self.dispatcher.forwarder;
@@ -94,7 +98,7 @@ impl DistributedCache {
                 });
                 (slot, Bytes::from(stamped.encode()))
             });
-            if let Attempt::Answered(result) = self.forward_copy(slot, bytes, leader, deadline).await {
+            if let Attempt::Answered(result) = self.forward_copy(shard, slot, bytes, leader, deadline).await {
                 let applied = result?;
                 // Answered with a result: not given up on (an error leaves it given up on, so
                 // a copy still in flight is refused).
@@ -103,7 +107,7 @@ impl DistributedCache {
                     self.dispatcher.forwarder.reported(&session.abandoned);
                 }
                 // Answer once applied here too, so the caller reads its own write on this node.
-                self.group.wait_applied(applied.index).await?;
+                group.wait_applied(applied.index).await?;
                 return self.settled(applied);
             }
         }
@@ -113,6 +117,7 @@ impl DistributedCache {
     /// leader to be replaced, or for an election timeout, whichever comes first.
     async fn forward_copy(
         &self,
+        shard: &Shard,
         slot: &ForwardSlot<'_>,
         bytes: &Bytes,
         leader: NodeId,
@@ -120,7 +125,7 @@ impl DistributedCache {
     ) -> Attempt {
         let tick = self.config.raft.tick_interval();
         let reply = slot.arm();
-        let frame = Envelope::Forward { shard: DEFAULT_SHARD, request_id: slot.seq, command: bytes.clone() };
+        let frame = Envelope::Forward { shard: shard.id, request_id: slot.seq, command: bytes.clone() };
         if let Err(e) = self.transport.send(leader, frame.to_frame()) {
             debug!(leader, error = %e, "a forwarded write was not sent; trying again");
             tokio::time::sleep(tick).await;
@@ -141,7 +146,7 @@ impl DistributedCache {
                 Ok(Err(e)) => Attempt::Answered(Err(e.into())),
                 Err(_) => Attempt::Answered(Err(Error::Shutdown)),
             },
-            _ = self.group.shared.leader_moved_from(leader) => Attempt::Again,
+            _ = shard.group.shared.leader_moved_from(leader) => Attempt::Again,
             _ = tokio::time::sleep_until(resend_at) => Attempt::Again,
         }
     }
@@ -157,28 +162,34 @@ impl DistributedCache {
         }
     }
 
-    /// The leader, once one is known. Without one: `NotLeader` (nothing was written) for a
-    /// request never sent once this node cannot reach a quorum, `Timeout` at the deadline for
+    /// `group`'s leader, once one is known. Without one: `NotLeader` (nothing was written) for
+    /// a request never sent once this node cannot reach a quorum, `Timeout` at the deadline for
     /// one that was sent (it may have been applied).
-    pub(super) async fn await_leader(&self, deadline: Instant, sent: bool) -> Result<NodeId> {
+    pub(super) async fn await_leader(
+        &self,
+        group: &GroupHandle,
+        deadline: Instant,
+        sent: bool,
+    ) -> Result<NodeId> {
         loop {
             let look_again = (Instant::now() + self.config.raft.tick_interval()).min(deadline);
-            if let Some(leader) = self.group.shared.wait_for_leader(look_again).await {
+            if let Some(leader) = group.shared.wait_for_leader(look_again).await {
                 return Ok(leader);
             }
             if sent && Instant::now() >= deadline {
                 return Err(Error::Timeout(self.config.request_timeout));
             }
-            if !sent && (Instant::now() >= deadline || !self.quorum_reachable()) {
+            if !sent && (Instant::now() >= deadline || !self.quorum_reachable(group)) {
                 return Err(Error::NotLeader { leader_hint: None });
             }
         }
     }
 
-    /// Resolves once this node knows no leader and cannot reach a quorum (looked at every tick).
-    pub(super) async fn quorum_lost(&self) {
+    /// Resolves once this node knows no leader of `group` and cannot reach a quorum of it
+    /// (looked at every tick).
+    pub(super) async fn quorum_lost(&self, group: &GroupHandle) {
         loop {
-            if self.group.shared.leader_id().is_none() && !self.quorum_reachable() {
+            if group.shared.leader_id().is_none() && !self.quorum_reachable(group) {
                 return;
             }
             tokio::time::sleep(self.config.raft.tick_interval()).await;
@@ -188,17 +199,17 @@ impl DistributedCache {
     /// Whether a leader may still appear: this node lost its leader less than an election
     /// timeout ago, or heard from enough voters within two (the longest randomized election
     /// timeout) to make a quorum with itself, or knows no voters yet (a joining node).
-    pub(super) fn quorum_reachable(&self) -> bool {
+    pub(super) fn quorum_reachable(&self, group: &GroupHandle) -> bool {
         // At least a second, whatever the ticks: an overloaded node with very short election
         // timeouts (tests run 200 ms ones on 2 busy cores) must not call a slow election lost.
         let election = self.config.raft.election_timeout().max(Duration::from_secs(1));
-        if self.group.shared.leaderless_for().is_none_or(|d| d < election) {
+        if group.shared.leaderless_for().is_none_or(|d| d < election) {
             return true;
         }
         // Heard within the longest randomized election timeout: a node that is still in touch
         // with its peers hears their campaign (or their hello at start) within it.
         let window = 2 * election;
-        let voters = self.group.shared.voters();
+        let voters = group.shared.voters();
         if voters.is_empty() {
             return true;
         }

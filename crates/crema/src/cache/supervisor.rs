@@ -60,7 +60,7 @@ impl Supervisor {
     /// Runs `task` as an essential task named `name` (see [`Self::watch`]).
     pub fn spawn(
         &self,
-        name: &'static str,
+        name: impl Into<String>,
         task: impl Future<Output = ()> + Send + 'static,
     ) -> JoinHandle<()> {
         self.watch(name, tokio::spawn(task), || false)
@@ -71,9 +71,30 @@ impl Supervisor {
     /// included) is a failure that stops the node. The returned handle resolves after that.
     pub fn watch(
         &self,
-        name: &'static str,
+        name: impl Into<String>,
         handle: JoinHandle<()>,
         removed: impl Fn() -> bool + Send + 'static,
+    ) -> JoinHandle<()> {
+        self.watch_as(name.into(), handle, removed, true)
+    }
+
+    /// Watches the group loop of one shard replica, as [`Self::watch`] does, except that its
+    /// removal from the shard (`removed()` true) ends that replica only, not the node.
+    pub fn watch_replica(
+        &self,
+        name: impl Into<String>,
+        handle: JoinHandle<()>,
+        removed: impl Fn() -> bool + Send + 'static,
+    ) -> JoinHandle<()> {
+        self.watch_as(name.into(), handle, removed, false)
+    }
+
+    fn watch_as(
+        &self,
+        name: String,
+        handle: JoinHandle<()>,
+        removed: impl Fn() -> bool + Send + 'static,
+        removal_ends_node: bool,
     ) -> JoinHandle<()> {
         let supervisor = self.clone();
         tokio::spawn(async move {
@@ -81,7 +102,11 @@ impl Supervisor {
             let stopping = supervisor.cancel.is_cancelled();
             let end = match outcome {
                 Ok(()) if stopping => return,
-                Ok(()) if removed() => NodeEnd::Removed,
+                Ok(()) if removed() && removal_ends_node => NodeEnd::Removed,
+                Ok(()) if removed() => {
+                    tracing::info!(task = name, "this replica was removed from its shard; the node goes on");
+                    return;
+                }
                 Ok(()) => NodeEnd::Failed(format!("{name} stopped on its own")),
                 Err(e) if e.is_panic() => {
                     NodeEnd::Failed(format!("{name} panicked: {}", panic_text(e.into_panic())))
@@ -152,6 +177,13 @@ mod tests {
         supervisor.watch("the raft group", tokio::spawn(async {}), || true).await.unwrap();
         assert_eq!(supervisor.end(), Some(NodeEnd::Removed));
         assert!(!cancel.is_cancelled(), "a removal is not a failure");
+
+        let cancel = CancellationToken::new();
+        let supervisor = Supervisor::new(cancel.clone());
+        supervisor.watch_replica("shard 3's group", tokio::spawn(async {}), || true).await.unwrap();
+        assert_eq!(supervisor.end(), None, "a replica removed from its shard does not end the node");
+        supervisor.watch_replica("shard 4's group", tokio::spawn(async {}), || false).await.unwrap();
+        assert_eq!(supervisor.end(), Some(NodeEnd::Failed("shard 4's group stopped on its own".into())));
 
         let cancel = CancellationToken::new();
         let supervisor = Supervisor::new(cancel.clone());

@@ -289,6 +289,10 @@ pub enum CommandError {
     /// The bytes are not a command of a version this build knows.
     #[error("cannot decode command: {0}")]
     Decode(String),
+    /// A write that must be atomic across its keys, on keys of several shards (Redis
+    /// Cluster's `CROSSSLOT`; a `{hash tag}` puts related keys in one shard).
+    #[error("keys in request don't hash to the same slot")]
+    CrossSlot,
 }
 
 impl CacheCommand {

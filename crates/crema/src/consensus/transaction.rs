@@ -30,7 +30,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::storage::{CacheStorage, StoredValue};
+use crate::cache::keyspace::ReadEntries;
+use crate::cache::storage::StoredValue;
 use crate::consensus::apply::{apply_command, ApplyError, ApplyOutput, Target};
 use crate::consensus::command::{validate_key, CacheCommand, CommandError, CommandLimits};
 
@@ -120,7 +121,7 @@ impl ReadCommand {
 
     /// Reads `storage` as it is, judging expiry at `at_ms` (the log time in apply; the
     /// server's clock for a read outside a transaction). No hit or miss is counted.
-    pub fn read(&self, storage: &CacheStorage, at_ms: u64) -> ApplyOutput {
+    pub fn read(&self, storage: &impl ReadEntries, at_ms: u64) -> ApplyOutput {
         match self {
             ReadCommand::Values { keys } => ApplyOutput::Values(
                 keys.iter().map(|k| storage.entry_at(k, at_ms).map(|e| e.value)).collect(),

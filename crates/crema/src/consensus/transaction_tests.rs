@@ -2,7 +2,7 @@
 //! deletes, expiry, eviction, clear, delete-then-recreate), the reply bound and validation.
 
 use super::*;
-use crate::cache::storage::StorageLimits;
+use crate::cache::storage::{CacheStorage, StorageLimits};
 use crate::consensus::command::StampedCommand;
 use crate::consensus::state_machine::CacheStateMachine;
 

@@ -24,7 +24,7 @@ use crate::consensus::storage::LogStore;
 use crate::consensus::{Applied, Role};
 use crate::error::{Error, Result};
 use crate::transport::envelope::Envelope;
-use crate::types::NodeId;
+use crate::types::{NodeId, DEFAULT_SHARD};
 
 impl<S: LogStore> Group<S> {
     pub(super) fn on_ready(&mut self) {
@@ -526,10 +526,22 @@ impl<S: LogStore> Group<S> {
                 self.sm.members().lock().expect("members poisoned").remove(&id);
                 if id == self.settings.node_id {
                     self.removed = true;
-                    warn!(
-                        shard = self.shared.shard,
-                        "this node was removed from the group: its Raft group stops (restart it empty to add it again)"
-                    );
+                    if self.shared.shard == DEFAULT_SHARD {
+                        warn!(
+                            shard = self.shared.shard,
+                            "this node was removed from the group: its Raft group stops (restart it empty to add it again)"
+                        );
+                    } else {
+                        // The replica is destroyed; the node and its other shards go on.
+                        self.sm.storage().clear();
+                        warn!(
+                            shard = self.shared.shard,
+                            "this replica was removed from its shard: its data is dropped"
+                        );
+                    }
+                } else if self.shared.shard != DEFAULT_SHARD {
+                    // Peer links follow the node's membership (shard 0's), not one shard's.
+                    info!(shard = self.shared.shard, node = id, "member removed");
                 } else {
                     // After a moment, so that what was just sent to it (`tell_removed`) leaves.
                     // Not if it was added back meanwhile.

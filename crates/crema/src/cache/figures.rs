@@ -1,0 +1,132 @@
+//! What a node reports of itself: [`RaftFigures`] (cheap, read without asking the groups) and
+//! [`ClusterStatus`] (from every group's task).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use super::{ClusterStatus, DistributedCache};
+use crate::error::Result;
+use crate::multiraft::ShardInfo;
+use crate::types::NodeId;
+
+impl DistributedCache {
+    /// Cheap figures of the Raft groups (no round trip to their tasks): term, commit and
+    /// applied index of shard 0's group; counts (leader changes, messages, ...) summed over
+    /// every shard.
+    pub fn raft_figures(&self) -> RaftFigures {
+        let meta = &self.meta().group.shared;
+        let mut figures = RaftFigures {
+            term: meta.term(),
+            commit_index: meta.commit(),
+            applied_index: meta.applied(),
+            peer_messages_rejected: self.dispatcher.rejected(),
+            peer_handshakes_refused: self.transport.handshakes_refused(),
+            ..RaftFigures::default()
+        };
+        for shard in &self.shards {
+            let shared = &shard.group.shared;
+            let f = &mut figures;
+            f.leader_changes += shared.leader_changes();
+            f.snapshots_installed += shared.snapshots_installed();
+            f.checkpoints_written += shared.checkpoints_written();
+            f.persist_failing |= shared.persist_failing();
+            f.proposal_batches += shared.proposals().0;
+            f.proposed_entries += shared.proposals().1;
+            f.messages_sent += shared.messages_sent();
+            f.queued_requests += shard.group.queued_requests();
+            f.held_writes += shared.held_writes();
+            f.read_rounds += shared.read_rounds();
+            f.held_reads += shared.held_reads();
+            f.apply_rejected += shared.apply_rejected();
+            f.peer_messages_rejected += shared.messages_rejected();
+            f.recovering |= shared.recovering();
+        }
+        figures
+    }
+
+    /// Role, term, indexes, members and cache figures of this node.
+    ///
+    /// # Errors
+    /// `Shutdown` once stopped.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        let mut shards = Vec::with_capacity(self.shards.len());
+        // A replica removed from its shard is gone from this node: not reported.
+        for shard in self.shards.iter().filter(|s| !s.group.shared.removed()) {
+            let status = shard.group.status().await?;
+            shards.push(ShardInfo::from_status(
+                &status,
+                shard.storage.entry_count(),
+                shard.storage.weighted_size(),
+                self.shards.len() as u32,
+                self.end().is_some(),
+            ));
+        }
+        let group = self.meta().group.status().await?;
+        let mut members: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
+        for id in group.voters.iter().chain(&group.learners) {
+            if let Some(addr) = self.transport.peer_addr(*id) {
+                members.insert(*id, addr);
+            }
+        }
+        Ok(ClusterStatus {
+            node_id: self.config.node_id,
+            raft_addr: self.transport.local_addr(),
+            group,
+            members,
+            entry_count: self.keyspace.entry_count(),
+            stats: self.keyspace.stats(),
+            shards,
+        })
+    }
+}
+
+/// Raft figures read without a round trip to the group task; see
+/// [`DistributedCache::raft_figures`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftFigures {
+    /// The current term.
+    pub term: u64,
+    /// The highest committed index known here.
+    pub commit_index: u64,
+    /// The highest index applied here.
+    pub applied_index: u64,
+    /// Leader changes seen by this node since it started.
+    pub leader_changes: u64,
+    /// Snapshots received from a leader and installed since this node started.
+    pub snapshots_installed: u64,
+    /// Checkpoints of this node's own state written since it started (durable storage; a
+    /// received snapshot, written as a checkpoint too, counts in `snapshots_installed`).
+    pub checkpoints_written: u64,
+    /// True while the Raft log cannot be written (disk full): writes wait and time out.
+    pub persist_failing: bool,
+    /// Proposal batches this node appended as leader: every write the group loop took from
+    /// its mailbox in one pass goes into one batch (one append message per follower).
+    pub proposal_batches: u64,
+    /// Log entries in those batches (writes proposed here as leader).
+    pub proposed_entries: u64,
+    /// Raft messages this node sent to its peers (appends, heartbeats, votes, responses).
+    pub messages_sent: u64,
+    /// Requests (writes, reads, admin calls) waiting in the group's mailbox right now.
+    pub queued_requests: usize,
+    /// Writes the leader took from its mailbox and holds for its next batch, while as many
+    /// batches as it keeps in flight are still uncommitted.
+    pub held_writes: usize,
+    /// Read-index rounds this node started: linearizable reads gathered in one loop pass, or
+    /// held while a round was in flight, share one (a round retried after a lost answer counts
+    /// again).
+    pub read_rounds: u64,
+    /// Linearizable reads waiting for the next round while this node's round is in flight.
+    pub held_reads: usize,
+    /// Committed entries that did not decode (garbage, or a command version this build does
+    /// not know), applied as no-ops on every node.
+    pub apply_rejected: u64,
+    /// Raft messages from peers dropped (or, for a heartbeat's commit index, corrected)
+    /// because a correct peer could not have sent them.
+    pub peer_messages_rejected: u64,
+    /// Incoming peer connections closed in the handshake: no proof of the cluster secret, or
+    /// an id that is not a member of the cluster.
+    pub peer_handshakes_refused: u64,
+    /// True while this node recovers from a restart without its Raft state (memory storage):
+    /// it does not vote until it has caught up (see [`crate::consensus::RecoveryState`]).
+    pub recovering: bool,
+}

@@ -1,0 +1,177 @@
+//! [`Keyspace`]: the node's local caches, one per shard, read as one.
+//!
+//! Each shard keeps its own [`CacheStorage`] (its own entries, apply clock, copy-on-write
+//! capture and eviction policy), so a snapshot installed for one shard, or its `Clear`, touches
+//! no other. Reads by key go to the key's shard; counts and walks cover every shard.
+
+use bytes::Bytes;
+
+use super::storage::{CacheStats, CacheStorage, StoredValue};
+use crate::multiraft::ShardRouter;
+use crate::types::ShardId;
+
+/// The local caches of every shard this node holds, in shard order. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    shards: Vec<CacheStorage>,
+    router: ShardRouter,
+}
+
+/// Looks up entries at a log time: one shard's cache, or the whole [`Keyspace`].
+pub trait ReadEntries {
+    /// The entry of `key` live at log time `at_ms` (no statistics).
+    fn entry_at(&self, key: &[u8], at_ms: u64) -> Option<StoredValue>;
+}
+
+impl ReadEntries for CacheStorage {
+    fn entry_at(&self, key: &[u8], at_ms: u64) -> Option<StoredValue> {
+        CacheStorage::entry_at(self, key, at_ms)
+    }
+}
+
+impl ReadEntries for Keyspace {
+    fn entry_at(&self, key: &[u8], at_ms: u64) -> Option<StoredValue> {
+        self.for_key(key).entry_at(key, at_ms)
+    }
+}
+
+impl Keyspace {
+    /// The caches `shards`, shard `i` at index `i`, routed by `router`.
+    pub(crate) fn new(shards: Vec<CacheStorage>, router: ShardRouter) -> Self {
+        debug_assert_eq!(shards.len(), router.num_shards() as usize);
+        Self { shards, router }
+    }
+
+    /// The cache of the shard that owns `key`.
+    #[inline]
+    pub fn for_key(&self, key: &[u8]) -> &CacheStorage {
+        &self.shards[self.router.shard_for_key(key) as usize]
+    }
+
+    /// The cache of shard `shard`, if this node has one.
+    pub fn shard(&self, shard: ShardId) -> Option<&CacheStorage> {
+        self.shards.get(shard as usize)
+    }
+
+    /// Every shard's cache, in shard order.
+    pub fn shards(&self) -> &[CacheStorage] {
+        &self.shards
+    }
+
+    /// The router that maps keys to shards.
+    pub fn router(&self) -> &ShardRouter {
+        &self.router
+    }
+
+    /// The live value of `key`, counting a hit or a miss.
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.for_key(key).get(key)
+    }
+
+    /// The live value and expiry of `key`, without touching the statistics.
+    pub fn get_entry(&self, key: &[u8]) -> Option<StoredValue> {
+        self.for_key(key).get_entry(key)
+    }
+
+    /// Whether `key` has a live entry (no statistics).
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.for_key(key).contains(key)
+    }
+
+    /// The entry of `key` live at log time `at_ms` (no statistics).
+    pub fn entry_at(&self, key: &[u8], at_ms: u64) -> Option<StoredValue> {
+        self.for_key(key).entry_at(key, at_ms)
+    }
+
+    /// Inserts `key` into this node's cache only (see `DistributedCache::put_local`).
+    pub fn insert(&self, key: Bytes, value: Bytes, expires_at_ms: Option<u64>) {
+        self.for_key(&key).insert(key, value, expires_at_ms);
+    }
+
+    /// Calls `f` with every key live on this node's clock, shard after shard, until it answers
+    /// false.
+    pub fn for_each_live_key(&self, mut f: impl FnMut(&Bytes, &StoredValue) -> bool) {
+        let mut going = true;
+        for shard in &self.shards {
+            shard.for_each_live_key(|k, v| {
+                going = f(k, v);
+                going
+            });
+            if !going {
+                return;
+            }
+        }
+    }
+
+    /// Entries live on this node's clock in every shard (O(entries)).
+    pub fn live_count(&self) -> u64 {
+        self.shards.iter().map(CacheStorage::live_count).sum()
+    }
+
+    /// Entries held in every shard (expired ones not yet reclaimed included).
+    pub fn entry_count(&self) -> u64 {
+        self.shards.iter().map(CacheStorage::entry_count).sum()
+    }
+
+    /// The weighted size of every shard: bytes when sized by memory, else entries.
+    pub fn weighted_size(&self) -> u64 {
+        self.shards.iter().map(CacheStorage::weighted_size).sum()
+    }
+
+    /// Hits, misses and evictions of every shard together.
+    pub fn stats(&self) -> CacheStats {
+        self.shards.iter().map(CacheStorage::stats).fold(CacheStats::default(), |a, s| CacheStats {
+            hits: a.hits + s.hits,
+            misses: a.misses + s.misses,
+            evictions: a.evictions + s.evictions,
+        })
+    }
+
+    /// Every entry live at `now_ms` in every shard, in no particular order.
+    pub fn live_entries(&self, now_ms: u64) -> Vec<(Bytes, StoredValue)> {
+        self.shards.iter().flat_map(|s| s.live_entries(now_ms)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::storage::StorageLimits;
+
+    fn keyspace(shards: u32) -> Keyspace {
+        let limits = StorageLimits { max_capacity: u64::MAX, max_memory_bytes: None, time_to_idle: None };
+        let caches = (0..shards).map(|_| CacheStorage::new(limits)).collect();
+        Keyspace::new(caches, ShardRouter::new(shards).unwrap())
+    }
+
+    #[test]
+    fn keys_live_in_their_shard_and_counts_cover_all() {
+        let space = keyspace(4);
+        for i in 0..200 {
+            space.insert(Bytes::from(format!("k{i}")), Bytes::from("v"), None);
+        }
+        for i in 0..200 {
+            let key = format!("k{i}");
+            let shard = space.router().shard_for_key(key.as_bytes());
+            for (index, cache) in space.shards().iter().enumerate() {
+                assert_eq!(cache.contains(key.as_bytes()), index == shard as usize, "{key}");
+            }
+            assert_eq!(space.get(key.as_bytes()), Some(Bytes::from("v")));
+        }
+        assert!(space.shards().iter().all(|s| s.entry_count() > 0), "200 keys reach every shard");
+        assert_eq!((space.live_count(), space.entry_count(), space.live_entries(0).len()), (200, 200, 200));
+        assert_eq!(space.stats().hits, 200);
+        let mut walked = 0;
+        space.for_each_live_key(|_, _| {
+            walked += 1;
+            walked < 150
+        });
+        assert_eq!(walked, 150, "the walk stops when asked, across shards");
+        // Clearing one shard leaves the others.
+        let cleared = space.router().shard_for_key(b"k0");
+        let held = space.shards()[cleared as usize].live_count();
+        space.shard(cleared).unwrap().clear();
+        assert!(space.get(b"k0").is_none());
+        assert_eq!(space.live_count(), 200 - held);
+    }
+}

@@ -1,0 +1,225 @@
+//! Starting a node: the transport, then one Raft group, cache and background tasks per shard
+//! (see `cache::shard`), all watched by the supervisor.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::background::{evict, sweep_expired};
+use super::dispatch::Dispatcher;
+use super::keyspace::Keyspace;
+use super::shard::Shard;
+use super::split::META_SHARD;
+use super::storage::{CacheStorage, StorageLimits};
+use super::supervisor::{NodeEnd, Supervisor};
+use super::DistributedCache;
+use crate::config::{CacheConfig, RaftStorageType};
+use crate::consensus::command::CommandLimits;
+use crate::consensus::group::{spawn_group, GroupHandle, GroupSettings};
+use crate::consensus::state_machine::CacheStateMachine;
+use crate::consensus::storage::MemStorage;
+use crate::error::Result;
+use crate::multiraft::ShardRouter;
+use crate::transport::{Transport, TransportConfig};
+use crate::types::ShardId;
+
+impl DistributedCache {
+    pub(super) async fn start(config: CacheConfig, listener: tokio::net::TcpListener) -> Result<Self> {
+        let limits =
+            CommandLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
+        let router = ShardRouter::new(config.shard_count())?;
+        let dispatcher = Arc::new(Dispatcher::new(config.node_id, limits));
+        let transport = Transport::start(
+            TransportConfig {
+                node_id: config.node_id,
+                incarnation: rand::random(),
+                max_frame_bytes: crate::config::MAX_FRAME_BYTES,
+                queue_capacity: config.peer_queue_capacity,
+                handshake_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(1),
+                secret: config.cluster_secret.clone(),
+                tls: config.peer_tls.clone(),
+                #[cfg(feature = "fault-injection")]
+                faults: config.faults.clone(),
+            },
+            listener,
+            dispatcher.clone(),
+        )?;
+        for (id, addr) in &config.seed_nodes {
+            transport.add_peer(*id, Some(*addr));
+        }
+        let cancel = CancellationToken::new();
+        let supervisor = Supervisor::new(cancel.clone());
+        let mut shards = Vec::with_capacity(router.num_shards() as usize);
+        let mut tasks = Vec::new();
+        let mut acl = None;
+        for id in 0..router.num_shards() {
+            let storage = CacheStorage::new(shard_limits(&config));
+            let sm = CacheStateMachine::new(storage.clone());
+            if id == META_SHARD {
+                acl = Some(sm.acl().clone());
+            }
+            {
+                let mut members = sm.members().lock().expect("members poisoned");
+                members.insert(config.node_id, config.raft_addr);
+                members.extend(config.seed_nodes.iter().copied());
+            }
+            let (group, task) = spawn_shard_group(&config, id, sm, &transport, &cancel)?;
+            let name = |what: &str| {
+                if router.num_shards() == 1 {
+                    format!("the {what}")
+                } else {
+                    format!("the {what} of shard {id}")
+                }
+            };
+            let removed = group.shared.clone();
+            tasks.push(if id == META_SHARD {
+                supervisor.watch(name("raft group loop"), task, move || removed.removed())
+            } else {
+                supervisor.watch_replica(name("raft group loop"), task, move || removed.removed())
+            });
+            tasks.push(
+                supervisor.spawn(name("expiry sweeper"), sweep_expired(storage.clone(), cancel.clone())),
+            );
+            tasks.push(
+                supervisor.spawn(name("evictor"), evict(storage.clone(), group.clone(), cancel.clone())),
+            );
+            shards.push(Shard { id, group, storage });
+        }
+        // Watched, not awaited at shutdown: it ends when the transport closes, after the groups.
+        if let Some(accept) = transport.take_accept_task() {
+            drop(supervisor.watch("the peer accept loop", accept, || false));
+        }
+        // A failed node stops talking to its peers too: it must not look alive to them.
+        let (watching, closing, stopped) = (supervisor.clone(), transport.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                end = watching.ended() => if let NodeEnd::Failed(_) = end { closing.close() },
+                _ = stopped.cancelled() => {
+                    // Stopped by its owner, or by a failure: a failure is recorded first.
+                    if let Some(NodeEnd::Failed(_)) = watching.end() { closing.close() }
+                }
+            }
+        });
+        dispatcher.attach(shards.iter().map(|s| s.group.clone()).collect());
+        transport.open();
+        if config.force_new_cluster {
+            for shard in &shards {
+                shard.group.force_new_cluster().await?;
+            }
+        }
+        info!(
+            node = config.node_id,
+            addr = %transport.local_addr(),
+            voters = ?config.initial_voters(),
+            shards = router.num_shards(),
+            join = config.join,
+            "crema node started"
+        );
+        let keyspace = Keyspace::new(shards.iter().map(|s| s.storage.clone()).collect(), router);
+        Ok(Self {
+            config,
+            keyspace,
+            shards,
+            acl: acl.expect("shard 0 exists"),
+            transport,
+            dispatcher,
+            cancel,
+            supervisor,
+            group_tasks: Mutex::new(tasks),
+            shut_down: AtomicBool::new(false),
+        })
+    }
+}
+
+/// The cache bounds of one shard: the node's, split evenly between its shards (and at most
+/// `shard_capacity` entries each) when there are several.
+fn shard_limits(config: &CacheConfig) -> StorageLimits {
+    let shards = u64::from(config.shard_count());
+    if shards == 1 {
+        return StorageLimits {
+            max_capacity: config.max_capacity,
+            max_memory_bytes: config.max_memory_bytes,
+            time_to_idle: config.default_tti,
+        };
+    }
+    StorageLimits {
+        max_capacity: config.max_capacity.div_ceil(shards).min(config.multiraft.shard_capacity),
+        max_memory_bytes: config.max_memory_bytes.map(|bytes| bytes.div_ceil(shards)),
+        time_to_idle: config.default_tti,
+    }
+}
+
+/// Starts the Raft group of shard `id` over its state machine `sm`.
+fn spawn_shard_group(
+    config: &CacheConfig,
+    id: ShardId,
+    sm: CacheStateMachine,
+    transport: &Arc<Transport>,
+    cancel: &CancellationToken,
+) -> Result<(GroupHandle, JoinHandle<()>)> {
+    let settings = GroupSettings {
+        node_id: config.node_id,
+        shard: id,
+        raft: config.raft.clone(),
+        mailbox_capacity: config.mailbox_capacity,
+        // A read waits for its index as long as its caller does (rounds dropped by Raft are
+        // retried meanwhile), so a node still catching up answers late rather than not at all.
+        read_timeout: config.request_timeout,
+        shutdown_grace: config.raft.election_timeout(),
+        checkpoints: None,
+        // A memory node remembers nothing of an earlier life, so every start may be a
+        // restart: it recovers first unless it is the only voter (or joins, empty conf).
+        recover: config.raft_storage == RaftStorageType::Memory
+            && !config.join
+            && !config.force_new_cluster
+            && config.initial_voters().len() > 1,
+        #[cfg(feature = "fault-injection")]
+        faults: config.faults.clone(),
+    };
+    match config.raft_storage {
+        RaftStorageType::Memory => {
+            let store = if config.join {
+                MemStorage::new()
+            } else {
+                MemStorage::new_with_conf_state(&config.initial_voters())
+            };
+            spawn_group(settings, store, sm, transport.clone(), cancel.clone())
+        }
+        RaftStorageType::RocksDb => spawn_durable(config, settings, sm, transport, cancel),
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+fn spawn_durable(
+    config: &CacheConfig,
+    mut settings: GroupSettings,
+    mut sm: CacheStateMachine,
+    transport: &Arc<Transport>,
+    cancel: &CancellationToken,
+) -> Result<(GroupHandle, JoinHandle<()>)> {
+    let (store, checkpoints) = super::recovery::open_durable(config, &mut sm)?;
+    let members: Vec<_> = sm.members().lock().expect("members poisoned").clone().into_iter().collect();
+    for (id, addr) in members.into_iter().filter(|(id, _)| *id != config.node_id) {
+        transport.add_peer(id, Some(addr));
+    }
+    settings.checkpoints = Some(checkpoints);
+    spawn_group(settings, store, sm, transport.clone(), cancel.clone())
+}
+
+#[cfg(not(feature = "rocksdb"))]
+fn spawn_durable(
+    _: &CacheConfig,
+    _: GroupSettings,
+    _: CacheStateMachine,
+    _: &Arc<Transport>,
+    _: &CancellationToken,
+) -> Result<(GroupHandle, JoinHandle<()>)> {
+    Err(crate::error::Error::Config(crate::config::ConfigError::Invalid(
+        "RocksDB storage needs crema built with the `rocksdb` feature".into(),
+    )))
+}

@@ -1,0 +1,186 @@
+//! Multi-Raft on real nodes over TCP: every shard its own Raft group on every node, keys routed
+//! by hash slot, writes across shards split or refused, and each shard served on after a node
+//! dies.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{cluster_with, wait_until};
+use crema::{ApplyOutput, CacheCommand, CommandError, DistributedCache, Error, MultiRaftCacheConfig};
+
+const SHARDS: u32 = 4;
+
+async fn sharded(n: usize) -> Vec<DistributedCache> {
+    let nodes = cluster_with(n, |c| {
+        c.with_multiraft_config(MultiRaftCacheConfig {
+            enabled: true,
+            num_shards: SHARDS,
+            ..Default::default()
+        })
+    })
+    .await;
+    wait_for_shard_leaders(&nodes.iter().collect::<Vec<_>>()).await;
+    nodes
+}
+
+/// Waits until every shard has a leader that every listed node knows.
+async fn wait_for_shard_leaders(nodes: &[&DistributedCache]) {
+    wait_until(Duration::from_secs(20), "a leader of every shard, known to every node", || async {
+        (0..SHARDS).all(|shard| {
+            let leader = nodes[0].shard_leader(shard);
+            leader.is_some() && nodes.iter().all(|n| n.shard_leader(shard) == leader)
+        })
+    })
+    .await;
+}
+
+fn key(i: usize) -> Bytes {
+    Bytes::from(format!("key:{i}"))
+}
+
+#[tokio::test]
+async fn every_key_lives_in_its_shard_on_every_node() {
+    let nodes = sharded(3).await;
+    assert!(nodes.iter().all(|n| n.router().num_shards() == SHARDS));
+    for i in 0..200 {
+        nodes[i % 3].put(key(i), format!("v{i}")).await.unwrap();
+    }
+    for node in &nodes {
+        for i in 0..200 {
+            let k = key(i);
+            assert_eq!(node.consistent_get(&k).await.unwrap(), Some(Bytes::from(format!("v{i}"))));
+            let shard = node.router().shard_for_key(&k) as usize;
+            for (s, cache) in node.storage().shards().iter().enumerate() {
+                assert_eq!(cache.contains(&k), s == shard, "node {} shard {s} key {i}", node.node_id());
+            }
+        }
+        assert_eq!(node.storage().live_count(), 200);
+        assert!(node.storage().shards().iter().all(|s| s.live_count() > 0), "200 keys reach every shard");
+        let status = node.cluster_status().await.unwrap();
+        assert_eq!(status.shards.len(), SHARDS as usize);
+        let entries: u64 = status.shards.iter().map(|s| s.entry_count).sum();
+        assert_eq!(entries, 200);
+        for (i, shard) in status.shards.iter().enumerate() {
+            assert_eq!(shard.shard_id, i as u32);
+            assert_eq!(shard.members, vec![1, 2, 3]);
+            assert_eq!(shard.leader, node.shard_leader(i as u32));
+        }
+        // Slot ranges tile the 16,384 slots.
+        assert_eq!(status.shards[0].first_slot, 0);
+        assert_eq!(status.shards.last().unwrap().last_slot, 16_383);
+        assert!(status.shards.windows(2).all(|w| w[1].first_slot == w[0].last_slot + 1));
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn writes_across_shards_are_split_or_refused() {
+    let nodes = sharded(3).await;
+    let node = &nodes[1];
+    let (a, b) = (Bytes::from("a"), Bytes::from("b"));
+    assert_ne!(node.router().shard_for_key(&a), node.router().shard_for_key(&b), "a and b in two shards");
+
+    // MSET across shards is refused, nothing written; with a hash tag it is one shard.
+    let mset = CacheCommand::PutMany {
+        pairs: vec![(a.clone(), "1".into()), (b.clone(), "2".into())],
+        only_if_none_exist: false,
+    };
+    match node.execute(mset).await {
+        Err(Error::InvalidCommand(CommandError::CrossSlot)) => {}
+        other => panic!("expected CROSSSLOT, got {other:?}"),
+    }
+    assert_eq!(node.consistent_get(&a).await.unwrap(), None);
+    let tagged = CacheCommand::PutMany {
+        pairs: vec![(Bytes::from("{u1}:a"), "1".into()), (Bytes::from("{u1}:b"), "2".into())],
+        only_if_none_exist: false,
+    };
+    assert_eq!(node.execute(tagged).await.unwrap(), ApplyOutput::Int(1));
+
+    // A pipelined batch across shards: each answer in the client's order.
+    let batch = CacheCommand::Batch(vec![
+        CacheCommand::put(a.clone(), "1"),
+        CacheCommand::put(b.clone(), "2"),
+        CacheCommand::IncrBy { key: Bytes::from("n"), delta: 5 },
+        CacheCommand::DeleteMany { keys: vec![a.clone(), b.clone(), Bytes::from("missing")] },
+        CacheCommand::IncrBy { key: Bytes::from("n"), delta: 1 },
+    ]);
+    assert_eq!(
+        node.execute(batch).await.unwrap(),
+        ApplyOutput::Batch(vec![
+            ApplyOutput::Done,
+            ApplyOutput::Done,
+            ApplyOutput::Int(5),
+            ApplyOutput::Int(2),
+            ApplyOutput::Int(6),
+        ])
+    );
+    // DEL across shards counts every shard's removals.
+    for i in 0..20 {
+        node.put(key(i), "x").await.unwrap();
+    }
+    let keys: Vec<Bytes> = (0..25).map(key).collect();
+    assert_eq!(node.execute(CacheCommand::DeleteMany { keys }).await.unwrap(), ApplyOutput::Int(20));
+
+    // CLEAR reaches every shard on every node.
+    for i in 0..20 {
+        node.put(key(i), "x").await.unwrap();
+    }
+    nodes[2].clear().await.unwrap();
+    for n in &nodes {
+        n.read_barrier().await.unwrap();
+        assert_eq!(n.storage().live_count(), 0, "node {} is empty", n.node_id());
+    }
+
+    // Membership of a sharded cluster cannot change yet, and says so.
+    let leader = nodes.iter().find(|n| n.is_leader()).unwrap();
+    match leader.remove_peer(3).await {
+        Err(Error::Membership(why)) => assert!(why.contains("several shards"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn every_shard_is_served_on_after_a_node_dies() {
+    let nodes = sharded(3).await;
+    for i in 0..100 {
+        nodes[i % 3].put(key(i), "before").await.unwrap();
+    }
+    // Stop the node that leads the most shards.
+    let leads =
+        |n: &DistributedCache| (0..SHARDS).filter(|s| n.shard_leader(*s) == Some(n.node_id())).count();
+    let victim = (0..3).max_by_key(|i| leads(&nodes[*i])).unwrap();
+    assert!(leads(&nodes[victim]) > 0);
+    nodes[victim].shutdown().await;
+    let survivors: Vec<&DistributedCache> =
+        nodes.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, n)| n).collect();
+    let victim_id = nodes[victim].node_id();
+    wait_until(Duration::from_secs(20), "every shard led by a survivor", || async {
+        (0..SHARDS).all(|s| {
+            let leader = survivors[0].shard_leader(s);
+            leader.is_some_and(|l| l != victim_id) && survivors.iter().all(|n| n.shard_leader(s) == leader)
+        })
+    })
+    .await;
+    for (j, node) in survivors.iter().enumerate() {
+        for i in 0..100 {
+            assert_eq!(node.consistent_get(&key(i)).await.unwrap(), Some(Bytes::from("before")), "key {i}");
+        }
+        for i in 100..150 {
+            node.put(key(i + j * 100), "after").await.unwrap();
+        }
+    }
+    for node in &survivors {
+        node.read_barrier().await.unwrap();
+        assert_eq!(node.storage().live_count(), 200);
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
