@@ -176,6 +176,9 @@ async fn client(
 /// pipelining (etcd) would otherwise write its 100,000 keys one round trip at a time.
 const PRELOAD_CLIENTS: usize = 32;
 
+/// Times a preload batch is sent before its failure ends the run.
+const PRELOAD_ATTEMPTS: u32 = 3;
+
 /// Writes every key once (pipelined, split over at least `PRELOAD_CLIENTS` connections), so
 /// reads find data.
 ///
@@ -192,7 +195,23 @@ pub async fn preload(target: Arc<Target>, workload: &Workload, clients: usize) -
             let mine: Vec<u64> = (c as u64..workload.keys).step_by(clients).collect();
             for chunk in mine.chunks(64) {
                 let batch: Vec<Op> = chunk.iter().map(|i| Op::Set(workload.key(*i), value.clone())).collect();
-                conn.run(&batch).await?;
+                // A write whose outcome is unknown (TIMEOUT) or that found no leader is sent
+                // again: SET is idempotent, and the preload is not measured. Said on stderr.
+                let mut attempt = 1;
+                while let Err(e) = conn.run(&batch).await {
+                    let text = e.to_string();
+                    let retriable =
+                        ["TIMEOUT", "TRYAGAIN", "CLUSTERDOWN"].iter().any(|code| text.contains(code));
+                    if !retriable || attempt == PRELOAD_ATTEMPTS {
+                        return Err(e);
+                    }
+                    eprintln!(
+                        "preload: a batch of {} writes failed ({}), sending it again",
+                        batch.len(),
+                        error_kind(&e)
+                    );
+                    attempt += 1;
+                }
             }
             anyhow::Ok(())
         }));
