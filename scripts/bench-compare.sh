@@ -88,8 +88,8 @@ wait_port() { # host:port
 
 # --- systems: start_<name> starts it and sets ADDRS (space-separated host:port) and KIND ---
 
-start_crema() { # nodes storage [tls]
-  local n="$1" storage="$2" i j peers tls=()
+start_crema() { # nodes storage [tls] [shards]
+  local n="$1" storage="$2" shards="${4:-1}" i j peers tls=()
   rm -rf "$WORK/crema"
   ADDRS=""
   TLS_CA=""
@@ -108,14 +108,19 @@ start_crema() { # nodes storage [tls]
     fi
     "$BIN/crema" serve --node-id "$i" --raft-addr "127.0.0.1:$((27000 + i))" \
       --resp-addr "127.0.0.1:$((26380 + i))" --admin-addr "127.0.0.1:$((28000 + i))" \
-      --storage "$storage" --data-dir "$WORK/crema/$i" "${peers[@]}" "${tls[@]}" >"$WORK/crema-$i.log" 2>&1 &
+      --storage "$storage" --data-dir "$WORK/crema/$i" --shards "$shards" "${peers[@]}" "${tls[@]}" >"$WORK/crema-$i.log" 2>&1 &
     PIDS+=($!)
     ADDRS="$ADDRS 127.0.0.1:$((26380 + i))"
   done
   for a in $ADDRS; do wait_port "$a"; done
-  # Ready once a write goes through.
+  ADDRS="${ADDRS# }"
+  # Ready once a write goes through and (with shards) every shard has a leader.
   for _ in $(seq 1 100); do
-    if redis_cli "${ADDRS%% *}" SET ready 1 >/dev/null 2>&1; then break; fi
+    command -v redis-cli >/dev/null || break
+    if redis_cli "${ADDRS%% *}" SET ready 1 2>/dev/null | grep -q OK \
+      && ! redis_cli "${ADDRS%% *}" INFO shards 2>/dev/null | grep -q 'state=initializing'; then
+      break
+    fi
     sleep 0.1
   done
   KIND=resp
@@ -212,12 +217,13 @@ bench() { # system-label workload-label extra crema-bench args...
 }
 
 # The workloads (16-byte keys, 100-byte values, 100,000 keys): name, systems, bench arguments.
-# Systems: crema1, crema3, crema3d (RocksDB), redis, redisaof, etcd, etcdnofsync.
+# Systems: crema1, crema3, crema3d (RocksDB), crema3s16 (16 shards), crema1tls, crema3tls, redis,
+# redisaof, etcd, etcdnofsync.
 WORKLOADS=(
-  "W1 writes, 50 clients|crema3 crema3tls redis etcd etcdnofsync|--clients 50"
+  "W1 writes, 50 clients|crema3 crema3s16 crema3tls redis etcd etcdnofsync|--clients 50"
   "W2 writes, 50 clients, pipeline 16|crema3 redis|--clients 50 --pipeline 16"
   "W3 durable writes, 50 clients|crema3d redisaof etcd|--clients 50"
-  "W4 linearizable reads, 50 clients|crema3 etcd|--clients 50 --reads 1 --preload"
+  "W4 linearizable reads, 50 clients|crema3 crema3s16 etcd|--clients 50 --reads 1 --preload"
   "W5 local reads, 1 node, pipeline 16|crema1 crema1tls redis|--clients 50 --pipeline 16 --reads 1 --preload"
   "W6 90% reads zipfian, 50 clients|crema3 redis etcd|--clients 50 --reads 0.9 --distribution zipfian --preload"
   "W8 1 client SET (crema: to a follower)|crema3 redis etcd|--clients 1"
@@ -234,6 +240,7 @@ start_system() {
     crema1tls) start_crema 1 memory tls ;;
     crema3tls) start_crema 3 memory tls ;;
     crema3d) start_crema 3 rocksdb ;;
+    crema3s16) start_crema 3 memory "" 16 ;;
     redis) start_redis no ;;
     redisaof) start_redis always ;;
     etcd) start_etcd "" ;;

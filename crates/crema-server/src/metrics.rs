@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::server::ServerState;
@@ -165,6 +166,62 @@ fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// One labelled value per shard replica: `name{shard="i"}`.
+fn per_shard(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (u32, i64)>,
+    counter: bool,
+) -> std::fmt::Result {
+    let kind = if counter { MetricType::Counter } else { MetricType::Gauge };
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (shard, value) in values {
+        let labels = [("shard", shard.to_string())];
+        let metric = family.encode_family(&labels)?;
+        if counter {
+            ConstCounter::new(value as u64).encode(metric)?;
+        } else {
+            ConstGauge::new(value).encode(metric)?;
+        }
+    }
+    Ok(())
+}
+
+/// The figures of each shard replica (Multi-Raft), labelled by shard.
+fn shard_metrics(e: &mut DescriptorEncoder<'_>, cache: &DistributedCache) -> std::fmt::Result {
+    let shards = cache.shard_info();
+    let me = cache.node_id();
+    per_shard(
+        e,
+        "shard_entries",
+        "Entries held in the shard's local cache",
+        shards.iter().map(|s| (s.shard_id, s.entry_count as i64)),
+        false,
+    )?;
+    per_shard(
+        e,
+        "shard_is_leader",
+        "1 when this node leads the shard's Raft group",
+        shards.iter().map(|s| (s.shard_id, i64::from(s.leader == Some(me)))),
+        false,
+    )?;
+    per_shard(
+        e,
+        "shard_applied_index",
+        "Highest log index of the shard applied here",
+        shards.iter().map(|s| (s.shard_id, s.applied_index as i64)),
+        false,
+    )?;
+    per_shard(
+        e,
+        "shard_leader_changes",
+        "Leader changes of the shard's group seen by this node",
+        shards.iter().map(|s| (s.shard_id, cache.shard_leader_changes(s.shard_id) as i64)),
+        true,
+    )
+}
+
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let Some(cache) = self.cache.upgrade() else { return Ok(()) };
@@ -253,6 +310,7 @@ impl Collector for NodeCollector {
             "1 while this node recovers from a restart without its raft state (it does not vote)",
             raft.recovering as i64,
         )?;
+        shard_metrics(e, &cache)?;
         if let Some(rss) = resident_memory_bytes() {
             gauge(e, "process_resident_memory_bytes", "Resident memory of this process", rss as i64)?;
         }

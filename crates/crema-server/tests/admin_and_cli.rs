@@ -46,6 +46,9 @@ async fn health_ready_metrics_and_cluster() {
         "crema_resp_command_duration_seconds_bucket{",
         "crema_resp_connected_clients 1",
         "crema_process_resident_memory_bytes ",
+        "crema_shard_entries{shard=\"0\"} 1",
+        "crema_shard_is_leader{shard=\"0\"} 1",
+        "crema_shard_leader_changes_total{shard=\"0\"} ",
     ] {
         assert!(metrics.contains(expected), "{expected} missing from:\n{metrics}");
     }

@@ -350,12 +350,19 @@ async fn server_commands() {
     assert!(time[0].parse::<u64>().unwrap() > 1_700_000_000);
     assert_eq!(q::<i64>(c, &["WAIT", "0", "100"]).await.unwrap(), 0, "a single node has no replicas");
     assert!(q::<String>(c, &["LOLWUT"]).await.unwrap().contains("crema"));
-    // Redis Cluster's hash slots (the values of Redis's documentation); the rest of CLUSTER
-    // answers as a Redis without cluster mode does.
+    // Redis Cluster's hash slots (the values of Redis's documentation); one node, one shard:
+    // every slot is this node's.
     for (key, slot) in [("somekey", 11058), ("foo{hash_tag}", 2515), ("{user1000}.following", 3443)] {
         assert_eq!(q::<i64>(c, &["CLUSTER", "KEYSLOT", key]).await.unwrap(), slot, "{key}");
     }
-    assert!(err(c, &["CLUSTER", "SLOTS"]).await.contains("cluster support disabled"));
+    let myid: String = q(c, &["CLUSTER", "MYID"]).await.unwrap();
+    assert_eq!(myid, format!("{:040x}", 1));
+    let slots: Vec<(i64, i64, (String, i64, String))> = q(c, &["CLUSTER", "SLOTS"]).await.unwrap();
+    assert_eq!(slots.len(), 1);
+    assert_eq!((slots[0].0, slots[0].1, &slots[0].2 .2), (0, 16383, &myid));
+    let info: String = q(c, &["CLUSTER", "INFO"]).await.unwrap();
+    assert!(info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384"), "{info}");
+    assert!(err(c, &["CLUSTER", "SETSLOT", "1", "NODE", "x"]).await.contains("unknown subcommand"));
 }
 
 #[tokio::test]

@@ -81,3 +81,138 @@ async fn a_sharded_cluster_serves_redis_clients() {
         assert_eq!(size, 0);
     }
 }
+
+/// `CLUSTER SLOTS`: each range with its primary (host, port, id); the replicas after it are
+/// checked to be the other members.
+async fn slot_map(c: &mut redis::aio::MultiplexedConnection) -> Vec<(i64, i64, (String, i64, String))> {
+    let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await.unwrap();
+    ranges
+        .into_iter()
+        .map(|range| {
+            assert_eq!(range.len(), 5, "start, end, the primary and two replicas: {range:?}");
+            let start: i64 = redis::from_redis_value(range[0].clone()).unwrap();
+            let end: i64 = redis::from_redis_value(range[1].clone()).unwrap();
+            let primary: (String, i64, String) = redis::from_redis_value(range[2].clone()).unwrap();
+            (start, end, primary)
+        })
+        .collect()
+}
+
+/// Waits until every one of the 4 shards has a leader, as `INFO shards` on `addr` says.
+async fn all_shards_led(addr: std::net::SocketAddr) {
+    wait_until(std::time::Duration::from_secs(20), "every shard led", || async {
+        let mut c = client(addr).await;
+        let info: String = redis::cmd("INFO").arg("shards").query_async(&mut c).await.unwrap_or_default();
+        (0..4).all(|s| info.contains(&format!("shard{s}:state=active,leader=")))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_asked_for_the_slot_map_is_redirected() {
+    let nodes = start_cluster(3, &["--shards", "4"]);
+    all_shards_led(nodes[0].resp).await;
+    let mut c = client(nodes[0].resp).await;
+    let slots = slot_map(&mut c).await;
+    assert_eq!(slots.len(), 4);
+    // Talk to the node that leads the fewest shards: some shard is led by another node.
+    let leads = |id: u64| slots.iter().filter(|s| s.2 .2 == format!("{id:040x}")).count();
+    let at = (0..3).min_by_key(|i| leads(*i as u64 + 1)).unwrap();
+    let me = format!("{:040x}", at + 1);
+    // A key of a shard this node leads (if any), and one of a shard another node leads.
+    let leads_here = |key: &str| {
+        let slot = i64::from(crema::key_slot(key.as_bytes()));
+        let range = slots.iter().find(|(a, b, _)| (*a..=*b).contains(&slot)).unwrap();
+        (slot, range.2 .2 == me, format!("{}:{}", range.2 .0, range.2 .1))
+    };
+    let (mine, elsewhere) = {
+        let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+        let mine = keys.iter().find(|k| leads_here(k).1).cloned();
+        let other = keys.iter().find(|k| !leads_here(k).1).cloned().expect("a shard led by another node");
+        (mine, other)
+    };
+    // A plain connection is served whatever the key (forwarded to the leader).
+    let mut plain = client(nodes[at].resp).await;
+    let _: () = plain.set(&elsewhere, "v").await.unwrap();
+    // A connection that asked for the slot map gets -MOVED for the other shard's key, and is
+    // served for a key of a shard this node leads.
+    let (slot, _, addr) = leads_here(&elsewhere);
+    // (A multiplexed connection of the redis crate is one TCP connection.)
+    let mut cm = client(nodes[at].resp).await;
+    let before: Option<String> = cm.get(&elsewhere).await.unwrap();
+    assert_eq!(before.as_deref(), Some("v"), "not redirected before asking for the slot map");
+    let nodes_text: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut cm).await.unwrap();
+    assert!(nodes_text.contains("myself,master"), "{nodes_text}");
+    assert_eq!(nodes_text.lines().count(), 3, "{nodes_text}");
+    let moved = cm.get::<_, Option<String>>(&elsewhere).await.unwrap_err();
+    assert_eq!(moved.code(), Some("MOVED"), "{moved}");
+    assert_eq!(moved.redirect_node(), Some((addr.as_str(), slot as u16)), "{moved}");
+    if let Some(mine) = mine {
+        let _: () = cm.set(&mine, "here").await.unwrap();
+    }
+    // Keys of two shards in one command: CROSSSLOT in cluster mode.
+    let cross = cm.mget::<_, Vec<Option<String>>>(&["a", "b"]).await.unwrap_err();
+    assert_eq!(cross.code(), Some("CROSSSLOT"), "{cross}");
+    let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.unwrap();
+    assert!(info.contains("cluster_state:ok") && info.contains("cluster_size:"), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_cluster_and_redis_cli_dash_c_across_a_node_death() {
+    let mut nodes = start_cluster(3, &["--shards", "4"]);
+    all_shards_led(nodes[0].resp).await;
+    // redis-cli -c follows -MOVED by itself.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-c", "-p", &nodes[1].resp.port().to_string()])
+            .args(args)
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    if let Ok(out) = cli(&["SET", "cli:key", "from-cli"]) {
+        assert_eq!(out, "OK");
+        assert_eq!(cli(&["GET", "cli:key"]).unwrap(), "from-cli");
+    } else {
+        eprintln!("SKIPPED redis-cli -c: redis-cli is not installed (.ci/run installs it)");
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    let python = std::process::Command::new("python3").args(["-c", "import redis"]).output();
+    if !python.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: python3 with the `redis` package is not installed (.ci/run installs it)");
+        return;
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| n.resp.to_string()).collect();
+    let mut script = std::process::Command::new("python3")
+        .arg("py_cluster.py")
+        .args(&addrs)
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(script.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::{BufRead, Write};
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "kill now", "the script's first phase failed");
+    // SIGKILL the node leading the most shards.
+    let mut c = client(nodes[0].resp).await;
+    let slots = slot_map(&mut c).await;
+    let victim = (0..3)
+        .max_by_key(|i| slots.iter().filter(|s| s.2 .1 == i64::from(nodes[*i].resp.port())).count())
+        .unwrap();
+    let _ = nodes[victim].child.kill();
+    let _ = nodes[victim].child.wait();
+    script.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let output = script.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(
+        output.status.success(),
+        "py_cluster.py failed: {rest}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{}", rest.trim());
+    let _ = &mut nodes;
+}

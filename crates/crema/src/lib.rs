@@ -76,7 +76,10 @@ pub use consensus::storage::MemStorage;
 pub use consensus::transaction::{KeyMeta, ReadCommand, Transaction, TxStep, WatchedKey};
 pub use consensus::{ApplyError, ApplyOutput, GroupStatus, RecoveryState, Role};
 pub use error::{Error, Result};
-pub use multiraft::{key_slot, MultiRaftCacheConfig, ShardInfo, ShardRange, ShardRouter, ShardState};
+pub use multiraft::{
+    key_slot, MultiRaftBuilder, MultiRaftCacheConfig, MultiRaftCoordinator, MultiRaftStats, ShardConfig,
+    ShardInfo, ShardRange, ShardRouter, ShardState,
+};
 pub use transport::auth::ClusterSecret;
 pub use transport::tls::{PeerTls, NODE_URI_PREFIX};
 pub use transport::TransportError;

@@ -184,3 +184,77 @@ async fn every_shard_is_served_on_after_a_node_dies() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn the_coordinator_reports_shards_leaders_and_hints() {
+    let nodes = sharded(3).await;
+    for i in 0..100 {
+        nodes[i % 3].put(key(i), "v").await.unwrap();
+    }
+    let mut led = 0;
+    for node in &nodes {
+        let coordinator = node.multiraft_coordinator().expect("Multi-Raft is on");
+        assert_eq!(coordinator.shard_for_key(b"key:7"), node.router().shard_for_key(b"key:7"));
+        let stats = coordinator.stats();
+        assert_eq!((stats.total_shards, stats.active_shards), (SHARDS, SHARDS));
+        led += stats.local_leader_shards;
+        node.read_barrier().await.unwrap();
+        assert_eq!(coordinator.stats().total_entries, 100);
+        let infos = coordinator.shard_info();
+        assert_eq!(infos.len(), SHARDS as usize);
+        assert!(infos.iter().all(|s| s.members == vec![1, 2, 3] && s.learners.is_empty()));
+        let leaders = coordinator.shard_leaders();
+        assert!((0..SHARDS).all(|s| leaders[&s] == node.shard_leader(s) && leaders[&s].is_some()));
+    }
+    assert_eq!(led, SHARDS, "every shard has exactly one leader");
+
+    let coordinator = nodes[0].multiraft_coordinator().unwrap();
+    assert!(coordinator.stats().operations_per_sec >= 0.0);
+    let busy = nodes[1].multiraft_coordinator().unwrap();
+    let _ = busy.stats();
+    for i in 0..50 {
+        busy.put(key(i), "again").await.unwrap();
+    }
+    assert!(busy.stats().operations_per_sec > 0.0, "50 writes since the last look");
+    // Hints: the newer epoch wins; a failed node's hints are forgotten.
+    assert_eq!(coordinator.set_shard_leader(2, 3), 1);
+    assert_eq!(coordinator.set_shard_leader(2, 1), 2);
+    assert!(!coordinator.set_shard_leader_if_newer(2, 3, 2), "not newer");
+    assert!(coordinator.set_shard_leader_if_newer(2, 3, 7));
+    assert!(coordinator.set_shard_leader_if_newer(1, 3, 1));
+    assert_eq!(coordinator.leader_hint(2), Some((Some(3), 7)));
+    let mut invalidated = coordinator.invalidate_leader_for_node(3);
+    invalidated.sort_unstable();
+    assert_eq!(invalidated, vec![1, 2]);
+    assert_eq!(coordinator.leader_hint(2), Some((None, 8)));
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_builder_starts_a_sharded_node_and_checks_its_replica_factor() {
+    let refused = crema::MultiRaftBuilder::new(1).num_shards(4).replica_factor(3).build_and_init().await;
+    match refused {
+        Err(Error::Config(e)) => assert!(e.to_string().contains("replica_factor"), "{e}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    let coordinator = crema::MultiRaftBuilder::new(1)
+        .num_shards(8)
+        .replica_factor(1)
+        .shard_capacity(1_000)
+        .default_ttl(Duration::from_secs(60))
+        .build_and_init()
+        .await
+        .unwrap();
+    coordinator.put("a", "1").await.unwrap();
+    assert_eq!(coordinator.get(b"a").await.unwrap(), Some(Bytes::from("1")));
+    assert!(coordinator.node().storage().get_entry(b"a").unwrap().expires_at_ms.is_some(), "default TTL");
+    assert!(coordinator.delete(b"a").await.unwrap());
+    assert_eq!(coordinator.stats().local_leader_shards, 8);
+    coordinator.node().shutdown().await;
+    // One group: no coordinator.
+    let single = common::cluster(1).await;
+    assert!(single[0].multiraft_coordinator().is_none());
+    single[0].shutdown().await;
+}

@@ -1,26 +1,268 @@
-//! `CLUSTER`: `KEYSLOT` (a key's Redis Cluster hash slot, which crema's shards are cut by) and
-//! `HELP`. The rest of Redis Cluster's subcommands answer as a Redis without cluster mode does,
-//! so cluster-aware clients see a standalone server and use it as one.
+//! `CLUSTER`: Redis Cluster's view of crema, so cluster-aware clients (redis-py's
+//! `RedisCluster`, node-redis `createCluster`, `redis-cli -c`) route by themselves.
+//!
+//! Each shard is one slot range; its primary is the shard's Raft leader and its replicas are the
+//! shard's other members (a node leads some shards and follows others, which Redis Cluster's
+//! one-role-per-node `CLUSTER NODES` cannot say: there every node is a master, with the slots of
+//! the shards it leads). Node ids are the crema node id as 40 hex digits.
+//!
+//! A connection that asked for the slot map (`CLUSTER SLOTS`, `SHARDS` or `NODES`) speaks
+//! cluster mode: a command on a key whose shard another node leads gets `-MOVED slot host:port`
+//! ([`redirect`]), and keys in several shards get `-CROSSSLOT`. Other connections are served as
+//! before (a write is forwarded to the leader, a read reads through a read barrier).
 
-use super::{Call, CmdError};
+use bytes::Bytes;
+use crema::{NodeId, ShardInfo};
+
+use super::error::LeaderAddr;
+use super::ReadMode;
+use super::{Call, CmdError, CommandSpec, Session};
 use crate::resp::Reply;
+use crate::server::ServerState;
 
-pub(super) fn run(call: &Call<'_>) -> Result<Reply, CmdError> {
-    match (call.option(1).as_str(), call.args.len()) {
+/// Redis Cluster's hash slots.
+const SLOTS: usize = crema::multiraft::SLOTS as usize;
+
+/// A node's Redis Cluster id: its crema id as 40 hex digits.
+pub fn cluster_node_id(id: NodeId) -> String {
+    format!("{id:040x}")
+}
+
+pub(super) async fn run(call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    let subcommand = call.option(1);
+    let argc = call.args.len();
+    match (subcommand.as_str(), argc) {
         ("KEYSLOT", 3) => Ok(Reply::Integer(i64::from(crema::key_slot(call.arg(2))))),
-        ("KEYSLOT", _) => Err(CmdError::Arity("cluster|keyslot".into())),
-        ("HELP", 2) => Ok(Reply::Array(
-            [
-                "CLUSTER <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-                "KEYSLOT <key>",
-                "    Return the hash slot for <key>.",
-                "HELP",
-                "    Print this help.",
-            ]
+        ("MYID", 2) => Ok(Reply::bulk(cluster_node_id(call.state.cache.node_id()))),
+        ("SLOTS", 2) => {
+            call.session.cluster_mode = true;
+            Ok(slots(call.state, &shards(call.state).await?))
+        }
+        ("SHARDS", 2) => {
+            call.session.cluster_mode = true;
+            Ok(shards_reply(call.state, &shards(call.state).await?))
+        }
+        ("NODES", 2) => {
+            call.session.cluster_mode = true;
+            Ok(Reply::Bulk(nodes(call.state, &shards(call.state).await?).into()))
+        }
+        ("INFO", 2) => Ok(Reply::Bulk(info(call.state, &shards(call.state).await?).into())),
+        ("COUNTKEYSINSLOT", 3) => {
+            let slot = parse_slot(call.arg(2))?;
+            call.read_barrier().await?;
+            let mut count = 0;
+            call.storage().for_each_live_key(|key, _| {
+                count += i64::from(crema::key_slot(key) == slot);
+                true
+            });
+            Ok(Reply::Integer(count))
+        }
+        ("GETKEYSINSLOT", 4) => {
+            let slot = parse_slot(call.arg(2))?;
+            let count = super::parse_int(call.arg(3))?;
+            let count =
+                usize::try_from(count).map_err(|_| CmdError::Invalid("Invalid number of keys".into()))?;
+            call.read_barrier().await?;
+            let mut keys = Vec::new();
+            call.storage().for_each_live_key(|key, _| {
+                if keys.len() < count && crema::key_slot(key) == slot {
+                    keys.push(Reply::Bulk(key.clone()));
+                }
+                keys.len() < count
+            });
+            Ok(Reply::Array(keys))
+        }
+        ("HELP", 2) => Ok(Reply::Array(HELP.iter().map(|line| Reply::Simple(line)).collect())),
+        (
+            "KEYSLOT" | "MYID" | "SLOTS" | "SHARDS" | "NODES" | "INFO" | "COUNTKEYSINSLOT" | "GETKEYSINSLOT"
+            | "HELP",
+            _,
+        ) => Err(CmdError::Arity(format!("cluster|{}", subcommand.to_ascii_lowercase()))),
+        _ => Err(CmdError::Invalid(format!(
+            "unknown subcommand '{}'. Try CLUSTER HELP.",
+            String::from_utf8_lossy(call.arg(1))
+        ))),
+    }
+}
+
+const HELP: &[&str] = &[
+    "CLUSTER <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "COUNTKEYSINSLOT <slot>",
+    "    Return the number of keys in <slot>.",
+    "GETKEYSINSLOT <slot> <count>",
+    "    Return key names stored by this node in a slot.",
+    "INFO",
+    "    Return information about the cluster.",
+    "KEYSLOT <key>",
+    "    Return the hash slot for <key>.",
+    "MYID",
+    "    Return the node id.",
+    "NODES",
+    "    Return cluster configuration seen by node.",
+    "SHARDS",
+    "    Return information about slot range mappings and the nodes associated with them.",
+    "SLOTS",
+    "    Return information about slots range mappings. Each range is made of:",
+    "    start, end, master and replicas IP addresses, ports and ids",
+    "HELP",
+    "    Print this help.",
+];
+
+fn parse_slot(arg: &[u8]) -> Result<u16, CmdError> {
+    super::parse_int(arg)
+        .ok()
+        .and_then(|slot| u16::try_from(slot).ok())
+        .filter(|slot| usize::from(*slot) < SLOTS)
+        .ok_or_else(|| CmdError::Invalid("Invalid or out of range slot".into()))
+}
+
+async fn shards(state: &ServerState) -> Result<Vec<ShardInfo>, CmdError> {
+    Ok(state.cache.cluster_status().await?.shards)
+}
+
+/// The shard's members, its leader first (the slot range's primary), with their client address.
+fn members(state: &ServerState, shard: &ShardInfo) -> Vec<(NodeId, String)> {
+    let mut ids: Vec<NodeId> = shard.leader.into_iter().collect();
+    ids.extend(shard.members.iter().copied().filter(|m| Some(*m) != shard.leader));
+    ids.into_iter().filter_map(|id| state.client_addr_of(id).map(|addr| (id, addr))).collect()
+}
+
+/// `host:port` split for the replies that give them apart.
+fn host_port(addr: &str) -> (String, i64) {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => (host.trim_matches(['[', ']']).to_owned(), port.parse().unwrap_or(0)),
+        None => (addr.to_owned(), 0),
+    }
+}
+
+fn slots(state: &ServerState, shards: &[ShardInfo]) -> Reply {
+    let ranges = shards.iter().map(|shard| {
+        let mut entry = vec![Reply::Integer(shard.first_slot.into()), Reply::Integer(shard.last_slot.into())];
+        for (id, addr) in members(state, shard) {
+            let (host, port) = host_port(&addr);
+            entry.push(Reply::Array(vec![
+                Reply::bulk(host),
+                Reply::Integer(port),
+                Reply::bulk(cluster_node_id(id)),
+            ]));
+        }
+        Reply::Array(entry)
+    });
+    Reply::Array(ranges.collect())
+}
+
+fn shards_reply(state: &ServerState, shards: &[ShardInfo]) -> Reply {
+    let entries = shards.iter().map(|shard| {
+        let nodes = members(state, shard).into_iter().map(|(id, addr)| {
+            let (host, port) = host_port(&addr);
+            let role = if Some(id) == shard.leader { "master" } else { "replica" };
+            Reply::Map(vec![
+                (Reply::bulk("id"), Reply::bulk(cluster_node_id(id))),
+                (Reply::bulk("port"), Reply::Integer(port)),
+                (Reply::bulk("ip"), Reply::bulk(host.clone())),
+                (Reply::bulk("endpoint"), Reply::bulk(host)),
+                (Reply::bulk("role"), Reply::bulk(role)),
+                (Reply::bulk("replication-offset"), Reply::Integer(shard.applied_index as i64)),
+                (Reply::bulk("health"), Reply::bulk("online")),
+            ])
+        });
+        let range = vec![Reply::Integer(shard.first_slot.into()), Reply::Integer(shard.last_slot.into())];
+        Reply::Map(vec![
+            (Reply::bulk("slots"), Reply::Array(range)),
+            (Reply::bulk("nodes"), Reply::Array(nodes.collect())),
+        ])
+    });
+    Reply::Array(entries.collect())
+}
+
+/// Every member of any shard, as `CLUSTER NODES` lines: each a master with the slot ranges of
+/// the shards it leads.
+fn nodes(state: &ServerState, shards: &[ShardInfo]) -> String {
+    let me = state.cache.node_id();
+    let mut ids: Vec<NodeId> = shards.iter().flat_map(|s| s.members.iter().copied()).collect();
+    ids.push(me);
+    ids.sort_unstable();
+    ids.dedup();
+    let epoch = shards.iter().map(|s| s.term).max().unwrap_or(0);
+    let mut out = String::new();
+    for id in ids {
+        let Some(addr) = state.client_addr_of(id) else { continue };
+        let flags = if id == me { "myself,master" } else { "master" };
+        let led: Vec<String> = shards
             .iter()
-            .map(|line| Reply::Simple(line))
-            .collect(),
-        )),
-        _ => Err(CmdError::Invalid("This instance has cluster support disabled".into())),
+            .filter(|s| s.leader == Some(id))
+            .map(|s| format!("{}-{}", s.first_slot, s.last_slot))
+            .collect();
+        let (_, port) = host_port(&addr);
+        out.push_str(&format!(
+            "{} {addr}@{} {flags} - 0 0 {epoch} connected{}{}\n",
+            cluster_node_id(id),
+            port + 10_000,
+            if led.is_empty() { "" } else { " " },
+            led.join(" ")
+        ));
+    }
+    out
+}
+
+fn info(state: &ServerState, shards: &[ShardInfo]) -> String {
+    let led: usize = shards
+        .iter()
+        .filter(|s| s.leader.is_some())
+        .map(|s| usize::from(s.last_slot - s.first_slot) + 1)
+        .sum();
+    let state_word = if led == SLOTS { "ok" } else { "fail" };
+    let mut known: Vec<NodeId> = shards.iter().flat_map(|s| s.members.iter().copied()).collect();
+    known.sort_unstable();
+    known.dedup();
+    let mut primaries: Vec<NodeId> = shards.iter().filter_map(|s| s.leader).collect();
+    primaries.sort_unstable();
+    primaries.dedup();
+    let epoch = shards.iter().map(|s| s.term).max().unwrap_or(0);
+    let me = state.cache.node_id();
+    let my_epoch = shards.iter().filter(|s| s.leader == Some(me)).map(|s| s.term).max().unwrap_or(0);
+    format!(
+        "cluster_enabled:1\r\ncluster_state:{state_word}\r\ncluster_slots_assigned:{}\r\ncluster_slots_ok:{led}\r\n\
+         cluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\n\
+         cluster_current_epoch:{epoch}\r\ncluster_my_epoch:{my_epoch}\r\ncluster_shards:{}\r\n",
+        SLOTS,
+        SLOTS - led,
+        known.len(),
+        primaries.len(),
+        shards.len(),
+    )
+}
+
+/// For a connection in cluster mode: `-CROSSSLOT` when `args`' keys are in several shards, and
+/// `-MOVED slot host:port` when their shard's leader is another node whose address is known.
+pub(super) fn redirect(
+    state: &ServerState,
+    session: &Session,
+    spec: &CommandSpec,
+    args: &[Bytes],
+) -> Result<(), CmdError> {
+    // READONLY: reads are served here, as a Redis replica serves them after READONLY.
+    if !session.cluster_mode || (session.read_mode == ReadMode::Local && !spec.is_write()) {
+        return Ok(());
+    }
+    let router = state.cache.router();
+    let mut target: Option<(u32, u16)> = None;
+    for position in spec.key_positions(args.len()) {
+        let slot = crema::key_slot(&args[position]);
+        let shard = router.shard_for_slot(slot);
+        match target {
+            Some((seen, _)) if seen != shard => return Err(CmdError::CrossSlot),
+            Some(_) => {}
+            None => target = Some((shard, slot)),
+        }
+    }
+    let Some((shard, slot)) = target else { return Ok(()) };
+    let me = state.cache.node_id();
+    match state.cache.shard_leader(shard) {
+        Some(leader) if leader != me => match state.client_addr_of(leader) {
+            Some(addr) => Err(CmdError::Moved { slot, addr }),
+            None => Ok(()),
+        },
+        _ => Ok(()),
     }
 }

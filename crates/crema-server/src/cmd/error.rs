@@ -62,6 +62,17 @@ pub enum CmdError {
     /// Refused before propose (key too large, ...): nothing changed.
     #[error("{0}")]
     Command(#[from] CommandError),
+    /// Cluster mode: the key's shard is led by the node at `addr` (Redis Cluster's `-MOVED`).
+    #[error("{slot} {addr}")]
+    Moved {
+        /// The key's hash slot.
+        slot: u16,
+        /// The client address of the shard's leader.
+        addr: String,
+    },
+    /// Cluster mode: the command's keys are in several shards.
+    #[error("Keys in request don't hash to the same slot")]
+    CrossSlot,
     /// The cluster refused or could not answer (no leader, timeout, shutdown).
     #[error(transparent)]
     Cache(#[from] crema::Error),
@@ -87,7 +98,9 @@ impl CmdError {
             CmdError::Apply(ApplyError::TooLarge) => {
                 Reply::err("string exceeds maximum allowed size (proto-max-bulk-len)")
             }
-            CmdError::Command(CommandError::CrossSlot)
+            CmdError::Moved { .. } => Reply::Error(format!("MOVED {self}")),
+            CmdError::CrossSlot
+            | CmdError::Command(CommandError::CrossSlot)
             | CmdError::Cache(crema::Error::InvalidCommand(CommandError::CrossSlot)) => {
                 Reply::Error(CROSSSLOT.into())
             }
@@ -149,5 +162,10 @@ mod tests {
         let cross = "CROSSSLOT Keys in request don't hash to the same slot";
         assert_eq!(text(crema::Error::InvalidCommand(CommandError::CrossSlot).into()), cross);
         assert_eq!(text(CommandError::CrossSlot.into()), cross);
+        assert_eq!(text(CmdError::CrossSlot), cross);
+        assert_eq!(
+            text(CmdError::Moved { slot: 866, addr: "127.0.0.1:6381".into() }),
+            "MOVED 866 127.0.0.1:6381"
+        );
     }
 }

@@ -35,7 +35,8 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
     match kind {
         Kind::Exists | Kind::Type | Kind::Ttl | Kind::PTtl | Kind::ExpireTime | Kind::PExpireTime => {
             let PreparedRead { read, render } = prepare_read(kind, call);
-            call.read_barrier().await?;
+            let keys = if kind == Kind::Exists { 1..call.args.len() } else { 1..2 };
+            call.read_barrier_keys(keys).await?;
             render.reply(read.read(call.storage(), crema::unix_now_ms()))
         }
         Kind::Keys => {

@@ -80,8 +80,15 @@ pub struct Session {
     pub last_command: &'static str,
     /// MULTI's queue and the keys WATCHed.
     pub tx: multi::TxState,
-    /// Whether a read barrier already covers the rest of the current batch of requests.
+    /// The client asked for the slot map: keys of shards led elsewhere get `-MOVED` (see
+    /// `cmd::cluster`).
+    pub cluster_mode: bool,
+    /// Whether a read barrier over every shard already covers the rest of the current batch of
+    /// requests.
     barrier_done: bool,
+    /// The shards a read barrier already covers for the rest of the batch (one key's barrier
+    /// covers its shard only).
+    barrier_shards: Vec<crema::ShardId>,
     /// When the current command started: the end of the previous one in the batch (commands of
     /// a batch run back to back), so the clock is read once per command.
     clock: Instant,
@@ -104,7 +111,9 @@ impl Session {
             created: Instant::now(),
             last_command: "NULL",
             tx: multi::TxState::default(),
+            cluster_mode: false,
             barrier_done: false,
+            barrier_shards: Vec::new(),
             clock: Instant::now(),
         }
     }
@@ -114,6 +123,7 @@ impl Session {
     /// arrival, so a single barrier serves every read of the batch.
     pub fn new_batch(&mut self) {
         self.barrier_done = false;
+        self.barrier_shards.clear();
         self.clock = Instant::now();
     }
 }
@@ -150,6 +160,31 @@ impl Call<'_> {
             self.state.cache.read_barrier().await?;
             self.session.barrier_done = true;
         }
+        Ok(())
+    }
+
+    /// [`Self::read_barrier`] for the shards of the keys `self.args[keys]` only: what reading
+    /// those keys needs (one Read-Index round per shard not yet covered in this batch).
+    pub async fn read_barrier_keys(&mut self, keys: std::ops::Range<usize>) -> Result<(), CmdError> {
+        if self.session.read_mode != ReadMode::Linearizable || self.session.barrier_done {
+            return Ok(());
+        }
+        let router = self.state.cache.router();
+        if router.num_shards() == 1 {
+            return self.read_barrier().await;
+        }
+        let mut needed: Vec<crema::ShardId> = Vec::new();
+        for key in &self.args[keys] {
+            let shard = router.shard_for_key(key);
+            if !self.session.barrier_shards.contains(&shard) && !needed.contains(&shard) {
+                needed.push(shard);
+            }
+        }
+        if needed.is_empty() {
+            return Ok(());
+        }
+        self.state.cache.read_barrier_for_shards(&needed).await?;
+        self.session.barrier_shards.extend(needed);
         Ok(())
     }
 
@@ -211,7 +246,8 @@ fn check(
     if !spec.arity_ok(args.len()) {
         return Err(CmdError::Arity(spec.name.to_owned()));
     }
-    state.acl.check(session, spec, args, log)
+    state.acl.check(session, spec, args, log)?;
+    cluster::redirect(state, session, spec, args)
 }
 
 fn unknown_command(state: &ServerState, session: &Session, args: &[Bytes]) -> Reply {
@@ -250,7 +286,7 @@ async fn dispatch_keyless(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdE
         }
         Command | Config | Info | DbSize | Time | Wait | Lolwut => server::run(kind, call).await,
         Acl => acl::run(call).await,
-        Cluster => cluster::run(call),
+        Cluster => cluster::run(call).await,
         _ => unreachable!("{kind:?} touches keys: a write prepared above, or a read"),
     }
 }

@@ -112,7 +112,10 @@ impl CommandSpec {
             (Kind::Client, Some(b"list" | b"no-evict")) => &["admin", "slow", "dangerous", "connection"],
             (
                 Kind::Cluster,
-                Some(b"keyslot" | b"help" | b"info" | b"myid" | b"nodes" | b"shards" | b"slots"),
+                Some(
+                    b"keyslot" | b"help" | b"info" | b"myid" | b"nodes" | b"shards" | b"slots"
+                    | b"countkeysinslot" | b"getkeysinslot",
+                ),
             ) => S,
             (Kind::Cluster, _) => ADM,
             _ => self.categories,

@@ -6,10 +6,48 @@ use std::net::SocketAddr;
 
 use super::{ClusterStatus, DistributedCache};
 use crate::error::Result;
-use crate::multiraft::ShardInfo;
-use crate::types::NodeId;
+use crate::multiraft::{ShardInfo, ShardRange, ShardState};
+use crate::types::{NodeId, ShardId};
 
 impl DistributedCache {
+    /// Leader changes of shard `shard`'s group seen by this node (0 for a shard it does not hold).
+    pub fn shard_leader_changes(&self, shard: ShardId) -> u64 {
+        self.shards.get(shard as usize).map_or(0, |s| s.group.shared.leader_changes())
+    }
+
+    /// Every shard replica on this node, from what its group last published (no round trip to
+    /// the groups; see [`Self::cluster_status`] for their full status).
+    pub fn shard_info(&self) -> Vec<ShardInfo> {
+        let total = self.shards.len() as u32;
+        let stopped = self.end().is_some();
+        let live = self.shards.iter().filter(|s| !s.group.shared.removed());
+        live.map(|shard| {
+            let shared = &shard.group.shared;
+            let range = ShardRange { shard_id: shard.id, total_shards: total };
+            let leader = shared.leader_id();
+            let state = match () {
+                _ if stopped => ShardState::Stopped,
+                _ if shared.recovering() || leader.is_none() => ShardState::Initializing,
+                _ => ShardState::Active,
+            };
+            ShardInfo {
+                shard_id: shard.id,
+                state,
+                leader,
+                members: shared.voters(),
+                learners: shared.learners(),
+                entry_count: shard.storage.entry_count(),
+                size_bytes: shard.storage.weighted_size(),
+                term: shared.term(),
+                commit_index: shared.commit(),
+                applied_index: shared.applied(),
+                first_slot: range.first_slot(),
+                last_slot: range.last_slot(),
+            }
+        })
+        .collect()
+    }
+
     /// Cheap figures of the Raft groups (no round trip to their tasks): term, commit and
     /// applied index of shard 0's group; counts (leader changes, messages, ...) summed over
     /// every shard.

@@ -97,6 +97,7 @@ pub struct DistributedCache {
     /// This node's replicas, shard `i` at index `i`.
     shards: Vec<Shard>,
     acl: Arc<crate::acl::AclStore>,
+    coordinator: crate::multiraft::coordinator::CoordinatorState,
     transport: Arc<Transport>,
     dispatcher: Arc<Dispatcher>,
     cancel: CancellationToken,
@@ -239,6 +240,7 @@ impl DistributedCache {
 
     async fn write(&self, command: CacheCommand) -> Result<Applied> {
         self.check_running()?;
+        self.coordinator.count_operation();
         command.validate(&CommandLimits {
             max_key_bytes: self.config.max_key_bytes,
             max_value_bytes: self.config.max_value_bytes,
@@ -312,6 +314,7 @@ impl DistributedCache {
     /// # Errors
     /// No leader within the request timeout, timeout, shutdown.
     pub async fn consistent_get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.coordinator.count_operation();
         self.read_barrier_for_key(key).await?;
         Ok(self.keyspace.get(key))
     }
@@ -337,6 +340,19 @@ impl DistributedCache {
     pub async fn read_barrier_for_key(&self, key: &[u8]) -> Result<()> {
         self.check_running()?;
         self.shard_barrier(self.shard_for_key(key)?).await
+    }
+
+    /// [`Self::read_barrier`] for the shards `shards` only, together.
+    ///
+    /// # Errors
+    /// As [`Self::read_barrier`]; `Shutdown` for a shard this node has no replica of.
+    pub async fn read_barrier_for_shards(&self, shards: &[ShardId]) -> Result<()> {
+        self.check_running()?;
+        if let [one] = shards {
+            return self.shard_barrier(self.shard(*one)?).await;
+        }
+        let barriers = shards.iter().map(|id| async move { self.shard_barrier(self.shard(*id)?).await });
+        futures_util::future::join_all(barriers).await.into_iter().collect()
     }
 
     /// [`Self::read_barrier`] for shard `shard` only.
@@ -404,6 +420,16 @@ impl DistributedCache {
     pub fn applied_index_for_key(&self, key: &[u8]) -> u64 {
         let shard = self.keyspace.router().shard_for_key(key) as usize;
         self.shards[shard].group.shared.applied()
+    }
+
+    /// The Multi-Raft coordinator of this node (shard routing, reports and leader hints), when
+    /// Multi-Raft is enabled.
+    pub fn multiraft_coordinator(&self) -> Option<crate::multiraft::MultiRaftCoordinator<'_>> {
+        self.config.multiraft.enabled.then(|| crate::multiraft::MultiRaftCoordinator::of(self))
+    }
+
+    pub(crate) fn coordinator_state(&self) -> &crate::multiraft::coordinator::CoordinatorState {
+        &self.coordinator
     }
 
     /// How keys map to shards in this cluster.

@@ -126,6 +126,7 @@ impl DistributedCache {
             keyspace,
             shards,
             acl: acl.expect("shard 0 exists"),
+            coordinator: Default::default(),
             transport,
             dispatcher,
             cancel,

@@ -177,6 +177,8 @@ pub(crate) struct GroupShared {
     sole_voter: AtomicBool,
     /// The group's voters, as this node last applied them.
     voters: std::sync::RwLock<Vec<NodeId>>,
+    /// The group's learners, as this node last applied them.
+    learners: std::sync::RwLock<Vec<NodeId>>,
     /// Proposal batches this node appended as leader (one `MsgPropose` each).
     proposal_batches: AtomicU64,
     /// Entries in those batches.
@@ -215,6 +217,7 @@ impl GroupShared {
             removed: AtomicBool::new(false),
             sole_voter: AtomicBool::new(false),
             voters: std::sync::RwLock::default(),
+            learners: std::sync::RwLock::default(),
             proposal_batches: AtomicU64::new(0),
             proposed_entries: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
@@ -279,6 +282,11 @@ impl GroupShared {
     /// The group's voters, as this node last applied them.
     pub fn voters(&self) -> Vec<NodeId> {
         self.voters.read().expect("voters poisoned").clone()
+    }
+
+    /// The group's learners, as this node last applied them (sorted).
+    pub fn learners(&self) -> Vec<NodeId> {
+        self.learners.read().expect("learners poisoned").clone()
     }
 
     /// How long this node has known no leader (none while it knows one).

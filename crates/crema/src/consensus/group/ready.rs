@@ -366,7 +366,12 @@ impl<S: LogStore> Group<S> {
         let voters = self.raw.raft.prs().conf().voters().ids();
         let alone = voters.len() == 1 && voters.contains(self.settings.node_id);
         self.shared.sole_voter.store(alone, Ordering::Release);
-        *self.shared.voters.write().expect("voters poisoned") = voters.iter().collect();
+        let mut sorted: Vec<NodeId> = voters.iter().collect();
+        sorted.sort_unstable();
+        *self.shared.voters.write().expect("voters poisoned") = sorted;
+        let mut learners: Vec<NodeId> = self.raw.raft.prs().conf().learners().iter().copied().collect();
+        learners.sort_unstable();
+        *self.shared.learners.write().expect("learners poisoned") = learners;
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) {
