@@ -74,6 +74,12 @@ async fn a_sharded_cluster_serves_redis_clients() {
         assert!(info.contains(&format!("shard{shard}:state=active,leader=")), "{info}");
     }
 
+    // Every node is ready: every shard has a leader and is applied.
+    for n in &nodes {
+        let (status, body) = http_get(n.admin, "/ready").await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     // FLUSHALL reaches every shard on every node.
     let _: () = redis::cmd("FLUSHALL").query_async(c).await.unwrap();
     for c in &mut clients {

@@ -208,6 +208,18 @@ async fn ready(State(s): State<AdminState>) -> Response {
         let body = "not ready: restarted without its raft state, recovering (see `crema status`)\n";
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
+    // With several shards, every shard must be served.
+    let shards = s.cache.shard_info();
+    if shards.len() > 1 {
+        if let Some(shard) = shards.iter().find(|i| i.leader.is_none() || i.applied_index < i.commit_index) {
+            let why = match shard.leader {
+                None => "no leader known".to_owned(),
+                Some(_) => format!("applied {} of {} committed", shard.applied_index, shard.commit_index),
+            };
+            let body = format!("not ready: shard {}: {why}\n", shard.shard_id);
+            return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        }
+    }
     match s.cache.leader_id() {
         None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n").into_response(),
         Some(_) if raft.applied_index < raft.commit_index => (
