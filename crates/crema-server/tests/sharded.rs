@@ -12,7 +12,7 @@ const CROSSSLOT: &str = "CROSSSLOT";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sharded_cluster_serves_redis_clients() {
     let nodes = start_cluster(3, &["--shards", "4"]);
-    leader_of(&nodes).await;
+    all_shards_led(nodes[0].resp).await;
     let mut clients = Vec::new();
     for n in &nodes {
         clients.push(client(n.resp).await);
@@ -104,12 +104,20 @@ async fn slot_map(c: &mut redis::aio::MultiplexedConnection) -> Vec<(i64, i64, (
         .collect()
 }
 
-/// Waits until every one of the 4 shards has a leader, as `INFO shards` on `addr` says.
+/// Waits until every one of the 4 shards has a leader and the leaders are spread (2, 1, 1: the
+/// nodes stop moving leaders then), as `INFO shards` on `addr` says.
 async fn all_shards_led(addr: std::net::SocketAddr) {
-    wait_until(std::time::Duration::from_secs(20), "every shard led", || async {
+    wait_until(std::time::Duration::from_secs(30), "every shard led, leaders spread", || async {
         let mut c = client(addr).await;
         let info: String = redis::cmd("INFO").arg("shards").query_async(&mut c).await.unwrap_or_default();
-        (0..4).all(|s| info.contains(&format!("shard{s}:state=active,leader=")))
+        let leaders: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split("leader=").nth(1))
+            .map(|rest| rest.split(',').next().unwrap_or(""))
+            .collect();
+        let counts: Vec<usize> =
+            ["1", "2", "3"].iter().map(|n| leaders.iter().filter(|l| *l == n).count()).collect();
+        leaders.len() == 4 && counts.iter().sum::<usize>() == 4 && counts.iter().max() == Some(&2)
     })
     .await;
 }

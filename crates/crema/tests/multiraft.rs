@@ -258,3 +258,41 @@ async fn the_builder_starts_a_sharded_node_and_checks_its_replica_factor() {
     assert!(single[0].multiraft_coordinator().is_none());
     single[0].shutdown().await;
 }
+
+#[tokio::test]
+async fn leaders_spread_over_the_nodes_by_themselves() {
+    const MANY: u32 = 12;
+    let nodes = cluster_with(3, |c| {
+        c.with_multiraft_config(MultiRaftCacheConfig {
+            enabled: true,
+            num_shards: MANY,
+            ..Default::default()
+        })
+    })
+    .await;
+    let leads = |id: u64| (0..MANY).filter(|s| nodes[0].shard_leader(*s) == Some(id)).count();
+    let balanced = || {
+        let counts = [leads(1), leads(2), leads(3)];
+        counts.iter().sum::<usize>() == MANY as usize
+            && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1
+    };
+    wait_until(Duration::from_secs(20), "leads within one of each other", || async { balanced() }).await;
+    // Pile the leaderships on node 1: the nodes spread them again.
+    for shard in 0..MANY {
+        if let Some(leader) = nodes[0].shard_leader(shard).filter(|l| *l != 1) {
+            let _ = nodes[leader as usize - 1].transfer_shard_leader(shard, 1).await;
+        }
+    }
+    wait_until(Duration::from_secs(10), "node 1 leads most shards", || async { leads(1) >= 8 }).await;
+    wait_until(Duration::from_secs(30), "leads spread again", || async { balanced() }).await;
+    // A transfer asked of a node that does not lead the shard names the leader.
+    let leader = nodes[0].shard_leader(0).unwrap();
+    let other = (1..=3).find(|n| *n != leader).unwrap();
+    match nodes[other as usize - 1].transfer_shard_leader(0, leader).await {
+        Err(Error::NotLeader { leader_hint }) => assert_eq!(leader_hint, Some(leader)),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

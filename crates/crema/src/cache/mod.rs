@@ -12,6 +12,7 @@
 //! group's membership is the node's: the peer links follow it.
 
 mod background;
+mod balance;
 mod capture;
 pub(crate) mod dispatch;
 mod figures;
@@ -458,6 +459,19 @@ impl DistributedCache {
     /// The leader of shard `shard` this node knows of.
     pub fn shard_leader(&self, shard: ShardId) -> Option<NodeId> {
         self.shards.get(shard as usize)?.group.shared.leader_id()
+    }
+
+    /// Starts handing the leadership of shard `shard` to its voter `to` (raft-rs's leader
+    /// transfer: `to` is caught up, then told to campaign). Call it on the shard's leader; it
+    /// answers once started, and the transfer may still fail (the leader then stays). With
+    /// several shards, nodes also do this by themselves to spread the leaders (`cache::balance`).
+    ///
+    /// # Errors
+    /// `NotLeader` (with the leader's id) on another node; `Membership` when `to` is not another
+    /// voter of the shard; `Shutdown`.
+    pub async fn transfer_shard_leader(&self, shard: ShardId, to: NodeId) -> Result<()> {
+        self.check_running()?;
+        self.shard(shard)?.group.transfer_leader(to).await
     }
 
     /// Waits up to `timeout` until this node knows a leader of every shard; answers shard 0's

@@ -90,6 +90,15 @@ impl DistributedCache {
             );
             shards.push(Shard { id, group, storage });
         }
+        if shards.len() > 1 {
+            // Leaders spread by themselves (see `cache::balance`), looked at every two election
+            // timeouts (a transfer takes about one round trip, and the new leader's heartbeat
+            // tells every node).
+            let groups = shards.iter().map(|s| s.group.clone()).collect();
+            let interval = 2 * config.raft.election_timeout();
+            let balance = super::balance::balance_leaders(config.node_id, groups, interval, cancel.clone());
+            tasks.push(supervisor.spawn("the leader balancer", balance));
+        }
         // Watched, not awaited at shutdown: it ends when the transport closes, after the groups.
         if let Some(accept) = transport.take_accept_task() {
             drop(supervisor.watch("the peer accept loop", accept, || false));

@@ -129,6 +129,12 @@ pub(crate) enum ClientMsg {
     Status {
         reply: oneshot::Sender<GroupStatus>,
     },
+    /// Hand leadership to `to` (raft-rs's leader transfer: it catches `to` up, then tells it to
+    /// campaign); refused unless this node leads and `to` is another voter.
+    TransferLeader {
+        to: NodeId,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Make this node the only voter, without consensus (see `force_new_cluster`).
     ForceNewCluster {
         reply: oneshot::Sender<Result<Vec<NodeId>>>,
@@ -487,6 +493,17 @@ impl GroupHandle {
         rx.await.map_err(|_| Error::Shutdown)?
     }
 
+    /// Starts handing this group's leadership to voter `to` (see [`ClientMsg::TransferLeader`]);
+    /// answers once started, not when done (it may fail, and this node then stays leader).
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.client_tx
+            .send(ClientMsg::TransferLeader { to, reply: tx })
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
     /// Makes the group loop panic (test-only).
     #[cfg(feature = "fault-injection")]
     pub async fn inject_panic(&self) {
@@ -529,6 +546,9 @@ fn answer_shutdown(msg: ClientMsg) {
         }
         ClientMsg::Status { .. } => {}
         ClientMsg::ForceNewCluster { reply } => {
+            let _ = reply.send(Err(Error::Shutdown));
+        }
+        ClientMsg::TransferLeader { reply, .. } => {
             let _ = reply.send(Err(Error::Shutdown));
         }
         #[cfg(feature = "fault-injection")]
@@ -926,6 +946,20 @@ impl<S: LogStore> Group<S> {
             ClientMsg::ForceNewCluster { reply } => {
                 self.propose_gathered();
                 let _ = reply.send(self.force_new_cluster());
+            }
+            ClientMsg::TransferLeader { to, reply } => {
+                let answer = if self.raw.raft.state != StateRole::Leader {
+                    Err(self.not_leader())
+                } else if to == self.settings.node_id || !self.raw.raft.prs().conf().voters().contains(to) {
+                    Err(Error::Membership(format!(
+                        "node {to} is not another voter of shard {}",
+                        self.shared.shard
+                    )))
+                } else {
+                    self.raw.transfer_leader(to);
+                    Ok(())
+                };
+                let _ = reply.send(answer);
             }
             #[cfg(feature = "fault-injection")]
             ClientMsg::Panic => {

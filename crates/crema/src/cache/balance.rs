@@ -1,0 +1,117 @@
+//! Spreading shard leaders over the nodes: every node that leads at least two shards more than
+//! some voter of one of them hands one of those shards' leadership to the voter leading fewest
+//! (raft-rs's leader transfer), one transfer per look. Each node decides for itself from its own
+//! view of the leaders, so the cluster converges to leads that differ by at most one per node
+//! without anyone coordinating. A transfer that does not complete (the target is behind or
+//! recovering) leaves the leader where it was; the next look tries again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::consensus::group::GroupHandle;
+use crate::types::{NodeId, ShardId};
+
+/// One shard as a node sees it: its id, its leader, its voters.
+pub(crate) type ShardView = (ShardId, Option<NodeId>, Vec<NodeId>);
+
+/// The transfer `me` should start, if any: (shard, new leader).
+pub(crate) fn plan_transfer(me: NodeId, shards: &[ShardView]) -> Option<(ShardId, NodeId)> {
+    let mut leads: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for (_, leader, voters) in shards {
+        for voter in voters {
+            leads.entry(*voter).or_insert(0);
+        }
+        if let Some(leader) = leader {
+            *leads.entry(*leader).or_insert(0) += 1;
+        }
+    }
+    let mine = leads.get(&me).copied().unwrap_or(0);
+    shards
+        .iter()
+        .filter(|(_, leader, _)| *leader == Some(me))
+        .filter_map(|(shard, _, voters)| {
+            let target = voters.iter().filter(|v| **v != me).min_by_key(|v| (leads[v], **v))?;
+            (leads[target] + 2 <= mine).then_some((*shard, *target, leads[target]))
+        })
+        .min_by_key(|(shard, _, target_leads)| (*target_leads, *shard))
+        .map(|(shard, target, _)| (shard, target))
+}
+
+/// Every `interval`, starts the transfer [`plan_transfer`] picks for this node.
+pub(super) async fn balance_leaders(
+    me: NodeId,
+    groups: Vec<GroupHandle>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let view: Vec<ShardView> = groups
+            .iter()
+            .filter(|g| !g.shared.removed())
+            .map(|g| (g.shared.shard, g.shared.leader_id(), g.shared.voters()))
+            .collect();
+        if let Some((shard, to)) = plan_transfer(me, &view) {
+            let group = groups.iter().find(|g| g.shared.shard == shard).expect("planned from these groups");
+            match group.transfer_leader(to).await {
+                Ok(()) => debug!(shard, to, "leadership handed over to spread the leaders"),
+                Err(e) => debug!(shard, to, error = %e, "leader transfer not started"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shards(leaders: &[Option<NodeId>]) -> Vec<ShardView> {
+        leaders.iter().enumerate().map(|(i, l)| (i as ShardId, *l, vec![1, 2, 3])).collect()
+    }
+
+    #[test]
+    fn the_busiest_leader_hands_one_shard_to_the_idlest_voter() {
+        // Node 1 leads 4, node 2 leads 1, node 3 none: node 1 gives one to node 3.
+        let view = shards(&[Some(1), Some(1), Some(1), Some(1), Some(2)]);
+        assert_eq!(plan_transfer(1, &view), Some((0, 3)));
+        assert_eq!(plan_transfer(2, &view), None, "node 2 does not lead more than others");
+        assert_eq!(plan_transfer(3, &view), None);
+    }
+
+    #[test]
+    fn balanced_leads_stay_and_unknown_leaders_count_for_nobody() {
+        assert_eq!(plan_transfer(1, &shards(&[Some(1), Some(1), Some(2), Some(3), Some(2)])), None);
+        assert_eq!(plan_transfer(1, &shards(&[Some(1), None, None])), None, "1 against 0: within one");
+        assert_eq!(plan_transfer(1, &shards(&[Some(1), Some(1), None])), Some((0, 2)));
+    }
+
+    #[test]
+    fn only_voters_of_the_shard_are_targets() {
+        // Shard 0's voters are 1 and 2 only; node 3 leads nothing but is not a voter of it.
+        let view = vec![(0, Some(1), vec![1, 2]), (1, Some(1), vec![1, 3]), (2, Some(2), vec![1, 2])];
+        assert_eq!(plan_transfer(1, &view), Some((1, 3)));
+    }
+
+    #[test]
+    fn repeated_plans_converge_to_within_one() {
+        // Simulate: each step, every node applies its plan on the shared view.
+        let mut leaders: Vec<Option<NodeId>> = vec![Some(1); 16];
+        for _ in 0..64 {
+            for me in 1..=3 {
+                let view = shards(&leaders);
+                if let Some((shard, to)) = plan_transfer(me, &view) {
+                    leaders[shard as usize] = Some(to);
+                }
+            }
+        }
+        let count = |n| leaders.iter().filter(|l| **l == Some(n)).count();
+        let counts = [count(1), count(2), count(3)];
+        assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1, "{counts:?}");
+    }
+}
