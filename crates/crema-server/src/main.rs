@@ -53,6 +53,9 @@ enum Command {
         /// Raft tick of every node, ms (shorter elects faster).
         #[arg(long, default_value_t = 100)]
         tick_interval_ms: u64,
+        /// Shards (Raft groups) the keys are split into (see `crema serve --shards`).
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
         /// Secure every port the way docs/security.md describes: mutual TLS between the nodes
         /// and TLS on the RESP ports, with certificates from --certs-dir (written there by
         /// `crema certs init` first if it holds none).
@@ -227,9 +230,18 @@ fn exit_on_panic() {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args.resolve()?).await,
-        Command::Dev { nodes, resp_port, raft_port, admin_port, tick_interval_ms, tls, certs_dir } => {
+        Command::Dev {
+            nodes,
+            resp_port,
+            raft_port,
+            admin_port,
+            tick_interval_ms,
+            shards,
+            tls,
+            certs_dir,
+        } => {
             let certs = tls.then_some(certs_dir);
-            dev(nodes, [resp_port, raft_port, admin_port], tick_interval_ms, certs).await
+            dev(nodes, [resp_port, raft_port, admin_port], tick_interval_ms, shards, certs).await
         }
         Command::Status { admin, json } => status(admin, json).await,
         Command::Metrics { command: MetricsCommand::Show { admin } } => {
@@ -312,6 +324,7 @@ async fn dev(
     nodes: u64,
     [resp_port, raft_port, admin_port]: [u16; 3],
     tick_interval_ms: u64,
+    shards: u32,
     certs: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be 1 to 9");
@@ -335,6 +348,7 @@ async fn dev(
             admin_addr: addr(admin_port, id),
             peers,
             tick_interval_ms,
+            shards,
             ..ServeConfig::default()
         };
         if let Some(dir) = &certs {
@@ -349,7 +363,10 @@ async fn dev(
         running.push(RunningNode::start(&config).await.with_context(|| format!("starting node {id}"))?);
     }
     let stop = shutdown_signal()?;
-    let mut text = format!("crema dev cluster of {nodes} nodes:\n");
+    let mut text = match shards {
+        1 => format!("crema dev cluster of {nodes} nodes:\n"),
+        _ => format!("crema dev cluster of {nodes} nodes, {shards} shards (redis-cli -c follows -MOVED):\n"),
+    };
     let tls_flags = certs.as_ref().map(|d| format!("--tls --cacert {} ", d.join("ca.crt").display()));
     for (i, node) in running.iter().enumerate() {
         text.push_str(&format!(

@@ -248,7 +248,7 @@ async fn crema_dev_runs_a_local_cluster_until_interrupted() {
     use std::io::BufRead;
     let (resp, raft, admin) = (three_free_ports(), three_free_ports(), three_free_ports());
     let mut child = Command::new(env!("CARGO_BIN_EXE_crema"))
-        .args(["dev", "--nodes", "3"])
+        .args(["dev", "--nodes", "3", "--shards", "4"])
         .args([
             "--resp-port",
             &resp.to_string(),
@@ -264,7 +264,7 @@ async fn crema_dev_runs_a_local_cluster_until_interrupted() {
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let header = lines.next().unwrap().unwrap();
-    assert!(header.starts_with("crema dev cluster of 3 nodes"), "{header}");
+    assert!(header.starts_with("crema dev cluster of 3 nodes, 4 shards"), "{header}");
     for i in 0..3u16 {
         let line = lines.next().unwrap().unwrap();
         assert!(line.contains(&format!("redis-cli -p {}", resp + i)), "{line}");
@@ -275,6 +275,9 @@ async fn crema_dev_runs_a_local_cluster_until_interrupted() {
     let mut third = client(addr(2)).await;
     let got: Option<String> = third.get("dev").await.unwrap();
     assert_eq!(got.as_deref(), Some("works"));
+    let shards: Vec<redis::Value> =
+        redis::cmd("CLUSTER").arg("SHARDS").query_async(&mut third).await.unwrap();
+    assert_eq!(shards.len(), 4, "{shards:?}");
     assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let started = std::time::Instant::now();
     let exit = loop {

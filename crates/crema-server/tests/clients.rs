@@ -1,6 +1,7 @@
 //! Real client libraries against a real `crema serve`: the scripts in `tests/clients/` run
 //! redis-py (`pipeline()`, a WATCH retry loop, Django's `set_many` with a timeout) and node-redis
-//! (`multi().exec()`, WATCH with an isolated connection), and redis-py's ACL helpers (`py_acl.py`). `.ci/run` installs both libraries,
+//! (`multi().exec()`, WATCH with an isolated connection, and `createCluster` against a sharded
+//! cluster), and redis-py's ACL helpers (`py_acl.py`). `.ci/run` installs both libraries,
 //! pinned; a test is skipped, saying so, only when the interpreter or the library is missing.
 
 mod common;
@@ -65,4 +66,28 @@ fn node_redis_multi_exec_and_watch() {
         return;
     }
     run_script("node", &["transactions.mjs"], &dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_redis_create_cluster_against_shards() {
+    let dir = clients_dir().join("node");
+    if !dir.join("node_modules/redis/package.json").exists() || !available("node", &["--version"], &dir) {
+        eprintln!(
+            "SKIPPED: node or node-redis is not installed (`npm ci` in {}, as .ci/run does)",
+            dir.display()
+        );
+        return;
+    }
+    let nodes = start_cluster(3, &["--shards", "4"]);
+    wait_until(std::time::Duration::from_secs(30), "every shard led", || async {
+        let mut c = client(nodes[0].resp).await;
+        let info: String = redis::cmd("INFO").arg("shards").query_async(&mut c).await.unwrap_or_default();
+        info.matches("state=active,leader=").count() == 4
+    })
+    .await;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.resp.to_string()).collect();
+    let output = Command::new("node").arg("cluster.mjs").args(&addrs).current_dir(&dir).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "node cluster.mjs failed ({})\n{stdout}\n{stderr}", output.status);
+    eprintln!("{}", stdout.trim());
 }
