@@ -156,6 +156,10 @@ impl DistributedCache {
     fn settled(&self, applied: Applied) -> Result<Applied> {
         match applied.output {
             ApplyOutput::Failed(ApplyError::SessionExpired) => {
+                tracing::warn!(
+                    index = applied.index,
+                    "a forwarded write was refused as expired by its session; answered TIMEOUT"
+                );
                 Err(Error::Timeout(self.config.request_timeout))
             }
             _ => Ok(applied),

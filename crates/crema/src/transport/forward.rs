@@ -50,8 +50,13 @@ impl Forwarder {
     /// Takes the next sequence number for a write about to be forwarded: it counts as awaited
     /// until the returned slot is dropped.
     pub fn open(&self) -> ForwardSlot<'_> {
+        // The number is taken under the lock that `oldest_pending` reads: a number taken but
+        // not yet in `pending` would let a concurrent write's stamp claim a floor above it, and
+        // the leader would then refuse this write as expired on its first copy.
+        let mut pending = self.pending.lock().expect("pending poisoned");
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().expect("pending poisoned").insert(seq, None);
+        pending.insert(seq, None);
+        drop(pending);
         ForwardSlot { forwarder: self, seq, answered: AtomicBool::new(false) }
     }
 
@@ -182,6 +187,35 @@ mod tests {
         drop(c);
         assert_eq!(f.oldest_pending(), first + 4, "none awaited: the next number");
         f.complete(first, Err(WireError::Shutdown));
+    }
+
+    /// The leader raises a session's floor to what each write's stamp says is the oldest write
+    /// still awaited: no write may ever be below a floor some stamp made while it was awaited
+    /// (it would be refused as expired on its first copy). Several threads open slots at once,
+    /// as concurrent client writes do.
+    #[test]
+    fn no_stamp_claims_a_write_done_that_is_still_awaited() {
+        let forwarder = Arc::new(Forwarder::default());
+        let floor = Arc::new(Mutex::new(0u64));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (forwarder, floor) = (forwarder.clone(), floor.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        let slot = forwarder.open();
+                        let oldest = forwarder.oldest_pending();
+                        let mut floor = floor.lock().unwrap();
+                        assert!(slot.seq >= *floor, "write {} is below the floor {}", slot.seq, *floor);
+                        *floor = (*floor).max(oldest.min(slot.seq));
+                        drop(floor);
+                        slot.answered();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
     }
 
     #[test]
