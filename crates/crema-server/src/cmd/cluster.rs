@@ -233,6 +233,27 @@ fn info(state: &ServerState, shards: &[ShardInfo]) -> String {
     )
 }
 
+/// The shard of `args`' keys and the slot of the first (none for a command without keys);
+/// `CrossSlot` when the keys are in several shards.
+pub(super) fn key_shard(
+    state: &ServerState,
+    spec: &CommandSpec,
+    args: &[Bytes],
+) -> Result<Option<(crema::ShardId, u16)>, CmdError> {
+    let router = state.cache.router();
+    let mut target: Option<(crema::ShardId, u16)> = None;
+    for position in spec.key_positions(args.len()) {
+        let slot = crema::key_slot(&args[position]);
+        let shard = router.shard_for_slot(slot);
+        match target {
+            Some((seen, _)) if seen != shard => return Err(CmdError::CrossSlot),
+            Some(_) => {}
+            None => target = Some((shard, slot)),
+        }
+    }
+    Ok(target)
+}
+
 /// For a connection in cluster mode: `-CROSSSLOT` when `args`' keys are in several shards, and
 /// `-MOVED slot host:port` when their shard's leader is another node whose address is known.
 pub(super) fn redirect(
@@ -245,18 +266,7 @@ pub(super) fn redirect(
     if !session.cluster_mode || (session.read_mode == ReadMode::Local && !spec.is_write()) {
         return Ok(());
     }
-    let router = state.cache.router();
-    let mut target: Option<(u32, u16)> = None;
-    for position in spec.key_positions(args.len()) {
-        let slot = crema::key_slot(&args[position]);
-        let shard = router.shard_for_slot(slot);
-        match target {
-            Some((seen, _)) if seen != shard => return Err(CmdError::CrossSlot),
-            Some(_) => {}
-            None => target = Some((shard, slot)),
-        }
-    }
-    let Some((shard, slot)) = target else { return Ok(()) };
+    let Some((shard, slot)) = key_shard(state, spec, args)? else { return Ok(()) };
     let me = state.cache.node_id();
     match state.cache.shard_leader(shard) {
         Some(leader) if leader != me => match state.client_addr_of(leader) {

@@ -137,12 +137,14 @@ pub(super) fn queue(
         Ok(i) => {
             let router = state.cache.router();
             if router.num_shards() > 1 {
-                for position in COMMANDS[i].key_positions(args.len()) {
-                    let shard = router.shard_for_key(&args[position]);
-                    if *queue.shard.get_or_insert(shard) != shard {
-                        queue.failed = true;
-                        return Reply::Error(CROSSSLOT.into());
-                    }
+                let crossed = match super::cluster::key_shard(state, &COMMANDS[i], &args) {
+                    Ok(Some((shard, _))) => *queue.shard.get_or_insert(shard) != shard,
+                    Ok(None) => false,
+                    Err(_) => true,
+                };
+                if crossed {
+                    queue.failed = true;
+                    return Reply::Error(CROSSSLOT.into());
                 }
             }
             queue.bytes += args.iter().map(|a| a.len() + ARG_OVERHEAD_BYTES).sum::<usize>();

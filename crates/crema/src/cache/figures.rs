@@ -25,11 +25,7 @@ impl DistributedCache {
             let shared = &shard.group.shared;
             let range = ShardRange { shard_id: shard.id, total_shards: total };
             let leader = shared.leader_id();
-            let state = match () {
-                _ if stopped => ShardState::Stopped,
-                _ if shared.recovering() || leader.is_none() => ShardState::Initializing,
-                _ => ShardState::Active,
-            };
+            let state = ShardState::of(stopped, shared.recovering(), leader);
             ShardInfo {
                 shard_id: shard.id,
                 state,

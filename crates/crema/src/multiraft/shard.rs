@@ -54,6 +54,18 @@ pub struct ShardInfo {
     pub last_slot: u16,
 }
 
+impl ShardState {
+    /// The state of a replica: `stopped` when the node has ended, else initializing while it
+    /// recovers or knows no leader, else active.
+    pub(crate) fn of(stopped: bool, recovering: bool, leader: Option<NodeId>) -> Self {
+        match () {
+            _ if stopped => ShardState::Stopped,
+            _ if recovering || leader.is_none() => ShardState::Initializing,
+            _ => ShardState::Active,
+        }
+    }
+}
+
 impl ShardInfo {
     /// The report of the replica whose group is in `status`, with its cache's figures, when
     /// `total_shards` shards split the slots; `stopped` when the node has ended.
@@ -64,11 +76,7 @@ impl ShardInfo {
         total_shards: u32,
         stopped: bool,
     ) -> Self {
-        let state = match () {
-            _ if stopped => ShardState::Stopped,
-            _ if status.recovery.is_recovering() || status.leader_id.is_none() => ShardState::Initializing,
-            _ => ShardState::Active,
-        };
+        let state = ShardState::of(stopped, status.recovery.is_recovering(), status.leader_id);
         let range = ShardRange { shard_id: status.shard, total_shards };
         Self {
             shard_id: status.shard,
