@@ -140,7 +140,7 @@ fn shards(_: &ServerState, status: &ClusterStatus, out: &mut String) {
         let state = format!("{:?}", s.state).to_ascii_lowercase();
         line!(
             out,
-            "shard{}:state={state},leader={},members={},learners={},slots={}-{},entries={},term={},commit_index={},applied_index={}",
+            "shard{}:state={state},leader={},members={},learners={},slots={}-{},entries={},term={},commit_index={},applied_index={},hibernating={}",
             s.shard_id,
             s.leader.unwrap_or(0),
             ids(&s.members),
@@ -150,7 +150,8 @@ fn shards(_: &ServerState, status: &ClusterStatus, out: &mut String) {
             s.entry_count,
             s.term,
             s.commit_index,
-            s.applied_index
+            s.applied_index,
+            u8::from(s.hibernating)
         );
     }
 }

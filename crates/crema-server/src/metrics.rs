@@ -310,6 +310,12 @@ impl Collector for NodeCollector {
             "1 while this node recovers from a restart without its raft state (it does not vote)",
             raft.recovering as i64,
         )?;
+        gauge(
+            e,
+            "raft_hibernating_shards",
+            "Shard replicas on this node whose idle Raft group hibernates (ticks no clock)",
+            raft.hibernating_shards as i64,
+        )?;
         shard_metrics(e, &cache)?;
         if let Some(rss) = resident_memory_bytes() {
             gauge(e, "process_resident_memory_bytes", "Resident memory of this process", rss as i64)?;

@@ -66,6 +66,10 @@ pub struct RaftConfig {
     /// Log entries kept behind the applied index before the log is compacted; a follower further
     /// behind than this is caught up with a snapshot. Default 10,000.
     pub max_log_entries: u64,
+    /// An idle group stops ticking (no heartbeats) until a message or a request arrives; the
+    /// node's pings to its peers keep failure detection going (see the Multi-Raft docs).
+    /// Default true.
+    pub hibernate: bool,
 }
 
 impl Default for RaftConfig {
@@ -79,6 +83,7 @@ impl Default for RaftConfig {
             pre_vote: true,
             check_quorum: true,
             max_log_entries: 10_000,
+            hibernate: true,
         }
     }
 }

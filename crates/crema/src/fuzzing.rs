@@ -38,7 +38,9 @@ pub fn peer_stream(bytes: &[u8]) -> usize {
             | Envelope::Forward { .. }
             | Envelope::ForwardReply { .. }
             | Envelope::AuthChallenge { .. }
-            | Envelope::AuthProof { .. } => {}
+            | Envelope::AuthProof { .. }
+            | Envelope::Ping
+            | Envelope::Hibernate { .. } => {}
         }
     }
     decoded

@@ -104,6 +104,9 @@ pub struct ShardView {
     pub applied_index: u64,
     /// The hash slots the shard owns, `first-last`.
     pub slots: String,
+    /// True while the replica's idle group hibernates (ticks no clock).
+    #[serde(default)]
+    pub hibernating: bool,
 }
 
 impl From<&crema::ShardInfo> for ShardView {
@@ -120,6 +123,7 @@ impl From<&crema::ShardInfo> for ShardView {
             commit_index: s.commit_index,
             applied_index: s.applied_index,
             slots: format!("{}-{}", s.first_slot, s.last_slot),
+            hibernating: s.hibernating,
         }
     }
 }

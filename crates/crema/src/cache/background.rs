@@ -12,6 +12,10 @@ use crate::consensus::group::GroupHandle;
 
 /// Most keys one `Evict` command carries.
 const EVICT_BATCH: usize = 1024;
+/// The leader's evictor tends its policy this often while victims come, backing off to
+/// `POLICY_PAUSE_MAX` while none do (hundreds of idle shards must cost nothing).
+const POLICY_PAUSE_MIN: Duration = Duration::from_millis(100);
+const POLICY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// The leader's evictor (see `cache::storage`): while this node leads it keeps the eviction
 /// policy and proposes the keys the policy drops as `Evict` commands, one at a time; when it
@@ -25,14 +29,24 @@ pub(super) async fn evict(storage: CacheStorage, group: GroupHandle, cancel: Can
         return;
     };
     let mut leading = false;
+    let mut pause = POLICY_PAUSE_MIN;
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = wake.notified() => {}
-            // Leadership changes and the policy's own pending work are noticed on this tick.
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        // Registered before leadership is read, so a change in between is not missed.
+        let changed = group.shared.leader_changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if group.shared.is_leader() == leading {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = wake.notified() => pause = POLICY_PAUSE_MIN,
+                _ = &mut changed => {}
+                // The policy's own pending work is done on this beat, while leading: often
+                // while victims come, seldom when idle (a follower has no policy to tend).
+                _ = tokio::time::sleep(pause), if leading => pause = (pause * 2).min(POLICY_PAUSE_MAX),
+            }
         }
         if group.shared.is_leader() != leading {
+            pause = POLICY_PAUSE_MIN;
             leading = !leading;
             if leading {
                 let filling = storage.clone();
@@ -58,6 +72,7 @@ pub(super) async fn evict(storage: CacheStorage, group: GroupHandle, cancel: Can
             if keys.is_empty() {
                 break;
             }
+            pause = POLICY_PAUSE_MIN;
             let command = StampedCommand::new(unix_now_ms(), CacheCommand::Evict { keys: keys.clone() });
             let proposed = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -81,6 +96,10 @@ pub(super) async fn sweep_expired(storage: CacheStorage, cancel: CancellationTok
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
+        }
+        if !storage.may_expire() {
+            // Nothing can have expired: no blocking-pool trip (idle shards must cost nothing).
+            continue;
         }
         let started = std::time::Instant::now();
         let purging = storage.clone();

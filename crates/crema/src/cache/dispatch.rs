@@ -118,6 +118,12 @@ impl Dispatcher {
         nodes.iter().filter(|n| peers.get(n).is_some_and(|p| p.heard.elapsed() < window)).count()
     }
 
+    /// The peers this node heard from (any message, pings included) within `window`.
+    pub fn heard_peers(&self, window: Duration) -> std::collections::HashSet<NodeId> {
+        let peers = self.peers.lock().expect("peers poisoned");
+        peers.iter().filter(|(_, p)| p.heard.elapsed() < window).map(|(id, _)| *id).collect()
+    }
+
     /// A decoded Raft message from `from` for `shard`: checked, then stepped.
     fn step(&self, from: NodeId, shard: ShardId, msg: Message) {
         if let Err(reason) = admit::check_from_peer(&msg, from, self.node_id) {
@@ -200,6 +206,12 @@ impl Inbound for Dispatcher {
                     Err(e) => warn!(from, shard, error = %e, "snapshot transfer dropped"),
                 }
             }
+            Envelope::Hibernate { shard, term, commit } => match self.group(shard) {
+                Some(group) => group.hibernate_notice(from, term, commit),
+                None => debug!(from, shard, "hibernation notice for an unknown shard dropped"),
+            },
+            // A ping's whole meaning is that `from` was heard from (`is_current` noted it).
+            Envelope::Ping => {}
             Envelope::Hello { .. } | Envelope::AuthChallenge { .. } | Envelope::AuthProof { .. } => {}
         }
     }

@@ -37,6 +37,7 @@ impl DistributedCache {
                 term: shared.term(),
                 commit_index: shared.commit(),
                 applied_index: shared.applied(),
+                hibernating: shared.is_hibernating(),
                 first_slot: range.first_slot(),
                 last_slot: range.last_slot(),
             }
@@ -74,6 +75,7 @@ impl DistributedCache {
             f.apply_rejected += shared.apply_rejected();
             f.peer_messages_rejected += shared.messages_rejected();
             f.recovering |= shared.recovering();
+            f.hibernating_shards += usize::from(shared.is_hibernating());
         }
         figures
     }
@@ -163,4 +165,7 @@ pub struct RaftFigures {
     /// True while this node recovers from a restart without its Raft state (memory storage):
     /// it does not vote until it has caught up (see [`crate::consensus::RecoveryState`]).
     pub recovering: bool,
+    /// Shard replicas on this node that hibernate right now: idle, their groups tick no clock
+    /// (see [`crate::RaftConfig::hibernate`]).
+    pub hibernating_shards: usize,
 }

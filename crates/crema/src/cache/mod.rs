@@ -16,6 +16,7 @@ mod balance;
 mod capture;
 pub(crate) mod dispatch;
 mod figures;
+mod keepalive;
 pub mod keyspace;
 mod membership;
 #[cfg(feature = "rocksdb")]

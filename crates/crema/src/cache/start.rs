@@ -99,6 +99,21 @@ impl DistributedCache {
             let balance = super::balance::balance_leaders(config.node_id, groups, interval, cancel.clone());
             tasks.push(supervisor.spawn("the leader balancer", balance));
         }
+        // Pings and wakes hibernating groups (see `cache::keepalive`): a few beats per election
+        // timeout, as heartbeats go.
+        let beat = config.raft.tick_interval() * config.raft.heartbeat_tick as u32;
+        let beat = super::keepalive::KeepAlive {
+            node_id: config.node_id,
+            transport: transport.clone(),
+            dispatcher: dispatcher.clone(),
+            groups: shards.iter().map(|s| s.group.clone()).collect(),
+            period: beat,
+            window: config.raft.election_timeout(),
+            #[cfg(feature = "fault-injection")]
+            faults: config.faults.clone(),
+        };
+        let keep_alive = super::keepalive::keep_alive(beat, cancel.clone());
+        tasks.push(supervisor.spawn("the keep-alive beat", keep_alive));
         // Watched, not awaited at shutdown: it ends when the transport closes, after the groups.
         if let Some(accept) = transport.take_accept_task() {
             drop(supervisor.watch("the peer accept loop", accept, || false));

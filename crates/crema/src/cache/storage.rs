@@ -598,6 +598,11 @@ impl CacheStorage {
         self.counters.log_time_ms.fetch_max(at_ms, Ordering::AcqRel);
     }
 
+    /// Whether any entry may have an expiry (false: a sweep would find nothing).
+    pub fn may_expire(&self) -> bool {
+        self.counters.may_expire.load(Ordering::Acquire)
+    }
+
     /// Reclaims every entry that expired at or before the log time; answers how many. Each
     /// removal re-checks the entry atomically, so a value written meanwhile is kept.
     pub fn purge_expired(&self) -> usize {

@@ -61,6 +61,7 @@ use crate::transport::forward::ForwardTicket;
 use crate::transport::Transport;
 use crate::types::{NodeId, ShardId};
 
+mod hibernate;
 mod peer_input;
 mod ready;
 
@@ -110,6 +111,13 @@ pub(crate) enum PeerInput {
         peer: NodeId,
         restarted: bool,
         position: GroupPosition,
+    },
+    /// The group's leader `from` stopped ticking at `term`, with `commit` committed and last in
+    /// its log (see `hibernate`).
+    Hibernate {
+        from: NodeId,
+        term: u64,
+        commit: u64,
     },
 }
 
@@ -197,6 +205,12 @@ pub(crate) struct GroupShared {
     read_rounds: AtomicU64,
     /// Linearizable reads waiting for the next round while one is in flight.
     held_reads: AtomicUsize,
+    /// True while the group hibernates (ticks no clock; see `hibernate`).
+    hibernating: AtomicBool,
+    /// Wakes a hibernating group (see [`GroupShared::wake`]).
+    wake: Notify,
+    /// Set with `wake` when the group's leader is no longer heard from.
+    wake_urgent: AtomicBool,
 }
 
 impl GroupShared {
@@ -230,7 +244,25 @@ impl GroupShared {
             held_writes: AtomicUsize::new(0),
             read_rounds: AtomicU64::new(0),
             held_reads: AtomicUsize::new(0),
+            hibernating: AtomicBool::new(false),
+            wake: Notify::new(),
+            wake_urgent: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the group hibernates on this node (ticks no clock until a message or a request
+    /// arrives; see `hibernate`).
+    pub fn is_hibernating(&self) -> bool {
+        self.hibernating.load(Ordering::Acquire)
+    }
+
+    /// Wakes the group if it hibernates. `leader_silent`: its leader's node is no longer heard
+    /// from, so a follower counts the silence as an election timeout spent.
+    pub fn wake(&self, leader_silent: bool) {
+        if leader_silent {
+            self.wake_urgent.store(true, Ordering::Release);
+        }
+        self.wake.notify_one();
     }
 
     /// Proposal batches appended as leader, and the entries in them.
@@ -301,6 +333,11 @@ impl GroupShared {
             Some(_) => None,
             None => Some(self.leaderless_since.lock().expect("leaderless poisoned").elapsed()),
         }
+    }
+
+    /// Completes at the next change of the known leader (this node's own leadership included).
+    pub fn leader_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.leader_changed.notified()
     }
 
     /// Waits until the known leader is another than `leader` (none included).
@@ -524,6 +561,12 @@ impl GroupHandle {
         }
     }
 
+    /// Hands a leader's hibernation notice to the group; dropped when the mailbox is full (the
+    /// group then keeps ticking, which is always safe).
+    pub fn hibernate_notice(&self, from: NodeId, term: u64, commit: u64) {
+        let _ = self.raft_tx.try_send(PeerInput::Hibernate { from, term, commit });
+    }
+
     /// Hands a peer's handshake to the group. Never dropped: when the mailbox is full it waits
     /// on a task (a handshake is not retransmitted as Raft messages are).
     pub fn hello(&self, peer: NodeId, restarted: bool, position: GroupPosition) {
@@ -669,6 +712,8 @@ pub(crate) fn spawn_group<S: LogStore>(
         persist_async,
         persist_job: None,
         unpersisted: std::collections::VecDeque::new(),
+        hibernating: false,
+        quiet_ticks: 0,
     };
     group.publish_voters();
     let task = tokio::spawn(group.run(cancel));
@@ -717,12 +762,17 @@ struct Group<S: LogStore> {
     /// Readies advanced before their changes were durable, oldest first: their numbers and the
     /// messages to send once they are. Not empty exactly while a write is in flight.
     unpersisted: std::collections::VecDeque<(u64, Vec<Message>)>,
+    /// The group ticks no clock (see `hibernate`).
+    hibernating: bool,
+    /// Ticks in a row this leader had nothing to do (see `hibernate`).
+    quiet_ticks: usize,
 }
 
 impl<S: LogStore> Group<S> {
     async fn run(mut self, cancel: CancellationToken) {
         let mut ticker = tokio::time::interval(self.settings.raft.tick_interval());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = self.shared.clone();
         loop {
             #[cfg(feature = "fault-injection")]
             if let Some(faults) = self.settings.faults.clone() {
@@ -733,13 +783,21 @@ impl<S: LogStore> Group<S> {
                     }
                 }
             }
+            let hibernating = self.hibernating;
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
                 (number, written) = persisted(&mut self.persist_job) => self.on_persisted(number, written),
                 Some(input) = self.raft_rx.recv() => self.on_peer(input),
                 Some(msg) = self.client_rx.recv() => self.on_client(msg),
-                _ = ticker.tick() => self.tick(),
+                _ = ticker.tick(), if !hibernating => self.tick(),
+                _ = shared.wake.notified(), if hibernating => {
+                    self.wake(shared.wake_urgent.swap(false, Ordering::AcqRel));
+                }
+            }
+            if hibernating && !self.hibernating {
+                // The clock starts again from now.
+                ticker.reset();
             }
             self.pass();
             if self.halted {
@@ -845,8 +903,21 @@ impl<S: LogStore> Group<S> {
 
     fn on_peer(&mut self, input: PeerInput) {
         match input {
-            PeerInput::Message(msg) => self.step(msg),
-            PeerInput::Hello { peer, restarted, position } => self.on_hello(peer, restarted, position),
+            PeerInput::Message(msg) => {
+                // A hibernating leader's late heartbeat answer, of its term, changes nothing.
+                let late_answer = self.raw.raft.state == StateRole::Leader
+                    && msg.get_msg_type() == MessageType::MsgHeartbeatResponse
+                    && msg.term == self.raw.raft.term;
+                if !late_answer {
+                    self.wake(false);
+                }
+                self.step(msg);
+            }
+            PeerInput::Hello { peer, restarted, position } => {
+                self.wake(false);
+                self.on_hello(peer, restarted, position);
+            }
+            PeerInput::Hibernate { from, term, commit } => self.on_hibernate_notice(from, term, commit),
         }
     }
 
@@ -908,6 +979,7 @@ impl<S: LogStore> Group<S> {
         if !held_back {
             self.raw.tick();
         }
+        self.consider_hibernating();
         let leader = self.shared.leader_id();
         let timeout = self.settings.read_timeout;
         let retry_after = self.settings.raft.election_timeout() / 2;
@@ -932,6 +1004,9 @@ impl<S: LogStore> Group<S> {
     }
 
     fn on_client(&mut self, msg: ClientMsg) {
+        if !matches!(msg, ClientMsg::Status { .. }) {
+            self.wake(false);
+        }
         match msg {
             ClientMsg::Propose { command, reply } => self.gathered.push((command, reply)),
             ClientMsg::ConfChange { change, reply } => {
@@ -1084,6 +1159,7 @@ impl<S: LogStore> Group<S> {
             recovery: self.recovery_state(),
             pending_proposals: self.proposals.len(),
             replica_progress,
+            hibernating: self.hibernating,
         }
     }
 }

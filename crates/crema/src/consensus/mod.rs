@@ -97,4 +97,7 @@ pub struct GroupStatus {
     /// On the leader: each other member and the highest log index known to be on it (empty on
     /// a follower).
     pub replica_progress: Vec<(NodeId, u64)>,
+    /// True while the group hibernates on this node: idle, it ticks no clock (see
+    /// [`crate::RaftConfig::hibernate`]).
+    pub hibernating: bool,
 }

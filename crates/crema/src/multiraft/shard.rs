@@ -48,6 +48,9 @@ pub struct ShardInfo {
     pub commit_index: u64,
     /// The highest index applied here.
     pub applied_index: u64,
+    /// True while the replica hibernates: idle, its group ticks no clock until a message or a
+    /// request wakes it (see [`crate::RaftConfig::hibernate`]).
+    pub hibernating: bool,
     /// The hash slots the shard owns.
     pub first_slot: u16,
     /// The last of them.
@@ -89,6 +92,7 @@ impl ShardInfo {
             term: status.term,
             commit_index: status.commit_index,
             applied_index: status.applied_index,
+            hibernating: status.hibernating,
             first_slot: range.first_slot(),
             last_slot: range.last_slot(),
         }
@@ -116,6 +120,7 @@ mod tests {
             recovery,
             pending_proposals: 0,
             replica_progress: Vec::new(),
+            hibernating: false,
         }
     }
 

@@ -14,8 +14,9 @@ use crate::error::Error;
 use crate::types::{NodeId, ShardId};
 
 /// Version of the envelope format; a peer sending another version is disconnected. Version 2:
-/// the hello carries the sender's incarnation and each group's log position.
-pub const ENVELOPE_VERSION: u8 = 2;
+/// the hello carries the sender's incarnation and each group's log position. Version 3: node
+/// pings and hibernation notices.
+pub const ENVELOPE_VERSION: u8 = 3;
 
 /// One Raft group's position on the sender of a hello: what a restarted memory node needs to
 /// learn before it may vote again (see `consensus::recovery`).
@@ -102,6 +103,19 @@ pub enum Envelope {
         challenge: [u8; super::auth::CHALLENGE_BYTES],
         /// HMAC-SHA256 over both challenges.
         proof: Vec<u8>,
+    },
+    /// The sender is alive: sent to every peer a few times per election timeout, whatever
+    /// else is sent, so a node knows which peers it still hears while its groups hibernate.
+    Ping,
+    /// The leader of group `shard` stops ticking (nothing to replicate, every member matched):
+    /// the receiver's replica may stop too (see `consensus::group::hibernate`).
+    Hibernate {
+        /// The group.
+        shard: ShardId,
+        /// The leader's term.
+        term: u64,
+        /// The leader's commit index, which is also its last index.
+        commit: u64,
     },
 }
 
@@ -221,6 +235,8 @@ mod tests {
         });
         round_trip(Envelope::AuthChallenge { challenge: [7; 32] });
         round_trip(Envelope::AuthProof { challenge: [1; 32], proof: vec![9; 32] });
+        round_trip(Envelope::Ping);
+        round_trip(Envelope::Hibernate { shard: 3, term: 7, commit: 70 });
         round_trip(Envelope::ForwardReply {
             request_id: 1,
             result: Err(WireError::Invalid(CommandError::EmptyKey)),

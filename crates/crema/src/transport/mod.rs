@@ -191,6 +191,11 @@ impl Transport {
         self.peers.read().expect("peer map poisoned").get(&id).and_then(|l| l.addr())
     }
 
+    /// The peers this node keeps links to.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        self.peers.read().expect("peer map poisoned").keys().copied().collect()
+    }
+
     /// Queues one encoded frame for `to`.
     ///
     /// # Errors

@@ -1,0 +1,71 @@
+//! The node's liveness beat, which lets idle groups hibernate (see `consensus::group::hibernate`):
+//! a ping to every peer a few times per election timeout, and a wake-up for every hibernating
+//! group with a member this node has not heard from within an election timeout.
+//!
+//! One task per node, whatever the number of shards: this is what replaces each group's
+//! heartbeats while it sleeps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::dispatch::Dispatcher;
+use crate::consensus::group::GroupHandle;
+use crate::transport::envelope::Envelope;
+use crate::transport::Transport;
+use crate::types::NodeId;
+
+/// What the beat needs.
+pub(super) struct KeepAlive {
+    pub node_id: NodeId,
+    pub transport: Arc<Transport>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub groups: Vec<GroupHandle>,
+    /// How often it pings.
+    pub period: Duration,
+    /// A member not heard from for this long is silent.
+    pub window: Duration,
+    #[cfg(feature = "fault-injection")]
+    pub faults: Option<Arc<crate::faults::Faults>>,
+}
+
+/// Pings the peers every `period`, and wakes the hibernating groups with a member not heard
+/// from within `window`.
+pub(super) async fn keep_alive(beat: KeepAlive, cancel: CancellationToken) {
+    let KeepAlive { node_id, transport, dispatcher, groups, period, window, .. } = beat;
+    #[cfg(feature = "fault-injection")]
+    let faults = beat.faults;
+    let ping = Envelope::Ping.to_frame();
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        // A node the fault injector pauses must look as silent as a stopped process.
+        #[cfg(feature = "fault-injection")]
+        if faults.as_ref().is_some_and(|f| f.is_paused(node_id)) {
+            continue;
+        }
+        for peer in transport.peer_ids() {
+            // A full queue means the peer is not reading: it will not hear this ping either.
+            let _ = transport.send(peer, ping.clone());
+        }
+        if !groups.iter().any(|g| g.shared.is_hibernating()) {
+            continue;
+        }
+        let heard = dispatcher.heard_peers(window);
+        for group in groups.iter().filter(|g| g.shared.is_hibernating()) {
+            let shared = &group.shared;
+            let mut members = shared.voters();
+            members.extend(shared.learners());
+            let silent = |m: &NodeId| *m != node_id && !heard.contains(m);
+            if members.iter().any(silent) {
+                let leader_silent = shared.leader_id().is_some_and(|l| silent(&l));
+                shared.wake(leader_silent);
+            }
+        }
+    }
+}
