@@ -417,6 +417,14 @@ async fn status(admin: AdminTarget, json: bool) -> anyhow::Result<()> {
     if let Some(recovery) = &v.recovery {
         writeln!(out, "recovering  {recovery}")?;
     }
+    if let Some(kind) = &v.discovery {
+        writeln!(out, "discovery   {kind}")?;
+        for n in &v.nodes {
+            let gossip = n.gossip_addr.map(|a| format!(" gossip={a}")).unwrap_or_default();
+            let health = format!("{:?}", n.health).to_ascii_lowercase();
+            writeln!(out, "  node {:<4} {health:<8} raft={}{gossip}", n.node_id, n.raft_addr)?;
+        }
+    }
     if !v.shards.is_empty() {
         writeln!(out, "shards      {}", v.shards.len())?;
         writeln!(

@@ -188,6 +188,27 @@ fn per_shard(
     Ok(())
 }
 
+/// The nodes the cluster discovery knows, by health (`crema_memberlist_nodes{state=...}`).
+fn discovery_metrics(e: &mut DescriptorEncoder<'_>, cache: &DistributedCache) -> std::fmt::Result {
+    let nodes = cache.discovered_nodes();
+    let count = |health: crema::NodeHealth| nodes.iter().filter(|n| n.health == health).count() as i64;
+    let mut metric = e.encode_descriptor(
+        "memberlist_nodes",
+        "Nodes the cluster discovery knows (this one included), by health",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (state, health) in [
+        ("alive", crema::NodeHealth::Alive),
+        ("suspect", crema::NodeHealth::Suspect),
+        ("down", crema::NodeHealth::Down),
+    ] {
+        let labels = [("state", state)];
+        ConstGauge::new(count(health)).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 /// The figures of each shard replica (Multi-Raft), labelled by shard.
 fn shard_metrics(e: &mut DescriptorEncoder<'_>, cache: &DistributedCache) -> std::fmt::Result {
     let shards = cache.shard_info();
@@ -316,6 +337,7 @@ impl Collector for NodeCollector {
             "Shard replicas on this node whose idle Raft group hibernates (ticks no clock)",
             raft.hibernating_shards as i64,
         )?;
+        discovery_metrics(e, &cache)?;
         shard_metrics(e, &cache)?;
         if let Some(rss) = resident_memory_bytes() {
             gauge(e, "process_resident_memory_bytes", "Resident memory of this process", rss as i64)?;

@@ -230,3 +230,69 @@ async fn redis_py_cluster_and_redis_cli_dash_c_across_a_node_death() {
     eprintln!("{}", rest.trim());
     let _ = &mut nodes;
 }
+
+/// Free UDP ports on 127.0.0.1 (bound then released).
+fn free_udp_addrs(n: usize) -> Vec<std::net::SocketAddr> {
+    let sockets: Vec<std::net::UdpSocket> =
+        (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
+}
+
+/// `(node id, health)` of every node `/cluster` on `admin` lists.
+async fn gossip_view(admin: std::net::SocketAddr) -> Vec<(u64, String)> {
+    let (status, body) = http_get(admin, "/cluster").await;
+    if status != 200 {
+        return Vec::new();
+    }
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let nodes = view["nodes"].as_array().cloned().unwrap_or_default();
+    nodes.iter().map(|n| (n["node_id"].as_u64().unwrap(), n["health"].as_str().unwrap().to_owned())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_finds_every_node_from_one_seed_and_declares_a_killed_one_down() {
+    let gossip: Vec<String> = free_udp_addrs(3).iter().map(ToString::to_string).collect();
+    let mut nodes = start_cluster_with(3, |i| {
+        let mut args =
+            vec!["--shards".to_owned(), "4".to_owned(), "--gossip-addr".to_owned(), gossip[i].clone()];
+        if i > 0 {
+            // Nodes 2 and 3 know only node 1's gossip address.
+            args.extend(["--gossip-seed".to_owned(), gossip[0].clone()]);
+        }
+        args
+    });
+    all_shards_led(nodes[0].resp).await;
+    let alive = |view: &[(u64, String)]| view.iter().filter(|(_, h)| h == "alive").count();
+    for n in &nodes {
+        wait_until(std::time::Duration::from_secs(20), "every node sees the three alive", || async {
+            alive(&gossip_view(n.admin).await) == 3
+        })
+        .await;
+    }
+    let (_, body) = http_get(nodes[1].admin, "/cluster").await;
+    assert!(body.contains("\"discovery\":\"memberlist\""), "{body}");
+
+    // SIGKILL: no goodbye. The others declare it down within seconds, and keep serving.
+    let _ = nodes[2].child.kill();
+    let _ = nodes[2].child.wait();
+    for n in &nodes[..2] {
+        wait_until(std::time::Duration::from_secs(15), "node 3 declared down", || async {
+            gossip_view(n.admin).await.contains(&(3, "down".to_owned()))
+        })
+        .await;
+    }
+    let (_, metrics) = http_get(nodes[0].admin, "/metrics").await;
+    assert!(metrics.contains("crema_memberlist_nodes{state=\"alive\"} 2"), "{metrics}");
+    assert!(metrics.contains("crema_memberlist_nodes{state=\"down\"} 1"), "{metrics}");
+    let mut c = client(nodes[0].resp).await;
+    for i in 0..20 {
+        let _: () = redis::AsyncCommands::set(&mut c, format!("after:{i}"), i).await.unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crema"))
+        .args(["status", "--admin", &nodes[0].admin.to_string()])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("discovery   memberlist"), "{status}");
+    assert!(status.lines().any(|l| l.contains("node 3") && l.contains("down")), "{status}");
+}

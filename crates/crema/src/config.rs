@@ -207,6 +207,9 @@ pub struct CacheConfig {
     /// Multi-Raft: how many shards (Raft groups) the keys are split into; off by default (one
     /// group).
     pub multiraft: MultiRaftCacheConfig,
+    /// How this node finds the others and watches their health (see [`crate::discovery`]);
+    /// none: no discovery, membership managed by hand. Multi-Raft needs one.
+    pub cluster_discovery: Option<std::sync::Arc<dyn crate::discovery::ClusterDiscovery>>,
     /// Test-only fault injection shared by a test cluster's nodes (feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
     pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
@@ -252,6 +255,7 @@ impl CacheConfig {
             cluster_secret: None,
             peer_tls: None,
             multiraft: MultiRaftCacheConfig::default(),
+            cluster_discovery: None,
             #[cfg(feature = "fault-injection")]
             faults: None,
         }
@@ -261,6 +265,13 @@ impl CacheConfig {
     /// each its own Raft group (see [`crate::multiraft`]).
     pub fn with_multiraft_config(mut self, multiraft: MultiRaftCacheConfig) -> Self {
         self.multiraft = multiraft;
+        self
+    }
+
+    /// Sets how this node discovers the others ([`crate::MemberlistDiscovery`],
+    /// [`crate::StaticClusterDiscovery`], [`crate::NoOpClusterDiscovery`] or your own).
+    pub fn with_cluster_discovery(mut self, discovery: impl crate::discovery::ClusterDiscovery) -> Self {
+        self.cluster_discovery = Some(std::sync::Arc::new(discovery));
         self
     }
 
@@ -467,6 +478,12 @@ impl CacheConfig {
             }
         }
         self.multiraft.validate()?;
+        if self.multiraft.enabled && self.cluster_discovery.is_none() {
+            return Err(invalid(
+                "Multi-Raft needs a cluster discovery (with_cluster_discovery): MemberlistDiscovery, \
+                 StaticClusterDiscovery, or NoOpClusterDiscovery to manage membership by hand",
+            ));
+        }
         if self.raft_storage == RaftStorageType::RocksDb {
             if self.shard_count() > 1 {
                 return Err(invalid(

@@ -51,6 +51,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod consensus;
+pub mod discovery;
 pub mod error;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
@@ -75,6 +76,11 @@ pub use consensus::state_machine::CacheStateMachine;
 pub use consensus::storage::MemStorage;
 pub use consensus::transaction::{KeyMeta, ReadCommand, Transaction, TxStep, WatchedKey};
 pub use consensus::{ApplyError, ApplyOutput, GroupStatus, RecoveryState, Role};
+pub use discovery::{
+    ClusterDiscovery, DiscoveredNode, DiscoveryContext, DiscoveryError, DiscoveryEvent, MemberlistConfig,
+    MemberlistDiscovery, NoOpClusterDiscovery, NodeHealth, PeerManagementConfig, ShardLeaderHint,
+    StaticClusterDiscovery,
+};
 pub use error::{Error, Result};
 pub use multiraft::{
     key_slot, MultiRaftBuilder, MultiRaftCacheConfig, MultiRaftCoordinator, MultiRaftStats, ShardConfig,

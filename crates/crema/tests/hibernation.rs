@@ -20,7 +20,7 @@ fn raft() -> RaftConfig {
 
 async fn sharded(tweak: impl Fn(CacheConfig) -> CacheConfig) -> Vec<DistributedCache> {
     let nodes = cluster_with(3, |c| {
-        tweak(c.with_raft_config(raft()).with_multiraft_config(MultiRaftCacheConfig {
+        tweak(discovered(c.with_raft_config(raft())).with_multiraft_config(MultiRaftCacheConfig {
             enabled: true,
             num_shards: SHARDS,
             ..Default::default()
@@ -51,6 +51,12 @@ async fn wait_all_hibernate(nodes: &[&DistributedCache]) {
 
 fn sent(nodes: &[DistributedCache]) -> u64 {
     nodes.iter().map(|n| n.raft_figures().messages_sent).sum()
+}
+
+/// `c` with the cluster its configuration lists as its discovery (health-checked by pings).
+fn discovered(c: crema::CacheConfig) -> crema::CacheConfig {
+    let discovery = crema::StaticClusterDiscovery::new(c.node_id, c.raft_addr, c.seed_nodes.clone());
+    c.with_cluster_discovery(discovery)
 }
 
 fn key(i: usize) -> Bytes {

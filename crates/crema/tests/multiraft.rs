@@ -14,7 +14,7 @@ const SHARDS: u32 = 4;
 
 async fn sharded(n: usize) -> Vec<DistributedCache> {
     let nodes = cluster_with(n, |c| {
-        c.with_multiraft_config(MultiRaftCacheConfig {
+        discovered(c).with_multiraft_config(MultiRaftCacheConfig {
             enabled: true,
             num_shards: SHARDS,
             ..Default::default()
@@ -34,6 +34,12 @@ async fn wait_for_shard_leaders(nodes: &[&DistributedCache]) {
         })
     })
     .await;
+}
+
+/// `c` with the cluster its configuration lists as its discovery (health-checked by pings).
+fn discovered(c: crema::CacheConfig) -> crema::CacheConfig {
+    let discovery = crema::StaticClusterDiscovery::new(c.node_id, c.raft_addr, c.seed_nodes.clone());
+    c.with_cluster_discovery(discovery)
 }
 
 fn key(i: usize) -> Bytes {
@@ -216,17 +222,30 @@ async fn the_coordinator_reports_shards_leaders_and_hints() {
         busy.put(key(i), "again").await.unwrap();
     }
     assert!(busy.stats().operations_per_sec > 0.0, "50 writes since the last look");
-    // Hints: the newer epoch wins; a failed node's hints are forgotten.
-    assert_eq!(coordinator.set_shard_leader(2, 3), 1);
-    assert_eq!(coordinator.set_shard_leader(2, 1), 2);
-    assert!(!coordinator.set_shard_leader_if_newer(2, 3, 2), "not newer");
-    assert!(coordinator.set_shard_leader_if_newer(2, 3, 7));
-    assert!(coordinator.set_shard_leader_if_newer(1, 3, 1));
-    assert_eq!(coordinator.leader_hint(2), Some((Some(3), 7)));
+    // Hints: the newer epoch wins; a failed node's hints are forgotten. A node keeps its own
+    // leaderships as hints with their terms as epochs, so epochs here count from what it holds.
+    let held = |shard| coordinator.leader_hint(shard).map_or(0, |(_, epoch)| epoch);
+    let (e1, e2) = (held(1), held(2));
+    assert_eq!(coordinator.set_shard_leader(2, 3), e2 + 1);
+    assert_eq!(coordinator.set_shard_leader(2, 1), e2 + 2);
+    assert!(!coordinator.set_shard_leader_if_newer(2, 3, e2 + 2), "not newer");
+    assert!(coordinator.set_shard_leader_if_newer(2, 3, e2 + 100));
+    assert!(coordinator.set_shard_leader_if_newer(1, 3, e1 + 100));
+    assert_eq!(coordinator.leader_hint(2), Some((Some(3), e2 + 100)));
     let mut invalidated = coordinator.invalidate_leader_for_node(3);
     invalidated.sort_unstable();
     assert_eq!(invalidated, vec![1, 2]);
-    assert_eq!(coordinator.leader_hint(2), Some((None, 8)));
+    assert_eq!(coordinator.leader_hint(2), Some((None, e2 + 101)));
+    // The node's own leaderships are hints, with their terms.
+    for shard in 0..SHARDS {
+        if nodes[0].shard_leader(shard) == Some(1) && shard > 2 {
+            assert_eq!(
+                coordinator.leader_hint(shard).and_then(|(leader, _)| leader),
+                Some(1),
+                "shard {shard}"
+            );
+        }
+    }
     for node in &nodes {
         node.shutdown().await;
     }
@@ -263,7 +282,7 @@ async fn the_builder_starts_a_sharded_node_and_checks_its_replica_factor() {
 async fn leaders_spread_over_the_nodes_by_themselves() {
     const MANY: u32 = 12;
     let nodes = cluster_with(3, |c| {
-        c.with_multiraft_config(MultiRaftCacheConfig {
+        discovered(c).with_multiraft_config(MultiRaftCacheConfig {
             enabled: true,
             num_shards: MANY,
             ..Default::default()

@@ -77,6 +77,12 @@ pub struct ClusterView {
     /// The shards this node holds a replica of (absent from nodes older than shards).
     #[serde(default)]
     pub shards: Vec<ShardView>,
+    /// Which cluster discovery this node runs (`memberlist`, `static`, `noop`), if any.
+    #[serde(default)]
+    pub discovery: Option<String>,
+    /// The nodes its discovery knows, with their health (this node alone without discovery).
+    #[serde(default)]
+    pub nodes: Vec<crema::DiscoveredNode>,
 }
 
 /// One shard replica in `/cluster`.
@@ -264,6 +270,8 @@ async fn cluster(State(s): State<AdminState>) -> Response {
                 memory_bytes: crate::metrics::resident_memory_bytes(),
                 recovery: recovery_text(&g.recovery),
                 shards: status.shards.iter().map(ShardView::from).collect(),
+                discovery: s.cache.discovery_kind().map(str::to_string),
+                nodes: s.cache.discovered_nodes(),
             })
             .into_response()
         }

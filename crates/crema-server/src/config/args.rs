@@ -104,6 +104,28 @@ pub struct ServeArgs {
     /// of a cluster needs the same number [default: 1].
     #[arg(long, env = "CREMA_SHARDS")]
     pub shards: Option<u32>,
+    /// UDP address SWIM gossip listens on (cluster discovery); off when not given.
+    #[arg(long, env = "CREMA_GOSSIP_ADDR")]
+    pub gossip_addr: Option<SocketAddr>,
+    /// The gossip address other nodes reach this one at, when not --gossip-addr.
+    #[arg(long, env = "CREMA_GOSSIP_ADVERTISE_ADDR")]
+    pub gossip_advertise_addr: Option<SocketAddr>,
+    /// Gossip address of a node to join through; repeat for each.
+    #[arg(long = "gossip-seed", env = "CREMA_GOSSIP_SEEDS", value_delimiter = ';')]
+    pub gossip_seeds: Vec<SocketAddr>,
+    /// Discovered nodes become transport peers: yes or no [default: yes].
+    #[arg(long, env = "CREMA_AUTO_ADD_PEERS", value_parser = parse_yes_no)]
+    pub auto_add_peers: Option<bool>,
+    /// Nodes discovery declares down lose their link unless still members: yes or no
+    /// [default: no].
+    #[arg(long, env = "CREMA_AUTO_REMOVE_PEERS", value_parser = parse_yes_no)]
+    pub auto_remove_peers: Option<bool>,
+    /// The leader adds discovered nodes as voters (learner first): yes or no [default: no].
+    #[arg(long, env = "CREMA_AUTO_ADD_VOTERS", value_parser = parse_yes_no)]
+    pub auto_add_voters: Option<bool>,
+    /// The leader removes voters discovery declares down: yes or no [default: no].
+    #[arg(long, env = "CREMA_AUTO_REMOVE_VOTERS", value_parser = parse_yes_no)]
+    pub auto_remove_voters: Option<bool>,
     /// Most entries in the local cache [default: 1000000].
     #[arg(long, env = "CREMA_MAX_CAPACITY")]
     pub max_capacity: Option<u64>,
@@ -240,6 +262,16 @@ impl ServeArgs {
         );
         overlay!(c, a, max_inline_bytes, max_query_buffer_bytes, max_output_buffer_bytes);
         overlay!(c, a, max_total_query_buffer_bytes, shards);
+        overlay!(c, a, auto_add_peers, auto_remove_peers, auto_add_voters, auto_remove_voters);
+        if a.gossip_addr.is_some() {
+            c.gossip_addr = a.gossip_addr;
+        }
+        if a.gossip_advertise_addr.is_some() {
+            c.gossip_advertise_addr = a.gossip_advertise_addr;
+        }
+        if !a.gossip_seeds.is_empty() {
+            c.gossip_seeds = a.gossip_seeds.clone();
+        }
         overlay!(c, a, slow_request_timeout_ms, write_timeout_ms, storage, checkpoint_log_threshold);
         overlay!(c, a, checkpoint_max_log_bytes, checkpoint_interval_secs, min_free_disk_bytes);
         if a.data_dir.is_some() {

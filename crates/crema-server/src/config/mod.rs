@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use crema::{
-    CacheConfig, CheckpointConfig, ClusterSecret, MultiRaftCacheConfig, NodeId, RaftConfig, RaftStorageType,
+    CacheConfig, CheckpointConfig, ClusterSecret, MemberlistConfig, MemberlistDiscovery,
+    MultiRaftCacheConfig, NodeId, PeerManagementConfig, RaftConfig, RaftStorageType, StaticClusterDiscovery,
 };
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +83,21 @@ pub struct ServeConfig {
     pub read_mode: ReadMode,
     /// Shards (Raft groups) the keys are split into (1: one group, no Multi-Raft).
     pub shards: u32,
+    /// Where SWIM gossip (discovery) listens, UDP; none: no gossip (with several shards, the
+    /// `peers` list is the cluster, health-checked by the nodes' pings).
+    pub gossip_addr: Option<SocketAddr>,
+    /// The gossip address other nodes reach this one at, when not `gossip_addr`.
+    pub gossip_advertise_addr: Option<SocketAddr>,
+    /// Gossip addresses of nodes to join through.
+    pub gossip_seeds: Vec<SocketAddr>,
+    /// Discovered nodes become transport peers (links; Raft membership unchanged).
+    pub auto_add_peers: bool,
+    /// Nodes declared down lose their link, unless still members.
+    pub auto_remove_peers: bool,
+    /// The leader adds discovered nodes as voters (learner first).
+    pub auto_add_voters: bool,
+    /// The leader removes voters declared down.
+    pub auto_remove_voters: bool,
     /// Most entries in the local cache (when `max_memory_bytes` is not set), every shard
     /// together.
     pub max_capacity: u64,
@@ -192,6 +208,13 @@ impl Default for ServeConfig {
             protected_mode: true,
             read_mode: ReadMode::Linearizable,
             shards: 1,
+            gossip_addr: None,
+            gossip_advertise_addr: None,
+            gossip_seeds: Vec::new(),
+            auto_add_peers: true,
+            auto_remove_peers: false,
+            auto_add_voters: false,
+            auto_remove_voters: false,
             max_capacity: 1_000_000,
             max_memory_bytes: None,
             default_ttl_ms: None,
@@ -336,6 +359,14 @@ impl ServeConfig {
                 self.resp_addr
             );
         }
+        if let Some(gossip) = self.gossip_addr.filter(|a| exposed(*a)) {
+            if self.cluster_secret.is_none() && self.cluster_secret_file.is_none() {
+                bail!(
+                    "protected mode: the gossip port {gossip} can be reached from other machines and gossip \
+                     is not authenticated: set --cluster-secret-file (gossip packets are signed with it), {way_out}"
+                );
+            }
+        }
         if exposed(self.admin_addr) && self.admin_token.is_none() && self.admin_token_file.is_none() {
             bail!(
                 "protected mode: the admin port {} can be reached from other machines and has no admin token: \
@@ -399,6 +430,7 @@ impl ServeConfig {
         if let Some(secret) = self.cluster_secret()? {
             config = config.with_cluster_secret(secret);
         }
+        config = self.with_discovery(config)?;
         match (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca) {
             (None, None, None) => {}
             (Some(cert), Some(key), Some(ca)) => {
@@ -408,6 +440,46 @@ impl ServeConfig {
             _ => bail!("give --peer-tls-cert, --peer-tls-key and --peer-tls-ca together"),
         }
         Ok(config)
+    }
+
+    /// `config` with this node's cluster discovery: gossip when `gossip_addr` is set; else,
+    /// with several shards, the `peers` list (health-checked by the nodes' pings); else none.
+    ///
+    /// # Errors
+    /// Gossip seeds without a gossip address; a peer that does not parse.
+    fn with_discovery(&self, config: CacheConfig) -> anyhow::Result<CacheConfig> {
+        let policy = PeerManagementConfig {
+            auto_add_peers: self.auto_add_peers,
+            auto_remove_peers: self.auto_remove_peers,
+            auto_add_voters: self.auto_add_voters,
+            auto_remove_voters: self.auto_remove_voters,
+        };
+        let peers: Vec<_> = self.parsed_peers()?.into_iter().map(|p| (p.id, p.raft_addr)).collect();
+        Ok(match self.gossip_addr {
+            Some(bind) => {
+                let gossip = MemberlistConfig {
+                    enabled: true,
+                    bind_addr: Some(bind),
+                    advertise_addr: self.gossip_advertise_addr,
+                    seed_addrs: self.gossip_seeds.clone(),
+                    node_name: None,
+                    peer_management: policy,
+                };
+                config.with_cluster_discovery(MemberlistDiscovery::new(
+                    self.node_id,
+                    self.raft_addr,
+                    &gossip,
+                    &peers,
+                ))
+            }
+            None if !self.gossip_seeds.is_empty() || self.gossip_advertise_addr.is_some() => {
+                bail!("--gossip-seed and --gossip-advertise-addr need --gossip-addr")
+            }
+            None if self.shards != 1 => config.with_cluster_discovery(
+                StaticClusterDiscovery::new(self.node_id, self.raft_addr, peers).with_peer_management(policy),
+            ),
+            None => config,
+        })
     }
 
     /// The admin port's credentials.

@@ -122,9 +122,14 @@ pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
 /// (with their RESP addresses, for `-NOTLEADER`). Ports are picked free, but another process can
 /// take one before the node binds it: then the whole cluster is started again on new ports.
 pub fn start_cluster(n: usize, extra: &[&str]) -> Vec<Node> {
+    start_cluster_with(n, |_| extra.iter().map(|s| s.to_string()).collect())
+}
+
+/// Like [`start_cluster`], with `extra(i)` added to node `i`'s arguments.
+pub fn start_cluster_with(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Vec<Node> {
     let mut last_error = String::new();
     for _ in 0..5 {
-        match try_start_cluster(n, extra) {
+        match try_start_cluster(n, &extra) {
             Ok(nodes) => return nodes,
             Err(e) => last_error = e,
         }
@@ -132,7 +137,7 @@ pub fn start_cluster(n: usize, extra: &[&str]) -> Vec<Node> {
     panic!("the cluster did not start in 5 attempts: {last_error}");
 }
 
-fn try_start_cluster(n: usize, extra: &[&str]) -> Result<Vec<Node>, String> {
+fn try_start_cluster(n: usize, extra: &impl Fn(usize) -> Vec<String>) -> Result<Vec<Node>, String> {
     let raft = free_addrs(n);
     let resp = free_addrs(n);
     (0..n)
@@ -147,7 +152,8 @@ fn try_start_cluster(n: usize, extra: &[&str]) -> Result<Vec<Node>, String> {
                 args.extend(["--peer", p.as_str()]);
             }
             args.extend(FAST);
-            args.extend(extra);
+            let own = extra(i);
+            args.extend(own.iter().map(String::as_str));
             try_start(&args)
         })
         .collect::<Result<Vec<Node>, String>>()

@@ -6,11 +6,15 @@
 //! configuration it holds; raft-rs itself refuses a change while another is pending.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use raft::eraftpb::{ConfChange, ConfChangeType};
 
 use super::DistributedCache;
+use crate::consensus::group::GroupHandle;
 use crate::error::{Error, Result};
+use crate::transport::Transport;
 use crate::types::NodeId;
 
 impl DistributedCache {
@@ -21,14 +25,42 @@ impl DistributedCache {
         addr: Option<SocketAddr>,
     ) -> Result<()> {
         self.check_running()?;
-        if self.shards.len() > 1 {
+        self.membership().change(kind, id, addr).await
+    }
+
+    /// What membership changes need of this node (also held by the discovery policy task).
+    pub(super) fn membership(&self) -> Membership {
+        Membership {
+            node_id: self.config.node_id,
+            meta: self.meta().group.clone(),
+            transport: self.transport.clone(),
+            shards: self.shards.len(),
+            timeout: self.config.request_timeout,
+        }
+    }
+}
+
+/// Proposes checked membership changes through the meta shard's group.
+#[derive(Clone)]
+pub(super) struct Membership {
+    pub node_id: NodeId,
+    pub meta: GroupHandle,
+    pub transport: Arc<Transport>,
+    pub shards: usize,
+    pub timeout: Duration,
+}
+
+impl Membership {
+    /// Proposes `kind` of node `id` (at `addr`) once the checks pass (see the module header).
+    pub async fn change(&self, kind: ConfChangeType, id: NodeId, addr: Option<SocketAddr>) -> Result<()> {
+        if self.shards > 1 {
             // Each shard's leader must propose its own change; moving replicas between nodes
             // (placement) is not built yet, so a sharded cluster keeps the voters it started with.
             return Err(Error::Membership(
                 "membership changes of a cluster with several shards are not supported yet".into(),
             ));
         }
-        let timeout = self.config.request_timeout;
+        let timeout = self.timeout;
         let checked_and_proposed = async {
             self.check_membership_change(kind, id, addr).await?;
             let change = ConfChange {
@@ -37,12 +69,19 @@ impl DistributedCache {
                 context: addr.map(|a| a.to_string().into_bytes().into()).unwrap_or_default(),
                 ..Default::default()
             };
-            self.meta().group.conf_change(change).await
+            self.meta.conf_change(change).await
         };
         tokio::time::timeout(timeout, checked_and_proposed)
             .await
             .unwrap_or(Err(Error::Timeout(timeout)))
             .map(|_| ())
+    }
+
+    fn peer_addr(&self, id: NodeId) -> Option<SocketAddr> {
+        if id == self.node_id {
+            return Some(self.transport.local_addr());
+        }
+        self.transport.peer_addr(id)
     }
 
     async fn check_membership_change(
@@ -55,10 +94,10 @@ impl DistributedCache {
         if id == 0 {
             return refuse("node id 0 is not valid (ids start at 1)".into());
         }
-        if !self.meta().group.shared.is_leader() {
-            return Err(Error::NotLeader { leader_hint: self.leader_id() });
+        if !self.meta.shared.is_leader() {
+            return Err(Error::NotLeader { leader_hint: self.meta.shared.leader_id() });
         }
-        let status = self.meta().group.status().await?;
+        let status = self.meta.status().await?;
         let (voter, learner) = (status.voters.contains(&id), status.learners.contains(&id));
         let addr = match (kind, addr) {
             (ConfChangeType::RemoveNode, _) => {

@@ -14,6 +14,7 @@
 mod background;
 mod balance;
 mod capture;
+mod discovered;
 pub(crate) mod dispatch;
 mod figures;
 mod keepalive;
@@ -99,7 +100,7 @@ pub struct DistributedCache {
     /// This node's replicas, shard `i` at index `i`.
     shards: Vec<Shard>,
     acl: Arc<crate::acl::AclStore>,
-    coordinator: crate::multiraft::coordinator::CoordinatorState,
+    coordinator: Arc<crate::multiraft::coordinator::CoordinatorState>,
     transport: Arc<Transport>,
     dispatcher: Arc<Dispatcher>,
     cancel: CancellationToken,
@@ -455,6 +456,25 @@ impl DistributedCache {
     /// The leader this node knows of (of shard 0, with Multi-Raft).
     pub fn leader_id(&self) -> Option<NodeId> {
         self.meta().group.shared.leader_id()
+    }
+
+    /// The nodes this node's cluster discovery knows, itself included, with their health
+    /// (see [`crate::discovery`]); without a discovery, this node alone.
+    pub fn discovered_nodes(&self) -> Vec<crate::DiscoveredNode> {
+        match &self.config.cluster_discovery {
+            Some(discovery) => discovery.nodes(),
+            None => vec![crate::DiscoveredNode {
+                node_id: self.config.node_id,
+                raft_addr: self.transport.local_addr(),
+                gossip_addr: None,
+                health: crate::NodeHealth::Alive,
+            }],
+        }
+    }
+
+    /// The kind of this node's cluster discovery (`memberlist`, `static`, `noop`), if any.
+    pub fn discovery_kind(&self) -> Option<&'static str> {
+        self.config.cluster_discovery.as_ref().map(|d| d.kind())
     }
 
     /// The leader of shard `shard` this node knows of.

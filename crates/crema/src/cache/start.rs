@@ -10,22 +10,26 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::background::{evict, sweep_expired};
+use super::discovered::Discovered;
 use super::dispatch::Dispatcher;
 use super::keyspace::Keyspace;
+use super::membership::Membership;
 use super::shard::Shard;
 use super::split::META_SHARD;
 use super::storage::{CacheStorage, StorageLimits};
 use super::supervisor::{NodeEnd, Supervisor};
 use super::DistributedCache;
-use crate::config::{CacheConfig, RaftStorageType};
+use crate::config::{CacheConfig, ConfigError, RaftStorageType};
 use crate::consensus::command::CommandLimits;
 use crate::consensus::group::{spawn_group, GroupHandle, GroupSettings};
 use crate::consensus::state_machine::CacheStateMachine;
 use crate::consensus::storage::MemStorage;
+use crate::discovery::DiscoveryContext;
 use crate::error::Result;
+use crate::multiraft::coordinator::CoordinatorState;
 use crate::multiraft::ShardRouter;
 use crate::transport::{Transport, TransportConfig};
-use crate::types::ShardId;
+use crate::types::{NodeId, ShardId};
 
 impl DistributedCache {
     pub(super) async fn start(config: CacheConfig, listener: tokio::net::TcpListener) -> Result<Self> {
@@ -53,6 +57,30 @@ impl DistributedCache {
             transport.add_peer(*id, Some(*addr));
         }
         let cancel = CancellationToken::new();
+        // Discovery first: a gossip port that does not bind stops the start before any group runs.
+        let discovery_events = match &config.cluster_discovery {
+            None => None,
+            Some(discovery) => {
+                let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+                let (heard, window) = (dispatcher.clone(), config.raft.election_timeout());
+                let hears: Arc<dyn Fn(NodeId) -> bool + Send + Sync> =
+                    Arc::new(move |node| heard.heard_within(&[node], window) == 1);
+                let authenticated = config.cluster_secret.is_some() || config.peer_tls.is_some();
+                let ctx = DiscoveryContext::new(
+                    events_tx,
+                    hears,
+                    cancel.clone(),
+                    config.cluster_secret.clone(),
+                    authenticated,
+                );
+                if let Err(e) = discovery.start(ctx) {
+                    cancel.cancel();
+                    transport.close();
+                    return Err(ConfigError::Invalid(e.to_string()).into());
+                }
+                Some(events)
+            }
+        };
         let supervisor = Supervisor::new(cancel.clone());
         let mut shards = Vec::with_capacity(router.num_shards() as usize);
         let mut tasks = Vec::new();
@@ -98,6 +126,23 @@ impl DistributedCache {
             let interval = 2 * config.raft.election_timeout();
             let balance = super::balance::balance_leaders(config.node_id, groups, interval, cancel.clone());
             tasks.push(supervisor.spawn("the leader balancer", balance));
+        }
+        let coordinator = Arc::new(CoordinatorState::default());
+        if let (Some(discovery), Some(events)) = (config.cluster_discovery.clone(), discovery_events) {
+            let follow = Discovered {
+                discovery,
+                membership: Membership {
+                    node_id: config.node_id,
+                    meta: shards[META_SHARD as usize].group.clone(),
+                    transport: transport.clone(),
+                    shards: shards.len(),
+                    timeout: config.request_timeout,
+                },
+                coordinator: coordinator.clone(),
+                groups: shards.iter().map(|s| s.group.clone()).collect(),
+                debounce: Duration::from_millis(config.multiraft.leader_broadcast_debounce_ms),
+            };
+            tasks.push(supervisor.spawn("the discovery follower", follow.run(events, cancel.clone())));
         }
         // Pings and wakes hibernating groups (see `cache::keepalive`): a few beats per election
         // timeout, as heartbeats go.
@@ -150,7 +195,7 @@ impl DistributedCache {
             keyspace,
             shards,
             acl: acl.expect("shard 0 exists"),
-            coordinator: Default::default(),
+            coordinator,
             transport,
             dispatcher,
             cancel,

@@ -93,6 +93,31 @@ pub(crate) struct CoordinatorState {
     last_stats: Mutex<(Instant, u64)>,
 }
 
+impl CoordinatorState {
+    /// Keeps `leader` as shard `shard`'s hint if `epoch` is newer than the hint held.
+    pub(crate) fn hint_if_newer(&self, shard: ShardId, leader: NodeId, epoch: u64) -> bool {
+        let mut hints = self.hints.lock().expect("hints poisoned");
+        match hints.get(&shard) {
+            Some((_, held)) if *held >= epoch => false,
+            _ => {
+                hints.insert(shard, (Some(leader), epoch));
+                true
+            }
+        }
+    }
+
+    /// Forgets every hint naming `node` (it was declared down).
+    pub(crate) fn forget_node(&self, node: NodeId) -> Vec<ShardId> {
+        let mut hints = self.hints.lock().expect("hints poisoned");
+        let mut invalidated = Vec::new();
+        for (shard, hint) in hints.iter_mut().filter(|(_, h)| h.0 == Some(node)) {
+            *hint = (None, hint.1 + 1);
+            invalidated.push(*shard);
+        }
+        invalidated
+    }
+}
+
 impl Default for CoordinatorState {
     fn default() -> Self {
         Self {
@@ -245,14 +270,7 @@ impl<'a> MultiRaftCoordinator<'a> {
 
     /// Records a hint heard from another node: kept only if `epoch` is newer than the hint held.
     pub fn set_shard_leader_if_newer(&self, shard: ShardId, leader: NodeId, epoch: u64) -> bool {
-        let mut hints = self.node.coordinator_state().hints.lock().expect("hints poisoned");
-        match hints.get(&shard) {
-            Some((_, held)) if *held >= epoch => false,
-            _ => {
-                hints.insert(shard, (Some(leader), epoch));
-                true
-            }
-        }
+        self.node.coordinator_state().hint_if_newer(shard, leader, epoch)
     }
 
     /// The hint held for `shard`: its leader (none once invalidated) and epoch.
@@ -262,13 +280,7 @@ impl<'a> MultiRaftCoordinator<'a> {
 
     /// Forgets every hint naming `node` as leader (it failed); answers the shards concerned.
     pub fn invalidate_leader_for_node(&self, node: NodeId) -> Vec<ShardId> {
-        let mut hints = self.node.coordinator_state().hints.lock().expect("hints poisoned");
-        let mut invalidated = Vec::new();
-        for (shard, hint) in hints.iter_mut().filter(|(_, h)| h.0 == Some(node)) {
-            *hint = (None, hint.1 + 1);
-            invalidated.push(*shard);
-        }
-        invalidated
+        self.node.coordinator_state().forget_node(node)
     }
 }
 
@@ -351,8 +363,13 @@ impl MultiRaftBuilder {
                 self.replica_factor
             ))));
         }
+        let listener = std::net::TcpListener::bind(self.raft_addr)?;
+        let raft_addr = listener.local_addr()?;
+        // The nodes given are the cluster: a static list, health-checked by the node's pings.
+        let discovery = crate::StaticClusterDiscovery::new(self.node_id, raft_addr, self.seed_nodes.clone());
         let mut config = CacheConfig::new(self.node_id, self.raft_addr)
             .with_seed_nodes(self.seed_nodes)
+            .with_cluster_discovery(discovery)
             .with_multiraft_config(self.multiraft)
             .with_max_capacity(
                 self.multiraft.shard_capacity.saturating_mul(u64::from(self.multiraft.num_shards)),
@@ -361,9 +378,8 @@ impl MultiRaftBuilder {
             config = config.with_default_ttl(ttl);
         }
         let timeout = config.request_timeout;
-        let listener = std::net::TcpListener::bind(self.raft_addr)?;
         if self.raft_addr.port() == 0 {
-            config.raft_addr = listener.local_addr()?;
+            config.raft_addr = raft_addr;
         }
         let node = DistributedCache::new_with_listener(config, listener).await?;
         if node.wait_for_leader(timeout).await.is_none() {

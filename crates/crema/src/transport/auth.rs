@@ -66,6 +66,22 @@ impl ClusterSecret {
         mac
     }
 
+    /// HMAC-SHA256 of `label ‖ data` (gossip packets carry it; see `discovery::memberlist`).
+    pub(crate) fn tag(&self, label: &[u8], data: &[u8]) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(label);
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is [`Self::tag`] of `label ‖ data` (in constant time).
+    pub(crate) fn check_tag(&self, label: &[u8], data: &[u8], tag: &[u8]) -> bool {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(label);
+        mac.update(data);
+        mac.verify_slice(tag).is_ok()
+    }
+
     fn proof(&self, label: &[u8], accept: &[u8; CHALLENGE_BYTES], dial: &[u8; CHALLENGE_BYTES]) -> Vec<u8> {
         self.mac(label, accept, dial).finalize().into_bytes().to_vec()
     }

@@ -1,0 +1,422 @@
+//! [`MemberlistDiscovery`]: SWIM gossip on its own UDP port, with the `foca` crate.
+//!
+//! foca is sans-io: it says what to send and which timers to set, and this module's one tokio
+//! task does it (a UDP socket, a timer per request, `AccumulatingRuntime` drained after every
+//! call). A member's identity carries its node id, its peer (Raft) address and a `bump` (the
+//! start time in milliseconds), so a restarted node wins over its former self. A node starts
+//! by announcing itself to the seed addresses (whose identities it does not know yet), again
+//! every two seconds until it knows a member.
+//!
+//! Shard leaders travel as foca custom broadcasts (`shard:leader:epoch`, epoch = term): a
+//! newer epoch of a shard invalidates an older one still being spread, and a received hint is
+//! spread on only when it is newer than what this node knew.
+//!
+//! With a cluster secret every packet carries `HMAC-SHA256(secret, label ‖ packet)` and
+//! packets without a valid one are dropped, so a process without the secret can neither join
+//! nor spread anything; a recorded packet can be replayed (SWIM tolerates duplicates, and
+//! incarnations order what a replay could claim). When the peer port is authenticated and there
+//! is no secret (mutual TLS alone), gossip refuses to start: UDP has no TLS here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{
+    AccumulatingRuntime, BroadcastHandler, Config, Foca, Identity, Invalidates, OwnedNotification, Timer,
+};
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::{
+    ClusterDiscovery, DiscoveredNode, DiscoveryContext, DiscoveryError, DiscoveryEvent, NodeHealth,
+    PeerManagementConfig, ShardLeaderHint,
+};
+use crate::transport::auth::ClusterSecret;
+use crate::types::{NodeId, ShardId};
+
+/// The label of gossip packet tags.
+const TAG_LABEL: &[u8] = b"crema-gossip-v1";
+const TAG_BYTES: usize = 32;
+/// foca's largest packet.
+const MAX_PACKET: usize = 1400;
+/// How often a node that knows no member announces itself to the seeds again.
+const REANNOUNCE: Duration = Duration::from_secs(2);
+
+/// Gossip discovery settings (the seed's `MemberlistConfig`, field for field).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberlistConfig {
+    /// Gossip runs only when true. Default false.
+    pub enabled: bool,
+    /// The UDP address gossip listens on. Needed when enabled.
+    pub bind_addr: Option<SocketAddr>,
+    /// The address other nodes reach this one at, when not `bind_addr` (behind NAT, or bound
+    /// to 0.0.0.0).
+    pub advertise_addr: Option<SocketAddr>,
+    /// Gossip addresses of a few nodes to join through; empty for the first node.
+    pub seed_addrs: Vec<SocketAddr>,
+    /// A name for logs; default `node-<id>`.
+    pub node_name: Option<String>,
+    /// What discovery may change on its own.
+    pub peer_management: PeerManagementConfig,
+}
+
+/// A member as gossip knows it (see the module header).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct GossipId {
+    gossip: SocketAddr,
+    node_id: NodeId,
+    raft: SocketAddr,
+    bump: u64,
+}
+
+impl Identity for GossipId {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(Self { bump: self.bump.wrapping_add(1).max(1), ..self.clone() })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.gossip
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.bump > adversary.bump
+    }
+}
+
+impl GossipId {
+    /// A seed whose identity is not known yet: only its address is used (to announce to).
+    fn seed(addr: SocketAddr) -> Self {
+        Self { gossip: addr, node_id: 0, raft: addr, bump: 0 }
+    }
+
+    fn node(&self, health: NodeHealth) -> DiscoveredNode {
+        DiscoveredNode { node_id: self.node_id, raft_addr: self.raft, gossip_addr: Some(self.gossip), health }
+    }
+}
+
+/// A hint's broadcast key: a newer epoch of the same shard replaces an older one.
+#[derive(Debug, Clone, Copy)]
+struct HintKey {
+    shard: ShardId,
+    epoch: u64,
+}
+
+impl Invalidates for HintKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.shard == other.shard && self.epoch > other.epoch
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable shard leader hint: {0}")]
+struct HintError(String);
+
+/// Keeps the newest hint of each shard; hands on the ones from others.
+struct Hints {
+    newest: HashMap<ShardId, (NodeId, u64)>,
+    /// Hints from others not yet handed to the node (the agent drains it).
+    received: Arc<Mutex<Vec<ShardLeaderHint>>>,
+}
+
+impl BroadcastHandler<GossipId> for Hints {
+    type Key = HintKey;
+    type Error = HintError;
+
+    fn receive_item(&mut self, data: &[u8], sender: Option<&GossipId>) -> Result<Option<HintKey>, HintError> {
+        let hint: ShardLeaderHint = postcard::from_bytes(data).map_err(|e| HintError(e.to_string()))?;
+        if self.newest.get(&hint.shard).is_some_and(|(_, epoch)| *epoch >= hint.epoch) {
+            return Ok(None);
+        }
+        self.newest.insert(hint.shard, (hint.leader, hint.epoch));
+        if sender.is_some() {
+            self.received.lock().expect("hints poisoned").push(hint);
+        }
+        Ok(Some(HintKey { shard: hint.shard, epoch: hint.epoch }))
+    }
+}
+
+/// Gossip discovery (see the module header).
+#[derive(Debug)]
+pub struct MemberlistDiscovery {
+    node_id: NodeId,
+    raft_addr: SocketAddr,
+    config: MemberlistConfig,
+    members: Arc<Mutex<BTreeMap<NodeId, DiscoveredNode>>>,
+    commands: Mutex<Option<mpsc::UnboundedSender<Vec<ShardLeaderHint>>>>,
+}
+
+impl MemberlistDiscovery {
+    /// Gossip discovery for node `node_id` whose peer port is `raft_addr`. `raft_peers`, the
+    /// Raft peers the node is configured with, are listed as known (not yet alive) until
+    /// gossip finds them.
+    pub fn new(
+        node_id: NodeId,
+        raft_addr: SocketAddr,
+        config: &MemberlistConfig,
+        raft_peers: &[(NodeId, SocketAddr)],
+    ) -> Self {
+        let mut members = BTreeMap::new();
+        let me = DiscoveredNode {
+            node_id,
+            raft_addr,
+            gossip_addr: config.advertise_addr.or(config.bind_addr),
+            health: NodeHealth::Alive,
+        };
+        members.insert(node_id, me);
+        for (id, addr) in raft_peers.iter().filter(|(id, _)| *id != node_id) {
+            members.insert(
+                *id,
+                DiscoveredNode {
+                    node_id: *id,
+                    raft_addr: *addr,
+                    gossip_addr: None,
+                    health: NodeHealth::Suspect,
+                },
+            );
+        }
+        Self {
+            node_id,
+            raft_addr,
+            config: config.clone(),
+            members: Arc::new(Mutex::new(members)),
+            commands: Mutex::new(None),
+        }
+    }
+
+    fn error(message: impl Into<String>) -> DiscoveryError {
+        DiscoveryError { kind: "memberlist", message: message.into() }
+    }
+}
+
+impl ClusterDiscovery for MemberlistDiscovery {
+    fn kind(&self) -> &'static str {
+        "memberlist"
+    }
+
+    fn start(&self, ctx: DiscoveryContext) -> Result<(), DiscoveryError> {
+        if !self.config.enabled {
+            info!(node = self.node_id, "memberlist discovery is disabled");
+            return Ok(());
+        }
+        let bind = self.config.bind_addr.ok_or_else(|| Self::error("enabled without a bind_addr"))?;
+        if ctx.peers_authenticated() && ctx.secret().is_none() {
+            return Err(Self::error(
+                "the peer port is authenticated and gossip can only be with the cluster secret: set one",
+            ));
+        }
+        let std_socket =
+            std::net::UdpSocket::bind(bind).map_err(|e| Self::error(format!("bind {bind}: {e}")))?;
+        std_socket.set_nonblocking(true).map_err(|e| Self::error(e.to_string()))?;
+        let socket = UdpSocket::from_std(std_socket).map_err(|e| Self::error(e.to_string()))?;
+        let local = socket.local_addr().map_err(|e| Self::error(e.to_string()))?;
+        let advertise = self.config.advertise_addr.unwrap_or(local);
+        if advertise.ip().is_unspecified() {
+            return Err(Self::error(format!(
+                "bound to {local}: set advertise_addr to an address peers reach"
+            )));
+        }
+        let bump = crate::cache::storage::unix_now_ms().max(1);
+        let identity = GossipId { gossip: advertise, node_id: self.node_id, raft: self.raft_addr, bump };
+        self.members.lock().expect("members poisoned").insert(self.node_id, identity.node(NodeHealth::Alive));
+        let cluster_size = NonZeroU32::new(self.config.seed_addrs.len() as u32 + 1)
+            .unwrap_or(NonZeroU32::MIN)
+            .max(NonZeroU32::new(3).expect("3 is not 0"));
+        let seed: [u8; 32] = rand::random();
+        let rng = <rand_010::rngs::StdRng as rand_010::SeedableRng>::from_seed(seed);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let hints = Hints { newest: HashMap::new(), received: received.clone() };
+        let foca = Foca::with_custom_broadcast(
+            identity,
+            Config::new_lan(cluster_size),
+            rng,
+            foca::PostcardCodec,
+            hints,
+        );
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        *self.commands.lock().expect("commands poisoned") = Some(commands);
+        let agent = Agent {
+            foca,
+            runtime: AccumulatingRuntime::new(),
+            socket,
+            secret: ctx.secret().cloned(),
+            seeds: self.config.seed_addrs.iter().copied().filter(|a| *a != advertise).collect(),
+            members: self.members.clone(),
+            received,
+            name: self.config.node_name.clone().unwrap_or_else(|| format!("node-{}", self.node_id)),
+            ctx,
+        };
+        info!(node = self.node_id, %advertise, seeds = ?self.config.seed_addrs, "memberlist gossip started");
+        tokio::spawn(agent.run(command_rx));
+        Ok(())
+    }
+
+    fn nodes(&self) -> Vec<DiscoveredNode> {
+        self.members.lock().expect("members poisoned").values().cloned().collect()
+    }
+
+    fn peer_management(&self) -> PeerManagementConfig {
+        self.config.peer_management
+    }
+
+    fn broadcast_shard_leaders(&self, hints: &[ShardLeaderHint]) {
+        if let Some(commands) = self.commands.lock().expect("commands poisoned").as_ref() {
+            let _ = commands.send(hints.to_vec());
+        }
+    }
+}
+
+/// The gossip task's state.
+struct Agent {
+    foca: Foca<GossipId, foca::PostcardCodec, rand_010::rngs::StdRng, Hints>,
+    runtime: AccumulatingRuntime<GossipId>,
+    socket: UdpSocket,
+    secret: Option<ClusterSecret>,
+    seeds: Vec<SocketAddr>,
+    members: Arc<Mutex<BTreeMap<NodeId, DiscoveredNode>>>,
+    /// Hints from others, filled by the broadcast handler.
+    received: Arc<Mutex<Vec<ShardLeaderHint>>>,
+    name: String,
+    ctx: DiscoveryContext,
+}
+
+impl Agent {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Vec<ShardLeaderHint>>) {
+        let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer<GossipId>>();
+        self.announce_to_seeds();
+        self.drain(&timer_tx).await;
+        let mut reannounce = tokio::time::interval(REANNOUNCE);
+        let mut buf = vec![0u8; MAX_PACKET + TAG_BYTES + 1];
+        let cancel = self.ctx.cancel_token().clone();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => self.on_packet(&buf[..len], from),
+                    Err(e) => debug!(error = %e, "gossip receive failed"),
+                },
+                Some(timer) = timers.recv() => {
+                    if let Err(e) = self.foca.handle_timer(timer, &mut self.runtime) {
+                        debug!(error = %e, "gossip timer");
+                    }
+                }
+                Some(hints) = commands.recv() => {
+                    for hint in hints {
+                        let data = postcard::to_stdvec(&hint).expect("encoding a hint cannot fail");
+                        if let Err(e) = self.foca.add_broadcast(&data) {
+                            debug!(error = %e, "shard leader hint not broadcast");
+                        }
+                    }
+                }
+                _ = reannounce.tick() => {
+                    if self.foca.iter_members().next().is_none() {
+                        self.announce_to_seeds();
+                    }
+                }
+            }
+            self.drain(&timer_tx).await;
+        }
+        // Tell the others this node leaves, so they do not wait for it to be suspected.
+        let _ = self.foca.leave_cluster(&mut self.runtime);
+        self.drain(&timer_tx).await;
+    }
+
+    fn announce_to_seeds(&mut self) {
+        for seed in self.seeds.clone() {
+            if let Err(e) = self.foca.announce(GossipId::seed(seed), &mut self.runtime) {
+                debug!(%seed, error = %e, "gossip announce failed");
+            }
+        }
+    }
+
+    fn on_packet(&mut self, packet: &[u8], from: SocketAddr) {
+        let data = match &self.secret {
+            None => packet,
+            Some(secret) => {
+                let Some(split) = packet.len().checked_sub(TAG_BYTES) else {
+                    return debug!(%from, "gossip packet too short: dropped");
+                };
+                let (data, tag) = packet.split_at(split);
+                if !secret.check_tag(TAG_LABEL, data, tag) {
+                    return debug!(%from, "gossip packet without a valid tag: dropped");
+                }
+                data
+            }
+        };
+        if let Err(e) = self.foca.handle_data(data, &mut self.runtime) {
+            debug!(%from, error = %e, "gossip packet refused");
+        }
+    }
+
+    /// Does what foca asked for: packets, timers, notifications.
+    async fn drain(&mut self, timers: &mpsc::UnboundedSender<Timer<GossipId>>) {
+        while let Some((to, data)) = self.runtime.to_send() {
+            self.send(&to, data).await;
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            let timers = timers.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = timers.send(timer);
+            });
+        }
+        while let Some(notification) = self.runtime.to_notify() {
+            self.on_notification(notification);
+        }
+        let received = std::mem::take(&mut *self.received.lock().expect("hints poisoned"));
+        for hint in received {
+            self.ctx.emit(DiscoveryEvent::ShardLeader(hint));
+        }
+    }
+
+    async fn send(&self, to: &GossipId, data: Bytes) {
+        let packet = match &self.secret {
+            None => data.to_vec(),
+            Some(secret) => {
+                let mut packet = data.to_vec();
+                packet.extend_from_slice(&secret.tag(TAG_LABEL, &data));
+                packet
+            }
+        };
+        if let Err(e) = self.socket.send_to(&packet, to.gossip).await {
+            debug!(to = %to.gossip, error = %e, "gossip send failed");
+        }
+    }
+
+    fn on_notification(&mut self, notification: OwnedNotification<GossipId>) {
+        match notification {
+            OwnedNotification::MemberUp(id) | OwnedNotification::Rejoin(id) => {
+                self.member(&id, NodeHealth::Alive)
+            }
+            OwnedNotification::MemberDown(id) => self.member(&id, NodeHealth::Down),
+            OwnedNotification::Rename(_, id) => self.member(&id, NodeHealth::Alive),
+            OwnedNotification::Defunct => {
+                // The others declared this node down: come back under a renewed identity.
+                warn!(name = %self.name, "gossip declared this node down: rejoining");
+                if let Some(renewed) = self.foca.identity().renew() {
+                    let _ = self.foca.change_identity(renewed, &mut self.runtime);
+                }
+                self.announce_to_seeds();
+            }
+            OwnedNotification::Active | OwnedNotification::Idle => {}
+        }
+    }
+
+    fn member(&mut self, id: &GossipId, health: NodeHealth) {
+        if id.node_id == 0 {
+            return;
+        }
+        info!(name = %self.name, node = id.node_id, gossip = %id.gossip, ?health, "gossip: member");
+        self.members.lock().expect("members poisoned").insert(id.node_id, id.node(health));
+        self.ctx.emit(match health {
+            NodeHealth::Down => DiscoveryEvent::NodeDown(id.node_id),
+            _ => DiscoveryEvent::NodeUp(id.node(health)),
+        });
+    }
+}

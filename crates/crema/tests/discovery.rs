@@ -1,0 +1,147 @@
+//! Cluster discovery on real nodes: SWIM gossip (foca) over UDP on 127.0.0.1, Raft over TCP.
+//! Nodes that know one seed address find each other; the peer-management policy adds and
+//! removes voters exactly when it says so; gossip with a cluster secret keeps strangers out.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{bind, fast_raft, wait_until};
+use crema::{
+    CacheConfig, ClusterSecret, DistributedCache, MemberlistConfig, MemberlistDiscovery, NodeHealth,
+    PeerManagementConfig,
+};
+
+const ALL: PeerManagementConfig = PeerManagementConfig {
+    auto_add_peers: true,
+    auto_remove_peers: true,
+    auto_add_voters: true,
+    auto_remove_voters: true,
+};
+const LINKS: PeerManagementConfig = PeerManagementConfig {
+    auto_add_peers: true,
+    auto_remove_peers: false,
+    auto_add_voters: false,
+    auto_remove_voters: false,
+};
+
+/// Starts node `id` with gossip on an ephemeral UDP port, joining through `seeds`; `join`: it
+/// waits to be added by the cluster instead of starting one.
+async fn node(
+    id: u64,
+    join: bool,
+    seeds: Vec<SocketAddr>,
+    policy: PeerManagementConfig,
+    secret: Option<&str>,
+) -> DistributedCache {
+    let (listener, addr) = bind(1).pop().unwrap();
+    let gossip = MemberlistConfig {
+        enabled: true,
+        bind_addr: Some("127.0.0.1:0".parse().unwrap()),
+        advertise_addr: None,
+        seed_addrs: seeds,
+        node_name: Some(format!("node-{id}")),
+        peer_management: policy,
+    };
+    let mut config = CacheConfig::new(id, addr)
+        .with_raft_config(fast_raft())
+        .with_join(join)
+        .with_cluster_discovery(MemberlistDiscovery::new(id, addr, &gossip, &[]));
+    if let Some(secret) = secret {
+        config.cluster_secret = Some(ClusterSecret::new(secret.as_bytes().to_vec()).unwrap());
+    }
+    DistributedCache::new_with_listener(config, listener).await.expect("start node")
+}
+
+fn gossip_addr(node: &DistributedCache) -> SocketAddr {
+    let me = node.discovered_nodes().into_iter().find(|n| n.node_id == node.node_id()).unwrap();
+    me.gossip_addr.expect("gossip is bound")
+}
+
+fn alive(node: &DistributedCache) -> Vec<u64> {
+    let nodes = node.discovered_nodes();
+    nodes.iter().filter(|n| n.health == NodeHealth::Alive).map(|n| n.node_id).collect()
+}
+
+async fn voters(node: &DistributedCache) -> Vec<u64> {
+    let mut voters = node.cluster_status().await.unwrap().group.voters;
+    voters.sort_unstable();
+    voters
+}
+
+#[tokio::test]
+async fn nodes_that_know_one_seed_find_each_other_and_the_policy_manages_voters() {
+    let first = node(1, false, Vec::new(), ALL, None).await;
+    first.wait_for_leader(Duration::from_secs(10)).await.expect("the first node leads");
+    let seed = gossip_addr(&first);
+    let second = node(2, true, vec![seed], LINKS, None).await;
+    let third = node(3, true, vec![seed], LINKS, None).await;
+    assert_eq!(first.discovery_kind(), Some("memberlist"));
+
+    // Each knows only the first node's address, and all find all.
+    let nodes = [&first, &second, &third];
+    wait_until(Duration::from_secs(20), "every node sees the three alive", || async {
+        nodes.iter().all(|n| alive(n) == vec![1, 2, 3])
+    })
+    .await;
+    // The first node's policy adds the others: learners, then voters once caught up.
+    wait_until(Duration::from_secs(30), "nodes 2 and 3 become voters", || async {
+        voters(&first).await == vec![1, 2, 3]
+    })
+    .await;
+    first.put("k", "v").await.unwrap();
+    assert_eq!(third.consistent_get(b"k").await.unwrap(), Some(Bytes::from("v")));
+
+    // A node that stops is declared down, and the policy removes it from the voters.
+    third.shutdown().await;
+    wait_until(Duration::from_secs(20), "node 3 declared down", || async {
+        first.discovered_nodes().iter().any(|n| n.node_id == 3 && n.health == NodeHealth::Down)
+    })
+    .await;
+    wait_until(Duration::from_secs(20), "node 3 removed from the voters", || async {
+        voters(&first).await == vec![1, 2]
+    })
+    .await;
+    second.put("after", "1").await.unwrap();
+    assert_eq!(first.consistent_get(b"after").await.unwrap(), Some(Bytes::from("1")));
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_voter_policies_discovery_only_reports() {
+    let first = node(1, false, Vec::new(), LINKS, None).await;
+    first.wait_for_leader(Duration::from_secs(10)).await.expect("the first node leads");
+    let second = node(2, true, vec![gossip_addr(&first)], LINKS, None).await;
+    wait_until(Duration::from_secs(20), "both see each other", || async {
+        alive(&first) == vec![1, 2] && alive(&second) == vec![1, 2]
+    })
+    .await;
+    // The policy reconciles every second: three passes change nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(voters(&first).await, vec![1]);
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn gossip_with_a_cluster_secret_keeps_strangers_out() {
+    let secret = "a-cluster-secret-of-32-characters";
+    let first = node(1, false, Vec::new(), LINKS, Some(secret)).await;
+    let seed = gossip_addr(&first);
+    let second = node(2, true, vec![seed], LINKS, Some(secret)).await;
+    let stranger = node(3, true, vec![seed], LINKS, Some("another-secret-of-32-characters!!")).await;
+    wait_until(Duration::from_secs(20), "the two with the secret see each other", || async {
+        alive(&first) == vec![1, 2] && alive(&second) == vec![1, 2]
+    })
+    .await;
+    // The stranger announces itself every two seconds; give it a few tries.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(alive(&first), vec![1, 2], "the stranger is not a member");
+    assert_eq!(alive(&stranger), vec![3], "the stranger learned nothing");
+    for n in [first, second, stranger] {
+        n.shutdown().await;
+    }
+}
