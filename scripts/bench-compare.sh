@@ -217,12 +217,12 @@ bench() { # system-label workload-label extra crema-bench args...
 }
 
 # The workloads (16-byte keys, 100-byte values, 100,000 keys): name, systems, bench arguments.
-# Systems: crema1, crema3, crema3d (RocksDB), crema3s16 (16 shards), crema1tls, crema3tls, redis,
-# redisaof, etcd, etcdnofsync.
+# Systems: crema1, crema3, crema3d (RocksDB), crema3s16 (16 shards), crema3ds16 (RocksDB, 16
+# shards), crema1tls, crema3tls, redis, redisaof, etcd, etcdnofsync.
 WORKLOADS=(
   "W1 writes, 50 clients|crema3 crema3s16 crema3tls redis etcd etcdnofsync|--clients 50"
   "W2 writes, 50 clients, pipeline 16|crema3 redis|--clients 50 --pipeline 16"
-  "W3 durable writes, 50 clients|crema3d redisaof etcd|--clients 50"
+  "W3 durable writes, 50 clients|crema3d crema3ds16 redisaof etcd|--clients 50"
   "W4 linearizable reads, 50 clients|crema3 crema3s16 etcd|--clients 50 --reads 1 --preload"
   "W5 local reads, 1 node, pipeline 16|crema1 crema1tls redis|--clients 50 --pipeline 16 --reads 1 --preload"
   "W6 90% reads zipfian, 50 clients|crema3 redis etcd|--clients 50 --reads 0.9 --distribution zipfian --preload"
@@ -241,6 +241,7 @@ start_system() {
     crema3tls) start_crema 3 memory tls ;;
     crema3d) start_crema 3 rocksdb ;;
     crema3s16) start_crema 3 memory "" 16 ;;
+    crema3ds16) start_crema 3 rocksdb "" 16 ;;
     redis) start_redis no ;;
     redisaof) start_redis always ;;
     etcd) start_etcd "" ;;

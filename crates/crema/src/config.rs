@@ -324,6 +324,17 @@ impl CacheConfig {
             .or_else(|| self.data_dir.as_ref().map(|d| CheckpointConfig::new(d.join("checkpoints"))))
     }
 
+    /// Where shard `shard`'s checkpoints go: the checkpoint directory itself with one shard;
+    /// with several, its `shard-<id>` subdirectory (one directory, and one prune, per shard).
+    pub fn shard_checkpoint_config(&self, shard: crate::types::ShardId) -> Option<CheckpointConfig> {
+        let config = self.checkpoint_config()?;
+        if self.shard_count() == 1 {
+            return Some(config);
+        }
+        let dir = config.dir.join(format!("shard-{shard}"));
+        Some(CheckpointConfig { dir, ..config })
+    }
+
     /// Sets the other members of the cluster at bootstrap.
     pub fn with_seed_nodes(mut self, seed_nodes: Vec<(NodeId, SocketAddr)>) -> Self {
         self.seed_nodes = seed_nodes;
@@ -485,11 +496,6 @@ impl CacheConfig {
             ));
         }
         if self.raft_storage == RaftStorageType::RocksDb {
-            if self.shard_count() > 1 {
-                return Err(invalid(
-                    "Multi-Raft with RocksDB storage is not built yet: run sharded nodes with memory storage",
-                ));
-            }
             if !cfg!(feature = "rocksdb") {
                 return Err(invalid("RocksDB storage needs crema built with the `rocksdb` feature"));
             }

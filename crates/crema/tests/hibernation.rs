@@ -70,6 +70,17 @@ async fn idle_groups_stop_sending_and_wake_on_the_first_request() {
         nodes[i % 3].put(key(i), "v").await.unwrap();
     }
     let all: Vec<&DistributedCache> = nodes.iter().collect();
+    // The leader balancer hands leaderships over until leads differ by at most one (a transfer
+    // is a request, which wakes the shard): let it finish first.
+    wait_until(Duration::from_secs(20), "leaders spread", || async {
+        let leads: Vec<usize> = nodes
+            .iter()
+            .map(|n| (0..SHARDS).filter(|s| n.shard_leader(*s) == Some(n.node_id())).count())
+            .collect();
+        leads.iter().sum::<usize>() == SHARDS as usize
+            && leads.iter().max().unwrap() - leads.iter().min().unwrap() <= 1
+    })
+    .await;
     wait_all_hibernate(&all).await;
     assert!(nodes[0].shard_info().iter().all(|s| s.hibernating));
 

@@ -733,23 +733,78 @@ async fn kill_leader(
     }
 }
 
-/// Waits until `id` has applied what the others had committed when the wait began.
+/// Waits until `id` has applied, in every shard, what the others had committed when the wait
+/// began.
 async fn caught_up(cluster: &Cluster, id: NodeId, timeout: Duration) {
-    let target = cluster
-        .running()
-        .iter()
-        .filter(|n| n.node_id() != id)
-        .map(|n| n.raft_figures().commit_index)
-        .max()
-        .unwrap_or(0);
+    let others: Vec<_> = cluster.running().into_iter().filter(|n| n.node_id() != id).collect();
+    let mut targets = std::collections::BTreeMap::new();
+    for shard in others.iter().flat_map(|n| n.shard_info()) {
+        let target = targets.entry(shard.shard_id).or_insert(0);
+        *target = shard.commit_index.max(*target);
+    }
     let deadline = Instant::now() + timeout;
     loop {
-        let applied = cluster.node(id).map_or(0, |n| n.raft_figures().applied_index);
-        if applied >= target {
+        let applied: std::collections::BTreeMap<_, _> = cluster
+            .node(id)
+            .map(|n| n.shard_info().into_iter().map(|s| (s.shard_id, s.applied_index)).collect())
+            .unwrap_or_default();
+        let behind =
+            targets.iter().find(|(shard, target)| applied.get(*shard).copied().unwrap_or(0) < **target);
+        let Some((shard, target)) = behind else { return };
+        assert!(
+            Instant::now() < deadline,
+            "node {id} did not catch up to {target} in shard {shard} within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sharded scenarios: crash any node (followers too), restart it, again and again; with memory
+/// storage the next crash waits until the restarted node has caught up in every shard.
+async fn kill_any_node(
+    cluster: Arc<Cluster>,
+    nemesis: Arc<Nemesis>,
+    _: Arc<Workload>,
+    mut rng: StdRng,
+    deadline: Instant,
+) {
+    loop {
+        let victim = *cluster.members().choose(&mut rng).expect("members");
+        cluster.crash(victim).await;
+        nemesis.count();
+        let down = hold(Instant::now() + secs(&mut rng, 0.2, 1.0), deadline).await;
+        cluster.restart(victim, false).await;
+        if !down {
             return;
         }
-        assert!(Instant::now() < deadline, "node {id} did not catch up to {target} within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        if cluster.storage == Storage::Memory {
+            caught_up(&cluster, victim, Duration::from_secs(10)).await;
+        }
+        if !hold(Instant::now() + secs(&mut rng, 0.5, 2.0), deadline).await {
+            return;
+        }
+    }
+}
+
+/// Sharded scenarios: pause any node's group loops (every shard replica on it, its pings too)
+/// well past the election timeout, then resume it.
+async fn pause_any_node(
+    cluster: Arc<Cluster>,
+    nemesis: Arc<Nemesis>,
+    _: Arc<Workload>,
+    mut rng: StdRng,
+    deadline: Instant,
+) {
+    let pause = fast_raft().election_timeout() * 3;
+    loop {
+        let victim = *cluster.members().choose(&mut rng).expect("members");
+        cluster.faults.pause(victim);
+        nemesis.count();
+        let go_on = hold(Instant::now() + pause, deadline).await;
+        cluster.faults.resume(victim);
+        if !go_on || !hold(Instant::now() + secs(&mut rng, 0.5, 1.5), deadline).await {
+            return;
+        }
     }
 }
 
@@ -1083,6 +1138,67 @@ async fn a_forward_delivered_twice_is_applied_once() {
     assert_eq!(value, Some(Bytes::from("200")), "every increment applied exactly once");
     assert!(cluster.faults.counts().duplicated >= 400, "forwards and their replies were sent twice");
     cluster.shutdown().await;
+}
+
+// ----- sharded: the same checks against a Multi-Raft cluster -----
+
+/// Shards in the sharded scenarios: enough that every node leads some and follows others.
+const SHARDS: u32 = 8;
+
+/// Multi-Raft with `SHARDS` shards; the configured peers are the discovery.
+fn sharded(c: CacheConfig) -> CacheConfig {
+    let discovery = crema::StaticClusterDiscovery::new(c.node_id, c.raft_addr, c.seed_nodes.clone());
+    c.with_cluster_discovery(discovery).with_multiraft_config(crema::MultiRaftCacheConfig {
+        enabled: true,
+        num_shards: SHARDS,
+        ..Default::default()
+    })
+}
+
+/// Keys spread over many shards at once (a client's operations land on different groups).
+fn sharded_scenario(name: &'static str, seed: u64) -> Scenario {
+    let mut s = Scenario::new(name, seed);
+    s.keys = Keys::Spread { width: 24 };
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_8_sharded_random_partitions() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let s = sharded_scenario("scenario_8_sharded_random_partitions", 108);
+    let cluster = start(5, 5, Storage::Memory, &s, None, Box::new(sharded)).await;
+    assert_passed(&s, &run_scenario(&s, cluster, partitions).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_8_sharded_kill_any_node_memory() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let s = sharded_scenario("scenario_8_sharded_kill_any_node_memory", 109);
+    let cluster = start(3, 3, Storage::Memory, &s, None, Box::new(sharded)).await;
+    assert_passed(&s, &run_scenario(&s, cluster, kill_any_node).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_8_sharded_pause_any_node() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let s = sharded_scenario("scenario_8_sharded_pause_any_node", 110);
+    let cluster = start(3, 3, Storage::Memory, &s, None, Box::new(sharded)).await;
+    assert_passed(&s, &run_scenario(&s, cluster, pause_any_node).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutant_8_ack_before_commit_is_caught_in_a_sharded_cluster() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let s = sharded_scenario("mutant_8_ack_before_commit_is_caught_in_a_sharded_cluster", 111);
+    assert_caught(s, async |s: &Scenario| {
+        let cluster = start(5, 5, Storage::Memory, s, Some(Mutant::AckBeforeCommit), Box::new(sharded)).await;
+        run_scenario(s, cluster, partitions).await
+    })
+    .await;
 }
 
 // ----- mutants: each scenario, with a bug planted, must fail -----

@@ -274,8 +274,14 @@ impl DistributedCache {
                         // Indexes of different groups do not compare; the highest is reported.
                         index = index.max(applied.index);
                         outputs.push(match applied.output {
-                            ApplyOutput::Batch(outputs) if commands.len() > 1 => outputs,
-                            output => vec![output],
+                            ApplyOutput::Batch(outputs)
+                                if commands.len() > 1 && outputs.len() == commands.len() =>
+                            {
+                                outputs
+                            }
+                            // One answer for a whole piece (a single command, or a batch
+                            // answered as a whole): each of its commands gets it.
+                            output => vec![output; commands.len()],
                         });
                     }
                     Ok(Applied { index, output: split.merge(outputs) })

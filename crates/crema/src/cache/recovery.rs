@@ -2,6 +2,7 @@
 //! `rocksdb`): the newest valid checkpoint is restored, then Raft replays the committed log after
 //! it (raft-rs hands those entries back as committed entries once the group starts).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use raft::eraftpb::Snapshot;
@@ -10,33 +11,45 @@ use tracing::info;
 
 use crate::checkpoint::CheckpointManager;
 use crate::config::CacheConfig;
-use crate::consensus::rocks_storage::{open_db, RocksDbStorage};
+use crate::consensus::rocks_storage::{open_db, NodeDb, RocksDbStorage};
 use crate::consensus::state_machine::CacheStateMachine;
 use crate::consensus::storage::LogStore;
 use crate::error::{Error, Result};
-use crate::types::DEFAULT_SHARD;
+use crate::types::ShardId;
 
-/// Opens `<data_dir>/raft` and the checkpoints, restores `sm` from the newest valid checkpoint
-/// and makes the log agree with it.
+/// Opens the node's database, `<data_dir>/raft`, which every shard's group shares.
+///
+/// # Errors
+/// `Storage` when it cannot be opened.
+pub(crate) fn open_node_db(config: &CacheConfig) -> Result<Arc<NodeDb>> {
+    let dir = config.data_dir.as_ref().expect("validated: RocksDB storage has a data dir");
+    crate::private_files::ensure_private_dir(dir)?;
+    let raft_dir = dir.join("raft");
+    crate::private_files::ensure_private_dir(&raft_dir)?;
+    open_db(&raft_dir).map_err(|e| Error::Storage(format!("opening {}: {e}", raft_dir.display())))
+}
+
+/// Opens shard `shard`'s log in the node's database `db` and its checkpoints, restores `sm`
+/// from the newest valid checkpoint and makes the log agree with it.
 ///
 /// # Errors
 /// `Storage` when the database cannot be opened or when no valid checkpoint covers the part of
 /// the log that was compacted (the node's disk lost data; wipe it and rejoin).
 pub(crate) fn open_durable(
     config: &CacheConfig,
+    shard: ShardId,
+    db: Arc<NodeDb>,
     sm: &mut CacheStateMachine,
 ) -> Result<(RocksDbStorage, CheckpointManager)> {
     let started = Instant::now();
     let dir = config.data_dir.as_ref().expect("validated: RocksDB storage has a data dir");
-    crate::private_files::ensure_private_dir(dir)?;
-    let raft_dir = dir.join("raft");
-    crate::private_files::ensure_private_dir(&raft_dir)?;
-    let db =
-        open_db(&raft_dir).map_err(|e| Error::Storage(format!("opening {}: {e}", raft_dir.display())))?;
     let voters = if config.join { Vec::new() } else { config.initial_voters() };
-    let mut store =
-        RocksDbStorage::open(db, DEFAULT_SHARD, &voters)?.with_min_free_bytes(config.min_free_disk_bytes);
-    let checkpoint_config = config.checkpoint_config().expect("durable storage has checkpoint settings");
+    let mut store = RocksDbStorage::open(db, shard, &voters)?.with_min_free_bytes(config.min_free_disk_bytes);
+    let checkpoint_config =
+        config.shard_checkpoint_config(shard).expect("durable storage has checkpoint settings");
+    if let Some(parent) = checkpoint_config.dir.parent().filter(|_| config.shard_count() > 1) {
+        crate::private_files::ensure_private_dir(parent)?;
+    }
     crate::private_files::ensure_private_dir(&checkpoint_config.dir)?;
     let mut checkpoints = CheckpointManager::open(checkpoint_config.clone())?;
     let (first, last) = (store.first_index()?, store.last_index()?);
@@ -76,6 +89,7 @@ pub(crate) fn open_durable(
         None => {}
     }
     info!(
+        shard,
         checkpoint = sm.applied_index(),
         log_first = store.first_index()?,
         log_last = store.last_index()?,

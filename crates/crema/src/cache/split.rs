@@ -235,10 +235,12 @@ impl Split {
             .elements
             .iter()
             .map(|element| {
-                let mut parts = element
-                    .parts
-                    .iter()
-                    .map(|&(piece, at)| std::mem::replace(&mut outputs[piece][at], ApplyOutput::Done));
+                let mut parts = element.parts.iter().map(|&(piece, at)| {
+                    // Every piece answers one output per command (the caller makes sure);
+                    // a missing one reads as done rather than panicking.
+                    let slot = outputs.get_mut(piece).and_then(|p| p.get_mut(at));
+                    slot.map_or(ApplyOutput::Done, |o| std::mem::replace(o, ApplyOutput::Done))
+                });
                 match element.merge {
                     Merge::Whole => parts.next().unwrap_or(ApplyOutput::Done),
                     Merge::Done => parts.find(|o| *o != ApplyOutput::Done).unwrap_or(ApplyOutput::Done),

@@ -160,3 +160,19 @@ fn a_failed_part_is_the_answer() {
     let outputs = vec![vec![ApplyOutput::Int(1)], vec![failed.clone()]];
     assert_eq!(split.merge(outputs), failed);
 }
+
+#[test]
+fn missing_outputs_read_as_done_not_a_panic() {
+    let (a, same, other) = keys();
+    let r = router();
+    let batch = CacheCommand::Batch(vec![
+        CacheCommand::put(a.clone(), "1"),
+        CacheCommand::put(other.clone(), "2"),
+        CacheCommand::put(same.clone(), "3"),
+    ]);
+    let Plan::Split(split) = plan(&r, batch).unwrap() else { panic!("split") };
+    // No piece answered anything (or fewer outputs than commands): no index out of bounds.
+    let merged = split.merge(vec![Vec::new(); split.pieces.len()]);
+    assert_eq!(merged, ApplyOutput::Batch(vec![ApplyOutput::Done; 3]));
+    assert_eq!(split.merge(Vec::new()), ApplyOutput::Batch(vec![ApplyOutput::Done; 3]));
+}

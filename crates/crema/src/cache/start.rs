@@ -85,6 +85,8 @@ impl DistributedCache {
         let mut shards = Vec::with_capacity(router.num_shards() as usize);
         let mut tasks = Vec::new();
         let mut acl = None;
+        // The node's database, opened with the first durable shard and shared by every one.
+        let mut node_db = NodeDbSlot::default();
         for id in 0..router.num_shards() {
             let storage = CacheStorage::new(shard_limits(&config));
             let sm = CacheStateMachine::new(storage.clone());
@@ -96,7 +98,7 @@ impl DistributedCache {
                 members.insert(config.node_id, config.raft_addr);
                 members.extend(config.seed_nodes.iter().copied());
             }
-            let (group, task) = spawn_shard_group(&config, id, sm, &transport, &cancel)?;
+            let (group, task) = spawn_shard_group(&config, id, sm, &transport, &cancel, &mut node_db)?;
             let name = |what: &str| {
                 if router.num_shards() == 1 {
                     format!("the {what}")
@@ -224,6 +226,12 @@ fn shard_limits(config: &CacheConfig) -> StorageLimits {
     }
 }
 
+/// The node's RocksDB once a durable shard opened it.
+#[cfg(feature = "rocksdb")]
+type NodeDbSlot = Option<Arc<crate::consensus::rocks_storage::NodeDb>>;
+#[cfg(not(feature = "rocksdb"))]
+type NodeDbSlot = ();
+
 /// Starts the Raft group of shard `id` over its state machine `sm`.
 fn spawn_shard_group(
     config: &CacheConfig,
@@ -231,6 +239,7 @@ fn spawn_shard_group(
     sm: CacheStateMachine,
     transport: &Arc<Transport>,
     cancel: &CancellationToken,
+    node_db: &mut NodeDbSlot,
 ) -> Result<(GroupHandle, JoinHandle<()>)> {
     let settings = GroupSettings {
         node_id: config.node_id,
@@ -260,19 +269,25 @@ fn spawn_shard_group(
             };
             spawn_group(settings, store, sm, transport.clone(), cancel.clone())
         }
-        RaftStorageType::RocksDb => spawn_durable(config, settings, sm, transport, cancel),
+        RaftStorageType::RocksDb => spawn_durable(config, id, settings, sm, transport, cancel, node_db),
     }
 }
 
 #[cfg(feature = "rocksdb")]
 fn spawn_durable(
     config: &CacheConfig,
+    shard: ShardId,
     mut settings: GroupSettings,
     mut sm: CacheStateMachine,
     transport: &Arc<Transport>,
     cancel: &CancellationToken,
+    node_db: &mut NodeDbSlot,
 ) -> Result<(GroupHandle, JoinHandle<()>)> {
-    let (store, checkpoints) = super::recovery::open_durable(config, &mut sm)?;
+    let db = match node_db {
+        Some(db) => db.clone(),
+        None => node_db.insert(super::recovery::open_node_db(config)?).clone(),
+    };
+    let (store, checkpoints) = super::recovery::open_durable(config, shard, db, &mut sm)?;
     let members: Vec<_> = sm.members().lock().expect("members poisoned").clone().into_iter().collect();
     for (id, addr) in members.into_iter().filter(|(id, _)| *id != config.node_id) {
         transport.add_peer(id, Some(addr));
@@ -284,10 +299,12 @@ fn spawn_durable(
 #[cfg(not(feature = "rocksdb"))]
 fn spawn_durable(
     _: &CacheConfig,
+    _: ShardId,
     _: GroupSettings,
     _: CacheStateMachine,
     _: &Arc<Transport>,
     _: &CancellationToken,
+    _: &mut NodeDbSlot,
 ) -> Result<(GroupHandle, JoinHandle<()>)> {
     Err(crate::error::Error::Config(crate::config::ConfigError::Invalid(
         "RocksDB storage needs crema built with the `rocksdb` feature".into(),

@@ -23,7 +23,7 @@
 //! a Multi-Raft node can keep every group in one database.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -46,12 +46,57 @@ enum Op {
     DeleteRange(Vec<u8>, Vec<u8>),
 }
 
+/// A node's RocksDB, shared by the groups of every shard on it (keys carry the shard). Every
+/// group writes through the same handle from its own blocking thread, so RocksDB's write group
+/// puts concurrent synced writes of several shards in one WAL write and one fsync: more shards
+/// do not mean more fsyncs.
+pub struct NodeDb {
+    path: PathBuf,
+    /// None after a failed write: RocksDB must not be written through a handle that failed
+    /// (Debian's build asserts on it), so the next write opens the database again, once every
+    /// write through the failed handle has ended (until then the reopen fails on RocksDB's
+    /// lock, and the caller retries).
+    slot: RwLock<Option<Arc<DB>>>,
+}
+
+impl std::fmt::Debug for NodeDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeDb").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl NodeDb {
+    /// The handle, opening the database again after a failed write.
+    fn handle(&self) -> Result<Arc<DB>, rocksdb::Error> {
+        if let Some(db) = self.slot.read().expect("db slot poisoned").as_ref() {
+            return Ok(db.clone());
+        }
+        let mut slot = self.slot.write().expect("db slot poisoned");
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = open_rocks(&self.path)?;
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// A write through `failed` failed: the next write opens the database again.
+    fn forget(&self, failed: &Arc<DB>) {
+        let mut slot = self.slot.write().expect("db slot poisoned");
+        if slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, failed)) {
+            *slot = None;
+        }
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// The database as the writes of one group see it.
 struct Disk {
-    /// None after a failed write: RocksDB must not be written through a handle that failed
-    /// (Debian's build asserts on it), so the next write opens the database again.
-    db: Option<Arc<DB>>,
-    path: PathBuf,
+    db: Arc<NodeDb>,
     min_free_bytes: u64,
 }
 
@@ -97,7 +142,12 @@ impl std::fmt::Debug for RocksDbStorage {
 ///
 /// # Errors
 /// RocksDB cannot open it (missing permissions, another process holds its lock, corruption).
-pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+pub fn open_db(path: &Path) -> Result<Arc<NodeDb>, rocksdb::Error> {
+    let db = open_rocks(path)?;
+    Ok(Arc::new(NodeDb { path: path.to_owned(), slot: RwLock::new(Some(db)) }))
+}
+
+fn open_rocks(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let mut options = Options::default();
     options.create_if_missing(true);
     // The log is written once and read rarely: keep RocksDB's own caches small.
@@ -133,7 +183,8 @@ impl RocksDbStorage {
     ///
     /// # Errors
     /// The database cannot be read or holds undecodable state.
-    pub fn open(db: Arc<DB>, shard: ShardId, initial_voters: &[u64]) -> raft::Result<Self> {
+    pub fn open(node_db: Arc<NodeDb>, shard: ShardId, initial_voters: &[u64]) -> raft::Result<Self> {
+        let db = node_db.handle().map_err(db_error)?;
         let get = |tag| db.get(key(shard, tag)).map_err(db_error);
         let hard_state = match get(TAG_HARD_STATE)? {
             Some(b) => HardState::parse_from_bytes(&b).map_err(|e| corrupt("hard state", e))?,
@@ -173,10 +224,10 @@ impl RocksDbStorage {
         }
         let mirror =
             MemStorage::restored(hard_state, conf_state.clone(), compacted_index, compacted_term, entries);
-        let path = db.path().to_owned();
+        drop(db);
         let mut store = Self {
             mirror,
-            disk: Arc::new(Mutex::new(Disk { db: Some(db), path, min_free_bytes: 0 })),
+            disk: Arc::new(Mutex::new(Disk { db: node_db, min_free_bytes: 0 })),
             shard,
             pending: Vec::new(),
             sync_next: false,
@@ -230,15 +281,16 @@ impl Disk {
         if self.min_free_bytes == 0 {
             return Ok(());
         }
-        let stat = nix::sys::statvfs::statvfs(&self.path).map_err(|e| {
-            StorageError::Other(format!("cannot read free space of {}: {e}", self.path.display()).into())
+        let path = self.db.path();
+        let stat = nix::sys::statvfs::statvfs(path).map_err(|e| {
+            StorageError::Other(format!("cannot read free space of {}: {e}", path.display()).into())
         })?;
         let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
         if free < self.min_free_bytes {
             return Err(StorageError::Other(
                 format!(
                     "disk nearly full: {free} bytes free on {}, below the reserve of {} bytes",
-                    self.path.display(),
+                    path.display(),
                     self.min_free_bytes
                 )
                 .into(),
@@ -255,14 +307,7 @@ impl Disk {
     }
 
     fn write_ops(&mut self, ops: &[Op], sync: bool) -> Result<(), rocksdb::Error> {
-        let db = match &self.db {
-            Some(db) => db.clone(),
-            None => {
-                let db = open_db(&self.path)?;
-                self.db = Some(db.clone());
-                db
-            }
-        };
+        let db = self.db.handle()?;
         let mut batch = WriteBatch::default();
         for op in ops {
             match op {
@@ -275,18 +320,15 @@ impl Disk {
         options.set_sync(sync);
         let written = db.write_opt(batch, &options);
         if written.is_err() {
-            drop(db);
-            self.db = None;
+            self.db.forget(&db);
         }
         written
     }
 
     /// Makes every unsynced write so far durable.
     fn sync_wal(&mut self) -> raft::Result<()> {
-        match &self.db {
-            Some(db) => db.flush_wal(true).map_err(db_error),
-            None => Ok(()),
-        }
+        let db = self.db.handle().map_err(db_error)?;
+        db.flush_wal(true).map_err(db_error)
     }
 }
 
