@@ -79,13 +79,15 @@ struct Cluster {
     raft: Vec<SocketAddr>,
     resp: Vec<SocketAddr>,
     nodes: Vec<Option<Node>>,
+    /// More arguments for every node.
+    extra: &'static [&'static str],
 }
 
 impl Cluster {
-    fn new() -> Self {
+    fn new(extra: &'static [&'static str]) -> Self {
         let (raft, resp) = (free_addrs(3), free_addrs(3));
         let mut cluster =
-            Self { dir: tempfile::tempdir().unwrap(), raft, resp, nodes: vec![None, None, None] };
+            Self { dir: tempfile::tempdir().unwrap(), raft, resp, nodes: vec![None, None, None], extra };
         for i in 0..3 {
             cluster.start(i);
         }
@@ -114,6 +116,7 @@ impl Cluster {
             args.extend(["--peer", p.as_str()]);
         }
         args.extend(FAST);
+        args.extend(self.extra);
         // A client's outgoing connection may hold the stopped node's port for a moment.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -244,11 +247,24 @@ async fn verify(cluster: &Cluster, history: &BTreeMap<String, KeyHistory>) -> BT
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_write() {
+    chaos(&[], 60).await;
+}
+
+/// The same with 4 shards (Multi-Raft): every shard's log in each node's one database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_write_with_shards() {
+    chaos(&["--shards", "4"], 20).await;
+}
+
+/// Kills one node after another under load for `default_secs` (or `CREMA_CHAOS_SECS`), then
+/// all three at once, and checks every acknowledged write each time.
+async fn chaos(extra: &'static [&'static str], default_secs: u64) {
     let seed: u64 =
         std::env::var("CREMA_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
         });
-    let secs: u64 = std::env::var("CREMA_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let secs: u64 =
+        std::env::var("CREMA_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_secs);
     println!("chaos seed {seed} ({secs} s); rerun with CREMA_CHAOS_SEED={seed}");
     let mut rng = seed;
     let mut next = move || {
@@ -259,7 +275,7 @@ async fn sigkill_under_load_loses_no_acknowledged_write() {
     };
 
     let began = Instant::now();
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new(extra);
     let history: History = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let writers: Vec<_> = (0..CLIENTS)
