@@ -68,6 +68,15 @@ async fn a_sharded_cluster_serves_redis_clients() {
     let b: Option<String> = c.get("b").await.unwrap();
     assert_eq!(b, None);
 
+    // WAIT counts, over every shard, the replicas known to hold what this node applied: one
+    // other replica at least (a majority of three), never more than the two others.
+    for n in &nodes {
+        let mut c = client(n.resp).await;
+        let _: () = c.set("waited", "1").await.unwrap();
+        let acked: i64 = redis::cmd("WAIT").arg(1).arg(2000).query_async(&mut c).await.unwrap();
+        assert!((1..=2).contains(&acked), "WAIT answered {acked}");
+    }
+
     // INFO lists every shard with a leader.
     let info: String = redis::cmd("INFO").arg("shards").query_async(c).await.unwrap();
     for shard in 0..4 {

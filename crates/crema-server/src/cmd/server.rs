@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crema::{CacheCommand, ClusterStatus, Role};
+use crema::{CacheCommand, Role};
 
 use super::write::{PreparedWrite, Render};
 use super::{parse_int, Call, CmdError, CommandSpec, Kind, COMMANDS};
@@ -151,22 +151,30 @@ async fn wait(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         return Err(CmdError::Invalid("timeout is negative".into()));
     }
     let deadline = (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
-    let target = call.state.cache.raft_figures().applied_index;
+    // What this node has applied in every shard now: everything the connection wrote is in it.
+    // With several shards the answer is the fewest replicas over them all.
+    let cache = &call.state.cache;
+    let targets: Vec<(crema::ShardId, u64)> =
+        cache.shard_info().iter().map(|s| (s.shard_id, s.applied_index)).collect();
     loop {
-        let status = call.state.cache.cluster_status().await?;
-        let acked = acknowledged_replicas(&status, target);
+        let (mut acked, mut leads_all) = (i64::MAX, true);
+        for (shard, target) in &targets {
+            let status = cache.shard_status(*shard).await?;
+            acked = acked.min(acknowledged_replicas(&status, *target));
+            leads_all &= status.role == Role::Leader;
+        }
+        let acked = if acked == i64::MAX { 0 } else { acked };
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
-        if acked >= wanted || expired || status.group.role != Role::Leader {
+        if acked >= wanted || expired || !leads_all {
             return Ok(Reply::Integer(acked));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-/// Replicas known to hold the log up to `target`. On the leader that is read from each
+/// Replicas known to hold a shard's log up to `target`. On its leader that is read from each
 /// replica's progress; a follower knows only that a majority holds anything it applied.
-fn acknowledged_replicas(status: &ClusterStatus, target: u64) -> i64 {
-    let group = &status.group;
+fn acknowledged_replicas(group: &crema::GroupStatus, target: u64) -> i64 {
     if group.role == Role::Leader {
         group.replica_progress.iter().filter(|(_, matched)| *matched >= target).count() as i64
     } else {

@@ -80,6 +80,15 @@ impl DistributedCache {
         figures
     }
 
+    /// The full status of this node's replica of shard `shard` (from its group's task).
+    ///
+    /// # Errors
+    /// `Shutdown` once stopped, or for a shard this node does not hold.
+    pub async fn shard_status(&self, shard: ShardId) -> Result<crate::GroupStatus> {
+        let shard = self.shards.get(shard as usize).ok_or(crate::Error::Shutdown)?;
+        shard.group.status().await
+    }
+
     /// Role, term, indexes, members and cache figures of this node.
     ///
     /// # Errors
