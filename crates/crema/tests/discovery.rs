@@ -145,3 +145,57 @@ async fn gossip_with_a_cluster_secret_keeps_strangers_out() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn the_link_policies_add_and_remove_transport_peers_and_nothing_else() {
+    let links = PeerManagementConfig { auto_add_peers: true, auto_remove_peers: true, ..Default::default() };
+    let first = node(1, false, Vec::new(), links, None).await;
+    first.wait_for_leader(Duration::from_secs(10)).await.expect("the first node leads");
+    // Node 2 waits to be added, and its policy allows nothing.
+    let second = node(2, true, vec![gossip_addr(&first)], PeerManagementConfig::default(), None).await;
+    wait_until(Duration::from_secs(20), "both see each other", || async {
+        alive(&first) == vec![1, 2] && alive(&second) == vec![1, 2]
+    })
+    .await;
+    let second_addr = second.discovered_nodes().into_iter().find(|n| n.node_id == 2).unwrap().raft_addr;
+    wait_until(Duration::from_secs(10), "node 1 links to node 2", || async {
+        first.peer_addr(2) == Some(second_addr)
+    })
+    .await;
+    assert_eq!(second.peer_addr(1), None, "without auto_add_peers node 2 links to nobody");
+    assert_eq!(voters(&first).await, vec![1], "links are not membership");
+
+    // Declared down, a node that is no member loses its link.
+    second.shutdown().await;
+    wait_until(Duration::from_secs(20), "node 2 declared down and unlinked", || async {
+        first.discovered_nodes().iter().any(|n| n.node_id == 2 && n.health == NodeHealth::Down)
+            && first.peer_addr(2).is_none()
+    })
+    .await;
+    first.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_static_list_is_health_checked_by_the_nodes_pings() {
+    let nodes = common::cluster_with(3, |c| {
+        let list = crema::StaticClusterDiscovery::new(c.node_id, c.raft_addr, c.seed_nodes.clone())
+            .with_down_after(Duration::from_secs(1));
+        c.with_cluster_discovery(list)
+    })
+    .await;
+    assert_eq!(nodes[0].discovery_kind(), Some("static"));
+    wait_until(Duration::from_secs(20), "every node hears the two others", || async {
+        nodes.iter().all(|n| alive(n) == vec![1, 2, 3])
+    })
+    .await;
+    nodes[2].shutdown().await;
+    wait_until(Duration::from_secs(10), "node 3 declared down by the two others", || async {
+        nodes[..2]
+            .iter()
+            .all(|n| n.discovered_nodes().iter().any(|d| d.node_id == 3 && d.health == NodeHealth::Down))
+    })
+    .await;
+    for n in &nodes[..2] {
+        n.shutdown().await;
+    }
+}
