@@ -199,3 +199,38 @@ async fn a_static_list_is_health_checked_by_the_nodes_pings() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn garbage_on_the_gossip_port_changes_nothing() {
+    use rand::{Rng, SeedableRng};
+    for secret in [None, Some("a-cluster-secret-of-32-characters")] {
+        let first = node(1, false, Vec::new(), LINKS, secret).await;
+        let seed = gossip_addr(&first);
+        let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..3000usize {
+            let len = match i % 100 {
+                0 => 0,
+                1 => 65_000,
+                _ => rng.gen_range(1..1500),
+            };
+            let mut packet: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            if i % 3 == 0 && len > 4 {
+                // Start like a postcard-encoded identity: a plausible socket address tag.
+                packet[0] = 0;
+                packet[1] = 127;
+            }
+            let _ = attacker.send_to(&packet, seed).await;
+        }
+        // The node still gossips: a newcomer finds it, and it still serves.
+        let second = node(2, true, vec![seed], LINKS, secret).await;
+        wait_until(Duration::from_secs(20), "the newcomer and the node see each other", || async {
+            alive(&first) == vec![1, 2] && alive(&second) == vec![1, 2]
+        })
+        .await;
+        first.put("still", "here").await.unwrap();
+        assert!(first.end().is_none(), "the node is running");
+        first.shutdown().await;
+        second.shutdown().await;
+    }
+}

@@ -60,9 +60,13 @@ impl Discovered {
         let me = self.membership.node_id;
         match event {
             DiscoveryEvent::NodeUp(node) if node.node_id != me && node.node_id != 0 => {
-                if policy.auto_add_peers {
+                // Only a node the transport does not know: an address a link already has
+                // came from the configuration or from Raft membership, and gossip (which anyone
+                // on an open network can speak) must not redirect it.
+                let transport = &self.membership.transport;
+                if policy.auto_add_peers && transport.peer_addr(node.node_id).is_none() {
                     debug!(node = node.node_id, addr = %node.raft_addr, "discovered: linked as a peer");
-                    self.membership.transport.add_peer(node.node_id, Some(node.raft_addr));
+                    transport.add_peer(node.node_id, Some(node.raft_addr));
                 }
             }
             DiscoveryEvent::NodeUp(_) => {}
@@ -118,11 +122,9 @@ impl Discovered {
                 .copied()
                 .find(|l| caught_up(*l) && health(*l) == Some(NodeHealth::Alive));
             if let Some(learner) = promote {
-                return Some((
-                    ConfChangeType::AddNode,
-                    learner,
-                    addr_of(learner).or(self.membership.transport.peer_addr(learner)),
-                ));
+                // The address membership gave it, not one gossip claims.
+                let addr = self.membership.transport.peer_addr(learner).or(addr_of(learner));
+                return Some((ConfChangeType::AddNode, learner, addr));
             }
             let member = |id: NodeId| status.voters.contains(&id) || status.learners.contains(&id);
             nodes

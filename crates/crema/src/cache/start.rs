@@ -73,12 +73,14 @@ impl DistributedCache {
                     config.cluster_secret.clone(),
                     authenticated,
                 );
-                if let Err(e) = discovery.start(ctx) {
-                    cancel.cancel();
-                    transport.close();
-                    return Err(ConfigError::Invalid(e.to_string()).into());
+                match discovery.start(ctx) {
+                    Ok(task) => Some((events, task)),
+                    Err(e) => {
+                        cancel.cancel();
+                        transport.close();
+                        return Err(ConfigError::Invalid(e.to_string()).into());
+                    }
                 }
-                Some(events)
             }
         };
         let supervisor = Supervisor::new(cancel.clone());
@@ -130,7 +132,11 @@ impl DistributedCache {
             tasks.push(supervisor.spawn("the leader balancer", balance));
         }
         let coordinator = Arc::new(CoordinatorState::default());
-        if let (Some(discovery), Some(events)) = (config.cluster_discovery.clone(), discovery_events) {
+        if let (Some(discovery), Some((events, task))) = (config.cluster_discovery.clone(), discovery_events)
+        {
+            if let Some(task) = task {
+                tasks.push(supervisor.watch("the cluster discovery", task, || false));
+            }
             let follow = Discovered {
                 discovery,
                 membership: Membership {

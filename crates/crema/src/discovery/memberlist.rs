@@ -200,10 +200,10 @@ impl ClusterDiscovery for MemberlistDiscovery {
         "memberlist"
     }
 
-    fn start(&self, ctx: DiscoveryContext) -> Result<(), DiscoveryError> {
+    fn start(&self, ctx: DiscoveryContext) -> Result<Option<tokio::task::JoinHandle<()>>, DiscoveryError> {
         if !self.config.enabled {
             info!(node = self.node_id, "memberlist discovery is disabled");
-            return Ok(());
+            return Ok(None);
         }
         let bind = self.config.bind_addr.ok_or_else(|| Self::error("enabled without a bind_addr"))?;
         if ctx.peers_authenticated() && ctx.secret().is_none() {
@@ -253,8 +253,7 @@ impl ClusterDiscovery for MemberlistDiscovery {
             ctx,
         };
         info!(node = self.node_id, %advertise, seeds = ?self.config.seed_addrs, "memberlist gossip started");
-        tokio::spawn(agent.run(command_rx));
-        Ok(())
+        Ok(Some(tokio::spawn(agent.run(command_rx))))
     }
 
     fn nodes(&self) -> Vec<DiscoveredNode> {

@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::transport::auth::ClusterSecret;
@@ -46,7 +47,8 @@ pub use static_list::StaticClusterDiscovery;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PeerManagementConfig {
     /// A discovered node becomes a transport peer: this node keeps a link to it (routing,
-    /// forwarding, pings). Raft membership does not change.
+    /// forwarding, pings). Raft membership does not change, and the address of a node this
+    /// node already links to is never changed by discovery.
     pub auto_add_peers: bool,
     /// A node declared down loses its transport link, unless it is still a member of a Raft
     /// group on this node (links follow membership first).
@@ -178,13 +180,15 @@ pub trait ClusterDiscovery: Send + Sync + Debug + 'static {
     /// A short name: `memberlist`, `static`, `noop`, ...
     fn kind(&self) -> &'static str;
 
-    /// Starts discovering, inside the node's tokio runtime; called once by the node. Spawned
-    /// tasks must end when `ctx`'s token is cancelled.
+    /// Starts discovering, inside the node's tokio runtime; called once by the node. Answers
+    /// the discovery's task, if it runs one: the node watches it, and a task that ends before
+    /// the node does (a panic) stops the node loudly rather than leave it blind. The task must
+    /// end when `ctx`'s token is cancelled.
     ///
     /// # Errors
     /// The discovery cannot run (a port that does not bind, a missing secret): the node does
     /// not start.
-    fn start(&self, ctx: DiscoveryContext) -> Result<(), DiscoveryError>;
+    fn start(&self, ctx: DiscoveryContext) -> Result<Option<JoinHandle<()>>, DiscoveryError>;
 
     /// The nodes known now, this node included.
     fn nodes(&self) -> Vec<DiscoveredNode>;
@@ -218,8 +222,8 @@ impl ClusterDiscovery for NoOpClusterDiscovery {
         "noop"
     }
 
-    fn start(&self, _ctx: DiscoveryContext) -> Result<(), DiscoveryError> {
-        Ok(())
+    fn start(&self, _ctx: DiscoveryContext) -> Result<Option<JoinHandle<()>>, DiscoveryError> {
+        Ok(None)
     }
 
     fn nodes(&self) -> Vec<DiscoveredNode> {

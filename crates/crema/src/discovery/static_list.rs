@@ -72,12 +72,12 @@ impl ClusterDiscovery for StaticClusterDiscovery {
         "static"
     }
 
-    fn start(&self, ctx: DiscoveryContext) -> Result<(), DiscoveryError> {
+    fn start(&self, ctx: DiscoveryContext) -> Result<Option<tokio::task::JoinHandle<()>>, DiscoveryError> {
         let state = self.state.clone();
         let (me, down_after) = (self.node_id, self.down_after);
         let peers: Vec<(NodeId, SocketAddr)> =
             self.peers.iter().copied().filter(|(id, _)| *id != me).collect();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let started = Instant::now();
             let mut unheard_since: BTreeMap<NodeId, Instant> =
                 peers.iter().map(|(id, _)| (*id, started)).collect();
@@ -137,7 +137,7 @@ impl ClusterDiscovery for StaticClusterDiscovery {
                 }
             }
         });
-        Ok(())
+        Ok(Some(task))
     }
 
     fn nodes(&self) -> Vec<DiscoveredNode> {
