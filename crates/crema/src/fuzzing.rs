@@ -32,7 +32,7 @@ pub fn peer_stream(bytes: &[u8]) -> usize {
             }
             Envelope::SnapshotChunk { shard, transfer, header, total_len, offset, data } => {
                 let piece = Piece { transfer, header, total_len, offset, data };
-                let _ = assembler.accept(2, shard, piece);
+                let _ = assembler.accept(2, shard, piece, std::time::Instant::now());
             }
             Envelope::Hello { .. }
             | Envelope::Forward { .. }

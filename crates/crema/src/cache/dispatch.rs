@@ -195,8 +195,12 @@ impl Inbound for Dispatcher {
             Envelope::ForwardReply { request_id, result } => self.forwarder.complete(request_id, result),
             Envelope::SnapshotChunk { shard, transfer, header, total_len, offset, data } => {
                 let piece = Piece { transfer, header, total_len, offset, data };
-                let assembled =
-                    self.snapshots.lock().expect("snapshot assembler poisoned").accept(from, shard, piece);
+                let assembled = self.snapshots.lock().expect("snapshot assembler poisoned").accept(
+                    from,
+                    shard,
+                    piece,
+                    Instant::now(),
+                );
                 match assembled {
                     Ok(Some(msg)) => {
                         info!(from, shard, bytes = msg.get_snapshot().data.len(), "snapshot received");

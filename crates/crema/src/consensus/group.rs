@@ -119,6 +119,12 @@ pub(crate) enum PeerInput {
         term: u64,
         commit: u64,
     },
+    /// A snapshot this leader sends to `to` went out whole (`ok`), or could not (see
+    /// `ready::send_snapshot`).
+    SnapshotSent {
+        to: NodeId,
+        ok: bool,
+    },
 }
 
 /// What a client (the cache API, a forwarded request, an admin call) asks of the group.
@@ -679,6 +685,7 @@ pub(crate) fn spawn_group<S: LogStore>(
     shared.recovering.store(recovery.is_some(), Ordering::Release);
     shared.last_term.store(raw.raft.raft_log.last_term(), Ordering::Release);
     shared.last_index.store(raw.raft.raft_log.last_index(), Ordering::Release);
+    let reports = raft_tx.clone();
     let handle = GroupHandle {
         shared: shared.clone(),
         client_tx,
@@ -714,6 +721,7 @@ pub(crate) fn spawn_group<S: LogStore>(
         unpersisted: std::collections::VecDeque::new(),
         hibernating: false,
         quiet_ticks: 0,
+        reports,
     };
     group.publish_voters();
     let task = tokio::spawn(group.run(cancel));
@@ -766,6 +774,8 @@ struct Group<S: LogStore> {
     hibernating: bool,
     /// Ticks in a row this leader had nothing to do (see `hibernate`).
     quiet_ticks: usize,
+    /// This loop's own peer mailbox: where a snapshot's sending task reports.
+    reports: mpsc::Sender<PeerInput>,
 }
 
 impl<S: LogStore> Group<S> {
@@ -918,6 +928,13 @@ impl<S: LogStore> Group<S> {
                 self.on_hello(peer, restarted, position);
             }
             PeerInput::Hibernate { from, term, commit } => self.on_hibernate_notice(from, term, commit),
+            PeerInput::SnapshotSent { to, ok } => {
+                if !ok {
+                    self.raw.report_unreachable(to);
+                }
+                let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+                self.raw.report_snapshot(to, status);
+            }
         }
     }
 

@@ -228,6 +228,26 @@ impl Transport {
         link.enqueue(frame)
     }
 
+    /// Queues one bulk frame (a snapshot piece) for `to`, waiting while its bulk lane is full:
+    /// bulk frames go out only when nothing else is queued for the peer (see `peer.rs`).
+    ///
+    /// # Errors
+    /// `UnknownPeer`, or `QueueFull` once the link has closed.
+    pub async fn send_bulk(&self, to: NodeId, frame: Bytes) -> Result<(), TransportError> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(faults) = &self.config.faults {
+            // Cuts and drops apply; bulk frames are not duplicated or delayed.
+            if matches!(faults.delivery(self.config.node_id, to), crate::faults::Delivery::Drop) {
+                return Ok(());
+            }
+        }
+        let bulk = {
+            let peers = self.peers.read().expect("peer map poisoned");
+            peers.get(&to).ok_or(TransportError::UnknownPeer(to))?.bulk()
+        };
+        bulk.send(frame).await.map_err(|_| TransportError::QueueFull(to))
+    }
+
     /// Tells every transport task to stop, without waiting.
     pub fn close(&self) {
         self.cancel.cancel();

@@ -38,6 +38,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long the higher id of a pair waits for the lower one to dial before it dials itself.
 const DIAL_FALLBACK: Duration = Duration::from_secs(2);
+/// Bulk frames (snapshot pieces) queued per peer at most: a sender waits for room, so one large
+/// snapshot never sits in front of other groups' heartbeats and appends for long.
+const BULK_QUEUE_FRAMES: usize = 2;
 
 /// A peer stream with the bytes read ahead of the frames consumed so far.
 pub(super) struct Connection {
@@ -104,6 +107,8 @@ pub(super) struct PeerLink {
     id: NodeId,
     addr: Mutex<Option<SocketAddr>>,
     queue: mpsc::Sender<Bytes>,
+    /// Snapshot pieces: written only when `queue` is empty.
+    bulk: mpsc::Sender<Bytes>,
     incoming: mpsc::Sender<Connection>,
     cancel: CancellationToken,
 }
@@ -117,15 +122,18 @@ enum WriteEnd {
 impl PeerLink {
     pub(super) fn spawn(transport: &Arc<Transport>, id: NodeId, addr: Option<SocketAddr>) -> Arc<Self> {
         let (queue, queue_rx) = mpsc::channel(transport.config.queue_capacity);
+        let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE_FRAMES);
         let (incoming, incoming_rx) = mpsc::channel(4);
         let link = Arc::new(Self {
             id,
             addr: Mutex::new(addr),
             queue,
+            bulk,
             incoming,
             cancel: transport.cancel.child_token(),
         });
-        let task = LinkTask { link: link.clone(), transport: transport.clone(), queue_rx, incoming_rx };
+        let task =
+            LinkTask { link: link.clone(), transport: transport.clone(), queue_rx, bulk_rx, incoming_rx };
         transport.tracker.spawn(task.run());
         link
     }
@@ -142,6 +150,11 @@ impl PeerLink {
         self.queue.try_send(frame).map_err(|_| TransportError::QueueFull(self.id))
     }
 
+    /// A sender for bulk frames (see `BULK_QUEUE_FRAMES`).
+    pub(super) fn bulk(&self) -> mpsc::Sender<Bytes> {
+        self.bulk.clone()
+    }
+
     pub(super) async fn adopt(&self, conn: Connection) {
         let _ = self.incoming.send(conn).await;
     }
@@ -155,6 +168,7 @@ struct LinkTask {
     link: Arc<PeerLink>,
     transport: Arc<Transport>,
     queue_rx: mpsc::Receiver<Bytes>,
+    bulk_rx: mpsc::Receiver<Bytes>,
     incoming_rx: mpsc::Receiver<Connection>,
 }
 
@@ -275,6 +289,17 @@ impl LinkTask {
                 frame = self.queue_rx.recv() => {
                     let Some(frame) = frame else { break WriteEnd::Closed };
                     if let Err(e) = self.write_batch(&mut out, frame).await {
+                        debug!(peer = self.link.id, error = %e, "write to peer failed");
+                        break WriteEnd::Broken;
+                    }
+                }
+                // Only when nothing else waits (biased): one piece, then the queue again.
+                Some(frame) = self.bulk_rx.recv() => {
+                    let written = async {
+                        out.write_all(&frame).await?;
+                        out.flush().await
+                    };
+                    if let Err(e) = written.await {
                         debug!(peer = self.link.id, error = %e, "write to peer failed");
                         break WriteEnd::Broken;
                     }

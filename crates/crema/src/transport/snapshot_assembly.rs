@@ -6,8 +6,14 @@
 //! gap, overlap, more bytes than announced) drops the transfer: the leader notices the follower
 //! is still behind and sends a new snapshot. The announced size is checked against a limit
 //! before anything is buffered for it.
+//!
+//! Memory is bounded: the transfers in progress together may announce at most
+//! [`ASSEMBLY_BUDGET_BYTES`] (a new one that does not fit is refused, and its leader sends it
+//! again later), and a transfer that received nothing for [`ASSEMBLY_EXPIRY`] (its sender died,
+//! or moved on) is dropped when the next transfer starts.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protobuf::Message as _;
@@ -17,12 +23,18 @@ use crate::types::{NodeId, ShardId};
 
 /// Largest snapshot accepted, bytes.
 pub const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
+/// What the transfers in progress may announce together, bytes.
+pub const ASSEMBLY_BUDGET_BYTES: u64 = MAX_SNAPSHOT_BYTES;
+/// A transfer that received no piece for this long is dropped.
+pub const ASSEMBLY_EXPIRY: Duration = Duration::from_secs(60);
 
 struct Assembly {
     transfer: u64,
     header: Bytes,
     total_len: u64,
     data: Vec<u8>,
+    /// When its last piece arrived.
+    touched: Instant,
 }
 
 /// One piece, as it arrived.
@@ -52,13 +64,28 @@ impl SnapshotAssembler {
     ///
     /// # Errors
     /// Why the piece (and its transfer) was dropped.
-    pub fn accept(&mut self, from: NodeId, shard: ShardId, piece: Piece) -> Result<Option<Message>, String> {
+    pub fn accept(
+        &mut self,
+        from: NodeId,
+        shard: ShardId,
+        piece: Piece,
+        now: Instant,
+    ) -> Result<Option<Message>, String> {
         let key = (from, shard);
         if let Some(header) = piece.header {
+            self.in_progress.remove(&key);
             if piece.total_len > MAX_SNAPSHOT_BYTES {
-                self.in_progress.remove(&key);
                 return Err(format!(
                     "snapshot of {} bytes is over the limit of {MAX_SNAPSHOT_BYTES}",
+                    piece.total_len
+                ));
+            }
+            self.in_progress.retain(|_, a| now.saturating_duration_since(a.touched) < ASSEMBLY_EXPIRY);
+            let reserved: u64 = self.in_progress.values().map(|a| a.total_len).sum();
+            if reserved + piece.total_len > ASSEMBLY_BUDGET_BYTES {
+                return Err(format!(
+                    "snapshot of {} bytes does not fit beside the {reserved} bytes being received \
+                     (budget {ASSEMBLY_BUDGET_BYTES}); its leader sends it again later",
                     piece.total_len
                 ));
             }
@@ -68,6 +95,7 @@ impl SnapshotAssembler {
                 header,
                 total_len: piece.total_len,
                 data: Vec::with_capacity(capacity),
+                touched: now,
             };
             self.in_progress.insert(key, assembly);
         }
@@ -86,6 +114,7 @@ impl SnapshotAssembler {
             ));
         }
         assembly.data.extend_from_slice(&piece.data);
+        assembly.touched = now;
         if (assembly.data.len() as u64) < assembly.total_len {
             return Ok(None);
         }
@@ -120,33 +149,71 @@ mod tests {
         }
     }
 
+    impl SnapshotAssembler {
+        fn accept_now(
+            &mut self,
+            from: NodeId,
+            shard: ShardId,
+            piece: Piece,
+        ) -> Result<Option<Message>, String> {
+            self.accept(from, shard, piece, Instant::now())
+        }
+    }
+
+    #[test]
+    fn transfers_share_a_budget_and_idle_ones_expire() {
+        let mut a = SnapshotAssembler::default();
+        let t0 = Instant::now();
+        let half = ASSEMBLY_BUDGET_BYTES / 2;
+        a.accept(1, 0, piece(1, true, half, 0, b"a"), t0).unwrap();
+        a.accept(1, 1, piece(1, true, half, 0, b"a"), t0).unwrap();
+        // A third does not fit beside them.
+        let refused = a.accept(2, 0, piece(1, true, 10, 0, b"a"), t0);
+        assert!(refused.unwrap_err().contains("budget"));
+        // One of them keeps receiving; the other goes silent past the expiry.
+        let later = t0 + ASSEMBLY_EXPIRY / 2;
+        a.accept(1, 0, piece(1, false, half, 1, b"b"), later).unwrap();
+        let after = t0 + ASSEMBLY_EXPIRY + Duration::from_secs(1);
+        a.accept(2, 0, piece(1, true, 10, 0, b"a"), after).unwrap();
+        assert!(a.accept(1, 1, piece(1, false, half, 1, b"b"), after).is_err(), "the silent one was dropped");
+        assert!(a.accept(1, 0, piece(1, false, half, 2, b"c"), after).is_ok(), "the live one goes on");
+        // A restarted transfer of the same sender and group replaces its own reservation.
+        a.accept(1, 0, piece(2, true, half, 0, b"a"), after).unwrap();
+    }
+
     #[test]
     fn pieces_in_order_make_the_message() {
         let mut a = SnapshotAssembler::default();
-        assert!(a.accept(1, 0, piece(1, true, 6, 0, b"abc")).unwrap().is_none());
-        let msg = a.accept(1, 0, piece(1, false, 6, 3, b"def")).unwrap().unwrap();
+        assert!(a.accept_now(1, 0, piece(1, true, 6, 0, b"abc")).unwrap().is_none());
+        let msg = a.accept_now(1, 0, piece(1, false, 6, 3, b"def")).unwrap().unwrap();
         assert_eq!(msg.get_snapshot().get_metadata().index, 77);
         assert_eq!(msg.get_snapshot().data.as_ref(), b"abcdef");
-        let empty = a.accept(1, 0, piece(2, true, 0, 0, b"")).unwrap().unwrap();
+        let empty = a.accept_now(1, 0, piece(2, true, 0, 0, b"")).unwrap().unwrap();
         assert!(empty.get_snapshot().data.is_empty(), "an empty snapshot is one piece");
     }
 
     #[test]
     fn a_gap_another_transfer_or_too_many_bytes_drop_the_transfer() {
         let mut a = SnapshotAssembler::default();
-        a.accept(1, 0, piece(1, true, 6, 0, b"abc")).unwrap();
-        assert!(a.accept(1, 0, piece(1, false, 6, 4, b"ef")).is_err(), "gap");
-        assert!(a.accept(1, 0, piece(1, false, 6, 3, b"def")).is_err(), "dropped: the rest is refused too");
-        a.accept(1, 0, piece(3, true, 4, 0, b"ab")).unwrap();
-        assert!(a.accept(1, 0, piece(4, false, 4, 2, b"cd")).is_err(), "another transfer");
-        a.accept(1, 0, piece(5, true, 4, 0, b"ab")).unwrap();
-        assert!(a.accept(1, 0, piece(5, false, 4, 2, b"cde")).is_err(), "more than announced");
-        assert!(a.accept(1, 0, piece(6, true, MAX_SNAPSHOT_BYTES + 1, 0, b"")).is_err(), "over the limit");
+        a.accept_now(1, 0, piece(1, true, 6, 0, b"abc")).unwrap();
+        assert!(a.accept_now(1, 0, piece(1, false, 6, 4, b"ef")).is_err(), "gap");
+        assert!(
+            a.accept_now(1, 0, piece(1, false, 6, 3, b"def")).is_err(),
+            "dropped: the rest is refused too"
+        );
+        a.accept_now(1, 0, piece(3, true, 4, 0, b"ab")).unwrap();
+        assert!(a.accept_now(1, 0, piece(4, false, 4, 2, b"cd")).is_err(), "another transfer");
+        a.accept_now(1, 0, piece(5, true, 4, 0, b"ab")).unwrap();
+        assert!(a.accept_now(1, 0, piece(5, false, 4, 2, b"cde")).is_err(), "more than announced");
+        assert!(
+            a.accept_now(1, 0, piece(6, true, MAX_SNAPSHOT_BYTES + 1, 0, b"")).is_err(),
+            "over the limit"
+        );
         // Another sender's transfer is separate.
-        a.accept(1, 0, piece(7, true, 2, 0, b"a")).unwrap();
-        a.accept(3, 0, piece(1, true, 2, 0, b"x")).unwrap();
+        a.accept_now(1, 0, piece(7, true, 2, 0, b"a")).unwrap();
+        a.accept_now(3, 0, piece(1, true, 2, 0, b"x")).unwrap();
         assert_eq!(
-            a.accept(1, 0, piece(7, false, 2, 1, b"b")).unwrap().unwrap().get_snapshot().data.as_ref(),
+            a.accept_now(1, 0, piece(7, false, 2, 1, b"b")).unwrap().unwrap().get_snapshot().data.as_ref(),
             b"ab"
         );
     }

@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{blocking, Group, GroupShared, PersistJob, SNAPSHOT_CHUNK_BYTES};
+
+/// How long a snapshot's sending task waits for room for one piece before it gives up (the
+/// leader then sends a new snapshot later).
+const SNAPSHOT_PIECE_PATIENCE: Duration = Duration::from_secs(30);
 use crate::config::MAX_FRAME_BYTES;
 use crate::consensus::command::StampedCommand;
 use crate::consensus::pending::PeerRead;
@@ -190,46 +194,61 @@ impl<S: LogStore> Group<S> {
     }
 
     /// Sends a snapshot message in pieces of at most `SNAPSHOT_CHUNK_BYTES` (a large cache's
-    /// snapshot is far over one frame), then tells raft-rs it went out: the follower answers
-    /// once it has installed it, and if a piece was lost on the way the leader notices that
-    /// the follower is still behind and sends a new snapshot.
+    /// snapshot is far over one frame), from a task, through the peer's bulk lane: a piece
+    /// goes out only when nothing else waits for that peer, so one large snapshot does not
+    /// hold up other groups' heartbeats and appends, and the task waits for room instead of
+    /// queueing the whole snapshot at once. Once every piece is handed over (or one could not
+    /// be) the task tells this loop, which tells raft-rs (until then raft-rs sends the
+    /// follower nothing else): the follower answers once it has installed it, and if a piece
+    /// was lost on the way the leader notices that the follower is still behind and sends a
+    /// new snapshot.
     fn send_snapshot(&mut self, mut msg: Message) {
         let to = msg.to;
         let data = std::mem::take(&mut msg.mut_snapshot().data);
         let header = Bytes::from(msg.write_to_bytes().expect("encoding a raft message cannot fail"));
         self.snapshot_transfers += 1;
         let transfer = self.snapshot_transfers;
-        let total_len = data.len() as u64;
-        let mut offset = 0usize;
-        loop {
-            let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
-            let chunk = Envelope::SnapshotChunk {
-                shard: self.shared.shard,
-                transfer,
-                header: (offset == 0).then(|| header.clone()),
-                total_len,
-                offset: offset as u64,
-                data: data.slice(offset..end),
+        let (shard, index) = (self.shared.shard, msg.get_snapshot().get_metadata().index);
+        let (transport, reports) = (self.transport.clone(), self.reports.clone());
+        tokio::spawn(async move {
+            let total_len = data.len() as u64;
+            let mut offset = 0usize;
+            let ok = loop {
+                let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
+                let chunk = Envelope::SnapshotChunk {
+                    shard,
+                    transfer,
+                    header: (offset == 0).then(|| header.clone()),
+                    total_len,
+                    offset: offset as u64,
+                    data: data.slice(offset..end),
+                };
+                let sent =
+                    tokio::time::timeout(SNAPSHOT_PIECE_PATIENCE, transport.send_bulk(to, chunk.to_frame()));
+                match sent.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        debug!(shard, to, error = %e, "snapshot piece not sent");
+                        break false;
+                    }
+                    Err(_) => {
+                        warn!(
+                            shard,
+                            to, offset, "snapshot piece not taken within {SNAPSHOT_PIECE_PATIENCE:?}"
+                        );
+                        break false;
+                    }
+                }
+                offset = end;
+                if offset >= data.len() {
+                    break true;
+                }
             };
-            if let Err(e) = self.transport.send(to, chunk.to_frame()) {
-                debug!(shard = self.shared.shard, to, error = %e, "snapshot piece dropped");
-                self.raw.report_unreachable(to);
-                self.raw.report_snapshot(to, raft::SnapshotStatus::Failure);
-                return;
+            if ok {
+                info!(shard, to, bytes = total_len, index, "snapshot sent");
             }
-            offset = end;
-            if offset >= data.len() {
-                break;
-            }
-        }
-        info!(
-            shard = self.shared.shard,
-            to,
-            bytes = total_len,
-            index = msg.get_snapshot().get_metadata().index,
-            "snapshot sent"
-        );
-        self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+            let _ = reports.send(super::PeerInput::SnapshotSent { to, ok }).await;
+        });
     }
 
     /// Writes the store's pending changes in the loop, durably where Raft needs them durable
