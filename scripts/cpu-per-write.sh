@@ -23,32 +23,9 @@ BUILD=()
 [ "$PROFILE" = release ] && BUILD=(--release)
 cargo build -q "${BUILD[@]}" -p crema-server -p crema-bench
 BIN="target/$PROFILE/crema"
-WORK="$(mktemp -d)"
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
-for i in 1 2 3; do
-  peers=()
-  for j in 1 2 3; do
-    [ "$j" = "$i" ] || peers+=(--peer "$j=127.0.0.1:$((47000 + j)),127.0.0.1:$((46380 + j))")
-  done
-  "$BIN" serve --node-id "$i" --raft-addr "127.0.0.1:$((47000 + i))" --resp-addr "127.0.0.1:$((46380 + i))" \
-    --admin-addr "127.0.0.1:$((48000 + i))" --shards "$SHARDS" "${peers[@]}" >"$WORK/crema-$i.log" 2>&1 &
-  PIDS+=($!)
-done
-# Ready: every node printed its `crema ready` line (a leader of every shard is known).
-for _ in $(seq 1 600); do
-  ready=0
-  for i in 1 2 3; do grep -q '^crema ready' "$WORK/crema-$i.log" && ready=$((ready + 1)); done
-  [ "$ready" = 3 ] && break
-  sleep 0.1
-done
-[ "$ready" = 3 ] || { echo "the cluster did not become ready" >&2; exit 1; }
+# shellcheck source=lib/three-nodes.sh
+source scripts/lib/three-nodes.sh
 sleep 4 # let the elections and the leader balancer settle
-
-ticks() { # pid -> utime+stime in clock ticks
-  awk '{print $14 + $15}' "/proc/$1/stat"
-}
 HZ="$(getconf CLK_TCK)"
 leads() { # node -> shards it leads, from INFO shards on node 1
   redis-cli -p 46381 INFO shards 2>/dev/null | grep -c "leader=$1," || true

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{cluster_with, wait_until};
+use common::{cluster_with, discovered, wait_for_shard_leaders, wait_until};
 use crema::{CacheConfig, DistributedCache, MultiRaftCacheConfig, RaftConfig};
 
 const SHARDS: u32 = 4;
@@ -27,19 +27,8 @@ async fn sharded(tweak: impl Fn(CacheConfig) -> CacheConfig) -> Vec<DistributedC
         }))
     })
     .await;
-    wait_for_leaders(&nodes.iter().collect::<Vec<_>>(), None).await;
+    wait_for_shard_leaders(&nodes.iter().collect::<Vec<_>>(), SHARDS, None).await;
     nodes
-}
-
-/// Waits until every shard has one leader every listed node knows, other than `not`.
-async fn wait_for_leaders(nodes: &[&DistributedCache], not: Option<u64>) {
-    wait_until(Duration::from_secs(20), "a leader of every shard, known to every node", || async {
-        (0..SHARDS).all(|shard| {
-            let leader = nodes[0].shard_leader(shard);
-            leader.is_some_and(|l| Some(l) != not) && nodes.iter().all(|n| n.shard_leader(shard) == leader)
-        })
-    })
-    .await;
 }
 
 async fn wait_all_hibernate(nodes: &[&DistributedCache]) {
@@ -51,12 +40,6 @@ async fn wait_all_hibernate(nodes: &[&DistributedCache]) {
 
 fn sent(nodes: &[DistributedCache]) -> u64 {
     nodes.iter().map(|n| n.raft_figures().messages_sent).sum()
-}
-
-/// `c` with the cluster its configuration lists as its discovery (health-checked by pings).
-fn discovered(c: crema::CacheConfig) -> crema::CacheConfig {
-    let discovery = crema::StaticClusterDiscovery::new(c.node_id, c.raft_addr, c.seed_nodes.clone());
-    c.with_cluster_discovery(discovery)
 }
 
 fn key(i: usize) -> Bytes {
@@ -134,7 +117,7 @@ async fn a_leader_that_dies_while_its_shards_sleep_is_replaced() {
     let survivors: Vec<&DistributedCache> =
         nodes.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, n)| n).collect();
     // Nobody asks anything: the survivors notice the silence by themselves.
-    wait_for_leaders(&survivors, Some(victim_id)).await;
+    wait_for_shard_leaders(&survivors, SHARDS, Some(victim_id)).await;
     for node in &survivors {
         for i in 0..40 {
             assert_eq!(node.consistent_get(&key(i)).await.unwrap(), Some(Bytes::from("before")), "key {i}");
@@ -160,13 +143,13 @@ async fn a_leader_that_stops_while_its_shards_sleep_is_replaced_and_steps_down()
     faults.pause(victim_id);
     let survivors: Vec<&DistributedCache> =
         nodes.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, n)| n).collect();
-    wait_for_leaders(&survivors, Some(victim_id)).await;
+    wait_for_shard_leaders(&survivors, SHARDS, Some(victim_id)).await;
     for (j, node) in survivors.iter().enumerate() {
         node.put(key(200 + j), "during").await.unwrap();
     }
     // Back, the old leader learns of the new ones and serves what they committed.
     faults.resume(victim_id);
-    wait_for_leaders(&nodes.iter().collect::<Vec<_>>(), None).await;
+    wait_for_shard_leaders(&nodes.iter().collect::<Vec<_>>(), SHARDS, None).await;
     for node in &nodes {
         for k in [key(0), key(200), key(201)] {
             assert!(node.consistent_get(&k).await.unwrap().is_some(), "{k:?} on node {}", node.node_id());

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{cluster_with, wait_until};
+use common::{cluster_with, discovered, wait_for_shard_leaders, wait_until};
 use crema::{ApplyOutput, CacheCommand, CommandError, DistributedCache, Error, MultiRaftCacheConfig};
 
 const SHARDS: u32 = 4;
@@ -21,25 +21,8 @@ async fn sharded(n: usize) -> Vec<DistributedCache> {
         })
     })
     .await;
-    wait_for_shard_leaders(&nodes.iter().collect::<Vec<_>>()).await;
+    wait_for_shard_leaders(&nodes.iter().collect::<Vec<_>>(), SHARDS, None).await;
     nodes
-}
-
-/// Waits until every shard has a leader that every listed node knows.
-async fn wait_for_shard_leaders(nodes: &[&DistributedCache]) {
-    wait_until(Duration::from_secs(20), "a leader of every shard, known to every node", || async {
-        (0..SHARDS).all(|shard| {
-            let leader = nodes[0].shard_leader(shard);
-            leader.is_some() && nodes.iter().all(|n| n.shard_leader(shard) == leader)
-        })
-    })
-    .await;
-}
-
-/// `c` with the cluster its configuration lists as its discovery (health-checked by pings).
-fn discovered(c: crema::CacheConfig) -> crema::CacheConfig {
-    let discovery = crema::StaticClusterDiscovery::new(c.node_id, c.raft_addr, c.seed_nodes.clone());
-    c.with_cluster_discovery(discovery)
 }
 
 fn key(i: usize) -> Bytes {

@@ -1147,12 +1147,21 @@ const SHARDS: u32 = 8;
 
 /// Multi-Raft with `SHARDS` shards; the configured peers are the discovery.
 fn sharded(c: CacheConfig) -> CacheConfig {
-    let discovery = crema::StaticClusterDiscovery::new(c.node_id, c.raft_addr, c.seed_nodes.clone());
-    c.with_cluster_discovery(discovery).with_multiraft_config(crema::MultiRaftCacheConfig {
+    common::discovered(c).with_multiraft_config(crema::MultiRaftCacheConfig {
         enabled: true,
         num_shards: SHARDS,
         ..Default::default()
     })
+}
+
+/// Runs `nemesis` against `size` sharded nodes, all voters, memory storage.
+async fn run_sharded<F, Fut>(s: &Scenario, size: usize, mutant: Option<Mutant>, nemesis: F) -> Report
+where
+    F: FnOnce(Arc<Cluster>, Arc<Nemesis>, Arc<Workload>, StdRng, Instant) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let cluster = start(size, size, Storage::Memory, s, mutant, Box::new(sharded)).await;
+    run_scenario(s, cluster, nemesis).await
 }
 
 /// Keys spread over many shards at once (a client's operations land on different groups).
@@ -1167,8 +1176,7 @@ async fn scenario_8_sharded_random_partitions() {
     let _serial = SERIAL.lock().await;
     init_tracing();
     let s = sharded_scenario("scenario_8_sharded_random_partitions", 108);
-    let cluster = start(5, 5, Storage::Memory, &s, None, Box::new(sharded)).await;
-    assert_passed(&s, &run_scenario(&s, cluster, partitions).await);
+    assert_passed(&s, &run_sharded(&s, 5, None, partitions).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1176,8 +1184,7 @@ async fn scenario_8_sharded_kill_any_node_memory() {
     let _serial = SERIAL.lock().await;
     init_tracing();
     let s = sharded_scenario("scenario_8_sharded_kill_any_node_memory", 109);
-    let cluster = start(3, 3, Storage::Memory, &s, None, Box::new(sharded)).await;
-    assert_passed(&s, &run_scenario(&s, cluster, kill_any_node).await);
+    assert_passed(&s, &run_sharded(&s, 3, None, kill_any_node).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1185,8 +1192,7 @@ async fn scenario_8_sharded_pause_any_node() {
     let _serial = SERIAL.lock().await;
     init_tracing();
     let s = sharded_scenario("scenario_8_sharded_pause_any_node", 110);
-    let cluster = start(3, 3, Storage::Memory, &s, None, Box::new(sharded)).await;
-    assert_passed(&s, &run_scenario(&s, cluster, pause_any_node).await);
+    assert_passed(&s, &run_sharded(&s, 3, None, pause_any_node).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1194,11 +1200,7 @@ async fn mutant_8_ack_before_commit_is_caught_in_a_sharded_cluster() {
     let _serial = SERIAL.lock().await;
     init_tracing();
     let s = sharded_scenario("mutant_8_ack_before_commit_is_caught_in_a_sharded_cluster", 111);
-    assert_caught(s, async |s: &Scenario| {
-        let cluster = start(5, 5, Storage::Memory, s, Some(Mutant::AckBeforeCommit), Box::new(sharded)).await;
-        run_scenario(s, cluster, partitions).await
-    })
-    .await;
+    assert_caught(s, async |s| run_sharded(s, 5, Some(Mutant::AckBeforeCommit), partitions).await).await;
 }
 
 // ----- mutants: each scenario, with a bug planted, must fail -----

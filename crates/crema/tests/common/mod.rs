@@ -114,3 +114,21 @@ pub fn count_panics() -> std::sync::Arc<std::sync::atomic::AtomicU64> {
         })
         .clone()
 }
+
+/// Waits until each of the first `shards` shards has one leader every listed node knows,
+/// other than `not`.
+pub async fn wait_for_shard_leaders(nodes: &[&DistributedCache], shards: u32, not: Option<NodeId>) {
+    wait_until(Duration::from_secs(20), "a leader of every shard, known to every node", || async {
+        (0..shards).all(|shard| {
+            let leader = nodes[0].shard_leader(shard);
+            leader.is_some_and(|l| Some(l) != not) && nodes.iter().all(|n| n.shard_leader(shard) == leader)
+        })
+    })
+    .await;
+}
+
+/// `c` with the cluster its configuration lists as its discovery (health-checked by pings).
+pub fn discovered(c: CacheConfig) -> CacheConfig {
+    let discovery = crema::StaticClusterDiscovery::new(c.node_id, c.raft_addr, c.seed_nodes.clone());
+    c.with_cluster_discovery(discovery)
+}
