@@ -86,31 +86,37 @@ async fn a_cluster_over_mutual_tls_from_certs_init() {
     let (ok, text) = crema(&["certs", "init", "--dir", d]);
     assert!(!ok && text.contains("already holds a CA key"), "never overwritten: {text}");
 
-    let raft = free_addrs(3);
-    let resp = free_addrs(3);
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        let id = (i + 1).to_string();
-        let mut args: Vec<String> = vec![
-            "--node-id".into(),
-            id.clone(),
-            "--raft-addr".into(),
-            raft[i].to_string(),
-            "--resp-addr".into(),
-            resp[i].to_string(),
-            "--peer-tls-cert".into(),
-            format!("{d}/node-{id}.crt"),
-            "--peer-tls-key".into(),
-            format!("{d}/node-{id}.key"),
-            "--peer-tls-ca".into(),
-            format!("{d}/ca.crt"),
-        ];
-        for j in (0..3).filter(|j| *j != i) {
-            args.extend(["--peer".into(), format!("{}={},{}", j + 1, raft[j], resp[j])]);
+    // Ports are picked free, but a node's outgoing connection can take one before the next
+    // node binds it: then the whole cluster starts again on new ports (as `start_cluster`).
+    let start_all = || -> Result<Vec<Node>, String> {
+        let raft = free_addrs(3);
+        let resp = free_addrs(3);
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let id = (i + 1).to_string();
+            let mut args: Vec<String> = vec![
+                "--node-id".into(),
+                id.clone(),
+                "--raft-addr".into(),
+                raft[i].to_string(),
+                "--resp-addr".into(),
+                resp[i].to_string(),
+                "--peer-tls-cert".into(),
+                format!("{d}/node-{id}.crt"),
+                "--peer-tls-key".into(),
+                format!("{d}/node-{id}.key"),
+                "--peer-tls-ca".into(),
+                format!("{d}/ca.crt"),
+            ];
+            for j in (0..3).filter(|j| *j != i) {
+                args.extend(["--peer".into(), format!("{}={},{}", j + 1, raft[j], resp[j])]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(try_start(&args)?);
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        nodes.push(start(&args));
-    }
+        Ok(nodes)
+    };
+    let mut nodes = (0..5).find_map(|_| start_all().ok()).expect("the TLS cluster started in 5 attempts");
     for node in &mut nodes {
         node.wait_ready(std::time::Duration::from_secs(30)).unwrap();
     }
