@@ -85,7 +85,10 @@ struct Cluster {
 
 impl Cluster {
     fn new(extra: &'static [&'static str]) -> Self {
-        let (raft, resp) = (free_addrs(3), free_addrs(3));
+        // One call: the six ports are distinct (two calls could hand out one port twice).
+        let mut addrs = free_addrs(6);
+        let resp = addrs.split_off(3);
+        let raft = addrs;
         let mut cluster =
             Self { dir: tempfile::tempdir().unwrap(), raft, resp, nodes: vec![None, None, None], extra };
         for i in 0..3 {
@@ -259,6 +262,9 @@ async fn sigkill_under_load_loses_no_acknowledged_write_with_shards() {
 /// Kills one node after another under load for `default_secs` (or `CREMA_CHAOS_SECS`), then
 /// all three at once, and checks every acknowledged write each time.
 async fn chaos(extra: &'static [&'static str], default_secs: u64) {
+    // One chaos cluster at a time: two would share the two cores and each other's ports.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _serial = SERIAL.lock().await;
     let seed: u64 =
         std::env::var("CREMA_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1

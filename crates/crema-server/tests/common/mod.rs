@@ -138,8 +138,9 @@ pub fn start_cluster_with(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Vec
 }
 
 fn try_start_cluster(n: usize, extra: &impl Fn(usize) -> Vec<String>) -> Result<Vec<Node>, String> {
-    let raft = free_addrs(n);
-    let resp = free_addrs(n);
+    // One call: the ports are distinct (two calls could hand out one port twice).
+    let mut raft = free_addrs(2 * n);
+    let resp = raft.split_off(n);
     (0..n)
         .map(|i| {
             let id = (i + 1).to_string();
