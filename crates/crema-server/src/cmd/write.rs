@@ -92,7 +92,7 @@ impl PreparedWrite {
             }
             SetRange { key, value, .. } => key.len() + value.len(),
             PutMany { pairs, .. } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
-            Acl(_) => 0,
+            Acl(_) | Placement(_) => 0,
             DeleteMany { keys } | Evict { keys } => keys.iter().map(|k| k.len()).sum(),
             Delete { key }
             | IncrBy { key, .. }

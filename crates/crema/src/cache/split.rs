@@ -160,7 +160,7 @@ fn parts(router: &ShardRouter, command: &CacheCommand) -> Result<Parts, CommandE
         | Expire { key, .. }
         | Persist { key } => Parts::One(router.shard_for_key(key)),
         Clear => Parts::Every,
-        Acl(_) => Parts::One(META_SHARD),
+        Acl(_) | Placement(_) => Parts::One(META_SHARD),
         DeleteMany { keys } | Evict { keys } => {
             let mut by_shard: BTreeMap<ShardId, Vec<Bytes>> = BTreeMap::new();
             for key in keys {

@@ -173,6 +173,7 @@ pub(crate) fn apply_command(x: &Target<'_>, command: &CacheCommand) -> ApplyOutp
         Transaction(transaction) => transaction.apply(x),
         // The state machine applies a change on its own; here only inside a batch.
         Acl(_) => ApplyOutput::Failed(ApplyError::AclRule),
+        Placement(_) => ApplyOutput::Int(0),
         Persist { key } => match x.entry(key) {
             Some(StoredValue { value, expires_at_ms: Some(_) }) => {
                 x.insert(key, value, None);

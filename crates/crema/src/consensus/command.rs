@@ -25,6 +25,7 @@ use crate::config::MAX_TTL;
 use crate::consensus::long_double::LongDouble;
 use crate::consensus::sessions::SessionStamp;
 use crate::consensus::transaction::Transaction;
+use crate::multiraft::map_store::PlacementChange;
 
 /// Version byte leading an encoded command without a write session.
 pub const COMMAND_FORMAT_VERSION: u8 = 1;
@@ -177,6 +178,10 @@ pub enum CacheCommand {
     /// A change to the group's ACL users (see [`crate::acl`]); never inside a batch or a
     /// transaction. Output: as [`AclChange`] says.
     Acl(AclChange),
+    /// A change of the shard map, in the meta shard only (see
+    /// [`crate::multiraft::placement`]); never inside a batch or a transaction. Output: as
+    /// [`PlacementChange`] says.
+    Placement(PlacementChange),
 }
 
 /// What a write does to a key's expiry.
@@ -286,6 +291,9 @@ pub enum CommandError {
     /// An ACL change over the limits of [`crate::acl`].
     #[error("too many ACL rules or users, or a rule too long")]
     AclTooLarge,
+    /// A shard map change that names no members, unsorted ones or too many.
+    #[error("invalid shard placement")]
+    BadPlacement,
     /// The bytes are not a command of a version this build knows.
     #[error("cannot decode command: {0}")]
     Decode(String),
@@ -349,9 +357,11 @@ impl CacheCommand {
             Clear => Ok(()),
             Acl(change) if change.within_limits() => Ok(()),
             Acl(_) => Err(CommandError::AclTooLarge),
+            Placement(change) if change.within_limits() => Ok(()),
+            Placement(_) => Err(CommandError::BadPlacement),
             Batch(commands) => {
                 if commands.is_empty()
-                    || commands.iter().any(|c| matches!(c, Batch(_) | Transaction(_) | Acl(_)))
+                    || commands.iter().any(|c| matches!(c, Batch(_) | Transaction(_) | Acl(_) | Placement(_)))
                 {
                     return Err(CommandError::BadBatch);
                 }
@@ -374,6 +384,7 @@ impl CacheCommand {
             GetEx { key, .. } | Expire { key, .. } | Persist { key } => key.len() + 24,
             Clear => 2,
             Acl(change) => change.encoded_len_hint(),
+            Placement(change) => change.encoded_len_hint(),
             Batch(commands) => commands.iter().map(CacheCommand::encoded_len_hint).sum::<usize>() + 4,
             Transaction(transaction) => transaction.encoded_len_hint(),
         }
@@ -543,7 +554,23 @@ pub(crate) mod tests {
             proptest::collection::vec(bytes(), 0..4).prop_map(|keys| CacheCommand::Evict { keys }),
             any_transaction(),
             any_acl_change(),
+            any_placement_change(),
         ]
+    }
+
+    fn any_placement_change() -> impl Strategy<Value = CacheCommand> {
+        use crate::multiraft::{PlacementChange, ShardMap};
+        let nodes =
+            proptest::collection::btree_set(1u64..20, 1..6).prop_map(|n| n.into_iter().collect::<Vec<_>>());
+        prop_oneof![
+            (1u32..20, nodes.clone())
+                .prop_map(|(shards, nodes)| PlacementChange::Init(ShardMap::initial(shards, &nodes, 3))),
+            (any::<u32>(), any::<u64>(), nodes)
+                .prop_map(|(shard_id, epoch, members)| PlacementChange::Move { shard_id, epoch, members }),
+            (any::<u32>(), any::<u64>())
+                .prop_map(|(shard_id, epoch)| PlacementChange::Settle { shard_id, epoch }),
+        ]
+        .prop_map(CacheCommand::Placement)
     }
 
     fn any_acl_change() -> impl Strategy<Value = CacheCommand> {

@@ -36,11 +36,16 @@ pub use crate::consensus::apply::{ApplyError, ApplyOutput};
 use crate::consensus::command::{CacheCommand, CommandError, StampedCommand};
 use crate::consensus::sessions::{Sessions, SessionsData};
 use crate::consensus::versions::{KeyVersions, VersionsData};
+use crate::multiraft::map_store::ShardMapStore;
+use crate::multiraft::ShardMap;
 use crate::types::NodeId;
 
 /// Version byte leading snapshot data. Versions 1 (no record of key versions), 2 (no write
-/// sessions) and 3 (no ACL users) are still read.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 4;
+/// sessions), 3 (no ACL users) and 4 (no shard map) are still read.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 5;
+
+/// The snapshot version before the shard map.
+const SNAPSHOT_FORMAT_V4: u8 = 4;
 
 /// The snapshot version before the ACL users.
 const SNAPSHOT_FORMAT_V3: u8 = 3;
@@ -68,6 +73,19 @@ struct SnapshotData {
     /// Empty when decoded from a snapshot of version 1 or 2.
     sessions: SessionsData,
     /// Empty when decoded from a snapshot before version 4.
+    acl: AclData,
+    /// Empty when decoded from a snapshot before version 5, and outside the meta shard.
+    shard_map: ShardMap,
+}
+
+/// Snapshot data of format version 4.
+#[derive(Serialize, Deserialize)]
+struct SnapshotDataV4 {
+    log_time_ms: u64,
+    members: Vec<(NodeId, SocketAddr)>,
+    entries: Vec<SnapshotEntry>,
+    versions: Option<VersionsData>,
+    sessions: SessionsData,
     acl: AclData,
 }
 
@@ -112,6 +130,7 @@ pub struct CacheStateMachine {
     /// Written by the group task only; shared with the snapshot source.
     sessions: Arc<Mutex<Sessions>>,
     acl: Arc<AclStore>,
+    shard_map: Arc<ShardMapStore>,
 }
 
 impl CacheStateMachine {
@@ -124,7 +143,14 @@ impl CacheStateMachine {
             versions: Arc::default(),
             sessions: Arc::default(),
             acl: Arc::default(),
+            shard_map: Arc::default(),
         }
+    }
+
+    /// The shard map this group applied (the meta shard's is the cluster's; see
+    /// [`crate::multiraft::placement`]).
+    pub fn shard_map(&self) -> &Arc<ShardMapStore> {
+        &self.shard_map
     }
 
     /// The group's ACL users (shared with the server, which reads them).
@@ -157,9 +183,10 @@ impl CacheStateMachine {
         let t = self.storage.log_time_ms().max(stamped.now_ms);
         self.storage.advance_log_time(t);
         let target = Target { storage: &self.storage, versions: &self.versions, index, t };
-        let acl = &self.acl;
+        let (acl, shard_map) = (&self.acl, &self.shard_map);
         let run = || match &stamped.command {
             CacheCommand::Acl(change) => acl.apply(change),
+            CacheCommand::Placement(change) => shard_map.apply(change),
             command => apply_command(&target, command),
         };
         match &stamped.session {
@@ -187,7 +214,14 @@ impl CacheStateMachine {
     /// Encodes every entry live at the log time (entries already expired are dropped), the log
     /// time and the member address book.
     pub fn snapshot_data(&self) -> Vec<u8> {
-        encode_snapshot(&self.storage, &self.members, &self.versions, &self.sessions, &self.acl)
+        encode_snapshot(
+            &self.storage,
+            &self.members,
+            &self.versions,
+            &self.sessions,
+            &self.acl,
+            &self.shard_map,
+        )
     }
 
     /// The record of key changes that `WATCH` is decided with.
@@ -211,6 +245,7 @@ impl CacheStateMachine {
         let versions = Some(self.versions.data());
         let sessions = self.sessions.lock().expect("sessions poisoned").data();
         let acl = self.acl.data();
+        let shard_map = self.shard_map.data();
         Some(move || {
             let entries = storage
                 .finish_capture(log_time_ms)?
@@ -221,7 +256,15 @@ impl CacheStateMachine {
                     expires_at_ms,
                 })
                 .collect();
-            Some(SnapshotCapture(SnapshotData { log_time_ms, members, entries, versions, sessions, acl }))
+            Some(SnapshotCapture(SnapshotData {
+                log_time_ms,
+                members,
+                entries,
+                versions,
+                sessions,
+                acl,
+                shard_map,
+            }))
         })
     }
 
@@ -232,7 +275,8 @@ impl CacheStateMachine {
         let versions = self.versions.clone();
         let sessions = self.sessions.clone();
         let acl = self.acl.clone();
-        move || encode_snapshot(&storage, &members, &versions, &sessions, &acl)
+        let shard_map = self.shard_map.clone();
+        move || encode_snapshot(&storage, &members, &versions, &sessions, &acl, &shard_map)
     }
 
     /// Replaces the whole state with snapshot `data` taken at `index`; answers the entry count.
@@ -256,6 +300,7 @@ impl CacheStateMachine {
         }
         *self.members.lock().expect("members poisoned") = decoded.members.into_iter().collect();
         self.acl.restore(decoded.acl);
+        self.shard_map.restore(decoded.shard_map);
         self.applied_index = index;
         Ok(count)
     }
@@ -270,6 +315,7 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotData, CommandError> {
             versions: None,
             sessions: SessionsData::default(),
             acl: AclData::default(),
+            shard_map: ShardMap::default(),
         }),
         Some((&SNAPSHOT_FORMAT_VERSION, rest)) => {
             let data: SnapshotData =
@@ -280,6 +326,23 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotData, CommandError> {
             Sessions::from_data(data.sessions.clone()).map_err(CommandError::Decode)?;
             Ok(data)
         }
+        Some((&SNAPSHOT_FORMAT_V4, rest)) => {
+            let SnapshotDataV4 { log_time_ms, members, entries, versions, sessions, acl } =
+                postcard::from_bytes(rest).map_err(|e| CommandError::Decode(e.to_string()))?;
+            if let Some(versions) = &versions {
+                versions.check().map_err(CommandError::Decode)?;
+            }
+            Sessions::from_data(sessions.clone()).map_err(CommandError::Decode)?;
+            Ok(SnapshotData {
+                log_time_ms,
+                members,
+                entries,
+                versions,
+                sessions,
+                acl,
+                shard_map: ShardMap::default(),
+            })
+        }
         Some((&SNAPSHOT_FORMAT_V3, rest)) => {
             let SnapshotDataV3 { log_time_ms, members, entries, versions, sessions } =
                 postcard::from_bytes(rest).map_err(|e| CommandError::Decode(e.to_string()))?;
@@ -287,7 +350,15 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotData, CommandError> {
                 versions.check().map_err(CommandError::Decode)?;
             }
             Sessions::from_data(sessions.clone()).map_err(CommandError::Decode)?;
-            Ok(SnapshotData { log_time_ms, members, entries, versions, sessions, acl: AclData::default() })
+            Ok(SnapshotData {
+                log_time_ms,
+                members,
+                entries,
+                versions,
+                sessions,
+                acl: AclData::default(),
+                shard_map: ShardMap::default(),
+            })
         }
         Some((&SNAPSHOT_FORMAT_V2, rest)) => {
             let SnapshotDataV2 { log_time_ms, members, entries, versions } =
@@ -302,6 +373,7 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotData, CommandError> {
                 versions,
                 sessions: SessionsData::default(),
                 acl: AclData::default(),
+                shard_map: ShardMap::default(),
             })
         }
         Some((&SNAPSHOT_FORMAT_V1, rest)) => {
@@ -314,6 +386,7 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotData, CommandError> {
                 versions: None,
                 sessions: SessionsData::default(),
                 acl: AclData::default(),
+                shard_map: ShardMap::default(),
             })
         }
         Some((v, _)) => Err(CommandError::Decode(format!("unknown snapshot version {v}"))),
@@ -337,6 +410,7 @@ fn capture(
     versions: &KeyVersions,
     sessions: &Mutex<Sessions>,
     acl: &AclStore,
+    shard_map: &ShardMapStore,
 ) -> SnapshotData {
     let log_time_ms = storage.log_time_ms();
     let entries = storage
@@ -346,7 +420,15 @@ fn capture(
         .collect();
     let members = members.lock().expect("members poisoned").iter().map(|(k, v)| (*k, *v)).collect();
     let sessions = sessions.lock().expect("sessions poisoned").data();
-    SnapshotData { log_time_ms, members, entries, versions: Some(versions.data()), sessions, acl: acl.data() }
+    SnapshotData {
+        log_time_ms,
+        members,
+        entries,
+        versions: Some(versions.data()),
+        sessions,
+        acl: acl.data(),
+        shard_map: shard_map.data(),
+    }
 }
 
 /// Whether `data` is snapshot data this build can restore: decodes it and changes nothing. The
@@ -365,8 +447,9 @@ fn encode_snapshot(
     versions: &KeyVersions,
     sessions: &Mutex<Sessions>,
     acl: &AclStore,
+    shard_map: &ShardMapStore,
 ) -> Vec<u8> {
-    SnapshotCapture(capture(storage, members, versions, sessions, acl)).encode()
+    SnapshotCapture(capture(storage, members, versions, sessions, acl, shard_map)).encode()
 }
 
 #[cfg(test)]

@@ -205,6 +205,7 @@ fn a_snapshot_with_a_bad_version_bucket_is_refused() {
         versions: Some(versions),
         sessions: SessionsData::default(),
         acl: crate::acl::AclData::default(),
+        shard_map: ShardMap::default(),
     };
     let bytes = SnapshotCapture(data).encode();
     assert!(check_snapshot_data(&bytes).is_err());
@@ -276,4 +277,38 @@ fn restore_refuses_unknown_versions_and_keeps_state() {
     assert!(sm.restore(5, &[SNAPSHOT_FORMAT_VERSION, 0xff]).is_err());
     assert_eq!(sm.applied_index(), 1);
     assert_eq!(sm.storage().get(b"a"), Some(Bytes::from("1")));
+}
+
+#[test]
+fn snapshots_carry_the_shard_map_and_older_ones_restore_with_none() {
+    use crate::multiraft::PlacementChange;
+    let mut sm = machine();
+    let map = ShardMap::initial(8, &[1, 2, 3, 4, 5], 3);
+    let init = at(1, CacheCommand::Placement(PlacementChange::Init(map.clone())));
+    assert_eq!(sm.apply(1, &init), ApplyOutput::Int(1));
+    let moving = PlacementChange::Move { shard_id: 3, epoch: 1, members: vec![1, 2, 5] };
+    assert_eq!(sm.apply(2, &at(2, CacheCommand::Placement(moving))), ApplyOutput::Int(1));
+    let mut restored = machine();
+    let changes = restored.shard_map().subscribe();
+    restored.restore(2, &sm.snapshot_data()).unwrap();
+    assert!(changes.has_changed().unwrap(), "a restore wakes the map's watchers");
+    assert_eq!(restored.shard_map().map(), sm.shard_map().map());
+    assert_eq!(restored.shard_map().placement(3).unwrap().members, vec![1, 2, 5]);
+    // A copy-on-write capture carries it too.
+    let captured = sm.capture_later().unwrap()().unwrap().encode();
+    let mut from_capture = machine();
+    from_capture.restore(2, &captured).unwrap();
+    assert_eq!(from_capture.shard_map().map(), sm.shard_map().map());
+    // A version-4 snapshot (before the shard map) of the same state.
+    let v4 = SnapshotDataV4 {
+        log_time_ms: 1,
+        members: Vec::new(),
+        entries: Vec::new(),
+        versions: None,
+        sessions: SessionsData::default(),
+        acl: AclData::default(),
+    };
+    let bytes = postcard::to_extend(&v4, vec![SNAPSHOT_FORMAT_V4]).unwrap();
+    restored.restore(3, &bytes).unwrap();
+    assert!(restored.shard_map().map().is_empty());
 }

@@ -147,7 +147,8 @@ impl Transaction {
                     CacheCommand::Batch(_)
                     | CacheCommand::Transaction(_)
                     | CacheCommand::Evict { .. }
-                    | CacheCommand::Acl(_),
+                    | CacheCommand::Acl(_)
+                    | CacheCommand::Placement(_),
                 ) => {
                     return Err(CommandError::BadTransaction);
                 }

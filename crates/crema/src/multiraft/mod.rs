@@ -11,12 +11,16 @@
 
 mod config;
 pub(crate) mod coordinator;
+pub mod map_store;
+pub mod placement;
 mod router;
 mod shard;
 mod slot;
 
 pub use config::MultiRaftCacheConfig;
 pub use coordinator::{MultiRaftBuilder, MultiRaftCoordinator, MultiRaftStats, ShardConfig};
+pub use map_store::{PlacementChange, ShardMapStore};
+pub use placement::{Move, PlacementPolicy, ShardMap, ShardPlacement};
 pub use router::{ShardRouter, MAX_SHARDS};
 pub use shard::{ShardInfo, ShardState};
 pub use slot::{hash_tag, key_slot, shard_for_slot, ShardRange, SLOTS};
