@@ -66,7 +66,7 @@ impl GroupBench {
                 max_key_bytes: config.max_key_bytes,
                 max_value_bytes: config.max_value_bytes,
             };
-            let dispatcher = Arc::new(Dispatcher::new(id, limits));
+            let dispatcher = Arc::new(Dispatcher::new(id, limits, config.request_timeout));
             listener.set_nonblocking(true)?;
             let transport = Transport::start(
                 TransportConfig {
@@ -87,6 +87,7 @@ impl GroupBench {
             for (p, addr) in addrs.iter().enumerate().filter(|(p, _)| *p != i) {
                 transport.add_peer(p as u64 + 1, Some(*addr));
             }
+            let table = Arc::new(crate::cache::table::ShardTable::new(groups as u32));
             let mut handles = Vec::with_capacity(groups);
             let mut storages = Vec::with_capacity(groups);
             for shard in 0..groups as ShardId {
@@ -110,11 +111,16 @@ impl GroupBench {
                 let sm = CacheStateMachine::new(storage.clone());
                 let store = MemStorage::new_with_conf_state(&voters);
                 let (handle, task) = spawn_group(settings, store, sm, transport.clone(), cancel.clone())?;
+                table.insert(crate::cache::shard::Shard {
+                    id: shard,
+                    group: handle.clone(),
+                    storage: storage.clone(),
+                });
                 handles.push(handle);
                 storages.push(storage);
                 tasks.push(task);
             }
-            dispatcher.attach(handles.clone());
+            dispatcher.attach(table);
             transport.open();
             started.push(BenchNode { transport, dispatcher, groups: handles, storages });
         }

@@ -207,6 +207,12 @@ pub struct CacheConfig {
     /// Multi-Raft: how many shards (Raft groups) the keys are split into; off by default (one
     /// group).
     pub multiraft: MultiRaftCacheConfig,
+    /// With Multi-Raft, the voting replicas of each shard (default 3; 1 to 15): each shard
+    /// lives on this many nodes, spread evenly (see [`crate::multiraft::placement`]); with
+    /// fewer nodes, on all of them. The meta shard (shard 0) also has every other node as a
+    /// non-voting learner, so every node reads the shard map. Every node of a cluster must be
+    /// started with the same value.
+    pub replica_factor: usize,
     /// How this node finds the others and watches their health (see [`crate::discovery`]);
     /// none: no discovery, membership managed by hand. Multi-Raft needs one.
     pub cluster_discovery: Option<std::sync::Arc<dyn crate::discovery::ClusterDiscovery>>,
@@ -255,6 +261,7 @@ impl CacheConfig {
             cluster_secret: None,
             peer_tls: None,
             multiraft: MultiRaftCacheConfig::default(),
+            replica_factor: 3,
             cluster_discovery: None,
             #[cfg(feature = "fault-injection")]
             faults: None,
@@ -265,6 +272,12 @@ impl CacheConfig {
     /// each its own Raft group (see [`crate::multiraft`]).
     pub fn with_multiraft_config(mut self, multiraft: MultiRaftCacheConfig) -> Self {
         self.multiraft = multiraft;
+        self
+    }
+
+    /// Sets the voting replicas of each shard (see [`Self::replica_factor`]).
+    pub fn with_replica_factor(mut self, replicas: usize) -> Self {
+        self.replica_factor = replicas;
         self
     }
 
@@ -427,7 +440,38 @@ impl CacheConfig {
         self
     }
 
-    /// Ids of the initial voters: this node and every seed, sorted, without duplicates.
+    /// The first shard map of the cluster, computed alike on every node from the seed list
+    /// and `replica_factor` (see [`crate::multiraft::ShardMap::initial`]); none with one shard.
+    pub fn initial_shard_map(&self) -> Option<crate::multiraft::ShardMap> {
+        (self.shard_count() > 1).then(|| {
+            crate::multiraft::ShardMap::initial(
+                self.shard_count(),
+                &self.initial_voters(),
+                self.replica_factor,
+            )
+        })
+    }
+
+    /// The voters and learners shard `shard`'s group starts with on this node: nothing for a
+    /// node that joins a running cluster; else its members in the first shard map (every
+    /// seed node with one shard), and for the meta shard every other seed node as a learner.
+    /// None when this node holds no replica of the shard at first.
+    pub(crate) fn initial_conf(&self, shard: crate::types::ShardId) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+        if self.join {
+            return Some((Vec::new(), Vec::new()));
+        }
+        let nodes = self.initial_voters();
+        let Some(map) = self.initial_shard_map() else { return Some((nodes, Vec::new())) };
+        let voters = map.shard(shard).map(|p| p.members.clone()).unwrap_or_default();
+        if shard == crate::types::DEFAULT_SHARD {
+            let learners = nodes.into_iter().filter(|n| !voters.contains(n)).collect();
+            return Some((voters, learners));
+        }
+        voters.contains(&self.node_id).then(|| (voters, Vec::new()))
+    }
+
+    /// Ids of the initial nodes: this node and every seed, sorted, without duplicates (the
+    /// voters of every shard without placement).
     pub fn initial_voters(&self) -> Vec<NodeId> {
         let mut voters: Vec<NodeId> = self.seed_nodes.iter().map(|(id, _)| *id).collect();
         voters.push(self.node_id);
@@ -489,6 +533,13 @@ impl CacheConfig {
             }
         }
         self.multiraft.validate()?;
+        let most = crate::multiraft::map_store::MAX_PLACED_REPLICAS - 1;
+        if self.replica_factor == 0 || self.replica_factor > most {
+            return Err(invalid(format!(
+                "replica_factor must be between 1 and {most}, got {}",
+                self.replica_factor
+            )));
+        }
         if self.multiraft.enabled && self.cluster_discovery.is_none() {
             return Err(invalid(
                 "Multi-Raft needs a cluster discovery (with_cluster_discovery): MemberlistDiscovery, \

@@ -24,6 +24,8 @@ fn bad_settings_are_named() {
         (base().with_max_value_size(MAX_FRAME_BYTES), "max_value_bytes"),
         (base().with_seed_nodes(vec![(0, "127.0.0.1:2".parse().unwrap())]), "id 0"),
         (base().with_request_timeout(Duration::ZERO), "request_timeout"),
+        (base().with_replica_factor(0), "replica_factor"),
+        (base().with_replica_factor(16), "replica_factor"),
     ];
     for (config, needle) in cases {
         let err = config.validate().unwrap_err().to_string();
@@ -39,4 +41,31 @@ fn initial_voters_include_self_once() {
         (2, "127.0.0.1:2".parse().unwrap()),
     ]);
     assert_eq!(c.initial_voters(), vec![1, 2, 3]);
+}
+
+#[test]
+fn the_first_conf_of_each_shard_follows_the_initial_map() {
+    let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+    let seeds = [(2, addr(2)), (3, addr(3)), (4, addr(4)), (5, addr(5))];
+    let sharded = |id: NodeId| {
+        CacheConfig::new(id, addr(id as u16))
+            .with_seed_nodes(seeds.iter().copied().filter(|(s, _)| *s != id).chain([(1, addr(1))]).collect())
+            .with_multiraft_config(MultiRaftCacheConfig {
+                enabled: true,
+                num_shards: 4,
+                ..Default::default()
+            })
+    };
+    let map = sharded(1).initial_shard_map().unwrap();
+    assert_eq!(Some(&map), sharded(5).initial_shard_map().as_ref(), "every node computes the same map");
+    // The meta shard: its three voters, every other node a learner.
+    assert_eq!(sharded(1).initial_conf(0), Some((vec![1, 2, 3], vec![4, 5])));
+    assert_eq!(sharded(5).initial_conf(0), Some((vec![1, 2, 3], vec![4, 5])));
+    // Shard 1 on nodes 4, 5 and 1; node 2 holds none of it at first.
+    assert_eq!(sharded(4).initial_conf(1), Some((vec![1, 4, 5], vec![])));
+    assert_eq!(sharded(2).initial_conf(1), None);
+    // A joining node starts empty; one group means every node is a voter.
+    assert_eq!(sharded(2).with_join(true).initial_conf(1), Some((vec![], vec![])));
+    assert_eq!(base().initial_shard_map(), None);
+    assert_eq!(base().initial_conf(0), Some((vec![1], vec![])));
 }

@@ -40,7 +40,9 @@ pub fn peer_stream(bytes: &[u8]) -> usize {
             | Envelope::AuthChallenge { .. }
             | Envelope::AuthProof { .. }
             | Envelope::Ping
-            | Envelope::Hibernate { .. } => {}
+            | Envelope::Hibernate { .. }
+            | Envelope::Read { .. }
+            | Envelope::ReadReply { .. } => {}
         }
     }
     decoded

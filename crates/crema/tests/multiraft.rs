@@ -234,14 +234,14 @@ async fn the_coordinator_reports_shards_leaders_and_hints() {
 
 #[tokio::test]
 async fn the_builder_starts_a_sharded_node_and_checks_its_replica_factor() {
-    let refused = crema::MultiRaftBuilder::new(1).num_shards(4).replica_factor(3).build_and_init().await;
+    let refused = crema::MultiRaftBuilder::new(1).num_shards(4).replica_factor(0).build_and_init().await;
     match refused {
         Err(Error::Config(e)) => assert!(e.to_string().contains("replica_factor"), "{e}"),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
     let coordinator = crema::MultiRaftBuilder::new(1)
         .num_shards(8)
-        .replica_factor(1)
+        .replica_factor(3)
         .shard_capacity(1_000)
         .default_ttl(Duration::from_secs(60))
         .build_and_init()

@@ -6,12 +6,13 @@
 //! recovering) leaves the leader where it was; the next look tries again.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::consensus::group::GroupHandle;
+use super::table::ShardTable;
 use crate::types::{NodeId, ShardId};
 
 /// One shard as a node sees it: its id, its leader, its voters.
@@ -43,7 +44,7 @@ pub(crate) fn plan_transfer(me: NodeId, shards: &[ShardView]) -> Option<(ShardId
 /// Every `interval`, starts the transfer [`plan_transfer`] picks for this node.
 pub(super) async fn balance_leaders(
     me: NodeId,
-    groups: Vec<GroupHandle>,
+    table: Arc<ShardTable>,
     interval: Duration,
     cancel: CancellationToken,
 ) {
@@ -52,6 +53,7 @@ pub(super) async fn balance_leaders(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+        let groups = table.groups();
         let view: Vec<ShardView> = groups
             .iter()
             .filter(|g| !g.shared.removed())

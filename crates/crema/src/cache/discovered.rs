@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::membership::Membership;
-use crate::consensus::group::GroupHandle;
+use super::table::ShardTable;
 use crate::discovery::{ClusterDiscovery, DiscoveryEvent, NodeHealth, PeerManagementConfig, ShardLeaderHint};
 use crate::multiraft::coordinator::CoordinatorState;
 use crate::types::{NodeId, ShardId};
@@ -31,7 +31,7 @@ pub(super) struct Discovered {
     pub discovery: Arc<dyn ClusterDiscovery>,
     pub membership: Membership,
     pub coordinator: Arc<CoordinatorState>,
-    pub groups: Vec<GroupHandle>,
+    pub table: Arc<ShardTable>,
     /// How long leader changes gather before they are broadcast.
     pub debounce: Duration,
 }
@@ -86,7 +86,10 @@ impl Discovered {
 
     /// Whether `id` is a voter or learner of any shard on this node (its link stays).
     fn is_member(&self, id: NodeId) -> bool {
-        self.groups.iter().any(|g| g.shared.voters().contains(&id) || g.shared.learners().contains(&id))
+        self.table
+            .groups()
+            .iter()
+            .any(|g| g.shared.voters().contains(&id) || g.shared.learners().contains(&id))
     }
 
     /// One voter change, when this node leads the meta shard and the policy allows one.
@@ -143,7 +146,7 @@ impl Discovered {
     fn broadcast_leaderships(&self, broadcast: &mut HashMap<ShardId, u64>) {
         let me = self.membership.node_id;
         let mut changed = Vec::new();
-        for group in &self.groups {
+        for group in &self.table.groups() {
             let shared = &group.shared;
             if !shared.is_leader() {
                 continue;

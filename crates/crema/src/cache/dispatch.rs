@@ -20,6 +20,8 @@ use raft::eraftpb::Message;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::remote::{serve_read, RemoteReads};
+use super::table::ShardTable;
 use crate::consensus::admit::{self, Reject, WarnThrottle};
 use crate::consensus::command::{CommandError, CommandLimits, StampedCommand};
 use crate::consensus::group::GroupHandle;
@@ -40,8 +42,12 @@ struct PeerState {
 /// Routes inbound envelopes to groups and the forwarder.
 pub(crate) struct Dispatcher {
     node_id: NodeId,
-    groups: OnceLock<Vec<GroupHandle>>,
+    table: OnceLock<Arc<ShardTable>>,
     pub forwarder: Forwarder,
+    /// Reads this node sent to the holders of shards it does not hold (see `cache::remote`).
+    pub remote_reads: RemoteReads,
+    /// How long a peer's read may take here.
+    read_timeout: Duration,
     pub tasks: TaskTracker,
     pub limits: CommandLimits,
     snapshots: Mutex<SnapshotAssembler>,
@@ -54,11 +60,13 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(node_id: NodeId, limits: CommandLimits) -> Self {
+    pub fn new(node_id: NodeId, limits: CommandLimits, read_timeout: Duration) -> Self {
         Self {
             node_id,
-            groups: OnceLock::new(),
+            table: OnceLock::new(),
             forwarder: Forwarder::default(),
+            remote_reads: RemoteReads::default(),
+            read_timeout,
             tasks: TaskTracker::new(),
             limits,
             snapshots: Mutex::default(),
@@ -68,18 +76,29 @@ impl Dispatcher {
         }
     }
 
-    /// Hands the node's groups to the dispatcher, and to them the handshakes that arrived
-    /// before they existed (a recovering group needs every one).
-    pub fn attach(&self, groups: Vec<GroupHandle>) {
-        let groups = self.groups.get_or_init(|| groups);
+    /// Hands the node's replicas to the dispatcher, and to their groups the handshakes that
+    /// arrived before they existed (a recovering group needs every one).
+    pub fn attach(&self, table: Arc<ShardTable>) {
+        let table = self.table.get_or_init(|| table);
+        for group in table.groups() {
+            self.introduce(&group);
+        }
+    }
+
+    /// Tells a group that joined the node after its peers connected what their handshakes
+    /// said.
+    pub fn introduce(&self, group: &GroupHandle) {
         let peers: Vec<_> = (self.peers.lock().expect("peers poisoned").iter())
             .map(|(peer, state)| (*peer, state.positions.clone()))
             .collect();
         for (peer, positions) in peers {
-            for group in groups {
-                group.hello(peer, false, position_of(&positions, group));
-            }
+            group.hello(peer, false, position_of(&positions, group));
         }
+    }
+
+    /// The groups of the replicas held now (none before `attach`).
+    fn groups(&self) -> Vec<GroupHandle> {
+        self.table.get().map(|t| t.groups()).unwrap_or_default()
     }
 
     /// Peer messages dropped by the dispatcher's checks.
@@ -129,14 +148,14 @@ impl Dispatcher {
         if let Err(reason) = admit::check_from_peer(&msg, from, self.node_id) {
             return self.reject(from, shard, reason);
         }
-        match self.group(shard) {
-            Some(group) => group.step(msg),
-            None => warn!(from, shard, "raft message for an unknown shard dropped"),
+        if self.with_group(shard, |group| group.step(msg)).is_none() {
+            debug!(from, shard, "raft message for a shard not held here dropped");
         }
     }
 
-    fn group(&self, shard: ShardId) -> Option<&GroupHandle> {
-        self.groups.get()?.get(shard as usize)
+    /// Calls `f` with shard `shard`'s group, if this node holds a replica of it.
+    fn with_group<T>(&self, shard: ShardId, f: impl FnOnce(&GroupHandle) -> T) -> Option<T> {
+        self.table.get()?.with(shard, |s| f(&s.group))
     }
 
     fn on_forward(
@@ -158,12 +177,12 @@ impl Dispatcher {
             ))),
         });
         let ticket = ForwardTicket { transport: transport.clone(), to: from, request_id };
-        match (checked, self.group(shard)) {
+        match (checked, self.table.get().and_then(|t| t.get(shard))) {
             (Err(e), _) => ticket.answer(Err(e.into())),
             (Ok(()), None) => ticket.answer(Err(Error::Transport(TransportError::Remote(format!(
                 "no shard {shard} on this node"
             ))))),
-            (Ok(()), Some(group)) => group.propose_forwarded(command, ticket, &self.tasks),
+            (Ok(()), Some(held)) => held.group.propose_forwarded(command, ticket, &self.tasks),
         }
     }
 }
@@ -193,6 +212,18 @@ impl Inbound for Dispatcher {
                 self.on_forward(transport, from, shard, request_id, command);
             }
             Envelope::ForwardReply { request_id, result } => self.forwarder.complete(request_id, result),
+            Envelope::Read { shard, request_id, linearizable, read } => {
+                let Some(table) = self.table.get().cloned() else { return };
+                self.tasks.spawn(serve_read(
+                    table,
+                    transport.clone(),
+                    (from, request_id),
+                    (shard, linearizable, read),
+                    self.read_timeout,
+                    crate::config::MAX_FRAME_BYTES,
+                ));
+            }
+            Envelope::ReadReply { request_id, result } => self.remote_reads.complete(request_id, result),
             Envelope::SnapshotChunk { shard, transfer, header, total_len, offset, data } => {
                 let piece = Piece { transfer, header, total_len, offset, data };
                 let assembled = self.snapshots.lock().expect("snapshot assembler poisoned").accept(
@@ -210,10 +241,11 @@ impl Inbound for Dispatcher {
                     Err(e) => warn!(from, shard, error = %e, "snapshot transfer dropped"),
                 }
             }
-            Envelope::Hibernate { shard, term, commit } => match self.group(shard) {
-                Some(group) => group.hibernate_notice(from, term, commit),
-                None => debug!(from, shard, "hibernation notice for an unknown shard dropped"),
-            },
+            Envelope::Hibernate { shard, term, commit } => {
+                if self.with_group(shard, |group| group.hibernate_notice(from, term, commit)).is_none() {
+                    debug!(from, shard, "hibernation notice for a shard not held here dropped");
+                }
+            }
             // A ping's whole meaning is that `from` was heard from (`is_current` noted it).
             Envelope::Ping => {}
             Envelope::Hello { .. } | Envelope::AuthChallenge { .. } | Envelope::AuthProof { .. } => {}
@@ -227,16 +259,16 @@ impl Inbound for Dispatcher {
         if restarted {
             info!(peer = from, incarnation, "the peer restarted (a new incarnation)");
         }
-        for group in self.groups.get().map(Vec::as_slice).unwrap_or_default() {
+        for group in &self.groups() {
             group.hello(from, restarted, position_of(&positions, group));
         }
     }
 
     fn is_joining(&self) -> bool {
-        self.groups.get().is_some_and(|groups| groups.iter().all(|g| g.shared.voters().is_empty()))
+        self.table.get().is_some_and(|t| t.groups().iter().all(|g| g.shared.voters().is_empty()))
     }
 
     fn local_positions(&self) -> Vec<GroupPosition> {
-        self.groups.get().map(Vec::as_slice).unwrap_or_default().iter().map(|g| g.shared.position()).collect()
+        self.groups().iter().map(|g| g.shared.position()).collect()
     }
 }

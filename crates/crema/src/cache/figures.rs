@@ -12,15 +12,16 @@ use crate::types::{NodeId, ShardId};
 impl DistributedCache {
     /// Leader changes of shard `shard`'s group seen by this node (0 for a shard it does not hold).
     pub fn shard_leader_changes(&self, shard: ShardId) -> u64 {
-        self.shards.get(shard as usize).map_or(0, |s| s.group.shared.leader_changes())
+        self.shards.with(shard, |s| s.group.shared.leader_changes()).unwrap_or(0)
     }
 
     /// Every shard replica on this node, from what its group last published (no round trip to
     /// the groups; see [`Self::cluster_status`] for their full status).
     pub fn shard_info(&self) -> Vec<ShardInfo> {
-        let total = self.shards.len() as u32;
+        let total = self.shards.num_shards();
         let stopped = self.end().is_some();
-        let live = self.shards.iter().filter(|s| !s.group.shared.removed());
+        let held = self.shards.held();
+        let live = held.iter().filter(|s| !s.group.shared.removed());
         live.map(|shard| {
             let shared = &shard.group.shared;
             let range = ShardRange { shard_id: shard.id, total_shards: total };
@@ -58,7 +59,7 @@ impl DistributedCache {
             peer_handshakes_refused: self.transport.handshakes_refused(),
             ..RaftFigures::default()
         };
-        for shard in &self.shards {
+        for shard in &self.shards.held() {
             let shared = &shard.group.shared;
             let f = &mut figures;
             f.leader_changes += shared.leader_changes();
@@ -85,7 +86,7 @@ impl DistributedCache {
     /// # Errors
     /// `Shutdown` once stopped, or for a shard this node does not hold.
     pub async fn shard_status(&self, shard: ShardId) -> Result<crate::GroupStatus> {
-        let shard = self.shards.get(shard as usize).ok_or(crate::Error::Shutdown)?;
+        let shard = self.shards.get(shard).ok_or(crate::Error::Shutdown)?;
         shard.group.status().await
     }
 
@@ -94,15 +95,16 @@ impl DistributedCache {
     /// # Errors
     /// `Shutdown` once stopped.
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
-        let mut shards = Vec::with_capacity(self.shards.len());
+        let held = self.shards.held();
+        let mut shards = Vec::with_capacity(held.len());
         // A replica removed from its shard is gone from this node: not reported.
-        for shard in self.shards.iter().filter(|s| !s.group.shared.removed()) {
+        for shard in held.iter().filter(|s| !s.group.shared.removed()) {
             let status = shard.group.status().await?;
             shards.push(ShardInfo::from_status(
                 &status,
                 shard.storage.entry_count(),
                 shard.storage.weighted_size(),
-                self.shards.len() as u32,
+                self.shards.num_shards(),
                 self.end().is_some(),
             ));
         }

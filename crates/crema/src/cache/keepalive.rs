@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::Dispatcher;
-use crate::consensus::group::GroupHandle;
+use super::table::ShardTable;
 use crate::transport::envelope::Envelope;
 use crate::transport::Transport;
 use crate::types::NodeId;
@@ -21,7 +21,7 @@ pub(super) struct KeepAlive {
     pub node_id: NodeId,
     pub transport: Arc<Transport>,
     pub dispatcher: Arc<Dispatcher>,
-    pub groups: Vec<GroupHandle>,
+    pub table: Arc<ShardTable>,
     /// How often it pings.
     pub period: Duration,
     /// A member not heard from for this long is silent.
@@ -33,7 +33,7 @@ pub(super) struct KeepAlive {
 /// Pings the peers every `period`, and wakes the hibernating groups with a member not heard
 /// from within `window`.
 pub(super) async fn keep_alive(beat: KeepAlive, cancel: CancellationToken) {
-    let KeepAlive { node_id, transport, dispatcher, groups, period, window, .. } = beat;
+    let KeepAlive { node_id, transport, dispatcher, table, period, window, .. } = beat;
     #[cfg(feature = "fault-injection")]
     let faults = beat.faults;
     let ping = Envelope::Ping.to_frame();
@@ -53,6 +53,7 @@ pub(super) async fn keep_alive(beat: KeepAlive, cancel: CancellationToken) {
             // A full queue means the peer is not reading: it will not hear this ping either.
             let _ = transport.send(peer, ping.clone());
         }
+        let groups = table.groups();
         if !groups.iter().any(|g| g.shared.is_hibernating()) {
             continue;
         }

@@ -34,7 +34,7 @@ impl DistributedCache {
             node_id: self.config.node_id,
             meta: self.meta().group.clone(),
             transport: self.transport.clone(),
-            shards: self.shards.len(),
+            shards: self.shards.num_shards() as usize,
             timeout: self.config.request_timeout,
         }
     }

@@ -20,14 +20,17 @@ mod figures;
 mod keepalive;
 pub mod keyspace;
 mod membership;
+mod placement;
 #[cfg(feature = "rocksdb")]
 mod recovery;
+mod remote;
 mod route;
-mod shard;
+pub(crate) mod shard;
 mod split;
 mod start;
 pub mod storage;
 mod supervisor;
+pub(crate) mod table;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -53,10 +56,11 @@ use dispatch::Dispatcher;
 pub use figures::RaftFigures;
 use keyspace::Keyspace;
 use shard::Shard;
-use split::{Plan, META_SHARD};
+use split::Plan;
 use storage::{unix_now_ms, CacheStats};
 pub use supervisor::NodeEnd;
 use supervisor::Supervisor;
+use table::ShardTable;
 
 /// The cluster as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,9 +101,13 @@ pub struct ClusterStatus {
 pub struct DistributedCache {
     config: CacheConfig,
     keyspace: Keyspace,
-    /// This node's replicas, shard `i` at index `i`.
-    shards: Vec<Shard>,
+    /// This node's replicas (see `cache::table`).
+    shards: Arc<ShardTable>,
+    /// Shard 0's replica, which every node holds (see `cache::split::META_SHARD`).
+    meta: Shard,
     acl: Arc<crate::acl::AclStore>,
+    /// The shard map as the meta shard applied it here.
+    shard_map: Arc<crate::multiraft::ShardMapStore>,
     coordinator: Arc<crate::multiraft::coordinator::CoordinatorState>,
     transport: Arc<Transport>,
     dispatcher: Arc<Dispatcher>,
@@ -254,17 +262,15 @@ impl DistributedCache {
         let written = async {
             match split::plan(self.keyspace.router(), command)? {
                 Plan::One(shard, command) => {
-                    let shard = self.shard(shard)?;
-                    self.route_write(shard, StampedCommand::new(now, command), deadline).await
+                    self.route_to(shard, StampedCommand::new(now, command), deadline).await
                 }
                 Plan::Split(split) => {
                     let pieces = split.pieces.iter().map(|(shard, commands)| async move {
-                        let shard = self.shard(*shard)?;
                         let command = match commands.as_slice() {
                             [one] => one.clone(),
                             many => CacheCommand::Batch(many.to_vec()),
                         };
-                        self.route_write(shard, StampedCommand::new(now, command), deadline).await
+                        self.route_to(*shard, StampedCommand::new(now, command), deadline).await
                     });
                     let mut outputs = Vec::with_capacity(split.pieces.len());
                     let mut index = 0;
@@ -291,9 +297,37 @@ impl DistributedCache {
         tokio::time::timeout_at(deadline, written).await.unwrap_or(Err(Error::Timeout(timeout)))
     }
 
+    /// Writes `stamped` to shard `shard`: through this node's replica when it holds one, else
+    /// through a node that does (see `cache::remote`).
+    async fn route_to(
+        &self,
+        shard: ShardId,
+        stamped: StampedCommand,
+        deadline: tokio::time::Instant,
+    ) -> Result<Applied> {
+        match self.shards.get(shard) {
+            Some(held) if held.group.shared.removed() => Err(Error::Shutdown),
+            Some(held) => self.route_write(&held, stamped, deadline).await,
+            None => self.route_remote_write(shard, stamped, deadline).await,
+        }
+    }
+
+    /// The shard map as this node's replica of the meta shard applied it: which nodes hold a
+    /// voting replica of each shard (see [`crate::multiraft::placement`]). Empty with one
+    /// shard, and until the meta shard's leader agreed the first map.
+    pub fn shard_map(&self) -> crate::multiraft::ShardMap {
+        self.shard_map.map()
+    }
+
+    /// Whether this node holds a replica of shard `shard` (every shard without placement).
+    /// Reads of a shard it does not hold go to a node that does ([`Self::read_entries`]).
+    pub fn holds_shard(&self, shard: ShardId) -> bool {
+        self.shards.holds(shard)
+    }
+
     /// Shard `id`'s replica on this node, while it runs.
-    fn shard(&self, id: ShardId) -> Result<&Shard> {
-        let shard = self.shards.get(id as usize).ok_or(Error::Shutdown)?;
+    fn shard(&self, id: ShardId) -> Result<Shard> {
+        let shard = self.shards.get(id).ok_or(Error::Shutdown)?;
         if shard.group.shared.removed() {
             return Err(Error::Shutdown);
         }
@@ -301,20 +335,27 @@ impl DistributedCache {
     }
 
     /// The replica of the shard that owns `key`.
-    fn shard_for_key(&self, key: &[u8]) -> Result<&Shard> {
+    fn shard_for_key(&self, key: &[u8]) -> Result<Shard> {
         self.shard(self.keyspace.router().shard_for_key(key))
     }
 
-    /// Shard 0: the cluster's ACL users, and the membership the peer links follow.
+    /// Shard 0: the cluster's ACL users and shard map, and the membership the peer links
+    /// follow. Every node holds it.
     fn meta(&self) -> &Shard {
-        &self.shards[META_SHARD as usize]
+        &self.meta
     }
 
     // ----- reads -----
 
-    /// The value of `key` in this node's cache: fast, may be stale on a follower.
+    /// The value of `key` in this node's cache: fast, may be stale on a follower. For a key
+    /// of a shard this node holds no replica of, the value a node that holds it has (none if
+    /// no such node answers within the request timeout).
     pub async fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.keyspace.get(key)
+        if self.holds_shard(self.keyspace.router().shard_for_key(key)) {
+            return self.keyspace.get(key);
+        }
+        let keys = [Bytes::copy_from_slice(key)];
+        self.read_entries(&keys, false).await.ok()?.pop().flatten().map(|e| e.value)
     }
 
     /// The value of `key`, linearizable: reflects every write acknowledged before the call began,
@@ -324,6 +365,10 @@ impl DistributedCache {
     /// No leader within the request timeout, timeout, shutdown.
     pub async fn consistent_get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.coordinator.count_operation();
+        if !self.holds_shard(self.keyspace.router().shard_for_key(key)) {
+            let keys = [Bytes::copy_from_slice(key)];
+            return Ok(self.read_entries(&keys, true).await?.pop().flatten().map(|e| e.value));
+        }
         self.read_barrier_for_key(key).await?;
         Ok(self.keyspace.get(key))
     }
@@ -337,7 +382,8 @@ impl DistributedCache {
     /// No leader within the request timeout, timeout, shutdown.
     pub async fn read_barrier(&self) -> Result<()> {
         self.check_running()?;
-        let barriers = self.shards.iter().map(|shard| self.shard_barrier(shard));
+        let held = self.shards.held();
+        let barriers = held.iter().map(|shard| self.shard_barrier(shard));
         futures_util::future::join_all(barriers).await.into_iter().collect()
     }
 
@@ -348,7 +394,7 @@ impl DistributedCache {
     /// As [`Self::read_barrier`].
     pub async fn read_barrier_for_key(&self, key: &[u8]) -> Result<()> {
         self.check_running()?;
-        self.shard_barrier(self.shard_for_key(key)?).await
+        self.shard_barrier(&self.shard_for_key(key)?).await
     }
 
     /// [`Self::read_barrier`] for the shards `shards` only, together.
@@ -358,9 +404,9 @@ impl DistributedCache {
     pub async fn read_barrier_for_shards(&self, shards: &[ShardId]) -> Result<()> {
         self.check_running()?;
         if let [one] = shards {
-            return self.shard_barrier(self.shard(*one)?).await;
+            return self.shard_barrier(&self.shard(*one)?).await;
         }
-        let barriers = shards.iter().map(|id| async move { self.shard_barrier(self.shard(*id)?).await });
+        let barriers = shards.iter().map(|id| async move { self.shard_barrier(&self.shard(*id)?).await });
         futures_util::future::join_all(barriers).await.into_iter().collect()
     }
 
@@ -370,7 +416,7 @@ impl DistributedCache {
     /// As [`Self::read_barrier`]; `Shutdown` for a shard this node has no replica of.
     pub async fn read_barrier_for_shard(&self, shard: ShardId) -> Result<()> {
         self.check_running()?;
-        self.shard_barrier(self.shard(shard)?).await
+        self.shard_barrier(&self.shard(shard)?).await
     }
 
     async fn shard_barrier(&self, shard: &Shard) -> Result<()> {
@@ -404,9 +450,13 @@ impl DistributedCache {
         tokio::time::timeout_at(deadline, read).await.unwrap_or(Err(Error::Timeout(timeout)))
     }
 
-    /// Whether `key` has a live entry in this node's cache.
+    /// Whether `key` has a live entry in this node's cache (for a shard it does not hold, on
+    /// a node that does, as [`Self::get`]).
     pub async fn contains(&self, key: &[u8]) -> bool {
-        self.keyspace.contains(key)
+        if self.holds_shard(self.keyspace.router().shard_for_key(key)) {
+            return self.keyspace.contains(key);
+        }
+        self.get(key).await.is_some()
     }
 
     /// Entries in this node's cache (every shard).
@@ -427,8 +477,8 @@ impl DistributedCache {
 
     /// The index this node has applied in the shard of `key` (what `WATCH` remembers).
     pub fn applied_index_for_key(&self, key: &[u8]) -> u64 {
-        let shard = self.keyspace.router().shard_for_key(key) as usize;
-        self.shards[shard].group.shared.applied()
+        let shard = self.keyspace.router().shard_for_key(key);
+        self.shards.with(shard, |s| s.group.shared.applied()).unwrap_or(0)
     }
 
     /// The Multi-Raft coordinator of this node (shard routing, reports and leader hints), when
@@ -485,7 +535,7 @@ impl DistributedCache {
 
     /// The leader of shard `shard` this node knows of.
     pub fn shard_leader(&self, shard: ShardId) -> Option<NodeId> {
-        self.shards.get(shard as usize)?.group.shared.leader_id()
+        self.shards.with(shard, |s| s.group.shared.leader_id())?
     }
 
     /// Starts handing the leadership of shard `shard` to its voter `to` (raft-rs's leader
@@ -505,7 +555,7 @@ impl DistributedCache {
     /// (none at the timeout).
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
         let deadline = tokio::time::Instant::now() + timeout;
-        for shard in self.shards.iter().skip(1) {
+        for shard in self.shards.held().iter().skip(1) {
             shard.group.shared.wait_for_leader(deadline).await?;
         }
         self.meta().group.shared.wait_for_leader(deadline).await
@@ -569,7 +619,7 @@ impl DistributedCache {
     /// This node is not a voter; shutdown.
     pub async fn force_new_cluster(&self) -> Result<Vec<NodeId>> {
         self.check_running()?;
-        for shard in self.shards.iter().skip(1) {
+        for shard in self.shards.held().iter().skip(1) {
             shard.group.force_new_cluster().await?;
         }
         self.meta().group.force_new_cluster().await

@@ -15,7 +15,7 @@ use crate::consensus::rocks_storage::{open_db, NodeDb, RocksDbStorage};
 use crate::consensus::state_machine::CacheStateMachine;
 use crate::consensus::storage::LogStore;
 use crate::error::{Error, Result};
-use crate::types::ShardId;
+use crate::types::{NodeId, ShardId};
 
 /// Opens the node's database, `<data_dir>/raft`, which every shard's group shares.
 ///
@@ -40,11 +40,12 @@ pub(crate) fn open_durable(
     shard: ShardId,
     db: Arc<NodeDb>,
     sm: &mut CacheStateMachine,
+    (voters, learners): &(Vec<NodeId>, Vec<NodeId>),
 ) -> Result<(RocksDbStorage, CheckpointManager)> {
     let started = Instant::now();
     let dir = config.data_dir.as_ref().expect("validated: RocksDB storage has a data dir");
-    let voters = if config.join { Vec::new() } else { config.initial_voters() };
-    let mut store = RocksDbStorage::open(db, shard, &voters)?.with_min_free_bytes(config.min_free_disk_bytes);
+    let mut store = RocksDbStorage::open_bootstrapped(db, shard, voters, learners)?
+        .with_min_free_bytes(config.min_free_disk_bytes);
     let checkpoint_config =
         config.shard_checkpoint_config(shard).expect("durable storage has checkpoint settings");
     if let Some(parent) = checkpoint_config.dir.parent().filter(|_| config.shard_count() > 1) {

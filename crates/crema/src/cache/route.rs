@@ -153,7 +153,7 @@ impl DistributedCache {
 
     /// A copy answered with `SessionExpired` found its first answer gone: the outcome is
     /// unknown to this caller.
-    fn settled(&self, applied: Applied) -> Result<Applied> {
+    pub(super) fn settled(&self, applied: Applied) -> Result<Applied> {
         match applied.output {
             ApplyOutput::Failed(ApplyError::SessionExpired) => {
                 tracing::warn!(

@@ -18,6 +18,7 @@ use super::shard::Shard;
 use super::split::META_SHARD;
 use super::storage::{CacheStorage, StorageLimits};
 use super::supervisor::{NodeEnd, Supervisor};
+use super::table::ShardTable;
 use super::DistributedCache;
 use crate::config::{CacheConfig, ConfigError, RaftStorageType};
 use crate::consensus::command::CommandLimits;
@@ -36,7 +37,7 @@ impl DistributedCache {
         let limits =
             CommandLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
         let router = ShardRouter::new(config.shard_count())?;
-        let dispatcher = Arc::new(Dispatcher::new(config.node_id, limits));
+        let dispatcher = Arc::new(Dispatcher::new(config.node_id, limits, config.request_timeout));
         let transport = Transport::start(
             TransportConfig {
                 node_id: config.node_id,
@@ -84,23 +85,30 @@ impl DistributedCache {
             }
         };
         let supervisor = Supervisor::new(cancel.clone());
-        let mut shards = Vec::with_capacity(router.num_shards() as usize);
+        let table = Arc::new(ShardTable::new(router.num_shards()));
+        let mut storages = Vec::with_capacity(router.num_shards() as usize);
         let mut tasks = Vec::new();
         let mut acl = None;
+        let mut shard_map = None;
         // The node's database, opened with the first durable shard and shared by every one.
         let mut node_db = NodeDbSlot::default();
         for id in 0..router.num_shards() {
             let storage = CacheStorage::new(shard_limits(&config));
+            storages.push(storage.clone());
+            // A shard this node holds no replica of keeps an empty cache: reads of its keys
+            // go to the nodes that hold it (see `cache::remote`).
+            let Some(conf) = config.initial_conf(id) else { continue };
             let sm = CacheStateMachine::new(storage.clone());
             if id == META_SHARD {
                 acl = Some(sm.acl().clone());
+                shard_map = Some(sm.shard_map().clone());
             }
             {
                 let mut members = sm.members().lock().expect("members poisoned");
                 members.insert(config.node_id, config.raft_addr);
                 members.extend(config.seed_nodes.iter().copied());
             }
-            let (group, task) = spawn_shard_group(&config, id, sm, &transport, &cancel, &mut node_db)?;
+            let (group, task) = spawn_shard_group(&config, id, &conf, sm, &transport, &cancel, &mut node_db)?;
             let name = |what: &str| {
                 if router.num_shards() == 1 {
                     format!("the {what}")
@@ -120,15 +128,26 @@ impl DistributedCache {
             tasks.push(
                 supervisor.spawn(name("evictor"), evict(storage.clone(), group.clone(), cancel.clone())),
             );
-            shards.push(Shard { id, group, storage });
+            table.insert(Shard { id, group, storage });
         }
-        if shards.len() > 1 {
+        let meta = table.get(META_SHARD).expect("every node holds the meta shard");
+        let shard_map = shard_map.expect("shard 0 exists");
+        if let Some(initial) = config.initial_shard_map().filter(|_| !config.join) {
+            let agree = super::placement::agree_first_map(
+                meta.group.clone(),
+                shard_map.clone(),
+                initial,
+                cancel.clone(),
+            );
+            tasks.push(supervisor.spawn("the shard map", agree));
+        }
+        if router.num_shards() > 1 {
             // Leaders spread by themselves (see `cache::balance`), looked at every two election
             // timeouts (a transfer takes about one round trip, and the new leader's heartbeat
             // tells every node).
-            let groups = shards.iter().map(|s| s.group.clone()).collect();
             let interval = 2 * config.raft.election_timeout();
-            let balance = super::balance::balance_leaders(config.node_id, groups, interval, cancel.clone());
+            let balance =
+                super::balance::balance_leaders(config.node_id, table.clone(), interval, cancel.clone());
             tasks.push(supervisor.spawn("the leader balancer", balance));
         }
         let coordinator = Arc::new(CoordinatorState::default());
@@ -141,13 +160,13 @@ impl DistributedCache {
                 discovery,
                 membership: Membership {
                     node_id: config.node_id,
-                    meta: shards[META_SHARD as usize].group.clone(),
+                    meta: meta.group.clone(),
                     transport: transport.clone(),
-                    shards: shards.len(),
+                    shards: router.num_shards() as usize,
                     timeout: config.request_timeout,
                 },
                 coordinator: coordinator.clone(),
-                groups: shards.iter().map(|s| s.group.clone()).collect(),
+                table: table.clone(),
                 debounce: Duration::from_millis(config.multiraft.leader_broadcast_debounce_ms),
             };
             tasks.push(supervisor.spawn("the discovery follower", follow.run(events, cancel.clone())));
@@ -159,7 +178,7 @@ impl DistributedCache {
             node_id: config.node_id,
             transport: transport.clone(),
             dispatcher: dispatcher.clone(),
-            groups: shards.iter().map(|s| s.group.clone()).collect(),
+            table: table.clone(),
             period: beat,
             window: config.raft.election_timeout(),
             #[cfg(feature = "fault-injection")]
@@ -182,10 +201,10 @@ impl DistributedCache {
                 }
             }
         });
-        dispatcher.attach(shards.iter().map(|s| s.group.clone()).collect());
+        dispatcher.attach(table.clone());
         transport.open();
         if config.force_new_cluster {
-            for shard in &shards {
+            for shard in table.held() {
                 shard.group.force_new_cluster().await?;
             }
         }
@@ -197,12 +216,14 @@ impl DistributedCache {
             join = config.join,
             "crema node started"
         );
-        let keyspace = Keyspace::new(shards.iter().map(|s| s.storage.clone()).collect(), router);
+        let keyspace = Keyspace::new(storages, router);
         Ok(Self {
             config,
             keyspace,
-            shards,
+            shards: table,
+            meta,
             acl: acl.expect("shard 0 exists"),
+            shard_map,
             coordinator,
             transport,
             dispatcher,
@@ -242,6 +263,7 @@ type NodeDbSlot = ();
 fn spawn_shard_group(
     config: &CacheConfig,
     id: ShardId,
+    conf: &(Vec<NodeId>, Vec<NodeId>),
     sm: CacheStateMachine,
     transport: &Arc<Transport>,
     cancel: &CancellationToken,
@@ -262,27 +284,25 @@ fn spawn_shard_group(
         recover: config.raft_storage == RaftStorageType::Memory
             && !config.join
             && !config.force_new_cluster
-            && config.initial_voters().len() > 1,
+            && conf.0.len() > 1,
         #[cfg(feature = "fault-injection")]
         faults: config.faults.clone(),
     };
     match config.raft_storage {
         RaftStorageType::Memory => {
-            let store = if config.join {
-                MemStorage::new()
-            } else {
-                MemStorage::new_with_conf_state(&config.initial_voters())
-            };
+            let store = MemStorage::bootstrapped(&conf.0, &conf.1);
             spawn_group(settings, store, sm, transport.clone(), cancel.clone())
         }
-        RaftStorageType::RocksDb => spawn_durable(config, id, settings, sm, transport, cancel, node_db),
+        RaftStorageType::RocksDb => spawn_durable(config, id, conf, settings, sm, transport, cancel, node_db),
     }
 }
 
 #[cfg(feature = "rocksdb")]
+#[allow(clippy::too_many_arguments)]
 fn spawn_durable(
     config: &CacheConfig,
     shard: ShardId,
+    conf: &(Vec<NodeId>, Vec<NodeId>),
     mut settings: GroupSettings,
     mut sm: CacheStateMachine,
     transport: &Arc<Transport>,
@@ -293,7 +313,7 @@ fn spawn_durable(
         Some(db) => db.clone(),
         None => node_db.insert(super::recovery::open_node_db(config)?).clone(),
     };
-    let (store, checkpoints) = super::recovery::open_durable(config, shard, db, &mut sm)?;
+    let (store, checkpoints) = super::recovery::open_durable(config, shard, db, &mut sm, conf)?;
     let members: Vec<_> = sm.members().lock().expect("members poisoned").clone().into_iter().collect();
     for (id, addr) in members.into_iter().filter(|(id, _)| *id != config.node_id) {
         transport.add_peer(id, Some(addr));
@@ -303,9 +323,11 @@ fn spawn_durable(
 }
 
 #[cfg(not(feature = "rocksdb"))]
+#[allow(clippy::too_many_arguments)]
 fn spawn_durable(
     _: &CacheConfig,
     _: ShardId,
+    _: &(Vec<NodeId>, Vec<NodeId>),
     _: GroupSettings,
     _: CacheStateMachine,
     _: &Arc<Transport>,

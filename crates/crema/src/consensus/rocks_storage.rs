@@ -184,6 +184,20 @@ impl RocksDbStorage {
     /// # Errors
     /// The database cannot be read or holds undecodable state.
     pub fn open(node_db: Arc<NodeDb>, shard: ShardId, initial_voters: &[u64]) -> raft::Result<Self> {
+        Self::open_bootstrapped(node_db, shard, initial_voters, &[])
+    }
+
+    /// As [`Self::open`], a group seen for the first time starting with `initial_learners`
+    /// too.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn open_bootstrapped(
+        node_db: Arc<NodeDb>,
+        shard: ShardId,
+        initial_voters: &[u64],
+        initial_learners: &[u64],
+    ) -> raft::Result<Self> {
         let db = node_db.handle().map_err(db_error)?;
         let get = |tag| db.get(key(shard, tag)).map_err(db_error);
         let hard_state = match get(TAG_HARD_STATE)? {
@@ -194,7 +208,11 @@ impl RocksDbStorage {
         let fresh = stored_conf.is_none() && hard_state == HardState::default();
         let conf_state = match stored_conf {
             Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| corrupt("conf state", e))?,
-            None => ConfState { voters: initial_voters.to_vec(), ..Default::default() },
+            None => ConfState {
+                voters: initial_voters.to_vec(),
+                learners: initial_learners.to_vec(),
+                ..Default::default()
+            },
         };
         let (compacted_index, compacted_term) = match get(TAG_COMPACTED)? {
             Some(b) if b.len() == 16 => {
@@ -239,7 +257,8 @@ impl RocksDbStorage {
             store
                 .put(TAG_CONF_STATE, conf_state.write_to_bytes().expect("encoding a conf state cannot fail"));
             if !initial_voters.is_empty() && raft::Storage::last_index(&store.mirror)? == 0 {
-                let (entries, hard_state) = crate::consensus::storage::bootstrap_log(initial_voters);
+                let (entries, hard_state) =
+                    crate::consensus::storage::bootstrap_log(initial_voters, initial_learners);
                 store.append(&entries)?;
                 store.set_hard_state(hard_state)?;
             }

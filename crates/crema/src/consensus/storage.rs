@@ -30,13 +30,16 @@ pub const BOOTSTRAP_TERM: u64 = 1;
 /// The log a new cluster's initial voters start with: one committed `AddNode` entry per voter
 /// (indices `1..=voters.len()`, term [`BOOTSTRAP_TERM`]) and the hard state committing them. The
 /// entries are identical on every initial voter (they carry no address), and applying them on
-/// a node whose conf state already holds the voters changes nothing.
-pub fn bootstrap_log(voters: &[u64]) -> (Vec<Entry>, HardState) {
-    let entries: Vec<Entry> = voters
-        .iter()
+/// a node whose conf state already holds the voters changes nothing. `learners` follow as
+/// `AddLearnerNode` entries (the meta shard's non-voting replicas, see
+/// `crate::multiraft::placement`).
+pub fn bootstrap_log(voters: &[u64], learners: &[u64]) -> (Vec<Entry>, HardState) {
+    let changes = voters.iter().map(|&id| (ConfChangeType::AddNode, id));
+    let changes = changes.chain(learners.iter().map(|&id| (ConfChangeType::AddLearnerNode, id)));
+    let entries: Vec<Entry> = changes
         .enumerate()
-        .map(|(i, &id)| {
-            let cc = ConfChange { change_type: ConfChangeType::AddNode, node_id: id, ..Default::default() };
+        .map(|(i, (change_type, id))| {
+            let cc = ConfChange { change_type, node_id: id, ..Default::default() };
             Entry {
                 entry_type: EntryType::EntryConfChange,
                 term: BOOTSTRAP_TERM,
@@ -176,10 +179,16 @@ impl MemStorage {
     /// The store of an initial voter of a new cluster: `voters` as the conf state and the
     /// [`bootstrap_log`] naming them.
     pub fn new_with_conf_state(voters: &[u64]) -> Self {
+        Self::bootstrapped(voters, &[])
+    }
+
+    /// As [`Self::new_with_conf_state`], with `learners` too.
+    pub fn bootstrapped(voters: &[u64], learners: &[u64]) -> Self {
         let mut store = Self::new();
         store.conf_state.voters = voters.to_vec();
+        store.conf_state.learners = learners.to_vec();
         if !voters.is_empty() {
-            (store.entries, store.hard_state) = bootstrap_log(voters);
+            (store.entries, store.hard_state) = bootstrap_log(voters, learners);
         }
         store
     }

@@ -106,6 +106,11 @@ impl CoordinatorState {
         }
     }
 
+    /// The leader of `shard` the newest hint names.
+    pub(crate) fn hinted_leader(&self, shard: ShardId) -> Option<NodeId> {
+        self.hints.lock().expect("hints poisoned").get(&shard).and_then(|(leader, _)| *leader)
+    }
+
     /// Forgets every hint naming `node` (it was declared down).
     pub(crate) fn forget_node(&self, node: NodeId) -> Vec<ShardId> {
         let mut hints = self.hints.lock().expect("hints poisoned");
@@ -288,8 +293,8 @@ impl<'a> MultiRaftCoordinator<'a> {
 /// `MultiRaftBuilder::new(id).num_shards(16).replica_factor(3).build_and_init()`).
 ///
 /// The node listens for peers on `raft_addr` (default `127.0.0.1:0`) and starts alone unless
-/// seed nodes are given. Every node of a cluster holds every shard today, so `replica_factor` is
-/// the number of nodes it is meant to run on: it must not be above the nodes given.
+/// seed nodes are given. Each shard lives on `replica_factor` of the nodes (all of them when
+/// fewer are given; see [`crate::multiraft::placement`]).
 #[derive(Debug, Clone)]
 pub struct MultiRaftBuilder {
     node_id: NodeId,
@@ -356,13 +361,6 @@ impl MultiRaftBuilder {
     /// Invalid settings (a replica factor of 0 or above the nodes given, bad shard count), the
     /// address cannot be bound, or no leader of every shard in time.
     pub async fn build_and_init(self) -> Result<MultiRaftCoordinator<'static>> {
-        let nodes = 1 + self.seed_nodes.iter().filter(|(id, _)| *id != self.node_id).count();
-        if self.replica_factor == 0 || self.replica_factor > nodes {
-            return Err(crate::Error::Config(crate::ConfigError::Invalid(format!(
-                "replica_factor must be between 1 and the {nodes} node(s) given (every node holds every shard), got {}",
-                self.replica_factor
-            ))));
-        }
         let listener = std::net::TcpListener::bind(self.raft_addr)?;
         let raft_addr = listener.local_addr()?;
         // The nodes given are the cluster: a static list, health-checked by the node's pings.
@@ -371,6 +369,7 @@ impl MultiRaftBuilder {
             .with_seed_nodes(self.seed_nodes)
             .with_cluster_discovery(discovery)
             .with_multiraft_config(self.multiraft)
+            .with_replica_factor(self.replica_factor)
             .with_max_capacity(
                 self.multiraft.shard_capacity.saturating_mul(u64::from(self.multiraft.num_shards)),
             );

@@ -15,8 +15,8 @@ use crate::types::{NodeId, ShardId};
 
 /// Version of the envelope format; a peer sending another version is disconnected. Version 2:
 /// the hello carries the sender's incarnation and each group's log position. Version 3: node
-/// pings and hibernation notices.
-pub const ENVELOPE_VERSION: u8 = 3;
+/// pings and hibernation notices. Version 4: reads for nodes that hold no replica of a shard.
+pub const ENVELOPE_VERSION: u8 = 4;
 
 /// One Raft group's position on the sender of a hello: what a restarted memory node needs to
 /// learn before it may vote again (see `consensus::recovery`).
@@ -117,6 +117,53 @@ pub enum Envelope {
         /// The leader's commit index, which is also its last index.
         commit: u64,
     },
+    /// A read of group `shard` for a node that holds no replica of it (see `cache::remote`).
+    Read {
+        /// The group.
+        shard: ShardId,
+        /// Matches the reply to the request on the asking node.
+        request_id: u64,
+        /// Read after a Read-Index round of the group (else from the replica as it is).
+        linearizable: bool,
+        /// What to read.
+        read: RemoteRead,
+    },
+    /// The answer to a `Read`.
+    ReadReply {
+        /// The read's id.
+        request_id: u64,
+        /// What was read, or why not.
+        result: Result<RemoteAnswer, WireError>,
+    },
+}
+
+/// What a node that holds no replica of a shard asks of one that does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteRead {
+    /// The live entries of `keys`, all of the shard. Answer: `Entries`.
+    Entries {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// The shard's live keys, those matching `pattern` (a Redis glob) when given. Answer:
+    /// `Keys`.
+    Keys {
+        /// The pattern.
+        pattern: Option<Bytes>,
+    },
+    /// How many live entries the shard holds. Answer: `Count`.
+    Count,
+}
+
+/// The answer to a [`RemoteRead`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteAnswer {
+    /// Per key, in order: its value and absolute expiry (unix ms), none where absent.
+    Entries(Vec<Option<(Bytes, Option<u64>)>>),
+    /// Live keys.
+    Keys(Vec<Bytes>),
+    /// Live entries.
+    Count(u64),
 }
 
 /// An [`Error`] as it crosses the wire.
