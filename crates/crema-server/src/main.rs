@@ -426,7 +426,12 @@ async fn status(admin: AdminTarget, json: bool) -> anyhow::Result<()> {
         }
     }
     if !v.shards.is_empty() {
-        writeln!(out, "shards      {}", v.shards.len())?;
+        let held = v.shards.iter().filter(|s| s.held).count();
+        writeln!(
+            out,
+            "shards      {} ({held} held here; * marks the others, from the shard map)",
+            v.shards.len()
+        )?;
         writeln!(
             out,
             "  {:<6} {:<13} {:<7} {:<12} {:<9} {:<12} {:>9} {:>6} {:>9} {:>9}",
@@ -452,7 +457,7 @@ async fn status(admin: AdminTarget, json: bool) -> anyhow::Result<()> {
             writeln!(
                 out,
                 "  {:<6} {:<13} {:<7} {:<12} {:<9} {:<12} {:>9} {:>6} {:>9} {:>9}",
-                s.id,
+                if s.held { s.id.to_string() } else { format!("{}*", s.id) },
                 format!("{:?}", s.state).to_ascii_lowercase(),
                 s.leader.map_or("none".into(), |l| l.to_string()),
                 ids(&s.members),

@@ -42,6 +42,7 @@ pub fn peer_stream(bytes: &[u8]) -> usize {
             | Envelope::Ping
             | Envelope::Hibernate { .. }
             | Envelope::Read { .. }
+            | Envelope::Leaders { .. }
             | Envelope::ReadReply { .. } => {}
         }
     }

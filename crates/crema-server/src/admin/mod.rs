@@ -113,6 +113,14 @@ pub struct ShardView {
     /// True while the replica's idle group hibernates (ticks no clock).
     #[serde(default)]
     pub hibernating: bool,
+    /// Whether this node holds a replica of the shard; for one it does not, the members and
+    /// state come from the shard map, the leader from gossip, and the figures are zero.
+    #[serde(default = "held_by_default")]
+    pub held: bool,
+}
+
+fn held_by_default() -> bool {
+    true
 }
 
 impl From<&crema::ShardInfo> for ShardView {
@@ -130,6 +138,7 @@ impl From<&crema::ShardInfo> for ShardView {
             applied_index: s.applied_index,
             slots: format!("{}-{}", s.first_slot, s.last_slot),
             hibernating: s.hibernating,
+            held: true,
         }
     }
 }
@@ -248,9 +257,14 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 }
 
 async fn cluster(State(s): State<AdminState>) -> Response {
-    match s.cache.cluster_status().await {
-        Ok(status) => {
+    let every_shard = s.cache.cluster_shards().await;
+    match s.cache.cluster_status().await.and_then(|status| every_shard.map(|shards| (status, shards))) {
+        Ok((status, every_shard)) => {
             let g = &status.group;
+            let shards = every_shard
+                .iter()
+                .map(|info| ShardView { held: s.cache.holds_shard(info.shard_id), ..ShardView::from(info) })
+                .collect();
             Json(ClusterView {
                 node_id: status.node_id,
                 role: format!("{:?}", g.role),
@@ -269,7 +283,7 @@ async fn cluster(State(s): State<AdminState>) -> Response {
                 misses: status.stats.misses,
                 memory_bytes: crate::metrics::resident_memory_bytes(),
                 recovery: recovery_text(&g.recovery),
-                shards: status.shards.iter().map(ShardView::from).collect(),
+                shards,
                 discovery: s.cache.discovery_kind().map(str::to_string),
                 nodes: s.cache.discovered_nodes(),
             })

@@ -49,28 +49,17 @@ pub(super) async fn run(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         ("INFO", 2) => Ok(Reply::Bulk(info(call.state, &shards(call.state).await?).into())),
         ("COUNTKEYSINSLOT", 3) => {
             let slot = parse_slot(call.arg(2))?;
-            call.read_barrier().await?;
-            let mut count = 0;
-            call.storage().for_each_live_key(|key, _| {
-                count += i64::from(crema::key_slot(key) == slot);
-                true
-            });
-            Ok(Reply::Integer(count))
+            let keys = call.shard_keys(call.state.cache.router().shard_for_slot(slot)).await?;
+            Ok(Reply::Integer(keys.iter().filter(|k| crema::key_slot(k) == slot).count() as i64))
         }
         ("GETKEYSINSLOT", 4) => {
             let slot = parse_slot(call.arg(2))?;
             let count = super::parse_int(call.arg(3))?;
             let count =
                 usize::try_from(count).map_err(|_| CmdError::Invalid("Invalid number of keys".into()))?;
-            call.read_barrier().await?;
-            let mut keys = Vec::new();
-            call.storage().for_each_live_key(|key, _| {
-                if keys.len() < count && crema::key_slot(key) == slot {
-                    keys.push(Reply::Bulk(key.clone()));
-                }
-                keys.len() < count
-            });
-            Ok(Reply::Array(keys))
+            let keys = call.shard_keys(call.state.cache.router().shard_for_slot(slot)).await?;
+            let keys = keys.into_iter().filter(|k| crema::key_slot(k) == slot).take(count);
+            Ok(Reply::Array(keys.map(Reply::Bulk).collect()))
         }
         ("HELP", 2) => Ok(Reply::Array(HELP.iter().map(|line| Reply::Simple(line)).collect())),
         (
@@ -117,7 +106,7 @@ fn parse_slot(arg: &[u8]) -> Result<u16, CmdError> {
 }
 
 async fn shards(state: &ServerState) -> Result<Vec<ShardInfo>, CmdError> {
-    Ok(state.cache.cluster_status().await?.shards)
+    Ok(state.cache.cluster_shards().await?)
 }
 
 /// The shard's members, its leader first (the slot range's primary), with their client address.

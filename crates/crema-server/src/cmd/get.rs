@@ -15,24 +15,19 @@ use crate::resp::Reply;
 
 pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
     match kind {
-        Kind::Get => {
-            call.read_barrier_keys(1..2).await?;
-            Ok(value_reply(call.storage().get(call.arg(1))))
+        // Without options GETEX is a plain read.
+        Kind::Get | Kind::GetEx => {
+            let view = call.read_view(1..2).await?;
+            Ok(value_reply(view.get(call.arg(1))))
         }
         Kind::MGet => {
-            call.read_barrier_keys(1..call.args.len()).await?;
-            let storage = call.storage();
-            Ok(Reply::Array(call.args[1..].iter().map(|k| value_reply(storage.get(k))).collect()))
+            let view = call.read_view(1..call.args.len()).await?;
+            Ok(Reply::Array(call.args[1..].iter().map(|k| value_reply(view.get(k))).collect()))
         }
         Kind::StrLen | Kind::GetRange => {
             let PreparedRead { read, render } = prepare_read(kind, call)?;
-            call.read_barrier_keys(1..2).await?;
-            render.reply(read.read(call.storage(), crema::unix_now_ms()))
-        }
-        // Without options GETEX is a plain read.
-        Kind::GetEx => {
-            call.read_barrier_keys(1..2).await?;
-            Ok(value_reply(call.storage().get(call.arg(1))))
+            let view = call.read_view(1..2).await?;
+            render.reply(read.read(&view, crema::unix_now_ms()))
         }
         _ => unreachable!("not a get command: {kind:?}"),
     }

@@ -36,34 +36,20 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
         Kind::Exists | Kind::Type | Kind::Ttl | Kind::PTtl | Kind::ExpireTime | Kind::PExpireTime => {
             let PreparedRead { read, render } = prepare_read(kind, call);
             let keys = if kind == Kind::Exists { 1..call.args.len() } else { 1..2 };
-            call.read_barrier_keys(keys).await?;
-            render.reply(read.read(call.storage(), crema::unix_now_ms()))
+            let view = call.read_view(keys).await?;
+            render.reply(read.read(&view, crema::unix_now_ms()))
         }
         Kind::Keys => {
-            call.read_barrier().await?;
             let pattern = call.arg(1).clone();
-            let mut keys = Vec::new();
-            call.storage().for_each_live_key(|k, _| {
-                if glob_match(&pattern, k) {
-                    keys.push(Reply::Bulk(k.clone()));
-                }
-                true
-            });
-            Ok(Reply::Array(keys))
+            let keys = call.live_keys(Some(&pattern)).await?;
+            Ok(Reply::Array(keys.into_iter().map(Reply::Bulk).collect()))
         }
         Kind::Scan => scan(call).await,
         Kind::RandomKey => {
-            call.read_barrier().await?;
-            // Uniform over the live keys, by reservoir sampling in one pass (O(N), where Redis
-            // samples its hash table in O(1); RANDOMKEY is rare in caches).
-            let (mut found, mut seen) = (None, 0u64);
-            call.storage().for_each_live_key(|k, _| {
-                seen += 1;
-                if rand::random::<u64>().is_multiple_of(seen) {
-                    found = Some(k.clone());
-                }
-                true
-            });
+            // Uniform over the live keys (O(N), where Redis samples its hash table in O(1);
+            // RANDOMKEY is rare in caches).
+            let keys = call.live_keys(None).await?;
+            let found = (!keys.is_empty()).then(|| keys[rand::random::<u64>() as usize % keys.len()].clone());
             Ok(found.map_or(Reply::Null, Reply::Bulk))
         }
         _ => unreachable!("not a keyspace command: {kind:?}"),
@@ -160,23 +146,38 @@ async fn scan(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         }
         i += 2;
     }
-    call.read_barrier().await?;
     if !strings_only {
+        call.read_barrier().await?;
         return Ok(Reply::Array(vec![Reply::bulk("0"), Reply::Array(Vec::new())]));
     }
-    let (next, keys) = scan_page(call, cursor, count.min(100_000), pattern.as_deref());
+    let (pattern, count) = (pattern.as_deref(), count.min(100_000));
+    let (next, keys) = if call.holds_every_shard() {
+        call.read_barrier().await?;
+        let storage = call.storage();
+        scan_page(|visit| storage.for_each_live_key(|k, _| visit(k)), cursor, count, pattern)
+    } else {
+        // Shards held elsewhere send their matching keys; the page is cut from them all.
+        let keys = call.live_keys(pattern).await?;
+        scan_page(|visit| keys.iter().for_each(|k| _ = visit(k)), cursor, count, None)
+    };
     Ok(Reply::Array(vec![
         Reply::Bulk(Bytes::from(next.to_string())),
         Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
     ]))
 }
 
-/// The keys with the `count` smallest hashes at or after `cursor` (all keys sharing the last
-/// hash included) and the cursor after them, 0 when the scan is complete.
-fn scan_page(call: &Call<'_>, cursor: u64, count: usize, pattern: Option<&[u8]>) -> (u64, Vec<Bytes>) {
+/// Of the keys `walk` visits, those matching `pattern` with the `count` smallest hashes at or
+/// after `cursor` (all keys sharing the last hash included) and the cursor after them, 0 when
+/// the scan is complete.
+fn scan_page(
+    walk: impl FnOnce(&mut dyn FnMut(&Bytes) -> bool),
+    cursor: u64,
+    count: usize,
+    pattern: Option<&[u8]>,
+) -> (u64, Vec<Bytes>) {
     let mut best: BinaryHeap<(u64, Bytes)> = BinaryHeap::new();
     let mut more = false;
-    call.storage().for_each_live_key(|key, _| {
+    walk(&mut |key| {
         let hash = xxh3_64(key);
         if hash < cursor || pattern.is_some_and(|p| !glob_match(p, key)) {
             return true;

@@ -20,6 +20,7 @@ mod get;
 mod incr;
 mod keyspace;
 pub mod multi;
+mod read_view;
 mod server;
 mod set;
 pub mod table;

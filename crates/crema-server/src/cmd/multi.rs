@@ -187,13 +187,10 @@ async fn watch(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         call.state.cache.read_barrier().await?;
         call.session.barrier_done = true;
     }
-    let storage = call.state.cache.storage();
     for key in &call.args[1..] {
         if !call.session.tx.watched.iter().any(|w| w.key == *key) {
-            // The index of the key's shard first: the key read after it may be newer (a
-            // needless abort), never older.
-            let seen_index = call.state.cache.applied_index_for_key(key);
-            let live = storage.get_entry(key).is_some();
+            // The index of the key's shard, then the key: read where the shard is held.
+            let (seen_index, live) = call.state.cache.watch_key(key).await?;
             call.session.tx.watched.push(WatchedKey { key: key.clone(), seen_index, live });
         }
     }

@@ -15,10 +15,7 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
         Kind::Command => command(call),
         Kind::Config => config(call),
         Kind::Info => info(call).await,
-        Kind::DbSize => {
-            call.read_barrier().await?;
-            Ok(Reply::Integer(call.storage().live_count() as i64))
-        }
+        Kind::DbSize => Ok(Reply::Integer(call.live_count().await? as i64)),
         Kind::Time => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             Ok(Reply::Array(vec![

@@ -104,6 +104,11 @@ pub struct ServeArgs {
     /// of a cluster needs the same number [default: 1].
     #[arg(long, env = "CREMA_SHARDS")]
     pub shards: Option<u32>,
+    /// Voting replicas of each shard: with more nodes than this, each shard lives on this many
+    /// of them, spread evenly (the others reach it through them); every node of a cluster
+    /// needs the same number [default: 3].
+    #[arg(long, env = "CREMA_REPLICAS")]
+    pub replicas: Option<usize>,
     /// UDP address SWIM gossip listens on (cluster discovery); off when not given.
     #[arg(long, env = "CREMA_GOSSIP_ADDR")]
     pub gossip_addr: Option<SocketAddr>,
@@ -261,7 +266,7 @@ impl ServeArgs {
             max_args
         );
         overlay!(c, a, max_inline_bytes, max_query_buffer_bytes, max_output_buffer_bytes);
-        overlay!(c, a, max_total_query_buffer_bytes, shards);
+        overlay!(c, a, max_total_query_buffer_bytes, shards, replicas);
         overlay!(c, a, auto_add_peers, auto_remove_peers, auto_add_voters, auto_remove_voters);
         if a.gossip_addr.is_some() {
             c.gossip_addr = a.gossip_addr;

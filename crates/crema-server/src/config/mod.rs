@@ -83,6 +83,8 @@ pub struct ServeConfig {
     pub read_mode: ReadMode,
     /// Shards (Raft groups) the keys are split into (1: one group, no Multi-Raft).
     pub shards: u32,
+    /// Voting replicas of each shard (placement: with more nodes, each shard on this many).
+    pub replicas: usize,
     /// Where SWIM gossip (discovery) listens, UDP; none: no gossip (with several shards, the
     /// `peers` list is the cluster, health-checked by the nodes' pings).
     pub gossip_addr: Option<SocketAddr>,
@@ -208,6 +210,7 @@ impl Default for ServeConfig {
             protected_mode: true,
             read_mode: ReadMode::Linearizable,
             shards: 1,
+            replicas: 3,
             gossip_addr: None,
             gossip_advertise_addr: None,
             gossip_seeds: Vec::new(),
@@ -410,6 +413,7 @@ impl ServeConfig {
                 shard_capacity: u64::MAX,
                 ..MultiRaftCacheConfig::default()
             });
+            config = config.with_replica_factor(self.replicas);
         }
         if let Some(ms) = self.default_ttl_ms {
             config = config.with_default_ttl(Duration::from_millis(ms));

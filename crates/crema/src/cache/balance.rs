@@ -2,7 +2,9 @@
 //! some voter of one of them hands one of those shards' leadership to the voter leading fewest
 //! (raft-rs's leader transfer), one transfer per look. Each node decides for itself from its own
 //! view of the leaders, so the cluster converges to leads that differ by at most one per node
-//! without anyone coordinating. A transfer that does not complete (the target is behind or
+//! without anyone coordinating. With placement a node holds some shards only: the others
+//! count with the members the shard map names and the leaders their hints name (see
+//! `cache::keepalive`). A transfer that does not complete (the target is behind or
 //! recovering) leaves the leader where it was; the next look tries again.
 
 use std::collections::BTreeMap;
@@ -13,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::table::ShardTable;
+use crate::multiraft::coordinator::CoordinatorState;
+use crate::multiraft::ShardMapStore;
 use crate::types::{NodeId, ShardId};
 
 /// One shard as a node sees it: its id, its leader, its voters.
@@ -45,6 +49,7 @@ pub(crate) fn plan_transfer(me: NodeId, shards: &[ShardView]) -> Option<(ShardId
 pub(super) async fn balance_leaders(
     me: NodeId,
     table: Arc<ShardTable>,
+    (map, hints): (Arc<ShardMapStore>, Arc<CoordinatorState>),
     interval: Duration,
     cancel: CancellationToken,
 ) {
@@ -54,11 +59,15 @@ pub(super) async fn balance_leaders(
             _ = tokio::time::sleep(interval) => {}
         }
         let groups = table.groups();
-        let view: Vec<ShardView> = groups
+        let mut view: Vec<ShardView> = groups
             .iter()
             .filter(|g| !g.shared.removed())
             .map(|g| (g.shared.shard, g.shared.leader_id(), g.shared.voters()))
             .collect();
+        for placement in map.map().shards().iter().filter(|p| !table.holds(p.shard_id)) {
+            let leader = hints.hinted_leader(placement.shard_id).filter(|l| placement.members.contains(l));
+            view.push((placement.shard_id, leader, placement.members.clone()));
+        }
         if let Some((shard, to)) = plan_transfer(me, &view) {
             let group = groups.iter().find(|g| g.shared.shard == shard).expect("planned from these groups");
             match group.transfer_leader(to).await {

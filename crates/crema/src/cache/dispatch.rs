@@ -26,6 +26,7 @@ use crate::consensus::admit::{self, Reject, WarnThrottle};
 use crate::consensus::command::{CommandError, CommandLimits, StampedCommand};
 use crate::consensus::group::GroupHandle;
 use crate::error::Error;
+use crate::multiraft::coordinator::CoordinatorState;
 use crate::transport::envelope::{Envelope, GroupPosition};
 use crate::transport::forward::{ForwardTicket, Forwarder};
 use crate::transport::snapshot_assembly::{Piece, SnapshotAssembler};
@@ -46,6 +47,8 @@ pub(crate) struct Dispatcher {
     pub forwarder: Forwarder,
     /// Reads this node sent to the holders of shards it does not hold (see `cache::remote`).
     pub remote_reads: RemoteReads,
+    /// Shard leader hints: what peers say they lead (see `cache::keepalive`).
+    pub hints: Arc<CoordinatorState>,
     /// How long a peer's read may take here.
     read_timeout: Duration,
     pub tasks: TaskTracker,
@@ -66,6 +69,7 @@ impl Dispatcher {
             table: OnceLock::new(),
             forwarder: Forwarder::default(),
             remote_reads: RemoteReads::default(),
+            hints: Arc::default(),
             read_timeout,
             tasks: TaskTracker::new(),
             limits,
@@ -224,6 +228,12 @@ impl Inbound for Dispatcher {
                 ));
             }
             Envelope::ReadReply { request_id, result } => self.remote_reads.complete(request_id, result),
+            Envelope::Leaders { led } => {
+                // Bounded by the frame; a shard id out of range names nothing anyone asks for.
+                for (shard, term) in led {
+                    self.hints.hint_if_newer(shard, from, term);
+                }
+            }
             Envelope::SnapshotChunk { shard, transfer, header, total_len, offset, data } => {
                 let piece = Piece { transfer, header, total_len, offset, data };
                 let assembled = self.snapshots.lock().expect("snapshot assembler poisoned").accept(

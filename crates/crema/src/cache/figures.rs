@@ -90,6 +90,43 @@ impl DistributedCache {
         shard.group.status().await
     }
 
+    /// Every shard of the cluster, in shard order: this node's replicas as
+    /// [`Self::cluster_status`] reports them and, for a shard it holds none of, the members
+    /// the shard map names, the leader gossip last named and no figures (zero).
+    ///
+    /// # Errors
+    /// `Shutdown` once stopped.
+    pub async fn cluster_shards(&self) -> Result<Vec<ShardInfo>> {
+        let mut held = self.cluster_status().await?.shards.into_iter().peekable();
+        let map = self.shard_map.map();
+        let total = self.shards.num_shards();
+        let mut out = Vec::with_capacity(total as usize);
+        for shard in 0..total {
+            if let Some(info) = held.next_if(|s| s.shard_id == shard) {
+                out.push(info);
+                continue;
+            }
+            let Some(placement) = map.shard(shard) else { continue };
+            let range = ShardRange { shard_id: shard, total_shards: total };
+            out.push(ShardInfo {
+                shard_id: shard,
+                state: placement.state,
+                leader: self.coordinator.hinted_leader(shard).filter(|l| placement.members.contains(l)),
+                members: placement.members.clone(),
+                learners: Vec::new(),
+                entry_count: 0,
+                size_bytes: 0,
+                term: 0,
+                commit_index: 0,
+                applied_index: 0,
+                hibernating: false,
+                first_slot: range.first_slot(),
+                last_slot: range.last_slot(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Role, term, indexes, members and cache figures of this node.
     ///
     /// # Errors

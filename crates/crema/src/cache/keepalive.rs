@@ -4,6 +4,11 @@
 //!
 //! One task per node, whatever the number of shards: this is what replaces each group's
 //! heartbeats while it sleeps.
+//!
+//! The beat also tells the peers which shards this node leads (`Envelope::Leaders`, with its
+//! term in each) whenever that changes, and every `LEADERS_EVERY` beats anyway: with placement
+//! a node holds some shards only, and routes the others' keys, and spreads leaders, by these
+//! hints (a newer term wins; a stale one costs a hop).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +20,10 @@ use super::table::ShardTable;
 use crate::transport::envelope::Envelope;
 use crate::transport::Transport;
 use crate::types::NodeId;
+
+/// Beats between two tellings of the led shards when nothing changed (a peer that missed one,
+/// or started since, learns them within this many).
+const LEADERS_EVERY: u64 = 10;
 
 /// What the beat needs.
 pub(super) struct KeepAlive {
@@ -37,6 +46,8 @@ pub(super) async fn keep_alive(beat: KeepAlive, cancel: CancellationToken) {
     #[cfg(feature = "fault-injection")]
     let faults = beat.faults;
     let ping = Envelope::Ping.to_frame();
+    let mut told: Vec<(crate::types::ShardId, u64)> = Vec::new();
+    let mut beats = 0u64;
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -49,11 +60,27 @@ pub(super) async fn keep_alive(beat: KeepAlive, cancel: CancellationToken) {
         if faults.as_ref().is_some_and(|f| f.is_paused(node_id)) {
             continue;
         }
+        let groups = table.groups();
+        let led: Vec<_> = groups
+            .iter()
+            .filter(|g| g.shared.is_leader())
+            .map(|g| (g.shared.shard, g.shared.term()))
+            .collect();
+        for (shard, term) in &led {
+            dispatcher.hints.hint_if_newer(*shard, node_id, *term);
+        }
+        beats += 1;
+        let leaders = (led != told || beats.is_multiple_of(LEADERS_EVERY)).then(|| {
+            told.clone_from(&led);
+            Envelope::Leaders { led }.to_frame()
+        });
         for peer in transport.peer_ids() {
             // A full queue means the peer is not reading: it will not hear this ping either.
             let _ = transport.send(peer, ping.clone());
+            if let Some(leaders) = &leaders {
+                let _ = transport.send(peer, leaders.clone());
+            }
         }
-        let groups = table.groups();
         if !groups.iter().any(|g| g.shared.is_hibernating()) {
             continue;
         }

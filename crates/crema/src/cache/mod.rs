@@ -533,9 +533,13 @@ impl DistributedCache {
         self.config.cluster_discovery.as_ref().map(|d| d.kind())
     }
 
-    /// The leader of shard `shard` this node knows of.
+    /// The leader of shard `shard` this node knows of: its own replica's, else (for a shard
+    /// it holds none of) the one gossip last named.
     pub fn shard_leader(&self, shard: ShardId) -> Option<NodeId> {
-        self.shards.with(shard, |s| s.group.shared.leader_id())?
+        match self.shards.with(shard, |s| s.group.shared.leader_id()) {
+            Some(known) => known,
+            None => self.coordinator.hinted_leader(shard),
+        }
     }
 
     /// Starts handing the leadership of shard `shard` to its voter `to` (raft-rs's leader

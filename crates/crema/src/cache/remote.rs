@@ -95,6 +95,15 @@ pub(crate) async fn serve_read(
                 RemoteAnswer::Keys(keys)
             }
             RemoteRead::Count => RemoteAnswer::Count(storage.live_count()),
+            RemoteRead::Watch { keys } => {
+                // The index first: a key read after it may be newer (a needless abort), never
+                // older.
+                let index = held.group.shared.applied();
+                RemoteAnswer::Watched(
+                    index,
+                    keys.iter().map(|k| storage.entry_at(k, now).is_some()).collect(),
+                )
+            }
         })
     };
     let result = tokio::time::timeout(timeout, answered)
@@ -347,37 +356,64 @@ impl DistributedCache {
     /// # Errors
     /// As [`Self::read_entries`]; also when one shard's keys do not fit in a peer frame.
     pub async fn live_keys(&self, pattern: Option<&[u8]>, linearizable: bool) -> Result<Vec<Bytes>> {
-        let pattern = pattern.map(Bytes::copy_from_slice);
         let shards = 0..self.keyspace.router().num_shards();
-        let fetches = shards.map(|shard| {
-            let pattern = pattern.clone();
-            async move {
-                if self.holds_shard(shard) {
-                    if linearizable {
-                        self.read_barrier_for_shard(shard).await?;
-                    }
-                    let mut keys = Vec::new();
-                    if let Some(storage) = self.keyspace.shard(shard) {
-                        storage.for_each_live_key(|k, _| {
-                            if pattern.as_ref().is_none_or(|p| glob_match(p, k)) {
-                                keys.push(k.clone());
-                            }
-                            true
-                        });
-                    }
-                    return Ok(keys);
-                }
-                match self.remote_read(shard, RemoteRead::Keys { pattern }, linearizable).await? {
-                    RemoteAnswer::Keys(keys) => Ok(keys),
-                    _ => Err(malformed(shard)),
-                }
-            }
-        });
+        let fetches = shards.map(|shard| self.shard_keys(shard, pattern, linearizable));
         let mut all = Vec::new();
         for keys in futures_util::future::join_all(fetches).await {
             all.extend(keys?);
         }
         Ok(all)
+    }
+
+    /// [`Self::live_keys`] of shard `shard` only.
+    ///
+    /// # Errors
+    /// As [`Self::live_keys`].
+    pub async fn shard_keys(
+        &self,
+        shard: ShardId,
+        pattern: Option<&[u8]>,
+        linearizable: bool,
+    ) -> Result<Vec<Bytes>> {
+        if self.holds_shard(shard) {
+            if linearizable {
+                self.read_barrier_for_shard(shard).await?;
+            }
+            let mut keys = Vec::new();
+            if let Some(storage) = self.keyspace.shard(shard) {
+                storage.for_each_live_key(|k, _| {
+                    if pattern.is_none_or(|p| glob_match(p, k)) {
+                        keys.push(k.clone());
+                    }
+                    true
+                });
+            }
+            return Ok(keys);
+        }
+        let pattern = pattern.map(Bytes::copy_from_slice);
+        match self.remote_read(shard, RemoteRead::Keys { pattern }, linearizable).await? {
+            RemoteAnswer::Keys(keys) => Ok(keys),
+            _ => Err(malformed(shard)),
+        }
+    }
+
+    /// What `WATCH` remembers of `key`: the index this node applied in the key's shard (read
+    /// before the key) and whether the key is live. For a shard this node holds, read here (the
+    /// caller runs the read barrier first); for another, asked of a node that holds it after a
+    /// Read-Index round there.
+    ///
+    /// # Errors
+    /// As [`Self::read_entries`].
+    pub async fn watch_key(&self, key: &Bytes) -> Result<(u64, bool)> {
+        let shard = self.keyspace.router().shard_for_key(key);
+        if self.holds_shard(shard) {
+            let index = self.applied_index_for_key(key);
+            return Ok((index, self.keyspace.get_entry(key).is_some()));
+        }
+        match self.remote_read(shard, RemoteRead::Watch { keys: vec![key.clone()] }, true).await? {
+            RemoteAnswer::Watched(index, live) if live.len() == 1 => Ok((index, live[0])),
+            _ => Err(malformed(shard)),
+        }
     }
 
     /// How many live entries the cluster holds: this node's replicas counted here, the

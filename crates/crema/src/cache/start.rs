@@ -27,7 +27,6 @@ use crate::consensus::state_machine::CacheStateMachine;
 use crate::consensus::storage::MemStorage;
 use crate::discovery::DiscoveryContext;
 use crate::error::Result;
-use crate::multiraft::coordinator::CoordinatorState;
 use crate::multiraft::ShardRouter;
 use crate::transport::{Transport, TransportConfig};
 use crate::types::{NodeId, ShardId};
@@ -146,11 +145,17 @@ impl DistributedCache {
             // timeouts (a transfer takes about one round trip, and the new leader's heartbeat
             // tells every node).
             let interval = 2 * config.raft.election_timeout();
-            let balance =
-                super::balance::balance_leaders(config.node_id, table.clone(), interval, cancel.clone());
+            let views = (shard_map.clone(), dispatcher.hints.clone());
+            let balance = super::balance::balance_leaders(
+                config.node_id,
+                table.clone(),
+                views,
+                interval,
+                cancel.clone(),
+            );
             tasks.push(supervisor.spawn("the leader balancer", balance));
         }
-        let coordinator = Arc::new(CoordinatorState::default());
+        let coordinator = dispatcher.hints.clone();
         if let (Some(discovery), Some((events, task))) = (config.cluster_discovery.clone(), discovery_events)
         {
             if let Some(task) = task {

@@ -115,8 +115,10 @@ impl CoordinatorState {
     pub(crate) fn forget_node(&self, node: NodeId) -> Vec<ShardId> {
         let mut hints = self.hints.lock().expect("hints poisoned");
         let mut invalidated = Vec::new();
+        // The epoch stays: a hint of the same epoch (that node again) is refused, and the next
+        // leader's, of a later term, is taken.
         for (shard, hint) in hints.iter_mut().filter(|(_, h)| h.0 == Some(node)) {
-            *hint = (None, hint.1 + 1);
+            hint.0 = None;
             invalidated.push(*shard);
         }
         invalidated

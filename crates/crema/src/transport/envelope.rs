@@ -128,6 +128,12 @@ pub enum Envelope {
         /// What to read.
         read: RemoteRead,
     },
+    /// The shards the sender leads, each with its term there: routing hints for the nodes that
+    /// do not hold them (a newer term wins; see `cache::keepalive`).
+    Leaders {
+        /// (shard, term) of every shard the sender leads.
+        led: Vec<(ShardId, u64)>,
+    },
     /// The answer to a `Read`.
     ReadReply {
         /// The read's id.
@@ -153,6 +159,12 @@ pub enum RemoteRead {
     },
     /// How many live entries the shard holds. Answer: `Count`.
     Count,
+    /// What `WATCH` remembers of `keys`: the index the replica applied, read before the keys,
+    /// and whether each is live. Answer: `Watched`.
+    Watch {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
 }
 
 /// The answer to a [`RemoteRead`].
@@ -164,6 +176,8 @@ pub enum RemoteAnswer {
     Keys(Vec<Bytes>),
     /// Live entries.
     Count(u64),
+    /// The applied index, and per key whether it is live.
+    Watched(u64, Vec<bool>),
 }
 
 /// An [`Error`] as it crosses the wire.

@@ -1,0 +1,107 @@
+//! What a read command sees. A node holds replicas of some shards only when the cluster has
+//! more nodes than each shard has replicas (placement): a read of keys whose shards are all
+//! held here reads this node's caches (after the read barrier, as always); otherwise the
+//! entries come from the nodes that hold them ([`crema::DistributedCache::read_entries`]), and
+//! KEYS, SCAN, DBSIZE and RANDOMKEY ask each shard held elsewhere for its keys or count. Those
+//! remote reads are always linearizable, also on a `READONLY` connection: the holder asked may
+//! be a follower that has not yet applied a write this connection made through another node,
+//! and a local read promises to see the connection's own writes.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use bytes::Bytes;
+use crema::cache::storage::StoredValue;
+use crema::{Keyspace, ReadEntries};
+
+use super::{Call, CmdError, ReadMode};
+
+/// The entries a read command reads.
+pub enum ReadView<'a> {
+    /// This node's caches: it holds every key's shard.
+    Local(&'a Keyspace),
+    /// Entries fetched for the command's keys, none where absent.
+    Fetched(HashMap<Bytes, Option<StoredValue>>),
+}
+
+impl ReadView<'_> {
+    /// The live value of `key` (a local read counts a hit or a miss).
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        match self {
+            ReadView::Local(storage) => storage.get(key),
+            ReadView::Fetched(_) => self.entry_at(key, crema::unix_now_ms()).map(|e| e.value),
+        }
+    }
+}
+
+impl ReadEntries for ReadView<'_> {
+    fn entry_at(&self, key: &[u8], at_ms: u64) -> Option<StoredValue> {
+        match self {
+            ReadView::Local(storage) => storage.entry_at(key, at_ms),
+            ReadView::Fetched(entries) => {
+                entries.get(key).cloned().flatten().filter(|e| e.expires_at_ms.is_none_or(|t| t > at_ms))
+            }
+        }
+    }
+}
+
+impl<'a> Call<'a> {
+    /// Whether this node holds a replica of every shard.
+    pub fn holds_every_shard(&self) -> bool {
+        let cache = &self.state.cache;
+        (0..cache.router().num_shards()).all(|s| cache.holds_shard(s))
+    }
+
+    /// What a read of the keys `self.args[keys]` sees (see the module docs).
+    pub async fn read_view(&mut self, keys: Range<usize>) -> Result<ReadView<'a>, CmdError> {
+        let state: &'a crate::server::ServerState = self.state;
+        let router = state.cache.router();
+        if self.args[keys.clone()].iter().all(|k| state.cache.holds_shard(router.shard_for_key(k))) {
+            self.read_barrier_keys(keys).await?;
+            return Ok(ReadView::Local(state.cache.storage()));
+        }
+        let wanted = self.args[keys].to_vec();
+        let entries = state.cache.read_entries(&wanted, true).await?;
+        Ok(ReadView::Fetched(wanted.into_iter().zip(entries).collect()))
+    }
+
+    /// The live keys of every shard matching `pattern`, for KEYS, SCAN and RANDOMKEY: read
+    /// here after the read barrier when this node holds every shard, else gathered from the
+    /// shards' holders.
+    pub async fn live_keys(&mut self, pattern: Option<&[u8]>) -> Result<Vec<Bytes>, CmdError> {
+        if self.holds_every_shard() {
+            self.read_barrier().await?;
+            let mut keys = Vec::new();
+            self.storage().for_each_live_key(|k, _| {
+                if pattern.is_none_or(|p| crema::glob::glob_match(p, k)) {
+                    keys.push(k.clone());
+                }
+                true
+            });
+            return Ok(keys);
+        }
+        Ok(self.state.cache.live_keys(pattern, true).await?)
+    }
+
+    /// The live keys of shard `shard` (CLUSTER COUNTKEYSINSLOT and GETKEYSINSLOT).
+    pub async fn shard_keys(&mut self, shard: crema::ShardId) -> Result<Vec<Bytes>, CmdError> {
+        Ok(self
+            .state
+            .cache
+            .shard_keys(
+                shard,
+                None,
+                self.session.read_mode == ReadMode::Linearizable || !self.state.cache.holds_shard(shard),
+            )
+            .await?)
+    }
+
+    /// How many live entries the cluster holds (DBSIZE).
+    pub async fn live_count(&mut self) -> Result<u64, CmdError> {
+        if self.holds_every_shard() {
+            self.read_barrier().await?;
+            return Ok(self.storage().live_count());
+        }
+        Ok(self.state.cache.live_count(true).await?)
+    }
+}

@@ -1,0 +1,151 @@
+//! `crema serve --shards 16 --replicas 3` on five processes: each shard's group runs on three
+//! of them (the meta shard also on the other two, as learners), and every node answers plain
+//! Redis clients for every key, whether it holds the key's shard or not: writes, reads of one
+//! and many keys, KEYS, SCAN, DBSIZE, WATCH and transactions. `CLUSTER SLOTS` names every
+//! shard's three members from any node.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::*;
+use redis::AsyncCommands;
+
+const SHARDS: u64 = 16;
+
+/// Each node's `/cluster` shards it holds: shard -> (leader, members).
+async fn held(nodes: &[Node]) -> Vec<BTreeMap<u64, (Option<u64>, Vec<u64>)>> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let (_, body) = http_get(n.admin, "/cluster").await;
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let shards = view["shards"].as_array().cloned().unwrap_or_default();
+        let mine = shards
+            .iter()
+            .filter(|s| s["held"].as_bool() == Some(true))
+            .map(|s| {
+                let members = s["members"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap()).collect();
+                (s["id"].as_u64().unwrap(), (s["leader"].as_u64(), members))
+            })
+            .collect();
+        out.push(mine);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_hold_three_replicas_of_each_shard_and_answer_for_every_key() {
+    let nodes = start_cluster(5, &["--shards", "16", "--replicas", "3"]);
+    // Every shard: three voting members, held by exactly them, with a leader they agree on.
+    wait_until(Duration::from_secs(30), "every shard placed on three nodes with a leader", || async {
+        let held = held(&nodes).await;
+        (0..SHARDS).all(|shard| {
+            let holders: Vec<_> = held.iter().filter_map(|h| h.get(&shard)).collect();
+            let expected = if shard == 0 { 5 } else { 3 };
+            holders.len() == expected
+                && holders.iter().all(|(leader, members)| members.len() == 3 && leader.is_some())
+                && holders.iter().all(|h| h.0 == holders[0].0)
+        })
+    })
+    .await;
+    // Leaders spread: 16 shards over 5 nodes, 3 or 4 each (each node counts the shards it does
+    // not hold by the leaders its peers announce).
+    wait_until(Duration::from_secs(30), "leaders spread, within one per node", || async {
+        let mut leads = BTreeMap::new();
+        for h in held(&nodes).await {
+            for (shard, (leader, _)) in h {
+                leads.insert(shard, leader);
+            }
+        }
+        let counts: Vec<usize> = (1..=5).map(|n| leads.values().filter(|l| **l == Some(n)).count()).collect();
+        leads.len() == SHARDS as usize
+            && counts.iter().sum::<usize>() == SHARDS as usize
+            && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1
+    })
+    .await;
+    let held = held(&nodes).await;
+    let mut replicas = BTreeMap::new();
+    for (i, h) in held.iter().enumerate() {
+        let id = i as u64 + 1;
+        for (shard, (_, members)) in h {
+            assert!(
+                *shard == 0 || members.contains(&id),
+                "node {id} holds shard {shard} without being a member"
+            );
+            *replicas.entry(id).or_insert(0) += usize::from(members.contains(&id));
+        }
+    }
+    // 48 replicas over 5 nodes: 9 or 10 each.
+    assert!(replicas.values().all(|r| (9..=10).contains(r)), "{replicas:?}");
+
+    // Plain clients on every node write and read keys of every shard.
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(client(n.resp).await);
+    }
+    for i in 0..100usize {
+        let _: () = clients[i % 5].set(format!("key:{i}"), i).await.unwrap();
+        let got: Option<usize> = clients[(i + 2) % 5].get(format!("key:{i}")).await.unwrap();
+        assert_eq!(got, Some(i), "key:{i} read through node {}", (i + 2) % 5 + 1);
+    }
+    for c in &mut clients {
+        let size: i64 = redis::cmd("DBSIZE").query_async(c).await.unwrap();
+        assert_eq!(size, 100);
+        let keys: Vec<String> = c.keys("key:1*").await.unwrap();
+        assert_eq!(keys.len(), 11, "key:1 and key:10..19");
+        let wanted: Vec<String> = (0..6).map(|i| format!("key:{i}")).collect();
+        let got: Vec<Option<usize>> = c.mget(&wanted).await.unwrap();
+        assert_eq!(got, (0..6).map(Some).collect::<Vec<_>>());
+        let exists: i64 = redis::cmd("EXISTS").arg(&wanted).arg("nope").query_async(c).await.unwrap();
+        assert_eq!(exists, 6);
+        let len: i64 = redis::cmd("STRLEN").arg("key:42").query_async(c).await.unwrap();
+        assert_eq!(len, 2);
+        // SCAN walks every key once, wherever its shard lives.
+        let mut seen = BTreeSet::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<String>) =
+                redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(17).query_async(c).await.unwrap();
+            seen.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert_eq!(seen.len(), 100);
+    }
+
+    // A transaction on a key of a shard the node does not hold: WATCH reads it where it is,
+    // EXEC commits, and a write by another client in between aborts the next one.
+    let (at, key) = (0..5)
+        .flat_map(|n| (0..100).map(move |i| (n, format!("key:{i}"))))
+        .find(|(n, k)| {
+            let shard = crema::key_slot(k.as_bytes()) as u64 * SHARDS / 16384;
+            !held[*n].contains_key(&shard)
+        })
+        .expect("some node does not hold some key's shard");
+    let mut watcher = client(nodes[at].resp).await;
+    let _: () = redis::cmd("WATCH").arg(&key).query_async(&mut watcher).await.unwrap();
+    let (n,): (i64,) = redis::pipe().atomic().incr(&key, 1).query_async(&mut watcher).await.unwrap();
+    let start: i64 = key[4..].parse().unwrap();
+    assert_eq!(n, start + 1);
+    let _: () = redis::cmd("WATCH").arg(&key).query_async(&mut watcher).await.unwrap();
+    let _: () = clients[(at + 1) % 5].set(&key, 0).await.unwrap();
+    let aborted: Option<(i64,)> =
+        redis::pipe().atomic().incr(&key, 1).query_async(&mut watcher).await.unwrap();
+    assert_eq!(aborted, None, "the watched key changed: EXEC aborts");
+
+    // Any node's slot map names three members for every shard.
+    let ranges: Vec<Vec<redis::Value>> =
+        redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut clients[4]).await.unwrap();
+    assert_eq!(ranges.len(), SHARDS as usize);
+    assert!(ranges.iter().all(|r| r.len() == 5), "start, end and three members each: {ranges:?}");
+
+    // FLUSHALL reaches every shard.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut clients[3]).await.unwrap();
+    for c in &mut clients {
+        let size: i64 = redis::cmd("DBSIZE").query_async(c).await.unwrap();
+        assert_eq!(size, 0);
+    }
+}
