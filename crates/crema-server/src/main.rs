@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use crema::NodeId;
-use crema_server::admin::{AddNode, ClusterView};
+use crema_server::admin::{AddNode, ClusterView, MoveShard};
 use crema_server::config::{ServeArgs, ServeConfig};
 use crema_server::node::RunningNode;
 use tracing_subscriber::EnvFilter;
@@ -162,6 +162,26 @@ enum ClusterCommand {
         /// The node's id.
         #[arg(long)]
         id: NodeId,
+    },
+    /// Start the placement moves that replace replicas of down nodes and even out the
+    /// replicas per node (with several shards).
+    Rebalance {
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Move one shard's replica from a node to another (with several shards).
+    MoveShard {
+        #[command(flatten)]
+        admin: AdminTarget,
+        /// The shard.
+        #[arg(long)]
+        shard: crema::ShardId,
+        /// The node that gives its replica up.
+        #[arg(long)]
+        from: NodeId,
+        /// The node that gets it.
+        #[arg(long)]
+        to: NodeId,
     },
 }
 
@@ -481,6 +501,11 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         }
         ClusterCommand::RemoveNode { admin, id } => {
             admin.request("DELETE", &format!("/cluster/nodes/{id}"), None).await?
+        }
+        ClusterCommand::Rebalance { admin } => admin.request("POST", "/cluster/rebalance", None).await?,
+        ClusterCommand::MoveShard { admin, shard, from, to } => {
+            let body = serde_json::to_string(&MoveShard { from, to })?;
+            admin.request("POST", &format!("/cluster/shards/{shard}/move"), Some(&body)).await?
         }
     };
     emit(&response.ok()?)

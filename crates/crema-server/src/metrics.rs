@@ -209,6 +209,29 @@ fn discovery_metrics(e: &mut DescriptorEncoder<'_>, cache: &DistributedCache) ->
     Ok(())
 }
 
+/// Replica moves this node planned and settled as the meta shard's leader (placement).
+fn migration_metrics(e: &mut DescriptorEncoder<'_>, cache: &DistributedCache) -> std::fmt::Result {
+    let moves = cache.migrations();
+    counter(
+        e,
+        "migrations_started",
+        "Replica moves this node planned (as the meta shard's leader)",
+        moves.started,
+    )?;
+    counter(e, "migrations_settled", "Replica moves this node settled", moves.settled)?;
+    // From 50 ms to about 7 minutes.
+    let histogram = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+    for seconds in &moves.durations_seconds {
+        histogram.observe(*seconds);
+    }
+    histogram.encode(e.encode_descriptor(
+        "migration_duration_seconds",
+        "How long each replica move took, from its planning until the shard's group had its new members",
+        None,
+        histogram.metric_type(),
+    )?)
+}
+
 /// The figures of each shard replica (Multi-Raft), labelled by shard.
 fn shard_metrics(e: &mut DescriptorEncoder<'_>, cache: &DistributedCache) -> std::fmt::Result {
     let shards = cache.shard_info();
@@ -339,6 +362,9 @@ impl Collector for NodeCollector {
         )?;
         discovery_metrics(e, &cache)?;
         shard_metrics(e, &cache)?;
+        if cache.router().num_shards() > 1 {
+            migration_metrics(e, &cache)?;
+        }
         if let Some(rss) = resident_memory_bytes() {
             gauge(e, "process_resident_memory_bytes", "Resident memory of this process", rss as i64)?;
         }

@@ -149,3 +149,196 @@ async fn five_nodes_hold_three_replicas_of_each_shard_and_answer_for_every_key()
         assert_eq!(size, 0);
     }
 }
+
+/// Every shard as `/cluster` on `admin` lists it: (id, state, members).
+async fn shard_map(admin: std::net::SocketAddr) -> Vec<(u64, String, Vec<u64>)> {
+    let (_, body) = http_get(admin, "/cluster").await;
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let shards = view["shards"].as_array().cloned().unwrap_or_default();
+    shards
+        .iter()
+        .map(|s| {
+            let members = s["members"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap()).collect();
+            (s["id"].as_u64().unwrap(), s["state"].as_str().unwrap().to_owned(), members)
+        })
+        .collect()
+}
+
+/// Every shard active on three of `live`, each holding it, and replicas per node within one.
+async fn settled_on(nodes: &[&Node], live: &[u64]) -> bool {
+    let map = shard_map(nodes[0].admin).await;
+    if map.len() != SHARDS as usize {
+        return false;
+    }
+    let placed = map.iter().all(|(_, state, members)| {
+        state == "active" && members.len() == 3 && members.iter().all(|m| live.contains(m))
+    });
+    let counts: Vec<usize> = live.iter().map(|n| map.iter().filter(|s| s.2.contains(n)).count()).collect();
+    let spread = counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1;
+    let mut holding = true;
+    for (node, held) in nodes.iter().zip(held_by(nodes).await) {
+        let id = node_id(node).await;
+        holding &= map.iter().all(|(shard, _, members)| !members.contains(&id) || held.contains_key(shard));
+    }
+    placed && spread && holding
+}
+
+async fn held_by(nodes: &[&Node]) -> Vec<BTreeMap<u64, (Option<u64>, Vec<u64>)>> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.extend(held(std::slice::from_ref(*n)).await);
+    }
+    out
+}
+
+async fn node_id(node: &Node) -> u64 {
+    let (_, body) = http_get(node.admin, "/cluster").await;
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    view["node_id"].as_u64().unwrap_or(0)
+}
+
+fn crema(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crema")).args(args).output().unwrap();
+    assert!(out.status.success(), "crema {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_replicas_move_and_a_new_node_takes_its_share_with_nothing_lost() {
+    let gossip: Vec<String> = free_udp_addrs(6).iter().map(ToString::to_string).collect();
+    let policy = ["--auto-add-voters", "yes", "--auto-remove-voters", "yes"];
+    let mut nodes = start_cluster_with(5, |i| {
+        let mut args: Vec<String> = ["--shards", "16", "--replicas", "3", "--gossip-addr", &gossip[i]]
+            .iter()
+            .chain(&policy)
+            .map(|s| s.to_string())
+            .collect();
+        if i > 0 {
+            args.extend(["--gossip-seed".to_owned(), gossip[0].clone()]);
+        }
+        args
+    });
+    wait_until(Duration::from_secs(30), "the first map settled", || async {
+        settled_on(&nodes.iter().collect::<Vec<_>>(), &[1, 2, 3, 4, 5]).await
+    })
+    .await;
+
+    // Writers through nodes 1 to 3 run through everything below.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, node) in nodes.iter().take(3).enumerate() {
+        let (addr, stop) = (node.resp, stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut c = client(addr).await;
+            let mut acked = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("w{w}:{i}");
+                let set: redis::RedisResult<()> = c.set(&key, i).await;
+                if set.is_ok() {
+                    acked.push(key);
+                }
+                i += 1;
+            }
+            acked
+        }));
+    }
+
+    // SIGKILL node 5: gossip declares it down, and its replicas are recreated on the others.
+    let _ = nodes[4].child.kill();
+    let _ = nodes[4].child.wait();
+    wait_until(Duration::from_secs(60), "node 5's replicas recreated on the four others", || async {
+        settled_on(&nodes[..4].iter().collect::<Vec<_>>(), &[1, 2, 3, 4]).await
+    })
+    .await;
+
+    // A sixth node joins through gossip: it ends with its share.
+    let own = free_addrs(2);
+    let (raft6, resp6) = (own[0].to_string(), own[1].to_string());
+    let sixth = start(&[
+        "--node-id",
+        "6",
+        "--join",
+        "true",
+        "--raft-addr",
+        &raft6,
+        "--resp-addr",
+        &resp6,
+        "--shards",
+        "16",
+        "--replicas",
+        "3",
+        "--gossip-addr",
+        &gossip[5],
+        "--gossip-seed",
+        &gossip[0],
+        "--auto-add-voters",
+        "yes",
+        "--auto-remove-voters",
+        "yes",
+        "--tick-interval-ms",
+        "20",
+    ]);
+    let mut live: Vec<&Node> = nodes[..4].iter().collect();
+    live.push(&sixth);
+    wait_until(Duration::from_secs(90), "the sixth node holds its share", || async {
+        settled_on(&live, &[1, 2, 3, 4, 6]).await
+    })
+    .await;
+
+    // By hand: move a shard to node 6 from one of its members, then rebalance evens it out.
+    let map = shard_map(nodes[0].admin).await;
+    let (shard, _, members) = map.iter().find(|(_, _, m)| !m.contains(&6)).unwrap().clone();
+    let admin = nodes[0].admin.to_string();
+    let (s, from) = (shard.to_string(), members[0].to_string());
+    let out =
+        crema(&["cluster", "move-shard", "--admin", &admin, "--shard", &s, "--from", &from, "--to", "6"]);
+    assert!(out.contains(&format!("shard {shard} moves from node {from} to node 6")), "{out}");
+    wait_until(Duration::from_secs(30), "the moved shard settles on node 6", || async {
+        shard_map(nodes[0].admin)
+            .await
+            .iter()
+            .any(|(id, state, m)| *id == shard && state == "active" && m.contains(&6))
+    })
+    .await;
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_crema"))
+        .args(["cluster", "move-shard", "--admin", &admin, "--shard", &s, "--from", "6", "--to", "6"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "a move to a node that holds the shard is refused");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds"), "{again:?}");
+    let out = crema(&["cluster", "rebalance", "--admin", &admin]);
+    assert!(out.contains("move(s) started") || out.contains("balanced"), "{out}");
+    wait_until(Duration::from_secs(60), "rebalanced", || async { settled_on(&live, &[1, 2, 3, 4, 6]).await })
+        .await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(acked.len() > 100, "the writers kept writing: {}", acked.len());
+    // Every acknowledged write is there, read through node 1 and through the new node.
+    for addr in [nodes[0].resp, sixth.resp] {
+        let mut c = client(addr).await;
+        for chunk in acked.chunks(500) {
+            let got: Vec<Option<String>> = c.mget(chunk).await.unwrap();
+            let missing: Vec<_> =
+                chunk.iter().zip(&got).filter(|(_, v)| v.is_none()).map(|(k, _)| k).collect();
+            assert!(
+                missing.is_empty(),
+                "{} acknowledged writes missing through {addr}: {missing:?}",
+                missing.len()
+            );
+        }
+    }
+    // The moves are counted and timed.
+    let mut settled = 0u64;
+    for n in &live {
+        let (_, metrics) = http_get(n.admin, "/metrics").await;
+        let count = metrics.lines().find_map(|l| l.strip_prefix("crema_migration_duration_seconds_count "));
+        settled += count.and_then(|c| c.trim().parse().ok()).unwrap_or(0);
+    }
+    assert!(settled > 0, "crema_migration_duration_seconds counts the moves");
+    let _ = &mut nodes;
+}

@@ -240,13 +240,6 @@ async fn redis_py_cluster_and_redis_cli_dash_c_across_a_node_death() {
     let _ = &mut nodes;
 }
 
-/// Free UDP ports on 127.0.0.1 (bound then released).
-fn free_udp_addrs(n: usize) -> Vec<std::net::SocketAddr> {
-    let sockets: Vec<std::net::UdpSocket> =
-        (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
-    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
-}
-
 /// `(node id, health)` of every node `/cluster` on `admin` lists.
 async fn gossip_view(admin: std::net::SocketAddr) -> Vec<(u64, String)> {
     let (status, body) = http_get(admin, "/cluster").await;

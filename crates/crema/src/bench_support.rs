@@ -115,6 +115,7 @@ impl GroupBench {
                     id: shard,
                     group: handle.clone(),
                     storage: storage.clone(),
+                    stop: cancel.clone(),
                 });
                 handles.push(handle);
                 storages.push(storage);

@@ -453,12 +453,14 @@ impl CacheConfig {
     }
 
     /// The voters and learners shard `shard`'s group starts with on this node: nothing for a
-    /// node that joins a running cluster; else its members in the first shard map (every
+    /// node that joins a running cluster (which starts the meta shard only, with several: the
+    /// others come as placement gives them); else its members in the first shard map (every
     /// seed node with one shard), and for the meta shard every other seed node as a learner.
     /// None when this node holds no replica of the shard at first.
     pub(crate) fn initial_conf(&self, shard: crate::types::ShardId) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
         if self.join {
-            return Some((Vec::new(), Vec::new()));
+            let starts = shard == crate::types::DEFAULT_SHARD || self.shard_count() == 1;
+            return starts.then(|| (Vec::new(), Vec::new()));
         }
         let nodes = self.initial_voters();
         let Some(map) = self.initial_shard_map() else { return Some((nodes, Vec::new())) };

@@ -65,7 +65,8 @@ fn the_first_conf_of_each_shard_follows_the_initial_map() {
     assert_eq!(sharded(4).initial_conf(1), Some((vec![1, 4, 5], vec![])));
     assert_eq!(sharded(2).initial_conf(1), None);
     // A joining node starts empty; one group means every node is a voter.
-    assert_eq!(sharded(2).with_join(true).initial_conf(1), Some((vec![], vec![])));
+    assert_eq!(sharded(2).with_join(true).initial_conf(0), Some((vec![], vec![])));
+    assert_eq!(sharded(2).with_join(true).initial_conf(1), None, "placement gives it shards later");
     assert_eq!(base().initial_shard_map(), None);
     assert_eq!(base().initial_conf(0), Some((vec![1], vec![])));
 }

@@ -123,3 +123,160 @@ async fn with_as_many_replicas_as_nodes_every_node_holds_every_shard() {
         node.shutdown().await;
     }
 }
+
+const ALL: crema::PeerManagementConfig = crema::PeerManagementConfig {
+    auto_add_peers: true,
+    auto_remove_peers: true,
+    auto_add_voters: true,
+    auto_remove_voters: true,
+};
+
+/// Node `id` of a cluster whose first nodes are at `addrs`, gossiping (memberlist) through
+/// `seeds`; `join`: a node added to the running cluster.
+async fn gossiping(
+    id: u64,
+    listener: std::net::TcpListener,
+    addrs: &[std::net::SocketAddr],
+    seeds: Vec<std::net::SocketAddr>,
+    join: bool,
+) -> DistributedCache {
+    let addr = listener.local_addr().unwrap();
+    let gossip = crema::MemberlistConfig {
+        enabled: true,
+        bind_addr: Some("127.0.0.1:0".parse().unwrap()),
+        advertise_addr: None,
+        seed_addrs: seeds,
+        node_name: Some(format!("node-{id}")),
+        peer_management: ALL,
+    };
+    let config = if join {
+        crema::CacheConfig::new(id, addr).with_raft_config(common::fast_raft()).with_join(true)
+    } else {
+        common::node_config(id, addrs)
+    };
+    let config = config
+        .with_request_timeout(Duration::from_secs(10))
+        .with_cluster_discovery(crema::MemberlistDiscovery::new(id, addr, &gossip, &[]))
+        .with_multiraft_config(MultiRaftCacheConfig {
+            enabled: true,
+            num_shards: SHARDS,
+            ..Default::default()
+        })
+        .with_replica_factor(3);
+    DistributedCache::new_with_listener(config, listener).await.expect("start node")
+}
+
+fn gossip_addr(node: &DistributedCache) -> std::net::SocketAddr {
+    let me = node.discovered_nodes().into_iter().find(|n| n.node_id == node.node_id()).unwrap();
+    me.gossip_addr.expect("gossip is bound")
+}
+
+/// Every shard settled on three members, all among `live`, and each member holding it.
+fn settled_on(nodes: &[&DistributedCache], live: &[u64]) -> bool {
+    let map = nodes[0].shard_map();
+    !map.is_empty()
+        && nodes.iter().all(|n| n.shard_map() == map)
+        && map.shards().iter().all(|p| {
+            p.state == crema::ShardState::Active
+                && p.members.len() == 3
+                && p.members.iter().all(|m| live.contains(m))
+                && nodes.iter().all(|n| p.members.contains(&n.node_id()) <= n.holds_shard(p.shard_id))
+                && nodes
+                    .iter()
+                    .filter(|n| p.members.contains(&n.node_id()))
+                    .all(|n| n.shard_leader(p.shard_id).is_some_and(|l| p.members.contains(&l)))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_leave_a_dead_node_and_reach_a_new_one_with_nothing_lost() {
+    common::init_tracing();
+    let bound = common::bind(5);
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let mut nodes = Vec::new();
+    let mut seeds = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        let node = gossiping(i as u64 + 1, listener, &addrs, seeds.clone(), false).await;
+        if seeds.is_empty() {
+            seeds.push(gossip_addr(&node));
+        }
+        nodes.push(node);
+    }
+    let all: Vec<&DistributedCache> = nodes.iter().collect();
+    wait_until(Duration::from_secs(30), "the first map, settled", || async {
+        settled_on(&all, &[1, 2, 3, 4, 5])
+    })
+    .await;
+
+    // Writers run through every move; what they were told is written must be there after.
+    let nodes = std::sync::Arc::new(nodes);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3usize {
+        let (nodes, acked, stop) = (nodes.clone(), acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("w{w}:{i}");
+                // Through nodes 1 to 3, which stay.
+                if nodes[(w + i) % 3].put(key.clone(), format!("{i}")).await.is_ok() {
+                    acked.lock().unwrap().push(key);
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Node 5 stops: discovery declares it down, and its replicas are recreated on the others.
+    let held_by_5 = nodes[0].shard_map().shards_of(5);
+    assert!(!held_by_5.is_empty());
+    nodes[4].shutdown().await;
+    let four: Vec<&DistributedCache> = nodes[..4].iter().collect();
+    wait_until(Duration::from_secs(60), "node 5's replicas recreated on the four others", || async {
+        settled_on(&four, &[1, 2, 3, 4])
+    })
+    .await;
+
+    // A sixth node joins: it ends with a fair share of the replicas.
+    let (listener, _) = common::bind(1).pop().unwrap();
+    let sixth = gossiping(6, listener, &addrs, seeds.clone(), true).await;
+    let mut five: Vec<&DistributedCache> = nodes[..4].iter().collect();
+    five.push(&sixth);
+    wait_until(Duration::from_secs(90), "the new node holds a fair share", || async {
+        let map = five[0].shard_map();
+        let loads = map.loads();
+        let of = |n: u64| loads.get(&n).copied().unwrap_or(0);
+        let counts: Vec<usize> = [1, 2, 3, 4, 6].iter().map(|n| of(*n)).collect();
+        settled_on(&five, &[1, 2, 3, 4, 6])
+            && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "the writers kept writing through the moves: {}", acked.len());
+    // Every acknowledged write is there, read through every live node (the new one too).
+    for node in &five {
+        let entries = node
+            .read_entries(&acked.iter().map(|k| Bytes::from(k.clone())).collect::<Vec<_>>(), true)
+            .await
+            .unwrap();
+        let missing: Vec<_> =
+            acked.iter().zip(&entries).filter(|(_, e)| e.is_none()).map(|(k, _)| k).collect();
+        assert!(
+            missing.is_empty(),
+            "node {} misses {} acknowledged writes: {:?}",
+            node.node_id(),
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+    sixth.shutdown().await;
+    for node in nodes.iter().take(4) {
+        node.shutdown().await;
+    }
+}

@@ -155,6 +155,15 @@ pub struct AddNode {
     pub learner: bool,
 }
 
+/// `POST /cluster/shards/{id}/move` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveShard {
+    /// The node that gives its replica up.
+    pub from: NodeId,
+    /// The node that gets it.
+    pub to: NodeId,
+}
+
 /// The router (exposed for tests).
 pub fn router(state: AdminState) -> Router {
     let read = Router::new()
@@ -164,6 +173,8 @@ pub fn router(state: AdminState) -> Router {
     let change = Router::new()
         .route("/cluster/nodes", post(add_node))
         .route("/cluster/nodes/{id}", delete(remove_node))
+        .route("/cluster/rebalance", post(rebalance))
+        .route("/cluster/shards/{id}/move", post(move_shard))
         .merge(debug_routes())
         .route_layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::change));
     Router::new()
@@ -321,6 +332,37 @@ async fn add_node(State(s): State<AdminState>, Json(body): Json<AddNode>) -> Res
 async fn remove_node(State(s): State<AdminState>, Path(id): Path<NodeId>) -> Response {
     match s.cache.remove_peer(id).await {
         Ok(()) => (StatusCode::OK, format!("node {id} removed\n")).into_response(),
+        Err(e) => membership_error(&s, &e),
+    }
+}
+
+async fn rebalance(State(s): State<AdminState>) -> Response {
+    match s.cache.rebalance().await {
+        Ok(moves) if moves.is_empty() => "nothing to move: the placement is balanced\n".into_response(),
+        Ok(moves) => {
+            let mut out = format!("{} move(s) started:\n", moves.len());
+            for m in moves {
+                let node = |n: Option<NodeId>| n.map_or("-".to_owned(), |n| n.to_string());
+                out.push_str(&format!(
+                    "  shard {}: to {} from {}\n",
+                    m.shard_id,
+                    node(m.add),
+                    node(m.remove)
+                ));
+            }
+            out.into_response()
+        }
+        Err(e) => membership_error(&s, &e),
+    }
+}
+
+async fn move_shard(
+    State(s): State<AdminState>,
+    Path(id): Path<crema::ShardId>,
+    Json(body): Json<MoveShard>,
+) -> Response {
+    match s.cache.move_shard(id, body.from, body.to).await {
+        Ok(()) => format!("shard {id} moves from node {} to node {}\n", body.from, body.to).into_response(),
         Err(e) => membership_error(&s, &e),
     }
 }

@@ -118,6 +118,13 @@ pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
     listeners.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
+/// `n` distinct free UDP addresses on 127.0.0.1 (for gossip).
+pub fn free_udp_addrs(n: usize) -> Vec<SocketAddr> {
+    let sockets: Vec<std::net::UdpSocket> =
+        (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
+}
+
 /// Starts an `n`-node cluster of processes on fixed ports; each lists the others as peers
 /// (with their RESP addresses, for `-NOTLEADER`). Ports are picked free, but another process can
 /// take one before the node binds it: then the whole cluster is started again on new ports.

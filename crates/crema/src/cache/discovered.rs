@@ -94,6 +94,10 @@ impl Discovered {
 
     /// One voter change, when this node leads the meta shard and the policy allows one.
     async fn reconcile_voters(&self, policy: PeerManagementConfig) {
+        if self.membership.shards > 1 {
+            // Placement changes the members of every shard, the meta shard's too.
+            return;
+        }
         let meta = &self.membership.meta;
         if !meta.shared.is_leader() {
             return;

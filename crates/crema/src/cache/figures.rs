@@ -26,7 +26,7 @@ impl DistributedCache {
             let shared = &shard.group.shared;
             let range = ShardRange { shard_id: shard.id, total_shards: total };
             let leader = shared.leader_id();
-            let state = ShardState::of(stopped, shared.recovering(), leader);
+            let state = self.placed_state(shard.id, ShardState::of(stopped, shared.recovering(), leader));
             ShardInfo {
                 shard_id: shard.id,
                 state,
@@ -90,6 +90,16 @@ impl DistributedCache {
         shard.group.status().await
     }
 
+    /// A serving replica's state, `Transferring` while the shard map moves the shard.
+    fn placed_state(&self, shard: ShardId, state: ShardState) -> ShardState {
+        let moving = self.shard_map.placement(shard).is_some_and(|p| p.state == ShardState::Transferring);
+        if state == ShardState::Active && moving {
+            ShardState::Transferring
+        } else {
+            state
+        }
+    }
+
     /// Every shard of the cluster, in shard order: this node's replicas as
     /// [`Self::cluster_status`] reports them and, for a shard it holds none of, the members
     /// the shard map names, the leader gossip last named and no figures (zero).
@@ -137,13 +147,15 @@ impl DistributedCache {
         // A replica removed from its shard is gone from this node: not reported.
         for shard in held.iter().filter(|s| !s.group.shared.removed()) {
             let status = shard.group.status().await?;
-            shards.push(ShardInfo::from_status(
+            let mut info = ShardInfo::from_status(
                 &status,
                 shard.storage.entry_count(),
                 shard.storage.weighted_size(),
                 self.shards.num_shards(),
                 self.end().is_some(),
-            ));
+            );
+            info.state = self.placed_state(shard.id, info.state);
+            shards.push(info);
         }
         let group = self.meta().group.status().await?;
         let mut members: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();

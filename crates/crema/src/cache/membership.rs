@@ -60,16 +60,32 @@ impl Membership {
                 "membership changes of a cluster with several shards are not supported yet".into(),
             ));
         }
+        self.change_in(&self.meta, kind, id, addr).await
+    }
+
+    /// Proposes `kind` of node `id` (at `addr`) in `group` once the checks pass against that
+    /// group: how placement changes the members of any shard (see `cache::placement`).
+    /// Demoting a voter to a learner (`AddLearnerNode` on a voter) is proposed unchecked.
+    pub async fn change_in(
+        &self,
+        group: &GroupHandle,
+        kind: ConfChangeType,
+        id: NodeId,
+        addr: Option<SocketAddr>,
+    ) -> Result<()> {
         let timeout = self.timeout;
         let checked_and_proposed = async {
-            self.check_membership_change(kind, id, addr).await?;
+            let demotion = kind == ConfChangeType::AddLearnerNode && group.shared.voters().contains(&id);
+            if !demotion {
+                self.check_membership_change(group, kind, id, addr).await?;
+            }
             let change = ConfChange {
                 change_type: kind,
                 node_id: id,
                 context: addr.map(|a| a.to_string().into_bytes().into()).unwrap_or_default(),
                 ..Default::default()
             };
-            self.meta.conf_change(change).await
+            group.conf_change(change).await
         };
         tokio::time::timeout(timeout, checked_and_proposed)
             .await
@@ -86,6 +102,7 @@ impl Membership {
 
     async fn check_membership_change(
         &self,
+        group: &GroupHandle,
         kind: ConfChangeType,
         id: NodeId,
         addr: Option<SocketAddr>,
@@ -94,10 +111,10 @@ impl Membership {
         if id == 0 {
             return refuse("node id 0 is not valid (ids start at 1)".into());
         }
-        if !self.meta.shared.is_leader() {
-            return Err(Error::NotLeader { leader_hint: self.meta.shared.leader_id() });
+        if !group.shared.is_leader() {
+            return Err(Error::NotLeader { leader_hint: group.shared.leader_id() });
         }
-        let status = self.meta.status().await?;
+        let status = group.status().await?;
         let (voter, learner) = (status.voters.contains(&id), status.learners.contains(&id));
         let addr = match (kind, addr) {
             (ConfChangeType::RemoveNode, _) => {

@@ -20,10 +20,12 @@ mod figures;
 mod keepalive;
 pub mod keyspace;
 mod membership;
+mod moves;
 mod placement;
 #[cfg(feature = "rocksdb")]
 mod recovery;
 mod remote;
+mod replica;
 mod route;
 pub(crate) mod shard;
 mod split;
@@ -55,6 +57,7 @@ use crate::types::{NodeId, ShardId};
 use dispatch::Dispatcher;
 pub use figures::RaftFigures;
 use keyspace::Keyspace;
+pub use placement::MigrationFigures;
 use shard::Shard;
 use split::Plan;
 use storage::{unix_now_ms, CacheStats};
@@ -108,12 +111,14 @@ pub struct DistributedCache {
     acl: Arc<crate::acl::AclStore>,
     /// The shard map as the meta shard applied it here.
     shard_map: Arc<crate::multiraft::ShardMapStore>,
+    /// Moves this node planned and settled (see `cache::placement`).
+    migrations: Arc<placement::Migrations>,
     coordinator: Arc<crate::multiraft::coordinator::CoordinatorState>,
     transport: Arc<Transport>,
     dispatcher: Arc<Dispatcher>,
     cancel: CancellationToken,
     supervisor: Supervisor,
-    group_tasks: Mutex<Vec<JoinHandle<()>>>,
+    group_tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     shut_down: AtomicBool,
 }
 
@@ -317,6 +322,12 @@ impl DistributedCache {
     /// shard, and until the meta shard's leader agreed the first map.
     pub fn shard_map(&self) -> crate::multiraft::ShardMap {
         self.shard_map.map()
+    }
+
+    /// The replica moves this node planned and settled as the meta shard's leader, and how
+    /// long each took (what `crema_migration_duration_seconds` shows).
+    pub fn migrations(&self) -> MigrationFigures {
+        self.migrations.figures()
     }
 
     /// Whether this node holds a replica of shard `shard` (every shard without placement).

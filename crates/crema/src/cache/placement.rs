@@ -1,47 +1,411 @@
-//! The node's side of placement (see `crate::multiraft::placement`): the meta shard's leader
-//! agrees the cluster's first shard map, the one every seed node computed at start from the
-//! same seed list and replica factor, so that every node, and every node that joins later,
-//! reads which nodes hold each shard from the meta shard.
+//! The node's side of placement (see `crate::multiraft::placement` for the map and the
+//! planner): one task per node, looking at the agreed shard map whenever it changes and once
+//! an election timeout (at most a second).
 //!
-//! Moving replicas (the planner's moves, carried out by each shard's leader) builds on this.
+//! - **The first map.** The meta shard's leader proposes the map every seed node computed at
+//!   start (`Init`), right after the first election.
+//! - **Following the map.** A node starts an empty replica of each shard the map names it a
+//!   member of and it holds none of (the shard's leader then adds it as a learner and sends it
+//!   a snapshot), and retires the replica of a shard whose move away from it has settled, or
+//!   whose group removed it (`cache::replica`). The meta shard stays on every node.
+//! - **Carrying moves out.** The leader of a shard whose group's voters differ from its members
+//!   in the map changes them one step per look, each through the checked membership path: a
+//!   missing member is added as a learner, promoted once it has the log (within
+//!   `CAUGHT_UP_SLACK` entries of the commit index), and only then is a member the map dropped
+//!   removed (its leadership handed over first if that is this node). The meta shard demotes a
+//!   live voter to a learner instead of removing it: every node keeps a meta replica.
+//! - **Planning.** The meta shard's leader, once every look: a move whose group has its
+//!   members is settled (`Settle`); new moves are planned from the map and the nodes discovery
+//!   reports alive that follow the meta shard, and proposed (`Move`), at most `MAX_MOVES`
+//!   shards moving at once. A live node that does not follow the meta shard yet is added to it
+//!   as a learner, so it reads the map before it is given replicas.
+//!
+//! What discovery's policy allows: without `auto_add_voters` nothing is planned (the map stays
+//! as agreed at first); `auto_remove_voters` lets the planner replace the replicas of nodes
+//! declared down, and drop down nodes that hold nothing from the meta shard.
+//!
+//! Every change is agreed in Raft (the map in the meta shard, members in each shard's group)
+//! and named by epoch, so a node that acts on a stale view changes nothing: its proposal is
+//! refused, and the next look sees the new state.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use raft::eraftpb::ConfChangeType;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
+use super::membership::Membership;
+use super::remote::{targets, Asker};
+use super::replica::Replicas;
+use super::split::META_SHARD;
 use crate::consensus::command::{CacheCommand, StampedCommand};
 use crate::consensus::group::GroupHandle;
-use crate::multiraft::{PlacementChange, ShardMap, ShardMapStore};
+use crate::consensus::ApplyOutput;
+use crate::discovery::{ClusterDiscovery, NodeHealth, PeerManagementConfig};
+use crate::multiraft::placement::{plan, PlacementPolicy};
+use crate::multiraft::{PlacementChange, ShardMap, ShardMapStore, ShardState};
+use crate::transport::envelope::{RemoteAnswer, RemoteRead};
+use crate::types::{NodeId, ShardId};
 
-/// How often the meta shard's leader looks at the map.
-const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Shards moving at once, cluster-wide: each move costs a snapshot, and client traffic comes
+/// first.
+const MAX_MOVES: usize = 2;
 
-/// While the map is empty and this node leads the meta shard, proposes `initial` (looked at
-/// when the meta shard's leader changes, and every `LOOK_EVERY`). Runs until the node stops.
-pub(super) async fn agree_first_map(
-    meta: GroupHandle,
-    map: Arc<ShardMapStore>,
-    initial: ShardMap,
-    cancel: CancellationToken,
-) {
-    let change = CacheCommand::Placement(PlacementChange::Init(initial));
-    loop {
-        if map.map().is_empty() && meta.shared.is_leader() {
-            let stamped = StampedCommand::new(crate::cache::storage::unix_now_ms(), change.clone());
-            match meta.propose(Bytes::from(stamped.encode())).await {
-                Ok(_) => info!(shards = map.map().shards().len(), "the first shard map is agreed"),
-                Err(e) => debug!(error = %e, "the first shard map was not agreed yet"),
+/// A learner within this many entries of the commit index is promoted: under load a learner
+/// is rarely exactly at the commit index, and a voter that is a few entries behind catches up
+/// within a round trip.
+const CAUGHT_UP_SLACK: u64 = 64;
+
+/// What the placement task works with.
+pub(super) struct Placement {
+    pub node_id: NodeId,
+    pub replicas: Arc<Replicas>,
+    pub map: Arc<ShardMapStore>,
+    pub meta: GroupHandle,
+    pub membership: Membership,
+    pub discovery: Option<Arc<dyn ClusterDiscovery>>,
+    /// The first map, when this node was started with the cluster (not joining).
+    pub initial: Option<ShardMap>,
+    pub replica_factor: usize,
+    /// How often the task looks when nothing wakes it.
+    pub look_every: Duration,
+    /// Moves planned and settled here, and how long they took.
+    pub migrations: Arc<Migrations>,
+    /// When each move this node planned started (the meta shard's leader settles it).
+    pub started: std::sync::Mutex<std::collections::HashMap<ShardId, std::time::Instant>>,
+}
+
+/// The moves the meta shard's leader planned and settled on this node, for metrics.
+#[derive(Debug, Default)]
+pub struct Migrations {
+    started: std::sync::atomic::AtomicU64,
+    settled: std::sync::atomic::AtomicU64,
+    /// Seconds each settled move took, from its planning (the last `MIGRATIONS_KEPT`).
+    durations: std::sync::Mutex<Vec<f64>>,
+}
+
+/// Durations of settled moves kept for metrics.
+const MIGRATIONS_KEPT: usize = 4096;
+
+/// What [`crate::DistributedCache::migrations`] reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MigrationFigures {
+    /// Moves this node planned (as the meta shard's leader).
+    pub started: u64,
+    /// Moves this node settled.
+    pub settled: u64,
+    /// Seconds each settled move took from its planning, of moves this node both planned and
+    /// settled (at most the last 4,096).
+    pub durations_seconds: Vec<f64>,
+}
+
+impl Migrations {
+    /// The figures now.
+    pub fn figures(&self) -> MigrationFigures {
+        use std::sync::atomic::Ordering::Relaxed;
+        MigrationFigures {
+            started: self.started.load(Relaxed),
+            settled: self.settled.load(Relaxed),
+            durations_seconds: self.durations.lock().expect("migrations poisoned").clone(),
+        }
+    }
+}
+
+impl Placement {
+    /// Runs until the node stops.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut changes = self.map.subscribe();
+        loop {
+            self.look().await;
+            // Looked at again as soon as the map or the meta shard's leader changes: the first
+            // map is agreed right after the first election, before anything else is written.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = self.meta.shared.leader_changed() => {}
+                _ = tokio::time::sleep(self.look_every) => {}
             }
         }
-        // Looked at again as soon as this node becomes the leader: the map is agreed right
-        // after the first election, before anything else is written.
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = meta.shared.leader_changed() => {}
-            _ = tokio::time::sleep(LOOK_EVERY) => {}
+    }
+
+    async fn look(&self) {
+        let map = self.map.map();
+        let leads_meta = self.meta.shared.is_leader();
+        if map.is_empty() {
+            if let (true, Some(initial)) = (leads_meta, &self.initial) {
+                if self.propose(PlacementChange::Init(initial.clone())).await {
+                    info!(shards = initial.shards().len(), "the first shard map is agreed");
+                }
+            }
+            return;
+        }
+        self.follow(&map).await;
+        self.carry_out(&map).await;
+        if leads_meta {
+            self.settle(&map).await;
+            self.plan(&map).await;
+            self.tend_meta_followers(&map).await;
+        }
+    }
+
+    /// Proposes a change of the map through this node's meta replica (it leads the meta
+    /// shard); whether it was applied.
+    async fn propose(&self, change: PlacementChange) -> bool {
+        let stamped = StampedCommand::new(super::storage::unix_now_ms(), CacheCommand::Placement(change));
+        match self.meta.propose(Bytes::from(stamped.encode())).await {
+            Ok(applied) => applied.output == ApplyOutput::Int(1),
+            Err(e) => {
+                debug!(error = %e, "a shard map change was not agreed");
+                false
+            }
+        }
+    }
+
+    /// Starts and retires this node's replicas as the map says (see the module docs).
+    async fn follow(&self, map: &ShardMap) {
+        let table = &self.replicas.table;
+        for placement in map.shards().iter().filter(|p| p.shard_id != META_SHARD) {
+            let shard = placement.shard_id;
+            let member = placement.members.contains(&self.node_id);
+            match table.get(shard) {
+                None if member => {
+                    if let Err(e) = self.replicas.join(shard) {
+                        warn!(shard, error = %e, "a replica the shard map gives this node did not start");
+                    }
+                }
+                None => {}
+                Some(held) if held.group.shared.removed() => self.replicas.retire(shard).await,
+                // Settled away from this node: the shard's leader saw its group without this
+                // node before it settled, whatever this replica still believes.
+                Some(_) if !member && placement.state == ShardState::Active => {
+                    self.replicas.retire(shard).await;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// One membership step for every shard this node leads whose group differs from the map.
+    async fn carry_out(&self, map: &ShardMap) {
+        for held in self.replicas.table.held() {
+            let group = &held.group;
+            if !group.shared.is_leader() {
+                continue;
+            }
+            let Some(placement) = map.shard(held.id) else { continue };
+            if let Err(e) = self.step(held.id, group, &placement.members).await {
+                debug!(shard = held.id, error = %e, "a placement step was not taken; tried again later");
+            }
+        }
+    }
+
+    async fn step(&self, shard: ShardId, group: &GroupHandle, target: &[NodeId]) -> crate::Result<()> {
+        let status = group.status().await?;
+        let (voters, learners) = (&status.voters, &status.learners);
+        if voters.as_slice() == target && (shard == META_SHARD || learners.is_empty()) {
+            return Ok(());
+        }
+        let change = |kind, id| async move {
+            let addr = if kind == ConfChangeType::RemoveNode { None } else { self.addr_of(id) };
+            info!(shard, node = id, ?kind, "placement: changing the shard's members");
+            self.membership.change_in(group, kind, id, addr).await
+        };
+        let caught_up = |id: NodeId| {
+            status
+                .replica_progress
+                .iter()
+                .any(|(p, matched)| *p == id && matched + CAUGHT_UP_SLACK >= status.commit_index)
+        };
+        // Members first: nothing is removed before every new member votes.
+        if let Some(&id) = target.iter().find(|id| !voters.contains(id)) {
+            if !learners.contains(&id) {
+                if self.addr_of(id).is_none() {
+                    return Ok(()); // Not reachable yet: discovery will link it.
+                }
+                return change(ConfChangeType::AddLearnerNode, id).await;
+            }
+            if caught_up(id) {
+                return change(ConfChangeType::AddNode, id).await;
+            }
+            return Ok(()); // Still catching up.
+        }
+        if let Some(&id) = voters.iter().find(|id| !target.contains(id)) {
+            if id == self.node_id {
+                // Hand the leadership to a member that stays; the new leader goes on.
+                let to = target.iter().copied().find(|t| *t != id && caught_up(*t));
+                if let Some(to) = to {
+                    group.transfer_leader(to).await?;
+                }
+                return Ok(());
+            }
+            if shard == META_SHARD && self.health(id) != Some(NodeHealth::Down) {
+                return change(ConfChangeType::AddLearnerNode, id).await;
+            }
+            return change(ConfChangeType::RemoveNode, id).await;
+        }
+        if shard != META_SHARD {
+            if let Some(&id) = learners.iter().find(|l| !target.contains(l)) {
+                return change(ConfChangeType::RemoveNode, id).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where node `id` listens for peers: the address its link has, else discovery's.
+    fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+        let transport = &self.replicas.transport;
+        if id == self.node_id {
+            return Some(transport.local_addr());
+        }
+        transport.peer_addr(id).or_else(|| {
+            let nodes = self.discovery.as_ref()?.nodes();
+            nodes.iter().find(|n| n.node_id == id).map(|n| n.raft_addr)
+        })
+    }
+
+    fn health(&self, id: NodeId) -> Option<NodeHealth> {
+        let nodes = self.discovery.as_ref()?.nodes();
+        nodes.iter().find(|n| n.node_id == id).map(|n| n.health)
+    }
+
+    fn policy(&self) -> PeerManagementConfig {
+        self.discovery.as_ref().map(|d| d.peer_management()).unwrap_or_default()
+    }
+
+    /// Settles every move whose group has its planned members (meta shard's leader).
+    async fn settle(&self, map: &ShardMap) {
+        for placement in map.shards().iter().filter(|p| p.state == ShardState::Transferring) {
+            let shard = placement.shard_id;
+            let Some((voters, learners)) = self.members_of(shard).await else { continue };
+            let done = voters == placement.members && (shard == META_SHARD || learners.is_empty());
+            if done && self.propose(PlacementChange::Settle { shard_id: shard, epoch: placement.epoch }).await
+            {
+                let began = self.started.lock().expect("moves poisoned").remove(&shard);
+                let took = began.map(|t| t.elapsed());
+                info!(shard, members = ?placement.members, ?took, "placement: the shard's move is done");
+                self.migrations.settled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(took) = took {
+                    let mut durations = self.migrations.durations.lock().expect("migrations poisoned");
+                    if durations.len() >= MIGRATIONS_KEPT {
+                        durations.remove(0);
+                    }
+                    durations.push(took.as_secs_f64());
+                }
+            }
+        }
+    }
+
+    /// A shard's voters and learners: this node's replica's view, else a holder's.
+    async fn members_of(&self, shard: ShardId) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+        if let Some(held) = self.replicas.table.get(shard) {
+            if held.group.shared.is_leader() || held.group.shared.leader_id().is_none() {
+                return Some((held.group.shared.voters(), held.group.shared.learners()));
+            }
+        }
+        let replicas = &self.replicas;
+        let config = &replicas.config;
+        let dispatcher = &replicas.dispatcher;
+        let asker = Asker {
+            me: self.node_id,
+            transport: &replicas.transport,
+            reads: &dispatcher.remote_reads,
+            timeout: config.request_timeout,
+            tick: config.raft.tick_interval(),
+            patience: config.raft.election_timeout(),
+        };
+        // The shard's leader knows its members best: ask it first (the hint), then the others.
+        let to = targets(self.node_id, shard, &self.map, &dispatcher.hints, &replicas.transport);
+        match asker.ask(to, shard, RemoteRead::Members, false).await {
+            Ok(RemoteAnswer::Members { voters, learners }) => Some((voters, learners)),
+            _ => None,
+        }
+    }
+
+    /// Proposes the moves the planner picks (meta shard's leader; see the module docs).
+    async fn plan(&self, map: &ShardMap) {
+        let policy = self.policy();
+        if !policy.auto_add_voters {
+            return;
+        }
+        let Some(discovery) = &self.discovery else { return };
+        // Alive, and following the meta shard: a node that does not read the map yet could
+        // not start the replicas it is given.
+        let followers: BTreeSet<NodeId> =
+            self.meta.shared.voters().into_iter().chain(self.meta.shared.learners()).collect();
+        let mut live: BTreeSet<NodeId> = discovery
+            .nodes()
+            .iter()
+            .filter(|n| n.health == NodeHealth::Alive && followers.contains(&n.node_id))
+            .map(|n| n.node_id)
+            .collect();
+        live.insert(self.node_id);
+        let placement_policy = PlacementPolicy {
+            replica_factor: self.replica_factor,
+            replace_dead: policy.auto_remove_voters,
+            max_moves: MAX_MOVES,
+        };
+        for planned in plan(map, &live, &placement_policy) {
+            let Some(placement) = map.shard(planned.shard_id) else { continue };
+            let members = planned.apply_to(&placement.members);
+            let change =
+                PlacementChange::Move { shard_id: planned.shard_id, epoch: placement.epoch, members };
+            if self.propose(change).await {
+                info!(shard = planned.shard_id, add = ?planned.add, remove = ?planned.remove, "placement: a move starts");
+                self.started
+                    .lock()
+                    .expect("moves poisoned")
+                    .insert(planned.shard_id, std::time::Instant::now());
+                self.migrations.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Adds live nodes that do not follow the meta shard to it as learners, and removes down
+    /// learners that hold nothing (meta shard's leader, as the policy allows).
+    async fn tend_meta_followers(&self, map: &ShardMap) {
+        let policy = self.policy();
+        let Some(discovery) = &self.discovery else { return };
+        let (voters, learners) = (self.meta.shared.voters(), self.meta.shared.learners());
+        let follows = |id: NodeId| voters.contains(&id) || learners.contains(&id);
+        let nodes = discovery.nodes();
+        if policy.auto_add_voters {
+            let newcomer =
+                nodes.iter().find(|n| n.node_id != 0 && n.health == NodeHealth::Alive && !follows(n.node_id));
+            if let Some(n) = newcomer {
+                let added = self.membership.change_in(
+                    &self.meta,
+                    ConfChangeType::AddLearnerNode,
+                    n.node_id,
+                    Some(n.raft_addr),
+                );
+                match added.await {
+                    Ok(()) => info!(node = n.node_id, "placement: a new node follows the meta shard"),
+                    Err(e) => {
+                        debug!(node = n.node_id, error = %e, "a new node was not added to the meta shard")
+                    }
+                }
+                return;
+            }
+        }
+        if policy.auto_remove_voters {
+            let holds_nothing = |id: NodeId| map.shards_of(id).is_empty();
+            let gone = learners.iter().copied().find(|l| {
+                holds_nothing(*l) && nodes.iter().any(|n| n.node_id == *l && n.health == NodeHealth::Down)
+            });
+            if let Some(id) = gone {
+                match self.membership.change_in(&self.meta, ConfChangeType::RemoveNode, id, None).await {
+                    Ok(()) => {
+                        info!(node = id, "placement: a down node that held nothing left the meta shard")
+                    }
+                    Err(e) => {
+                        debug!(node = id, error = %e, "a down node was not removed from the meta shard")
+                    }
+                }
+            }
         }
     }
 }

@@ -31,6 +31,8 @@ use crate::consensus::sessions::SessionStamp;
 use crate::consensus::Applied;
 use crate::error::{Error, Result};
 use crate::glob::glob_match;
+use crate::multiraft::coordinator::CoordinatorState;
+use crate::multiraft::ShardMapStore;
 use crate::transport::envelope::{Envelope, RemoteAnswer, RemoteRead, WireError};
 use crate::transport::Transport;
 use crate::types::{NodeId, ShardId};
@@ -95,6 +97,10 @@ pub(crate) async fn serve_read(
                 RemoteAnswer::Keys(keys)
             }
             RemoteRead::Count => RemoteAnswer::Count(storage.live_count()),
+            RemoteRead::Members => RemoteAnswer::Members {
+                voters: held.group.shared.voters(),
+                learners: held.group.shared.learners(),
+            },
             RemoteRead::Watch { keys } => {
                 // The index first: a key read after it may be newer (a needless abort), never
                 // older.
@@ -122,9 +128,93 @@ pub(crate) async fn serve_read(
     }
 }
 
+/// The nodes to ask about shard `shard`: its members in the agreed shard map (else every
+/// peer), the hinted leader first.
+pub(super) fn targets(
+    me: NodeId,
+    shard: ShardId,
+    map: &ShardMapStore,
+    hints: &CoordinatorState,
+    transport: &Transport,
+) -> Targets {
+    let mut candidates: Vec<NodeId> = match map.placement(shard) {
+        Some(p) => p.members,
+        None => transport.peer_ids(),
+    };
+    candidates.retain(|n| *n != me);
+    // Spread the askers over the members.
+    let start = if candidates.is_empty() { 0 } else { rand::random::<u32>() as usize % candidates.len() };
+    let named = hints.hinted_leader(shard).filter(|l| *l != me);
+    Targets { candidates, next: start, named }
+}
+
+/// Sends a [`RemoteRead`] to a shard's holders until one answers.
+pub(super) struct Asker<'a> {
+    pub me: NodeId,
+    pub transport: &'a Transport,
+    pub reads: &'a RemoteReads,
+    /// How long the whole read may take.
+    pub timeout: Duration,
+    /// The pause before asking again.
+    pub tick: Duration,
+    /// How long one holder may take to answer before the next is asked.
+    pub patience: Duration,
+}
+
+impl Asker<'_> {
+    /// Asks `targets` in turn for `read` of shard `shard` (see the module docs).
+    ///
+    /// # Errors
+    /// `Timeout` when none answered within the timeout, `NotLeader` when none is known, a
+    /// transport error when the answer would not fit in a frame.
+    pub async fn ask(
+        &self,
+        mut targets: Targets,
+        shard: ShardId,
+        read: RemoteRead,
+        linearizable: bool,
+    ) -> Result<RemoteAnswer> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(self.timeout));
+            }
+            let Some(target) = targets.pick() else {
+                return Err(Error::NotLeader { leader_hint: None });
+            };
+            let (request_id, reply) = self.reads.open();
+            let frame = Envelope::Read { shard, request_id, linearizable, read: read.clone() };
+            if self.transport.send(target, frame.to_frame()).is_err() {
+                self.reads.forget(request_id);
+                tokio::time::sleep(self.tick).await;
+                continue;
+            }
+            let resend_at = (Instant::now() + self.patience.max(Duration::from_secs(1))).min(deadline);
+            let answer = tokio::select! {
+                reply = reply => reply,
+                _ = tokio::time::sleep_until(resend_at) => {
+                    self.reads.forget(request_id);
+                    continue;
+                }
+            };
+            match answer {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(WireError::NotLeader(Some(leader)))) if leader != self.me => {
+                    targets.named = Some(leader);
+                }
+                Ok(Err(WireError::Other(why))) if why.contains("larger than a peer frame") => {
+                    return Err(Error::Transport(crate::transport::TransportError::Remote(why)));
+                }
+                Ok(Err(_)) => tokio::time::sleep(self.tick).await,
+                Err(_) => return Err(Error::Shutdown),
+            }
+        }
+    }
+}
+
 /// Where the next copy of a remote request goes: the leader a member named, else the one
 /// gossip names, else the shard's members in turn.
-struct Targets {
+pub(super) struct Targets {
     candidates: Vec<NodeId>,
     next: usize,
     named: Option<NodeId>,
@@ -145,19 +235,8 @@ impl Targets {
 }
 
 impl DistributedCache {
-    /// The nodes to ask about shard `shard`: its members in the agreed shard map (else every
-    /// peer), the gossiped leader first.
     fn targets(&self, shard: ShardId) -> Targets {
-        let me = self.config.node_id;
-        let mut candidates: Vec<NodeId> = match self.shard_map.placement(shard) {
-            Some(p) => p.members,
-            None => self.transport.peer_ids(),
-        };
-        candidates.retain(|n| *n != me);
-        // Spread the askers over the members.
-        let start = if candidates.is_empty() { 0 } else { rand::random::<u32>() as usize % candidates.len() };
-        let named = self.coordinator.hinted_leader(shard).filter(|l| *l != me);
-        Targets { candidates, next: start, named }
+        targets(self.config.node_id, shard, &self.shard_map, &self.coordinator, &self.transport)
     }
 
     /// Forwards `stamped` to shard `shard`'s leader on another node (see the module docs)
@@ -250,45 +329,15 @@ impl DistributedCache {
         linearizable: bool,
     ) -> Result<RemoteAnswer> {
         self.check_running()?;
-        let deadline = Instant::now() + self.config.request_timeout;
-        let mut targets = self.targets(shard);
-        let tick = self.config.raft.tick_interval();
-        let patience = self.config.raft.election_timeout();
-        let reads = &self.dispatcher.remote_reads;
-        loop {
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout(self.config.request_timeout));
-            }
-            let Some(target) = targets.pick() else {
-                return Err(Error::NotLeader { leader_hint: None });
-            };
-            let (request_id, reply) = reads.open();
-            let frame = Envelope::Read { shard, request_id, linearizable, read: read.clone() };
-            if self.transport.send(target, frame.to_frame()).is_err() {
-                reads.forget(request_id);
-                tokio::time::sleep(tick).await;
-                continue;
-            }
-            let resend_at = (Instant::now() + patience.max(Duration::from_secs(1))).min(deadline);
-            let answer = tokio::select! {
-                reply = reply => reply,
-                _ = tokio::time::sleep_until(resend_at) => {
-                    reads.forget(request_id);
-                    continue;
-                }
-            };
-            match answer {
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(WireError::NotLeader(Some(leader)))) if leader != self.config.node_id => {
-                    targets.named = Some(leader);
-                }
-                Ok(Err(WireError::Other(why))) if why.contains("larger than a peer frame") => {
-                    return Err(Error::Transport(crate::transport::TransportError::Remote(why)));
-                }
-                Ok(Err(_)) => tokio::time::sleep(tick).await,
-                Err(_) => return Err(Error::Shutdown),
-            }
-        }
+        let asker = Asker {
+            me: self.config.node_id,
+            transport: &self.transport,
+            reads: &self.dispatcher.remote_reads,
+            timeout: self.config.request_timeout,
+            tick: self.config.raft.tick_interval(),
+            patience: self.config.raft.election_timeout(),
+        };
+        asker.ask(self.targets(shard), shard, read, linearizable).await
     }
 
     /// The live entries of `keys`, in order (none where absent), from this node's replicas

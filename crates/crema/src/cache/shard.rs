@@ -4,6 +4,7 @@
 use crate::cache::storage::CacheStorage;
 use crate::consensus::group::GroupHandle;
 use crate::types::ShardId;
+use tokio_util::sync::CancellationToken;
 
 /// A shard replica: the group that orders its writes and the cache they are applied to.
 #[derive(Clone)]
@@ -14,4 +15,6 @@ pub(crate) struct Shard {
     pub group: GroupHandle,
     /// Its local cache (the group's state machine applies into it).
     pub storage: CacheStorage,
+    /// Stops this replica's group and tasks (a child of the node's token).
+    pub stop: CancellationToken,
 }

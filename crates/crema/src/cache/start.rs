@@ -1,35 +1,28 @@
-//! Starting a node: the transport, then one Raft group, cache and background tasks per shard
-//! (see `cache::shard`), all watched by the supervisor.
+//! Starting a node: the transport, then its shard replicas (see `cache::replica`), then the
+//! node's own tasks, all watched by the supervisor.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::background::{evict, sweep_expired};
 use super::discovered::Discovered;
 use super::dispatch::Dispatcher;
 use super::keyspace::Keyspace;
 use super::membership::Membership;
-use super::shard::Shard;
+use super::replica::Replicas;
 use super::split::META_SHARD;
-use super::storage::{CacheStorage, StorageLimits};
 use super::supervisor::{NodeEnd, Supervisor};
-use super::table::ShardTable;
 use super::DistributedCache;
-use crate::config::{CacheConfig, ConfigError, RaftStorageType};
+use crate::config::{CacheConfig, ConfigError};
 use crate::consensus::command::CommandLimits;
-use crate::consensus::group::{spawn_group, GroupHandle, GroupSettings};
-use crate::consensus::state_machine::CacheStateMachine;
-use crate::consensus::storage::MemStorage;
 use crate::discovery::DiscoveryContext;
 use crate::error::Result;
 use crate::multiraft::ShardRouter;
 use crate::transport::{Transport, TransportConfig};
-use crate::types::{NodeId, ShardId};
+use crate::types::NodeId;
 
 impl DistributedCache {
     pub(super) async fn start(config: CacheConfig, listener: tokio::net::TcpListener) -> Result<Self> {
@@ -84,63 +77,67 @@ impl DistributedCache {
             }
         };
         let supervisor = Supervisor::new(cancel.clone());
-        let table = Arc::new(ShardTable::new(router.num_shards()));
-        let mut storages = Vec::with_capacity(router.num_shards() as usize);
-        let mut tasks = Vec::new();
+        let replicas = Arc::new(Replicas::new(
+            config.clone(),
+            transport.clone(),
+            dispatcher.clone(),
+            supervisor.clone(),
+            cancel.clone(),
+        ));
+        let table = replicas.table.clone();
+        let tasks = replicas.tasks.clone();
+        let push = |task| tasks.lock().expect("tasks poisoned").push(task);
+        // Restarting on its data directory, a node opens the replicas it has state for (placement
+        // may have moved shards since the first map); else those the first map gives it. A shard
+        // it holds no replica of keeps an empty cache: reads of its keys go to the nodes that
+        // hold it (see `cache::remote`).
+        let stored = replicas.stored_shards()?;
         let mut acl = None;
         let mut shard_map = None;
-        // The node's database, opened with the first durable shard and shared by every one.
-        let mut node_db = NodeDbSlot::default();
         for id in 0..router.num_shards() {
-            let storage = CacheStorage::new(shard_limits(&config));
-            storages.push(storage.clone());
-            // A shard this node holds no replica of keeps an empty cache: reads of its keys
-            // go to the nodes that hold it (see `cache::remote`).
-            let Some(conf) = config.initial_conf(id) else { continue };
-            let sm = CacheStateMachine::new(storage.clone());
-            if id == META_SHARD {
-                acl = Some(sm.acl().clone());
-                shard_map = Some(sm.shard_map().clone());
-            }
-            {
-                let mut members = sm.members().lock().expect("members poisoned");
-                members.insert(config.node_id, config.raft_addr);
-                members.extend(config.seed_nodes.iter().copied());
-            }
-            let (group, task) = spawn_shard_group(&config, id, &conf, sm, &transport, &cancel, &mut node_db)?;
-            let name = |what: &str| {
-                if router.num_shards() == 1 {
-                    format!("the {what}")
-                } else {
-                    format!("the {what} of shard {id}")
-                }
+            let conf = match &stored {
+                Some(stored) if id != META_SHARD && !stored.contains(&id) => continue,
+                // Its stored conf state counts; this one is not used.
+                Some(_) => config.initial_conf(id).unwrap_or_default(),
+                None => match config.initial_conf(id) {
+                    Some(conf) => conf,
+                    None => continue,
+                },
             };
-            let removed = group.shared.clone();
-            tasks.push(if id == META_SHARD {
-                supervisor.watch(name("raft group loop"), task, move || removed.removed())
-            } else {
-                supervisor.watch_replica(name("raft group loop"), task, move || removed.removed())
-            });
-            tasks.push(
-                supervisor.spawn(name("expiry sweeper"), sweep_expired(storage.clone(), cancel.clone())),
-            );
-            tasks.push(
-                supervisor.spawn(name("evictor"), evict(storage.clone(), group.clone(), cancel.clone())),
-            );
-            table.insert(Shard { id, group, storage });
+            let started = replicas.start(id, &conf)?;
+            if id == META_SHARD {
+                acl = Some(started.acl);
+                shard_map = Some(started.shard_map);
+            }
         }
         let meta = table.get(META_SHARD).expect("every node holds the meta shard");
         let shard_map = shard_map.expect("shard 0 exists");
-        if let Some(initial) = config.initial_shard_map().filter(|_| !config.join) {
-            let agree = super::placement::agree_first_map(
-                meta.group.clone(),
-                shard_map.clone(),
-                initial,
-                cancel.clone(),
-            );
-            tasks.push(supervisor.spawn("the shard map", agree));
-        }
+        let migrations = Arc::new(super::placement::Migrations::default());
+        let membership = Membership {
+            node_id: config.node_id,
+            meta: meta.group.clone(),
+            transport: transport.clone(),
+            shards: router.num_shards() as usize,
+            timeout: config.request_timeout,
+        };
         if router.num_shards() > 1 {
+            let placement = super::placement::Placement {
+                node_id: config.node_id,
+                replicas: replicas.clone(),
+                map: shard_map.clone(),
+                meta: meta.group.clone(),
+                membership: membership.clone(),
+                discovery: config.cluster_discovery.clone(),
+                initial: config.initial_shard_map().filter(|_| !config.join),
+                replica_factor: config.replica_factor,
+                look_every: config
+                    .raft
+                    .election_timeout()
+                    .clamp(Duration::from_millis(100), Duration::from_secs(1)),
+                migrations: migrations.clone(),
+                started: std::sync::Mutex::default(),
+            };
+            push(supervisor.spawn("the placement task", placement.run(cancel.clone())));
             // Leaders spread by themselves (see `cache::balance`), looked at every two election
             // timeouts (a transfer takes about one round trip, and the new leader's heartbeat
             // tells every node).
@@ -153,28 +150,22 @@ impl DistributedCache {
                 interval,
                 cancel.clone(),
             );
-            tasks.push(supervisor.spawn("the leader balancer", balance));
+            push(supervisor.spawn("the leader balancer", balance));
         }
         let coordinator = dispatcher.hints.clone();
         if let (Some(discovery), Some((events, task))) = (config.cluster_discovery.clone(), discovery_events)
         {
             if let Some(task) = task {
-                tasks.push(supervisor.watch("the cluster discovery", task, || false));
+                push(supervisor.watch("the cluster discovery", task, || false));
             }
             let follow = Discovered {
                 discovery,
-                membership: Membership {
-                    node_id: config.node_id,
-                    meta: meta.group.clone(),
-                    transport: transport.clone(),
-                    shards: router.num_shards() as usize,
-                    timeout: config.request_timeout,
-                },
+                membership,
                 coordinator: coordinator.clone(),
                 table: table.clone(),
                 debounce: Duration::from_millis(config.multiraft.leader_broadcast_debounce_ms),
             };
-            tasks.push(supervisor.spawn("the discovery follower", follow.run(events, cancel.clone())));
+            push(supervisor.spawn("the discovery follower", follow.run(events, cancel.clone())));
         }
         // Pings and wakes hibernating groups (see `cache::keepalive`): a few beats per election
         // timeout, as heartbeats go.
@@ -190,7 +181,7 @@ impl DistributedCache {
             faults: config.faults.clone(),
         };
         let keep_alive = super::keepalive::keep_alive(beat, cancel.clone());
-        tasks.push(supervisor.spawn("the keep-alive beat", keep_alive));
+        push(supervisor.spawn("the keep-alive beat", keep_alive));
         // Watched, not awaited at shutdown: it ends when the transport closes, after the groups.
         if let Some(accept) = transport.take_accept_task() {
             drop(supervisor.watch("the peer accept loop", accept, || false));
@@ -221,7 +212,7 @@ impl DistributedCache {
             join = config.join,
             "crema node started"
         );
-        let keyspace = Keyspace::new(storages, router);
+        let keyspace = Keyspace::new(replicas.storages.clone(), router);
         Ok(Self {
             config,
             keyspace,
@@ -229,117 +220,14 @@ impl DistributedCache {
             meta,
             acl: acl.expect("shard 0 exists"),
             shard_map,
+            migrations,
             coordinator,
             transport,
             dispatcher,
             cancel,
             supervisor,
-            group_tasks: Mutex::new(tasks),
+            group_tasks: tasks,
             shut_down: AtomicBool::new(false),
         })
     }
-}
-
-/// The cache bounds of one shard: the node's, split evenly between its shards (and at most
-/// `shard_capacity` entries each) when there are several.
-fn shard_limits(config: &CacheConfig) -> StorageLimits {
-    let shards = u64::from(config.shard_count());
-    if shards == 1 {
-        return StorageLimits {
-            max_capacity: config.max_capacity,
-            max_memory_bytes: config.max_memory_bytes,
-            time_to_idle: config.default_tti,
-        };
-    }
-    StorageLimits {
-        max_capacity: config.max_capacity.div_ceil(shards).min(config.multiraft.shard_capacity),
-        max_memory_bytes: config.max_memory_bytes.map(|bytes| bytes.div_ceil(shards)),
-        time_to_idle: config.default_tti,
-    }
-}
-
-/// The node's RocksDB once a durable shard opened it.
-#[cfg(feature = "rocksdb")]
-type NodeDbSlot = Option<Arc<crate::consensus::rocks_storage::NodeDb>>;
-#[cfg(not(feature = "rocksdb"))]
-type NodeDbSlot = ();
-
-/// Starts the Raft group of shard `id` over its state machine `sm`.
-fn spawn_shard_group(
-    config: &CacheConfig,
-    id: ShardId,
-    conf: &(Vec<NodeId>, Vec<NodeId>),
-    sm: CacheStateMachine,
-    transport: &Arc<Transport>,
-    cancel: &CancellationToken,
-    node_db: &mut NodeDbSlot,
-) -> Result<(GroupHandle, JoinHandle<()>)> {
-    let settings = GroupSettings {
-        node_id: config.node_id,
-        shard: id,
-        raft: config.raft.clone(),
-        mailbox_capacity: config.mailbox_capacity,
-        // A read waits for its index as long as its caller does (rounds dropped by Raft are
-        // retried meanwhile), so a node still catching up answers late rather than not at all.
-        read_timeout: config.request_timeout,
-        shutdown_grace: config.raft.election_timeout(),
-        checkpoints: None,
-        // A memory node remembers nothing of an earlier life, so every start may be a
-        // restart: it recovers first unless it is the only voter (or joins, empty conf).
-        recover: config.raft_storage == RaftStorageType::Memory
-            && !config.join
-            && !config.force_new_cluster
-            && conf.0.len() > 1,
-        #[cfg(feature = "fault-injection")]
-        faults: config.faults.clone(),
-    };
-    match config.raft_storage {
-        RaftStorageType::Memory => {
-            let store = MemStorage::bootstrapped(&conf.0, &conf.1);
-            spawn_group(settings, store, sm, transport.clone(), cancel.clone())
-        }
-        RaftStorageType::RocksDb => spawn_durable(config, id, conf, settings, sm, transport, cancel, node_db),
-    }
-}
-
-#[cfg(feature = "rocksdb")]
-#[allow(clippy::too_many_arguments)]
-fn spawn_durable(
-    config: &CacheConfig,
-    shard: ShardId,
-    conf: &(Vec<NodeId>, Vec<NodeId>),
-    mut settings: GroupSettings,
-    mut sm: CacheStateMachine,
-    transport: &Arc<Transport>,
-    cancel: &CancellationToken,
-    node_db: &mut NodeDbSlot,
-) -> Result<(GroupHandle, JoinHandle<()>)> {
-    let db = match node_db {
-        Some(db) => db.clone(),
-        None => node_db.insert(super::recovery::open_node_db(config)?).clone(),
-    };
-    let (store, checkpoints) = super::recovery::open_durable(config, shard, db, &mut sm, conf)?;
-    let members: Vec<_> = sm.members().lock().expect("members poisoned").clone().into_iter().collect();
-    for (id, addr) in members.into_iter().filter(|(id, _)| *id != config.node_id) {
-        transport.add_peer(id, Some(addr));
-    }
-    settings.checkpoints = Some(checkpoints);
-    spawn_group(settings, store, sm, transport.clone(), cancel.clone())
-}
-
-#[cfg(not(feature = "rocksdb"))]
-#[allow(clippy::too_many_arguments)]
-fn spawn_durable(
-    _: &CacheConfig,
-    _: ShardId,
-    _: &(Vec<NodeId>, Vec<NodeId>),
-    _: GroupSettings,
-    _: CacheStateMachine,
-    _: &Arc<Transport>,
-    _: &CancellationToken,
-    _: &mut NodeDbSlot,
-) -> Result<(GroupHandle, JoinHandle<()>)> {
-    Err(crate::error::Error::Config(crate::config::ConfigError::Invalid(
-        "RocksDB storage needs crema built with the `rocksdb` feature".into(),
-    )))
 }

@@ -51,6 +51,11 @@ impl ShardTable {
         }
     }
 
+    /// Takes shard `id`'s replica out.
+    pub fn remove(&self, id: ShardId) -> Option<Shard> {
+        self.slot(id)?.write().expect("shard slot poisoned").take()
+    }
+
     /// Every replica held now, in shard order.
     pub fn held(&self) -> Vec<Shard> {
         self.slots.iter().filter_map(|s| s.read().expect("shard slot poisoned").clone()).collect()

@@ -517,6 +517,11 @@ impl GroupHandle {
         self.ask(|reply| ClientMsg::ReadIndex { reply }).await
     }
 
+    /// Whether the group loop has ended (its mailbox is gone).
+    pub fn is_closed(&self) -> bool {
+        self.client_tx.is_closed()
+    }
+
     /// Requests waiting in the client mailbox for the group loop to take them.
     pub fn queued_requests(&self) -> usize {
         self.client_tx.max_capacity() - self.client_tx.capacity()

@@ -92,6 +92,40 @@ impl NodeDb {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The shards below `num_shards` that have Raft state here (a conf state or a hard state).
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    pub fn shards_with_state(&self, num_shards: u32) -> Result<Vec<ShardId>, rocksdb::Error> {
+        let db = self.handle()?;
+        let mut found = Vec::new();
+        for shard in 0..num_shards {
+            if db.get(key(shard, TAG_CONF_STATE))?.is_some() || db.get(key(shard, TAG_HARD_STATE))?.is_some()
+            {
+                found.push(shard);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes everything group `shard` keeps here (a replica that left this node), synced.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub fn drop_shard(&self, shard: ShardId) -> Result<(), rocksdb::Error> {
+        let db = self.handle()?;
+        let mut batch = WriteBatch::default();
+        let end = shard.checked_add(1).map_or_else(|| vec![0xff; 5], |next| next.to_be_bytes().to_vec());
+        batch.delete_range(shard.to_be_bytes().to_vec(), end);
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        let written = db.write_opt(batch, &options);
+        if written.is_err() {
+            self.forget(&db);
+        }
+        written
+    }
 }
 
 /// The database as the writes of one group see it.

@@ -165,6 +165,8 @@ pub enum RemoteRead {
         /// The keys.
         keys: Vec<Bytes>,
     },
+    /// The shard's voters and learners as the replica asked knows them. Answer: `Members`.
+    Members,
 }
 
 /// The answer to a [`RemoteRead`].
@@ -178,6 +180,13 @@ pub enum RemoteAnswer {
     Count(u64),
     /// The applied index, and per key whether it is live.
     Watched(u64, Vec<bool>),
+    /// A replica's view of its group's members.
+    Members {
+        /// Voters.
+        voters: Vec<NodeId>,
+        /// Learners.
+        learners: Vec<NodeId>,
+    },
 }
 
 /// An [`Error`] as it crosses the wire.

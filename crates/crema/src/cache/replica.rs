@@ -1,0 +1,312 @@
+//! Starting and retiring shard replicas on a node: at start, the shards the first shard map
+//! gives it (or, restarting on its data directory, those it has state for); while it runs, the
+//! shards placement moves to and from it (see `cache::placement`).
+//!
+//! A replica is its shard's Raft group on this node, with its state machine over the shard's
+//! cache, and the shard's expiry sweeper and evictor. Each replica stops with its own token (a
+//! child of the node's): retiring one, or its removal from its group, leaves the node running.
+//! A retired replica leaves nothing behind: its cache is cleared, its Raft state deleted from
+//! the node's database and its checkpoints removed, so a later replica of the same shard here
+//! starts empty and catches up from the leader like any new member.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::background::{evict, sweep_expired};
+use super::dispatch::Dispatcher;
+use super::shard::Shard;
+use super::split::META_SHARD;
+use super::storage::{CacheStorage, StorageLimits};
+use super::supervisor::Supervisor;
+use super::table::ShardTable;
+use crate::acl::AclStore;
+use crate::config::{CacheConfig, RaftStorageType};
+use crate::consensus::group::{spawn_group, GroupHandle, GroupSettings};
+use crate::consensus::state_machine::CacheStateMachine;
+use crate::consensus::storage::MemStorage;
+use crate::error::Result;
+use crate::multiraft::ShardMapStore;
+use crate::transport::Transport;
+use crate::types::{NodeId, ShardId};
+
+/// A shard's first voters and learners on this node (both empty: it joins a running group).
+pub(super) type Conf = (Vec<NodeId>, Vec<NodeId>);
+
+/// Starts and retires this node's replicas.
+pub(super) struct Replicas {
+    pub config: CacheConfig,
+    pub transport: Arc<Transport>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub table: Arc<ShardTable>,
+    /// Every shard's cache, held here or not (a shard not held keeps an empty one).
+    pub storages: Vec<CacheStorage>,
+    pub supervisor: Supervisor,
+    pub cancel: CancellationToken,
+    /// The node's database, opened with the first durable replica and shared by every one.
+    node_db: Mutex<NodeDbSlot>,
+    /// The node's tasks, awaited at shutdown.
+    pub tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// A replica just started, with what the meta shard's replica shares with the node.
+pub(super) struct Started {
+    pub shard: Shard,
+    pub acl: Arc<AclStore>,
+    pub shard_map: Arc<ShardMapStore>,
+}
+
+impl Replicas {
+    pub fn new(
+        config: CacheConfig,
+        transport: Arc<Transport>,
+        dispatcher: Arc<Dispatcher>,
+        supervisor: Supervisor,
+        cancel: CancellationToken,
+    ) -> Self {
+        let shards = config.shard_count();
+        let storages = (0..shards).map(|_| CacheStorage::new(shard_limits(&config))).collect();
+        Self {
+            config,
+            transport,
+            dispatcher,
+            table: Arc::new(ShardTable::new(shards)),
+            storages,
+            supervisor,
+            cancel,
+            node_db: Mutex::new(NodeDbSlot::default()),
+            tasks: Arc::default(),
+        }
+    }
+
+    /// The shards this node has Raft state for in its database (a durable node restarting),
+    /// or none (memory storage, or a first start).
+    pub fn stored_shards(&self) -> Result<Option<Vec<ShardId>>> {
+        #[cfg(feature = "rocksdb")]
+        if self.config.raft_storage == RaftStorageType::RocksDb {
+            let db = self.node_db()?;
+            let stored = db.shards_with_state(self.config.shard_count()).map_err(|e| {
+                crate::Error::Storage(format!("reading the shards in {}: {e}", db.path().display()))
+            })?;
+            return Ok((!stored.is_empty()).then_some(stored));
+        }
+        Ok(None)
+    }
+
+    #[cfg(feature = "rocksdb")]
+    fn node_db(&self) -> Result<Arc<crate::consensus::rocks_storage::NodeDb>> {
+        let mut slot = self.node_db.lock().expect("node db poisoned");
+        match slot.as_ref() {
+            Some(db) => Ok(db.clone()),
+            None => Ok(slot.insert(super::recovery::open_node_db(&self.config)?).clone()),
+        }
+    }
+
+    /// Starts shard `id`'s replica with `conf` and adds it to the table.
+    ///
+    /// # Errors
+    /// Its durable state cannot be opened or recovered.
+    pub fn start(&self, id: ShardId, conf: &Conf) -> Result<Started> {
+        let config = &self.config;
+        let storage = self.storages[id as usize].clone();
+        let sm = CacheStateMachine::new(storage.clone());
+        let (acl, shard_map) = (sm.acl().clone(), sm.shard_map().clone());
+        {
+            let mut members = sm.members().lock().expect("members poisoned");
+            members.insert(config.node_id, config.raft_addr);
+            members.extend(config.seed_nodes.iter().copied());
+        }
+        let stop = self.cancel.child_token();
+        let (group, task) = {
+            let mut node_db = self.node_db.lock().expect("node db poisoned");
+            spawn_shard_group(config, id, conf, sm, &self.transport, &stop, &mut node_db)?
+        };
+        let name = |what: &str| {
+            if config.shard_count() == 1 {
+                format!("the {what}")
+            } else {
+                format!("the {what} of shard {id}")
+            }
+        };
+        let supervisor = &self.supervisor;
+        let (shared, retired) = (group.shared.clone(), stop.clone());
+        let retired_too = (stop.clone(), stop.clone());
+        let tasks = [
+            if id == META_SHARD {
+                supervisor.watch(name("raft group loop"), task, move || shared.removed())
+            } else {
+                supervisor.watch_replica(name("raft group loop"), task, move || {
+                    shared.removed() || retired.is_cancelled()
+                })
+            },
+            supervisor.watch_replica(
+                name("expiry sweeper"),
+                tokio::spawn(sweep_expired(storage.clone(), stop.clone())),
+                move || retired_too.0.is_cancelled(),
+            ),
+            supervisor.watch_replica(
+                name("evictor"),
+                tokio::spawn(evict(storage.clone(), group.clone(), stop.clone())),
+                move || retired_too.1.is_cancelled(),
+            ),
+        ];
+        self.tasks.lock().expect("tasks poisoned").extend(tasks);
+        let shard = Shard { id, group, storage, stop };
+        self.table.insert(shard.clone());
+        Ok(Started { shard, acl, shard_map })
+    }
+
+    /// Starts shard `id`'s replica while the node runs, empty: the shard's leader adds it as a
+    /// learner and sends it a snapshot.
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn join(&self, id: ShardId) -> Result<()> {
+        let started = self.start(id, &(Vec::new(), Vec::new()))?;
+        // The peers' handshakes came before this group existed.
+        self.dispatcher.introduce(&started.shard.group);
+        info!(shard = id, "a replica of this shard started here; it waits for its leader");
+        Ok(())
+    }
+
+    /// Stops shard `id`'s replica and deletes what it held (see the module docs).
+    pub async fn retire(&self, id: ShardId) {
+        if id == META_SHARD {
+            return;
+        }
+        let Some(shard) = self.table.remove(id) else { return };
+        shard.stop.cancel();
+        // Its loop may still be writing its last Ready: the state goes once it has stopped.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !shard.group.is_closed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shard.storage.clear();
+        #[cfg(feature = "rocksdb")]
+        if self.config.raft_storage == RaftStorageType::RocksDb {
+            match self.node_db() {
+                Ok(db) => {
+                    if let Err(e) = db.drop_shard(id) {
+                        warn!(shard = id, error = %e, "the retired replica's raft state was not deleted");
+                    }
+                }
+                Err(e) => warn!(shard = id, error = %e, "the retired replica's raft state was not deleted"),
+            }
+            if let Some(checkpoints) = self.config.shard_checkpoint_config(id) {
+                if let Err(e) = std::fs::remove_dir_all(&checkpoints.dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        warn!(shard = id, error = %e, "the retired replica's checkpoints were not removed");
+                    }
+                }
+            }
+        }
+        info!(shard = id, "this node's replica of the shard is retired");
+    }
+}
+
+/// The cache bounds of one shard: the node's, split evenly between its shards (and at most
+/// `shard_capacity` entries each) when there are several.
+pub(super) fn shard_limits(config: &CacheConfig) -> StorageLimits {
+    let shards = u64::from(config.shard_count());
+    if shards == 1 {
+        return StorageLimits {
+            max_capacity: config.max_capacity,
+            max_memory_bytes: config.max_memory_bytes,
+            time_to_idle: config.default_tti,
+        };
+    }
+    StorageLimits {
+        max_capacity: config.max_capacity.div_ceil(shards).min(config.multiraft.shard_capacity),
+        max_memory_bytes: config.max_memory_bytes.map(|bytes| bytes.div_ceil(shards)),
+        time_to_idle: config.default_tti,
+    }
+}
+
+/// The node's RocksDB once a durable shard opened it.
+#[cfg(feature = "rocksdb")]
+type NodeDbSlot = Option<Arc<crate::consensus::rocks_storage::NodeDb>>;
+#[cfg(not(feature = "rocksdb"))]
+type NodeDbSlot = ();
+
+/// Starts the Raft group of shard `id` over its state machine `sm`.
+fn spawn_shard_group(
+    config: &CacheConfig,
+    id: ShardId,
+    conf: &(Vec<NodeId>, Vec<NodeId>),
+    sm: CacheStateMachine,
+    transport: &Arc<Transport>,
+    cancel: &CancellationToken,
+    node_db: &mut NodeDbSlot,
+) -> Result<(GroupHandle, JoinHandle<()>)> {
+    let settings = GroupSettings {
+        node_id: config.node_id,
+        shard: id,
+        raft: config.raft.clone(),
+        mailbox_capacity: config.mailbox_capacity,
+        // A read waits for its index as long as its caller does (rounds dropped by Raft are
+        // retried meanwhile), so a node still catching up answers late rather than not at all.
+        read_timeout: config.request_timeout,
+        shutdown_grace: config.raft.election_timeout(),
+        checkpoints: None,
+        // A memory node remembers nothing of an earlier life, so every start may be a
+        // restart: it recovers first unless it is the only voter (or joins, empty conf).
+        recover: config.raft_storage == RaftStorageType::Memory
+            && !config.join
+            && !config.force_new_cluster
+            && conf.0.len() > 1,
+        #[cfg(feature = "fault-injection")]
+        faults: config.faults.clone(),
+    };
+    match config.raft_storage {
+        RaftStorageType::Memory => {
+            let store = MemStorage::bootstrapped(&conf.0, &conf.1);
+            spawn_group(settings, store, sm, transport.clone(), cancel.clone())
+        }
+        RaftStorageType::RocksDb => spawn_durable(config, id, conf, settings, sm, transport, cancel, node_db),
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+#[allow(clippy::too_many_arguments)]
+fn spawn_durable(
+    config: &CacheConfig,
+    shard: ShardId,
+    conf: &(Vec<NodeId>, Vec<NodeId>),
+    mut settings: GroupSettings,
+    mut sm: CacheStateMachine,
+    transport: &Arc<Transport>,
+    cancel: &CancellationToken,
+    node_db: &mut NodeDbSlot,
+) -> Result<(GroupHandle, JoinHandle<()>)> {
+    let db = match node_db {
+        Some(db) => db.clone(),
+        None => node_db.insert(super::recovery::open_node_db(config)?).clone(),
+    };
+    let (store, checkpoints) = super::recovery::open_durable(config, shard, db, &mut sm, conf)?;
+    let members: Vec<_> = sm.members().lock().expect("members poisoned").clone().into_iter().collect();
+    for (id, addr) in members.into_iter().filter(|(id, _)| *id != config.node_id) {
+        transport.add_peer(id, Some(addr));
+    }
+    settings.checkpoints = Some(checkpoints);
+    spawn_group(settings, store, sm, transport.clone(), cancel.clone())
+}
+
+#[cfg(not(feature = "rocksdb"))]
+#[allow(clippy::too_many_arguments)]
+fn spawn_durable(
+    _: &CacheConfig,
+    _: ShardId,
+    _: &(Vec<NodeId>, Vec<NodeId>),
+    _: GroupSettings,
+    _: CacheStateMachine,
+    _: &Arc<Transport>,
+    _: &CancellationToken,
+    _: &mut NodeDbSlot,
+) -> Result<(GroupHandle, JoinHandle<()>)> {
+    Err(crate::error::Error::Config(crate::config::ConfigError::Invalid(
+        "RocksDB storage needs crema built with the `rocksdb` feature".into(),
+    )))
+}
