@@ -100,6 +100,7 @@ impl GroupBench {
                     shutdown_grace: config.raft.election_timeout(),
                     checkpoints: None,
                     recover: false,
+                    fresh: false,
                     #[cfg(feature = "fault-injection")]
                     faults: None,
                 };

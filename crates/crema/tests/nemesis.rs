@@ -368,6 +368,8 @@ struct Report {
     panics: u64,
     /// How the members' states differ at one applied index (when the scenario checks it).
     diverged: Option<String>,
+    /// Faults the nemesis started.
+    faults: u64,
 }
 
 /// Runs clients against `cluster` while `nemesis` injects faults for the scenario's duration,
@@ -484,7 +486,8 @@ where
     );
     cluster.shutdown().await;
     let panics = panic_count.load(Ordering::SeqCst) - panics_before;
-    Report { verdict, minority_acks, recovered_in, panics, diverged }
+    let faults = record.actions.load(Ordering::Relaxed);
+    Report { verdict, minority_acks, recovered_in, panics, diverged, faults }
 }
 
 /// Waits until every member has applied the same index and compares their entries there;
@@ -803,6 +806,45 @@ async fn pause_any_node(
         let go_on = hold(Instant::now() + pause, deadline).await;
         cluster.faults.resume(victim);
         if !go_on || !hold(Instant::now() + secs(&mut rng, 0.5, 1.5), deadline).await {
+            return;
+        }
+    }
+}
+
+/// Sharded scenarios with placement (more nodes than replicas): move a random shard's replica
+/// from one of its members to a node that holds none, again and again under load (each move
+/// adds a learner, catches it up by snapshot, promotes it and removes the old member), waiting
+/// for each to settle.
+async fn churn_shards(
+    cluster: Arc<Cluster>,
+    nemesis: Arc<Nemesis>,
+    _: Arc<Workload>,
+    mut rng: StdRng,
+    deadline: Instant,
+) {
+    loop {
+        let ids = cluster.members();
+        let Some(node) = ids.choose(&mut rng).and_then(|id| cluster.node(*id)) else { return };
+        let map = node.shard_map();
+        let moved = map.shards().choose(&mut rng).and_then(|p| {
+            let from = *p.members.choose(&mut rng)?;
+            let to = *ids.iter().filter(|n| !p.members.contains(n)).collect::<Vec<_>>().choose(&mut rng)?;
+            Some((p.shard_id, from, *to))
+        });
+        if let Some((shard, from, to)) = moved {
+            if node.move_shard(shard, from, to).await.is_ok() {
+                nemesis.count();
+                // Until it settles (or the scenario ends).
+                loop {
+                    let settled =
+                        node.shard_map().shard(shard).is_some_and(|p| p.state == crema::ShardState::Active);
+                    if settled || !hold(Instant::now() + Duration::from_millis(50), deadline).await {
+                        break;
+                    }
+                }
+            }
+        }
+        if !hold(Instant::now() + secs(&mut rng, 0.1, 0.5), deadline).await {
             return;
         }
     }
@@ -1193,6 +1235,16 @@ async fn scenario_8_sharded_pause_any_node() {
     init_tracing();
     let s = sharded_scenario("scenario_8_sharded_pause_any_node", 110);
     assert_passed(&s, &run_sharded(&s, 3, None, pause_any_node).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_8_sharded_replicas_move_under_load() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let s = sharded_scenario("scenario_8_sharded_replicas_move_under_load", 112);
+    let report = run_sharded(&s, 5, None, churn_shards).await;
+    assert_passed(&s, &report);
+    assert!(report.faults >= 3, "replicas moved {} times", report.faults);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

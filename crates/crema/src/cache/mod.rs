@@ -59,7 +59,7 @@ pub use figures::RaftFigures;
 use keyspace::Keyspace;
 pub use placement::MigrationFigures;
 use shard::Shard;
-use split::Plan;
+use split::{Plan, META_SHARD};
 use storage::{unix_now_ms, CacheStats};
 pub use supervisor::NodeEnd;
 use supervisor::Supervisor;
@@ -310,9 +310,9 @@ impl DistributedCache {
         stamped: StampedCommand,
         deadline: tokio::time::Instant,
     ) -> Result<Applied> {
-        match self.shards.get(shard) {
-            Some(held) if held.group.shared.removed() => Err(Error::Shutdown),
+        match self.shards.get(shard).filter(|_| self.holds_shard(shard)) {
             Some(held) => self.route_write(&held, stamped, deadline).await,
+            // Not held, or removed from its group: through the shard's holders.
             None => self.route_remote_write(shard, stamped, deadline).await,
         }
     }
@@ -333,7 +333,15 @@ impl DistributedCache {
     /// Whether this node holds a replica of shard `shard` (every shard without placement).
     /// Reads of a shard it does not hold go to a node that does ([`Self::read_entries`]).
     pub fn holds_shard(&self, shard: ShardId) -> bool {
-        self.shards.holds(shard)
+        // A replica its group removed serves nothing: the shard's other holders do. So does one
+        // the settled shard map no longer names (removed, but it has not learned it yet).
+        let moved_away = || {
+            self.shard_map.placement(shard).is_some_and(|p| {
+                p.state == crate::multiraft::ShardState::Active && !p.members.contains(&self.config.node_id)
+            })
+        };
+        self.shards.with(shard, |s| !s.group.shared.removed()).unwrap_or(false)
+            && !(shard != META_SHARD && moved_away())
     }
 
     /// Shard `id`'s replica on this node, while it runs.

@@ -178,12 +178,12 @@ impl Placement {
                     }
                 }
                 None => {}
+                // Only a replica that applied its own removal is retired: raft ids are node
+                // ids, so a replica replaced while its group still counts this node (this
+                // node's map lagging a move back to it) would have its acknowledgements
+                // counted for a replica that no longer holds them. One that never learns of
+                // its removal is routed around (`holds_shard`) and stays idle.
                 Some(held) if held.group.shared.removed() => self.replicas.retire(shard).await,
-                // Settled away from this node: the shard's leader saw its group without this
-                // node before it settled, whatever this replica still believes.
-                Some(_) if !member && placement.state == ShardState::Active => {
-                    self.replicas.retire(shard).await;
-                }
                 Some(_) => {}
             }
         }
@@ -226,6 +226,13 @@ impl Placement {
                 if self.addr_of(id).is_none() {
                     return Ok(()); // Not reachable yet: discovery will link it.
                 }
+                // Raft ids are node ids: the node must hold a fresh replica of the shard, not
+                // one that was a member before and has not applied its removal yet (its
+                // answers would be counted for the replica that replaces it). A stale one is
+                // retired on being asked; the next look finds the fresh one.
+                if shard != META_SHARD && !self.fresh_replica_on(id, shard).await {
+                    return Ok(());
+                }
                 return change(ConfChangeType::AddLearnerNode, id).await;
             }
             if caught_up(id) {
@@ -253,6 +260,24 @@ impl Placement {
             }
         }
         Ok(())
+    }
+
+    /// Whether node `id` holds a fresh replica of `shard` (see `step`); asking it also retires
+    /// a stale one there.
+    async fn fresh_replica_on(&self, id: NodeId, shard: ShardId) -> bool {
+        let replicas = &self.replicas;
+        let config = &replicas.config;
+        let asker = Asker {
+            me: self.node_id,
+            transport: &replicas.transport,
+            reads: &replicas.dispatcher.remote_reads,
+            timeout: config.raft.election_timeout(),
+            tick: config.raft.tick_interval(),
+            patience: config.raft.election_timeout(),
+        };
+        let only = super::remote::Targets::only(id);
+        let answer = asker.ask(only, shard, RemoteRead::Replica { not_member: true }, false).await;
+        matches!(answer, Ok(RemoteAnswer::Replica { held: true, fresh: true }))
     }
 
     /// Where node `id` listens for peers: the address its link has, else discovery's.

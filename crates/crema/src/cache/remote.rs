@@ -74,8 +74,27 @@ pub(crate) async fn serve_read(
     max_frame_bytes: usize,
 ) {
     let answered = async {
-        let held =
-            table.get(shard).ok_or_else(|| WireError::Other(format!("no shard {shard} on this node")))?;
+        if let RemoteRead::Replica { not_member } = read {
+            let Some(held) = table.get(shard) else {
+                return Ok(RemoteAnswer::Replica { held: false, fresh: false });
+            };
+            let shared = &held.group.shared;
+            let fresh = shared.is_fresh();
+            // Only the leader this replica follows (or none known) may call it stale.
+            if not_member && !fresh && shared.leader_id().is_none_or(|l| l == from) && shard != 0 {
+                tracing::info!(
+                    shard,
+                    leader = from,
+                    "the shard's leader no longer counts this replica: it is retired"
+                );
+                shared.mark_removed();
+            }
+            return Ok(RemoteAnswer::Replica { held: true, fresh });
+        }
+        let held = table
+            .get(shard)
+            .filter(|h| !h.group.shared.removed())
+            .ok_or_else(|| WireError::Other(format!("no shard {shard} on this node")))?;
         if linearizable {
             let index = held.group.read_index().await.map_err(|e| WireError::from(&e))?;
             held.group.wait_applied(index).await.map_err(|e| WireError::from(&e))?;
@@ -97,6 +116,8 @@ pub(crate) async fn serve_read(
                 RemoteAnswer::Keys(keys)
             }
             RemoteRead::Count => RemoteAnswer::Count(storage.live_count()),
+            // Answered above.
+            RemoteRead::Replica { .. } => RemoteAnswer::Replica { held: true, fresh: false },
             RemoteRead::Members => RemoteAnswer::Members {
                 voters: held.group.shared.voters(),
                 learners: held.group.shared.learners(),
@@ -221,6 +242,11 @@ pub(super) struct Targets {
 }
 
 impl Targets {
+    /// Node `id` alone.
+    pub fn only(id: NodeId) -> Self {
+        Self { candidates: vec![id], next: 0, named: None }
+    }
+
     fn pick(&mut self) -> Option<NodeId> {
         if let Some(leader) = self.named.take() {
             return Some(leader);

@@ -50,6 +50,15 @@ pub(super) struct Replicas {
     node_db: Mutex<NodeDbSlot>,
     /// The node's tasks, awaited at shutdown.
     pub tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Per shard, how many replicas of it this node has started: a retired replica's cache is
+    /// cleared later only if no other started since.
+    incarnations: Arc<Vec<std::sync::atomic::AtomicU64>>,
+}
+
+/// How long a retired replica's cache is kept: reads that passed their barrier on it just
+/// before it retired may still be reading it (they are bounded by the request timeout).
+fn clear_after(config: &CacheConfig) -> Duration {
+    2 * config.request_timeout
 }
 
 /// A replica just started, with what the meta shard's replica shares with the node.
@@ -79,6 +88,7 @@ impl Replicas {
             cancel,
             node_db: Mutex::new(NodeDbSlot::default()),
             tasks: Arc::default(),
+            incarnations: Arc::new((0..shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()),
         }
     }
 
@@ -112,6 +122,7 @@ impl Replicas {
     pub fn start(&self, id: ShardId, conf: &Conf) -> Result<Started> {
         let config = &self.config;
         let storage = self.storages[id as usize].clone();
+        self.incarnations[id as usize].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let sm = CacheStateMachine::new(storage.clone());
         let (acl, shard_map) = (sm.acl().clone(), sm.shard_map().clone());
         {
@@ -165,6 +176,8 @@ impl Replicas {
     /// # Errors
     /// As [`Self::start`].
     pub fn join(&self, id: ShardId) -> Result<()> {
+        // What an earlier replica here left (see `retire`).
+        self.storages[id as usize].clear();
         let started = self.start(id, &(Vec::new(), Vec::new()))?;
         // The peers' handshakes came before this group existed.
         self.dispatcher.introduce(&started.shard.group);
@@ -172,7 +185,9 @@ impl Replicas {
         Ok(())
     }
 
-    /// Stops shard `id`'s replica and deletes what it held (see the module docs).
+    /// Stops shard `id`'s replica and deletes what it held (see the module docs). Reads go to
+    /// the shard's holders from now on; its cache is cleared after `clear_after`, unless a new
+    /// replica of the shard started here meanwhile (which clears it first).
     pub async fn retire(&self, id: ShardId) {
         if id == META_SHARD {
             return;
@@ -184,7 +199,21 @@ impl Replicas {
         while !shard.group.is_closed() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        shard.storage.clear();
+        let incarnation = self.incarnations[id as usize].load(std::sync::atomic::Ordering::Acquire);
+        let (storage, table, cancel, grace) =
+            (shard.storage.clone(), self.table.clone(), self.cancel.clone(), clear_after(&self.config));
+        let incarnations = self.incarnations.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(grace) => {
+                    let current = incarnations[id as usize].load(std::sync::atomic::Ordering::Acquire);
+                    if current == incarnation && !table.holds(id) {
+                        storage.clear();
+                    }
+                }
+            }
+        });
         #[cfg(feature = "rocksdb")]
         if self.config.raft_storage == RaftStorageType::RocksDb {
             match self.node_db() {
@@ -257,6 +286,7 @@ fn spawn_shard_group(
             && !config.join
             && !config.force_new_cluster
             && conf.0.len() > 1,
+        fresh: conf.0.is_empty() && conf.1.is_empty(),
         #[cfg(feature = "fault-injection")]
         faults: config.faults.clone(),
     };

@@ -357,9 +357,22 @@ impl GroupShared {
         }
     }
 
-    /// Whether this node was removed from the group (its loop has stopped).
+    /// Whether this node was removed from the group (its loop has stopped), or its leader
+    /// said so (`mark_removed`).
     pub fn removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
+    }
+
+    /// The group's leader says this node is no longer a member, though this replica never
+    /// applied its removal: it is treated as removed (and retired by the node).
+    pub fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+    }
+
+    /// Whether this replica is fresh: no member known, nothing applied (a replica just started
+    /// to join its group).
+    pub fn is_fresh(&self) -> bool {
+        self.voters().is_empty() && self.learners().is_empty() && self.applied() == 0 && !self.removed()
     }
 
     pub fn persist_failing(&self) -> bool {
@@ -623,6 +636,10 @@ pub(crate) struct GroupSettings {
     /// The node starts without the Raft state of its previous life (memory storage, one of
     /// several voters): it recovers first (see `recovery`).
     pub recover: bool,
+    /// The replica started empty while the node ran, to join its running group (placement):
+    /// the log it replays may hold the removal of an earlier replica of this node, followed by
+    /// the addition of this one (see `Group::removal_floor`).
+    pub fresh: bool,
     #[cfg(feature = "fault-injection")]
     pub faults: Option<Arc<crate::faults::Faults>>,
 }
@@ -727,6 +744,7 @@ pub(crate) fn spawn_group<S: LogStore>(
         hibernating: false,
         quiet_ticks: 0,
         reports,
+        removal_floor: None,
     };
     group.publish_voters();
     let task = tokio::spawn(group.run(cancel));
@@ -781,6 +799,10 @@ struct Group<S: LogStore> {
     quiet_ticks: usize,
     /// This loop's own peer mailbox: where a snapshot's sending task reports.
     reports: mpsc::Sender<PeerInput>,
+    /// A fresh replica (`GroupSettings::fresh`): the leader's commit index in the first append
+    /// it received. The leader added this replica at or below it, so a removal of this node
+    /// below it removed an earlier replica (raft ids are node ids) and is replayed, not obeyed.
+    removal_floor: Option<u64>,
 }
 
 impl<S: LogStore> Group<S> {
@@ -944,6 +966,10 @@ impl<S: LogStore> Group<S> {
     }
 
     fn step(&mut self, mut msg: Message) {
+        if self.settings.fresh && self.removal_floor.is_none() && msg.get_msg_type() == MessageType::MsgAppend
+        {
+            self.removal_floor = Some(msg.commit);
+        }
         if self.recovery.as_ref().is_some_and(Recovery::waiting) {
             // Phase 1 of a recovery: nothing this node would answer can be trusted yet.
             return;

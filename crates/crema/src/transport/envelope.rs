@@ -167,6 +167,14 @@ pub enum RemoteRead {
     },
     /// The shard's voters and learners as the replica asked knows them. Answer: `Members`.
     Members,
+    /// Whether the node asked holds a replica of the shard and whether it is fresh (nothing
+    /// applied, no member known): the shard's leader adds a node as a learner only then.
+    /// `not_member`: the asking leader's group does not count the node; a replica there that
+    /// is not fresh is stale (it never applied its removal) and is retired. Answer: `Replica`.
+    Replica {
+        /// The asker leads the shard and its group does not count the node asked.
+        not_member: bool,
+    },
 }
 
 /// The answer to a [`RemoteRead`].
@@ -180,6 +188,13 @@ pub enum RemoteAnswer {
     Count(u64),
     /// The applied index, and per key whether it is live.
     Watched(u64, Vec<bool>),
+    /// Whether the node holds a replica of the shard, and whether it is fresh.
+    Replica {
+        /// It holds one.
+        held: bool,
+        /// That replica is fresh.
+        fresh: bool,
+    },
     /// A replica's view of its group's members.
     Members {
         /// Voters.

@@ -509,7 +509,7 @@ impl<S: LogStore> Group<S> {
             if kind == ConfChangeType::RemoveNode {
                 self.tell_removed(id, entry.index, &matched);
             }
-            self.apply_membership(kind, id, &context);
+            self.apply_membership(kind, id, &context, entry.index);
         }
         self.raw
             .mut_store()
@@ -536,7 +536,7 @@ impl<S: LogStore> Group<S> {
         self.send(vec![heartbeat]);
     }
 
-    fn apply_membership(&mut self, kind: ConfChangeType, id: NodeId, context: &[u8]) {
+    fn apply_membership(&mut self, kind: ConfChangeType, id: NodeId, context: &[u8], index: u64) {
         match kind {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                 let addr = std::str::from_utf8(context).ok().and_then(|s| s.parse().ok());
@@ -548,7 +548,14 @@ impl<S: LogStore> Group<S> {
             }
             ConfChangeType::RemoveNode => {
                 self.sm.members().lock().expect("members poisoned").remove(&id);
-                if id == self.settings.node_id {
+                let replayed = self.settings.fresh && self.removal_floor.is_none_or(|floor| index < floor);
+                if id == self.settings.node_id && replayed {
+                    // An earlier replica of this node was removed; this one was added since.
+                    info!(
+                        shard = self.shared.shard,
+                        index, "the removal of an earlier replica of this node, replayed"
+                    );
+                } else if id == self.settings.node_id {
                     self.removed = true;
                     if self.shared.shard == DEFAULT_SHARD {
                         warn!(
@@ -556,11 +563,12 @@ impl<S: LogStore> Group<S> {
                             "this node was removed from the group: its Raft group stops (restart it empty to add it again)"
                         );
                     } else {
-                        // The replica is destroyed; the node and its other shards go on.
-                        self.sm.storage().clear();
+                        // The node and its other shards go on; the node retires the replica
+                        // (`cache::replica`), which drops its data once no read can be using
+                        // it: a read that passed its barrier here still reads a whole state.
                         warn!(
                             shard = self.shared.shard,
-                            "this replica was removed from its shard: its data is dropped"
+                            "this replica was removed from its shard: its group stops"
                         );
                     }
                 } else if self.shared.shard != DEFAULT_SHARD {
