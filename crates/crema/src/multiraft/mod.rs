@@ -3,11 +3,11 @@
 //! Routing is pure, with no I/O, so every node and every client library computes the same
 //! answer: a key's Redis Cluster hash slot ([`key_slot`], `slot`) and the shard whose slot range
 //! holds it ([`ShardRouter`], [`ShardRange`]). With [`MultiRaftCacheConfig`] enabled, a
-//! [`crate::DistributedCache`] runs one group per shard, every node holding a replica of every
-//! shard, and routes each call by key (see `crate::cache`); [`ShardInfo`] and [`ShardState`] are
-//! what it reports of each replica, and [`MultiRaftCoordinator`] is the seed's control-plane API
-//! over them. Not built yet: placement of shards on a subset of the nodes, moving replicas,
-//! leader hints by gossip.
+//! [`crate::DistributedCache`] runs one group per shard it holds and routes each call by key
+//! (see `crate::cache`); [`placement`] says which nodes hold which shard (the [`ShardMap`],
+//! agreed through the meta shard, and the planner that moves replicas); [`ShardInfo`] and
+//! [`ShardState`] are what a node reports of each shard, and [`MultiRaftCoordinator`] is the
+//! seed's control-plane API over them.
 
 mod config;
 pub(crate) mod coordinator;
