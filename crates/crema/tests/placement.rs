@@ -229,11 +229,25 @@ async fn replicas_leave_a_dead_node_and_reach_a_new_one_with_nothing_lost() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Node 5 stops: discovery declares it down, and its replicas are recreated on the others.
+    // Node 5 stops: every shard it led has a leader again within a few election timeouts,
+    // discovery declares it down, and its replicas are recreated on the others.
     let held_by_5 = nodes[0].shard_map().shards_of(5);
     assert!(!held_by_5.is_empty());
+    let stopped = std::time::Instant::now();
     nodes[4].shutdown().await;
     let four: Vec<&DistributedCache> = nodes[..4].iter().collect();
+    wait_until(Duration::from_secs(10), "every shard led by one of the four", || async {
+        (0..SHARDS).all(|s| {
+            let holders: Vec<_> = four.iter().filter(|n| n.holds_shard(s)).collect();
+            let leader = holders.first().and_then(|n| n.shard_leader(s));
+            leader.is_some_and(|l| l != 5) && holders.iter().all(|n| n.shard_leader(s) == leader)
+        })
+    })
+    .await;
+    // The shutdown's grace (one election timeout), then an election within two.
+    let election = common::fast_raft().election_timeout();
+    let took = stopped.elapsed();
+    assert!(took < 4 * election, "the shards node 5 led had a leader again after {took:?}");
     wait_until(Duration::from_secs(60), "node 5's replicas recreated on the four others", || async {
         settled_on(&four, &[1, 2, 3, 4])
     })
@@ -251,6 +265,24 @@ async fn replicas_leave_a_dead_node_and_reach_a_new_one_with_nothing_lost() {
         let counts: Vec<usize> = [1, 2, 3, 4, 6].iter().map(|n| of(*n)).collect();
         settled_on(&five, &[1, 2, 3, 4, 6])
             && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1
+    })
+    .await;
+    // And its share of the leaders: 8 shards over 5 nodes, one or two each.
+    wait_until(Duration::from_secs(30), "leaders spread over the five, the new one too", || async {
+        let leads: Vec<usize> = [1u64, 2, 3, 4, 6]
+            .iter()
+            .map(|id| {
+                (0..SHARDS)
+                    .filter(|s| {
+                        five.iter().any(|n| {
+                            n.node_id() == *id && n.holds_shard(*s) && n.shard_leader(*s) == Some(*id)
+                        })
+                    })
+                    .count()
+            })
+            .collect();
+        leads.iter().sum::<usize>() == SHARDS as usize
+            && leads.iter().max().unwrap() - leads.iter().min().unwrap() <= 1
     })
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -277,6 +309,87 @@ async fn replicas_leave_a_dead_node_and_reach_a_new_one_with_nothing_lost() {
     }
     sixth.shutdown().await;
     for node in nodes.iter().take(4) {
+        node.shutdown().await;
+    }
+}
+
+/// A durable node restarted on its data directory after shards moved to and from it opens the
+/// replicas it holds now (not those the first map gave it), and has their data.
+#[cfg(feature = "rocksdb")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_node_restarts_with_the_replicas_it_holds_now() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let bound = common::bind(4);
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let config = |id: u64| {
+        discovered(common::node_config(id, &addrs))
+            .with_multiraft_config(MultiRaftCacheConfig {
+                enabled: true,
+                num_shards: 6,
+                ..Default::default()
+            })
+            .with_replica_factor(3)
+            .with_raft_storage_type(crema::RaftStorageType::RocksDb)
+            .with_data_dir(dirs[id as usize - 1].path())
+    };
+    let mut nodes = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        nodes.push(DistributedCache::new_with_listener(config(i as u64 + 1), listener).await.unwrap());
+    }
+    let all: Vec<&DistributedCache> = nodes.iter().collect();
+    wait_until(Duration::from_secs(30), "the first map on every node", || async {
+        all.iter().all(|n| !n.shard_map().is_empty())
+            && (1..6).all(|s| all.iter().filter(|n| n.holds_shard(s)).all(|n| n.shard_leader(s).is_some()))
+    })
+    .await;
+    for i in 0..100 {
+        nodes[i % 4].put(key(i), format!("v{i}")).await.unwrap();
+    }
+    // One shard moves to node 4, one away from it.
+    let map = nodes[0].shard_map();
+    let to_four = map.shards().iter().find(|p| p.shard_id != 0 && !p.members.contains(&4)).unwrap().clone();
+    let from_four = map.shards().iter().find(|p| p.shard_id != 0 && p.members.contains(&4)).unwrap().clone();
+    nodes[0].move_shard(to_four.shard_id, to_four.members[0], 4).await.unwrap();
+    let stay = [1, 2, 3].into_iter().find(|n| !from_four.members.contains(n)).unwrap();
+    wait_until(Duration::from_secs(30), "the first move settles", || async {
+        nodes[0].shard_map().shard(to_four.shard_id).is_some_and(|p| p.state == crema::ShardState::Active)
+    })
+    .await;
+    nodes[0].move_shard(from_four.shard_id, 4, stay).await.unwrap();
+    wait_until(Duration::from_secs(30), "both moves settled, node 4 holding what the map says", || async {
+        let map = nodes[3].shard_map();
+        let mut placed = map.shards().iter().all(|p| p.state == crema::ShardState::Active);
+        for s in 1..6 {
+            let member = map.shard(s).unwrap().members.contains(&4);
+            // A replica moved away is retired (its state deleted), not only routed around.
+            placed &=
+                nodes[3].holds_shard(s) == member && (member || nodes[3].shard_status(s).await.is_err());
+        }
+        placed
+    })
+    .await;
+    for i in 100..150 {
+        nodes[i % 4].put(key(i), format!("v{i}")).await.unwrap();
+    }
+    // Node 4 stops and starts again on its data directory.
+    let fourth = nodes.pop().unwrap();
+    fourth.shutdown().await;
+    drop(fourth);
+    let listener = std::net::TcpListener::bind(addrs[3]).unwrap();
+    let fourth = DistributedCache::new_with_listener(config(4), listener).await.unwrap();
+    assert!(fourth.holds_shard(to_four.shard_id), "the shard moved to it is opened again");
+    // The shard moved away is not served: had the node stopped before its state was deleted,
+    // the replica replays its removal from its own log and is retired again.
+    wait_until(Duration::from_secs(10), "the shard moved away is not held", || async {
+        !fourth.holds_shard(from_four.shard_id) && fourth.shard_status(from_four.shard_id).await.is_err()
+    })
+    .await;
+    for i in 0..150 {
+        let want = Some(Bytes::from(format!("v{i}")));
+        assert_eq!(fourth.consistent_get(&key(i)).await.unwrap(), want, "key {i} through the restarted node");
+    }
+    fourth.shutdown().await;
+    for node in &nodes {
         node.shutdown().await;
     }
 }
