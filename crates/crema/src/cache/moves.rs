@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use super::DistributedCache;
 use crate::consensus::command::CacheCommand;
 use crate::consensus::ApplyOutput;
-use crate::discovery::NodeHealth;
 use crate::error::{Error, Result};
 use crate::multiraft::placement::{plan, Move, PlacementPolicy};
 use crate::multiraft::{PlacementChange, ShardState};
@@ -71,14 +70,11 @@ impl DistributedCache {
     pub async fn rebalance(&self) -> Result<Vec<Move>> {
         self.check_running()?;
         let map = self.shard_map.map();
-        let followers = self.meta_followers();
-        let mut live: BTreeSet<NodeId> = self
-            .discovered_nodes()
-            .iter()
-            .filter(|n| n.health == NodeHealth::Alive && followers.contains(&n.node_id))
-            .map(|n| n.node_id)
-            .collect();
-        live.insert(self.config.node_id);
+        let live = super::placement::live_followers(
+            self.config.node_id,
+            &self.meta().group,
+            &self.discovered_nodes(),
+        );
         let policy = PlacementPolicy {
             replica_factor: self.config.replica_factor,
             replace_dead: true,

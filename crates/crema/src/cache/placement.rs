@@ -60,6 +60,24 @@ const MAX_MOVES: usize = 2;
 /// within a round trip.
 const CAUGHT_UP_SLACK: u64 = 64;
 
+/// The nodes the planner may place replicas on: alive, and following the meta shard (a node
+/// that does not read the map yet could not start the replicas it is given), `me` included.
+pub(super) fn live_followers(
+    me: NodeId,
+    meta: &GroupHandle,
+    nodes: &[crate::DiscoveredNode],
+) -> BTreeSet<NodeId> {
+    let followers: BTreeSet<NodeId> =
+        meta.shared.voters().into_iter().chain(meta.shared.learners()).collect();
+    let mut live: BTreeSet<NodeId> = nodes
+        .iter()
+        .filter(|n| n.health == NodeHealth::Alive && followers.contains(&n.node_id))
+        .map(|n| n.node_id)
+        .collect();
+    live.insert(me);
+    live
+}
+
 /// What the placement task works with.
 pub(super) struct Placement {
     pub node_id: NodeId,
@@ -357,17 +375,7 @@ impl Placement {
             return;
         }
         let Some(discovery) = &self.discovery else { return };
-        // Alive, and following the meta shard: a node that does not read the map yet could
-        // not start the replicas it is given.
-        let followers: BTreeSet<NodeId> =
-            self.meta.shared.voters().into_iter().chain(self.meta.shared.learners()).collect();
-        let mut live: BTreeSet<NodeId> = discovery
-            .nodes()
-            .iter()
-            .filter(|n| n.health == NodeHealth::Alive && followers.contains(&n.node_id))
-            .map(|n| n.node_id)
-            .collect();
-        live.insert(self.node_id);
+        let live = live_followers(self.node_id, &self.meta, &discovery.nodes());
         let placement_policy = PlacementPolicy {
             replica_factor: self.replica_factor,
             replace_dead: policy.auto_remove_voters,

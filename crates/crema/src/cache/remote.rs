@@ -27,7 +27,6 @@ use super::storage::{unix_now_ms, StoredValue};
 use super::table::ShardTable;
 use super::DistributedCache;
 use crate::consensus::command::StampedCommand;
-use crate::consensus::sessions::SessionStamp;
 use crate::consensus::Applied;
 use crate::error::{Error, Result};
 use crate::glob::glob_match;
@@ -278,15 +277,7 @@ impl DistributedCache {
         }
         let deadline = deadline.min(Instant::now() + self.config.forwarding_timeout);
         let forwarder = &self.dispatcher.forwarder;
-        let slot = forwarder.open();
-        let oldest_pending = forwarder.oldest_pending();
-        stamped.session = Some(SessionStamp {
-            origin: self.config.node_id,
-            incarnation: self.transport.incarnation(),
-            seq: slot.seq,
-            oldest_pending,
-            abandoned: forwarder.abandoned_since(oldest_pending),
-        });
+        let slot = self.open_session(&mut stamped);
         let bytes = Bytes::from(stamped.encode());
         let mut targets = self.targets(shard);
         let tick = self.config.raft.tick_interval();

@@ -86,16 +86,7 @@ impl DistributedCache {
             group.check_persisting()?;
             let (slot, bytes) = forwarded.get_or_insert_with(|| {
                 deadline = deadline.min(Instant::now() + self.config.forwarding_timeout);
-                let forwarder = &self.dispatcher.forwarder;
-                let slot = forwarder.open();
-                let oldest_pending = forwarder.oldest_pending();
-                stamped.session = Some(SessionStamp {
-                    origin: self.config.node_id,
-                    incarnation: self.transport.incarnation(),
-                    seq: slot.seq,
-                    oldest_pending,
-                    abandoned: forwarder.abandoned_since(oldest_pending),
-                });
+                let slot = self.open_session(&mut stamped);
                 (slot, Bytes::from(stamped.encode()))
             });
             if let Attempt::Answered(result) = self.forward_copy(shard, slot, bytes, leader, deadline).await {
@@ -149,6 +140,22 @@ impl DistributedCache {
             _ = shard.group.shared.leader_moved_from(leader) => Attempt::Again,
             _ = tokio::time::sleep_until(resend_at) => Attempt::Again,
         }
+    }
+
+    /// Opens a forwarding slot for a write and stamps the write with this node's write session
+    /// (see `consensus::sessions`): every copy sent carries it, so it is applied once.
+    pub(super) fn open_session(&self, stamped: &mut StampedCommand) -> ForwardSlot<'_> {
+        let forwarder = &self.dispatcher.forwarder;
+        let slot = forwarder.open();
+        let oldest_pending = forwarder.oldest_pending();
+        stamped.session = Some(SessionStamp {
+            origin: self.config.node_id,
+            incarnation: self.transport.incarnation(),
+            seq: slot.seq,
+            oldest_pending,
+            abandoned: forwarder.abandoned_since(oldest_pending),
+        });
+        slot
     }
 
     /// A copy answered with `SessionExpired` found its first answer gone: the outcome is
