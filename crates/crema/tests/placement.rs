@@ -188,6 +188,25 @@ fn settled_on(nodes: &[&DistributedCache], live: &[u64]) -> bool {
         })
 }
 
+/// Waits up to 60 s for [`settled_on`]; on a timeout, prints what each node sees first.
+async fn wait_settled(nodes: &[&DistributedCache], live: &[u64], what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !settled_on(nodes, live) {
+        if std::time::Instant::now() > deadline {
+            for n in nodes {
+                println!("node {}: map {:?}", n.node_id(), n.shard_map());
+                for s in 0..SHARDS {
+                    let status =
+                        n.shard_status(s).await.map(|g| (g.voters, g.learners, g.leader_id, g.applied_index));
+                    println!("  shard {s}: holds {} status {status:?}", n.holds_shard(s));
+                }
+            }
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_leave_a_dead_node_and_reach_a_new_one_with_nothing_lost() {
     common::init_tracing();
@@ -248,10 +267,7 @@ async fn replicas_leave_a_dead_node_and_reach_a_new_one_with_nothing_lost() {
     let election = common::fast_raft().election_timeout();
     let took = stopped.elapsed();
     assert!(took < 4 * election, "the shards node 5 led had a leader again after {took:?}");
-    wait_until(Duration::from_secs(60), "node 5's replicas recreated on the four others", || async {
-        settled_on(&four, &[1, 2, 3, 4])
-    })
-    .await;
+    wait_settled(&four, &[1, 2, 3, 4], "node 5's replicas recreated on the four others").await;
 
     // A sixth node joins: it ends with a fair share of the replicas.
     let (listener, _) = common::bind(1).pop().unwrap();

@@ -56,9 +56,10 @@ use crate::types::{NodeId, ShardId};
 const MAX_MOVES: usize = 2;
 
 /// A learner within this many entries of the commit index is promoted: under load a learner
-/// is rarely exactly at the commit index, and a voter that is a few entries behind catches up
-/// within a round trip.
-const CAUGHT_UP_SLACK: u64 = 64;
+/// is rarely exactly at the commit index (appends in flight), and a voter that is some entries
+/// behind catches up within a few round trips; waiting for an exact match could wait forever
+/// on a busy shard.
+const CAUGHT_UP_SLACK: u64 = 1024;
 
 /// The nodes the planner may place replicas on: alive, and following the meta shard (a node
 /// that does not read the map yet could not start the replicas it is given), `me` included.
@@ -289,7 +290,8 @@ impl Placement {
             me: self.node_id,
             transport: &replicas.transport,
             reads: &replicas.dispatcher.remote_reads,
-            timeout: config.raft.election_timeout(),
+            // A busy node answers late; asking again next look costs a whole look.
+            timeout: config.raft.election_timeout().max(Duration::from_secs(2)),
             tick: config.raft.tick_interval(),
             patience: config.raft.election_timeout(),
         };
