@@ -70,10 +70,12 @@ impl DistributedCache {
     pub async fn rebalance(&self) -> Result<Vec<Move>> {
         self.check_running()?;
         let map = self.shard_map.map();
+        let heard = self.dispatcher.heard_peers(2 * self.config.raft.election_timeout());
         let live = super::placement::live_followers(
             self.config.node_id,
             &self.meta().group,
             &self.discovered_nodes(),
+            &heard,
         );
         let policy = PlacementPolicy {
             replica_factor: self.config.replica_factor,

@@ -61,19 +61,25 @@ const MAX_MOVES: usize = 2;
 /// on a busy shard.
 const CAUGHT_UP_SLACK: u64 = 1024;
 
-/// The nodes the planner may place replicas on: alive, and following the meta shard (a node
-/// that does not read the map yet could not start the replicas it is given), `me` included.
+/// The nodes the planner may place replicas on: alive (discovery says so, or this node heard
+/// from it lately: gossip on a loaded machine may call a node that still talks down, and
+/// counting it dead would move its replicas, or see a shard without a quorum it has), and
+/// following the meta shard (a node that does not read the map yet could not start the
+/// replicas it is given), `me` included.
 pub(super) fn live_followers(
     me: NodeId,
     meta: &GroupHandle,
     nodes: &[crate::DiscoveredNode],
+    heard: &std::collections::HashSet<NodeId>,
 ) -> BTreeSet<NodeId> {
     let followers: BTreeSet<NodeId> =
         meta.shared.voters().into_iter().chain(meta.shared.learners()).collect();
     let mut live: BTreeSet<NodeId> = nodes
         .iter()
-        .filter(|n| n.health == NodeHealth::Alive && followers.contains(&n.node_id))
+        .filter(|n| n.health == NodeHealth::Alive)
         .map(|n| n.node_id)
+        .chain(heard.iter().copied())
+        .filter(|n| followers.contains(n))
         .collect();
     live.insert(me);
     live
@@ -377,7 +383,9 @@ impl Placement {
             return;
         }
         let Some(discovery) = &self.discovery else { return };
-        let live = live_followers(self.node_id, &self.meta, &discovery.nodes());
+        let window = 2 * self.replicas.config.raft.election_timeout();
+        let heard = self.replicas.dispatcher.heard_peers(window);
+        let live = live_followers(self.node_id, &self.meta, &discovery.nodes(), &heard);
         let placement_policy = PlacementPolicy {
             replica_factor: self.replica_factor,
             replace_dead: policy.auto_remove_voters,
