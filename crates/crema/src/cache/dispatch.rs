@@ -229,8 +229,9 @@ impl Inbound for Dispatcher {
             }
             Envelope::ReadReply { request_id, result } => self.remote_reads.complete(request_id, result),
             Envelope::Leaders { led } => {
-                // Bounded by the frame; a shard id out of range names nothing anyone asks for.
-                for (shard, term) in led {
+                // Only shards the cluster has: a peer naming others must not grow the hints.
+                let shards = self.table.get().map_or(0, |t| t.num_shards());
+                for (shard, term) in led.into_iter().filter(|(shard, _)| *shard < shards) {
                     self.hints.hint_if_newer(shard, from, term);
                 }
             }

@@ -336,9 +336,12 @@ impl DistributedCache {
         // A replica its group removed serves nothing: the shard's other holders do. So does one
         // the settled shard map no longer names (removed, but it has not learned it yet).
         let moved_away = || {
-            self.shard_map.placement(shard).is_some_and(|p| {
-                p.state == crate::multiraft::ShardState::Active && !p.members.contains(&self.config.node_id)
-            })
+            self.shard_map
+                .with_placement(shard, |p| {
+                    p.state == crate::multiraft::ShardState::Active
+                        && !p.members.contains(&self.config.node_id)
+                })
+                .unwrap_or(false)
         };
         self.shards.with(shard, |s| !s.group.shared.removed()).unwrap_or(false)
             && !(shard != META_SHARD && moved_away())

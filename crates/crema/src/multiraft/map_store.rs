@@ -108,6 +108,11 @@ impl ShardMapStore {
         self.map.read().expect("shard map poisoned").shard(shard).cloned()
     }
 
+    /// Calls `f` with the placement of one shard, without copying it (the read path asks).
+    pub fn with_placement<T>(&self, shard: ShardId, f: impl FnOnce(&ShardPlacement) -> T) -> Option<T> {
+        self.map.read().expect("shard map poisoned").shard(shard).map(f)
+    }
+
     /// Wakes on every change of the map.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
