@@ -330,6 +330,9 @@ impl<S: LogStore> Group<S> {
         tokio::task::spawn_blocking(move || {
             std::thread::sleep(delay);
             let written = write_until_done(&shared, &cancel, || write.write(), std::thread::sleep);
+            // The write holds the database: let it go before the loop hears that it landed, so a
+            // node stopped right after can be opened again at once (RocksDB's lock).
+            drop(write);
             let _ = tx.send(written);
         });
         self.persist_job = Some(PersistJob { number, done });
