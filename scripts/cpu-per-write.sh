@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # CPU per write with shards: starts a 3-node cluster of `crema serve --shards N` (memory
-# storage), waits until every shard has a leader, runs crema-bench's W1 (50 clients, SET, 100-byte
+# storage, or RocksDB with --storage rocksdb), waits until every shard has a leader, runs crema-bench's W1 (50 clients, SET, 100-byte
 # values, spread over the three nodes) for a window, and prints the throughput, each node's CPU
 # time per 1,000 writes and how many shards each node leads.
 #
-#   scripts/cpu-per-write.sh [--shards 16] [--secs 10] [--debug]
+#   scripts/cpu-per-write.sh [--shards 16] [--secs 10] [--storage rocksdb] [--debug]
+#   CREMA_BIN_DIR=/tmp/base scripts/cpu-per-write.sh ...   # another build's crema and crema-bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,14 +16,21 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --shards) SHARDS="$2"; shift 2 ;;
     --secs) SECS="$2"; shift 2 ;;
+    --storage) STORAGE="$2"; shift 2 ;;
     --debug) PROFILE=debug; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-BUILD=()
-[ "$PROFILE" = release ] && BUILD=(--release)
-cargo build -q "${BUILD[@]}" -p crema-server -p crema-bench
-BIN="target/$PROFILE/crema"
+STORAGE="${STORAGE:-memory}"
+if [ -n "${CREMA_BIN_DIR:-}" ]; then
+  DIR="$CREMA_BIN_DIR"
+else
+  BUILD=()
+  [ "$PROFILE" = release ] && BUILD=(--release)
+  cargo build -q "${BUILD[@]}" -p crema-server -p crema-bench --features crema-server/rocksdb
+  DIR="target/$PROFILE"
+fi
+BIN="$DIR/crema"
 # shellcheck source=lib/three-nodes.sh
 source scripts/lib/three-nodes.sh
 sleep 4 # let the elections and the leader balancer settle
@@ -30,7 +38,7 @@ HZ="$(getconf CLK_TCK)"
 leads() { # node -> shards it leads, from INFO shards on node 1
   redis-cli -p 46381 INFO shards 2>/dev/null | grep -c "leader=$1," || true
 }
-"target/$PROFILE/crema-bench" --clients 50 --duration "$((SECS + 2))" resp \
+"$DIR/crema-bench" --clients 50 --duration "$((SECS + 2))" resp \
   --addr 127.0.0.1:46381 --addr 127.0.0.1:46382 --addr 127.0.0.1:46383 >"$WORK/bench.log" 2>&1 &
 BENCH=$!
 sleep 1 # the bench's own warm-up second is not counted
@@ -41,7 +49,7 @@ used=()
 for k in 0 1 2; do used+=($(($(ticks "${PIDS[$k]}") - before[k]))); done
 wait "$BENCH"
 ops="$(grep -o '[0-9]* ops/s' "$WORK/bench.log" | head -1 | cut -d' ' -f1)"
-echo "W1 with $SHARDS shards: $ops writes/s ($(grep -o 'p50 [0-9]* µs' "$WORK/bench.log"))"
+echo "W1 with $SHARDS shards ($STORAGE): $ops writes/s ($(grep -o 'p50 [0-9]* µs' "$WORK/bench.log"))"
 for k in 0 1 2; do
   awk -v u="${used[$k]}" -v hz="$HZ" -v s="$SECS" -v ops="$ops" -v n="$((k + 1))" -v l="$(leads $((k + 1)))" \
     'BEGIN { printf "node %d: %.1f%% of one core, %.1f ms CPU per 1,000 writes, leads %d shards\n", n, 100 * u / hz / s, 1000 * 1000 * u / hz / s / ops, l }'

@@ -1,8 +1,9 @@
 # Sourced by scripts/idle-cpu.sh and scripts/cpu-per-write.sh: a 3-node cluster of
-# `crema serve --shards $SHARDS` (memory storage) on fixed 127.0.0.1 ports (RESP 46381-46383),
-# killed on exit, and `ticks PID` (the process's CPU time in clock ticks).
+# `crema serve --shards $SHARDS` on fixed 127.0.0.1 ports (RESP 46381-46383), killed on exit, and
+# `ticks PID` (the process's CPU time in clock ticks).
 #
-# Needs: BIN (the crema binary), SHARDS, and the caller's `set -euo pipefail`.
+# Needs: BIN (the crema binary), SHARDS, and the caller's `set -euo pipefail`; STORAGE (memory,
+# the default, or rocksdb: each node's data in the script's temporary directory).
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -13,8 +14,10 @@ for i in 1 2 3; do
   for j in 1 2 3; do
     [ "$j" = "$i" ] || peers+=(--peer "$j=127.0.0.1:$((47000 + j)),127.0.0.1:$((46380 + j))")
   done
+  storage=()
+  [ "${STORAGE:-memory}" = rocksdb ] && storage=(--storage rocksdb --data-dir "$WORK/data-$i")
   "$BIN" serve --node-id "$i" --raft-addr "127.0.0.1:$((47000 + i))" --resp-addr "127.0.0.1:$((46380 + i))" \
-    --admin-addr "127.0.0.1:$((48000 + i))" --shards "$SHARDS" "${peers[@]}" >"$WORK/crema-$i.log" 2>&1 &
+    --admin-addr "127.0.0.1:$((48000 + i))" --shards "$SHARDS" "${storage[@]}" "${peers[@]}" >"$WORK/crema-$i.log" 2>&1 &
   PIDS+=($!)
 done
 # Ready: every node printed its `crema ready` line (a leader of every shard is known).

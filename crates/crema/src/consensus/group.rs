@@ -19,8 +19,10 @@
 //! (`advance_append_async`), and the loop goes on stepping messages, proposing and applying.
 //! Readies handled meanwhile add their changes to the store's next write; their persisted
 //! messages wait with them. When a write lands, `on_persist_ready` tells raft-rs, which may then
-//! commit (the leader's own entries count), and the held messages go out. One write runs at a
-//! time, so writes land in order. raft-rs applies nothing this node has not persisted (its
+//! commit (the leader's own entries count), and the held messages go out. Writes land in order:
+//! one runs at a time, or, with a store whose writes go through one queue (RocksDB's node log
+//! writer, `LogStore::pipelines_writes`), each Ready's write is handed over at once, so it can
+//! share the writer's next batch instead of waiting for this group's previous write to land. raft-rs applies nothing this node has not persisted (its
 //! committed entries stop at the persisted index). A snapshot, a checkpoint, leaving the group
 //! and stopping first wait for the write in flight. Under load this overlaps each node's fsync
 //! with its network and apply work, where the synchronous loop did nothing while it synced.
@@ -86,16 +88,17 @@ const READ_ROUNDS_IN_FLIGHT: usize = 1;
 const GATHER_LIMIT: usize = 4096;
 
 /// A log write running off the loop (see the module header).
-struct PersistJob {
+pub(super) struct PersistJob {
     /// The number of the last Ready whose changes it holds.
     number: u64,
     /// True once written; false if the node stopped while the disk refused the write.
     done: oneshot::Receiver<bool>,
 }
 
-/// Resolves when the write in flight lands (never when none is): `(its Ready number, written)`.
-async fn persisted(job: &mut Option<PersistJob>) -> (u64, bool) {
-    match job {
+/// Resolves when the oldest write in flight lands (never when none is): `(its Ready number,
+/// written)`.
+async fn persisted(jobs: &mut std::collections::VecDeque<PersistJob>) -> (u64, bool) {
+    match jobs.front_mut() {
         Some(job) => (job.number, (&mut job.done).await.unwrap_or(false)),
         None => std::future::pending().await,
     }
@@ -220,6 +223,12 @@ pub(crate) struct GroupShared {
 }
 
 impl GroupShared {
+    /// A group's published state before its loop runs (tests of what a loop reports to).
+    #[cfg(test)]
+    pub(crate) fn for_tests(shard: ShardId) -> Arc<Self> {
+        Arc::new(Self::new(shard))
+    }
+
     fn new(shard: ShardId) -> Self {
         Self {
             shard,
@@ -377,6 +386,10 @@ impl GroupShared {
 
     pub fn persist_failing(&self) -> bool {
         self.persist_failing.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_persist_failing(&self, failing: bool) {
+        self.persist_failing.store(failing, Ordering::Release);
     }
 
     pub fn snapshots_installed(&self) -> u64 {
@@ -739,7 +752,7 @@ pub(crate) fn spawn_group<S: LogStore>(
         halted: false,
         removed: false,
         persist_async,
-        persist_job: None,
+        persist_jobs: std::collections::VecDeque::new(),
         unpersisted: std::collections::VecDeque::new(),
         hibernating: false,
         quiet_ticks: 0,
@@ -788,8 +801,9 @@ struct Group<S: LogStore> {
     removed: bool,
     /// Synced writes run off the loop (see the module header).
     persist_async: bool,
-    /// The write in flight, if any.
-    persist_job: Option<PersistJob>,
+    /// The writes in flight, oldest first: at most one, unless the store pipelines its writes
+    /// (`LogStore::pipelines_writes`).
+    persist_jobs: std::collections::VecDeque<PersistJob>,
     /// Readies advanced before their changes were durable, oldest first: their numbers and the
     /// messages to send once they are. Not empty exactly while a write is in flight.
     unpersisted: std::collections::VecDeque<(u64, Vec<Message>)>,
@@ -824,7 +838,7 @@ impl<S: LogStore> Group<S> {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                (number, written) = persisted(&mut self.persist_job) => self.on_persisted(number, written),
+                (number, written) = persisted(&mut self.persist_jobs) => self.on_persisted(number, written),
                 Some(input) = self.raft_rx.recv() => self.on_peer(input),
                 Some(msg) = self.client_rx.recv() => self.on_client(msg),
                 _ = ticker.tick(), if !hibernating => self.tick(),

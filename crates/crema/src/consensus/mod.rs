@@ -11,9 +11,12 @@ pub(crate) mod group;
 mod logger;
 pub mod long_double;
 pub(crate) mod pending;
+mod persist;
 pub mod recovery;
 #[cfg(feature = "rocksdb")]
 pub mod rocks_storage;
+#[cfg(feature = "rocksdb")]
+mod rocks_writer;
 pub mod sessions;
 pub mod state_machine;
 pub mod storage;

@@ -15,9 +15,10 @@
 //! it cannot read, so a later synced write also makes the earlier unsynced ones durable.
 //!
 //! Under a multi-threaded runtime the group loop takes each synced batch off the loop
-//! ([`LogStore::take_write`]) and keeps working while a blocking thread writes it; the Readies it
-//! handles meanwhile go in the next batch. The handle and what a write needs are shared (`Disk`)
-//! between the store and those writes, which run one at a time.
+//! ([`LogStore::take_write`]) and keeps working while the node's log writer (`rocks_writer`: one
+//! thread per database, one synced batch for the pending writes of every group) writes it; the
+//! Readies it handles meanwhile go in the next batch. The handle and what a write needs are
+//! shared (`Disk`) between the store and those writes, which run one at a time per group.
 //!
 //! Keys: `[shard: u32 BE][tag]`, plus the index (u64 BE) for entries, so entries sort by index and
 //! a Multi-Raft node can keep every group in one database.
@@ -30,7 +31,8 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 
-use super::storage::{LogStore, LogWrite, MemStorage, SnapshotSource};
+use super::rocks_writer::{Job, NodeWriter};
+use super::storage::{LogStore, LogWrite, MemStorage, SnapshotSource, WriteTicket};
 use crate::types::ShardId;
 
 const TAG_HARD_STATE: u8 = 1;
@@ -40,18 +42,19 @@ const TAG_ENTRY: u8 = 0x10;
 
 /// One change waiting for the next synced write.
 #[derive(Debug, Clone)]
-enum Op {
+pub(super) enum Op {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
     DeleteRange(Vec<u8>, Vec<u8>),
 }
 
-/// A node's RocksDB, shared by the groups of every shard on it (keys carry the shard). Every
-/// group writes through the same handle from its own blocking thread, so RocksDB's write group
-/// puts concurrent synced writes of several shards in one WAL write and one fsync: more shards
-/// do not mean more fsyncs.
+/// A node's RocksDB, shared by the groups of every shard on it (keys carry the shard). The
+/// groups' off-loop writes go through its one log writer (`rocks_writer`), which writes what
+/// every group handed over meanwhile in one synced batch: more shards do not mean more fsyncs,
+/// nor more threads.
 pub struct NodeDb {
     path: PathBuf,
+    writer: NodeWriter,
     /// None after a failed write: RocksDB must not be written through a handle that failed
     /// (Debian's build asserts on it), so the next write opens the database again, once every
     /// write through the failed handle has ended (until then the reopen fails on RocksDB's
@@ -67,7 +70,7 @@ impl std::fmt::Debug for NodeDb {
 
 impl NodeDb {
     /// The handle, opening the database again after a failed write.
-    fn handle(&self) -> Result<Arc<DB>, rocksdb::Error> {
+    pub(super) fn handle(&self) -> Result<Arc<DB>, rocksdb::Error> {
         if let Some(db) = self.slot.read().expect("db slot poisoned").as_ref() {
             return Ok(db.clone());
         }
@@ -81,7 +84,7 @@ impl NodeDb {
     }
 
     /// A write through `failed` failed: the next write opens the database again.
-    fn forget(&self, failed: &Arc<DB>) {
+    pub(super) fn forget(&self, failed: &Arc<DB>) {
         let mut slot = self.slot.write().expect("db slot poisoned");
         if slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, failed)) {
             *slot = None;
@@ -158,6 +161,18 @@ impl LogWrite for RocksWrite {
     fn write(&mut self) -> raft::Result<()> {
         lock(&self.disk).write(&self.ops, self.sync)
     }
+
+    /// To the node's log writer, to share one synced batch with the other groups' writes.
+    fn start(self: Box<Self>, ticket: WriteTicket) {
+        let Self { disk, ops, sync } = *self;
+        let (db, min_free_bytes) = {
+            let disk = lock(&disk);
+            (disk.db.clone(), disk.min_free_bytes)
+        };
+        drop(disk);
+        let writer = db.clone();
+        writer.writer.submit(Job { db, ops, sync, min_free_bytes, ticket });
+    }
 }
 
 /// A write that panicked cannot have left the handle half-changed (it is replaced whole), so a
@@ -178,7 +193,7 @@ impl std::fmt::Debug for RocksDbStorage {
 /// RocksDB cannot open it (missing permissions, another process holds its lock, corruption).
 pub fn open_db(path: &Path) -> Result<Arc<NodeDb>, rocksdb::Error> {
     let db = open_rocks(path)?;
-    Ok(Arc::new(NodeDb { path: path.to_owned(), slot: RwLock::new(Some(db)) }))
+    Ok(Arc::new(NodeDb { path: path.to_owned(), writer: NodeWriter::default(), slot: RwLock::new(Some(db)) }))
 }
 
 fn open_rocks(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
@@ -329,46 +344,51 @@ impl RocksDbStorage {
     }
 }
 
-impl Disk {
-    fn check_free_space(&self) -> Result<(), StorageError> {
-        if self.min_free_bytes == 0 {
-            return Ok(());
-        }
-        let path = self.db.path();
-        let stat = nix::sys::statvfs::statvfs(path).map_err(|e| {
-            StorageError::Other(format!("cannot read free space of {}: {e}", path.display()).into())
-        })?;
-        let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-        if free < self.min_free_bytes {
-            return Err(StorageError::Other(
-                format!(
-                    "disk nearly full: {free} bytes free on {}, below the reserve of {} bytes",
-                    path.display(),
-                    self.min_free_bytes
-                )
-                .into(),
-            ));
-        }
-        Ok(())
+/// Refuses a write while the disk holding `path` has less than `min_free_bytes` free (none
+/// when it is zero).
+pub(super) fn check_free_space(path: &Path, min_free_bytes: u64) -> Result<(), StorageError> {
+    if min_free_bytes == 0 {
+        return Ok(());
     }
+    let stat = nix::sys::statvfs::statvfs(path).map_err(|e| {
+        StorageError::Other(format!("cannot read free space of {}: {e}", path.display()).into())
+    })?;
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    if free < min_free_bytes {
+        return Err(StorageError::Other(
+            format!(
+                "disk nearly full: {free} bytes free on {}, below the reserve of {min_free_bytes} bytes",
+                path.display(),
+            )
+            .into(),
+        ));
+    }
+    Ok(())
+}
 
+/// Adds `ops` to `batch`, in order.
+pub(super) fn add_ops(batch: &mut WriteBatch, ops: &[Op]) {
+    for op in ops {
+        match op {
+            Op::Put(k, v) => batch.put(k, v),
+            Op::Delete(k) => batch.delete(k),
+            Op::DeleteRange(from, to) => batch.delete_range(from, to),
+        }
+    }
+}
+
+impl Disk {
     /// One attempt to write `ops` (the caller decides how to wait and retry, and a retry
     /// writes the same ops through a freshly opened handle).
     fn write(&mut self, ops: &[Op], sync: bool) -> raft::Result<()> {
-        self.check_free_space().map_err(raft::Error::Store)?;
+        check_free_space(self.db.path(), self.min_free_bytes).map_err(raft::Error::Store)?;
         self.write_ops(ops, sync).map_err(db_error)
     }
 
     fn write_ops(&mut self, ops: &[Op], sync: bool) -> Result<(), rocksdb::Error> {
         let db = self.db.handle()?;
         let mut batch = WriteBatch::default();
-        for op in ops {
-            match op {
-                Op::Put(k, v) => batch.put(k, v),
-                Op::Delete(k) => batch.delete(k),
-                Op::DeleteRange(from, to) => batch.delete_range(from, to),
-            }
-        }
+        add_ops(&mut batch, ops);
         let mut options = WriteOptions::default();
         options.set_sync(sync);
         let written = db.write_opt(batch, &options);
@@ -532,6 +552,10 @@ impl LogStore for RocksDbStorage {
     }
 
     fn writes_off_loop(&self) -> bool {
+        true
+    }
+
+    fn pipelines_writes(&self) -> bool {
         true
     }
 

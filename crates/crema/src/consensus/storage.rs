@@ -17,6 +17,8 @@
 
 use std::fmt;
 
+pub use super::persist::WriteTicket;
+
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata,
@@ -127,11 +129,17 @@ pub trait LogStore: raft::Storage + Send + 'static {
     }
     /// Takes every change made since the last flush or take as one write, synced when
     /// [`Self::flush_syncs`] was true; `None` when nothing is pending (or the store cannot
-    /// write off the loop). Writes taken run one at a time, in the order they were taken,
-    /// and before any later [`Self::flush`] or [`Self::sync`]; the store's reads
-    /// (`raft::Storage`) answer the taken changes at once.
+    /// write off the loop). Writes taken land in the order they were taken, and before any
+    /// later [`Self::flush`] or [`Self::sync`]; the store's reads (`raft::Storage`) answer the
+    /// taken changes at once.
     fn take_write(&mut self) -> Option<Box<dyn LogWrite>> {
         None
+    }
+    /// True when a write taken may start before the previous one landed: the store's writes go
+    /// through one queue that writes them in order (RocksDB's node log writer), so the group
+    /// hands each Ready's write over at once. Otherwise (the default) one runs at a time.
+    fn pipelines_writes(&self) -> bool {
+        false
     }
 }
 
@@ -143,6 +151,14 @@ pub trait LogWrite: Send + 'static {
     /// # Errors
     /// The write failed; the changes are not durable.
     fn write(&mut self) -> raft::Result<()>;
+    /// Starts the write away from the group loop; it reports through `ticket` once it landed
+    /// (or was given up as the group stops). By default it runs on a blocking thread of its
+    /// own, retrying while the disk refuses it; a store whose writes can share one synced batch
+    /// with other groups' (RocksDB: the node's log writer) hands it there instead.
+    fn start(self: Box<Self>, ticket: WriteTicket) {
+        let mut this = self;
+        ticket.run_alone(move || this.write());
+    }
 }
 
 /// In-memory Raft storage. Nothing survives a restart.

@@ -310,13 +310,23 @@ impl LinkTask {
         end
     }
 
-    /// Writes `first` and whatever else is already queued, then flushes once.
+    /// Writes `first` and whatever else is queued, then flushes once. Before the flush it
+    /// yields once to the runtime, so the tasks that are ready to run (the other groups woken
+    /// by the same incoming batch) add their messages to this one write: with many shards the
+    /// groups' messages to a peer would otherwise each cost a send and a wake-up of the peer.
     async fn write_batch(&mut self, out: &mut BufWriter<WriteHalf>, first: Bytes) -> std::io::Result<()> {
         out.write_all(&first).await?;
-        for _ in 1..WRITE_BATCH_FRAMES {
-            match self.queue_rx.try_recv() {
-                Ok(frame) => out.write_all(&frame).await?,
-                Err(_) => break,
+        let mut written = 1;
+        for round in 0..2 {
+            while written < WRITE_BATCH_FRAMES {
+                match self.queue_rx.try_recv() {
+                    Ok(frame) => out.write_all(&frame).await?,
+                    Err(_) => break,
+                }
+                written += 1;
+            }
+            if round == 0 {
+                tokio::task::yield_now().await;
             }
         }
         out.flush().await

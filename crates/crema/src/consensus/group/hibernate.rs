@@ -75,7 +75,7 @@ impl<S: LogStore> Group<S> {
             && self.gathered.is_empty()
             && self.reads.gathered_len() == 0
             && self.reads.in_flight() == 0
-            && self.persist_job.is_none()
+            && self.persist_jobs.is_empty()
             && self.unpersisted.is_empty()
             && self.checkpoint_job.is_none()
             && log.committed == last
@@ -99,7 +99,7 @@ impl<S: LogStore> Group<S> {
             && raft.term == term
             && same_log
             && self.recovery.is_none()
-            && self.persist_job.is_none()
+            && self.persist_jobs.is_empty()
             && self.unpersisted.is_empty()
             && self.reads.gathered_len() == 0
             && self.reads.in_flight() == 0

@@ -12,10 +12,9 @@ use raft::eraftpb::{
 };
 use raft::StateRole;
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{blocking, Group, GroupShared, PersistJob, SNAPSHOT_CHUNK_BYTES};
+use super::{blocking, Group, PersistJob, SNAPSHOT_CHUNK_BYTES};
 
 /// How long a snapshot's sending task waits for room for one piece before it gives up (the
 /// leader then sends a new snapshot later).
@@ -23,6 +22,7 @@ const SNAPSHOT_PIECE_PATIENCE: Duration = Duration::from_secs(30);
 use crate::config::MAX_FRAME_BYTES;
 use crate::consensus::command::StampedCommand;
 use crate::consensus::pending::PeerRead;
+use crate::consensus::persist::{write_until_done, WriteTicket};
 use crate::consensus::state_machine::{ApplyOutput, SnapshotCapture};
 use crate::consensus::storage::LogStore;
 use crate::consensus::{Applied, Role};
@@ -32,7 +32,7 @@ use crate::types::{NodeId, DEFAULT_SHARD};
 
 impl<S: LogStore> Group<S> {
     pub(super) fn on_ready(&mut self) {
-        if self.persist_job.is_some() && self.raw.snap().is_some_and(|s| !s.is_empty()) {
+        if !self.persist_jobs.is_empty() && self.raw.snap().is_some_and(|s| !s.is_empty()) {
             // A snapshot replaces the log: what was written before it lands first.
             if !self.settle_persist() {
                 return;
@@ -76,7 +76,7 @@ impl<S: LogStore> Group<S> {
             let held = ready.take_persisted_messages();
             self.raw.advance_append_async(ready);
             self.unpersisted.push_back((number, held));
-            if self.persist_job.is_none() {
+            if self.persist_jobs.is_empty() || self.raw.store().pipelines_writes() {
                 self.start_persist();
             }
             self.raw.advance_apply();
@@ -269,6 +269,12 @@ impl<S: LogStore> Group<S> {
         if !all && !self.raw.store().has_unflushed() {
             return true;
         }
+        if !all && self.persist_async && !self.raw.store().flush_syncs() {
+            // Changes Raft does not need durable (a commit index, a compaction) wait in the
+            // store for the next synced write, or for `persist_all`: written alone they cost a
+            // database write per Ready of every group.
+            return true;
+        }
         let delay = self.disk_delay();
         let store = self.raw.mut_store();
         let written = write_until_done(
@@ -305,42 +311,38 @@ impl<S: LogStore> Group<S> {
     }
 
     /// Whether this Ready's changes go to a write off the loop: always while one is in flight
-    /// (they land after it), when they need an fsync, and when writing them unsynced in the
-    /// loop fails (the disk refuses: the off-loop write retries while the loop goes on, so a
-    /// leader with a full disk still steps down, see `tick`).
+    /// (they land after it), and when they need an fsync. Changes that need none wait in the
+    /// store for the next write (see `persist_with`).
     fn write_off_loop(&mut self) -> bool {
-        if self.persist_job.is_some() {
-            return true;
-        }
-        let store = self.raw.mut_store();
-        store.flush_syncs() || store.flush().is_err()
+        !self.persist_jobs.is_empty() || self.raw.store().flush_syncs()
     }
 
-    /// Hands what the store holds for the Readies in `unpersisted` to a blocking thread as one
-    /// write. With nothing to write (their changes needed no disk), they are persisted now.
+    /// Hands what the store holds for the Readies in `unpersisted` not yet handed over to one
+    /// write off the loop. With nothing to write (their changes needed no disk), they are
+    /// persisted now, or, behind writes still in flight, once those land.
     fn start_persist(&mut self) {
         let Some(&(number, _)) = self.unpersisted.back() else { return };
-        let Some(mut write) = self.raw.mut_store().take_write() else {
-            self.persisted_through(number);
+        if self.persist_jobs.back().is_some_and(|job| job.number >= number) {
             return;
-        };
+        }
         let (tx, done) = oneshot::channel();
-        let (shared, cancel) = (self.shared.clone(), self.cancel.clone());
-        let delay = self.disk_delay();
-        tokio::task::spawn_blocking(move || {
-            std::thread::sleep(delay);
-            let written = write_until_done(&shared, &cancel, || write.write(), std::thread::sleep);
-            // The write holds the database: let it go before the loop hears that it landed, so a
-            // node stopped right after can be opened again at once (RocksDB's lock).
-            drop(write);
-            let _ = tx.send(written);
-        });
-        self.persist_job = Some(PersistJob { number, done });
+        match self.raw.mut_store().take_write() {
+            Some(write) => {
+                let ticket =
+                    WriteTicket::new(self.shared.clone(), self.cancel.clone(), self.disk_delay(), tx);
+                write.start(ticket);
+            }
+            None if self.persist_jobs.is_empty() => return self.persisted_through(number),
+            None => {
+                let _ = tx.send(true);
+            }
+        }
+        self.persist_jobs.push_back(PersistJob { number, done });
     }
 
-    /// The write in flight landed (`written`) or was given up as the node stops.
+    /// The oldest write in flight landed (`written`) or was given up as the node stops.
     pub(super) fn on_persisted(&mut self, number: u64, written: bool) {
-        self.persist_job = None;
+        self.persist_jobs.pop_front();
         if !written {
             self.halted = true;
             return;
@@ -367,7 +369,7 @@ impl<S: LogStore> Group<S> {
     /// store: afterwards everything raft-rs was handed is durable and announced. False if the
     /// node stops meanwhile (the group then halts).
     pub(super) fn settle_persist(&mut self) -> bool {
-        if let Some(job) = self.persist_job.take() {
+        while let Some(job) = self.persist_jobs.pop_front() {
             let written = blocking(|| job.done.blocking_recv()).unwrap_or(false);
             if !written {
                 self.halted = true;
@@ -655,41 +657,5 @@ impl<S: LogStore> Group<S> {
             let _ = tx.send(job().map(|bytes| (applied, bytes)));
         });
         self.checkpoint_job = Some(rx);
-    }
-}
-
-/// Runs `write` until it succeeds. While the disk refuses it (full, failing) it tries again
-/// every 100 ms, pausing with `pause`: the group's writes wait, clients time out, nothing is
-/// acknowledged, and it goes on once the disk accepts the write. Answers false if the node is
-/// stopping meanwhile (nothing that depended on the lost changes was acknowledged).
-fn write_until_done(
-    shared: &GroupShared,
-    cancel: &CancellationToken,
-    mut write: impl FnMut() -> raft::Result<()>,
-    pause: impl Fn(Duration),
-) -> bool {
-    let shard = shared.shard;
-    let mut failing_since: Option<Instant> = None;
-    loop {
-        match write() {
-            Ok(()) => {
-                if let Some(since) = failing_since {
-                    info!(shard, stalled = ?since.elapsed(), "the raft log is persisted again");
-                    shared.persist_failing.store(false, Ordering::Release);
-                }
-                return true;
-            }
-            Err(e) => {
-                if failing_since.is_none() {
-                    error!(shard, error = %e, "cannot persist the raft log; writes wait until the disk accepts them");
-                    shared.persist_failing.store(true, Ordering::Release);
-                    failing_since = Some(Instant::now());
-                }
-                if cancel.is_cancelled() {
-                    return false;
-                }
-                pause(Duration::from_millis(100));
-            }
-        }
     }
 }
