@@ -689,6 +689,8 @@ pub(crate) fn spawn_group<S: LogStore>(
         check_quorum: settings.raft.check_quorum,
         read_only_option: ReadOnlyOption::Safe,
         applied,
+        // See `tell_commit_when_idle`.
+        skip_bcast_commit: true,
         ..Default::default()
     };
     cfg.validate()?;
@@ -752,6 +754,7 @@ pub(crate) fn spawn_group<S: LogStore>(
         halted: false,
         removed: false,
         persist_async,
+        commit_told: 0,
         persist_jobs: std::collections::VecDeque::new(),
         unpersisted: std::collections::VecDeque::new(),
         hibernating: false,
@@ -801,6 +804,9 @@ struct Group<S: LogStore> {
     removed: bool,
     /// Synced writes run off the loop (see the module header).
     persist_async: bool,
+    /// The highest commit index this leader told its followers by itself (see
+    /// `tell_commit_when_idle`).
+    commit_told: u64,
     /// The writes in flight, oldest first: at most one, unless the store pipelines its writes
     /// (`LogStore::pipelines_writes`).
     persist_jobs: std::collections::VecDeque<PersistJob>,
@@ -891,6 +897,7 @@ impl<S: LogStore> Group<S> {
         if more && self.raw.has_ready() {
             self.on_ready();
         }
+        self.tell_commit_when_idle();
         self.publish_log_position();
         self.shared.held_writes.store(self.gathered.len(), Ordering::Relaxed);
         self.shared.held_reads.store(self.reads.gathered_len(), Ordering::Relaxed);
@@ -1112,6 +1119,29 @@ impl<S: LogStore> Group<S> {
     /// Whether the writes gathered so far go out now: always unless this node leads with
     /// `UNCOMMITTED_BATCHES` batches of its term uncommitted (then they wait for the oldest to
     /// commit, which wakes the loop with an append response), and up to `GATHER_LIMIT` writes.
+    /// raft-rs runs with `skip_bcast_commit` (as TiKV does): a commit does not send every
+    /// follower an empty append to tell it; the next batch's append carries the commit index.
+    /// Under load that was half the messages of every batch, and with many shards the messages
+    /// are what a write costs. Once a leader has nothing more on its way (no batch uncommitted,
+    /// no writes waiting), it tells the followers the commit it has not told yet, here at the
+    /// end of the pass, so idle followers, reads on them and hibernation (which waits until
+    /// every follower reports the leader's commit index) do not wait for a heartbeat.
+    fn tell_commit_when_idle(&mut self) {
+        let raft = &self.raw.raft;
+        let (term, committed) = (raft.term, raft.raft_log.committed);
+        if raft.state != StateRole::Leader || committed <= self.commit_told || !self.gathered.is_empty() {
+            return;
+        }
+        if self.in_flight.iter().any(|&(t, last)| t == term && last > committed) {
+            return;
+        }
+        self.commit_told = committed;
+        self.raw.raft.bcast_append();
+        if self.raw.has_ready() {
+            self.on_ready();
+        }
+    }
+
     fn may_propose(&mut self) -> bool {
         let (term, committed) = (self.raw.raft.term, self.raw.raft.raft_log.committed);
         self.in_flight.retain(|&(t, last)| t == term && last > committed);

@@ -83,7 +83,10 @@ impl<S: LogStore> Group<S> {
             && raft.lead_transferee.is_none()
             && !raft.has_pending_conf()
             && raft.pending_read_count() == 0
-            && raft.prs().iter().all(|(id, pr)| *id == me || pr.matched == last)
+            && raft
+                .prs()
+                .iter()
+                .all(|(id, pr)| *id == me || (pr.matched == last && pr.committed_index == last))
     }
 
     /// A leader's notice that it hibernates: this replica follows when it has the same log.
