@@ -339,8 +339,9 @@ impl CacheConfig {
 
     /// Where shard `shard`'s checkpoints go: the checkpoint directory itself with one shard;
     /// with several, its `shard-<id>` subdirectory (one directory, and one prune, per shard).
+    /// Each file names its shard in its header.
     pub fn shard_checkpoint_config(&self, shard: crate::types::ShardId) -> Option<CheckpointConfig> {
-        let config = self.checkpoint_config()?;
+        let config = self.checkpoint_config()?.with_shard(shard);
         if self.shard_count() == 1 {
             return Some(config);
         }

@@ -208,7 +208,7 @@ mod seeds {
         let payload = (sm.snapshot_source())();
         let conf = raft::eraftpb::ConfState { voters: vec![1, 2, 3], ..Default::default() };
         for compress in [true, false] {
-            let file = crate::checkpoint::format::encode(4, 2, &conf, &payload, compress);
+            let file = crate::checkpoint::format::encode(0, 4, 2, &conf, &payload, compress);
             write("checkpoint_reader", &format!("seed-lz4-{compress}"), &file);
         }
     }

@@ -1,19 +1,25 @@
-//! The checkpoint file format, pure code over bytes. Little-endian throughout:
+//! The checkpoint file format, pure code over bytes. Little-endian throughout (version 2):
 //!
 //! ```text
 //! offset  size  field
 //! 0       4     magic "MCRS"
-//! 4       2     format version (1)
+//! 4       2     format version (2)
 //! 6       2     flags (bit 0: payload LZ4-compressed)
 //! 8       8     Raft index the checkpoint captures
 //! 16      8     Raft term of that index
-//! 24      4     length of the conf state (n)
-//! 28      n     conf state (Raft protobuf)
-//! 28+n    8     length of the stored payload (m)
-//! 36+n    m     payload: the state machine's snapshot (entries with key, value and absolute
+//! 24      4     shard (Raft group) the checkpoint is of
+//! 28      4     length of the conf state (n)
+//! 32      n     conf state (Raft protobuf)
+//! 32+n    8     length of the stored payload (m)
+//! 40+n    m     payload: the state machine's snapshot (entries with key, value and absolute
 //!               expiry; the member address book; the log time), LZ4 block-compressed when flagged
-//! 36+n+m  4     CRC32 of every byte before it
+//! 40+n+m  4     CRC32 of every byte before it
 //! ```
+//!
+//! Version 1 had no shard field (the conf state's length at offset 24); it is still read, as a
+//! checkpoint of whichever shard's directory holds it. With a shard id in the header, a file
+//! copied or restored into another shard's directory is refused instead of loaded as that
+//! shard's state ([`super::CheckpointStore::load_newest_valid`]).
 //!
 //! A reader checks the length, then the magic and version, then the checksum: a wrong magic, a
 //! version from the future, a flipped byte and a truncated file each get a clear error.
@@ -22,12 +28,17 @@ use protobuf::Message as _;
 use raft::eraftpb::ConfState;
 use thiserror::Error;
 
+use crate::types::ShardId;
+
 /// The magic bytes every checkpoint starts with.
 pub const MAGIC: &[u8; 4] = b"MCRS";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes (it reads this one and version 1).
+pub const FORMAT_VERSION: u16 = 2;
 const FLAG_LZ4: u16 = 1;
-const FIXED_HEAD: usize = 28;
+/// The fixed part of the header: up to the conf state.
+const FIXED_HEAD: usize = 32;
+/// The fixed part of a version 1 header (no shard field).
+const FIXED_HEAD_V1: usize = 28;
 
 /// What a checkpoint captures, besides its payload.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +47,8 @@ pub struct CheckpointMeta {
     pub index: u64,
     /// The term of that index.
     pub term: u64,
+    /// The shard the checkpoint is of; `None` for a version 1 file, which did not say.
+    pub shard: Option<ShardId>,
     /// The Raft configuration at that index.
     pub conf_state: ConfState,
     /// Whether the payload was stored compressed.
@@ -60,15 +73,22 @@ pub enum CheckpointError {
     #[error("not a crema checkpoint (bad magic)")]
     BadMagic,
     /// Written by a newer (or unknown) format version.
-    #[error("checkpoint format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error("checkpoint format version {0} is not supported (this build reads 1 to {FORMAT_VERSION})")]
     UnknownVersion(u16),
     /// The payload or conf state does not decode.
     #[error("checkpoint content is invalid: {0}")]
     Invalid(String),
 }
 
-/// Encodes a checkpoint of `payload` at `index`/`term`.
-pub fn encode(index: u64, term: u64, conf_state: &ConfState, payload: &[u8], compress: bool) -> Vec<u8> {
+/// Encodes a checkpoint of shard `shard`'s `payload` at `index`/`term`.
+pub fn encode(
+    shard: ShardId,
+    index: u64,
+    term: u64,
+    conf_state: &ConfState,
+    payload: &[u8],
+    compress: bool,
+) -> Vec<u8> {
     let conf = conf_state.write_to_bytes().expect("encoding a conf state cannot fail");
     let stored = if compress { lz4_flex::block::compress_prepend_size(payload) } else { payload.to_vec() };
     let mut out = Vec::with_capacity(FIXED_HEAD + conf.len() + 8 + stored.len() + 4);
@@ -77,6 +97,7 @@ pub fn encode(index: u64, term: u64, conf_state: &ConfState, payload: &[u8], com
     out.extend_from_slice(&(if compress { FLAG_LZ4 } else { 0 }).to_le_bytes());
     out.extend_from_slice(&index.to_le_bytes());
     out.extend_from_slice(&term.to_le_bytes());
+    out.extend_from_slice(&shard.to_le_bytes());
     out.extend_from_slice(&(conf.len() as u32).to_le_bytes());
     out.extend_from_slice(&conf);
     out.extend_from_slice(&(stored.len() as u64).to_le_bytes());
@@ -90,12 +111,16 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
 /// Decodes a checkpoint: its metadata and its (decompressed) payload.
 ///
 /// # Errors
 /// [`CheckpointError`] naming what is wrong; nothing is returned from a damaged file.
 pub fn decode(bytes: &[u8]) -> Result<(CheckpointMeta, Vec<u8>), CheckpointError> {
-    if bytes.len() < FIXED_HEAD + 8 + 4 {
+    if bytes.len() < FIXED_HEAD_V1 + 8 + 4 {
         return Err(CheckpointError::Truncated("shorter than a header"));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
@@ -105,18 +130,24 @@ pub fn decode(bytes: &[u8]) -> Result<(CheckpointMeta, Vec<u8>), CheckpointError
         return Err(CheckpointError::BadMagic);
     }
     let version = u16::from_le_bytes([body[4], body[5]]);
-    if version != FORMAT_VERSION {
-        return Err(CheckpointError::UnknownVersion(version));
-    }
+    let head = match version {
+        1 => FIXED_HEAD_V1,
+        FORMAT_VERSION => FIXED_HEAD,
+        other => return Err(CheckpointError::UnknownVersion(other)),
+    };
     if stored != computed {
         return Err(CheckpointError::BadChecksum { stored, computed });
     }
+    if body.len() < head + 8 {
+        return Err(CheckpointError::Truncated("shorter than a header"));
+    }
     let flags = u16::from_le_bytes([body[6], body[7]]);
     let (index, term) = (u64_at(body, 8), u64_at(body, 16));
-    let conf_len = u32::from_le_bytes(body[24..28].try_into().expect("4 bytes")) as usize;
-    let conf_end = FIXED_HEAD.checked_add(conf_len).filter(|end| end + 8 <= body.len());
+    let shard = (version >= 2).then(|| u32_at(body, 24));
+    let conf_len = u32_at(body, head - 4) as usize;
+    let conf_end = head.checked_add(conf_len).filter(|end| end + 8 <= body.len());
     let conf_end = conf_end.ok_or(CheckpointError::Truncated("conf state"))?;
-    let conf_state = ConfState::parse_from_bytes(&body[FIXED_HEAD..conf_end])
+    let conf_state = ConfState::parse_from_bytes(&body[head..conf_end])
         .map_err(|e| CheckpointError::Invalid(e.to_string()))?;
     let payload_len = u64_at(body, conf_end) as usize;
     let payload = &body[conf_end + 8..];
@@ -130,7 +161,7 @@ pub fn decode(bytes: &[u8]) -> Result<(CheckpointMeta, Vec<u8>), CheckpointError
     } else {
         payload.to_vec()
     };
-    Ok((CheckpointMeta { index, term, conf_state, compressed }, payload))
+    Ok((CheckpointMeta { index, term, shard, conf_state, compressed }, payload))
 }
 
 #[cfg(test)]
@@ -142,9 +173,39 @@ mod tests {
         ConfState { voters: vec![1, 2, 3], learners: vec![4], ..Default::default() }
     }
 
+    /// A version 1 file, as builds before the shard field wrote it.
+    fn encode_v1(index: u64, term: u64, payload: &[u8]) -> Vec<u8> {
+        let conf = conf().write_to_bytes().unwrap();
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&index.to_le_bytes());
+        out.extend_from_slice(&term.to_le_bytes());
+        out.extend_from_slice(&(conf.len() as u32).to_le_bytes());
+        out.extend_from_slice(&conf);
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(payload);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn a_version_1_file_still_reads_and_says_no_shard() {
+        let (meta, payload) = decode(&encode_v1(12, 3, b"old state")).unwrap();
+        assert_eq!(
+            meta,
+            CheckpointMeta { index: 12, term: 3, shard: None, conf_state: conf(), compressed: false }
+        );
+        assert_eq!(payload, b"old state");
+        let (meta, _) = decode(&encode(7, 12, 3, &conf(), b"new state", false)).unwrap();
+        assert_eq!(meta.shard, Some(7));
+    }
+
     #[test]
     fn each_kind_of_damage_has_its_error() {
-        let good = encode(42, 7, &conf(), b"payload bytes, payload bytes, payload bytes", true);
+        let good = encode(0, 42, 7, &conf(), b"payload bytes, payload bytes, payload bytes", true);
         assert_eq!(decode(&good).unwrap().1, b"payload bytes, payload bytes, payload bytes");
         let mut flipped = good.clone();
         flipped[40] ^= 0x01;
@@ -155,23 +216,23 @@ mod tests {
         magic[0] = b'X';
         assert_eq!(decode(&magic), Err(CheckpointError::BadMagic));
         let mut future = good.clone();
-        future[4] = 2;
-        assert_eq!(decode(&future), Err(CheckpointError::UnknownVersion(2)));
+        future[4] = 3;
+        assert_eq!(decode(&future), Err(CheckpointError::UnknownVersion(3)));
     }
 
     proptest! {
         #[test]
-        fn round_trips(index in any::<u64>(), term in any::<u64>(), payload in prop::collection::vec(any::<u8>(), 0..2048), compress in any::<bool>()) {
-            let bytes = encode(index, term, &conf(), &payload, compress);
+        fn round_trips(shard in any::<u32>(), index in any::<u64>(), term in any::<u64>(), payload in prop::collection::vec(any::<u8>(), 0..2048), compress in any::<bool>()) {
+            let bytes = encode(shard, index, term, &conf(), &payload, compress);
             let (meta, data) = decode(&bytes).unwrap();
-            prop_assert_eq!(meta, CheckpointMeta { index, term, conf_state: conf(), compressed: compress });
+            prop_assert_eq!(meta, CheckpointMeta { index, term, shard: Some(shard), conf_state: conf(), compressed: compress });
             prop_assert_eq!(data, payload);
         }
 
         /// Any single changed byte, and any truncation, is detected.
         #[test]
         fn any_corruption_is_detected(payload in prop::collection::vec(any::<u8>(), 1..512), at in any::<prop::sample::Index>(), delta in 1u8..=255, cut in any::<prop::sample::Index>()) {
-            let bytes = encode(9, 2, &conf(), &payload, true);
+            let bytes = encode(1, 9, 2, &conf(), &payload, true);
             let mut damaged = bytes.clone();
             let i = at.index(damaged.len());
             damaged[i] = damaged[i].wrapping_add(delta);

@@ -41,7 +41,7 @@ impl CheckpointManager {
     /// # Errors
     /// The directory cannot be created or read.
     pub fn open(config: CheckpointConfig) -> io::Result<Self> {
-        let store = CheckpointStore::open(&config.dir)?;
+        let store = CheckpointStore::open_for_shard(&config.dir, config.shard)?;
         let retained: Vec<u64> = store.list()?.into_iter().map(|(i, _)| i).collect();
         let last_index = retained.first().copied().unwrap_or(0);
         Ok(Self { config, store, last_index, last_at: Instant::now(), last_bytes: 0, log_bytes: 0, retained })

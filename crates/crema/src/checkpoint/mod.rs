@@ -6,6 +6,9 @@
 //! [`CheckpointStore`] owns the directory: atomic writes (temp file, fsync, rename, fsync of the
 //! directory), listing, loading the newest valid checkpoint (a damaged one is logged and skipped
 //! for the next older) and pruning. File names carry the index, so listing needs no reads.
+//! Each shard has its own directory, and each file names its shard in its header: a file of
+//! another shard found in a shard's directory (copied or restored there by hand) is skipped, not
+//! loaded as that shard's state.
 
 pub mod format;
 mod manager;
@@ -19,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use raft::eraftpb::ConfState;
 use tracing::{info, warn};
+
+use crate::types::{ShardId, DEFAULT_SHARD};
 
 pub use format::{CheckpointError, CheckpointMeta};
 pub use manager::CheckpointManager;
@@ -41,6 +46,9 @@ pub struct CheckpointConfig {
     pub compression: bool,
     /// How many to keep (at least 2, so a damaged newest one has a predecessor).
     pub keep: usize,
+    /// The shard (Raft group) whose checkpoints these are: written into each file's header,
+    /// and a file naming another shard is not loaded.
+    pub shard: ShardId,
 }
 
 impl CheckpointConfig {
@@ -54,7 +62,15 @@ impl CheckpointConfig {
             interval: Some(Duration::from_secs(300)),
             compression: true,
             keep: 2,
+            shard: DEFAULT_SHARD,
         }
+    }
+
+    /// Checkpoints of shard `shard` (default: the first, the only one without Multi-Raft).
+    #[must_use]
+    pub fn with_shard(mut self, shard: ShardId) -> Self {
+        self.shard = shard;
+        self
     }
 
     /// Take a checkpoint no sooner than `entries` applied entries after the last.
@@ -91,6 +107,7 @@ impl CheckpointConfig {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     dir: PathBuf,
+    shard: ShardId,
 }
 
 /// A checkpoint read back from disk.
@@ -113,6 +130,14 @@ impl CheckpointStore {
     /// # Errors
     /// The directory cannot be created or read.
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        Self::open_for_shard(dir, DEFAULT_SHARD)
+    }
+
+    /// As [`Self::open`], for the checkpoints of shard `shard`.
+    ///
+    /// # Errors
+    /// The directory cannot be created or read.
+    pub fn open_for_shard(dir: impl Into<PathBuf>, shard: ShardId) -> io::Result<Self> {
         let dir = dir.into();
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
         for entry in fs::read_dir(&dir)? {
@@ -121,7 +146,12 @@ impl CheckpointStore {
                 let _ = fs::remove_file(path);
             }
         }
-        Ok(Self { dir })
+        Ok(Self { dir, shard })
+    }
+
+    /// The shard whose checkpoints these are.
+    pub fn shard(&self) -> ShardId {
+        self.shard
     }
 
     /// The directory.
@@ -141,7 +171,7 @@ impl CheckpointStore {
         data: &[u8],
         compress: bool,
     ) -> io::Result<PathBuf> {
-        let bytes = format::encode(index, term, conf, data, compress);
+        let bytes = format::encode(self.shard, index, term, conf, data, compress);
         let path = self.dir.join(format!("checkpoint-{index:020}{SUFFIX}"));
         // A name of its own per write: a received snapshot may be written while a checkpoint of
         // the node's own state is still being written in the background.
@@ -195,6 +225,12 @@ impl CheckpointStore {
                 .map_err(|e| CheckpointError::Invalid(e.to_string()))
                 .and_then(|b| format::decode(&b));
             match result {
+                Ok((meta, _)) if meta.shard.is_some_and(|shard| shard != self.shard) => warn!(
+                    path = %path.display(),
+                    of = meta.shard,
+                    here = self.shard,
+                    "checkpoint of another shard in this shard's directory; skipped"
+                ),
                 Ok((meta, data)) if meta.index == index => {
                     info!(index, path = %path.display(), elapsed = ?started.elapsed(), "checkpoint loaded");
                     return Ok(Some(LoadedCheckpoint { meta, data, path }));
@@ -282,6 +318,23 @@ mod tests {
         });
         let left: Vec<u64> = store.list().unwrap().into_iter().map(|(i, _)| i).collect();
         assert_eq!(left, vec![400, 399]);
+    }
+
+    /// A file of shard 3 restored into shard 5's directory (a newer index than shard 5's own)
+    /// is not loaded as shard 5's state: the shard's own newest checkpoint is.
+    #[test]
+    fn a_checkpoint_of_another_shard_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let five = CheckpointStore::open_for_shard(dir.path(), 5).unwrap();
+        five.write(10, 1, &conf(), b"shard five", true).unwrap();
+        let three = CheckpointStore::open_for_shard(dir.path(), 3).unwrap();
+        three.write(20, 1, &conf(), b"shard three", true).unwrap();
+        let loaded = five.load_newest_valid().unwrap().unwrap();
+        assert_eq!(
+            (loaded.meta.index, loaded.meta.shard, loaded.data.as_slice()),
+            (10, Some(5), &b"shard five"[..])
+        );
+        assert_eq!(three.load_newest_valid().unwrap().unwrap().data, b"shard three");
     }
 
     #[test]
