@@ -14,8 +14,8 @@
 //! 7. `advance`, then the light ready the same way (commit index, messages, committed entries).
 //!
 //! With a store that syncs to disk (RocksDB) on a multi-threaded runtime, steps 5-7 do not wait
-//! for the fsync: the Ready's changes go to a blocking thread as one write
-//! (`LogStore::take_write`), the Ready is advanced without them counting as persisted
+//! for the fsync: the Ready's changes go off the loop as one write (`LogStore::take_write`; with
+//! RocksDB to the node's log writer, which batches every group's writes), the Ready is advanced without them counting as persisted
 //! (`advance_append_async`), and the loop goes on stepping messages, proposing and applying.
 //! Readies handled meanwhile add their changes to the store's next write; their persisted
 //! messages wait with them. When a write lands, `on_persist_ready` tells raft-rs, which may then
