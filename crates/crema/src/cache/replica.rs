@@ -196,7 +196,7 @@ impl Replicas {
         shard.stop.cancel();
         // Its loop may still be writing its last Ready: the state goes once it has stopped.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !shard.group.is_closed() && tokio::time::Instant::now() < deadline {
+        while !shard.group.has_ended() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let incarnation = self.incarnations[id as usize].load(std::sync::atomic::Ordering::Acquire);

@@ -39,6 +39,16 @@ const FLAG_LZ4: u16 = 1;
 const FIXED_HEAD: usize = 32;
 /// The fixed part of a version 1 header (no shard field).
 const FIXED_HEAD_V1: usize = 28;
+/// The bytes of a header up to and with the shard field (see [`shard_in_head`]).
+pub const SHARD_HEAD: usize = 28;
+
+/// The shard named by a header's first [`SHARD_HEAD`] bytes, without reading (or checking) the
+/// rest: `None` unless they are a version 2 header.
+pub fn shard_in_head(head: &[u8]) -> Option<ShardId> {
+    let head = head.get(..SHARD_HEAD)?;
+    let version = u16::from_le_bytes([head[4], head[5]]);
+    (&head[..4] == MAGIC && version == FORMAT_VERSION).then(|| u32_at(head, 24))
+}
 
 /// What a checkpoint captures, besides its payload.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +155,8 @@ pub fn decode(bytes: &[u8]) -> Result<(CheckpointMeta, Vec<u8>), CheckpointError
     let (index, term) = (u64_at(body, 8), u64_at(body, 16));
     let shard = (version >= 2).then(|| u32_at(body, 24));
     let conf_len = u32_at(body, head - 4) as usize;
-    let conf_end = head.checked_add(conf_len).filter(|end| end + 8 <= body.len());
+    let conf_end =
+        head.checked_add(conf_len).filter(|end| end.checked_add(8).is_some_and(|e| e <= body.len()));
     let conf_end = conf_end.ok_or(CheckpointError::Truncated("conf state"))?;
     let conf_state = ConfState::parse_from_bytes(&body[head..conf_end])
         .map_err(|e| CheckpointError::Invalid(e.to_string()))?;
@@ -199,8 +210,11 @@ mod tests {
             CheckpointMeta { index: 12, term: 3, shard: None, conf_state: conf(), compressed: false }
         );
         assert_eq!(payload, b"old state");
-        let (meta, _) = decode(&encode(7, 12, 3, &conf(), b"new state", false)).unwrap();
-        assert_eq!(meta.shard, Some(7));
+        let new = encode(7, 12, 3, &conf(), b"new state", false);
+        assert_eq!(decode(&new).unwrap().0.shard, Some(7));
+        assert_eq!(shard_in_head(&new), Some(7));
+        assert_eq!(shard_in_head(&encode_v1(12, 3, b"old")), None, "version 1 does not say");
+        assert_eq!(shard_in_head(&new[..10]), None, "too short to say");
     }
 
     #[test]

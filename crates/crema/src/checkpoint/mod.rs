@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::ConfState;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::types::{ShardId, DEFAULT_SHARD};
 
@@ -110,6 +110,15 @@ pub struct CheckpointStore {
     shard: ShardId,
 }
 
+/// The shard a checkpoint file's header names, read without the rest of the file; `None` when
+/// it is too short, unreadable, or a version 1 file (which did not say).
+fn shard_of(path: &Path) -> Option<ShardId> {
+    use std::io::Read;
+    let mut head = [0u8; format::SHARD_HEAD];
+    File::open(path).and_then(|mut f| f.read_exact(&mut head)).ok()?;
+    format::shard_in_head(&head)
+}
+
 /// A checkpoint read back from disk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedCheckpoint {
@@ -193,7 +202,10 @@ impl CheckpointStore {
         Ok(path)
     }
 
-    /// Checkpoint files, newest (highest index) first.
+    /// This shard's checkpoint files, newest (highest index) first. A file whose header names
+    /// another shard is left out (it is not this shard's: it must neither count as one of its
+    /// checkpoints, which paces the next and bounds the log, nor be pruned as one); a file too
+    /// short or unreadable to say is listed, and loading it tells what is wrong.
     ///
     /// # Errors
     /// The directory cannot be read.
@@ -206,9 +218,12 @@ impl CheckpointStore {
                 .strip_prefix("checkpoint-")
                 .and_then(|n| n.strip_suffix(SUFFIX))
                 .and_then(|n| n.parse().ok());
-            if let Some(index) = index {
-                found.push((index, path));
+            let Some(index) = index else { continue };
+            if let Some(shard) = shard_of(&path).filter(|shard| *shard != self.shard) {
+                debug!(path = %path.display(), of = shard, here = self.shard, "checkpoint of another shard left out");
+                continue;
             }
+            found.push((index, path));
         }
         found.sort_by_key(|(index, _)| std::cmp::Reverse(*index));
         Ok(found)
@@ -321,19 +336,24 @@ mod tests {
     }
 
     /// A file of shard 3 restored into shard 5's directory (a newer index than shard 5's own)
-    /// is not loaded as shard 5's state: the shard's own newest checkpoint is.
+    /// is not loaded as shard 5's state, not counted as one of its checkpoints and not pruned
+    /// as one: the shard's own newest checkpoint is loaded, and its older one kept.
     #[test]
-    fn a_checkpoint_of_another_shard_is_skipped() {
+    fn a_checkpoint_of_another_shard_is_left_out() {
         let dir = tempfile::tempdir().unwrap();
         let five = CheckpointStore::open_for_shard(dir.path(), 5).unwrap();
         five.write(10, 1, &conf(), b"shard five", true).unwrap();
+        five.write(12, 1, &conf(), b"shard five, later", true).unwrap();
         let three = CheckpointStore::open_for_shard(dir.path(), 3).unwrap();
-        three.write(20, 1, &conf(), b"shard three", true).unwrap();
+        let foreign = three.write(20, 1, &conf(), b"shard three", true).unwrap();
         let loaded = five.load_newest_valid().unwrap().unwrap();
-        assert_eq!(
-            (loaded.meta.index, loaded.meta.shard, loaded.data.as_slice()),
-            (10, Some(5), &b"shard five"[..])
-        );
+        assert_eq!((loaded.meta.index, loaded.meta.shard), (12, Some(5)));
+        assert_eq!(loaded.data, b"shard five, later");
+        let listed: Vec<u64> = five.list().unwrap().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(listed, vec![12, 10]);
+        five.prune(2).unwrap();
+        assert_eq!(five.list().unwrap().len(), 2, "both of shard 5's checkpoints are kept");
+        assert!(foreign.exists(), "the other shard's file is left alone");
         assert_eq!(three.load_newest_valid().unwrap().unwrap().data, b"shard three");
     }
 

@@ -220,6 +220,8 @@ pub(crate) struct GroupShared {
     wake: Notify,
     /// Set with `wake` when the group's leader is no longer heard from.
     wake_urgent: AtomicBool,
+    /// The loop has ended: its last write to the store is done.
+    ended: AtomicBool,
 }
 
 impl GroupShared {
@@ -262,6 +264,7 @@ impl GroupShared {
             hibernating: AtomicBool::new(false),
             wake: Notify::new(),
             wake_urgent: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
         }
     }
 
@@ -543,9 +546,9 @@ impl GroupHandle {
         self.ask(|reply| ClientMsg::ReadIndex { reply }).await
     }
 
-    /// Whether the group loop has ended (its mailbox is gone).
-    pub fn is_closed(&self) -> bool {
-        self.client_tx.is_closed()
+    /// Whether the group loop has ended, its last write to the store included.
+    pub fn has_ended(&self) -> bool {
+        self.shared.ended.load(Ordering::Acquire)
     }
 
     /// Requests waiting in the client mailbox for the group loop to take them.
@@ -754,6 +757,7 @@ pub(crate) fn spawn_group<S: LogStore>(
         halted: false,
         removed: false,
         persist_async,
+        writes_lost: false,
         commit_told: 0,
         persist_jobs: std::collections::VecDeque::new(),
         unpersisted: std::collections::VecDeque::new(),
@@ -804,6 +808,9 @@ struct Group<S: LogStore> {
     removed: bool,
     /// Synced writes run off the loop (see the module header).
     persist_async: bool,
+    /// A write to the store was given up as the node stopped while the disk refused it: from
+    /// then on nothing more is written.
+    writes_lost: bool,
     /// The highest commit index this leader told its followers by itself (see
     /// `tell_commit_when_idle`).
     commit_told: u64,
@@ -862,6 +869,7 @@ impl<S: LogStore> Group<S> {
             }
         }
         self.drain_before_exit(&mut ticker).await;
+        self.shared.ended.store(true, Ordering::Release);
     }
 
     /// The rest of a loop pass: drain the mailboxes, start a read round, handle the Ready.
@@ -946,7 +954,10 @@ impl<S: LogStore> Group<S> {
             }
             self.pass();
         }
-        if let Err(e) = self.raw.mut_store().sync() {
+        if self.writes_lost {
+            // A write was given up: nothing written after it may land (the log would have a
+            // gap, or a commit index past its end).
+        } else if let Err(e) = self.raw.mut_store().sync() {
             warn!(shard = self.shared.shard, error = %e, "final raft log flush failed");
         }
         if let Some(job) = self.checkpoint_job.take() {
@@ -1127,6 +1138,9 @@ impl<S: LogStore> Group<S> {
     /// end of the pass, so idle followers, reads on them and hibernation (which waits until
     /// every follower reports the leader's commit index) do not wait for a heartbeat.
     fn tell_commit_when_idle(&mut self) {
+        if self.halted || self.removed {
+            return;
+        }
         let raft = &self.raw.raft;
         let (term, committed) = (raft.term, raft.raft_log.committed);
         if raft.state != StateRole::Leader || committed <= self.commit_told || !self.gathered.is_empty() {

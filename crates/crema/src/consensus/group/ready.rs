@@ -266,6 +266,9 @@ impl<S: LogStore> Group<S> {
     }
 
     fn persist_with(&mut self, all: bool) -> bool {
+        if self.writes_lost {
+            return false;
+        }
         if !all && !self.raw.store().has_unflushed() {
             return true;
         }
@@ -296,6 +299,7 @@ impl<S: LogStore> Group<S> {
         );
         if !written {
             self.halted = true;
+            self.writes_lost = true;
         }
         written
     }
@@ -344,12 +348,23 @@ impl<S: LogStore> Group<S> {
     pub(super) fn on_persisted(&mut self, number: u64, written: bool) {
         self.persist_jobs.pop_front();
         if !written {
-            self.halted = true;
+            self.lose_writes();
             return;
         }
         self.persisted_through(number);
         // Readies advanced while it ran: their changes go next.
         self.start_persist();
+    }
+
+    /// A write was given up (the node stops while the disk refuses it): the group halts, waits
+    /// for the writes it handed over after it (given up too; until they are answered they hold
+    /// the database) and writes nothing more.
+    fn lose_writes(&mut self) {
+        self.halted = true;
+        self.writes_lost = true;
+        for job in std::mem::take(&mut self.persist_jobs) {
+            let _ = blocking(|| job.done.blocking_recv());
+        }
     }
 
     /// Tells raft-rs that the Readies up to `number` are durable and sends what they held.
@@ -369,10 +384,13 @@ impl<S: LogStore> Group<S> {
     /// store: afterwards everything raft-rs was handed is durable and announced. False if the
     /// node stops meanwhile (the group then halts).
     pub(super) fn settle_persist(&mut self) -> bool {
+        if self.writes_lost {
+            return false;
+        }
         while let Some(job) = self.persist_jobs.pop_front() {
             let written = blocking(|| job.done.blocking_recv()).unwrap_or(false);
             if !written {
-                self.halted = true;
+                self.lose_writes();
                 return false;
             }
             self.persisted_through(job.number);
