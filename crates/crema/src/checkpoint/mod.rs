@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::ConfState;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::types::{ShardId, DEFAULT_SHARD};
 
@@ -220,7 +220,7 @@ impl CheckpointStore {
                 .and_then(|n| n.parse().ok());
             let Some(index) = index else { continue };
             if let Some(shard) = shard_of(&path).filter(|shard| *shard != self.shard) {
-                debug!(path = %path.display(), of = shard, here = self.shard, "checkpoint of another shard left out");
+                warn!(path = %path.display(), of = shard, here = self.shard, "checkpoint of another shard in this shard's directory; left out");
                 continue;
             }
             found.push((index, path));
@@ -240,12 +240,6 @@ impl CheckpointStore {
                 .map_err(|e| CheckpointError::Invalid(e.to_string()))
                 .and_then(|b| format::decode(&b));
             match result {
-                Ok((meta, _)) if meta.shard.is_some_and(|shard| shard != self.shard) => warn!(
-                    path = %path.display(),
-                    of = meta.shard,
-                    here = self.shard,
-                    "checkpoint of another shard in this shard's directory; skipped"
-                ),
                 Ok((meta, data)) if meta.index == index => {
                     info!(index, path = %path.display(), elapsed = ?started.elapsed(), "checkpoint loaded");
                     return Ok(Some(LoadedCheckpoint { meta, data, path }));
