@@ -2,9 +2,10 @@
 # CPU per write with shards: starts a 3-node cluster of `crema serve --shards N` (memory
 # storage, or RocksDB with --storage rocksdb), waits until every shard has a leader, runs crema-bench's W1 (50 clients, SET, 100-byte
 # values, spread over the three nodes) for a window, and prints the throughput, each node's CPU
-# time per 1,000 writes and how many shards each node leads.
+# time per 1,000 writes and how many shards each node leads. With --reads, W4 instead: the keys
+# are written first, then the 50 clients make linearizable GETs (CPU per 1,000 reads).
 #
-#   scripts/cpu-per-write.sh [--shards 16] [--secs 10] [--storage rocksdb] [--debug]
+#   scripts/cpu-per-write.sh [--shards 16] [--secs 10] [--storage rocksdb] [--reads] [--debug]
 #   CREMA_BIN_DIR=/tmp/base scripts/cpu-per-write.sh ...   # another build's crema and crema-bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +13,13 @@ cd "$(dirname "$0")/.."
 SHARDS=16
 SECS=10
 PROFILE=release
+READS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --shards) SHARDS="$2"; shift 2 ;;
     --secs) SECS="$2"; shift 2 ;;
     --storage) STORAGE="$2"; shift 2 ;;
+    --reads) READS=1; shift ;;
     --debug) PROFILE=debug; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -38,8 +41,14 @@ HZ="$(getconf CLK_TCK)"
 leads() { # node -> shards it leads, from INFO shards on node 1
   redis-cli -p 46381 INFO shards 2>/dev/null | grep -c "leader=$1," || true
 }
-"$DIR/crema-bench" --clients 50 --duration "$((SECS + 2))" resp \
-  --addr 127.0.0.1:46381 --addr 127.0.0.1:46382 --addr 127.0.0.1:46383 >"$WORK/bench.log" 2>&1 &
+TARGET=(resp --addr 127.0.0.1:46381 --addr 127.0.0.1:46382 --addr 127.0.0.1:46383)
+OP=writes
+if [ "$READS" = 1 ]; then
+  OP=reads
+  # The keys are written first, so that the measured window holds reads only.
+  "$DIR/crema-bench" --clients 50 --reads 1 --duration 0.1 --warmup 0 "${TARGET[@]}" --preload >/dev/null 2>&1
+fi
+"$DIR/crema-bench" --clients 50 --reads "$READS" --duration "$((SECS + 2))" "${TARGET[@]}" >"$WORK/bench.log" 2>&1 &
 BENCH=$!
 sleep 1 # the bench's own warm-up second is not counted
 before=()
@@ -49,8 +58,8 @@ used=()
 for k in 0 1 2; do used+=($(($(ticks "${PIDS[$k]}") - before[k]))); done
 wait "$BENCH"
 ops="$(grep -o '[0-9]* ops/s' "$WORK/bench.log" | head -1 | cut -d' ' -f1)"
-echo "W1 with $SHARDS shards ($STORAGE): $ops writes/s ($(grep -o 'p50 [0-9]* µs' "$WORK/bench.log"))"
+echo "W$([ "$READS" = 1 ] && echo 4 || echo 1) with $SHARDS shards ($STORAGE): $ops $OP/s ($(grep -o 'p50 [0-9]* µs' "$WORK/bench.log"))"
 for k in 0 1 2; do
-  awk -v u="${used[$k]}" -v hz="$HZ" -v s="$SECS" -v ops="$ops" -v n="$((k + 1))" -v l="$(leads $((k + 1)))" \
-    'BEGIN { printf "node %d: %.1f%% of one core, %.1f ms CPU per 1,000 writes, leads %d shards\n", n, 100 * u / hz / s, 1000 * 1000 * u / hz / s / ops, l }'
+  awk -v u="${used[$k]}" -v hz="$HZ" -v s="$SECS" -v ops="$ops" -v op="$OP" -v n="$((k + 1))" -v l="$(leads $((k + 1)))" \
+    'BEGIN { printf "node %d: %.1f%% of one core, %.1f ms CPU per 1,000 %s, leads %d shards\n", n, 100 * u / hz / s, 1000 * 1000 * u / hz / s / ops, op, l }'
 done

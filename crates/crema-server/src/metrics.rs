@@ -324,6 +324,12 @@ impl Collector for NodeCollector {
             "Read-index rounds started (linearizable reads share them)",
             raft.read_rounds,
         )?;
+        counter(
+            e,
+            "raft_node_read_rounds",
+            "Node-level read rounds started: one leadership check of every shard this node leads with reads waiting",
+            raft.node_read_rounds,
+        )?;
         gauge(
             e,
             "raft_held_reads",

@@ -66,7 +66,14 @@ impl GroupBench {
                 max_key_bytes: config.max_key_bytes,
                 max_value_bytes: config.max_value_bytes,
             };
-            let dispatcher = Arc::new(Dispatcher::new(id, limits, config.request_timeout));
+            let dispatcher = Arc::new(Dispatcher::new(
+                id,
+                limits,
+                config.request_timeout,
+                config.raft.election_timeout(),
+                #[cfg(feature = "fault-injection")]
+                None,
+            ));
             listener.set_nonblocking(true)?;
             let transport = Transport::start(
                 TransportConfig {

@@ -43,7 +43,11 @@ pub fn peer_stream(bytes: &[u8]) -> usize {
             | Envelope::Hibernate { .. }
             | Envelope::Read { .. }
             | Envelope::Leaders { .. }
-            | Envelope::ReadReply { .. } => {}
+            | Envelope::ReadReply { .. }
+            | Envelope::ReadCheck { .. }
+            | Envelope::ReadCheckAck { .. }
+            | Envelope::ReadIndexAsk { .. }
+            | Envelope::ReadIndexAnswer { .. } => {}
         }
     }
     decoded

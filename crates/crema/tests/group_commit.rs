@@ -154,8 +154,8 @@ async fn reads_asked_while_a_read_round_is_in_flight_wait_and_share_the_next() {
     let follower = nodes.iter().find(|n| n.node_id() != leader.node_id()).expect("a follower").clone();
     assert_eq!(follower.consistent_get(b"warm-up").await.unwrap().as_deref(), Some(&b"1"[..]));
 
-    let before = follower.raft_figures();
-    // The leader's heartbeat to this follower and its read-index answer come 1.5 s late.
+    let (before, leader_before) = (follower.raft_figures(), leader.raft_figures());
+    // The leader's answers to this follower (and its checks of it) come 1.5 s late.
     let slow = LinkFaults { delay: Duration::from_millis(1500), ..Default::default() };
     faults.set_link(leader.node_id(), follower.node_id(), slow);
     let spawn_read = || {
@@ -163,8 +163,8 @@ async fn reads_asked_while_a_read_round_is_in_flight_wait_and_share_the_next() {
         tokio::spawn(async move { follower.consistent_get(b"warm-up").await })
     };
     let mut readers = vec![spawn_read()];
-    wait_until(Duration::from_secs(5), "the first read's round sent", || async {
-        follower.raft_figures().read_rounds - before.read_rounds == 1
+    wait_until(Duration::from_secs(5), "the first read's round started by the leader", || async {
+        leader.raft_figures().node_read_rounds - leader_before.node_read_rounds == 1
     })
     .await;
     const LATER: usize = 50;
@@ -173,7 +173,8 @@ async fn reads_asked_while_a_read_round_is_in_flight_wait_and_share_the_next() {
         follower.raft_figures().held_reads == LATER
     })
     .await;
-    assert_eq!(follower.raft_figures().read_rounds - before.read_rounds, 1, "one round in flight, no more");
+    let rounds = leader.raft_figures().node_read_rounds - leader_before.node_read_rounds;
+    assert_eq!(rounds, 1, "one ask in flight from the follower, no more");
 
     faults.heal();
     for reader in readers {
@@ -181,9 +182,13 @@ async fn reads_asked_while_a_read_round_is_in_flight_wait_and_share_the_next() {
         assert_eq!(value.as_deref(), Some(&b"1"[..]));
     }
     let after = follower.raft_figures();
-    // The 50 held reads shared one round once the first was answered (started one pass at a
-    // time as they arrived, they made many).
-    assert_eq!(after.read_rounds - before.read_rounds, 2, "rounds for one read and {LATER} held ones");
+    // The 50 held reads shared one ask and one round once the first was answered (started
+    // one at a time as they arrived, they made many), and no group had to start a round of
+    // its own.
+    let rounds = leader.raft_figures().node_read_rounds - leader_before.node_read_rounds;
+    assert_eq!(rounds, 2, "rounds for one read and {LATER} held ones");
+    assert_eq!(after.read_rounds, before.read_rounds, "no read went through its group");
+    assert_eq!(leader.raft_figures().read_rounds, leader_before.read_rounds);
     assert_eq!(after.held_reads, 0);
     for node in &nodes {
         node.shutdown().await;

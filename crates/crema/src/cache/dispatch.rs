@@ -20,6 +20,7 @@ use raft::eraftpb::Message;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::read_rounds::NodeReads;
 use super::remote::{serve_read, RemoteReads};
 use super::table::ShardTable;
 use crate::consensus::admit::{self, Reject, WarnThrottle};
@@ -49,6 +50,10 @@ pub(crate) struct Dispatcher {
     pub remote_reads: RemoteReads,
     /// Shard leader hints: what peers say they lead (see `cache::keepalive`).
     pub hints: Arc<CoordinatorState>,
+    /// Linearizable reads, checked for every shard at once (see `cache::read_rounds`).
+    pub reads: NodeReads,
+    /// A peer heard from within this window is asked in read rounds.
+    live_window: Duration,
     /// How long a peer's read may take here.
     read_timeout: Duration,
     pub tasks: TaskTracker,
@@ -63,8 +68,21 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(node_id: NodeId, limits: CommandLimits, read_timeout: Duration) -> Self {
+    /// `election_timeout` paces the read rounds: a round unanswered for half of it is given
+    /// up, and a peer not heard from for a whole one is not asked.
+    pub fn new(
+        node_id: NodeId,
+        limits: CommandLimits,
+        read_timeout: Duration,
+        election_timeout: Duration,
+        #[cfg(feature = "fault-injection")] faults: Option<Arc<crate::faults::Faults>>,
+    ) -> Self {
+        let reads = NodeReads::new(node_id, election_timeout / 2);
+        #[cfg(feature = "fault-injection")]
+        let reads = reads.with_faults(faults);
         Self {
+            reads,
+            live_window: election_timeout,
             node_id,
             table: OnceLock::new(),
             forwarder: Forwarder::default(),
@@ -139,6 +157,11 @@ impl Dispatcher {
     pub fn heard_within(&self, nodes: &[NodeId], window: Duration) -> usize {
         let peers = self.peers.lock().expect("peers poisoned");
         nodes.iter().filter(|n| peers.get(n).is_some_and(|p| p.heard.elapsed() < window)).count()
+    }
+
+    /// The peers a read round asks (see `cache::read_rounds`).
+    pub fn live_peers(&self) -> super::read_rounds::Live {
+        self.heard_peers(self.live_window)
     }
 
     /// The peers this node heard from (any message, pings included) within `window`.
@@ -228,6 +251,20 @@ impl Inbound for Dispatcher {
                 ));
             }
             Envelope::ReadReply { request_id, result } => self.remote_reads.complete(request_id, result),
+            Envelope::ReadCheck { round, shards } => {
+                let Some(table) = self.table.get() else { return };
+                self.reads.on_check(table, transport, from, round, &shards);
+            }
+            Envelope::ReadCheckAck { round, confirmed } => {
+                self.reads.on_check_ack(transport, &self.live_peers(), from, round, &confirmed);
+            }
+            Envelope::ReadIndexAsk { ask, shards } => {
+                let Some(table) = self.table.get() else { return };
+                self.reads.on_ask(table, transport, &self.live_peers(), from, ask, &shards);
+            }
+            Envelope::ReadIndexAnswer { ask, indices } => {
+                self.reads.on_answer(transport, from, ask, &indices)
+            }
             Envelope::Leaders { led } => {
                 // Only shards the cluster has: a peer naming others must not grow the hints.
                 let shards = self.table.get().map_or(0, |t| t.num_shards());

@@ -56,6 +56,8 @@ impl DistributedCache {
             commit_index: meta.commit(),
             applied_index: meta.applied(),
             peer_messages_rejected: self.dispatcher.rejected(),
+            node_read_rounds: self.dispatcher.reads.rounds(),
+            held_reads: self.dispatcher.reads.held(),
             peer_handshakes_refused: self.transport.handshakes_refused(),
             ..RaftFigures::default()
         };
@@ -211,8 +213,13 @@ pub struct RaftFigures {
     /// held while a round was in flight, share one (a round retried after a lost answer counts
     /// again).
     pub read_rounds: u64,
-    /// Linearizable reads waiting for the next round while this node's round is in flight.
+    /// Linearizable reads waiting for the next round while this node's round is in flight (a
+    /// node-level round or ask, or a group's own round).
     pub held_reads: usize,
+    /// Node-level read rounds this node started as leader: one check of every shard it leads
+    /// with reads waiting, its own and its followers' (see `docs/multiraft.md`). A read it
+    /// could not confirm goes through its group's own round (`read_rounds`).
+    pub node_read_rounds: u64,
     /// Committed entries that did not decode (garbage, or a command version this build does
     /// not know), applied as no-ops on every node.
     pub apply_rejected: u64,

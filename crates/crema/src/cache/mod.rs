@@ -22,6 +22,7 @@ pub mod keyspace;
 mod membership;
 mod moves;
 mod placement;
+mod read_rounds;
 #[cfg(feature = "rocksdb")]
 mod recovery;
 mod remote;
@@ -453,6 +454,12 @@ impl DistributedCache {
         let timeout = self.config.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let read = async {
+            // First with every other read of this node's shards in one round (see
+            // `cache::read_rounds`); what that cannot confirm goes through the group.
+            let live = self.dispatcher.live_peers();
+            if let Some(index) = self.dispatcher.reads.read_index(&self.transport, &live, group).await {
+                return group.wait_applied(index).await;
+            }
             loop {
                 // A read changes nothing: it is refused (`NotLeader`) as soon as this node can
                 // no longer reach a quorum, also while its request waits in the group.

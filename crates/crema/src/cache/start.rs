@@ -29,7 +29,14 @@ impl DistributedCache {
         let limits =
             CommandLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
         let router = ShardRouter::new(config.shard_count())?;
-        let dispatcher = Arc::new(Dispatcher::new(config.node_id, limits, config.request_timeout));
+        let dispatcher = Arc::new(Dispatcher::new(
+            config.node_id,
+            limits,
+            config.request_timeout,
+            config.raft.election_timeout(),
+            #[cfg(feature = "fault-injection")]
+            config.faults.clone(),
+        ));
         let transport = Transport::start(
             TransportConfig {
                 node_id: config.node_id,

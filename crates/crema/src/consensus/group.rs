@@ -168,6 +168,12 @@ pub(crate) struct GroupShared {
     leader: AtomicU64,
     term: AtomicU64,
     commit: AtomicU64,
+    /// The term in which this node leads and has committed an entry of its own (so its commit
+    /// index covers everything committed before), in a configuration that is not joint; 0
+    /// otherwise. What a node-level read round needs (see `cache::read_rounds`).
+    read_term: AtomicU64,
+    /// The group's configuration is joint (a membership change in two steps is under way).
+    joint: AtomicBool,
     applied: watch::Sender<u64>,
     /// True while this node recovers from a restart without its Raft state (see `recovery`).
     recovering: AtomicBool,
@@ -231,6 +237,31 @@ impl GroupShared {
         Arc::new(Self::new(shard))
     }
 
+    /// Test-only: this node leads in `term` with `commit` committed (an entry of `term` among
+    /// it), `voters` voting.
+    #[cfg(test)]
+    pub(crate) fn lead_for_tests(&self, term: u64, commit: u64, voters: Vec<NodeId>) {
+        self.term.store(term, Ordering::Release);
+        self.commit.store(commit, Ordering::Release);
+        self.read_term.store(term, Ordering::Release);
+        self.role.store(Role::Leader as u8, Ordering::Release);
+        *self.voters.write().expect("voters poisoned") = voters;
+    }
+
+    /// Test-only: this node moved on to `term` (it voted there, or campaigns).
+    #[cfg(test)]
+    pub(crate) fn move_to_term_for_tests(&self, term: u64) {
+        self.term.store(term, Ordering::Release);
+        self.read_term.store(0, Ordering::Release);
+        self.role.store(Role::Follower as u8, Ordering::Release);
+    }
+
+    /// Test-only: this node recovers from a restart without its Raft state.
+    #[cfg(test)]
+    pub(crate) fn recover_for_tests(&self) {
+        self.recovering.store(true, Ordering::Release);
+    }
+
     fn new(shard: ShardId) -> Self {
         Self {
             shard,
@@ -238,6 +269,8 @@ impl GroupShared {
             leader: AtomicU64::new(0),
             term: AtomicU64::new(0),
             commit: AtomicU64::new(0),
+            read_term: AtomicU64::new(0),
+            joint: AtomicBool::new(false),
             applied: watch::Sender::new(0),
             recovering: AtomicBool::new(false),
             last_term: AtomicU64::new(0),
@@ -322,6 +355,27 @@ impl GroupShared {
 
     pub fn commit(&self) -> u64 {
         self.commit.load(Ordering::Acquire)
+    }
+
+    /// `(term, commit index)` for a read index, while this node leads in `term` and has
+    /// committed an entry of it (see `read_term`); the caller still has to confirm that a quorum
+    /// is in `term` after this call (see `cache::read_rounds`).
+    pub fn read_capture(&self) -> Option<(u64, u64)> {
+        // `read_term` before `commit`: the loop stores the commit index first.
+        let term = self.read_term.load(Ordering::Acquire);
+        if term == 0 || !self.is_leader() {
+            return None;
+        }
+        let commit = self.commit();
+        (self.term() == term).then_some((term, commit))
+    }
+
+    /// Whether this replica vouches that it is still in `term`: it has not voted or campaigned
+    /// in a later one (the loop publishes a new term before it sends anything of it), and it is
+    /// not recovering from a restart without its state (it could have voted in an earlier
+    /// life).
+    pub fn confirms_term(&self, term: u64) -> bool {
+        term != 0 && !self.recovering() && !self.removed() && self.term() == term
     }
 
     /// True when this node leads, is the only voter (see `sole_voter`) and has applied an entry

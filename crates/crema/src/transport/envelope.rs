@@ -16,7 +16,8 @@ use crate::types::{NodeId, ShardId};
 /// Version of the envelope format; a peer sending another version is disconnected. Version 2:
 /// the hello carries the sender's incarnation and each group's log position. Version 3: node
 /// pings and hibernation notices. Version 4: reads for nodes that hold no replica of a shard.
-pub const ENVELOPE_VERSION: u8 = 4;
+/// Version 5: node-level read rounds (`ReadCheck`, `ReadIndexAsk` and their answers).
+pub const ENVELOPE_VERSION: u8 = 5;
 
 /// One Raft group's position on the sender of a hello: what a restarted memory node needs to
 /// learn before it may vote again (see `consensus::recovery`).
@@ -140,6 +141,37 @@ pub enum Envelope {
         request_id: u64,
         /// What was read, or why not.
         result: Result<RemoteAnswer, WireError>,
+    },
+    /// A leader's read round (see `cache::read_rounds`): does the receiver still follow each of
+    /// these shards in the given term?
+    ReadCheck {
+        /// Matches the answer to the round.
+        round: u64,
+        /// (shard, the sender's term as its leader).
+        shards: Vec<(ShardId, u64)>,
+    },
+    /// The answer to a `ReadCheck`: the shards whose replica here is still in the asked term.
+    ReadCheckAck {
+        /// The round asked about.
+        round: u64,
+        /// The shards confirmed.
+        confirmed: Vec<ShardId>,
+    },
+    /// A follower asks the leader of these shards for a read index of each (see
+    /// `cache::read_rounds`).
+    ReadIndexAsk {
+        /// Matches the answer to the ask.
+        ask: u64,
+        /// The shards.
+        shards: Vec<ShardId>,
+    },
+    /// The answer to a `ReadIndexAsk`: a confirmed read index of each shard the sender could
+    /// vouch for; any other shard of the ask goes through its group's own Read-Index.
+    ReadIndexAnswer {
+        /// The ask answered.
+        ask: u64,
+        /// (shard, read index).
+        indices: Vec<(ShardId, u64)>,
     },
 }
 
@@ -322,6 +354,10 @@ mod tests {
         round_trip(Envelope::AuthProof { challenge: [1; 32], proof: vec![9; 32] });
         round_trip(Envelope::Ping);
         round_trip(Envelope::Hibernate { shard: 3, term: 7, commit: 70 });
+        round_trip(Envelope::ReadCheck { round: 4, shards: vec![(1, 7), (5, 2)] });
+        round_trip(Envelope::ReadCheckAck { round: 4, confirmed: vec![5] });
+        round_trip(Envelope::ReadIndexAsk { ask: 9, shards: vec![3] });
+        round_trip(Envelope::ReadIndexAnswer { ask: 9, indices: vec![(3, 120)] });
         round_trip(Envelope::ForwardReply {
             request_id: 1,
             result: Err(WireError::Invalid(CommandError::EmptyKey)),

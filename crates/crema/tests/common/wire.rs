@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The envelope version this mirror speaks.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 
 /// A group's position as the hello carries it.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]

@@ -51,6 +51,7 @@ impl<S: LogStore> Group<S> {
         if self.quiet_ticks < self.settings.raft.election_tick || self.raw.has_ready() {
             return;
         }
+        self.publish_progress();
         let raft = &self.raw.raft;
         let (term, commit) = (raft.term, raft.raft_log.committed);
         let frame = Envelope::Hibernate { shard: self.shared.shard, term, commit }.to_frame();

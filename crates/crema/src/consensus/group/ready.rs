@@ -32,6 +32,7 @@ use crate::types::{NodeId, DEFAULT_SHARD};
 
 impl<S: LogStore> Group<S> {
     pub(super) fn on_ready(&mut self) {
+        self.publish_progress();
         if !self.persist_jobs.is_empty() && self.raw.snap().is_some_and(|s| !s.is_empty()) {
             // A snapshot replaces the log: what was written before it lands first.
             if !self.settle_persist() {
@@ -148,7 +149,7 @@ impl<S: LogStore> Group<S> {
 
     fn publish_soft_state(&mut self, leader: NodeId, role: StateRole) {
         // The term first: a reader that sees the new role must not pair it with an old term.
-        self.shared.term.store(self.raw.raft.term, Ordering::Release);
+        self.publish_progress();
         let previous = self.shared.leader.swap(leader, Ordering::AcqRel);
         self.shared.role.store(Role::from(role) as u8, Ordering::Release);
         if previous != leader {
@@ -164,7 +165,24 @@ impl<S: LogStore> Group<S> {
         }
     }
 
+    /// Publishes the term, the commit index and the read term (see `GroupShared::read_term`)
+    /// as raft-rs holds them now. Called before anything leaves the loop (messages, answers to
+    /// writes): a peer that vouches for a term must not have sent anything of a later one, and
+    /// a leader's published commit index must cover every write anyone was told is committed
+    /// (see `cache::read_rounds`).
+    pub(super) fn publish_progress(&self) {
+        let raft = &self.raw.raft;
+        let committed = raft.raft_log.committed;
+        self.shared.term.store(raft.term, Ordering::Release);
+        self.shared.commit.store(committed, Ordering::Release);
+        let ready = raft.state == StateRole::Leader
+            && raft.raft_log.term(committed).is_ok_and(|t| t == raft.term)
+            && !self.shared.joint.load(Ordering::Acquire);
+        self.shared.read_term.store(if ready { raft.term } else { 0 }, Ordering::Release);
+    }
+
     fn send(&mut self, msgs: Vec<Message>) {
+        self.publish_progress();
         self.shared.messages_sent.fetch_add(msgs.len() as u64, Ordering::Relaxed);
         for msg in msgs {
             let to = msg.to;
@@ -405,6 +423,8 @@ impl<S: LogStore> Group<S> {
     }
 
     pub(super) fn publish_voters(&self) {
+        let joint = !self.raw.raft.prs().conf().to_conf_state().voters_outgoing.is_empty();
+        self.shared.joint.store(joint, Ordering::Release);
         let voters = self.raw.raft.prs().conf().voters().ids();
         let alone = voters.len() == 1 && voters.contains(self.settings.node_id);
         self.shared.sole_voter.store(alone, Ordering::Release);
@@ -450,8 +470,8 @@ impl<S: LogStore> Group<S> {
         }
         let last_term = entries.last().map_or(0, |e| e.term);
         // Published before any proposal is answered: a client that saw its write applied
-        // never reads an older commit index from this node's figures.
-        self.shared.commit.store(self.raw.raft.raft_log.committed, Ordering::Release);
+        // never reads an older commit index from this node (its figures, its read rounds).
+        self.publish_progress();
         if let Some(checkpoints) = self.checkpoints.as_mut() {
             checkpoints.note_applied(entries.iter().map(|e| e.data.len() as u64).sum());
         }
