@@ -330,6 +330,12 @@ impl Collector for NodeCollector {
             "Node-level read rounds started: one leadership check of every shard this node leads with reads waiting",
             raft.node_read_rounds,
         )?;
+        counter(
+            e,
+            "raft_node_read_asks",
+            "Node-level asks sent to shard leaders: this node's reads of every shard one node leads, in one message",
+            raft.node_read_asks,
+        )?;
         gauge(
             e,
             "raft_held_reads",

@@ -241,8 +241,12 @@ async fn crafted_read_round_frames_change_no_answer() {
         read_frame(13, postcard::to_stdvec(&(1u64, (0..20_000u32).collect::<Vec<_>>())).unwrap()),
         read_frame(14, postcard::to_stdvec(&(3u64, vec![0u32, 5, 999, u32::MAX])).unwrap()),
         read_frame(14, postcard::to_stdvec(&(4u64, (0..20_000u32).collect::<Vec<_>>())).unwrap()),
-        read_frame(15, postcard::to_stdvec(&(1u64, vec![(0u32, u64::MAX)])).unwrap()),
-        read_frame(15, postcard::to_stdvec(&(u64::MAX, many)).unwrap()),
+        read_frame(15, postcard::to_stdvec(&(1u64, vec![(0u32, term, u64::MAX)])).unwrap()),
+        read_frame(
+            15,
+            postcard::to_stdvec(&(u64::MAX, many.iter().map(|(s, t)| (*s, *t, 1u64)).collect::<Vec<_>>()))
+                .unwrap(),
+        ),
     ];
     for (i, node) in nodes.iter().enumerate() {
         let as_id = nodes[(i + 1) % 3].node_id();

@@ -263,7 +263,8 @@ impl Inbound for Dispatcher {
                 self.reads.on_ask(table, transport, &self.live_peers(), from, ask, &shards);
             }
             Envelope::ReadIndexAnswer { ask, indices } => {
-                self.reads.on_answer(transport, from, ask, &indices)
+                let Some(table) = self.table.get() else { return };
+                self.reads.on_answer(table, transport, from, ask, &indices);
             }
             Envelope::Leaders { led } => {
                 // Only shards the cluster has: a peer naming others must not grow the hints.

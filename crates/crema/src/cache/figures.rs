@@ -57,6 +57,7 @@ impl DistributedCache {
             applied_index: meta.applied(),
             peer_messages_rejected: self.dispatcher.rejected(),
             node_read_rounds: self.dispatcher.reads.rounds(),
+            node_read_asks: self.dispatcher.reads.asks(),
             held_reads: self.dispatcher.reads.held(),
             peer_handshakes_refused: self.transport.handshakes_refused(),
             ..RaftFigures::default()
@@ -220,6 +221,10 @@ pub struct RaftFigures {
     /// with reads waiting, its own and its followers' (see `docs/multiraft.md`). A read it
     /// could not confirm goes through its group's own round (`read_rounds`).
     pub node_read_rounds: u64,
+    /// Node-level asks this node sent as follower: the reads of every shard one other node
+    /// leads, in one message (answered at once when the two nodes are a quorum of a shard's
+    /// voters, else after that node's next round).
+    pub node_read_asks: u64,
     /// Committed entries that did not decode (garbage, or a command version this build does
     /// not know), applied as no-ops on every node.
     pub apply_rejected: u64,

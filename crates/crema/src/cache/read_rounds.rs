@@ -77,7 +77,7 @@ struct Round {
     asked: Vec<NodeId>,
     answered: Vec<NodeId>,
     /// Confirmed indices for followers' asks, sent when the round ends.
-    answers: HashMap<(NodeId, u64), Vec<(ShardId, u64)>>,
+    answers: HashMap<(NodeId, u64), Vec<Answered>>,
 }
 
 /// Reads waiting for a read index, by shard.
@@ -98,8 +98,9 @@ struct State {
     queued: BTreeMap<ShardId, Item>,
     in_flight: Option<Round>,
     asks: HashMap<NodeId, Asks>,
-    /// Rounds started, for the figures.
+    /// Rounds and asks started, for the figures.
     rounds: u64,
+    asks_sent: u64,
 }
 
 /// The node's read rounds (see the module header).
@@ -153,6 +154,11 @@ impl NodeReads {
     /// Rounds this node started.
     pub fn rounds(&self) -> u64 {
         self.lock().rounds
+    }
+
+    /// Asks this node sent to leaders of other nodes.
+    pub fn asks(&self) -> u64 {
+        self.lock().asks_sent
     }
 
     /// Reads of this node waiting for the next round or the next ask, while one is in flight.
@@ -256,51 +262,101 @@ impl NodeReads {
         }
         let outbox = {
             let mut state = self.lock();
-            let mut queued = false;
-            for shard in shards {
-                let Some(shared) = table.with(*shard, |s| s.group.shared.clone()) else { continue };
-                if let Some((term, commit)) = shared.read_capture() {
-                    state.queue(shared, term, commit, Waiter::Peer { node: from, ask });
-                    queued = true;
-                }
-            }
-            if queued {
-                state.start_round(self.node_id, Instant::now(), self.patience, live)
-            } else {
-                // Nothing this node can vouch for: the follower goes through its groups now.
-                vec![(from, Envelope::ReadIndexAnswer { ask, indices: Vec::new() })]
-            }
+            let captures = shards
+                .iter()
+                .filter_map(|shard| table.with(*shard, |s| s.group.shared.clone()))
+                .filter_map(|shared| shared.read_capture().map(|(term, commit)| (shared, term, commit)))
+                .collect();
+            state.on_ask(self.node_id, (from, ask), captures, Instant::now(), self.patience, live)
         };
         send_all(transport, outbox);
     }
 
     /// A leader's answer to this node's ask `ask`.
-    pub fn on_answer(&self, transport: &Transport, from: NodeId, ask: u64, indices: &[(ShardId, u64)]) {
+    pub fn on_answer(
+        &self,
+        table: &ShardTable,
+        transport: &Transport,
+        from: NodeId,
+        ask: u64,
+        indices: &[Answered],
+    ) {
         if indices.len() > MAX_SHARDS_PER_MESSAGE {
             debug!(from, shards = indices.len(), "read-index answer naming too many shards ignored");
             return;
         }
-        let outbox = {
-            let mut state = self.lock();
-            let Some(asks) = state.asks.get_mut(&from) else { return };
-            if asks.in_flight.as_ref().is_none_or(|(id, _, _)| *id != ask) {
-                return;
-            }
-            let (_, _, mut waiting) = asks.in_flight.take().expect("checked above");
-            for (shard, index) in indices {
-                for tx in waiting.remove(shard).unwrap_or_default() {
-                    let _ = tx.send(*index);
-                }
-            }
-            // Reads of shards left out are dropped here: they go through their groups.
-            drop(waiting);
-            state.start_ask(from, Instant::now(), self.patience)
+        let vouch = |shard: ShardId, term: u64| {
+            table.with(shard, |s| s.group.shared.confirms_term(term)).unwrap_or(false)
         };
+        let outbox = self.lock().on_answer((from, ask), indices, vouch, Instant::now(), self.patience);
         send_all(transport, outbox);
     }
 }
 
+/// A read index in an answer to a follower: `(shard, the leader's term, index)`.
+pub(crate) type Answered = (ShardId, u64, u64);
+
 impl State {
+    /// A follower's ask: `captures` are the shards of it this node leads, each with its term
+    /// and commit index taken now. When this node and the asker are a majority of every
+    /// shard's voters (three voters or fewer, both among them), the indices go back at once:
+    /// this node was in the term when it took them, and the asker checks that it still is when
+    /// the answer arrives (after they were taken), so the two of them vouch as a round would.
+    /// Otherwise they wait for this node's next round.
+    fn on_ask(
+        &mut self,
+        me: NodeId,
+        (from, ask): (NodeId, u64),
+        captures: Vec<(Arc<GroupShared>, u64, u64)>,
+        now: Instant,
+        patience: Duration,
+        live: &Live,
+    ) -> Outbox {
+        let pair_is_quorum = |shared: &GroupShared| {
+            let voters = shared.voters();
+            voters.contains(&me) && voters.contains(&from) && 2 * 2 > voters.len()
+        };
+        if captures.iter().all(|(shared, _, _)| pair_is_quorum(shared)) {
+            // Also when nothing was captured: the follower goes through its groups now.
+            let indices =
+                captures.iter().map(|(shared, term, commit)| (shared.shard, *term, *commit)).collect();
+            return vec![(from, Envelope::ReadIndexAnswer { ask, indices })];
+        }
+        for (shared, term, commit) in captures {
+            self.queue(shared, term, commit, Waiter::Peer { node: from, ask });
+        }
+        self.start_round(me, now, patience, live)
+    }
+
+    /// A leader's answer to this node's ask: each index is used only while this node's replica
+    /// is still in the term it names (`vouch`); reads of shards left out or refused go through
+    /// their groups. Starts the next ask to that leader.
+    fn on_answer(
+        &mut self,
+        (from, ask): (NodeId, u64),
+        indices: &[Answered],
+        vouch: impl Fn(ShardId, u64) -> bool,
+        now: Instant,
+        patience: Duration,
+    ) -> Outbox {
+        let Some(asks) = self.asks.get_mut(&from) else { return Vec::new() };
+        if asks.in_flight.as_ref().is_none_or(|(id, _, _)| *id != ask) {
+            return Vec::new();
+        }
+        let (_, _, mut waiting) = asks.in_flight.take().expect("checked above");
+        for (shard, term, index) in indices {
+            if !vouch(*shard, *term) {
+                continue;
+            }
+            for tx in waiting.remove(shard).unwrap_or_default() {
+                let _ = tx.send(*index);
+            }
+        }
+        // What is left in `waiting` is dropped here: those reads go through their groups.
+        drop(waiting);
+        self.start_ask(from, now, patience)
+    }
+
     /// `from`'s answer to round `round`: the shards it vouched for. Counted once per peer
     /// asked, for the shards it votes in, and only for the round in flight.
     fn on_ack(
@@ -405,7 +461,7 @@ impl State {
                         let _ = tx.send(item.commit);
                     }
                     Waiter::Peer { node, ask } => {
-                        round.answers.entry((node, ask)).or_default().push((shard, item.commit));
+                        round.answers.entry((node, ask)).or_default().push((shard, item.term, item.commit));
                     }
                 }
             }
@@ -434,6 +490,7 @@ impl State {
         let waiting = std::mem::take(&mut asks.queued);
         let shards = waiting.keys().copied().collect();
         asks.in_flight = Some((id, now, waiting));
+        self.asks_sent += 1;
         vec![(leader, Envelope::ReadIndexAsk { ask: id, shards })]
     }
 }

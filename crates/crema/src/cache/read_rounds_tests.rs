@@ -167,7 +167,56 @@ fn a_followers_ask_is_answered_with_the_confirmed_shards_only() {
     let round = checks(&state.start_round(ME, Instant::now(), PATIENCE, &peers))[0].1;
     assert!(ack(&mut state, 3, round, &[9], &peers).is_empty(), "answered once the round ends");
     let out = ack(&mut state, 2, round, &[], &peers);
-    assert_eq!(out, vec![(2, Envelope::ReadIndexAnswer { ask: 11, indices: vec![(9, 50)] })]);
+    assert_eq!(out, vec![(2, Envelope::ReadIndexAnswer { ask: 11, indices: vec![(9, 3, 50)] })]);
+}
+
+#[test]
+fn an_ask_from_a_voter_of_three_is_answered_at_once_and_any_other_after_a_round() {
+    let a = led(4, 7, 100);
+    let peers = live(&[2, 3, 5]);
+    let mut state = State::default();
+    // This node and the asker are two of three voters: no round.
+    let out = state.on_ask(ME, (2, 11), vec![(a.clone(), 7, 100)], Instant::now(), PATIENCE, &peers);
+    assert_eq!(out, vec![(2, Envelope::ReadIndexAnswer { ask: 11, indices: vec![(4, 7, 100)] })]);
+    assert_eq!(state.rounds, 0);
+    // Node 5 votes not: its ask waits for a round that nodes 2 or 3 answer.
+    let out = state.on_ask(ME, (5, 12), vec![(a.clone(), 7, 100)], Instant::now(), PATIENCE, &peers);
+    let sent = checks(&out);
+    assert_eq!(sent.len(), 2, "a round, and no answer yet: {out:?}");
+    let out = ack(&mut state, 3, sent[0].1, &[4], &peers);
+    assert_eq!(out, vec![(5, Envelope::ReadIndexAnswer { ask: 12, indices: vec![(4, 7, 100)] })]);
+    // Five voters: this node and the asker are no majority.
+    a.lead_for_tests(7, 100, vec![1, 2, 3, 4, 5]);
+    let out = state.on_ask(ME, (2, 13), vec![(a, 7, 100)], Instant::now(), PATIENCE, &peers);
+    assert_eq!(checks(&out).len(), 3, "a round to the other voters: {out:?}");
+    // Nothing this node leads: answered at once, empty.
+    let out = state.on_ask(ME, (2, 14), Vec::new(), Instant::now(), PATIENCE, &peers);
+    assert_eq!(out, vec![(2, Envelope::ReadIndexAnswer { ask: 14, indices: Vec::new() })]);
+}
+
+#[test]
+fn an_answer_serves_a_read_only_while_this_replica_is_in_the_leaders_term() {
+    let mut state = State::default();
+    let (tx4, mut rx4) = oneshot::channel();
+    let (tx5, mut rx5) = oneshot::channel();
+    let (tx6, mut rx6) = oneshot::channel();
+    let queued = &mut state.asks.entry(2).or_default().queued;
+    queued.entry(4).or_default().push(tx4);
+    queued.entry(5).or_default().push(tx5);
+    queued.entry(6).or_default().push(tx6);
+    let out = state.start_ask(2, Instant::now(), PATIENCE);
+    let [(2, Envelope::ReadIndexAsk { ask, .. })] = out.as_slice() else { panic!("{out:?}") };
+    let ask = *ask;
+    // An answer to another ask, or from another node, counts for nothing.
+    let vouch = |shard: ShardId, term: u64| shard == 4 && term == 7 || shard == 5 && term == 3;
+    state.on_answer((3, ask), &[(4, 7, 100)], vouch, Instant::now(), PATIENCE);
+    state.on_answer((2, ask + 1), &[(4, 7, 100)], vouch, Instant::now(), PATIENCE);
+    assert!(rx4.try_recv().is_err());
+    // Shard 5's replica here moved past term 2; shard 6 was left out.
+    state.on_answer((2, ask), &[(4, 7, 100), (5, 2, 50)], vouch, Instant::now(), PATIENCE);
+    assert_eq!(rx4.try_recv().unwrap(), 100);
+    assert!(matches!(rx5.try_recv(), Err(oneshot::error::TryRecvError::Closed)));
+    assert!(matches!(rx6.try_recv(), Err(oneshot::error::TryRecvError::Closed)));
 }
 
 #[test]

@@ -165,13 +165,14 @@ pub enum Envelope {
         /// The shards.
         shards: Vec<ShardId>,
     },
-    /// The answer to a `ReadIndexAsk`: a confirmed read index of each shard the sender could
-    /// vouch for; any other shard of the ask goes through its group's own Read-Index.
+    /// The answer to a `ReadIndexAsk`: a read index of each shard the sender could vouch for,
+    /// usable while the asker's replica is still in the term named; any other shard of the ask
+    /// goes through its group's own Read-Index.
     ReadIndexAnswer {
         /// The ask answered.
         ask: u64,
-        /// (shard, read index).
-        indices: Vec<(ShardId, u64)>,
+        /// (shard, the leader's term, read index).
+        indices: Vec<(ShardId, u64, u64)>,
     },
 }
 
@@ -357,7 +358,7 @@ mod tests {
         round_trip(Envelope::ReadCheck { round: 4, shards: vec![(1, 7), (5, 2)] });
         round_trip(Envelope::ReadCheckAck { round: 4, confirmed: vec![5] });
         round_trip(Envelope::ReadIndexAsk { ask: 9, shards: vec![3] });
-        round_trip(Envelope::ReadIndexAnswer { ask: 9, indices: vec![(3, 120)] });
+        round_trip(Envelope::ReadIndexAnswer { ask: 9, indices: vec![(3, 7, 120)] });
         round_trip(Envelope::ForwardReply {
             request_id: 1,
             result: Err(WireError::Invalid(CommandError::EmptyKey)),
