@@ -41,6 +41,7 @@ pub fn peer_stream(bytes: &[u8]) -> usize {
             | Envelope::AuthProof { .. }
             | Envelope::Ping
             | Envelope::Hibernate { .. }
+            | Envelope::Commit { .. }
             | Envelope::Read { .. }
             | Envelope::Leaders { .. }
             | Envelope::ReadReply { .. }

@@ -247,3 +247,43 @@ async fn a_durable_write_waits_for_a_majority_of_disks_and_the_loop_does_not() {
         node.shutdown().await;
     }
 }
+
+/// An idle leader tells its followers each commit with a notice they do not answer: a follower
+/// applies every write at once (not at the next heartbeat, seconds away here), and sends one
+/// message per write (its append answer), where the empty append that used to carry the commit
+/// drew a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_leader_tells_the_commit_with_a_notice_nobody_answers() {
+    init_tracing();
+    // Heartbeats every 4.8 s, elections after 5-10 s: none happens while the writes are told.
+    let raft =
+        RaftConfig { tick_interval_ms: 20, election_tick: 250, heartbeat_tick: 240, ..Default::default() };
+    let nodes: Vec<Arc<DistributedCache>> =
+        cluster_with(3, |c| c.with_raft_config(raft.clone())).await.into_iter().map(Arc::new).collect();
+    let refs: Vec<&DistributedCache> = nodes.iter().map(|n| n.as_ref()).collect();
+    let leader = nodes[wait_leader(&refs, Duration::from_secs(15)).await].clone();
+    leader.put("warm-up", "1").await.expect("a first write");
+    let follower = nodes.iter().find(|n| n.node_id() != leader.node_id()).expect("a follower").clone();
+    wait_until(Duration::from_secs(10), "the follower applied the warm-up", || async {
+        follower.get(b"warm-up").await.is_some()
+    })
+    .await;
+
+    let before = follower.raft_figures();
+    const WRITES: u64 = 3;
+    for i in 0..WRITES {
+        let key = format!("told-{i}");
+        leader.put(key.clone(), "v").await.expect("write acknowledged");
+        // Well inside the heartbeat interval: only a notice can have told the commit.
+        wait_until(Duration::from_secs(3), "the follower applied the write", || async {
+            follower.get(key.as_bytes()).await.is_some()
+        })
+        .await;
+    }
+    let sent = follower.raft_figures().messages_sent - before.messages_sent;
+    // One append answer per write, and at most one heartbeat answer if a beat fell in between.
+    assert!(sent <= WRITES + 1, "the follower sent {sent} messages for {WRITES} writes");
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

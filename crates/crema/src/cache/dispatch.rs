@@ -290,6 +290,11 @@ impl Inbound for Dispatcher {
                     Err(e) => warn!(from, shard, error = %e, "snapshot transfer dropped"),
                 }
             }
+            Envelope::Commit { shard, term, commit } => {
+                if self.with_group(shard, |group| group.commit_notice(from, term, commit)).is_none() {
+                    debug!(from, shard, "commit notice for a shard not held here dropped");
+                }
+            }
             Envelope::Hibernate { shard, term, commit } => {
                 if self.with_group(shard, |group| group.hibernate_notice(from, term, commit)).is_none() {
                     debug!(from, shard, "hibernation notice for a shard not held here dropped");

@@ -58,7 +58,7 @@ use super::{Applied, GroupStatus, Role};
 use crate::checkpoint::CheckpointManager;
 use crate::config::RaftConfig;
 use crate::error::{Error, Result};
-use crate::transport::envelope::GroupPosition;
+use crate::transport::envelope::{Envelope, GroupPosition};
 use crate::transport::forward::ForwardTicket;
 use crate::transport::Transport;
 use crate::types::{NodeId, ShardId};
@@ -118,6 +118,13 @@ pub(crate) enum PeerInput {
     /// The group's leader `from` stopped ticking at `term`, with `commit` committed and last in
     /// its log (see `hibernate`).
     Hibernate {
+        from: NodeId,
+        term: u64,
+        commit: u64,
+    },
+    /// The group's leader `from` says, in `term`, that this replica may commit up to `commit`
+    /// (see `Envelope::Commit`).
+    Commit {
         from: NodeId,
         term: u64,
         commit: u64,
@@ -657,6 +664,12 @@ impl GroupHandle {
 
     /// Hands a leader's hibernation notice to the group; dropped when the mailbox is full (the
     /// group then keeps ticking, which is always safe).
+    /// Hands a leader's commit notice to the group (dropped when the mailbox is full: the next
+    /// append or heartbeat carries the commit too).
+    pub fn commit_notice(&self, from: NodeId, term: u64, commit: u64) {
+        let _ = self.raft_tx.try_send(PeerInput::Commit { from, term, commit });
+    }
+
     pub fn hibernate_notice(&self, from: NodeId, term: u64, commit: u64) {
         let _ = self.raft_tx.try_send(PeerInput::Hibernate { from, term, commit });
     }
@@ -812,7 +825,7 @@ pub(crate) fn spawn_group<S: LogStore>(
         removed: false,
         persist_async,
         writes_lost: false,
-        commit_told: 0,
+        commit_told: (0, std::collections::HashMap::new()),
         persist_jobs: std::collections::VecDeque::new(),
         unpersisted: std::collections::VecDeque::new(),
         hibernating: false,
@@ -865,9 +878,9 @@ struct Group<S: LogStore> {
     /// A write to the store was given up as the node stopped while the disk refused it: from
     /// then on nothing more is written.
     writes_lost: bool,
-    /// The highest commit index this leader told its followers by itself (see
+    /// The term, and the commit index this leader told each follower by itself in it (see
     /// `tell_commit_when_idle`).
-    commit_told: u64,
+    commit_told: (u64, std::collections::HashMap<NodeId, u64>),
     /// The writes in flight, oldest first: at most one, unless the store pipelines its writes
     /// (`LogStore::pipelines_writes`).
     persist_jobs: std::collections::VecDeque<PersistJob>,
@@ -1041,6 +1054,7 @@ impl<S: LogStore> Group<S> {
                 self.on_hello(peer, restarted, position);
             }
             PeerInput::Hibernate { from, term, commit } => self.on_hibernate_notice(from, term, commit),
+            PeerInput::Commit { from, term, commit } => self.on_commit_notice(from, term, commit),
             PeerInput::SnapshotSent { to, ok } => {
                 if !ok {
                     self.raw.report_unreachable(to);
@@ -1189,24 +1203,74 @@ impl<S: LogStore> Group<S> {
     /// Under load that was half the messages of every batch, and with many shards the messages
     /// are what a write costs. Once a leader has nothing more on its way (no batch uncommitted,
     /// no writes waiting), it tells the followers the commit it has not told yet, here at the
-    /// end of the pass, so idle followers, reads on them and hibernation (which waits until
-    /// every follower reports the leader's commit index) do not wait for a heartbeat.
+    /// end of the pass, so idle followers and reads or forwarded writes waiting on them do not
+    /// wait for a heartbeat: a follower that holds every entry gets an `Envelope::Commit`
+    /// notice, which it answers with nothing (an empty append drew an answer: with many shards
+    /// a quarter of all messages were these); one that misses entries gets an append. The
+    /// leader learns that its followers know the commit from their next heartbeat answers,
+    /// which is what hibernation waits for.
     fn tell_commit_when_idle(&mut self) {
         if self.halted || self.removed {
             return;
         }
         let raft = &self.raw.raft;
         let (term, committed) = (raft.term, raft.raft_log.committed);
-        if raft.state != StateRole::Leader || committed <= self.commit_told || !self.gathered.is_empty() {
+        if raft.state != StateRole::Leader || !self.gathered.is_empty() {
             return;
         }
         if self.in_flight.iter().any(|&(t, last)| t == term && last > committed) {
             return;
         }
-        self.commit_told = committed;
-        self.raw.raft.bcast_append();
+        if self.commit_told.0 != term {
+            self.commit_told = (term, std::collections::HashMap::new());
+        }
+        let (me, last) = (self.settings.node_id, raft.raft_log.last_index());
+        let mut notices = Vec::new();
+        let mut lagging = Vec::new();
+        for (id, pr) in raft.prs().iter().filter(|(id, _)| **id != me) {
+            // As a heartbeat's: no further than what the follower is known to hold.
+            let commit = pr.matched.min(committed);
+            let told = self.commit_told.1.get(id).copied().unwrap_or(0).max(pr.committed_index);
+            if commit > told {
+                notices.push((*id, commit));
+            } else if pr.matched < committed && pr.next_idx <= last {
+                // It misses committed entries not sent yet (an append answered meanwhile
+                // tells the rest at a later pass): an append carries them and the commit.
+                lagging.push(*id);
+            }
+        }
+        if !notices.is_empty() {
+            // Published before anyone hears of it (see `publish_progress`).
+            self.publish_progress();
+        }
+        for (id, commit) in &notices {
+            let notice = Envelope::Commit { shard: self.shared.shard, term, commit: *commit };
+            let _ = self.transport.send(*id, notice.to_frame());
+            self.commit_told.1.insert(*id, *commit);
+        }
+        self.shared.messages_sent.fetch_add(notices.len() as u64, Ordering::Relaxed);
+        for id in lagging {
+            self.raw.raft.send_append(id);
+        }
         if self.raw.has_ready() {
             self.on_ready();
+        }
+    }
+
+    /// A leader's commit notice (see `Envelope::Commit`): taken as a heartbeat's commit index
+    /// is, from the leader of this replica's term only, and never past this replica's log.
+    fn on_commit_notice(&mut self, from: NodeId, term: u64, commit: u64) {
+        if self.recovery.as_ref().is_some_and(Recovery::waiting) {
+            return;
+        }
+        let raft = &mut self.raw.raft;
+        if raft.state != StateRole::Follower || raft.term != term || raft.leader_id != from {
+            return;
+        }
+        let commit = commit.min(raft.raft_log.last_index());
+        if commit > raft.raft_log.committed {
+            raft.raft_log.commit_to(commit);
+            self.wake(false);
         }
     }
 

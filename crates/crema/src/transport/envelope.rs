@@ -16,7 +16,8 @@ use crate::types::{NodeId, ShardId};
 /// Version of the envelope format; a peer sending another version is disconnected. Version 2:
 /// the hello carries the sender's incarnation and each group's log position. Version 3: node
 /// pings and hibernation notices. Version 4: reads for nodes that hold no replica of a shard.
-/// Version 5: node-level read rounds (`ReadCheck`, `ReadIndexAsk` and their answers).
+/// Version 5: node-level read rounds (`ReadCheck`, `ReadIndexAsk` and their answers) and
+/// commit notices.
 pub const ENVELOPE_VERSION: u8 = 5;
 
 /// One Raft group's position on the sender of a hello: what a restarted memory node needs to
@@ -141,6 +142,18 @@ pub enum Envelope {
         request_id: u64,
         /// What was read, or why not.
         result: Result<RemoteAnswer, WireError>,
+    },
+    /// The leader of group `shard` tells a follower how far it may commit: the leader's commit
+    /// index, at most what that follower is known to hold (as a heartbeat's). No answer is
+    /// expected; it replaces the empty append (and its answer) an idle leader sent to tell a
+    /// commit (see `consensus::group::tell_commit_when_idle`).
+    Commit {
+        /// The group.
+        shard: ShardId,
+        /// The leader's term.
+        term: u64,
+        /// The commit index the follower may take.
+        commit: u64,
     },
     /// A leader's read round (see `cache::read_rounds`): does the receiver still follow each of
     /// these shards in the given term?
@@ -355,6 +368,7 @@ mod tests {
         round_trip(Envelope::AuthProof { challenge: [1; 32], proof: vec![9; 32] });
         round_trip(Envelope::Ping);
         round_trip(Envelope::Hibernate { shard: 3, term: 7, commit: 70 });
+        round_trip(Envelope::Commit { shard: 3, term: 7, commit: 71 });
         round_trip(Envelope::ReadCheck { round: 4, shards: vec![(1, 7), (5, 2)] });
         round_trip(Envelope::ReadCheckAck { round: 4, confirmed: vec![5] });
         round_trip(Envelope::ReadIndexAsk { ask: 9, shards: vec![3] });
