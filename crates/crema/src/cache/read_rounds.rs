@@ -129,7 +129,10 @@ impl NodeReads {
         Self {
             node_id,
             patience,
-            state: Mutex::default(),
+            // Numbered from a random start, as forwarded writes are: an answer meant for an
+            // earlier process of this node (still queued on a peer's link) names no round or
+            // ask of this one.
+            state: Mutex::new(State { next_id: rand::random(), ..State::default() }),
             #[cfg(feature = "fault-injection")]
             faults: None,
         }
@@ -383,7 +386,7 @@ impl State {
     }
 
     fn next_id(&mut self) -> u64 {
-        self.next_id += 1;
+        self.next_id = self.next_id.wrapping_add(1);
         self.next_id
     }
 
@@ -420,12 +423,30 @@ impl State {
         if self.queued.is_empty() {
             return outbox;
         }
-        let mut items = std::mem::take(&mut self.queued);
-        // A shard that cannot reach a quorum of live voters: its reads go through the group.
-        items.retain(|_, item| {
-            let reachable = item.voters.iter().filter(|v| **v == me || live.contains(v)).count();
-            2 * reachable > item.voters.len()
-        });
+        let (items, mut unreachable): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut self.queued).into_iter().partition(|(_, item)| {
+                let reachable = item.voters.iter().filter(|v| **v == me || live.contains(v)).count();
+                2 * reachable > item.voters.len()
+            });
+        // A shard that cannot reach a quorum of live voters: its reads go through the group,
+        // and the followers that asked for it hear so now (or with the round's answer, when
+        // their ask has other shards in it).
+        let in_round: HashSet<(NodeId, u64)> = items
+            .values()
+            .flat_map(|item| item.waiters.iter())
+            .filter_map(|w| match w {
+                Waiter::Peer { node, ask } => Some((*node, *ask)),
+                Waiter::Local(_) => None,
+            })
+            .collect();
+        for item in unreachable.values_mut() {
+            item.waiters
+                .retain(|w| !matches!(w, Waiter::Peer { node, ask } if in_round.contains(&(*node, *ask))));
+        }
+        outbox.extend(answer_unconfirmed(HashMap::new(), unreachable));
+        if items.is_empty() {
+            return outbox;
+        }
         let mut asked: Vec<NodeId> = items.values().flat_map(|i| i.voters.iter().copied()).collect();
         asked.sort_unstable();
         asked.dedup();
@@ -508,8 +529,16 @@ impl Item {
 /// A round's answers to followers (their unconfirmed shards left out); its unconfirmed local
 /// reads are dropped, so they go through their groups.
 fn end_round(round: Round) -> Outbox {
-    let mut answers = round.answers;
-    for item in round.items.into_values() {
+    answer_unconfirmed(round.answers, round.items)
+}
+
+/// `answers` for followers' asks, with the asks of `unconfirmed` items answered without them
+/// (their local reads are dropped: they go through their groups).
+fn answer_unconfirmed(
+    mut answers: HashMap<(NodeId, u64), Vec<Answered>>,
+    unconfirmed: BTreeMap<ShardId, Item>,
+) -> Outbox {
+    for item in unconfirmed.into_values() {
         for waiter in item.waiters {
             if let Waiter::Peer { node, ask } = waiter {
                 answers.entry((node, ask)).or_default();

@@ -140,6 +140,26 @@ fn dead_peers_are_not_asked_and_a_shard_without_a_live_quorum_is_not_tried() {
 }
 
 #[test]
+fn a_followers_ask_for_a_shard_without_a_live_quorum_is_answered_at_once_without_it() {
+    let (a, b) = (led(4, 7, 100), led(9, 3, 50));
+    let mut state = State::default();
+    // Node 5 votes in neither (so the ask waits for a round); node 3 is dead.
+    state.queue(a.clone(), 7, 100, Waiter::Peer { node: 5, ask: 21 });
+    let out = state.start_round(ME, Instant::now(), PATIENCE, &live(&[5]));
+    assert_eq!(out, vec![(5, Envelope::ReadIndexAnswer { ask: 21, indices: Vec::new() })]);
+    assert!(state.in_flight.is_none());
+    // With a shard that can be confirmed in the same ask, the ask is answered once, by the round.
+    b.lead_for_tests(3, 50, vec![1, 5, 6]);
+    state.queue(a, 7, 100, Waiter::Peer { node: 5, ask: 22 });
+    state.queue(b, 3, 50, Waiter::Peer { node: 5, ask: 22 });
+    let out = state.start_round(ME, Instant::now(), PATIENCE, &live(&[5]));
+    let sent = checks(&out);
+    assert_eq!(out.len(), 1, "only the check: {out:?}");
+    let out = ack(&mut state, 5, sent[0].1, &[9], &live(&[5]));
+    assert_eq!(out, vec![(5, Envelope::ReadIndexAnswer { ask: 22, indices: vec![(9, 3, 50)] })]);
+}
+
+#[test]
 fn a_round_unanswered_past_patience_is_given_up_for_the_next() {
     let a = led(4, 7, 100);
     let peers = live(&[2, 3]);

@@ -1258,7 +1258,8 @@ impl<S: LogStore> Group<S> {
     }
 
     /// A leader's commit notice (see `Envelope::Commit`): taken as a heartbeat's commit index
-    /// is, from the leader of this replica's term only, and never past this replica's log.
+    /// is, from the leader of this replica's term only, and not at all when it lies past this
+    /// replica's log.
     fn on_commit_notice(&mut self, from: NodeId, term: u64, commit: u64) {
         if self.recovery.as_ref().is_some_and(Recovery::waiting) {
             return;
@@ -1267,7 +1268,11 @@ impl<S: LogStore> Group<S> {
         if raft.state != StateRole::Follower || raft.term != term || raft.leader_id != from {
             return;
         }
-        let commit = commit.min(raft.raft_log.last_index());
+        // Past the log, the leader's view of this replica is stale (it restarted, and the
+        // leader has not heard yet): nothing of it is taken, as a heartbeat's would be lowered.
+        if commit > raft.raft_log.last_index() {
+            return;
+        }
         if commit > raft.raft_log.committed {
             raft.raft_log.commit_to(commit);
             self.wake(false);
