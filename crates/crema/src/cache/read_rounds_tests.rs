@@ -24,7 +24,10 @@ fn local_read(state: &mut State, shared: &Arc<GroupShared>) -> oneshot::Receiver
     rx
 }
 
-fn checks(outbox: &Outbox) -> Vec<(NodeId, u64, Vec<(ShardId, u64)>)> {
+/// A check as sent: to whom, its round, the (shard, term) it names.
+type Check = (NodeId, u64, Vec<(ShardId, u64)>);
+
+fn checks(outbox: &Outbox) -> Vec<Check> {
     outbox
         .iter()
         .filter_map(|(to, e)| match e {
