@@ -7,6 +7,7 @@
 #
 #   scripts/cpu-per-write.sh [--shards 16] [--secs 10] [--storage rocksdb] [--reads] [--debug]
 #   CREMA_BIN_DIR=/tmp/base scripts/cpu-per-write.sh ...   # another build's crema and crema-bench
+#   scripts/cpu-per-write.sh --perf /tmp/node1.data ...     # also `perf record` the three nodes over the window
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,7 @@ while [ $# -gt 0 ]; do
     --storage) STORAGE="$2"; shift 2 ;;
     --reads) READS=1; shift ;;
     --debug) PROFILE=debug; shift ;;
+    --perf) PERF_OUT="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -51,15 +53,27 @@ fi
 "$DIR/crema-bench" --clients 50 --reads "$READS" --duration "$((SECS + 2))" "${TARGET[@]}" >"$WORK/bench.log" 2>&1 &
 BENCH=$!
 sleep 1 # the bench's own warm-up second is not counted
+switches() { # pid -> context switches of all its threads so far
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
 before=()
-for pid in "${PIDS[@]}"; do before+=("$(ticks "$pid")"); done
-sleep "$SECS"
+sw_before=()
+for pid in "${PIDS[@]}"; do before+=("$(ticks "$pid")"); sw_before+=("$(switches "$pid")"); done
+if [ -n "${PERF_OUT:-}" ]; then
+  perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$(IFS=,; echo "${PIDS[*]}")" -o "$PERF_OUT" -- sleep "$SECS" 2>/dev/null
+else
+  sleep "$SECS"
+fi
 used=()
-for k in 0 1 2; do used+=($(($(ticks "${PIDS[$k]}") - before[k]))); done
+sw=()
+for k in 0 1 2; do
+  used+=($(($(ticks "${PIDS[$k]}") - before[k])))
+  sw+=($(($(switches "${PIDS[$k]}") - sw_before[k])))
+done
 wait "$BENCH"
 ops="$(grep -o '[0-9]* ops/s' "$WORK/bench.log" | head -1 | cut -d' ' -f1)"
 echo "W$([ "$READS" = 1 ] && echo 4 || echo 1) with $SHARDS shards ($STORAGE): $ops $OP/s ($(grep -o 'p50 [0-9]* µs' "$WORK/bench.log"))"
 for k in 0 1 2; do
-  awk -v u="${used[$k]}" -v hz="$HZ" -v s="$SECS" -v ops="$ops" -v op="$OP" -v n="$((k + 1))" -v l="$(leads $((k + 1)))" \
-    'BEGIN { printf "node %d: %.1f%% of one core, %.1f ms CPU per 1,000 %s, leads %d shards\n", n, 100 * u / hz / s, 1000 * 1000 * u / hz / s / ops, op, l }'
+  awk -v u="${used[$k]}" -v hz="$HZ" -v s="$SECS" -v ops="$ops" -v op="$OP" -v n="$((k + 1))" -v l="$(leads $((k + 1)))" -v sw="${sw[$k]}" \
+    'BEGIN { printf "node %d: %.1f%% of one core, %.1f ms CPU per 1,000 %s, %.2f context switches per %s, leads %d shards\n", n, 100 * u / hz / s, 1000 * 1000 * u / hz / s / ops, op, sw / s / ops, substr(op, 1, length(op) - 1), l }'
 done

@@ -16,6 +16,16 @@ use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::server::RespServer;
 
+/// The client address peers are told (see `CacheConfig::client_addr`): the RESP address, or,
+/// when it listens on every interface, its port on the peer address's host (the one the
+/// others reach this node on); nothing when that is unspecified too.
+fn advertised(resp: SocketAddr, raft: SocketAddr) -> Option<SocketAddr> {
+    if !resp.ip().is_unspecified() {
+        return Some(resp);
+    }
+    (!raft.ip().is_unspecified()).then(|| SocketAddr::new(raft.ip(), resp.port()))
+}
+
 /// A running node.
 pub struct RunningNode {
     /// The cache.
@@ -48,6 +58,7 @@ impl RunningNode {
         let raft_addr = raft_listener.local_addr()?;
         let mut cache_config = config.cache_config()?;
         cache_config.raft_addr = raft_addr;
+        cache_config.client_addr = advertised(resp_listener.local_addr()?, raft_addr);
         let cache = Arc::new(DistributedCache::new_with_listener(cache_config, raft_listener).await?);
         let metrics = Arc::new(Metrics::new(&cache));
         let server = RespServer::new(cache.clone(), resp_listener, config.resp_settings()?, metrics.clone())?;
@@ -123,5 +134,18 @@ async fn load_acl_file(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised;
+
+    #[test]
+    fn a_wildcard_resp_address_is_advertised_on_the_peer_host() {
+        let at = |s: &str| s.parse().unwrap();
+        assert_eq!(advertised(at("127.0.0.1:6380"), at("0.0.0.0:7000")), Some(at("127.0.0.1:6380")));
+        assert_eq!(advertised(at("0.0.0.0:6380"), at("10.0.0.5:7000")), Some(at("10.0.0.5:6380")));
+        assert_eq!(advertised(at("[::]:6380"), at("[::]:7000")), None);
     }
 }

@@ -312,6 +312,15 @@ async fn a_killed_nodes_replicas_move_and_a_new_node_takes_its_share_with_nothin
     wait_until(Duration::from_secs(60), "rebalanced", || async { settled_on(&live, &[1, 2, 3, 4, 6]).await })
         .await;
 
+    // Node 6 was configured on no other node, and was given no other node's RESP address: each
+    // side learned the other's from the peer handshake, so cluster-aware clients are sent to
+    // node 6 by node 1 and to node 1 by node 6.
+    for (asked, named) in [(nodes[0].resp, sixth.resp), (sixth.resp, nodes[0].resp)] {
+        let mut c = client(asked).await;
+        let view: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await.unwrap();
+        assert!(view.contains(&named.to_string()), "CLUSTER NODES on {asked} names no {named}:\n{view}");
+    }
+
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acked = Vec::new();
     for w in writers {

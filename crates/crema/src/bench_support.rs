@@ -79,6 +79,7 @@ impl GroupBench {
                 TransportConfig {
                     node_id: id,
                     incarnation: rand::random(),
+                    client_addr: None,
                     max_frame_bytes: crate::config::MAX_FRAME_BYTES,
                     queue_capacity: config.peer_queue_capacity,
                     handshake_timeout: Duration::from_secs(5),

@@ -151,6 +151,10 @@ pub struct CacheConfig {
     /// The other members at bootstrap, `(id, raft address)`. Together with this node they are the
     /// initial voters (every member must list the same set), unless `join` is set.
     pub seed_nodes: Vec<(NodeId, SocketAddr)>,
+    /// Where this node's clients connect (its RESP address), told to every peer in the
+    /// handshake so that each can name it to cluster-aware clients (`CLUSTER SLOTS`, `-MOVED`)
+    /// although it was not configured there (a node that joined later). Default none.
+    pub client_addr: Option<SocketAddr>,
     /// Start empty and wait to be added by an existing cluster's `add_peer`/`add_learner`;
     /// `seed_nodes` then only gives the members' addresses. Default false.
     pub join: bool,
@@ -240,6 +244,7 @@ impl CacheConfig {
             node_id,
             raft_addr,
             seed_nodes: Vec::new(),
+            client_addr: None,
             join: false,
             force_new_cluster: false,
             max_capacity: 100_000,
@@ -352,6 +357,12 @@ impl CacheConfig {
     /// Sets the other members of the cluster at bootstrap.
     pub fn with_seed_nodes(mut self, seed_nodes: Vec<(NodeId, SocketAddr)>) -> Self {
         self.seed_nodes = seed_nodes;
+        self
+    }
+
+    /// Tells peers where this node's clients connect (see [`Self::client_addr`]).
+    pub fn with_client_addr(mut self, addr: SocketAddr) -> Self {
+        self.client_addr = Some(addr);
         self
     }
 

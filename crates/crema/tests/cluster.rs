@@ -91,6 +91,30 @@ async fn with_forwarding_off_a_follower_names_the_leader() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_learns_the_others_client_addresses_from_the_handshake() {
+    init_tracing();
+    // Node 3 says nothing; nodes 1 and 2 tell a client address of their own.
+    let client = |id: u64| std::net::SocketAddr::from(([127, 0, 0, 1], 16_000 + id as u16));
+    let nodes = cluster_with(3, |c| match c.node_id {
+        3 => c,
+        id => c.with_client_addr(client(id)),
+    })
+    .await;
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    wait_leader(&refs, 10 * ELECTION).await;
+    wait_until(10 * ELECTION, "every node knows the client addresses told", || async {
+        nodes.iter().all(|n| {
+            (1..=2).all(|id| n.client_addr_of(id) == Some(client(id))) && n.client_addr_of(3).is_none()
+        })
+    })
+    .await;
+    assert_eq!(nodes[0].client_addr_of(9), None, "a node never heard of has none");
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_keeps_every_acknowledged_write() {
     init_tracing();
     let nodes = cluster(3).await;

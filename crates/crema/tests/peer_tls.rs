@@ -28,8 +28,14 @@ async fn tls_connect(
 
 /// Sends a hello as `id` and reads until the node closes: what it said (nothing, if refused).
 async fn hello_as(stream: &mut tokio_rustls::client::TlsStream<TcpStream>, id: u64) -> Vec<u8> {
-    let _ =
-        stream.write_all(&envelope(&Wire::Hello { node_id: id, incarnation: 7, groups: Vec::new() })).await;
+    let _ = stream
+        .write_all(&envelope(&Wire::Hello {
+            node_id: id,
+            incarnation: 7,
+            groups: Vec::new(),
+            client_addr: None,
+        }))
+        .await;
     let _ = stream.flush().await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
@@ -66,7 +72,12 @@ async fn only_certified_members_take_part() {
     let before = target.raft_figures().peer_handshakes_refused;
     let mut plain = TcpStream::connect(addr).await.unwrap();
     plain
-        .write_all(&envelope(&Wire::Hello { node_id: 2, incarnation: 7, groups: Vec::new() }))
+        .write_all(&envelope(&Wire::Hello {
+            node_id: 2,
+            incarnation: 7,
+            groups: Vec::new(),
+            client_addr: None,
+        }))
         .await
         .unwrap();
     let mut said = Vec::new();

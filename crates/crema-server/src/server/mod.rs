@@ -176,7 +176,13 @@ impl LeaderAddr for ServerState {
         if id == self.cache.node_id() {
             return Some(self.resp_addr.to_string());
         }
-        self.settings.client_addrs.get(&id).cloned()
+        // A configured address first (`--peer id=raft,resp`), else what the node said in its
+        // peer handshake (a node that joined later).
+        self.settings
+            .client_addrs
+            .get(&id)
+            .cloned()
+            .or_else(|| self.cache.client_addr_of(id).map(|addr| addr.to_string()))
     }
 }
 

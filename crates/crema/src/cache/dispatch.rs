@@ -10,6 +10,7 @@
 //! from (whether this node can still reach a quorum).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -39,6 +40,14 @@ struct PeerState {
     incarnation: u64,
     positions: Vec<GroupPosition>,
     heard: Instant,
+    /// Where the peer said its clients connect.
+    client_addr: Option<SocketAddr>,
+}
+
+/// Whether a client address a peer told could be dialed: not a wildcard, not port 0 (what a
+/// client would be sent to by `CLUSTER SLOTS` or `-MOVED`).
+fn reachable(addr: SocketAddr) -> bool {
+    !addr.ip().is_unspecified() && addr.port() != 0
 }
 
 /// Routes inbound envelopes to groups and the forwarder.
@@ -157,6 +166,11 @@ impl Dispatcher {
     pub fn heard_within(&self, nodes: &[NodeId], window: Duration) -> usize {
         let peers = self.peers.lock().expect("peers poisoned");
         nodes.iter().filter(|n| peers.get(n).is_some_and(|p| p.heard.elapsed() < window)).count()
+    }
+
+    /// Where `id` said its clients connect, in its latest handshake.
+    pub fn client_addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+        self.peers.lock().expect("peers poisoned").get(&id).and_then(|p| p.client_addr)
     }
 
     /// The peers a read round asks (see `cache::read_rounds`).
@@ -306,8 +320,16 @@ impl Inbound for Dispatcher {
         }
     }
 
-    fn on_hello(&self, from: NodeId, incarnation: u64, positions: Vec<GroupPosition>) {
-        let state = PeerState { incarnation, positions: positions.clone(), heard: Instant::now() };
+    fn on_hello(
+        &self,
+        from: NodeId,
+        incarnation: u64,
+        positions: Vec<GroupPosition>,
+        client_addr: Option<SocketAddr>,
+    ) {
+        let client_addr = client_addr.filter(|a| reachable(*a));
+        let state =
+            PeerState { incarnation, positions: positions.clone(), heard: Instant::now(), client_addr };
         let previous = self.peers.lock().expect("peers poisoned").insert(from, state).map(|p| p.incarnation);
         let restarted = previous.is_some_and(|i| i != incarnation);
         if restarted {
@@ -324,5 +346,15 @@ impl Inbound for Dispatcher {
 
     fn local_positions(&self) -> Vec<GroupPosition> {
         self.groups().iter().map(|g| g.shared.position()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_client_address_nobody_can_dial_is_not_kept() {
+        let ok = |s: &str| super::reachable(s.parse().unwrap());
+        assert!(ok("127.0.0.1:6380") && ok("[::1]:6380") && ok("10.1.2.3:1"));
+        assert!(!ok("0.0.0.0:6380") && !ok("[::]:6380") && !ok("127.0.0.1:0"));
     }
 }

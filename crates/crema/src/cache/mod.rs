@@ -164,6 +164,16 @@ impl DistributedCache {
         self.transport.local_addr()
     }
 
+    /// Where node `id`'s clients connect: this node's own [`CacheConfig::client_addr`], or
+    /// what `id` said in its latest handshake with this node. None when it said nothing or
+    /// has not been connected yet.
+    pub fn client_addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+        if id == self.config.node_id {
+            return self.config.client_addr;
+        }
+        self.dispatcher.client_addr_of(id)
+    }
+
     /// The configuration this node runs with.
     pub fn config(&self) -> &CacheConfig {
         &self.config
@@ -681,7 +691,7 @@ impl DistributedCache {
         let incarnation = match self.dispatcher.current_incarnation(from) {
             Some(incarnation) => incarnation,
             None => {
-                self.dispatcher.on_hello(from, 1, Vec::new());
+                self.dispatcher.on_hello(from, 1, Vec::new(), None);
                 1
             }
         };

@@ -41,6 +41,7 @@ impl DistributedCache {
             TransportConfig {
                 node_id: config.node_id,
                 incarnation: rand::random(),
+                client_addr: config.client_addr,
                 max_frame_bytes: crate::config::MAX_FRAME_BYTES,
                 queue_capacity: config.peer_queue_capacity,
                 handshake_timeout: Duration::from_secs(5),

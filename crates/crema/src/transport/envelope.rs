@@ -3,6 +3,8 @@
 //! Raft messages travel as their protobuf bytes inside `Envelope::Raft`, tagged with the shard
 //! (Raft group) they belong to, so every group shares one connection per node pair.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +19,8 @@ use crate::types::{NodeId, ShardId};
 /// the hello carries the sender's incarnation and each group's log position. Version 3: node
 /// pings and hibernation notices. Version 4: reads for nodes that hold no replica of a shard.
 /// Version 5: node-level read rounds (`ReadCheck`, `ReadIndexAsk` and their answers) and
-/// commit notices.
-pub const ENVELOPE_VERSION: u8 = 5;
+/// commit notices. Version 6: the hello carries the sender's client address.
+pub const ENVELOPE_VERSION: u8 = 6;
 
 /// One Raft group's position on the sender of a hello: what a restarted memory node needs to
 /// learn before it may vote again (see `consensus::recovery`).
@@ -51,6 +53,8 @@ pub enum Envelope {
         incarnation: u64,
         /// Where each of the sender's groups stands.
         groups: Vec<GroupPosition>,
+        /// Where the sender's clients connect (its RESP address), if it says.
+        client_addr: Option<SocketAddr>,
     },
     /// A Raft message (protobuf bytes) for group `shard`.
     Raft {
@@ -349,7 +353,12 @@ mod tests {
     fn every_kind_round_trips() {
         let position =
             GroupPosition { shard: 0, term: 3, commit: 9, last_term: 3, last_index: 10, recovering: false };
-        round_trip(Envelope::Hello { node_id: 7, incarnation: 42, groups: vec![position] });
+        round_trip(Envelope::Hello {
+            node_id: 7,
+            incarnation: 42,
+            groups: vec![position],
+            client_addr: Some("127.0.0.1:6380".parse().unwrap()),
+        });
         round_trip(Envelope::Raft { shard: 2, message: Bytes::from_static(b"\x08\x01") });
         round_trip(Envelope::Forward { shard: 0, request_id: 9, command: Bytes::from("c") });
         round_trip(Envelope::SnapshotChunk {

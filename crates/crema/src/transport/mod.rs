@@ -49,7 +49,14 @@ pub(crate) trait Inbound: Send + Sync + 'static {
     fn on_envelope(&self, transport: &Arc<Transport>, from: NodeId, incarnation: u64, envelope: Envelope);
     /// `from` completed a handshake as `incarnation` and reported where its groups stand.
     /// Called before any envelope of the new connection is handed over.
-    fn on_hello(&self, from: NodeId, incarnation: u64, groups: Vec<GroupPosition>);
+    /// `client_addr` is where `from` says its clients connect.
+    fn on_hello(
+        &self,
+        from: NodeId,
+        incarnation: u64,
+        groups: Vec<GroupPosition>,
+        client_addr: Option<SocketAddr>,
+    );
     /// Where this node's groups stand, for our side of the handshake.
     fn local_positions(&self) -> Vec<GroupPosition>;
     /// True while this node belongs to no configuration yet (it was started to join and waits
@@ -63,6 +70,8 @@ pub(crate) struct TransportConfig {
     pub node_id: NodeId,
     /// This process's random incarnation, sent in every hello.
     pub incarnation: u64,
+    /// This node's client address, told in the hello.
+    pub client_addr: Option<SocketAddr>,
     pub max_frame_bytes: usize,
     pub queue_capacity: usize,
     pub handshake_timeout: Duration,
@@ -308,11 +317,15 @@ impl Transport {
         }
         let hello =
             tokio::time::timeout(self.config.handshake_timeout, conn.read_envelope(&self.config)).await;
-        let (peer, incarnation, groups) = match hello {
+        let (peer, incarnation, groups, client_addr) = match hello {
             Ok(Ok(Envelope::Hello { node_id: 0, .. })) => {
                 // A probe (see `probe`): say who this node is, and nothing more.
-                let reply =
-                    Envelope::Hello { node_id: self.config.node_id, incarnation: 0, groups: Vec::new() };
+                let reply = Envelope::Hello {
+                    node_id: self.config.node_id,
+                    incarnation: 0,
+                    groups: Vec::new(),
+                    client_addr: None,
+                };
                 let _ = conn.write_frame(&reply.to_frame()).await;
                 return;
             }
@@ -328,8 +341,10 @@ impl Transport {
                 self.refuse(remote, &format!("node {node_id} is not a member (if it was just added, this node has not applied that yet)"));
                 return;
             }
-            Ok(Ok(Envelope::Hello { node_id, incarnation, groups })) if node_id != self.config.node_id => {
-                (node_id, incarnation, groups)
+            Ok(Ok(Envelope::Hello { node_id, incarnation, groups, client_addr }))
+                if node_id != self.config.node_id =>
+            {
+                (node_id, incarnation, groups, client_addr)
             }
             Ok(Ok(other)) => {
                 warn!(%remote, "closing peer connection: first frame is not a valid hello ({other:?})");
@@ -349,7 +364,7 @@ impl Transport {
             return;
         }
         info!(peer, %remote, incarnation, "peer connected");
-        self.inbound.on_hello(peer, incarnation, groups);
+        self.inbound.on_hello(peer, incarnation, groups, client_addr);
         conn.peer_incarnation = incarnation;
         self.add_peer(peer, None);
         let link = self.peers.read().expect("peer map poisoned").get(&peer).cloned();
@@ -379,7 +394,12 @@ impl Transport {
         if let Some(secret) = &config.secret {
             auth::dial(&mut conn, secret, config).await?;
         }
-        let hello = Envelope::Hello { node_id: 0, incarnation: config.incarnation, groups: Vec::new() };
+        let hello = Envelope::Hello {
+            node_id: 0,
+            incarnation: config.incarnation,
+            groups: Vec::new(),
+            client_addr: None,
+        };
         conn.write_frame(&hello.to_frame()).await?;
         let reply = tokio::time::timeout(config.handshake_timeout, conn.read_envelope(config))
             .await
@@ -392,8 +412,13 @@ impl Transport {
 
     fn hello_frame(&self) -> Bytes {
         let groups = self.inbound.local_positions();
-        Envelope::Hello { node_id: self.config.node_id, incarnation: self.config.incarnation, groups }
-            .to_frame()
+        Envelope::Hello {
+            node_id: self.config.node_id,
+            incarnation: self.config.incarnation,
+            groups,
+            client_addr: self.config.client_addr,
+        }
+        .to_frame()
     }
 
     fn dispatch(

@@ -252,9 +252,9 @@ impl LinkTask {
             .await
             .map_err(|_| TransportError::Handshake("no hello reply".into()))??;
         match reply {
-            Envelope::Hello { node_id, incarnation, groups } if node_id == self.link.id => {
+            Envelope::Hello { node_id, incarnation, groups, client_addr } if node_id == self.link.id => {
                 info!(peer = node_id, %addr, incarnation, "connected to peer");
-                self.transport.inbound.on_hello(node_id, incarnation, groups);
+                self.transport.inbound.on_hello(node_id, incarnation, groups, client_addr);
                 conn.peer_incarnation = incarnation;
                 Ok(conn)
             }

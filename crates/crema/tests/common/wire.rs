@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The envelope version this mirror speaks.
-pub const VERSION: u8 = 5;
+pub const VERSION: u8 = 6;
 
 /// A group's position as the hello carries it.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -28,7 +28,7 @@ pub struct Position {
 /// The envelope as the wire carries it (mirrors crema's; variant order is the protocol).
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Wire {
-    Hello { node_id: u64, incarnation: u64, groups: Vec<Position> },
+    Hello { node_id: u64, incarnation: u64, groups: Vec<Position>, client_addr: Option<SocketAddr> },
     Raft { shard: u32, message: Vec<u8> },
 }
 
@@ -64,7 +64,12 @@ impl FakePeer {
     /// Connects to `addr` as node `id` reporting `position` for shard 0.
     pub async fn connect(addr: SocketAddr, id: u64, position: Position) -> Self {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let hello = Wire::Hello { node_id: id, incarnation: rand::random(), groups: vec![position] };
+        let hello = Wire::Hello {
+            node_id: id,
+            incarnation: rand::random(),
+            groups: vec![position],
+            client_addr: None,
+        };
         stream.write_all(&envelope(&hello)).await.unwrap();
         let mut peer = Self { stream, id };
         match peer.read_wire().await {
@@ -82,8 +87,9 @@ impl FakePeer {
         self.stream.write_all(&bytes).await.is_ok()
     }
 
-    pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
+    /// Sends `bytes` as they are; false when the node closed the connection (see `send`).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).await.is_ok()
     }
 
     /// The next envelope this mirror knows (others are skipped); none once closed.
