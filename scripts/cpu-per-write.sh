@@ -8,6 +8,7 @@
 #   scripts/cpu-per-write.sh [--shards 16] [--secs 10] [--storage rocksdb] [--reads] [--debug]
 #   CREMA_BIN_DIR=/tmp/base scripts/cpu-per-write.sh ...   # another build's crema and crema-bench
 #   scripts/cpu-per-write.sh --perf /tmp/node1.data ...     # also `perf record` the three nodes over the window
+#   scripts/cpu-per-write.sh --syscalls ...                 # also count the three nodes' syncs and socket calls
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ while [ $# -gt 0 ]; do
     --reads) READS=1; shift ;;
     --debug) PROFILE=debug; shift ;;
     --perf) PERF_OUT="$2"; shift 2 ;;
+    --syscalls) SYSCALLS=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -59,7 +61,10 @@ switches() { # pid -> context switches of all its threads so far
 before=()
 sw_before=()
 for pid in "${PIDS[@]}"; do before+=("$(ticks "$pid")"); sw_before+=("$(switches "$pid")"); done
-if [ -n "${PERF_OUT:-}" ]; then
+if [ -n "${SYSCALLS:-}" ]; then
+  events=syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex
+  perf stat -x, -e "$events" -p "$(IFS=,; echo "${PIDS[*]}")" -o "$WORK/syscalls.csv" -- sleep "$SECS" 2>/dev/null
+elif [ -n "${PERF_OUT:-}" ]; then
   perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$(IFS=,; echo "${PIDS[*]}")" -o "$PERF_OUT" -- sleep "$SECS" 2>/dev/null
 else
   sleep "$SECS"
@@ -77,3 +82,7 @@ for k in 0 1 2; do
   awk -v u="${used[$k]}" -v hz="$HZ" -v s="$SECS" -v ops="$ops" -v op="$OP" -v n="$((k + 1))" -v l="$(leads $((k + 1)))" -v sw="${sw[$k]}" \
     'BEGIN { printf "node %d: %.1f%% of one core, %.1f ms CPU per 1,000 %s, %.2f context switches per %s, leads %d shards\n", n, 100 * u / hz / s, 1000 * 1000 * u / hz / s / ops, op, sw / s / ops, substr(op, 1, length(op) - 1), l }'
 done
+if [ -n "${SYSCALLS:-}" ]; then
+  grep -v '^#' "$WORK/syscalls.csv" | awk -F, -v s="$SECS" -v ops="$ops" -v op="${OP%s}" 'NF > 2 && $1 ~ /^[0-9]+$/ {
+    split($3, e, "sys_enter_"); printf "%s per %s, all nodes: %.3f\n", e[2], op, $1 / s / ops }'
+fi
