@@ -4,6 +4,7 @@
 #
 # Needs: BIN (the crema binary), SHARDS, and the caller's `set -euo pipefail`; STORAGE (memory,
 # the default, or rocksdb: each node's data in the script's temporary directory).
+# NODE_WORKERS, if set: the nodes' tokio worker threads (TOKIO_WORKER_THREADS; default one per core).
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -16,7 +17,7 @@ for i in 1 2 3; do
   done
   storage=()
   [ "${STORAGE:-memory}" = rocksdb ] && storage=(--storage rocksdb --data-dir "$WORK/data-$i")
-  "$BIN" serve --node-id "$i" --raft-addr "127.0.0.1:$((47000 + i))" --resp-addr "127.0.0.1:$((46380 + i))" \
+  env ${NODE_WORKERS:+TOKIO_WORKER_THREADS=$NODE_WORKERS} "$BIN" serve --node-id "$i" --raft-addr "127.0.0.1:$((47000 + i))" --resp-addr "127.0.0.1:$((46380 + i))" \
     --admin-addr "127.0.0.1:$((48000 + i))" --shards "$SHARDS" "${storage[@]}" "${peers[@]}" >"$WORK/crema-$i.log" 2>&1 &
   PIDS+=($!)
 done
