@@ -18,12 +18,15 @@ use crate::server::RespServer;
 
 /// The client address peers are told (see `CacheConfig::client_addr`): the RESP address, or,
 /// when it listens on every interface, its port on the peer address's host (the one the
-/// others reach this node on); nothing when that is unspecified too.
+/// others reach this node on). Nothing when that is unspecified too, or when the RESP address
+/// is a loopback one and the peer address is not: a peer on another host would send clients to
+/// its own loopback, that is to itself.
 fn advertised(resp: SocketAddr, raft: SocketAddr) -> Option<SocketAddr> {
-    if !resp.ip().is_unspecified() {
-        return Some(resp);
+    let host = if resp.ip().is_unspecified() { raft.ip() } else { resp.ip() };
+    if host.is_unspecified() || (host.is_loopback() && !raft.ip().is_loopback()) {
+        return None;
     }
-    (!raft.ip().is_unspecified()).then(|| SocketAddr::new(raft.ip(), resp.port()))
+    Some(SocketAddr::new(host, resp.port()))
 }
 
 /// A running node.
@@ -144,8 +147,16 @@ mod tests {
     #[test]
     fn a_wildcard_resp_address_is_advertised_on_the_peer_host() {
         let at = |s: &str| s.parse().unwrap();
-        assert_eq!(advertised(at("127.0.0.1:6380"), at("0.0.0.0:7000")), Some(at("127.0.0.1:6380")));
+        assert_eq!(advertised(at("127.0.0.1:6380"), at("127.0.0.1:7000")), Some(at("127.0.0.1:6380")));
+        assert_eq!(advertised(at("10.0.0.5:6380"), at("0.0.0.0:7000")), Some(at("10.0.0.5:6380")));
         assert_eq!(advertised(at("0.0.0.0:6380"), at("10.0.0.5:7000")), Some(at("10.0.0.5:6380")));
         assert_eq!(advertised(at("[::]:6380"), at("[::]:7000")), None);
+    }
+
+    #[test]
+    fn a_loopback_resp_address_is_not_told_to_peers_on_other_hosts() {
+        let at = |s: &str| s.parse().unwrap();
+        assert_eq!(advertised(at("127.0.0.1:6380"), at("10.0.0.5:7000")), None);
+        assert_eq!(advertised(at("[::1]:6380"), at("0.0.0.0:7000")), None);
     }
 }

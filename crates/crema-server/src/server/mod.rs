@@ -177,12 +177,11 @@ impl LeaderAddr for ServerState {
             return Some(self.resp_addr.to_string());
         }
         // A configured address first (`--peer id=raft,resp`), else what the node said in its
-        // peer handshake (a node that joined later).
-        self.settings
-            .client_addrs
-            .get(&id)
-            .cloned()
-            .or_else(|| self.cache.client_addr_of(id).map(|addr| addr.to_string()))
+        // peer handshake (a node that joined later), unless that is this node's own address
+        // (two nodes behind one loopback, say): a client is never sent back to where it is.
+        self.settings.client_addrs.get(&id).cloned().or_else(|| {
+            self.cache.client_addr_of(id).filter(|addr| *addr != self.resp_addr).map(|addr| addr.to_string())
+        })
     }
 }
 
