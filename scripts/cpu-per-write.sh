@@ -9,6 +9,7 @@
 #   CREMA_BIN_DIR=/tmp/base scripts/cpu-per-write.sh ...   # another build's crema and crema-bench
 #   scripts/cpu-per-write.sh --perf /tmp/node1.data ...     # also `perf record` the three nodes over the window
 #   scripts/cpu-per-write.sh --syscalls ...                 # also count the three nodes' syncs and socket calls
+#   scripts/cpu-per-write.sh --cluster ...                  # cluster clients: each key straight to its shard's leader
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,7 @@ while [ $# -gt 0 ]; do
     --debug) PROFILE=debug; shift ;;
     --perf) PERF_OUT="$2"; shift 2 ;;
     --syscalls) SYSCALLS=1; shift ;;
+    --cluster) CLUSTER=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +48,7 @@ leads() { # node -> shards it leads, from INFO shards on node 1
   redis-cli -p 46381 INFO shards 2>/dev/null | grep -c "leader=$1," || true
 }
 TARGET=(resp --addr 127.0.0.1:46381 --addr 127.0.0.1:46382 --addr 127.0.0.1:46383)
+[ -n "${CLUSTER:-}" ] && TARGET+=(--cluster)
 OP=writes
 if [ "$READS" = 1 ]; then
   OP=reads

@@ -50,6 +50,11 @@ enum TargetCmd {
         /// `ca.crt` of `crema certs init`.
         #[arg(long)]
         tls_ca: Option<std::path::PathBuf>,
+        /// Each client is a Redis Cluster client (the `redis` crate's cluster client): it asks
+        /// the nodes for the slot map (`CLUSTER SLOTS`) and sends every key to its slot's
+        /// primary, the shard's leader, following `-MOVED`; the addresses are its seeds.
+        #[arg(long, conflicts_with = "local_reads")]
+        cluster: bool,
     },
     /// An etcd cluster through its gRPC API (built with `--features etcd`).
     #[cfg(feature = "etcd")]
@@ -133,7 +138,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(async {
         let (target, what) = match &cli.target {
-            TargetCmd::Resp { addrs, local_reads, tls_ca } => {
+            TargetCmd::Resp { addrs, local_reads, tls_ca, cluster } => {
                 let init = local_reads.then(|| "READONLY".to_owned());
                 let reads = if *local_reads { "local reads" } else { "default reads" };
                 let timeout = Duration::from_secs_f64(load.timeout);
@@ -148,9 +153,10 @@ fn main() -> anyhow::Result<()> {
                     }
                 };
                 let tls = if tls_ca.is_some() { ", TLS" } else { "" };
+                let mode = if *cluster { ", cluster client" } else { "" };
                 (
-                    Target::Resp { addrs: addrs.clone(), init, timeout, tls_ca },
-                    format!("resp {} ({reads}{tls})", addrs.join(",")),
+                    Target::Resp { addrs: addrs.clone(), init, timeout, tls_ca, cluster: *cluster },
+                    format!("resp {} ({reads}{tls}{mode})", addrs.join(",")),
                 )
             }
             #[cfg(feature = "etcd")]

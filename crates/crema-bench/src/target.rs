@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use crema::{CacheConfig, DistributedCache, RaftConfig};
 use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
 
 use crate::workload::Op;
 
@@ -33,6 +34,9 @@ pub enum Target {
         timeout: Duration,
         /// With TLS: the CA certificate (PEM) the servers' certificates are checked against.
         tls_ca: Option<Vec<u8>>,
+        /// Each client is a Redis Cluster client (the `redis` crate's): it reads the slot map
+        /// from the servers and sends each key to its slot's primary, following `-MOVED`.
+        cluster: bool,
     },
     /// An etcd cluster through its gRPC API (cargo feature `etcd`); each client has its own
     /// connection to all endpoints.
@@ -56,6 +60,8 @@ pub enum Target {
 pub enum Conn {
     /// A `redis` crate connection.
     Resp(MultiplexedConnection),
+    /// A `redis` crate cluster connection (one connection per node it sends to).
+    Cluster(ClusterConnection),
     /// A node handle.
     Embedded(Arc<DistributedCache>, ReadMode),
     /// An etcd KV client and whether reads are serializable.
@@ -96,7 +102,25 @@ impl Target {
     /// The server cannot be reached.
     pub async fn connect(&self, client: usize) -> anyhow::Result<Conn> {
         match self {
-            Target::Resp { addrs, init, timeout, tls_ca } => {
+            Target::Resp { addrs, timeout, tls_ca, cluster: true, .. } => {
+                let scheme = if tls_ca.is_some() { "rediss" } else { "redis" };
+                let mut builder = redis::cluster::ClusterClient::builder(
+                    addrs.iter().map(|a| format!("{scheme}://{a}/")).collect::<Vec<_>>(),
+                )
+                .connection_timeout(*timeout)
+                .response_timeout(*timeout);
+                if let Some(ca) = tls_ca {
+                    builder = builder
+                        .certs(redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) });
+                }
+                let conn = builder
+                    .build()?
+                    .get_async_connection()
+                    .await
+                    .with_context(|| format!("connecting to the cluster at {}", addrs.join(",")))?;
+                Ok(Conn::Cluster(conn))
+            }
+            Target::Resp { addrs, init, timeout, tls_ca, cluster: false } => {
                 let addr = &addrs[client % addrs.len()];
                 let config = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(*timeout))
@@ -179,6 +203,16 @@ impl Conn {
                     }
                     pipe.query_async::<Vec<redis::Value>>(conn).await?;
                 }
+                Ok(())
+            }
+            Conn::Cluster(conn) => {
+                // A pipeline's keys live in different slots: each command goes to its own
+                // slot's primary, all of them at once over the client's connections.
+                let sent = ops.iter().map(|op| {
+                    let mut conn = conn.clone();
+                    async move { command(op).query_async::<redis::Value>(&mut conn).await }
+                });
+                futures_util::future::try_join_all(sent).await?;
                 Ok(())
             }
             Conn::Embedded(node, reads) => {

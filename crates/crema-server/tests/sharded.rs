@@ -240,6 +240,65 @@ async fn redis_py_cluster_and_redis_cli_dash_c_across_a_node_death() {
     let _ = &mut nodes;
 }
 
+/// The `redis` crate's own cluster client (`ClusterClient`, what `crema-bench resp --cluster`
+/// runs): it reads `CLUSTER SLOTS`, sends each key to its slot's primary, and every write it
+/// had acknowledged is there after the node leading the most shards is killed mid-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_crates_cluster_client_across_a_node_death() {
+    let mut nodes = start_cluster(3, &["--shards", "4"]);
+    all_shards_led(nodes[0].resp).await;
+    let seeds: Vec<String> = nodes.iter().map(|n| format!("redis://{}/", n.resp)).collect();
+    let cluster = redis::cluster::ClusterClient::builder(seeds)
+        .response_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut cc = cluster.get_async_connection().await.unwrap();
+    let keys: Vec<String> = (0..300).map(|i| format!("rs:{i}")).collect();
+    for (i, key) in keys.iter().enumerate().take(200) {
+        let _: () = cc.set(key, i).await.unwrap();
+    }
+    for (i, key) in keys.iter().enumerate().take(200) {
+        let value: usize = cc.get(key).await.unwrap();
+        assert_eq!(value, i, "{key}");
+    }
+    // The keys written cover every shard's slots.
+    let slots = slot_map(&mut client(nodes[0].resp).await).await;
+    for (start, end, _) in &slots {
+        let covered =
+            keys[..200].iter().any(|k| (*start..=*end).contains(&i64::from(crema::key_slot(k.as_bytes()))));
+        assert!(covered, "no key in slots {start}-{end}");
+    }
+    // Keys with one hash tag go to one shard: atomic commands over them are served.
+    let _: () = cc.mset(&[("{user:7}:name", "ann"), ("{user:7}:mail", "ann@example.com")]).await.unwrap();
+    let both: Vec<String> = cc.mget(&["{user:7}:name", "{user:7}:mail"]).await.unwrap();
+    assert_eq!(both, ["ann", "ann@example.com"]);
+
+    let victim = (0..3)
+        .max_by_key(|i| slots.iter().filter(|s| s.2 .1 == i64::from(nodes[*i].resp.port())).count())
+        .unwrap();
+    let _ = nodes[victim].child.kill();
+    let _ = nodes[victim].child.wait();
+    // Each later write is sent until acknowledged, as an application would across a failover:
+    // the client finds the new leaders from the survivors' slot maps (or is forwarded).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (i, key) in keys.iter().enumerate().skip(200) {
+        loop {
+            match cc.set::<_, _, ()>(key, i).await {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "{key} still failing: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    let mut survivor = client(nodes[(victim + 1) % 3].resp).await;
+    for (i, key) in keys.iter().enumerate() {
+        let value: Option<usize> = survivor.get(key).await.unwrap();
+        assert_eq!(value, Some(i), "{key}: an acknowledged write is missing");
+    }
+}
+
 /// `(node id, health)` of every node `/cluster` on `admin` lists.
 async fn gossip_view(admin: std::net::SocketAddr) -> Vec<(u64, String)> {
     let (status, body) = http_get(admin, "/cluster").await;

@@ -224,11 +224,12 @@ impl Replicas {
                 }
                 Err(e) => warn!(shard = id, error = %e, "the retired replica's raft state was not deleted"),
             }
-            if let Some(checkpoints) = self.config.shard_checkpoint_config(id) {
-                if let Err(e) = std::fs::remove_dir_all(&checkpoints.dir) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        warn!(shard = id, error = %e, "the retired replica's checkpoints were not removed");
-                    }
+        }
+        // Checkpoints are kept with either storage: a retired replica's must not be restored.
+        if let Some(checkpoints) = self.config.shard_checkpoint_config(id) {
+            if let Err(e) = std::fs::remove_dir_all(&checkpoints.dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(shard = id, error = %e, "the retired replica's checkpoints were not removed");
                 }
             }
         }

@@ -7,7 +7,9 @@
 //! writes go to the node's one log writer instead (`rocks_writer`), which puts every group's
 //! pending write in one synced batch.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+#[cfg(feature = "rocksdb")]
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -45,6 +47,27 @@ impl WriteTicket {
         Self { shared, cancel, delay, done }
     }
 
+    /// Tells the group the write landed (`written`) or was given up.
+    pub(crate) fn finish(self, written: bool) {
+        let _ = self.done.send(written);
+    }
+
+    /// Runs `write` on a blocking thread of its own, until it lands or the group stops.
+    pub(crate) fn run_alone(self, mut write: impl FnMut() -> raft::Result<()> + Send + 'static) {
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(self.delay);
+            let written = write_until_done(&self.shared, &self.cancel, &mut write, std::thread::sleep);
+            // The write holds the database: let it go before the loop hears that it landed, so
+            // a node stopped right after can be opened again at once (RocksDB's lock).
+            drop(write);
+            self.finish(written);
+        });
+    }
+}
+
+/// What the node's log writer (`rocks_writer`) asks of a write it holds.
+#[cfg(feature = "rocksdb")]
+impl WriteTicket {
     /// The extra time the write takes (a slowed disk in fault-injection tests).
     pub(crate) fn delay(&self) -> Duration {
         self.delay
@@ -79,23 +102,6 @@ impl WriteTicket {
     /// True when the write is of `group`.
     pub(crate) fn is_of(&self, group: &Weak<GroupShared>) -> bool {
         std::ptr::eq(Arc::as_ptr(&self.shared), group.as_ptr())
-    }
-
-    /// Tells the group the write landed (`written`) or was given up.
-    pub(crate) fn finish(self, written: bool) {
-        let _ = self.done.send(written);
-    }
-
-    /// Runs `write` on a blocking thread of its own, until it lands or the group stops.
-    pub(crate) fn run_alone(self, mut write: impl FnMut() -> raft::Result<()> + Send + 'static) {
-        tokio::task::spawn_blocking(move || {
-            std::thread::sleep(self.delay);
-            let written = write_until_done(&self.shared, &self.cancel, &mut write, std::thread::sleep);
-            // The write holds the database: let it go before the loop hears that it landed, so
-            // a node stopped right after can be opened again at once (RocksDB's lock).
-            drop(write);
-            self.finish(written);
-        });
     }
 }
 
