@@ -90,6 +90,36 @@ async fn without_forwarding_a_follower_names_the_leader() {
     assert_eq!(got.as_deref(), Some("v"), "reads still work on the follower");
 }
 
+/// ROLE, as Sentinel-aware clients and operators read it: the leader is a master listing both
+/// followers by their client address, each follower a connected slave of the leader's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_names_the_leader_and_its_replicas_by_client_address() {
+    let nodes = start_cluster(3, &[]);
+    let leader = leader_of(&nodes).await;
+    let mut l = client(nodes[leader].resp).await;
+    let _: () = l.set("k", "v").await.unwrap();
+    let (kind, offset, replicas): (String, i64, Vec<(String, String, String)>) =
+        redis::cmd("ROLE").query_async(&mut l).await.unwrap();
+    assert_eq!(kind, "master");
+    assert!(offset > 0, "the leader applied the write: {offset}");
+    let mut listed: Vec<String> = replicas.iter().map(|(host, port, _)| format!("{host}:{port}")).collect();
+    listed.sort();
+    let mut followers: Vec<String> =
+        (0..3).filter(|i| *i != leader).map(|i| nodes[i].resp.to_string()).collect();
+    followers.sort();
+    assert_eq!(listed, followers, "{replicas:?}");
+    for (_, _, reached) in &replicas {
+        assert!(reached.parse::<u64>().is_ok(), "{replicas:?}");
+    }
+    for i in (0..3).filter(|i| *i != leader) {
+        let mut f = client(nodes[i].resp).await;
+        let (kind, host, port, state, _): (String, String, u16, String, i64) =
+            redis::cmd("ROLE").query_async(&mut f).await.unwrap();
+        assert_eq!((kind.as_str(), state.as_str()), ("slave", "connected"));
+        assert_eq!(format!("{host}:{port}"), nodes[leader].resp.to_string());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_and_keeps_every_acknowledged_write() {
     let mut nodes = start_cluster(3, &[]);

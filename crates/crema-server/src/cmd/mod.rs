@@ -285,7 +285,7 @@ async fn dispatch_keyless(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdE
         Ping | Echo | Hello | Auth | Select | Quit | Reset | Client | ReadOnly | ReadWrite => {
             connection::run(kind, call).await
         }
-        Command | Config | Info | DbSize | Time | Wait | Lolwut => server::run(kind, call).await,
+        Command | Config | Info | DbSize | Time | Wait | Lolwut | Role => server::run(kind, call).await,
         Acl => acl::run(call).await,
         Cluster => cluster::run(call).await,
         _ => unreachable!("{kind:?} touches keys: a write prepared above, or a read"),

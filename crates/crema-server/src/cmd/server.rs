@@ -1,4 +1,5 @@
-//! Commands about the node: COMMAND, CONFIG, INFO, DBSIZE, TIME, WAIT, FLUSHDB, FLUSHALL, LOLWUT.
+//! Commands about the node: COMMAND, CONFIG, INFO, DBSIZE, TIME, WAIT, ROLE, FLUSHDB, FLUSHALL,
+//! LOLWUT.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
             ]))
         }
         Kind::Wait => wait(call).await,
+        Kind::Role => role(call).await,
         Kind::Lolwut => Ok(Reply::Bulk(Bytes::from(format!(
             "crema {}: Raft underneath, Redis on top. Espresso, not decaf.\n",
             env!("CARGO_PKG_VERSION")
@@ -167,6 +169,43 @@ async fn wait(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// ROLE as Redis answers it, about the group `INFO replication` describes (shard 0's with
+/// Multi-Raft, whose leader is the cluster's): its leader is a master listing each replica's
+/// client address and how far its log reaches; a follower is a slave of the leader it knows
+/// (`connected`), or of none yet (`connect`, no address). Offsets are Raft log indexes.
+async fn role(call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    let status = call.state.cache.cluster_status().await?;
+    let group = &status.group;
+    let offset = Reply::Integer(group.applied_index as i64);
+    let client_addr = |id| crate::cmd::error::LeaderAddr::client_addr_of(call.state, id);
+    if group.role == Role::Leader {
+        let replicas = group
+            .replica_progress
+            .iter()
+            .map(|(id, matched)| {
+                let addr = client_addr(*id).unwrap_or_default();
+                let (host, port) = addr.rsplit_once(':').unwrap_or(("", "0"));
+                Reply::Array(vec![
+                    Reply::bulk(host.to_owned()),
+                    Reply::bulk(port.to_owned()),
+                    Reply::bulk(matched.to_string()),
+                ])
+            })
+            .collect();
+        return Ok(Reply::Array(vec![Reply::bulk("master"), offset, Reply::Array(replicas)]));
+    }
+    let leader = group.leader_id.and_then(client_addr);
+    let (host, port) = leader.as_deref().and_then(|a| a.rsplit_once(':')).unwrap_or(("", "0"));
+    let state = if leader.is_some() { "connected" } else { "connect" };
+    Ok(Reply::Array(vec![
+        Reply::bulk("slave"),
+        Reply::bulk(host.to_owned()),
+        Reply::Integer(port.parse().unwrap_or(0)),
+        Reply::bulk(state),
+        offset,
+    ]))
 }
 
 /// Replicas known to hold a shard's log up to `target`. On its leader that is read from each

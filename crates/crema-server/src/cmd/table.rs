@@ -25,6 +25,7 @@ pub enum Kind {
     FlushDb,
     FlushAll,
     Lolwut,
+    Role,
     Get,
     MGet,
     StrLen,
@@ -177,6 +178,7 @@ const FC: &[&str] = &["fast", "connection"];
 const SC: &[&str] = &["slow", "connection"];
 const ADM: &[&str] = &["admin", "slow", "dangerous"];
 const SD: &[&str] = &["slow", "dangerous"];
+const AFD: &[&str] = &["admin", "fast", "dangerous"];
 const F: &[&str] = &["fast"];
 const S: &[&str] = &["slow"];
 const RF_: &[&str] = &["read", "fast"];
@@ -240,6 +242,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     row!("flushdb", -1, &["write"], 0, 0, 0, FlushDb, KWSD),
     row!("flushall", -1, &["write"], 0, 0, 0, FlushAll, KWSD),
     row!("lolwut", -1, &["readonly", "fast"], 0, 0, 0, Lolwut, RF_),
+    row!("role", 1, &["noscript", "loading", "stale", "fast"], 0, 0, 0, Role, AFD),
     row!("get", 2, RF, 1, 1, 1, Get, RSF),
     row!("mget", -2, RF, 1, -1, 1, MGet, RSF),
     row!("strlen", 2, RF, 1, 1, 1, StrLen, RSF),
