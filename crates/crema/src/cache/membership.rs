@@ -159,3 +159,61 @@ impl Membership {
         }
     }
 }
+
+/// The membership API.
+impl DistributedCache {
+    /// The voting members.
+    ///
+    /// # Errors
+    /// `Shutdown` once stopped.
+    pub async fn voters(&self) -> Result<Vec<NodeId>> {
+        Ok(self.meta().group.status().await?.voters)
+    }
+
+    /// Adds node `id` (reachable at `addr`) as a voter, or promotes the learner `id`. Must be
+    /// called on the leader. The new node should be started with [`CacheConfig::with_join`](crate::CacheConfig::with_join);
+    /// it must answer the peer handshake at `addr` as node `id` before anything is proposed.
+    ///
+    /// # Errors
+    /// `NotLeader` on a follower; `Membership` for id 0, an id already a voter (or a learner
+    /// at another address), an address another member has, or an address where node `id`
+    /// does not answer; a Raft refusal (another change pending). Nothing changes on error.
+    pub async fn add_peer(&self, id: NodeId, addr: SocketAddr) -> Result<()> {
+        self.change_membership(ConfChangeType::AddNode, id, Some(addr)).await
+    }
+
+    /// Adds node `id` as a learner (receives the log, does not vote).
+    ///
+    /// # Errors
+    /// As [`Self::add_peer`].
+    pub async fn add_learner(&self, id: NodeId, addr: SocketAddr) -> Result<()> {
+        self.change_membership(ConfChangeType::AddLearnerNode, id, Some(addr)).await
+    }
+
+    /// Removes node `id` from the group. The removed node stops by itself once it applies its
+    /// removal ([`NodeEnd::Removed`](super::NodeEnd::Removed)).
+    ///
+    /// # Errors
+    /// `NotLeader` on a follower; `Membership` when `id` is not a member or is the last voter;
+    /// a Raft refusal (another change pending). Nothing changes on error.
+    pub async fn remove_peer(&self, id: NodeId) -> Result<()> {
+        self.change_membership(ConfChangeType::RemoveNode, id, None).await
+    }
+
+    /// Makes this node the only voter of a new cluster, keeping its state: etcd's
+    /// `--force-new-cluster`, the way out when a majority of the voters is lost for good and
+    /// the group can elect no leader. Without consensus, every other member is removed from
+    /// this node's configuration; it then leads alone. Writes the lost members held and this
+    /// node did not are gone. Restart the others empty with [`CacheConfig::with_join`](crate::CacheConfig::with_join) and add
+    /// them back with [`Self::add_peer`]. Answers the members removed.
+    ///
+    /// # Errors
+    /// This node is not a voter; shutdown.
+    pub async fn force_new_cluster(&self) -> Result<Vec<NodeId>> {
+        self.check_running()?;
+        for shard in self.shards.held().iter().skip(1) {
+            shard.group.force_new_cluster().await?;
+        }
+        self.meta().group.force_new_cluster().await
+    }
+}

@@ -23,6 +23,7 @@ mod membership;
 mod moves;
 mod placement;
 mod read_rounds;
+mod reads;
 #[cfg(feature = "rocksdb")]
 mod recovery;
 mod remote;
@@ -42,7 +43,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft::eraftpb::ConfChangeType;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -378,126 +378,6 @@ impl DistributedCache {
         &self.meta
     }
 
-    // ----- reads -----
-
-    /// The value of `key` in this node's cache: fast, may be stale on a follower. For a key
-    /// of a shard this node holds no replica of, the value a node that holds it has (none if
-    /// no such node answers within the request timeout).
-    pub async fn get(&self, key: &[u8]) -> Option<Bytes> {
-        if self.holds_shard(self.keyspace.router().shard_for_key(key)) {
-            return self.keyspace.get(key);
-        }
-        let keys = [Bytes::copy_from_slice(key)];
-        self.read_entries(&keys, false).await.ok()?.pop().flatten().map(|e| e.value)
-    }
-
-    /// The value of `key`, linearizable: reflects every write acknowledged before the call began,
-    /// on any node (Read-Index through the leader, then a local read once caught up).
-    ///
-    /// # Errors
-    /// No leader within the request timeout, timeout, shutdown.
-    pub async fn consistent_get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        self.coordinator.count_operation();
-        if !self.holds_shard(self.keyspace.router().shard_for_key(key)) {
-            let keys = [Bytes::copy_from_slice(key)];
-            return Ok(self.read_entries(&keys, true).await?.pop().flatten().map(|e| e.value));
-        }
-        self.read_barrier_for_key(key).await?;
-        Ok(self.keyspace.get(key))
-    }
-
-    /// Waits until this node has applied every write acknowledged (on any node) before the call
-    /// began, in every shard (Read-Index through each shard's leader). Local reads made after it
-    /// returns, through [`Self::storage`], are linearizable; this is how the RESP server serves
-    /// DBSIZE, KEYS and the rest in its default mode.
-    ///
-    /// # Errors
-    /// No leader within the request timeout, timeout, shutdown.
-    pub async fn read_barrier(&self) -> Result<()> {
-        self.check_running()?;
-        let held = self.shards.held();
-        let barriers = held.iter().map(|shard| self.shard_barrier(shard));
-        futures_util::future::join_all(barriers).await.into_iter().collect()
-    }
-
-    /// [`Self::read_barrier`] for the shard of `key` only: what a read of `key` needs (the
-    /// server's EXISTS, TTL, MGET, ...).
-    ///
-    /// # Errors
-    /// As [`Self::read_barrier`].
-    pub async fn read_barrier_for_key(&self, key: &[u8]) -> Result<()> {
-        self.check_running()?;
-        self.shard_barrier(&self.shard_for_key(key)?).await
-    }
-
-    /// [`Self::read_barrier`] for the shards `shards` only, together.
-    ///
-    /// # Errors
-    /// As [`Self::read_barrier`]; `Shutdown` for a shard this node has no replica of.
-    pub async fn read_barrier_for_shards(&self, shards: &[ShardId]) -> Result<()> {
-        self.check_running()?;
-        if let [one] = shards {
-            return self.shard_barrier(&self.shard(*one)?).await;
-        }
-        let barriers = shards.iter().map(|id| async move { self.shard_barrier(&self.shard(*id)?).await });
-        futures_util::future::join_all(barriers).await.into_iter().collect()
-    }
-
-    /// [`Self::read_barrier`] for shard `shard` only.
-    ///
-    /// # Errors
-    /// As [`Self::read_barrier`]; `Shutdown` for a shard this node has no replica of.
-    pub async fn read_barrier_for_shard(&self, shard: ShardId) -> Result<()> {
-        self.check_running()?;
-        self.shard_barrier(&self.shard(shard)?).await
-    }
-
-    async fn shard_barrier(&self, shard: &Shard) -> Result<()> {
-        let group = &shard.group;
-        if group.shared.leads_alone() {
-            return Ok(());
-        }
-        #[cfg(feature = "fault-injection")]
-        if group.planted(crate::faults::Mutant::StaleLeaderReads) && group.shared.is_leader() {
-            return Ok(());
-        }
-        let timeout = self.config.request_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let read = async {
-            // First with every other read of this node's shards in one round (see
-            // `cache::read_rounds`); what that cannot confirm goes through the group.
-            let live = self.dispatcher.live_peers();
-            if let Some(index) = self.dispatcher.reads.read_index(&self.transport, &live, group).await {
-                return group.wait_applied(index).await;
-            }
-            loop {
-                // A read changes nothing: it is refused (`NotLeader`) as soon as this node can
-                // no longer reach a quorum, also while its request waits in the group.
-                let index = tokio::select! {
-                    index = group.read_index() => index,
-                    _ = self.quorum_lost(group) => Err(Error::NotLeader { leader_hint: None }),
-                };
-                match index {
-                    Ok(index) => return group.wait_applied(index).await,
-                    Err(Error::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
-                        self.await_leader(group, deadline, false).await?;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        tokio::time::timeout_at(deadline, read).await.unwrap_or(Err(Error::Timeout(timeout)))
-    }
-
-    /// Whether `key` has a live entry in this node's cache (for a shard it does not hold, on
-    /// a node that does, as [`Self::get`]).
-    pub async fn contains(&self, key: &[u8]) -> bool {
-        if self.holds_shard(self.keyspace.router().shard_for_key(key)) {
-            return self.keyspace.contains(key);
-        }
-        self.get(key).await.is_some()
-    }
-
     /// Entries in this node's cache (every shard).
     pub fn entry_count(&self) -> u64 {
         self.keyspace.entry_count()
@@ -611,61 +491,6 @@ impl DistributedCache {
             return Some(self.transport.local_addr());
         }
         self.transport.peer_addr(id)
-    }
-
-    /// The voting members.
-    ///
-    /// # Errors
-    /// `Shutdown` once stopped.
-    pub async fn voters(&self) -> Result<Vec<NodeId>> {
-        Ok(self.meta().group.status().await?.voters)
-    }
-
-    /// Adds node `id` (reachable at `addr`) as a voter, or promotes the learner `id`. Must be
-    /// called on the leader. The new node should be started with [`CacheConfig::with_join`];
-    /// it must answer the peer handshake at `addr` as node `id` before anything is proposed.
-    ///
-    /// # Errors
-    /// `NotLeader` on a follower; `Membership` for id 0, an id already a voter (or a learner
-    /// at another address), an address another member has, or an address where node `id`
-    /// does not answer; a Raft refusal (another change pending). Nothing changes on error.
-    pub async fn add_peer(&self, id: NodeId, addr: SocketAddr) -> Result<()> {
-        self.change_membership(ConfChangeType::AddNode, id, Some(addr)).await
-    }
-
-    /// Adds node `id` as a learner (receives the log, does not vote).
-    ///
-    /// # Errors
-    /// As [`Self::add_peer`].
-    pub async fn add_learner(&self, id: NodeId, addr: SocketAddr) -> Result<()> {
-        self.change_membership(ConfChangeType::AddLearnerNode, id, Some(addr)).await
-    }
-
-    /// Removes node `id` from the group. The removed node stops by itself once it applies its
-    /// removal ([`NodeEnd::Removed`]).
-    ///
-    /// # Errors
-    /// `NotLeader` on a follower; `Membership` when `id` is not a member or is the last voter;
-    /// a Raft refusal (another change pending). Nothing changes on error.
-    pub async fn remove_peer(&self, id: NodeId) -> Result<()> {
-        self.change_membership(ConfChangeType::RemoveNode, id, None).await
-    }
-
-    /// Makes this node the only voter of a new cluster, keeping its state: etcd's
-    /// `--force-new-cluster`, the way out when a majority of the voters is lost for good and
-    /// the group can elect no leader. Without consensus, every other member is removed from
-    /// this node's configuration; it then leads alone. Writes the lost members held and this
-    /// node did not are gone. Restart the others empty with [`CacheConfig::with_join`] and add
-    /// them back with [`Self::add_peer`]. Answers the members removed.
-    ///
-    /// # Errors
-    /// This node is not a voter; shutdown.
-    pub async fn force_new_cluster(&self) -> Result<Vec<NodeId>> {
-        self.check_running()?;
-        for shard in self.shards.held().iter().skip(1) {
-            shard.group.force_new_cluster().await?;
-        }
-        self.meta().group.force_new_cluster().await
     }
 
     // ----- lifecycle -----
