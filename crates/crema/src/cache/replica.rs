@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
+#[cfg(feature = "rocksdb")]
+use tracing::warn;
 
 use super::background::{evict, sweep_expired};
 use super::dispatch::Dispatcher;
@@ -224,12 +226,11 @@ impl Replicas {
                 }
                 Err(e) => warn!(shard = id, error = %e, "the retired replica's raft state was not deleted"),
             }
-        }
-        // Checkpoints are kept with either storage: a retired replica's must not be restored.
-        if let Some(checkpoints) = self.config.shard_checkpoint_config(id) {
-            if let Err(e) = std::fs::remove_dir_all(&checkpoints.dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    warn!(shard = id, error = %e, "the retired replica's checkpoints were not removed");
+            if let Some(checkpoints) = self.config.shard_checkpoint_config(id) {
+                if let Err(e) = std::fs::remove_dir_all(&checkpoints.dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        warn!(shard = id, error = %e, "the retired replica's checkpoints were not removed");
+                    }
                 }
             }
         }
