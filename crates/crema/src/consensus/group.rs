@@ -60,9 +60,11 @@ use crate::error::{Error, Result};
 use crate::transport::Transport;
 use crate::types::{NodeId, ShardId};
 
+mod apply;
 mod handle;
 mod hibernate;
 mod peer_input;
+mod persisting;
 mod propose;
 mod ready;
 mod shared;
