@@ -30,35 +30,35 @@
 //! Apply answers each proposal by its `(index, term)`; a proposal whose entry was overwritten by
 //! another leader's answers `ProposalDropped`.
 //!
-//! This file holds the loop and its pass; `group/handle.rs` the mailboxes and the handle,
-//! `group/shared.rs` what the loop publishes, `group/propose.rs` the batching of proposals and
-//! the commit notices, `group/ready.rs` the Ready (steps 1-7), `group/hibernate.rs` idle groups,
-//! and `group/peer_input.rs` the checks on peer messages, handshakes and this node's recovery
-//! after a restart without its Raft state.
+//! This file holds the loop and its pass. Beside it: `group/spawn.rs` starts a group,
+//! `group/handle.rs` holds the mailboxes and the handle, `group/shared.rs` what the loop
+//! publishes, `group/propose.rs` the batching of proposals and the commit notices,
+//! `group/ready.rs` the Ready (steps 1-7) with `group/persisting.rs` (step 5, in or off the loop)
+//! and `group/apply.rs` (steps 2 and 4), `group/hibernate.rs` idle groups, and
+//! `group/peer_input.rs` the checks on peer messages, handshakes and this node's recovery after
+//! a restart without its Raft state.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use raft::eraftpb::{Message, MessageType};
-use raft::{RawNode, ReadOnlyOption, StateRole};
+use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::admit::{self, Admitted, Reject, WarnThrottle};
-use super::logger::raft_logger;
 use super::pending::{PeerRead, ProposalReply, Proposals, ReadBatches};
 use super::recovery::Recovery;
 use super::state_machine::CacheStateMachine;
 use super::storage::LogStore;
 use super::{GroupStatus, Role};
 use crate::checkpoint::CheckpointManager;
-use crate::config::RaftConfig;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::transport::Transport;
-use crate::types::{NodeId, ShardId};
+use crate::types::NodeId;
 
 mod apply;
 mod handle;
@@ -68,10 +68,12 @@ mod persisting;
 mod propose;
 mod ready;
 mod shared;
+mod spawn;
 
 use handle::answer_shutdown;
 pub(crate) use handle::{ClientMsg, GroupHandle, PeerInput};
 pub(crate) use shared::GroupShared;
+pub(crate) use spawn::{spawn_group, GroupSettings};
 
 /// Requests handled per mailbox per pass, so ticks and Readies are never starved.
 const DRAIN_LIMIT: usize = 4096;
@@ -110,27 +112,6 @@ async fn persisted(jobs: &mut std::collections::VecDeque<PersistJob>) -> (u64, b
     }
 }
 
-/// Settings of one group.
-pub(crate) struct GroupSettings {
-    pub node_id: NodeId,
-    pub shard: ShardId,
-    pub raft: RaftConfig,
-    pub mailbox_capacity: usize,
-    pub read_timeout: Duration,
-    pub shutdown_grace: Duration,
-    /// With durable storage: checkpoints are taken here and the log is compacted behind them.
-    pub checkpoints: Option<CheckpointManager>,
-    /// The node starts without the Raft state of its previous life (memory storage, one of
-    /// several voters): it recovers first (see `recovery`).
-    pub recover: bool,
-    /// The replica started empty while the node ran, to join its running group (placement):
-    /// the log it replays may hold the removal of an earlier replica of this node, followed by
-    /// the addition of this one (see `Group::removal_floor`).
-    pub fresh: bool,
-    #[cfg(feature = "fault-injection")]
-    pub faults: Option<Arc<crate::faults::Faults>>,
-}
-
 /// Snapshot data per peer frame: well under the 16 MiB frame limit, small enough that other
 /// traffic to the peer is not held up for long behind one piece.
 pub(crate) const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
@@ -142,104 +123,6 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
-}
-
-/// Starts a group's task over `store` and `sm`; answers its handle and the task to await.
-pub(crate) fn spawn_group<S: LogStore>(
-    settings: GroupSettings,
-    store: S,
-    sm: CacheStateMachine,
-    transport: Arc<Transport>,
-    cancel: CancellationToken,
-) -> Result<(GroupHandle, tokio::task::JoinHandle<()>)> {
-    let applied = sm.applied_index();
-    let cfg = raft::Config {
-        id: settings.node_id,
-        election_tick: settings.raft.election_tick,
-        heartbeat_tick: settings.raft.heartbeat_tick,
-        max_size_per_msg: settings.raft.max_size_per_msg,
-        max_inflight_msgs: settings.raft.max_inflight_msgs,
-        pre_vote: settings.raft.pre_vote,
-        check_quorum: settings.raft.check_quorum,
-        read_only_option: ReadOnlyOption::Safe,
-        applied,
-        // See `tell_commit_when_idle`.
-        skip_bcast_commit: true,
-        ..Default::default()
-    };
-    cfg.validate()?;
-    let mut store = store;
-    // Off-loop writes need a blocking thread to hand the write to and block_in_place to wait
-    // for one; a current-thread runtime (some tests) writes in the loop.
-    let persist_async = store.writes_off_loop()
-        && matches!(
-            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread)
-        );
-    store.set_snapshot_source(Box::new(sm.snapshot_source()));
-    store.set_applied(applied);
-    let raw = RawNode::new(&cfg, store, &raft_logger(settings.node_id, settings.shard))?;
-    let voters = raw.raft.prs().conf().voters().ids();
-    // The only voter (of a new group, or restarted from disk) leads at once instead of after an
-    // election timeout, as soon as it applied the committed log (raft-rs refuses to campaign
-    // with a conf change, such as a bootstrap entry, still to apply).
-    let campaign_when_applied = voters.len() == 1 && voters.contains(settings.node_id);
-    let mut settings = settings;
-    let checkpoints = settings.checkpoints.take();
-    let recovery = settings.recover.then(|| Recovery::new(settings.node_id));
-    let (client_tx, client_rx) = mpsc::channel(settings.mailbox_capacity);
-    let (raft_tx, raft_rx) = mpsc::channel(settings.mailbox_capacity);
-    let shared = Arc::new(GroupShared::new(settings.shard));
-    shared.applied.send_replace(applied);
-    shared.term.store(raw.raft.term, Ordering::Release);
-    shared.commit.store(raw.raft.raft_log.committed, Ordering::Release);
-    shared.recovering.store(recovery.is_some(), Ordering::Release);
-    shared.last_term.store(raw.raft.raft_log.last_term(), Ordering::Release);
-    shared.last_index.store(raw.raft.raft_log.last_index(), Ordering::Release);
-    let reports = raft_tx.clone();
-    let handle = GroupHandle {
-        shared: shared.clone(),
-        client_tx,
-        raft_tx,
-        #[cfg(feature = "fault-injection")]
-        faults: settings.faults.clone(),
-    };
-    let group = Group {
-        raw,
-        sm,
-        shared,
-        transport,
-        proposals: Proposals::default(),
-        gathered: Vec::new(),
-        in_flight: std::collections::VecDeque::new(),
-        reads: ReadBatches::default(),
-        client_rx,
-        raft_rx,
-        settings,
-        recovery,
-        started: Instant::now(),
-        warned_stuck: false,
-        reject_warnings: WarnThrottle::default(),
-        campaign_when_applied,
-        checkpoints,
-        checkpoint_job: None,
-        snapshot_transfers: 0,
-        cancel: cancel.clone(),
-        halted: false,
-        removed: false,
-        persist_async,
-        writes_lost: false,
-        commit_told: (0, std::collections::HashMap::new()),
-        persist_jobs: std::collections::VecDeque::new(),
-        unpersisted: std::collections::VecDeque::new(),
-        hibernating: false,
-        quiet_ticks: 0,
-        reports,
-        removal_floor: None,
-    };
-    group.publish_voters();
-    let task = tokio::spawn(group.run(cancel));
-    Ok((handle, task))
 }
 
 struct Group<S: LogStore> {
