@@ -10,6 +10,8 @@ pub mod command;
 pub(crate) mod group;
 mod logger;
 pub mod long_double;
+#[cfg(feature = "rocksdb")]
+mod node_db;
 pub(crate) mod pending;
 mod persist;
 pub mod recovery;

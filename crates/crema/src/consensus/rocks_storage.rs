@@ -21,115 +21,22 @@
 //! shared (`Disk`) between the store and those writes, which run one at a time per group.
 //!
 //! Keys: `[shard: u32 BE][tag]`, plus the index (u64 BE) for entries, so entries sort by index and
-//! a Multi-Raft node can keep every group in one database.
+//! a Multi-Raft node can keep every group in one database (`consensus::node_db`).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{WriteBatch, WriteOptions};
 
-use super::rocks_writer::{Job, NodeWriter};
+use super::node_db::{
+    add_ops, check_free_space, entry_key, key, Op, TAG_COMPACTED, TAG_CONF_STATE, TAG_ENTRY, TAG_HARD_STATE,
+};
+pub use super::node_db::{open_db, NodeDb};
+use super::rocks_writer::Job;
 use super::storage::{LogStore, LogWrite, MemStorage, SnapshotSource, WriteTicket};
 use crate::types::ShardId;
-
-const TAG_HARD_STATE: u8 = 1;
-const TAG_CONF_STATE: u8 = 2;
-const TAG_COMPACTED: u8 = 3;
-const TAG_ENTRY: u8 = 0x10;
-
-/// One change waiting for the next synced write.
-#[derive(Debug, Clone)]
-pub(super) enum Op {
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>),
-    DeleteRange(Vec<u8>, Vec<u8>),
-}
-
-/// A node's RocksDB, shared by the groups of every shard on it (keys carry the shard). The
-/// groups' off-loop writes go through its one log writer (`rocks_writer`), which writes what
-/// every group handed over meanwhile in one synced batch: more shards do not mean more fsyncs,
-/// nor more threads.
-pub struct NodeDb {
-    path: PathBuf,
-    writer: NodeWriter,
-    /// None after a failed write: RocksDB must not be written through a handle that failed
-    /// (Debian's build asserts on it), so the next write opens the database again, once every
-    /// write through the failed handle has ended (until then the reopen fails on RocksDB's
-    /// lock, and the caller retries).
-    slot: RwLock<Option<Arc<DB>>>,
-}
-
-impl std::fmt::Debug for NodeDb {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeDb").field("path", &self.path).finish_non_exhaustive()
-    }
-}
-
-impl NodeDb {
-    /// The handle, opening the database again after a failed write.
-    pub(super) fn handle(&self) -> Result<Arc<DB>, rocksdb::Error> {
-        if let Some(db) = self.slot.read().expect("db slot poisoned").as_ref() {
-            return Ok(db.clone());
-        }
-        let mut slot = self.slot.write().expect("db slot poisoned");
-        if let Some(db) = slot.as_ref() {
-            return Ok(db.clone());
-        }
-        let db = open_rocks(&self.path)?;
-        *slot = Some(db.clone());
-        Ok(db)
-    }
-
-    /// A write through `failed` failed: the next write opens the database again.
-    pub(super) fn forget(&self, failed: &Arc<DB>) {
-        let mut slot = self.slot.write().expect("db slot poisoned");
-        if slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, failed)) {
-            *slot = None;
-        }
-    }
-
-    /// Where the database lives.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The shards below `num_shards` that have Raft state here (a conf state or a hard state).
-    ///
-    /// # Errors
-    /// The database cannot be read.
-    pub fn shards_with_state(&self, num_shards: u32) -> Result<Vec<ShardId>, rocksdb::Error> {
-        let db = self.handle()?;
-        let mut found = Vec::new();
-        for shard in 0..num_shards {
-            if db.get(key(shard, TAG_CONF_STATE))?.is_some() || db.get(key(shard, TAG_HARD_STATE))?.is_some()
-            {
-                found.push(shard);
-            }
-        }
-        Ok(found)
-    }
-
-    /// Deletes everything group `shard` keeps here (a replica that left this node), synced.
-    ///
-    /// # Errors
-    /// The write failed.
-    pub fn drop_shard(&self, shard: ShardId) -> Result<(), rocksdb::Error> {
-        let db = self.handle()?;
-        let mut batch = WriteBatch::default();
-        let end = shard.checked_add(1).map_or_else(|| vec![0xff; 5], |next| next.to_be_bytes().to_vec());
-        batch.delete_range(shard.to_be_bytes().to_vec(), end);
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        let written = db.write_opt(batch, &options);
-        if written.is_err() {
-            self.forget(&db);
-        }
-        written
-    }
-}
 
 /// The database as the writes of one group see it.
 struct Disk {
@@ -185,45 +92,6 @@ impl std::fmt::Debug for RocksDbStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RocksDbStorage").field("shard", &self.shard).field("mirror", &self.mirror).finish()
     }
-}
-
-/// Opens (creating if needed) the RocksDB database at `path`.
-///
-/// # Errors
-/// RocksDB cannot open it (missing permissions, another process holds its lock, corruption).
-pub fn open_db(path: &Path) -> Result<Arc<NodeDb>, rocksdb::Error> {
-    let db = open_rocks(path)?;
-    Ok(Arc::new(NodeDb { path: path.to_owned(), writer: NodeWriter::default(), slot: RwLock::new(Some(db)) }))
-}
-
-fn open_rocks(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
-    let mut options = Options::default();
-    options.create_if_missing(true);
-    // The log is written once and read rarely: keep RocksDB's own caches small.
-    options.set_max_total_wal_size(64 * 1024 * 1024);
-    options.set_keep_log_file_num(4);
-    // The log is only appended to while the node runs (reads come from each store's memory
-    // mirror), and the groups' appends interleave in the writer's batches: a skip list paid a
-    // seek across shards for every key (12% of a node's CPU under W3 with 16 shards). A vector
-    // memtable appends and sorts once, at flush. The cost moves to reads of a live memtable
-    // (each sorts a copy of it, at most the 64 MiB write buffer), which happen only when a
-    // replica's store opens (a node's start, a replica placed here), next to the checkpoint it
-    // loads. Measured in docs/performance.md.
-    options.set_allow_concurrent_memtable_write(false);
-    options.set_memtable_factory(rocksdb::MemtableFactory::Vector);
-    DB::open(&options, path).map(Arc::new)
-}
-
-fn key(shard: ShardId, tag: u8) -> Vec<u8> {
-    let mut k = shard.to_be_bytes().to_vec();
-    k.push(tag);
-    k
-}
-
-fn entry_key(shard: ShardId, index: u64) -> Vec<u8> {
-    let mut k = key(shard, TAG_ENTRY);
-    k.extend_from_slice(&index.to_be_bytes());
-    k
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> raft::Error {
@@ -350,39 +218,6 @@ impl RocksDbStorage {
         let mut v = index.to_be_bytes().to_vec();
         v.extend_from_slice(&term.to_be_bytes());
         self.put(TAG_COMPACTED, v);
-    }
-}
-
-/// Refuses a write while the disk holding `path` has less than `min_free_bytes` free (none
-/// when it is zero).
-pub(super) fn check_free_space(path: &Path, min_free_bytes: u64) -> Result<(), StorageError> {
-    if min_free_bytes == 0 {
-        return Ok(());
-    }
-    let stat = nix::sys::statvfs::statvfs(path).map_err(|e| {
-        StorageError::Other(format!("cannot read free space of {}: {e}", path.display()).into())
-    })?;
-    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-    if free < min_free_bytes {
-        return Err(StorageError::Other(
-            format!(
-                "disk nearly full: {free} bytes free on {}, below the reserve of {min_free_bytes} bytes",
-                path.display(),
-            )
-            .into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Adds `ops` to `batch`, in order.
-pub(super) fn add_ops(batch: &mut WriteBatch, ops: &[Op]) {
-    for op in ops {
-        match op {
-            Op::Put(k, v) => batch.put(k, v),
-            Op::Delete(k) => batch.delete(k),
-            Op::DeleteRange(from, to) => batch.delete_range(from, to),
-        }
     }
 }
 
@@ -580,114 +415,5 @@ impl LogStore for RocksDbStorage {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(index: u64, term: u64) -> Entry {
-        Entry { index, term, data: format!("e{index}").into_bytes().into(), ..Default::default() }
-    }
-
-    #[test]
-    fn rocksdb_storage_passes_the_conformance_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_db(dir.path()).unwrap();
-        let next = std::sync::atomic::AtomicU32::new(0);
-        // A fresh group (its own key prefix) per case, all in one database.
-        crate::consensus::storage_suite::run_all(|| {
-            let shard = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            RocksDbStorage::open(db.clone(), shard, &[]).unwrap()
-        });
-    }
-
-    #[test]
-    fn what_was_flushed_survives_a_reopen_and_what_was_not_does_not() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = open_db(dir.path()).unwrap();
-            let mut s = RocksDbStorage::open(db, 0, &[1, 2, 3]).unwrap();
-            s.append(&[entry(1, 1), entry(2, 1), entry(3, 1), entry(4, 2)]).unwrap();
-            s.set_hard_state(HardState { term: 2, vote: 3, commit: 3, ..Default::default() }).unwrap();
-            s.flush().unwrap();
-            // Overwrite the tail with a shorter conflicting suffix, compact, flush.
-            s.append(&[entry(3, 3)]).unwrap();
-            s.compact(2).unwrap();
-            s.flush().unwrap();
-            s.append(&[entry(4, 3)]).unwrap(); // never flushed: lost like a crash would lose it
-        }
-        let db = open_db(dir.path()).unwrap();
-        let s = RocksDbStorage::open(db, 0, &[9]).unwrap();
-        let state = raft::Storage::initial_state(&s).unwrap();
-        assert_eq!(state.hard_state.term, 2);
-        assert_eq!(state.hard_state.vote, 3);
-        assert_eq!(
-            state.conf_state.voters,
-            vec![1, 2, 3],
-            "the stored conf state, not the new initial voters"
-        );
-        assert_eq!(raft::Storage::first_index(&s).unwrap(), 2);
-        assert_eq!(raft::Storage::last_index(&s).unwrap(), 3);
-        assert_eq!(raft::Storage::term(&s, 1).unwrap(), 1, "the compaction point keeps its term");
-        assert_eq!(raft::Storage::term(&s, 3).unwrap(), 3);
-    }
-
-    /// Entries, a vote or a term wait for the disk; a commit index alone (the append that only
-    /// carries the leader's commit, the light ready's commit) does not, and `sync` writes it.
-    #[test]
-    fn only_what_raft_needs_durable_waits_for_the_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = open_db(dir.path()).unwrap();
-            let mut s = RocksDbStorage::open(db, 0, &[1]).unwrap();
-            assert!(s.flush_syncs(), "the bootstrap conf state and log");
-            s.flush().unwrap();
-            s.append(&[entry(2, 1), entry(3, 1)]).unwrap();
-            assert!(s.flush_syncs(), "entries");
-            s.flush().unwrap();
-            assert!(!s.has_unflushed() && !s.flush_syncs());
-            s.set_hard_state(HardState { term: 1, vote: 0, commit: 2, ..Default::default() }).unwrap();
-            assert!(s.has_unflushed() && !s.flush_syncs(), "the commit index alone");
-            s.flush().unwrap();
-            s.set_commit(3).unwrap();
-            assert!(!s.flush_syncs(), "the light ready's commit index");
-            s.compact(2).unwrap();
-            assert!(!s.flush_syncs(), "a compaction");
-            s.flush().unwrap();
-            s.set_hard_state(HardState { term: 2, vote: 0, commit: 3, ..Default::default() }).unwrap();
-            assert!(s.flush_syncs(), "a new term");
-            s.flush().unwrap();
-            s.set_hard_state(HardState { term: 2, vote: 3, commit: 3, ..Default::default() }).unwrap();
-            assert!(s.flush_syncs(), "a vote");
-            s.flush().unwrap();
-            s.set_commit(4).unwrap();
-            s.sync().unwrap();
-            assert!(!s.has_unflushed());
-            s.sync().unwrap();
-        }
-        let s = RocksDbStorage::open(open_db(dir.path()).unwrap(), 0, &[]).unwrap();
-        let hs = raft::Storage::initial_state(&s).unwrap().hard_state;
-        assert_eq!((hs.term, hs.vote, hs.commit), (2, 3, 4));
-        assert_eq!(raft::Storage::first_index(&s).unwrap(), 2);
-    }
-
-    #[test]
-    fn a_snapshot_replaces_the_log_durably() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = open_db(dir.path()).unwrap();
-            let mut s = RocksDbStorage::open(db, 7, &[1]).unwrap();
-            s.append(&[entry(1, 1), entry(2, 1)]).unwrap();
-            let mut snap = Snapshot::default();
-            snap.mut_metadata().index = 10;
-            snap.mut_metadata().term = 4;
-            snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
-            s.apply_snapshot(&snap).unwrap();
-            s.flush().unwrap();
-        }
-        let s = RocksDbStorage::open(open_db(dir.path()).unwrap(), 7, &[]).unwrap();
-        assert_eq!(raft::Storage::first_index(&s).unwrap(), 11);
-        assert_eq!(raft::Storage::last_index(&s).unwrap(), 10);
-        assert_eq!(raft::Storage::term(&s, 10).unwrap(), 4);
-        assert_eq!(s.hard_state().commit, 10);
-        assert_eq!(raft::Storage::initial_state(&s).unwrap().conf_state.voters, vec![1, 2]);
-    }
-}
+#[path = "rocks_storage_tests.rs"]
+mod tests;

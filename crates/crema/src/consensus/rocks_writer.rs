@@ -31,8 +31,8 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tracing::error;
 
 use super::group::GroupShared;
+use super::node_db::{add_ops, check_free_space, NodeDb, Op};
 use super::persist::{WriteTicket, RETRY_PAUSE};
-use super::rocks_storage::{add_ops, check_free_space, NodeDb, Op};
 
 /// One group's write, handed to the node's log writer.
 pub(super) struct Job {

@@ -1,0 +1,181 @@
+//! [`NodeDb`]: a node's one RocksDB, shared by the Raft logs of every shard replica on it
+//! (feature `rocksdb`): how it is opened (a vector memtable, small caches), reopened after a
+//! failed write, and keyed (`[shard: u32 BE][tag]`, plus the index for entries); the changes
+//! a write carries ([`Op`]) and the free-space reserve checked before each write.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use raft::StorageError;
+use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+
+use super::rocks_writer::NodeWriter;
+use crate::types::ShardId;
+
+pub(super) const TAG_HARD_STATE: u8 = 1;
+pub(super) const TAG_CONF_STATE: u8 = 2;
+pub(super) const TAG_COMPACTED: u8 = 3;
+pub(super) const TAG_ENTRY: u8 = 0x10;
+
+/// One change waiting for the next synced write.
+#[derive(Debug, Clone)]
+pub(super) enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
+
+/// A node's RocksDB, shared by the groups of every shard on it (keys carry the shard). The
+/// groups' off-loop writes go through its one log writer (`rocks_writer`), which writes what
+/// every group handed over meanwhile in one synced batch: more shards do not mean more fsyncs,
+/// nor more threads.
+pub struct NodeDb {
+    path: PathBuf,
+    pub(super) writer: NodeWriter,
+    /// None after a failed write: RocksDB must not be written through a handle that failed
+    /// (Debian's build asserts on it), so the next write opens the database again, once every
+    /// write through the failed handle has ended (until then the reopen fails on RocksDB's
+    /// lock, and the caller retries).
+    slot: RwLock<Option<Arc<DB>>>,
+}
+
+impl std::fmt::Debug for NodeDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeDb").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl NodeDb {
+    /// The handle, opening the database again after a failed write.
+    pub(super) fn handle(&self) -> Result<Arc<DB>, rocksdb::Error> {
+        if let Some(db) = self.slot.read().expect("db slot poisoned").as_ref() {
+            return Ok(db.clone());
+        }
+        let mut slot = self.slot.write().expect("db slot poisoned");
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = open_rocks(&self.path)?;
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// A write through `failed` failed: the next write opens the database again.
+    pub(super) fn forget(&self, failed: &Arc<DB>) {
+        let mut slot = self.slot.write().expect("db slot poisoned");
+        if slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, failed)) {
+            *slot = None;
+        }
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The shards below `num_shards` that have Raft state here (a conf state or a hard state).
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    pub fn shards_with_state(&self, num_shards: u32) -> Result<Vec<ShardId>, rocksdb::Error> {
+        let db = self.handle()?;
+        let mut found = Vec::new();
+        for shard in 0..num_shards {
+            if db.get(key(shard, TAG_CONF_STATE))?.is_some() || db.get(key(shard, TAG_HARD_STATE))?.is_some()
+            {
+                found.push(shard);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes everything group `shard` keeps here (a replica that left this node), synced.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub fn drop_shard(&self, shard: ShardId) -> Result<(), rocksdb::Error> {
+        let db = self.handle()?;
+        let mut batch = WriteBatch::default();
+        let end = shard.checked_add(1).map_or_else(|| vec![0xff; 5], |next| next.to_be_bytes().to_vec());
+        batch.delete_range(shard.to_be_bytes().to_vec(), end);
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        let written = db.write_opt(batch, &options);
+        if written.is_err() {
+            self.forget(&db);
+        }
+        written
+    }
+}
+
+/// Opens (creating if needed) the RocksDB database at `path`.
+///
+/// # Errors
+/// RocksDB cannot open it (missing permissions, another process holds its lock, corruption).
+pub fn open_db(path: &Path) -> Result<Arc<NodeDb>, rocksdb::Error> {
+    let db = open_rocks(path)?;
+    Ok(Arc::new(NodeDb { path: path.to_owned(), writer: NodeWriter::default(), slot: RwLock::new(Some(db)) }))
+}
+
+pub(super) fn open_rocks(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    // The log is written once and read rarely: keep RocksDB's own caches small.
+    options.set_max_total_wal_size(64 * 1024 * 1024);
+    options.set_keep_log_file_num(4);
+    // The log is only appended to while the node runs (reads come from each store's memory
+    // mirror), and the groups' appends interleave in the writer's batches: a skip list paid a
+    // seek across shards for every key (12% of a node's CPU under W3 with 16 shards). A vector
+    // memtable appends and sorts once, at flush. The cost moves to reads of a live memtable
+    // (each sorts a copy of it, at most the 64 MiB write buffer), which happen only when a
+    // replica's store opens (a node's start, a replica placed here), next to the checkpoint it
+    // loads. Measured in docs/performance.md.
+    options.set_allow_concurrent_memtable_write(false);
+    options.set_memtable_factory(rocksdb::MemtableFactory::Vector);
+    DB::open(&options, path).map(Arc::new)
+}
+
+pub(super) fn key(shard: ShardId, tag: u8) -> Vec<u8> {
+    let mut k = shard.to_be_bytes().to_vec();
+    k.push(tag);
+    k
+}
+
+pub(super) fn entry_key(shard: ShardId, index: u64) -> Vec<u8> {
+    let mut k = key(shard, TAG_ENTRY);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Refuses a write while the disk holding `path` has less than `min_free_bytes` free (none
+/// when it is zero).
+pub(super) fn check_free_space(path: &Path, min_free_bytes: u64) -> Result<(), StorageError> {
+    if min_free_bytes == 0 {
+        return Ok(());
+    }
+    let stat = nix::sys::statvfs::statvfs(path).map_err(|e| {
+        StorageError::Other(format!("cannot read free space of {}: {e}", path.display()).into())
+    })?;
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    if free < min_free_bytes {
+        return Err(StorageError::Other(
+            format!(
+                "disk nearly full: {free} bytes free on {}, below the reserve of {min_free_bytes} bytes",
+                path.display(),
+            )
+            .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Adds `ops` to `batch`, in order.
+pub(super) fn add_ops(batch: &mut WriteBatch, ops: &[Op]) {
+    for op in ops {
+        match op {
+            Op::Put(k, v) => batch.put(k, v),
+            Op::Delete(k) => batch.delete(k),
+            Op::DeleteRange(from, to) => batch.delete_range(from, to),
+        }
+    }
+}
