@@ -38,7 +38,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum TargetCmd {
-    /// A RESP server: crema or Redis. Clients are spread over the addresses.
+    /// A RESP server: crema or Redis. Clients are spread over the addresses (with `--cluster`,
+    /// each reaches every node that leads a slot range).
     Resp {
         /// host:port (repeat for several nodes).
         #[arg(long = "addr", default_value = "127.0.0.1:6380")]
@@ -52,7 +53,9 @@ enum TargetCmd {
         tls_ca: Option<std::path::PathBuf>,
         /// Each client is a Redis Cluster client (the `redis` crate's cluster client): it asks
         /// the nodes for the slot map (`CLUSTER SLOTS`) and sends every key to its slot's
-        /// primary, the shard's leader, following `-MOVED`; the addresses are its seeds.
+        /// primary, the shard's leader; the addresses are its seeds. Its slot map is refreshed
+        /// when a connection fails or answers `-MOVED` (only the connection that asked for the
+        /// map does): until then a write sent to a node that no longer leads is forwarded.
         #[arg(long, conflicts_with = "local_reads")]
         cluster: bool,
     },
@@ -82,7 +85,8 @@ struct LoadArgs {
     /// Concurrent clients (connections).
     #[arg(long, global = true, default_value_t = 50)]
     clients: usize,
-    /// Operations per request batch (RESP only).
+    /// Operations per request batch (RESP only; with `resp --cluster` a batch's requests go out
+    /// at once, each to its key's node, not as one pipeline).
     #[arg(long, global = true, default_value_t = 1)]
     pipeline: usize,
     /// Distinct keys.

@@ -23,7 +23,8 @@ pub enum ReadMode {
 
 /// A system under test.
 pub enum Target {
-    /// RESP servers; client `i` talks to `addrs[i % len]`.
+    /// RESP servers; client `i` talks to `addrs[i % len]`, or with `cluster` to every node
+    /// that leads a slot range.
     Resp {
         /// host:port of each server.
         addrs: Vec<String>,
@@ -35,7 +36,7 @@ pub enum Target {
         /// With TLS: the CA certificate (PEM) the servers' certificates are checked against.
         tls_ca: Option<Vec<u8>>,
         /// Each client is a Redis Cluster client (the `redis` crate's): it reads the slot map
-        /// from the servers and sends each key to its slot's primary, following `-MOVED`.
+        /// from the servers and sends each key to its slot's primary (see `resp --cluster`).
         cluster: bool,
     },
     /// An etcd cluster through its gRPC API (cargo feature `etcd`); each client has its own
@@ -187,7 +188,8 @@ impl Target {
 }
 
 impl Conn {
-    /// Sends `ops` (pipelined on RESP; one after another embedded) and waits for every answer.
+    /// Sends `ops` (pipelined on RESP; all at once, each to its key's node, for a cluster
+    /// client; one after another embedded) and waits for every answer.
     ///
     /// # Errors
     /// Any error answer or a broken connection.

@@ -306,6 +306,12 @@ impl Collector for NodeCollector {
         )?;
         counter(e, "raft_proposed_entries", "Log entries proposed as leader", raft.proposed_entries)?;
         counter(e, "raft_messages_sent", "Raft messages sent to peers", raft.messages_sent)?;
+        counter(
+            e,
+            "forwarded_writes",
+            "Writes forwarded to their shard's leader (sent to a node not leading the key's shard)",
+            raft.forwarded_writes,
+        )?;
         gauge(
             e,
             "raft_mailbox_requests",

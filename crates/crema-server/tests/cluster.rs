@@ -94,14 +94,15 @@ async fn without_forwarding_a_follower_names_the_leader() {
 /// followers by their client address, each follower a connected slave of the leader's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_names_the_leader_and_its_replicas_by_client_address() {
+    type Master = (String, i64, Vec<(String, String, String)>);
     let nodes = start_cluster(3, &[]);
     let leader = leader_of(&nodes).await;
     let mut l = client(nodes[leader].resp).await;
+    let (_, before, _): Master = redis::cmd("ROLE").query_async(&mut l).await.unwrap();
     let _: () = l.set("k", "v").await.unwrap();
-    let (kind, offset, replicas): (String, i64, Vec<(String, String, String)>) =
-        redis::cmd("ROLE").query_async(&mut l).await.unwrap();
+    let (kind, offset, replicas): Master = redis::cmd("ROLE").query_async(&mut l).await.unwrap();
     assert_eq!(kind, "master");
-    assert!(offset > 0, "the leader applied the write: {offset}");
+    assert!(offset > before, "the write moves the leader's offset: {before}, then {offset}");
     let mut listed: Vec<String> = replicas.iter().map(|(host, port, _)| format!("{host}:{port}")).collect();
     listed.sort();
     let mut followers: Vec<String> =
@@ -111,12 +112,21 @@ async fn role_names_the_leader_and_its_replicas_by_client_address() {
     for (_, _, reached) in &replicas {
         assert!(reached.parse::<u64>().is_ok(), "{replicas:?}");
     }
+    let leader_addr = nodes[leader].resp.to_string();
     for i in (0..3).filter(|i| *i != leader) {
-        let mut f = client(nodes[i].resp).await;
-        let (kind, host, port, state, _): (String, String, u16, String, i64) =
-            redis::cmd("ROLE").query_async(&mut f).await.unwrap();
-        assert_eq!((kind.as_str(), state.as_str()), ("slave", "connected"));
-        assert_eq!(format!("{host}:{port}"), nodes[leader].resp.to_string());
+        let addr = nodes[i].resp;
+        // A follower names the leader once it has heard from it.
+        let what = "the follower is a connected slave of the leader";
+        wait_until(std::time::Duration::from_secs(10), what, || {
+            let leader_addr = leader_addr.clone();
+            async move {
+                let mut f = client(addr).await;
+                let role: (String, String, u16, String, i64) =
+                    redis::cmd("ROLE").query_async(&mut f).await.unwrap();
+                role.0 == "slave" && role.3 == "connected" && format!("{}:{}", role.1, role.2) == leader_addr
+            }
+        })
+        .await;
     }
 }
 

@@ -253,6 +253,8 @@ async fn the_redis_crates_cluster_client_across_a_node_death() {
         .build()
         .unwrap();
     let mut cc = cluster.get_async_connection().await.unwrap();
+    let forwarded = metric_sum(&nodes, "crema_forwarded_writes_total").await;
+    let changes = metric_sum(&nodes, "crema_raft_leader_changes_total").await;
     let keys: Vec<String> = (0..300).map(|i| format!("rs:{i}")).collect();
     for (i, key) in keys.iter().enumerate().take(200) {
         let _: () = cc.set(key, i).await.unwrap();
@@ -272,6 +274,18 @@ async fn the_redis_crates_cluster_client_across_a_node_death() {
     let _: () = cc.mset(&[("{user:7}:name", "ann"), ("{user:7}:mail", "ann@example.com")]).await.unwrap();
     let both: Vec<String> = cc.mget(&["{user:7}:name", "{user:7}:mail"]).await.unwrap();
     assert_eq!(both, ["ann", "ann@example.com"]);
+    // Every write went straight to its shard's leader: none was forwarded (a node that does
+    // not lead a key's shard forwards a write sent there by a client not in cluster mode,
+    // which the crate's data connections are not), unless a leader moved meanwhile.
+    if metric_sum(&nodes, "crema_raft_leader_changes_total").await == changes {
+        let now = metric_sum(&nodes, "crema_forwarded_writes_total").await;
+        assert_eq!(
+            now, forwarded,
+            "writes forwarded: the client sent them to a node not leading their shard"
+        );
+    } else {
+        eprintln!("a leader moved during the writes: their routing is not checked");
+    }
 
     let victim = (0..3)
         .max_by_key(|i| slots.iter().filter(|s| s.2 .1 == i64::from(nodes[*i].resp.port())).count())
@@ -297,6 +311,21 @@ async fn the_redis_crates_cluster_client_across_a_node_death() {
         let value: Option<usize> = survivor.get(key).await.unwrap();
         assert_eq!(value, Some(i), "{key}: an acknowledged write is missing");
     }
+}
+
+/// A counter summed over the nodes' `/metrics` (their admin API).
+async fn metric_sum(nodes: &[Node], name: &str) -> u64 {
+    let mut sum = 0;
+    for node in nodes {
+        let (status, body) = http_get(node.admin, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        let value = body.lines().find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(name)).then(|| words.next()?.parse::<f64>().ok()).flatten()
+        });
+        sum += value.unwrap_or_else(|| panic!("{name} missing from /metrics")) as u64;
+    }
+    sum
 }
 
 /// `(node id, health)` of every node `/cluster` on `admin` lists.

@@ -172,40 +172,50 @@ async fn wait(call: &mut Call<'_>) -> Result<Reply, CmdError> {
 }
 
 /// ROLE as Redis answers it, about the group `INFO replication` describes (shard 0's with
-/// Multi-Raft, whose leader is the cluster's): its leader is a master listing each replica's
-/// client address and how far its log reaches; a follower is a slave of the leader it knows
-/// (`connected`), or of none yet (`connect`, no address). Offsets are Raft log indexes.
+/// Multi-Raft, whose leader is the cluster's): its leader is a master listing each replica whose
+/// client address it knows, with how far its log reaches; a follower is a slave of the leader it
+/// knows (`connected`), or of none yet (`connect`, no address). Offsets are Raft log indexes.
 async fn role(call: &mut Call<'_>) -> Result<Reply, CmdError> {
-    let status = call.state.cache.cluster_status().await?;
-    let group = &status.group;
+    let group = call.state.cache.shard_status(0).await?;
     let offset = Reply::Integer(group.applied_index as i64);
-    let client_addr = |id| crate::cmd::error::LeaderAddr::client_addr_of(call.state, id);
+    let host_port = |id| {
+        let addr = crate::cmd::error::LeaderAddr::client_addr_of(call.state, id)?;
+        split_host_port(&addr)
+    };
     if group.role == Role::Leader {
         let replicas = group
             .replica_progress
             .iter()
-            .map(|(id, matched)| {
-                let addr = client_addr(*id).unwrap_or_default();
-                let (host, port) = addr.rsplit_once(':').unwrap_or(("", "0"));
-                Reply::Array(vec![
-                    Reply::bulk(host.to_owned()),
-                    Reply::bulk(port.to_owned()),
+            .filter_map(|(id, matched)| {
+                let (host, port) = host_port(*id)?;
+                Some(Reply::Array(vec![
+                    Reply::bulk(host),
+                    Reply::bulk(port.to_string()),
                     Reply::bulk(matched.to_string()),
-                ])
+                ]))
             })
             .collect();
         return Ok(Reply::Array(vec![Reply::bulk("master"), offset, Reply::Array(replicas)]));
     }
-    let leader = group.leader_id.and_then(client_addr);
-    let (host, port) = leader.as_deref().and_then(|a| a.rsplit_once(':')).unwrap_or(("", "0"));
+    let leader = group.leader_id.and_then(host_port);
     let state = if leader.is_some() { "connected" } else { "connect" };
+    let (host, port) = leader.unwrap_or_default();
     Ok(Reply::Array(vec![
         Reply::bulk("slave"),
-        Reply::bulk(host.to_owned()),
-        Reply::Integer(port.parse().unwrap_or(0)),
+        Reply::bulk(host),
+        Reply::Integer(i64::from(port)),
         Reply::bulk(state),
         offset,
     ]))
+}
+
+/// A `host:port` client address as ROLE names it: an IPv6 host without its brackets.
+fn split_host_port(addr: &str) -> Option<(String, u16)> {
+    if let Ok(addr) = addr.parse::<std::net::SocketAddr>() {
+        return Some((addr.ip().to_string(), addr.port()));
+    }
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// Replicas known to hold a shard's log up to `target`. On its leader that is read from each

@@ -60,6 +60,7 @@ impl DistributedCache {
             node_read_asks: self.dispatcher.reads.asks(),
             held_reads: self.dispatcher.reads.held(),
             peer_handshakes_refused: self.transport.handshakes_refused(),
+            forwarded_writes: self.dispatcher.forwarder.opened(),
             ..RaftFigures::default()
         };
         for shard in &self.shards.held() {
@@ -205,6 +206,10 @@ pub struct RaftFigures {
     pub proposed_entries: u64,
     /// Raft messages this node sent to its peers (appends, heartbeats, votes, responses).
     pub messages_sent: u64,
+    /// Writes this node forwarded since it started: written through it for a shard another
+    /// node leads (or that it holds no replica of), each counted once however often it was
+    /// sent. A cluster client with an up-to-date slot map makes none.
+    pub forwarded_writes: u64,
     /// Requests (writes, reads, admin calls) waiting in the group's mailbox right now.
     pub queued_requests: usize,
     /// Writes the leader took from its mailbox and holds for its next batch, while as many

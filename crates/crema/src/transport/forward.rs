@@ -33,6 +33,8 @@ pub(crate) struct Forwarder {
     pending: Mutex<BTreeMap<u64, Option<oneshot::Sender<Reply>>>>,
     /// Writes given up on (their caller timed out) that no applied write has reported yet.
     abandoned: Mutex<BTreeSet<u64>>,
+    /// Writes forwarded since the node started (each once, however often it is sent).
+    opened: AtomicU64,
 }
 
 impl Default for Forwarder {
@@ -42,11 +44,17 @@ impl Default for Forwarder {
             next_seq: AtomicU64::new(rand::random::<u64>() >> 2),
             pending: Mutex::default(),
             abandoned: Mutex::default(),
+            opened: AtomicU64::new(0),
         }
     }
 }
 
 impl Forwarder {
+    /// Writes this node forwarded since it started, each counted once.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
     /// Takes the next sequence number for a write about to be forwarded: it counts as awaited
     /// until the returned slot is dropped.
     pub fn open(&self) -> ForwardSlot<'_> {
@@ -57,6 +65,7 @@ impl Forwarder {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         pending.insert(seq, None);
         drop(pending);
+        self.opened.fetch_add(1, Ordering::Relaxed);
         ForwardSlot { forwarder: self, seq, answered: AtomicBool::new(false) }
     }
 
