@@ -18,12 +18,13 @@ use crate::server::RespServer;
 
 /// The client address peers are told (see `CacheConfig::client_addr`): the RESP address, or,
 /// when it listens on every interface, its port on the peer address's host (the one the
-/// others reach this node on). Nothing when that is unspecified too, or when the RESP address
-/// is a loopback one and the peer address is not: a peer on another host would send clients to
-/// its own loopback, that is to itself.
+/// others reach this node on). When that is a wildcard too, the wildcard with the port: each
+/// peer names this node by the host it reaches it at. Nothing when the RESP address is a
+/// loopback one and the peer address is not: a peer on another host would send clients to its
+/// own loopback, that is to itself.
 fn advertised(resp: SocketAddr, raft: SocketAddr) -> Option<SocketAddr> {
     let host = if resp.ip().is_unspecified() { raft.ip() } else { resp.ip() };
-    if host.is_unspecified() || (host.is_loopback() && !raft.ip().is_loopback()) {
+    if host.is_loopback() && !raft.ip().is_loopback() {
         return None;
     }
     Some(SocketAddr::new(host, resp.port()))
@@ -150,7 +151,8 @@ mod tests {
         assert_eq!(advertised(at("127.0.0.1:6380"), at("127.0.0.1:7000")), Some(at("127.0.0.1:6380")));
         assert_eq!(advertised(at("10.0.0.5:6380"), at("0.0.0.0:7000")), Some(at("10.0.0.5:6380")));
         assert_eq!(advertised(at("0.0.0.0:6380"), at("10.0.0.5:7000")), Some(at("10.0.0.5:6380")));
-        assert_eq!(advertised(at("[::]:6380"), at("[::]:7000")), None);
+        assert_eq!(advertised(at("[::]:6380"), at("[::]:7000")), Some(at("[::]:6380")));
+        assert_eq!(advertised(at("0.0.0.0:6380"), at("0.0.0.0:7000")), Some(at("0.0.0.0:6380")));
     }
 
     #[test]

@@ -313,6 +313,69 @@ async fn the_redis_crates_cluster_client_across_a_node_death() {
     }
 }
 
+/// Nodes whose RESP and peer ports both listen on every interface, configured with each
+/// other's peer addresses only: each names the others by the host it reaches them at, and
+/// itself by the address the client reached it at, so `CLUSTER SLOTS` and `CLUSTER NODES` give
+/// a client addresses it can connect to (no `0.0.0.0`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_every_interface_are_named_by_reachable_addresses() {
+    let ports = free_addrs(6);
+    let (raft, resp): (Vec<u16>, Vec<u16>) =
+        (ports[..3].iter().map(|a| a.port()).collect(), ports[3..].iter().map(|a| a.port()).collect());
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let id = (i + 1).to_string();
+        let own_raft = format!("0.0.0.0:{}", raft[i]);
+        let own_resp = format!("0.0.0.0:{}", resp[i]);
+        let peers: Vec<String> =
+            (0..3).filter(|j| *j != i).map(|j| format!("{}=127.0.0.1:{}", j + 1, raft[j])).collect();
+        let mut args =
+            vec!["--node-id", &id, "--raft-addr", &own_raft, "--resp-addr", &own_resp, "--shards", "4"];
+        args.extend(["--protected-mode", "no"]);
+        for p in &peers {
+            args.extend(["--peer", p.as_str()]);
+        }
+        args.extend(FAST);
+        nodes.push(start(&args));
+    }
+    for node in &mut nodes {
+        node.wait_ready(std::time::Duration::from_secs(30)).unwrap();
+    }
+    let local = |i: usize| std::net::SocketAddr::from(([127, 0, 0, 1], resp[i]));
+    all_shards_led(local(0)).await;
+    let own: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", resp[i])).collect();
+    let mut wanted = own.clone();
+    wanted.sort();
+    for (i, own) in own.iter().enumerate() {
+        let mut c = client(local(i)).await;
+        // Every member of every range is named, by an address a client here can reach.
+        wait_until(std::time::Duration::from_secs(10), "every member named in CLUSTER SLOTS", || {
+            let wanted = wanted.clone();
+            async move {
+                let mut c = client(local(i)).await;
+                let ranges: Vec<Vec<redis::Value>> =
+                    redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.unwrap();
+                let mut named: Vec<String> = ranges
+                    .iter()
+                    .flat_map(|r| r[2..].iter())
+                    .map(|n| {
+                        let (host, port, _): (String, u16, String) =
+                            redis::from_redis_value(n.clone()).unwrap();
+                        format!("{host}:{port}")
+                    })
+                    .collect();
+                named.sort();
+                named.dedup();
+                ranges.len() == 4 && ranges.iter().all(|r| r.len() == 5) && named == wanted
+            }
+        })
+        .await;
+        let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await.unwrap();
+        assert!(!text.contains("0.0.0.0"), "{text}");
+        assert!(text.lines().any(|l| l.contains("myself") && l.contains(own.as_str())), "{text}");
+    }
+}
+
 /// A counter summed over the nodes' `/metrics` (their admin API).
 async fn metric_sum(nodes: &[Node], name: &str) -> u64 {
     let mut sum = 0;

@@ -153,7 +153,9 @@ pub struct CacheConfig {
     pub seed_nodes: Vec<(NodeId, SocketAddr)>,
     /// Where this node's clients connect (its RESP address), told to every peer in the
     /// handshake so that each can name it to cluster-aware clients (`CLUSTER SLOTS`, `-MOVED`)
-    /// although it was not configured there (a node that joined later). Default none.
+    /// although it was not configured there (a node that joined later). A wildcard host
+    /// (`0.0.0.0:6380`: every interface) is named, on each peer, by the host that peer reaches
+    /// this node at. Default none.
     pub client_addr: Option<SocketAddr>,
     /// Start empty and wait to be added by an existing cluster's `add_peer`/`add_learner`;
     /// `seed_nodes` then only gives the members' addresses. Default false.

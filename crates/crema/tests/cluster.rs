@@ -93,19 +93,26 @@ async fn with_forwarding_off_a_follower_names_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_node_learns_the_others_client_addresses_from_the_handshake() {
     init_tracing();
-    // Node 3 says nothing; nodes 1 and 2 tell a client address of their own.
-    let client = |id: u64| std::net::SocketAddr::from(([127, 0, 0, 1], 16_000 + id as u16));
-    let nodes = cluster_with(3, |c| match c.node_id {
-        3 => c,
-        id => c.with_client_addr(client(id)),
+    // Node 3 says nothing; node 1 tells a client address of its own, node 2 its port on every
+    // interface, which the others name by the host they reach node 2 at (127.0.0.1 here).
+    let at = |ip: [u8; 4], id: u64| std::net::SocketAddr::from((ip, 16_000 + id as u16));
+    let told = |id: u64| match id {
+        1 => Some(at([127, 0, 0, 1], 1)),
+        2 => Some(at([0, 0, 0, 0], 2)),
+        _ => None,
+    };
+    let named = |id: u64| (id != 3).then(|| at([127, 0, 0, 1], id));
+    let nodes = cluster_with(3, |c| match told(c.node_id) {
+        Some(addr) => c.with_client_addr(addr),
+        None => c,
     })
     .await;
     let refs: Vec<&DistributedCache> = nodes.iter().collect();
     wait_leader(&refs, 10 * ELECTION).await;
     wait_until(10 * ELECTION, "every node knows the client addresses told", || async {
-        nodes.iter().all(|n| {
-            (1..=2).all(|id| n.client_addr_of(id) == Some(client(id))) && n.client_addr_of(3).is_none()
-        })
+        nodes
+            .iter()
+            .all(|n| (1..=3).filter(|id| *id != n.node_id()).all(|id| n.client_addr_of(id) == named(id)))
     })
     .await;
     assert_eq!(nodes[0].client_addr_of(9), None, "a node never heard of has none");

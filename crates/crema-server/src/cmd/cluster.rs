@@ -36,15 +36,15 @@ pub(super) async fn run(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         ("MYID", 2) => Ok(Reply::bulk(cluster_node_id(call.state.cache.node_id()))),
         ("SLOTS", 2) => {
             call.session.cluster_mode = true;
-            Ok(slots(call.state, &shards(call.state).await?))
+            Ok(slots(call.state, call.session, &shards(call.state).await?))
         }
         ("SHARDS", 2) => {
             call.session.cluster_mode = true;
-            Ok(shards_reply(call.state, &shards(call.state).await?))
+            Ok(shards_reply(call.state, call.session, &shards(call.state).await?))
         }
         ("NODES", 2) => {
             call.session.cluster_mode = true;
-            Ok(Reply::Bulk(nodes(call.state, &shards(call.state).await?).into()))
+            Ok(Reply::Bulk(nodes(call.state, call.session, &shards(call.state).await?).into()))
         }
         ("INFO", 2) => Ok(Reply::Bulk(info(call.state, &shards(call.state).await?).into())),
         ("COUNTKEYSINSLOT", 3) => {
@@ -110,10 +110,23 @@ async fn shards(state: &ServerState) -> Result<Vec<ShardInfo>, CmdError> {
 }
 
 /// The shard's members, its leader first (the slot range's primary), with their client address.
-fn members(state: &ServerState, shard: &ShardInfo) -> Vec<(NodeId, String)> {
+fn members(state: &ServerState, session: &Session, shard: &ShardInfo) -> Vec<(NodeId, String)> {
     let mut ids: Vec<NodeId> = shard.leader.into_iter().collect();
     ids.extend(shard.members.iter().copied().filter(|m| Some(*m) != shard.leader));
-    ids.into_iter().filter_map(|id| state.client_addr_of(id).map(|addr| (id, addr))).collect()
+    ids.into_iter().filter_map(|id| addr_for(state, session, id).map(|addr| (id, addr))).collect()
+}
+
+/// Node `id`'s client address as this connection is told it. This node's own, when its RESP
+/// port listens on every interface, is the address the client reached it at (a wildcard is
+/// nowhere a client can connect to); the others' are as `ServerState::client_addr_of` knows
+/// them.
+fn addr_for(state: &ServerState, session: &Session, id: NodeId) -> Option<String> {
+    match session.local_addr {
+        Some(local) if id == state.cache.node_id() && state.resp_addr.ip().is_unspecified() => {
+            Some(std::net::SocketAddr::new(local.ip(), state.resp_addr.port()).to_string())
+        }
+        _ => state.client_addr_of(id),
+    }
 }
 
 /// `host:port` split for the replies that give them apart.
@@ -124,10 +137,10 @@ fn host_port(addr: &str) -> (String, i64) {
     }
 }
 
-fn slots(state: &ServerState, shards: &[ShardInfo]) -> Reply {
+fn slots(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> Reply {
     let ranges = shards.iter().map(|shard| {
         let mut entry = vec![Reply::Integer(shard.first_slot.into()), Reply::Integer(shard.last_slot.into())];
-        for (id, addr) in members(state, shard) {
+        for (id, addr) in members(state, session, shard) {
             let (host, port) = host_port(&addr);
             entry.push(Reply::Array(vec![
                 Reply::bulk(host),
@@ -140,9 +153,9 @@ fn slots(state: &ServerState, shards: &[ShardInfo]) -> Reply {
     Reply::Array(ranges.collect())
 }
 
-fn shards_reply(state: &ServerState, shards: &[ShardInfo]) -> Reply {
+fn shards_reply(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> Reply {
     let entries = shards.iter().map(|shard| {
-        let nodes = members(state, shard).into_iter().map(|(id, addr)| {
+        let nodes = members(state, session, shard).into_iter().map(|(id, addr)| {
             let (host, port) = host_port(&addr);
             let role = if Some(id) == shard.leader { "master" } else { "replica" };
             Reply::Map(vec![
@@ -166,7 +179,7 @@ fn shards_reply(state: &ServerState, shards: &[ShardInfo]) -> Reply {
 
 /// Every member of any shard, as `CLUSTER NODES` lines: each a master with the slot ranges of
 /// the shards it leads.
-fn nodes(state: &ServerState, shards: &[ShardInfo]) -> String {
+fn nodes(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> String {
     let me = state.cache.node_id();
     let mut ids: Vec<NodeId> = shards.iter().flat_map(|s| s.members.iter().copied()).collect();
     ids.push(me);
@@ -175,7 +188,7 @@ fn nodes(state: &ServerState, shards: &[ShardInfo]) -> String {
     let epoch = shards.iter().map(|s| s.term).max().unwrap_or(0);
     let mut out = String::new();
     for id in ids {
-        let Some(addr) = state.client_addr_of(id) else { continue };
+        let Some(addr) = addr_for(state, session, id) else { continue };
         let flags = if id == me { "myself,master" } else { "master" };
         let led: Vec<String> = shards
             .iter()

@@ -195,11 +195,12 @@ pub(crate) fn client_line(s: &Session) -> String {
     // Every field Redis 7 prints, as client libraries parse them (redis-py reads the numeric
     // ones as integers); buffer sizes crema does not track per client show as 0.
     format!(
-        "id={} addr={} laddr= fd=0 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi={} \
+        "id={} addr={} laddr={} fd=0 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi={} \
          qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
          cmd={} user={} redir=-1 resp={resp} read-mode={mode} lib-name={} lib-ver={}",
         s.id,
         s.addr,
+        s.local_addr.map(|a| a.to_string()).unwrap_or_default(),
         text(&s.name),
         s.created.elapsed().as_secs(),
         s.tx.queued_count().map_or(-1, |n| n as i64),

@@ -59,6 +59,8 @@ pub struct Session {
     pub id: u64,
     /// The client's address.
     pub addr: SocketAddr,
+    /// The address the client reached this node at (the local end of its connection).
+    pub local_addr: Option<SocketAddr>,
     /// `CLIENT SETNAME`.
     pub name: Option<Bytes>,
     /// `CLIENT SETINFO LIB-NAME` / `LIB-VER`.
@@ -101,6 +103,7 @@ impl Session {
         Self {
             id,
             addr,
+            local_addr: None,
             name: None,
             lib: (None, None),
             protocol: Protocol::Resp2,

@@ -80,10 +80,12 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     id: u64,
     addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     evicted: Option<CancellationToken>,
 ) {
     let mut session = Session::new(id, addr, state.acl.starting_user(), state.settings.read_mode);
+    session.local_addr = local_addr;
     let mut conn = Connection {
         state,
         stream: &mut stream,

@@ -258,6 +258,7 @@ impl RespServer {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().ok();
             clients.connected.fetch_add(1, Ordering::AcqRel);
             clients.accepted.fetch_add(1, Ordering::Relaxed);
             let id = clients.next_id.fetch_add(1, Ordering::Relaxed) + 1;
@@ -272,12 +273,14 @@ impl RespServer {
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
                 match state.settings.tls.clone() {
-                    None => connection::serve(&state, stream, id, addr, shutdown, evicted).await,
+                    None => connection::serve(&state, stream, id, addr, local, shutdown, evicted).await,
                     Some(acceptor) => {
                         // The handshake counts against the client's time to authenticate.
                         let patience = state.settings.auth_timeout.max(Duration::from_secs(10));
                         match tokio::time::timeout(patience, acceptor.0.accept(stream)).await {
-                            Ok(Ok(tls)) => connection::serve(&state, tls, id, addr, shutdown, evicted).await,
+                            Ok(Ok(tls)) => {
+                                connection::serve(&state, tls, id, addr, local, shutdown, evicted).await
+                            }
                             failed => {
                                 debug!(%addr, ?failed, "TLS handshake failed");
                                 if evicted.is_some() {

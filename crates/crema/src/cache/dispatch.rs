@@ -44,8 +44,9 @@ struct PeerState {
     client_addr: Option<SocketAddr>,
 }
 
-/// Whether a client address a peer told could be dialed: not a wildcard, not port 0 (what a
-/// client would be sent to by `CLUSTER SLOTS` or `-MOVED`).
+/// Whether a client address a peer told could be dialed: not a wildcard (the transport has put
+/// the host this node reaches the peer at in its place), not port 0 (what a client would be
+/// sent to by `CLUSTER SLOTS` or `-MOVED`).
 fn reachable(addr: SocketAddr) -> bool {
     !addr.ip().is_unspecified() && addr.port() != 0
 }

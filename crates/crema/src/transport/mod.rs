@@ -64,6 +64,15 @@ pub(crate) trait Inbound: Send + Sync + 'static {
     fn is_joining(&self) -> bool;
 }
 
+/// The client address a peer told in its handshake, with a wildcard host (`0.0.0.0`, `::`: the
+/// peer's RESP port listens on every interface) replaced by `reached`, the host this node
+/// reaches the peer at (the far end of the connection the hello came on): where clients this
+/// node redirects can reach it too, as Redis Cluster learns a node's address from its
+/// connection when none is announced.
+fn told_client_addr(told: Option<SocketAddr>, reached: std::net::IpAddr) -> Option<SocketAddr> {
+    told.map(|addr| if addr.ip().is_unspecified() { SocketAddr::new(reached, addr.port()) } else { addr })
+}
+
 /// Transport settings.
 #[derive(Debug, Clone)]
 pub(crate) struct TransportConfig {
@@ -364,7 +373,7 @@ impl Transport {
             return;
         }
         info!(peer, %remote, incarnation, "peer connected");
-        self.inbound.on_hello(peer, incarnation, groups, client_addr);
+        self.inbound.on_hello(peer, incarnation, groups, told_client_addr(client_addr, remote.ip()));
         conn.peer_incarnation = incarnation;
         self.add_peer(peer, None);
         let link = self.peers.read().expect("peer map poisoned").get(&peer).cloned();

@@ -254,6 +254,7 @@ impl LinkTask {
         match reply {
             Envelope::Hello { node_id, incarnation, groups, client_addr } if node_id == self.link.id => {
                 info!(peer = node_id, %addr, incarnation, "connected to peer");
+                let client_addr = super::told_client_addr(client_addr, addr.ip());
                 self.transport.inbound.on_hello(node_id, incarnation, groups, client_addr);
                 conn.peer_incarnation = incarnation;
                 Ok(conn)
