@@ -1,7 +1,10 @@
 //! The read rounds' bookkeeping, driven by hand: what goes out, and which reads are answered
 //! with which index or sent through their groups (their sender dropped).
 
+use std::sync::Arc;
+
 use super::*;
+use crate::consensus::group::GroupShared;
 
 const ME: NodeId = 1;
 const PATIENCE: Duration = Duration::from_millis(500);
