@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::wire::{envelope, frame, FakePeer, Wire, VERSION};
+use common::wire::{bare_hello, frame, FakePeer, VERSION};
 use common::*;
 use crema::{ClusterSecret, DistributedCache};
 use hmac::{Hmac, Mac};
@@ -83,14 +83,7 @@ async fn peers_without_the_secret_learn_nothing_and_change_nothing() {
     // A hello instead of a proof, as a member: closed, nothing said but the challenge.
     let before = target.raft_figures().peer_handshakes_refused;
     let (mut s, _) = challenged(target.local_addr()).await;
-    s.write_all(&envelope(&Wire::Hello {
-        node_id: 1,
-        incarnation: 7,
-        groups: Vec::new(),
-        client_addr: None,
-    }))
-    .await
-    .unwrap();
+    s.write_all(&bare_hello(1, 7)).await.unwrap();
     assert!(read_payload(&mut s).await.is_none(), "closed without a word");
     refused(target, before).await;
 
@@ -114,27 +107,13 @@ async fn peers_without_the_secret_learn_nothing_and_change_nothing() {
     s.write_all(&proof_frame(&ours, &dial_proof(SECRET, &theirs, &ours))).await.unwrap();
     let answer = read_payload(&mut s).await.expect("the node proves itself");
     assert_eq!(&answer[..2], &[VERSION, AUTH_PROOF]);
-    s.write_all(&envelope(&Wire::Hello {
-        node_id: 99,
-        incarnation: 7,
-        groups: Vec::new(),
-        client_addr: None,
-    }))
-    .await
-    .unwrap();
+    s.write_all(&bare_hello(99, 7)).await.unwrap();
     assert!(read_payload(&mut s).await.is_none(), "a stranger gets no hello");
     refused(target, before).await;
 
     // A plain peer speaking first, as before the secret: no hello either.
     let mut p = TcpStream::connect(target.local_addr()).await.unwrap();
-    p.write_all(&envelope(&Wire::Hello {
-        node_id: 2,
-        incarnation: 7,
-        groups: Vec::new(),
-        client_addr: None,
-    }))
-    .await
-    .unwrap();
+    p.write_all(&bare_hello(2, 7)).await.unwrap();
     FakePeer::expect_closed(&mut p).await;
 
     assert_eq!(nodes[leader].raft_figures().commit_index, commit, "nothing reached the log");

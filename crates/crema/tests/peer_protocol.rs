@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::wire::{envelope, frame, raft_msg, FakePeer, Position, Wire};
+use common::wire::{bare_hello, envelope, frame, raft_msg, FakePeer, Position, Wire};
 use common::*;
 use crema::{DistributedCache, Error};
 use protobuf::Message as _;
@@ -52,14 +52,7 @@ async fn bad_input_gets_a_clear_error_and_the_cluster_keeps_serving() {
     FakePeer::expect_closed(&mut s).await;
     // A hello from a node that is not a member: closed without a hello back.
     let mut s = TcpStream::connect(target).await.unwrap();
-    s.write_all(&envelope(&Wire::Hello {
-        node_id: 77,
-        incarnation: 1,
-        groups: Vec::new(),
-        client_addr: None,
-    }))
-    .await
-    .unwrap();
+    s.write_all(&bare_hello(77, 1)).await.unwrap();
     FakePeer::expect_closed(&mut s).await;
     // A valid hello as a member, then an oversized frame, then garbage inside a well-formed frame.
     let member = nodes[(leader + 2) % 3].node_id();
@@ -102,14 +95,7 @@ async fn frames_that_once_stopped_the_cluster_are_refused_and_nothing_is_lost() 
         let me = node.node_id();
         // A stranger does not get past the hello (it is not a member); a member's id does.
         let mut s = TcpStream::connect(node.local_addr()).await.unwrap();
-        s.write_all(&envelope(&Wire::Hello {
-            node_id: 99,
-            incarnation: 1,
-            groups: Vec::new(),
-            client_addr: None,
-        }))
-        .await
-        .unwrap();
+        s.write_all(&bare_hello(99, 1)).await.unwrap();
         FakePeer::expect_closed(&mut s).await;
         {
             let as_id = (me % 3) + 1;
@@ -214,14 +200,7 @@ async fn the_handshake_comes_first_and_only_once() {
     s.write_all(&envelope(&Wire::Raft { shard: 0, message: hb.write_to_bytes().unwrap() })).await.unwrap();
     FakePeer::expect_closed(&mut s).await;
     let mut p = FakePeer::connect(target, 2, Position::default()).await;
-    let _ = p
-        .send_raw(&envelope(&Wire::Hello {
-            node_id: 2,
-            incarnation: 1,
-            groups: Vec::new(),
-            client_addr: None,
-        }))
-        .await;
+    let _ = p.send_raw(&bare_hello(2, 1)).await;
     FakePeer::expect_closed(&mut p.stream).await;
     assert!(nodes[0].raft_figures().term < 1_000, "the pre-handshake heartbeat was not stepped");
     for n in &nodes {

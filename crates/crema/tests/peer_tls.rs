@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::certs::TestCa;
-use common::wire::{envelope, Wire};
+use common::wire::bare_hello;
 use common::*;
 use crema::DistributedCache;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,14 +28,7 @@ async fn tls_connect(
 
 /// Sends a hello as `id` and reads until the node closes: what it said (nothing, if refused).
 async fn hello_as(stream: &mut tokio_rustls::client::TlsStream<TcpStream>, id: u64) -> Vec<u8> {
-    let _ = stream
-        .write_all(&envelope(&Wire::Hello {
-            node_id: id,
-            incarnation: 7,
-            groups: Vec::new(),
-            client_addr: None,
-        }))
-        .await;
+    let _ = stream.write_all(&bare_hello(id, 7)).await;
     let _ = stream.flush().await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
@@ -71,15 +64,7 @@ async fn only_certified_members_take_part() {
     // Plain TCP: a hello gets no answer.
     let before = target.raft_figures().peer_handshakes_refused;
     let mut plain = TcpStream::connect(addr).await.unwrap();
-    plain
-        .write_all(&envelope(&Wire::Hello {
-            node_id: 2,
-            incarnation: 7,
-            groups: Vec::new(),
-            client_addr: None,
-        }))
-        .await
-        .unwrap();
+    plain.write_all(&bare_hello(2, 7)).await.unwrap();
     let mut said = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut said)).await;
     assert!(said.is_empty() || said[0] == 0x15, "at most a TLS alert, no hello: {said:?}");

@@ -129,8 +129,8 @@ fn addr_for(state: &ServerState, session: &Session, id: NodeId) -> Option<String
     }
 }
 
-/// `host:port` split for the replies that give them apart.
-fn host_port(addr: &str) -> (String, i64) {
+/// `host:port` split for the replies that give them apart (an IPv6 host without brackets).
+pub(super) fn host_port(addr: &str) -> (String, i64) {
     match addr.rsplit_once(':') {
         Some((host, port)) => (host.trim_matches(['[', ']']).to_owned(), port.parse().unwrap_or(0)),
         None => (addr.to_owned(), 0),

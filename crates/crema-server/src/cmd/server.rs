@@ -180,7 +180,7 @@ async fn role(call: &mut Call<'_>) -> Result<Reply, CmdError> {
     let offset = Reply::Integer(group.applied_index as i64);
     let host_port = |id| {
         let addr = crate::cmd::error::LeaderAddr::client_addr_of(call.state, id)?;
-        split_host_port(&addr)
+        Some(super::cluster::host_port(&addr))
     };
     if group.role == Role::Leader {
         let replicas = group
@@ -203,19 +203,10 @@ async fn role(call: &mut Call<'_>) -> Result<Reply, CmdError> {
     Ok(Reply::Array(vec![
         Reply::bulk("slave"),
         Reply::bulk(host),
-        Reply::Integer(i64::from(port)),
+        Reply::Integer(port),
         Reply::bulk(state),
         offset,
     ]))
-}
-
-/// A `host:port` client address as ROLE names it: an IPv6 host without its brackets.
-fn split_host_port(addr: &str) -> Option<(String, u16)> {
-    if let Ok(addr) = addr.parse::<std::net::SocketAddr>() {
-        return Some((addr.ip().to_string(), addr.port()));
-    }
-    let (host, port) = addr.rsplit_once(':')?;
-    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// Replicas known to hold a shard's log up to `target`. On its leader that is read from each

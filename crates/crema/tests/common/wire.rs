@@ -38,6 +38,12 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The framed hello of node `node_id` (incarnation `incarnation`) that reports no group and no
+/// client address: what a stranger, a probe or a minimal peer sends first.
+pub fn bare_hello(node_id: u64, incarnation: u64) -> Vec<u8> {
+    envelope(&Wire::Hello { node_id, incarnation, groups: Vec::new(), client_addr: None })
+}
+
 pub fn envelope(w: &Wire) -> Vec<u8> {
     let mut payload = vec![VERSION];
     payload.extend(postcard::to_stdvec(w).unwrap());
