@@ -5,8 +5,10 @@
 //! unknown outcome). The nemesis SIGKILLs a random node, the leader or a follower, and
 //! restarts it with the same flags (it comes back empty and recovers, see docs/reliability.md),
 //! or SIGSTOPs the leader past its election timeout and SIGCONTs it. Memory storage survives one
-//! lost node at a time, so the next fault waits until the restarted node has caught up. Every
-//! node's log is kept; none may hold a panic.
+//! lost node at a time, so the next fault waits until the restarted node has caught up (with
+//! shards: every shard's replica on it). Every node's log is kept; none may hold a panic. The
+//! kills run against one group and against a cluster of 8 shards (`--shards 8`), where every
+//! restart brings back eight empty replicas at once, each recovering from its shard's leader.
 //!
 //! `CREMA_MEMORY_NEMESIS_SECS` sets the fault phase (default 30 s), `CREMA_MEMORY_NEMESIS_SEED`
 //! the schedule; `CREMA_MEMORY_NEMESIS_SOAK=1` runs each nemesis for 10 minutes in all, over
@@ -34,6 +36,8 @@ const OPS_PER_KEY: u64 = 200;
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Cluster {
+    /// `--shards` of every node (1: one group).
+    shards: usize,
     raft: Vec<SocketAddr>,
     resp: Vec<SocketAddr>,
     admin: Vec<SocketAddr>,
@@ -60,6 +64,9 @@ impl Cluster {
             "--tick-interval-ms".into(),
             "20".into(),
         ];
+        if self.shards > 1 {
+            args.extend(["--shards".into(), self.shards.to_string()]);
+        }
         for j in (0..NODES).filter(|j| *j != i) {
             args.extend(["--peer".into(), format!("{}={},{}", j + 1, self.raft[j], self.resp[j])]);
         }
@@ -95,12 +102,38 @@ impl Cluster {
 
     /// `INFO raft` of node `i`, if it answers.
     async fn raft_info(&self, i: usize) -> Option<String> {
+        self.info(i, "raft").await
+    }
+
+    /// `INFO <section>` of node `i`, if it answers.
+    async fn info(&self, i: usize, section: &str) -> Option<String> {
         let mut c =
             tokio::time::timeout(Duration::from_millis(500), connect(self.resp[i])).await.ok()?.ok()?;
-        tokio::time::timeout(Duration::from_millis(500), redis::cmd("INFO").arg("raft").query_async(&mut c))
+        tokio::time::timeout(Duration::from_millis(500), redis::cmd("INFO").arg(section).query_async(&mut c))
             .await
             .ok()?
             .ok()
+    }
+
+    /// Whether every shard replica of node `i` knows its leader, has left its recovery
+    /// (`state=initializing` until then) and applied what it knows is committed.
+    async fn shards_caught_up(&self, i: usize) -> bool {
+        let Some(info) = self.info(i, "shards").await else { return false };
+        let lines: Vec<&str> = info
+            .lines()
+            .filter(|l| {
+                l.strip_prefix("shard").is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .collect();
+        let field = |line: &str, name: &str| -> Option<String> {
+            line.split([':', ',']).find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_owned))
+        };
+        let num = |line: &str, name: &str| field(line, name).and_then(|v| v.parse::<u64>().ok());
+        lines.len() == self.shards && lines.iter().all(|l| {
+            field(l, "state").as_deref() == Some("active")
+                && field(l, "leader").is_some_and(|v| !v.is_empty())
+                && matches!((num(l, "applied_index"), num(l, "commit_index")), (Some(a), Some(c)) if a >= c)
+        })
     }
 
     async fn leader(&self) -> Option<usize> {
@@ -116,7 +149,11 @@ impl Cluster {
     async fn caught_up(&self, i: usize, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(info) = self.raft_info(i).await {
+            if self.shards > 1 {
+                if self.shards_caught_up(i).await {
+                    return;
+                }
+            } else if let Some(info) = self.raft_info(i).await {
                 let field = |name: &str| -> Option<u64> {
                     info.lines()
                         .find_map(|l| l.strip_prefix(&format!("{name}:")))
@@ -270,8 +307,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
-async fn run(nemesis: Nemesis, seed: u64, secs: u64) {
+async fn run(nemesis: Nemesis, shards: usize, seed: u64, secs: u64) {
     let mut cluster = Cluster {
+        shards,
         raft: free_addrs(NODES),
         resp: free_addrs(NODES),
         admin: free_addrs(NODES),
@@ -380,7 +418,7 @@ async fn run(nemesis: Nemesis, seed: u64, secs: u64) {
     let faults = faults.lock().unwrap();
     let increments: u64 = work.incr_acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
     println!(
-        "memory nemesis {nemesis:?}: seed {seed}, {secs} s: {} operations checked ({} of unknown outcome), \
+        "memory nemesis {nemesis:?}, {shards} shard(s): seed {seed}, {secs} s: {} operations checked ({} of unknown outcome), \
          {increments} increments acknowledged, {} faults ({:?}); verdict {verdict:?}",
         ops.len(),
         ops.iter().filter(|o| o.output == Output::Unknown).count(),
@@ -401,23 +439,28 @@ async fn run(nemesis: Nemesis, seed: u64, secs: u64) {
     assert!(panics.is_empty(), "node logs hold panics:\n{}", panics.join("\n"));
 }
 
-async fn run_all(nemesis: Nemesis, default_seed: u64) {
+async fn run_all(nemesis: Nemesis, shards: usize, default_seed: u64) {
     if std::env::var_os("CREMA_MEMORY_NEMESIS_SOAK").is_some() {
         for seed in 1..=10 {
-            run(nemesis, seed, 60).await;
+            run(nemesis, shards, seed, 60).await;
         }
         return;
     }
     let seed = env_u64("CREMA_MEMORY_NEMESIS_SEED", default_seed);
-    run(nemesis, seed, env_u64("CREMA_MEMORY_NEMESIS_SECS", 30)).await;
+    run(nemesis, shards, seed, env_u64("CREMA_MEMORY_NEMESIS_SECS", 30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_nodes_killed_at_random_lose_nothing() {
-    run_all(Nemesis::Kill, 18).await;
+    run_all(Nemesis::Kill, 1, 18).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_nodes_of_a_sharded_cluster_killed_at_random_lose_nothing() {
+    run_all(Nemesis::Kill, 8, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_leader_paused_loses_nothing() {
-    run_all(Nemesis::PauseLeader, 19).await;
+    run_all(Nemesis::PauseLeader, 1, 19).await;
 }

@@ -256,11 +256,13 @@ pub(super) fn shard_limits(config: &CacheConfig) -> StorageLimits {
     }
 }
 
-/// The node's RocksDB once a durable shard opened it.
+/// The node's RocksDB once a durable shard opened it (always `None` without RocksDB).
+type NodeDbSlot = Option<NodeDbHandle>;
 #[cfg(feature = "rocksdb")]
-type NodeDbSlot = Option<Arc<crate::consensus::rocks_storage::NodeDb>>;
+type NodeDbHandle = Arc<crate::consensus::rocks_storage::NodeDb>;
+/// Without RocksDB there is no node database to hold.
 #[cfg(not(feature = "rocksdb"))]
-type NodeDbSlot = ();
+type NodeDbHandle = std::convert::Infallible;
 
 /// Starts the Raft group of shard `id` over its state machine `sm`.
 fn spawn_shard_group(
