@@ -191,6 +191,15 @@ async fn held_by(nodes: &[&Node]) -> Vec<BTreeMap<u64, (Option<u64>, Vec<u64>)>>
     out
 }
 
+/// How `node`'s gossip sees node `id` (`alive`, `suspect`, `down`), from its `/cluster`.
+async fn gossip_health(node: &Node, id: u64) -> String {
+    let (_, body) = http_get(node.admin, "/cluster").await;
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let nodes = view["nodes"].as_array().cloned().unwrap_or_default();
+    let of = nodes.iter().find(|n| n["node_id"].as_u64() == Some(id));
+    of.and_then(|n| n["health"].as_str()).unwrap_or("unknown").to_owned()
+}
+
 async fn node_id(node: &Node) -> u64 {
     let (_, body) = http_get(node.admin, "/cluster").await;
     let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -235,8 +244,11 @@ async fn a_killed_nodes_replicas_move_and_a_new_node_takes_its_share_with_nothin
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let key = format!("w{w}:{i}");
                 let set: redis::RedisResult<()> = c.set(&key, i).await;
-                if set.is_ok() {
-                    acked.push(key);
+                match set {
+                    Ok(()) => acked.push(key),
+                    // A broken connection fails at once without yielding: without a pause this
+                    // loop would never let the runtime stop (a failing test would hang).
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 }
                 i += 1;
             }
@@ -244,9 +256,21 @@ async fn a_killed_nodes_replicas_move_and_a_new_node_takes_its_share_with_nothin
         }));
     }
 
-    // SIGKILL node 5: gossip declares it down, and its replicas are recreated on the others.
+    // SIGKILL node 5: gossip suspects it (it answers no probe), then declares it down, and
+    // its replicas are recreated on the others.
     let _ = nodes[4].child.kill();
     let _ = nodes[4].child.wait();
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.last().map(String::as_str) != Some("down") {
+        assert!(std::time::Instant::now() < deadline, "node 5 not declared down by gossip: {seen:?}");
+        let health = gossip_health(&nodes[0], 5).await;
+        if seen.last() != Some(&health) {
+            seen.push(health);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.iter().rev().take(2).collect::<Vec<_>>(), ["down", "suspect"], "node 1 saw {seen:?}");
     wait_until(Duration::from_secs(60), "node 5's replicas recreated on the four others", || async {
         settled_on(&nodes[..4].iter().collect::<Vec<_>>(), &[1, 2, 3, 4]).await
     })

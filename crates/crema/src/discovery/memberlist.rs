@@ -368,6 +368,7 @@ impl Agent {
         while let Some(notification) = self.runtime.to_notify() {
             self.on_notification(notification);
         }
+        self.sync_suspicion();
         let received = std::mem::take(&mut *self.received.lock().expect("hints poisoned"));
         for hint in received {
             self.ctx.emit(DiscoveryEvent::ShardLeader(hint));
@@ -404,6 +405,28 @@ impl Agent {
                 self.announce_to_seeds();
             }
             OwnedNotification::Active | OwnedNotification::Idle => {}
+        }
+    }
+
+    /// foca notifies a member up and down, not its suspicion (it missed a probe and is not
+    /// declared down yet): a member it suspects shows as `Suspect` until it refutes (`Alive`
+    /// again) or is declared down. Nothing acts on suspicion; it is only reported (`/cluster`,
+    /// `crema_memberlist_nodes`).
+    fn sync_suspicion(&mut self) {
+        let mut members = self.members.lock().expect("members poisoned");
+        for member in self.foca.iter_membership_state() {
+            let id = member.id();
+            let Some(known) = members.get_mut(&id.node_id) else { continue };
+            if known.gossip_addr != Some(id.gossip) || known.raft_addr != id.raft {
+                continue; // another identity of that node id
+            }
+            let health = match (member.state(), known.health) {
+                (foca::State::Suspect, NodeHealth::Alive) => NodeHealth::Suspect,
+                (foca::State::Alive, NodeHealth::Suspect) => NodeHealth::Alive,
+                _ => continue,
+            };
+            debug!(name = %self.name, node = id.node_id, ?health, "gossip: suspicion");
+            known.health = health;
         }
     }
 
