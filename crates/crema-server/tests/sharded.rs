@@ -404,10 +404,27 @@ async fn gossip_view(admin: std::net::SocketAddr) -> Vec<(u64, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gossip_finds_every_node_from_one_seed_and_declares_a_killed_one_down() {
+    gossip_from_one_seed(None).await;
+}
+
+/// The same with a cluster secret: every gossip packet is signed and stamped (numbered against
+/// replays), and the nodes find each other and declare the dead one down as without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_gossip_finds_every_node_and_declares_a_killed_one_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-long-enough-cluster-secret\n").unwrap();
+    gossip_from_one_seed(Some(secret.to_str().unwrap())).await;
+}
+
+async fn gossip_from_one_seed(secret_file: Option<&str>) {
     let gossip: Vec<String> = free_udp_addrs(3).iter().map(ToString::to_string).collect();
     let mut nodes = start_cluster_with(3, |i| {
         let mut args =
             vec!["--shards".to_owned(), "4".to_owned(), "--gossip-addr".to_owned(), gossip[i].clone()];
+        if let Some(file) = secret_file {
+            args.extend(["--cluster-secret-file".to_owned(), file.to_owned()]);
+        }
         if i > 0 {
             // Nodes 2 and 3 know only node 1's gossip address.
             args.extend(["--gossip-seed".to_owned(), gossip[0].clone()]);

@@ -11,11 +11,12 @@
 //! newer epoch of a shard invalidates an older one still being spread, and a received hint is
 //! spread on only when it is newer than what this node knew.
 //!
-//! With a cluster secret every packet carries `HMAC-SHA256(secret, label ‖ packet)` and
-//! packets without a valid one are dropped, so a process without the secret can neither join
-//! nor spread anything; a recorded packet can be replayed (SWIM tolerates duplicates, and
-//! incarnations order what a replay could claim). When the peer port is authenticated and there
-//! is no secret (mutual TLS alone), gossip refuses to start: UDP has no TLS here.
+//! With a cluster secret every packet carries a stamp (its sender, the sender's boot and a
+//! sequence number, see `replay`) and `HMAC-SHA256(secret, label ‖ packet ‖ stamp)`; packets
+//! without a valid tag are dropped, so a process without the secret can neither join nor
+//! spread anything, and a recorded packet sent again is dropped as a replay. When the peer
+//! port is authenticated and there is no secret (mutual TLS alone), gossip refuses to start:
+//! UDP has no TLS here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -32,6 +33,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::replay::{ReplayGuard, Stamp, Stamper, STAMP_BYTES};
 use super::{
     ClusterDiscovery, DiscoveredNode, DiscoveryContext, DiscoveryError, DiscoveryEvent, NodeHealth,
     PeerManagementConfig, ShardLeaderHint,
@@ -40,7 +42,7 @@ use crate::transport::auth::ClusterSecret;
 use crate::types::{NodeId, ShardId};
 
 /// The label of gossip packet tags.
-const TAG_LABEL: &[u8] = b"crema-gossip-v1";
+const TAG_LABEL: &[u8] = b"crema-gossip-v2";
 const TAG_BYTES: usize = 32;
 /// foca's largest packet.
 const MAX_PACKET: usize = 1400;
@@ -245,7 +247,11 @@ impl ClusterDiscovery for MemberlistDiscovery {
             foca,
             runtime: AccumulatingRuntime::new(),
             socket,
-            secret: ctx.secret().cloned(),
+            secret: ctx.secret().cloned().map(|secret| Signing {
+                secret,
+                stamper: Stamper::new(self.node_id, bump),
+                guard: ReplayGuard::default(),
+            }),
             seeds: self.config.seed_addrs.iter().copied().filter(|a| *a != advertise).collect(),
             members: self.members.clone(),
             received,
@@ -271,12 +277,20 @@ impl ClusterDiscovery for MemberlistDiscovery {
     }
 }
 
+/// Signed gossip: the cluster secret, this node's stamps, and what it heard of the others'.
+struct Signing {
+    secret: ClusterSecret,
+    stamper: Stamper,
+    guard: ReplayGuard,
+}
+
 /// The gossip task's state.
 struct Agent {
     foca: Foca<GossipId, foca::PostcardCodec, rand_010::rngs::StdRng, Hints>,
     runtime: AccumulatingRuntime<GossipId>,
     socket: UdpSocket,
-    secret: Option<ClusterSecret>,
+    /// With a cluster secret: how packets are signed and replays refused.
+    secret: Option<Signing>,
     seeds: Vec<SocketAddr>,
     members: Arc<Mutex<BTreeMap<NodeId, DiscoveredNode>>>,
     /// Hints from others, filled by the broadcast handler.
@@ -291,7 +305,7 @@ impl Agent {
         self.announce_to_seeds();
         self.drain(&timer_tx).await;
         let mut reannounce = tokio::time::interval(REANNOUNCE);
-        let mut buf = vec![0u8; MAX_PACKET + TAG_BYTES + 1];
+        let mut buf = vec![0u8; MAX_PACKET + STAMP_BYTES + TAG_BYTES + 1];
         let cancel = self.ctx.cancel_token().clone();
         loop {
             tokio::select! {
@@ -335,15 +349,21 @@ impl Agent {
     }
 
     fn on_packet(&mut self, packet: &[u8], from: SocketAddr) {
-        let data = match &self.secret {
+        let data = match &mut self.secret {
             None => packet,
-            Some(secret) => {
+            Some(signing) => {
                 let Some(split) = packet.len().checked_sub(TAG_BYTES) else {
                     return debug!(%from, "gossip packet too short: dropped");
                 };
-                let (data, tag) = packet.split_at(split);
-                if !secret.check_tag(TAG_LABEL, data, tag) {
+                let (signed, tag) = packet.split_at(split);
+                if !signing.secret.check_tag(TAG_LABEL, signed, tag) {
                     return debug!(%from, "gossip packet without a valid tag: dropped");
+                }
+                let Some((data, stamp)) = Stamp::split(signed) else {
+                    return debug!(%from, "signed gossip packet without a stamp: dropped");
+                };
+                if !signing.guard.admit(stamp) {
+                    return debug!(%from, node = stamp.node, seq = stamp.seq, "replayed gossip packet: dropped");
                 }
                 data
             }
@@ -375,12 +395,14 @@ impl Agent {
         }
     }
 
-    async fn send(&self, to: &GossipId, data: Bytes) {
-        let packet = match &self.secret {
+    async fn send(&mut self, to: &GossipId, data: Bytes) {
+        let packet = match &mut self.secret {
             None => data.to_vec(),
-            Some(secret) => {
+            Some(signing) => {
                 let mut packet = data.to_vec();
-                packet.extend_from_slice(&secret.tag(TAG_LABEL, &data));
+                packet.extend_from_slice(&signing.stamper.next().encode());
+                let tag = signing.secret.tag(TAG_LABEL, &packet);
+                packet.extend_from_slice(&tag);
                 packet
             }
         };

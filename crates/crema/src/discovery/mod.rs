@@ -25,6 +25,7 @@
 //! ```
 
 pub mod memberlist;
+mod replay;
 mod static_list;
 
 use std::fmt::Debug;
