@@ -89,7 +89,8 @@ else
 fi
 read -r msg_after batch_after entry_after < <(counters)
 read -r idle_after total_after < <(idle)
-bench_used="$(($(ticks "$BENCH") - bench_before))"
+# (the load tool may have ended already when a profiler held the window open: then 0)
+bench_used="$(($(ticks "$BENCH" 2>/dev/null || echo "$bench_before") - bench_before))"
 used=()
 sw=()
 for k in 0 1 2; do

@@ -131,7 +131,7 @@ impl Cluster {
         let num = |line: &str, name: &str| field(line, name).and_then(|v| v.parse::<u64>().ok());
         lines.len() == self.shards && lines.iter().all(|l| {
             field(l, "state").as_deref() == Some("active")
-                && field(l, "leader").is_some_and(|v| !v.is_empty())
+                && num(l, "leader").is_some_and(|leader| leader != 0)
                 && matches!((num(l, "applied_index"), num(l, "commit_index")), (Some(a), Some(c)) if a >= c)
         })
     }

@@ -451,9 +451,13 @@ async fn gossip_from_one_seed(secret_file: Option<&str>) {
         })
         .await;
     }
-    let (_, metrics) = http_get(nodes[0].admin, "/metrics").await;
-    assert!(metrics.contains("crema_memberlist_nodes{state=\"alive\"} 2"), "{metrics}");
-    assert!(metrics.contains("crema_memberlist_nodes{state=\"down\"} 1"), "{metrics}");
+    // Node 2 may be suspected for a moment on a loaded machine: the counts settle.
+    wait_until(std::time::Duration::from_secs(15), "the metrics count two alive and one down", || async {
+        let (_, metrics) = http_get(nodes[0].admin, "/metrics").await;
+        metrics.contains("crema_memberlist_nodes{state=\"alive\"} 2")
+            && metrics.contains("crema_memberlist_nodes{state=\"down\"} 1")
+    })
+    .await;
     let mut c = client(nodes[0].resp).await;
     for i in 0..20 {
         let _: () = redis::AsyncCommands::set(&mut c, format!("after:{i}"), i).await.unwrap();

@@ -61,9 +61,11 @@ const MAX_MOVES: usize = 2;
 /// on a busy shard.
 const CAUGHT_UP_SLACK: u64 = 1024;
 
-/// The nodes the planner may place replicas on: alive (discovery says so, or this node heard
-/// from it lately: gossip on a loaded machine may call a node that still talks down, and
-/// counting it dead would move its replicas, or see a shard without a quorum it has), and
+/// The nodes the planner may place replicas on: not declared down by discovery (a node gossip
+/// only suspects keeps its replicas: they move once it is declared down, and a suspicion it
+/// refutes moves nothing), or heard from lately by this node (gossip on a loaded machine may
+/// call a node that still talks down, and counting it dead would move its replicas, or see a
+/// shard without a quorum it has), and
 /// following the meta shard (a node that does not read the map yet could not start the
 /// replicas it is given), `me` included.
 pub(super) fn live_followers(
@@ -76,7 +78,7 @@ pub(super) fn live_followers(
         meta.shared.voters().into_iter().chain(meta.shared.learners()).collect();
     let mut live: BTreeSet<NodeId> = nodes
         .iter()
-        .filter(|n| n.health == NodeHealth::Alive)
+        .filter(|n| n.health != NodeHealth::Down)
         .map(|n| n.node_id)
         .chain(heard.iter().copied())
         .filter(|n| followers.contains(n))

@@ -44,7 +44,8 @@ use crate::types::{NodeId, ShardId};
 /// The label of gossip packet tags.
 const TAG_LABEL: &[u8] = b"crema-gossip-v2";
 const TAG_BYTES: usize = 32;
-/// foca's largest packet.
+/// The largest gossip packet on the wire, stamp and tag included (IPv4 and IPv6 carry it on a
+/// 1500-byte link without fragments); foca's own part is what is left.
 const MAX_PACKET: usize = 1400;
 /// How often a node that knows no member announces itself to the seeds again.
 const REANNOUNCE: Duration = Duration::from_secs(2);
@@ -236,7 +237,11 @@ impl ClusterDiscovery for MemberlistDiscovery {
         let hints = Hints { newest: HashMap::new(), received: received.clone() };
         let foca = Foca::with_custom_broadcast(
             identity,
-            Config::new_lan(cluster_size),
+            Config {
+                max_packet_size: std::num::NonZeroUsize::new(MAX_PACKET - STAMP_BYTES - TAG_BYTES)
+                    .expect("a packet leaves room for foca"),
+                ..Config::new_lan(cluster_size)
+            },
             rng,
             foca::PostcardCodec,
             hints,
@@ -305,7 +310,7 @@ impl Agent {
         self.announce_to_seeds();
         self.drain(&timer_tx).await;
         let mut reannounce = tokio::time::interval(REANNOUNCE);
-        let mut buf = vec![0u8; MAX_PACKET + STAMP_BYTES + TAG_BYTES + 1];
+        let mut buf = vec![0u8; MAX_PACKET + 1];
         let cancel = self.ctx.cancel_token().clone();
         loop {
             tokio::select! {
@@ -362,7 +367,7 @@ impl Agent {
                 let Some((data, stamp)) = Stamp::split(signed) else {
                     return debug!(%from, "signed gossip packet without a stamp: dropped");
                 };
-                if !signing.guard.admit(stamp) {
+                if !signing.guard.admit(stamp, std::time::Instant::now()) {
                     return debug!(%from, node = stamp.node, seq = stamp.seq, "replayed gossip packet: dropped");
                 }
                 data
