@@ -6,9 +6,10 @@
 //! restarts it with the same flags (it comes back empty and recovers, see docs/reliability.md),
 //! or SIGSTOPs the leader past its election timeout and SIGCONTs it. Memory storage survives one
 //! lost node at a time, so the next fault waits until the restarted node has caught up (with
-//! shards: every shard's replica on it). Every node's log is kept; none may hold a panic. The
-//! kills run against one group and against a cluster of 8 shards (`--shards 8`), where every
-//! restart brings back eight empty replicas at once, each recovering from its shard's leader.
+//! shards: every shard's replica on it). Every node's log is kept; none may hold a panic. Both
+//! nemeses run against one group and against a cluster of 8 shards (`--shards 8`): there every
+//! restart brings back eight empty replicas at once, each recovering from its shard's leader,
+//! and the paused node is shard 0's leader, among the leaders of other shards.
 //!
 //! `CREMA_MEMORY_NEMESIS_SECS` sets the fault phase (default 30 s), `CREMA_MEMORY_NEMESIS_SEED`
 //! the schedule; `CREMA_MEMORY_NEMESIS_SOAK=1` runs each nemesis for 10 minutes in all, over
@@ -463,4 +464,9 @@ async fn memory_nodes_of_a_sharded_cluster_killed_at_random_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_leader_paused_loses_nothing() {
     run_all(Nemesis::PauseLeader, 1, 19).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_leaders_of_a_sharded_cluster_paused_lose_nothing() {
+    run_all(Nemesis::PauseLeader, 8, 21).await;
 }
