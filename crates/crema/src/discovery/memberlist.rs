@@ -252,7 +252,7 @@ impl ClusterDiscovery for MemberlistDiscovery {
             foca,
             runtime: AccumulatingRuntime::new(),
             socket,
-            secret: ctx.secret().cloned().map(|secret| Signing {
+            signing: ctx.secret().cloned().map(|secret| Signing {
                 secret,
                 stamper: Stamper::new(self.node_id, bump),
                 guard: ReplayGuard::default(),
@@ -295,7 +295,7 @@ struct Agent {
     runtime: AccumulatingRuntime<GossipId>,
     socket: UdpSocket,
     /// With a cluster secret: how packets are signed and replays refused.
-    secret: Option<Signing>,
+    signing: Option<Signing>,
     seeds: Vec<SocketAddr>,
     members: Arc<Mutex<BTreeMap<NodeId, DiscoveredNode>>>,
     /// Hints from others, filled by the broadcast handler.
@@ -354,7 +354,7 @@ impl Agent {
     }
 
     fn on_packet(&mut self, packet: &[u8], from: SocketAddr) {
-        let data = match &mut self.secret {
+        let data = match &mut self.signing {
             None => packet,
             Some(signing) => {
                 let Some(split) = packet.len().checked_sub(TAG_BYTES) else {
@@ -401,7 +401,7 @@ impl Agent {
     }
 
     async fn send(&mut self, to: &GossipId, data: Bytes) {
-        let packet = match &mut self.secret {
+        let packet = match &mut self.signing {
             None => data.to_vec(),
             Some(signing) => {
                 let mut packet = data.to_vec();
