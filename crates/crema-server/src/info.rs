@@ -1,4 +1,4 @@
-//! The sections of `INFO`: Redis's server, clients, memory, stats, replication and keyspace, in
+//! The sections of `INFO`: Redis's server, clients, memory, stats, replication, cluster and keyspace, in
 //! the `field:value` lines clients parse, plus `raft` and `shards` sections of crema's own.
 
 use std::fmt::Write as _;
@@ -18,6 +18,7 @@ pub static SECTIONS: &[(&str, Section)] = &[
     ("memory", memory),
     ("stats", stats),
     ("replication", replication),
+    ("cluster", cluster),
     ("keyspace", keyspace),
     ("raft", raft),
     ("shards", shards),
@@ -33,7 +34,9 @@ macro_rules! line {
 fn server(state: &ServerState, _: &ClusterStatus, out: &mut String) {
     line!(out, "redis_version:{}", crate::REDIS_COMPAT_VERSION);
     line!(out, "crema_version:{}", env!("CARGO_PKG_VERSION"));
-    line!(out, "redis_mode:standalone");
+    // Every crema node answers Redis Cluster's commands (one shard is one slot range), so tools
+    // that look here before speaking cluster (`redis-cli --cluster`) find a cluster node.
+    line!(out, "redis_mode:cluster");
     line!(out, "os:{} {}", std::env::consts::OS, std::env::consts::ARCH);
     line!(out, "process_id:{}", std::process::id());
     line!(out, "tcp_port:{}", state.resp_addr.port());
@@ -133,6 +136,10 @@ fn raft(_: &ServerState, status: &ClusterStatus, out: &mut String) {
 }
 
 /// One line per shard replica, in the shape of Redis's keyspace lines.
+fn cluster(_: &ServerState, _: &ClusterStatus, out: &mut String) {
+    line!(out, "cluster_enabled:1");
+}
+
 fn shards(_: &ServerState, status: &ClusterStatus, out: &mut String) {
     let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join("|");
     line!(out, "shards:{}", status.shards.len());

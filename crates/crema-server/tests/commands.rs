@@ -314,9 +314,13 @@ async fn server_commands() {
     let node = start(&[]);
     let c = &mut client(node.resp).await;
     let info: String = q(c, &["INFO"]).await.unwrap();
-    for section in ["# Server", "# Clients", "# Memory", "# Stats", "# Replication", "# Keyspace", "# Raft"] {
+    for section in
+        ["# Server", "# Clients", "# Memory", "# Stats", "# Replication", "# Cluster", "# Keyspace", "# Raft"]
+    {
         assert!(info.contains(section), "{section} missing from INFO");
     }
+    // Tools that check for a cluster node before speaking cluster (`redis-cli --cluster`) read these.
+    assert!(info.contains("redis_mode:cluster\r\n") && info.contains("cluster_enabled:1\r\n"), "{info}");
     assert!(
         info.contains("role:master") && info.contains("role:Leader") && info.contains("connected_clients:1")
     );

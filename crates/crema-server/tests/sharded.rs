@@ -195,6 +195,17 @@ async fn redis_py_cluster_and_redis_cli_dash_c_across_a_node_death() {
     if let Ok(out) = cli(&["SET", "cli:key", "from-cli"]) {
         assert_eq!(out, "OK");
         assert_eq!(cli(&["GET", "cli:key"]).unwrap(), "from-cli");
+        // redis-cli's cluster manager finds cluster nodes (INFO's cluster_enabled) that agree on
+        // one slot map covering every slot.
+        let check = std::process::Command::new("redis-cli")
+            .args(["--cluster", "check", &nodes[2].resp.to_string()])
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&check.stdout);
+        assert!(check.status.success(), "{report}");
+        for ok in ["All nodes agree about slots configuration", "All 16384 slots covered"] {
+            assert!(report.contains(ok), "{ok}: {report}");
+        }
     } else {
         eprintln!("SKIPPED redis-cli -c: redis-cli is not installed (.ci/run installs it)");
     }
