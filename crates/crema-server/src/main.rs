@@ -2,6 +2,7 @@
 //! and `cluster add-node|remove-node` talk to a running node's admin port.
 
 mod cli_http;
+mod operator;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use crema::NodeId;
-use crema_server::admin::{AddNode, ClusterView, MoveShard};
 use crema_server::config::{ServeArgs, ServeConfig};
 use crema_server::node::RunningNode;
 use tracing_subscriber::EnvFilter;
@@ -263,11 +263,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let certs = tls.then_some(certs_dir);
             dev(nodes, [resp_port, raft_port, admin_port], tick_interval_ms, shards, certs).await
         }
-        Command::Status { admin, json } => status(admin, json).await,
+        Command::Status { admin, json } => operator::status(admin, json).await,
         Command::Metrics { command: MetricsCommand::Show { admin } } => {
             emit(&admin.request("GET", "/metrics", None).await?.ok()?)
         }
-        Command::Cluster { command } => cluster(command).await,
+        Command::Cluster { command } => operator::cluster(command).await,
         Command::Certs { command: CertsCommand::Init { dir, nodes, host } } => {
             let written = crema_server::certs::init(&dir, nodes, &host)?;
             let mut out = String::new();
@@ -405,110 +405,6 @@ async fn dev(
         node.stop().await;
     }
     Ok(())
-}
-
-async fn status(admin: AdminTarget, json: bool) -> anyhow::Result<()> {
-    let body = admin.request("GET", "/cluster", None).await?.ok()?;
-    if json {
-        return emit(&format!("{body}\n"));
-    }
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let v: ClusterView = serde_json::from_str(&body).context("reading /cluster")?;
-    writeln!(out, "node        {} ({})", v.node_id, v.role)?;
-    writeln!(out, "leader      {}", v.leader_id.map_or("none".into(), |l| l.to_string()))?;
-    writeln!(out, "term        {}", v.term)?;
-    writeln!(out, "commit      {}", v.commit_index)?;
-    writeln!(out, "applied     {}", v.applied_index)?;
-    writeln!(out, "voters      {:?}", v.voters)?;
-    if !v.learners.is_empty() {
-        writeln!(out, "learners    {:?}", v.learners)?;
-    }
-    for (id, addr) in &v.members {
-        writeln!(out, "member      {id} raft={addr}")?;
-    }
-    writeln!(out, "resp        {}", v.resp_addr)?;
-    writeln!(out, "entries     {}", v.entries)?;
-    writeln!(out, "size        {}", v.size)?;
-    if let Some(bytes) = v.memory_bytes {
-        writeln!(out, "memory      {:.1} MiB resident", bytes as f64 / (1024.0 * 1024.0))?;
-    }
-    writeln!(out, "hits/misses {}/{}", v.hits, v.misses)?;
-    if let Some(recovery) = &v.recovery {
-        writeln!(out, "recovering  {recovery}")?;
-    }
-    if let Some(kind) = &v.discovery {
-        writeln!(out, "discovery   {kind}")?;
-        for n in &v.nodes {
-            let gossip = n.gossip_addr.map(|a| format!(" gossip={a}")).unwrap_or_default();
-            let health = format!("{:?}", n.health).to_ascii_lowercase();
-            writeln!(out, "  node {:<4} {health:<8} raft={}{gossip}", n.node_id, n.raft_addr)?;
-        }
-    }
-    if !v.shards.is_empty() {
-        let held = v.shards.iter().filter(|s| s.held).count();
-        writeln!(
-            out,
-            "shards      {} ({held} held here; * marks the others, from the shard map)",
-            v.shards.len()
-        )?;
-        writeln!(
-            out,
-            "  {:<6} {:<13} {:<7} {:<12} {:<9} {:<12} {:>9} {:>6} {:>9} {:>9}",
-            "shard",
-            "state",
-            "leader",
-            "members",
-            "learners",
-            "slots",
-            "entries",
-            "term",
-            "commit",
-            "applied"
-        )?;
-        let ids = |v: &[u64]| {
-            if v.is_empty() {
-                "-".to_owned()
-            } else {
-                v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-            }
-        };
-        for s in &v.shards {
-            writeln!(
-                out,
-                "  {:<6} {:<13} {:<7} {:<12} {:<9} {:<12} {:>9} {:>6} {:>9} {:>9}",
-                if s.held { s.id.to_string() } else { format!("{}*", s.id) },
-                format!("{:?}", s.state).to_ascii_lowercase(),
-                s.leader.map_or("none".into(), |l| l.to_string()),
-                ids(&s.members),
-                ids(&s.learners),
-                s.slots,
-                s.entries,
-                s.term,
-                s.commit_index,
-                s.applied_index
-            )?;
-        }
-    }
-    emit(&out)
-}
-
-async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
-    let response = match command {
-        ClusterCommand::AddNode { admin, id, addr, learner } => {
-            let body = serde_json::to_string(&AddNode { id, addr, learner })?;
-            admin.request("POST", "/cluster/nodes", Some(&body)).await?
-        }
-        ClusterCommand::RemoveNode { admin, id } => {
-            admin.request("DELETE", &format!("/cluster/nodes/{id}"), None).await?
-        }
-        ClusterCommand::Rebalance { admin } => admin.request("POST", "/cluster/rebalance", None).await?,
-        ClusterCommand::MoveShard { admin, shard, from, to } => {
-            let body = serde_json::to_string(&MoveShard { from, to })?;
-            admin.request("POST", &format!("/cluster/shards/{shard}/move"), Some(&body)).await?
-        }
-    };
-    emit(&response.ok()?)
 }
 
 /// Installs the SIGINT and SIGTERM handlers now (before the node says it is ready, so a signal

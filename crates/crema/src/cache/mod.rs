@@ -17,6 +17,7 @@ mod capture;
 mod discovered;
 pub(crate) mod dispatch;
 mod figures;
+mod gather;
 mod keepalive;
 pub mod keyspace;
 mod membership;

@@ -14,18 +14,20 @@
 //! 7. `advance`, then the light ready the same way (commit index, messages, committed entries).
 //!
 //! With a store that syncs to disk (RocksDB) on a multi-threaded runtime, steps 5-7 do not wait
-//! for the fsync: the Ready's changes go off the loop as one write (`LogStore::take_write`; with
-//! RocksDB to the node's log writer, which batches every group's writes), the Ready is advanced without them counting as persisted
-//! (`advance_append_async`), and the loop goes on stepping messages, proposing and applying.
-//! Readies handled meanwhile add their changes to the store's next write; their persisted
-//! messages wait with them. When a write lands, `on_persist_ready` tells raft-rs, which may then
-//! commit (the leader's own entries count), and the held messages go out. Writes land in order:
-//! one runs at a time, or, with a store whose writes go through one queue (RocksDB's node log
-//! writer, `LogStore::pipelines_writes`), each Ready's write is handed over at once, so it can
-//! share the writer's next batch instead of waiting for this group's previous write to land. raft-rs applies nothing this node has not persisted (its
-//! committed entries stop at the persisted index). A snapshot, a checkpoint, leaving the group
-//! and stopping first wait for the write in flight. Under load this overlaps each node's fsync
-//! with its network and apply work, where the synchronous loop did nothing while it synced.
+//! for the fsync: the Ready's changes go off the loop as one write (`LogStore::take_write`;
+//! with RocksDB to the node's log writer, which batches every group's writes), the Ready is
+//! advanced without them counting as persisted (`advance_append_async`), and the loop goes on
+//! stepping messages, proposing and applying. Readies handled meanwhile add their changes to
+//! the store's next write; their persisted messages wait with them. When a write lands,
+//! `on_persist_ready` tells raft-rs, which may then commit (the leader's own entries count),
+//! and the held messages go out. Writes land in order: one runs at a time, or, with a store
+//! whose writes go through one queue (RocksDB's node log writer, `LogStore::pipelines_writes`),
+//! each Ready's write is handed over at once, so it can share the writer's next batch instead
+//! of waiting for this group's previous write to land. raft-rs applies nothing this node has
+//! not persisted (its committed entries stop at the persisted index). A snapshot, a checkpoint,
+//! leaving the group and stopping first wait for the write in flight. Under load this overlaps
+//! each node's fsync with its network and apply work, where the synchronous loop did nothing
+//! while it synced.
 //!
 //! Apply answers each proposal by its `(index, term)`; a proposal whose entry was overwritten by
 //! another leader's answers `ProposalDropped`.
@@ -33,10 +35,10 @@
 //! This file holds the loop and its pass. Beside it: `group/spawn.rs` starts a group,
 //! `group/handle.rs` holds the mailboxes and the handle, `group/shared.rs` what the loop
 //! publishes, `group/propose.rs` the batching of proposals and the commit notices,
-//! `group/ready.rs` the Ready (steps 1-7) with `group/persisting.rs` (step 5, in or off the loop)
-//! and `group/apply.rs` (steps 2 and 4), `group/hibernate.rs` idle groups, and
-//! `group/peer_input.rs` the checks on peer messages, handshakes and this node's recovery after
-//! a restart without its Raft state.
+//! `group/ready.rs` the Ready (steps 1-7) with `group/persisting.rs` (step 5, in or off the
+//! loop) and `group/apply.rs` (steps 2 and 4), `group/hibernate.rs` idle groups, and
+//! `group/client_input.rs` client requests, `group/peer_input.rs` the checks on peer messages,
+//! handshakes and this node's recovery after a restart without its Raft state.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -54,13 +56,14 @@ use super::pending::{PeerRead, ProposalReply, Proposals, ReadBatches};
 use super::recovery::Recovery;
 use super::state_machine::CacheStateMachine;
 use super::storage::LogStore;
-use super::{GroupStatus, Role};
+use super::Role;
 use crate::checkpoint::CheckpointManager;
 use crate::error::Error;
 use crate::transport::Transport;
 use crate::types::NodeId;
 
 mod apply;
+mod client_input;
 mod handle;
 mod hibernate;
 mod peer_input;
@@ -436,82 +439,6 @@ impl<S: LogStore> Group<S> {
         self.raw.read_index(ctx);
         self.shared.read_rounds.fetch_add(1, Ordering::Relaxed);
         true
-    }
-
-    fn on_client(&mut self, msg: ClientMsg) {
-        if !matches!(msg, ClientMsg::Status { .. }) {
-            self.wake(false);
-        }
-        match msg {
-            ClientMsg::Propose { command, reply } => self.gathered.push((command, reply)),
-            ClientMsg::ConfChange { change, reply } => {
-                // In the order they arrived: the writes taken before it go first.
-                self.propose_gathered();
-                self.propose_conf_change(change, reply);
-            }
-            ClientMsg::ReadIndex { reply } => self.reads.push(Instant::now(), reply),
-            ClientMsg::Status { reply } => {
-                let _ = reply.send(self.status());
-            }
-            ClientMsg::ForceNewCluster { reply } => {
-                self.propose_gathered();
-                let _ = reply.send(self.force_new_cluster());
-            }
-            ClientMsg::TransferLeader { to, reply } => {
-                let answer = if self.raw.raft.state != StateRole::Leader {
-                    Err(self.not_leader())
-                } else if to == self.settings.node_id || !self.raw.raft.prs().conf().voters().contains(to) {
-                    Err(Error::Membership(format!(
-                        "node {to} is not another voter of shard {}",
-                        self.shared.shard
-                    )))
-                } else {
-                    self.raw.transfer_leader(to);
-                    Ok(())
-                };
-                let _ = reply.send(answer);
-            }
-            #[cfg(feature = "fault-injection")]
-            ClientMsg::Panic => {
-                panic!("fault injection: the group loop of shard {} panics", self.shared.shard)
-            }
-        }
-    }
-
-    fn not_leader(&self) -> Error {
-        Error::NotLeader { leader_hint: Some(self.raw.raft.leader_id).filter(|id| *id != 0) }
-    }
-
-    fn status(&self) -> GroupStatus {
-        let raft = &self.raw.raft;
-        let conf = raft.prs().conf();
-        let mut voters: Vec<NodeId> = conf.voters().ids().iter().collect();
-        voters.sort_unstable();
-        let mut learners: Vec<NodeId> = conf.learners().iter().copied().collect();
-        learners.sort_unstable();
-        let replica_progress = if raft.state == StateRole::Leader {
-            let me = self.settings.node_id;
-            raft.prs().iter().filter(|(id, _)| **id != me).map(|(id, pr)| (*id, pr.matched)).collect()
-        } else {
-            Vec::new()
-        };
-        GroupStatus {
-            shard: self.shared.shard,
-            node_id: self.settings.node_id,
-            role: Role::from(raft.state),
-            term: raft.term,
-            leader_id: Some(raft.leader_id).filter(|id| *id != 0),
-            commit_index: raft.raft_log.committed,
-            applied_index: self.sm.applied_index(),
-            first_index: raft.raft_log.first_index(),
-            last_index: raft.raft_log.last_index(),
-            voters,
-            learners,
-            recovery: self.recovery_state(),
-            pending_proposals: self.proposals.len(),
-            replica_progress,
-            hibernating: self.hibernating,
-        }
     }
 }
 

@@ -1,0 +1,174 @@
+//! Reads that gather across shards: the entries of many keys, the keys of every shard, what
+//! `WATCH` remembers, the count of live entries. Each shard is read from this node's replica
+//! when it holds one, else from a node that does ([`DistributedCache::remote_read`], in
+//! `remote.rs`), all shards at once.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::storage::{unix_now_ms, StoredValue};
+use super::DistributedCache;
+use crate::error::{Error, Result};
+use crate::glob::glob_match;
+use crate::transport::envelope::{RemoteAnswer, RemoteRead};
+use crate::types::ShardId;
+
+impl DistributedCache {
+    /// The live entries of `keys`, in order (none where absent), from this node's replicas
+    /// and, for the shards it holds none of, from nodes that do (see the module docs). With
+    /// `linearizable`, every shard involved first runs a Read-Index round, as
+    /// [`Self::consistent_get`] does.
+    ///
+    /// # Errors
+    /// As [`Self::consistent_get`]; for a shard held elsewhere, also when no holder answers.
+    pub async fn read_entries(&self, keys: &[Bytes], linearizable: bool) -> Result<Vec<Option<StoredValue>>> {
+        let router = self.keyspace.router();
+        let mut by_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            by_shard.entry(router.shard_for_key(key)).or_default().push(i);
+        }
+        let fetches = by_shard.into_iter().map(|(shard, positions)| async move {
+            let found =
+                self.shard_entries(shard, positions.iter().map(|&i| keys[i].clone()).collect(), linearizable);
+            found.await.map(|entries| (positions, entries))
+        });
+        let mut out = vec![None; keys.len()];
+        for fetched in futures_util::future::join_all(fetches).await {
+            let (positions, entries) = fetched?;
+            for (i, entry) in positions.into_iter().zip(entries) {
+                out[i] = entry;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Self::read_entries`] for keys of one shard.
+    async fn shard_entries(
+        &self,
+        shard: ShardId,
+        keys: Vec<Bytes>,
+        linearizable: bool,
+    ) -> Result<Vec<Option<StoredValue>>> {
+        if self.holds_shard(shard) {
+            if linearizable {
+                self.read_barrier_for_shard(shard).await?;
+            }
+            let now = unix_now_ms();
+            return Ok(keys.iter().map(|k| self.keyspace.entry_at(k, now)).collect());
+        }
+        let count = keys.len();
+        match self.remote_read(shard, RemoteRead::Entries { keys }, linearizable).await? {
+            RemoteAnswer::Entries(entries) if entries.len() == count => {
+                // Judged live again here: an entry may expire on its way.
+                let now = unix_now_ms();
+                Ok(entries
+                    .into_iter()
+                    .map(|e| {
+                        e.map(|(value, expires_at_ms)| StoredValue { value, expires_at_ms })
+                            .filter(|e| e.expires_at_ms.is_none_or(|t| t > now))
+                    })
+                    .collect())
+            }
+            _ => Err(malformed(shard)),
+        }
+    }
+
+    /// The live keys of every shard, those matching `pattern` (a Redis glob) when given: from
+    /// this node's replicas and, for the shards it holds none of, from nodes that do.
+    ///
+    /// # Errors
+    /// As [`Self::read_entries`]; also when one shard's keys do not fit in a peer frame.
+    pub async fn live_keys(&self, pattern: Option<&[u8]>, linearizable: bool) -> Result<Vec<Bytes>> {
+        let shards = 0..self.keyspace.router().num_shards();
+        let fetches = shards.map(|shard| self.shard_keys(shard, pattern, linearizable));
+        let mut all = Vec::new();
+        for keys in futures_util::future::join_all(fetches).await {
+            all.extend(keys?);
+        }
+        Ok(all)
+    }
+
+    /// [`Self::live_keys`] of shard `shard` only.
+    ///
+    /// # Errors
+    /// As [`Self::live_keys`].
+    pub async fn shard_keys(
+        &self,
+        shard: ShardId,
+        pattern: Option<&[u8]>,
+        linearizable: bool,
+    ) -> Result<Vec<Bytes>> {
+        if self.holds_shard(shard) {
+            if linearizable {
+                self.read_barrier_for_shard(shard).await?;
+            }
+            let mut keys = Vec::new();
+            if let Some(storage) = self.keyspace.shard(shard) {
+                storage.for_each_live_key(|k, _| {
+                    if pattern.is_none_or(|p| glob_match(p, k)) {
+                        keys.push(k.clone());
+                    }
+                    true
+                });
+            }
+            return Ok(keys);
+        }
+        let pattern = pattern.map(Bytes::copy_from_slice);
+        match self.remote_read(shard, RemoteRead::Keys { pattern }, linearizable).await? {
+            RemoteAnswer::Keys(keys) => Ok(keys),
+            _ => Err(malformed(shard)),
+        }
+    }
+
+    /// What `WATCH` remembers of `key`: the index this node applied in the key's shard (read
+    /// before the key) and whether the key is live. For a shard this node holds, read here (the
+    /// caller runs the read barrier first); for another, asked of a node that holds it after a
+    /// Read-Index round there.
+    ///
+    /// # Errors
+    /// As [`Self::read_entries`].
+    pub async fn watch_key(&self, key: &Bytes) -> Result<(u64, bool)> {
+        let shard = self.keyspace.router().shard_for_key(key);
+        if self.holds_shard(shard) {
+            let index = self.applied_index_for_key(key);
+            return Ok((index, self.keyspace.get_entry(key).is_some()));
+        }
+        match self.remote_read(shard, RemoteRead::Watch { keys: vec![key.clone()] }, true).await? {
+            RemoteAnswer::Watched(index, live) if live.len() == 1 => Ok((index, live[0])),
+            _ => Err(malformed(shard)),
+        }
+    }
+
+    /// How many live entries the cluster holds: this node's replicas counted here, the
+    /// shards it holds none of asked of nodes that do (Redis's `DBSIZE`).
+    ///
+    /// # Errors
+    /// As [`Self::read_entries`].
+    pub async fn live_count(&self, linearizable: bool) -> Result<u64> {
+        let shards = 0..self.keyspace.router().num_shards();
+        let fetches = shards.map(|shard| async move {
+            if self.holds_shard(shard) {
+                if linearizable {
+                    self.read_barrier_for_shard(shard).await?;
+                }
+                return Ok(self.keyspace.shard(shard).map_or(0, |s| s.live_count()));
+            }
+            match self.remote_read(shard, RemoteRead::Count, linearizable).await? {
+                RemoteAnswer::Count(count) => Ok(count),
+                _ => Err(malformed(shard)),
+            }
+        });
+        let mut total = 0;
+        for count in futures_util::future::join_all(fetches).await {
+            total += count?;
+        }
+        Ok(total)
+    }
+}
+
+fn malformed(shard: ShardId) -> Error {
+    Error::Transport(crate::transport::TransportError::Remote(format!(
+        "a holder of shard {shard} answered a read with something else"
+    )))
+}

@@ -1,0 +1,91 @@
+//! What the group loop does with client input (see `group`): writes gathered for the next
+//! proposal, membership changes and leader transfers, reads for the next read-index round, and
+//! the status this group reports.
+
+use std::time::Instant;
+
+use raft::StateRole;
+
+use super::{ClientMsg, Group};
+use crate::consensus::storage::LogStore;
+use crate::consensus::{GroupStatus, Role};
+use crate::error::Error;
+use crate::types::NodeId;
+
+impl<S: LogStore> Group<S> {
+    pub(super) fn on_client(&mut self, msg: ClientMsg) {
+        if !matches!(msg, ClientMsg::Status { .. }) {
+            self.wake(false);
+        }
+        match msg {
+            ClientMsg::Propose { command, reply } => self.gathered.push((command, reply)),
+            ClientMsg::ConfChange { change, reply } => {
+                // In the order they arrived: the writes taken before it go first.
+                self.propose_gathered();
+                self.propose_conf_change(change, reply);
+            }
+            ClientMsg::ReadIndex { reply } => self.reads.push(Instant::now(), reply),
+            ClientMsg::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            ClientMsg::ForceNewCluster { reply } => {
+                self.propose_gathered();
+                let _ = reply.send(self.force_new_cluster());
+            }
+            ClientMsg::TransferLeader { to, reply } => {
+                let answer = if self.raw.raft.state != StateRole::Leader {
+                    Err(self.not_leader())
+                } else if to == self.settings.node_id || !self.raw.raft.prs().conf().voters().contains(to) {
+                    Err(Error::Membership(format!(
+                        "node {to} is not another voter of shard {}",
+                        self.shared.shard
+                    )))
+                } else {
+                    self.raw.transfer_leader(to);
+                    Ok(())
+                };
+                let _ = reply.send(answer);
+            }
+            #[cfg(feature = "fault-injection")]
+            ClientMsg::Panic => {
+                panic!("fault injection: the group loop of shard {} panics", self.shared.shard)
+            }
+        }
+    }
+
+    pub(super) fn not_leader(&self) -> Error {
+        Error::NotLeader { leader_hint: Some(self.raw.raft.leader_id).filter(|id| *id != 0) }
+    }
+
+    pub(super) fn status(&self) -> GroupStatus {
+        let raft = &self.raw.raft;
+        let conf = raft.prs().conf();
+        let mut voters: Vec<NodeId> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        let mut learners: Vec<NodeId> = conf.learners().iter().copied().collect();
+        learners.sort_unstable();
+        let replica_progress = if raft.state == StateRole::Leader {
+            let me = self.settings.node_id;
+            raft.prs().iter().filter(|(id, _)| **id != me).map(|(id, pr)| (*id, pr.matched)).collect()
+        } else {
+            Vec::new()
+        };
+        GroupStatus {
+            shard: self.shared.shard,
+            node_id: self.settings.node_id,
+            role: Role::from(raft.state),
+            term: raft.term,
+            leader_id: Some(raft.leader_id).filter(|id| *id != 0),
+            commit_index: raft.raft_log.committed,
+            applied_index: self.sm.applied_index(),
+            first_index: raft.raft_log.first_index(),
+            last_index: raft.raft_log.last_index(),
+            voters,
+            learners,
+            recovery: self.recovery_state(),
+            pending_proposals: self.proposals.len(),
+            replica_progress,
+            hibernating: self.hibernating,
+        }
+    }
+}
