@@ -299,3 +299,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, body.to_owned())
 }
+
+/// The replies that promise nothing was written: no leader to take the write (`NOTLEADER`,
+/// `CLUSTERDOWN`) or a proposal that can no longer commit (`TRYAGAIN`); `TIMEOUT` and a lost
+/// connection leave the outcome unknown.
+pub fn nothing_written(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("NOTLEADER" | "CLUSTERDOWN" | "TRYAGAIN"))
+}

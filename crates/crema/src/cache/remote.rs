@@ -291,7 +291,12 @@ impl DistributedCache {
                 });
             }
             let Some(target) = targets.pick() else {
-                return Err(Error::NotLeader { leader_hint: None });
+                // A copy already sent may still be applied.
+                return Err(if sent {
+                    Error::Timeout(self.config.request_timeout)
+                } else {
+                    Error::NotLeader { leader_hint: None }
+                });
             };
             let reply = slot.arm();
             let frame = Envelope::Forward { shard, request_id: slot.seq, command: bytes.clone() };

@@ -69,6 +69,11 @@ impl DistributedCache {
                         tokio::time::sleep(self.config.raft.tick_interval()).await;
                         continue;
                     }
+                    // This copy is dropped, but one forwarded earlier may still commit: the
+                    // outcome is unknown, not "nothing was written".
+                    Err(Error::ProposalDropped | Error::NotLeader { .. }) if forwarded.is_some() => {
+                        return Err(Error::Timeout(self.config.request_timeout));
+                    }
                     other => {
                         if let (Some((slot, _)), Some(session), Ok(_)) =
                             (&forwarded, &stamped.session, &other)
