@@ -409,3 +409,97 @@ async fn a_durable_node_restarts_with_the_replicas_it_holds_now() {
         node.shutdown().await;
     }
 }
+
+/// A memory node that restarts after a shard it holds changed members (another member moved
+/// away, a new one leads it) takes its place in that shard's group again: it starts the
+/// replica as the group has it now, not as the first map had it (a replica with the first
+/// members would refuse the new leader and wait for the node that left, for good), and holds
+/// no replica of a shard the map no longer gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_node_restarts_into_the_groups_as_they_are_now() {
+    let bound = common::bind(4);
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let config = |id: u64| {
+        discovered(common::node_config(id, &addrs))
+            .with_multiraft_config(MultiRaftCacheConfig {
+                enabled: true,
+                num_shards: 6,
+                ..Default::default()
+            })
+            .with_replica_factor(3)
+    };
+    let mut nodes = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        nodes.push(DistributedCache::new_with_listener(config(i as u64 + 1), listener).await.unwrap());
+    }
+    let all: Vec<&DistributedCache> = nodes.iter().collect();
+    wait_until(Duration::from_secs(30), "the first map on every node, every shard led", || async {
+        all.iter().all(|n| !n.shard_map().is_empty())
+            && (1..6).all(|s| all.iter().filter(|n| n.holds_shard(s)).all(|n| n.shard_leader(s).is_some()))
+    })
+    .await;
+    for i in 0..100 {
+        nodes[i % 4].put(key(i), format!("v{i}")).await.unwrap();
+    }
+    // A shard without node 4 moves one replica to it, and node 4 takes its leadership.
+    let map = nodes[0].shard_map();
+    let moved = map.shards().iter().find(|p| p.shard_id != 0 && !p.members.contains(&4)).unwrap().clone();
+    let (gone, stays) = (moved.members[0], moved.members[1]);
+    nodes[0].move_shard(moved.shard_id, gone, 4).await.unwrap();
+    wait_until(Duration::from_secs(30), "the move settles", || async {
+        nodes[0].shard_map().shard(moved.shard_id).is_some_and(|p| p.state == crema::ShardState::Active)
+            && nodes[3].shard_status(moved.shard_id).await.is_ok_and(|s| s.voters.contains(&4))
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "node 4 leads the moved shard", || async {
+        if nodes[3].shard_leader(moved.shard_id) == Some(4) {
+            return true;
+        }
+        if let Some(leader) = nodes[3].shard_leader(moved.shard_id) {
+            let _ = nodes[leader as usize - 1].transfer_shard_leader(moved.shard_id, 4).await;
+        }
+        false
+    })
+    .await;
+    for i in 100..150 {
+        nodes[i % 4].put(key(i), format!("v{i}")).await.unwrap();
+    }
+    // A member that stayed restarts, memory storage: it remembers nothing.
+    let index = stays as usize - 1;
+    let old = nodes.remove(index);
+    old.shutdown().await;
+    drop(old);
+    let listener = std::net::TcpListener::bind(addrs[index]).unwrap();
+    nodes.insert(index, DistributedCache::new_with_listener(config(stays), listener).await.unwrap());
+    let back = &nodes[index];
+    wait_until(Duration::from_secs(30), "the restarted node back in the moved shard's group", || async {
+        back.holds_shard(moved.shard_id)
+            && back.shard_status(moved.shard_id).await.is_ok_and(|s| {
+                s.recovery == crema::RecoveryState::Done
+                    && s.voters.contains(&4)
+                    && !s.voters.contains(&gone)
+                    && s.leader_id.is_some()
+                    && s.applied_index >= s.commit_index
+            })
+    })
+    .await;
+    let map = back.shard_map();
+    for p in map.shards() {
+        assert_eq!(
+            back.holds_shard(p.shard_id),
+            p.members.contains(&stays),
+            "shard {}: as the map says",
+            p.shard_id
+        );
+    }
+    for i in 150..200 {
+        back.put(key(i), format!("v{i}")).await.unwrap();
+    }
+    for i in 0..200 {
+        let want = Some(Bytes::from(format!("v{i}")));
+        assert_eq!(back.consistent_get(&key(i)).await.unwrap(), want, "key {i} through the restarted node");
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

@@ -324,10 +324,27 @@ impl DistributedCache {
         self.shard(shard)?.group.transfer_leader(to).await
     }
 
-    /// Waits up to `timeout` until this node knows a leader of every shard; answers shard 0's
-    /// (none at the timeout).
+    /// Waits up to `timeout` until this node knows a leader of every shard it holds, and, with
+    /// several shards, holds every shard the agreed map gives it (a memory node starts them
+    /// once it read the map: see `cache::start`); answers shard 0's leader (none at the
+    /// timeout).
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
         let deadline = tokio::time::Instant::now() + timeout;
+        if self.keyspace.router().num_shards() > 1 {
+            let me = self.config.node_id;
+            loop {
+                let map = self.shard_map.map();
+                let mine = map.shards().iter().filter(|p| p.members.contains(&me));
+                if !map.is_empty() && mine.into_iter().all(|p| self.shards.get(p.shard_id).is_some()) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                // Placement starts them as it reads the map; looked at every tick.
+                tokio::time::sleep(self.config.raft.tick_interval()).await;
+            }
+        }
         for shard in self.shards.held().iter().skip(1) {
             shard.group.shared.wait_for_leader(deadline).await?;
         }

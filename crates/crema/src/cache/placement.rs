@@ -6,7 +6,8 @@
 //!   start (`Init`), right after the first election.
 //! - **Following the map.** A node starts an empty replica of each shard the map names it a
 //!   member of and it holds none of (the shard's leader then adds it as a learner and sends it
-//!   a snapshot), and retires the replica of a shard whose move away from it has settled, or
+//!   a snapshot; a memory node's replica of a group that counts it already starts as that
+//!   member, recovering, since the node restarted), and retires the replica of a shard whose move away from it has settled, or
 //!   whose group removed it (`cache::replica`). The meta shard stays on every node.
 //! - **Carrying moves out.** The leader of a shard whose group's voters differ from its members
 //!   in the map changes them one step per look, each through the checked membership path: a
@@ -97,6 +98,9 @@ pub(super) struct Placement {
     pub discovery: Option<Arc<dyn ClusterDiscovery>>,
     /// The first map, when this node was started with the cluster (not joining).
     pub initial: Option<ShardMap>,
+    /// A memory node started with the cluster: its replicas start once the map is read, as the
+    /// members their groups may count (see `start_replica`).
+    pub starts_members: bool,
     pub replica_factor: usize,
     /// How often the task looks when nothing wakes it.
     pub look_every: Duration,
@@ -195,15 +199,14 @@ impl Placement {
     /// Starts and retires this node's replicas as the map says (see the module docs).
     async fn follow(&self, map: &ShardMap) {
         let table = &self.replicas.table;
+        // The map as the meta shard has it now, read once a replica is to start (see
+        // `start_replica`).
+        let mut current = None;
         for placement in map.shards().iter().filter(|p| p.shard_id != META_SHARD) {
             let shard = placement.shard_id;
             let member = placement.members.contains(&self.node_id);
             match table.get(shard) {
-                None if member => {
-                    if let Err(e) = self.replicas.join(shard) {
-                        warn!(shard, error = %e, "a replica the shard map gives this node did not start");
-                    }
-                }
+                None if member => self.start_replica(shard, &mut current).await,
                 None => {}
                 // Only a replica that applied its own removal is retired: raft ids are node
                 // ids, so a replica replaced while its group still counts this node (this
@@ -214,6 +217,52 @@ impl Placement {
                 Some(_) => {}
             }
         }
+    }
+
+    /// Starts this node's replica of `shard`, which the map gives it and it does not hold:
+    /// empty, for the shard's leader to add (a move to this node), or, on a memory node, as
+    /// the member its group may already count (this node restarted: see `cache::start`), with
+    /// the group's members, to recover before it votes (`consensus::recovery`).
+    async fn start_replica(&self, shard: ShardId, current: &mut Option<Option<ShardMap>>) {
+        let started = if !self.starts_members {
+            self.replicas.join(shard)
+        } else {
+            // The map read may be one the meta replica is still replaying (a restarted node
+            // goes through the first map on its way): read it again once the replica applied
+            // what the meta shard had committed.
+            if current.is_none() {
+                *current = Some(self.current_map().await);
+            }
+            let Some(Some(map)) = current.as_ref() else { return }; // next look
+            let Some(placement) = map.shard(shard).filter(|p| p.members.contains(&self.node_id)) else {
+                return;
+            };
+            if self.initial.as_ref().and_then(|first| first.shard(shard)) == Some(placement) {
+                // Unchanged since the first map (same epoch): so are its group's members.
+                self.replicas.rejoin(shard, &(placement.members.clone(), Vec::new()))
+            } else {
+                match self.members_of(shard, true).await {
+                    Some(conf) if conf.0.contains(&self.node_id) || conf.1.contains(&self.node_id) => {
+                        self.replicas.rejoin(shard, &conf)
+                    }
+                    // Not counted yet: a move to this node, whose leader adds it once it is here.
+                    Some(_) => self.replicas.join(shard),
+                    None => return, // No holder answered: next look.
+                }
+            }
+        };
+        if let Err(e) = started {
+            warn!(shard, error = %e, "a replica the shard map gives this node did not start");
+        }
+    }
+
+    /// The map as the meta shard has it now: read after a read-index round of the meta shard
+    /// and once this replica applied up to it. None when the round fails (no leader yet, or
+    /// the replica still recovering).
+    async fn current_map(&self) -> Option<ShardMap> {
+        let index = self.meta.read_index().await.ok()?;
+        self.meta.wait_applied(index).await.ok()?;
+        Some(self.map.map())
     }
 
     /// One membership step for every shard this node leads whose group differs from the map.
@@ -333,7 +382,7 @@ impl Placement {
     async fn settle(&self, map: &ShardMap) {
         for placement in map.shards().iter().filter(|p| p.state == ShardState::Transferring) {
             let shard = placement.shard_id;
-            let Some((voters, learners)) = self.members_of(shard).await else { continue };
+            let Some((voters, learners)) = self.members_of(shard, false).await else { continue };
             let done = voters == placement.members && (shard == META_SHARD || learners.is_empty());
             if done && self.propose(PlacementChange::Settle { shard_id: shard, epoch: placement.epoch }).await
             {
@@ -352,8 +401,9 @@ impl Placement {
         }
     }
 
-    /// A shard's voters and learners: this node's replica's view, else a holder's.
-    async fn members_of(&self, shard: ShardId) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+    /// A shard's voters and learners: this node's replica's view, else a holder's (after a
+    /// read-index round of the shard there with `linearizable`: as its leader has them).
+    async fn members_of(&self, shard: ShardId, linearizable: bool) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
         if let Some(held) = self.replicas.table.get(shard) {
             if held.group.shared.is_leader() || held.group.shared.leader_id().is_none() {
                 return Some((held.group.shared.voters(), held.group.shared.learners()));
@@ -372,7 +422,7 @@ impl Placement {
         };
         // The shard's leader knows its members best: ask it first (the hint), then the others.
         let to = targets(self.node_id, shard, &self.map, &dispatcher.hints, &replicas.transport);
-        match asker.ask(to, shard, RemoteRead::Members, false).await {
+        match asker.ask(to, shard, RemoteRead::Members, linearizable).await {
             Ok(RemoteAnswer::Members { voters, learners }) => Some((voters, learners)),
             _ => None,
         }

@@ -187,6 +187,21 @@ impl Replicas {
         Ok(())
     }
 
+    /// Starts shard `id`'s replica while the node runs, as a member the group already counts
+    /// (`conf`, as the group has it): a memory node's replica after a restart, which recovers
+    /// before it votes (`consensus::recovery`). The peers' handshakes of this process's start
+    /// are its answers: every one came after the earlier process ended.
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn rejoin(&self, id: ShardId, conf: &Conf) -> Result<()> {
+        self.storages[id as usize].clear();
+        let started = self.start(id, conf)?;
+        self.dispatcher.introduce(&started.shard.group);
+        info!(shard = id, voters = ?conf.0, learners = ?conf.1, "this node's replica of the shard started again");
+        Ok(())
+    }
+
     /// Stops shard `id`'s replica and deletes what it held (see the module docs). Reads go to
     /// the shard's holders from now on; its cache is cleared after `clear_after`, unless a new
     /// replica of the shard started here meanwhile (which clears it first).

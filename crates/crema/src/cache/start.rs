@@ -99,7 +99,17 @@ impl DistributedCache {
         // may have moved shards since the first map); else those the first map gives it. A shard
         // it holds no replica of keeps an empty cache: reads of its keys go to the nodes that
         // hold it (see `cache::remote`).
+        //
+        // A memory node keeps no state, and cannot tell a restart from a first start: the
+        // members its shards had at first may have changed since (a move), and a replica started
+        // with the first ones would refuse their leader and wait for nodes that left. It starts
+        // the meta shard alone, and the others once the meta shard says which it holds and the
+        // shard's group says with whom (`placement::Placement::follow`).
         let stored = replicas.stored_shards()?;
+        let after_meta = config.raft_storage == crate::config::RaftStorageType::Memory
+            && !config.join
+            && !config.force_new_cluster
+            && router.num_shards() > 1;
         let mut acl = None;
         let mut shard_map = None;
         for id in 0..router.num_shards() {
@@ -107,6 +117,7 @@ impl DistributedCache {
                 Some(stored) if id != META_SHARD && !stored.contains(&id) => continue,
                 // Its stored conf state counts; this one is not used.
                 Some(_) => config.initial_conf(id).unwrap_or_default(),
+                None if after_meta && id != META_SHARD => continue,
                 None => match config.initial_conf(id) {
                     Some(conf) => conf,
                     None => continue,
@@ -137,6 +148,7 @@ impl DistributedCache {
                 membership: membership.clone(),
                 discovery: config.cluster_discovery.clone(),
                 initial: config.initial_shard_map().filter(|_| !config.join),
+                starts_members: after_meta,
                 replica_factor: config.replica_factor,
                 look_every: config
                     .raft
