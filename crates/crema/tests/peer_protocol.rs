@@ -44,6 +44,13 @@ async fn bad_input_gets_a_clear_error_and_the_cluster_keeps_serving() {
     let mut s = TcpStream::connect(target).await.unwrap();
     s.write_all(&(16 * 1024 * 1024 + 1u32).to_be_bytes()).await.unwrap();
     FakePeer::expect_closed(&mut s).await;
+    // A first frame announcing 2 MiB, more than any handshake needs: closed at once, not held
+    // (with its buffer) for the 5 s handshake timeout while the rest never comes.
+    let mut s = TcpStream::connect(target).await.unwrap();
+    s.write_all(&(2 * 1024 * 1024u32).to_be_bytes()).await.unwrap();
+    let sent = std::time::Instant::now();
+    FakePeer::expect_closed(&mut s).await;
+    assert!(sent.elapsed() < Duration::from_secs(4), "held for {:?}", sent.elapsed());
     // A hello of the previous envelope version.
     let mut s = TcpStream::connect(target).await.unwrap();
     let mut old = vec![1u8];
@@ -114,6 +121,13 @@ async fn frames_that_once_stopped_the_cluster_are_refused_and_nothing_is_lost() 
             p.send(&raft_msg(MessageType::MsgTransferLeader, as_id, me, term)).await;
             p.send(&raft_msg(MessageType::MsgHeartbeat, leader_id, me, term)).await;
             // not the peer's id
+            // Found from outside: an append "after" an entry far past the log with term 0
+            // (raft-rs took it as matching and committed past its log: a panic), and one answer
+            // just under the absurd term (every replica took it; no election could be won).
+            let mut past_log = raft_msg(MessageType::MsgAppend, as_id, me, term);
+            (past_log.index, past_log.log_term, past_log.commit) = (1_000_000_000_000, 0, 1_000_000_000_000);
+            p.send(&past_log).await;
+            p.send(&raft_msg(MessageType::MsgHeartbeatResponse, as_id, me, (1 << 63) - 1)).await;
         }
         if i != leader {
             // As the leader, at its term: a heartbeat committing far past this follower's log.

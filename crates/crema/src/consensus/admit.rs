@@ -2,7 +2,10 @@
 //! panics on a proposal without entries, on a commit index past its log, on a read-index
 //! request without a context, on a message it forwards or answers whose term is not what its
 //! own messages carry (a term on a forwarded `MsgReadIndex` or `MsgTransferLeader`, none on a
-//! vote request), and overflows on a term of `u64::MAX`. Those are bugs for a
+//! vote request), on an append "after" an entry past its log with term 0 (it reads any index
+//! past its log as term 0, so the append matches and commits past the log), and overflows on a
+//! term of `u64::MAX` (and one term just under [`MAX_TERM`] leaves a group that can never
+//! elect again: [`MAX_TERM_LEAP`]). Those are bugs for a
 //! message a correct peer sends and attacks for one anybody can write to the peer port, so
 //! every message is checked here first and dropped (and counted) when a correct peer could not
 //! have sent it.
@@ -22,6 +25,12 @@ use crate::types::NodeId;
 /// Terms at or above this are refused: no cluster reaches them by elections (one per
 /// nanosecond would take 292 years), and raft-rs adds one to a term when it campaigns.
 pub const MAX_TERM: u64 = 1 << 63;
+
+/// A message whose term lies this far or more past the receiving replica's term is refused: a
+/// cluster does not hold four billion elections, and one message must not carry a group
+/// within reach of [`MAX_TERM`] (where no election could ever be won again: raft-rs
+/// campaigns at the term above).
+pub const MAX_TERM_LEAP: u64 = 1 << 32;
 
 /// Why a peer's message was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +60,11 @@ pub(crate) enum Reject {
     NotFromLeader,
     /// A heartbeat whose commit index lay past this node's log (corrected, not dropped).
     CommitPastLog,
+    /// An append whose previous entry lies past this node's log with term 0: raft-rs takes any
+    /// index past its log for term 0, so it would match and commit past the log (a panic).
+    AppendPastLog,
+    /// A term [`MAX_TERM_LEAP`] or more past this replica's.
+    TermLeap,
     /// The sender is not in this node's configuration of the group (a stranger, or a removed
     /// member); accepted only while this node has no configuration yet (it is joining).
     NotAMember,
@@ -71,6 +85,8 @@ impl std::fmt::Display for Reject {
             Reject::BadSnapshot => "snapshot without voters or with undecodable data",
             Reject::NotFromLeader => "leader-only message from a non-leader",
             Reject::CommitPastLog => "heartbeat commit index past this node's log (lowered)",
+            Reject::AppendPastLog => "append after an entry past this node's log with term 0",
+            Reject::TermLeap => "term too far past this replica's",
             Reject::NotAMember => "sender is not a member of the group",
         })
     }
@@ -158,12 +174,16 @@ pub(crate) fn check_against_log<S: Storage>(raft: &Raft<S>, msg: &mut Message) -
     if !joining && !member {
         return Err(Reject::NotAMember);
     }
+    if msg.term >= raft.term.saturating_add(MAX_TERM_LEAP) {
+        return Err(Reject::TermLeap);
+    }
     let log = &raft.raft_log;
     match msg.get_msg_type() {
         MsgHeartbeat if msg.commit > log.last_index() => {
             msg.commit = log.committed;
             Ok(Admitted::CommitLowered)
         }
+        MsgAppend if msg.index > log.last_index() && msg.log_term == 0 => Err(Reject::AppendPastLog),
         MsgAppend => {
             // raft-rs panics on an entry at or below the commit index that contradicts the log.
             let committed = log.committed;
@@ -225,6 +245,40 @@ mod tests {
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry { index, term, ..Default::default() }
+    }
+
+    /// Node 1's replica of a group of three, at `term`, with an empty log.
+    fn replica_at(term: u64) -> Raft<raft::storage::MemStorage> {
+        let storage = raft::storage::MemStorage::new_with_conf_state((vec![1, 2, 3], vec![]));
+        let config = raft::Config { id: 1, ..Default::default() };
+        let logger = crate::consensus::logger::raft_logger(1, 0);
+        let mut raft = Raft::new(&config, storage, &logger).expect("a valid config");
+        raft.term = term;
+        raft
+    }
+
+    /// Found from outside, claiming a member's id on the peer port: one append "after" an
+    /// entry far past the log with term 0 (raft-rs reads any index past its log as term 0, so
+    /// it matched and committed past the log: a panic), and one answer at a term just under
+    /// `MAX_TERM` (every replica took it, and no election could be won after it).
+    #[test]
+    fn an_append_after_an_entry_past_the_log_and_a_leap_of_terms_are_refused() {
+        let raft = replica_at(5);
+        let mut append = msg(MessageType::MsgAppend);
+        (append.index, append.log_term, append.commit) = (1_000_000_000_000, 0, 1_000_000_000_000);
+        assert_eq!(check_against_log(&raft, &mut append), Err(Reject::AppendPastLog));
+        // A leader probing a follower that lags names the term of its entry there: raft-rs
+        // answers that with a rejection and the follower's last index.
+        append.log_term = 4;
+        assert_eq!(check_against_log(&raft, &mut append), Ok(Admitted::AsIs));
+        let mut answer = msg(MessageType::MsgHeartbeatResponse);
+        answer.term = MAX_TERM - 1;
+        assert_eq!(check_from_peer(&answer, 2, 1), Ok(()), "not absurd on its own");
+        assert_eq!(check_against_log(&raft, &mut answer), Err(Reject::TermLeap));
+        answer.term = 5 + MAX_TERM_LEAP - 1;
+        assert_eq!(check_against_log(&raft, &mut answer), Ok(Admitted::AsIs));
+        answer.term = 5 + MAX_TERM_LEAP;
+        assert_eq!(check_against_log(&raft, &mut answer), Err(Reject::TermLeap));
     }
 
     #[test]

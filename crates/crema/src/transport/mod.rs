@@ -355,16 +355,18 @@ impl Transport {
             {
                 (node_id, incarnation, groups, client_addr)
             }
-            Ok(Ok(other)) => {
-                warn!(%remote, "closing peer connection: first frame is not a valid hello ({other:?})");
+            // Throttled like every refusal, and without the frame: a stranger's bytes would
+            // otherwise reach the log as often and as large as it sends them.
+            Ok(Ok(_)) => {
+                self.refuse(remote, "the first frame is not a valid hello");
                 return;
             }
             Ok(Err(e)) => {
-                warn!(%remote, error = %e, "closing peer connection during handshake");
+                self.refuse(remote, &format!("handshake failed: {e}"));
                 return;
             }
             Err(_) => {
-                warn!(%remote, "closing peer connection: no hello within the handshake timeout");
+                self.refuse(remote, "no hello within the handshake timeout");
                 return;
             }
         };

@@ -32,6 +32,10 @@ use crate::types::NodeId;
 
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The largest handshake frame (hello, authentication): a hello names the sender's position in
+/// each of its groups, about 50 bytes each, so 16,384 shards fit with room to spare.
+pub(super) const HANDSHAKE_FRAME_BYTES: usize = 1 << 20;
 /// Frames written before a flush, at most.
 const WRITE_BATCH_FRAMES: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -81,13 +85,16 @@ impl Connection {
         Ok(Self { stream, buf: BytesMut::with_capacity(READ_CHUNK_BYTES), peer_incarnation: 0, certified })
     }
 
-    /// Reads one whole envelope (used for the handshake).
+    /// Reads one whole envelope (used for the handshake), of at most [`HANDSHAKE_FRAME_BYTES`]:
+    /// a stranger may open many connections before any proves who it is, and each would
+    /// otherwise hold a frame of up to `max_frame_bytes` for the handshake timeout.
     pub(super) async fn read_envelope(
         &mut self,
         config: &TransportConfig,
     ) -> Result<Envelope, TransportError> {
+        let max = config.max_frame_bytes.min(HANDSHAKE_FRAME_BYTES);
         loop {
-            if let Some(payload) = decode_frame(&mut self.buf, config.max_frame_bytes)? {
+            if let Some(payload) = decode_frame(&mut self.buf, max)? {
                 return Envelope::from_payload(&payload);
             }
             self.buf.reserve(READ_CHUNK_BYTES);
