@@ -383,6 +383,12 @@ async fn dev(
         running.push(RunningNode::start(&config).await.with_context(|| format!("starting node {id}"))?);
     }
     let stop = shutdown_signal()?;
+    // Printed once every node knows a leader of each shard it holds: the commands below work
+    // as soon as they show.
+    for node in &running {
+        let led = node.cache.wait_for_leader(Duration::from_secs(60)).await;
+        anyhow::ensure!(led.is_some(), "the local cluster elected no leaders within 60 s");
+    }
     let mut text = match shards {
         1 => format!("crema dev cluster of {nodes} nodes:\n"),
         _ => format!("crema dev cluster of {nodes} nodes, {shards} shards (redis-cli -c follows -MOVED):\n"),
