@@ -234,3 +234,69 @@ async fn garbage_on_the_gossip_port_changes_nothing() {
         second.shutdown().await;
     }
 }
+
+/// A discovery that announces `count` strangers (ids from 1,000, all at a port nobody listens
+/// on), then declares the first of them down: what open gossip lets anyone do.
+#[derive(Debug)]
+struct Flood {
+    me: crema::DiscoveredNode,
+    count: u64,
+}
+
+impl crema::ClusterDiscovery for Flood {
+    fn kind(&self) -> &'static str {
+        "flood"
+    }
+
+    fn start(
+        &self,
+        ctx: crema::DiscoveryContext,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, crema::DiscoveryError> {
+        for id in 1_000..1_000 + self.count {
+            let stranger = crema::DiscoveredNode {
+                node_id: id,
+                raft_addr: "127.0.0.1:9".parse().unwrap(),
+                gossip_addr: None,
+                health: NodeHealth::Alive,
+            };
+            ctx.emit(crema::DiscoveryEvent::NodeUp(stranger));
+        }
+        // Handled after every announcement (one queue, in order).
+        ctx.emit(crema::DiscoveryEvent::NodeDown(1_000));
+        Ok(None)
+    }
+
+    fn nodes(&self) -> Vec<crema::DiscoveredNode> {
+        vec![self.me.clone()]
+    }
+
+    fn peer_management(&self) -> PeerManagementConfig {
+        PeerManagementConfig { auto_add_peers: true, auto_remove_peers: true, ..Default::default() }
+    }
+}
+
+/// Found from outside: without a cluster secret, every node gossip announced got a link (a
+/// socket, a queue, a task that dials), 20,000 of them for 20,000 announcements. A node links
+/// 1,024 discovered nodes at most, and serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_strangers_get_a_bounded_number_of_links() {
+    let (listener, addr) = bind(1).pop().unwrap();
+    let me =
+        crema::DiscoveredNode { node_id: 1, raft_addr: addr, gossip_addr: None, health: NodeHealth::Alive };
+    let config = CacheConfig::new(1, addr)
+        .with_raft_config(fast_raft())
+        .with_cluster_discovery(Flood { me, count: 3_000 });
+    let node = DistributedCache::new_with_listener(config, listener).await.expect("start node");
+    node.wait_for_leader(Duration::from_secs(10)).await.expect("the node leads itself");
+    wait_until(Duration::from_secs(20), "every announcement handled", || async {
+        node.peer_addr(1_000).is_none() && node.peer_addr(1_001).is_some()
+    })
+    .await;
+    let linked = (1_000..4_000u64).filter(|id| node.peer_addr(*id).is_some()).count();
+    // 1,024 links, one of them dropped when its node was declared down.
+    assert_eq!(linked, 1_023, "links kept for announced nodes");
+    assert!(node.peer_addr(3_999).is_none(), "the last announced is not linked");
+    node.put("still", "serving").await.unwrap();
+    assert_eq!(node.consistent_get(b"still").await.unwrap().as_deref(), Some(&b"serving"[..]));
+    node.shutdown().await;
+}

@@ -19,12 +19,19 @@ use tracing::{debug, info, warn};
 
 use super::membership::Membership;
 use super::table::ShardTable;
+use crate::consensus::admit::WarnThrottle;
 use crate::discovery::{ClusterDiscovery, DiscoveryEvent, NodeHealth, PeerManagementConfig, ShardLeaderHint};
 use crate::multiraft::coordinator::CoordinatorState;
 use crate::types::{NodeId, ShardId};
 
 /// How often voter changes are reconciled.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
+/// Peer links past which discovery adds none: gossip without a cluster secret is open to
+/// anyone, and each link is a socket, a queue and a task that dials (20,000 announced strangers
+/// took a node to 18,000 sockets). Links that configuration or Raft membership make are not
+/// counted out.
+pub const MAX_DISCOVERED_LINKS: usize = 1024;
 
 /// What the discovery task needs.
 pub(super) struct Discovered {
@@ -34,6 +41,8 @@ pub(super) struct Discovered {
     pub table: Arc<ShardTable>,
     /// How long leader changes gather before they are broadcast.
     pub debounce: Duration,
+    /// Paces the warning for nodes not linked past [`MAX_DISCOVERED_LINKS`].
+    pub link_warnings: WarnThrottle,
 }
 
 impl Discovered {
@@ -65,6 +74,17 @@ impl Discovered {
                 // on an open network can speak) must not redirect it.
                 let transport = &self.membership.transport;
                 if policy.auto_add_peers && transport.peer_addr(node.node_id).is_none() {
+                    if transport.peer_count() >= MAX_DISCOVERED_LINKS {
+                        if let Some(count) = self.link_warnings.note(std::time::Instant::now()) {
+                            warn!(
+                                node = node.node_id,
+                                not_linked_since_last_warning = count,
+                                "discovered nodes not linked: this node keeps {MAX_DISCOVERED_LINKS} links at most \
+                                 (gossip without a cluster secret takes anyone's announcements)"
+                            );
+                        }
+                        return;
+                    }
                     debug!(node = node.node_id, addr = %node.raft_addr, "discovered: linked as a peer");
                     transport.add_peer(node.node_id, Some(node.raft_addr));
                 }

@@ -184,6 +184,7 @@ impl DistributedCache {
                 coordinator: coordinator.clone(),
                 table: table.clone(),
                 debounce: Duration::from_millis(config.multiraft.leader_broadcast_debounce_ms),
+                link_warnings: Default::default(),
             };
             push(supervisor.spawn("the discovery follower", follow.run(events, cancel.clone())));
         }

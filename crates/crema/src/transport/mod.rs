@@ -209,6 +209,11 @@ impl Transport {
         self.peers.read().expect("peer map poisoned").get(&id).and_then(|l| l.addr())
     }
 
+    /// How many peers this node keeps links to.
+    pub fn peer_count(&self) -> usize {
+        self.peers.read().expect("peer map poisoned").len()
+    }
+
     /// The peers this node keeps links to.
     pub fn peer_ids(&self) -> Vec<NodeId> {
         self.peers.read().expect("peer map poisoned").keys().copied().collect()
