@@ -329,6 +329,35 @@ async fn replicas_leave_a_dead_node_and_reach_a_new_one_with_nothing_lost() {
     }
 }
 
+/// Node `id`'s config in a cluster at `addrs`: six shards, three replicas each.
+fn six_shards(id: u64, addrs: &[std::net::SocketAddr]) -> crema::CacheConfig {
+    discovered(common::node_config(id, addrs))
+        .with_multiraft_config(MultiRaftCacheConfig { enabled: true, num_shards: 6, ..Default::default() })
+        .with_replica_factor(3)
+}
+
+/// Starts four nodes on `bound` with `config`, waits until each has the first map and every
+/// shard a leader its holders know, and writes keys 0 to 99 (`v0` ...) through them in turn.
+async fn four_nodes_with_keys(
+    bound: Vec<(std::net::TcpListener, std::net::SocketAddr)>,
+    config: &impl Fn(u64) -> crema::CacheConfig,
+) -> Vec<DistributedCache> {
+    let mut nodes = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        nodes.push(DistributedCache::new_with_listener(config(i as u64 + 1), listener).await.unwrap());
+    }
+    let all: Vec<&DistributedCache> = nodes.iter().collect();
+    wait_until(Duration::from_secs(30), "the first map on every node, every shard led", || async {
+        all.iter().all(|n| !n.shard_map().is_empty())
+            && (1..6).all(|s| all.iter().filter(|n| n.holds_shard(s)).all(|n| n.shard_leader(s).is_some()))
+    })
+    .await;
+    for i in 0..100 {
+        nodes[i % 4].put(key(i), format!("v{i}")).await.unwrap();
+    }
+    nodes
+}
+
 /// A durable node restarted on its data directory after shards moved to and from it opens the
 /// replicas it holds now (not those the first map gave it), and has their data.
 #[cfg(feature = "rocksdb")]
@@ -338,29 +367,11 @@ async fn a_durable_node_restarts_with_the_replicas_it_holds_now() {
     let bound = common::bind(4);
     let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
     let config = |id: u64| {
-        discovered(common::node_config(id, &addrs))
-            .with_multiraft_config(MultiRaftCacheConfig {
-                enabled: true,
-                num_shards: 6,
-                ..Default::default()
-            })
-            .with_replica_factor(3)
+        six_shards(id, &addrs)
             .with_raft_storage_type(crema::RaftStorageType::RocksDb)
             .with_data_dir(dirs[id as usize - 1].path())
     };
-    let mut nodes = Vec::new();
-    for (i, (listener, _)) in bound.into_iter().enumerate() {
-        nodes.push(DistributedCache::new_with_listener(config(i as u64 + 1), listener).await.unwrap());
-    }
-    let all: Vec<&DistributedCache> = nodes.iter().collect();
-    wait_until(Duration::from_secs(30), "the first map on every node", || async {
-        all.iter().all(|n| !n.shard_map().is_empty())
-            && (1..6).all(|s| all.iter().filter(|n| n.holds_shard(s)).all(|n| n.shard_leader(s).is_some()))
-    })
-    .await;
-    for i in 0..100 {
-        nodes[i % 4].put(key(i), format!("v{i}")).await.unwrap();
-    }
+    let mut nodes = four_nodes_with_keys(bound, &config).await;
     // One shard moves to node 4, one away from it.
     let map = nodes[0].shard_map();
     let to_four = map.shards().iter().find(|p| p.shard_id != 0 && !p.members.contains(&4)).unwrap().clone();
@@ -419,28 +430,8 @@ async fn a_durable_node_restarts_with_the_replicas_it_holds_now() {
 async fn a_memory_node_restarts_into_the_groups_as_they_are_now() {
     let bound = common::bind(4);
     let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
-    let config = |id: u64| {
-        discovered(common::node_config(id, &addrs))
-            .with_multiraft_config(MultiRaftCacheConfig {
-                enabled: true,
-                num_shards: 6,
-                ..Default::default()
-            })
-            .with_replica_factor(3)
-    };
-    let mut nodes = Vec::new();
-    for (i, (listener, _)) in bound.into_iter().enumerate() {
-        nodes.push(DistributedCache::new_with_listener(config(i as u64 + 1), listener).await.unwrap());
-    }
-    let all: Vec<&DistributedCache> = nodes.iter().collect();
-    wait_until(Duration::from_secs(30), "the first map on every node, every shard led", || async {
-        all.iter().all(|n| !n.shard_map().is_empty())
-            && (1..6).all(|s| all.iter().filter(|n| n.holds_shard(s)).all(|n| n.shard_leader(s).is_some()))
-    })
-    .await;
-    for i in 0..100 {
-        nodes[i % 4].put(key(i), format!("v{i}")).await.unwrap();
-    }
+    let config = |id: u64| six_shards(id, &addrs);
+    let mut nodes = four_nodes_with_keys(bound, &config).await;
     // A shard without node 4 moves one replica to it, and node 4 takes its leadership.
     let map = nodes[0].shard_map();
     let moved = map.shards().iter().find(|p| p.shard_id != 0 && !p.members.contains(&4)).unwrap().clone();
