@@ -199,14 +199,15 @@ impl Placement {
     /// Starts and retires this node's replicas as the map says (see the module docs).
     async fn follow(&self, map: &ShardMap) {
         let table = &self.replicas.table;
-        // The map as the meta shard has it now, read once a replica is to start (see
-        // `start_replica`).
+        // The map as the meta shard has it now, read once a replica is to start, and whether a
+        // read or an ask of this look found no answer (see `start_replica`).
         let mut current = None;
+        let mut unanswered = false;
         for placement in map.shards().iter().filter(|p| p.shard_id != META_SHARD) {
             let shard = placement.shard_id;
             let member = placement.members.contains(&self.node_id);
             match table.get(shard) {
-                None if member => self.start_replica(shard, &mut current).await,
+                None if member => self.start_replica(shard, &mut current, &mut unanswered).await,
                 None => {}
                 // Only a replica that applied its own removal is retired: raft ids are node
                 // ids, so a replica replaced while its group still counts this node (this
@@ -223,17 +224,32 @@ impl Placement {
     /// empty, for the shard's leader to add (a move to this node), or, on a memory node, as
     /// the member its group may already count (this node restarted: see `cache::start`), with
     /// the group's members, to recover before it votes (`consensus::recovery`).
-    async fn start_replica(&self, shard: ShardId, current: &mut Option<Option<ShardMap>>) {
+    ///
+    /// A memory node waits for answers (a read-index round, a holder's), each up to the request
+    /// timeout: after one that did not come (`unanswered`), the others wait for the next look,
+    /// so the look (and the meta shard's leader's planning in it) goes on.
+    async fn start_replica(
+        &self,
+        shard: ShardId,
+        current: &mut Option<Option<ShardMap>>,
+        unanswered: &mut bool,
+    ) {
         let started = if !self.starts_members {
             self.replicas.join(shard)
         } else {
+            if *unanswered {
+                return;
+            }
             // The map read may be one the meta replica is still replaying (a restarted node
             // goes through the first map on its way): read it again once the replica applied
             // what the meta shard had committed.
             if current.is_none() {
                 *current = Some(self.current_map().await);
             }
-            let Some(Some(map)) = current.as_ref() else { return }; // next look
+            let Some(Some(map)) = current.as_ref() else {
+                *unanswered = true;
+                return;
+            };
             let Some(placement) = map.shard(shard).filter(|p| p.members.contains(&self.node_id)) else {
                 return;
             };
@@ -247,7 +263,10 @@ impl Placement {
                     }
                     // Not counted yet: a move to this node, whose leader adds it once it is here.
                     Some(_) => self.replicas.join(shard),
-                    None => return, // No holder answered: next look.
+                    None => {
+                        *unanswered = true; // No holder answered: next look.
+                        return;
+                    }
                 }
             }
         };
