@@ -128,6 +128,18 @@ async fn frames_that_once_stopped_the_cluster_are_refused_and_nothing_is_lost() 
             (past_log.index, past_log.log_term, past_log.commit) = (1_000_000_000_000, 0, 1_000_000_000_000);
             p.send(&past_log).await;
             p.send(&raft_msg(MessageType::MsgHeartbeatResponse, as_id, me, (1 << 63) - 1)).await;
+            // A snapshot naming this node both voter and learner (raft-rs panicked restoring
+            // it), and an append answer asking for a snapshot (the leader then sent that
+            // follower nothing more, waiting for a snapshot its store never makes).
+            let mut odd = raft_msg(MessageType::MsgSnapshot, as_id, me, term);
+            let meta = odd.mut_snapshot().mut_metadata();
+            (meta.index, meta.term) = (1_000_000, term);
+            meta.mut_conf_state().voters = vec![1, 2, 3];
+            meta.mut_conf_state().learners = vec![me];
+            p.send(&odd).await;
+            let mut asks = raft_msg(MessageType::MsgAppendResponse, as_id, me, term);
+            (asks.reject, asks.index, asks.request_snapshot) = (true, 1 << 40, 1 << 40);
+            p.send(&asks).await;
         }
         if i != leader {
             // As the leader, at its term: a heartbeat committing far past this follower's log.

@@ -54,8 +54,10 @@ pub(crate) enum Reject {
     ConflictsWithCommitted,
     /// An append acknowledgement past this leader's log.
     AckPastLog,
-    /// A snapshot without voters or whose data does not decode.
+    /// A snapshot whose configuration raft-rs cannot restore, or whose data does not decode.
     BadSnapshot,
+    /// An append answer that asks the leader for a snapshot.
+    SnapshotAsked,
     /// A leader-only message (`MsgTimeoutNow`) from a node that is not this node's leader.
     NotFromLeader,
     /// A heartbeat whose commit index lay past this node's log (corrected, not dropped).
@@ -82,7 +84,8 @@ impl std::fmt::Display for Reject {
             Reject::MalformedEntries => "entries out of sequence",
             Reject::ConflictsWithCommitted => "entries contradict committed ones",
             Reject::AckPastLog => "acknowledges entries past the leader's log",
-            Reject::BadSnapshot => "snapshot without voters or with undecodable data",
+            Reject::BadSnapshot => "snapshot with a configuration raft-rs cannot restore or undecodable data",
+            Reject::SnapshotAsked => "asks for a snapshot, which crema's nodes never do",
             Reject::NotFromLeader => "leader-only message from a non-leader",
             Reject::CommitPastLog => "heartbeat commit index past this node's log (lowered)",
             Reject::AppendPastLog => "append after an entry past this node's log with term 0",
@@ -120,11 +123,14 @@ pub(crate) fn check_from_peer(msg: &Message, peer: NodeId, me: NodeId) -> Result
         // be answered with term 0, which raft-rs refuses (panics) to send.
         kind if kind != MsgReadIndex && msg.term == 0 => Err(Reject::WrongTermField),
         MsgReadIndex | MsgReadIndexResp if msg.entries.len() != 1 => Err(Reject::MalformedReadIndex),
+        // raft-rs's leader then waits for a snapshot at that index before it sends the follower
+        // anything again; crema's nodes never ask for one (the leader decides).
+        MsgAppendResponse if msg.request_snapshot != raft::INVALID_INDEX => Err(Reject::SnapshotAsked),
         MsgAppend => check_entries(msg),
         MsgSnapshot => {
             let snapshot = msg.get_snapshot();
             let meta = snapshot.get_metadata();
-            if meta.get_conf_state().voters.is_empty() || meta.term >= MAX_TERM {
+            if !conf_state_restores(meta.get_conf_state()) || meta.term >= MAX_TERM {
                 return Err(Reject::BadSnapshot);
             }
             crate::consensus::state_machine::check_snapshot_data(&snapshot.data)
@@ -132,6 +138,27 @@ pub(crate) fn check_from_peer(msg: &Message, peer: NodeId, me: NodeId) -> Result
         }
         _ => Ok(()),
     }
+}
+
+/// Whether raft-rs can take `cs` as a snapshot's configuration: it rebuilds the configuration
+/// from it and panics unless the result reads back the same. So: voters; node ids (never 0),
+/// each once per list; learners that are no voters, incoming or outgoing; a joint state's
+/// `learners_next` only outgoing voters that leave, and `auto_leave` only in a joint state.
+pub(crate) fn conf_state_restores(cs: &raft::eraftpb::ConfState) -> bool {
+    let (voters, learners) = (cs.get_voters(), cs.get_learners());
+    let (outgoing, next) = (cs.get_voters_outgoing(), cs.get_learners_next());
+    let once = |ids: &[u64]| {
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        sorted.len() == ids.len() && !ids.contains(&raft::INVALID_ID)
+    };
+    let joint = !outgoing.is_empty();
+    !voters.is_empty()
+        && [voters, learners, outgoing, next].into_iter().all(once)
+        && learners.iter().all(|l| !voters.contains(l) && !outgoing.contains(l))
+        && next.iter().all(|n| outgoing.contains(n) && !voters.contains(n) && !learners.contains(n))
+        && (joint || (next.is_empty() && !cs.auto_leave))
 }
 
 /// Entries of an append follow its index one by one, with terms that never go back, none past
@@ -360,5 +387,73 @@ mod tests {
         assert_eq!(check_from_peer(&m, 2, 1), Ok(()), "empty data is an empty state");
         m.mut_snapshot().data = vec![1, 0xff, 0xff].into();
         assert_eq!(check_from_peer(&m, 2, 1), Err(Reject::BadSnapshot));
+        // Found from outside: node 1 both voter and learner stopped the node in raft-rs.
+        m.mut_snapshot().data = Default::default();
+        m.mut_snapshot().mut_metadata().mut_conf_state().learners = vec![1];
+        assert_eq!(check_from_peer(&m, 2, 1), Err(Reject::BadSnapshot));
+    }
+
+    /// Every configuration `conf_state_restores` lets through is restored by raft-rs as it is
+    /// (no panic), over every way of placing nodes 1-3 in the four lists, with and without
+    /// `auto_leave`; those found from outside are refused.
+    #[test]
+    fn a_snapshot_configuration_let_through_is_one_raft_rs_restores() {
+        use raft::eraftpb::{ConfState, Snapshot};
+        let quiet = slog::Logger::root(slog::Discard, slog::o!());
+        let mut accepted = 0;
+        for placing in 0..(16u32.pow(3) * 2) {
+            let mut cs = ConfState { auto_leave: placing >= 16u32.pow(3), ..Default::default() };
+            for id in 1..=3u64 {
+                let lists = (placing % 16u32.pow(3)) / 16u32.pow(id as u32 - 1) % 16;
+                let put = |bit: u32, list: &mut Vec<u64>| {
+                    if lists & bit != 0 {
+                        list.push(id);
+                    }
+                };
+                put(1, &mut cs.voters);
+                put(2, &mut cs.learners);
+                put(4, &mut cs.voters_outgoing);
+                put(8, &mut cs.learners_next);
+            }
+            if !conf_state_restores(&cs) {
+                continue;
+            }
+            accepted += 1;
+            let storage = raft::storage::MemStorage::new_with_conf_state((vec![1, 2, 3], vec![]));
+            let config = raft::Config { id: 1, ..Default::default() };
+            let mut raft = Raft::new(&config, storage, &quiet).expect("a valid config");
+            let mut snapshot = Snapshot::default();
+            snapshot.mut_metadata().index = 100;
+            snapshot.mut_metadata().term = 1;
+            snapshot.mut_metadata().set_conf_state(cs.clone());
+            let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| raft.restore(snapshot)));
+            assert!(restored.is_ok(), "raft-rs panicked restoring {cs:?}");
+        }
+        assert!(accepted > 100, "only {accepted} configurations accepted");
+        for bad in [
+            ConfState { voters: vec![1, 2, 3], learners: vec![2], ..Default::default() },
+            ConfState {
+                voters: vec![1, 2],
+                voters_outgoing: vec![1, 3],
+                learners_next: vec![1],
+                ..Default::default()
+            },
+            ConfState { voters: vec![1, 1], ..Default::default() },
+            ConfState { voters: vec![0, 1], ..Default::default() },
+            ConfState { voters: vec![1], auto_leave: true, ..Default::default() },
+        ] {
+            assert!(!conf_state_restores(&bad), "{bad:?}");
+        }
+    }
+
+    /// Found from outside: two forged answers asking for a snapshot (one per follower) left the
+    /// leader waiting for snapshots its store never makes, and sending no follower an append.
+    #[test]
+    fn an_answer_asking_for_a_snapshot_is_refused() {
+        let mut answer = msg(MessageType::MsgAppendResponse);
+        (answer.reject, answer.index) = (true, 1 << 40);
+        assert_eq!(check_from_peer(&answer, 2, 1), Ok(()));
+        answer.request_snapshot = 7;
+        assert_eq!(check_from_peer(&answer, 2, 1), Err(Reject::SnapshotAsked));
     }
 }

@@ -26,6 +26,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::consensus::admit::MAX_TERM_LEAP;
 use crate::transport::envelope::GroupPosition;
 use crate::types::NodeId;
 
@@ -99,7 +100,15 @@ impl Recovery {
     }
 
     /// Notes `peer`'s answer (its newest one counts). Ignored once the floor is known.
+    ///
+    /// A position no cluster reaches (a term of [`MAX_TERM_LEAP`] or more, or a last entry of a
+    /// later term than the sender's) is no answer: found from outside, a forged hello at a term
+    /// near the largest became the floor, and every replica that later recovered from this
+    /// one's answer took it too, where no election could be won again.
     pub fn hear(&mut self, peer: NodeId, position: GroupPosition) {
+        if position.term >= MAX_TERM_LEAP || position.last_term > position.term {
+            return;
+        }
         if self.floor.is_none() && peer != self.me {
             self.heard.insert(peer, position);
         }
@@ -213,6 +222,18 @@ mod tests {
         assert!(r.may_vote_for(6, 90));
         assert!(r.may_vote_for(7, 1));
         assert!(r.caught_up(6, 95));
+    }
+
+    #[test]
+    fn an_answer_no_cluster_reaches_is_no_answer() {
+        let mut r = Recovery::new(1);
+        r.hear(2, at((1 << 63) - 1, 5, 10));
+        r.hear(2, at(MAX_TERM_LEAP, 5, 10));
+        r.hear(3, at(4, 9, 10)); // a last entry of a later term than the sender's
+        assert_eq!(r.floor_if_ready(&[1, 2, 3]), None, "nothing heard");
+        r.hear(2, at(7, 6, 90));
+        r.hear(3, at(6, 5, 120));
+        assert_eq!(r.floor_if_ready(&[1, 2, 3]).map(|f| f.term), Some(7));
     }
 
     #[test]
