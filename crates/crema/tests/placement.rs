@@ -421,6 +421,33 @@ async fn a_durable_node_restarts_with_the_replicas_it_holds_now() {
     }
 }
 
+/// Stops node `index` (node `index + 1`) and starts it again with `config`, memory storage:
+/// it comes back with nothing.
+async fn restart_memory_node(nodes: &mut Vec<DistributedCache>, index: usize, config: &crema::CacheConfig) {
+    let old = nodes.remove(index);
+    let addr = old.local_addr();
+    old.shutdown().await;
+    drop(old);
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    nodes.insert(index, DistributedCache::new_with_listener(config.clone(), listener).await.unwrap());
+}
+
+/// Waits until `node` holds `shard` as a member that recovered and caught up, in a group whose
+/// voters include `with` and not `without`.
+async fn rejoined(node: &DistributedCache, shard: u32, with: &[u64], without: u64) {
+    wait_until(Duration::from_secs(30), "the restarted node back in the shard's group", || async {
+        node.holds_shard(shard)
+            && node.shard_status(shard).await.is_ok_and(|s| {
+                s.recovery == crema::RecoveryState::Done
+                    && with.iter().all(|w| s.voters.contains(w))
+                    && !s.voters.contains(&without)
+                    && s.leader_id.is_some()
+                    && s.applied_index >= s.commit_index
+            })
+    })
+    .await;
+}
+
 /// A memory node that restarts after a shard it holds changed members (another member moved
 /// away, a new one leads it) takes its place in that shard's group again: it starts the
 /// replica as the group has it now, not as the first map had it (a replica with the first
@@ -457,23 +484,9 @@ async fn a_memory_node_restarts_into_the_groups_as_they_are_now() {
     }
     // A member that stayed restarts, memory storage: it remembers nothing.
     let index = stays as usize - 1;
-    let old = nodes.remove(index);
-    old.shutdown().await;
-    drop(old);
-    let listener = std::net::TcpListener::bind(addrs[index]).unwrap();
-    nodes.insert(index, DistributedCache::new_with_listener(config(stays), listener).await.unwrap());
+    restart_memory_node(&mut nodes, index, &config(stays)).await;
     let back = &nodes[index];
-    wait_until(Duration::from_secs(30), "the restarted node back in the moved shard's group", || async {
-        back.holds_shard(moved.shard_id)
-            && back.shard_status(moved.shard_id).await.is_ok_and(|s| {
-                s.recovery == crema::RecoveryState::Done
-                    && s.voters.contains(&4)
-                    && !s.voters.contains(&gone)
-                    && s.leader_id.is_some()
-                    && s.applied_index >= s.commit_index
-            })
-    })
-    .await;
+    rejoined(back, moved.shard_id, &[4], gone).await;
     let map = back.shard_map();
     for p in map.shards() {
         assert_eq!(
@@ -489,6 +502,36 @@ async fn a_memory_node_restarts_into_the_groups_as_they_are_now() {
     for i in 0..200 {
         let want = Some(Bytes::from(format!("v{i}")));
         assert_eq!(back.consistent_get(&key(i)).await.unwrap(), want, "key {i} through the restarted node");
+    }
+
+    // Found from outside: a shard moved away from the node and back holds the node's removal
+    // in its log, which the replica started again replayed and obeyed, retired, started
+    // again, and so on, for good.
+    let map = nodes[0].shard_map();
+    let round = map
+        .shards()
+        .iter()
+        .find(|p| p.shard_id != 0 && p.shard_id != moved.shard_id && p.members.contains(&stays))
+        .unwrap()
+        .clone();
+    let other = (1..=4).find(|n| !round.members.contains(n)).unwrap();
+    for (from, to) in [(stays, other), (other, stays)] {
+        nodes[0].move_shard(round.shard_id, from, to).await.unwrap();
+        wait_until(Duration::from_secs(30), "the move settles", || async {
+            let map = nodes[0].shard_map();
+            map.shard(round.shard_id)
+                .is_some_and(|p| p.state == crema::ShardState::Active && p.members.contains(&to))
+        })
+        .await;
+    }
+    restart_memory_node(&mut nodes, index, &config(stays)).await;
+    let back = &nodes[index];
+    assert!(back.wait_for_leader(Duration::from_secs(30)).await.is_some(), "ready again");
+    assert!(back.holds_its_replicas(), "ready means holding every replica the map gives it");
+    rejoined(back, round.shard_id, &[stays], other).await;
+    for i in 0..200 {
+        let want = Some(Bytes::from(format!("v{i}")));
+        assert_eq!(back.consistent_get(&key(i)).await.unwrap(), want, "key {i} after the second restart");
     }
     for node in &nodes {
         node.shutdown().await;

@@ -238,7 +238,12 @@ async fn ready(State(s): State<AdminState>) -> Response {
         let body = "not ready: restarted without its raft state, recovering (see `crema status`)\n";
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
-    // With several shards, every shard must be served.
+    // With several shards, every shard must be served, and this node must hold the replicas
+    // the map gives it (a restarted memory node starts them once it read the map).
+    if !s.cache.holds_its_replicas() {
+        let body = "not ready: the replicas the shard map gives this node have not all started\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
     let shards = s.cache.shard_info();
     if shards.len() > 1 {
         if let Some(shard) = shards.iter().find(|i| i.leader.is_none() || i.applied_index < i.commit_index) {

@@ -32,7 +32,7 @@ use crate::multiraft::coordinator::CoordinatorState;
 use crate::transport::envelope::{Envelope, GroupPosition};
 use crate::transport::forward::{ForwardTicket, Forwarder};
 use crate::transport::snapshot_assembly::{Piece, SnapshotAssembler};
-use crate::transport::{Inbound, Transport, TransportError};
+use crate::transport::{Inbound, Transport};
 use crate::types::{NodeId, ShardId};
 
 /// What the dispatcher knows of one peer.
@@ -221,9 +221,9 @@ impl Dispatcher {
         let ticket = ForwardTicket { transport: transport.clone(), to: from, request_id };
         match (checked, self.table.get().and_then(|t| t.get(shard))) {
             (Err(e), _) => ticket.answer(Err(e.into())),
-            (Ok(()), None) => ticket.answer(Err(Error::Transport(TransportError::Remote(format!(
-                "no shard {shard} on this node"
-            ))))),
+            // Nothing proposed, and no leader known here: the sender tries the next node
+            // (found from outside: answered as a transport error, it reached a client as one).
+            (Ok(()), None) => ticket.answer(Err(Error::NotLeader { leader_hint: None })),
             (Ok(()), Some(held)) => held.group.propose_forwarded(command, ticket, &self.tasks),
         }
     }

@@ -324,6 +324,20 @@ impl DistributedCache {
         self.shard(shard)?.group.transfer_leader(to).await
     }
 
+    /// With several shards: whether this node knows the agreed map and holds a replica of every
+    /// shard it gives the node (a memory node starts them once it read the map: see
+    /// `cache::start`). Always true with one shard.
+    pub fn holds_its_replicas(&self) -> bool {
+        if self.keyspace.router().num_shards() == 1 {
+            return true;
+        }
+        let (me, map) = (self.config.node_id, self.shard_map.map());
+        !map.is_empty()
+            && (map.shards().iter())
+                .filter(|p| p.members.contains(&me))
+                .all(|p| self.shards.get(p.shard_id).is_some())
+    }
+
     /// Waits up to `timeout` until this node knows a leader of every shard it holds, and, with
     /// several shards, holds every shard the agreed map gives it (a memory node starts them
     /// once it read the map: see `cache::start`); answers shard 0's leader (none at the
@@ -331,13 +345,7 @@ impl DistributedCache {
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
         let deadline = tokio::time::Instant::now() + timeout;
         if self.keyspace.router().num_shards() > 1 {
-            let me = self.config.node_id;
-            loop {
-                let map = self.shard_map.map();
-                let mine = map.shards().iter().filter(|p| p.members.contains(&me));
-                if !map.is_empty() && mine.into_iter().all(|p| self.shards.get(p.shard_id).is_some()) {
-                    break;
-                }
+            while !self.holds_its_replicas() {
                 if tokio::time::Instant::now() >= deadline {
                     return None;
                 }

@@ -257,7 +257,13 @@ impl Placement {
                 // Unchanged since the first map (same epoch): so are its group's members.
                 self.replicas.rejoin(shard, &(placement.members.clone(), Vec::new()))
             } else {
-                match self.members_of(shard, true).await {
+                // As its leader has them; else (no leader: the restart of a member may be what
+                // it waits for) as a holder has applied them.
+                let members = match self.members_of(shard, true).await {
+                    Some(members) => Some(members),
+                    None => self.members_of(shard, false).await,
+                };
+                match members {
                     Some(conf) if conf.0.contains(&self.node_id) || conf.1.contains(&self.node_id) => {
                         self.replicas.rejoin(shard, &conf)
                     }

@@ -122,6 +122,13 @@ impl Replicas {
     /// # Errors
     /// Its durable state cannot be opened or recovered.
     pub fn start(&self, id: ShardId, conf: &Conf) -> Result<Started> {
+        self.start_replaying(id, conf, conf.0.is_empty() && conf.1.is_empty())
+    }
+
+    /// [`Self::start`]; `replays_removals`: the replica starts without the log it had here, so
+    /// the log it is sent may hold the removal of an earlier replica of this node, which it
+    /// replays instead of obeying (`GroupSettings::fresh`).
+    fn start_replaying(&self, id: ShardId, conf: &Conf, replays_removals: bool) -> Result<Started> {
         let config = &self.config;
         let storage = self.storages[id as usize].clone();
         self.incarnations[id as usize].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -135,7 +142,7 @@ impl Replicas {
         let stop = self.cancel.child_token();
         let (group, task) = {
             let mut node_db = self.node_db.lock().expect("node db poisoned");
-            spawn_shard_group(config, id, conf, sm, &self.transport, &stop, &mut node_db)?
+            spawn_shard_group(config, (id, conf, replays_removals), sm, &self.transport, &stop, &mut node_db)?
         };
         let name = |what: &str| {
             if config.shard_count() == 1 {
@@ -196,7 +203,8 @@ impl Replicas {
     /// As [`Self::start`].
     pub fn rejoin(&self, id: ShardId, conf: &Conf) -> Result<()> {
         self.storages[id as usize].clear();
-        let started = self.start(id, conf)?;
+        // The log it is sent may hold this node's removal from an earlier move away (and back).
+        let started = self.start_replaying(id, conf, true)?;
         self.dispatcher.introduce(&started.shard.group);
         info!(shard = id, voters = ?conf.0, learners = ?conf.1, "this node's replica of the shard started again");
         Ok(())
@@ -282,8 +290,7 @@ type NodeDbHandle = std::convert::Infallible;
 /// Starts the Raft group of shard `id` over its state machine `sm`.
 fn spawn_shard_group(
     config: &CacheConfig,
-    id: ShardId,
-    conf: &(Vec<NodeId>, Vec<NodeId>),
+    (id, conf, replays_removals): (ShardId, &Conf, bool),
     sm: CacheStateMachine,
     transport: &Arc<Transport>,
     cancel: &CancellationToken,
@@ -305,7 +312,7 @@ fn spawn_shard_group(
             && !config.join
             && !config.force_new_cluster
             && conf.0.len() > 1,
-        fresh: conf.0.is_empty() && conf.1.is_empty(),
+        fresh: replays_removals,
         #[cfg(feature = "fault-injection")]
         faults: config.faults.clone(),
     };

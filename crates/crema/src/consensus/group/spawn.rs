@@ -36,9 +36,10 @@ pub(crate) struct GroupSettings {
     /// The node starts without the Raft state of its previous life (memory storage, one of
     /// several voters): it recovers first (see `recovery`).
     pub recover: bool,
-    /// The replica started empty while the node ran, to join its running group (placement):
-    /// the log it replays may hold the removal of an earlier replica of this node, followed by
-    /// the addition of this one (see `Group::removal_floor`).
+    /// The replica started empty while the node ran, to join its running group (placement),
+    /// or as the member a group counts after its memory node restarted: the log it replays may
+    /// hold the removal of an earlier replica of this node, followed by the addition of this
+    /// one (see `Group::removal_floor`).
     pub fresh: bool,
     #[cfg(feature = "fault-injection")]
     pub faults: Option<Arc<crate::faults::Faults>>,
