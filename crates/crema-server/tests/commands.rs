@@ -283,6 +283,7 @@ async fn connection_commands() {
     ok(c, &["SET", "mine", "1"]).await;
     assert_eq!(ok(c, &["GET", "mine"]).await, bulk("1"), "local reads see this connection's writes");
     assert_eq!(ok(c, &["READWRITE"]).await, Value::Okay);
+    assert_eq!(ok(c, &["ASKING"]).await, Value::Okay, "what a cluster client sends after -ASK");
     assert!(err(c, &["NOSUCHCMD", "a"])
         .await
         .contains("unknown command 'NOSUCHCMD', with args beginning with: 'a'"));

@@ -67,6 +67,18 @@ async fn a_sharded_cluster_serves_redis_clients() {
     assert!(across.is_err(), "the redis crate sees the refusal");
     let b: Option<String> = c.get("b").await.unwrap();
     assert_eq!(b, None);
+    // FLUSHALL empties every shard, which no transaction can do atomically: refused when
+    // queued, and nothing of the transaction runs.
+    let flush =
+        raw_until(nodes[1].resp, b"MULTI\r\nSET {t}:x 2\r\nFLUSHALL\r\nEXEC\r\n", b"errors.\r\n").await;
+    let flush = String::from_utf8_lossy(&flush);
+    assert!(
+        flush.starts_with("+OK\r\n+QUEUED\r\n-ERR FLUSHALL inside a transaction is not allowed"),
+        "{flush}"
+    );
+    assert!(flush.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n"), "{flush}");
+    let x: Option<String> = c.get("{t}:x").await.unwrap();
+    assert_eq!(x.as_deref(), Some("1"));
 
     // WAIT counts, over every shard, the replicas known to hold what this node applied: one
     // other replica at least (a majority of three), never more than the two others.

@@ -1,6 +1,8 @@
 //! Commands about the connection itself: PING, ECHO, HELLO, AUTH, SELECT, QUIT, RESET, CLIENT,
-//! and READONLY / READWRITE, which switch the connection between fast local reads and
-//! linearizable reads (the default).
+//! READONLY / READWRITE, which switch the connection between fast local reads and
+//! linearizable reads (the default), and ASKING, which a cluster client sends before retrying
+//! after `-ASK`: crema never answers `-ASK` (a shard moves as a whole, by Raft membership, and
+//! a key is always served by its shard's members), so ASKING only says OK, as Redis does.
 
 use bytes::Bytes;
 
@@ -54,6 +56,7 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
             call.session.read_mode = ReadMode::Linearizable;
             Ok(Reply::OK)
         }
+        Kind::Asking => Ok(Reply::OK),
         _ => unreachable!("not a connection command: {kind:?}"),
     }
 }

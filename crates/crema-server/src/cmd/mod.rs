@@ -285,7 +285,7 @@ async fn dispatch(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
 async fn dispatch_keyless(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
     use Kind::*;
     match kind {
-        Ping | Echo | Hello | Auth | Select | Quit | Reset | Client | ReadOnly | ReadWrite => {
+        Ping | Echo | Hello | Auth | Select | Quit | Reset | Client | ReadOnly | ReadWrite | Asking => {
             connection::run(kind, call).await
         }
         Command | Config | Info | DbSize | Time | Wait | Lolwut | Role => server::run(kind, call).await,

@@ -16,7 +16,9 @@
 //! CLIENT, ...) run on this node once the transaction is applied, their replies at their places.
 //! KEYS, SCAN, RANDOMKEY, DBSIZE and WAIT read the whole keyspace or wait on replicas and have
 //! no apply-time form: they are refused in a transaction (`Command not allowed inside a
-//! transaction`, which aborts it).
+//! transaction`, which aborts it). With several shards, FLUSHALL and FLUSHDB are refused in a
+//! transaction too (they empty every shard, which no single shard's log entry can do), and so is
+//! a command whose keys are in another shard than the transaction's first (`-CROSSSLOT`).
 //!
 //! WATCH takes a read barrier whatever the connection's read mode (a watch must see every
 //! acknowledged write), then records for each key this node's applied index, read before the
@@ -136,6 +138,14 @@ pub(super) fn queue(
         Ok(_) if queue.failed => Reply::Simple("QUEUED"),
         Ok(i) => {
             let router = state.cache.router();
+            if router.num_shards() > 1 && matches!(COMMANDS[i].kind, Kind::FlushAll | Kind::FlushDb) {
+                // It empties every shard, which no one shard's log can do atomically.
+                queue.failed = true;
+                return Reply::err(format!(
+                    "{} inside a transaction is not allowed with several shards: it would not be atomic across them",
+                    COMMANDS[i].name.to_uppercase()
+                ));
+            }
             if router.num_shards() > 1 {
                 let crossed = match super::cluster::key_shard(state, &COMMANDS[i], &args) {
                     Ok(Some((shard, _))) => *queue.shard.get_or_insert(shard) != shard,
