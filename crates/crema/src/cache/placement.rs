@@ -15,7 +15,7 @@
 //!   `CAUGHT_UP_SLACK` entries of the commit index), and only then is a member the map dropped
 //!   removed (its leadership handed over first if that is this node). The meta shard demotes a
 //!   live voter to a learner instead of removing it: every node keeps a meta replica.
-//! - **Planning.** The meta shard's leader, once every look: a move whose group has its
+//! - **Planning** (`leader.rs`). The meta shard's leader, once every look: a move whose group has its
 //!   members is settled (`Settle`); new moves are planned from the map and the nodes discovery
 //!   reports alive that follow the meta shard, and proposed (`Move`), at most `MAX_MOVES`
 //!   shards moving at once. A live node that does not follow the meta shard yet is added to it
@@ -39,6 +39,8 @@ use raft::eraftpb::ConfChangeType;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod leader;
+
 use super::membership::Membership;
 use super::remote::{targets, Asker};
 use super::replica::Replicas;
@@ -47,8 +49,7 @@ use crate::consensus::command::{CacheCommand, StampedCommand};
 use crate::consensus::group::GroupHandle;
 use crate::consensus::ApplyOutput;
 use crate::discovery::{ClusterDiscovery, NodeHealth, PeerManagementConfig};
-use crate::multiraft::placement::{plan, PlacementPolicy};
-use crate::multiraft::{PlacementChange, ShardMap, ShardMapStore, ShardState};
+use crate::multiraft::{PlacementChange, ShardMap, ShardMapStore};
 use crate::transport::envelope::{RemoteAnswer, RemoteRead};
 use crate::types::{NodeId, ShardId};
 
@@ -403,29 +404,6 @@ impl Placement {
         self.discovery.as_ref().map(|d| d.peer_management()).unwrap_or_default()
     }
 
-    /// Settles every move whose group has its planned members (meta shard's leader).
-    async fn settle(&self, map: &ShardMap) {
-        for placement in map.shards().iter().filter(|p| p.state == ShardState::Transferring) {
-            let shard = placement.shard_id;
-            let Some((voters, learners)) = self.members_of(shard, false).await else { continue };
-            let done = voters == placement.members && (shard == META_SHARD || learners.is_empty());
-            if done && self.propose(PlacementChange::Settle { shard_id: shard, epoch: placement.epoch }).await
-            {
-                let began = self.started.lock().expect("moves poisoned").remove(&shard);
-                let took = began.map(|t| t.elapsed());
-                info!(shard, members = ?placement.members, ?took, "placement: the shard's move is done");
-                self.migrations.settled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Some(took) = took {
-                    let mut durations = self.migrations.durations.lock().expect("migrations poisoned");
-                    if durations.len() >= MIGRATIONS_KEPT {
-                        durations.remove(0);
-                    }
-                    durations.push(took.as_secs_f64());
-                }
-            }
-        }
-    }
-
     /// A shard's voters and learners: this node's replica's view, else a holder's (after a
     /// read-index round of the shard there with `linearizable`: as its leader has them).
     async fn members_of(&self, shard: ShardId, linearizable: bool) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
@@ -450,82 +428,6 @@ impl Placement {
         match asker.ask(to, shard, RemoteRead::Members, linearizable).await {
             Ok(RemoteAnswer::Members { voters, learners }) => Some((voters, learners)),
             _ => None,
-        }
-    }
-
-    /// Proposes the moves the planner picks (meta shard's leader; see the module docs).
-    async fn plan(&self, map: &ShardMap) {
-        let policy = self.policy();
-        if !policy.auto_add_voters {
-            return;
-        }
-        let Some(discovery) = &self.discovery else { return };
-        let window = 2 * self.replicas.config.raft.election_timeout();
-        let heard = self.replicas.dispatcher.heard_peers(window);
-        let live = live_followers(self.node_id, &self.meta, &discovery.nodes(), &heard);
-        let placement_policy = PlacementPolicy {
-            replica_factor: self.replica_factor,
-            replace_dead: policy.auto_remove_voters,
-            max_moves: MAX_MOVES,
-        };
-        for planned in plan(map, &live, &placement_policy) {
-            let Some(placement) = map.shard(planned.shard_id) else { continue };
-            let members = planned.apply_to(&placement.members);
-            let change =
-                PlacementChange::Move { shard_id: planned.shard_id, epoch: placement.epoch, members };
-            if self.propose(change).await {
-                info!(shard = planned.shard_id, add = ?planned.add, remove = ?planned.remove, "placement: a move starts");
-                self.started
-                    .lock()
-                    .expect("moves poisoned")
-                    .insert(planned.shard_id, std::time::Instant::now());
-                self.migrations.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Adds live nodes that do not follow the meta shard to it as learners, and removes down
-    /// learners that hold nothing (meta shard's leader, as the policy allows).
-    async fn tend_meta_followers(&self, map: &ShardMap) {
-        let policy = self.policy();
-        let Some(discovery) = &self.discovery else { return };
-        let (voters, learners) = (self.meta.shared.voters(), self.meta.shared.learners());
-        let follows = |id: NodeId| voters.contains(&id) || learners.contains(&id);
-        let nodes = discovery.nodes();
-        if policy.auto_add_voters {
-            let newcomer =
-                nodes.iter().find(|n| n.node_id != 0 && n.health == NodeHealth::Alive && !follows(n.node_id));
-            if let Some(n) = newcomer {
-                let added = self.membership.change_in(
-                    &self.meta,
-                    ConfChangeType::AddLearnerNode,
-                    n.node_id,
-                    Some(n.raft_addr),
-                );
-                match added.await {
-                    Ok(()) => info!(node = n.node_id, "placement: a new node follows the meta shard"),
-                    Err(e) => {
-                        debug!(node = n.node_id, error = %e, "a new node was not added to the meta shard")
-                    }
-                }
-                return;
-            }
-        }
-        if policy.auto_remove_voters {
-            let holds_nothing = |id: NodeId| map.shards_of(id).is_empty();
-            let gone = learners.iter().copied().find(|l| {
-                holds_nothing(*l) && nodes.iter().any(|n| n.node_id == *l && n.health == NodeHealth::Down)
-            });
-            if let Some(id) = gone {
-                match self.membership.change_in(&self.meta, ConfChangeType::RemoveNode, id, None).await {
-                    Ok(()) => {
-                        info!(node = id, "placement: a down node that held nothing left the meta shard")
-                    }
-                    Err(e) => {
-                        debug!(node = id, error = %e, "a down node was not removed from the meta shard")
-                    }
-                }
-            }
         }
     }
 }
