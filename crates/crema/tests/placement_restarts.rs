@@ -222,3 +222,71 @@ async fn a_memory_node_restarts_into_the_groups_as_they_are_now() {
         node.shutdown().await;
     }
 }
+
+/// Moves shard `shard` from node `from` to node `to` through `via` and waits until the move
+/// settled.
+async fn move_and_settle(via: &DistributedCache, shard: u32, from: u64, to: u64) {
+    via.move_shard(shard, from, to).await.unwrap();
+    wait_until(Duration::from_secs(30), "the move settles", || async {
+        via.shard_map()
+            .shard(shard)
+            .is_some_and(|p| p.state == crema::ShardState::Active && p.members.contains(&to))
+    })
+    .await;
+}
+
+/// A memory node restarts after the meta shard's voters changed and one of the first ones
+/// left for good: the replica it started with the first map's members waited for that node's
+/// answer (its recovery needs both other voters it knows), for good, and the node never served
+/// again. It now starts its meta replica with the members the running cluster has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_node_restarts_into_the_meta_shard_as_it_is_now() {
+    common::init_tracing();
+    let bound = common::bind(4);
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let config = |id: u64| six_shards(id, &addrs);
+    let mut nodes = four_nodes_with_keys(bound, &config).await;
+    let first = nodes[0].shard_map().shard(0).unwrap().members.clone();
+    let (restarted, leaves) = (first[0], first[2]);
+    let outside = (1..=4).find(|n| !first.contains(n)).unwrap();
+    // The meta shard's voter that will leave is replaced, and every data shard moves off it
+    // (a shard it held with the restarted node would have lost two of its three members).
+    move_and_settle(&nodes[0], 0, leaves, outside).await;
+    for s in 1..6 {
+        let members = nodes[0].shard_map().shard(s).unwrap().members.clone();
+        if members.contains(&leaves) {
+            let to = (1..=4).find(|n| !members.contains(n)).unwrap();
+            move_and_settle(&nodes[0], s, leaves, to).await;
+        }
+    }
+    let index = |nodes: &[DistributedCache], id: u64| nodes.iter().position(|n| n.node_id() == id).unwrap();
+    let meta_moved = || async {
+        let status = nodes[index(&nodes, outside)].shard_status(0).await;
+        status.is_ok_and(|s| s.voters.contains(&outside) && !s.voters.contains(&leaves))
+    };
+    wait_until(Duration::from_secs(30), "the meta shard's new voters", meta_moved).await;
+    let gone = nodes.remove(index(&nodes, leaves));
+    gone.shutdown().await;
+    drop(gone);
+    for i in 100..150 {
+        nodes[i % 3].put(key(i), format!("v{i}")).await.unwrap();
+    }
+    // The restarted node knew the meta shard's voters as the first map had them, with the
+    // node that left among them.
+    let at = index(&nodes, restarted);
+    restart_memory_node(&mut nodes, at, &config(restarted)).await;
+    let back = &nodes[at];
+    assert!(back.wait_for_leader(Duration::from_secs(30)).await.is_some(), "ready again");
+    assert!(back.holds_its_replicas(), "ready means holding every replica the map gives it");
+    rejoined(back, 0, &[outside], leaves).await;
+    for i in 150..200 {
+        back.put(key(i), format!("v{i}")).await.unwrap();
+    }
+    for i in 0..200 {
+        let want = Some(Bytes::from(format!("v{i}")));
+        assert_eq!(back.consistent_get(&key(i)).await.unwrap(), want, "key {i} through the restarted node");
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

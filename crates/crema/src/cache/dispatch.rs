@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::read_rounds::NodeReads;
 use super::remote::{serve_read, RemoteReads};
 use super::table::ShardTable;
+use crate::cache::split::META_SHARD;
 use crate::consensus::admit::{self, Reject, WarnThrottle};
 use crate::consensus::command::{CommandError, CommandLimits, StampedCommand};
 use crate::consensus::group::GroupHandle;
@@ -126,6 +127,12 @@ impl Dispatcher {
         for (peer, positions) in peers {
             group.hello(peer, false, position_of(&positions, group));
         }
+    }
+
+    /// Where peer `peer` said, in its last handshake, it stands in each group it holds (none
+    /// before it connected).
+    pub(super) fn positions_of(&self, peer: NodeId) -> Option<Vec<GroupPosition>> {
+        self.peers.lock().expect("peers poisoned").get(&peer).map(|p| p.positions.clone())
     }
 
     /// The groups of the replicas held now (none before `attach`).
@@ -342,11 +349,23 @@ impl Inbound for Dispatcher {
     }
 
     fn is_joining(&self) -> bool {
-        self.table.get().is_some_and(|t| t.groups().iter().all(|g| g.shared.voters().is_empty()))
+        // A table without groups: a restarted memory node asking where its meta shard stands
+        // (`cache::meta_conf`), not a node that waits to be added.
+        self.table.get().is_some_and(|t| {
+            let groups = t.groups();
+            !groups.is_empty() && groups.iter().all(|g| g.shared.voters().is_empty())
+        })
     }
 
     fn local_positions(&self) -> Vec<GroupPosition> {
-        self.groups().iter().map(|g| g.shared.position()).collect()
+        let Some(table) = self.table.get() else { return Vec::new() };
+        let groups = table.groups();
+        if groups.is_empty() {
+            // Attached before its meta replica starts (see `is_joining`): the node holds
+            // nothing it can vouch for, and says so as a recovering replica would.
+            return vec![GroupPosition { shard: META_SHARD, recovering: true, ..Default::default() }];
+        }
+        groups.iter().map(|g| g.shared.position()).collect()
     }
 }
 

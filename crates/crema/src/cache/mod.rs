@@ -21,6 +21,7 @@ mod gather;
 mod keepalive;
 pub mod keyspace;
 mod membership;
+mod meta_conf;
 mod moves;
 mod placement;
 mod read_rounds;

@@ -245,6 +245,11 @@ impl Targets {
         Self { candidates: vec![id], next: 0, named: None }
     }
 
+    /// `ids` in turn.
+    pub fn among(ids: Vec<NodeId>) -> Self {
+        Self { candidates: ids, next: 0, named: None }
+    }
+
     fn pick(&mut self) -> Option<NodeId> {
         if let Some(leader) = self.named.take() {
             return Some(leader);

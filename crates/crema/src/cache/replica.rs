@@ -128,7 +128,12 @@ impl Replicas {
     /// [`Self::start`]; `replays_removals`: the replica starts without the log it had here, so
     /// the log it is sent may hold the removal of an earlier replica of this node, which it
     /// replays instead of obeying (`GroupSettings::fresh`).
-    fn start_replaying(&self, id: ShardId, conf: &Conf, replays_removals: bool) -> Result<Started> {
+    pub(super) fn start_replaying(
+        &self,
+        id: ShardId,
+        conf: &Conf,
+        replays_removals: bool,
+    ) -> Result<Started> {
         let config = &self.config;
         let storage = self.storages[id as usize].clone();
         self.incarnations[id as usize].fetch_add(1, std::sync::atomic::Ordering::AcqRel);

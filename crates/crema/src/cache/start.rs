@@ -103,13 +103,23 @@ impl DistributedCache {
         // A memory node keeps no state, and cannot tell a restart from a first start: the
         // members its shards had at first may have changed since (a move), and a replica started
         // with the first ones would refuse their leader and wait for nodes that left. It starts
-        // the meta shard alone, and the others once the meta shard says which it holds and the
+        // the meta shard alone, with its members as the running cluster has them
+        // (`cache::meta_conf`), and the others once the meta shard says which it holds and the
         // shard's group says with whom (`placement::Placement::follow`).
         let stored = replicas.stored_shards()?;
         let after_meta = config.raft_storage == crate::config::RaftStorageType::Memory
             && !config.join
             && !config.force_new_cluster
             && router.num_shards() > 1;
+        // Where the meta shard stands now, asked of the running cluster (`cache::meta_conf`):
+        // the transport opens first, with no replica yet, for the answers to arrive.
+        let meta_now = if after_meta {
+            dispatcher.attach(table.clone());
+            transport.open();
+            super::meta_conf::meta_members_now(&config, &transport, &dispatcher).await
+        } else {
+            None
+        };
         let mut acl = None;
         let mut shard_map = None;
         for id in 0..router.num_shards() {
@@ -123,7 +133,17 @@ impl DistributedCache {
                     None => continue,
                 },
             };
-            let started = replicas.start(id, &conf)?;
+            let started = match &meta_now {
+                Some((voters, learners)) if id == META_SHARD => {
+                    // Empty, for the leader to add, when the group no longer counts this node;
+                    // either way the log it is sent may hold an earlier removal of it.
+                    let me = config.node_id;
+                    let counted = voters.contains(&me) || learners.contains(&me);
+                    let conf = if counted { (voters.clone(), learners.clone()) } else { Default::default() };
+                    replicas.start_replaying(id, &conf, true)?
+                }
+                _ => replicas.start(id, &conf)?,
+            };
             if id == META_SHARD {
                 acl = Some(started.acl);
                 shard_map = Some(started.shard_map);
