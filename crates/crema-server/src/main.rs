@@ -355,7 +355,7 @@ async fn dev(
         }
     }
     let addr = |base: u16, i: u64| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], base + i as u16 - 1)) };
-    let mut running = Vec::new();
+    let mut configs = Vec::new();
     for id in 1..=nodes {
         let peers = (1..=nodes)
             .filter(|p| *p != id)
@@ -380,8 +380,14 @@ async fn dev(
             config.tls_cert = Some(cert);
             config.tls_key = Some(key);
         }
-        running.push(RunningNode::start(&config).await.with_context(|| format!("starting node {id}"))?);
+        configs.push(config);
     }
+    // Started together: a memory node of a sharded cluster listens to its seeds' handshakes
+    // before its meta replica starts, and would wait for seeds started after it.
+    let starts = configs.iter().map(|config| async move {
+        RunningNode::start(config).await.with_context(|| format!("starting node {}", config.node_id))
+    });
+    let running = futures_util::future::try_join_all(starts).await?;
     let stop = shutdown_signal()?;
     // Printed once every node knows a leader of each shard it holds: the commands below work
     // as soon as they show.
