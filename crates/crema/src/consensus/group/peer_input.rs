@@ -49,6 +49,10 @@ impl<S: LogStore> Group<S> {
         pr.become_probe();
         pr.matched = 0;
         pr.next_idx = matched + 1;
+        // Nor the commit it knew or was told: the new incarnation learns it again
+        // (`tell_commit_when_idle`), and hibernation waits until it reports it.
+        pr.committed_index = 0;
+        self.commit_told.1.remove(&peer);
         info!(
             shard = self.shared.shard,
             peer,
