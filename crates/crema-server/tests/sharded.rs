@@ -79,6 +79,21 @@ async fn a_sharded_cluster_serves_redis_clients() {
     assert!(flush.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n"), "{flush}");
     let x: Option<String> = c.get("{t}:x").await.unwrap();
     assert_eq!(x.as_deref(), Some("1"));
+    // WATCH keeps a transaction in one shard, as Redis Cluster's WATCH keeps it in one slot:
+    // keys of two shards are refused at once, in one WATCH or across several, and a queued
+    // command outside the watched keys' shard is refused when queued.
+    let watch = raw_until(nodes[1].resp, b"WATCH a b\r\nWATCH a\r\nWATCH b\r\nPING\r\n", b"PONG\r\n").await;
+    assert_eq!(
+        String::from_utf8_lossy(&watch),
+        "-CROSSSLOT Keys in request don't hash to the same slot\r\n+OK\r\n\
+         -CROSSSLOT Keys in request don't hash to the same slot\r\n+PONG\r\n"
+    );
+    let watched = raw_until(nodes[1].resp, b"WATCH a\r\nMULTI\r\nSET b 1\r\nEXEC\r\n", b"errors.\r\n").await;
+    assert_eq!(
+        String::from_utf8_lossy(&watched),
+        "+OK\r\n+OK\r\n-CROSSSLOT Keys in request don't hash to the same slot\r\n\
+         -EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
 
     // WAIT counts, over every shard, the replicas known to hold what this node applied: one
     // other replica at least (a majority of three), never more than the two others.
@@ -492,4 +507,23 @@ async fn gossip_from_one_seed(secret_file: Option<&str>) {
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(status.contains("discovery   memberlist"), "{status}");
     assert!(status.lines().any(|l| l.contains("node 3") && l.contains("down")), "{status}");
+
+    // Redis Cluster's view of a failed node: flagged `fail` (and its link down) in CLUSTER
+    // NODES, and no longer offered as a replica in CLUSTER SLOTS.
+    let dead = format!("{:040x}", 3);
+    let listed: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await.unwrap();
+    let line = listed.lines().find(|l| l.starts_with(&dead)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains(" master,fail ") && line.contains(" disconnected"), "{line}");
+    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.unwrap();
+    assert_eq!(slots.len(), 4, "one range per shard");
+    for range in &slots {
+        let ids: Vec<String> = range[2..]
+            .iter()
+            .map(|node| match node {
+                redis::Value::Array(fields) => redis::from_redis_value(fields[2].clone()).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(!ids.is_empty() && !ids.contains(&dead), "{ids:?}");
+    }
 }

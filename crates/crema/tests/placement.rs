@@ -124,6 +124,109 @@ async fn with_as_many_replicas_as_nodes_every_node_holds_every_shard() {
     }
 }
 
+/// Found from outside (cluster clients while shards moved): once a replica left its node
+/// during a move away, reads through that node answered `Shutdown` (the read barrier of every
+/// shard it held, WATCH's included), and a write forwarded from it waited for that replica to
+/// apply what it never would, and timed out though applied; the node receiving the shard named
+/// no member for its slot range until its new replica heard from the group. Requests through
+/// the old holder are answered all along now, and the slot map always names the members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_through_a_node_a_shard_moves_away_from_are_answered_all_along() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let nodes = placed(4, 3).await;
+    let map = nodes[0].shard_map();
+    let moving = map.shards().iter().find(|p| p.shard_id != 0 && p.members.contains(&1)).unwrap().clone();
+    let shard = moving.shard_id;
+    if nodes[0].shard_leader(shard) == Some(1) {
+        // A follower's paths: writes forwarded, reads after a read-index round.
+        let other = *moving.members.iter().find(|m| **m != 1).unwrap();
+        nodes[0].transfer_shard_leader(shard, other).await.unwrap();
+        wait_until(Duration::from_secs(10), "another member leads", || async {
+            nodes[0].shard_leader(shard).is_some_and(|l| l != 1)
+        })
+        .await;
+    }
+    let to = (1..=4).find(|n| !moving.members.contains(n)).unwrap();
+    let router = nodes[0].router();
+    let keys: Vec<Bytes> = (0..).map(key).filter(|k| router.shard_for_key(k) == shard).take(16).collect();
+    for k in &keys {
+        nodes[0].put(k.clone(), "0").await.unwrap();
+    }
+    let (first, receiver) = (&nodes[0], &nodes[to as usize - 1]);
+    let done = AtomicBool::new(false);
+    let mut failures: Vec<String> = Vec::new();
+    let mut acked = vec![0u64; keys.len()];
+    let reads = async {
+        let mut failed = Vec::new();
+        while !done.load(Ordering::Acquire) {
+            for k in &keys {
+                if let Err(e) = first.consistent_get(k).await {
+                    failed.push(format!("consistent_get: {e}"));
+                }
+            }
+            if let Err(e) = first.read_barrier().await {
+                failed.push(format!("read_barrier: {e}"));
+            }
+            if let Err(e) = first.live_count(true).await {
+                failed.push(format!("live_count: {e}"));
+            }
+            if let Err(e) = first.read_entries(&keys, true).await {
+                failed.push(format!("read_entries: {e}"));
+            }
+        }
+        failed
+    };
+    let writes = async {
+        let mut failed = Vec::new();
+        let mut round = 0u64;
+        while !done.load(Ordering::Acquire) {
+            round += 1;
+            for (i, k) in keys.iter().enumerate() {
+                let started = std::time::Instant::now();
+                match first.put(k.clone(), round.to_string()).await {
+                    Ok(()) => acked[i] = round,
+                    Err(e) => failed.push(format!("put after {:?}: {e}", started.elapsed())),
+                }
+            }
+        }
+        failed
+    };
+    let mover = async {
+        let mut unnamed = Vec::new();
+        first.move_shard(shard, 1, to).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // The receiver's slot map names the shard's members all along.
+            let shards = receiver.cluster_shards().await.unwrap();
+            let info = shards.iter().find(|i| i.shard_id == shard).unwrap();
+            if info.members.is_empty() && info.leader.is_none() {
+                unnamed.push(format!("{info:?}"));
+            }
+            let settled =
+                first.shard_map().shard(shard).is_some_and(|p| p.state == crema::ShardState::Active);
+            if settled && !first.holds_shard(shard) && first.shard_status(shard).await.is_err() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the move did not settle");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        done.store(true, Ordering::Release);
+        unnamed
+    };
+    let (read_failures, write_failures, unnamed) = tokio::join!(reads, writes, mover);
+    failures.extend(read_failures);
+    failures.extend(write_failures);
+    assert!(failures.is_empty(), "requests through node 1 failed: {failures:?}");
+    assert!(unnamed.is_empty(), "node {to} named no member of shard {shard}: {unnamed:?}");
+    for (k, want) in keys.iter().zip(&acked) {
+        let got = first.consistent_get(k).await.unwrap();
+        assert_eq!(got, Some(Bytes::from(want.to_string())), "{k:?}");
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
 const ALL: crema::PeerManagementConfig = crema::PeerManagementConfig {
     auto_add_peers: true,
     auto_remove_peers: true,

@@ -109,10 +109,24 @@ async fn shards(state: &ServerState) -> Result<Vec<ShardInfo>, CmdError> {
     Ok(state.cache.cluster_shards().await?)
 }
 
-/// The shard's members, its leader first (the slot range's primary), with their client address.
-fn members(state: &ServerState, session: &Session, shard: &ShardInfo) -> Vec<(NodeId, String)> {
+/// The nodes discovery declared down: `CLUSTER NODES` flags them `fail`, and the slot maps
+/// leave them out as replicas (Redis drops a failed replica from `CLUSTER SLOTS`).
+fn down_nodes(state: &ServerState) -> Vec<NodeId> {
+    let nodes = state.cache.discovered_nodes();
+    nodes.into_iter().filter(|n| n.health == crema::NodeHealth::Down).map(|n| n.node_id).collect()
+}
+
+/// The shard's members, its leader first (the slot range's primary; else the first member, so
+/// that every range has one: a client sent to a member that does not lead gets `-MOVED`), with
+/// their client address; members declared down are left out unless one is the primary.
+fn members(
+    state: &ServerState,
+    session: &Session,
+    shard: &ShardInfo,
+    down: &[NodeId],
+) -> Vec<(NodeId, String)> {
     let mut ids: Vec<NodeId> = shard.leader.into_iter().collect();
-    ids.extend(shard.members.iter().copied().filter(|m| Some(*m) != shard.leader));
+    ids.extend(shard.members.iter().copied().filter(|m| Some(*m) != shard.leader && !down.contains(m)));
     ids.into_iter().filter_map(|id| addr_for(state, session, id).map(|addr| (id, addr))).collect()
 }
 
@@ -138,9 +152,10 @@ pub(super) fn host_port(addr: &str) -> (String, i64) {
 }
 
 fn slots(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> Reply {
+    let down = down_nodes(state);
     let ranges = shards.iter().map(|shard| {
         let mut entry = vec![Reply::Integer(shard.first_slot.into()), Reply::Integer(shard.last_slot.into())];
-        for (id, addr) in members(state, session, shard) {
+        for (id, addr) in members(state, session, shard, &down) {
             let (host, port) = host_port(&addr);
             entry.push(Reply::Array(vec![
                 Reply::bulk(host),
@@ -154,8 +169,9 @@ fn slots(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> Reply 
 }
 
 fn shards_reply(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> Reply {
+    let down = down_nodes(state);
     let entries = shards.iter().map(|shard| {
-        let nodes = members(state, session, shard).into_iter().map(|(id, addr)| {
+        let nodes = members(state, session, shard, &down).into_iter().map(|(id, addr)| {
             let (host, port) = host_port(&addr);
             let role = if Some(id) == shard.leader { "master" } else { "replica" };
             Reply::Map(vec![
@@ -165,7 +181,7 @@ fn shards_reply(state: &ServerState, session: &Session, shards: &[ShardInfo]) ->
                 (Reply::bulk("endpoint"), Reply::bulk(host)),
                 (Reply::bulk("role"), Reply::bulk(role)),
                 (Reply::bulk("replication-offset"), Reply::Integer(shard.applied_index as i64)),
-                (Reply::bulk("health"), Reply::bulk("online")),
+                (Reply::bulk("health"), Reply::bulk(if down.contains(&id) { "fail" } else { "online" })),
             ])
         });
         let range = vec![Reply::Integer(shard.first_slot.into()), Reply::Integer(shard.last_slot.into())];
@@ -186,10 +202,17 @@ fn nodes(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> String
     ids.sort_unstable();
     ids.dedup();
     let epoch = shards.iter().map(|s| s.term).max().unwrap_or(0);
+    let down = down_nodes(state);
     let mut out = String::new();
     for id in ids {
         let Some(addr) = addr_for(state, session, id) else { continue };
-        let flags = if id == me { "myself,master" } else { "master" };
+        let failed = id != me && down.contains(&id);
+        let flags = match (id == me, failed) {
+            (true, _) => "myself,master",
+            (false, true) => "master,fail",
+            (false, false) => "master",
+        };
+        let link = if failed { "disconnected" } else { "connected" };
         let led: Vec<String> = shards
             .iter()
             .filter(|s| s.leader == Some(id))
@@ -197,7 +220,7 @@ fn nodes(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> String
             .collect();
         let (_, port) = host_port(&addr);
         out.push_str(&format!(
-            "{} {addr}@{} {flags} - 0 0 {epoch} connected{}{}\n",
+            "{} {addr}@{} {flags} - 0 0 {epoch} {link}{}{}\n",
             cluster_node_id(id),
             port + 10_000,
             if led.is_empty() { "" } else { " " },

@@ -176,7 +176,12 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
     match kind {
         Kind::Multi if tx.in_multi() => Err(CmdError::Invalid("MULTI calls can not be nested".into())),
         Kind::Multi => {
-            tx.queue = Some(Queue::default());
+            // With several shards the watched keys' shard is the transaction's (WATCH keeps
+            // them in one): a queued command on another answers -CROSSSLOT at once.
+            let router = call.state.cache.router();
+            let shard =
+                tx.watched.first().filter(|_| router.num_shards() > 1).map(|w| router.shard_for_key(&w.key));
+            tx.queue = Some(Queue { shard, ..Queue::default() });
             Ok(Reply::OK)
         }
         Kind::Discard if !tx.in_multi() => Err(CmdError::Invalid("DISCARD without MULTI".into())),
@@ -193,6 +198,17 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
 }
 
 async fn watch(call: &mut Call<'_>) -> Result<Reply, CmdError> {
+    // With several shards a transaction runs in one (Redis Cluster's rule, by slot there): keys
+    // of another shard than those watched already are refused here, not at EXEC.
+    let router = call.state.cache.router();
+    if router.num_shards() > 1 {
+        let watched = call.session.tx.watched.iter().map(|w| &w.key);
+        let mut shards = watched.chain(&call.args[1..]).map(|k| router.shard_for_key(k));
+        let first = shards.next();
+        if shards.any(|s| Some(s) != first) {
+            return Err(CmdError::CrossSlot);
+        }
+    }
     if !call.session.barrier_done {
         call.state.cache.read_barrier().await?;
         call.session.barrier_done = true;

@@ -56,9 +56,14 @@ impl<'a> Call<'a> {
     pub async fn read_view(&mut self, keys: Range<usize>) -> Result<ReadView<'a>, CmdError> {
         let state: &'a crate::server::ServerState = self.state;
         let router = state.cache.router();
-        if self.args[keys.clone()].iter().all(|k| state.cache.holds_shard(router.shard_for_key(k))) {
-            self.read_barrier_keys(keys).await?;
-            return Ok(ReadView::Local(state.cache.storage()));
+        let all_here = |args: &[Bytes]| args.iter().all(|k| state.cache.holds_shard(router.shard_for_key(k)));
+        if all_here(&self.args[keys.clone()]) {
+            self.read_barrier_keys(keys.clone()).await?;
+            // A replica may have left this node during the barrier (a move away; the barrier
+            // passes it): its keys are then read from their holders.
+            if all_here(&self.args[keys.clone()]) {
+                return Ok(ReadView::Local(state.cache.storage()));
+            }
         }
         let wanted = self.args[keys].to_vec();
         let entries = state.cache.read_entries(&wanted, true).await?;
@@ -71,6 +76,9 @@ impl<'a> Call<'a> {
     pub async fn live_keys(&mut self, pattern: Option<&[u8]>) -> Result<Vec<Bytes>, CmdError> {
         if self.holds_every_shard() {
             self.read_barrier().await?;
+        }
+        // Checked again: a replica may have left this node during the barrier (a move away).
+        if self.holds_every_shard() {
             let mut keys = Vec::new();
             self.storage().for_each_live_key(|k, _| {
                 if pattern.is_none_or(|p| crema::glob::glob_match(p, k)) {
@@ -100,6 +108,8 @@ impl<'a> Call<'a> {
     pub async fn live_count(&mut self) -> Result<u64, CmdError> {
         if self.holds_every_shard() {
             self.read_barrier().await?;
+        }
+        if self.holds_every_shard() {
             return Ok(self.storage().live_count());
         }
         Ok(self.state.cache.live_count(true).await?)

@@ -116,16 +116,29 @@ impl DistributedCache {
         let total = self.shards.num_shards();
         let mut out = Vec::with_capacity(total as usize);
         for shard in 0..total {
-            if let Some(info) = held.next_if(|s| s.shard_id == shard) {
+            let placement = map.shard(shard);
+            let hinted =
+                |members: &[NodeId]| self.coordinator.hinted_leader(shard).filter(|l| members.contains(l));
+            if let Some(mut info) = held.next_if(|s| s.shard_id == shard) {
+                // A replica that has not heard from its group yet (one a move just started here)
+                // knows no members and no leader: the map's members and the hinted leader stand
+                // in, so every slot range keeps a primary (cluster clients refuse a slot map
+                // with a range that has none).
+                if let (true, Some(placement)) = (info.members.is_empty(), placement) {
+                    info.members = placement.members.clone();
+                }
+                if info.leader.is_none() {
+                    info.leader = hinted(&info.members);
+                }
                 out.push(info);
                 continue;
             }
-            let Some(placement) = map.shard(shard) else { continue };
+            let Some(placement) = placement else { continue };
             let range = ShardRange { shard_id: shard, total_shards: total };
             out.push(ShardInfo {
                 shard_id: shard,
                 state: placement.state,
-                leader: self.coordinator.hinted_leader(shard).filter(|l| placement.members.contains(l)),
+                leader: hinted(&placement.members),
                 members: placement.members.clone(),
                 learners: Vec::new(),
                 entry_count: 0,

@@ -50,10 +50,7 @@ impl DistributedCache {
         keys: Vec<Bytes>,
         linearizable: bool,
     ) -> Result<Vec<Option<StoredValue>>> {
-        if self.holds_shard(shard) {
-            if linearizable {
-                self.read_barrier_for_shard(shard).await?;
-            }
+        if self.barrier_here(shard, linearizable).await? {
             let now = unix_now_ms();
             return Ok(keys.iter().map(|k| self.keyspace.entry_at(k, now)).collect());
         }
@@ -99,10 +96,7 @@ impl DistributedCache {
         pattern: Option<&[u8]>,
         linearizable: bool,
     ) -> Result<Vec<Bytes>> {
-        if self.holds_shard(shard) {
-            if linearizable {
-                self.read_barrier_for_shard(shard).await?;
-            }
+        if self.barrier_here(shard, linearizable).await? {
             let mut keys = Vec::new();
             if let Some(storage) = self.keyspace.shard(shard) {
                 storage.for_each_live_key(|k, _| {
@@ -148,10 +142,7 @@ impl DistributedCache {
     pub async fn live_count(&self, linearizable: bool) -> Result<u64> {
         let shards = 0..self.keyspace.router().num_shards();
         let fetches = shards.map(|shard| async move {
-            if self.holds_shard(shard) {
-                if linearizable {
-                    self.read_barrier_for_shard(shard).await?;
-                }
+            if self.barrier_here(shard, linearizable).await? {
                 return Ok(self.keyspace.shard(shard).map_or(0, |s| s.live_count()));
             }
             match self.remote_read(shard, RemoteRead::Count, linearizable).await? {

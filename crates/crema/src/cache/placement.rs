@@ -316,11 +316,14 @@ impl Placement {
             info!(shard, node = id, ?kind, "placement: changing the shard's members");
             self.membership.change_in(group, kind, id, addr).await
         };
+        // Nothing acknowledged is never caught up, however short the log: a replica that does
+        // not take the leader's messages (a restarted memory node still recovering, or one
+        // with a stale view of the group) was promoted at once on a log shorter than the slack,
+        // and a voter that cannot vote left the shard one failure from losing its quorum.
         let caught_up = |id: NodeId| {
-            status
-                .replica_progress
-                .iter()
-                .any(|(p, matched)| *p == id && matched + CAUGHT_UP_SLACK >= status.commit_index)
+            status.replica_progress.iter().any(|(p, matched)| {
+                *p == id && *matched > 0 && matched + CAUGHT_UP_SLACK >= status.commit_index
+            })
         };
         // Members first: nothing is removed before every new member votes.
         if let Some(&id) = target.iter().find(|id| !voters.contains(id)) {
@@ -354,14 +357,27 @@ impl Placement {
             if shard == META_SHARD && self.health(id) != Some(NodeHealth::Down) {
                 return change(ConfChangeType::AddLearnerNode, id).await;
             }
-            return change(ConfChangeType::RemoveNode, id).await;
+            change(ConfChangeType::RemoveNode, id).await?;
+            self.tell_removed(id, shard).await;
+            return Ok(());
         }
         if shard != META_SHARD {
             if let Some(&id) = learners.iter().find(|l| !target.contains(l)) {
-                return change(ConfChangeType::RemoveNode, id).await;
+                change(ConfChangeType::RemoveNode, id).await?;
+                self.tell_removed(id, shard).await;
             }
         }
         Ok(())
+    }
+
+    /// Tells node `id` that its replica of `shard` was removed (this node leads the shard): the
+    /// replica may never apply its removal (the leader stops sending to it once it applied it),
+    /// and until it knows, it would serve reads and wait for writes it can no longer apply. A
+    /// node not reached learns it when the move settles (`DistributedCache::holds_shard`).
+    async fn tell_removed(&self, id: NodeId, shard: ShardId) {
+        if self.health(id) != Some(NodeHealth::Down) {
+            self.fresh_replica_on(id, shard).await;
+        }
     }
 
     /// Whether node `id` holds a fresh replica of `shard` (see `step`); asking it also retires

@@ -30,12 +30,48 @@ impl DistributedCache {
     /// No leader within the request timeout, timeout, shutdown.
     pub async fn consistent_get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.coordinator.count_operation();
-        if !self.holds_shard(self.keyspace.router().shard_for_key(key)) {
-            let keys = [Bytes::copy_from_slice(key)];
-            return Ok(self.read_entries(&keys, true).await?.pop().flatten().map(|e| e.value));
+        if self.barrier_here(self.keyspace.router().shard_for_key(key), true).await? {
+            return Ok(self.keyspace.get(key));
         }
-        self.read_barrier_for_key(key).await?;
-        Ok(self.keyspace.get(key))
+        let keys = [Bytes::copy_from_slice(key)];
+        Ok(self.read_entries(&keys, true).await?.pop().flatten().map(|e| e.value))
+    }
+
+    /// Whether shard `shard` is read from this node's replica: it holds one and, with
+    /// `linearizable`, that replica passed its read barrier. False when it holds none, or when
+    /// the replica left meanwhile (see [`Self::left_meanwhile`]): read from a holder then.
+    ///
+    /// # Errors
+    /// As [`Self::read_barrier`].
+    pub(super) async fn barrier_here(&self, shard: ShardId, linearizable: bool) -> Result<bool> {
+        if !self.holds_shard(shard) {
+            return Ok(false);
+        }
+        if linearizable {
+            if let Err(e) = self.read_barrier_for_shard(shard).await {
+                return if self.left_meanwhile(shard, &e) { Ok(false) } else { Err(e) };
+            }
+        }
+        Ok(self.holds_shard(shard))
+    }
+
+    /// Waits until this node's replica `shard` applied `index`; `Shutdown` once it serves its
+    /// shard no more (a move away, see [`Self::left_meanwhile`]): a replica removed from its
+    /// group may never apply `index`, and what it held is read from the holders then.
+    ///
+    /// # Errors
+    /// `Shutdown` as above, or when the node stops.
+    pub(super) async fn applied_here(&self, shard: &Shard, index: u64) -> Result<()> {
+        let every = self.config.raft.tick_interval();
+        shard.group.wait_applied_unless(index, every, || !self.holds_shard(shard.id)).await
+    }
+
+    /// Whether `error`, from this node's replica of `shard`, only means that the replica left
+    /// the node meanwhile (a move away: its removal applied, its group ended) while the node
+    /// runs on: the shard is then read from the nodes that hold it, never answered with the
+    /// replica's `Shutdown`.
+    pub fn left_meanwhile(&self, shard: ShardId, error: &Error) -> bool {
+        matches!(error, Error::Shutdown) && self.check_running().is_ok() && !self.holds_shard(shard)
     }
 
     /// Waits until this node has applied every write acknowledged (on any node) before the call
@@ -48,8 +84,17 @@ impl DistributedCache {
     pub async fn read_barrier(&self) -> Result<()> {
         self.check_running()?;
         let held = self.shards.held();
-        let barriers = held.iter().map(|shard| self.shard_barrier(shard));
+        let barriers = held.iter().map(|shard| self.shard_barrier_unless_left(shard));
         futures_util::future::join_all(barriers).await.into_iter().collect()
+    }
+
+    /// [`Self::shard_barrier`], passed when the replica left the node meanwhile (see
+    /// [`Self::left_meanwhile`]): its keys are read from their holders, not here.
+    async fn shard_barrier_unless_left(&self, shard: &Shard) -> Result<()> {
+        match self.shard_barrier(shard).await {
+            Err(e) if self.left_meanwhile(shard.id, &e) => Ok(()),
+            passed => passed,
+        }
     }
 
     /// [`Self::read_barrier`] for the shard of `key` only: what a read of `key` needs (the
@@ -62,16 +107,22 @@ impl DistributedCache {
         self.shard_barrier(&self.shard_for_key(key)?).await
     }
 
-    /// [`Self::read_barrier`] for the shards `shards` only, together.
+    /// [`Self::read_barrier`] for the shards `shards` only, together. A shard this node holds
+    /// no replica of, or whose replica left the node meanwhile, passes (see
+    /// [`Self::left_meanwhile`]): the caller checks that it holds a shard before reading it
+    /// here, and reads it from its holders otherwise.
     ///
     /// # Errors
-    /// As [`Self::read_barrier`]; `Shutdown` for a shard this node has no replica of.
+    /// As [`Self::read_barrier`].
     pub async fn read_barrier_for_shards(&self, shards: &[ShardId]) -> Result<()> {
         self.check_running()?;
-        if let [one] = shards {
-            return self.shard_barrier(&self.shard(*one)?).await;
-        }
-        let barriers = shards.iter().map(|id| async move { self.shard_barrier(&self.shard(*id)?).await });
+        let barriers = shards.iter().map(|id| async move {
+            match self.shard(*id) {
+                Ok(shard) => self.shard_barrier_unless_left(&shard).await,
+                Err(e) if self.left_meanwhile(*id, &e) => Ok(()),
+                Err(e) => Err(e),
+            }
+        });
         futures_util::future::join_all(barriers).await.into_iter().collect()
     }
 
@@ -100,7 +151,7 @@ impl DistributedCache {
             // `cache::read_rounds`); what that cannot confirm goes through the group.
             let live = self.dispatcher.live_peers();
             if let Some(index) = self.dispatcher.reads.read_index(&self.transport, &live, group).await {
-                return group.wait_applied(index).await;
+                return self.applied_here(shard, index).await;
             }
             loop {
                 // A read changes nothing: it is refused (`NotLeader`) as soon as this node can
@@ -110,7 +161,7 @@ impl DistributedCache {
                     _ = self.quorum_lost(group) => Err(Error::NotLeader { leader_hint: None }),
                 };
                 match index {
-                    Ok(index) => return group.wait_applied(index).await,
+                    Ok(index) => return self.applied_here(shard, index).await,
                     Err(Error::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
                         self.await_leader(group, deadline, false).await?;
                     }

@@ -26,12 +26,14 @@ use tracing::debug;
 use super::table::ShardTable;
 use super::DistributedCache;
 use crate::consensus::command::StampedCommand;
+use crate::consensus::sessions::SessionStamp;
 use crate::consensus::Applied;
 use crate::error::{Error, Result};
 use crate::glob::glob_match;
 use crate::multiraft::coordinator::CoordinatorState;
 use crate::multiraft::ShardMapStore;
 use crate::transport::envelope::{Envelope, RemoteAnswer, RemoteRead, WireError};
+use crate::transport::forward::ForwardSlot;
 use crate::transport::Transport;
 use crate::types::{NodeId, ShardId};
 
@@ -280,13 +282,25 @@ impl DistributedCache {
             return Err(Error::NotLeader { leader_hint: self.coordinator.hinted_leader(shard) });
         }
         let deadline = deadline.min(Instant::now() + self.config.forwarding_timeout);
-        let forwarder = &self.dispatcher.forwarder;
         let slot = self.open_session(&mut stamped);
         let bytes = Bytes::from(stamped.encode());
+        self.forward_to_holders(shard, (&slot, &bytes, &stamped.session), deadline, false).await
+    }
+
+    /// Sends copies of a write stamped with a session (its `slot`, encoding and session) to
+    /// shard `shard`'s holders in turn, the leader they name first, until one answers or
+    /// `deadline` passes; `sent`: a copy went out already (its outcome may be unknown).
+    pub(super) async fn forward_to_holders(
+        &self,
+        shard: ShardId,
+        (slot, bytes, session): (&ForwardSlot<'_>, &Bytes, &Option<SessionStamp>),
+        deadline: Instant,
+        mut sent: bool,
+    ) -> Result<Applied> {
+        let forwarder = &self.dispatcher.forwarder;
         let mut targets = self.targets(shard);
         let tick = self.config.raft.tick_interval();
         let patience = self.config.raft.election_timeout();
-        let mut sent = false;
         loop {
             if Instant::now() >= deadline {
                 return Err(if sent {
@@ -318,7 +332,7 @@ impl DistributedCache {
             match answer {
                 Ok(Ok(applied)) => {
                     slot.answered();
-                    if let Some(session) = &stamped.session {
+                    if let Some(session) = session {
                         forwarder.reported(&session.abandoned);
                     }
                     return self.settled(applied);

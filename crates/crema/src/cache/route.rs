@@ -60,7 +60,24 @@ impl DistributedCache {
         let mut deadline = deadline;
         let group = &shard.group;
         loop {
-            let leader = self.await_leader(group, deadline, forwarded.is_some()).await?;
+            if !self.holds_shard(shard.id) {
+                // This replica left the node meanwhile (a move away): it may never hear of a
+                // leader again, so the write goes to the shard's holders, as copies of the
+                // same session.
+                let sent = forwarded.is_some();
+                let (slot, bytes) = forwarded.get_or_insert_with(|| {
+                    deadline = deadline.min(Instant::now() + self.config.forwarding_timeout);
+                    let slot = self.open_session(&mut stamped);
+                    (slot, Bytes::from(stamped.encode()))
+                });
+                return self
+                    .forward_to_holders(shard.id, (slot, bytes, &stamped.session), deadline, sent)
+                    .await;
+            }
+            let leader = tokio::select! {
+                leader = self.await_leader(group, deadline, forwarded.is_some()) => leader?,
+                () = self.replica_left(shard.id) => continue,
+            };
             if leader == self.config.node_id {
                 let bytes = forwarded.as_ref().map_or_else(|| local.clone(), |(_, bytes)| bytes.clone());
                 match group.propose(bytes).await {
@@ -102,10 +119,23 @@ impl DistributedCache {
                 if let Some(session) = &stamped.session {
                     self.dispatcher.forwarder.reported(&session.abandoned);
                 }
-                // Answer once applied here too, so the caller reads its own write on this node.
-                group.wait_applied(applied.index).await?;
+                // Answer once applied here too, so the caller reads its own write on this node;
+                // or at once when this replica leaves meanwhile (a move away): the write is
+                // applied, and this node reads the shard from its holders from then on.
+                if let Err(e) = self.applied_here(shard, applied.index).await {
+                    if !self.left_meanwhile(shard.id, &e) {
+                        return Err(e);
+                    }
+                }
                 return self.settled(applied);
             }
+        }
+    }
+
+    /// Resolves once this node's replica of `shard` serves it no more (looked at every tick).
+    async fn replica_left(&self, shard: crate::types::ShardId) {
+        while self.holds_shard(shard) {
+            tokio::time::sleep(self.config.raft.tick_interval()).await;
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use raft::eraftpb::{ConfChange, Message};
@@ -193,6 +194,30 @@ impl GroupHandle {
     pub async fn wait_applied(&self, index: u64) -> Result<()> {
         let mut rx = self.shared.applied.subscribe();
         rx.wait_for(|applied| *applied >= index).await.map(|_| ()).map_err(|_| Error::Shutdown)
+    }
+
+    /// [`Self::wait_applied`], given up with `Shutdown` once `gone` says this replica serves
+    /// the shard no more (looked at every `every`): a replica removed from its group may never
+    /// apply `index`.
+    pub async fn wait_applied_unless(
+        &self,
+        index: u64,
+        every: Duration,
+        gone: impl Fn() -> bool,
+    ) -> Result<()> {
+        let mut rx = self.shared.applied.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= index {
+                return Ok(());
+            }
+            if gone() {
+                return Err(Error::Shutdown);
+            }
+            tokio::select! {
+                changed = rx.changed() => changed.map_err(|_| Error::Shutdown)?,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
     }
 
     /// Makes this node the only voter of its group, keeping its state (see
