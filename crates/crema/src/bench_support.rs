@@ -108,6 +108,7 @@ impl GroupBench {
                     shutdown_grace: config.raft.election_timeout(),
                     checkpoints: None,
                     recover: false,
+                    recovery_voters: Vec::new(),
                     fresh: false,
                     #[cfg(feature = "fault-injection")]
                     faults: None,

@@ -140,6 +140,7 @@ async fn rejoined(node: &DistributedCache, shard: u32, with: &[u64], without: u6
 /// no replica of a shard the map no longer gives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_node_restarts_into_the_groups_as_they_are_now() {
+    common::init_tracing();
     let bound = common::bind(4);
     let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
     let config = |id: u64| six_shards(id, &addrs);

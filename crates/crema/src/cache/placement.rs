@@ -256,7 +256,7 @@ impl Placement {
             };
             if self.initial.as_ref().and_then(|first| first.shard(shard)) == Some(placement) {
                 // Unchanged since the first map (same epoch): so are its group's members.
-                self.replicas.rejoin(shard, &(placement.members.clone(), Vec::new()))
+                self.replicas.rejoin(shard, &(placement.members.clone(), Vec::new()), true)
             } else {
                 // As its leader has them; else (no leader: the restart of a member may be what
                 // it waits for) as a holder has applied them.
@@ -266,7 +266,7 @@ impl Placement {
                 };
                 match members {
                     Some(conf) if conf.0.contains(&self.node_id) || conf.1.contains(&self.node_id) => {
-                        self.replicas.rejoin(shard, &conf)
+                        self.replicas.rejoin(shard, &conf, false)
                     }
                     // Not counted yet: a move to this node, whose leader adds it once it is here.
                     Some(_) => self.replicas.join(shard),

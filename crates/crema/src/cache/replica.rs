@@ -122,17 +122,20 @@ impl Replicas {
     /// # Errors
     /// Its durable state cannot be opened or recovered.
     pub fn start(&self, id: ShardId, conf: &Conf) -> Result<Started> {
-        self.start_replaying(id, conf, conf.0.is_empty() && conf.1.is_empty())
+        let begin = if conf.0.is_empty() && conf.1.is_empty() {
+            Begin::Empty
+        } else {
+            Begin::Bootstrap { replays_removals: false }
+        };
+        self.start_replaying(id, conf, begin)
     }
 
-    /// [`Self::start`]; `replays_removals`: the replica starts without the log it had here, so
-    /// the log it is sent may hold the removal of an earlier replica of this node, which it
-    /// replays instead of obeying (`GroupSettings::fresh`).
+    /// [`Self::start`], the log beginning as `begin` says.
     pub(super) fn start_replaying(
         &self,
         id: ShardId,
         conf: &Conf,
-        replays_removals: bool,
+        begin: Begin,
     ) -> Result<Started> {
         let config = &self.config;
         let storage = self.storages[id as usize].clone();
@@ -147,7 +150,7 @@ impl Replicas {
         let stop = self.cancel.child_token();
         let (group, task) = {
             let mut node_db = self.node_db.lock().expect("node db poisoned");
-            spawn_shard_group(config, (id, conf, replays_removals), sm, &self.transport, &stop, &mut node_db)?
+            spawn_shard_group(config, (id, conf, begin), sm, &self.transport, &stop, &mut node_db)?
         };
         let name = |what: &str| {
             if config.shard_count() == 1 {
@@ -206,10 +209,15 @@ impl Replicas {
     ///
     /// # Errors
     /// As [`Self::start`].
-    pub fn rejoin(&self, id: ShardId, conf: &Conf) -> Result<()> {
+    /// `first`: `conf` is the group's first members, never changed (the first map's
+    /// placement at its first epoch): the replica begins with their bootstrap log, as on a first
+    /// start, which a memory node cannot tell from a restart. Else it begins empty and learns
+    /// its configuration from the log it is sent (see [`Begin::Empty`]).
+    pub fn rejoin(&self, id: ShardId, conf: &Conf, first: bool) -> Result<()> {
         self.storages[id as usize].clear();
         // The log it is sent may hold this node's removal from an earlier move away (and back).
-        let started = self.start_replaying(id, conf, true)?;
+        let begin = if first { Begin::Bootstrap { replays_removals: true } } else { Begin::Empty };
+        let started = self.start_replaying(id, conf, begin)?;
         self.dispatcher.introduce(&started.shard.group);
         info!(shard = id, voters = ?conf.0, learners = ?conf.1, "this node's replica of the shard started again");
         Ok(())
@@ -292,15 +300,38 @@ type NodeDbHandle = Arc<crate::consensus::rocks_storage::NodeDb>;
 #[cfg(not(feature = "rocksdb"))]
 type NodeDbHandle = std::convert::Infallible;
 
+/// How a memory replica's log begins (a durable one opens what it stored, else begins as
+/// `Bootstrap` or `Empty` too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Begin {
+    /// With the bootstrap entries of the group's first members (`conf`): a first start, or a
+    /// memory node's replica of a group whose members never changed. `replays_removals`: the
+    /// replica starts without the log it had here, so the log it is sent may hold the removal
+    /// of an earlier replica of this node, which it replays instead of obeying
+    /// (`GroupSettings::fresh`).
+    Bootstrap { replays_removals: bool },
+    /// Empty, its configuration learned from the log it is sent (from its start, or a
+    /// snapshot), replaying removals: a replica placement adds (empty `conf`), or a memory
+    /// node's replica of a running group whose members changed since its first ones, which
+    /// recovers before it votes counting `conf`'s voters. The first members' bootstrap entries
+    /// would not do there (they are the group's first entries only while its members never
+    /// changed, and a different prefix, committed, contradicts the leader's log for good), nor
+    /// would `conf` over an empty log (the log's changes replayed over it do not end where the
+    /// group is).
+    Empty,
+}
+
 /// Starts the Raft group of shard `id` over its state machine `sm`.
 fn spawn_shard_group(
     config: &CacheConfig,
-    (id, conf, replays_removals): (ShardId, &Conf, bool),
+    (id, conf, begin): (ShardId, &Conf, Begin),
     sm: CacheStateMachine,
     transport: &Arc<Transport>,
     cancel: &CancellationToken,
     node_db: &mut NodeDbSlot,
 ) -> Result<(GroupHandle, JoinHandle<()>)> {
+    let replays_removals = matches!(begin, Begin::Empty | Begin::Bootstrap { replays_removals: true });
+    let rejoins = begin == Begin::Empty && !conf.0.is_empty();
     let settings = GroupSettings {
         node_id: config.node_id,
         shard: id,
@@ -317,13 +348,19 @@ fn spawn_shard_group(
             && !config.join
             && !config.force_new_cluster
             && conf.0.len() > 1,
+        // A member started again empty (`Begin::Empty`) counts its group's voters, not its
+        // empty configuration's.
+        recovery_voters: if rejoins { conf.0.clone() } else { Vec::new() },
         fresh: replays_removals,
         #[cfg(feature = "fault-injection")]
         faults: config.faults.clone(),
     };
     match config.raft_storage {
         RaftStorageType::Memory => {
-            let store = MemStorage::bootstrapped(&conf.0, &conf.1);
+            let store = match begin {
+                Begin::Bootstrap { .. } => MemStorage::bootstrapped(&conf.0, &conf.1),
+                Begin::Empty => MemStorage::new(),
+            };
             spawn_group(settings, store, sm, transport.clone(), cancel.clone())
         }
         RaftStorageType::RocksDb => spawn_durable(config, id, conf, settings, sm, transport, cancel, node_db),

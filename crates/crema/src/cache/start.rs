@@ -135,12 +135,20 @@ impl DistributedCache {
             };
             let started = match &meta_now {
                 Some((voters, learners)) if id == META_SHARD => {
-                    // Empty, for the leader to add, when the group no longer counts this node;
-                    // either way the log it is sent may hold an earlier removal of it.
+                    // As the first members when they never changed (their bootstrap log);
+                    // else empty, recovering with the group's voters, or for the leader to
+                    // add when the group no longer counts this node (see `replica::Begin`).
                     let me = config.node_id;
+                    let now = (voters.clone(), learners.clone());
+                    let first = config.initial_conf(id).is_some_and(|first| first == now);
                     let counted = voters.contains(&me) || learners.contains(&me);
-                    let conf = if counted { (voters.clone(), learners.clone()) } else { Default::default() };
-                    replicas.start_replaying(id, &conf, true)?
+                    let conf = if counted { now } else { Default::default() };
+                    let begin = if first {
+                        super::replica::Begin::Bootstrap { replays_removals: true }
+                    } else {
+                        super::replica::Begin::Empty
+                    };
+                    replicas.start_replaying(id, &conf, begin)?
                 }
                 _ => replicas.start(id, &conf)?,
             };

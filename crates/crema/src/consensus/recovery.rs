@@ -76,11 +76,25 @@ pub(crate) struct Recovery {
     me: NodeId,
     heard: BTreeMap<NodeId, GroupPosition>,
     floor: Option<Floor>,
+    /// The group's voters when the replica starts without them in its configuration (a member
+    /// started again with an empty log, which learns its configuration from the log it is
+    /// sent: see `cache::replica`); `None`: the configuration's.
+    voters: Option<Vec<NodeId>>,
 }
 
 impl Recovery {
     pub fn new(me: NodeId) -> Self {
-        Self { me, heard: BTreeMap::new(), floor: None }
+        Self { me, heard: BTreeMap::new(), floor: None, voters: None }
+    }
+
+    /// A recovery that counts the answers of `voters`, whatever the replica's configuration.
+    pub fn with_voters(me: NodeId, voters: Vec<NodeId>) -> Self {
+        Self { voters: Some(voters), ..Self::new(me) }
+    }
+
+    /// The voters given at the start, if any (see [`Self::with_voters`]).
+    pub fn voters(&self) -> Option<&[NodeId]> {
+        self.voters.as_deref()
     }
 
     /// Other voters that must answer before a node of a group of `voters` may leave phase 1:

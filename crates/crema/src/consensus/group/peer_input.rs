@@ -61,7 +61,11 @@ impl<S: LogStore> Group<S> {
         );
     }
 
+    /// The voters a recovery counts: those it was given, else the configuration's.
     fn voters(&self) -> Vec<NodeId> {
+        if let Some(voters) = self.recovery.as_ref().and_then(|r| r.voters()) {
+            return voters.to_vec();
+        }
         self.raw.raft.prs().conf().voters().ids().iter().collect()
     }
 

@@ -36,6 +36,9 @@ pub(crate) struct GroupSettings {
     /// The node starts without the Raft state of its previous life (memory storage, one of
     /// several voters): it recovers first (see `recovery`).
     pub recover: bool,
+    /// The voters whose answers the recovery counts, when the replica starts with an empty
+    /// configuration (a member started again: see `cache::replica`); empty: the configuration's.
+    pub recovery_voters: Vec<NodeId>,
     /// The replica started empty while the node ran, to join its running group (placement),
     /// or as the member a group counts after its memory node restarted: the log it replays may
     /// hold the removal of an earlier replica of this node, followed by the addition of this
@@ -87,7 +90,10 @@ pub(crate) fn spawn_group<S: LogStore>(
     let campaign_when_applied = voters.len() == 1 && voters.contains(settings.node_id);
     let mut settings = settings;
     let checkpoints = settings.checkpoints.take();
-    let recovery = settings.recover.then(|| Recovery::new(settings.node_id));
+    let recovery = settings.recover.then(|| match settings.recovery_voters.as_slice() {
+        [] => Recovery::new(settings.node_id),
+        voters => Recovery::with_voters(settings.node_id, voters.to_vec()),
+    });
     let (client_tx, client_rx) = mpsc::channel(settings.mailbox_capacity);
     let (raft_tx, raft_rx) = mpsc::channel(settings.mailbox_capacity);
     let shared = Arc::new(GroupShared::new(settings.shard));
