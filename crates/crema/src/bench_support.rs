@@ -86,6 +86,7 @@ impl GroupBench {
                     connect_timeout: Duration::from_secs(1),
                     secret: None,
                     tls: None,
+                    shards: groups as u32,
                     #[cfg(feature = "fault-injection")]
                     faults: None,
                 },

@@ -63,7 +63,8 @@ mod tests {
         assert_eq!(peer_stream(&[]), 0);
         assert_eq!(peer_stream(&[0xff; 64]), 0, "an oversized length prefix stops decoding");
         let hello =
-            Envelope::Hello { node_id: 1, incarnation: 7, groups: Vec::new(), client_addr: None }.to_frame();
+            Envelope::Hello { node_id: 1, incarnation: 7, groups: Vec::new(), client_addr: None, shards: 1 }
+                .to_frame();
         let mut two = hello.to_vec();
         two.extend_from_slice(&hello);
         assert_eq!(peer_stream(&two), 2);
@@ -171,6 +172,7 @@ mod seeds {
                     recovering: false,
                 }],
                 client_addr: Some("127.0.0.1:6380".parse().unwrap()),
+                shards: 1,
             },
             Envelope::Raft { shard: 0, message: append.write_to_bytes().unwrap().into() },
             Envelope::Forward { shard: 0, request_id: 9, command },

@@ -299,3 +299,49 @@ async fn leaders_spread_over_the_nodes_by_themselves() {
         node.shutdown().await;
     }
 }
+
+/// Found from outside: nodes started with different `--shards` formed one cluster that routed
+/// a key to different groups (half the writes timed out, acknowledged keys could not be read
+/// through the other nodes), and a node given a shard map of more shards than it has panicked.
+/// The handshake carries the shard count now: a peer that splits the keys differently is
+/// refused, loudly, and the others go on without it. (Durable nodes: memory ones would wait
+/// for every other voter's answer at a start, which may be a restart.)
+#[cfg(feature = "rocksdb")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_split_the_keys_differently_refuse_each_other() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let bound = common::bind(3);
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let mut nodes = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let num_shards = if id == 3 { 8 } else { 4 };
+        let config = discovered(common::node_config(id, &addrs))
+            .with_raft_storage_type(crema::RaftStorageType::RocksDb)
+            .with_data_dir(dirs[i].path())
+            .with_multiraft_config(MultiRaftCacheConfig { enabled: true, num_shards, ..Default::default() });
+        nodes.push(DistributedCache::new_with_listener(config, listener).await.unwrap());
+    }
+    let (one, three) = (&nodes[0], &nodes[2]);
+    wait_until(
+        Duration::from_secs(20),
+        "the node with 8 shards refused, and refused by the others",
+        || async {
+            one.raft_figures().peer_handshakes_refused > 0 && three.raft_figures().peer_handshakes_refused > 0
+        },
+    )
+    .await;
+    // Nodes 1 and 2 are a quorum of every shard: they serve on.
+    wait_until(Duration::from_secs(20), "every shard led by node 1 or 2", || async {
+        (0..4).all(|s| one.shard_leader(s).is_some_and(|l| l != 3))
+    })
+    .await;
+    for i in 0..20 {
+        one.put(key(i), "v").await.unwrap();
+        assert_eq!(nodes[1].consistent_get(&key(i)).await.unwrap().as_deref(), Some(&b"v"[..]));
+    }
+    assert_eq!(three.shard_leader(0), None, "node 3 never joined their groups");
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

@@ -131,12 +131,15 @@ impl Replicas {
     }
 
     /// [`Self::start`], the log beginning as `begin` says.
-    pub(super) fn start_replaying(
-        &self,
-        id: ShardId,
-        conf: &Conf,
-        begin: Begin,
-    ) -> Result<Started> {
+    pub(super) fn start_replaying(&self, id: ShardId, conf: &Conf, begin: Begin) -> Result<Started> {
+        if id >= self.table.num_shards() {
+            // A shard map from a node that splits the keys into more shards (refused at the
+            // handshake since; see `transport::shard_count_mismatch`).
+            return Err(crate::Error::Config(crate::config::ConfigError::Invalid(format!(
+                "shard {id} does not exist on this node ({} shards): every node needs the same --shards",
+                self.table.num_shards()
+            ))));
+        }
         let config = &self.config;
         let storage = self.storages[id as usize].clone();
         self.incarnations[id as usize].fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -194,7 +197,9 @@ impl Replicas {
     /// As [`Self::start`].
     pub fn join(&self, id: ShardId) -> Result<()> {
         // What an earlier replica here left (see `retire`).
-        self.storages[id as usize].clear();
+        if let Some(storage) = self.storages.get(id as usize) {
+            storage.clear();
+        }
         let started = self.start(id, &(Vec::new(), Vec::new()))?;
         // The peers' handshakes came before this group existed.
         self.dispatcher.introduce(&started.shard.group);
@@ -214,7 +219,9 @@ impl Replicas {
     /// start, which a memory node cannot tell from a restart. Else it begins empty and learns
     /// its configuration from the log it is sent (see [`Begin::Empty`]).
     pub fn rejoin(&self, id: ShardId, conf: &Conf, first: bool) -> Result<()> {
-        self.storages[id as usize].clear();
+        if let Some(storage) = self.storages.get(id as usize) {
+            storage.clear();
+        }
         // The log it is sent may hold this node's removal from an earlier move away (and back).
         let begin = if first { Begin::Bootstrap { replays_removals: true } } else { Begin::Empty };
         let started = self.start_replaying(id, conf, begin)?;

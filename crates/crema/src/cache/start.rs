@@ -48,6 +48,7 @@ impl DistributedCache {
                 connect_timeout: Duration::from_secs(1),
                 secret: config.cluster_secret.clone(),
                 tls: config.peer_tls.clone(),
+                shards: router.num_shards(),
                 #[cfg(feature = "fault-injection")]
                 faults: config.faults.clone(),
             },

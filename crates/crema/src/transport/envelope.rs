@@ -20,7 +20,7 @@ use crate::types::{NodeId, ShardId};
 /// pings and hibernation notices. Version 4: reads for nodes that hold no replica of a shard.
 /// Version 5: node-level read rounds (`ReadCheck`, `ReadIndexAsk` and their answers) and
 /// commit notices. Version 6: the hello carries the sender's client address.
-pub const ENVELOPE_VERSION: u8 = 6;
+pub const ENVELOPE_VERSION: u8 = 7;
 
 /// One Raft group's position on the sender of a hello: what a restarted memory node needs to
 /// learn before it may vote again (see `consensus::recovery`).
@@ -55,6 +55,10 @@ pub enum Envelope {
         groups: Vec<GroupPosition>,
         /// Where the sender's clients connect (its RESP address), if it says.
         client_addr: Option<SocketAddr>,
+        /// How many shards the sender's keys are split into (0 in a probe's hello): nodes that
+        /// split them differently would route one key to different groups, so the handshake
+        /// is refused.
+        shards: u32,
     },
     /// A Raft message (protobuf bytes) for group `shard`.
     Raft {
@@ -358,6 +362,7 @@ mod tests {
             incarnation: 42,
             groups: vec![position],
             client_addr: Some("127.0.0.1:6380".parse().unwrap()),
+            shards: 16,
         });
         round_trip(Envelope::Raft { shard: 2, message: Bytes::from_static(b"\x08\x01") });
         round_trip(Envelope::Forward { shard: 0, request_id: 9, command: Bytes::from("c") });

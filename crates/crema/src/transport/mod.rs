@@ -30,7 +30,7 @@ use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use envelope::{Envelope, GroupPosition};
 pub use error::TransportError;
@@ -73,6 +73,14 @@ fn told_client_addr(told: Option<SocketAddr>, reached: std::net::IpAddr) -> Opti
     told.map(|addr| if addr.ip().is_unspecified() { SocketAddr::new(reached, addr.port()) } else { addr })
 }
 
+/// Why a peer that splits the keys into `theirs` shards cannot talk with this node (`ours`).
+pub(crate) fn shard_count_mismatch(peer: NodeId, theirs: u32, ours: u32) -> String {
+    format!(
+        "node {peer} splits the keys into {theirs} shards and this node into {ours}: every node of a \
+         cluster needs the same --shards (its keys would reach different groups)"
+    )
+}
+
 /// Transport settings.
 #[derive(Debug, Clone)]
 pub(crate) struct TransportConfig {
@@ -89,6 +97,8 @@ pub(crate) struct TransportConfig {
     pub secret: Option<auth::ClusterSecret>,
     /// Mutual TLS (see `tls`); none: plain TCP.
     pub tls: Option<tls::PeerTls>,
+    /// How many shards this node's keys are split into: a peer's hello must say the same.
+    pub shards: u32,
     #[cfg(feature = "fault-injection")]
     pub faults: Option<Arc<crate::faults::Faults>>,
 }
@@ -157,6 +167,15 @@ impl Transport {
     /// Incoming peer connections refused in the handshake so far.
     pub fn handshakes_refused(&self) -> u64 {
         self.handshakes_refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts a refused handshake and logs an error, paced as [`Self::refuse`]: a refusal an
+    /// operator must act on (a misconfigured node, not a stranger).
+    fn refuse_loudly(&self, remote: SocketAddr, why: &str) {
+        self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.refusal_warnings.note(std::time::Instant::now()) {
+            error!(%remote, refused_since_last_error = count, "peer connection refused: {why}");
+        }
     }
 
     /// Counts a refused handshake and warns, paced (a scan or a flood must not flood the log).
@@ -339,6 +358,7 @@ impl Transport {
                     incarnation: 0,
                     groups: Vec::new(),
                     client_addr: None,
+                    shards: 0,
                 };
                 let _ = conn.write_frame(&reply.to_frame()).await;
                 return;
@@ -350,12 +370,20 @@ impl Transport {
                 self.refuse(remote, &why.to_string());
                 return;
             }
+            Ok(Ok(Envelope::Hello { node_id, shards, .. }))
+                if node_id != 0 && shards != self.config.shards =>
+            {
+                // Told, so its log says why too: every node of a cluster needs the same count.
+                let why = shard_count_mismatch(node_id, shards, self.config.shards);
+                self.refuse_loudly(remote, &why);
+                return;
+            }
             Ok(Ok(Envelope::Hello { node_id, .. })) if !self.knows(node_id) => {
                 // Not a member or a seed: it learns nothing (not even this node's id).
                 self.refuse(remote, &format!("node {node_id} is not a member (if it was just added, this node has not applied that yet)"));
                 return;
             }
-            Ok(Ok(Envelope::Hello { node_id, incarnation, groups, client_addr }))
+            Ok(Ok(Envelope::Hello { node_id, incarnation, groups, client_addr, .. }))
                 if node_id != self.config.node_id =>
             {
                 (node_id, incarnation, groups, client_addr)
@@ -415,6 +443,7 @@ impl Transport {
             incarnation: config.incarnation,
             groups: Vec::new(),
             client_addr: None,
+            shards: 0,
         };
         conn.write_frame(&hello.to_frame()).await?;
         let reply = tokio::time::timeout(config.handshake_timeout, conn.read_envelope(config))
@@ -433,6 +462,7 @@ impl Transport {
             incarnation: self.config.incarnation,
             groups,
             client_addr: self.config.client_addr,
+            shards: self.config.shards,
         }
         .to_frame()
     }

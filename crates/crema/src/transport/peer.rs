@@ -259,7 +259,12 @@ impl LinkTask {
             .await
             .map_err(|_| TransportError::Handshake("no hello reply".into()))??;
         match reply {
-            Envelope::Hello { node_id, incarnation, groups, client_addr } if node_id == self.link.id => {
+            Envelope::Hello { node_id, shards, .. } if node_id == self.link.id && shards != config.shards => {
+                let why = super::shard_count_mismatch(node_id, shards, config.shards);
+                self.transport.refuse_loudly(addr, &why);
+                Err(TransportError::Handshake(why))
+            }
+            Envelope::Hello { node_id, incarnation, groups, client_addr, .. } if node_id == self.link.id => {
                 info!(peer = node_id, %addr, incarnation, "connected to peer");
                 let client_addr = super::told_client_addr(client_addr, addr.ip());
                 self.transport.inbound.on_hello(node_id, incarnation, groups, client_addr);

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The envelope version this mirror speaks.
-pub const VERSION: u8 = 6;
+pub const VERSION: u8 = 7;
 
 /// A group's position as the hello carries it.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -28,8 +28,17 @@ pub struct Position {
 /// The envelope as the wire carries it (mirrors crema's; variant order is the protocol).
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Wire {
-    Hello { node_id: u64, incarnation: u64, groups: Vec<Position>, client_addr: Option<SocketAddr> },
-    Raft { shard: u32, message: Vec<u8> },
+    Hello {
+        node_id: u64,
+        incarnation: u64,
+        groups: Vec<Position>,
+        client_addr: Option<SocketAddr>,
+        shards: u32,
+    },
+    Raft {
+        shard: u32,
+        message: Vec<u8>,
+    },
 }
 
 pub fn frame(payload: &[u8]) -> Vec<u8> {
@@ -38,10 +47,11 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The framed hello of node `node_id` (incarnation `incarnation`) that reports no group and no
-/// client address: what a stranger, a probe or a minimal peer sends first.
+/// The framed hello of node `node_id` (incarnation `incarnation`) of a one-shard cluster that
+/// reports no group and no client address: what a stranger, a probe or a minimal peer sends
+/// first.
 pub fn bare_hello(node_id: u64, incarnation: u64) -> Vec<u8> {
-    envelope(&Wire::Hello { node_id, incarnation, groups: Vec::new(), client_addr: None })
+    envelope(&Wire::Hello { node_id, incarnation, groups: Vec::new(), client_addr: None, shards: 1 })
 }
 
 pub fn envelope(w: &Wire) -> Vec<u8> {
@@ -75,6 +85,7 @@ impl FakePeer {
             incarnation: rand::random(),
             groups: vec![position],
             client_addr: None,
+            shards: 1,
         };
         stream.write_all(&envelope(&hello)).await.unwrap();
         let mut peer = Self { stream, id };
