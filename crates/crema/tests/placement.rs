@@ -227,6 +227,29 @@ async fn requests_through_a_node_a_shard_moves_away_from_are_answered_all_along(
     }
 }
 
+/// Found from outside: a move to a node that had died was agreed and stayed under way for as
+/// long as the node was away (for good, if it never came back), holding one of the two moves
+/// the planner runs at once. It is refused now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_a_node_that_does_not_answer_is_refused() {
+    let mut nodes = placed(4, 3).await;
+    let gone = nodes.pop().unwrap();
+    gone.shutdown().await;
+    drop(gone);
+    wait_until(Duration::from_secs(20), "node 4 declared down", || async {
+        nodes[0].discovered_nodes().iter().any(|n| n.node_id == 4 && n.health == crema::NodeHealth::Down)
+    })
+    .await;
+    let map = nodes[0].shard_map();
+    let some = map.shards().iter().find(|p| p.shard_id != 0 && !p.members.contains(&4)).unwrap();
+    let refused = nodes[0].move_shard(some.shard_id, some.members[0], 4).await.unwrap_err();
+    assert!(refused.to_string().contains("node 4 does not answer"), "{refused}");
+    assert_eq!(nodes[0].shard_map(), map, "nothing moves");
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
 const ALL: crema::PeerManagementConfig = crema::PeerManagementConfig {
     auto_add_peers: true,
     auto_remove_peers: true,

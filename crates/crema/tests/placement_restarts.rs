@@ -291,3 +291,50 @@ async fn a_memory_node_restarts_into_the_meta_shard_as_it_is_now() {
         node.shutdown().await;
     }
 }
+
+/// Found from outside: a durable node down while a shard moved away from it came back with
+/// that replica, which never learned of its removal: it campaigned in vain for good, and the
+/// node never said it was ready (`/ready`, `wait_for_leader`), also after another restart. The
+/// replica is routed around, the node is ready, and once the shard's group confirms it no
+/// longer counts the node, the replica is retired.
+#[cfg(feature = "rocksdb")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_node_down_while_a_shard_moved_away_retires_that_replica() {
+    common::init_tracing();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let bound = common::bind(4);
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let config = |id: u64| {
+        six_shards(id, &addrs)
+            .with_raft_storage_type(crema::RaftStorageType::RocksDb)
+            .with_data_dir(dirs[id as usize - 1].path())
+    };
+    let mut nodes = four_nodes_with_keys(bound, &config).await;
+    let map = nodes[0].shard_map();
+    let away = map.shards().iter().find(|p| p.shard_id != 0 && p.members.contains(&4)).unwrap().clone();
+    let to = (1..=4).find(|n| !away.members.contains(n)).unwrap();
+    // Node 4 stops; the shard moves from it to the node that held none of it.
+    let fourth = nodes.pop().unwrap();
+    fourth.shutdown().await;
+    drop(fourth);
+    move_and_settle(&nodes[0], away.shard_id, 4, to).await;
+    for i in 100..150 {
+        nodes[i % 3].put(key(i), format!("v{i}")).await.unwrap();
+    }
+    let listener = std::net::TcpListener::bind(addrs[3]).unwrap();
+    let fourth = DistributedCache::new_with_listener(config(4), listener).await.unwrap();
+    assert!(fourth.wait_for_leader(Duration::from_secs(30)).await.is_some(), "ready");
+    assert!(!fourth.holds_shard(away.shard_id), "the replica moved away is routed around");
+    wait_until(Duration::from_secs(30), "the replica moved away retired", || async {
+        fourth.shard_status(away.shard_id).await.is_err()
+    })
+    .await;
+    for i in 0..150 {
+        let want = Some(Bytes::from(format!("v{i}")));
+        assert_eq!(fourth.consistent_get(&key(i)).await.unwrap(), want, "key {i} through the restarted node");
+    }
+    fourth.shutdown().await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

@@ -246,7 +246,11 @@ async fn ready(State(s): State<AdminState>) -> Response {
     }
     let shards = s.cache.shard_info();
     if shards.len() > 1 {
-        if let Some(shard) = shards.iter().find(|i| i.leader.is_none() || i.applied_index < i.commit_index) {
+        // Replicas this node serves: one removed from its group, that has not learned it yet,
+        // is routed around (and retired once its group confirms it).
+        let serving = shards.iter().filter(|i| s.cache.holds_shard(i.shard_id));
+        if let Some(shard) = serving.clone().find(|i| i.leader.is_none() || i.applied_index < i.commit_index)
+        {
             let why = match shard.leader {
                 None => "no leader known".to_owned(),
                 Some(_) => format!("applied {} of {} committed", shard.applied_index, shard.commit_index),
@@ -343,7 +347,21 @@ async fn remove_node(State(s): State<AdminState>, Path(id): Path<NodeId>) -> Res
 
 async fn rebalance(State(s): State<AdminState>) -> Response {
     match s.cache.rebalance().await {
-        Ok(moves) if moves.is_empty() => "nothing to move: the placement is balanced\n".into_response(),
+        Ok(moves) if moves.is_empty() => {
+            let map = s.cache.shard_map();
+            let moving: Vec<crema::ShardId> = (map.shards().iter())
+                .filter(|p| p.state == crema::ShardState::Transferring)
+                .map(|p| p.shard_id)
+                .collect();
+            if moving.is_empty() {
+                "nothing to move: the placement is balanced\n".into_response()
+            } else {
+                format!(
+                    "no move started: shards {moving:?} are still moving (at most two at once); run it again once they settle\n"
+                )
+                .into_response()
+            }
+        }
         Ok(moves) => {
             let mut out = format!("{} move(s) started:\n", moves.len());
             for m in moves {

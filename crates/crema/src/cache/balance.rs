@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::dispatch::Dispatcher;
 use super::table::ShardTable;
 use crate::multiraft::coordinator::CoordinatorState;
 use crate::multiraft::ShardMapStore;
@@ -22,8 +23,14 @@ use crate::types::{NodeId, ShardId};
 /// One shard as a node sees it: its id, its leader, its voters.
 pub(crate) type ShardView = (ShardId, Option<NodeId>, Vec<NodeId>);
 
-/// The transfer `me` should start, if any: (shard, new leader).
-pub(crate) fn plan_transfer(me: NodeId, shards: &[ShardView]) -> Option<(ShardId, NodeId)> {
+/// The transfer `me` should start, if any: (shard, new leader). Only a voter `reachable` says
+/// this node hears from is a target: found from outside, leaderships were handed to a voter
+/// that had died (not yet declared down), over and over, and writes stalled meanwhile.
+pub(crate) fn plan_transfer(
+    me: NodeId,
+    shards: &[ShardView],
+    reachable: &dyn Fn(NodeId) -> bool,
+) -> Option<(ShardId, NodeId)> {
     let mut leads: BTreeMap<NodeId, usize> = BTreeMap::new();
     for (_, leader, voters) in shards {
         for voter in voters {
@@ -38,7 +45,8 @@ pub(crate) fn plan_transfer(me: NodeId, shards: &[ShardView]) -> Option<(ShardId
         .iter()
         .filter(|(_, leader, _)| *leader == Some(me))
         .filter_map(|(shard, _, voters)| {
-            let target = voters.iter().filter(|v| **v != me).min_by_key(|v| (leads[v], **v))?;
+            let target =
+                voters.iter().filter(|v| **v != me && reachable(**v)).min_by_key(|v| (leads[v], **v))?;
             (leads[target] + 2 <= mine).then_some((*shard, *target, leads[target]))
         })
         .min_by_key(|(shard, _, target_leads)| (*target_leads, *shard))
@@ -49,7 +57,7 @@ pub(crate) fn plan_transfer(me: NodeId, shards: &[ShardView]) -> Option<(ShardId
 pub(super) async fn balance_leaders(
     me: NodeId,
     table: Arc<ShardTable>,
-    (map, hints): (Arc<ShardMapStore>, Arc<CoordinatorState>),
+    (map, hints, dispatcher): (Arc<ShardMapStore>, Arc<CoordinatorState>, Arc<Dispatcher>),
     interval: Duration,
     cancel: CancellationToken,
 ) {
@@ -68,7 +76,9 @@ pub(super) async fn balance_leaders(
             let leader = hints.hinted_leader(placement.shard_id).filter(|l| placement.members.contains(l));
             view.push((placement.shard_id, leader, placement.members.clone()));
         }
-        if let Some((shard, to)) = plan_transfer(me, &view) {
+        // Heard from within the look's interval (pings come a few times per election timeout).
+        let reachable = |node: NodeId| dispatcher.heard_within(&[node], interval) == 1;
+        if let Some((shard, to)) = plan_transfer(me, &view, &reachable) {
             let group = groups.iter().find(|g| g.shared.shard == shard).expect("planned from these groups");
             match group.transfer_leader(to).await {
                 Ok(()) => debug!(shard, to, "leadership handed over to spread the leaders"),
@@ -90,23 +100,38 @@ mod tests {
     fn the_busiest_leader_hands_one_shard_to_the_idlest_voter() {
         // Node 1 leads 4, node 2 leads 1, node 3 none: node 1 gives one to node 3.
         let view = shards(&[Some(1), Some(1), Some(1), Some(1), Some(2)]);
-        assert_eq!(plan_transfer(1, &view), Some((0, 3)));
-        assert_eq!(plan_transfer(2, &view), None, "node 2 does not lead more than others");
-        assert_eq!(plan_transfer(3, &view), None);
+        assert_eq!(plan_transfer(1, &view, &|_| true), Some((0, 3)));
+        assert_eq!(plan_transfer(2, &view, &|_| true), None, "node 2 does not lead more than others");
+        assert_eq!(plan_transfer(3, &view, &|_| true), None);
     }
 
     #[test]
     fn balanced_leads_stay_and_unknown_leaders_count_for_nobody() {
-        assert_eq!(plan_transfer(1, &shards(&[Some(1), Some(1), Some(2), Some(3), Some(2)])), None);
-        assert_eq!(plan_transfer(1, &shards(&[Some(1), None, None])), None, "1 against 0: within one");
-        assert_eq!(plan_transfer(1, &shards(&[Some(1), Some(1), None])), Some((0, 2)));
+        assert_eq!(
+            plan_transfer(1, &shards(&[Some(1), Some(1), Some(2), Some(3), Some(2)]), &|_| true),
+            None
+        );
+        assert_eq!(
+            plan_transfer(1, &shards(&[Some(1), None, None]), &|_| true),
+            None,
+            "1 against 0: within one"
+        );
+        assert_eq!(plan_transfer(1, &shards(&[Some(1), Some(1), None]), &|_| true), Some((0, 2)));
     }
 
     #[test]
     fn only_voters_of_the_shard_are_targets() {
         // Shard 0's voters are 1 and 2 only; node 3 leads nothing but is not a voter of it.
         let view = vec![(0, Some(1), vec![1, 2]), (1, Some(1), vec![1, 3]), (2, Some(2), vec![1, 2])];
-        assert_eq!(plan_transfer(1, &view), Some((1, 3)));
+        assert_eq!(plan_transfer(1, &view, &|_| true), Some((1, 3)));
+    }
+
+    #[test]
+    fn a_voter_not_heard_from_is_no_target() {
+        // Node 3 leads nothing, but this node has not heard from it: node 2 gets one instead.
+        let view = shards(&[Some(1), Some(1), Some(1), Some(1), Some(2)]);
+        assert_eq!(plan_transfer(1, &view, &|n| n != 3), Some((0, 2)));
+        assert_eq!(plan_transfer(1, &view, &|n| n == 1), None, "nobody to hand it to");
     }
 
     #[test]
@@ -116,7 +141,7 @@ mod tests {
         for _ in 0..64 {
             for me in 1..=3 {
                 let view = shards(&leaders);
-                if let Some((shard, to)) = plan_transfer(me, &view) {
+                if let Some((shard, to)) = plan_transfer(me, &view, &|_| true) {
                     leaders[shard as usize] = Some(to);
                 }
             }

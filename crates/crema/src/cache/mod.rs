@@ -346,16 +346,21 @@ impl DistributedCache {
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
         let deadline = tokio::time::Instant::now() + timeout;
         if self.keyspace.router().num_shards() > 1 {
-            while !self.holds_its_replicas() {
+            // Placement starts the replicas as it reads the map, and routes around (then
+            // retires) one the settled map no longer names, which may never know a leader (its
+            // group removed it while this node was away): looked at every tick.
+            loop {
+                let served = self.shards.held().into_iter().skip(1).filter(|s| self.holds_shard(s.id));
+                if self.holds_its_replicas()
+                    && served.into_iter().all(|s| s.group.shared.leader_id().is_some())
+                {
+                    break;
+                }
                 if tokio::time::Instant::now() >= deadline {
                     return None;
                 }
-                // Placement starts them as it reads the map; looked at every tick.
                 tokio::time::sleep(self.config.raft.tick_interval()).await;
             }
-        }
-        for shard in self.shards.held().iter().skip(1) {
-            shard.group.shared.wait_for_leader(deadline).await?;
         }
         self.meta().group.shared.wait_for_leader(deadline).await
     }

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use super::DistributedCache;
 use crate::consensus::command::CacheCommand;
 use crate::consensus::ApplyOutput;
+use crate::discovery::NodeHealth;
 use crate::error::{Error, Result};
 use crate::multiraft::placement::{plan, Move, PlacementPolicy};
 use crate::multiraft::{PlacementChange, ShardState};
@@ -50,6 +51,17 @@ impl DistributedCache {
             return refuse(format!(
                 "node {to} does not follow the meta shard: start it with discovery and let the \
                  policy (auto_add_voters) add it first"
+            ));
+        }
+        // Found from outside: a move to a dead node was agreed and stayed under way for as long
+        // as the node was down (for good, if it never came back), holding one of the two moves
+        // the planner runs at once.
+        let window = 2 * self.config.raft.election_timeout();
+        let down = self.discovered_nodes().iter().any(|n| n.node_id == to && n.health == NodeHealth::Down);
+        if down || (to != self.config.node_id && self.dispatcher.heard_within(&[to], window) == 0) {
+            return refuse(format!(
+                "node {to} does not answer (declared down, or not heard from within {window:?}): a move to it \
+                 could not complete"
             ));
         }
         let planned = Move { shard_id: shard, add: Some(to), remove: Some(from) };

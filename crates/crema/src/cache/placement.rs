@@ -49,7 +49,7 @@ use crate::consensus::command::{CacheCommand, StampedCommand};
 use crate::consensus::group::GroupHandle;
 use crate::consensus::ApplyOutput;
 use crate::discovery::{ClusterDiscovery, NodeHealth, PeerManagementConfig};
-use crate::multiraft::{PlacementChange, ShardMap, ShardMapStore};
+use crate::multiraft::{PlacementChange, ShardMap, ShardMapStore, ShardState};
 use crate::transport::envelope::{RemoteAnswer, RemoteRead};
 use crate::types::{NodeId, ShardId};
 
@@ -213,11 +213,44 @@ impl Placement {
                 // Only a replica that applied its own removal is retired: raft ids are node
                 // ids, so a replica replaced while its group still counts this node (this
                 // node's map lagging a move back to it) would have its acknowledgements
-                // counted for a replica that no longer holds them. One that never learns of
-                // its removal is routed around (`holds_shard`) and stays idle.
+                // counted for a replica that no longer holds them. One that never learned of
+                // its removal (its node was down or paused while the shard moved away) is
+                // routed around (`holds_shard`) and asked about (`confirm_removal`): it would
+                // campaign in vain, for good, and keep its node from being ready.
                 Some(held) if held.group.shared.removed() => self.replicas.retire(shard).await,
+                Some(held) if !member && placement.state == ShardState::Active && !unanswered => {
+                    unanswered = !self.confirm_removal(shard, &held.group).await;
+                }
                 Some(_) => {}
             }
+        }
+    }
+
+    /// For this node's replica of `shard`, which the settled map no longer names: asks the
+    /// shard's members (after a read-index round there) whether its group still counts this
+    /// node, and marks the replica removed when it does not (the next look retires it). False
+    /// when no member answered (asked again next look).
+    async fn confirm_removal(&self, shard: ShardId, group: &GroupHandle) -> bool {
+        let replicas = &self.replicas;
+        let config = &replicas.config;
+        let asker = Asker {
+            me: self.node_id,
+            transport: &replicas.transport,
+            reads: &replicas.dispatcher.remote_reads,
+            timeout: config.raft.election_timeout().max(Duration::from_secs(2)),
+            tick: config.raft.tick_interval(),
+            patience: config.raft.election_timeout(),
+        };
+        let to = targets(self.node_id, shard, &self.map, &replicas.dispatcher.hints, &replicas.transport);
+        match asker.ask(to, shard, RemoteRead::Members, true).await {
+            Ok(RemoteAnswer::Members { voters, learners }) => {
+                if !voters.contains(&self.node_id) && !learners.contains(&self.node_id) {
+                    info!(shard, ?voters, "the shard's group no longer counts this replica: it is retired");
+                    group.shared.mark_removed();
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -347,8 +380,12 @@ impl Placement {
         }
         if let Some(&id) = voters.iter().find(|id| !target.contains(id)) {
             if id == self.node_id {
-                // Hand the leadership to a member that stays; the new leader goes on.
-                let to = target.iter().copied().find(|t| *t != id && caught_up(*t));
+                // Hand the leadership to a member that stays and answers (found from outside:
+                // a dead one not yet declared down was picked again and again, for minutes);
+                // the new leader goes on.
+                let window = self.replicas.config.raft.election_timeout();
+                let heard = |t: NodeId| self.replicas.dispatcher.heard_within(&[t], window) == 1;
+                let to = target.iter().copied().find(|t| *t != id && caught_up(*t) && heard(*t));
                 if let Some(to) = to {
                     group.transfer_leader(to).await?;
                 }

@@ -191,7 +191,7 @@ impl DistributedCache {
             // timeouts (a transfer takes about one round trip, and the new leader's heartbeat
             // tells every node).
             let interval = 2 * config.raft.election_timeout();
-            let views = (shard_map.clone(), dispatcher.hints.clone());
+            let views = (shard_map.clone(), dispatcher.hints.clone(), dispatcher.clone());
             let balance = super::balance::balance_leaders(
                 config.node_id,
                 table.clone(),
