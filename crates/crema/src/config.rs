@@ -437,6 +437,23 @@ impl CacheConfig {
                     "seed node {id} has this node's id but another address ({addr})"
                 )));
             }
+            // Found from outside: a peer listed at this node's own address was taken, and the
+            // node waited for itself as that peer, for good.
+            if *id != self.node_id && *addr == self.raft_addr {
+                return Err(invalid(format!("seed node {id} has this node's own address ({addr})")));
+            }
+            for (other, other_addr) in &self.seed_nodes {
+                if other == id && other_addr != addr {
+                    return Err(invalid(format!(
+                        "seed node {id} is listed twice, at {addr} and {other_addr}"
+                    )));
+                }
+                if other != id && other_addr == addr {
+                    return Err(invalid(format!(
+                        "seed nodes {id} and {other} have the same address ({addr})"
+                    )));
+                }
+            }
         }
         if self.forwarding_timeout.is_zero() || self.request_timeout.is_zero() {
             return Err(invalid("forwarding_timeout and request_timeout must be above 0"));

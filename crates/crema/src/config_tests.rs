@@ -23,6 +23,21 @@ fn bad_settings_are_named() {
         (base().with_raft_config(RaftConfig { heartbeat_tick: 10, ..Default::default() }), "heartbeat_tick"),
         (base().with_max_value_size(MAX_FRAME_BYTES), "max_value_bytes"),
         (base().with_seed_nodes(vec![(0, "127.0.0.1:2".parse().unwrap())]), "id 0"),
+        (base().with_seed_nodes(vec![(2, base().raft_addr)]), "this node's own address"),
+        (
+            base().with_seed_nodes(vec![
+                (2, "127.0.0.1:2".parse().unwrap()),
+                (2, "127.0.0.1:3".parse().unwrap()),
+            ]),
+            "listed twice",
+        ),
+        (
+            base().with_seed_nodes(vec![
+                (2, "127.0.0.1:2".parse().unwrap()),
+                (3, "127.0.0.1:2".parse().unwrap()),
+            ]),
+            "the same address",
+        ),
         (base().with_request_timeout(Duration::ZERO), "request_timeout"),
         (base().with_replica_factor(0), "replica_factor"),
         (base().with_replica_factor(16), "replica_factor"),
