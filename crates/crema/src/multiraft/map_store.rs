@@ -27,7 +27,8 @@ pub enum PlacementChange {
     /// refused (`Int(0)`).
     Init(ShardMap),
     /// Starts moving `shard_id` to `members` (state `Transferring`, epoch raised) if its epoch
-    /// is still `epoch`.
+    /// is still `epoch`; while it moves already, aims the move at `members` instead (the
+    /// planner replaces a member that died on the way).
     Move {
         /// The shard.
         shard_id: ShardId,
@@ -132,7 +133,7 @@ impl ShardMapStore {
             }
             PlacementChange::Init(_) => false,
             PlacementChange::Move { shard_id, epoch, members } => match map.shard_mut(*shard_id) {
-                Some(s) if s.epoch == *epoch && s.state == ShardState::Active => {
+                Some(s) if s.epoch == *epoch => {
                     s.members.clone_from(members);
                     s.state = ShardState::Transferring;
                     s.epoch += 1;
@@ -197,15 +198,18 @@ mod tests {
             (after.members.clone(), after.state, after.epoch),
             (to.clone(), ShardState::Transferring, 2)
         );
-        // Planned against the old epoch, or while the shard moves: refused.
+        // Planned against the old epoch: refused.
         assert_eq!(store.apply(&moving), ApplyOutput::Int(0));
+        // Against the moving epoch: the move is aimed elsewhere (a member died on the way).
         let again = PlacementChange::Move { shard_id: 2, epoch: 2, members: vec![1, 2, 3] };
-        assert_eq!(store.apply(&again), ApplyOutput::Int(0));
-        assert_eq!(store.apply(&PlacementChange::Settle { shard_id: 2, epoch: 1 }), ApplyOutput::Int(0));
-        assert_eq!(store.apply(&PlacementChange::Settle { shard_id: 2, epoch: 2 }), ApplyOutput::Int(1));
+        assert_eq!(store.apply(&again), ApplyOutput::Int(1));
+        let aimed = store.placement(2).unwrap();
+        assert_eq!((aimed.members, aimed.state, aimed.epoch), (vec![1, 2, 3], ShardState::Transferring, 3));
+        assert_eq!(store.apply(&PlacementChange::Settle { shard_id: 2, epoch: 2 }), ApplyOutput::Int(0));
+        assert_eq!(store.apply(&PlacementChange::Settle { shard_id: 2, epoch: 3 }), ApplyOutput::Int(1));
         assert_eq!(store.placement(2).unwrap().state, ShardState::Active);
-        assert_eq!(store.apply(&PlacementChange::Settle { shard_id: 2, epoch: 3 }), ApplyOutput::Int(0));
-        assert_eq!(store.apply(&PlacementChange::Settle { shard_id: 9, epoch: 3 }), ApplyOutput::Int(0));
+        assert_eq!(store.apply(&PlacementChange::Settle { shard_id: 2, epoch: 4 }), ApplyOutput::Int(0));
+        assert_eq!(store.apply(&PlacementChange::Settle { shard_id: 9, epoch: 4 }), ApplyOutput::Int(0));
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! does with scores and schedulers, reduced to counting replicas.
 //!
 //! The rules, in order, for shards not already moving, at most `max_moves` shards moving at
-//! once (moves cost a snapshot each, and client traffic comes first):
+//! once (moves cost a snapshot each, and client traffic comes first), after one for shards that
+//! move: a move whose new members include a node that is no longer alive is aimed at the live
+//! non-member holding the fewest replicas instead (when `replace_dead`; it does not count
+//! against `max_moves`, being one already):
 //! 1. **Repair.** Only a shard with a majority of its members alive can change (its leader
 //!    carries the move out); a member that is not alive is replaced by the live non-member holding the
 //!    fewest replicas (when `replace_dead`); a shard with fewer than `replica_factor` members
@@ -174,6 +177,17 @@ pub fn plan(map: &ShardMap, live: &BTreeSet<NodeId>, policy: &PlacementPolicy) -
     let least_loaded = |loads: &BTreeMap<NodeId, usize>, members: &[NodeId]| {
         loads.iter().filter(|(n, _)| !members.contains(n)).min_by_key(|(n, l)| (**l, **n)).map(|(n, _)| *n)
     };
+    // 0. A move under way whose new members include one that died: aimed at a live node
+    //    instead (it would otherwise wait for that node for good, holding a move's place).
+    for s in map.shards.iter().filter(|s| s.state == ShardState::Transferring && has_quorum(s, live)) {
+        let dead = s.members.iter().copied().find(|m| !live.contains(m));
+        if let (Some(dead), Some(add), true) = (dead, least_loaded(&loads, &s.members), policy.replace_dead) {
+            let m = Move { shard_id: s.shard_id, add: Some(add), remove: Some(dead) };
+            note(&mut loads, &m);
+            moved.insert(s.shard_id);
+            moves.push(m);
+        }
+    }
     for s in map.shards.iter().filter(|s| s.state == ShardState::Active && has_quorum(s, live)) {
         if budget == 0 {
             return moves;

@@ -175,3 +175,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_move_whose_target_died_is_aimed_at_a_live_node() {
+    let mut map = ShardMap::initial(4, &[1, 2, 3, 4], 3);
+    // Shard 1 moves from node 1 to node 5, which dies on the way.
+    let shard = map.shard_mut(1).unwrap();
+    let before = shard.members.clone();
+    shard.members = Move { shard_id: 1, add: Some(5), remove: Some(before[0]) }.apply_to(&before);
+    shard.state = ShardState::Transferring;
+    let alive = live(&[1, 2, 3, 4]);
+    let replace = PlacementPolicy { replace_dead: true, max_moves: 0, ..PlacementPolicy::default() };
+    let moves = plan(&map, &alive, &replace);
+    assert_eq!(moves.len(), 1, "whatever the budget: {moves:?}");
+    assert_eq!((moves[0].shard_id, moves[0].remove), (1, Some(5)));
+    assert!(moves[0].add.is_some_and(|n| alive.contains(&n) && !map.shard(1).unwrap().members.contains(&n)));
+    let wait = PlacementPolicy { replace_dead: false, ..PlacementPolicy::default() };
+    assert!(plan(&map, &alive, &wait).iter().all(|m| m.shard_id != 1), "without replace_dead it waits");
+}
