@@ -171,7 +171,8 @@ fn slots(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> Reply 
 fn shards_reply(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> Reply {
     let down = down_nodes(state);
     let entries = shards.iter().map(|shard| {
-        let nodes = members(state, session, shard, &down).into_iter().map(|(id, addr)| {
+        // Down replicas too, with `health fail`, as Redis Cluster lists them here.
+        let nodes = members(state, session, shard, &[]).into_iter().map(|(id, addr)| {
             let (host, port) = host_port(&addr);
             let role = if Some(id) == shard.leader { "master" } else { "replica" };
             Reply::Map(vec![

@@ -176,11 +176,12 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
     match kind {
         Kind::Multi if tx.in_multi() => Err(CmdError::Invalid("MULTI calls can not be nested".into())),
         Kind::Multi => {
-            // With several shards the watched keys' shard is the transaction's (WATCH keeps
-            // them in one): a queued command on another answers -CROSSSLOT at once.
+            // With several shards, the watched keys' shard (when they are in one) is the
+            // transaction's: a queued command on another answers -CROSSSLOT at once.
             let router = call.state.cache.router();
-            let shard =
-                tx.watched.first().filter(|_| router.num_shards() > 1).map(|w| router.shard_for_key(&w.key));
+            let mut watched = tx.watched.iter().map(|w| router.shard_for_key(&w.key));
+            let first = watched.next().filter(|_| router.num_shards() > 1);
+            let shard = first.filter(|f| watched.all(|s| s == *f));
             tx.queue = Some(Queue { shard, ..Queue::default() });
             Ok(Reply::OK)
         }
@@ -198,12 +199,12 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
 }
 
 async fn watch(call: &mut Call<'_>) -> Result<Reply, CmdError> {
-    // With several shards a transaction runs in one (Redis Cluster's rule, by slot there): keys
-    // of another shard than those watched already are refused here, not at EXEC.
+    // With several shards a transaction runs in one (Redis Cluster's rule, by slot there): the
+    // keys of one WATCH must be in one shard, as Redis Cluster refuses one WATCH across slots.
+    // Separate WATCHes may name several (Redis takes them); EXEC then refuses the transaction.
     let router = call.state.cache.router();
     if router.num_shards() > 1 {
-        let watched = call.session.tx.watched.iter().map(|w| &w.key);
-        let mut shards = watched.chain(&call.args[1..]).map(|k| router.shard_for_key(k));
+        let mut shards = call.args[1..].iter().map(|k| router.shard_for_key(k));
         let first = shards.next();
         if shards.any(|s| Some(s) != first) {
             return Err(CmdError::CrossSlot);
