@@ -232,17 +232,8 @@ impl Placement {
     /// when no member answered (asked again next look).
     async fn confirm_removal(&self, shard: ShardId, group: &GroupHandle) -> bool {
         let replicas = &self.replicas;
-        let config = &replicas.config;
-        let asker = Asker {
-            me: self.node_id,
-            transport: &replicas.transport,
-            reads: &replicas.dispatcher.remote_reads,
-            timeout: config.raft.election_timeout().max(Duration::from_secs(2)),
-            tick: config.raft.tick_interval(),
-            patience: config.raft.election_timeout(),
-        };
         let to = targets(self.node_id, shard, &self.map, &replicas.dispatcher.hints, &replicas.transport);
-        match asker.ask(to, shard, RemoteRead::Members, true).await {
+        match self.asker().ask(to, shard, RemoteRead::Members, true).await {
             Ok(RemoteAnswer::Members { voters, learners }) => {
                 if !voters.contains(&self.node_id) && !learners.contains(&self.node_id) {
                     info!(shard, ?voters, "the shard's group no longer counts this replica: it is retired");
@@ -417,22 +408,26 @@ impl Placement {
         }
     }
 
-    /// Whether node `id` holds a fresh replica of `shard` (see `step`); asking it also retires
-    /// a stale one there.
-    async fn fresh_replica_on(&self, id: NodeId, shard: ShardId) -> bool {
+    /// Asks the placement's questions of other nodes: a busy node answers late, and asking
+    /// again next look costs a whole look.
+    fn asker(&self) -> Asker<'_> {
         let replicas = &self.replicas;
-        let config = &replicas.config;
-        let asker = Asker {
+        let raft = &replicas.config.raft;
+        Asker {
             me: self.node_id,
             transport: &replicas.transport,
             reads: &replicas.dispatcher.remote_reads,
-            // A busy node answers late; asking again next look costs a whole look.
-            timeout: config.raft.election_timeout().max(Duration::from_secs(2)),
-            tick: config.raft.tick_interval(),
-            patience: config.raft.election_timeout(),
-        };
+            timeout: raft.election_timeout().max(Duration::from_secs(2)),
+            tick: raft.tick_interval(),
+            patience: raft.election_timeout(),
+        }
+    }
+
+    /// Whether node `id` holds a fresh replica of `shard` (see `step`); asking it also retires
+    /// a stale one there.
+    async fn fresh_replica_on(&self, id: NodeId, shard: ShardId) -> bool {
         let only = super::remote::Targets::only(id);
-        let answer = asker.ask(only, shard, RemoteRead::Replica { not_member: true }, false).await;
+        let answer = self.asker().ask(only, shard, RemoteRead::Replica { not_member: true }, false).await;
         matches!(answer, Ok(RemoteAnswer::Replica { held: true, fresh: true }))
     }
 
