@@ -396,7 +396,7 @@ mod tests {
         let path = dir.path().join("crema.toml");
         std::fs::write(
             &path,
-            "node_id = 2\nresp_addr = \"127.0.0.1:7000\"\nmax_clients = 5\npeers = [\"1=127.0.0.1:9000\"]\n",
+            "node_id = 2\nresp_addr = \"127.0.0.1:7000\"\nmax_clients = 5\npeers = [\"1=127.0.0.1:9100\"]\n",
         )
         .unwrap();
         let args = ServeArgs { config: Some(path.clone()), max_clients: Some(7), ..Default::default() };
