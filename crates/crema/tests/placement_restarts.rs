@@ -140,7 +140,6 @@ async fn rejoined(node: &DistributedCache, shard: u32, with: &[u64], without: u6
 /// no replica of a shard the map no longer gives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_node_restarts_into_the_groups_as_they_are_now() {
-    common::init_tracing();
     let bound = common::bind(4);
     let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
     let config = |id: u64| six_shards(id, &addrs);
@@ -202,13 +201,7 @@ async fn a_memory_node_restarts_into_the_groups_as_they_are_now() {
         .clone();
     let other = (1..=4).find(|n| !round.members.contains(n)).unwrap();
     for (from, to) in [(stays, other), (other, stays)] {
-        nodes[0].move_shard(round.shard_id, from, to).await.unwrap();
-        wait_until(Duration::from_secs(30), "the move settles", || async {
-            let map = nodes[0].shard_map();
-            map.shard(round.shard_id)
-                .is_some_and(|p| p.state == crema::ShardState::Active && p.members.contains(&to))
-        })
-        .await;
+        move_and_settle(&nodes[0], round.shard_id, from, to).await;
     }
     restart_memory_node(&mut nodes, index, &config(stays)).await;
     let back = &nodes[index];
@@ -242,7 +235,6 @@ async fn move_and_settle(via: &DistributedCache, shard: u32, from: u64, to: u64)
 /// again. It now starts its meta replica with the members the running cluster has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_node_restarts_into_the_meta_shard_as_it_is_now() {
-    common::init_tracing();
     let bound = common::bind(4);
     let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
     let config = |id: u64| six_shards(id, &addrs);
@@ -300,7 +292,6 @@ async fn a_memory_node_restarts_into_the_meta_shard_as_it_is_now() {
 #[cfg(feature = "rocksdb")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_node_down_while_a_shard_moved_away_retires_that_replica() {
-    common::init_tracing();
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let bound = common::bind(4);
     let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();

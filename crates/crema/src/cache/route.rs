@@ -74,9 +74,13 @@ impl DistributedCache {
                     .forward_to_holders(shard.id, (slot, bytes, &stamped.session), deadline, sent)
                     .await;
             }
-            let leader = tokio::select! {
-                leader = self.await_leader(group, deadline, forwarded.is_some()) => leader?,
-                () = self.replica_left(shard.id) => continue,
+            // Known at once on the hot path; only a wait for one watches the replica leave.
+            let leader = match group.shared.leader_id() {
+                Some(leader) => leader,
+                None => tokio::select! {
+                    leader = self.await_leader(group, deadline, forwarded.is_some()) => leader?,
+                    () = self.replica_left(shard.id) => continue,
+                },
             };
             if leader == self.config.node_id {
                 let bytes = forwarded.as_ref().map_or_else(|| local.clone(), |(_, bytes)| bytes.clone());
