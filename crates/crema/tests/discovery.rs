@@ -175,6 +175,45 @@ async fn the_link_policies_add_and_remove_transport_peers_and_nothing_else() {
     first.shutdown().await;
 }
 
+/// A node that stops tells the others (a SWIM leave): they have it down at once, without the
+/// seconds of probes and suspicion a killed node takes, and it stays down. foca answers the
+/// leave with a "defunct" notice, which once brought the stopping node back under a renewed
+/// identity: the others saw it alive again and kept its replicas for those seconds.
+#[tokio::test]
+async fn a_node_that_stops_is_down_at_once_and_stays_down() {
+    let first = node(1, false, Vec::new(), LINKS, None).await;
+    let seed = gossip_addr(&first);
+    let mut nodes = vec![first];
+    // More members than a leave is sent to directly (three): the others learn it by gossip.
+    for id in 2..=6 {
+        nodes.push(node(id, true, vec![seed], LINKS, None).await);
+    }
+    wait_until(Duration::from_secs(30), "every node sees the six alive", || async {
+        nodes.iter().all(|n| alive(n) == vec![1, 2, 3, 4, 5, 6])
+    })
+    .await;
+    let last = nodes.pop().unwrap();
+    last.shutdown().await;
+    let down = |n: &DistributedCache| {
+        n.discovered_nodes().iter().any(|d| d.node_id == 6 && d.health == NodeHealth::Down)
+    };
+    // Probing alone needs a probe period, an indirect probe and the suspicion timeout (over
+    // four seconds with foca's LAN settings).
+    wait_until(Duration::from_secs(3), "node 6 down on every other", || async { nodes.iter().all(&down) })
+        .await;
+    // Watched for longer than a rejoined identity takes to reach every member.
+    let watch = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < watch {
+        for n in &nodes {
+            assert!(down(n), "node {} sees node 6 again: {:?}", n.node_id(), n.discovered_nodes());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn a_static_list_is_health_checked_by_the_nodes_pings() {
     let nodes = common::cluster_with(3, |c| {

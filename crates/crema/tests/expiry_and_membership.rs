@@ -134,6 +134,35 @@ async fn a_leader_that_removes_itself_steps_aside() {
     }
 }
 
+/// A leader demoted to a learner (how placement keeps a meta replica on a node the map moves
+/// the meta shard off) hands its leadership to a voter. raft-rs leaves it leading: found in
+/// `placement.rs`, where the meta shard stayed led by a non-voter for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_demoted_to_a_learner_hands_the_leadership_to_a_voter() {
+    init_tracing();
+    let nodes = cluster(3).await;
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    let leader = wait_leader(&refs, Duration::from_secs(5)).await;
+    let demoted = &nodes[leader];
+    demoted.put("before", "1").await.unwrap();
+    demoted.add_learner(demoted.node_id(), demoted.local_addr()).await.unwrap();
+
+    let voters: Vec<&DistributedCache> = nodes.iter().filter(|n| n.node_id() != demoted.node_id()).collect();
+    let next = wait_leader(&voters, Duration::from_secs(5)).await;
+    assert!(!demoted.is_leader());
+    let status = voters[next].cluster_status().await.unwrap().group;
+    assert_eq!(status.learners, vec![demoted.node_id()]);
+    voters[next].put("after", "2").await.unwrap();
+    // The learner still follows: it applies what the voters commit.
+    wait_until(Duration::from_secs(5), "the learner applies the write", || async {
+        demoted.get(b"after").await == Some(bytes::Bytes::from("2"))
+    })
+    .await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
 /// A node added to a cluster whose members it has no address for (started with no seeds, lowest
 /// id): the members, who would normally wait for the lower id to dial, dial it themselves, so it
 /// catches up and serves.

@@ -376,23 +376,33 @@ async fn replicas_leave_a_dead_node_and_reach_a_new_one_with_nothing_lost() {
 
     // Node 5 stops: every shard it led has a leader again within a few election timeouts,
     // discovery declares it down, and its replicas are recreated on the others.
-    let held_by_5 = nodes[0].shard_map().shards_of(5);
-    assert!(!held_by_5.is_empty());
+    let led_by_5: Vec<_> = (0..SHARDS).filter(|s| nodes[0].shard_leader(*s) == Some(5)).collect();
+    assert!(!nodes[0].shard_map().shards_of(5).is_empty());
     let stopped = std::time::Instant::now();
     nodes[4].shutdown().await;
     let four: Vec<&DistributedCache> = nodes[..4].iter().collect();
-    wait_until(Duration::from_secs(10), "every shard led by one of the four", || async {
-        (0..SHARDS).all(|s| {
-            let holders: Vec<_> = four.iter().filter(|n| n.holds_shard(s)).collect();
-            let leader = holders.first().and_then(|n| n.shard_leader(s));
-            leader.is_some_and(|l| l != 5) && holders.iter().all(|n| n.shard_leader(s) == leader)
-        })
+    // When each shard had a leader again: one of the four that leads it. Taken shard by shard,
+    // as the leader spreading and the moves below change leaders again meanwhile.
+    let mut regained: std::collections::BTreeMap<u32, Duration> = std::collections::BTreeMap::new();
+    wait_until(Duration::from_secs(10), "every shard led by one of the four", || {
+        for s in 0..SHARDS {
+            let leads = four.iter().any(|n| n.holds_shard(s) && n.shard_leader(s) == Some(n.node_id()));
+            if leads {
+                regained.entry(s).or_insert_with(|| stopped.elapsed());
+            }
+        }
+        let all = regained.len() == SHARDS as usize;
+        async move { all }
     })
     .await;
-    // The shutdown's grace (one election timeout), then an election within two.
+    // The shutdown's grace (one election timeout), then an election within two (the
+    // randomized timeout), and when two followers campaign at once (a split vote, seen here
+    // about once in twenty runs) one more round of up to two.
     let election = common::fast_raft().election_timeout();
-    let took = stopped.elapsed();
-    assert!(took < 4 * election, "the shards node 5 led had a leader again after {took:?}");
+    for s in &led_by_5 {
+        let took = regained[s];
+        assert!(took < 6 * election, "shard {s}, which node 5 led, had a leader again after {took:?}");
+    }
     wait_settled(&four, &[1, 2, 3, 4], "node 5's replicas recreated on the four others").await;
 
     // A sixth node joins: it ends with a fair share of the replicas.

@@ -67,12 +67,19 @@ pub(super) async fn balance_leaders(
             _ = tokio::time::sleep(interval) => {}
         }
         let groups = table.groups();
+        let shard_map = map.map();
+        // Only voters the map keeps are targets: a move's leaving voter (a meta replica being
+        // demoted, say) would take the leadership on its way out, as a leader without a vote.
+        let kept = |shard: ShardId, voters: Vec<NodeId>| match shard_map.shard(shard) {
+            Some(placement) => voters.into_iter().filter(|v| placement.members.contains(v)).collect(),
+            None => voters,
+        };
         let mut view: Vec<ShardView> = groups
             .iter()
             .filter(|g| !g.shared.removed())
-            .map(|g| (g.shared.shard, g.shared.leader_id(), g.shared.voters()))
+            .map(|g| (g.shared.shard, g.shared.leader_id(), kept(g.shared.shard, g.shared.voters())))
             .collect();
-        for placement in map.map().shards().iter().filter(|p| !table.holds(p.shard_id)) {
+        for placement in shard_map.shards().iter().filter(|p| !table.holds(p.shard_id)) {
             let leader = hints.hinted_leader(placement.shard_id).filter(|l| placement.members.contains(l));
             view.push((placement.shard_id, leader, placement.members.clone()));
         }

@@ -56,6 +56,10 @@ use crate::types::{NodeId, ShardId};
 /// Shards moving at once, cluster-wide: each move costs a snapshot, and client traffic comes
 /// first.
 const MAX_MOVES: usize = 2;
+/// How long after its start the planner leaves alone a node of the map that discovery has not
+/// reported at all: a cluster's nodes start one after another, and one not up yet is not dead
+/// (gossip declares a killed node down within a few seconds).
+const UNSEEN_GRACE: Duration = Duration::from_secs(10);
 
 /// A learner within this many entries of the commit index is promoted: under load a learner
 /// is rarely exactly at the commit index (appends in flight), and a voter that is some entries
@@ -109,6 +113,8 @@ pub(super) struct Placement {
     pub migrations: Arc<Migrations>,
     /// When each move this node planned started (the meta shard's leader settles it).
     pub started: std::sync::Mutex<std::collections::HashMap<ShardId, std::time::Instant>>,
+    /// When this task started (see `UNSEEN_GRACE`).
+    pub began: std::time::Instant,
 }
 
 /// The moves the meta shard's leader planned and settled on this node, for metrics.

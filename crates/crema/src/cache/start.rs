@@ -185,6 +185,7 @@ impl DistributedCache {
                     .clamp(Duration::from_millis(100), Duration::from_secs(1)),
                 migrations: migrations.clone(),
                 started: std::sync::Mutex::default(),
+                began: std::time::Instant::now(),
             };
             push(supervisor.spawn("the placement task", placement.run(cancel.clone())));
             // Leaders spread by themselves (see `cache::balance`), looked at every two election

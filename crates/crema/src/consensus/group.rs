@@ -417,6 +417,7 @@ impl<S: LogStore> Group<S> {
         if !held_back {
             self.raw.tick();
         }
+        self.hand_over_if_no_voter();
         self.consider_hibernating();
         let leader = self.shared.leader_id();
         let timeout = self.settings.read_timeout;

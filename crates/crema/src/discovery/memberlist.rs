@@ -49,6 +49,13 @@ const TAG_BYTES: usize = 32;
 const MAX_PACKET: usize = 1400;
 /// How often a node that knows no member announces itself to the seeds again.
 const REANNOUNCE: Duration = Duration::from_secs(2);
+/// How many gossip messages of each member carry one membership update (a node down, a node
+/// leaving). foca derives it from the cluster size given, which a node started with one seed
+/// address cannot know (it says three): two copies per member, of which a leave's own three
+/// messages carried only two, and a node left out learned of the leave seconds later, by
+/// probing. Six copies (foca's figure for about thirty members) reach every member of the
+/// clusters crema runs; an update is a few dozen bytes.
+const MAX_TRANSMISSIONS: std::num::NonZeroU8 = std::num::NonZeroU8::new(6).expect("6 is not 0");
 
 /// Gossip discovery settings (the seed's `MemberlistConfig`, field for field).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -240,6 +247,7 @@ impl ClusterDiscovery for MemberlistDiscovery {
             Config {
                 max_packet_size: std::num::NonZeroUsize::new(MAX_PACKET - STAMP_BYTES - TAG_BYTES)
                     .expect("a packet leaves room for foca"),
+                max_transmissions: MAX_TRANSMISSIONS,
                 ..Config::new_lan(cluster_size)
             },
             rng,
@@ -262,6 +270,7 @@ impl ClusterDiscovery for MemberlistDiscovery {
             received,
             name: self.config.node_name.clone().unwrap_or_else(|| format!("node-{}", self.node_id)),
             ctx,
+            leaving: false,
         };
         info!(node = self.node_id, %advertise, seeds = ?self.config.seed_addrs, "memberlist gossip started");
         Ok(Some(tokio::spawn(agent.run(command_rx))))
@@ -302,6 +311,9 @@ struct Agent {
     received: Arc<Mutex<Vec<ShardLeaderHint>>>,
     name: String,
     ctx: DiscoveryContext,
+    /// This node left the cluster (it stops): foca goes defunct on leaving, which must not
+    /// bring it back under a renewed identity.
+    leaving: bool,
 }
 
 impl Agent {
@@ -341,6 +353,7 @@ impl Agent {
             self.drain(&timer_tx).await;
         }
         // Tell the others this node leaves, so they do not wait for it to be suspected.
+        self.leaving = true;
         let _ = self.foca.leave_cluster(&mut self.runtime);
         self.drain(&timer_tx).await;
     }
@@ -423,6 +436,12 @@ impl Agent {
             }
             OwnedNotification::MemberDown(id) => self.member(&id, NodeHealth::Down),
             OwnedNotification::Rename(_, id) => self.member(&id, NodeHealth::Alive),
+            // foca's own answer to `leave_cluster`: this node stops, and stays gone. Rejoining
+            // here had the others see a fresh identity alive, and wait for SWIM to suspect it
+            // (seconds) before they moved its replicas.
+            OwnedNotification::Defunct if self.leaving => {
+                debug!(name = %self.name, "left the gossip cluster")
+            }
             OwnedNotification::Defunct => {
                 // The others declared this node down: come back under a renewed identity.
                 warn!(name = %self.name, "gossip declared this node down: rejoining");

@@ -5,7 +5,7 @@
 use raft::eraftpb::ConfChangeType;
 use tracing::{debug, info};
 
-use super::{live_followers, Placement, MAX_MOVES, MIGRATIONS_KEPT};
+use super::{live_followers, Placement, MAX_MOVES, MIGRATIONS_KEPT, UNSEEN_GRACE};
 use crate::cache::split::META_SHARD;
 use crate::discovery::NodeHealth;
 use crate::multiraft::placement::{plan, PlacementPolicy};
@@ -45,7 +45,16 @@ impl Placement {
         let Some(discovery) = &self.discovery else { return };
         let window = 2 * self.replicas.config.raft.election_timeout();
         let heard = self.replicas.dispatcher.heard_peers(window);
-        let live = live_followers(self.node_id, &self.meta, &discovery.nodes(), &heard);
+        let nodes = discovery.nodes();
+        let live = live_followers(self.node_id, &self.meta, &nodes, &heard);
+        if self.began.elapsed() < UNSEEN_GRACE {
+            let known = |n: &NodeId| live.contains(n) || nodes.iter().any(|d| d.node_id == *n);
+            let unseen: Vec<NodeId> = map.loads().into_keys().filter(|n| !known(n)).collect();
+            if !unseen.is_empty() {
+                debug!(?unseen, "placement: nodes of the map not seen yet; no moves planned before they are");
+                return;
+            }
+        }
         let placement_policy = PlacementPolicy {
             replica_factor: self.replica_factor,
             replace_dead: policy.auto_remove_voters,

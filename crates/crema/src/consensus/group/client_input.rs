@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use raft::StateRole;
+use tracing::info;
 
 use super::{ClientMsg, Group};
 use crate::consensus::storage::LogStore;
@@ -40,6 +41,13 @@ impl<S: LogStore> Group<S> {
                         "node {to} is not another voter of shard {}",
                         self.shared.shard
                     )))
+                } else if self.raw.raft.has_pending_conf() {
+                    // The change may remove or demote `to`: a leadership handed over now
+                    // could land on a node that is no voter once it applies the change.
+                    Err(Error::Membership(format!(
+                        "a membership change of shard {} is under way: transfer its leadership once it is applied",
+                        self.shared.shard
+                    )))
                 } else {
                     self.raw.transfer_leader(to);
                     Ok(())
@@ -50,6 +58,35 @@ impl<S: LogStore> Group<S> {
             ClientMsg::Panic => {
                 panic!("fault injection: the group loop of shard {} panics", self.shared.shard)
             }
+        }
+    }
+
+    /// A leader its group no longer counts as a voter (demoted or removed by a change it
+    /// applied) hands the leadership to the voter with the longest log. raft-rs leaves such a
+    /// leader in place: it goes on replicating without a vote, and a Read-Index round it
+    /// counted itself in would not be a voters' quorum.
+    pub(super) fn hand_over_if_no_voter(&mut self) {
+        let raft = &self.raw.raft;
+        let me = self.settings.node_id;
+        if raft.state != StateRole::Leader
+            || raft.prs().conf().voters().contains(me)
+            || raft.lead_transferee.is_some()
+            || raft.has_pending_conf()
+        {
+            return;
+        }
+        let voters = raft.prs().conf().voters();
+        let best = raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| voters.contains(**id))
+            .max_by_key(|(id, pr)| (pr.matched, **id));
+        if let Some((&to, _)) = best {
+            info!(
+                shard = self.shared.shard,
+                to, "this leader is no voter of its group any more: it hands over"
+            );
+            self.raw.transfer_leader(to);
         }
     }
 
