@@ -274,3 +274,58 @@ async fn resp3_answers_a_watch_conflict_with_null() {
         got.extend(more);
     }
 }
+
+/// MGET sees a write of several keys whole or not at all, as in Redis: writers set `{p}a` and
+/// `{p}b` together (MULTI/EXEC, and MSET), and no MGET of the two answers one old value and one
+/// new. Found from outside: a few torn answers in ten thousand, with no fault at all, while
+/// apply wrote the keys one after the other and MGET read them one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mget_never_sees_half_of_a_transaction_or_an_mset() {
+    let node = start(&[]);
+    let addr = node.resp;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, tag) in [(0, "{p}"), (1, "{p}"), (2, "{q}"), (3, "{q}")] {
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let c = &mut client(addr).await;
+            let (a, b) = (format!("{tag}a"), format!("{tag}b"));
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let v = format!("{w}-{n}");
+                if tag == "{p}" {
+                    let mut pipe = redis::pipe();
+                    pipe.atomic().set(&a, &v).set(&b, &v);
+                    let () = pipe.query_async(c).await.unwrap();
+                } else {
+                    ok(c, &["MSET", &a, &v, &b, &v]).await;
+                }
+            }
+        }));
+    }
+    let mut readers = Vec::new();
+    for tag in ["{p}", "{q}", "{p}", "{q}"] {
+        readers.push(tokio::spawn(async move {
+            let c = &mut client(addr).await;
+            let (a, b) = (format!("{tag}a"), format!("{tag}b"));
+            let mut torn = Vec::new();
+            for _ in 0..6_000 {
+                let (x, y): (Option<String>, Option<String>) = q(c, &["MGET", &a, &b]).await.unwrap();
+                if x != y {
+                    torn.push((x, y));
+                }
+            }
+            torn
+        }));
+    }
+    let mut torn = Vec::new();
+    for reader in readers {
+        torn.extend(reader.await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert!(torn.is_empty(), "{} torn MGET answers, e.g. {:?}", torn.len(), &torn[..torn.len().min(3)]);
+}

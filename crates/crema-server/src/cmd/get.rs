@@ -22,7 +22,7 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
         }
         Kind::MGet => {
             let view = call.read_view(1..call.args.len()).await?;
-            Ok(Reply::Array(call.args[1..].iter().map(|k| value_reply(view.get(k))).collect()))
+            Ok(Reply::Array(view.get_many(&call.args[1..]).into_iter().map(value_reply).collect()))
         }
         Kind::StrLen | Kind::GetRange => {
             let PreparedRead { read, render } = prepare_read(kind, call)?;

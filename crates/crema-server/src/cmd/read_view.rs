@@ -32,6 +32,14 @@ impl ReadView<'_> {
             ReadView::Fetched(_) => self.entry_at(key, crema::unix_now_ms()).map(|e| e.value),
         }
     }
+
+    /// The live values of `keys` (MGET): a write of several of them shows whole or not at all.
+    pub fn get_many(&self, keys: &[Bytes]) -> Vec<Option<Bytes>> {
+        match self {
+            ReadView::Local(storage) => storage.get_many(keys),
+            ReadView::Fetched(_) => keys.iter().map(|k| self.get(k)).collect(),
+        }
+    }
 }
 
 impl ReadEntries for ReadView<'_> {

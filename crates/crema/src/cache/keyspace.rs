@@ -68,6 +68,18 @@ impl Keyspace {
         self.for_key(key).get(key)
     }
 
+    /// The live values of `keys` (MGET), counting hits and misses: all read while no write of
+    /// several keys applies in their shards, so a write of several of them shows whole or not
+    /// at all (see [`CacheStorage::many_keys_read`]).
+    pub fn get_many(&self, keys: &[Bytes]) -> Vec<Option<Bytes>> {
+        let mut shards: Vec<ShardId> = keys.iter().map(|k| self.router.shard_for_key(k)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        // Readers only, each shard's gate taken alone by its writers: any order is safe.
+        let _held: Vec<_> = shards.iter().map(|s| self.shards[*s as usize].many_keys_read()).collect();
+        keys.iter().map(|k| self.for_key(k).get(k)).collect()
+    }
+
     /// The live value and expiry of `key`, without touching the statistics.
     pub fn get_entry(&self, key: &[u8]) -> Option<StoredValue> {
         self.for_key(key).get_entry(key)

@@ -102,9 +102,14 @@ pub(crate) async fn serve_read(
         let now = crate::cache::storage::unix_now_ms();
         let storage = &held.storage;
         Ok(match read {
-            RemoteRead::Entries { keys } => RemoteAnswer::Entries(
-                keys.iter().map(|k| storage.entry_at(k, now).map(|e| (e.value, e.expires_at_ms))).collect(),
-            ),
+            RemoteRead::Entries { keys } => {
+                let _whole = (keys.len() > 1).then(|| storage.many_keys_read());
+                RemoteAnswer::Entries(
+                    keys.iter()
+                        .map(|k| storage.entry_at(k, now).map(|e| (e.value, e.expires_at_ms)))
+                        .collect(),
+                )
+            }
             RemoteRead::Keys { pattern } => {
                 let mut keys = Vec::new();
                 storage.for_each_live_key(|k, _| {

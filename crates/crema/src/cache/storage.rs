@@ -135,6 +135,9 @@ pub struct CacheStorage {
     capture: Arc<CaptureState>,
     /// The eviction policy, when the cache is bounded.
     policy: Option<Arc<Policy>>,
+    /// Held for writing while a write of several keys applies, for reading while several keys
+    /// are read (see [`Self::many_keys_read`]).
+    many_keys: Arc<std::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for CacheStorage {
@@ -153,7 +156,22 @@ impl CacheStorage {
             counters: Arc::default(),
             capture: Arc::default(),
             policy: bounded.then(|| Arc::new(Policy::new(&limits))),
+            many_keys: Arc::default(),
         }
+    }
+
+    /// Held while a write of several keys applies (MSET, a DEL of several keys, a transaction,
+    /// FLUSHALL: [`CacheCommand::writes_many_keys`](crate::CacheCommand::writes_many_keys)).
+    pub fn many_keys_write(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.many_keys.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Held while several keys are read (MGET): the read sees all of a write of several keys
+    /// or none of it, as in Redis, where both run on its one thread. Found from outside: MGET
+    /// of two keys that every MSET or `MULTI`/`EXEC` wrote together answered one old value and
+    /// one new, a few times in ten thousand.
+    pub fn many_keys_read(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.many_keys.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     // ----- eviction policy (see the module docs) -----

@@ -304,6 +304,17 @@ pub enum CommandError {
 }
 
 impl CacheCommand {
+    /// Whether applying it may change several keys: such a write is applied whole before a
+    /// read of several keys looks (see [`crate::cache::storage::CacheStorage::many_keys_read`]).
+    pub fn writes_many_keys(&self) -> bool {
+        match self {
+            CacheCommand::Clear | CacheCommand::Batch(_) | CacheCommand::Transaction(_) => true,
+            CacheCommand::DeleteMany { keys } | CacheCommand::Evict { keys } => keys.len() > 1,
+            CacheCommand::PutMany { pairs, .. } => pairs.len() > 1,
+            _ => false,
+        }
+    }
+
     /// A put without expiry.
     pub fn put(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
         CacheCommand::Put { key: key.into(), value: value.into(), expires_at_ms: None }
