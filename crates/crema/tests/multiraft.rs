@@ -222,6 +222,11 @@ async fn the_coordinator_reports_shards_leaders_and_hints() {
         assert!(coordinator.leader_hint(shard).is_none_or(|(leader, _)| leader != Some(3)), "shard {shard}");
     }
     assert_eq!(coordinator.leader_hint(2), Some((None, e2 + 100)), "forgotten, its epoch kept");
+    // Heard again in the same epoch (it was cut off, not dead, and still leads): taken again.
+    assert!(coordinator.set_shard_leader_if_newer(2, 3, e2 + 100));
+    assert_eq!(coordinator.leader_hint(2), Some((Some(3), e2 + 100)));
+    // An epoch no term reaches (a forged hint) is refused.
+    assert!(!coordinator.set_shard_leader_if_newer(2, 1, u64::MAX));
     // The node's own leaderships become hints, with their terms, within the broadcast debounce.
     wait_until(Duration::from_secs(10), "node 1's leaderships are its hints", || async {
         (3..SHARDS).all(|shard| {

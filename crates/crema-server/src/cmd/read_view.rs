@@ -54,17 +54,33 @@ impl ReadEntries for ReadView<'_> {
 }
 
 impl<'a> Call<'a> {
-    /// Whether this node holds a replica of every shard.
+    /// Whether this node holds a replica of every shard (one that serves local reads, on a
+    /// connection that reads locally).
     pub fn holds_every_shard(&self) -> bool {
         let cache = &self.state.cache;
-        (0..cache.router().num_shards()).all(|s| cache.holds_shard(s))
+        let local = self.session.read_mode == ReadMode::Local;
+        (0..cache.router().num_shards()).all(|s| {
+            if local {
+                cache.serves_local_reads(s)
+            } else {
+                cache.holds_shard(s)
+            }
+        })
     }
 
     /// What a read of the keys `self.args[keys]` sees (see the module docs).
     pub async fn read_view(&mut self, keys: Range<usize>) -> Result<ReadView<'a>, CmdError> {
         let state: &'a crate::server::ServerState = self.state;
         let router = state.cache.router();
-        let all_here = |args: &[Bytes]| args.iter().all(|k| state.cache.holds_shard(router.shard_for_key(k)));
+        let local = self.session.read_mode == ReadMode::Local;
+        let here = |shard| {
+            if local {
+                state.cache.serves_local_reads(shard)
+            } else {
+                state.cache.holds_shard(shard)
+            }
+        };
+        let all_here = |args: &[Bytes]| args.iter().all(|k| here(router.shard_for_key(k)));
         if all_here(&self.args[keys.clone()]) {
             self.read_barrier_keys(keys.clone()).await?;
             // A replica may have left this node during the barrier (a move away; the barrier
@@ -107,7 +123,8 @@ impl<'a> Call<'a> {
             .shard_keys(
                 shard,
                 None,
-                self.session.read_mode == ReadMode::Linearizable || !self.state.cache.holds_shard(shard),
+                self.session.read_mode == ReadMode::Linearizable
+                    || !self.state.cache.serves_local_reads(shard),
             )
             .await?)
     }

@@ -296,6 +296,13 @@ impl Inbound for Dispatcher {
                 }
             }
             Envelope::SnapshotChunk { shard, transfer, header, total_len, offset, data } => {
+                // Only for a replica held here: found from outside, transfers for shards that
+                // do not exist, left unfinished, held gigabytes (its leader sends it again once
+                // the replica is here).
+                if self.with_group(shard, |_| ()).is_none() {
+                    debug!(from, shard, "snapshot piece for a shard not held here dropped");
+                    return;
+                }
                 let piece = Piece { transfer, header, total_len, offset, data };
                 let assembled = self.snapshots.lock().expect("snapshot assembler poisoned").accept(
                     from,

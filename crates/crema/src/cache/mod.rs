@@ -209,6 +209,21 @@ impl DistributedCache {
             && !(shard != META_SHARD && moved_away())
     }
 
+    /// Whether a local read of shard `shard` (`READONLY`, `--read-mode local`) may be answered
+    /// by this node's replica: it holds it ([`Self::holds_shard`]) as a voter that is not
+    /// recovering. A learner still replays the log its leader sends (a move to this node), and
+    /// a memory node's replica recovering after a restart has not caught up: found from
+    /// outside, both answered nil for keys that existed. Their local reads go to the shard's
+    /// holders ([`Self::read_entries`]).
+    pub fn serves_local_reads(&self, shard: ShardId) -> bool {
+        let me = self.config.node_id;
+        self.holds_shard(shard)
+            && self
+                .shards
+                .with(shard, |s| !s.group.shared.recovering() && s.group.shared.has_voter(me))
+                .unwrap_or(false)
+    }
+
     /// Shard `id`'s replica on this node, while it runs.
     fn shard(&self, id: ShardId) -> Result<Shard> {
         let shard = self.shards.get(id).ok_or(Error::Shutdown)?;

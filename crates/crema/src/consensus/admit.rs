@@ -198,7 +198,14 @@ pub(crate) fn check_against_log<S: Storage>(raft: &Raft<S>, msg: &mut Message) -
     let member = conf.voters().contains(msg.from)
         || conf.learners().contains(&msg.from)
         || conf.learners_next().contains(&msg.from);
-    if !joining && !member {
+    // A leader of this replica's term or a later one is heard whoever it is: a replica that
+    // missed a move (paused or down while its group changed) counts the group's old members,
+    // and only the new leader's log can tell it the new ones. Found from outside: such a
+    // replica refused the new leader for good, never ready. Votes and answers from a node
+    // this replica does not count stay refused (raft-rs grants votes to anyone).
+    let leader_kind = matches!(msg.get_msg_type(), MsgAppend | MsgHeartbeat | MsgSnapshot);
+    let heard = joining || member || (leader_kind && msg.term >= raft.term);
+    if !heard {
         return Err(Reject::NotAMember);
     }
     if msg.term >= raft.term.saturating_add(MAX_TERM_LEAP) {
@@ -206,6 +213,9 @@ pub(crate) fn check_against_log<S: Storage>(raft: &Raft<S>, msg: &mut Message) -
     }
     let log = &raft.raft_log;
     match msg.get_msg_type() {
+        // A leader of an earlier term: raft-rs answers it with this replica's term and appends
+        // nothing, whatever its entries say.
+        MsgAppend | MsgHeartbeat if msg.term < raft.term => Ok(Admitted::AsIs),
         MsgHeartbeat if msg.commit > log.last_index() => {
             msg.commit = log.committed;
             Ok(Admitted::CommitLowered)
@@ -306,6 +316,47 @@ mod tests {
         assert_eq!(check_against_log(&raft, &mut answer), Ok(Admitted::AsIs));
         answer.term = 5 + MAX_TERM_LEAP;
         assert_eq!(check_against_log(&raft, &mut answer), Err(Reject::TermLeap));
+    }
+
+    /// A replica whose group changed while it was away counts the old members: the new
+    /// leader's appends and heartbeats reach it, a stranger's votes and answers do not.
+    #[test]
+    fn a_leader_this_replica_does_not_count_yet_is_heard() {
+        let raft = replica_at(5);
+        let from_new = |kind, term| {
+            let mut m = msg(kind);
+            (m.from, m.term) = (4, term);
+            m
+        };
+        for kind in [MessageType::MsgAppend, MessageType::MsgHeartbeat] {
+            assert_eq!(check_against_log(&raft, &mut from_new(kind, 6)), Ok(Admitted::AsIs), "{kind:?}");
+            assert_eq!(check_against_log(&raft, &mut from_new(kind, 5)), Ok(Admitted::AsIs), "{kind:?}");
+            assert_eq!(check_against_log(&raft, &mut from_new(kind, 4)), Err(Reject::NotAMember), "{kind:?}");
+        }
+        for kind in [
+            MessageType::MsgRequestVote,
+            MessageType::MsgRequestPreVote,
+            MessageType::MsgAppendResponse,
+            MessageType::MsgHeartbeatResponse,
+            MessageType::MsgTimeoutNow,
+        ] {
+            assert_eq!(check_against_log(&raft, &mut from_new(kind, 6)), Err(Reject::NotAMember), "{kind:?}");
+        }
+    }
+
+    /// An append of a leader of an earlier term is raft-rs's to answer (with this replica's
+    /// term), not a contradiction of the log to warn about: raft-rs appends nothing from it.
+    #[test]
+    fn an_append_of_an_earlier_term_is_left_to_raft_rs() {
+        let mut raft = replica_at(5);
+        raft.raft_log.append(&[entry(1, 5), entry(2, 5)]);
+        raft.raft_log.commit_to(2);
+        let mut stale = msg(MessageType::MsgAppend);
+        (stale.term, stale.index, stale.log_term) = (4, 0, 0);
+        stale.set_entries(vec![entry(1, 4), entry(2, 4)].into());
+        assert_eq!(check_against_log(&raft, &mut stale), Ok(Admitted::AsIs));
+        stale.term = 5;
+        assert_eq!(check_against_log(&raft, &mut stale), Err(Reject::ConflictsWithCommitted));
     }
 
     #[test]

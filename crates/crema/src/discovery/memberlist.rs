@@ -49,6 +49,8 @@ const TAG_BYTES: usize = 32;
 const MAX_PACKET: usize = 1400;
 /// How often a node that knows no member announces itself to the seeds again.
 const REANNOUNCE: Duration = Duration::from_secs(2);
+/// How often a node announces itself to members it holds down (three of them).
+const ANNOUNCE_TO_DOWN_EVERY: Duration = Duration::from_secs(2);
 /// How many gossip messages of each member carry one membership update (a node down, a node
 /// leaving). foca derives it from the cluster size given, which a node started with one seed
 /// address cannot know (it says three): two copies per member, of which a leave's own three
@@ -248,6 +250,14 @@ impl ClusterDiscovery for MemberlistDiscovery {
                 max_packet_size: std::num::NonZeroUsize::new(MAX_PACKET - STAMP_BYTES - TAG_BYTES)
                     .expect("a packet leaves room for foca"),
                 max_transmissions: MAX_TRANSMISSIONS,
+                // After a partition heals, each side holds the other down until one of them
+                // tells the other (which then rejoins under a renewed identity): foca's
+                // default, every 65 s, kept nodes down for 40 s after a heal, found from
+                // outside, and moves to them were refused meanwhile.
+                periodic_announce_to_down_members: Some(foca::PeriodicParams {
+                    frequency: ANNOUNCE_TO_DOWN_EVERY,
+                    num_members: std::num::NonZeroUsize::new(3).expect("3 is not 0"),
+                }),
                 ..Config::new_lan(cluster_size)
             },
             rng,

@@ -84,10 +84,19 @@ impl ShardConfig {
     }
 }
 
+/// How long a shard-leader hint holds off hints of earlier epochs without being named again.
+/// Leaders name their shards to every peer every few election timeouts (`cache::keepalive`),
+/// so a real hint is renewed long before; one nobody names again (a leader's forged by an
+/// unauthenticated gossip packet with an epoch no term reaches: found from outside, it
+/// routed the shard's requests to nowhere until the nodes restarted) stops holding then.
+pub(crate) const HINT_HOLDS: Duration = Duration::from_secs(30);
+
 /// A node's shard-leader hints and operation counter, kept by the node for its coordinator.
 #[derive(Debug)]
 pub(crate) struct CoordinatorState {
     hints: Mutex<BTreeMap<ShardId, (Option<NodeId>, u64)>>,
+    /// When each shard's hint was last taken or named again (see [`HINT_HOLDS`]).
+    renewed: Mutex<BTreeMap<ShardId, Instant>>,
     operations: AtomicU64,
     /// When `stats()` last looked, and the operation count then.
     last_stats: Mutex<(Instant, u64)>,
@@ -95,12 +104,32 @@ pub(crate) struct CoordinatorState {
 
 impl CoordinatorState {
     /// Keeps `leader` as shard `shard`'s hint if `epoch` is newer than the hint held.
+    /// A hint not named again for [`HINT_HOLDS`] no longer holds off hints of earlier epochs.
     pub(crate) fn hint_if_newer(&self, shard: ShardId, leader: NodeId, epoch: u64) -> bool {
+        if epoch >= crate::consensus::admit::MAX_TERM {
+            return false; // No term gets there (see the peer port's checks).
+        }
         let mut hints = self.hints.lock().expect("hints poisoned");
+        let mut renewed = self.renewed.lock().expect("hints poisoned");
+        let holds = renewed.get(&shard).is_some_and(|at| at.elapsed() < HINT_HOLDS);
         match hints.get(&shard) {
-            Some((_, held)) if *held >= epoch => false,
+            Some((held_leader, held)) if *held == epoch && *held_leader == Some(leader) => {
+                renewed.insert(shard, Instant::now());
+                false
+            }
+            // Forgotten when its leader's node was declared down (see `forget_node`): that
+            // leader, heard again in the same term, leads still. Found from outside: a node
+            // cut off for longer than the down delay never learned again the leaders that
+            // kept their terms, and named wrong primaries in CLUSTER SLOTS for good.
+            Some((None, held)) if *held == epoch => {
+                hints.insert(shard, (Some(leader), epoch));
+                renewed.insert(shard, Instant::now());
+                true
+            }
+            Some((_, held)) if *held >= epoch && holds => false,
             _ => {
                 hints.insert(shard, (Some(leader), epoch));
+                renewed.insert(shard, Instant::now());
                 true
             }
         }
@@ -115,8 +144,8 @@ impl CoordinatorState {
     pub(crate) fn forget_node(&self, node: NodeId) -> Vec<ShardId> {
         let mut hints = self.hints.lock().expect("hints poisoned");
         let mut invalidated = Vec::new();
-        // The epoch stays: a hint of the same epoch (that node again) is refused, and the next
-        // leader's, of a later term, is taken.
+        // The epoch stays: the next leader's hint, of a later term, is taken, and so is that
+        // node's again in the same term (it was cut off, not dead: see `hint_if_newer`).
         for (shard, hint) in hints.iter_mut().filter(|(_, h)| h.0 == Some(node)) {
             hint.0 = None;
             invalidated.push(*shard);
@@ -129,6 +158,7 @@ impl Default for CoordinatorState {
     fn default() -> Self {
         Self {
             hints: Mutex::default(),
+            renewed: Mutex::default(),
             operations: AtomicU64::new(0),
             last_stats: Mutex::new((Instant::now(), 0)),
         }

@@ -81,6 +81,13 @@ pub(crate) fn shard_count_mismatch(peer: NodeId, theirs: u32, ours: u32) -> Stri
     )
 }
 
+/// Incoming connections in their handshake at once (TLS, the secret's proof, the hello);
+/// more are closed at once. Each may hold a handshake frame (see
+/// [`peer::handshake_frame_bytes`]) until the handshake timeout: found from outside, 1,500
+/// strangers that each sent all but one byte of a 1 MiB frame held 1.2-2 GiB of a node's
+/// memory, with or without a cluster secret. A cluster's own nodes connect a few at a time.
+pub(crate) const MAX_HANDSHAKES: usize = 1024;
+
 /// Transport settings.
 #[derive(Debug, Clone)]
 pub(crate) struct TransportConfig {
@@ -120,6 +127,8 @@ pub(crate) struct Transport {
     /// False until the node knows its members ([`Transport::open`]): peers that connect
     /// earlier wait in the listen backlog instead of being refused as strangers.
     open: tokio::sync::watch::Sender<bool>,
+    /// Room for incoming handshakes (see [`MAX_HANDSHAKES`]).
+    handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Transport {
@@ -141,6 +150,7 @@ impl Transport {
             handshakes_refused: AtomicU64::new(0),
             refusal_warnings: Default::default(),
             open: tokio::sync::watch::Sender::new(false),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
         });
         let t = transport.clone();
         let accept = transport.tracker.spawn(async move { t.accept_loop(listener).await });
@@ -316,12 +326,17 @@ impl Transport {
             };
             match accepted {
                 Ok((stream, remote)) => {
+                    let Ok(room) = self.handshakes.clone().try_acquire_owned() else {
+                        drop(stream);
+                        self.refuse(remote, "too many handshakes under way");
+                        continue;
+                    };
                     let t = self.clone();
                     self.tracker.spawn(async move {
                         let cancel = t.cancel.clone();
                         tokio::select! {
                             _ = cancel.cancelled() => {}
-                            _ = t.clone().adopt_incoming(stream, remote) => {}
+                            _ = t.clone().adopt_incoming(stream, remote, room) => {}
                         }
                     });
                 }
@@ -334,7 +349,12 @@ impl Transport {
         }
     }
 
-    async fn adopt_incoming(self: Arc<Self>, stream: TcpStream, remote: SocketAddr) {
+    async fn adopt_incoming(
+        self: Arc<Self>,
+        stream: TcpStream,
+        remote: SocketAddr,
+        room: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let mut conn = match Connection::open(stream, &self.config, None).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -403,6 +423,7 @@ impl Transport {
                 return;
             }
         };
+        drop(room);
         if let Err(e) = conn.write_frame(&self.hello_frame()).await {
             debug!(%remote, peer, error = %e, "peer left during handshake");
             return;

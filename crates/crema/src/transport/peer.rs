@@ -33,9 +33,17 @@ use crate::types::NodeId;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-/// The largest handshake frame (hello, authentication): a hello names the sender's position in
-/// each of its groups, about 50 bytes each, so 16,384 shards fit with room to spare.
+/// The largest handshake frame (hello, authentication) of any cluster: a hello names the
+/// sender's position in each of its groups, about 50 bytes each, so 16,384 shards fit with room
+/// to spare.
 pub(super) const HANDSHAKE_FRAME_BYTES: usize = 1 << 20;
+
+/// The largest handshake frame of a cluster of `shards` shards: what its hello needs (see
+/// [`HANDSHAKE_FRAME_BYTES`]), so a stranger's unfinished frame holds no more (3 KiB with 16
+/// shards, instead of 1 MiB).
+pub(super) fn handshake_frame_bytes(shards: u32) -> usize {
+    (1024 + 128 * shards as usize).min(HANDSHAKE_FRAME_BYTES)
+}
 /// Frames written before a flush, at most.
 const WRITE_BATCH_FRAMES: usize = 256;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -85,14 +93,14 @@ impl Connection {
         Ok(Self { stream, buf: BytesMut::with_capacity(READ_CHUNK_BYTES), peer_incarnation: 0, certified })
     }
 
-    /// Reads one whole envelope (used for the handshake), of at most [`HANDSHAKE_FRAME_BYTES`]:
+    /// Reads one whole envelope (used for the handshake), of at most [`handshake_frame_bytes`]:
     /// a stranger may open many connections before any proves who it is, and each would
     /// otherwise hold a frame of up to `max_frame_bytes` for the handshake timeout.
     pub(super) async fn read_envelope(
         &mut self,
         config: &TransportConfig,
     ) -> Result<Envelope, TransportError> {
-        let max = config.max_frame_bytes.min(HANDSHAKE_FRAME_BYTES);
+        let max = config.max_frame_bytes.min(handshake_frame_bytes(config.shards));
         loop {
             if let Some(payload) = decode_frame(&mut self.buf, max)? {
                 return Envelope::from_payload(&payload);

@@ -72,6 +72,9 @@ impl SnapshotAssembler {
         now: Instant,
     ) -> Result<Option<Message>, String> {
         let key = (from, shard);
+        // On every piece: an abandoned transfer's memory goes when it expires, not when the
+        // next transfer starts.
+        self.in_progress.retain(|_, a| now.saturating_duration_since(a.touched) < ASSEMBLY_EXPIRY);
         if let Some(header) = piece.header {
             self.in_progress.remove(&key);
             if piece.total_len > MAX_SNAPSHOT_BYTES {
@@ -80,7 +83,6 @@ impl SnapshotAssembler {
                     piece.total_len
                 ));
             }
-            self.in_progress.retain(|_, a| now.saturating_duration_since(a.touched) < ASSEMBLY_EXPIRY);
             let reserved: u64 = self.in_progress.values().map(|a| a.total_len).sum();
             if reserved + piece.total_len > ASSEMBLY_BUDGET_BYTES {
                 return Err(format!(

@@ -245,6 +245,11 @@ impl GroupShared {
         self.voters.read().expect("voters poisoned").clone()
     }
 
+    /// Whether `id` is one of the group's voters, as this node last applied them.
+    pub fn has_voter(&self, id: NodeId) -> bool {
+        self.voters.read().expect("voters poisoned").contains(&id)
+    }
+
     /// The group's learners, as this node last applied them (sorted).
     pub fn learners(&self) -> Vec<NodeId> {
         self.learners.read().expect("learners poisoned").clone()
