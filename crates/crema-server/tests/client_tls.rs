@@ -47,6 +47,12 @@ fn redis_cli_over_tls_with_and_without_client_certificates() {
     assert_eq!(out.trim(), "over tls");
     let (_, out) = redis_cli(port, &[], &["GET", "k"]);
     assert!(!out.contains("over tls"), "plain text gets nothing: {out}");
+    // Redis Cluster names a TLS port `tls-port` in CLUSTER SHARDS.
+    let (_, out) = redis_cli(port, &tls, &["CLUSTER", "SHARDS"]);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    let at = lines.iter().position(|l| *l == "tls-port").unwrap_or_else(|| panic!("no tls-port: {out}"));
+    assert_eq!(lines[at + 1], port.to_string(), "{out}");
+    assert!(!lines.contains(&"port"), "{out}");
 
     let mutual = start(&["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca]);
     let port = mutual.resp.port();

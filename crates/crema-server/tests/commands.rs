@@ -303,6 +303,8 @@ async fn resp3_after_hello() {
     let text = String::from_utf8_lossy(&reply);
     assert!(text.starts_with("%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), "{text}");
     assert!(text.contains("$5\r\nproto\r\n:3\r\n"), "{text}");
+    // As INFO's redis_mode: cluster clients that look at HELLO see a cluster node.
+    assert!(text.contains("$4\r\nmode\r\n$7\r\ncluster\r\n"), "{text}");
     assert!(text.ends_with("+OK\r\n_\r\n%1\r\n$9\r\ndatabases\r\n$1\r\n1\r\n"), "{text}");
     let reply = raw(node.resp, b"HELLO 4\r\n", 10).await;
     assert!(reply.starts_with(b"-NOPROTO"), "{}", String::from_utf8_lossy(&reply));

@@ -222,6 +222,12 @@ async fn requests_through_a_node_a_shard_moves_away_from_are_answered_all_along(
         let got = first.consistent_get(k).await.unwrap();
         assert_eq!(got, Some(Bytes::from(want.to_string())), "{k:?}");
     }
+    // The operator's move is counted and timed by the meta shard's leader, as its own are.
+    let figures: Vec<_> = nodes.iter().map(|n| n.migrations()).collect();
+    let started: u64 = figures.iter().map(|f| f.started).sum();
+    let settled: u64 = figures.iter().map(|f| f.settled).sum();
+    let timed: usize = figures.iter().map(|f| f.durations_seconds.len()).sum();
+    assert!(settled >= 1 && started >= settled && timed as u64 == settled, "{figures:?}");
     for node in &nodes {
         node.shutdown().await;
     }

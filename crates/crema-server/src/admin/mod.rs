@@ -240,6 +240,12 @@ async fn ready(State(s): State<AdminState>) -> Response {
     }
     // With several shards, every shard must be served, and this node must hold the replicas
     // the map gives it (a restarted memory node starts them once it read the map).
+    if s.cache.router().num_shards() > 1 && s.cache.shard_map().is_empty() {
+        let body = "not ready: no shard map yet (a new cluster agrees on one as it starts; a node \
+                    started with --join waits to be added: crema cluster add-node, or gossip \
+                    discovery with --auto-add-voters)\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
     if !s.cache.holds_its_replicas() {
         let body = "not ready: the replicas the shard map gives this node have not all started\n";
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();

@@ -170,6 +170,8 @@ fn slots(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> Reply 
 
 fn shards_reply(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> Reply {
     let down = down_nodes(state);
+    // A RESP port with TLS is a `tls-port` to Redis Cluster's clients, as Redis names it.
+    let port_key = if state.settings.tls.is_some() { "tls-port" } else { "port" };
     let entries = shards.iter().map(|shard| {
         // Down replicas too, with `health fail`, as Redis Cluster lists them here.
         let nodes = members(state, session, shard, &[]).into_iter().map(|(id, addr)| {
@@ -177,7 +179,7 @@ fn shards_reply(state: &ServerState, session: &Session, shards: &[ShardInfo]) ->
             let role = if Some(id) == shard.leader { "master" } else { "replica" };
             Reply::Map(vec![
                 (Reply::bulk("id"), Reply::bulk(cluster_node_id(id))),
-                (Reply::bulk("port"), Reply::Integer(port)),
+                (Reply::bulk(port_key), Reply::Integer(port)),
                 (Reply::bulk("ip"), Reply::bulk(host.clone())),
                 (Reply::bulk("endpoint"), Reply::bulk(host)),
                 (Reply::bulk("role"), Reply::bulk(role)),

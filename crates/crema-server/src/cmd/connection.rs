@@ -142,7 +142,8 @@ async fn hello(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         (Reply::bulk("version"), Reply::bulk(crate::REDIS_COMPAT_VERSION)),
         (Reply::bulk("proto"), Reply::Integer(proto)),
         (Reply::bulk("id"), Reply::Integer(call.session.id as i64)),
-        (Reply::bulk("mode"), Reply::bulk("standalone")),
+        // As INFO's `redis_mode`: every node answers Redis Cluster's commands.
+        (Reply::bulk("mode"), Reply::bulk("cluster")),
         (Reply::bulk("role"), Reply::bulk(role)),
         (Reply::bulk("modules"), Reply::Array(Vec::new())),
     ]))

@@ -54,11 +54,21 @@ impl Membership {
     /// Proposes `kind` of node `id` (at `addr`) once the checks pass (see the module header).
     pub async fn change(&self, kind: ConfChangeType, id: NodeId, addr: Option<SocketAddr>) -> Result<()> {
         if self.shards > 1 {
-            // Each shard's leader must propose its own change; moving replicas between nodes
-            // (placement) is not built yet, so a sharded cluster keeps the voters it started with.
-            return Err(Error::Membership(
-                "membership changes of a cluster with several shards are not supported yet".into(),
-            ));
+            // A node added by hand follows the meta shard (a learner), as discovery's policy
+            // adds one: placement gives it replicas (`crema cluster rebalance`, or the planner
+            // with `--auto-add-voters`). Found from outside: a node started with `--join`
+            // without that policy could not be added at all. Each shard's own members change
+            // only through placement; a node leaves no sharded cluster by hand yet.
+            return match kind {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    self.change_in(&self.meta, ConfChangeType::AddLearnerNode, id, addr).await
+                }
+                _ => Err(Error::Membership(
+                    "removing a node from a cluster with several shards is not supported yet: move its \
+                     shards away first (crema cluster move-shard)"
+                        .into(),
+                )),
+            };
         }
         self.change_in(&self.meta, kind, id, addr).await
     }

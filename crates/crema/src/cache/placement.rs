@@ -132,12 +132,13 @@ const MIGRATIONS_KEPT: usize = 4096;
 /// What [`crate::DistributedCache::migrations`] reports.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MigrationFigures {
-    /// Moves this node planned (as the meta shard's leader).
+    /// Moves this node started or saw start as the meta shard's leader (its planner's and
+    /// operators').
     pub started: u64,
     /// Moves this node settled.
     pub settled: u64,
-    /// Seconds each settled move took from its planning, of moves this node both planned and
-    /// settled (at most the last 4,096).
+    /// Seconds each settled move took from its start (or from when this node, leading the
+    /// meta shard, first saw it), of moves this node settled (at most the last 4,096).
     pub durations_seconds: Vec<f64>,
 }
 

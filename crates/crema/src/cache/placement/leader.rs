@@ -17,6 +17,16 @@ impl Placement {
     pub(super) async fn settle(&self, map: &ShardMap) {
         for placement in map.shards().iter().filter(|p| p.state == ShardState::Transferring) {
             let shard = placement.shard_id;
+            // A move this node did not plan (an operator's, or one planned before it led the
+            // meta shard) is timed and counted from when it first sees it: found from outside,
+            // operators' moves were settled and never started or timed.
+            {
+                let mut started = self.started.lock().expect("moves poisoned");
+                if let std::collections::hash_map::Entry::Vacant(e) = started.entry(shard) {
+                    e.insert(std::time::Instant::now());
+                    self.migrations.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
             let Some((voters, learners)) = self.members_of(shard, false).await else { continue };
             let done = voters == placement.members && (shard == META_SHARD || learners.is_empty());
             if done && self.propose(PlacementChange::Settle { shard_id: shard, epoch: placement.epoch }).await

@@ -1,0 +1,85 @@
+//! Placement by hand: a node added to a sharded cluster by an operator (`add_peer`, what
+//! `crema cluster add-node` calls), without discovery's policy to add it, follows the meta
+//! shard and takes the replicas moved to it; removing one by hand is refused with a reason.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{discovered, wait_until};
+use crema::{DistributedCache, MultiRaftCacheConfig};
+
+const SHARDS: u32 = 4;
+
+fn sharded(c: crema::CacheConfig) -> crema::CacheConfig {
+    discovered(c)
+        .with_multiraft_config(MultiRaftCacheConfig {
+            enabled: true,
+            num_shards: SHARDS,
+            ..Default::default()
+        })
+        .with_replica_factor(3)
+}
+
+/// Found from outside: a node started with `--join` next to a sharded cluster whose discovery
+/// does not add nodes by itself could not be added at all (`add-node` was refused), and stayed
+/// not ready for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_by_hand_follows_the_map_and_takes_a_moved_shard() {
+    common::init_tracing();
+    let mut bound = common::bind(4);
+    let (listener, addr4) = bound.pop().unwrap();
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let mut nodes = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        let config = sharded(common::node_config(i as u64 + 1, &addrs));
+        nodes.push(DistributedCache::new_with_listener(config, listener).await.unwrap());
+    }
+    let all: Vec<&DistributedCache> = nodes.iter().collect();
+    wait_until(Duration::from_secs(30), "the first map, every shard led", || async {
+        all.iter().all(|n| !n.shard_map().is_empty())
+            && (0..SHARDS)
+                .all(|s| all.iter().filter(|n| n.holds_shard(s)).all(|n| n.shard_leader(s).is_some()))
+    })
+    .await;
+    let seeds: Vec<(u64, std::net::SocketAddr)> =
+        addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, *a)).collect();
+    let config = crema::CacheConfig::new(4, addr4)
+        .with_seed_nodes(seeds)
+        .with_raft_config(common::fast_raft())
+        .with_join(true);
+    let fourth = DistributedCache::new_with_listener(sharded(config), listener).await.unwrap();
+
+    // Added through the meta shard's leader, it follows the map.
+    let meta_leader = nodes.iter().find(|n| n.shard_leader(0) == Some(n.node_id())).expect("a meta leader");
+    meta_leader.add_peer(4, addr4).await.unwrap();
+    wait_until(Duration::from_secs(20), "node 4 has the map", || async { !fourth.shard_map().is_empty() })
+        .await;
+
+    // A shard moved to it settles there, with the data written before.
+    let placement = nodes[0].shard_map().shards().iter().find(|p| p.shard_id != 0).unwrap().clone();
+    let key = (0..)
+        .map(|i| Bytes::from(format!("k{i}")))
+        .find(|k| nodes[0].router().shard_for_key(k) == placement.shard_id);
+    let key = key.unwrap();
+    nodes[0].put(key.clone(), "before").await.unwrap();
+    nodes[0].move_shard(placement.shard_id, placement.members[0], 4).await.unwrap();
+    wait_until(Duration::from_secs(30), "the move settles on node 4", || async {
+        nodes[0]
+            .shard_map()
+            .shard(placement.shard_id)
+            .is_some_and(|p| p.state == crema::ShardState::Active && p.members.contains(&4))
+            && fourth.holds_shard(placement.shard_id)
+    })
+    .await;
+    assert_eq!(fourth.consistent_get(&key).await.unwrap(), Some(Bytes::from("before")));
+
+    // Leaving by hand is refused, with what to do instead.
+    let refused = meta_leader.remove_peer(4).await.unwrap_err().to_string();
+    assert!(refused.contains("move its shards away first"), "{refused}");
+    fourth.shutdown().await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
