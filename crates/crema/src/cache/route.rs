@@ -95,6 +95,12 @@ impl DistributedCache {
                     Err(Error::ProposalDropped | Error::NotLeader { .. }) if forwarded.is_some() => {
                         return Err(Error::Timeout(self.config.request_timeout));
                     }
+                    // This replica's group stopped under the write (retired after a move
+                    // away) while the node runs: the outcome is unknown, which is what a
+                    // timeout says; `-SHUTDOWN` told the client the node was stopping.
+                    Err(Error::Shutdown) if self.check_running().is_ok() => {
+                        return Err(Error::Timeout(self.config.request_timeout));
+                    }
                     other => {
                         if let (Some((slot, _)), Some(session), Ok(_)) =
                             (&forwarded, &stamped.session, &other)
