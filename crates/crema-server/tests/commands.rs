@@ -352,6 +352,8 @@ async fn server_commands() {
     assert!(matches!(ok(c, &["COMMAND", "DOCS", "get"]).await, Value::Array(_) | Value::Map(_)));
     let config: Vec<String> = q(c, &["CONFIG", "GET", "maxmemory*"]).await.unwrap();
     assert!(config.contains(&"maxmemory-policy".to_owned()));
+    let cluster: Vec<String> = q(c, &["CONFIG", "GET", "cluster-enabled"]).await.unwrap();
+    assert_eq!(cluster, ["cluster-enabled", "yes"], "as INFO says");
     assert!(err(c, &["CONFIG", "SET", "maxmemory", "1"]).await.contains("not supported"));
     let time: Vec<String> = q(c, &["TIME"]).await.unwrap();
     assert!(time[0].parse::<u64>().unwrap() > 1_700_000_000);

@@ -139,7 +139,8 @@ fn config_params(call: &Call<'_>) -> Vec<(&'static str, String)> {
         ("port", call.state.resp_addr.port().to_string()),
         ("bind", call.state.resp_addr.ip().to_string()),
         ("proto-max-bulk-len", s.limits.max_bulk_bytes.to_string()),
-        ("cluster-enabled", "no".into()),
+        // As INFO says (`cluster_enabled:1`): every node answers Redis Cluster's commands.
+        ("cluster-enabled", "yes".into()),
     ]
 }
 

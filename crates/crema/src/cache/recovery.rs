@@ -24,9 +24,35 @@ use crate::types::{NodeId, ShardId};
 pub(crate) fn open_node_db(config: &CacheConfig) -> Result<Arc<NodeDb>> {
     let dir = config.data_dir.as_ref().expect("validated: RocksDB storage has a data dir");
     crate::private_files::ensure_private_dir(dir)?;
+    check_shard_count(dir, config.shard_count())?;
     let raft_dir = dir.join("raft");
     crate::private_files::ensure_private_dir(&raft_dir)?;
     open_db(&raft_dir).map_err(|e| Error::Storage(format!("opening {}: {e}", raft_dir.display())))
+}
+
+/// The file in the data dir that records how many shards the cluster splits its keys into.
+const SHARDS_FILE: &str = "shards";
+
+/// Refuses a data dir written by a node of a cluster with another shard count (recording the
+/// count in one that has none). Found from outside: a durable node restarted with another
+/// `--shards` started, was refused by every peer, and answered nothing, for good.
+fn check_shard_count(dir: &std::path::Path, shards: u32) -> Result<()> {
+    let path = dir.join(SHARDS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(stored) if stored == shards => Ok(()),
+            Ok(stored) => Err(Error::Storage(format!(
+                "{} holds a node of a cluster of {stored} shards, and this node was started with \
+                 {shards}: every node of a cluster keeps its count (start it with --shards {stored}, \
+                 or on an empty data dir to join another cluster)",
+                dir.display()
+            ))),
+            Err(_) => Err(Error::Storage(format!("{} does not hold a shard count", path.display()))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&path, format!("{shards}\n"))
+            .map_err(|e| Error::Storage(format!("writing {}: {e}", path.display()))),
+        Err(e) => Err(Error::Storage(format!("reading {}: {e}", path.display()))),
+    }
 }
 
 /// Opens shard `shard`'s log in the node's database `db` and its checkpoints, restores `sm`
@@ -100,4 +126,20 @@ pub(crate) fn open_durable(
         "durable state recovered; the committed log after the checkpoint is replayed next"
     );
     Ok((store, checkpoints))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_keeps_the_shard_count_it_was_written_with() {
+        let dir = tempfile::tempdir().unwrap();
+        check_shard_count(dir.path(), 16).expect("a new data dir takes the count");
+        check_shard_count(dir.path(), 16).expect("the same count again");
+        let refused = check_shard_count(dir.path(), 64).unwrap_err().to_string();
+        assert!(refused.contains("cluster of 16 shards") && refused.contains("--shards 16"), "{refused}");
+        std::fs::write(dir.path().join(SHARDS_FILE), "sixteen").unwrap();
+        assert!(check_shard_count(dir.path(), 16).is_err(), "an unreadable count is no count");
+    }
 }
