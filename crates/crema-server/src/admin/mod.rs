@@ -242,8 +242,9 @@ async fn ready(State(s): State<AdminState>) -> Response {
     // the map gives it (a restarted memory node starts them once it read the map).
     if s.cache.router().num_shards() > 1 && s.cache.shard_map().is_empty() {
         let body = "not ready: no shard map yet (a new cluster agrees on one as it starts; a node \
-                    started with --join waits to be added: crema cluster add-node, or gossip \
-                    discovery with --auto-add-voters)\n";
+                    that does not follow the meta shard, started with --join or removed from it \
+                    while it was down, waits to be added: crema cluster add-node, or discovery \
+                    with --auto-add-voters)\n";
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
     if !s.cache.holds_its_replicas() {

@@ -82,6 +82,7 @@ impl DistributedCache {
     pub async fn rebalance(&self) -> Result<Vec<Move>> {
         self.check_running()?;
         let map = self.shard_map.map();
+        map.check_replica_factor(self.config.replica_factor).map_err(Error::Membership)?;
         let heard = self.dispatcher.heard_peers(2 * self.config.raft.election_timeout());
         let live = super::placement::live_followers(
             self.config.node_id,

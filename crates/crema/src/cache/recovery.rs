@@ -24,7 +24,8 @@ use crate::types::{NodeId, ShardId};
 pub(crate) fn open_node_db(config: &CacheConfig) -> Result<Arc<NodeDb>> {
     let dir = config.data_dir.as_ref().expect("validated: RocksDB storage has a data dir");
     crate::private_files::ensure_private_dir(dir)?;
-    check_shard_count(dir, config.shard_count())?;
+    check_recorded(dir, SHARDS_FILE, "shards", u64::from(config.shard_count()))?;
+    check_recorded(dir, NODE_FILE, "node-id", config.node_id)?;
     let raft_dir = dir.join("raft");
     crate::private_files::ensure_private_dir(&raft_dir)?;
     open_db(&raft_dir).map_err(|e| Error::Storage(format!("opening {}: {e}", raft_dir.display())))
@@ -32,24 +33,28 @@ pub(crate) fn open_node_db(config: &CacheConfig) -> Result<Arc<NodeDb>> {
 
 /// The file in the data dir that records how many shards the cluster splits its keys into.
 const SHARDS_FILE: &str = "shards";
+/// The file in the data dir that records the id of the node it belongs to.
+const NODE_FILE: &str = "node";
 
-/// Refuses a data dir written by a node of a cluster with another shard count (recording the
-/// count in one that has none). Found from outside: a durable node restarted with another
-/// `--shards` started, was refused by every peer, and answered nothing, for good.
-fn check_shard_count(dir: &std::path::Path, shards: u32) -> Result<()> {
-    let path = dir.join(SHARDS_FILE);
+/// Refuses a data dir that records another value of `flag` than `value` (recording it in one
+/// that has none): a data dir belongs to one node of one cluster. Found from outside: a durable
+/// node restarted with another `--shards` started, was refused by every peer and answered
+/// nothing, for good; two nodes restarted on each other's data dirs ran as if nothing was
+/// amiss, each with the other's votes and log.
+fn check_recorded(dir: &std::path::Path, file: &str, flag: &str, value: u64) -> Result<()> {
+    let path = dir.join(file);
     match std::fs::read_to_string(&path) {
-        Ok(text) => match text.trim().parse::<u32>() {
-            Ok(stored) if stored == shards => Ok(()),
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(stored) if stored == value => Ok(()),
             Ok(stored) => Err(Error::Storage(format!(
-                "{} holds a node of a cluster of {stored} shards, and this node was started with \
-                 {shards}: every node of a cluster keeps its count (start it with --shards {stored}, \
-                 or on an empty data dir to join another cluster)",
+                "{} was written with --{flag} {stored}, and this node was started with --{flag} \
+                 {value}: a data dir belongs to one node of one cluster (start it with --{flag} \
+                 {stored}, or give this node an empty data dir)",
                 dir.display()
             ))),
-            Err(_) => Err(Error::Storage(format!("{} does not hold a shard count", path.display()))),
+            Err(_) => Err(Error::Storage(format!("{} does not hold a number", path.display()))),
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&path, format!("{shards}\n"))
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&path, format!("{value}\n"))
             .map_err(|e| Error::Storage(format!("writing {}: {e}", path.display()))),
         Err(e) => Err(Error::Storage(format!("reading {}: {e}", path.display()))),
     }
@@ -133,13 +138,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_data_dir_keeps_the_shard_count_it_was_written_with() {
+    fn a_data_dir_keeps_the_shard_count_and_node_id_it_was_written_with() {
         let dir = tempfile::tempdir().unwrap();
-        check_shard_count(dir.path(), 16).expect("a new data dir takes the count");
-        check_shard_count(dir.path(), 16).expect("the same count again");
-        let refused = check_shard_count(dir.path(), 64).unwrap_err().to_string();
-        assert!(refused.contains("cluster of 16 shards") && refused.contains("--shards 16"), "{refused}");
+        check_recorded(dir.path(), SHARDS_FILE, "shards", 16).expect("a new data dir takes the count");
+        check_recorded(dir.path(), SHARDS_FILE, "shards", 16).expect("the same count again");
+        let refused = check_recorded(dir.path(), SHARDS_FILE, "shards", 64).unwrap_err().to_string();
+        assert!(refused.contains("--shards 16, and this node was started with --shards 64"), "{refused}");
+        check_recorded(dir.path(), NODE_FILE, "node-id", 2).unwrap();
+        assert!(check_recorded(dir.path(), NODE_FILE, "node-id", 3).is_err(), "another node's dir");
         std::fs::write(dir.path().join(SHARDS_FILE), "sixteen").unwrap();
-        assert!(check_shard_count(dir.path(), 16).is_err(), "an unreadable count is no count");
+        assert!(
+            check_recorded(dir.path(), SHARDS_FILE, "shards", 16).is_err(),
+            "an unreadable count is no count"
+        );
     }
 }

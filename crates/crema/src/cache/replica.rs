@@ -55,6 +55,10 @@ pub(super) struct Replicas {
     /// Per shard, how many replicas of it this node has started: a retired replica's cache is
     /// cleared later only if no other started since.
     incarnations: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    /// A durable node found no Raft state in its data dir at start (see `spawn_shard_group`).
+    pub started_empty: std::sync::atomic::AtomicBool,
+    /// Paces the planner's warning about a replica count the map does not have.
+    pub replica_warnings: crate::consensus::admit::WarnThrottle,
 }
 
 /// How long a retired replica's cache is kept: reads that passed their barrier on it just
@@ -91,6 +95,8 @@ impl Replicas {
             node_db: Mutex::new(NodeDbSlot::default()),
             tasks: Arc::default(),
             incarnations: Arc::new((0..shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()),
+            started_empty: std::sync::atomic::AtomicBool::new(false),
+            replica_warnings: Default::default(),
         }
     }
 
@@ -103,6 +109,7 @@ impl Replicas {
             let stored = db.shards_with_state(self.config.shard_count()).map_err(|e| {
                 crate::Error::Storage(format!("reading the shards in {}: {e}", db.path().display()))
             })?;
+            self.started_empty.store(stored.is_empty(), std::sync::atomic::Ordering::Release);
             return Ok((!stored.is_empty()).then_some(stored));
         }
         Ok(None)
@@ -153,7 +160,8 @@ impl Replicas {
         let stop = self.cancel.child_token();
         let (group, task) = {
             let mut node_db = self.node_db.lock().expect("node db poisoned");
-            spawn_shard_group(config, (id, conf, begin), sm, &self.transport, &stop, &mut node_db)?
+            let empty = self.started_empty.load(std::sync::atomic::Ordering::Acquire);
+            spawn_shard_group(config, (id, conf, begin, empty), sm, &self.transport, &stop, &mut node_db)?
         };
         let name = |what: &str| {
             if config.shard_count() == 1 {
@@ -331,7 +339,7 @@ pub(super) enum Begin {
 /// Starts the Raft group of shard `id` over its state machine `sm`.
 fn spawn_shard_group(
     config: &CacheConfig,
-    (id, conf, begin): (ShardId, &Conf, Begin),
+    (id, conf, begin, started_empty): (ShardId, &Conf, Begin, bool),
     sm: CacheStateMachine,
     transport: &Arc<Transport>,
     cancel: &CancellationToken,
@@ -350,8 +358,12 @@ fn spawn_shard_group(
         shutdown_grace: config.raft.election_timeout(),
         checkpoints: None,
         // A memory node remembers nothing of an earlier life, so every start may be a
-        // restart: it recovers first unless it is the only voter (or joins, empty conf).
-        recover: config.raft_storage == RaftStorageType::Memory
+        // restart: it recovers first unless it is the only voter (or joins, empty conf). So
+        // does a durable node that found its data dir empty: a first start, or a node whose
+        // disk was lost or wiped. Found from outside: one restarted on a wiped dir voted at
+        // once, with an empty log, and a lagging peer it elected rolled acknowledged writes
+        // back.
+        recover: (config.raft_storage == RaftStorageType::Memory || started_empty)
             && !config.join
             && !config.force_new_cluster
             && conf.0.len() > 1,

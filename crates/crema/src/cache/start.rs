@@ -57,6 +57,7 @@ impl DistributedCache {
         )?;
         for (id, addr) in &config.seed_nodes {
             transport.add_peer(*id, Some(*addr));
+            transport.pin(*id);
         }
         let cancel = CancellationToken::new();
         // Discovery first: a gossip port that does not bind stops the start before any group runs.

@@ -142,6 +142,31 @@ impl ShardMap {
         self.shards.get_mut(shard as usize).filter(|s| s.shard_id == shard)
     }
 
+    /// How many members the map gives a shard: the most any shard has (the replica factor
+    /// the cluster was started with, where it has as many nodes); none for an empty map.
+    pub fn replica_count(&self) -> Option<usize> {
+        self.shards.iter().map(|s| s.members.len()).max()
+    }
+
+    /// Refuses to plan for `replica_factor` replicas a map that places more: every node of a
+    /// cluster needs the same `--replicas`. Found from outside: a node restarted with
+    /// `--replicas 1` planned moves that left shards with one member, and correctly configured
+    /// nodes planned them back. (A map with fewer is one placed on fewer nodes than the
+    /// factor, which grows as nodes come.)
+    ///
+    /// # Errors
+    /// The message to give the operator.
+    pub fn check_replica_factor(&self, replica_factor: usize) -> Result<(), String> {
+        match self.replica_count() {
+            Some(placed) if placed > replica_factor => Err(format!(
+                "the shard map places {placed} replicas of each shard, and this node was started \
+                 with --replicas {replica_factor}: every node of a cluster needs the same count \
+                 (restart it with --replicas {placed})"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The shards `node` is meant to hold, in order.
     pub fn shards_of(&self, node: NodeId) -> Vec<ShardId> {
         self.shards.iter().filter(|s| s.members.contains(&node)).map(|s| s.shard_id).collect()

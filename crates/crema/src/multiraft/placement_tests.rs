@@ -53,6 +53,18 @@ fn the_initial_map_deals_replicas_evenly() {
 }
 
 #[test]
+fn a_replica_factor_below_the_maps_is_refused_and_one_above_it_grows_it() {
+    let map = ShardMap::initial(16, &[1, 2, 3, 4, 5], 3);
+    assert_eq!(map.replica_count(), Some(3));
+    assert!(map.check_replica_factor(3).is_ok());
+    let refused = map.check_replica_factor(1).unwrap_err();
+    assert!(refused.contains("--replicas 3"), "{refused}");
+    // Placed on two nodes with a factor of three: a third node gets replicas.
+    let small = ShardMap::initial(4, &[1, 2], 3);
+    assert!(small.check_replica_factor(3).is_ok());
+}
+
+#[test]
 fn fewer_nodes_than_replicas_put_every_shard_everywhere() {
     let map = ShardMap::initial(4, &[1, 2], 3);
     assert!(map.shards().iter().all(|s| s.members == vec![1, 2]));

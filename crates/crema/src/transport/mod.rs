@@ -129,6 +129,9 @@ pub(crate) struct Transport {
     open: tokio::sync::watch::Sender<bool>,
     /// Room for incoming handshakes (see [`MAX_HANDSHAKES`]).
     handshakes: Arc<tokio::sync::Semaphore>,
+    /// The peers this node was configured with (`--peer`): their links stay (see
+    /// [`Transport::pin`]).
+    pinned: RwLock<std::collections::HashSet<NodeId>>,
 }
 
 impl Transport {
@@ -151,6 +154,7 @@ impl Transport {
             refusal_warnings: Default::default(),
             open: tokio::sync::watch::Sender::new(false),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+            pinned: RwLock::default(),
         });
         let t = transport.clone();
         let accept = transport.tracker.spawn(async move { t.accept_loop(listener).await });
@@ -225,9 +229,21 @@ impl Transport {
 
     /// Stops talking to `id` and closes its connection.
     pub fn remove_peer(&self, id: NodeId) {
+        if self.pinned.read().expect("pinned poisoned").contains(&id) {
+            debug!(peer = id, "a configured peer keeps its link");
+            return;
+        }
         if let Some(link) = self.peers.write().expect("peer map poisoned").remove(&id) {
             link.close();
         }
+    }
+
+    /// Keeps the link to `id`, a peer this node was configured with, for good: the cluster's
+    /// nodes as the operator listed them, whatever groups they are in now. Found from outside:
+    /// a memory node removed from the meta shard while it was down (a rebalance replaced it)
+    /// was refused by every peer when it came back, and could not be told where it stands.
+    pub fn pin(&self, id: NodeId) {
+        self.pinned.write().expect("pinned poisoned").insert(id);
     }
 
     /// The address known for `id`.

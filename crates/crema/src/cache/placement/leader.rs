@@ -53,6 +53,12 @@ impl Placement {
             return;
         }
         let Some(discovery) = &self.discovery else { return };
+        if let Err(why) = map.check_replica_factor(self.replica_factor) {
+            if let Some(count) = self.replicas.replica_warnings.note(std::time::Instant::now()) {
+                tracing::warn!(refused_since_last_warning = count, "placement plans nothing: {why}");
+            }
+            return;
+        }
         let window = 2 * self.replicas.config.raft.election_timeout();
         let heard = self.replicas.dispatcher.heard_peers(window);
         let nodes = discovery.nodes();
