@@ -131,7 +131,8 @@ pub struct ServeArgs {
     /// The leader removes voters discovery declares down: yes or no [default: no].
     #[arg(long, env = "CREMA_AUTO_REMOVE_VOTERS", value_parser = parse_yes_no)]
     pub auto_remove_voters: Option<bool>,
-    /// Most entries in the local cache [default: 1000000].
+    /// Most entries in the local cache, split evenly over the shards (each shard holds at most
+    /// its share; keys beyond it are evicted) [default: 1000000].
     #[arg(long, env = "CREMA_MAX_CAPACITY")]
     pub max_capacity: Option<u64>,
     /// Most bytes of keys and values in the local cache (replaces --max-capacity).
