@@ -214,6 +214,8 @@ impl Placement {
         for placement in map.shards().iter().filter(|p| p.shard_id != META_SHARD) {
             let shard = placement.shard_id;
             let member = placement.members.contains(&self.node_id);
+            // The leader of a move this replica missed is heard (`admit::check_against_log`).
+            table.with(shard, |held| held.group.shared.set_map_members(&placement.members));
             match table.get(shard) {
                 None if member => self.start_replica(shard, &mut current, &mut unanswered).await,
                 None => {}

@@ -191,20 +191,26 @@ pub(crate) enum Admitted {
 ///
 /// # Errors
 /// The reason the message cannot be stepped safely.
-pub(crate) fn check_against_log<S: Storage>(raft: &Raft<S>, msg: &mut Message) -> Result<Admitted, Reject> {
+pub(crate) fn check_against_log<S: Storage>(
+    raft: &Raft<S>,
+    msg: &mut Message,
+    vouched: bool,
+) -> Result<Admitted, Reject> {
     use MessageType::*;
     let conf = raft.prs().conf();
     let joining = conf.voters().ids().iter().next().is_none();
     let member = conf.voters().contains(msg.from)
         || conf.learners().contains(&msg.from)
         || conf.learners_next().contains(&msg.from);
-    // A leader of this replica's term or a later one is heard whoever it is: a replica that
-    // missed a move (paused or down while its group changed) counts the group's old members,
-    // and only the new leader's log can tell it the new ones. Found from outside: such a
-    // replica refused the new leader for good, never ready. Votes and answers from a node
-    // this replica does not count stay refused (raft-rs grants votes to anyone).
+    // A leader of this replica's term or a later one that the agreed shard map names a member
+    // (`vouched`) is heard before this replica's log counts it: a replica that missed a move
+    // (paused or down while its group changed) counts the group's old members, and only the
+    // new leader's log can tell it the new ones. Found from outside: such a replica refused
+    // the new leader for good, never ready. Anyone else this replica does not count stays
+    // refused: a linked node of another shard, or a stranger (raft-rs grants votes to anyone,
+    // and follows any leader of a later term).
     let leader_kind = matches!(msg.get_msg_type(), MsgAppend | MsgHeartbeat | MsgSnapshot);
-    let heard = joining || member || (leader_kind && msg.term >= raft.term);
+    let heard = joining || member || (vouched && leader_kind && msg.term >= raft.term);
     if !heard {
         return Err(Reject::NotAMember);
     }
@@ -303,23 +309,24 @@ mod tests {
         let raft = replica_at(5);
         let mut append = msg(MessageType::MsgAppend);
         (append.index, append.log_term, append.commit) = (1_000_000_000_000, 0, 1_000_000_000_000);
-        assert_eq!(check_against_log(&raft, &mut append), Err(Reject::AppendPastLog));
+        assert_eq!(check_against_log(&raft, &mut append, false), Err(Reject::AppendPastLog));
         // A leader probing a follower that lags names the term of its entry there: raft-rs
         // answers that with a rejection and the follower's last index.
         append.log_term = 4;
-        assert_eq!(check_against_log(&raft, &mut append), Ok(Admitted::AsIs));
+        assert_eq!(check_against_log(&raft, &mut append, false), Ok(Admitted::AsIs));
         let mut answer = msg(MessageType::MsgHeartbeatResponse);
         answer.term = MAX_TERM - 1;
         assert_eq!(check_from_peer(&answer, 2, 1), Ok(()), "not absurd on its own");
-        assert_eq!(check_against_log(&raft, &mut answer), Err(Reject::TermLeap));
+        assert_eq!(check_against_log(&raft, &mut answer, false), Err(Reject::TermLeap));
         answer.term = 5 + MAX_TERM_LEAP - 1;
-        assert_eq!(check_against_log(&raft, &mut answer), Ok(Admitted::AsIs));
+        assert_eq!(check_against_log(&raft, &mut answer, false), Ok(Admitted::AsIs));
         answer.term = 5 + MAX_TERM_LEAP;
-        assert_eq!(check_against_log(&raft, &mut answer), Err(Reject::TermLeap));
+        assert_eq!(check_against_log(&raft, &mut answer, false), Err(Reject::TermLeap));
     }
 
-    /// A replica whose group changed while it was away counts the old members: the new
-    /// leader's appends and heartbeats reach it, a stranger's votes and answers do not.
+    /// A replica whose group changed while it was away counts the old members: the appends and
+    /// heartbeats of a new leader the shard map names reach it; its votes and answers, and
+    /// anything from a node the map does not name, do not.
     #[test]
     fn a_leader_this_replica_does_not_count_yet_is_heard() {
         let raft = replica_at(5);
@@ -329,9 +336,27 @@ mod tests {
             m
         };
         for kind in [MessageType::MsgAppend, MessageType::MsgHeartbeat] {
-            assert_eq!(check_against_log(&raft, &mut from_new(kind, 6)), Ok(Admitted::AsIs), "{kind:?}");
-            assert_eq!(check_against_log(&raft, &mut from_new(kind, 5)), Ok(Admitted::AsIs), "{kind:?}");
-            assert_eq!(check_against_log(&raft, &mut from_new(kind, 4)), Err(Reject::NotAMember), "{kind:?}");
+            assert_eq!(
+                check_against_log(&raft, &mut from_new(kind, 6), true),
+                Ok(Admitted::AsIs),
+                "{kind:?}"
+            );
+            assert_eq!(
+                check_against_log(&raft, &mut from_new(kind, 5), true),
+                Ok(Admitted::AsIs),
+                "{kind:?}"
+            );
+            assert_eq!(
+                check_against_log(&raft, &mut from_new(kind, 4), true),
+                Err(Reject::NotAMember),
+                "{kind:?}"
+            );
+            // Not named by the shard map: a node of another shard, or a stranger.
+            assert_eq!(
+                check_against_log(&raft, &mut from_new(kind, 6), false),
+                Err(Reject::NotAMember),
+                "{kind:?}"
+            );
         }
         for kind in [
             MessageType::MsgRequestVote,
@@ -340,7 +365,11 @@ mod tests {
             MessageType::MsgHeartbeatResponse,
             MessageType::MsgTimeoutNow,
         ] {
-            assert_eq!(check_against_log(&raft, &mut from_new(kind, 6)), Err(Reject::NotAMember), "{kind:?}");
+            assert_eq!(
+                check_against_log(&raft, &mut from_new(kind, 6), true),
+                Err(Reject::NotAMember),
+                "{kind:?}"
+            );
         }
     }
 
@@ -354,9 +383,9 @@ mod tests {
         let mut stale = msg(MessageType::MsgAppend);
         (stale.term, stale.index, stale.log_term) = (4, 0, 0);
         stale.set_entries(vec![entry(1, 4), entry(2, 4)].into());
-        assert_eq!(check_against_log(&raft, &mut stale), Ok(Admitted::AsIs));
+        assert_eq!(check_against_log(&raft, &mut stale, false), Ok(Admitted::AsIs));
         stale.term = 5;
-        assert_eq!(check_against_log(&raft, &mut stale), Err(Reject::ConflictsWithCommitted));
+        assert_eq!(check_against_log(&raft, &mut stale, false), Err(Reject::ConflictsWithCommitted));
     }
 
     #[test]

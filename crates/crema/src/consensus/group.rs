@@ -364,7 +364,8 @@ impl<S: LogStore> Group<S> {
             // Phase 1 of a recovery: nothing this node would answer can be trusted yet.
             return;
         }
-        match admit::check_against_log(&self.raw.raft, &mut msg) {
+        let vouched = self.shared.map_names(msg.from);
+        match admit::check_against_log(&self.raw.raft, &mut msg, vouched) {
             Ok(Admitted::AsIs) => {}
             Ok(Admitted::CommitLowered) => self.note_rejected(&msg, Reject::CommitPastLog),
             Err(reason) => return self.note_rejected(&msg, reason),

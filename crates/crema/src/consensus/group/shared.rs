@@ -57,6 +57,10 @@ pub(crate) struct GroupShared {
     pub(super) sole_voter: AtomicBool,
     /// The group's voters, as this node last applied them.
     pub(super) voters: std::sync::RwLock<Vec<NodeId>>,
+    /// The shard's members as the agreed shard map names them (placement sets them): a
+    /// leader among them is heard even before this replica's log counts it (see
+    /// `admit::check_against_log`).
+    map_members: std::sync::RwLock<Vec<NodeId>>,
     /// The group's learners, as this node last applied them.
     pub(super) learners: std::sync::RwLock<Vec<NodeId>>,
     /// Proposal batches this node appended as leader (one `MsgPropose` each).
@@ -138,6 +142,7 @@ impl GroupShared {
             removed: AtomicBool::new(false),
             sole_voter: AtomicBool::new(false),
             voters: std::sync::RwLock::default(),
+            map_members: std::sync::RwLock::default(),
             learners: std::sync::RwLock::default(),
             proposal_batches: AtomicU64::new(0),
             proposed_entries: AtomicU64::new(0),
@@ -243,6 +248,19 @@ impl GroupShared {
     /// The group's voters, as this node last applied them.
     pub fn voters(&self) -> Vec<NodeId> {
         self.voters.read().expect("voters poisoned").clone()
+    }
+
+    /// Records the shard's members as the agreed shard map names them.
+    pub fn set_map_members(&self, members: &[NodeId]) {
+        let mut held = self.map_members.write().expect("map members poisoned");
+        if held.as_slice() != members {
+            *held = members.to_vec();
+        }
+    }
+
+    /// Whether the agreed shard map names `id` a member of this shard.
+    pub fn map_names(&self, id: NodeId) -> bool {
+        self.map_members.read().expect("map members poisoned").contains(&id)
     }
 
     /// Whether `id` is one of the group's voters, as this node last applied them.
