@@ -65,7 +65,7 @@ fn check_recorded(dir: &std::path::Path, file: &str, flag: &str, value: u64) -> 
 ///
 /// # Errors
 /// `Storage` when the database cannot be opened or when no valid checkpoint covers the part of
-/// the log that was compacted (the node's disk lost data; wipe it and rejoin).
+/// the log that was compacted (the node's disk lost data: it must be removed and added back empty).
 pub(crate) fn open_durable(
     config: &CacheConfig,
     shard: ShardId,
@@ -91,7 +91,7 @@ pub(crate) fn open_durable(
             if index + 1 < first {
                 return Err(Error::Storage(format!(
                     "the newest valid checkpoint ({index}) is older than the log, which starts at {first}: \
-                     entries between are lost; wipe {} and let the node rejoin",
+                     entries between are lost; remove this node from the cluster and add it back on an empty {} with --join (restarted on it as it is, it would vote with an empty log)",
                     dir.display()
                 )));
             }
@@ -113,7 +113,7 @@ pub(crate) fn open_durable(
         }
         None if first > 1 => {
             return Err(Error::Storage(format!(
-                "the log starts at {first} but {} holds no valid checkpoint: wipe {} and let the node rejoin",
+                "the log starts at {first} but {} holds no valid checkpoint: remove this node from the cluster and add it back on an empty {} with --join (restarted on it as it is, it would vote with an empty log)",
                 checkpoint_config.dir.display(),
                 dir.display()
             )));

@@ -55,8 +55,6 @@ pub(super) struct Replicas {
     /// Per shard, how many replicas of it this node has started: a retired replica's cache is
     /// cleared later only if no other started since.
     incarnations: Arc<Vec<std::sync::atomic::AtomicU64>>,
-    /// A durable node found no Raft state in its data dir at start (see `spawn_shard_group`).
-    pub started_empty: std::sync::atomic::AtomicBool,
     /// Paces the planner's warning about a replica count the map does not have.
     pub replica_warnings: crate::consensus::admit::WarnThrottle,
 }
@@ -95,7 +93,6 @@ impl Replicas {
             node_db: Mutex::new(NodeDbSlot::default()),
             tasks: Arc::default(),
             incarnations: Arc::new((0..shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()),
-            started_empty: std::sync::atomic::AtomicBool::new(false),
             replica_warnings: Default::default(),
         }
     }
@@ -109,7 +106,6 @@ impl Replicas {
             let stored = db.shards_with_state(self.config.shard_count()).map_err(|e| {
                 crate::Error::Storage(format!("reading the shards in {}: {e}", db.path().display()))
             })?;
-            self.started_empty.store(stored.is_empty(), std::sync::atomic::Ordering::Release);
             return Ok((!stored.is_empty()).then_some(stored));
         }
         Ok(None)
@@ -160,8 +156,7 @@ impl Replicas {
         let stop = self.cancel.child_token();
         let (group, task) = {
             let mut node_db = self.node_db.lock().expect("node db poisoned");
-            let empty = self.started_empty.load(std::sync::atomic::Ordering::Acquire);
-            spawn_shard_group(config, (id, conf, begin, empty), sm, &self.transport, &stop, &mut node_db)?
+            spawn_shard_group(config, (id, conf, begin), sm, &self.transport, &stop, &mut node_db)?
         };
         let name = |what: &str| {
             if config.shard_count() == 1 {
@@ -339,7 +334,7 @@ pub(super) enum Begin {
 /// Starts the Raft group of shard `id` over its state machine `sm`.
 fn spawn_shard_group(
     config: &CacheConfig,
-    (id, conf, begin, started_empty): (ShardId, &Conf, Begin, bool),
+    (id, conf, begin): (ShardId, &Conf, Begin),
     sm: CacheStateMachine,
     transport: &Arc<Transport>,
     cancel: &CancellationToken,
@@ -358,12 +353,11 @@ fn spawn_shard_group(
         shutdown_grace: config.raft.election_timeout(),
         checkpoints: None,
         // A memory node remembers nothing of an earlier life, so every start may be a
-        // restart: it recovers first unless it is the only voter (or joins, empty conf). So
-        // does a durable node that found its data dir empty: a first start, or a node whose
-        // disk was lost or wiped. Found from outside: one restarted on a wiped dir voted at
-        // once, with an empty log, and a lagging peer it elected rolled acknowledged writes
-        // back.
-        recover: (config.raft_storage == RaftStorageType::Memory || started_empty)
+        // restart: it recovers first unless it is the only voter (or joins, empty conf). A
+        // durable node that finds its data dir empty does not: it cannot tell a first start
+        // from a lost disk either, and recovering would keep a new cluster from starting with
+        // a node missing (see docs/reliability.md, round 5).
+        recover: config.raft_storage == RaftStorageType::Memory
             && !config.join
             && !config.force_new_cluster
             && conf.0.len() > 1,
