@@ -109,6 +109,7 @@ impl GroupBench {
                     shutdown_grace: config.raft.election_timeout(),
                     checkpoints: None,
                     recover: false,
+                    first_start_possible: false,
                     recovery_voters: Vec::new(),
                     fresh: false,
                     #[cfg(feature = "fault-injection")]

@@ -243,7 +243,9 @@ fn position_of(positions: &[GroupPosition], group: &GroupHandle) -> GroupPositio
         .iter()
         .find(|p| p.shard == shard)
         .copied()
-        .unwrap_or(GroupPosition { shard, ..Default::default() })
+        // A peer that says nothing of the shard holds no replica of it now (its replica starts
+        // later, or it holds none): it can vouch for nothing, as a recovering replica.
+        .unwrap_or(GroupPosition { shard, recovering: true, ..Default::default() })
 }
 
 impl Inbound for Dispatcher {

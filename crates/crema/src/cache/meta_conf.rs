@@ -14,6 +14,9 @@
 //! that committed anything (a first start, or the whole cluster restarting), or after half an
 //! election timeout (seeds not up yet), it starts with the first map's members, as before.
 //!
+//! A durable node that finds its data dir empty asks too (a first start, or a lost disk): when
+//! the cluster runs, it starts as a memory node does; else from the first map (`cache::start`).
+//!
 //! Data shards are started later, the same way, by placement (`Placement::start_replica`).
 
 use std::time::Duration;

@@ -55,6 +55,9 @@ pub(super) struct Replicas {
     /// Per shard, how many replicas of it this node has started: a retired replica's cache is
     /// cleared later only if no other started since.
     incarnations: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    /// A durable node found no Raft state in its data dir at start: a first start or a lost
+    /// disk (see `spawn_shard_group`).
+    pub started_empty: std::sync::atomic::AtomicBool,
     /// Paces the planner's warning about a replica count the map does not have.
     pub replica_warnings: crate::consensus::admit::WarnThrottle,
 }
@@ -93,6 +96,7 @@ impl Replicas {
             node_db: Mutex::new(NodeDbSlot::default()),
             tasks: Arc::default(),
             incarnations: Arc::new((0..shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()),
+            started_empty: std::sync::atomic::AtomicBool::new(false),
             replica_warnings: Default::default(),
         }
     }
@@ -106,6 +110,7 @@ impl Replicas {
             let stored = db.shards_with_state(self.config.shard_count()).map_err(|e| {
                 crate::Error::Storage(format!("reading the shards in {}: {e}", db.path().display()))
             })?;
+            self.started_empty.store(stored.is_empty(), std::sync::atomic::Ordering::Release);
             return Ok((!stored.is_empty()).then_some(stored));
         }
         Ok(None)
@@ -156,7 +161,8 @@ impl Replicas {
         let stop = self.cancel.child_token();
         let (group, task) = {
             let mut node_db = self.node_db.lock().expect("node db poisoned");
-            spawn_shard_group(config, (id, conf, begin), sm, &self.transport, &stop, &mut node_db)?
+            let empty = self.started_empty.load(std::sync::atomic::Ordering::Acquire);
+            spawn_shard_group(config, (id, conf, begin, empty), sm, &self.transport, &stop, &mut node_db)?
         };
         let name = |what: &str| {
             if config.shard_count() == 1 {
@@ -334,7 +340,7 @@ pub(super) enum Begin {
 /// Starts the Raft group of shard `id` over its state machine `sm`.
 fn spawn_shard_group(
     config: &CacheConfig,
-    (id, conf, begin): (ShardId, &Conf, Begin),
+    (id, conf, begin, started_empty): (ShardId, &Conf, Begin, bool),
     sm: CacheStateMachine,
     transport: &Arc<Transport>,
     cancel: &CancellationToken,
@@ -353,14 +359,17 @@ fn spawn_shard_group(
         shutdown_grace: config.raft.election_timeout(),
         checkpoints: None,
         // A memory node remembers nothing of an earlier life, so every start may be a
-        // restart: it recovers first unless it is the only voter (or joins, empty conf). A
-        // durable node that finds its data dir empty does not: it cannot tell a first start
-        // from a lost disk either, and recovering would keep a new cluster from starting with
-        // a node missing (see docs/reliability.md, round 5).
-        recover: config.raft_storage == RaftStorageType::Memory
+        // restart: it recovers first unless it is the only voter (or joins, empty conf). So
+        // does a durable node that found its data dir empty: a first start, or a disk lost or
+        // wiped. Found from outside: one restarted on a wiped dir voted at once, with an empty
+        // log, and a lagging peer it elected rolled acknowledged writes back. Its recovery
+        // also ends with a quorum that never ran (a first start), so a new cluster starts
+        // with a node missing (`consensus::recovery`).
+        recover: (config.raft_storage == RaftStorageType::Memory || started_empty)
             && !config.join
             && !config.force_new_cluster
             && conf.0.len() > 1,
+        first_start_possible: started_empty,
         // A member started again empty (`Begin::Empty`) counts its group's voters, not its
         // empty configuration's.
         recovery_voters: if rejoins { conf.0.clone() } else { Vec::new() },

@@ -108,20 +108,27 @@ impl DistributedCache {
         // the meta shard alone, with its members as the running cluster has them
         // (`cache::meta_conf`), and the others once the meta shard says which it holds and the
         // shard's group says with whom (`placement::Placement::follow`).
+        //
+        // A durable node that finds its data dir empty cannot tell a first start from a lost
+        // disk either: it asks the same way, and when the cluster runs, it starts as a memory
+        // node does; else (a first start) from the first map, its replicas recovering until a
+        // quorum answers (`consensus::recovery`).
         let stored = replicas.stored_shards()?;
-        let after_meta = config.raft_storage == crate::config::RaftStorageType::Memory
+        let memory = config.raft_storage == crate::config::RaftStorageType::Memory;
+        let asks = (memory || stored.is_none())
             && !config.join
             && !config.force_new_cluster
             && router.num_shards() > 1;
         // Where the meta shard stands now, asked of the running cluster (`cache::meta_conf`):
         // the transport opens first, with no replica yet, for the answers to arrive.
-        let meta_now = if after_meta {
+        let meta_now = if asks {
             dispatcher.attach(table.clone());
             transport.open();
             super::meta_conf::meta_members_now(&config, &transport, &dispatcher).await
         } else {
             None
         };
+        let after_meta = asks && (memory || meta_now.is_some());
         let mut acl = None;
         let mut shard_map = None;
         for id in 0..router.num_shards() {

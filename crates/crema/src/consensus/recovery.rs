@@ -21,12 +21,22 @@
 //!    grants a vote only to a candidate whose log is at least as up to date as that most
 //!    up-to-date answer, and does not campaign, until its own log is.
 //!
+//! A durable node that finds its data dir empty recovers the same way: it cannot tell a first
+//! start from a lost disk. One exception lets a new cluster start with a node missing (phase 1
+//! would wait for it): such a replica also leaves phase 1 once a quorum of the voters, itself
+//! included, answered that they recover too and hold nothing past the bootstrap log
+//! ([`Recovery::first_start_possible`]). None of them can hold a committed entry, so either the
+//! cluster never ran or a majority lost its disks, which leaves nothing to protect. With one
+//! disk lost, the others hold their logs and do not recover: the replica waits for the answers
+//! it needs, and a lagging peer it could have elected rolls nothing back.
+//!
 //! The leader's side (forgetting what it knew of a peer's log when a new incarnation of that
 //! peer connects) is in the group loop.
 
 use std::collections::BTreeMap;
 
 use crate::consensus::admit::MAX_TERM_LEAP;
+use crate::consensus::storage::BOOTSTRAP_TERM;
 use crate::transport::envelope::GroupPosition;
 use crate::types::NodeId;
 
@@ -80,11 +90,20 @@ pub(crate) struct Recovery {
     /// started again with an empty log, which learns its configuration from the log it is
     /// sent: see `cache::replica`); `None`: the configuration's.
     voters: Option<Vec<NodeId>>,
+    /// See [`Self::first_start_possible`].
+    first_start: bool,
 }
 
 impl Recovery {
     pub fn new(me: NodeId) -> Self {
-        Self { me, heard: BTreeMap::new(), floor: None, voters: None }
+        Self { me, heard: BTreeMap::new(), floor: None, voters: None, first_start: false }
+    }
+
+    /// The recovery of a replica that found no durable state: phase 1 also ends once a quorum
+    /// of the voters, this node included, recover too and hold nothing past the bootstrap log
+    /// (a first start; see the module header).
+    pub fn first_start_possible(self) -> Self {
+        Self { first_start: true, ..self }
     }
 
     /// A recovery that counts the answers of `voters`, whatever the replica's configuration.
@@ -143,7 +162,7 @@ impl Recovery {
         }
         let others = voters.iter().filter(|id| **id != self.me).count();
         let needed = Self::needed(others + 1);
-        if self.heard_voters(voters).count() < needed {
+        if self.heard_voters(voters).count() < needed && !self.a_quorum_never_ran(others + 1, voters) {
             return None;
         }
         let term = self.heard_voters(voters).map(|(_, p)| p.term).max().unwrap_or(0);
@@ -152,6 +171,15 @@ impl Recovery {
         let floor = Floor { term, last_term, last_index };
         self.floor = Some(floor);
         Some(floor)
+    }
+
+    /// Whether a quorum of the `voters` (`count` of them), this node included, hold nothing
+    /// past the bootstrap log and recover themselves, for a replica that may be in a first start.
+    fn a_quorum_never_ran(&self, count: usize, voters: &[NodeId]) -> bool {
+        let quorum = count / 2 + 1;
+        let never_ran =
+            self.heard_voters(voters).filter(|(_, p)| p.recovering && p.last_term <= BOOTSTRAP_TERM).count();
+        self.first_start && never_ran + 1 >= quorum
     }
 
     /// The voters that answered while recovering themselves, this node not included.
@@ -261,5 +289,41 @@ mod tests {
         assert_eq!(r.state(&[1, 2, 3]), RecoveryState::WaitingForPeers { heard: vec![2, 3], needed: 2 });
         r.floor_if_ready(&[1, 2, 3]).unwrap();
         assert_eq!(r.state(&[1, 2, 3]), RecoveryState::CatchingUp { last_term: 4, last_index: 50 });
+    }
+
+    #[test]
+    fn a_replica_that_found_no_state_ends_phase_one_with_a_quorum_that_never_ran() {
+        let fresh = |index| GroupPosition { recovering: true, ..at(BOOTSTRAP_TERM, BOOTSTRAP_TERM, index) };
+        // A first start of three with one node missing: the other found nothing either.
+        let mut first = Recovery::new(1).first_start_possible();
+        first.hear(2, fresh(3));
+        assert_eq!(first.floor_if_ready(&[1, 2, 3]).map(|f| f.last_index), Some(3));
+        // A memory node (no exception) waits for both others, whatever they say.
+        let mut memory = Recovery::new(1);
+        memory.hear(2, fresh(3));
+        assert_eq!(memory.floor_if_ready(&[1, 2, 3]), None);
+        // A lost disk: the peer that answered holds its log (it does not recover), and its
+        // log may be behind the missing one's. Wait for the missing one.
+        let mut lost = Recovery::new(1).first_start_possible();
+        lost.hear(2, at(5, 5, 40));
+        assert_eq!(lost.floor_if_ready(&[1, 2, 3]), None);
+        // Nor does a peer that recovers but caught up with entries of a later term count, or a
+        // peer that holds only the bootstrap log without recovering (it was down since the
+        // start while the others ran: they hold what it does not).
+        for peer in
+            [GroupPosition { recovering: true, ..at(4, 4, 20) }, at(BOOTSTRAP_TERM, BOOTSTRAP_TERM, 3)]
+        {
+            let mut r = Recovery::new(1).first_start_possible();
+            r.hear(2, peer);
+            assert_eq!(r.floor_if_ready(&[1, 2, 3]), None, "{peer:?}");
+        }
+        // Of five voters, two others that never ran make a quorum with this one (three answers
+        // are needed otherwise).
+        let five = [1, 2, 3, 4, 5];
+        let mut r = Recovery::new(1).first_start_possible();
+        r.hear(4, fresh(5));
+        assert_eq!(r.floor_if_ready(&five), None, "one of the two");
+        r.hear(5, fresh(5));
+        assert_eq!(r.floor_if_ready(&five).map(|f| f.last_index), Some(5), "a quorum never ran");
     }
 }

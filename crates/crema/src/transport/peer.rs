@@ -215,6 +215,15 @@ impl LinkTask {
     /// Waits for a connection: dials with backoff (lower id), or waits for the peer to dial and
     /// dials itself past [`DIAL_FALLBACK`] (higher id).
     async fn connect(&mut self) -> Option<Connection> {
+        // Not before the node's groups are attached: the hello says where they stand, and a
+        // hello sent before would say they hold nothing. Found with a durable node restarted
+        // on a wiped dir: a peer still opening its log greeted it first, and the empty
+        // position counted as that peer's answer to its recovery.
+        let mut open = self.transport.open.subscribe();
+        tokio::select! {
+            _ = self.link.cancel.cancelled() => return None,
+            _ = open.wait_for(|open| *open) => {}
+        }
         let mut backoff = BACKOFF_MIN;
         let started = tokio::time::Instant::now();
         loop {

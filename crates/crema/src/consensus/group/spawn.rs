@@ -33,9 +33,13 @@ pub(crate) struct GroupSettings {
     pub shutdown_grace: Duration,
     /// With durable storage: checkpoints are taken here and the log is compacted behind them.
     pub checkpoints: Option<CheckpointManager>,
-    /// The node starts without the Raft state of its previous life (memory storage, one of
-    /// several voters): it recovers first (see `recovery`).
+    /// The node starts without the Raft state of its previous life (memory storage, or a
+    /// durable node that found its data dir empty; one of several voters): it recovers first
+    /// (see `recovery`).
     pub recover: bool,
+    /// The replica found no durable state: a first start is possible, and its recovery ends
+    /// with a quorum that never ran too (`Recovery::first_start_possible`).
+    pub first_start_possible: bool,
     /// The voters whose answers the recovery counts, when the replica starts with an empty
     /// configuration (a member started again: see `cache::replica`); empty: the configuration's.
     pub recovery_voters: Vec<NodeId>,
@@ -90,9 +94,16 @@ pub(crate) fn spawn_group<S: LogStore>(
     let campaign_when_applied = voters.len() == 1 && voters.contains(settings.node_id);
     let mut settings = settings;
     let checkpoints = settings.checkpoints.take();
-    let recovery = settings.recover.then(|| match settings.recovery_voters.as_slice() {
-        [] => Recovery::new(settings.node_id),
-        voters => Recovery::with_voters(settings.node_id, voters.to_vec()),
+    let recovery = settings.recover.then(|| {
+        let recovery = match settings.recovery_voters.as_slice() {
+            [] => Recovery::new(settings.node_id),
+            voters => Recovery::with_voters(settings.node_id, voters.to_vec()),
+        };
+        if settings.first_start_possible {
+            recovery.first_start_possible()
+        } else {
+            recovery
+        }
     });
     let (client_tx, client_rx) = mpsc::channel(settings.mailbox_capacity);
     let (raft_tx, raft_rx) = mpsc::channel(settings.mailbox_capacity);
