@@ -1,7 +1,13 @@
-//! Commands about keys rather than values: DEL, UNLINK, EXISTS, TYPE, KEYS, SCAN, RANDOMKEY, the
-//! EXPIRE family, PERSIST, TTL, PTTL, EXPIRETIME, PEXPIRETIME.
+//! Commands about keys rather than values: DEL, UNLINK, EXISTS, TOUCH, TYPE, KEYS, SCAN,
+//! RANDOMKEY, RENAME, RENAMENX, COPY, the EXPIRE family, PERSIST, TTL, PTTL, EXPIRETIME,
+//! PEXPIRETIME.
 //!
-//! EXISTS, TYPE and the TTL family are prepared as data ([`prepare_read`]): a transaction
+//! RENAME, RENAMENX and COPY are one write of both keys, applied whole in their shard (in a
+//! sharded cluster both keys must share a slot's shard, as Redis Cluster asks of them; a
+//! `{hash tag}` does it). TOUCH answers as EXISTS: the eviction policy is not told of the
+//! access, as reads of other nodes' clients are not either.
+//!
+//! EXISTS, TOUCH, TYPE and the TTL family are prepared as data ([`prepare_read`]): a transaction
 //! evaluates them in apply, and outside one they are evaluated against the local cache, with
 //! the same rendering.
 //!
@@ -26,16 +32,55 @@ pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<PreparedWrite, CmdE
     let command = match kind {
         Kind::Del | Kind::Unlink => CacheCommand::DeleteMany { keys: call.args[1..].to_vec() },
         Kind::Persist => CacheCommand::Persist { key: call.arg(1).clone() },
+        Kind::Rename | Kind::RenameNx | Kind::Copy => return copy(kind, call),
         _ => expire(kind, call)?,
     };
     Ok(PreparedWrite::new(command, Render::Int))
 }
 
+/// RENAME, RENAMENX and COPY (`COPY source destination [DB destination-db] [REPLACE]`).
+fn copy(kind: Kind, call: &Call<'_>) -> Result<PreparedWrite, CmdError> {
+    let (from, to) = (call.arg(1).clone(), call.arg(2).clone());
+    let (replace, remove_source, render) = match kind {
+        Kind::Rename => (true, true, Render::Ok),
+        Kind::RenameNx => (false, true, Render::Int),
+        _ => {
+            let mut replace = false;
+            let mut i = 3;
+            while i < call.args.len() {
+                match call.option(i).as_str() {
+                    "REPLACE" => replace = true,
+                    "DB" if i + 1 < call.args.len() => {
+                        // One database, as SELECT allows.
+                        if parse_int(call.arg(i + 1))? != 0 {
+                            return Err(CmdError::Invalid("DB index is out of range".into()));
+                        }
+                        i += 1;
+                    }
+                    _ => return Err(CmdError::Syntax),
+                }
+                i += 1;
+            }
+            if from == to {
+                return Err(CmdError::Invalid("source and destination objects are the same".into()));
+            }
+            (replace, false, Render::Int)
+        }
+    };
+    Ok(PreparedWrite::new(CacheCommand::Copy { from, to, replace, remove_source }, render))
+}
+
 pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
     match kind {
-        Kind::Exists | Kind::Type | Kind::Ttl | Kind::PTtl | Kind::ExpireTime | Kind::PExpireTime => {
+        Kind::Exists
+        | Kind::Touch
+        | Kind::Type
+        | Kind::Ttl
+        | Kind::PTtl
+        | Kind::ExpireTime
+        | Kind::PExpireTime => {
             let PreparedRead { read, render } = prepare_read(kind, call);
-            let keys = if kind == Kind::Exists { 1..call.args.len() } else { 1..2 };
+            let keys = if matches!(kind, Kind::Exists | Kind::Touch) { 1..call.args.len() } else { 1..2 };
             let view = call.read_view(keys).await?;
             render.reply(read.read(&view, crema::unix_now_ms()))
         }
@@ -56,11 +101,12 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
     }
 }
 
-/// EXISTS, TYPE and the TTL family as data: what each key holds, without its value.
+/// EXISTS, TOUCH, TYPE and the TTL family as data: what each key holds, without its value.
 pub(super) fn prepare_read(kind: Kind, call: &Call<'_>) -> PreparedRead {
-    let keys = if kind == Kind::Exists { call.args[1..].to_vec() } else { vec![call.arg(1).clone()] };
+    let many = matches!(kind, Kind::Exists | Kind::Touch);
+    let keys = if many { call.args[1..].to_vec() } else { vec![call.arg(1).clone()] };
     let render = match kind {
-        Kind::Exists => Render::Exists,
+        Kind::Exists | Kind::Touch => Render::Exists,
         Kind::Type => Render::Type,
         _ => Render::Ttl(kind),
     };

@@ -273,7 +273,7 @@ async fn dispatch(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
     match kind {
         Multi | Exec | Discard | Watch | Unwatch => multi::run(kind, call).await,
         Get | MGet | StrLen | GetRange | GetEx => get::run(kind, call).await,
-        Exists | Type | Keys | Scan | RandomKey | Ttl | PTtl | ExpireTime | PExpireTime => {
+        Exists | Touch | Type | Keys | Scan | RandomKey | Ttl | PTtl | ExpireTime | PExpireTime => {
             keyspace::run(kind, call).await
         }
         _ => dispatch_keyless(kind, call).await,

@@ -64,7 +64,9 @@ pub(super) fn prepare_read(kind: Kind, call: &Call<'_>) -> Result<Option<Prepare
     use Kind::*;
     match kind {
         Get | MGet | StrLen | GetRange | GetEx => get::prepare_read(kind, call).map(Some),
-        Exists | Type | Ttl | PTtl | ExpireTime | PExpireTime => Ok(Some(keyspace::prepare_read(kind, call))),
+        Exists | Touch | Type | Ttl | PTtl | ExpireTime | PExpireTime => {
+            Ok(Some(keyspace::prepare_read(kind, call)))
+        }
         _ => Ok(None),
     }
 }
@@ -101,6 +103,7 @@ impl PreparedWrite {
             | GetDel { key }
             | GetEx { key, .. } => key.len(),
             Expire { key, .. } | Persist { key } => key.len(),
+            Copy { from, to, .. } => from.len() + to.len(),
             Clear => 0,
             Batch(commands) => commands.len(),
             Transaction(transaction) => transaction.steps.len(),
@@ -164,7 +167,7 @@ pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<Option<PreparedWrit
             incr::prepare(kind, call).map(Some)
         }
         GetDel | GetEx => get::prepare(kind, call),
-        Del | Unlink | Expire | PExpire | ExpireAt | PExpireAt | Persist => {
+        Del | Unlink | Expire | PExpire | ExpireAt | PExpireAt | Persist | Rename | RenameNx | Copy => {
             keyspace::prepare(kind, call).map(Some)
         }
         FlushDb | FlushAll => server::prepare_flush(call).map(Some),

@@ -161,6 +161,12 @@ fn parts(router: &ShardRouter, command: &CacheCommand) -> Result<Parts, CommandE
         | Persist { key } => Parts::One(router.shard_for_key(key)),
         Clear => Parts::Every,
         Acl(_) | Placement(_) => Parts::One(META_SHARD),
+        Copy { from, to, .. } => {
+            let mut one = OneShard::default();
+            one.note(router.shard_for_key(from))?;
+            one.note(router.shard_for_key(to))?;
+            one.shard()
+        }
         DeleteMany { keys } | Evict { keys } => {
             let mut by_shard: BTreeMap<ShardId, Vec<Bytes>> = BTreeMap::new();
             for key in keys {

@@ -128,6 +128,9 @@ pub enum ApplyError {
     /// users are unchanged (the proposer checks first, so only a hand-made entry holds one).
     #[error("the ACL change could not be applied")]
     AclRule,
+    /// The key to rename is not live (Redis's `ERR no such key`).
+    #[error("no such key")]
+    NoSuchKey,
 }
 
 /// Applies `command` to `x`.
@@ -174,6 +177,7 @@ pub(crate) fn apply_command(x: &Target<'_>, command: &CacheCommand) -> ApplyOutp
         // The state machine applies a change on its own; here only inside a batch.
         Acl(_) => ApplyOutput::Failed(ApplyError::AclRule),
         Placement(_) => ApplyOutput::Int(0),
+        Copy { from, to, replace, remove_source } => copy(x, from, to, *replace, *remove_source),
         Persist { key } => match x.entry(key) {
             Some(StoredValue { value, expires_at_ms: Some(_) }) => {
                 x.insert(key, value, None);
@@ -182,6 +186,26 @@ pub(crate) fn apply_command(x: &Target<'_>, command: &CacheCommand) -> ApplyOutp
             _ => ApplyOutput::Int(0),
         },
     }
+}
+
+/// COPY, RENAME and RENAMENX (see [`CacheCommand::Copy`]).
+fn copy(x: &Target<'_>, from: &Bytes, to: &Bytes, replace: bool, remove_source: bool) -> ApplyOutput {
+    let Some(StoredValue { value, expires_at_ms }) = x.entry(from) else {
+        return if remove_source { ApplyOutput::Failed(ApplyError::NoSuchKey) } else { ApplyOutput::Int(0) };
+    };
+    if from == to {
+        // RENAME of a key onto itself changes nothing (Redis answers OK; RENAMENX 0, since
+        // the destination exists). The server refuses COPY onto itself before proposing.
+        return ApplyOutput::Int(i64::from(replace));
+    }
+    if !replace && x.entry(to).is_some() {
+        return ApplyOutput::Int(0);
+    }
+    x.insert(to, value, expires_at_ms);
+    if remove_source {
+        x.remove(from);
+    }
+    ApplyOutput::Int(1)
 }
 
 /// Writes `key`, or removes it when the expiry is already past at `t` (Redis answers a SET with

@@ -168,6 +168,33 @@ fn getdel_getex_persist() {
 }
 
 #[test]
+fn copy_and_rename() {
+    let s = storage();
+    let copy = |from: &str, to: &str, replace, remove_source| CacheCommand::Copy {
+        from: from.to_owned().into(),
+        to: to.to_owned().into(),
+        replace,
+        remove_source,
+    };
+    run(&s, CacheCommand::Put { key: b("a"), value: b("1"), expires_at_ms: Some(T + 50) });
+    assert_eq!(run(&s, copy("a", "b", false, false)), ApplyOutput::Int(1));
+    assert_eq!(value(&s, "b"), Some(StoredValue { value: b("1"), expires_at_ms: Some(T + 50) }));
+    run(&s, CacheCommand::put("a", "2"));
+    assert_eq!(run(&s, copy("a", "b", false, false)), ApplyOutput::Int(0), "b is live");
+    assert_eq!(run(&s, copy("a", "b", true, true)), ApplyOutput::Int(1), "RENAME");
+    assert_eq!((value(&s, "a"), value(&s, "b").map(|v| v.value)), (None, Some(b("2"))));
+    assert_eq!(value(&s, "b").unwrap().expires_at_ms, None, "the source's expiry (none) with it");
+    assert_eq!(run(&s, copy("a", "c", true, true)), ApplyOutput::Failed(ApplyError::NoSuchKey));
+    assert_eq!(run(&s, copy("a", "c", true, false)), ApplyOutput::Int(0), "COPY of nothing");
+    assert_eq!(run(&s, copy("b", "b", true, true)), ApplyOutput::Int(1), "RENAME b b");
+    assert_eq!(run(&s, copy("b", "b", false, true)), ApplyOutput::Int(0), "RENAMENX b b");
+    assert_eq!(value(&s, "b").map(|v| v.value), Some(b("2")));
+    // An expired source is absent.
+    run(&s, CacheCommand::Put { key: b("old"), value: b("x"), expires_at_ms: Some(T - 1) });
+    assert_eq!(run(&s, copy("old", "d", true, true)), ApplyOutput::Failed(ApplyError::NoSuchKey));
+}
+
+#[test]
 fn expire_conditions() {
     let s = storage();
     let expire = |at, condition| CacheCommand::Expire { key: b("k"), expires_at_ms: at, condition };

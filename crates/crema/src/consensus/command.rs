@@ -182,6 +182,22 @@ pub enum CacheCommand {
     /// [`crate::multiraft::placement`]); never inside a batch or a transaction. Output: as
     /// [`PlacementChange`] says.
     Placement(PlacementChange),
+    /// Copy the value and expiry of `from` to `to` (`COPY`); with `remove_source`, move them
+    /// (`RENAME`, `RENAMENX`). A live `to` is overwritten only with `replace`. Both keys are in
+    /// one shard. Output: `Int(1)` if copied or moved, `Int(0)` if not (`to` live without
+    /// `replace`, or `from` absent for a copy); a move of an absent `from` is
+    /// `Failed(NoSuchKey)`, as Redis answers RENAME. A move of a key onto itself changes
+    /// nothing and answers as if done.
+    Copy {
+        /// The source key.
+        from: Bytes,
+        /// The destination key.
+        to: Bytes,
+        /// Overwrite a live `to`.
+        replace: bool,
+        /// Remove `from` (a rename).
+        remove_source: bool,
+    },
 }
 
 /// What a write does to a key's expiry.
@@ -311,6 +327,7 @@ impl CacheCommand {
             CacheCommand::Clear | CacheCommand::Batch(_) | CacheCommand::Transaction(_) => true,
             CacheCommand::DeleteMany { keys } | CacheCommand::Evict { keys } => keys.len() > 1,
             CacheCommand::PutMany { pairs, .. } => pairs.len() > 1,
+            CacheCommand::Copy { .. } => true,
             _ => false,
         }
     }
@@ -342,6 +359,10 @@ impl CacheCommand {
             }
             IncrByLongDouble { key, .. } => validate_key(key, limits),
             Expire { key, .. } | Persist { key } => validate_key(key, limits),
+            Copy { from, to, .. } => {
+                validate_key(from, limits)?;
+                validate_key(to, limits)
+            }
             IncrByFloat { key, delta } => {
                 validate_key(key, limits)?;
                 if delta.is_finite() {
@@ -393,6 +414,7 @@ impl CacheCommand {
             Delete { key } | IncrBy { key, .. } | IncrByFloat { key, .. } | GetDel { key } => key.len() + 16,
             IncrByLongDouble { key, .. } => key.len() + 24,
             GetEx { key, .. } | Expire { key, .. } | Persist { key } => key.len() + 24,
+            Copy { from, to, .. } => from.len() + to.len() + 8,
             Clear => 2,
             Acl(change) => change.encoded_len_hint(),
             Placement(change) => change.encoded_len_hint(),
