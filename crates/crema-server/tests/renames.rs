@@ -1,6 +1,7 @@
-//! RENAME, RENAMENX, COPY and TOUCH against a real `crema serve` process through the `redis`
-//! crate: Redis's answers and edge cases, inside transactions, and across shards (both keys of
-//! a rename must be in one shard, as Redis Cluster asks; a hash tag puts them there).
+//! RENAME, RENAMENX, COPY, TOUCH, OBJECT and MEMORY USAGE against a real `crema serve` process
+//! through the `redis` crate: Redis's answers and edge cases, inside transactions, and across
+//! shards (both keys of a rename must be in one shard, as Redis Cluster asks; a hash tag puts
+//! them there).
 
 mod common;
 
@@ -126,4 +127,37 @@ async fn a_rename_across_shards_is_refused_and_a_hash_tag_allows_it() {
     assert_eq!(ok(c, &["GET", "{user:1}:final"]).await, bulk("text"));
     assert_eq!(ok(c, &["COPY", "{user:1}:final", "{user:1}:copy"]).await, Value::Int(1));
     assert_eq!(ok(c, &["TOUCH", "a", "{user:1}:final", "{user:1}:copy", "b"]).await, Value::Int(3));
+}
+
+#[tokio::test]
+async fn object_and_memory_describe_a_value() {
+    let node = start(FAST);
+    let c = &mut client(node.resp).await;
+    ok(c, &["SET", "n", "12345"]).await;
+    ok(c, &["SET", "short", "hello"]).await;
+    let long = "x".repeat(100);
+    ok(c, &["SET", "long", &long]).await;
+    assert_eq!(ok(c, &["OBJECT", "ENCODING", "n"]).await, bulk("int"));
+    assert_eq!(ok(c, &["object", "encoding", "short"]).await, bulk("embstr"));
+    assert_eq!(ok(c, &["OBJECT", "ENCODING", "long"]).await, bulk("raw"));
+    assert_eq!(ok(c, &["OBJECT", "ENCODING", "nope"]).await, Value::Nil);
+    assert_eq!(ok(c, &["OBJECT", "REFCOUNT", "n"]).await, Value::Int(1));
+    assert!(err(c, &["OBJECT", "IDLETIME", "n"]).await.contains("not tracked"));
+    assert!(err(c, &["OBJECT", "FREQ", "n"]).await.contains("not tracked"));
+    assert!(err(c, &["OBJECT", "ENCODING"])
+        .await
+        .contains("wrong number of arguments for 'object|encoding'"));
+    assert!(err(c, &["OBJECT", "NOPE", "n"]).await.contains("unknown subcommand 'NOPE'. Try OBJECT HELP."));
+    let Value::Array(help) = ok(c, &["OBJECT", "HELP"]).await else { panic!("OBJECT HELP is a list") };
+    assert!(help.len() > 4);
+    // The weight the memory limit counts: key, value and 64 bytes per entry.
+    assert_eq!(ok(c, &["MEMORY", "USAGE", "long"]).await, Value::Int(4 + 100 + 64));
+    assert_eq!(ok(c, &["MEMORY", "USAGE", "long", "SAMPLES", "5"]).await, Value::Int(168));
+    assert_eq!(ok(c, &["MEMORY", "USAGE", "nope"]).await, Value::Nil);
+    assert!(err(c, &["MEMORY", "USAGE", "long", "SOME", "5"]).await.contains("syntax error"));
+    assert!(err(c, &["MEMORY", "STATS"]).await.contains("unknown subcommand"));
+    ok(c, &["MULTI"]).await;
+    assert!(err(c, &["OBJECT", "ENCODING", "n"]).await.contains("not allowed inside a transaction"));
+    let aborted = err(c, &["EXEC"]).await;
+    assert!(aborted.contains("EXECABORT") || aborted.contains("ExecAbort"), "{aborted}");
 }

@@ -18,6 +18,7 @@ pub(crate) use connection::{client_line, constant_time_eq};
 pub mod error;
 mod get;
 mod incr;
+mod introspect;
 mod keyspace;
 pub mod multi;
 mod read_view;
@@ -276,6 +277,7 @@ async fn dispatch(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
         Exists | Touch | Type | Keys | Scan | RandomKey | Ttl | PTtl | ExpireTime | PExpireTime => {
             keyspace::run(kind, call).await
         }
+        Object | Memory => introspect::run(kind, call).await,
         _ => dispatch_keyless(kind, call).await,
     }
 }

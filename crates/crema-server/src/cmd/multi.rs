@@ -14,8 +14,8 @@
 //! place in the log (`crema::consensus::transaction`), and each output is rendered with the
 //! command's own [`Render`]. Commands that do not touch keys (PING, ECHO, TIME, INFO, CONFIG,
 //! CLIENT, ...) run on this node once the transaction is applied, their replies at their places.
-//! KEYS, SCAN, RANDOMKEY, DBSIZE and WAIT read the whole keyspace or wait on replicas and have
-//! no apply-time form: they are refused in a transaction (`Command not allowed inside a
+//! KEYS, SCAN, RANDOMKEY, DBSIZE and WAIT read the whole keyspace or wait on replicas, and OBJECT
+//! and MEMORY look at how a value is kept; they have no apply-time form: they are refused in a transaction (`Command not allowed inside a
 //! transaction`, which aborts it). With several shards, FLUSHALL and FLUSHDB are refused in a
 //! transaction too (they empty every shard, which no single shard's log entry can do), and so is
 //! a command whose keys are in another shard than the transaction's first (`-CROSSSLOT`).
@@ -96,7 +96,15 @@ fn runs_at_once(kind: Kind) -> bool {
 fn refused_in_multi(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::Keys | Kind::Scan | Kind::RandomKey | Kind::DbSize | Kind::Wait | Kind::Acl | Kind::Cluster
+        Kind::Keys
+            | Kind::Scan
+            | Kind::RandomKey
+            | Kind::DbSize
+            | Kind::Wait
+            | Kind::Acl
+            | Kind::Cluster
+            | Kind::Object
+            | Kind::Memory
     )
 }
 
@@ -324,7 +332,7 @@ mod tests {
         for name in [&b"exec"[..], b"discard", b"multi", b"watch", b"quit", b"reset"] {
             assert!(runs_at_once(kind(name)), "{}", String::from_utf8_lossy(name));
         }
-        for name in [&b"keys"[..], b"scan", b"randomkey", b"dbsize", b"wait"] {
+        for name in [&b"keys"[..], b"scan", b"randomkey", b"dbsize", b"wait", b"object", b"memory"] {
             assert!(refused_in_multi(kind(name)), "{}", String::from_utf8_lossy(name));
         }
         for name in [&b"set"[..], b"get", b"ping", b"unwatch", b"flushall", b"ttl", b"hello"] {

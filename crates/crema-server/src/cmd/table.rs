@@ -54,6 +54,8 @@ pub enum Kind {
     Rename,
     RenameNx,
     Copy,
+    Object,
+    Memory,
     Type,
     Keys,
     Scan,
@@ -130,7 +132,16 @@ impl CommandSpec {
 
     /// Whether the command's subcommand names the rule target `name|sub`.
     pub fn has_subcommands(&self) -> bool {
-        matches!(self.kind, Kind::Acl | Kind::Client | Kind::Config | Kind::Command | Kind::Cluster)
+        matches!(
+            self.kind,
+            Kind::Acl
+                | Kind::Client
+                | Kind::Config
+                | Kind::Command
+                | Kind::Cluster
+                | Kind::Object
+                | Kind::Memory
+        )
     }
 
     /// Whether `argc` arguments (name included) fit the arity.
@@ -189,6 +200,7 @@ const S: &[&str] = &["slow"];
 const RF_: &[&str] = &["read", "fast"];
 const RSF: &[&str] = &["read", "string", "fast"];
 const RSS: &[&str] = &["read", "string", "slow"];
+const RS: &[&str] = &["read", "slow"];
 const WSF: &[&str] = &["write", "string", "fast"];
 const WSS: &[&str] = &["write", "string", "slow"];
 const KRF: &[&str] = &["keyspace", "read", "fast"];
@@ -277,6 +289,8 @@ pub static COMMANDS: &[CommandSpec] = &[
     row!("rename", 3, &["write"], 1, 2, 1, Rename, KWS),
     row!("renamenx", 3, WD, 1, 2, 1, RenameNx, KWF),
     row!("copy", -3, W, 1, 2, 1, Copy, KWS),
+    row!("object", -2, R, 2, 2, 1, Object, KRS),
+    row!("memory", -2, R, 2, 2, 1, Memory, RS),
     row!("type", 2, RF, 1, 1, 1, Type, KRF),
     row!("keys", 2, R, 0, 0, 0, Keys, KRSD),
     row!("scan", -2, R, 0, 0, 0, Scan, KRS),
