@@ -346,3 +346,47 @@ async fn a_survivor_of_a_lost_majority_forces_a_new_cluster_and_keeps_its_data()
     joined.shutdown().await;
     node.shutdown().await;
 }
+
+/// An append from node 1 as leader of `term`: `entries` (index, term) after `(index, log_term)`.
+fn append(term: u64, index: u64, log_term: u64, entries: &[(u64, u64)], commit: u64) -> Message {
+    let mut m = raft_msg(MessageType::MsgAppend, 1, 3, term);
+    (m.index, m.log_term, m.commit) = (index, log_term, commit);
+    m.entries = entries
+        .iter()
+        .map(|&(index, term)| raft::eraftpb::Entry { index, term, ..Default::default() })
+        .collect::<Vec<_>>()
+        .into();
+    m
+}
+
+/// A leader of a later term whose entries contradict what this replica committed: the group
+/// went on without part of its history (a majority of the voters lost its state at once).
+/// The replica is marked diverged and serves nothing; before, it stayed ready and answered
+/// linearizable reads from the history the group had dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_committed_log_its_leader_contradicts_serves_nothing() {
+    init_tracing();
+    let node = lone_node_three().await;
+    let addr = node.local_addr();
+    // Both peers kept their state (the bootstrap log): node 3 recovers at once.
+    let mut one = FakePeer::connect(addr, 1, at(1, 1, 3)).await;
+    let _two = FakePeer::connect(addr, 2, at(1, 1, 3)).await;
+    wait_until(Duration::from_secs(5), "recovered", || async { !node.raft_figures().recovering }).await;
+    // Node 1 leads term 2 and commits two entries on node 3.
+    one.send(&append(2, 3, 1, &[(4, 2), (5, 2)], 5)).await;
+    wait_until(Duration::from_secs(5), "entries 4 and 5 committed", || async {
+        node.raft_figures().commit_index == 5
+    })
+    .await;
+    assert!(node.holds_shard(0) && node.raft_figures().diverged_shard.is_none());
+    // A leader of term 3 whose entries 4 and 5 are of another term.
+    one.send(&append(3, 3, 1, &[(4, 3), (5, 3)], 5)).await;
+    wait_until(Duration::from_secs(5), "the replica marked diverged", || async {
+        node.raft_figures().diverged_shard == Some(0)
+    })
+    .await;
+    assert_eq!(node.raft_figures().diverged_shards, 1);
+    assert!(!node.holds_shard(0), "it serves nothing");
+    assert_eq!(node.raft_figures().commit_index, 5, "and appended nothing of the contradicting leader");
+    node.shutdown().await;
+}

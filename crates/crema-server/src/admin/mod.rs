@@ -234,6 +234,13 @@ async fn ready(State(s): State<AdminState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: cannot persist the raft log (disk full?)\n")
             .into_response();
     }
+    if let Some(shard) = raft.diverged_shard {
+        let body = format!(
+            "not ready: the replica of shard {shard} committed entries its leader contradicts; it serves nothing \
+             until brought back empty (see the node's log)\n"
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
     if raft.recovering {
         let body = "not ready: restarted without its raft state, recovering (see `crema status`)\n";
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();

@@ -80,6 +80,10 @@ impl DistributedCache {
             f.apply_rejected += shared.apply_rejected();
             f.peer_messages_rejected += shared.messages_rejected();
             f.recovering |= shared.recovering();
+            if shared.diverged() {
+                f.diverged_shards += 1;
+                f.diverged_shard.get_or_insert(shard.id);
+            }
             f.hibernating_shards += usize::from(shared.is_hibernating());
         }
         figures
@@ -255,6 +259,12 @@ pub struct RaftFigures {
     /// True while this node recovers from a restart without its Raft state (memory storage):
     /// it does not vote until it has caught up (see [`crate::consensus::RecoveryState`]).
     pub recovering: bool,
+    /// Shard replicas on this node that committed entries their group's leader contradicts:
+    /// such a replica serves nothing, and the node is not ready, until it is brought back
+    /// empty (see `docs/reliability.md`).
+    pub diverged_shards: usize,
+    /// The first of those shards.
+    pub diverged_shard: Option<crate::ShardId>,
     /// Shard replicas on this node that hibernate right now: idle, their groups tick no clock
     /// (see [`crate::RaftConfig::hibernate`]).
     pub hibernating_shards: usize,

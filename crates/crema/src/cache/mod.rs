@@ -205,7 +205,8 @@ impl DistributedCache {
                 })
                 .unwrap_or(false)
         };
-        self.shards.with(shard, |s| !s.group.shared.removed()).unwrap_or(false)
+        // Nor does one whose history its group contradicts (`GroupShared::diverged`).
+        self.shards.with(shard, |s| !s.group.shared.removed() && !s.group.shared.diverged()).unwrap_or(false)
             && !(shard != META_SHARD && moved_away())
     }
 

@@ -368,7 +368,12 @@ impl<S: LogStore> Group<S> {
         match admit::check_against_log(&self.raw.raft, &mut msg, vouched) {
             Ok(Admitted::AsIs) => {}
             Ok(Admitted::CommitLowered) => self.note_rejected(&msg, Reject::CommitPastLog),
-            Err(reason) => return self.note_rejected(&msg, reason),
+            Err(reason) => {
+                if reason == Reject::ConflictsWithCommitted && msg.term >= self.raw.raft.term {
+                    self.note_diverged(&msg);
+                }
+                return self.note_rejected(&msg, reason);
+            }
         }
         let vote = matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
         if vote && self.recovery.as_ref().is_some_and(|r| !r.may_vote_for(msg.log_term, msg.index)) {

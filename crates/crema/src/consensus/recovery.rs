@@ -9,14 +9,19 @@
 //! `docs/reliability.md`, "Restarting a memory node"):
 //!
 //! 1. **Waiting for peers.** The node steps no Raft message and does not campaign until enough
-//!    other voters have told it, in the peer handshake, where they stand (term and last log
-//!    entry): `N - q + 1` of them for `N` voters and quorum `q` (2 of 2 others with 3 voters,
-//!    3 of 4 with 5). Any majority that counted the node's lost vote or acknowledgement holds at
-//!    least `q - 1` other nodes, so it shares a node with those answers: the highest term
-//!    among them is at least every term the node's previous life voted or acknowledged in, and
-//!    the most up-to-date log among them holds every committed entry. The node then moves to
-//!    that term and records a vote for itself in it, so it can never vote twice in a term its
-//!    previous life may have voted in.
+//!    other voters that kept their state have told it, in the peer handshake, where they stand
+//!    (term and last log entry): `N - q + 1` of them for `N` voters and quorum `q` (2 of 2
+//!    others with 3 voters, 3 of 4 with 5). Any majority that counted the node's lost vote or
+//!    acknowledgement holds at least `q - 1` other nodes; with fewer than `q` voters recovering
+//!    at once, at least one of those kept its state, and it is among the answers: the highest
+//!    term among them is at least every term the node's previous life voted or acknowledged
+//!    in, and the most up-to-date log among them holds every committed entry. Answers of peers
+//!    that recover too do not count towards `N - q + 1`: they hold nothing they were credited
+//!    with. When `q` or more voters recover (this node included), what only they held is lost
+//!    anyway; the node then waits until every voter answered, so the best log the survivors
+//!    kept becomes the floor (and the survivors are not left with a history the others
+//!    dropped). The node then moves to the highest term heard and records a vote for itself in
+//!    it, so it can never vote twice in a term its previous life may have voted in.
 //! 2. **Catching up.** It steps messages again (a leader sends it the log or a snapshot) but
 //!    grants a vote only to a candidate whose log is at least as up to date as that most
 //!    up-to-date answer, and does not campaign, until its own log is.
@@ -162,7 +167,21 @@ impl Recovery {
         }
         let others = voters.iter().filter(|id| **id != self.me).count();
         let needed = Self::needed(others + 1);
-        if self.heard_voters(voters).count() < needed && !self.a_quorum_never_ran(others + 1, voters) {
+        // Answers of peers that recover too vouch for nothing: they hold nothing they were
+        // credited with. Found from outside: two of five memory nodes restarted together each
+        // counted the other's answer with those of two lagging peers, and elected one of them
+        // over the only holder of acknowledged writes.
+        let heard = self.heard_voters(voters).count();
+        let holding = self.heard_voters(voters).filter(|(_, p)| !p.recovering).count();
+        let voters_count = others + 1;
+        let quorum = voters_count / 2 + 1;
+        let majority_lost = heard - holding + 1 >= quorum;
+        let ready = holding >= needed
+            // A majority (this node included) lost its state: what only they held is gone;
+            // once every voter answered, the group goes on from the best log left.
+            || (majority_lost && heard == others)
+            || self.a_quorum_never_ran(others + 1, voters);
+        if !ready {
             return None;
         }
         let term = self.heard_voters(voters).map(|(_, p)| p.term).max().unwrap_or(0);
@@ -276,6 +295,38 @@ mod tests {
         r.hear(2, at(7, 6, 90));
         r.hear(3, at(6, 5, 120));
         assert_eq!(r.floor_if_ready(&[1, 2, 3]).map(|f| f.term), Some(7));
+    }
+
+    #[test]
+    fn answers_of_peers_that_recover_too_vouch_for_nothing() {
+        let five = [1, 2, 3, 4, 5];
+        let recovering = |term, index| GroupPosition { recovering: true, ..at(term, term, index) };
+        // Two of five restarted together (2 and 3), 1 and 5 lag behind 4, the only other holder
+        // of the newest writes: 3 answers, but only two of them kept their state.
+        let mut r = Recovery::new(2);
+        r.hear(3, recovering(0, 0));
+        r.hear(1, at(3, 3, 100));
+        r.hear(5, at(3, 3, 100));
+        assert_eq!(r.floor_if_ready(&five), None, "needs a third voter that kept its state");
+        r.hear(4, at(3, 3, 400));
+        assert_eq!(r.floor_if_ready(&five).map(|f| f.last_index), Some(400), "the holder's log is the floor");
+
+        // A majority lost its state (three of five): everyone's answer is awaited, so the
+        // survivors' logs count.
+        let mut r = Recovery::new(1);
+        r.hear(2, recovering(0, 0));
+        r.hear(3, recovering(0, 0));
+        r.hear(4, at(5, 5, 70));
+        assert_eq!(r.floor_if_ready(&five), None);
+        r.hear(5, at(5, 5, 90));
+        assert_eq!(r.floor_if_ready(&five).map(|f| f.last_index), Some(90));
+
+        // Every voter restarted (a memory cluster stopped whole): they start over together.
+        let mut r = Recovery::new(1);
+        for peer in [2, 3] {
+            r.hear(peer, recovering(0, 0));
+        }
+        assert!(r.floor_if_ready(&[1, 2, 3]).is_some());
     }
 
     #[test]

@@ -199,6 +199,31 @@ impl<S: LogStore> Group<S> {
         Ok(others)
     }
 
+    /// A leader of this replica's term or later sent entries that contradict this replica's
+    /// committed ones. Raft never lets that happen while every voter keeps what it
+    /// acknowledged; it does when a majority lost its state at once (the others went on
+    /// without what only this replica kept), or a node lost its disk while another had never
+    /// started. This replica's history is not its group's any more: it stops serving (reads
+    /// and writes go to the other holders, and the node is not ready), and says how to bring
+    /// it back.
+    pub(super) fn note_diverged(&mut self, msg: &Message) {
+        if self.shared.diverged.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let log = &self.raw.raft.raft_log;
+        error!(
+            shard = self.shared.shard,
+            leader = msg.from,
+            term = msg.term,
+            committed = log.committed,
+            "this replica committed entries its group's leader contradicts: the group went on without part of \
+             this replica's history (a majority of the voters lost its state at once, or a disk was lost while \
+             another voter had never started), and what only this replica holds is lost to the cluster. It \
+             serves nothing from now on and the node is not ready. Bring it back empty: with memory storage \
+             restart the node; with RocksDB stop it, empty its data dir and start it again (docs/reliability.md)"
+        );
+    }
+
     /// Counts a peer message the checks dropped (or corrected) and warns, paced.
     pub(super) fn note_rejected(&mut self, msg: &Message, reason: Reject) {
         self.shared.messages_rejected.fetch_add(1, Ordering::Relaxed);

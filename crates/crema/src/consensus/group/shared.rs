@@ -51,6 +51,9 @@ pub(crate) struct GroupShared {
     pub(super) persist_failing: AtomicBool,
     /// This node applied its own removal: its group has stopped.
     pub(super) removed: AtomicBool,
+    /// A leader of this replica's term or a later one sent entries that contradict entries this
+    /// replica committed: its history is not the group's (see `Group::note_diverged`).
+    pub(super) diverged: AtomicBool,
     /// This node is the group's only voter: as leader it has applied every acknowledged write
     /// (a write is acknowledged only by its proposer, after applying it), so reads need no
     /// Read-Index round.
@@ -128,6 +131,7 @@ impl GroupShared {
             joint: AtomicBool::new(false),
             applied: watch::Sender::new(0),
             recovering: AtomicBool::new(false),
+            diverged: AtomicBool::new(false),
             last_term: AtomicU64::new(0),
             last_index: AtomicU64::new(0),
             apply_rejected: AtomicU64::new(0),
@@ -342,6 +346,12 @@ impl GroupShared {
     /// True while this node recovers from a restart without its Raft state.
     pub fn recovering(&self) -> bool {
         self.recovering.load(Ordering::Acquire)
+    }
+
+    /// True once this replica's committed log was found to contradict its group's leader: it
+    /// holds a history the group does not, and serves nothing.
+    pub fn diverged(&self) -> bool {
+        self.diverged.load(Ordering::Acquire)
     }
 
     /// Committed entries applied as no-ops because they did not decode.
