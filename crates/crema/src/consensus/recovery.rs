@@ -30,7 +30,7 @@
 //! start from a lost disk. One exception lets a new cluster start with a node missing (phase 1
 //! would wait for it): such a replica also leaves phase 1 once a quorum of the voters, itself
 //! included, answered that they recover too and hold nothing past the bootstrap log
-//! ([`Recovery::first_start_possible`]). None of them can hold a committed entry, so either the
+//! (`Recovery::first_start_possible`). None of them can hold a committed entry, so either the
 //! cluster never ran or a majority lost its disks, which leaves nothing to protect. With one
 //! disk lost, the others hold their logs and do not recover: the replica waits for the answers
 //! it needs, and a lagging peer it could have elected rolls nothing back.
