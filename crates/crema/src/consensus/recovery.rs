@@ -18,9 +18,10 @@
 //!    in, and the most up-to-date log among them holds every committed entry. Answers of peers
 //!    that recover too do not count towards `N - q + 1`: they hold nothing they were credited
 //!    with. When `q` or more voters recover (this node included), what only they held is lost
-//!    anyway; the node then waits until every voter answered, so the best log the survivors
-//!    kept becomes the floor (and the survivors are not left with a history the others
-//!    dropped). The node then moves to the highest term heard and records a vote for itself in
+//!    anyway; if a peer that kept its state answered, the node waits until every voter
+//!    answered, so the best log the survivors kept becomes the floor (and the survivors are
+//!    not left with a history the others dropped); if none did (a new memory cluster, or one
+//!    restarted whole), `N - q + 1` answers do. The node then moves to the highest term heard and records a vote for itself in
 //!    it, so it can never vote twice in a term its previous life may have voted in.
 //! 2. **Catching up.** It steps messages again (a leader sends it the log or a snapshot) but
 //!    grants a vote only to a candidate whose log is at least as up to date as that most
@@ -177,9 +178,11 @@ impl Recovery {
         let quorum = voters_count / 2 + 1;
         let majority_lost = heard - holding + 1 >= quorum;
         let ready = holding >= needed
-            // A majority (this node included) lost its state: what only they held is gone;
-            // once every voter answered, the group goes on from the best log left.
-            || (majority_lost && heard == others)
+            // A majority (this node included) lost its state: what only they held is gone.
+            // When a peer that kept its state answered, every voter's answer is awaited, so the
+            // best log left becomes the floor; when none did (a new memory cluster, or one
+            // restarted whole), the answers needed are enough.
+            || (majority_lost && (heard == others || (holding == 0 && heard >= needed)))
             || self.a_quorum_never_ran(others + 1, voters);
         if !ready {
             return None;
@@ -321,12 +324,20 @@ mod tests {
         r.hear(5, at(5, 5, 90));
         assert_eq!(r.floor_if_ready(&five).map(|f| f.last_index), Some(90));
 
-        // Every voter restarted (a memory cluster stopped whole): they start over together.
+        // Every voter restarted (a memory cluster stopped whole, or a new one): they start
+        // over together, one missing or not.
         let mut r = Recovery::new(1);
         for peer in [2, 3] {
             r.hear(peer, recovering(0, 0));
         }
         assert!(r.floor_if_ready(&[1, 2, 3]).is_some());
+        let mut r = Recovery::new(1);
+        for peer in [2, 3] {
+            r.hear(peer, recovering(0, 0));
+        }
+        assert_eq!(r.floor_if_ready(&five), None, "two of the three needed");
+        r.hear(4, recovering(0, 0));
+        assert!(r.floor_if_ready(&five).is_some(), "node 5 missing");
     }
 
     #[test]
