@@ -372,15 +372,17 @@ async fn a_replica_whose_committed_log_its_leader_contradicts_serves_nothing() {
     let mut one = FakePeer::connect(addr, 1, at(1, 1, 3)).await;
     let _two = FakePeer::connect(addr, 2, at(1, 1, 3)).await;
     wait_until(Duration::from_secs(5), "recovered", || async { !node.raft_figures().recovering }).await;
-    // Node 1 leads term 2 and commits two entries on node 3.
-    one.send(&append(2, 3, 1, &[(4, 2), (5, 2)], 5)).await;
+    // Node 1 leads the next term and commits two entries on node 3 (which moved to a term of
+    // its own choosing: nobody held more than the bootstrap log, a new history).
+    let t = node.raft_figures().term + 1;
+    one.send(&append(t, 3, 1, &[(4, t), (5, t)], 5)).await;
     wait_until(Duration::from_secs(5), "entries 4 and 5 committed", || async {
         node.raft_figures().commit_index == 5
     })
     .await;
     assert!(node.holds_shard(0) && node.raft_figures().diverged_shard.is_none());
-    // A leader of term 3 whose entries 4 and 5 are of another term.
-    one.send(&append(3, 3, 1, &[(4, 3), (5, 3)], 5)).await;
+    // A leader of a later term whose entries 4 and 5 are of another term.
+    one.send(&append(t + 1, 3, 1, &[(4, t + 1), (5, t + 1)], 5)).await;
     wait_until(Duration::from_secs(5), "the replica marked diverged", || async {
         node.raft_figures().diverged_shard == Some(0)
     })

@@ -25,6 +25,24 @@ use crate::error::{Error, Result};
 use crate::transport::envelope::GroupPosition;
 use crate::types::NodeId;
 
+/// The term a group that starts a new history moves to: the clock in seconds when no voter
+/// heard holds anything past the bootstrap log (a new cluster, or one whose voters all lost
+/// their state), else 0. No earlier history of the group is likely to have reached it (that
+/// takes more elections than seconds went by), so a node that kept an earlier history, and
+/// comes back, sees the new history's leaders as later ones whose entries contradict its
+/// own, and is marked diverged (`Group::note_diverged`), instead of taking entries of a term
+/// both histories used for its own and serving its history on, ready. Found from outside: a
+/// new cluster started at low terms again after two faults at once, and the node that kept
+/// the old history stayed ready, serving it. Below `MAX_TERM_LEAP`, which admits any leap
+/// from a group's first terms, until 2106.
+fn new_history_term(floor: &crate::consensus::recovery::Floor) -> u64 {
+    if floor.last_term > crate::consensus::storage::BOOTSTRAP_TERM {
+        return 0;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    now.as_secs().min(crate::consensus::admit::MAX_TERM_LEAP - 1)
+}
+
 /// A recovery still waiting for peers after this many election timeouts is reported.
 const STUCK_AFTER_ELECTIONS: u32 = 10;
 
@@ -78,8 +96,8 @@ impl<S: LogStore> Group<S> {
         let restarted = recovery.recovering_peers(&voters);
         let me = self.settings.node_id;
         let raft = &mut self.raw.raft;
-        if floor.term > raft.term {
-            raft.become_follower(floor.term, raft::INVALID_ID);
+        if floor.term.max(new_history_term(&floor)) > raft.term {
+            raft.become_follower(floor.term.max(new_history_term(&floor)), raft::INVALID_ID);
         }
         if raft.term == floor.term && raft.vote == raft::INVALID_ID {
             raft.vote = me;
