@@ -5,32 +5,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::cmd::{bulk, err, ok, q};
 use common::*;
-use redis::aio::MultiplexedConnection;
-use redis::{FromRedisValue, RedisResult, Value};
-
-async fn q<T: FromRedisValue>(con: &mut MultiplexedConnection, args: &[&str]) -> RedisResult<T> {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query_async(con).await
-}
-
-async fn ok(con: &mut MultiplexedConnection, args: &[&str]) -> Value {
-    q(con, args).await.unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
-}
-
-async fn err(con: &mut MultiplexedConnection, args: &[&str]) -> String {
-    match q::<Value>(con, args).await {
-        Ok(v) => panic!("{args:?} should fail, answered {v:?}"),
-        Err(e) => e.to_string(),
-    }
-}
-
-fn bulk(s: &str) -> Value {
-    Value::BulkString(s.as_bytes().to_vec())
-}
+use redis::Value;
 
 #[tokio::test]
 async fn set_and_its_options() {

@@ -5,32 +5,10 @@
 
 mod common;
 
+use common::cmd::{bulk, err, ok};
 use common::*;
 use redis::aio::MultiplexedConnection;
-use redis::{RedisResult, Value};
-
-async fn q(con: &mut MultiplexedConnection, args: &[&str]) -> RedisResult<Value> {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query_async(con).await
-}
-
-async fn ok(con: &mut MultiplexedConnection, args: &[&str]) -> Value {
-    q(con, args).await.unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
-}
-
-async fn err(con: &mut MultiplexedConnection, args: &[&str]) -> String {
-    match q(con, args).await {
-        Ok(v) => panic!("{args:?} should fail, answered {v:?}"),
-        Err(e) => e.to_string(),
-    }
-}
-
-fn bulk(s: &str) -> Value {
-    Value::BulkString(s.as_bytes().to_vec())
-}
+use redis::Value;
 
 async fn pttl(c: &mut MultiplexedConnection, key: &str) -> i64 {
     match ok(c, &["PTTL", key]).await {

@@ -389,6 +389,7 @@ async fn a_replica_whose_committed_log_its_leader_contradicts_serves_nothing() {
     .await;
     assert_eq!(node.raft_figures().diverged_shards, 1);
     assert!(!node.holds_shard(0), "it serves nothing");
+    assert_eq!(node.shard_info()[0].state, crema::ShardState::Stopped, "and says so");
     assert_eq!(node.raft_figures().commit_index, 5, "and appended nothing of the contradicting leader");
     node.shutdown().await;
 }

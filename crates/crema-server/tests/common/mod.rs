@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cmd;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, ChildStdout, Command, Stdio};

@@ -26,6 +26,8 @@ impl DistributedCache {
             let shared = &shard.group.shared;
             let range = ShardRange { shard_id: shard.id, total_shards: total };
             let leader = shared.leader_id();
+            // A diverged replica serves nothing (`GroupShared::diverged`): `Stopped`.
+            let stopped = stopped || shared.diverged();
             let state = self.placed_state(shard.id, ShardState::of(stopped, shared.recovering(), leader));
             ShardInfo {
                 shard_id: shard.id,
