@@ -36,6 +36,9 @@ pub(crate) async fn status(admin: AdminTarget, json: bool) -> anyhow::Result<()>
     if let Some(recovery) = &v.recovery {
         writeln!(out, "recovering  {recovery}")?;
     }
+    if let Some(diverged) = &v.diverged {
+        writeln!(out, "diverged    {diverged}")?;
+    }
     if let Some(kind) = &v.discovery {
         writeln!(out, "discovery   {kind}")?;
         for n in &v.nodes {

@@ -133,6 +133,7 @@ async fn object_and_memory_describe_a_value() {
     assert_eq!(ok(c, &["MEMORY", "USAGE", "long", "SAMPLES", "5"]).await, Value::Int(168));
     assert_eq!(ok(c, &["MEMORY", "USAGE", "nope"]).await, Value::Nil);
     assert!(err(c, &["MEMORY", "USAGE", "long", "SOME", "5"]).await.contains("syntax error"));
+    assert!(err(c, &["MEMORY", "USAGE", "long", "SAMPLES", "-1"]).await.contains("syntax error"));
     assert!(err(c, &["MEMORY", "STATS"]).await.contains("unknown subcommand"));
     ok(c, &["MULTI"]).await;
     assert!(err(c, &["OBJECT", "ENCODING", "n"]).await.contains("not allowed inside a transaction"));

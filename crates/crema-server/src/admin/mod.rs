@@ -74,6 +74,10 @@ pub struct ClusterView {
     /// While this node recovers from a restart without its Raft state (memory storage): what
     /// it waits for before it votes again (none once recovered).
     pub recovery: Option<String>,
+    /// Replicas of this node whose committed log their leader contradicts (they serve nothing
+    /// until the node restarts empty), if any.
+    #[serde(default)]
+    pub diverged: Option<String>,
     /// The shards this node holds a replica of (absent from nodes older than shards).
     #[serde(default)]
     pub shards: Vec<ShardView>,
@@ -317,6 +321,7 @@ async fn cluster(State(s): State<AdminState>) -> Response {
                 misses: status.stats.misses,
                 memory_bytes: crate::metrics::resident_memory_bytes(),
                 recovery: recovery_text(&g.recovery),
+                diverged: diverged_text(&s.cache.raft_figures()),
                 shards,
                 discovery: s.cache.discovery_kind().map(str::to_string),
                 nodes: s.cache.discovered_nodes(),
@@ -325,6 +330,16 @@ async fn cluster(State(s): State<AdminState>) -> Response {
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
+}
+
+/// How diverged replicas are shown in `crema status` (none when there is none).
+fn diverged_text(figures: &crema::RaftFigures) -> Option<String> {
+    let first = figures.diverged_shard?;
+    Some(format!(
+        "{} replica(s), shard {first} first: committed entries their leader contradicts; they serve nothing \
+         until the node is restarted empty (see its log)",
+        figures.diverged_shards
+    ))
 }
 
 /// How a recovery is shown in `crema status` (none when there is none).

@@ -40,7 +40,9 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
                     return Err(CmdError::Syntax);
                 }
                 // Values are single strings: there is nothing to sample.
-                parse_int(call.arg(4))?;
+                if parse_int(call.arg(4))? < 0 {
+                    return Err(CmdError::Syntax);
+                }
             }
             let key_len = call.arg(2).len() as u64;
             let usage = value_of(call)
