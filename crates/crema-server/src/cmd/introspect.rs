@@ -50,7 +50,7 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
                 .map(|value| key_len + value.len() as u64 + crema::cache::storage::ENTRY_OVERHEAD_BYTES);
             Ok(usage.map_or(Reply::Null, |bytes| Reply::Integer(bytes as i64)))
         }
-        (_, "ENCODING" | "REFCOUNT" | "IDLETIME" | "FREQ" | "USAGE" | "HELP", _) if known(kind, &sub) => {
+        _ if known(kind, &sub) => {
             Err(CmdError::Arity(format!("{}|{}", name.to_ascii_lowercase(), sub.to_ascii_lowercase())))
         }
         _ => Err(CmdError::Invalid(format!(

@@ -122,10 +122,15 @@ impl Recovery {
         self.voters.as_deref()
     }
 
+    /// The majority of a group of `voters`.
+    fn quorum(voters: usize) -> usize {
+        voters / 2 + 1
+    }
+
     /// Other voters that must answer before a node of a group of `voters` may leave phase 1:
     /// enough to share a node with every majority that excludes nobody but this node.
     pub fn needed(voters: usize) -> usize {
-        let quorum = voters / 2 + 1;
+        let quorum = Self::quorum(voters);
         if quorum <= 1 {
             // A lone voter's majority is itself: nobody else counted it.
             return 0;
@@ -174,8 +179,7 @@ impl Recovery {
         // over the only holder of acknowledged writes.
         let heard = self.heard_voters(voters).count();
         let holding = self.heard_voters(voters).filter(|(_, p)| !p.recovering).count();
-        let voters_count = others + 1;
-        let quorum = voters_count / 2 + 1;
+        let quorum = Self::quorum(others + 1);
         let majority_lost = heard - holding + 1 >= quorum;
         let ready = holding >= needed
             // A majority (this node included) lost its state: what only they held is gone.
@@ -183,7 +187,7 @@ impl Recovery {
             // best log left becomes the floor; when none did (a new memory cluster, or one
             // restarted whole), the answers needed are enough.
             || (majority_lost && (heard == others || (holding == 0 && heard >= needed)))
-            || self.a_quorum_never_ran(others + 1, voters);
+            || self.a_quorum_never_ran(quorum, voters);
         if !ready {
             return None;
         }
@@ -195,10 +199,9 @@ impl Recovery {
         Some(floor)
     }
 
-    /// Whether a quorum of the `voters` (`count` of them), this node included, hold nothing
-    /// past the bootstrap log and recover themselves, for a replica that may be in a first start.
-    fn a_quorum_never_ran(&self, count: usize, voters: &[NodeId]) -> bool {
-        let quorum = count / 2 + 1;
+    /// Whether `quorum` of the `voters`, this node included, hold nothing past the bootstrap
+    /// log and recover themselves, for a replica that may be in a first start.
+    fn a_quorum_never_ran(&self, quorum: usize, voters: &[NodeId]) -> bool {
         let never_ran =
             self.heard_voters(voters).filter(|(_, p)| p.recovering && p.last_term <= BOOTSTRAP_TERM).count();
         self.first_start && never_ran + 1 >= quorum

@@ -96,8 +96,10 @@ impl<S: LogStore> Group<S> {
         let restarted = recovery.recovering_peers(&voters);
         let me = self.settings.node_id;
         let raft = &mut self.raw.raft;
-        if floor.term.max(new_history_term(&floor)) > raft.term {
-            raft.become_follower(floor.term.max(new_history_term(&floor)), raft::INVALID_ID);
+        // Read the clock once: two readings may fall on both sides of a second.
+        let term = floor.term.max(new_history_term(&floor));
+        if term > raft.term {
+            raft.become_follower(term, raft::INVALID_ID);
         }
         if raft.term == floor.term && raft.vote == raft::INVALID_ID {
             raft.vote = me;
