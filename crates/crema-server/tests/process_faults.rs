@@ -15,12 +15,13 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::netns::{is_root, must, node_ip, run, Network};
 use common::nothing_written;
 use crema_check::history::Recorder;
 use crema_check::linearizability::{check, Input, Output, Verdict};
@@ -33,116 +34,6 @@ const NODES: usize = 3;
 const CLIENTS: usize = 6;
 const OPS_PER_KEY: u64 = 200;
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
-
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-fn must(cmd: &str, args: &[&str]) {
-    run(cmd, args).unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// Namespaces, veth pairs and a bridge, removed on drop.
-struct Network {
-    tag: String,
-    subnet: u8,
-}
-
-impl Network {
-    fn ns(&self, i: usize) -> String {
-        format!("{}-{}", self.tag, i + 1)
-    }
-
-    fn ip(&self, i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 213, self.subnet, i as u8 + 1)
-    }
-
-    fn bridge(&self) -> String {
-        format!("{}b", self.tag)
-    }
-
-    fn setup() -> Self {
-        let pid = std::process::id();
-        let net = Self { tag: format!("crm{}", pid % 100_000), subnet: (pid % 250) as u8 };
-        let bridge = net.bridge();
-        must("ip", &["link", "add", &bridge, "type", "bridge"]);
-        let gateway = format!("10.213.{}.254/24", net.subnet);
-        must("ip", &["addr", "add", &gateway, "dev", &bridge]);
-        must("ip", &["link", "set", &bridge, "up"]);
-        for i in 0..NODES {
-            let ns = net.ns(i);
-            let (outer, inner) = (format!("{}v{}", net.tag, i + 1), format!("{}i{}", net.tag, i + 1));
-            must("ip", &["netns", "add", &ns]);
-            must("ip", &["link", "add", &outer, "type", "veth", "peer", "name", &inner]);
-            must("ip", &["link", "set", &inner, "netns", &ns]);
-            must("ip", &["link", "set", &outer, "master", &bridge]);
-            must("ip", &["link", "set", &outer, "up"]);
-            let addr = format!("{}/24", net.ip(i));
-            must("ip", &["netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", &inner]);
-            must("ip", &["netns", "exec", &ns, "ip", "link", "set", &inner, "up"]);
-            must("ip", &["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
-            for rule in [
-                "add table inet crema",
-                "add chain inet crema input { type filter hook input priority 0 ; }",
-                "add chain inet crema output { type filter hook output priority 0 ; }",
-            ] {
-                let mut args = vec!["netns", "exec", &ns, "nft"];
-                args.extend(rule.split(' '));
-                must("ip", &args);
-            }
-        }
-        net
-    }
-
-    /// Drops every packet between a node of `a` and a node of `b`, both ways.
-    fn partition(&self, a: &[usize], b: &[usize]) {
-        for (side, other) in [(a, b), (b, a)] {
-            for &i in side {
-                for &j in other {
-                    let peer = self.ip(j).to_string();
-                    let ns = self.ns(i);
-                    must(
-                        "ip",
-                        &[
-                            "netns", "exec", &ns, "nft", "add", "rule", "inet", "crema", "input", "ip",
-                            "saddr", &peer, "drop",
-                        ],
-                    );
-                    must(
-                        "ip",
-                        &[
-                            "netns", "exec", &ns, "nft", "add", "rule", "inet", "crema", "output", "ip",
-                            "daddr", &peer, "drop",
-                        ],
-                    );
-                }
-            }
-        }
-    }
-
-    fn heal(&self) {
-        for i in 0..NODES {
-            let ns = self.ns(i);
-            must("ip", &["netns", "exec", &ns, "nft", "flush", "chain", "inet", "crema", "input"]);
-            must("ip", &["netns", "exec", &ns, "nft", "flush", "chain", "inet", "crema", "output"]);
-        }
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        for i in 0..NODES {
-            let _ = run("ip", &["netns", "del", &self.ns(i)]);
-            let _ = run("ip", &["link", "del", &format!("{}v{}", self.tag, i + 1)]);
-        }
-        let _ = run("ip", &["link", "del", &self.bridge()]);
-    }
-}
 
 /// The three processes.
 struct Cluster {
@@ -337,10 +228,6 @@ fn output(input: &Input, value: redis::Value) -> Output {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
 /// The same faults twice, in turn (the machine has two cores): peers authenticated with the
 /// cluster secret, then with mutual TLS (certificates from `crema certs init` naming each
 /// node), so the TLS transport's reconnects under kills, pauses and partitions are exercised.
@@ -362,9 +249,8 @@ async fn kill_stop_and_partition_real_processes() {
     let dir = certs.path().join("certs");
     let mut init = vec!["certs".to_owned(), "init".into(), "--dir".into(), dir.display().to_string()];
     init.extend(["--nodes".into(), NODES.to_string()]);
-    let probe = Network { tag: String::new(), subnet: (std::process::id() % 250) as u8 };
     for i in 0..NODES {
-        init.extend(["--host".into(), probe.ip(i).to_string()]);
+        init.extend(["--host".into(), node_ip(i).to_string()]);
     }
     let out = Command::new(env!("CARGO_BIN_EXE_crema")).args(&init).output().unwrap();
     assert!(out.status.success(), "crema certs init: {}", String::from_utf8_lossy(&out.stderr));
@@ -385,7 +271,7 @@ async fn kill_stop_and_partition_real_processes() {
 
 async fn nemesis(peer_args: Vec<String>, seed: u64, secs: u64) {
     println!("process faults with {peer_args:?}");
-    let net = Network::setup();
+    let net = Network::setup(NODES);
     let mut cluster = Cluster {
         net,
         dir: tempfile::tempdir().unwrap(),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::shards::all_shards_led;
 use common::*;
 use redis::AsyncCommands;
 
@@ -144,24 +145,6 @@ async fn slot_map(c: &mut redis::aio::MultiplexedConnection) -> Vec<(i64, i64, (
             (start, end, primary)
         })
         .collect()
-}
-
-/// Waits until every one of the 4 shards has a leader and the leaders are spread (2, 1, 1: the
-/// nodes stop moving leaders then), as `INFO shards` on `addr` says.
-async fn all_shards_led(addr: std::net::SocketAddr) {
-    wait_until(std::time::Duration::from_secs(30), "every shard led, leaders spread", || async {
-        let mut c = client(addr).await;
-        let info: String = redis::cmd("INFO").arg("shards").query_async(&mut c).await.unwrap_or_default();
-        let leaders: Vec<&str> = info
-            .lines()
-            .filter_map(|l| l.split("leader=").nth(1))
-            .map(|rest| rest.split(',').next().unwrap_or(""))
-            .collect();
-        let counts: Vec<usize> =
-            ["1", "2", "3"].iter().map(|n| leaders.iter().filter(|l| *l == n).count()).collect();
-        leaders.len() == 4 && counts.iter().sum::<usize>() == 4 && counts.iter().max() == Some(&2)
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,103 +416,4 @@ async fn metric_sum(nodes: &[Node], name: &str) -> u64 {
         sum += value.unwrap_or_else(|| panic!("{name} missing from /metrics")) as u64;
     }
     sum
-}
-
-/// `(node id, health)` of every node `/cluster` on `admin` lists.
-async fn gossip_view(admin: std::net::SocketAddr) -> Vec<(u64, String)> {
-    let (status, body) = http_get(admin, "/cluster").await;
-    if status != 200 {
-        return Vec::new();
-    }
-    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let nodes = view["nodes"].as_array().cloned().unwrap_or_default();
-    nodes.iter().map(|n| (n["node_id"].as_u64().unwrap(), n["health"].as_str().unwrap().to_owned())).collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gossip_finds_every_node_from_one_seed_and_declares_a_killed_one_down() {
-    gossip_from_one_seed(None).await;
-}
-
-/// The same with a cluster secret: every gossip packet is signed and stamped (numbered against
-/// replays), and the nodes find each other and declare the dead one down as without.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signed_gossip_finds_every_node_and_declares_a_killed_one_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "a-long-enough-cluster-secret\n").unwrap();
-    gossip_from_one_seed(Some(secret.to_str().unwrap())).await;
-}
-
-async fn gossip_from_one_seed(secret_file: Option<&str>) {
-    let gossip: Vec<String> = free_udp_addrs(3).iter().map(ToString::to_string).collect();
-    let mut nodes = start_cluster_with(3, |i| {
-        let mut args =
-            vec!["--shards".to_owned(), "4".to_owned(), "--gossip-addr".to_owned(), gossip[i].clone()];
-        if let Some(file) = secret_file {
-            args.extend(["--cluster-secret-file".to_owned(), file.to_owned()]);
-        }
-        if i > 0 {
-            // Nodes 2 and 3 know only node 1's gossip address.
-            args.extend(["--gossip-seed".to_owned(), gossip[0].clone()]);
-        }
-        args
-    });
-    all_shards_led(nodes[0].resp).await;
-    let alive = |view: &[(u64, String)]| view.iter().filter(|(_, h)| h == "alive").count();
-    for n in &nodes {
-        wait_until(std::time::Duration::from_secs(20), "every node sees the three alive", || async {
-            alive(&gossip_view(n.admin).await) == 3
-        })
-        .await;
-    }
-    let (_, body) = http_get(nodes[1].admin, "/cluster").await;
-    assert!(body.contains("\"discovery\":\"memberlist\""), "{body}");
-
-    // SIGKILL: no goodbye. The others declare it down within seconds, and keep serving.
-    let _ = nodes[2].child.kill();
-    let _ = nodes[2].child.wait();
-    for n in &nodes[..2] {
-        wait_until(std::time::Duration::from_secs(15), "node 3 declared down", || async {
-            gossip_view(n.admin).await.contains(&(3, "down".to_owned()))
-        })
-        .await;
-    }
-    // Node 2 may be suspected for a moment on a loaded machine: the counts settle.
-    wait_until(std::time::Duration::from_secs(15), "the metrics count two alive and one down", || async {
-        let (_, metrics) = http_get(nodes[0].admin, "/metrics").await;
-        metrics.contains("crema_memberlist_nodes{state=\"alive\"} 2")
-            && metrics.contains("crema_memberlist_nodes{state=\"down\"} 1")
-    })
-    .await;
-    let mut c = client(nodes[0].resp).await;
-    for i in 0..20 {
-        let _: () = redis::AsyncCommands::set(&mut c, format!("after:{i}"), i).await.unwrap();
-    }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crema"))
-        .args(["status", "--admin", &nodes[0].admin.to_string()])
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&out.stdout);
-    assert!(status.contains("discovery   memberlist"), "{status}");
-    assert!(status.lines().any(|l| l.contains("node 3") && l.contains("down")), "{status}");
-
-    // Redis Cluster's view of a failed node: flagged `fail` (and its link down) in CLUSTER
-    // NODES, and no longer offered as a replica in CLUSTER SLOTS.
-    let dead = format!("{:040x}", 3);
-    let listed: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await.unwrap();
-    let line = listed.lines().find(|l| l.starts_with(&dead)).unwrap_or_else(|| panic!("{listed}"));
-    assert!(line.contains(" master,fail ") && line.contains(" disconnected"), "{line}");
-    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.unwrap();
-    assert_eq!(slots.len(), 4, "one range per shard");
-    for range in &slots {
-        let ids: Vec<String> = range[2..]
-            .iter()
-            .map(|node| match node {
-                redis::Value::Array(fields) => redis::from_redis_value(fields[2].clone()).unwrap(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert!(!ids.is_empty() && !ids.contains(&dead), "{ids:?}");
-    }
 }

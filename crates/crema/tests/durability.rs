@@ -5,27 +5,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::durable::{durable, start};
 use common::*;
 use crema::{CacheConfig, CheckpointConfig, DistributedCache, Error, RaftStorageType};
-
-fn durable(dir: &Path, threshold: u64) -> CacheConfig {
-    CacheConfig::new(1, "127.0.0.1:0".parse().unwrap())
-        .with_raft_config(fast_raft())
-        .with_raft_storage_type(RaftStorageType::RocksDb)
-        .with_data_dir(dir)
-        .with_checkpoint_config(
-            CheckpointConfig::new(dir.join("checkpoints")).with_log_threshold(threshold).with_interval(None),
-        )
-}
-
-async fn start(config: CacheConfig) -> DistributedCache {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    DistributedCache::new_with_listener(config, listener).await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_has_every_acknowledged_write() {
@@ -254,106 +239,6 @@ async fn a_follower_far_behind_is_caught_up_by_a_snapshot_and_ends_identical() {
     }
 }
 
-/// A small tmpfs mounted for the test, unmounted when dropped (needs root, as CI runs).
-struct SmallDisk {
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: u64) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs", path.to_str().unwrap()])
-            .status()
-            .expect("running mount");
-        assert!(status.success(), "mounting a tmpfs failed: this test needs root (CI runs as root)");
-        Self { path, _dir: dir }
-    }
-
-    fn free_bytes(&self) -> u64 {
-        let out = std::process::Command::new("df")
-            .args(["-B1", "--output=avail"])
-            .arg(&self.path)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        // Lazy: a node still running after a failed assertion must not leave the mount behind.
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_writes_loses_nothing_and_recovers() {
-    init_tracing();
-    let disk = SmallDisk::mount(64 << 20);
-    let data = disk.path.join("node1");
-    let config = || {
-        durable(&data, 1_000_000)
-            .with_request_timeout(Duration::from_millis(1500))
-            .with_max_capacity(1_000_000)
-            .with_min_free_disk_bytes(16 << 20)
-    };
-    let node = start(config()).await;
-    wait_until(Duration::from_secs(5), "leader", || async { node.is_leader() }).await;
-    node.put("before", "full").await.unwrap();
-    // Leave 8 MiB above the 16 MiB reserve, then write 64 KiB values until the node refuses.
-    let filler = disk.path.join("filler");
-    let fill = disk.free_bytes().saturating_sub(24 << 20);
-    std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
-    let value = Bytes::from(vec![b'v'; 64 << 10]);
-    let mut acknowledged = Vec::new();
-    let mut refusal = None;
-    for i in 0..1000u32 {
-        match node.put(format!("k{i}"), value.clone()).await {
-            Ok(()) => acknowledged.push(i),
-            Err(Error::Storage(msg)) => {
-                refusal = Some(msg);
-                break;
-            }
-            // The write that hit the reserve waits in the log and times out: outcome unknown.
-            Err(Error::Timeout(_)) => {}
-            Err(e) => panic!("unexpected error while the disk fills: {e}"),
-        }
-    }
-    let refusal =
-        refusal.unwrap_or_else(|| panic!("never refused ({} writes acknowledged)", acknowledged.len()));
-    assert!(refusal.contains("disk full"), "{refusal}");
-    assert!(node.raft_figures().persist_failing, "the node reports it cannot persist");
-    assert!(!acknowledged.is_empty());
-
-    // Space comes back: the node goes on by itself, with everything it acknowledged.
-    std::fs::remove_file(&filler).unwrap();
-    wait_until(Duration::from_secs(20), "the node persists again", || async {
-        !node.raft_figures().persist_failing
-    })
-    .await;
-    node.put("after", "space").await.unwrap();
-    for i in &acknowledged {
-        assert_eq!(node.get(format!("k{i}").as_bytes()).await, Some(value.clone()), "k{i}");
-    }
-    node.shutdown().await;
-    drop(node);
-
-    let node = start(config()).await;
-    wait_until(Duration::from_secs(5), "leader after restart", || async { node.is_leader() }).await;
-    node.read_barrier().await.unwrap();
-    for key in ["before", "after"] {
-        assert!(node.get(key.as_bytes()).await.is_some(), "{key}");
-    }
-    for i in &acknowledged {
-        assert_eq!(node.get(format!("k{i}").as_bytes()).await, Some(value.clone()), "k{i} after restart");
-    }
-    node.shutdown().await;
-}
-
 /// A restarted single node replays its log before it serves a linearizable read: a read made
 /// the moment it starts sees the last write of its previous run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,89 +261,6 @@ async fn a_read_right_after_a_restart_waits_for_the_replay() {
 /// A leader whose disk fills cannot commit or apply anything: it stops heartbeating, another
 /// node takes over and writes go on through it; once space comes back the old leader catches
 /// up with every acknowledged write.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_leader_whose_disk_fills_hands_over_and_catches_up_later() {
-    init_tracing();
-    let disks: Vec<SmallDisk> = (0..3).map(|_| SmallDisk::mount(64 << 20)).collect();
-    let bound = bind(3);
-    let addrs: Vec<_> = bound.iter().map(|(_, a)| *a).collect();
-    let mut nodes = Vec::new();
-    for (i, (listener, _)) in bound.into_iter().enumerate() {
-        let data = disks[i].path.join("node");
-        let config = node_config(i as u64 + 1, &addrs)
-            .with_raft_storage_type(RaftStorageType::RocksDb)
-            .with_data_dir(&data)
-            // No checkpoint comes due in this test: one would make the loop wait for the disk
-            // (and so stop heartbeating) whatever the leader does about its full disk.
-            .with_checkpoint_config(
-                CheckpointConfig::new(data.join("checkpoints"))
-                    .with_log_threshold(1_000_000)
-                    .with_interval(None),
-            )
-            .with_request_timeout(Duration::from_millis(1500))
-            .with_min_free_disk_bytes(16 << 20);
-        nodes.push(DistributedCache::new_with_listener(config, listener).await.unwrap());
-    }
-    let all: Vec<&DistributedCache> = nodes.iter().collect();
-    let first = wait_leader(&all, Duration::from_secs(10)).await;
-    nodes[first].put("before", "full").await.unwrap();
-
-    // Leave 8 MiB above the leader's 16 MiB reserve, then write 64 KiB values through it.
-    let filler = disks[first].path.join("filler");
-    let fill = disks[first].free_bytes().saturating_sub(24 << 20);
-    std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
-    let value = Bytes::from(vec![b'v'; 64 << 10]);
-    let mut acknowledged = Vec::new();
-    let mut refused = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    for i in 0..1000u32 {
-        if tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        match nodes[first].put(format!("k{i}"), value.clone()).await {
-            Ok(()) => acknowledged.push(i),
-            Err(Error::Storage(msg)) => {
-                assert!(msg.contains("disk full"), "{msg}");
-                refused = true;
-                break;
-            }
-            // Outcome unknown: the write that hit the reserve, or one caught by the hand-over.
-            Err(Error::Timeout(_) | Error::NotLeader { .. } | Error::ProposalDropped) => {}
-            Err(e) => panic!("unexpected error while the disk fills: {e}"),
-        }
-    }
-    assert!(refused, "the full leader never refused a write ({} acknowledged)", acknowledged.len());
-    assert!(!acknowledged.is_empty());
-
-    // Another node leads, and writes through it are acknowledged while the old leader's disk
-    // is still full.
-    let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
-    wait_until(Duration::from_secs(10), "another node leads", || async {
-        others.iter().any(|i| nodes[*i].is_leader())
-    })
-    .await;
-    let second = *others.iter().find(|i| nodes[**i].is_leader()).unwrap();
-    nodes[second].put("during", "full").await.unwrap();
-    assert!(nodes[first].raft_figures().persist_failing, "the old leader still cannot persist");
-
-    // Space comes back: the old leader persists again and has everything.
-    std::fs::remove_file(&filler).unwrap();
-    wait_until(Duration::from_secs(20), "the old leader persists again", || async {
-        !nodes[first].raft_figures().persist_failing
-    })
-    .await;
-    nodes[first].read_barrier().await.unwrap();
-    for key in ["before", "during"] {
-        assert!(nodes[first].get(key.as_bytes()).await.is_some(), "{key}");
-    }
-    for i in &acknowledged {
-        assert_eq!(nodes[first].get(format!("k{i}").as_bytes()).await, Some(value.clone()), "k{i}");
-    }
-    for node in nodes {
-        node.shutdown().await;
-    }
-}
-
 /// Multi-Raft on RocksDB: every shard's log in the node's one database (keys carry the shard),
 /// checkpoints in one directory per shard; a restarted node has every write of every shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

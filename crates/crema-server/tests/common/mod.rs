@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod cmd;
+pub mod netns;
+pub mod shards;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};

@@ -15,6 +15,7 @@ pub(crate) mod envelope;
 mod error;
 pub(crate) mod forward;
 pub(crate) mod frame;
+mod handshake;
 mod peer;
 pub(crate) mod snapshot_assembly;
 mod stream;
@@ -27,19 +28,16 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use envelope::{Envelope, GroupPosition};
 pub use error::TransportError;
-use peer::{Connection, PeerLink};
+use peer::PeerLink;
 
 use crate::types::NodeId;
-
-/// How long a probe waits for each answer of the handshake.
-const PROBE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Receives what peers send. Called from connection reader tasks: implementations must not
 /// block (hand work to mailboxes or spawned tasks).
@@ -327,169 +325,6 @@ impl Transport {
         self.tracker.close();
         self.tracker.wait().await;
         self.peers.write().expect("peer map poisoned").clear();
-    }
-
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
-        let mut open = self.open.subscribe();
-        tokio::select! {
-            _ = self.cancel.cancelled() => return,
-            _ = open.wait_for(|open| *open) => {}
-        }
-        loop {
-            let accepted = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, remote)) => {
-                    let Ok(room) = self.handshakes.clone().try_acquire_owned() else {
-                        drop(stream);
-                        self.refuse(remote, "too many handshakes under way");
-                        continue;
-                    };
-                    let t = self.clone();
-                    self.tracker.spawn(async move {
-                        let cancel = t.cancel.clone();
-                        tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            _ = t.clone().adopt_incoming(stream, remote, room) => {}
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accepting a peer connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    async fn adopt_incoming(
-        self: Arc<Self>,
-        stream: TcpStream,
-        remote: SocketAddr,
-        room: tokio::sync::OwnedSemaphorePermit,
-    ) {
-        let mut conn = match Connection::open(stream, &self.config, None).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.refuse(remote, &e.to_string());
-                return;
-            }
-        };
-        if let Some(secret) = &self.config.secret {
-            if let Err(e) = auth::accept(&mut conn, secret, &self.config).await {
-                self.refuse(remote, &e.to_string());
-                return;
-            }
-        }
-        let hello =
-            tokio::time::timeout(self.config.handshake_timeout, conn.read_envelope(&self.config)).await;
-        let (peer, incarnation, groups, client_addr) = match hello {
-            Ok(Ok(Envelope::Hello { node_id: 0, .. })) => {
-                // A probe (see `probe`): say who this node is, and nothing more.
-                let reply = Envelope::Hello {
-                    node_id: self.config.node_id,
-                    incarnation: 0,
-                    groups: Vec::new(),
-                    client_addr: None,
-                    shards: 0,
-                };
-                let _ = conn.write_frame(&reply.to_frame()).await;
-                return;
-            }
-            Ok(Ok(Envelope::Hello { node_id, .. }))
-                if node_id != 0 && tls::check_claim(node_id, conn.certified).is_err() =>
-            {
-                let why = tls::check_claim(node_id, conn.certified).expect_err("checked");
-                self.refuse(remote, &why.to_string());
-                return;
-            }
-            Ok(Ok(Envelope::Hello { node_id, shards, .. }))
-                if node_id != 0 && shards != self.config.shards =>
-            {
-                // Told, so its log says why too: every node of a cluster needs the same count.
-                let why = shard_count_mismatch(node_id, shards, self.config.shards);
-                self.refuse_loudly(remote, &why);
-                return;
-            }
-            Ok(Ok(Envelope::Hello { node_id, .. })) if !self.knows(node_id) => {
-                // Not a member or a seed: it learns nothing (not even this node's id).
-                self.refuse(remote, &format!("node {node_id} is not a member (if it was just added, this node has not applied that yet)"));
-                return;
-            }
-            Ok(Ok(Envelope::Hello { node_id, incarnation, groups, client_addr, .. }))
-                if node_id != self.config.node_id =>
-            {
-                (node_id, incarnation, groups, client_addr)
-            }
-            // Throttled like every refusal, and without the frame: a stranger's bytes would
-            // otherwise reach the log as often and as large as it sends them.
-            Ok(Ok(_)) => {
-                self.refuse(remote, "the first frame is not a valid hello");
-                return;
-            }
-            Ok(Err(e)) => {
-                self.refuse(remote, &format!("handshake failed: {e}"));
-                return;
-            }
-            Err(_) => {
-                self.refuse(remote, "no hello within the handshake timeout");
-                return;
-            }
-        };
-        drop(room);
-        if let Err(e) = conn.write_frame(&self.hello_frame()).await {
-            debug!(%remote, peer, error = %e, "peer left during handshake");
-            return;
-        }
-        info!(peer, %remote, incarnation, "peer connected");
-        self.inbound.on_hello(peer, incarnation, groups, told_client_addr(client_addr, remote.ip()));
-        conn.peer_incarnation = incarnation;
-        self.add_peer(peer, None);
-        let link = self.peers.read().expect("peer map poisoned").get(&peer).cloned();
-        if let Some(link) = link {
-            link.adopt(conn).await;
-        }
-    }
-
-    /// Which crema node answers the peer handshake at `addr`: a hello from node id 0 (no node
-    /// has it), which the other side answers with its id and then closes, without taking the
-    /// connection as a peer's. How a membership change checks an address before proposing it.
-    ///
-    /// # Errors
-    /// Nothing listens, the connection or the answer takes longer than the timeouts, or what
-    /// answers does not speak crema's peer protocol.
-    pub async fn probe(&self, addr: SocketAddr) -> Result<NodeId, TransportError> {
-        // A live crema node answers in milliseconds; one that waits for the other side to
-        // speak first (a cluster secret on one side only) should not hold the caller long.
-        let config = &TransportConfig {
-            handshake_timeout: self.config.handshake_timeout.min(PROBE_PATIENCE),
-            ..self.config.clone()
-        };
-        let stream = tokio::time::timeout(config.connect_timeout, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| TransportError::Handshake("connect timed out".into()))??;
-        let mut conn = Connection::open(stream, config, Some(addr)).await?;
-        if let Some(secret) = &config.secret {
-            auth::dial(&mut conn, secret, config).await?;
-        }
-        let hello = Envelope::Hello {
-            node_id: 0,
-            incarnation: config.incarnation,
-            groups: Vec::new(),
-            client_addr: None,
-            shards: 0,
-        };
-        conn.write_frame(&hello.to_frame()).await?;
-        let reply = tokio::time::timeout(config.handshake_timeout, conn.read_envelope(config))
-            .await
-            .map_err(|_| TransportError::Handshake("no answer to the handshake".into()))??;
-        match reply {
-            Envelope::Hello { node_id, .. } if node_id != 0 => Ok(node_id),
-            other => Err(TransportError::Handshake(format!("expected a hello, got {other:?}"))),
-        }
     }
 
     fn hello_frame(&self) -> Bytes {

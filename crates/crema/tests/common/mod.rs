@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod durable;
 pub mod wire;
 
 use std::future::Future;
