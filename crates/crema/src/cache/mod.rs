@@ -205,8 +205,9 @@ impl DistributedCache {
                 })
                 .unwrap_or(false)
         };
-        // Nor does one whose history its group contradicts (`GroupShared::diverged`).
-        self.shards.with(shard, |s| !s.group.shared.removed() && !s.group.shared.diverged()).unwrap_or(false)
+        // Nor does one whose history its group contradicts, or a follower that cannot persist
+        // (`GroupShared::serves`).
+        self.shards.with(shard, |s| s.group.shared.serves()).unwrap_or(false)
             && !(shard != META_SHARD && moved_away())
     }
 

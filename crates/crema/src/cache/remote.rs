@@ -95,6 +95,12 @@ pub(crate) async fn serve_read(
             .get(shard)
             .filter(|h| !h.group.shared.removed())
             .ok_or_else(|| WireError::Other(format!("no shard {shard} on this node")))?;
+        // The membership is this replica's to tell; its data only while it serves: a diverged
+        // replica holds another history, and one that cannot persist would make the asker wait
+        // for its disk (the asker tries the next member).
+        if !matches!(read, RemoteRead::Members) && !held.group.shared.serves() {
+            return Err(WireError::Other(format!("shard {shard}'s replica here serves no reads")));
+        }
         if linearizable {
             let index = held.group.read_index().await.map_err(|e| WireError::from(&e))?;
             held.group.wait_applied(index).await.map_err(|e| WireError::from(&e))?;

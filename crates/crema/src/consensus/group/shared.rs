@@ -323,6 +323,20 @@ impl GroupShared {
         self.persist_failing.load(Ordering::Acquire)
     }
 
+    /// Whether this replica answers for its shard (reads here, writes through it, and peers'
+    /// reads): it was not removed from its group, its history agrees with its group's
+    /// ([`Self::diverged`]), and it is not a follower that cannot persist its log (disk full)
+    /// while other voters can answer. Such a follower cannot append what its leader sends, so
+    /// a read waiting for it to catch up would wait for the disk: found from outside, a GET
+    /// through a node with a full disk answered only at the request timeout. The shard's
+    /// other members answer instead; a leader with a full disk refuses writes itself, and
+    /// hands its leadership over.
+    pub fn serves(&self) -> bool {
+        !self.removed()
+            && !self.diverged()
+            && !(self.persist_failing() && !self.is_leader() && self.voters().len() > 1)
+    }
+
     pub(crate) fn set_persist_failing(&self, failing: bool) {
         self.persist_failing.store(failing, Ordering::Release);
     }
