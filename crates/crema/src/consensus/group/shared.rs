@@ -332,9 +332,8 @@ impl GroupShared {
     /// other members answer instead; a leader with a full disk refuses writes itself, and
     /// hands its leadership over.
     pub fn serves(&self) -> bool {
-        !self.removed()
-            && !self.diverged()
-            && !(self.persist_failing() && !self.is_leader() && self.voters().len() > 1)
+        let cannot_follow = self.persist_failing() && !self.is_leader() && self.voters().len() > 1;
+        !(self.removed() || self.diverged() || cannot_follow)
     }
 
     pub(crate) fn set_persist_failing(&self, failing: bool) {
