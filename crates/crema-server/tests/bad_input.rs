@@ -261,3 +261,53 @@ async fn unfinished_bulks_past_the_total_cap_evict_the_largest_buffers() {
     assert!(grown < 90, "memory grew by {grown} MiB");
     still_serves(&node).await;
 }
+
+/// A command is one Raft entry, and an entry must fit in one peer frame: found from outside,
+/// one MSET of two 8 MiB values (each within the value limit) sent to the leader was proposed,
+/// never reached a follower, and every later write of its group timed out until the leader was
+/// killed; sent to a follower, its forward frame made the leader drop the link, again and
+/// again. It is refused now, with what to do, and the group goes on; a pipeline of many
+/// writes and a large one is split so that each proposal fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_too_large_for_one_raft_entry_is_refused_and_the_group_goes_on() {
+    let nodes = start_cluster(3, &[]);
+    let leader = leader_of(&nodes).await;
+    let big = vec![b'v'; 8 << 20];
+    for i in [leader, (leader + 1) % 3] {
+        let mut c = client(nodes[i].resp).await;
+        let err = redis::cmd("MSET")
+            .arg("a")
+            .arg(&big)
+            .arg("b")
+            .arg(&big)
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("send its keys in several commands"), "node {}: {err}", i + 1);
+        for (j, node) in nodes.iter().enumerate() {
+            let mut c = client(node.resp).await;
+            let _: () = c.set(format!("after {i} via {j}"), "ok").await.unwrap();
+        }
+    }
+    // Through a follower, pipelined: a megabyte of small writes, an 8 MiB one, one more.
+    let follower = (leader + 2) % 3;
+    let mut c = client(nodes[follower].resp).await;
+    let mut pipe = redis::pipe();
+    for i in 0..100 {
+        pipe.set(format!("small{i}"), vec![b's'; 10_000]).ignore();
+    }
+    pipe.set("large", &big).ignore().set("last", "1").ignore();
+    let () = pipe.query_async(&mut c).await.unwrap();
+    let mut c = client(nodes[leader].resp).await;
+    let large: Vec<u8> = c.get("large").await.unwrap();
+    assert_eq!(large.len(), big.len());
+    let last: String = c.get("last").await.unwrap();
+    assert_eq!(last, "1");
+    assert_eq!(
+        c.exists::<_, u64>(&(0..100).map(|i| format!("small{i}")).collect::<Vec<_>>()).await.unwrap(),
+        100
+    );
+    for node in &nodes {
+        still_serves(node).await;
+    }
+}

@@ -31,6 +31,12 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// Room kept in a frame for the envelope, the key and the Raft message around a value.
 const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
 
+/// The largest encoded command a node proposes (16 MiB less the frame overhead): a Raft entry
+/// must fit in one peer frame with its envelope, or no follower ever receives it and its group
+/// stops (found from outside: one MSET of two 8 MiB values did that). A command of several
+/// keys over it is refused before it is proposed.
+pub const MAX_COMMAND_BYTES: usize = MAX_FRAME_BYTES - FRAME_OVERHEAD_BYTES;
+
 /// A configuration that cannot work, found by `validate()` before the node starts.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ConfigError {

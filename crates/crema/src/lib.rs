@@ -68,7 +68,7 @@ pub use cache::storage::unix_now_ms;
 pub use cache::storage::{CacheStats, CacheStorage};
 pub use cache::{ClusterStatus, DistributedCache, MigrationFigures, NodeEnd, RaftFigures};
 pub use checkpoint::{CheckpointConfig, CheckpointManager, CheckpointStore};
-pub use config::{CacheConfig, ConfigError, RaftConfig, RaftStorageType};
+pub use config::{CacheConfig, ConfigError, RaftConfig, RaftStorageType, MAX_COMMAND_BYTES};
 pub use consensus::apply::{format_f64, parse_f64, parse_i64};
 pub use consensus::command::{CacheCommand, CommandError, ExpireCondition, ExpiryUpdate, SetCondition};
 pub use consensus::long_double::{LongDouble, ParseLongDoubleError};

@@ -242,7 +242,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             };
             match cmd::step(self.state, session, args) {
                 Step::Write { index, write } => {
-                    run.bytes += write.command_bytes();
+                    // A large write goes out on its own: the run's writes are proposed as one
+                    // Raft entry, which must fit in a peer frame (`crema::MAX_COMMAND_BYTES`).
+                    let bytes = write.command_bytes();
+                    if run.bytes > 0 && run.bytes + bytes > MAX_RUN_BYTES {
+                        self.propose_run(session, &mut run).await?;
+                    }
+                    run.bytes += bytes;
                     run.entries.push(RunEntry::Write(index, write));
                     if run.is_full() {
                         self.propose_run(session, &mut run).await?;

@@ -12,6 +12,9 @@ use crate::consensus::group::GroupHandle;
 
 /// Most keys one `Evict` command carries.
 const EVICT_BATCH: usize = 1024;
+
+/// Most bytes of keys in one eviction entry (keys may be up to `max_key_bytes` each).
+const EVICT_BATCH_BYTES: usize = 1024 * 1024;
 /// The leader's evictor tends its policy this often while victims come, backing off to
 /// `POLICY_PAUSE_MAX` while none do (hundreds of idle shards must cost nothing).
 const POLICY_PAUSE_MIN: Duration = Duration::from_millis(100);
@@ -68,7 +71,7 @@ pub(super) async fn evict(storage: CacheStorage, group: GroupHandle, cancel: Can
         }
         storage.run_policy_tasks();
         loop {
-            let keys = storage.take_victims(EVICT_BATCH);
+            let keys = storage.take_victims(EVICT_BATCH, EVICT_BATCH_BYTES);
             if keys.is_empty() {
                 break;
             }

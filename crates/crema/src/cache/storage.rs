@@ -218,11 +218,21 @@ impl CacheStorage {
         }
     }
 
-    /// Takes up to `max` of the keys the policy chose to evict.
-    pub fn take_victims(&self, max: usize) -> Vec<Bytes> {
+    /// Takes up to `max` of the keys the policy chose to evict, and no more than `max_bytes` of
+    /// them (at least one): they are proposed as one Raft entry, which must fit in a peer
+    /// frame whatever the keys' sizes.
+    pub fn take_victims(&self, max: usize, max_bytes: usize) -> Vec<Bytes> {
         let Some(policy) = &self.policy else { return Vec::new() };
         let mut victims = policy.victims.lock().expect("victims poisoned");
-        let keep = victims.len().saturating_sub(max);
+        let (mut count, mut bytes) = (0, 0);
+        for key in victims.iter().rev() {
+            if count == max || (count > 0 && bytes + key.len() > max_bytes) {
+                break;
+            }
+            count += 1;
+            bytes += key.len();
+        }
+        let keep = victims.len() - count;
         victims.split_off(keep)
     }
 

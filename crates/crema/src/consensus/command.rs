@@ -317,6 +317,15 @@ pub enum CommandError {
     /// Cluster's `CROSSSLOT`; a `{hash tag}` puts related keys in one shard).
     #[error("keys in request don't hash to the same slot")]
     CrossSlot,
+    /// A command of several keys (MSET, DEL, a pipeline's batch) whose encoding is over
+    /// [`crate::config::MAX_COMMAND_BYTES`]: it could not travel to the followers.
+    #[error("command is {len} bytes, the limit is {max}: send its keys in several commands")]
+    CommandTooLarge {
+        /// Its encoded length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl CacheCommand {
@@ -342,8 +351,31 @@ impl CacheCommand {
         CacheCommand::Delete { key: key.into() }
     }
 
-    /// Checks keys and values against `limits`.
+    /// Checks keys and values against `limits`, and that a command of several keys fits in
+    /// one Raft entry ([`crate::config::MAX_COMMAND_BYTES`]; one key and one value within
+    /// their limits always do).
     pub fn validate(&self, limits: &CommandLimits) -> Result<(), CommandError> {
+        self.validate_parts(limits)?;
+        if matches!(
+            self,
+            CacheCommand::PutMany { .. }
+                | CacheCommand::DeleteMany { .. }
+                | CacheCommand::Evict { .. }
+                | CacheCommand::Batch(_)
+        ) && self.encoded_len_hint() > crate::config::MAX_COMMAND_BYTES / 2
+        {
+            // Counted exactly only when it may matter.
+            let len =
+                postcard::serialize_with_flavor::<_, _, usize>(self, postcard::ser_flavors::Size::default())
+                    .map_err(|e| CommandError::Decode(e.to_string()))?;
+            if len > crate::config::MAX_COMMAND_BYTES {
+                return Err(CommandError::CommandTooLarge { len, max: crate::config::MAX_COMMAND_BYTES });
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_parts(&self, limits: &CommandLimits) -> Result<(), CommandError> {
         use CacheCommand::*;
         match self {
             Put { key, value, .. } | Set { key, value, .. } => {

@@ -179,3 +179,26 @@ proptest! {
         let _ = StampedCommand::decode(&bytes);
     }
 }
+
+#[test]
+fn commands_of_many_keys_must_fit_in_one_raft_entry() {
+    let limits = CommandLimits { max_key_bytes: 64, max_value_bytes: 8 << 20 };
+    let value = Bytes::from(vec![b'v'; 8 << 20]);
+    let two = CacheCommand::PutMany {
+        pairs: vec![(Bytes::from("a"), value.clone()), (Bytes::from("b"), value.clone())],
+        only_if_none_exist: false,
+    };
+    let max = crate::config::MAX_COMMAND_BYTES;
+    assert!(matches!(two.validate(&limits), Err(CommandError::CommandTooLarge { max: m, .. }) if m == max));
+    let one =
+        CacheCommand::PutMany { pairs: vec![(Bytes::from("a"), value.clone())], only_if_none_exist: false };
+    assert_eq!(one.validate(&limits), Ok(()));
+    let keys: Vec<Bytes> = (0..400_000u32).map(|i| Bytes::from(format!("{i:060}"))).collect();
+    assert!(matches!(
+        CacheCommand::DeleteMany { keys }.validate(&limits),
+        Err(CommandError::CommandTooLarge { .. })
+    ));
+    let batch =
+        CacheCommand::Batch(vec![CacheCommand::put("a", value.clone()), CacheCommand::put("b", value)]);
+    assert!(matches!(batch.validate(&limits), Err(CommandError::CommandTooLarge { .. })));
+}

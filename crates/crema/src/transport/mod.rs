@@ -265,8 +265,14 @@ impl Transport {
     /// Queues one encoded frame for `to`.
     ///
     /// # Errors
-    /// `UnknownPeer` or `QueueFull`; the frame is dropped.
+    /// `UnknownPeer` or `QueueFull`, or `FrameTooLarge` for a frame the peer would refuse;
+    /// the frame is dropped.
     pub fn send(&self, to: NodeId, frame: Bytes) -> Result<(), TransportError> {
+        // The peer would close the link on it, cutting every group's messages: refused here.
+        let payload = frame.len().saturating_sub(frame::LENGTH_PREFIX_BYTES);
+        if payload > self.config.max_frame_bytes {
+            return Err(TransportError::FrameTooLarge { len: payload, max: self.config.max_frame_bytes });
+        }
         let peers = self.peers.read().expect("peer map poisoned");
         let link = peers.get(&to).ok_or(TransportError::UnknownPeer(to))?;
         #[cfg(feature = "fault-injection")]

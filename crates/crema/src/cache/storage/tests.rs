@@ -82,7 +82,7 @@ fn a_capture_sees_the_cache_as_it_was_when_it_began() {
 /// Evicts what the policy chose, as applying the leader's `Evict` does; answers how many.
 fn evict_victims(s: &CacheStorage) -> usize {
     s.run_policy_tasks();
-    let victims = s.take_victims(usize::MAX);
+    let victims = s.take_victims(usize::MAX, usize::MAX);
     victims.iter().filter(|k| s.evict(k, 0)).count()
 }
 
@@ -94,6 +94,29 @@ fn a_follower_never_evicts_on_its_own() {
     }
     assert_eq!(evict_victims(&s), 0, "an inactive policy chooses nothing");
     assert_eq!(s.entry_count(), 500, "only the log evicts");
+}
+
+/// Victims are proposed as one `Evict` entry, which must fit in a peer frame: with large keys
+/// a take stops at its byte budget, and the rest come in later takes.
+#[test]
+fn victims_are_taken_within_a_byte_budget() {
+    let s = storage(10);
+    s.activate_policy();
+    for i in 0..100u32 {
+        s.insert(Bytes::from(vec![i as u8; 1000]), Bytes::from("v"), None);
+    }
+    s.run_policy_tasks();
+    let mut takes = Vec::new();
+    loop {
+        let taken = s.take_victims(1024, 4500);
+        if taken.is_empty() {
+            break;
+        }
+        assert!(taken.iter().map(|k| k.len()).sum::<usize>() <= 4500, "{} keys", taken.len());
+        takes.push(taken.len());
+    }
+    assert!(takes.iter().sum::<usize>() >= 90, "every victim comes out: {takes:?}");
+    assert!(takes.iter().all(|n| *n <= 4), "{takes:?}");
 }
 
 #[test]
@@ -196,7 +219,7 @@ fn a_new_leader_fills_its_policy_from_the_cache_and_frequent_reads_survive() {
     }
     s.deactivate_policy();
     s.insert(Bytes::from("after"), Bytes::from("v"), None);
-    assert!(s.take_victims(usize::MAX).is_empty(), "a deposed leader keeps no victims");
+    assert!(s.take_victims(usize::MAX, usize::MAX).is_empty(), "a deposed leader keeps no victims");
 }
 
 #[test]
