@@ -274,7 +274,7 @@ async fn a_command_too_large_for_one_raft_entry_is_refused_and_the_group_goes_on
     let leader = leader_of(&nodes).await;
     let big = vec![b'v'; 8 << 20];
     for i in [leader, (leader + 1) % 3] {
-        let mut c = client(nodes[i].resp).await;
+        let mut c = patient_client(nodes[i].resp).await;
         let err = redis::cmd("MSET")
             .arg("a")
             .arg(&big)
@@ -285,20 +285,20 @@ async fn a_command_too_large_for_one_raft_entry_is_refused_and_the_group_goes_on
             .unwrap_err();
         assert!(err.to_string().contains("send its keys in several commands"), "node {}: {err}", i + 1);
         for (j, node) in nodes.iter().enumerate() {
-            let mut c = client(node.resp).await;
+            let mut c = patient_client(node.resp).await;
             let _: () = c.set(format!("after {i} via {j}"), "ok").await.unwrap();
         }
     }
     // Through a follower, pipelined: a megabyte of small writes, an 8 MiB one, one more.
     let follower = (leader + 2) % 3;
-    let mut c = client(nodes[follower].resp).await;
+    let mut c = patient_client(nodes[follower].resp).await;
     let mut pipe = redis::pipe();
     for i in 0..100 {
         pipe.set(format!("small{i}"), vec![b's'; 10_000]).ignore();
     }
     pipe.set("large", &big).ignore().set("last", "1").ignore();
     let () = pipe.query_async(&mut c).await.unwrap();
-    let mut c = client(nodes[leader].resp).await;
+    let mut c = patient_client(nodes[leader].resp).await;
     let large: Vec<u8> = c.get("large").await.unwrap();
     assert_eq!(large.len(), big.len());
     let last: String = c.get("last").await.unwrap();
@@ -307,6 +307,22 @@ async fn a_command_too_large_for_one_raft_entry_is_refused_and_the_group_goes_on
         c.exists::<_, u64>(&(0..100).map(|i| format!("small{i}")).collect::<Vec<_>>()).await.unwrap(),
         100
     );
+    // Their outputs too: three GETDELs of 8 MiB values pipelined through a follower are one
+    // entry whose reply would not fit in a frame back. The writes apply, and say so.
+    for k in ["g1", "g2", "g3"] {
+        let _: () = c.set(k, &big).await.unwrap();
+    }
+    let mut f = TcpStream::connect(nodes[follower].resp).await.unwrap();
+    f.write_all(b"GETDEL g1\r\nGETDEL g2\r\nGETDEL g3\r\n").await.unwrap();
+    let mut replies = Vec::new();
+    while replies.iter().filter(|b| **b == b'\n').count() < 3 {
+        replies.extend(read_some(&mut f, 1).await);
+    }
+    let replies = String::from_utf8_lossy(&replies).into_owned();
+    for line in replies.lines() {
+        assert!(line.starts_with("-ERR") && line.contains("applied, but its reply"), "{replies}");
+    }
+    assert_eq!(c.exists::<_, u64>(&["g1", "g2", "g3"]).await.unwrap(), 0);
     for node in &nodes {
         still_serves(node).await;
     }

@@ -208,6 +208,17 @@ pub async fn client(addr: SocketAddr) -> MultiplexedConnection {
     client.get_multiplexed_async_connection().await.expect("connecting with the redis crate")
 }
 
+/// [`client`] that waits up to 10 s for an answer instead of the crate's 500 ms: for writes of
+/// megabytes, which a loaded machine may take longer than that to replicate.
+pub async fn patient_client(addr: SocketAddr) -> MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connecting with the redis crate")
+}
+
 /// Sends raw bytes and reads what arrives until `expect` bytes came or the peer closed.
 pub async fn raw(addr: SocketAddr, bytes: &[u8], expect: usize) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).await.unwrap();

@@ -156,7 +156,20 @@ impl ForwardTicket {
     pub fn answer(self, result: Result<Applied>) {
         let result = result.map_err(|e| WireError::from(&e));
         let frame = Envelope::ForwardReply { request_id: self.request_id, result }.to_frame();
-        if let Err(e) = self.transport.send(self.to, frame) {
+        let sent = match self.transport.send(self.to, frame) {
+            // The outputs of a pipeline of GETDELs of large values, say: the follower is told
+            // what happened rather than left to time out on a write that applied.
+            Err(super::TransportError::FrameTooLarge { len, .. }) => {
+                let why = format!(
+                    "the write was applied, but its reply ({len} bytes) is larger than a peer frame:                      send such writes to the shard's leader, or fewer at once"
+                );
+                let result = Err(WireError::Other(why));
+                self.transport
+                    .send(self.to, Envelope::ForwardReply { request_id: self.request_id, result }.to_frame())
+            }
+            sent => sent,
+        };
+        if let Err(e) = sent {
             warn!(to = self.to, error = %e, "forward reply dropped");
         }
     }
