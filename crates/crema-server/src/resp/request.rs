@@ -183,52 +183,90 @@ fn parse_inline(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Vec<Span>,
     Ok(Some((args, nl + 1)))
 }
 
-/// Splits an inline line on spaces, honouring double and single quotes like redis-cli does.
+/// Splits an inline line into arguments as Redis does (`sdssplitargs`): spaces separate
+/// them; a double quote opens a quoted part anywhere in an argument, with `\n`, `\r`, `\t`,
+/// `\b`, `\a` and `\xHH` escapes; a single quote opens one where only `\'` is an escape; a
+/// closing quote must end the argument. A quote left open, or one followed by more of the
+/// argument, is a protocol error ("unbalanced quotes", as Redis answers both).
 fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, RequestError> {
+    let unbalanced = || protocol("unbalanced quotes in request");
+    let ends_argument = |at: usize| line.get(at).is_none_or(|c| c.is_ascii_whitespace() || *c == 0x0b);
     let mut args = Vec::new();
     let mut i = 0;
-    while i < line.len() {
-        while i < line.len() && line[i].is_ascii_whitespace() {
+    loop {
+        while line.get(i).is_some_and(|c| c.is_ascii_whitespace() || *c == 0x0b) {
             i += 1;
         }
         if i == line.len() {
-            break;
+            return Ok(args);
         }
         let mut arg = BytesMut::new();
-        match line[i] {
-            quote @ (b'"' | b'\'') => {
-                i += 1;
-                loop {
-                    match line.get(i) {
-                        None => return Err(protocol("unbalanced quotes in request")),
-                        Some(&c) if c == quote => {
-                            i += 1;
-                            break;
-                        }
-                        Some(b'\\') if quote == b'"' && i + 1 < line.len() => {
-                            arg.extend_from_slice(&[unescape(line[i + 1])]);
-                            i += 2;
-                        }
-                        Some(&c) => {
-                            arg.extend_from_slice(&[c]);
-                            i += 1;
-                        }
+        let mut quote = None;
+        loop {
+            match quote {
+                Some(b'"') => match line.get(i).copied() {
+                    None => return Err(unbalanced()),
+                    Some(b'\\')
+                        if line.get(i + 1) == Some(&b'x') && hex_byte(line.get(i + 2..i + 4)).is_some() =>
+                    {
+                        arg.extend_from_slice(&[hex_byte(line.get(i + 2..i + 4)).expect("checked")]);
+                        i += 4;
                     }
-                }
-                if i < line.len() && !line[i].is_ascii_whitespace() {
-                    return Err(protocol("closing quote must be followed by a space"));
-                }
-            }
-            _ => {
-                while i < line.len() && !line[i].is_ascii_whitespace() {
-                    arg.extend_from_slice(&[line[i]]);
-                    i += 1;
-                }
+                    Some(b'\\') if i + 1 < line.len() => {
+                        arg.extend_from_slice(&[unescape(line[i + 1])]);
+                        i += 2;
+                    }
+                    Some(b'"') => {
+                        if !ends_argument(i + 1) {
+                            return Err(unbalanced());
+                        }
+                        i += 1;
+                        break;
+                    }
+                    Some(c) => {
+                        arg.extend_from_slice(&[c]);
+                        i += 1;
+                    }
+                },
+                Some(_) => match line.get(i).copied() {
+                    None => return Err(unbalanced()),
+                    Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
+                        arg.extend_from_slice(b"'");
+                        i += 2;
+                    }
+                    Some(b'\'') => {
+                        if !ends_argument(i + 1) {
+                            return Err(unbalanced());
+                        }
+                        i += 1;
+                        break;
+                    }
+                    Some(c) => {
+                        arg.extend_from_slice(&[c]);
+                        i += 1;
+                    }
+                },
+                None => match line.get(i).copied() {
+                    None | Some(b' ' | b'\n' | b'\r' | b'\t' | 0) => break,
+                    Some(q @ (b'"' | b'\'')) => {
+                        quote = Some(q);
+                        i += 1;
+                    }
+                    Some(c) => {
+                        arg.extend_from_slice(&[c]);
+                        i += 1;
+                    }
+                },
             }
         }
         args.push(arg.freeze());
     }
-    Ok(args)
+}
+
+/// The byte two hex digits spell.
+fn hex_byte(digits: Option<&[u8]>) -> Option<u8> {
+    let digits = std::str::from_utf8(digits?).ok()?;
+    u8::from_str_radix(digits, 16).ok().filter(|_| digits.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn unescape(c: u8) -> u8 {
@@ -236,7 +274,8 @@ fn unescape(c: u8) -> u8 {
         b'n' => b'\n',
         b'r' => b'\r',
         b't' => b'\t',
-        b'0' => 0,
+        b'b' => 0x08,
+        b'a' => 0x07,
         other => other,
     }
 }
@@ -287,6 +326,28 @@ mod tests {
         assert_eq!(args[1], Bytes::from("x\ny"));
         assert!(parse(b"set \"unterminated\r\n").is_err());
         assert_eq!(parse(b"PING").unwrap(), None, "no newline yet");
+    }
+
+    /// Redis's own splitting (`sdssplitargs`), found different from outside: hex and bell
+    /// escapes, a quoted part inside an argument, an escaped single quote.
+    #[test]
+    fn inline_commands_split_as_redis_splits_them() {
+        let split = |line: &[u8]| {
+            let mut line = line.to_vec();
+            line.extend(b"\r\n");
+            parse(&line).map(|parsed| parsed.expect("a whole line").0)
+        };
+        let second = |line: &[u8]| split(line).unwrap()[1].to_vec();
+        assert_eq!(second(br#"ECHO "\x41\x7a\xZZ\b\a\0""#), b"AzxZZ\x08\x070".to_vec());
+        assert_eq!(second(br#"ECHO a"b c""#), b"ab c".to_vec());
+        assert_eq!(second(br"ECHO 'a\'b'"), b"a'b".to_vec());
+        assert_eq!(second(br"ECHO 'a\nb'"), br"a\nb".to_vec());
+        assert_eq!(second(b"ECHO x\x0b"), b"x\x0b".to_vec(), "a vertical tab ends no argument");
+        for unbalanced in
+            [&br#"ECHO "a"b"#[..], br#"ECHO a"b c"d"#, br"ECHO 'a'b", br#"ECHO "a"#, br"ECHO 'a"]
+        {
+            assert!(split(unbalanced).is_err(), "{}", String::from_utf8_lossy(unbalanced));
+        }
     }
 
     #[test]
