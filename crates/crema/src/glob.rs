@@ -22,12 +22,11 @@ pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
                     continue;
                 }
                 b'[' => {
-                    if let Some((matched, next)) = class_match(pattern, p, text[t]) {
-                        if matched {
-                            p = next;
-                            t += 1;
-                            continue;
-                        }
+                    let (matched, next) = class_match(pattern, p, text[t]);
+                    if matched {
+                        p = next;
+                        t += 1;
+                        continue;
                     }
                 }
                 b'\\' if p + 1 < pattern.len() && pattern[p + 1] == text[t] => {
@@ -57,8 +56,10 @@ pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 /// Matches `c` against the class starting at `pattern[at] == b'['`; answers whether it matched
-/// and the position after the class.
-fn class_match(pattern: &[u8], at: usize, c: u8) -> Option<(bool, usize)> {
+/// and the position after the class. As Redis's `stringmatchlen` reads one: a `-` makes a range
+/// of the bytes on either side even when the second is `]` (`[a-]` is the range `]`..`a`), and a
+/// class left open takes the rest of the pattern (`a[bc` matches `ab`).
+fn class_match(pattern: &[u8], at: usize, c: u8) -> (bool, usize) {
     let mut i = at + 1;
     let negate = pattern.get(i) == Some(&b'^');
     if negate {
@@ -66,25 +67,25 @@ fn class_match(pattern: &[u8], at: usize, c: u8) -> Option<(bool, usize)> {
     }
     let mut matched = false;
     loop {
-        match *pattern.get(i)? {
-            b']' => break,
-            b'\\' if i + 1 < pattern.len() => {
-                matched |= pattern[i + 1] == c;
-                i += 2;
-            }
-            lo if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|&h| h != b']') => {
-                let hi = pattern[i + 2];
-                let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
-                matched |= (lo..=hi).contains(&c);
-                i += 3;
-            }
-            other => {
-                matched |= other == c;
-                i += 1;
-            }
+        let left = pattern.len().saturating_sub(i);
+        if left == 0 {
+            return (matched != negate, pattern.len());
         }
+        if left >= 2 && pattern[i] == b'\\' {
+            i += 1;
+            matched |= pattern[i] == c;
+        } else if pattern[i] == b']' {
+            break;
+        } else if left >= 3 && pattern[i + 1] == b'-' {
+            let (lo, hi) = (pattern[i].min(pattern[i + 2]), pattern[i].max(pattern[i + 2]));
+            matched |= (lo..=hi).contains(&c);
+            i += 2;
+        } else {
+            matched |= pattern[i] == c;
+        }
+        i += 1;
     }
-    Some((matched != negate, i + 1))
+    (matched != negate, i + 1)
 }
 
 #[cfg(test)]
@@ -103,7 +104,10 @@ mod tests {
         assert!(m("*", "") && m("*", "anything") && m("user:*", "user:1") && !m("user:*", "usr:1"));
         assert!(m("a\\*b", "a*b") && !m("a\\*b", "axb"));
         assert!(m("*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaab") && !m("*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaa"));
-        assert!(!m("[abc", "a"), "an unclosed class matches nothing");
+        // Redis's reading of odd classes (found different from outside).
+        assert!(m("[abc", "a") && m("x[ab", "xb") && !m("x[ab", "xc"), "an open class takes the rest");
+        assert!(m("[a-]", "_") && m("[a-]", "a") && !m("[a-]", "-"), "`a-]` is a range");
+        assert!(m("[\\]]", "]") && !m("[\\]]", "\\"));
     }
 
     proptest! {
