@@ -45,6 +45,13 @@ async fn set_and_its_options() {
     assert_eq!(q::<i64>(c, &["PEXPIRETIME", "t"]).await.unwrap().to_string(), at);
     ok(c, &["SET", "t", "5", "EXAT", "1"]).await;
     assert_eq!(ok(c, &["GET", "t"]).await, Value::Nil, "an EXAT in the past leaves no key");
+    // Repeated, only the last value counts (found different from Redis from outside).
+    ok(c, &["SET", "t", "6", "PX", "GET", "PX", "100000"]).await;
+    assert!(q::<i64>(c, &["PTTL", "t"]).await.unwrap() > 90_000);
+    ok(c, &["SET", "t", "7", "EX", "-2147483648", "EX", "99999"]).await;
+    assert!(q::<i64>(c, &["TTL", "t"]).await.unwrap() > 99_000);
+    assert!(err(c, &["SET", "t", "8", "EX", "99", "EX", "0"]).await.contains("invalid expire time"));
+    assert!(err(c, &["SET", "t", "8", "EX", "99", "PX", "99"]).await.contains("syntax error"));
 
     // The SET relatives.
     assert_eq!(q::<i64>(c, &["SETNX", "sn", "1"]).await.unwrap(), 1);

@@ -67,6 +67,7 @@ fn parse_set(call: &Call<'_>) -> Result<SetArgs, CmdError> {
         SetArgs { expiry: ExpiryUpdate::Persist, condition: SetCondition::Always, return_old: false };
     // As in Redis, an option may repeat (the last value wins); only conflicting ones are refused.
     let mut expiry_kind: Option<String> = None;
+    let mut expiry_value = None;
     let mut i = 3;
     while i < call.args.len() {
         let option = call.option(i);
@@ -79,14 +80,19 @@ fn parse_set(call: &Call<'_>) -> Result<SetArgs, CmdError> {
                 args.expiry = ExpiryUpdate::Keep;
                 expiry_kind = Some(option);
             }
+            // Only the last value is read, as in Redis: `PX GET PX 1000` is 1000 ms (the first
+            // PX took `GET` as its value).
             "EX" | "PX" | "EXAT" | "PXAT" if same_expiry && i + 1 < call.args.len() => {
-                args.expiry = ExpiryUpdate::At(expiry_option(&option, call.arg(i + 1), "set")?);
                 expiry_kind = Some(option);
+                expiry_value = Some(i + 1);
                 i += 1;
             }
             _ => return Err(CmdError::Syntax),
         }
         i += 1;
+    }
+    if let (Some(option), Some(at)) = (expiry_kind.filter(|k| k != "KEEPTTL"), expiry_value) {
+        args.expiry = ExpiryUpdate::At(expiry_option(&option, call.arg(at), "set")?);
     }
     Ok(args)
 }
