@@ -393,3 +393,35 @@ async fn a_replica_whose_committed_log_its_leader_contradicts_serves_nothing() {
     assert_eq!(node.raft_figures().commit_index, 5, "and appended nothing of the contradicting leader");
     node.shutdown().await;
 }
+
+/// Without a cluster secret a process may claim a member's id. Found from outside: two forged
+/// answers naming a log position nobody holds (index 10^15 at the group's real term) became the
+/// floor of a restarted memory node, which then never voted again, and the group could not
+/// elect once its leader died. A leader of the floor's term that commits an entry of its own
+/// term settles the recovery: this node then holds everything committed before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_floor_no_log_reaches_is_settled_by_the_leaders_own_commit() {
+    init_tracing();
+    let node = lone_node_three().await;
+    let addr = node.local_addr();
+    let forged = 1_000_000_000_000_000;
+    let mut one = FakePeer::connect(addr, 1, at(5, 5, forged)).await;
+    let _two = FakePeer::connect(addr, 2, at(5, 5, forged)).await;
+    wait_until(Duration::from_secs(5), "the forged floor taken", || async {
+        node.cluster_status().await.unwrap().group.recovery
+            == RecoveryState::CatchingUp { last_term: 5, last_index: forged }
+    })
+    .await;
+    // Node 1 leads term 5: entries up to index 5, the last of its own term, committed.
+    one.send(&append(5, 3, 1, &[(4, 4), (5, 5)], 4)).await;
+    wait_until(Duration::from_secs(5), "entries appended", || async { node.raft_figures().commit_index == 4 })
+        .await;
+    assert!(node.raft_figures().recovering, "index 4 is of an earlier term: not settled yet");
+    one.send(&append(5, 5, 5, &[], 5)).await;
+    wait_until(Duration::from_secs(5), "recovered by the leader's own commit", || async {
+        !node.raft_figures().recovering
+    })
+    .await;
+    assert_eq!(node.cluster_status().await.unwrap().group.recovery, RecoveryState::Done);
+    node.shutdown().await;
+}

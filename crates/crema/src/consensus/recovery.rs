@@ -222,6 +222,20 @@ impl Recovery {
         self.may_vote_for(last_term, last_index)
     }
 
+    /// Whether a leader of `term` settles the recovery once this node holds an entry that
+    /// leader committed in its own term: `term` is at least the floor's, so no leader of a
+    /// later term was elected before it (the answers behind the floor share a node with every
+    /// majority), and a leader that committed an entry of its own term holds every entry
+    /// committed before it (Raft's leader completeness), all of them now in this node's log
+    /// too. Whatever this node acknowledged before it lost its state and that counted is there.
+    ///
+    /// Found from outside: without it, the floor was the only way out, and a forged answer
+    /// (no cluster secret) naming a position nobody holds (index 10^15 at the real term) kept
+    /// the replica from voting for good, and the group from electing once its leader died.
+    pub fn settled_by_leader(&self, term: u64) -> bool {
+        self.floor.is_some_and(|f| term >= f.term)
+    }
+
     /// The state to report.
     pub fn state(&self, voters: &[NodeId]) -> RecoveryState {
         match self.floor {

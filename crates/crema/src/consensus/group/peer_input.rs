@@ -128,14 +128,28 @@ impl<S: LogStore> Group<S> {
         self.check_caught_up();
     }
 
-    /// Ends the recovery once this node's log is as up to date as its floor.
+    /// Ends the recovery once this node's log is as up to date as its floor, or once it holds
+    /// an entry its leader committed in the leader's own term (see
+    /// [`Recovery::settled_by_leader`]).
     pub(super) fn check_caught_up(&mut self) {
-        let log = &self.raw.raft.raft_log;
+        let raft = &self.raw.raft;
+        let log = &raft.raft_log;
         let (last_term, last_index) = (log.last_term(), log.last_index());
-        if self.recovery.as_ref().is_some_and(|r| !r.waiting() && r.caught_up(last_term, last_index)) {
+        let Some(recovery) = self.recovery.as_ref().filter(|r| !r.waiting()) else { return };
+        let leader = raft.leader_id;
+        let committed_own_term = leader != raft::INVALID_ID
+            && leader != raft.id
+            && log.committed > 0
+            && log.term(log.committed).is_ok_and(|t| t == raft.term);
+        let by_leader = committed_own_term && recovery.settled_by_leader(raft.term);
+        if by_leader || recovery.caught_up(last_term, last_index) {
+            let committed = log.committed;
             self.recovery = None;
             self.shared.recovering.store(false, Ordering::Release);
-            info!(shard = self.shared.shard, last_term, last_index, "recovered: caught up, votes again");
+            info!(
+                shard = self.shared.shard,
+                last_term, last_index, committed, leader, by_leader, "recovered: caught up, votes again"
+            );
         }
     }
 
