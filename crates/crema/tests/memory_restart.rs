@@ -414,8 +414,10 @@ async fn a_forged_floor_no_log_reaches_is_settled_by_the_leaders_own_commit() {
     .await;
     // Node 1 leads term 5: entries up to index 5, the last of its own term, committed.
     one.send(&append(5, 3, 1, &[(4, 4), (5, 5)], 4)).await;
-    wait_until(Duration::from_secs(5), "entries appended", || async { node.raft_figures().commit_index == 4 })
-        .await;
+    wait_until(Duration::from_secs(5), "entries appended", || async {
+        node.raft_figures().commit_index == 4
+    })
+    .await;
     assert!(node.raft_figures().recovering, "index 4 is of an earlier term: not settled yet");
     one.send(&append(5, 5, 5, &[], 5)).await;
     wait_until(Duration::from_secs(5), "recovered by the leader's own commit", || async {

@@ -86,6 +86,9 @@ pub(crate) fn shard_count_mismatch(peer: NodeId, theirs: u32, ours: u32) -> Stri
 /// memory, with or without a cluster secret. A cluster's own nodes connect a few at a time.
 pub(crate) const MAX_HANDSHAKES: usize = 1024;
 
+/// Peers a joining node links to before it knows its cluster's members (see `knows`).
+const MAX_JOINING_PEERS: usize = 1024;
+
 /// Transport settings.
 #[derive(Debug, Clone)]
 pub(crate) struct TransportConfig {
@@ -199,9 +202,11 @@ impl Transport {
     }
 
     /// Whether `id` may take part: a peer this node knows (a seed or a member), or anyone while
-    /// this node is joining.
+    /// this node is joining, up to [`MAX_JOINING_PEERS`] links (found from outside: a joining
+    /// node kept a link for each of 50,000 strangers' ids, 10 KB each, for good).
     fn knows(&self, id: NodeId) -> bool {
-        self.peers.read().expect("peer map poisoned").contains_key(&id) || self.inbound.is_joining()
+        let peers = self.peers.read().expect("peer map poisoned");
+        peers.contains_key(&id) || (self.inbound.is_joining() && peers.len() < MAX_JOINING_PEERS)
     }
 
     /// The address peers reach this node on.

@@ -12,6 +12,7 @@
 //! and each adopts the other's connection, the next round settles on the lower id's.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +54,15 @@ const DIAL_FALLBACK: Duration = Duration::from_secs(2);
 /// Bulk frames (snapshot pieces) queued per peer at most: a sender waits for room, so one large
 /// snapshot never sits in front of other groups' heartbeats and appends for long.
 const BULK_QUEUE_FRAMES: usize = 2;
+/// Bytes queued per peer at most (a frame is taken whatever its size when nothing is queued).
+/// Found from outside: the queue was bounded in frames only, and 200 reads of 15 MB each that a
+/// peer asked for and never read filled 2.9 GB (it could have been 128 GiB).
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// How long one write to a peer may take before the connection is given up (the link then
+/// takes the peer's next connection or dials again). Found from outside: a peer that stopped
+/// reading held the writer in its write for good, and with it the newer connection of the real
+/// peer, which was never taken.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A peer stream with the bytes read ahead of the frames consumed so far.
 pub(super) struct Connection {
@@ -126,6 +136,8 @@ pub(super) struct PeerLink {
     bulk: mpsc::Sender<Bytes>,
     incoming: mpsc::Sender<Connection>,
     cancel: CancellationToken,
+    /// Bytes in `queue` (see [`MAX_QUEUED_BYTES`]).
+    queued_bytes: AtomicUsize,
 }
 
 enum WriteEnd {
@@ -146,6 +158,7 @@ impl PeerLink {
             bulk,
             incoming,
             cancel: transport.cancel.child_token(),
+            queued_bytes: AtomicUsize::new(0),
         });
         let task =
             LinkTask { link: link.clone(), transport: transport.clone(), queue_rx, bulk_rx, incoming_rx };
@@ -162,7 +175,18 @@ impl PeerLink {
     }
 
     pub(super) fn enqueue(&self, frame: Bytes) -> Result<(), TransportError> {
-        self.queue.try_send(frame).map_err(|_| TransportError::QueueFull(self.id))
+        let len = frame.len();
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if (before > 0 && before + len > MAX_QUEUED_BYTES) || self.queue.try_send(frame).is_err() {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            return Err(TransportError::QueueFull(self.id));
+        }
+        Ok(())
+    }
+
+    /// Notes that `frame` left the queue.
+    fn dequeued(&self, frame: &Bytes) {
+        self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
     }
 
     /// A sender for bulk frames (see `BULK_QUEUE_FRAMES`).
@@ -318,7 +342,8 @@ impl LinkTask {
                 _ = &mut reader => break WriteEnd::Broken,
                 frame = self.queue_rx.recv() => {
                     let Some(frame) = frame else { break WriteEnd::Closed };
-                    if let Err(e) = self.write_batch(&mut out, frame).await {
+                    self.link.dequeued(&frame);
+                    if let Err(e) = within_deadline(self.write_batch(&mut out, frame)).await {
                         debug!(peer = self.link.id, error = %e, "write to peer failed");
                         break WriteEnd::Broken;
                     }
@@ -329,7 +354,7 @@ impl LinkTask {
                         out.write_all(&frame).await?;
                         out.flush().await
                     };
-                    if let Err(e) = written.await {
+                    if let Err(e) = within_deadline(written).await {
                         debug!(peer = self.link.id, error = %e, "write to peer failed");
                         break WriteEnd::Broken;
                     }
@@ -350,7 +375,10 @@ impl LinkTask {
         for round in 0..2 {
             while written < WRITE_BATCH_FRAMES {
                 match self.queue_rx.try_recv() {
-                    Ok(frame) => out.write_all(&frame).await?,
+                    Ok(frame) => {
+                        self.link.dequeued(&frame);
+                        out.write_all(&frame).await?;
+                    }
                     Err(_) => break,
                 }
                 written += 1;
@@ -361,6 +389,15 @@ impl LinkTask {
         }
         out.flush().await
     }
+}
+
+/// `write`, failed with `TimedOut` once it takes longer than [`WRITE_DEADLINE`].
+async fn within_deadline(
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_DEADLINE, write).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer took nothing for the write deadline"))
+    })
 }
 
 async fn read_loop(
