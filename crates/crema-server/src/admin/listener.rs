@@ -3,12 +3,15 @@
 //! hyper also applies it to a kept-alive connection waiting for its next request, so an idle
 //! connection closes too), tower-http's layer answers `408` to a request not done within
 //! [`REQUEST_TIMEOUT`] (a body sent slowly included), and at most [`MAX_CONNECTIONS`] are open
-//! at once: past that a connection is closed as soon as it is accepted. The accept loop is the
-//! one axum's own `serve` runs, with these settings, which `axum::serve` does not expose.
+//! at once: past that a new connection closes the oldest one. Found from outside: refusing the
+//! new one instead let 140 connections that each sent part of a request line hold every slot,
+//! renewed every few seconds, and every `/health` and `/ready` probe failed. The accept loop is
+//! the one axum's own `serve` runs, with these settings, which `axum::serve` does not expose.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -16,7 +19,6 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -42,7 +44,9 @@ pub async fn serve(
         axum::http::StatusCode::REQUEST_TIMEOUT,
         REQUEST_TIMEOUT,
     ));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // The open connections, oldest first, each with what closes it.
+    let open: Arc<Mutex<VecDeque<(u64, CancellationToken)>>> = Arc::default();
+    let mut next_id = 0u64;
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -57,15 +61,26 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%addr, "admin connection refused: {MAX_CONNECTIONS} open");
-            continue;
-        };
-        let router = router.clone();
-        let shutdown = shutdown.clone();
+        let (id, evict) = (next_id, CancellationToken::new());
+        next_id += 1;
+        {
+            let mut open = open.lock().expect("admin connections poisoned");
+            if open.len() >= MAX_CONNECTIONS {
+                if let Some((_, oldest)) = open.pop_front() {
+                    debug!(%addr, "{MAX_CONNECTIONS} admin connections open: the oldest is closed");
+                    oldest.cancel();
+                }
+            }
+            open.push_back((id, evict.clone()));
+        }
+        let (router, open, shutdown) = (router.clone(), open.clone(), shutdown.clone());
         tracker.spawn(async move {
-            let _slot = slot;
-            serve_connection(stream, addr, router, shutdown).await;
+            // Evicted: dropped at once (its socket closes), not shut down gracefully.
+            tokio::select! {
+                _ = serve_connection(stream, addr, router, shutdown) => {}
+                _ = evict.cancelled() => {}
+            }
+            open.lock().expect("admin connections poisoned").retain(|(open_id, _)| *open_id != id);
         });
     }
     tracker.close();
