@@ -291,6 +291,32 @@ fn private_umask() {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 }
 
+/// Raises the soft limit on open files to the hard one, as Redis does for its `maxclients`:
+/// clients, peers, handshakes under way and RocksDB's files all take descriptors, and the usual
+/// soft default of 1,024 is spent by strangers' connections alone. Found from outside: under
+/// it, 1,100 idle connections to the peer port made the RESP port fail to accept and
+/// checkpoints fail to open their files.
+fn raise_open_file_limit(max_clients: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "the open-file limit could not be raised"),
+        }
+    }
+    // Clients, then a margin for peers, handshakes (1,024 at most) and RocksDB.
+    let wanted = max_clients as u64 + 4096;
+    let now = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(soft, _)| soft);
+    if now < wanted {
+        tracing::warn!(
+            limit = now,
+            wanted,
+            "the open-file limit is below --max-clients and the node's own needs: raise it (ulimit -n)"
+        );
+    }
+}
+
 /// Warns about secrets given as flags: any local user sees them in the process list.
 fn warn_secret_flags() {
     for arg in std::env::args() {
@@ -308,6 +334,7 @@ fn warn_secret_flags() {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     private_umask();
     warn_secret_flags();
+    raise_open_file_limit(config.max_clients);
     let node = RunningNode::start(&config).await?;
     let stop = shutdown_signal()?;
     // Two lines scripts and tests can wait for: the ports are open, then a leader is known (a

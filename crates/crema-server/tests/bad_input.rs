@@ -327,3 +327,42 @@ async fn a_command_too_large_for_one_raft_entry_is_refused_and_the_group_goes_on
         still_serves(node).await;
     }
 }
+
+/// The usual soft limit of 1,024 open files is spent by strangers' connections alone (found
+/// from outside: 1,100 idle connections to the peer port made the RESP port fail to accept and
+/// checkpoints fail): a node raises its soft limit to the hard one at start.
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    use std::io::BufRead;
+    let hard = std::process::Command::new("sh").args(["-c", "ulimit -Hn"]).output().unwrap();
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_owned();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_crema"))
+        .args([
+            "serve",
+            "--resp-addr",
+            "127.0.0.1:0",
+            "--raft-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("crema listening"), "{line}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let fields: Vec<&str> = open_files.split_whitespace().collect();
+    let (soft, limit_hard) = (fields[3], fields[4]);
+    assert_eq!(soft, limit_hard, "{open_files}");
+    if hard != "unlimited" {
+        assert_eq!(soft, hard, "{open_files}");
+    }
+}
