@@ -186,6 +186,11 @@ impl Dispatcher {
         self.heard_peers(self.live_window)
     }
 
+    /// Drops snapshot transfers abandoned for long (see [`SnapshotAssembler::expire`]).
+    pub fn expire_snapshots(&self) {
+        self.snapshots.lock().expect("snapshot assembler poisoned").expire(Instant::now());
+    }
+
     /// The peers this node heard from (any message, pings included) within `window`.
     pub fn heard_peers(&self, window: Duration) -> std::collections::HashSet<NodeId> {
         let peers = self.peers.lock().expect("peers poisoned");

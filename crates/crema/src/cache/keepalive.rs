@@ -60,6 +60,7 @@ pub(super) async fn keep_alive(beat: KeepAlive, cancel: CancellationToken) {
         if faults.as_ref().is_some_and(|f| f.is_paused(node_id)) {
             continue;
         }
+        dispatcher.expire_snapshots();
         let groups = table.groups();
         let led: Vec<_> = groups
             .iter()

@@ -59,6 +59,13 @@ pub struct SnapshotAssembler {
 }
 
 impl SnapshotAssembler {
+    /// Drops the transfers that received nothing for [`ASSEMBLY_EXPIRY`]. Called on every
+    /// piece and by the node's keep-alive beat: found from outside, an abandoned transfer's
+    /// 400 MB stayed until some other piece arrived, which may be never.
+    pub fn expire(&mut self, now: Instant) {
+        self.in_progress.retain(|_, a| now.saturating_duration_since(a.touched) < ASSEMBLY_EXPIRY);
+    }
+
     /// Takes one piece from `from` for `shard`. Answers the whole Raft message once its last
     /// piece arrived, `Ok(None)` while more are expected.
     ///
@@ -72,9 +79,9 @@ impl SnapshotAssembler {
         now: Instant,
     ) -> Result<Option<Message>, String> {
         let key = (from, shard);
-        // On every piece: an abandoned transfer's memory goes when it expires, not when the
+        // On every piece too: an abandoned transfer's memory goes when it expires, not when the
         // next transfer starts.
-        self.in_progress.retain(|_, a| now.saturating_duration_since(a.touched) < ASSEMBLY_EXPIRY);
+        self.expire(now);
         if let Some(header) = piece.header {
             self.in_progress.remove(&key);
             if piece.total_len > MAX_SNAPSHOT_BYTES {
@@ -181,6 +188,17 @@ mod tests {
         assert!(a.accept(1, 0, piece(1, false, half, 2, b"c"), after).is_ok(), "the live one goes on");
         // A restarted transfer of the same sender and group replaces its own reservation.
         a.accept(1, 0, piece(2, true, half, 0, b"a"), after).unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_transfer_expires_without_another_piece() {
+        let mut a = SnapshotAssembler::default();
+        let t0 = Instant::now();
+        a.accept(1, 0, piece(1, true, 10, 0, b"a"), t0).unwrap();
+        a.expire(t0 + ASSEMBLY_EXPIRY / 2);
+        assert_eq!(a.in_progress.len(), 1, "not idle long enough");
+        a.expire(t0 + ASSEMBLY_EXPIRY + Duration::from_secs(1));
+        assert!(a.in_progress.is_empty(), "its memory is freed");
     }
 
     #[test]
