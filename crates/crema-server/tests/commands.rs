@@ -334,6 +334,22 @@ async fn server_commands() {
     let Value::Array(get) = &rows[0] else { panic!() };
     assert_eq!((&get[0], &get[1], &get[3]), (&bulk("get"), &Value::Int(2), &Value::Int(1)));
     assert!(matches!(ok(c, &["COMMAND", "DOCS", "get"]).await, Value::Array(_) | Value::Map(_)));
+    // ACL categories, LIST's filters, HELP and arity, as Redis 7 (found different from outside).
+    assert!(matches!(&get[6], Value::Array(cats) if cats.contains(&bulk("@read"))), "{get:?}");
+    let mut listed: Vec<String> = q(c, &["COMMAND", "LIST", "FILTERBY", "PATTERN", "mset*"]).await.unwrap();
+    listed.sort();
+    assert_eq!(listed, ["mset", "msetnx"]);
+    let admin: Vec<String> = q(c, &["COMMAND", "LIST", "FILTERBY", "ACLCAT", "dangerous"]).await.unwrap();
+    assert!(admin.contains(&"flushall".to_owned()) && !admin.contains(&"get".to_owned()), "{admin:?}");
+    assert!(q::<Vec<String>>(c, &["COMMAND", "LIST", "FILTERBY", "MODULE", "json"])
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(err(c, &["COMMAND", "LIST", "FOO"]).await.contains("syntax error"));
+    assert!(err(c, &["COMMAND", "COUNT", "x"]).await.contains("wrong number of arguments"));
+    assert!(q::<Vec<String>>(c, &["COMMAND", "HELP"]).await.unwrap()[0].starts_with("COMMAND <subcommand>"));
+    assert!(err(c, &["CLIENT", "NO-EVICT", "maybe"]).await.contains("syntax error"));
+    assert_eq!(ok(c, &["CLIENT", "NO-EVICT", "on"]).await, Value::Okay);
     let config: Vec<String> = q(c, &["CONFIG", "GET", "maxmemory*"]).await.unwrap();
     assert!(config.contains(&"maxmemory-policy".to_owned()));
     let cluster: Vec<String> = q(c, &["CONFIG", "GET", "cluster-enabled"]).await.unwrap();

@@ -179,7 +179,8 @@ fn client(call: &mut Call<'_>) -> Result<Reply, CmdError> {
             }
             Ok(Reply::OK)
         }
-        ("NO-EVICT" | "NO-TOUCH", 3) => Ok(Reply::OK),
+        ("NO-EVICT" | "NO-TOUCH", 3) if matches!(call.option(2).as_str(), "ON" | "OFF") => Ok(Reply::OK),
+        ("NO-EVICT" | "NO-TOUCH", 3) => Err(CmdError::Syntax),
         ("SETNAME" | "GETNAME" | "ID" | "INFO" | "SETINFO" | "NO-EVICT" | "NO-TOUCH", _) => {
             Err(CmdError::Arity(format!("client|{}", sub.to_ascii_lowercase())))
         }

@@ -52,7 +52,7 @@ fn command_info(spec: &CommandSpec) -> Reply {
         Reply::Integer(spec.first_key.into()),
         Reply::Integer(spec.last_key.into()),
         Reply::Integer(spec.step.into()),
-        Reply::Array(Vec::new()),
+        Reply::Array(spec.categories.iter().map(|c| Reply::bulk(format!("@{c}"))).collect()),
         Reply::Array(Vec::new()),
         Reply::Array(Vec::new()),
         Reply::Array(Vec::new()),
@@ -63,8 +63,47 @@ fn command(call: &Call<'_>) -> Result<Reply, CmdError> {
     let named = |from: usize| call.args[from..].iter().map(|n| super::lookup(n));
     match call.args.get(1).map(|_| call.option(1)).as_deref() {
         None => Ok(Reply::Array(COMMANDS.iter().map(command_info).collect())),
-        Some("COUNT") => Ok(Reply::Integer(COMMANDS.len() as i64)),
-        Some("LIST") => Ok(Reply::Array(COMMANDS.iter().map(|c| Reply::bulk(c.name)).collect())),
+        Some("COUNT") if call.args.len() == 2 => Ok(Reply::Integer(COMMANDS.len() as i64)),
+        Some("LIST") => {
+            // `FILTERBY MODULE name | ACLCAT category | PATTERN glob`, as Redis 7.
+            let keep: Box<dyn Fn(&CommandSpec) -> bool> = match call.args.len() {
+                2 => Box::new(|_| true),
+                5 if call.option(2) == "FILTERBY" => {
+                    let value = call.arg(4).to_ascii_lowercase();
+                    match call.option(3).as_str() {
+                        "MODULE" => Box::new(|_| false),
+                        "ACLCAT" => Box::new(move |c| c.categories.iter().any(|cat| cat.as_bytes() == value)),
+                        "PATTERN" => Box::new(move |c| crema::glob::glob_match(&value, c.name.as_bytes())),
+                        _ => return Err(CmdError::Syntax),
+                    }
+                }
+                _ => return Err(CmdError::Syntax),
+            };
+            Ok(Reply::Array(COMMANDS.iter().filter(|c| keep(c)).map(|c| Reply::bulk(c.name)).collect()))
+        }
+        Some("HELP") if call.args.len() == 2 => Ok(Reply::Array(
+            [
+                "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "(no subcommand)",
+                "    Return details about all commands.",
+                "COUNT",
+                "    Return the total number of commands.",
+                "LIST [FILTERBY (MODULE <module-name>|ACLCAT <category>|PATTERN <pattern>)]",
+                "    Return a list of all commands, optionally filtered.",
+                "INFO [<command-name> ...]",
+                "    Return details about the given commands, or all of them.",
+                "DOCS [<command-name> ...]",
+                "    Return documentation details about the given commands, or all of them.",
+                "HELP",
+                "    Print this help.",
+            ]
+            .into_iter()
+            .map(Reply::Simple)
+            .collect(),
+        )),
+        Some(sub @ ("COUNT" | "HELP")) => {
+            Err(CmdError::Arity(format!("command|{}", sub.to_ascii_lowercase())))
+        }
         Some("INFO") => Ok(Reply::Array(if call.args.len() == 2 {
             COMMANDS.iter().map(command_info).collect()
         } else {
