@@ -189,6 +189,8 @@ fn parse_inline(buf: &[u8], limits: &RequestLimits) -> Result<Option<(Vec<Span>,
 /// closing quote must end the argument. A quote left open, or one followed by more of the
 /// argument, is a protocol error ("unbalanced quotes", as Redis answers both).
 fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, RequestError> {
+    // Redis splits a C string: a NUL byte ends the line (inside quotes, unbalanced).
+    let line = line.iter().position(|c| *c == 0).map_or(line, |nul| &line[..nul]);
     let unbalanced = || protocol("unbalanced quotes in request");
     let ends_argument = |at: usize| line.get(at).is_none_or(|c| c.is_ascii_whitespace() || *c == 0x0b);
     let mut args = Vec::new();
@@ -247,7 +249,7 @@ fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, RequestError> {
                     }
                 },
                 None => match line.get(i).copied() {
-                    None | Some(b' ' | b'\n' | b'\r' | b'\t' | 0) => break,
+                    None | Some(b' ' | b'\n' | b'\r' | b'\t') => break,
                     Some(q @ (b'"' | b'\'')) => {
                         quote = Some(q);
                         i += 1;
@@ -343,6 +345,10 @@ mod tests {
         assert_eq!(second(br"ECHO 'a\'b'"), b"a'b".to_vec());
         assert_eq!(second(br"ECHO 'a\nb'"), br"a\nb".to_vec());
         assert_eq!(second(b"ECHO x\x0b"), b"x\x0b".to_vec(), "a vertical tab ends no argument");
+        // A NUL byte ends the line (found in review: it looped for ever before the line's end).
+        assert_eq!(split(b"PING\0 x").unwrap(), vec![Bytes::from("PING")]);
+        assert_eq!(split(b"\0").unwrap(), Vec::<Bytes>::new());
+        assert!(split(b"ECHO \"a\0b\"").is_err());
         for unbalanced in
             [&br#"ECHO "a"b"#[..], br#"ECHO a"b c"d"#, br"ECHO 'a'b", br#"ECHO "a"#, br"ECHO 'a"]
         {
