@@ -335,7 +335,14 @@ fn incr_by_long_double(x: &Target<'_>, key: &Bytes, delta: LongDouble) -> ApplyO
     ApplyOutput::Value(Some(text))
 }
 
+/// The largest value an APPEND or SETRANGE may make, whatever limit its entry names: a
+/// proposer's limit is at most its `max_value_bytes`, itself under this, so honest entries are
+/// decided as they say; an entry a hostile leader wrote cannot make every replica allocate
+/// terabytes in apply (apply is infallible, and an allocation that fails aborts).
+const MOST_VALUE_BYTES: u64 = crate::config::MAX_COMMAND_BYTES as u64;
+
 fn append(x: &Target<'_>, key: &Bytes, value: &Bytes, max_len: u64) -> ApplyOutput {
+    let max_len = max_len.min(MOST_VALUE_BYTES);
     let current = x.entry(key);
     let (old, expires_at_ms) = match current {
         None => (Bytes::new(), None),
@@ -353,6 +360,7 @@ fn append(x: &Target<'_>, key: &Bytes, value: &Bytes, max_len: u64) -> ApplyOutp
 }
 
 fn set_range(x: &Target<'_>, key: &Bytes, offset: u64, value: &Bytes, max_len: u64) -> ApplyOutput {
+    let max_len = max_len.min(MOST_VALUE_BYTES);
     let current = x.entry(key);
     let old_len = current.as_ref().map_or(0, |c| c.value.len());
     if value.is_empty() {

@@ -147,6 +147,10 @@ fn append_and_setrange_grow_within_the_limit() {
     assert_eq!(value(&s, "r").unwrap().value, Bytes::from_static(b"\0Z\0ab"));
     assert_eq!(run(&s, range(7, "ab")), ApplyOutput::Failed(ApplyError::TooLarge));
     assert_eq!(run(&s, range(u64::MAX, "a")), ApplyOutput::Failed(ApplyError::TooLarge));
+    // An entry naming a limit no proposer could (a hostile leader's) cannot make apply
+    // allocate past the largest command.
+    let huge = CacheCommand::SetRange { key: b("h"), offset: 1 << 40, value: b("x"), max_len: u64::MAX };
+    assert_eq!(run(&s, huge), ApplyOutput::Failed(ApplyError::TooLarge));
 }
 
 #[test]

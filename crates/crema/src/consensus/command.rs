@@ -382,9 +382,19 @@ impl CacheCommand {
                 validate_key(key, limits)?;
                 validate_value(value, limits)
             }
-            Append { key, value, .. } | SetRange { key, value, .. } => {
+            // The limit a value may grow to travels in the command (every node decides alike),
+            // so it is checked too: found in review, a peer's forwarded SETRANGE naming a limit
+            // of 2^64 and an offset of 2^40 would have every replica allocate it in apply.
+            Append { key, value, max_len } | SetRange { key, value, max_len, .. } => {
                 validate_key(key, limits)?;
-                validate_value(value, limits)
+                validate_value(value, limits)?;
+                if *max_len > limits.max_value_bytes as u64 {
+                    return Err(CommandError::ValueTooLarge {
+                        len: *max_len as usize,
+                        max: limits.max_value_bytes,
+                    });
+                }
+                Ok(())
             }
             Delete { key } | IncrBy { key, .. } | GetDel { key } | GetEx { key, .. } => {
                 validate_key(key, limits)

@@ -29,6 +29,12 @@ fn multi_key_and_float_commands_are_validated() {
     assert_eq!(nan.validate(&LIMITS), Err(CommandError::NotFinite));
     let append = CacheCommand::Append { key: "k".into(), value: vec![0u8; 17].into(), max_len: 100 };
     assert_eq!(append.validate(&LIMITS), Err(CommandError::ValueTooLarge { len: 17, max: 16 }));
+    // The limit a value may grow to is the proposer's: a peer may not name a larger one.
+    let grows =
+        CacheCommand::SetRange { key: "k".into(), offset: 1 << 40, value: "x".into(), max_len: u64::MAX };
+    assert!(matches!(grows.validate(&LIMITS), Err(CommandError::ValueTooLarge { max: 16, .. })));
+    let append = CacheCommand::Append { key: "k".into(), value: "x".into(), max_len: 17 };
+    assert!(matches!(append.validate(&LIMITS), Err(CommandError::ValueTooLarge { len: 17, max: 16 })));
     assert_eq!(CacheCommand::Batch(vec![]).validate(&LIMITS), Err(CommandError::BadBatch));
     let nested = CacheCommand::Batch(vec![CacheCommand::Batch(vec![CacheCommand::Clear])]);
     assert_eq!(nested.validate(&LIMITS), Err(CommandError::BadBatch));

@@ -138,6 +138,14 @@ impl Transaction {
     /// Checks every key and value against `limits`, that no step is a batch, a transaction or
     /// an eviction, and the encoded size (see the module docs).
     pub(crate) fn validate(&self, limits: &CommandLimits) -> Result<(), CommandError> {
+        // As `max_len` in SETRANGE: the proposer's limit travels in the command.
+        let most_reply = (limits.max_key_bytes + limits.max_value_bytes) as u64;
+        if self.max_reply_bytes > most_reply {
+            return Err(CommandError::TransactionTooLarge {
+                len: self.max_reply_bytes as usize,
+                max: most_reply as usize,
+            });
+        }
         for watched in &self.watches {
             validate_key(&watched.key, limits)?;
         }

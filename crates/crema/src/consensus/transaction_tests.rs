@@ -236,6 +236,14 @@ fn reads_past_the_reply_bound_answer_an_error_and_writes_still_apply() {
 #[test]
 fn validation_refuses_nesting_empty_reads_and_oversized_transactions() {
     let limits = CommandLimits { max_key_bytes: 16, max_value_bytes: 64 };
+    // The reply limit travels in the command: a proposer may not name one past its limits.
+    let over = exec(vec![], vec![write(CacheCommand::put("k", "v"))]);
+    assert!(matches!(
+        over.validate(&limits),
+        Err(CommandError::TransactionTooLarge { len: 1_048_576, max: 80 })
+    ));
+    let exec =
+        |watches, steps| CacheCommand::Transaction(Transaction { watches, steps, max_reply_bytes: 80 });
     let nested = exec(vec![], vec![write(CacheCommand::Batch(vec![CacheCommand::Clear]))]);
     assert_eq!(nested.validate(&limits), Err(CommandError::BadTransaction));
     let evict = exec(vec![], vec![write(CacheCommand::Evict { keys: vec![b("k")] })]);
