@@ -259,17 +259,17 @@ async fn exec(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         match call.execute_raw(CacheCommand::Transaction(transaction)).await? {
             ApplyOutput::Exec(Some(outputs)) => outputs,
             ApplyOutput::Exec(None) => return Ok(Reply::NullArray),
-            other => unreachable!("a transaction answered {other:?}"),
+            _ => return Err(CmdError::Invalid(super::write::UNEXPECTED_OUTPUT.into())),
         }
     };
     let mut outputs = outputs.into_iter();
     let mut replies = Vec::with_capacity(slots.len());
     for slot in slots {
         replies.push(match slot {
-            Slot::Step(render) => {
-                let out = outputs.next().expect("one output per step");
-                render.reply(out).unwrap_or_else(|e| e.to_reply(call.state))
-            }
+            Slot::Step(render) => match outputs.next() {
+                Some(out) => render.reply(out).unwrap_or_else(|e| e.to_reply(call.state)),
+                None => CmdError::Invalid(super::write::UNEXPECTED_OUTPUT.into()).to_reply(call.state),
+            },
             Slot::Ready(reply) => reply,
             Slot::Local(kind, args) => run_local(call, kind, args).await,
         });

@@ -153,10 +153,17 @@ impl Render {
                     Some(meta) => meta.expires_at_ms.map_or(-1, |at| keyspace::ttl_reply(kind, at, at_ms)),
                 })
             }
-            (render, out) => unreachable!("{render:?} cannot render {out:?}"),
+            // Only a peer that lies (or a bug) answers a write with another command's output:
+            // an error for this client, never a panic of the node.
+            _ => return Err(CmdError::Invalid(UNEXPECTED_OUTPUT.into())),
         })
     }
 }
+
+/// What a client is told when the node that applied its write answered with an output the
+/// write cannot produce.
+pub(super) const UNEXPECTED_OUTPUT: &str =
+    "the node that applied this write answered with an output it cannot produce (a peer that lies, or a bug); its outcome is unknown";
 
 /// Prepares `kind` if it is a write; `None` for reads (GETEX without options included).
 pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<Option<PreparedWrite>, CmdError> {
@@ -183,9 +190,10 @@ pub async fn execute_all(call: &Call<'_>, writes: Vec<PreparedWrite>) -> Vec<Rep
     let outputs = if commands.len() == 1 {
         call.execute_raw(commands.pop().expect("one command")).await.map(|out| vec![out])
     } else {
+        let count = commands.len();
         match call.execute_raw(CacheCommand::Batch(commands)).await {
-            Ok(ApplyOutput::Batch(outputs)) => Ok(outputs),
-            Ok(other) => unreachable!("a batch answered {other:?}"),
+            Ok(ApplyOutput::Batch(outputs)) if outputs.len() == count => Ok(outputs),
+            Ok(_) => Err(CmdError::Invalid(UNEXPECTED_OUTPUT.into())),
             Err(e) => Err(e),
         }
     };
@@ -196,5 +204,23 @@ pub async fn execute_all(call: &Call<'_>, writes: Vec<PreparedWrite>) -> Vec<Rep
             .map(|(render, out)| render.reply(out).unwrap_or_else(|e| e.to_reply(call.state)))
             .collect(),
         Err(e) => vec![e.to_reply(call.state); renders.len()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forwarded write's output comes from a peer: one that does not fit the command is an
+    /// error for its client (found in review: it was `unreachable!`, which ends the process).
+    #[test]
+    fn an_output_the_command_cannot_produce_is_an_error_not_a_panic() {
+        assert!(matches!(Render::Int.reply(ApplyOutput::Value(None)), Err(CmdError::Invalid(_))));
+        assert!(matches!(Render::Values.reply(ApplyOutput::Done), Err(CmdError::Invalid(_))));
+        assert!(matches!(
+            Render::Set { return_old: false }.reply(ApplyOutput::Int(1)),
+            Err(CmdError::Invalid(_))
+        ));
+        assert_eq!(Render::Int.reply(ApplyOutput::Int(3)).unwrap(), Reply::Integer(3));
     }
 }

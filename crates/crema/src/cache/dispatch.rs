@@ -267,7 +267,9 @@ impl Inbound for Dispatcher {
             Envelope::Forward { shard, request_id, command } => {
                 self.on_forward(transport, from, shard, request_id, command);
             }
-            Envelope::ForwardReply { request_id, result } => self.forwarder.complete(request_id, result),
+            Envelope::ForwardReply { request_id, result } => {
+                self.forwarder.complete(from, request_id, result)
+            }
             Envelope::Read { shard, request_id, linearizable, read } => {
                 let Some(table) = self.table.get().cloned() else { return };
                 self.tasks.spawn(serve_read(

@@ -328,7 +328,7 @@ impl DistributedCache {
                     Error::NotLeader { leader_hint: None }
                 });
             };
-            let reply = slot.arm();
+            let reply = slot.arm(target);
             let frame = Envelope::Forward { shard, request_id: slot.seq, command: bytes.clone() };
             if self.transport.send(target, frame.to_frame()).is_err() {
                 tokio::time::sleep(tick).await;

@@ -160,7 +160,7 @@ impl DistributedCache {
         deadline: Instant,
     ) -> Attempt {
         let tick = self.config.raft.tick_interval();
-        let reply = slot.arm();
+        let reply = slot.arm(leader);
         let frame = Envelope::Forward { shard: shard.id, request_id: slot.seq, command: bytes.clone() };
         if let Err(e) = self.transport.send(leader, frame.to_frame()) {
             debug!(leader, error = %e, "a forwarded write was not sent; trying again");

@@ -26,11 +26,19 @@ use crate::types::NodeId;
 /// The leader's reply to one copy of a forwarded write.
 pub(crate) type Reply = std::result::Result<Applied, WireError>;
 
+/// One awaited write (see [`Forwarder::complete`]).
+#[derive(Default)]
+struct Awaited {
+    sent_to: Vec<NodeId>,
+    reply: Option<oneshot::Sender<Reply>>,
+}
+
 /// Forwarded writes awaiting the leader's answer, by sequence number.
 pub(crate) struct Forwarder {
     next_seq: AtomicU64,
-    /// Every write still awaited; the sender is there while a copy of it is out.
-    pending: Mutex<BTreeMap<u64, Option<oneshot::Sender<Reply>>>>,
+    /// Every write still awaited: the nodes its copies went to, and the sender while a copy
+    /// is out.
+    pending: Mutex<BTreeMap<u64, Awaited>>,
     /// Writes given up on (their caller timed out) that no applied write has reported yet.
     abandoned: Mutex<BTreeSet<u64>>,
     /// Writes forwarded since the node started (each once, however often it is sent).
@@ -63,7 +71,7 @@ impl Forwarder {
         // the leader would then refuse this write as expired on its first copy.
         let mut pending = self.pending.lock().expect("pending poisoned");
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        pending.insert(seq, None);
+        pending.insert(seq, Awaited::default());
         drop(pending);
         self.opened.fetch_add(1, Ordering::Relaxed);
         ForwardSlot { forwarder: self, seq, answered: AtomicBool::new(false) }
@@ -91,10 +99,15 @@ impl Forwarder {
         pending.keys().next().copied().unwrap_or_else(|| self.next_seq.load(Ordering::Relaxed))
     }
 
-    /// Completes the copy of write `seq` that is out with the leader's reply (ignored when the
-    /// write is no longer awaited, or no copy is out).
-    pub fn complete(&self, seq: u64, reply: Reply) {
-        let waiting = self.pending.lock().expect("pending poisoned").get_mut(&seq).and_then(Option::take);
+    /// Completes the copy of write `seq` that is out with the reply `from` sent (ignored when
+    /// the write is no longer awaited, no copy is out, or no copy went to `from`: found in
+    /// review, any member could answer any write, whose numbers follow each other, with an
+    /// output its command cannot produce).
+    pub fn complete(&self, from: NodeId, seq: u64, reply: Reply) {
+        let mut pending = self.pending.lock().expect("pending poisoned");
+        let waiting =
+            pending.get_mut(&seq).filter(|a| a.sent_to.contains(&from)).and_then(|a| a.reply.take());
+        drop(pending);
         if let Some(tx) = waiting {
             let _ = tx.send(reply);
         }
@@ -110,12 +123,15 @@ pub(crate) struct ForwardSlot<'a> {
 }
 
 impl ForwardSlot<'_> {
-    /// Where the reply to the next copy sent goes (a reply to an earlier copy then goes here
-    /// too: every copy is answered alike).
-    pub fn arm(&self) -> oneshot::Receiver<Reply> {
+    /// Where the reply to the next copy, about to be sent to `to`, goes (a reply to an earlier
+    /// copy then goes here too: every copy is answered alike).
+    pub fn arm(&self, to: NodeId) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
         if let Some(slot) = self.forwarder.pending.lock().expect("pending poisoned").get_mut(&self.seq) {
-            *slot = Some(tx);
+            if !slot.sent_to.contains(&to) {
+                slot.sent_to.push(to);
+            }
+            slot.reply = Some(tx);
         }
         rx
     }
@@ -187,9 +203,11 @@ mod tests {
         assert_eq!(b.seq, a.seq + 1);
         assert_eq!(f.oldest_pending(), a.seq);
         // A reply with no copy out is dropped; one to an armed copy arrives.
-        f.complete(b.seq, Err(WireError::ProposalDropped));
-        let mut rx = b.arm();
-        f.complete(b.seq, Err(WireError::Shutdown));
+        f.complete(2, b.seq, Err(WireError::ProposalDropped));
+        let mut rx = b.arm(2);
+        // Only from a node a copy went to.
+        f.complete(3, b.seq, Err(WireError::ProposalDropped));
+        f.complete(2, b.seq, Err(WireError::Shutdown));
         assert_eq!(rx.try_recv().unwrap(), Err(WireError::Shutdown));
         let first = a.seq;
         a.answered();
@@ -208,7 +226,7 @@ mod tests {
         c.answered();
         drop(c);
         assert_eq!(f.oldest_pending(), first + 4, "none awaited: the next number");
-        f.complete(first, Err(WireError::Shutdown));
+        f.complete(2, first, Err(WireError::Shutdown));
     }
 
     /// The leader raises a session's floor to what each write's stamp says is the oldest write
