@@ -108,7 +108,17 @@ impl Session {
         }
         while self.answers.len() > MAX_ANSWERS_PER_SESSION || self.bytes > MAX_ANSWER_BYTES_PER_SESSION {
             let Some((&oldest, _)) = self.answers.first_key_value() else { break };
-            self.raise_floor(oldest + 1);
+            // The last number there is (only a lying peer stamps it): no later write follows
+            // it, and `oldest + 1` would wrap to a floor that drops nothing, for ever (found in
+            // review).
+            let Some(next) = oldest.checked_add(1) else {
+                if let Some(output) = self.answers.remove(&oldest) {
+                    self.bytes -= weight(&output);
+                }
+                self.floor = u64::MAX;
+                continue;
+            };
+            self.raise_floor(next);
         }
     }
 }

@@ -141,3 +141,15 @@ fn a_write_its_origin_gave_up_on_is_refused_when_it_commits_late() {
     run(&mut s, stamp(2, 7, 20, 20), 7, &mut runs);
     assert!(s.open[&(2, 7)].abandoned.is_empty());
 }
+
+/// A write stamped with the last number there is and an output past the session's budget:
+/// found in review, dropping it raised the floor to `u64::MAX + 1`, which wrapped to 0 and
+/// dropped nothing, and the apply loop never ended.
+#[test]
+fn the_last_sequence_number_with_a_large_output_ends() {
+    let mut s = Sessions::default();
+    let big = Bytes::from(vec![0u8; MAX_ANSWER_BYTES_PER_SESSION + 1]);
+    let out = s.apply(&stamp(2, 7, u64::MAX, u64::MAX), 1, || ApplyOutput::Value(Some(big.clone())));
+    assert_eq!(out, ApplyOutput::Value(Some(big)));
+    assert_eq!(s.answers_kept(), 0, "its answer could not be kept");
+}
