@@ -98,9 +98,12 @@ impl Discovered {
                     self.membership.transport.remove_peer(id);
                 }
             }
-            DiscoveryEvent::ShardLeader(hint) => {
+            // Only for shards that exist (as `Envelope::Leaders`): found in review, a stranger's
+            // gossip could grow the hints with any shard id.
+            DiscoveryEvent::ShardLeader(hint) if hint.shard < self.table.num_shards() => {
                 self.coordinator.hint_if_newer(hint.shard, hint.leader, hint.epoch);
             }
+            DiscoveryEvent::ShardLeader(_) => {}
         }
     }
 

@@ -25,21 +25,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{
-    AccumulatingRuntime, BroadcastHandler, Config, Foca, Identity, Invalidates, OwnedNotification, Timer,
-};
+use foca::{AccumulatingRuntime, Config, Foca, Identity, OwnedNotification, Timer};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::hints::Hints;
 use super::replay::{ReplayGuard, Stamp, Stamper, STAMP_BYTES};
 use super::{
     ClusterDiscovery, DiscoveredNode, DiscoveryContext, DiscoveryError, DiscoveryEvent, NodeHealth,
     PeerManagementConfig, ShardLeaderHint,
 };
 use crate::transport::auth::ClusterSecret;
-use crate::types::{NodeId, ShardId};
+use crate::types::NodeId;
 
 /// The label of gossip packet tags.
 const TAG_LABEL: &[u8] = b"crema-gossip-v2";
@@ -79,7 +78,7 @@ pub struct MemberlistConfig {
 
 /// A member as gossip knows it (see the module header).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct GossipId {
+pub(super) struct GossipId {
     gossip: SocketAddr,
     node_id: NodeId,
     raft: SocketAddr,
@@ -110,47 +109,6 @@ impl GossipId {
 
     fn node(&self, health: NodeHealth) -> DiscoveredNode {
         DiscoveredNode { node_id: self.node_id, raft_addr: self.raft, gossip_addr: Some(self.gossip), health }
-    }
-}
-
-/// A hint's broadcast key: a newer epoch of the same shard replaces an older one.
-#[derive(Debug, Clone, Copy)]
-struct HintKey {
-    shard: ShardId,
-    epoch: u64,
-}
-
-impl Invalidates for HintKey {
-    fn invalidates(&self, other: &Self) -> bool {
-        self.shard == other.shard && self.epoch > other.epoch
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("undecodable shard leader hint: {0}")]
-struct HintError(String);
-
-/// Keeps the newest hint of each shard; hands on the ones from others.
-struct Hints {
-    newest: HashMap<ShardId, (NodeId, u64)>,
-    /// Hints from others not yet handed to the node (the agent drains it).
-    received: Arc<Mutex<Vec<ShardLeaderHint>>>,
-}
-
-impl BroadcastHandler<GossipId> for Hints {
-    type Key = HintKey;
-    type Error = HintError;
-
-    fn receive_item(&mut self, data: &[u8], sender: Option<&GossipId>) -> Result<Option<HintKey>, HintError> {
-        let hint: ShardLeaderHint = postcard::from_bytes(data).map_err(|e| HintError(e.to_string()))?;
-        if self.newest.get(&hint.shard).is_some_and(|(_, epoch)| *epoch >= hint.epoch) {
-            return Ok(None);
-        }
-        self.newest.insert(hint.shard, (hint.leader, hint.epoch));
-        if sender.is_some() {
-            self.received.lock().expect("hints poisoned").push(hint);
-        }
-        Ok(Some(HintKey { shard: hint.shard, epoch: hint.epoch }))
     }
 }
 

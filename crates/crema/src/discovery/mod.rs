@@ -24,6 +24,7 @@
 //! manual.validate().unwrap();
 //! ```
 
+mod hints;
 pub mod memberlist;
 mod replay;
 mod static_list;
