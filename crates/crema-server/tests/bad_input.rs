@@ -303,6 +303,11 @@ async fn a_command_too_large_for_one_raft_entry_is_refused_and_the_group_goes_on
     assert_eq!(large.len(), big.len());
     let last: String = c.get("last").await.unwrap();
     assert_eq!(last, "1");
+    // A reply has its limit too: one 8 MiB value named 70 times would be 560 MiB to encode.
+    let err = redis::cmd("MGET").arg(vec!["large"; 70]).query_async::<()>(&mut c).await.unwrap_err();
+    assert!(err.to_string().contains("MGET reply of"), "{err}");
+    let twice: Vec<Vec<u8>> = redis::cmd("MGET").arg(vec!["large"; 2]).query_async(&mut c).await.unwrap();
+    assert_eq!(twice.len(), 2);
     assert_eq!(
         c.exists::<_, u64>(&(0..100).map(|i| format!("small{i}")).collect::<Vec<_>>()).await.unwrap(),
         100

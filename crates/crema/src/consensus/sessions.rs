@@ -262,8 +262,9 @@ impl Sessions {
     }
 }
 
-/// What keeping `output` costs, roughly: a fixed part and the bytes of the values it holds.
-fn weight(output: &ApplyOutput) -> usize {
+/// What keeping `output` costs, roughly: a fixed part and the bytes of the values it holds
+/// (also an upper bound of its encoding's size).
+pub(crate) fn weight(output: &ApplyOutput) -> usize {
     const FIXED: usize = 48;
     let bytes = |v: &Option<bytes::Bytes>| v.as_ref().map_or(0, |b| b.len());
     FIXED

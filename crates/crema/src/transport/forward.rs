@@ -170,16 +170,19 @@ impl ForwardTicket {
     /// Sends `result` back to the follower (a full or lost link drops it: the follower sends
     /// the write again, and the copy is answered with the first one's output).
     pub fn answer(self, result: Result<Applied>) {
-        let result = result.map_err(|e| WireError::from(&e));
+        let mut result = result.map_err(|e| WireError::from(&e));
+        // Measured before it is encoded (the outputs share the stored values; their encoding
+        // would copy them all, gigabytes for a batch of large GETDELs).
+        let weight = result.as_ref().map_or(0, |applied| crate::consensus::sessions::weight(&applied.output));
+        if weight > self.transport.max_frame_bytes() {
+            result = Err(WireError::Other(reply_too_large(weight)));
+        }
         let frame = Envelope::ForwardReply { request_id: self.request_id, result }.to_frame();
         let sent = match self.transport.send(self.to, frame) {
             // The outputs of a pipeline of GETDELs of large values, say: the follower is told
             // what happened rather than left to time out on a write that applied.
             Err(super::TransportError::FrameTooLarge { len, .. }) => {
-                let why = format!(
-                    "the write was applied, but its reply ({len} bytes) is larger than a peer frame:                      send such writes to the shard's leader, or fewer at once"
-                );
-                let result = Err(WireError::Other(why));
+                let result = Err(WireError::Other(reply_too_large(len)));
                 self.transport
                     .send(self.to, Envelope::ForwardReply { request_id: self.request_id, result }.to_frame())
             }
@@ -189,6 +192,14 @@ impl ForwardTicket {
             warn!(to = self.to, error = %e, "forward reply dropped");
         }
     }
+}
+
+/// Why a forwarded write that applied is answered with an error: its reply does not fit.
+fn reply_too_large(bytes: usize) -> String {
+    format!(
+        "the write was applied, but its reply ({bytes} bytes) is larger than a peer frame: send such \
+         writes to the shard's leader, or fewer at once"
+    )
 }
 
 #[cfg(test)]

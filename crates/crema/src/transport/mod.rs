@@ -209,6 +209,11 @@ impl Transport {
         peers.contains_key(&id) || (self.inbound.is_joining() && peers.len() < MAX_JOINING_PEERS)
     }
 
+    /// The largest frame a peer takes.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.config.max_frame_bytes
+    }
+
     /// The address peers reach this node on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
