@@ -82,7 +82,7 @@ pub enum ApplyOutput {
     /// The command changed nothing because the stored value does not fit it.
     Failed(ApplyError),
     /// The outputs of a batch's commands, in order.
-    Batch(Vec<ApplyOutput>),
+    Batch(#[serde(deserialize_with = "super::nesting::nested")] Vec<ApplyOutput>),
     /// Values read in a transaction (`GET`, `MGET`): one per key, none where absent.
     Values(Vec<Option<Bytes>>),
     /// Lengths and expiries read in a transaction (`STRLEN`, `EXISTS`, `TTL`, ...): one per key,
@@ -95,7 +95,7 @@ pub enum ApplyOutput {
     },
     /// A transaction: the output of each of its steps in order, or none when a watched key had
     /// changed (then nothing was applied).
-    Exec(Option<Vec<ApplyOutput>>),
+    Exec(#[serde(deserialize_with = "super::nesting::nested")] Option<Vec<ApplyOutput>>),
 }
 
 /// Why a committed command changed nothing. Decided alike on every node.

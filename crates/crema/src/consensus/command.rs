@@ -153,7 +153,7 @@ pub enum CacheCommand {
     /// answered on its own (one that does not fit its value does not stop the others). The
     /// server sends a client's pipelined writes this way: one proposal instead of many, in the
     /// client's order. Output: `Batch(outputs)`.
-    Batch(Vec<CacheCommand>),
+    Batch(#[serde(deserialize_with = "super::nesting::nested")] Vec<CacheCommand>),
     /// Remove keys the leader's eviction policy chose (see `cache::storage`): proposed by the
     /// leader itself, applied on every node like a delete, so all hold the same keys.
     /// Output: `Int(entries removed)`.
@@ -164,7 +164,7 @@ pub enum CacheCommand {
     /// A Redis transaction (`MULTI` ... `EXEC`): its steps applied in order with nothing in
     /// between, reads included, unless a watched key changed (see `consensus::transaction`).
     /// Output: `Exec(Some(outputs))`, or `Exec(None)` when nothing was applied.
-    Transaction(Transaction),
+    Transaction(#[serde(deserialize_with = "super::nesting::nested")] Transaction),
     /// Redis's `INCRBYFLOAT`: add `delta` to the number stored at `key` (absent counts as 0)
     /// as C's `long double` does, with Redis's text for the result (see
     /// `consensus::long_double`); the expiry is kept. Output: `Value(Some(new value as text))`,

@@ -208,3 +208,34 @@ fn commands_of_many_keys_must_fit_in_one_raft_entry() {
         CacheCommand::Batch(vec![CacheCommand::put("a", value.clone()), CacheCommand::put("b", value)]);
     assert!(matches!(batch.validate(&limits), Err(CommandError::CommandTooLarge { .. })));
 }
+
+/// A command nesting batches a million levels deep (what a 16 MiB frame can hold) is refused
+/// when decoded, instead of overflowing the decoding thread's stack (found in review).
+#[test]
+fn commands_and_outputs_nested_without_end_are_refused_when_decoded() {
+    fn deep(one: &[u8], levels: usize) -> Vec<u8> {
+        // `one` encodes a container holding one leaf: its first two bytes open a level.
+        let mut bytes = Vec::with_capacity(levels * 2 + one.len());
+        for _ in 0..levels {
+            bytes.extend_from_slice(&one[..2]);
+        }
+        bytes.extend_from_slice(&one[2..]);
+        bytes
+    }
+    let one = postcard::to_stdvec(&CacheCommand::Batch(vec![CacheCommand::Clear])).unwrap();
+    assert!(postcard::from_bytes::<CacheCommand>(&deep(&one, 1_000_000)).is_err());
+    let honest = CacheCommand::Batch(vec![CacheCommand::Batch(vec![CacheCommand::Clear])]);
+    let bytes = postcard::to_stdvec(&honest).unwrap();
+    assert_eq!(postcard::from_bytes::<CacheCommand>(&bytes).unwrap(), honest);
+    assert!(
+        postcard::from_bytes::<CacheCommand>(&deep(&one, 15)).is_ok(),
+        "15 levels decode (validate refuses them)"
+    );
+
+    use crate::consensus::apply::ApplyOutput;
+    let one = postcard::to_stdvec(&ApplyOutput::Batch(vec![ApplyOutput::Done])).unwrap();
+    assert!(postcard::from_bytes::<ApplyOutput>(&deep(&one, 1_000_000)).is_err());
+    let honest = ApplyOutput::Exec(Some(vec![ApplyOutput::Batch(vec![ApplyOutput::Int(1)])]));
+    let bytes = postcard::to_stdvec(&honest).unwrap();
+    assert_eq!(postcard::from_bytes::<ApplyOutput>(&bytes).unwrap(), honest);
+}

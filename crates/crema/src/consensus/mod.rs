@@ -10,6 +10,7 @@ pub mod command;
 pub(crate) mod group;
 mod logger;
 pub mod long_double;
+mod nesting;
 #[cfg(feature = "rocksdb")]
 mod node_db;
 pub(crate) mod pending;
