@@ -6,4 +6,6 @@ pub mod reply;
 pub mod request;
 
 pub use reply::{Protocol, Reply};
-pub use request::{parse_request, take_request, RequestError, RequestLimits};
+pub use request::{
+    parse_request, take_request, take_request_resuming, Progress, RequestError, RequestLimits,
+};

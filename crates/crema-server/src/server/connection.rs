@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use super::{ServerState, MAX_AUTH_FAILURES};
 use crate::cmd::write::PreparedWrite;
 use crate::cmd::{self, Session, Step};
-use crate::resp::{take_request, Reply, RequestLimits};
+use crate::resp::{take_request_resuming, Progress, Reply, RequestLimits};
 
 /// Most writes proposed together, and most bytes of keys and values in them: a batch stays
 /// well under the peer frame limit when it is forwarded from a follower.
@@ -90,6 +90,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         state,
         stream: &mut stream,
         input: BytesMut::new(),
+        progress: Progress::default(),
         output: BytesMut::new(),
         id,
         evicted,
@@ -114,6 +115,8 @@ struct Connection<'a, S> {
     state: &'a ServerState,
     stream: &'a mut S,
     input: BytesMut,
+    /// How far the request at the front of `input` was parsed (see `resp::Progress`).
+    progress: Progress,
     output: BytesMut,
     id: u64,
     /// While unauthenticated: cancelled when a newer stranger takes this one's place (see
@@ -225,7 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 return Err(Closed::AuthFailures);
             }
             let limits = if session.authenticated { &self.state.settings.limits } else { &UNAUTHENTICATED };
-            let args = match take_request(&mut self.input, limits) {
+            let args = match take_request_resuming(&mut self.input, limits, &mut self.progress) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => args,
                 Ok(None) => {
