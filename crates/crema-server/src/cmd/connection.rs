@@ -169,7 +169,9 @@ fn client(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         }
         ("GETNAME", 2) => Ok(call.session.name.clone().map_or(Reply::Null, Reply::Bulk)),
         ("ID", 2) => Ok(Reply::Integer(call.session.id as i64)),
-        ("INFO", 2) | ("LIST", _) => Ok(Reply::Bulk(Bytes::from(client_line(call.session) + "\n"))),
+        ("INFO", 2) => Ok(Reply::Bulk(Bytes::from(client_line(call.session) + "\n"))),
+        ("LIST", _) => super::clients::list(call),
+        ("KILL", n) if n >= 3 => super::clients::kill(call),
         ("SETINFO", 4) => {
             let value = call.arg(3).clone();
             match call.option(2).as_str() {
@@ -181,7 +183,7 @@ fn client(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         }
         ("NO-EVICT" | "NO-TOUCH", 3) if matches!(call.option(2).as_str(), "ON" | "OFF") => Ok(Reply::OK),
         ("NO-EVICT" | "NO-TOUCH", 3) => Err(CmdError::Syntax),
-        ("SETNAME" | "GETNAME" | "ID" | "INFO" | "SETINFO" | "NO-EVICT" | "NO-TOUCH", _) => {
+        ("SETNAME" | "GETNAME" | "ID" | "INFO" | "SETINFO" | "NO-EVICT" | "NO-TOUCH" | "KILL", _) => {
             Err(CmdError::Arity(format!("client|{}", sub.to_ascii_lowercase())))
         }
         _ => Err(CmdError::Invalid(format!(
@@ -193,27 +195,20 @@ fn client(call: &mut Call<'_>) -> Result<Reply, CmdError> {
 
 /// The `CLIENT INFO` line of a session.
 pub(crate) fn client_line(s: &Session) -> String {
-    let text =
-        |b: &Option<Bytes>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-    let resp = if s.protocol == Protocol::Resp3 { 3 } else { 2 };
-    let mode = if s.read_mode == ReadMode::Local { "local" } else { "linearizable" };
-    // Every field Redis 7 prints, as client libraries parse them (redis-py reads the numeric
-    // ones as integers); buffer sizes crema does not track per client show as 0.
-    format!(
-        "id={} addr={} laddr={} fd=0 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi={} \
-         qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
-         cmd={} user={} redir=-1 resp={resp} read-mode={mode} lib-name={} lib-ver={}",
-        s.id,
-        s.addr,
-        s.local_addr.map(|a| a.to_string()).unwrap_or_default(),
-        text(&s.name),
-        s.created.elapsed().as_secs(),
-        s.tx.queued_count().map_or(-1, |n| n as i64),
-        s.last_command,
-        s.user.as_ref().map_or("default", |u| u.name.as_str()),
-        text(&s.lib.0),
-        text(&s.lib.1),
-    )
+    super::clients::line(&super::clients::LineFields {
+        id: s.id,
+        addr: s.addr,
+        local_addr: s.local_addr,
+        name: s.name.as_ref(),
+        age_secs: s.created.elapsed().as_secs(),
+        idle_secs: 0,
+        multi: s.tx.queued_count().map_or(-1, |n| n as i64),
+        command: s.last_command,
+        user: s.user.as_ref().map_or("default", |u| u.name.as_str()),
+        resp: if s.protocol == Protocol::Resp3 { 3 } else { 2 },
+        local_reads: s.read_mode == ReadMode::Local,
+        lib: (s.lib.0.as_ref(), s.lib.1.as_ref()),
+    })
 }
 
 #[cfg(test)]

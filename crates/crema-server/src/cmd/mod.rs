@@ -11,6 +11,7 @@
 //! Failures are [`CmdError`]s, turned into replies in one place ([`CmdError::to_reply`]).
 
 pub(crate) mod acl;
+mod clients;
 mod cluster;
 mod connection;
 

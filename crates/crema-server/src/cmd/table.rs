@@ -117,7 +117,9 @@ impl CommandSpec {
         match (self.kind, sub.as_deref()) {
             (Kind::Acl, Some(b"cat" | b"whoami" | b"genpass" | b"help")) => S,
             (Kind::Acl, _) => ADM,
-            (Kind::Client, Some(b"list" | b"no-evict")) => &["admin", "slow", "dangerous", "connection"],
+            (Kind::Client, Some(b"list" | b"no-evict" | b"kill")) => {
+                &["admin", "slow", "dangerous", "connection"]
+            }
             (
                 Kind::Cluster,
                 Some(

@@ -72,6 +72,8 @@ enum Closed {
     BufferEvicted,
     /// Closed, unauthenticated, to make room for a newer connection.
     Evicted,
+    /// Closed by `CLIENT KILL`.
+    Killed,
     Io(std::io::Error),
 }
 
@@ -86,6 +88,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut session = Session::new(id, addr, state.acl.starting_user(), state.settings.read_mode);
     session.local_addr = local_addr;
+    let entry = state.clients.registry.register(id, addr, local_addr);
     let mut conn = Connection {
         state,
         stream: &mut stream,
@@ -96,8 +99,10 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         evicted,
         buffer_evicted: CancellationToken::new(),
         buffer_tracked: false,
+        entry,
     };
     let closed = conn.run(&mut session, &shutdown).await;
+    state.clients.registry.leave(id);
     conn.release_stranger_slot();
     if conn.buffer_tracked {
         state.buffers.leave(id);
@@ -125,6 +130,8 @@ struct Connection<'a, S> {
     /// Cancelled when this connection's query buffer is closed to bring all of them under
     /// their cap (see `super::buffers`).
     buffer_evicted: CancellationToken,
+    /// This connection in the node's registry (`CLIENT LIST`, `CLIENT KILL`).
+    entry: std::sync::Arc<super::registry::ClientEntry>,
     /// Whether the query buffers know this connection's.
     buffer_tracked: bool,
 }
@@ -154,7 +161,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         tokio::pin!(cancelled);
         let auth_deadline = Instant::now() + settings.auth_timeout;
         loop {
-            if let Err(closed) = self.run_requests(session).await {
+            let ran = self.run_requests(session).await;
+            self.entry.update(session);
+            if let Err(closed) = ran {
                 return closed;
             }
             if session.authenticated {
@@ -184,9 +193,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             self.input.reserve(READ_CHUNK);
             let evicted = self.evicted.clone();
             let buffer_evicted = self.buffer_evicted.clone();
+            let killed = self.entry.kill.clone();
             let read = tokio::select! {
                 biased;
                 _ = &mut cancelled => return Closed::Shutdown,
+                _ = killed.cancelled() => return Closed::Killed,
                 _ = buffer_evicted.cancelled(), if self.buffer_tracked => {
                     let _ = self.reply_and_close(Reply::err(BUFFER_EVICTED)).await;
                     return Closed::BufferEvicted;

@@ -3,6 +3,7 @@
 
 pub mod buffers;
 mod connection;
+pub mod registry;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -97,6 +98,8 @@ pub struct Clients {
     pub auth_failures: AtomicU64,
     /// Connections closed for failing `AUTH` too often or not authenticating in time.
     pub auth_closed: AtomicU64,
+    /// Every connected client (`CLIENT LIST`, `CLIENT KILL`).
+    pub registry: registry::Registry,
     next_id: AtomicU64,
     /// Paces the warning about connections closed for authentication.
     pub(crate) auth_warnings: crema::consensus::WarnThrottle,
