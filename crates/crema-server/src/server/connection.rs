@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -100,6 +101,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         buffer_evicted: CancellationToken::new(),
         buffer_tracked: false,
         entry,
+        read_while_flushing: false,
     };
     let closed = conn.run(&mut session, &shutdown).await;
     state.clients.registry.leave(id);
@@ -132,6 +134,8 @@ struct Connection<'a, S> {
     buffer_evicted: CancellationToken,
     /// This connection in the node's registry (`CLIENT LIST`, `CLIENT KILL`).
     entry: std::sync::Arc<super::registry::ClientEntry>,
+    /// Requests were read while replies waited to be taken (see `flush`).
+    read_while_flushing: bool,
     /// Whether the query buffers know this connection's.
     buffer_tracked: bool,
 }
@@ -177,6 +181,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             if self.input.len() > settings.max_query_buffer_bytes {
                 let _ = self.reply_and_close(Reply::err("Protocol error: query buffer limit reached")).await;
                 return Closed::QueryBufferFull;
+            }
+            // Requests read while replies waited (see `flush`) are run before reading more:
+            // they arrived after the batch before, so they are a batch of their own.
+            if std::mem::take(&mut self.read_while_flushing) {
+                session.new_batch();
+                continue;
             }
             let deadline = if self.input.is_empty() {
                 partial_since = None;
@@ -319,19 +329,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         Ok(())
     }
 
+    /// Writes the pending replies, within `write_timeout`. While the client does not take
+    /// them, its next requests are read on (up to the query buffer's limit), not run: found
+    /// from outside, a client that pipelines large requests with large replies (redis-py sends
+    /// a whole pipeline before it reads) and a server that stopped reading while its replies
+    /// waited each waited for the other, until the write timeout closed the connection.
     async fn flush(&mut self) -> Result<(), Closed> {
         if self.output.is_empty() {
             return Ok(());
         }
-        let write = self.stream.write_all(&self.output);
-        match tokio::time::timeout(self.state.settings.write_timeout, write).await {
-            Ok(Ok(())) => {
-                self.output.clear();
-                Ok(())
+        // The usual case, first: the socket takes it all at once.
+        if let Some(Ok(n)) = self.stream.write(&self.output).now_or_never() {
+            let _ = self.output.split_to(n);
+            if self.output.is_empty() && matches!(self.stream.flush().now_or_never(), Some(Ok(()))) {
+                return Ok(());
             }
-            Ok(Err(e)) => Err(Closed::Io(e)),
-            Err(_) => Err(Closed::SlowReader),
         }
+        let settings = &self.state.settings;
+        let deadline = Instant::now() + settings.write_timeout;
+        let (mut reader, mut writer) = tokio::io::split(&mut *self.stream);
+        let (mut out, mut reading) = (&self.output[..], true);
+        while !out.is_empty() {
+            let room = reading && self.input.len() < settings.max_query_buffer_bytes;
+            if room {
+                self.input.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                written = writer.write(out) => match written {
+                    Ok(0) => return Err(Closed::Io(std::io::ErrorKind::WriteZero.into())),
+                    Ok(n) => out = &out[n..],
+                    Err(e) => return Err(Closed::Io(e)),
+                },
+                read = reader.read_buf(&mut self.input), if room => match read {
+                    // The client stopped sending: the run loop sees it once these are out.
+                    Ok(0) => reading = false,
+                    Ok(_) => {
+                        self.read_while_flushing = true;
+                        // Counted with every client's query buffers (see `note_buffer`).
+                        let len = self.input.len();
+                        if self.buffer_tracked || len >= super::buffers::QueryBuffers::TRACKED_BYTES {
+                            self.buffer_tracked = self.state.buffers.update(self.id, len, &self.buffer_evicted);
+                        }
+                        if self.buffer_evicted.is_cancelled() {
+                            return Err(Closed::BufferEvicted);
+                        }
+                    }
+                    Err(e) => return Err(Closed::Io(e)),
+                },
+                _ = tokio::time::sleep_until(deadline) => return Err(Closed::SlowReader),
+            }
+        }
+        match tokio::time::timeout_at(deadline, writer.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Closed::Io(e)),
+            Err(_) => return Err(Closed::SlowReader),
+        }
+        self.output.clear();
+        Ok(())
     }
 
     async fn reply_and_close(&mut self, reply: Reply) -> Result<(), Closed> {
