@@ -218,9 +218,13 @@ async fn watch(call: &mut Call<'_>) -> Result<Reply, CmdError> {
             return Err(CmdError::CrossSlot);
         }
     }
+    // The keys' shards only: found from outside, WATCH through a node whose disk was full
+    // waited for the barrier of every shard, also of those it could not follow, and timed out.
     if !call.session.barrier_done {
-        call.state.cache.read_barrier().await?;
-        call.session.barrier_done = true;
+        let mut shards: Vec<_> = call.args[1..].iter().map(|k| router.shard_for_key(k)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        call.state.cache.read_barrier_for_shards(&shards).await?;
     }
     for key in &call.args[1..] {
         if !call.session.tx.watched.iter().any(|w| w.key == *key) {

@@ -91,6 +91,11 @@ impl DistributedCache {
     /// [`Self::shard_barrier`], passed when the replica left the node meanwhile (see
     /// [`Self::left_meanwhile`]): its keys are read from their holders, not here.
     async fn shard_barrier_unless_left(&self, shard: &Shard) -> Result<()> {
+        // A replica that serves nothing here (a follower whose disk is full, a diverged one):
+        // its keys are read from their holders, and its barrier would wait for nothing.
+        if !self.holds_shard(shard.id) {
+            return Ok(());
+        }
         match self.shard_barrier(shard).await {
             Err(e) if self.left_meanwhile(shard.id, &e) => Ok(()),
             passed => passed,
