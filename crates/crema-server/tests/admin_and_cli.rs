@@ -192,15 +192,7 @@ fn serve_help_explains_every_setting_and_bad_config_is_refused() {
 #[tokio::test]
 async fn environment_variables_configure_serve() {
     let out = Command::new(env!("CARGO_BIN_EXE_crema"))
-        .args([
-            "serve",
-            "--resp-addr",
-            "127.0.0.1:0",
-            "--raft-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
+        .args(SERVE_ANY_PORTS)
         .env("CREMA_NODE_ID", "0")
         .output()
         .unwrap();

@@ -346,15 +346,7 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let mut child = std::process::Command::new("sh")
         .args(["-c", "ulimit -Sn 256 && exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_crema"))
-        .args([
-            "serve",
-            "--resp-addr",
-            "127.0.0.1:0",
-            "--raft-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
+        .args(SERVE_ANY_PORTS)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -52,19 +52,7 @@ async fn the_data_dir_is_private_and_an_open_one_is_refused() {
     drop(node);
 
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_crema"))
-        .args([
-            "serve",
-            "--resp-addr",
-            "127.0.0.1:0",
-            "--raft-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_crema")).args(SERVE_ANY_PORTS).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "a node started on an open data dir: {stderr}");
     assert!(stderr.contains(&format!("chmod -R go-rwx {data_arg}")), "{stderr}");

@@ -258,37 +258,25 @@ fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, RequestError> {
         let mut quote = None;
         loop {
             match quote {
-                Some(b'"') => match line.get(i).copied() {
+                Some(q) => match line.get(i).copied() {
                     None => return Err(unbalanced()),
                     Some(b'\\')
-                        if line.get(i + 1) == Some(&b'x') && hex_byte(line.get(i + 2..i + 4)).is_some() =>
+                        if q == b'"'
+                            && line.get(i + 1) == Some(&b'x')
+                            && hex_byte(line.get(i + 2..i + 4)).is_some() =>
                     {
                         arg.extend_from_slice(&[hex_byte(line.get(i + 2..i + 4)).expect("checked")]);
                         i += 4;
                     }
-                    Some(b'\\') if i + 1 < line.len() => {
+                    Some(b'\\') if q == b'"' && i + 1 < line.len() => {
                         arg.extend_from_slice(&[unescape(line[i + 1])]);
                         i += 2;
                     }
-                    Some(b'"') => {
-                        if !ends_argument(i + 1) {
-                            return Err(unbalanced());
-                        }
-                        i += 1;
-                        break;
-                    }
-                    Some(c) => {
-                        arg.extend_from_slice(&[c]);
-                        i += 1;
-                    }
-                },
-                Some(_) => match line.get(i).copied() {
-                    None => return Err(unbalanced()),
-                    Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
+                    Some(b'\\') if q == b'\'' && line.get(i + 1) == Some(&b'\'') => {
                         arg.extend_from_slice(b"'");
                         i += 2;
                     }
-                    Some(b'\'') => {
+                    Some(c) if c == q => {
                         if !ends_argument(i + 1) {
                             return Err(unbalanced());
                         }

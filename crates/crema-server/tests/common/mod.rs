@@ -57,6 +57,10 @@ impl Drop for Node {
 /// Fast Raft timing so elections in tests take tens of milliseconds.
 pub const FAST: &[&str] = &["--tick-interval-ms", "20"];
 
+/// `crema serve` on ports the OS picks, for tests that run the binary themselves.
+pub const SERVE_ANY_PORTS: &[&str] =
+    &["serve", "--resp-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"];
+
 /// Starts `crema serve` with `args` (plus port-0 addresses unless given) and waits for its
 /// "crema listening" line, and for a node without peers its "crema ready" line too (it leads).
 pub fn start(args: &[&str]) -> Node {
