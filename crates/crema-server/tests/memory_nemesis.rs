@@ -83,7 +83,11 @@ impl Cluster {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
             .unwrap();
-        assert!(line.starts_with("crema listening"), "node {} did not start: {line:?}", i + 1);
+        if !line.starts_with("crema listening") {
+            let _ = child.wait();
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("node {} did not start: {line:?}; its log:\n{said}", i + 1);
+        }
         self.nodes[i] = Some(child);
     }
 

@@ -119,11 +119,21 @@ fn spawn(args: &[&str], capture_log: bool) -> Result<Node, String> {
     Ok(Node { resp: field("resp"), raft: field("raft"), admin: field("admin"), child, stdout: Some(stdout) })
 }
 
-/// Free 127.0.0.1 ports (bound then released; another process could take one in between, which
-/// on a test machine does not happen in practice).
+/// Free 127.0.0.1 ports, for nodes that keep theirs across restarts. They are taken below the
+/// kernel's ephemeral range (32768 and up on Linux), from which every `:0` bind and every
+/// outgoing connection gets its port: found in CI, a node killed and started again found its
+/// port taken by another test's node meanwhile. (Bound then released: a test running at the
+/// same time could still pick the same one, one chance in thousands.)
 pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+    use rand::Rng;
+    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
+    while held.len() < n {
+        let port = rand::thread_rng().gen_range(20_000..32_000);
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    held.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
 /// `n` distinct free UDP addresses on 127.0.0.1 (for gossip).
