@@ -46,7 +46,8 @@ impl Policy {
     }
 
     pub(super) fn is_active(&self) -> bool {
-        self.active.load(Ordering::Acquire)
+        // Sequentially consistent with `activate_policy`'s swap (see `CacheStorage::insert`).
+        self.active.load(Ordering::SeqCst)
     }
 
     /// Records a write of `key` (of `bytes`, as `weight_of` counts them) that replaced
