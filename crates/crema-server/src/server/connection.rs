@@ -144,10 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// Tells the query buffers how much this connection holds; a large buffer may get a
     /// connection (this one included) evicted.
     fn note_buffer(&mut self) {
-        let len = self.input.len();
-        if self.buffer_tracked || len >= super::buffers::QueryBuffers::TRACKED_BYTES {
-            self.buffer_tracked = self.state.buffers.update(self.id, len, &self.buffer_evicted);
-        }
+        note_buffer(self.state, self.id, self.input.len(), &mut self.buffer_tracked, &self.buffer_evicted);
     }
 
     fn release_stranger_slot(&mut self) {
@@ -366,11 +363,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                     Ok(0) => reading = false,
                     Ok(_) => {
                         self.read_while_flushing = true;
-                        // Counted with every client's query buffers (see `note_buffer`).
-                        let len = self.input.len();
-                        if self.buffer_tracked || len >= super::buffers::QueryBuffers::TRACKED_BYTES {
-                            self.buffer_tracked = self.state.buffers.update(self.id, len, &self.buffer_evicted);
-                        }
+                        // Counted with every client's query buffers (the stream is split here,
+                        // so the fields are passed one by one).
+                        note_buffer(self.state, self.id, self.input.len(), &mut self.buffer_tracked, &self.buffer_evicted);
                         if self.buffer_evicted.is_cancelled() {
                             return Err(Closed::BufferEvicted);
                         }
@@ -392,6 +387,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     async fn reply_and_close(&mut self, reply: Reply) -> Result<(), Closed> {
         reply.encode(crate::resp::Protocol::Resp2, &mut self.output);
         self.flush().await
+    }
+}
+
+/// Tells the query buffers of all clients (`super::buffers`) that connection `id` holds `len`
+/// bytes, once it is large enough to count.
+fn note_buffer(state: &ServerState, id: u64, len: usize, tracked: &mut bool, evicted: &CancellationToken) {
+    if *tracked || len >= super::buffers::QueryBuffers::TRACKED_BYTES {
+        *tracked = state.buffers.update(id, len, evicted);
     }
 }
 
