@@ -232,6 +232,14 @@ async fn expiry_commands() {
     assert_eq!(q::<i64>(c, &["TTL", "g"]).await.unwrap(), -1);
     assert!(err(c, &["GETEX", "g", "EX", "1", "PX", "1"]).await.contains("syntax error"));
     assert_eq!(ok(c, &["GETEX", "nokey", "EX", "10"]).await, Value::Nil);
+    // As in Redis, GETEX looks the key up before it reads the expiry: a bad one is nil for a
+    // missing key, an error for an existing key (which keeps its value and TTL).
+    assert_eq!(ok(c, &["GETEX", "nokey", "EX", "0"]).await, Value::Nil);
+    assert_eq!(ok(c, &["GETEX", "nokey", "PX", "abc"]).await, Value::Nil);
+    assert!(err(c, &["GETEX", "g", "EX", "0"]).await.contains("invalid expire time in 'getex'"));
+    assert!(err(c, &["GETEX", "g", "EX", "abc"]).await.contains("not an integer"));
+    assert!(err(c, &["GETEX", "nokey", "EX", "1", "FOO"]).await.contains("syntax error"));
+    assert_eq!(ok(c, &["GET", "g"]).await, bulk("v"));
 
     // A key really goes away when its time comes, on its own.
     ok(c, &["SET", "short", "v", "PX", "150"]).await;
@@ -290,6 +298,13 @@ async fn resp3_after_hello() {
     // As INFO's redis_mode: cluster clients that look at HELLO see a cluster node.
     assert!(text.contains("$4\r\nmode\r\n$7\r\ncluster\r\n"), "{text}");
     assert!(text.ends_with("+OK\r\n_\r\n%1\r\n$9\r\ndatabases\r\n$1\r\n1\r\n"), "{text}");
+    // Text for people comes as a verbatim string in RESP3, as from Redis.
+    let reply = raw_until(node.resp, b"HELLO 3\r\nCLIENT INFO\r\n", b"\n\r\n").await;
+    let text = String::from_utf8_lossy(&reply);
+    let verbatim = &text[text.rfind("\r\n=").expect("a verbatim string") + 2..];
+    let (length, body) = verbatim[1..].split_once("\r\n").unwrap();
+    assert!(body.starts_with("txt:id="), "{text}");
+    assert_eq!(length.parse::<usize>().unwrap(), body.len() - 2, "{text}");
     let reply = raw(node.resp, b"HELLO 4\r\n", 10).await;
     assert!(reply.starts_with(b"-NOPROTO"), "{}", String::from_utf8_lossy(&reply));
     let reply = raw(node.resp, b"GET nokey\r\n", 5).await;

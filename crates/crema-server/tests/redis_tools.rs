@@ -44,6 +44,8 @@ fn redis_cli_works_against_crema() {
     assert_eq!(cli(a, &["DBSIZE"]), "3");
     assert!(cli(a, &["INFO", "replication"]).contains("role:master"));
     assert_eq!(cli(a, &["-3", "GET", "greeting"]), "hello world", "RESP3 through HELLO 3");
+    let info = cli(a, &["-3", "INFO", "server"]);
+    assert!(info.starts_with("# Server") && info.contains("redis_version:"), "a verbatim string: {info}");
     assert!(cli(a, &["GET", "a", "b"]).contains("wrong number of arguments"));
     // --pipe sends raw RESP and reports the replies it got.
     let mut pipe = tool("redis-cli")

@@ -120,7 +120,7 @@ pub(super) fn list(call: &Call<'_>) -> Result<Reply, CmdError> {
             out.push('\n');
         }
     }
-    Ok(Reply::Bulk(Bytes::from(out)))
+    Ok(Reply::Verbatim(Bytes::from(out)))
 }
 
 /// `CLIENT KILL addr:port` (answers OK or an error), or `CLIENT KILL <filter> <value> ...` with

@@ -44,9 +44,9 @@ pub(super) async fn run(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         }
         ("NODES", 2) => {
             call.session.cluster_mode = true;
-            Ok(Reply::Bulk(nodes(call.state, call.session, &shards(call.state).await?).into()))
+            Ok(Reply::Verbatim(nodes(call.state, call.session, &shards(call.state).await?).into()))
         }
-        ("INFO", 2) => Ok(Reply::Bulk(info(call.state, &shards(call.state).await?).into())),
+        ("INFO", 2) => Ok(Reply::Verbatim(info(call.state, &shards(call.state).await?).into())),
         ("COUNTKEYSINSLOT", 3) => {
             let slot = parse_slot(call.arg(2))?;
             let keys = call.shard_keys(call.state.cache.router().shard_for_slot(slot)).await?;

@@ -169,7 +169,7 @@ fn client(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         }
         ("GETNAME", 2) => Ok(call.session.name.clone().map_or(Reply::Null, Reply::Bulk)),
         ("ID", 2) => Ok(Reply::Integer(call.session.id as i64)),
-        ("INFO", 2) => Ok(Reply::Bulk(Bytes::from(client_line(call.session) + "\n"))),
+        ("INFO", 2) => Ok(Reply::Verbatim(Bytes::from(client_line(call.session) + "\n"))),
         ("LIST", _) => super::clients::list(call),
         ("KILL", n) if n >= 3 => super::clients::kill(call),
         ("SETINFO", 4) => {

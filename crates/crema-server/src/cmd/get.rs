@@ -71,6 +71,24 @@ pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<Option<PreparedWrit
     }
 }
 
+/// Whether `error`, from preparing `kind`, is one Redis only gives for a key that exists: GETEX
+/// looks the key up before it reads its expiry, so `GETEX missing EX 0` (or `EX abc`) answers
+/// nil, and only an existing key gets the error.
+pub(super) fn expiry_checked_after_lookup(kind: Kind, error: &CmdError) -> bool {
+    kind == Kind::GetEx && matches!(error, CmdError::NotInteger | CmdError::InvalidExpire(_))
+}
+
+/// Nil when the key of a GETEX whose expiry is bad does not exist, else `error`. A read at the
+/// connection's consistency: the answer is what the command would have seen at that point, and
+/// it changes nothing either way.
+pub(super) async fn missing_or(call: &mut Call<'_>, error: CmdError) -> Result<Reply, CmdError> {
+    let view = call.read_view(1..2).await?;
+    match view.get(call.arg(1)) {
+        None => Ok(Reply::Null),
+        Some(_) => Err(error),
+    }
+}
+
 fn get_ex_expiry(call: &Call<'_>) -> Result<Option<ExpiryUpdate>, CmdError> {
     let mut expiry = ExpiryUpdate::Keep;
     // As in Redis, an option may repeat (the last value wins); only conflicting ones are refused.

@@ -268,7 +268,11 @@ fn unknown_command(state: &ServerState, session: &Session, args: &[Bytes]) -> Re
 
 async fn dispatch(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
     use Kind::*;
-    if let Some(prepared) = write::prepare(kind, call)? {
+    let prepared = match write::prepare(kind, call) {
+        Err(e) if get::expiry_checked_after_lookup(kind, &e) => return get::missing_or(call, e).await,
+        prepared => prepared?,
+    };
+    if let Some(prepared) = prepared {
         let render = prepared.render;
         return render.reply(call.execute_raw(prepared.command).await?);
     }
@@ -339,6 +343,7 @@ pub fn step(state: &ServerState, session: &mut Session, args: Vec<Bytes>) -> Ste
             Err(e) => Step::Reply { index, reply: CmdError::from(e).to_reply(state) },
         },
         Ok(None) => Step::Run(call.args, Some(index)),
+        Err(e) if get::expiry_checked_after_lookup(spec.kind, &e) => Step::Run(call.args, Some(index)),
         Err(e) => Step::Reply { index, reply: e.to_reply(state) },
     }
 }

@@ -26,7 +26,7 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
         }
         Kind::Wait => wait(call).await,
         Kind::Role => role(call).await,
-        Kind::Lolwut => Ok(Reply::Bulk(Bytes::from(format!(
+        Kind::Lolwut => Ok(Reply::Verbatim(Bytes::from(format!(
             "crema {}: Raft underneath, Redis on top. Espresso, not decaf.\n",
             env!("CARGO_PKG_VERSION")
         )))),
@@ -275,7 +275,7 @@ async fn info(call: &mut Call<'_>) -> Result<Reply, CmdError> {
             section(call.state, &status, &mut out);
         }
     }
-    Ok(Reply::Bulk(Bytes::from(out)))
+    Ok(Reply::Verbatim(Bytes::from(out)))
 }
 
 fn capitalise(name: &str) -> String {

@@ -40,6 +40,9 @@ pub enum Reply {
     Boolean(bool),
     /// A double (RESP3); a bulk string in RESP2.
     Double(f64),
+    /// Text for people (INFO, CLIENT LIST, CLUSTER NODES): a verbatim string of format `txt`
+    /// in RESP3, a bulk string in RESP2, as Redis sends them.
+    Verbatim(Bytes),
 }
 
 impl Reply {
@@ -94,6 +97,14 @@ impl Reply {
             Reply::Boolean(b) => line(out, b':', if *b { b"1" } else { b"0" }),
             Reply::Double(d) if resp3 => line(out, b',', format_double(*d).as_bytes()),
             Reply::Double(d) => bulk(out, format_double(*d).as_bytes()),
+            Reply::Verbatim(text) if resp3 => {
+                line(out, b'=', itoa(text.len() as i64 + 4).as_bytes());
+                out.reserve(text.len() + 6);
+                out.put_slice(b"txt:");
+                out.put_slice(text);
+                out.put_slice(b"\r\n");
+            }
+            Reply::Verbatim(text) => bulk(out, text),
         }
     }
 }
@@ -179,6 +190,8 @@ mod tests {
         );
         assert_eq!(enc(&Reply::Boolean(false), P), "#f\r\n");
         assert_eq!(enc(&Reply::Double(f64::INFINITY), P), ",inf\r\n");
+        assert_eq!(enc(&Reply::Verbatim("a\r\nb".into()), P), "=8\r\ntxt:a\r\nb\r\n");
+        assert_eq!(enc(&Reply::Verbatim("a".into()), Protocol::Resp2), "$1\r\na\r\n");
     }
 
     #[test]
@@ -197,6 +210,7 @@ mod tests {
             Just(Reply::Null),
             any::<bool>().prop_map(Reply::Boolean),
             (-1e12f64..1e12).prop_map(Reply::Double),
+            "[ -~\r\n]{0,40}".prop_map(|t| Reply::Verbatim(t.into())),
         ];
         leaf.prop_recursive(3, 32, 4, |inner| {
             prop_oneof![
@@ -233,6 +247,11 @@ mod tests {
             Reply::Boolean(b) => Value::Int(*b as i64),
             Reply::Double(d) if resp3 => Value::Double(*d),
             Reply::Double(d) => Value::BulkString(format_double(*d).into_bytes()),
+            Reply::Verbatim(text) if resp3 => Value::VerbatimString {
+                format: redis::VerbatimFormat::Text,
+                text: String::from_utf8(text.to_vec()).expect("generated as text"),
+            },
+            Reply::Verbatim(text) => Value::BulkString(text.to_vec()),
             Reply::Error(_) => unreachable!("not generated"),
         }
     }
