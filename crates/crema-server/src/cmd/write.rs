@@ -8,10 +8,12 @@
 //! transaction it is evaluated in apply, outside one against the local cache, and [`Render`]
 //! turns the output into the reply either way, so each command's reply is made in one place.
 
+use bytes::Bytes;
 use crema::{ApplyOutput, CacheCommand, ReadCommand};
 
 use super::{get, incr, keyspace, server, set, value_reply, Call, CmdError, Kind};
 use crate::resp::Reply;
+use crate::server::ServerState;
 
 /// How a command's apply output (or a read's local output) becomes its reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +111,54 @@ impl PreparedWrite {
             Transaction(transaction) => transaction.steps.len(),
         }
     }
+
+    /// The key of a write whose reply is a stored value (GETDEL, GETEX, GETSET, SET with GET):
+    /// that reply may be as large as the largest value.
+    fn value_reply_key(&self) -> Option<&Bytes> {
+        match (&self.render, &self.command) {
+            (
+                Render::Value | Render::OldValue | Render::Set { return_old: true },
+                CacheCommand::GetDel { key }
+                | CacheCommand::GetEx { key, .. }
+                | CacheCommand::Set { key, .. },
+            ) => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Splits a run of pipelined writes into the runs proposed one after the other, in order. A
+/// run is one entry, and when its shard's leader is another node, that node sends all of its
+/// outputs back in one peer frame: found from outside, three GETDELs of 8 MiB values pipelined
+/// through a follower were applied and answered an error, their values gone. So the writes
+/// whose replies are values another node sends back go in runs whose largest possible outputs
+/// fit in a frame (one per run at the default `--max-value-bytes`); writes this node's
+/// replicas lead stay in one run.
+fn runs_whose_replies_fit(state: &ServerState, writes: Vec<PreparedWrite>) -> Vec<Vec<PreparedWrite>> {
+    let cache = &state.cache;
+    let largest = cache.config().max_value_bytes;
+    let remote_value = |write: &PreparedWrite| {
+        write
+            .value_reply_key()
+            .is_some_and(|key| cache.shard_leader(cache.router().shard_for_key(key)) != Some(cache.node_id()))
+    };
+    let bound: usize = writes.iter().filter(|w| remote_value(w)).map(|_| largest).sum();
+    if bound <= crema::MAX_COMMAND_BYTES {
+        return vec![writes];
+    }
+    let mut runs: Vec<Vec<PreparedWrite>> = vec![Vec::new()];
+    let mut run_bound = 0;
+    for write in writes {
+        let adds = if remote_value(&write) { largest } else { 0 };
+        let run = runs.last_mut().expect("a run");
+        if !run.is_empty() && run_bound + adds > crema::MAX_COMMAND_BYTES {
+            runs.push(Vec::new());
+            run_bound = 0;
+        }
+        run_bound += adds;
+        runs.last_mut().expect("a run").push(write);
+    }
+    runs
 }
 
 impl Render {
@@ -182,9 +232,18 @@ pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<Option<PreparedWrit
     }
 }
 
-/// The replies of `writes` proposed together: one proposal (a batch when there are several),
-/// each output rendered in order. When the proposal itself fails, every write gets its error.
+/// The replies of `writes` proposed together: one proposal (a batch when there are several;
+/// several in turn when the replies might not fit a peer frame), each output rendered in
+/// order. When a proposal itself fails, each of its writes gets its error.
 pub async fn execute_all(call: &Call<'_>, writes: Vec<PreparedWrite>) -> Vec<Reply> {
+    let mut replies = Vec::with_capacity(writes.len());
+    for run in runs_whose_replies_fit(call.state, writes) {
+        replies.extend(execute_run(call, run).await);
+    }
+    replies
+}
+
+async fn execute_run(call: &Call<'_>, writes: Vec<PreparedWrite>) -> Vec<Reply> {
     let renders: Vec<Render> = writes.iter().map(|w| w.render).collect();
     let mut commands: Vec<CacheCommand> = writes.into_iter().map(|w| w.command).collect();
     let outputs = if commands.len() == 1 {
