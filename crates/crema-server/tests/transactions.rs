@@ -231,6 +231,43 @@ async fn transactions_over_the_size_limit_are_refused_whole() {
     assert_eq!(ok(c, &["EXISTS", "big"]).await, Value::Int(0));
 }
 
+/// Found from outside: WATCH looked each key up among those already watched, so one WATCH
+/// of 100,000 keys held a runtime worker for seconds to minutes (the node stopped answering
+/// and lost its Raft leadership). Many keys are watched as fast as a few; more than a
+/// transaction may carry is refused at WATCH, which EXEC would refuse anyway.
+#[tokio::test]
+async fn a_watch_of_many_keys_is_answered_and_decided() {
+    let node = start(&["--max-value-bytes", "1048576", "--max-key-bytes", "64"]);
+    let c = &mut client(node.resp).await;
+    let other = &mut client(node.resp).await;
+    let keys: Vec<String> = (0..40_000).map(|i| format!("w{i:07}")).collect();
+    let mut watch = redis::cmd("WATCH");
+    watch.arg(&keys);
+    let () = watch.query_async(c).await.unwrap();
+    // Watched twice over: still one watch each.
+    let () = watch.query_async(c).await.unwrap();
+    ok(other, &["SET", "w0039999", "changed"]).await;
+    ok(c, &["MULTI"]).await;
+    ok(c, &["SET", "mine", "1"]).await;
+    assert_eq!(ok(c, &["EXEC"]).await, Value::Nil, "the last key watched changed");
+    let mut watch = redis::cmd("WATCH");
+    watch.arg(&keys);
+    let () = watch.query_async(c).await.unwrap();
+    ok(c, &["MULTI"]).await;
+    ok(c, &["SET", "mine", "1"]).await;
+    assert_eq!(ok(c, &["EXEC"]).await, Value::Array(vec![Value::Okay]));
+    // 40,000 keys of 8 bytes count 960,000 bytes; 4,000 more pass the limit of 1,048,640.
+    let mut watch = redis::cmd("WATCH");
+    watch.arg(&keys);
+    let () = watch.query_async(c).await.unwrap();
+    let mut more = redis::cmd("WATCH");
+    more.arg((0..4_000).map(|i| format!("x{i:07}")).collect::<Vec<_>>());
+    let e = more.query_async::<()>(c).await.unwrap_err().to_string();
+    assert!(e.contains("more than a transaction may carry"), "{e}");
+    ok(c, &["UNWATCH"]).await;
+    let () = more.query_async(c).await.unwrap();
+}
+
 #[tokio::test]
 async fn resp3_answers_a_watch_conflict_with_null() {
     let node = start(&[]);

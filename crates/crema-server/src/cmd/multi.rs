@@ -30,6 +30,8 @@
 //! transaction's encoding the same (it must fit where the largest single write fits); a
 //! transaction's reply may carry as many bytes of values. See the README's limits.
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 use crema::consensus::command::CommandLimits;
 use crema::{ApplyOutput, CacheCommand, Transaction, TxStep, WatchedKey};
@@ -50,6 +52,10 @@ pub struct TxState {
     queue: Option<Queue>,
     /// The keys WATCHed since the last EXEC, DISCARD or UNWATCH.
     watched: Vec<WatchedKey>,
+    /// The same keys, to find one at once (found from outside: a WATCH of 100,000 keys looked
+    /// each up in the list, minutes of a runtime worker), and their bytes.
+    watched_keys: HashSet<Bytes>,
+    watched_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -226,11 +232,31 @@ async fn watch(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         shards.dedup();
         call.state.cache.read_barrier_for_shards(&shards).await?;
     }
-    for key in &call.args[1..] {
-        if !call.session.tx.watched.iter().any(|w| w.key == *key) {
+    // The watches travel in the transaction's entry: more than it may carry could never EXEC.
+    let limit = size_limit(call.state);
+    let tx = &call.session.tx;
+    let adding: usize = call.args[1..]
+        .iter()
+        .filter(|k| !tx.watched_keys.contains(*k))
+        .map(|k| k.len() + ARG_OVERHEAD_BYTES)
+        .sum();
+    if tx.watched_bytes + adding > limit {
+        return Err(CmdError::Invalid(format!(
+            "the watched keys would be {} bytes, more than a transaction may carry ({limit} bytes: max-key-bytes + max-value-bytes)",
+            tx.watched_bytes + adding
+        )));
+    }
+    for (i, key) in call.args[1..].iter().enumerate() {
+        if !call.session.tx.watched_keys.contains(key) {
             // The index of the key's shard, then the key: read where the shard is held.
             let (seen_index, live) = call.state.cache.watch_key(key).await?;
+            call.session.tx.watched_keys.insert(key.clone());
             call.session.tx.watched.push(WatchedKey { key: key.clone(), seen_index, live });
+            call.session.tx.watched_bytes += key.len() + ARG_OVERHEAD_BYTES;
+        }
+        // Held shards answer at once: let the worker's other tasks run now and then.
+        if i % 1024 == 1023 {
+            tokio::task::yield_now().await;
         }
     }
     Ok(Reply::OK)
@@ -251,6 +277,8 @@ async fn exec(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         return Err(CmdError::Invalid("EXEC without MULTI".into()));
     };
     let watches = std::mem::take(&mut call.session.tx.watched);
+    call.session.tx.watched_keys = HashSet::new();
+    call.session.tx.watched_bytes = 0;
     if queue.failed {
         return Ok(Reply::Error("EXECABORT Transaction discarded because of previous errors.".into()));
     }
