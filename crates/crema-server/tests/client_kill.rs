@@ -63,3 +63,100 @@ async fn client_list_shows_every_client_and_client_kill_closes_them() {
     let mut c = client(node.resp).await;
     assert_eq!(ok(&mut c, &["GET", "k"]).await, Value::BulkString(b"v".to_vec()), "the node serves on");
 }
+
+/// The id `CLIENT LIST` gives the client at `addr`, once it is listed.
+async fn id_of(admin: &mut redis::aio::MultiplexedConnection, addr: &str) -> String {
+    let listed = format!("addr={addr} ");
+    let started = std::time::Instant::now();
+    let list = loop {
+        let list: String = q(admin, &["CLIENT", "LIST"]).await.unwrap();
+        if list.contains(&listed) {
+            break list;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{addr} not listed: {list}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let line = list.lines().find(|l| l.contains(&listed)).expect("listed");
+    line.split(' ').next().unwrap().trim_start_matches("id=").to_owned()
+}
+
+/// Found from outside: `CLIENT KILL` was looked at only when a connection went back to
+/// reading, so a client whose replies waited (reading slowly, or not at all) was served on
+/// until the write timeout, and one that killed itself ran the rest of its pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_client_stops_at_once_whatever_it_has_sent() {
+    let node = start(&["--write-timeout-ms", "120000"]);
+    let admin = &mut client(node.resp).await;
+    let big = vec![b'v'; 1 << 20];
+    let () = redis::cmd("SET").arg("big").arg(&big).query_async(admin).await.unwrap();
+
+    // A client that asks for 2 GB of replies and reads none.
+    let mut victim = TcpStream::connect(node.resp).await.unwrap();
+    let addr = victim.local_addr().unwrap().to_string();
+    victim.write_all(&b"GET big\r\n".repeat(2000)).await.unwrap();
+    let id = id_of(admin, &addr).await;
+    assert_eq!(q::<i64>(admin, &["CLIENT", "KILL", "ID", &id]).await.unwrap(), 1);
+    wait_until(std::time::Duration::from_secs(5), "the killed client leaves the list", || {
+        let mut admin = admin.clone();
+        let addr = addr.clone();
+        async move { !q::<String>(&mut admin, &["CLIENT", "LIST"]).await.unwrap().contains(&addr) }
+    })
+    .await;
+
+    // A client that kills itself gets the reply, and nothing after it runs.
+    let mut own = TcpStream::connect(node.resp).await.unwrap();
+    let addr = own.local_addr().unwrap().to_string();
+    own.write_all(b"PING\r\n").await.unwrap();
+    assert_eq!(read_some(&mut own, 7).await, b"+PONG\r\n");
+    let id = id_of(admin, &addr).await;
+    let pipeline = format!("CLIENT KILL ID {id} SKIPME no\r\nSET afterkill 1\r\nINCR afterkill\r\n");
+    own.write_all(pipeline.as_bytes()).await.unwrap();
+    assert_eq!(read_some(&mut own, 100).await, b":1\r\n", "its reply, then the close");
+    assert_eq!(ok(admin, &["GET", "afterkill"]).await, Value::Nil);
+}
+
+/// Found from outside: a client that kept pipelining while it read its replies slowly kept a
+/// node that had been told to stop (its port already closed) running for as long as it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_node_whose_client_never_stops_sending() {
+    use tokio::io::AsyncReadExt;
+    let mut node = start(&["--write-timeout-ms", "120000"]);
+    let admin = &mut client(node.resp).await;
+    let () = redis::cmd("SET").arg("big").arg(vec![b'v'; 64 << 10]).query_async(admin).await.unwrap();
+    let stream = TcpStream::connect(node.resp).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender =
+        tokio::spawn(async move { while writer.write_all(&b"GET big\r\n".repeat(100)).await.is_ok() {} });
+    let slow_reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut taken = 0usize;
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return taken,
+                Ok(n) => taken += n,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    // The client is busy: its replies flow.
+    wait_until(std::time::Duration::from_secs(10), "the client's replies flow", || async {
+        let info: String = q(&mut admin.clone(), &["INFO", "stats"]).await.unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("keyspace_hits:"))
+            .is_some_and(|n| n.trim().parse::<u64>().unwrap() > 1000)
+    })
+    .await;
+    let status = std::process::Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status();
+    assert!(status.unwrap().success());
+    let started = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = node.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "serve did not stop on SIGTERM");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "serve exited with {exit}");
+    assert!(slow_reader.await.unwrap() > 0, "the client was served before the stop");
+    sender.abort();
+}

@@ -115,6 +115,13 @@ pub struct Progress {
     array: Option<(usize, usize, Vec<Span>)>,
 }
 
+impl Progress {
+    /// Bytes of memory the parsed part of the unfinished request holds besides the input.
+    pub fn held_bytes(&self) -> usize {
+        self.array.as_ref().map_or(0, |(_, _, spans)| spans.capacity() * std::mem::size_of::<Span>())
+    }
+}
+
 /// [`take_request`] going on from `progress`, which it updates (the same `buf` must be given,
 /// grown only at its end, until a request is taken or an error answered).
 ///

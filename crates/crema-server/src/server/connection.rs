@@ -102,6 +102,8 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         buffer_tracked: false,
         entry,
         read_while_flushing: false,
+        shutdown: shutdown.clone(),
+        requests: 0,
     };
     let closed = conn.run(&mut session, &shutdown).await;
     state.clients.registry.leave(id);
@@ -138,13 +140,49 @@ struct Connection<'a, S> {
     read_while_flushing: bool,
     /// Whether the query buffers know this connection's.
     buffer_tracked: bool,
+    /// Cancelled when the node stops.
+    shutdown: CancellationToken,
+    /// Requests taken from the input so far.
+    requests: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// Tells the query buffers how much this connection holds; a large buffer may get a
     /// connection (this one included) evicted.
     fn note_buffer(&mut self) {
-        note_buffer(self.state, self.id, self.input.len(), &mut self.buffer_tracked, &self.buffer_evicted);
+        let held = self.held_bytes();
+        note_buffer(self.state, self.id, held, &mut self.buffer_tracked, &self.buffer_evicted);
+    }
+
+    /// What this connection's unrun requests hold: the bytes read, and what the parser keeps
+    /// per argument of the unfinished one (found from outside: a million empty arguments are 6
+    /// MB on the wire and were 32 MB more of parser state, counted nowhere).
+    fn held_bytes(&self) -> usize {
+        self.input.len() + self.progress.held_bytes()
+    }
+
+    /// Why this connection must stop now, if it must: `CLIENT KILL` (its own included), or
+    /// the node stopping. Checked before each request, so a client that always has the next
+    /// one buffered stops too (found from outside: it was served on for as long as it sent).
+    /// The shutdown token is shared by every connection (a lock), so it is looked at every
+    /// 64 requests and whenever replies wait.
+    fn stop_reason(&self) -> Option<Closed> {
+        if self.entry.kill.is_cancelled() {
+            Some(Closed::Killed)
+        } else if self.requests.is_multiple_of(64) && self.shutdown.is_cancelled() {
+            Some(Closed::Shutdown)
+        } else {
+            None
+        }
+    }
+
+    /// Sends what the socket takes at once of the pending replies (a killed connection's
+    /// last ones: `CLIENT KILL` of itself answers before it closes), without waiting.
+    fn send_what_fits(&mut self) {
+        if let Some(Ok(n)) = self.stream.write(&self.output).now_or_never() {
+            let _ = self.output.split_to(n);
+            let _ = self.stream.flush().now_or_never();
+        }
     }
 
     fn release_stranger_slot(&mut self) {
@@ -162,8 +200,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         tokio::pin!(cancelled);
         let auth_deadline = Instant::now() + settings.auth_timeout;
         loop {
+            let taken_before = self.requests;
             let ran = self.run_requests(session).await;
             self.entry.update(session);
+            // The clock of a request that has not fully arrived starts after the last one
+            // taken (found from outside: it ran from when the input was last empty, so a
+            // client streaming a long pipeline at a steady pace was cut off).
+            if self.requests != taken_before {
+                partial_since = None;
+            }
             if let Err(closed) = ran {
                 return closed;
             }
@@ -175,7 +220,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 let _ = self.reply_and_close(Reply::err(BUFFER_EVICTED)).await;
                 return Closed::BufferEvicted;
             }
-            if self.input.len() > settings.max_query_buffer_bytes {
+            if self.held_bytes() > settings.max_query_buffer_bytes {
                 let _ = self.reply_and_close(Reply::err("Protocol error: query buffer limit reached")).await;
                 return Closed::QueryBufferFull;
             }
@@ -246,9 +291,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 return Err(Closed::AuthFailures);
             }
             let limits = if session.authenticated { &self.state.settings.limits } else { &UNAUTHENTICATED };
+            if let Some(closed) = self.stop_reason() {
+                self.send_what_fits();
+                return Err(closed);
+            }
             let args = match take_request_resuming(&mut self.input, limits, &mut self.progress) {
                 Ok(Some(args)) if args.is_empty() => continue,
-                Ok(Some(args)) => args,
+                Ok(Some(args)) => {
+                    self.requests += 1;
+                    args
+                }
                 Ok(None) => {
                     self.propose_run(session, &mut run).await?;
                     return self.flush().await;
@@ -346,13 +398,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         let deadline = Instant::now() + settings.write_timeout;
         let (mut reader, mut writer) = tokio::io::split(&mut *self.stream);
         let (mut out, mut reading) = (&self.output[..], true);
+        let (kill, stop) = (self.entry.kill.clone(), self.shutdown.clone());
+        // Made once: each wait registers with its token (a lock, shared for shutdown).
+        let (killed, shutdown) = (kill.cancelled(), stop.cancelled());
+        tokio::pin!(killed, shutdown);
+        let parser_bytes = self.progress.held_bytes();
         while !out.is_empty() {
-            let room = reading && self.input.len() < settings.max_query_buffer_bytes;
+            let room = reading && self.input.len() + parser_bytes < settings.max_query_buffer_bytes;
             if room {
                 self.input.reserve(READ_CHUNK);
             }
             tokio::select! {
                 biased;
+                () = &mut killed => return Err(Closed::Killed),
+                () = &mut shutdown => return Err(Closed::Shutdown),
                 written = writer.write(out) => match written {
                     Ok(0) => return Err(Closed::Io(std::io::ErrorKind::WriteZero.into())),
                     Ok(n) => out = &out[n..],
@@ -365,7 +424,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                         self.read_while_flushing = true;
                         // Counted with every client's query buffers (the stream is split here,
                         // so the fields are passed one by one).
-                        note_buffer(self.state, self.id, self.input.len(), &mut self.buffer_tracked, &self.buffer_evicted);
+                        let held = self.input.len() + parser_bytes;
+                        note_buffer(self.state, self.id, held, &mut self.buffer_tracked, &self.buffer_evicted);
                         if self.buffer_evicted.is_cancelled() {
                             return Err(Closed::BufferEvicted);
                         }
