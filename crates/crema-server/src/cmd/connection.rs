@@ -45,6 +45,7 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
             s.user = call.state.acl.starting_user();
             s.authenticated = s.user.is_some();
             s.tx.reset();
+            s.forget_scan();
             Ok(Reply::Simple("RESET"))
         }
         Kind::Client => client(call),

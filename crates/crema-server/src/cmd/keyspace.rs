@@ -11,21 +11,13 @@
 //! evaluates them in apply, and outside one they are evaluated against the local cache, with
 //! the same rendering.
 //!
-//! SCAN's cursor is a position in the 64-bit hash space of keys (xxh3): each call walks the local
-//! cache and returns the keys with the smallest hashes at or after the cursor. That keeps Redis's
-//! guarantee (a key present for the whole scan is returned at least once) without a stable
-//! iteration order, at the cost of one pass over the cache per call.
+//! SCAN is in `scan`; KEYS, SCAN and RANDOMKEY walk the keys on a blocking thread.
 
-use std::collections::BinaryHeap;
-
-use bytes::Bytes;
 use crema::{CacheCommand, ExpireCondition, ReadCommand};
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::write::{PreparedRead, PreparedWrite, Render};
 use super::{parse_int, Call, CmdError, Kind};
 use crate::resp::Reply;
-use crema::glob::glob_match;
 
 /// DEL, UNLINK, the EXPIRE family and PERSIST.
 pub(super) fn prepare(kind: Kind, call: &Call<'_>) -> Result<PreparedWrite, CmdError> {
@@ -89,7 +81,7 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
             let keys = call.live_keys(Some(&pattern)).await?;
             Ok(Reply::Array(keys.into_iter().map(Reply::Bulk).collect()))
         }
-        Kind::Scan => scan(call).await,
+        Kind::Scan => super::scan::run(call).await,
         Kind::RandomKey => {
             // Uniform over the live keys (O(N), where Redis samples its hash table in O(1);
             // RANDOMKEY is rare in caches).
@@ -171,81 +163,6 @@ fn expire(kind: Kind, call: &Call<'_>) -> Result<CacheCommand, CmdError> {
         _ => ExpireCondition::Always,
     };
     Ok(CacheCommand::Expire { key: call.arg(1).clone(), expires_at_ms: at.max(0) as u64, condition })
-}
-
-async fn scan(call: &mut Call<'_>) -> Result<Reply, CmdError> {
-    let cursor: u64 = std::str::from_utf8(call.arg(1))
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| CmdError::Invalid("invalid cursor".into()))?;
-    let (mut pattern, mut count, mut strings_only) = (None, 10usize, true);
-    let mut i = 2;
-    while i < call.args.len() {
-        let value = call.args.get(i + 1).ok_or(CmdError::Syntax)?;
-        match call.option(i).as_str() {
-            "MATCH" => pattern = Some(value.clone()),
-            "COUNT" => {
-                count = usize::try_from(parse_int(value)?).ok().filter(|c| *c > 0).ok_or(CmdError::Syntax)?;
-            }
-            "TYPE" => strings_only = value.eq_ignore_ascii_case(b"string"),
-            _ => return Err(CmdError::Syntax),
-        }
-        i += 2;
-    }
-    if !strings_only {
-        call.read_barrier().await?;
-        return Ok(Reply::Array(vec![Reply::bulk("0"), Reply::Array(Vec::new())]));
-    }
-    let (pattern, count) = (pattern.as_deref(), count.min(100_000));
-    let (next, keys) = if call.holds_every_shard() {
-        call.read_barrier().await?;
-        let storage = call.storage();
-        scan_page(|visit| storage.for_each_live_key(|k, _| visit(k)), cursor, count, pattern)
-    } else {
-        // Shards held elsewhere send their matching keys; the page is cut from them all.
-        let keys = call.live_keys(pattern).await?;
-        scan_page(|visit| keys.iter().for_each(|k| _ = visit(k)), cursor, count, None)
-    };
-    Ok(Reply::Array(vec![
-        Reply::Bulk(Bytes::from(next.to_string())),
-        Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
-    ]))
-}
-
-/// Of the keys `walk` visits, those matching `pattern` with the `count` smallest hashes at or
-/// after `cursor` (all keys sharing the last hash included) and the cursor after them, 0 when
-/// the scan is complete.
-fn scan_page(
-    walk: impl FnOnce(&mut dyn FnMut(&Bytes) -> bool),
-    cursor: u64,
-    count: usize,
-    pattern: Option<&[u8]>,
-) -> (u64, Vec<Bytes>) {
-    let mut best: BinaryHeap<(u64, Bytes)> = BinaryHeap::new();
-    let mut more = false;
-    walk(&mut |key| {
-        let hash = xxh3_64(key);
-        if hash < cursor || pattern.is_some_and(|p| !glob_match(p, key)) {
-            return true;
-        }
-        best.push((hash, key.clone()));
-        if best.len() > count {
-            more = true;
-            let dropped = best.pop().expect("heap is not empty");
-            // Keep keys that share the largest kept hash, so none is skipped by the next cursor.
-            if best.peek().is_some_and(|(top, _)| *top == dropped.0) {
-                best.push(dropped);
-            }
-        }
-        true
-    });
-    let mut page: Vec<(u64, Bytes)> = best.into_vec();
-    page.sort_unstable();
-    let next = match page.last() {
-        Some((last, _)) if more => last.checked_add(1).unwrap_or(0),
-        _ => 0,
-    };
-    (next, page.into_iter().map(|(_, k)| k).collect())
 }
 
 #[cfg(test)]

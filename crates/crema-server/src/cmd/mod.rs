@@ -23,6 +23,7 @@ mod introspect;
 mod keyspace;
 pub mod multi;
 mod read_view;
+mod scan;
 mod server;
 mod set;
 pub mod table;
@@ -88,6 +89,8 @@ pub struct Session {
     /// The client asked for the slot map: keys of shards led elsewhere get `-MOVED` (see
     /// `cmd::cluster`).
     pub cluster_mode: bool,
+    /// The keys after the last SCAN page this connection was answered (see `scan`).
+    scan: Option<scan::ScanWindow>,
     /// Whether a read barrier over every shard already covers the rest of the current batch of
     /// requests.
     barrier_done: bool,
@@ -118,10 +121,16 @@ impl Session {
             last_command: "NULL",
             tx: multi::TxState::default(),
             cluster_mode: false,
+            scan: None,
             barrier_done: false,
             barrier_shards: Vec::new(),
             clock: Instant::now(),
         }
+    }
+
+    /// Drops the window of a scan in progress (RESET): its next page is walked for again.
+    pub fn forget_scan(&mut self) {
+        self.scan = None;
     }
 
     /// Called when a new batch of requests has been read from the socket: reads in it need a

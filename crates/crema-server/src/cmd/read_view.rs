@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use bytes::Bytes;
+use crema::cache::keyspace::off_runtime;
 use crema::cache::storage::StoredValue;
 use crema::{Keyspace, ReadEntries};
 
@@ -103,14 +104,8 @@ impl<'a> Call<'a> {
         }
         // Checked again: a replica may have left this node during the barrier (a move away).
         if self.holds_every_shard() {
-            let mut keys = Vec::new();
-            self.storage().for_each_live_key(|k, _| {
-                if pattern.is_none_or(|p| crema::glob::glob_match(p, k)) {
-                    keys.push(k.clone());
-                }
-                true
-            });
-            return Ok(keys);
+            let (keyspace, pattern) = (self.storage().clone(), pattern.map(Bytes::copy_from_slice));
+            return Ok(off_runtime(move || keyspace.matching_keys(pattern.as_deref())).await?);
         }
         Ok(self.state.cache.live_keys(pattern, true).await?)
     }
@@ -135,7 +130,8 @@ impl<'a> Call<'a> {
             self.read_barrier().await?;
         }
         if self.holds_every_shard() {
-            return Ok(self.storage().live_count());
+            let keyspace = self.storage().clone();
+            return Ok(off_runtime(move || keyspace.live_count()).await?);
         }
         Ok(self.state.cache.live_count(true).await?)
     }

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use super::keyspace::off_runtime;
 use super::storage::{unix_now_ms, StoredValue};
 use super::DistributedCache;
 use crate::error::{Error, Result};
-use crate::glob::glob_match;
 use crate::transport::envelope::{RemoteAnswer, RemoteRead};
 use crate::types::ShardId;
 
@@ -96,19 +96,11 @@ impl DistributedCache {
         pattern: Option<&[u8]>,
         linearizable: bool,
     ) -> Result<Vec<Bytes>> {
-        if self.barrier_here(shard, linearizable).await? {
-            let mut keys = Vec::new();
-            if let Some(storage) = self.keyspace.shard(shard) {
-                storage.for_each_live_key(|k, _| {
-                    if pattern.is_none_or(|p| glob_match(p, k)) {
-                        keys.push(k.clone());
-                    }
-                    true
-                });
-            }
-            return Ok(keys);
-        }
         let pattern = pattern.map(Bytes::copy_from_slice);
+        if self.barrier_here(shard, linearizable).await? {
+            let Some(storage) = self.keyspace.shard(shard).cloned() else { return Ok(Vec::new()) };
+            return off_runtime(move || storage.matching_keys(pattern.as_deref())).await;
+        }
         match self.remote_read(shard, RemoteRead::Keys { pattern }, linearizable).await? {
             RemoteAnswer::Keys(keys) => Ok(keys),
             _ => Err(malformed(shard)),
@@ -143,7 +135,8 @@ impl DistributedCache {
         let shards = 0..self.keyspace.router().num_shards();
         let fetches = shards.map(|shard| async move {
             if self.barrier_here(shard, linearizable).await? {
-                return Ok(self.keyspace.shard(shard).map_or(0, |s| s.live_count()));
+                let Some(storage) = self.keyspace.shard(shard).cloned() else { return Ok(0) };
+                return off_runtime(move || storage.live_count()).await;
             }
             match self.remote_read(shard, RemoteRead::Count, linearizable).await? {
                 RemoteAnswer::Count(count) => Ok(count),

@@ -23,13 +23,13 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::keyspace::off_runtime;
 use super::table::ShardTable;
 use super::DistributedCache;
 use crate::consensus::command::StampedCommand;
 use crate::consensus::sessions::SessionStamp;
 use crate::consensus::Applied;
 use crate::error::{Error, Result};
-use crate::glob::glob_match;
 use crate::multiraft::coordinator::CoordinatorState;
 use crate::multiraft::ShardMapStore;
 use crate::transport::envelope::{Envelope, RemoteAnswer, RemoteRead, WireError};
@@ -117,16 +117,16 @@ pub(crate) async fn serve_read(
                 )
             }
             RemoteRead::Keys { pattern } => {
-                let mut keys = Vec::new();
-                storage.for_each_live_key(|k, _| {
-                    if pattern.as_ref().is_none_or(|p| glob_match(p, k)) {
-                        keys.push(k.clone());
-                    }
-                    true
-                });
-                RemoteAnswer::Keys(keys)
+                let storage = storage.clone();
+                let walk = off_runtime(move || storage.matching_keys(pattern.as_deref()));
+                RemoteAnswer::Keys(walk.await.map_err(|e| WireError::from(&e))?)
             }
-            RemoteRead::Count => RemoteAnswer::Count(storage.live_count()),
+            RemoteRead::Count => {
+                let storage = storage.clone();
+                RemoteAnswer::Count(
+                    off_runtime(move || storage.live_count()).await.map_err(|e| WireError::from(&e))?,
+                )
+            }
             // Answered above.
             RemoteRead::Replica { .. } => RemoteAnswer::Replica { held: true, fresh: false },
             RemoteRead::Members => RemoteAnswer::Members {
