@@ -380,3 +380,75 @@ async fn a_killed_nodes_replicas_move_and_a_new_node_takes_its_share_with_nothin
     assert!(settled > 0, "crema_migration_duration_seconds counts the moves");
     let _ = &mut nodes;
 }
+
+/// A key whose shard (of 16, by Redis Cluster's slot) is `shard`.
+fn key_in(shard: u64, tag: &str) -> String {
+    (0..)
+        .map(|i| format!("{tag}{i}"))
+        .find(|k| u64::from(crema::key_slot(k.as_bytes())) * SHARDS / 16384 == shard)
+        .expect("some key")
+}
+
+/// Found from outside: a pipeline of writes across shards, one of which had no leader, was
+/// answered `-CLUSTERDOWN ... try again` for every write, those applied on the healthy shard
+/// too, and clients that retry CLUSTERDOWN (ioredis does) applied an INCR twice. Each shard's
+/// writes are answered on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_across_shards_is_answered_per_shard_when_one_has_no_leader() {
+    use tokio::io::AsyncWriteExt;
+    let mut nodes = start_cluster(5, &["--shards", "16", "--replicas", "3"]);
+    wait_until(Duration::from_secs(30), "every shard placed on three nodes with a leader", || async {
+        let held = held(&nodes).await;
+        (1..SHARDS).all(|shard| {
+            let holders: Vec<_> = held.iter().filter_map(|h| h.get(&shard)).collect();
+            holders.len() == 3
+                && holders.iter().all(|(leader, members)| members.len() == 3 && leader.is_some())
+        })
+    })
+    .await;
+    // Two nodes that are both members of shard A, and a shard B holding at most one of them.
+    let members: BTreeMap<u64, Vec<u64>> =
+        held(&nodes).await.into_iter().flatten().map(|(shard, (_, members))| (shard, members)).collect();
+    let (a, x, y, b) = (1..SHARDS)
+        .flat_map(|a| {
+            let m = &members[&a];
+            [(m[0], m[1]), (m[0], m[2]), (m[1], m[2])].map(|(x, y)| (a, x, y))
+        })
+        .find_map(|(a, x, y)| {
+            let b = (1..SHARDS).find(|b| !(members[b].contains(&x) && members[b].contains(&y)))?;
+            Some((a, x, y, b))
+        })
+        .expect("16 shards of 3 over 5 nodes have such a pair");
+    for id in [x, y] {
+        nodes[id as usize - 1].child.kill().unwrap();
+    }
+    let through = (1..=5).find(|id| *id != x && *id != y).unwrap();
+    let (ka, kb) = (key_in(a, "a"), key_in(b, "b"));
+    let mut c = client(nodes[through as usize - 1].resp).await;
+    // Shard B has a leader (again, if it led there): a lone INCR gets its answer.
+    wait_until(Duration::from_secs(30), "shard B answers", || {
+        let mut c = c.clone();
+        let kb = kb.clone();
+        async move { redis::cmd("INCR").arg(&kb).query_async::<i64>(&mut c).await.is_ok() }
+    })
+    .await;
+    let before: i64 = c.get(&kb).await.unwrap();
+    let mut raw = tokio::net::TcpStream::connect(nodes[through as usize - 1].resp).await.unwrap();
+    raw.write_all(format!("INCR {kb}\r\nINCR {ka}\r\nINCR {kb}\r\n").as_bytes()).await.unwrap();
+    // The pipeline is answered once its slowest shard is (at the request timeout, 5 s).
+    let mut replies = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while replies.matches("\r\n").count() < 3 {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut raw, &mut buf)).await {
+            Ok(Ok(n)) if n > 0 => replies.push_str(&String::from_utf8_lossy(&buf[..n])),
+            other => panic!("{other:?} after {replies:?}"),
+        }
+    }
+    let lines: Vec<&str> = replies.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 3, "{replies}");
+    assert_eq!(lines[0], format!(":{}", before + 1), "{replies}");
+    assert!(lines[1].starts_with("-CLUSTERDOWN") || lines[1].starts_with("-TIMEOUT"), "{replies}");
+    assert_eq!(lines[2], format!(":{}", before + 2), "{replies}");
+    assert_eq!(c.get::<_, i64>(&kb).await.unwrap(), before + 2);
+}

@@ -66,7 +66,7 @@ pub mod types;
 pub use cache::keyspace::{Keyspace, ReadEntries};
 pub use cache::storage::unix_now_ms;
 pub use cache::storage::{CacheStats, CacheStorage};
-pub use cache::{ClusterStatus, DistributedCache, MigrationFigures, NodeEnd, RaftFigures};
+pub use cache::{ClusterStatus, DistributedCache, EachAnswer, MigrationFigures, NodeEnd, RaftFigures};
 pub use checkpoint::{CheckpointConfig, CheckpointManager, CheckpointStore};
 pub use config::{CacheConfig, ConfigError, RaftConfig, RaftStorageType, MAX_COMMAND_BYTES};
 pub use consensus::apply::{format_f64, parse_f64, parse_i64};

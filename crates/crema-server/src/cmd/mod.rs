@@ -211,6 +211,15 @@ impl Call<'_> {
         Ok(result?)
     }
 
+    /// Proposes a connection's pipelined writes, each answered on its own (see
+    /// `DistributedCache::execute_each`).
+    pub async fn execute_each(&self, commands: Vec<CacheCommand>) -> Result<crema::EachAnswer, CmdError> {
+        let started = Instant::now();
+        let result = self.state.cache.execute_each(commands).await;
+        self.state.metrics.observe_proposal(started.elapsed(), result.is_ok());
+        Ok(result?)
+    }
+
     /// The largest value this node accepts.
     pub fn max_value_bytes(&self) -> u64 {
         self.state.cache.config().max_value_bytes as u64

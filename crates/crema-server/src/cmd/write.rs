@@ -243,26 +243,35 @@ pub async fn execute_all(call: &Call<'_>, writes: Vec<PreparedWrite>) -> Vec<Rep
     replies
 }
 
+/// One proposal per shard (see `DistributedCache::execute_each`): a shard that fails answers
+/// its own writes' replies only.
 async fn execute_run(call: &Call<'_>, writes: Vec<PreparedWrite>) -> Vec<Reply> {
     let renders: Vec<Render> = writes.iter().map(|w| w.render).collect();
     let mut commands: Vec<CacheCommand> = writes.into_iter().map(|w| w.command).collect();
-    let outputs = if commands.len() == 1 {
-        call.execute_raw(commands.pop().expect("one command")).await.map(|out| vec![out])
-    } else {
-        let count = commands.len();
-        match call.execute_raw(CacheCommand::Batch(commands)).await {
-            Ok(ApplyOutput::Batch(outputs)) if outputs.len() == count => Ok(outputs),
-            Ok(_) => Err(CmdError::Invalid(UNEXPECTED_OUTPUT.into())),
-            Err(e) => Err(e),
+    let render =
+        |(render, out): (Render, ApplyOutput)| render.reply(out).unwrap_or_else(|e| e.to_reply(call.state));
+    if commands.len() == 1 {
+        return match call.execute_raw(commands.pop().expect("one command")).await {
+            Ok(out) => renders.into_iter().zip([out]).map(render).collect(),
+            Err(e) => vec![e.to_reply(call.state)],
+        };
+    }
+    let count = commands.len();
+    match call.execute_each(commands).await {
+        Ok(answer) if answer.outputs.len() == count => {
+            let errors: Vec<Reply> =
+                answer.errors.into_iter().map(|e| CmdError::from(e).to_reply(call.state)).collect();
+            renders
+                .into_iter()
+                .zip(answer.outputs)
+                .map(|(r, out)| match out {
+                    Ok(out) => render((r, out)),
+                    Err(e) => errors.get(e).cloned().unwrap_or_else(|| Reply::err(UNEXPECTED_OUTPUT)),
+                })
+                .collect()
         }
-    };
-    match outputs {
-        Ok(outputs) => renders
-            .into_iter()
-            .zip(outputs)
-            .map(|(render, out)| render.reply(out).unwrap_or_else(|e| e.to_reply(call.state)))
-            .collect(),
-        Err(e) => vec![e.to_reply(call.state); renders.len()],
+        Ok(_) => vec![CmdError::Invalid(UNEXPECTED_OUTPUT.into()).to_reply(call.state); count],
+        Err(e) => vec![e.to_reply(call.state); count],
     }
 }
 

@@ -65,6 +65,7 @@ use storage::CacheStats;
 pub use supervisor::NodeEnd;
 use supervisor::Supervisor;
 use table::ShardTable;
+pub use writes::EachAnswer;
 
 /// The cluster as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -233,40 +233,72 @@ impl OneShard {
     }
 }
 
+/// How one write of a split `Batch` ended, when each is answered on its own.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Each {
+    /// Every piece it went to answered: its output.
+    Output(ApplyOutput),
+    /// A piece it went to failed (the first such): the piece's error answers it. `partly`:
+    /// another of its pieces applied (a `DEL` across shards, a `Clear`).
+    Failed { piece: usize, partly: bool },
+}
+
 impl Split {
     /// The answer of the original write, from each piece's outputs (in `pieces` order; a
     /// piece of several commands answers their outputs in order).
-    pub fn merge(&self, mut outputs: Vec<Vec<ApplyOutput>>) -> ApplyOutput {
-        let mut merged: Vec<ApplyOutput> = self
-            .elements
-            .iter()
-            .map(|element| {
-                let mut parts = element.parts.iter().map(|&(piece, at)| {
-                    // Every piece answers one output per command (the caller makes sure);
-                    // a missing one reads as done rather than panicking.
-                    let slot = outputs.get_mut(piece).and_then(|p| p.get_mut(at));
-                    slot.map_or(ApplyOutput::Done, |o| std::mem::replace(o, ApplyOutput::Done))
-                });
-                match element.merge {
-                    Merge::Whole => parts.next().unwrap_or(ApplyOutput::Done),
-                    Merge::Done => parts.find(|o| *o != ApplyOutput::Done).unwrap_or(ApplyOutput::Done),
-                    Merge::Sum => {
-                        let mut sum = 0;
-                        for out in parts {
-                            match out {
-                                ApplyOutput::Int(n) => sum += n,
-                                other => return other,
-                            }
-                        }
-                        ApplyOutput::Int(sum)
-                    }
-                }
-            })
-            .collect();
+    pub fn merge(&self, outputs: Vec<Vec<ApplyOutput>>) -> ApplyOutput {
+        let mut outputs: Vec<Option<Vec<ApplyOutput>>> = outputs.into_iter().map(Some).collect();
+        let mut merged: Vec<ApplyOutput> =
+            self.elements.iter().map(|element| element.merge(&mut outputs)).collect();
         if self.batch {
             ApplyOutput::Batch(merged)
         } else {
             merged.pop().unwrap_or(ApplyOutput::Done)
+        }
+    }
+
+    /// Each write of a split `Batch` on its own, from each piece's outputs or `None` for a
+    /// piece that failed: a write whose pieces all answered gets its output, one that went to
+    /// a failed piece that piece's failure (see [`Each`]).
+    pub fn each(&self, mut outputs: Vec<Option<Vec<ApplyOutput>>>) -> Vec<Each> {
+        self.elements
+            .iter()
+            .map(|element| {
+                let failed = |&&(piece, _): &&(usize, usize)| outputs.get(piece).is_none_or(Option::is_none);
+                match element.parts.iter().find(failed) {
+                    Some(&(piece, _)) => {
+                        let partly = element.parts.iter().any(|part| !failed(&part));
+                        Each::Failed { piece, partly }
+                    }
+                    None => Each::Output(element.merge(&mut outputs)),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Element {
+    /// This element's output from its parts' (taken out of `outputs`).
+    fn merge(&self, outputs: &mut [Option<Vec<ApplyOutput>>]) -> ApplyOutput {
+        let mut parts = self.parts.iter().map(|&(piece, at)| {
+            // Every piece answers one output per command (the caller makes sure);
+            // a missing one reads as done rather than panicking.
+            let slot = outputs.get_mut(piece).and_then(|p| p.as_mut()).and_then(|p| p.get_mut(at));
+            slot.map_or(ApplyOutput::Done, |o| std::mem::replace(o, ApplyOutput::Done))
+        });
+        match self.merge {
+            Merge::Whole => parts.next().unwrap_or(ApplyOutput::Done),
+            Merge::Done => parts.find(|o| *o != ApplyOutput::Done).unwrap_or(ApplyOutput::Done),
+            Merge::Sum => {
+                let mut sum = 0;
+                for out in parts {
+                    match out {
+                        ApplyOutput::Int(n) => sum += n,
+                        other => return other,
+                    }
+                }
+                ApplyOutput::Int(sum)
+            }
         }
     }
 }

@@ -176,3 +176,33 @@ fn missing_outputs_read_as_done_not_a_panic() {
     assert_eq!(merged, ApplyOutput::Batch(vec![ApplyOutput::Done; 3]));
     assert_eq!(split.merge(Vec::new()), ApplyOutput::Batch(vec![ApplyOutput::Done; 3]));
 }
+
+/// Each write of a split batch on its own: a failed piece answers its own writes, and a write
+/// that reached a failed piece and an applied one is answered as partly applied.
+#[test]
+fn each_write_of_a_batch_is_answered_by_its_own_pieces() {
+    let (a, same, other) = keys();
+    let r = router();
+    let (sa, so) = (r.shard_for_key(&a), r.shard_for_key(&other));
+    let batch = CacheCommand::Batch(vec![
+        CacheCommand::IncrBy { key: a.clone(), delta: 1 },
+        CacheCommand::IncrBy { key: other.clone(), delta: 1 },
+        CacheCommand::DeleteMany { keys: vec![same.clone(), other.clone()] },
+        CacheCommand::IncrBy { key: same.clone(), delta: 1 },
+    ]);
+    let Plan::Split(split) = plan(&r, batch).unwrap() else { panic!("split") };
+    let piece_of = |shard| split.pieces.iter().position(|(s, _)| *s == shard).unwrap();
+    // Shard a's piece applied (INCR, DEL part, INCR), the other's failed.
+    let mut outputs: Vec<Option<Vec<ApplyOutput>>> = vec![None; split.pieces.len()];
+    outputs[piece_of(sa)] = Some(vec![ApplyOutput::Int(1), ApplyOutput::Int(1), ApplyOutput::Int(2)]);
+    let failed = piece_of(so);
+    assert_eq!(
+        split.each(outputs),
+        vec![
+            Each::Output(ApplyOutput::Int(1)),
+            Each::Failed { piece: failed, partly: false },
+            Each::Failed { piece: failed, partly: true },
+            Each::Output(ApplyOutput::Int(2)),
+        ]
+    );
+}

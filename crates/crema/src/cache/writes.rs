@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::split::{self, Plan};
+use super::split::{self, Plan, Split};
 use super::storage::unix_now_ms;
 use super::DistributedCache;
 use crate::consensus::command::{expiry_from_ttl, CacheCommand, CommandLimits, StampedCommand};
@@ -100,46 +100,87 @@ impl DistributedCache {
         }
     }
 
-    async fn write(&self, command: CacheCommand) -> Result<Applied> {
-        self.check_running()?;
-        self.coordinator.count_operation();
-        command.validate(&CommandLimits {
-            max_key_bytes: self.config.max_key_bytes,
-            max_value_bytes: self.config.max_value_bytes,
-        })?;
-        let now = unix_now_ms();
+    /// Writes a client's pipelined writes as [`Self::execute`] writes a `Batch` of them, but
+    /// answers each on its own: with several shards the writes of each shard are one entry
+    /// there, and a shard that fails (no leader, a timeout) answers only its own writes.
+    /// Found from outside: one leaderless shard answered every write of a pipeline
+    /// `-CLUSTERDOWN ... try again`, those applied on other shards too, and a client that
+    /// retried applied an INCR twice.
+    ///
+    /// # Errors
+    /// The whole answer is an error when nothing of it could be decided apart (an invalid
+    /// write, every write in one shard and that shard failing); else each write's own result
+    /// names an error of [`EachAnswer::errors`].
+    pub async fn execute_each(&self, commands: Vec<CacheCommand>) -> Result<EachAnswer> {
+        let count = commands.len();
+        let (plan, now, deadline) = self.plan_write(CacheCommand::Batch(commands))?;
         let timeout = self.config.request_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let split = match plan {
+            Plan::One(shard, command) => {
+                let written = self.route_to(shard, StampedCommand::new(now, command), deadline);
+                let applied = tokio::time::timeout_at(deadline, written)
+                    .await
+                    .unwrap_or(Err(Error::Timeout(timeout)))?;
+                let outputs = match applied.output {
+                    ApplyOutput::Batch(outputs) if outputs.len() == count => outputs,
+                    output => vec![output; count],
+                };
+                return Ok(EachAnswer { outputs: outputs.into_iter().map(Ok).collect(), errors: Vec::new() });
+            }
+            Plan::Split(split) => split,
+        };
+        let mut errors = Vec::new();
+        let mut failed_piece = Vec::new();
+        let mut outputs = Vec::with_capacity(split.pieces.len());
+        for (answer, (_, commands)) in
+            self.write_pieces(&split, now, deadline).await.into_iter().zip(&split.pieces)
+        {
+            match answer {
+                Ok(applied) => {
+                    failed_piece.push(None);
+                    outputs.push(Some(piece_outputs(applied.output, commands.len())));
+                }
+                Err(e) => {
+                    failed_piece.push(Some(errors.len()));
+                    errors.push(e);
+                    outputs.push(None);
+                }
+            }
+        }
+        let mut partly = None;
+        let outputs = split
+            .each(outputs)
+            .into_iter()
+            .map(|each| match each {
+                split::Each::Output(output) => Ok(output),
+                // Applied on some shards and not on others: its outcome is what a timeout says.
+                split::Each::Failed { partly: true, .. } => Err(*partly.get_or_insert_with(|| {
+                    errors.push(Error::Timeout(timeout));
+                    errors.len() - 1
+                })),
+                split::Each::Failed { piece, .. } => Err(failed_piece[piece].expect("a failed piece")),
+            })
+            .collect();
+        Ok(EachAnswer { outputs, errors })
+    }
+
+    async fn write(&self, command: CacheCommand) -> Result<Applied> {
+        let (plan, now, deadline) = self.plan_write(command)?;
+        let timeout = self.config.request_timeout;
         let written = async {
-            match split::plan(self.keyspace.router(), command)? {
+            match plan {
                 Plan::One(shard, command) => {
                     self.route_to(shard, StampedCommand::new(now, command), deadline).await
                 }
                 Plan::Split(split) => {
-                    let pieces = split.pieces.iter().map(|(shard, commands)| async move {
-                        let command = match commands.as_slice() {
-                            [one] => one.clone(),
-                            many => CacheCommand::Batch(many.to_vec()),
-                        };
-                        self.route_to(*shard, StampedCommand::new(now, command), deadline).await
-                    });
                     let mut outputs = Vec::with_capacity(split.pieces.len());
                     let mut index = 0;
-                    let answers = futures_util::future::join_all(pieces).await;
+                    let answers = self.write_pieces(&split, now, deadline).await;
                     for ((_, commands), answer) in split.pieces.iter().zip(answers) {
                         let applied = answer?;
                         // Indexes of different groups do not compare; the highest is reported.
                         index = index.max(applied.index);
-                        outputs.push(match applied.output {
-                            ApplyOutput::Batch(outputs)
-                                if commands.len() > 1 && outputs.len() == commands.len() =>
-                            {
-                                outputs
-                            }
-                            // One answer for a whole piece (a single command, or a batch
-                            // answered as a whole): each of its commands gets it.
-                            output => vec![output; commands.len()],
-                        });
+                        outputs.push(piece_outputs(applied.output, commands.len()));
                     }
                     Ok(Applied { index, output: split.merge(outputs) })
                 }
@@ -148,6 +189,60 @@ impl DistributedCache {
         tokio::time::timeout_at(deadline, written).await.unwrap_or(Err(Error::Timeout(timeout)))
     }
 
+    /// Checks `command` and plans its way to the shards; the time it is stamped with and its
+    /// deadline.
+    fn plan_write(&self, command: CacheCommand) -> Result<(Plan, u64, tokio::time::Instant)> {
+        self.check_running()?;
+        self.coordinator.count_operation();
+        command.validate(&CommandLimits {
+            max_key_bytes: self.config.max_key_bytes,
+            max_value_bytes: self.config.max_value_bytes,
+        })?;
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        Ok((split::plan(self.keyspace.router(), command)?, unix_now_ms(), deadline))
+    }
+
+    /// Writes every piece of `split` to its shard at once; each piece's answer, in order (a
+    /// piece not answered by `deadline` answers a timeout).
+    async fn write_pieces(
+        &self,
+        split: &Split,
+        now: u64,
+        deadline: tokio::time::Instant,
+    ) -> Vec<Result<Applied>> {
+        let timeout = self.config.request_timeout;
+        let pieces = split.pieces.iter().map(|(shard, commands)| async move {
+            let command = match commands.as_slice() {
+                [one] => one.clone(),
+                many => CacheCommand::Batch(many.to_vec()),
+            };
+            let written = self.route_to(*shard, StampedCommand::new(now, command), deadline);
+            tokio::time::timeout_at(deadline, written).await.unwrap_or(Err(Error::Timeout(timeout)))
+        });
+        futures_util::future::join_all(pieces).await
+    }
+}
+
+/// The outputs of a piece of `count` commands, one per command: a batch's outputs, or one
+/// answer for a whole piece (a single command, or a batch answered as a whole) given to each.
+fn piece_outputs(output: ApplyOutput, count: usize) -> Vec<ApplyOutput> {
+    match output {
+        ApplyOutput::Batch(outputs) if count > 1 && outputs.len() == count => outputs,
+        output => vec![output; count],
+    }
+}
+
+/// The answer of [`DistributedCache::execute_each`]: each write's output, or the position in
+/// `errors` of the error that answers it (one error answers every write of a shard's entry).
+#[derive(Debug)]
+pub struct EachAnswer {
+    /// Per write, in the order given.
+    pub outputs: Vec<std::result::Result<ApplyOutput, usize>>,
+    /// The errors the writes name.
+    pub errors: Vec<Error>,
+}
+
+impl DistributedCache {
     /// Writes `stamped` to shard `shard`: through this node's replica when it holds one, else
     /// through a node that does (see `cache::remote`).
     async fn route_to(
