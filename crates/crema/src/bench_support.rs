@@ -112,6 +112,7 @@ impl GroupBench {
                     first_start_possible: false,
                     recovery_voters: Vec::new(),
                     fresh: false,
+                    votes_only_with_state: false,
                     #[cfg(feature = "fault-injection")]
                     faults: None,
                 };

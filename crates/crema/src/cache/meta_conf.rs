@@ -46,7 +46,15 @@ pub(super) async fn meta_members_now(
 ) -> Option<Conf> {
     let raft = &config.raft;
     let seeds: Vec<NodeId> = config.seed_nodes.iter().map(|(id, _)| *id).collect();
-    let patience = Instant::now() + raft.election_timeout() / 2;
+    // A `--join` node waits longer: it can do nothing before a running peer answers, and one
+    // that hears none cannot tell a first start from a restart as a member (its replicas then
+    // vote only once they hold state: `GroupSettings::votes_only_with_state`).
+    let patience = Instant::now()
+        + if config.join {
+            (raft.election_timeout() * 5).max(Duration::from_secs(2))
+        } else {
+            raft.election_timeout() / 2
+        };
     let running = loop {
         let heard: Vec<_> = seeds.iter().map(|id| (*id, dispatcher.positions_of(*id))).collect();
         let running: Vec<NodeId> = (heard.iter())

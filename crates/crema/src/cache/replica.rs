@@ -58,6 +58,9 @@ pub(super) struct Replicas {
     /// A durable node found no Raft state in its data dir at start: a first start or a lost
     /// disk (see `spawn_shard_group`).
     pub started_empty: std::sync::atomic::AtomicBool,
+    /// A `--join` node heard from no peer whether the cluster counts it already: its replicas
+    /// started empty vote only once they hold state (`GroupSettings::votes_only_with_state`).
+    pub membership_unknown: std::sync::atomic::AtomicBool,
     /// Paces the planner's warning about a replica count the map does not have.
     pub replica_warnings: crate::consensus::admit::WarnThrottle,
 }
@@ -97,6 +100,7 @@ impl Replicas {
             tasks: Arc::default(),
             incarnations: Arc::new((0..shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()),
             started_empty: std::sync::atomic::AtomicBool::new(false),
+            membership_unknown: std::sync::atomic::AtomicBool::new(false),
             replica_warnings: Default::default(),
         }
     }
@@ -162,7 +166,9 @@ impl Replicas {
         let (group, task) = {
             let mut node_db = self.node_db.lock().expect("node db poisoned");
             let empty = self.started_empty.load(std::sync::atomic::Ordering::Acquire);
-            spawn_shard_group(config, (id, conf, begin, empty), sm, &self.transport, &stop, &mut node_db)?
+            let unknown = self.membership_unknown.load(std::sync::atomic::Ordering::Acquire);
+            let starting = (id, conf, begin, empty, unknown);
+            spawn_shard_group(config, starting, sm, &self.transport, &stop, &mut node_db)?
         };
         let name = |what: &str| {
             if config.shard_count() == 1 {
@@ -340,7 +346,7 @@ pub(super) enum Begin {
 /// Starts the Raft group of shard `id` over its state machine `sm`.
 fn spawn_shard_group(
     config: &CacheConfig,
-    (id, conf, begin, started_empty): (ShardId, &Conf, Begin, bool),
+    (id, conf, begin, started_empty, membership_unknown): (ShardId, &Conf, Begin, bool, bool),
     sm: CacheStateMachine,
     transport: &Arc<Transport>,
     cancel: &CancellationToken,
@@ -364,9 +370,11 @@ fn spawn_shard_group(
         // wiped. Found from outside: one restarted on a wiped dir voted at once, with an empty
         // log, and a lagging peer it elected rolled acknowledged writes back. Its recovery
         // also ends with a quorum that never ran (a first start), so a new cluster starts
-        // with a node missing (`consensus::recovery`).
+        // with a node missing (`consensus::recovery`). `--join` changes only the first
+        // configuration (none: the node waits to be added); a joined node started again
+        // with the same command line is a restart like any other (found from outside: it
+        // voted with an empty log, and a lagging peer it elected lost acknowledged writes).
         recover: (config.raft_storage == RaftStorageType::Memory || started_empty)
-            && !config.join
             && !config.force_new_cluster
             && conf.0.len() > 1,
         first_start_possible: started_empty,
@@ -374,6 +382,7 @@ fn spawn_shard_group(
         // empty configuration's.
         recovery_voters: if rejoins { conf.0.clone() } else { Vec::new() },
         fresh: replays_removals,
+        votes_only_with_state: membership_unknown && conf.0.is_empty(),
         #[cfg(feature = "fault-injection")]
         faults: config.faults.clone(),
     };

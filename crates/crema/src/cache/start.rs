@@ -115,10 +115,12 @@ impl DistributedCache {
         // quorum answers (`consensus::recovery`).
         let stored = replicas.stored_shards()?;
         let memory = config.raft_storage == crate::config::RaftStorageType::Memory;
+        // So does a node started with `--join` (one shard or many): the cluster may count it
+        // already, added before this start, and then it recovers as a member instead of
+        // waiting, empty, to be added.
         let asks = (memory || stored.is_none())
-            && !config.join
             && !config.force_new_cluster
-            && router.num_shards() > 1;
+            && (router.num_shards() > 1 || config.join);
         // Where the meta shard stands now, asked of the running cluster (`cache::meta_conf`):
         // the transport opens first, with no replica yet, for the answers to arrive.
         let meta_now = if asks {
@@ -128,6 +130,9 @@ impl DistributedCache {
         } else {
             None
         };
+        if config.join && asks && meta_now.is_none() {
+            replicas.membership_unknown.store(true, std::sync::atomic::Ordering::Release);
+        }
         let after_meta = asks && (memory || meta_now.is_some());
         let mut acl = None;
         let mut shard_map = None;

@@ -376,6 +376,14 @@ impl<S: LogStore> Group<S> {
             }
         }
         let vote = matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
+        if vote && self.settings.votes_only_with_state && self.raw.raft.raft_log.last_index() == 0 {
+            debug!(
+                shard = self.shared.shard,
+                from = msg.from,
+                "empty, and not known to be new: vote request ignored"
+            );
+            return;
+        }
         if vote && self.recovery.as_ref().is_some_and(|r| !r.may_vote_for(msg.log_term, msg.index)) {
             debug!(
                 shard = self.shared.shard,

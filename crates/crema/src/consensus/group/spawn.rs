@@ -48,6 +48,12 @@ pub(crate) struct GroupSettings {
     /// hold the removal of an earlier replica of this node, followed by the addition of this
     /// one (see `Group::removal_floor`).
     pub fresh: bool,
+    /// Grants no vote while its log is empty: a `--join` node that could not learn whether
+    /// the cluster already counts it (no peer answered at its start). Were it a member started
+    /// again without its state, a vote from its empty log could elect a peer that lacks
+    /// acknowledged writes; a new node needs none of its votes before it holds the group's
+    /// state, unless added as a voter while empty to a group that then loses its leader.
+    pub votes_only_with_state: bool,
     #[cfg(feature = "fault-injection")]
     pub faults: Option<Arc<crate::faults::Faults>>,
 }
