@@ -1,6 +1,7 @@
 //! Placement by hand: a node added to a sharded cluster by an operator (`add_peer`, what
 //! `crema cluster add-node` calls), without discovery's policy to add it, follows the meta
-//! shard and takes the replicas moved to it; removing one by hand is refused with a reason.
+//! shard and takes the replicas moved to it; removing one by hand is refused while it holds
+//! replicas, and done once they moved away.
 
 mod common;
 
@@ -75,10 +76,36 @@ async fn a_node_added_by_hand_follows_the_map_and_takes_a_moved_shard() {
     .await;
     assert_eq!(fourth.consistent_get(&key).await.unwrap(), Some(Bytes::from("before")));
 
-    // Leaving by hand is refused, with what to do instead.
+    // Leaving by hand is refused while it holds a replica, with what to do instead; once the
+    // shard moved away (found from outside: refused even then), it leaves and stops.
     let refused = meta_leader.remove_peer(4).await.unwrap_err().to_string();
-    assert!(refused.contains("move its shards away first"), "{refused}");
-    fourth.shutdown().await;
+    let held = format!("still holds replicas of shards [{}]", placement.shard_id);
+    assert!(refused.contains(&held) && refused.contains("move-shard"), "{refused}");
+    let back = placement.members[0];
+    nodes[0].move_shard(placement.shard_id, 4, back).await.unwrap();
+    wait_until(Duration::from_secs(30), "the shard moves back off node 4", || async {
+        nodes[0].shard_map().shard(placement.shard_id).is_some_and(|p| {
+            p.state == crema::ShardState::Active && !p.members.contains(&4) && p.members.contains(&back)
+        })
+    })
+    .await;
+    // On the meta shard's leader of the moment (the nodes spread leaders by themselves).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = nodes.iter().find(|n| n.shard_leader(0) == Some(n.node_id()));
+        match leader.map(|l| l.remove_peer(4)) {
+            Some(removal) => match removal.await {
+                Ok(()) => break,
+                Err(crema::Error::NotLeader { .. }) if std::time::Instant::now() < deadline => {}
+                Err(e) => panic!("removing node 4: {e}"),
+            },
+            None => assert!(std::time::Instant::now() < deadline, "no meta leader"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(20), fourth.ended()).await;
+    assert_eq!(ended.expect("node 4 stops once removed"), crema::NodeEnd::Removed);
+    assert_eq!(nodes[0].consistent_get(&key).await.unwrap(), Some(Bytes::from("before")));
     for node in &nodes {
         node.shutdown().await;
     }

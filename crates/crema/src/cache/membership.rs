@@ -25,7 +25,34 @@ impl DistributedCache {
         addr: Option<SocketAddr>,
     ) -> Result<()> {
         self.check_running()?;
+        if kind == ConfChangeType::RemoveNode && self.shards.num_shards() > 1 {
+            return self.remove_from_sharded(id).await;
+        }
         self.membership().change(kind, id, addr).await
+    }
+
+    /// Removes node `id` from a sharded cluster: once it holds no replica in the shard map
+    /// (moved away by `move_shard`), it leaves the meta shard it follows, and stops. Found from
+    /// outside: this was refused always, also after every shard had been moved off the node.
+    async fn remove_from_sharded(&self, id: NodeId) -> Result<()> {
+        let map = self.shard_map();
+        let held = map.shards_of(id);
+        if !held.is_empty() {
+            let example = held[0];
+            return Err(Error::Membership(format!(
+                "node {id} still holds replicas of shards {held:?}: move each away first (crema cluster \
+                 move-shard --shard {example} --from {id} --to N), then remove it"
+            )));
+        }
+        if let Some(moving) =
+            map.shards().iter().find(|s| s.state == crate::multiraft::ShardState::Transferring)
+        {
+            return Err(Error::Membership(format!(
+                "shard {} is moving: remove node {id} once every move has ended",
+                moving.shard_id
+            )));
+        }
+        self.membership().change_in(&self.meta().group, ConfChangeType::RemoveNode, id, None).await
     }
 
     /// What membership changes need of this node (also held by the discovery policy task).
@@ -58,14 +85,15 @@ impl Membership {
             // adds one: placement gives it replicas (`crema cluster rebalance`, or the planner
             // with `--auto-add-voters`). Found from outside: a node started with `--join`
             // without that policy could not be added at all. Each shard's own members change
-            // only through placement; a node leaves no sharded cluster by hand yet.
+            // only through placement; a node leaves once it holds no replica
+            // (`DistributedCache::remove_from_sharded`).
             return match kind {
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                     self.change_in(&self.meta, ConfChangeType::AddLearnerNode, id, addr).await
                 }
                 _ => Err(Error::Membership(
-                    "removing a node from a cluster with several shards is not supported yet: move its \
-                     shards away first (crema cluster move-shard)"
+                    "with several shards, a node's replicas change through placement (crema cluster \
+                     move-shard, rebalance)"
                         .into(),
                 )),
             };
