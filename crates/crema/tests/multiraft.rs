@@ -124,10 +124,12 @@ async fn writes_across_shards_are_split_or_refused() {
         assert_eq!(n.storage().live_count(), 0, "node {} is empty", n.node_id());
     }
 
-    // Membership of a sharded cluster cannot change yet, and says so.
+    // A node that holds replicas cannot leave a sharded cluster, and is told which to move.
     let leader = nodes.iter().find(|n| n.is_leader()).unwrap();
     match leader.remove_peer(3).await {
-        Err(Error::Membership(why)) => assert!(why.contains("several shards"), "{why}"),
+        Err(Error::Membership(why)) => {
+            assert!(why.contains("node 3 still holds replicas of shards [0, 1, 2, 3]"), "{why}")
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
     for node in &nodes {
