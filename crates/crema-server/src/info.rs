@@ -74,6 +74,7 @@ fn memory(state: &ServerState, _: &ClusterStatus, out: &mut String) {
 fn stats(state: &ServerState, _: &ClusterStatus, out: &mut String) {
     let s = state.cache.stats();
     line!(out, "total_connections_received:{}", state.clients.accepted.load(Ordering::Relaxed));
+    line!(out, "total_commands_processed:{}", state.metrics.commands_processed());
     line!(out, "rejected_connections:{}", state.clients.rejected.load(Ordering::Relaxed));
     line!(out, "keyspace_hits:{}", s.hits);
     line!(out, "keyspace_misses:{}", s.misses);

@@ -124,6 +124,12 @@ impl Metrics {
         series.seconds.observe(took.as_secs_f64());
     }
 
+    /// Commands run since the node started, errors included (INFO's
+    /// `total_commands_processed`).
+    pub fn commands_processed(&self) -> u64 {
+        self.series.iter().map(|s| s.count.get()).sum()
+    }
+
     /// Records one proposal.
     pub fn observe_proposal(&self, took: Duration, ok: bool) {
         self.proposals.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();

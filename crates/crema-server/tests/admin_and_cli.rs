@@ -111,6 +111,14 @@ async fn a_bounded_node_evicts_to_its_capacity_and_reports_it() {
             .trim()
             .parse()
             .unwrap();
+        let processed: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .expect("INFO stats has total_commands_processed")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(processed >= 100, "the 100 SETs at least: {info}");
         if size <= 10 && size + evicted == 100 {
             let (_, metrics) = http_get(node.admin, "/metrics").await;
             assert!(metrics.contains(&format!("crema_cache_evictions_total {evicted}")), "{metrics}");
