@@ -105,3 +105,74 @@ async fn gossip_from_one_seed(secret_file: Option<&str>) {
         assert!(!ids.is_empty() && !ids.contains(&dead), "{ids:?}");
     }
 }
+
+/// Found from outside: a node started again on another gossip address (a rescheduled pod) is a
+/// new identity to SWIM, and its old one, declared down seconds later, marked the live node
+/// down on every node (itself included) for good; with `--auto-remove-voters` the leader
+/// removed it. Only news of a node's newest identity counts now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_again_on_another_gossip_address_is_not_taken_for_down() {
+    let gossip: Vec<String> = free_udp_addrs(4).iter().map(ToString::to_string).collect();
+    let with_gossip = |i: usize, at: &str| {
+        let mut args = vec!["--shards".to_owned(), "4".to_owned(), "--gossip-addr".to_owned(), at.to_owned()];
+        if i > 0 {
+            args.extend(["--gossip-seed".to_owned(), gossip[0].clone()]);
+        }
+        args
+    };
+    let mut nodes = start_cluster_with(3, |i| with_gossip(i, &gossip[i]));
+    all_shards_led(nodes[0].resp).await;
+    for n in &nodes {
+        wait_until(std::time::Duration::from_secs(20), "every node sees the three alive", || async {
+            gossip_view(n.admin).await.iter().filter(|(_, h)| h == "alive").count() == 3
+        })
+        .await;
+    }
+    // Node 3 again, on its own peer and client addresses, gossiping from another one.
+    let (raft, resp) = (nodes[2].raft.to_string(), nodes[2].resp.to_string());
+    let _ = nodes[2].child.kill();
+    let _ = nodes[2].child.wait();
+    let peers: Vec<String> =
+        (0..2).map(|j| format!("{}={},{}", j + 1, nodes[j].raft, nodes[j].resp)).collect();
+    let mut args: Vec<String> =
+        ["--node-id", "3", "--raft-addr", &raft, "--resp-addr", &resp].map(String::from).into();
+    for p in &peers {
+        args.extend(["--peer".to_owned(), p.clone()]);
+    }
+    args.extend(FAST.iter().map(|s| s.to_string()));
+    args.extend(with_gossip(2, &gossip[3]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    nodes[2] = loop {
+        match try_start(&args) {
+            Ok(node) => break node,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("restart retried: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // The old identity is declared down within seconds (under 15 s above); the node, alive
+    // all along, must never be shown down meanwhile.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < std::time::Duration::from_secs(15) {
+        for n in &nodes {
+            let view = gossip_view(n.admin).await;
+            assert!(
+                !view.contains(&(3, "down".to_owned())),
+                "node 3 shown down by node at {}: {view:?}",
+                n.admin
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    wait_until(std::time::Duration::from_secs(15), "node 3 alive on every node", || async {
+        let mut all = true;
+        for n in &nodes {
+            all &= gossip_view(n.admin).await.contains(&(3, "alive".to_owned()));
+        }
+        all
+    })
+    .await;
+}

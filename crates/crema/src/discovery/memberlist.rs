@@ -239,6 +239,7 @@ impl ClusterDiscovery for MemberlistDiscovery {
             name: self.config.node_name.clone().unwrap_or_else(|| format!("node-{}", self.node_id)),
             ctx,
             leaving: false,
+            bumps: HashMap::new(),
         };
         info!(node = self.node_id, %advertise, seeds = ?self.config.seed_addrs, "memberlist gossip started");
         Ok(Some(tokio::spawn(agent.run(command_rx))))
@@ -282,6 +283,25 @@ struct Agent {
     /// This node left the cluster (it stops): foca goes defunct on leaving, which must not
     /// bring it back under a renewed identity.
     leaving: bool,
+    /// Per node id, the newest identity's `bump` heard of (see [`newest_identity`]).
+    bumps: HashMap<NodeId, u64>,
+}
+
+/// Whether news of identity `id` is about its node as it is now: not this node itself (`own`),
+/// and not an older identity of that node id than one heard of (recorded in `bumps`). Found
+/// from outside: a node started again on another gossip address is a new identity to foca,
+/// and the old one, declared down seconds later, marked the live node down on every node
+/// (itself included) for good; with `--auto-remove-voters` the leader removed it.
+fn newest_identity(bumps: &mut HashMap<NodeId, u64>, own: NodeId, id: &GossipId) -> bool {
+    if id.node_id == 0 || id.node_id == own {
+        return false;
+    }
+    let newest = bumps.entry(id.node_id).or_insert(id.bump);
+    if id.bump < *newest {
+        return false;
+    }
+    *newest = id.bump;
+    true
 }
 
 impl Agent {
@@ -445,7 +465,8 @@ impl Agent {
     }
 
     fn member(&mut self, id: &GossipId, health: NodeHealth) {
-        if id.node_id == 0 {
+        if !newest_identity(&mut self.bumps, self.foca.identity().node_id, id) {
+            debug!(name = %self.name, node = id.node_id, gossip = %id.gossip, ?health, "gossip: news of an older identity, or of this node: ignored");
             return;
         }
         info!(name = %self.name, node = id.node_id, gossip = %id.gossip, ?health, "gossip: member");
@@ -454,5 +475,27 @@ impl Agent {
             NodeHealth::Down => DiscoveryEvent::NodeDown(id.node_id),
             _ => DiscoveryEvent::NodeUp(id.node(health)),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(node_id: NodeId, port: u16, bump: u64) -> GossipId {
+        let gossip: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        GossipId { gossip, node_id, raft: gossip, bump }
+    }
+
+    #[test]
+    fn only_the_newest_identity_of_a_node_counts() {
+        let mut bumps = HashMap::new();
+        let (old, new) = (id(2, 7000, 10), id(2, 7001, 20));
+        assert!(newest_identity(&mut bumps, 1, &old), "first heard of");
+        assert!(newest_identity(&mut bumps, 1, &new), "started again elsewhere");
+        assert!(!newest_identity(&mut bumps, 1, &old), "the old identity declared down: not the node");
+        assert!(newest_identity(&mut bumps, 1, &new), "the live identity, up or down");
+        assert!(!newest_identity(&mut bumps, 1, &id(1, 7002, 99)), "news of this node itself");
+        assert!(!newest_identity(&mut bumps, 1, &id(0, 7003, 1)), "a seed not known yet");
     }
 }
