@@ -148,3 +148,77 @@ async fn a_joined_node_restarted_with_join_recovers_before_it_votes() {
         assert!(missing.is_empty(), "node {}: acknowledged writes lost: {missing:?}", i + 1);
     }
 }
+
+/// Found from outside (a regression of the fix above, caught before release): a durable node
+/// started for the first time with `--join` next to a sharded cluster started the replicas
+/// moved to it as members restarted, from the first members' log the groups had left behind,
+/// and never caught up (the moves stayed `transferring`). It takes them as a new node does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_node_joining_a_sharded_cluster_takes_its_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = |i: usize| dir.path().join(format!("node{i}")).display().to_string();
+    let nodes = start_cluster_with(3, |i| {
+        ["--shards", "4", "--storage", "rocksdb", "--data-dir", &data(i + 1)].map(String::from).into()
+    });
+    common::shards::all_shards_led(nodes[0].resp).await;
+    let peers: Vec<String> =
+        nodes.iter().enumerate().map(|(j, n)| format!("{}={},{}", j + 1, n.raft, n.resp)).collect();
+    let fourth_data = data(4);
+    let mut args = vec!["--node-id", "4", "--join", "true", "--shards", "4", "--storage", "rocksdb"];
+    args.extend(["--data-dir", &fourth_data]);
+    for p in &peers {
+        args.extend(["--peer", p.as_str()]);
+    }
+    args.extend(FAST);
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut fourth = start_again(&args);
+    let raft4 = fourth.raft.to_string();
+    let added = nodes.iter().any(|n| {
+        crema(&["cluster", "add-node", "--admin", &n.admin.to_string(), "--id", "4", "--addr", &raft4]).0
+    });
+    assert!(added, "add-node through the meta shard's leader");
+    let shards_of_4 = || async {
+        let (_, body) = http_get(nodes[0].admin, "/cluster").await;
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let shards = view["shards"].as_array().cloned().unwrap_or_default();
+        let settled = shards.iter().all(|s| s["state"].as_str() == Some("active"));
+        let held = shards.iter().filter(|s| {
+            s["id"].as_u64() != Some(0)
+                && s["members"].as_array().is_some_and(|m| m.iter().any(|m| m.as_u64() == Some(4)))
+        });
+        (settled, held.count())
+    };
+    // Rebalanced (again each second: node 4 must follow the meta shard before it is planned for).
+    let admin = nodes[0].admin.to_string();
+    let started = Instant::now();
+    loop {
+        let _ = crema(&["cluster", "rebalance", "--admin", &admin]);
+        let (settled, held) = shards_of_4().await;
+        if settled && held > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "node 4 took no replica, or a move never settled"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut c = client(fourth.resp).await;
+    for i in 0..20 {
+        let _: () = c.set(format!("via4:{i}"), i).await.unwrap();
+    }
+    assert_eq!(c.get::<_, Option<i64>>("via4:19").await.unwrap(), Some(19));
+
+    // Its disk lost, it starts again with the same command line: a member the groups count,
+    // it begins with an empty log (found from outside: it wrote its groups' first members'
+    // entries as committed, contradicting their leaders, and never caught up).
+    fourth.child.kill().unwrap();
+    fourth.child.wait().unwrap();
+    std::fs::remove_dir_all(&fourth_data).unwrap();
+    let mut fourth = start_again(&args);
+    fourth.wait_ready(Duration::from_secs(30)).unwrap();
+    let mut c = client(fourth.resp).await;
+    assert_eq!(c.get::<_, Option<i64>>("via4:19").await.unwrap(), Some(19));
+    let (settled, held) = shards_of_4().await;
+    assert!(settled && held > 0, "node 4 still holds its replicas");
+}

@@ -394,7 +394,14 @@ fn spawn_shard_group(
             };
             spawn_group(settings, store, sm, transport.clone(), cancel.clone())
         }
-        RaftStorageType::RocksDb => spawn_durable(config, id, conf, settings, sm, transport, cancel, node_db),
+        // `Begin::Empty` is an empty log on disk too: found from outside, a durable replica
+        // started empty with its group's members wrote their bootstrap entries as committed,
+        // which the group had long left behind, and never caught up. (A replica with state on
+        // disk keeps it either way.)
+        RaftStorageType::RocksDb => {
+            let boot = if begin == Begin::Empty { &(Vec::new(), Vec::new()) } else { conf };
+            spawn_durable(config, id, boot, settings, sm, transport, cancel, node_db)
+        }
     }
 }
 

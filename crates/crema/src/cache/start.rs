@@ -133,7 +133,14 @@ impl DistributedCache {
         if config.join && asks && meta_now.is_none() {
             replicas.membership_unknown.store(true, std::sync::atomic::Ordering::Release);
         }
-        let after_meta = asks && (memory || meta_now.is_some());
+        // A `--join` node the cluster does not count yet starts as a new node: placement adds
+        // its replicas, learners first (found from outside: a durable one started its
+        // replicas as members restarted, from the first members' log, which the groups had
+        // left behind, and never caught up).
+        let counted = meta_now.as_ref().is_some_and(|(voters, learners)| {
+            voters.contains(&config.node_id) || learners.contains(&config.node_id)
+        });
+        let after_meta = asks && (memory || meta_now.is_some()) && (counted || !config.join);
         let mut acl = None;
         let mut shard_map = None;
         for id in 0..router.num_shards() {
