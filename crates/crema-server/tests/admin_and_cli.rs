@@ -104,20 +104,12 @@ async fn a_bounded_node_evicts_to_its_capacity_and_reports_it() {
     loop {
         let size: u64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
         let info: String = redis::cmd("INFO").arg("stats").query_async(&mut c).await.unwrap();
-        let evicted: u64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("evicted_keys:"))
-            .expect("INFO stats has evicted_keys")
-            .trim()
-            .parse()
-            .unwrap();
-        let processed: u64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .expect("INFO stats has total_commands_processed")
-            .trim()
-            .parse()
-            .unwrap();
+        let field = |name: &str| -> u64 {
+            let prefix = format!("{name}:");
+            let value = info.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+            value.unwrap_or_else(|| panic!("INFO stats has {name}")).trim().parse().unwrap()
+        };
+        let (evicted, processed) = (field("evicted_keys"), field("total_commands_processed"));
         assert!(processed >= 100, "the 100 SETs at least: {info}");
         if size <= 10 && size + evicted == 100 {
             let (_, metrics) = http_get(node.admin, "/metrics").await;
