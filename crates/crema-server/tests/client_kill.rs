@@ -160,3 +160,69 @@ async fn sigterm_stops_a_node_whose_client_never_stops_sending() {
     assert!(slow_reader.await.unwrap() > 0, "the client was served before the stop");
     sender.abort();
 }
+
+/// Found from outside: a KEYS walk over many keys ran on to its end after its client was
+/// killed (the connection answered the kill only once the command was done), and walks on
+/// blocking threads held a node told to stop until they ended (45 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_keys_ends_with_its_client_and_with_the_node() {
+    const KEYS: usize = 50_000;
+    let mut node = start(&[]);
+    let admin = &mut client(node.resp).await;
+    for chunk in 0..KEYS / 1000 {
+        let mut mset = redis::cmd("MSET");
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            mset.arg(format!("key:{i}")).arg("v");
+        }
+        let () = mset.query_async(admin).await.unwrap();
+    }
+    // A pattern each key costs a million steps to refuse: the walk takes far longer than the
+    // waits below (tens of seconds for a release build, minutes for a debug one).
+    let pattern = format!("{}z", "*".repeat(1_000_000));
+    // Runs KEYS on a new connection, right after a SET of `marker` in the same batch: once
+    // the marker is readable, the KEYS is running.
+    let (watcher, resp) = (admin.clone(), node.resp);
+    let start_keys = |marker: &'static str| {
+        let pattern = pattern.clone();
+        let admin = watcher.clone();
+        async move {
+            let mut stream = TcpStream::connect(resp).await.unwrap();
+            let addr = stream.local_addr().unwrap().to_string();
+            let request =
+                format!("SET {marker} 1\r\n*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len());
+            stream.write_all(request.as_bytes()).await.unwrap();
+            wait_until(std::time::Duration::from_secs(10), "the KEYS starts", || {
+                let mut admin = admin.clone();
+                async move { q::<Option<String>>(&mut admin, &["GET", marker]).await.unwrap().is_some() }
+            })
+            .await;
+            (stream, addr)
+        }
+    };
+
+    let (_victim, addr) = start_keys("marker1").await;
+    let id = id_of(admin, &addr).await;
+    assert_eq!(q::<i64>(admin, &["CLIENT", "KILL", "ID", &id]).await.unwrap(), 1);
+    wait_until(std::time::Duration::from_secs(5), "the killed client leaves the list", || {
+        let mut admin = admin.clone();
+        let addr = addr.clone();
+        async move { !q::<String>(&mut admin, &["CLIENT", "LIST"]).await.unwrap().contains(&addr) }
+    })
+    .await;
+
+    // Two walks running (one more than the node has cores to spare), and the node told to stop.
+    let _first = start_keys("marker2").await;
+    let _second = start_keys("marker3").await;
+    let status = std::process::Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status();
+    assert!(status.unwrap().success());
+    let started = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = node.child.try_wait().unwrap() {
+            break exit;
+        }
+        // The connections get SHUTDOWN_GRACE (10 s) to finish, then are dropped with their walks.
+        assert!(started.elapsed() < std::time::Duration::from_secs(25), "serve did not stop on SIGTERM");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "serve exited with {exit}");
+}

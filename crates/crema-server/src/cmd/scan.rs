@@ -8,8 +8,12 @@
 //! answered come out of the window in O(COUNT), and a full iteration walks the keys about once
 //! per [`WINDOW_KEYS`] keys instead of once per page (found from outside: every `SCAN 0 COUNT 10`
 //! over a million keys walked them all, 520 ms, so a full iteration was hours of CPU). Windows
-//! of all connections together hold at most [`WINDOW_BUDGET_KEYS`] keys; past that a walk keeps
-//! only its page. Walks run on blocking threads (see `crema::cache::keyspace::off_runtime`).
+//! of all connections together hold at most [`WINDOW_BUDGET_KEYS`] keys; a walk that finds the
+//! budget spent first empties the windows left unused longest, once unused for [`WINDOW_IDLE`]
+//! (found from outside: sixteen idle connections that had each asked one SCAN held the whole
+//! budget, and every later page walked every key), and keeps only its page when none is. An
+//! emptied window's connection walks again from its cursor. Walks run on blocking threads (see
+//! `crema::cache::keyspace::off_runtime`).
 //!
 //! What a scan promises is Redis's: a key live from the first call to the last is returned (a
 //! window holds every matching key of its hash range as of its walk), and one written or
@@ -17,6 +21,8 @@
 
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crema::cache::keyspace::off_runtime;
@@ -33,8 +39,15 @@ pub const WINDOW_KEYS: usize = 65_536;
 /// shared with the cache; a window's entry is its hash and a handle, 40 bytes).
 pub const WINDOW_BUDGET_KEYS: usize = 1 << 20;
 
+/// How long a window must go unused before a walk short of budget may empty it.
+pub const WINDOW_IDLE: Duration = Duration::from_secs(10);
+
 /// Keys held by every connection's window.
 static WINDOW_KEYS_HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// Every window that holds keys counted in [`WINDOW_KEYS_HELD`] (dropped ones are pruned when
+/// the list is next looked at).
+static WINDOWS: Mutex<Vec<Weak<Mutex<Held>>>> = Mutex::new(Vec::new());
 
 /// The keys after the page a connection was last answered, in cursor order.
 #[derive(Debug)]
@@ -43,17 +56,76 @@ pub struct ScanWindow {
     cursor: u64,
     /// The pattern the keys were matched with.
     pattern: Option<Bytes>,
-    /// Matching keys at or after `cursor`, sorted by hash.
-    keys: VecDeque<(u64, Bytes)>,
     /// Whether the walk left out matching keys past the window.
     more: bool,
-    /// Keys counted in [`WINDOW_KEYS_HELD`] for this window.
-    counted: usize,
+    /// The keys, shared with [`WINDOWS`] so that a walk short of budget can empty them.
+    held: Arc<Mutex<Held>>,
 }
 
-impl Drop for ScanWindow {
+/// A window's keys and what they count in the budget.
+#[derive(Debug)]
+struct Held {
+    /// Matching keys at or after the window's cursor, sorted by hash.
+    keys: VecDeque<(u64, Bytes)>,
+    /// Keys counted in [`WINDOW_KEYS_HELD`] for this window.
+    counted: usize,
+    /// When the window's connection last took a page from it.
+    used: Instant,
+}
+
+impl Held {
+    /// Counts in the budget what this window holds beyond `free` keys (those of the page it
+    /// answers, which leave with it).
+    fn count(&mut self, free: usize) {
+        let counted = self.keys.len().saturating_sub(free);
+        WINDOW_KEYS_HELD.fetch_add(counted, Ordering::Relaxed);
+        self.counted += counted;
+    }
+
+    /// Empties the window and gives its budget back: its connection walks again for its next
+    /// page. (Paging does not give budget back: the keys' room stays allocated until then.)
+    fn empty(&mut self) {
+        self.keys = VecDeque::new();
+        WINDOW_KEYS_HELD.fetch_sub(std::mem::take(&mut self.counted), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
         WINDOW_KEYS_HELD.fetch_sub(self.counted, Ordering::Relaxed);
+    }
+}
+
+/// Keys the budget has room for.
+fn room() -> usize {
+    WINDOW_BUDGET_KEYS.saturating_sub(WINDOW_KEYS_HELD.load(Ordering::Relaxed))
+}
+
+/// Empties windows unused for `idle` or longer, the longest unused first, until the budget
+/// has room for `want` keys or none is left to empty.
+fn reclaim(want: usize, idle: Duration) {
+    let now = Instant::now();
+    let mut idle_windows: Vec<(Instant, Arc<Mutex<Held>>)> = {
+        let mut windows = WINDOWS.lock().expect("scan windows poisoned");
+        windows.retain(|w| w.strong_count() > 0);
+        windows
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|held| {
+                // A window being paged now is in use: skipped.
+                let used = held.try_lock().ok()?.used;
+                (now.saturating_duration_since(used) >= idle).then_some((used, held))
+            })
+            .collect()
+    };
+    idle_windows.sort_by_key(|(used, _)| *used);
+    for (_, held) in idle_windows {
+        if room() >= want {
+            return;
+        }
+        if let Ok(mut held) = held.try_lock() {
+            held.empty();
+        }
     }
 }
 
@@ -81,17 +153,21 @@ pub(super) async fn run(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         return Ok(Reply::Array(vec![Reply::bulk("0"), Reply::Array(Vec::new())]));
     }
     let count = count.min(100_000);
-    let window = call.session.scan.take().filter(|w| w.continues(cursor, pattern.as_ref()));
-    let mut window = match window {
-        Some(window) => window,
-        None => walk(call, cursor, count, pattern).await?,
+    let mut window = call.session.scan.take();
+    let (window, page) = match window.as_mut().and_then(|w| w.continued_page(cursor, pattern.as_ref(), count))
+    {
+        Some(page) => (window.expect("a window gave the page"), page),
+        None => {
+            let mut window = walk(call, cursor, count, pattern).await?;
+            let page = window.next_page(count);
+            (window, page)
+        }
     };
-    let page = window.next_page(count);
     let reply = Reply::Array(vec![
         Reply::Bulk(Bytes::from(window.cursor.to_string())),
         Reply::Array(page.into_iter().map(Reply::Bulk).collect()),
     ]);
-    if !window.keys.is_empty() {
+    if window.holds_keys() {
         call.session.scan = Some(window);
     }
     Ok(reply)
@@ -105,8 +181,10 @@ async fn walk(
     count: usize,
     pattern: Option<Bytes>,
 ) -> Result<ScanWindow, CmdError> {
-    let room = WINDOW_BUDGET_KEYS.saturating_sub(WINDOW_KEYS_HELD.load(Ordering::Relaxed));
-    let keep = count.max(WINDOW_KEYS.min(room));
+    if room() < WINDOW_KEYS {
+        reclaim(WINDOW_KEYS, WINDOW_IDLE);
+    }
+    let keep = count.max(WINDOW_KEYS.min(room()));
     let (keys, more) = if call.holds_every_shard() {
         call.read_barrier().await?;
         let (keyspace, matching) = (call.storage().clone(), pattern.clone());
@@ -120,31 +198,70 @@ async fn walk(
         off_runtime(move || smallest(|visit| keys.iter().for_each(|k| _ = visit(k)), cursor, keep, None))
             .await?
     };
-    let counted = keys.len().saturating_sub(count);
-    WINDOW_KEYS_HELD.fetch_add(counted, Ordering::Relaxed);
-    Ok(ScanWindow { cursor, pattern, keys: keys.into(), more, counted })
+    Ok(ScanWindow::new(cursor, pattern, keys.into(), more, count))
 }
 
 impl ScanWindow {
-    /// Whether the page at `cursor` matching `pattern` comes from this window.
-    fn continues(&self, cursor: u64, pattern: Option<&Bytes>) -> bool {
-        cursor != 0 && self.cursor == cursor && self.pattern.as_ref() == pattern && !self.keys.is_empty()
+    /// A window of `keys` (sorted by hash, at or after `cursor`), the first `count` of them the
+    /// page about to be answered; it counts the rest in the budget and can be emptied.
+    fn new(
+        cursor: u64,
+        pattern: Option<Bytes>,
+        keys: VecDeque<(u64, Bytes)>,
+        more: bool,
+        count: usize,
+    ) -> Self {
+        let mut held = Held { keys, counted: 0, used: Instant::now() };
+        held.count(count);
+        let held = Arc::new(Mutex::new(held));
+        let mut windows = WINDOWS.lock().expect("scan windows poisoned");
+        // Pruned when full, so the list grows only with windows alive.
+        if windows.len() == windows.capacity() {
+            windows.retain(|w| w.strong_count() > 0);
+        }
+        windows.push(Arc::downgrade(&held));
+        drop(windows);
+        Self { cursor, pattern, more, held }
+    }
+
+    /// Whether any key is left in the window (none once emptied for another walk).
+    fn holds_keys(&self) -> bool {
+        !self.held.lock().expect("scan window poisoned").keys.is_empty()
+    }
+
+    /// The page at `cursor` matching `pattern`, if it comes from this window: checked and
+    /// taken under one lock, so a window emptied for another walk in between is not taken for
+    /// the end of the scan.
+    fn continued_page(&mut self, cursor: u64, pattern: Option<&Bytes>, count: usize) -> Option<Vec<Bytes>> {
+        let held = Arc::clone(&self.held);
+        let mut held = held.lock().expect("scan window poisoned");
+        let continues = cursor != 0 && self.cursor == cursor && self.pattern.as_ref() == pattern;
+        (continues && !held.keys.is_empty()).then(|| self.page_of(&mut held, count))
     }
 
     /// The next page: `count` keys and every one sharing the last one's hash; moves the cursor
     /// past them (0 when the scan is complete).
     fn next_page(&mut self, count: usize) -> Vec<Bytes> {
-        let mut page = Vec::with_capacity(count.min(self.keys.len()));
+        let held = Arc::clone(&self.held);
+        let mut held = held.lock().expect("scan window poisoned");
+        self.page_of(&mut held, count)
+    }
+
+    /// [`Self::next_page`] from `held`, this window's keys, locked.
+    fn page_of(&mut self, held: &mut Held, count: usize) -> Vec<Bytes> {
+        held.used = Instant::now();
+        let keys = &mut held.keys;
+        let mut page = Vec::with_capacity(count.min(keys.len()));
         let mut last = None;
-        while let Some((hash, _)) = self.keys.front() {
+        while let Some((hash, _)) = keys.front() {
             if page.len() >= count && last != Some(*hash) {
                 break;
             }
-            let (hash, key) = self.keys.pop_front().expect("a front key");
+            let (hash, key) = keys.pop_front().expect("a front key");
             last = Some(hash);
             page.push(key);
         }
-        self.cursor = match (self.keys.front(), last) {
+        self.cursor = match (keys.front(), last) {
             (Some((next, _)), _) => *next,
             (None, Some(last)) if self.more => last.checked_add(1).unwrap_or(0),
             // Nothing past the window: complete. (A walk that found nothing is complete too.)
@@ -197,22 +314,59 @@ mod tests {
         let mut cursor = 0;
         let mut held: Option<ScanWindow> = None;
         loop {
-            let mut w = match held.take().filter(|w| w.continues(cursor, None)) {
-                Some(w) => w,
+            let page = held.as_mut().and_then(|w| w.continued_page(cursor, None, count));
+            let w = match page {
+                Some(page) => {
+                    pages.push(page);
+                    held.as_mut().expect("paged")
+                }
                 None => {
                     walks += 1;
                     let (keys, more) =
                         smallest(|visit| all.iter().for_each(|k| _ = visit(k)), cursor, keep, None);
-                    ScanWindow { cursor, pattern: None, keys: keys.into(), more, counted: 0 }
+                    let w = held.insert(ScanWindow::new(cursor, None, keys.into(), more, count));
+                    pages.push(w.next_page(count));
+                    w
                 }
             };
-            pages.push(w.next_page(count));
             cursor = w.cursor;
             if cursor == 0 {
                 return (pages, walks);
             }
-            held = Some(w);
         }
+    }
+
+    /// A window of `n` keys whose first page of `count` was answered, last used `ago`.
+    fn held_window(n: usize, count: usize, ago: Duration) -> ScanWindow {
+        let keys = (0..n as u64).map(|i| (i, Bytes::from(format!("k{i}")))).collect();
+        let mut window = ScanWindow::new(0, None, keys, false, count);
+        window.next_page(count);
+        window.held.lock().unwrap().used = Instant::now().checked_sub(ago).unwrap();
+        window
+    }
+
+    #[test]
+    fn a_walk_short_of_budget_empties_the_windows_unused_longest() {
+        let idle = held_window(1000, 10, Duration::from_secs(30));
+        let older = held_window(1000, 10, Duration::from_secs(60));
+        let busy = held_window(1000, 10, Duration::ZERO);
+        // Budget for no more than there is: only the idle windows, the oldest first, are emptied.
+        reclaim(usize::MAX, Duration::from_secs(20));
+        assert!(!idle.holds_keys() && !older.holds_keys(), "idle windows are emptied");
+        assert!(busy.holds_keys(), "a window in use is kept");
+        assert_eq!(idle.held.lock().unwrap().counted, 0, "an emptied window gives its budget back");
+        assert_eq!(busy.held.lock().unwrap().counted, 990, "the keys past the first page count");
+
+        // Its connection's next page walks again: the cursor is not taken for the end.
+        let mut idle = idle;
+        let cursor = idle.cursor;
+        assert_ne!(cursor, 0);
+        assert_eq!(idle.continued_page(cursor, None, 10), None);
+
+        // With room enough, nothing is emptied.
+        let kept = held_window(1000, 10, Duration::from_secs(60));
+        reclaim(0, Duration::from_secs(20));
+        assert!(kept.holds_keys());
     }
 
     #[test]

@@ -333,7 +333,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 }
                 Step::Run(args, index) => {
                     self.propose_run(session, &mut run).await?;
-                    let reply = cmd::run(self.state, session, args, index).await;
+                    // A kill ends a long command (KEYS over millions of keys, a WATCH of many)
+                    // at once; its walk stops when dropped (`crema::cache::keyspace::off_runtime`).
+                    let reply = tokio::select! {
+                        biased;
+                        reply = cmd::run(self.state, session, args, index) => reply,
+                        () = self.entry.kill.cancelled() => return Err(Closed::Killed),
+                    };
                     self.answer(session, reply).await?;
                     if session.quit {
                         self.flush().await?;

@@ -10,6 +10,10 @@
 //! links and clients sharing that worker (found from outside: one KEYS froze a node for 23 s,
 //! two cost a shard its leader).
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::storage::{CacheStats, CacheStorage, StoredValue};
@@ -21,13 +25,80 @@ use crate::types::ShardId;
 /// Runs `walk` (a walk over a cache's keys) on a blocking thread and answers its result;
 /// [`Error::Shutdown`] when the runtime stops first.
 ///
+/// When the returned future is dropped before the walk ends (the client left, its connection
+/// was killed, the node is stopping), the walk stops within a few thousand keys: the caches'
+/// walks ask [`walk_abandoned`] as they go. Found from outside: KEYS walks over millions of keys
+/// ran on for their whole length after their clients had gone, and held a stopping node 45 s.
+///
 /// # Errors
 /// [`Error::Shutdown`] as said.
 pub async fn off_runtime<T: Send + 'static>(walk: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    match tokio::task::spawn_blocking(walk).await {
+    let gone = Arc::new(AtomicBool::new(false));
+    let _asker = AskerGone(Arc::clone(&gone));
+    let walking = tokio::task::spawn_blocking(move || {
+        let _set = Walking::on_this_thread(gone);
+        walk()
+    });
+    match walking.await {
         Ok(done) => Ok(done),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(Error::Shutdown),
+    }
+}
+
+thread_local! {
+    /// While [`off_runtime`] runs a walk on this thread: whether its asker has gone.
+    static WALK_ASKER_GONE: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// Whether the walk running on this thread was started by [`off_runtime`] for an asker that
+/// has gone since (false for code run any other way).
+pub(crate) fn walk_abandoned() -> bool {
+    WALK_ASKER_GONE.with(|gone| gone.borrow().as_ref().is_some_and(|g| g.load(Ordering::Relaxed)))
+}
+
+/// Asks [`walk_abandoned`] once every [`AskerCheck::EVERY`] keys of a walk.
+#[derive(Debug, Default)]
+pub(crate) struct AskerCheck {
+    seen: u32,
+}
+
+impl AskerCheck {
+    /// Keys visited between two looks at the flag: few, as one key may cost a long pattern
+    /// a million steps.
+    const EVERY: u32 = 64;
+
+    /// False once the walk's asker has gone (looked at every [`Self::EVERY`] calls).
+    #[inline]
+    pub(crate) fn still_wanted(&mut self) -> bool {
+        self.seen = self.seen.wrapping_add(1);
+        !self.seen.is_multiple_of(Self::EVERY) || !walk_abandoned()
+    }
+}
+
+/// Tells the walk its asker has gone when [`off_runtime`]'s future ends or is dropped.
+struct AskerGone(Arc<AtomicBool>);
+
+impl Drop for AskerGone {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Marks a blocking thread as running a walk, until dropped (a panicking walk included: the
+/// thread goes back to tokio's pool and runs other work).
+struct Walking;
+
+impl Walking {
+    fn on_this_thread(gone: Arc<AtomicBool>) -> Self {
+        WALK_ASKER_GONE.with(|g| *g.borrow_mut() = Some(gone));
+        Self
+    }
+}
+
+impl Drop for Walking {
+    fn drop(&mut self) {
+        WALK_ASKER_GONE.with(|g| *g.borrow_mut() = None);
     }
 }
 
@@ -235,5 +306,57 @@ mod tests {
         space.shard(cleared).unwrap().clear();
         assert!(space.get(b"k0").is_none());
         assert_eq!(space.live_count(), 200 - held);
+    }
+
+    #[tokio::test]
+    async fn a_walk_stops_soon_after_its_asker_leaves() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::mpsc;
+
+        const KEYS: usize = 50_000;
+        let space = keyspace(2);
+        for i in 0..KEYS {
+            space.insert(Bytes::from(format!("k{i}")), Bytes::from("v"), None);
+        }
+        let visited = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (left_tx, left_rx) = mpsc::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let counter = Arc::clone(&visited);
+        let mut walk = Box::pin(off_runtime(move || {
+            let mut started = Some(started_tx);
+            space.for_each_live_key(|_, _| {
+                if let Some(started) = started.take() {
+                    let _ = started.send(());
+                    // Goes on only once the asker has gone.
+                    left_rx.recv().expect("the test signals");
+                }
+                counter.fetch_add(1, Ordering::Relaxed);
+                true
+            });
+            let _ = done_tx.send(());
+        }));
+        tokio::select! {
+            _ = &mut walk => panic!("the walk cannot end before the test lets it go on"),
+            started = started_rx => started.expect("the walk starts"),
+        }
+        drop(walk);
+        left_tx.send(()).expect("the walk waits");
+        done_rx.await.expect("the walk ends");
+        let visited = visited.load(Ordering::Relaxed);
+        assert!(
+            visited <= 2 * AskerCheck::EVERY as usize,
+            "visited {visited} of {KEYS} keys after the asker left"
+        );
+
+        // A walk whose asker stays sees every key, and code run outside off_runtime is never cut short.
+        let space = keyspace(2);
+        for i in 0..KEYS {
+            space.insert(Bytes::from(format!("k{i}")), Bytes::from("v"), None);
+        }
+        let walked = space.clone();
+        assert_eq!(off_runtime(move || walked.live_count()).await.unwrap(), KEYS as u64);
+        assert!(!walk_abandoned());
+        assert_eq!(space.matching_keys(None).len(), KEYS);
     }
 }

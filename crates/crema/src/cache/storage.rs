@@ -41,6 +41,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::capture::CaptureState;
+use super::keyspace::AskerCheck;
 
 mod entries;
 mod policy;
@@ -399,7 +400,8 @@ impl CacheStorage {
     /// answers false.
     pub fn for_each_live_key(&self, mut f: impl FnMut(&Bytes, &StoredValue) -> bool) {
         let now = unix_now_ms();
-        self.cache.for_each(|key, value| !value.is_live_at(now) || f(key, value));
+        let mut asked = AskerCheck::default();
+        self.cache.for_each(|key, value| asked.still_wanted() && (!value.is_live_at(now) || f(key, value)));
     }
 
     /// Removes every entry.
@@ -416,9 +418,10 @@ impl CacheStorage {
     pub fn live_count(&self) -> u64 {
         let now = unix_now_ms();
         let mut live = 0;
+        let mut asked = AskerCheck::default();
         self.cache.for_each(|_, v| {
             live += u64::from(v.is_live_at(now));
-            true
+            asked.still_wanted()
         });
         live
     }
