@@ -1,7 +1,7 @@
 //! Real client libraries against a real `crema serve`: the scripts in `tests/clients/` run
 //! redis-py (`pipeline()`, a WATCH retry loop, Django's `set_many` with a timeout) and node-redis
-//! (`multi().exec()`, WATCH with an isolated connection, and `createCluster` against a sharded
-//! cluster), and redis-py's ACL helpers (`py_acl.py`). `.ci/run` installs both libraries,
+//! (`multi().exec()`, WATCH with an isolated connection, `scanIterator`, and `createCluster`
+//! against a sharded cluster), and redis-py's ACL helpers (`py_acl.py`). `.ci/run` installs both libraries,
 //! pinned; a test is skipped, saying so, only when the interpreter or the library is missing.
 
 mod common;
@@ -66,6 +66,19 @@ fn node_redis_multi_exec_and_watch() {
         return;
     }
     run_script("node", &["transactions.mjs"], &dir);
+}
+
+#[test]
+fn node_redis_scan_iterator_returns_every_key() {
+    let dir = clients_dir().join("node");
+    if !dir.join("node_modules/redis/package.json").exists() || !available("node", &["--version"], &dir) {
+        eprintln!(
+            "SKIPPED: node or node-redis is not installed (`npm ci` in {}, as .ci/run does)",
+            dir.display()
+        );
+        return;
+    }
+    run_script("node", &["scan.mjs"], &dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,9 @@
-//! SCAN: pages of the keyspace in the order of the keys' hashes (xxh3), the cursor being the
-//! hash the next page starts at, so a cursor stays valid across any writes, leader changes and
-//! nodes (any node continues a scan another began).
+//! SCAN: pages of the keyspace in the order of the keys' hashes ([`scan_hash`]: xxh3, cut to
+//! 52 bits), the cursor being the hash the next page starts at, so a cursor stays valid across
+//! any writes, leader changes and nodes (any node continues a scan another began). Cursors stay
+//! below 2^52 because clients read them as floating-point numbers (found from outside:
+//! node-redis v4 parses them with `Number()`, which rounds 64-bit cursors, and its
+//! `scanIterator` skipped keys silently).
 //!
 //! The entries live in hash maps with no order to resume from, so finding a page means walking
 //! every key. One walk therefore keeps a *window* for its connection: the next keys in cursor
@@ -271,6 +274,14 @@ impl ScanWindow {
     }
 }
 
+/// Bits of [`scan_hash`]: every cursor is exact in a JavaScript number or a double.
+const CURSOR_BITS: u32 = 52;
+
+/// The position of `key` in a scan: its xxh3 hash cut to [`CURSOR_BITS`] bits.
+fn scan_hash(key: &[u8]) -> u64 {
+    xxh3_64(key) >> (64 - CURSOR_BITS)
+}
+
 /// Of the keys `walk` visits, those matching `pattern` with the `keep` smallest hashes at or
 /// after `cursor` (all keys sharing the largest kept hash included), sorted by hash, and
 /// whether any matching key was left out.
@@ -283,7 +294,7 @@ fn smallest(
     let mut best: BinaryHeap<(u64, Bytes)> = BinaryHeap::new();
     let mut more = false;
     walk(&mut |key| {
-        let hash = xxh3_64(key);
+        let hash = scan_hash(key);
         if hash < cursor || pattern.is_some_and(|p| !glob_match(p, key)) {
             return true;
         }
