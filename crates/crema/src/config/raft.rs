@@ -32,6 +32,12 @@ pub struct RaftConfig {
     /// Log entries kept behind the applied index before the log is compacted; a follower further
     /// behind than this is caught up with a snapshot. Default 10,000.
     pub max_log_entries: u64,
+    /// What the applied entries kept in memory may weigh before the log is compacted (to half
+    /// of it), however few they are: found from outside, 400 SETs of a 4 MB value held 1.8 GB
+    /// of log on each node of a memory cluster whose cache held 4 MB. A follower further
+    /// behind is caught up with a snapshot. Durable nodes keep entries back to their last
+    /// checkpoint. Default 64 MiB.
+    pub max_log_bytes: u64,
     /// An idle group stops ticking (no heartbeats) until a message or a request arrives; the
     /// node's pings to its peers keep failure detection going (see the Multi-Raft docs).
     /// Default true.
@@ -49,6 +55,7 @@ impl Default for RaftConfig {
             pre_vote: true,
             check_quorum: true,
             max_log_entries: 10_000,
+            max_log_bytes: 64 << 20,
             hibernate: true,
         }
     }
@@ -90,6 +97,9 @@ impl RaftConfig {
         }
         if self.max_log_entries < 16 {
             return Err(invalid("raft.max_log_entries must be at least 16"));
+        }
+        if self.max_log_bytes < 1 << 20 {
+            return Err(invalid("raft.max_log_bytes must be at least 1 MiB"));
         }
         Ok(())
     }

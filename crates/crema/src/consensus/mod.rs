@@ -91,6 +91,9 @@ pub struct GroupStatus {
     pub first_index: u64,
     /// The last index in the log.
     pub last_index: u64,
+    /// What the entries this node keeps in memory weigh, in bytes (see
+    /// `RaftConfig::max_log_bytes`).
+    pub log_bytes: u64,
     /// Voting members.
     pub voters: Vec<NodeId>,
     /// Non-voting members.

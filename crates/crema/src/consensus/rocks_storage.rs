@@ -352,6 +352,14 @@ impl LogStore for RocksDbStorage {
         Ok(())
     }
 
+    fn retained_bytes(&self) -> u64 {
+        self.mirror.retained_bytes()
+    }
+
+    fn first_index_within(&self, budget: u64, upto: u64) -> u64 {
+        self.mirror.first_index_within(budget, upto)
+    }
+
     fn set_applied(&mut self, index: u64) {
         self.mirror.set_applied(index);
     }

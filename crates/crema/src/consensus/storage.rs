@@ -90,6 +90,11 @@ pub trait LogStore: raft::Storage + Send + 'static {
     fn set_applied(&mut self, index: u64);
     /// Installs the function that encodes the state machine for snapshots.
     fn set_snapshot_source(&mut self, source: SnapshotSource);
+    /// What the entries this store keeps in memory weigh, in bytes (see [`entry_weight`]).
+    fn retained_bytes(&self) -> u64;
+    /// The first index to keep so that the entries kept in memory weigh at most `budget`
+    /// bytes, but never above `upto` (entries from `upto` on are kept whatever they weigh).
+    fn first_index_within(&self, budget: u64, upto: u64) -> u64;
     /// Writes every change made since the last flush, with one write, and makes durable what
     /// Raft needs durable (entries, term, vote, conf state, a snapshot) before it returns; a
     /// change of the commit index alone may stay unsynced until a later flush or [`Self::sync`].
@@ -161,6 +166,11 @@ pub trait LogWrite: Send + 'static {
     }
 }
 
+/// What an entry kept in memory weighs: its payload and a fixed cost for the rest.
+pub fn entry_weight(entry: &Entry) -> u64 {
+    (entry.data.len() + entry.context.len()) as u64 + 64
+}
+
 /// In-memory Raft storage. Nothing survives a restart.
 #[derive(Default)]
 pub struct MemStorage {
@@ -168,6 +178,8 @@ pub struct MemStorage {
     conf_state: ConfState,
     /// `entries[i].index == compacted.index + 1 + i`.
     entries: Vec<Entry>,
+    /// The [`entry_weight`]s of `entries`, added.
+    bytes: u64,
     /// Index and term of the last entry dropped by compaction or covered by a snapshot.
     compacted: SnapshotMetadata,
     applied: u64,
@@ -205,6 +217,7 @@ impl MemStorage {
         store.conf_state.learners = learners.to_vec();
         if !voters.is_empty() {
             (store.entries, store.hard_state) = bootstrap_log(voters, learners);
+            store.bytes = store.entries.iter().map(entry_weight).sum();
         }
         store
     }
@@ -220,7 +233,8 @@ impl MemStorage {
     ) -> Self {
         let compacted =
             SnapshotMetadata { index: compacted_index, term: compacted_term, ..Default::default() };
-        Self { hard_state, conf_state, entries, compacted, applied: compacted_index, source: None }
+        let bytes = entries.iter().map(entry_weight).sum();
+        Self { hard_state, conf_state, entries, bytes, compacted, applied: compacted_index, source: None }
     }
 
     /// The current hard state.
@@ -319,8 +333,11 @@ impl LogStore for MemStorage {
         if first_new > self.last() + 1 {
             return Err(store_err(StorageError::Unavailable));
         }
-        self.entries.truncate((first_new - self.first()) as usize);
+        let kept = (first_new - self.first()) as usize;
+        self.bytes -= self.entries[kept..].iter().map(entry_weight).sum::<u64>();
+        self.entries.truncate(kept);
         self.entries.extend_from_slice(entries);
+        self.bytes += entries.iter().map(entry_weight).sum::<u64>();
         Ok(())
     }
 
@@ -347,7 +364,9 @@ impl LogStore for MemStorage {
             return Err(store_err(StorageError::Unavailable));
         }
         let term = raft::Storage::term(self, index - 1)?;
-        self.entries.drain(..(index - self.first()) as usize);
+        let dropped = (index - self.first()) as usize;
+        self.bytes -= self.entries[..dropped].iter().map(entry_weight).sum::<u64>();
+        self.entries.drain(..dropped);
         self.compacted.index = index - 1;
         self.compacted.term = term;
         Ok(())
@@ -359,6 +378,7 @@ impl LogStore for MemStorage {
             return Err(store_err(StorageError::SnapshotOutOfDate));
         }
         self.entries.clear();
+        self.bytes = 0;
         self.compacted.index = meta.index;
         self.compacted.term = meta.term;
         self.conf_state = meta.get_conf_state().clone();
@@ -375,6 +395,22 @@ impl LogStore for MemStorage {
     fn set_snapshot_source(&mut self, source: SnapshotSource) {
         self.source = Some(source);
     }
+
+    fn retained_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn first_index_within(&self, budget: u64, upto: u64) -> u64 {
+        let (mut index, mut kept) = (self.first(), self.bytes);
+        for entry in &self.entries {
+            if kept <= budget || index >= upto {
+                break;
+            }
+            kept -= entry_weight(entry);
+            index += 1;
+        }
+        index
+    }
 }
 
 #[cfg(test)]
@@ -384,6 +420,33 @@ mod tests {
     #[test]
     fn mem_storage_passes_the_conformance_suite() {
         crate::consensus::storage_suite::run_all(MemStorage::new);
+    }
+
+    #[test]
+    fn the_log_knows_what_its_entries_weigh() {
+        let entry = |index: u64, term: u64, bytes: usize| Entry {
+            index,
+            term,
+            data: vec![0u8; bytes].into(),
+            ..Default::default()
+        };
+        let mut store = MemStorage::new();
+        store.append(&(1..=10).map(|i| entry(i, 1, 1000)).collect::<Vec<_>>()).unwrap();
+        assert_eq!(store.retained_bytes(), 10 * 1064);
+        // A conflicting suffix replaces entries 6..=10 with two heavier ones.
+        store.append(&[entry(6, 2, 5000), entry(7, 2, 5000)]).unwrap();
+        assert_eq!(store.retained_bytes(), 5 * 1064 + 2 * 5064);
+        // Keeping at most 10,200 bytes drops entries 1..=5, not beyond what may be dropped.
+        assert_eq!(store.first_index_within(10_200, 8), 6);
+        assert_eq!(store.first_index_within(10_200, 3), 3);
+        assert_eq!(store.first_index_within(u64::MAX, 8), 1);
+        store.compact(6).unwrap();
+        assert_eq!(store.retained_bytes(), 2 * 5064);
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = 20;
+        snapshot.mut_metadata().term = 3;
+        store.apply_snapshot(&snapshot).unwrap();
+        assert_eq!(store.retained_bytes(), 0);
     }
 
     #[test]

@@ -115,6 +115,7 @@ mod tests {
             applied_index: 9,
             first_index: 1,
             last_index: 10,
+            log_bytes: 0,
             voters: vec![1, 2, 3],
             learners: vec![4],
             recovery,

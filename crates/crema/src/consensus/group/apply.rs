@@ -234,18 +234,25 @@ impl<S: LogStore> Group<S> {
         }
     }
 
-    /// Keeps at most `max_log_entries` applied entries; compacts in steps of a quarter of that.
+    /// Keeps at most `max_log_entries` applied entries, compacting in steps of a quarter of
+    /// that, and applied entries of at most `max_log_bytes`, compacting to half of that.
     pub(super) fn compact_log(&mut self) {
         let keep = self.settings.raft.max_log_entries;
         let applied = self.sm.applied_index();
         let mut limit = applied + 1 - keep.min(applied);
+        let budget = self.settings.raft.max_log_bytes;
+        let store = self.raw.store();
+        let heavy = store.retained_bytes() > budget;
+        if heavy {
+            limit = limit.max(store.first_index_within(budget / 2, applied + 1));
+        }
         if self.checkpoints.is_some() {
             self.checkpoint_if_due(applied);
             let checkpoints = self.checkpoints.as_ref().expect("checked above");
             limit = limit.min(checkpoints.compact_limit());
         }
         let first = self.raw.raft.raft_log.first_index();
-        if applied + 1 >= first + keep + keep / 4 && limit > first {
+        if (heavy || applied + 1 >= first + keep + keep / 4) && limit > first {
             let store = self.raw.mut_store();
             store.compact(limit).unwrap_or_else(|e| panic!("compacting the log failed: {e}"));
         }

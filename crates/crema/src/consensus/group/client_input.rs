@@ -117,6 +117,7 @@ impl<S: LogStore> Group<S> {
             applied_index: self.sm.applied_index(),
             first_index: raft.raft_log.first_index(),
             last_index: raft.raft_log.last_index(),
+            log_bytes: raft.raft_log.store.retained_bytes(),
             voters,
             learners,
             recovery: self.recovery_state(),
