@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::hints::Hints;
+use super::identities::Identities;
 use super::replay::{ReplayGuard, Stamp, Stamper, STAMP_BYTES};
 use super::{
     ClusterDiscovery, DiscoveredNode, DiscoveryContext, DiscoveryError, DiscoveryEvent, NodeHealth,
@@ -79,10 +80,10 @@ pub struct MemberlistConfig {
 /// A member as gossip knows it (see the module header).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct GossipId {
-    gossip: SocketAddr,
-    node_id: NodeId,
-    raft: SocketAddr,
-    bump: u64,
+    pub(super) gossip: SocketAddr,
+    pub(super) node_id: NodeId,
+    pub(super) raft: SocketAddr,
+    pub(super) bump: u64,
 }
 
 impl Identity for GossipId {
@@ -239,7 +240,7 @@ impl ClusterDiscovery for MemberlistDiscovery {
             name: self.config.node_name.clone().unwrap_or_else(|| format!("node-{}", self.node_id)),
             ctx,
             leaving: false,
-            bumps: HashMap::new(),
+            identities: Identities::default(),
         };
         info!(node = self.node_id, %advertise, seeds = ?self.config.seed_addrs, "memberlist gossip started");
         Ok(Some(tokio::spawn(agent.run(command_rx))))
@@ -283,25 +284,8 @@ struct Agent {
     /// This node left the cluster (it stops): foca goes defunct on leaving, which must not
     /// bring it back under a renewed identity.
     leaving: bool,
-    /// Per node id, the newest identity's `bump` heard of (see [`newest_identity`]).
-    bumps: HashMap<NodeId, u64>,
-}
-
-/// Whether news of identity `id` is about its node as it is now: not this node itself (`own`),
-/// and not an older identity of that node id than one heard of (recorded in `bumps`). Found
-/// from outside: a node started again on another gossip address is a new identity to foca,
-/// and the old one, declared down seconds later, marked the live node down on every node
-/// (itself included) for good; with `--auto-remove-voters` the leader removed it.
-fn newest_identity(bumps: &mut HashMap<NodeId, u64>, own: NodeId, id: &GossipId) -> bool {
-    if id.node_id == 0 || id.node_id == own {
-        return false;
-    }
-    let newest = bumps.entry(id.node_id).or_insert(id.bump);
-    if id.bump < *newest {
-        return false;
-    }
-    *newest = id.bump;
-    true
+    /// What gossip said of each identity of each node (see [`Identities`]).
+    identities: Identities,
 }
 
 impl Agent {
@@ -465,37 +449,24 @@ impl Agent {
     }
 
     fn member(&mut self, id: &GossipId, health: NodeHealth) {
-        if !newest_identity(&mut self.bumps, self.foca.identity().node_id, id) {
-            debug!(name = %self.name, node = id.node_id, gossip = %id.gossip, ?health, "gossip: news of an older identity, or of this node: ignored");
+        let own = self.foca.identity().node_id;
+        let Some((speaks, health_now)) = self.identities.note(own, id, health) else {
+            debug!(name = %self.name, node = id.node_id, gossip = %id.gossip, ?health, "gossip: news of this node, or of a seed: ignored");
             return;
+        };
+        let node = speaks.node(health_now);
+        {
+            let mut members = self.members.lock().expect("members poisoned");
+            if members.get(&id.node_id) == Some(&node) {
+                debug!(name = %self.name, node = id.node_id, gossip = %id.gossip, ?health, "gossip: news of another identity of a node: no change");
+                return;
+            }
+            members.insert(id.node_id, node.clone());
         }
-        info!(name = %self.name, node = id.node_id, gossip = %id.gossip, ?health, "gossip: member");
-        self.members.lock().expect("members poisoned").insert(id.node_id, id.node(health));
-        self.ctx.emit(match health {
+        info!(name = %self.name, node = id.node_id, gossip = %speaks.gossip, health = ?health_now, "gossip: member");
+        self.ctx.emit(match health_now {
             NodeHealth::Down => DiscoveryEvent::NodeDown(id.node_id),
-            _ => DiscoveryEvent::NodeUp(id.node(health)),
+            _ => DiscoveryEvent::NodeUp(node),
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(node_id: NodeId, port: u16, bump: u64) -> GossipId {
-        let gossip: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        GossipId { gossip, node_id, raft: gossip, bump }
-    }
-
-    #[test]
-    fn only_the_newest_identity_of_a_node_counts() {
-        let mut bumps = HashMap::new();
-        let (old, new) = (id(2, 7000, 10), id(2, 7001, 20));
-        assert!(newest_identity(&mut bumps, 1, &old), "first heard of");
-        assert!(newest_identity(&mut bumps, 1, &new), "started again elsewhere");
-        assert!(!newest_identity(&mut bumps, 1, &old), "the old identity declared down: not the node");
-        assert!(newest_identity(&mut bumps, 1, &new), "the live identity, up or down");
-        assert!(!newest_identity(&mut bumps, 1, &id(1, 7002, 99)), "news of this node itself");
-        assert!(!newest_identity(&mut bumps, 1, &id(0, 7003, 1)), "a seed not known yet");
     }
 }

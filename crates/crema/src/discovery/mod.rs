@@ -25,6 +25,7 @@
 //! ```
 
 mod hints;
+mod identities;
 pub mod memberlist;
 mod replay;
 mod static_list;
