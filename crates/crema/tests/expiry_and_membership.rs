@@ -240,3 +240,55 @@ async fn a_new_member_knows_every_voter_including_the_first_ones() {
         node.shutdown().await;
     }
 }
+
+/// Found from outside: a node removed while it was down, started again empty and added again,
+/// obeyed its old removal and stopped. The leader's messages for the removed node waited in its
+/// link and reached the fresh process first; it took its "added at or below" floor from one of
+/// them (the removal's own index) and judged the removal its own. It stays a member now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_down_and_added_again_stays() {
+    init_tracing();
+    let bound = bind(3);
+    let addrs: Vec<SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let mut nodes = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        nodes.push(Some(
+            DistributedCache::new_with_listener(node_config(i as u64 + 1, &addrs), listener).await.unwrap(),
+        ));
+    }
+    let leader = {
+        let live: Vec<&DistributedCache> = nodes.iter().flatten().collect();
+        wait_leader(&live, Duration::from_secs(5)).await
+    };
+    let victim = (leader + 1) % 3;
+    let id = victim as u64 + 1;
+    nodes[victim].take().unwrap().shutdown().await;
+    let lead = nodes[leader].as_ref().unwrap();
+    // Writes while it is down: the leader's appends to it wait for it.
+    for i in 0..20 {
+        lead.put(format!("before:{i}"), "v").await.unwrap();
+    }
+    lead.remove_peer(id).await.unwrap();
+    lead.put("removed", "v").await.unwrap();
+
+    let listener = std::net::TcpListener::bind(addrs[victim]).expect("rebind the same address");
+    let fresh =
+        DistributedCache::new_with_listener(node_config(id, &addrs).with_join(true), listener).await.unwrap();
+    lead.add_peer(id, addrs[victim]).await.unwrap();
+    lead.put("added", "v").await.unwrap();
+    wait_until(Duration::from_secs(10), "the node added again reads a write made after", || async {
+        matches!(fresh.consistent_get(b"added").await, Ok(Some(v)) if v == "v")
+    })
+    .await;
+    assert!(lead.voters().await.unwrap().contains(&id));
+    // It goes on serving: a later write reaches it too.
+    lead.put("later", "v").await.unwrap();
+    wait_until(Duration::from_secs(10), "the node added again reads a later write", || async {
+        matches!(fresh.consistent_get(b"later").await, Ok(Some(v)) if v == "v")
+    })
+    .await;
+    fresh.shutdown().await;
+    for node in nodes.iter().flatten() {
+        node.shutdown().await;
+    }
+}

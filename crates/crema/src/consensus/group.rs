@@ -184,8 +184,12 @@ struct Group<S: LogStore> {
     /// This loop's own peer mailbox: where a snapshot's sending task reports.
     reports: mpsc::Sender<PeerInput>,
     /// A fresh replica (`GroupSettings::fresh`): the leader's commit index in the first append
-    /// it received. The leader added this replica at or below it, so a removal of this node
-    /// below it removed an earlier replica (raft ids are node ids) and is replayed, not obeyed.
+    /// it received that fits its log. The leader added this replica at or below it, so a
+    /// removal of this node below it removed an earlier replica (raft ids are node ids) and is
+    /// replayed, not obeyed. An append that does not fit was meant for an earlier replica
+    /// (found from outside: one queued for a node removed while it was down reached its fresh
+    /// successor first, whose floor was then the removal's own index, and the successor, added
+    /// again, obeyed the old removal and exited).
     removal_floor: Option<u64>,
 }
 
@@ -356,7 +360,10 @@ impl<S: LogStore> Group<S> {
     }
 
     fn step(&mut self, mut msg: Message) {
-        if self.settings.fresh && self.removal_floor.is_none() && msg.get_msg_type() == MessageType::MsgAppend
+        if self.settings.fresh
+            && self.removal_floor.is_none()
+            && msg.get_msg_type() == MessageType::MsgAppend
+            && self.raw.raft.raft_log.match_term(msg.index, msg.log_term)
         {
             self.removal_floor = Some(msg.commit);
         }
