@@ -52,8 +52,22 @@ async fn a_node_added_by_hand_follows_the_map_and_takes_a_moved_shard() {
         .with_join(true);
     let fourth = DistributedCache::new_with_listener(sharded(config), listener).await.unwrap();
 
-    // Added through the meta shard's leader, it follows the map.
+    // Found from outside: adding a node that already was a member demoted it, unchecked (and
+    // pointed its link at the address given). Refused now, at any address, the leader included.
     let meta_leader = nodes.iter().find(|n| n.shard_leader(0) == Some(n.node_id())).expect("a meta leader");
+    let voters = meta_leader.voters().await.unwrap();
+    let follower = nodes.iter().find(|n| n.node_id() != meta_leader.node_id()).unwrap();
+    for (id, addr) in [
+        (follower.node_id(), addr4),
+        (follower.node_id(), follower.local_addr()),
+        (meta_leader.node_id(), meta_leader.local_addr()),
+    ] {
+        let refused = meta_leader.add_peer(id, addr).await.unwrap_err().to_string();
+        assert!(refused.contains("already a voter"), "re-adding node {id} at {addr}: {refused}");
+    }
+    assert_eq!(meta_leader.voters().await.unwrap(), voters);
+
+    // Added through the meta shard's leader, it follows the map.
     meta_leader.add_peer(4, addr4).await.unwrap();
     wait_until(Duration::from_secs(20), "node 4 has the map", || async { !fourth.shard_map().is_empty() })
         .await;

@@ -88,8 +88,12 @@ impl Membership {
             // only through placement; a node leaves once it holds no replica
             // (`DistributedCache::remove_from_sharded`).
             return match kind {
+                // Checked as an addition: found from outside, a node that already was a voter
+                // of the meta shard was taken for placement's demotion, unchecked, and an
+                // operator's `add-node` with a mistyped id demoted it (and pointed its link at
+                // the wrong address).
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                    self.change_in(&self.meta, ConfChangeType::AddLearnerNode, id, addr).await
+                    self.propose_in(&self.meta, ConfChangeType::AddLearnerNode, id, addr, false).await
                 }
                 _ => Err(Error::Membership(
                     "with several shards, a node's replicas change through placement (crema cluster \
@@ -111,9 +115,22 @@ impl Membership {
         id: NodeId,
         addr: Option<SocketAddr>,
     ) -> Result<()> {
+        self.propose_in(group, kind, id, addr, true).await
+    }
+
+    /// [`Self::change_in`]; a demotion goes unchecked only when `demotions` says it may.
+    async fn propose_in(
+        &self,
+        group: &GroupHandle,
+        kind: ConfChangeType,
+        id: NodeId,
+        addr: Option<SocketAddr>,
+        demotions: bool,
+    ) -> Result<()> {
         let timeout = self.timeout;
         let checked_and_proposed = async {
-            let demotion = kind == ConfChangeType::AddLearnerNode && group.shared.voters().contains(&id);
+            let demotion =
+                demotions && kind == ConfChangeType::AddLearnerNode && group.shared.voters().contains(&id);
             if !demotion {
                 self.check_membership_change(group, kind, id, addr).await?;
             }
