@@ -12,9 +12,10 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 
 use super::storage::{CacheStats, CacheStorage, StoredValue};
 use crate::error::{Error, Result};
@@ -35,7 +36,9 @@ use crate::types::ShardId;
 pub async fn off_runtime<T: Send + 'static>(walk: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let gone = Arc::new(AtomicBool::new(false));
     let _asker = AskerGone(Arc::clone(&gone));
+    let permit = Arc::clone(walk_permits()).acquire_owned().await.map_err(|_| Error::Shutdown)?;
     let walking = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let _set = Walking::on_this_thread(gone);
         walk()
     });
@@ -44,6 +47,18 @@ pub async fn off_runtime<T: Send + 'static>(walk: impl FnOnce() -> T + Send + 's
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(Error::Shutdown),
     }
+}
+
+/// Walks run at once on this node: half its cores, at least one, so that walks leave the
+/// rest to the Raft groups and the clients (found from outside: six KEYS with a slow pattern,
+/// each on a thread of its own, kept both cores busy for minutes and cost a shard its leader).
+/// Later walks wait their turn.
+fn walk_permits() -> &'static Arc<Semaphore> {
+    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Arc::new(Semaphore::new(cores.div_ceil(2)))
+    })
 }
 
 thread_local! {
@@ -306,6 +321,29 @@ mod tests {
         space.shard(cleared).unwrap().clear();
         assert!(space.get(b"k0").is_none());
         assert_eq!(space.live_count(), 200 - held);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn walks_take_turns() {
+        use std::sync::atomic::AtomicUsize;
+
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let walks = (0..6).map(|_| {
+            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            off_runtime(move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                // Stands for a walk's work, long enough for the others to be waiting.
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                running.fetch_sub(1, Ordering::SeqCst);
+            })
+        });
+        for walked in futures_util::future::join_all(walks).await {
+            walked.unwrap();
+        }
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=cores.div_ceil(2)).contains(&most), "{most} walks ran at once on {cores} cores");
     }
 
     #[tokio::test]
