@@ -114,7 +114,57 @@ async fn five_nodes_hold_three_replicas_of_each_shard_and_answer_for_every_key()
             cursor = next;
         }
         assert_eq!(seen.len(), 100);
+        let mut matched = BTreeSet::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("key:1*")
+                .arg("COUNT")
+                .arg(5)
+                .query_async(c)
+                .await
+                .unwrap();
+            matched.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert_eq!(matched.len(), 11, "key:1 and key:10..19");
+        let random: String = redis::cmd("RANDOMKEY").query_async(c).await.unwrap();
+        assert!(seen.contains(&random), "RANDOMKEY answered {random}");
     }
+
+    // Found from outside: a node that holds none of a shard fetched all of its keys for a
+    // SCAN (a copy per connection scanning, and nothing at all once they passed a peer frame).
+    // Holders send the next keys in scan order now, within a frame: 20 MiB of key names in
+    // one shard are scanned through a node that does not hold it.
+    let tag = "{big}";
+    let big_shard = crema::key_slot(tag.as_bytes()) as u64 * SHARDS / 16384;
+    let outside = (0..5).find(|n| !held[*n].contains_key(&big_shard)).expect("a node without the shard");
+    let pad = "p".repeat(60_000);
+    for batch in 0..35 {
+        let mut mset = redis::cmd("MSET");
+        for i in batch * 10..(batch + 1) * 10 {
+            mset.arg(format!("{tag}:{i}:{pad}")).arg(i);
+        }
+        let () = mset.query_async(&mut clients[(outside + 1) % 5]).await.unwrap();
+    }
+    let c = &mut clients[outside];
+    let (mut big, mut cursor) = (0, 0u64);
+    loop {
+        let (next, page): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(100).query_async(c).await.unwrap();
+        big += page.iter().filter(|k| k.starts_with(tag)).count();
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(big, 350, "every key of a shard larger than a frame, scanned from outside it");
+    let _: String = redis::cmd("RANDOMKEY").query_async(c).await.unwrap();
 
     // A transaction on a key of a shard the node does not hold: WATCH reads it where it is,
     // EXEC commits, and a write by another client in between aborts the next one.

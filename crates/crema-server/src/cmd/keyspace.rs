@@ -82,12 +82,23 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
             Ok(Reply::Array(keys.into_iter().map(Reply::Bulk).collect()))
         }
         Kind::Scan => super::scan::run(call).await,
-        Kind::RandomKey => {
+        Kind::RandomKey if call.holds_every_shard() => {
             // Uniform over the live keys (O(N), where Redis samples its hash table in O(1);
             // RANDOMKEY is rare in caches).
             let keys = call.live_keys(None).await?;
             let found = (!keys.is_empty()).then(|| keys[rand::random::<u64>() as usize % keys.len()].clone());
             Ok(found.map_or(Reply::Null, Reply::Bulk))
+        }
+        Kind::RandomKey => {
+            // Shards held elsewhere: the first key at or after a random point of the scan
+            // order, so that each holder sends one key, not all of its keys.
+            let cache = &call.state.cache;
+            let start = rand::random::<u64>() >> (64 - crema::cache::scan_order::CURSOR_BITS);
+            let (mut found, _) = cache.scan_keys(start, 1, None, true).await?;
+            if found.is_empty() {
+                found = cache.scan_keys(0, 1, None, true).await?.0;
+            }
+            Ok(found.into_iter().next().map_or(Reply::Null, |(_, key)| Reply::Bulk(key)))
         }
         _ => unreachable!("not a keyspace command: {kind:?}"),
     }

@@ -1,9 +1,7 @@
-//! SCAN: pages of the keyspace in the order of the keys' hashes ([`scan_hash`]: xxh3, cut to
-//! 52 bits), the cursor being the hash the next page starts at, so a cursor stays valid across
-//! any writes, leader changes and nodes (any node continues a scan another began). Cursors stay
-//! below 2^52 because clients read them as floating-point numbers (found from outside:
-//! node-redis v4 parses them with `Number()`, which rounds 64-bit cursors, and its
-//! `scanIterator` skipped keys silently).
+//! SCAN: pages of the keyspace in the order of the keys' hashes (`crema::cache::scan_order`:
+//! xxh3 cut to 52 bits, exact in the floating-point numbers some clients read cursors as), the
+//! cursor being the hash the next page starts at, so a cursor stays valid across any writes,
+//! leader changes and nodes (any node continues a scan another began).
 //!
 //! The entries live in hash maps with no order to resume from, so finding a page means walking
 //! every key. One walk therefore keeps a *window* for its connection: the next keys in cursor
@@ -22,15 +20,14 @@
 //! window holds every matching key of its hash range as of its walk), and one written or
 //! deleted in between may be returned or not, a deleted one possibly after its deletion.
 
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crema::cache::keyspace::off_runtime;
-use crema::glob::glob_match;
-use xxhash_rust::xxh3::xxh3_64;
+use crema::cache::scan_order::smallest;
 
 use super::{parse_int, Call, CmdError};
 use crate::resp::Reply;
@@ -196,10 +193,8 @@ async fn walk(
         })
         .await?
     } else {
-        // Shards held elsewhere send their matching keys; the window is cut from them all.
-        let keys = call.live_keys(pattern.as_deref()).await?;
-        off_runtime(move || smallest(|visit| keys.iter().for_each(|k| _ = visit(k)), cursor, keep, None))
-            .await?
+        // Shards held elsewhere send their next keys in scan order, a bounded answer each.
+        call.state.cache.scan_keys(cursor, keep, pattern.as_deref(), true).await?
     };
     Ok(ScanWindow::new(cursor, pattern, keys.into(), more, count))
 }
@@ -272,46 +267,6 @@ impl ScanWindow {
         };
         page
     }
-}
-
-/// Bits of [`scan_hash`]: every cursor is exact in a JavaScript number or a double.
-const CURSOR_BITS: u32 = 52;
-
-/// The position of `key` in a scan: its xxh3 hash cut to [`CURSOR_BITS`] bits.
-fn scan_hash(key: &[u8]) -> u64 {
-    xxh3_64(key) >> (64 - CURSOR_BITS)
-}
-
-/// Of the keys `walk` visits, those matching `pattern` with the `keep` smallest hashes at or
-/// after `cursor` (all keys sharing the largest kept hash included), sorted by hash, and
-/// whether any matching key was left out.
-fn smallest(
-    walk: impl FnOnce(&mut dyn FnMut(&Bytes) -> bool),
-    cursor: u64,
-    keep: usize,
-    pattern: Option<&[u8]>,
-) -> (Vec<(u64, Bytes)>, bool) {
-    let mut best: BinaryHeap<(u64, Bytes)> = BinaryHeap::new();
-    let mut more = false;
-    walk(&mut |key| {
-        let hash = scan_hash(key);
-        if hash < cursor || pattern.is_some_and(|p| !glob_match(p, key)) {
-            return true;
-        }
-        best.push((hash, key.clone()));
-        if best.len() > keep {
-            more = true;
-            let dropped = best.pop().expect("heap is not empty");
-            // Keep keys that share the largest kept hash, so none is skipped by the next cursor.
-            if best.peek().is_some_and(|(top, _)| *top == dropped.0) {
-                best.push(dropped);
-            }
-        }
-        true
-    });
-    let mut kept = best.into_vec();
-    kept.sort_unstable();
-    (kept, more)
 }
 
 #[cfg(test)]

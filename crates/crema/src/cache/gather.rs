@@ -7,12 +7,26 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use tokio::sync::Semaphore;
+
 use super::keyspace::off_runtime;
+use super::scan_order::{merge, scan_hash, smallest, MAX_SCAN_KEEP};
 use super::storage::{unix_now_ms, StoredValue};
 use super::DistributedCache;
 use crate::error::{Error, Result};
 use crate::transport::envelope::{RemoteAnswer, RemoteRead};
 use crate::types::ShardId;
+
+/// Gathers of keys from every shard (KEYS, SCAN and the like on a node that holds only some
+/// shards) run at most this many at once on a node; later ones wait their turn. Each holds what
+/// the holders sent until it is done (found from outside: three hundred connections scanning at
+/// once held a copy of a shard's keys each, 4.7 GB).
+const GATHERS: usize = 2;
+
+fn gathers() -> &'static Semaphore {
+    static TURNS: Semaphore = Semaphore::const_new(GATHERS);
+    &TURNS
+}
 
 impl DistributedCache {
     /// The live entries of `keys`, in order (none where absent), from this node's replicas
@@ -77,8 +91,9 @@ impl DistributedCache {
     /// # Errors
     /// As [`Self::read_entries`]; also when one shard's keys do not fit in a peer frame.
     pub async fn live_keys(&self, pattern: Option<&[u8]>, linearizable: bool) -> Result<Vec<Bytes>> {
+        let _turn = gathers().acquire().await.map_err(|_| Error::Shutdown)?;
         let shards = 0..self.keyspace.router().num_shards();
-        let fetches = shards.map(|shard| self.shard_keys(shard, pattern, linearizable));
+        let fetches = shards.map(|shard| self.keys_of(shard, pattern, linearizable));
         let mut all = Vec::new();
         for keys in futures_util::future::join_all(fetches).await {
             all.extend(keys?);
@@ -91,6 +106,69 @@ impl DistributedCache {
     /// # Errors
     /// As [`Self::live_keys`].
     pub async fn shard_keys(
+        &self,
+        shard: ShardId,
+        pattern: Option<&[u8]>,
+        linearizable: bool,
+    ) -> Result<Vec<Bytes>> {
+        let _turn = gathers().acquire().await.map_err(|_| Error::Shutdown)?;
+        self.keys_of(shard, pattern, linearizable).await
+    }
+
+    /// The next keys of every shard in scan order (`cache::scan_order`): the `keep` smallest
+    /// at or after `cursor` matching `pattern` (all sharing the last one's hash included), with
+    /// their scan hashes, and whether any matching key was left out. From this node's replicas
+    /// and, for the shards it holds none of, a holder's bounded answer (`RemoteRead::Scan`).
+    ///
+    /// # Errors
+    /// As [`Self::read_entries`].
+    pub async fn scan_keys(
+        &self,
+        cursor: u64,
+        keep: usize,
+        pattern: Option<&[u8]>,
+        linearizable: bool,
+    ) -> Result<(Vec<(u64, Bytes)>, bool)> {
+        let _turn = gathers().acquire().await.map_err(|_| Error::Shutdown)?;
+        let keep = keep.clamp(1, MAX_SCAN_KEEP);
+        let pattern = pattern.map(Bytes::copy_from_slice);
+        let fetches = (0..self.keyspace.router().num_shards()).map(|shard| {
+            let pattern = pattern.clone();
+            async move {
+                if self.barrier_here(shard, linearizable).await? {
+                    let Some(storage) = self.keyspace.shard(shard).cloned() else {
+                        return Ok((Vec::new(), false));
+                    };
+                    return off_runtime(move || {
+                        let walk = |visit: &mut dyn FnMut(&Bytes) -> bool| {
+                            storage.for_each_live_key(|k, _| visit(k))
+                        };
+                        smallest(walk, cursor, keep, pattern.as_deref())
+                    })
+                    .await;
+                }
+                let read = RemoteRead::Scan { cursor, keep: keep as u32, pattern };
+                match self.remote_read(shard, read, linearizable).await? {
+                    RemoteAnswer::ScanPage { keys, more } => {
+                        let mut keys: Vec<(u64, Bytes)> = keys
+                            .into_iter()
+                            .map(|k| (scan_hash(&k), k))
+                            .filter(|(h, _)| *h >= cursor)
+                            .collect();
+                        keys.sort_unstable();
+                        Ok((keys, more))
+                    }
+                    _ => Err(malformed(shard)),
+                }
+            }
+        });
+        let answers =
+            futures_util::future::join_all(fetches).await.into_iter().collect::<Result<Vec<_>>>()?;
+        off_runtime(move || merge(answers, keep)).await
+    }
+
+    /// [`Self::shard_keys`], in the turn its caller took.
+    async fn keys_of(
         &self,
         shard: ShardId,
         pattern: Option<&[u8]>,

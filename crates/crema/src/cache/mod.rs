@@ -31,6 +31,7 @@ mod recovery;
 mod remote;
 mod replica;
 mod route;
+pub mod scan_order;
 pub(crate) mod shard;
 mod split;
 mod start;

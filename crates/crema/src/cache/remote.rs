@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::keyspace::off_runtime;
+use super::scan_order::{cut_to_bytes, smallest, MAX_SCAN_KEEP};
 use super::table::ShardTable;
 use super::DistributedCache;
 use crate::consensus::command::StampedCommand;
@@ -121,6 +122,22 @@ pub(crate) async fn serve_read(
                 let walk = off_runtime(move || storage.matching_keys(pattern.as_deref()));
                 RemoteAnswer::Keys(walk.await.map_err(|e| WireError::from(&e))?)
             }
+            RemoteRead::Scan { cursor, keep, pattern } => {
+                let storage = storage.clone();
+                let keep = (keep as usize).clamp(1, MAX_SCAN_KEEP);
+                let budget = max_frame_bytes / 2;
+                let walk = off_runtime(move || {
+                    let walk =
+                        |visit: &mut dyn FnMut(&Bytes) -> bool| storage.for_each_live_key(|k, _| visit(k));
+                    let (mut kept, more) = smallest(walk, cursor, keep, pattern.as_deref());
+                    let cut = cut_to_bytes(&mut kept, budget);
+                    RemoteAnswer::ScanPage {
+                        keys: kept.into_iter().map(|(_, k)| k).collect(),
+                        more: more || cut,
+                    }
+                });
+                walk.await.map_err(|e| WireError::from(&e))?
+            }
             RemoteRead::Count => {
                 let storage = storage.clone();
                 RemoteAnswer::Count(
@@ -159,7 +176,9 @@ pub(crate) async fn serve_read(
         Ok(RemoteAnswer::Entries(entries)) => {
             entries.iter().map(|e| 16 + e.as_ref().map_or(0, |(value, _)| value.len())).sum()
         }
-        Ok(RemoteAnswer::Keys(keys)) => keys.iter().map(|k| 8 + k.len()).sum(),
+        Ok(RemoteAnswer::Keys(keys) | RemoteAnswer::ScanPage { keys, .. }) => {
+            keys.iter().map(|k| 8 + k.len()).sum()
+        }
         _ => 0,
     };
     if bytes > max_frame_bytes {
@@ -207,6 +226,9 @@ pub(super) struct Asker<'a> {
     pub patience: Duration,
 }
 
+/// How long a holder may take over a walk of its shard's keys before another is asked.
+const WALK_PATIENCE: Duration = Duration::from_secs(3);
+
 impl Asker<'_> {
     /// Asks `targets` in turn for `read` of shard `shard` (see the module docs).
     ///
@@ -235,7 +257,11 @@ impl Asker<'_> {
                 tokio::time::sleep(self.tick).await;
                 continue;
             }
-            let resend_at = (Instant::now() + self.patience.max(Duration::from_secs(1))).min(deadline);
+            // A walk over a shard's keys takes its time: asked again too soon, the holder would
+            // walk again for every copy (the copies wait their turn behind the first).
+            let walks = matches!(read, RemoteRead::Keys { .. } | RemoteRead::Count | RemoteRead::Scan { .. });
+            let least = if walks { WALK_PATIENCE } else { Duration::from_secs(1) };
+            let resend_at = (Instant::now() + self.patience.max(least)).min(deadline);
             let answer = tokio::select! {
                 reply = reply => reply,
                 _ = tokio::time::sleep_until(resend_at) => {

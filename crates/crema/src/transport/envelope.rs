@@ -229,6 +229,17 @@ pub enum RemoteRead {
         /// The asker leads the shard and its group does not count the node asked.
         not_member: bool,
     },
+    /// The shard's next live keys in scan order (`cache::scan_order`): those at or after
+    /// `cursor` matching `pattern`, at most `keep` (and all sharing the last one's hash), cut
+    /// to fit a peer frame. Answer: `ScanPage`.
+    Scan {
+        /// Where the scan stands.
+        cursor: u64,
+        /// How many keys the asker would keep (at most `scan_order::MAX_SCAN_KEEP` are sent).
+        keep: u32,
+        /// The pattern.
+        pattern: Option<Bytes>,
+    },
 }
 
 /// The answer to a [`RemoteRead`].
@@ -255,6 +266,13 @@ pub enum RemoteAnswer {
         voters: Vec<NodeId>,
         /// Learners.
         learners: Vec<NodeId>,
+    },
+    /// Keys in scan order, and whether the shard holds more matching keys past them.
+    ScanPage {
+        /// The keys, sorted by their scan hash.
+        keys: Vec<Bytes>,
+        /// Keys were left out.
+        more: bool,
     },
 }
 
