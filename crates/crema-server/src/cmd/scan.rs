@@ -9,7 +9,7 @@
 //! answered come out of the window in O(COUNT), and a full iteration walks the keys about once
 //! per [`WINDOW_KEYS`] keys instead of once per page (found from outside: every `SCAN 0 COUNT 10`
 //! over a million keys walked them all, 520 ms, so a full iteration was hours of CPU). Windows
-//! of all connections together hold at most [`WINDOW_BUDGET_KEYS`] keys; a walk that finds the
+//! of all connections together hold at most [`WINDOW_BUDGET_BYTES`]; a walk that finds the
 //! budget spent first empties the windows left unused longest, once unused for [`WINDOW_IDLE`]
 //! (found from outside: sixteen idle connections that had each asked one SCAN held the whole
 //! budget, and every later page walked every key), and keeps only its page when none is. An
@@ -35,17 +35,23 @@ use crate::resp::Reply;
 /// The most keys one walk keeps for the pages after the one it answers.
 pub const WINDOW_KEYS: usize = 65_536;
 
-/// The most keys the windows of all connections of this process hold together (each key is
-/// shared with the cache; a window's entry is its hash and a handle, 40 bytes).
-pub const WINDOW_BUDGET_KEYS: usize = 1 << 20;
+/// What the windows of all connections of this process may hold together, in bytes: each key
+/// weighs its length and 40 bytes (its hash and handle). Counted in bytes, not keys: keys sent
+/// by a shard's holder are copies, and long ones filled a key budget's room many times over.
+pub const WINDOW_BUDGET_BYTES: usize = 64 << 20;
+
+/// What one key of a window weighs in [`WINDOW_BUDGET_BYTES`].
+fn weight(key: &Bytes) -> usize {
+    40 + key.len()
+}
 
 /// How long a window must go unused before a walk short of budget may empty it.
 pub const WINDOW_IDLE: Duration = Duration::from_secs(10);
 
-/// Keys held by every connection's window.
-static WINDOW_KEYS_HELD: AtomicUsize = AtomicUsize::new(0);
+/// Bytes held by every connection's window.
+static WINDOW_BYTES_HELD: AtomicUsize = AtomicUsize::new(0);
 
-/// Every window that holds keys counted in [`WINDOW_KEYS_HELD`] (dropped ones are pruned when
+/// Every window that holds keys counted in [`WINDOW_BYTES_HELD`] (dropped ones are pruned when
 /// the list is next looked at).
 static WINDOWS: Mutex<Vec<Weak<Mutex<Held>>>> = Mutex::new(Vec::new());
 
@@ -67,7 +73,7 @@ pub struct ScanWindow {
 struct Held {
     /// Matching keys at or after the window's cursor, sorted by hash.
     keys: VecDeque<(u64, Bytes)>,
-    /// Keys counted in [`WINDOW_KEYS_HELD`] for this window.
+    /// Bytes counted in [`WINDOW_BYTES_HELD`] for this window.
     counted: usize,
     /// When the window's connection last took a page from it.
     used: Instant,
@@ -77,8 +83,8 @@ impl Held {
     /// Counts in the budget what this window holds beyond `free` keys (those of the page it
     /// answers, which leave with it).
     fn count(&mut self, free: usize) {
-        let counted = self.keys.len().saturating_sub(free);
-        WINDOW_KEYS_HELD.fetch_add(counted, Ordering::Relaxed);
+        let counted = self.keys.iter().skip(free).map(|(_, k)| weight(k)).sum();
+        WINDOW_BYTES_HELD.fetch_add(counted, Ordering::Relaxed);
         self.counted += counted;
     }
 
@@ -86,23 +92,26 @@ impl Held {
     /// page. (Paging does not give budget back: the keys' room stays allocated until then.)
     fn empty(&mut self) {
         self.keys = VecDeque::new();
-        WINDOW_KEYS_HELD.fetch_sub(std::mem::take(&mut self.counted), Ordering::Relaxed);
+        WINDOW_BYTES_HELD.fetch_sub(std::mem::take(&mut self.counted), Ordering::Relaxed);
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        WINDOW_KEYS_HELD.fetch_sub(self.counted, Ordering::Relaxed);
+        WINDOW_BYTES_HELD.fetch_sub(self.counted, Ordering::Relaxed);
     }
 }
 
-/// Keys the budget has room for.
+/// Bytes the budget has room for.
 fn room() -> usize {
-    WINDOW_BUDGET_KEYS.saturating_sub(WINDOW_KEYS_HELD.load(Ordering::Relaxed))
+    WINDOW_BUDGET_BYTES.saturating_sub(WINDOW_BYTES_HELD.load(Ordering::Relaxed))
 }
 
+/// What a walk would like free before it keeps a whole window: [`WINDOW_KEYS`] short keys.
+const WINDOW_WANTS: usize = WINDOW_KEYS * 64;
+
 /// Empties windows unused for `idle` or longer, the longest unused first, until the budget
-/// has room for `want` keys or none is left to empty.
+/// has room for `want` bytes or none is left to empty.
 fn reclaim(want: usize, idle: Duration) {
     let now = Instant::now();
     let mut idle_windows: Vec<(Instant, Arc<Mutex<Held>>)> = {
@@ -181,10 +190,10 @@ async fn walk(
     count: usize,
     pattern: Option<Bytes>,
 ) -> Result<ScanWindow, CmdError> {
-    if room() < WINDOW_KEYS {
-        reclaim(WINDOW_KEYS, WINDOW_IDLE);
+    if room() < WINDOW_WANTS {
+        reclaim(WINDOW_WANTS, WINDOW_IDLE);
     }
-    let keep = count.max(WINDOW_KEYS.min(room()));
+    let keep = count.max(WINDOW_KEYS.min(room() / 64));
     let (keys, more) = if call.holds_every_shard() {
         call.read_barrier().await?;
         let (keyspace, matching) = (call.storage().clone(), pattern.clone());
@@ -199,16 +208,31 @@ async fn walk(
     Ok(ScanWindow::new(cursor, pattern, keys.into(), more, count))
 }
 
+/// Cuts `keys` (sorted by hash) so that what follows the first `page` keys weighs at most
+/// `room`, at a change of hash (keys sharing a hash stay together); answers whether it cut.
+fn trim(keys: &mut VecDeque<(u64, Bytes)>, page: usize, room: usize) -> bool {
+    let mut weighed = 0;
+    for i in page.max(1)..keys.len() {
+        weighed += weight(&keys[i].1);
+        if weighed > room && keys[i].0 != keys[i - 1].0 {
+            keys.truncate(i);
+            return true;
+        }
+    }
+    false
+}
+
 impl ScanWindow {
     /// A window of `keys` (sorted by hash, at or after `cursor`), the first `count` of them the
     /// page about to be answered; it counts the rest in the budget and can be emptied.
     fn new(
         cursor: u64,
         pattern: Option<Bytes>,
-        keys: VecDeque<(u64, Bytes)>,
+        mut keys: VecDeque<(u64, Bytes)>,
         more: bool,
         count: usize,
     ) -> Self {
+        let more = trim(&mut keys, count, room()) || more;
         let mut held = Held { keys, counted: 0, used: Instant::now() };
         held.count(count);
         let held = Arc::new(Mutex::new(held));
@@ -321,7 +345,8 @@ mod tests {
         assert!(!idle.holds_keys() && !older.holds_keys(), "idle windows are emptied");
         assert!(busy.holds_keys(), "a window in use is kept");
         assert_eq!(idle.held.lock().unwrap().counted, 0, "an emptied window gives its budget back");
-        assert_eq!(busy.held.lock().unwrap().counted, 990, "the keys past the first page count");
+        let past_page: usize = (10..1000).map(|i| 40 + format!("k{i}").len()).sum();
+        assert_eq!(busy.held.lock().unwrap().counted, past_page, "the keys past the first page count");
 
         // Its connection's next page walks again: the cursor is not taken for the end.
         let mut idle = idle;
@@ -349,6 +374,19 @@ mod tests {
             assert_eq!(walks, 1000usize.div_ceil(keep), "keep {keep}, count {count}");
             assert!(pages.iter().all(|p| p.len() <= count), "keep {keep}, count {count}");
         }
+    }
+
+    #[test]
+    fn a_window_is_cut_to_the_room_left_keeping_its_page() {
+        let mut keys: VecDeque<(u64, Bytes)> =
+            [1, 2, 2, 3, 4].into_iter().map(|h| (h, Bytes::from(vec![b'k'; 60]))).collect();
+        // Each key weighs 100: room for one past a page of one, and the key sharing its hash.
+        assert!(trim(&mut keys, 1, 100));
+        assert_eq!(keys.iter().map(|(h, _)| *h).collect::<Vec<_>>(), [1, 2, 2]);
+        // No room at all: the page stays.
+        assert!(trim(&mut keys, 1, 0));
+        assert_eq!(keys.len(), 1);
+        assert!(!trim(&mut keys, 1, 0));
     }
 
     #[test]
