@@ -124,3 +124,64 @@ async fn a_node_added_by_hand_follows_the_map_and_takes_a_moved_shard() {
         node.shutdown().await;
     }
 }
+
+/// Found from outside: a node that only follows the meta shard (a learner, which never
+/// campaigns) went on naming the meta shard's last leader after that leader had lost its
+/// quorum, and answered ready. A leader it does not hear from is forgotten; an idle cluster,
+/// whose groups sleep, keeps it named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_the_meta_shard_forgets_a_leader_it_no_longer_hears() {
+    common::init_tracing();
+    let mut bound = common::bind(4);
+    let (listener, addr4) = bound.pop().unwrap();
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let mut nodes = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        let config = sharded(common::node_config(i as u64 + 1, &addrs));
+        nodes.push(Some(DistributedCache::new_with_listener(config, listener).await.unwrap()));
+    }
+    let all: Vec<&DistributedCache> = nodes.iter().flatten().collect();
+    wait_until(Duration::from_secs(30), "the first map, every shard led", || async {
+        all.iter().all(|n| !n.shard_map().is_empty())
+            && (0..SHARDS)
+                .all(|s| all.iter().filter(|n| n.holds_shard(s)).all(|n| n.shard_leader(s).is_some()))
+    })
+    .await;
+    let seeds: Vec<(u64, std::net::SocketAddr)> =
+        addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, *a)).collect();
+    let config = crema::CacheConfig::new(4, addr4)
+        .with_seed_nodes(seeds)
+        .with_raft_config(common::fast_raft())
+        .with_join(true);
+    let fourth = DistributedCache::new_with_listener(sharded(config), listener).await.unwrap();
+    let meta_leader = all.iter().find(|n| n.shard_leader(0) == Some(n.node_id())).expect("a meta leader");
+    meta_leader.add_peer(4, addr4).await.unwrap();
+    wait_until(Duration::from_secs(20), "node 4 names the meta leader", || async {
+        !fourth.shard_map().is_empty() && fourth.leader_id().is_some()
+    })
+    .await;
+
+    // Idle for ten election timeouts (the groups go to sleep): the leader stays named.
+    let timeout = common::fast_raft().election_timeout();
+    let until = std::time::Instant::now() + 10 * timeout;
+    while std::time::Instant::now() < until {
+        let leader = fourth.leader_id().expect("an idle cluster's leader stays named");
+        assert!(fourth.heard_from(leader));
+        tokio::time::sleep(timeout / 4).await;
+    }
+
+    // Two of the three meta voters stop: no leader is left, and node 4 names none.
+    let leader = fourth.leader_id().unwrap();
+    let other = (1..=3).find(|id| *id != leader).unwrap();
+    for id in [leader, other] {
+        nodes[id as usize - 1].take().unwrap().shutdown().await;
+    }
+    wait_until(Duration::from_secs(10), "node 4 forgets the leader it no longer hears", || async {
+        fourth.leader_id().is_none()
+    })
+    .await;
+    fourth.shutdown().await;
+    for node in nodes.iter().flatten() {
+        node.shutdown().await;
+    }
+}

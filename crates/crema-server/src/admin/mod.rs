@@ -267,18 +267,29 @@ async fn ready(State(s): State<AdminState>) -> Response {
         // Replicas this node serves: one removed from its group, that has not learned it yet,
         // is routed around (and retired once its group confirms it).
         let serving = shards.iter().filter(|i| s.cache.holds_shard(i.shard_id));
-        if let Some(shard) = serving.clone().find(|i| i.leader.is_none() || i.applied_index < i.commit_index)
+        let heard = |leader: Option<crema::NodeId>| leader.filter(|l| s.cache.heard_from(*l));
+        if let Some(shard) =
+            serving.clone().find(|i| heard(i.leader).is_none() || i.applied_index < i.commit_index)
         {
-            let why = match shard.leader {
-                None => "no leader known".to_owned(),
-                Some(_) => format!("applied {} of {} committed", shard.applied_index, shard.commit_index),
+            let why = match (shard.leader, heard(shard.leader)) {
+                (None, _) => "no leader known".to_owned(),
+                (Some(leader), None) => format!("its leader {leader} has not been heard from"),
+                (Some(_), Some(_)) => {
+                    format!("applied {} of {} committed", shard.applied_index, shard.commit_index)
+                }
             };
             let body = format!("not ready: shard {}: {why}\n", shard.shard_id);
             return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
         }
     }
+    // Found from outside: a node that only follows the meta shard (a learner, which never
+    // campaigns) kept naming a dead leader, and answered ready while its shards had none.
     match s.cache.leader_id() {
         None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n").into_response(),
+        Some(leader) if !s.cache.heard_from(leader) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: leader {leader} has not been heard from\n"))
+                .into_response()
+        }
         Some(_) if raft.applied_index < raft.commit_index => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: applied {} of {} committed\n", raft.applied_index, raft.commit_index),

@@ -303,6 +303,14 @@ impl DistributedCache {
         self.meta().group.shared.leader_id()
     }
 
+    /// Whether node `id` is this node or a peer it heard from (any message, its pings
+    /// included) within two election timeouts: a leader known but not heard from is likely
+    /// gone (a learner never campaigns, so it keeps naming the last leader it heard of).
+    pub fn heard_from(&self, id: NodeId) -> bool {
+        id == self.config.node_id
+            || self.dispatcher.heard_peers(2 * self.config.raft.election_timeout()).contains(&id)
+    }
+
     /// The nodes this node's cluster discovery knows, itself included, with their health
     /// (see [`crate::discovery`]); without a discovery, this node alone.
     pub fn discovered_nodes(&self) -> Vec<crate::DiscoveredNode> {

@@ -440,6 +440,7 @@ impl<S: LogStore> Group<S> {
         }
         self.hand_over_if_no_voter();
         self.consider_hibernating();
+        self.forget_a_silent_leader();
         let leader = self.shared.leader_id();
         let timeout = self.settings.read_timeout;
         let retry_after = self.settings.raft.election_timeout() / 2;
@@ -447,6 +448,22 @@ impl<S: LogStore> Group<S> {
             None => Error::NotLeader { leader_hint: None },
             Some(_) => Error::Timeout(timeout),
         });
+    }
+
+    /// A learner never campaigns, so raft-rs goes on naming the last leader it heard of: one
+    /// not heard from for two election timeouts is not named here (found from outside: a node
+    /// that only followed the meta shard named a leader that had lost its quorum, and answered
+    /// ready). Named again once it is heard from.
+    fn forget_a_silent_leader(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.promotable() || raft.state == StateRole::Leader {
+            return;
+        }
+        let silent = raft.election_elapsed > 2 * self.settings.raft.election_tick;
+        let named = if silent { 0 } else { raft.leader_id };
+        if self.shared.leader_id().unwrap_or(0) != named {
+            self.publish_soft_state(named, raft.state);
+        }
     }
 
     /// Sends the reads gathered so far to the leader as one read-index round, unless

@@ -141,7 +141,7 @@ impl<S: LogStore> Group<S> {
         }
     }
 
-    fn publish_soft_state(&mut self, leader: NodeId, role: StateRole) {
+    pub(super) fn publish_soft_state(&mut self, leader: NodeId, role: StateRole) {
         // The term first: a reader that sees the new role must not pair it with an old term.
         self.publish_progress();
         let previous = self.shared.leader.swap(leader, Ordering::AcqRel);
