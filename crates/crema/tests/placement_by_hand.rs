@@ -185,3 +185,63 @@ async fn a_follower_of_the_meta_shard_forgets_a_leader_it_no_longer_hears() {
         node.shutdown().await;
     }
 }
+
+/// Found from outside: a memory node removed from a sharded cluster and started again with
+/// its first command line stayed up for good, recovering, forwarding its clients' requests. It
+/// refuses to start now, saying how to add it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_first_member_started_again_says_it_was_removed() {
+    common::init_tracing();
+    let bound = common::bind(4);
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let mut nodes = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        let config = sharded(common::node_config(i as u64 + 1, &addrs));
+        nodes.push(DistributedCache::new_with_listener(config, listener).await.unwrap());
+    }
+    let all: Vec<&DistributedCache> = nodes.iter().collect();
+    wait_until(Duration::from_secs(30), "the first map, every shard led", || async {
+        all.iter().all(|n| !n.shard_map().is_empty())
+            && (0..SHARDS)
+                .all(|s| all.iter().filter(|n| n.holds_shard(s)).all(|n| n.shard_leader(s).is_some()))
+    })
+    .await;
+    // Node 4's replicas move to the node of 1..3 that does not hold each shard, then it leaves.
+    for shard in nodes[0].shard_map().shards_of(4) {
+        let members = nodes[0].shard_map().shard(shard).unwrap().members.clone();
+        let to = (1..=3).find(|n| !members.contains(n)).unwrap();
+        nodes[0].move_shard(shard, 4, to).await.unwrap();
+        wait_until(Duration::from_secs(30), "the move settles", || async {
+            nodes[0]
+                .shard_map()
+                .shard(shard)
+                .is_some_and(|p| p.state == crema::ShardState::Active && !p.members.contains(&4))
+        })
+        .await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = nodes[..3].iter().find(|n| n.shard_leader(0) == Some(n.node_id()));
+        match leader.map(|l| l.remove_peer(4)) {
+            Some(removal) => match removal.await {
+                Ok(()) => break,
+                Err(crema::Error::NotLeader { .. }) if std::time::Instant::now() < deadline => {}
+                Err(e) => panic!("removing node 4: {e}"),
+            },
+            None => assert!(std::time::Instant::now() < deadline, "no meta leader"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let removed = nodes.pop().unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), removed.ended()).await;
+    assert_eq!(ended.expect("node 4 stops once removed"), crema::NodeEnd::Removed);
+    removed.shutdown().await;
+
+    let listener = std::net::TcpListener::bind(addrs[3]).expect("rebind node 4's address");
+    let again = DistributedCache::new_with_listener(sharded(common::node_config(4, &addrs)), listener).await;
+    let refused = again.err().expect("a removed node does not start again as a member").to_string();
+    assert!(refused.contains("was removed") && refused.contains("--join"), "{refused}");
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

@@ -140,6 +140,26 @@ impl DistributedCache {
         let counted = meta_now.as_ref().is_some_and(|(voters, learners)| {
             voters.contains(&config.node_id) || learners.contains(&config.node_id)
         });
+        // One of the first members that the running cluster no longer counts was removed
+        // (while it was away, or before it lost its state): it stops, as a durable node that
+        // reads its removal in its log does (found from outside: a removed memory node started
+        // again with its first command line stayed up for good, recovering, forwarding).
+        // With discovery's policy to add nodes, the cluster adds it again by itself.
+        let added_again =
+            config.cluster_discovery.as_ref().is_some_and(|d| d.peer_management().auto_add_voters);
+        if let Some((voters, learners)) =
+            meta_now.as_ref().filter(|_| !counted && !config.join && !added_again)
+        {
+            let me = config.node_id;
+            let first =
+                config.initial_conf(META_SHARD).is_some_and(|(v, l)| v.contains(&me) || l.contains(&me));
+            if first {
+                return Err(crate::error::Error::Membership(format!(
+                    "node {me} was removed from the cluster (it counts voters {voters:?} and learners \
+                     {learners:?}); to add it again, start it with --join and add it (crema cluster add-node)"
+                )));
+            }
+        }
         let after_meta = asks && (memory || meta_now.is_some()) && (counted || !config.join);
         let mut acl = None;
         let mut shard_map = None;
