@@ -94,14 +94,7 @@ async fn a_killed_client_stops_at_once_whatever_it_has_sent() {
     let mut victim = TcpStream::connect(node.resp).await.unwrap();
     let addr = victim.local_addr().unwrap().to_string();
     victim.write_all(&b"GET big\r\n".repeat(2000)).await.unwrap();
-    let id = id_of(admin, &addr).await;
-    assert_eq!(q::<i64>(admin, &["CLIENT", "KILL", "ID", &id]).await.unwrap(), 1);
-    wait_until(std::time::Duration::from_secs(5), "the killed client leaves the list", || {
-        let mut admin = admin.clone();
-        let addr = addr.clone();
-        async move { !q::<String>(&mut admin, &["CLIENT", "LIST"]).await.unwrap().contains(&addr) }
-    })
-    .await;
+    kill_and_see_it_leave(admin, &addr).await;
 
     // A client that kills itself gets the reply, and nothing after it runs.
     let mut own = TcpStream::connect(node.resp).await.unwrap();
@@ -146,17 +139,7 @@ async fn sigterm_stops_a_node_whose_client_never_stops_sending() {
             .is_some_and(|n| n.trim().parse::<u64>().unwrap() > 1000)
     })
     .await;
-    let status = std::process::Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status();
-    assert!(status.unwrap().success());
-    let started = std::time::Instant::now();
-    let exit = loop {
-        if let Some(exit) = node.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "serve did not stop on SIGTERM");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    assert!(exit.success(), "serve exited with {exit}");
+    stops_on_sigterm(&mut node, std::time::Duration::from_secs(20)).await;
     assert!(slow_reader.await.unwrap() > 0, "the client was served before the stop");
     sender.abort();
 }
@@ -201,18 +184,30 @@ async fn a_long_keys_ends_with_its_client_and_with_the_node() {
     };
 
     let (_victim, addr) = start_keys("marker1").await;
-    let id = id_of(admin, &addr).await;
-    assert_eq!(q::<i64>(admin, &["CLIENT", "KILL", "ID", &id]).await.unwrap(), 1);
-    wait_until(std::time::Duration::from_secs(5), "the killed client leaves the list", || {
-        let mut admin = admin.clone();
-        let addr = addr.clone();
-        async move { !q::<String>(&mut admin, &["CLIENT", "LIST"]).await.unwrap().contains(&addr) }
-    })
-    .await;
+    kill_and_see_it_leave(admin, &addr).await;
 
     // Two walks running (one more than the node has cores to spare), and the node told to stop.
     let _first = start_keys("marker2").await;
     let _second = start_keys("marker3").await;
+    // The connections get SHUTDOWN_GRACE (10 s) to finish, then are dropped with their walks.
+    stops_on_sigterm(&mut node, std::time::Duration::from_secs(25)).await;
+}
+
+/// `CLIENT KILL`s the client at `addr` through `admin`, and waits up to 5 s for it to leave the
+/// client list.
+async fn kill_and_see_it_leave(admin: &mut redis::aio::MultiplexedConnection, addr: &str) {
+    let id = id_of(admin, addr).await;
+    assert_eq!(q::<i64>(admin, &["CLIENT", "KILL", "ID", &id]).await.unwrap(), 1);
+    wait_until(std::time::Duration::from_secs(5), "the killed client leaves the list", || {
+        let mut admin = admin.clone();
+        let addr = addr.to_owned();
+        async move { !q::<String>(&mut admin, &["CLIENT", "LIST"]).await.unwrap().contains(&addr) }
+    })
+    .await;
+}
+
+/// Sends `node` SIGTERM and waits up to `within` for it to exit, successfully.
+async fn stops_on_sigterm(node: &mut Node, within: std::time::Duration) {
     let status = std::process::Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status();
     assert!(status.unwrap().success());
     let started = std::time::Instant::now();
@@ -220,8 +215,7 @@ async fn a_long_keys_ends_with_its_client_and_with_the_node() {
         if let Some(exit) = node.child.try_wait().unwrap() {
             break exit;
         }
-        // The connections get SHUTDOWN_GRACE (10 s) to finish, then are dropped with their walks.
-        assert!(started.elapsed() < std::time::Duration::from_secs(25), "serve did not stop on SIGTERM");
+        assert!(started.elapsed() < within, "serve did not stop on SIGTERM within {within:?}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     assert!(exit.success(), "serve exited with {exit}");

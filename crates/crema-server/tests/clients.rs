@@ -55,42 +55,36 @@ fn redis_py_acl_helpers_and_refusals() {
     run_script("python3", &["py_acl.py"], &dir);
 }
 
-#[test]
-fn node_redis_multi_exec_and_watch() {
+/// The node-redis scripts' directory, or `None` (saying why) when node or node-redis is missing.
+fn node_redis_dir() -> Option<PathBuf> {
     let dir = clients_dir().join("node");
     if !dir.join("node_modules/redis/package.json").exists() || !available("node", &["--version"], &dir) {
         eprintln!(
             "SKIPPED: node or node-redis is not installed (`npm ci` in {}, as .ci/run does)",
             dir.display()
         );
-        return;
+        return None;
     }
-    run_script("node", &["transactions.mjs"], &dir);
+    Some(dir)
+}
+
+#[test]
+fn node_redis_multi_exec_and_watch() {
+    if let Some(dir) = node_redis_dir() {
+        run_script("node", &["transactions.mjs"], &dir);
+    }
 }
 
 #[test]
 fn node_redis_scan_iterator_returns_every_key() {
-    let dir = clients_dir().join("node");
-    if !dir.join("node_modules/redis/package.json").exists() || !available("node", &["--version"], &dir) {
-        eprintln!(
-            "SKIPPED: node or node-redis is not installed (`npm ci` in {}, as .ci/run does)",
-            dir.display()
-        );
-        return;
+    if let Some(dir) = node_redis_dir() {
+        run_script("node", &["scan.mjs"], &dir);
     }
-    run_script("node", &["scan.mjs"], &dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_redis_create_cluster_against_shards() {
-    let dir = clients_dir().join("node");
-    if !dir.join("node_modules/redis/package.json").exists() || !available("node", &["--version"], &dir) {
-        eprintln!(
-            "SKIPPED: node or node-redis is not installed (`npm ci` in {}, as .ci/run does)",
-            dir.display()
-        );
-        return;
-    }
+    let Some(dir) = node_redis_dir() else { return };
     let nodes = start_cluster(3, &["--shards", "4"]);
     wait_until(std::time::Duration::from_secs(30), "every shard led", || async {
         let mut c = client(nodes[0].resp).await;

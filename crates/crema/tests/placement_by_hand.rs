@@ -23,18 +23,15 @@ fn sharded(c: crema::CacheConfig) -> crema::CacheConfig {
         .with_replica_factor(3)
 }
 
-/// Found from outside: a node started with `--join` next to a sharded cluster whose discovery
-/// does not add nodes by itself could not be added at all (`add-node` was refused), and stayed
-/// not ready for good.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_added_by_hand_follows_the_map_and_takes_a_moved_shard() {
-    common::init_tracing();
-    let mut bound = common::bind(4);
-    let (listener, addr4) = bound.pop().unwrap();
-    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+/// Starts a sharded cluster of the first `nodes` of `bound` and waits for its first map, every
+/// shard led.
+async fn start_sharded(
+    bound: Vec<(std::net::TcpListener, std::net::SocketAddr)>,
+    addrs: &[std::net::SocketAddr],
+) -> Vec<DistributedCache> {
     let mut nodes = Vec::new();
     for (i, (listener, _)) in bound.into_iter().enumerate() {
-        let config = sharded(common::node_config(i as u64 + 1, &addrs));
+        let config = sharded(common::node_config(i as u64 + 1, addrs));
         nodes.push(DistributedCache::new_with_listener(config, listener).await.unwrap());
     }
     let all: Vec<&DistributedCache> = nodes.iter().collect();
@@ -44,13 +41,53 @@ async fn a_node_added_by_hand_follows_the_map_and_takes_a_moved_shard() {
                 .all(|s| all.iter().filter(|n| n.holds_shard(s)).all(|n| n.shard_leader(s).is_some()))
     })
     .await;
+    nodes
+}
+
+/// Node 4, started with `--join` next to the nodes at `addrs`.
+async fn joining_fourth(
+    listener: std::net::TcpListener,
+    addr4: std::net::SocketAddr,
+    addrs: &[std::net::SocketAddr],
+) -> DistributedCache {
     let seeds: Vec<(u64, std::net::SocketAddr)> =
         addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, *a)).collect();
     let config = crema::CacheConfig::new(4, addr4)
         .with_seed_nodes(seeds)
         .with_raft_config(common::fast_raft())
         .with_join(true);
-    let fourth = DistributedCache::new_with_listener(sharded(config), listener).await.unwrap();
+    DistributedCache::new_with_listener(sharded(config), listener).await.unwrap()
+}
+
+/// Removes node `id` from the meta shard through its leader of the moment (the nodes spread
+/// leaders by themselves).
+async fn remove_by_hand(nodes: &[&DistributedCache], id: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = nodes.iter().find(|n| n.shard_leader(0) == Some(n.node_id()));
+        match leader.map(|l| l.remove_peer(id)) {
+            Some(removal) => match removal.await {
+                Ok(()) => return,
+                Err(crema::Error::NotLeader { .. }) if std::time::Instant::now() < deadline => {}
+                Err(e) => panic!("removing node {id}: {e}"),
+            },
+            None => assert!(std::time::Instant::now() < deadline, "no meta leader"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Found from outside: a node started with `--join` next to a sharded cluster whose discovery
+/// does not add nodes by itself could not be added at all (`add-node` was refused), and stayed
+/// not ready for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_by_hand_follows_the_map_and_takes_a_moved_shard() {
+    common::init_tracing();
+    let mut bound = common::bind(4);
+    let (listener, addr4) = bound.pop().unwrap();
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let nodes = start_sharded(bound, &addrs).await;
+    let fourth = joining_fourth(listener, addr4, &addrs).await;
 
     // Found from outside: adding a node that already was a member demoted it, unchecked (and
     // pointed its link at the address given). Refused now, at any address, the leader included.
@@ -103,20 +140,7 @@ async fn a_node_added_by_hand_follows_the_map_and_takes_a_moved_shard() {
         })
     })
     .await;
-    // On the meta shard's leader of the moment (the nodes spread leaders by themselves).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let leader = nodes.iter().find(|n| n.shard_leader(0) == Some(n.node_id()));
-        match leader.map(|l| l.remove_peer(4)) {
-            Some(removal) => match removal.await {
-                Ok(()) => break,
-                Err(crema::Error::NotLeader { .. }) if std::time::Instant::now() < deadline => {}
-                Err(e) => panic!("removing node 4: {e}"),
-            },
-            None => assert!(std::time::Instant::now() < deadline, "no meta leader"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    remove_by_hand(&nodes.iter().collect::<Vec<_>>(), 4).await;
     let ended = tokio::time::timeout(Duration::from_secs(20), fourth.ended()).await;
     assert_eq!(ended.expect("node 4 stops once removed"), crema::NodeEnd::Removed);
     assert_eq!(nodes[0].consistent_get(&key).await.unwrap(), Some(Bytes::from("before")));
@@ -135,25 +159,10 @@ async fn a_follower_of_the_meta_shard_forgets_a_leader_it_no_longer_hears() {
     let mut bound = common::bind(4);
     let (listener, addr4) = bound.pop().unwrap();
     let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
-    let mut nodes = Vec::new();
-    for (i, (listener, _)) in bound.into_iter().enumerate() {
-        let config = sharded(common::node_config(i as u64 + 1, &addrs));
-        nodes.push(Some(DistributedCache::new_with_listener(config, listener).await.unwrap()));
-    }
+    let mut nodes: Vec<Option<DistributedCache>> =
+        start_sharded(bound, &addrs).await.into_iter().map(Some).collect();
+    let fourth = joining_fourth(listener, addr4, &addrs).await;
     let all: Vec<&DistributedCache> = nodes.iter().flatten().collect();
-    wait_until(Duration::from_secs(30), "the first map, every shard led", || async {
-        all.iter().all(|n| !n.shard_map().is_empty())
-            && (0..SHARDS)
-                .all(|s| all.iter().filter(|n| n.holds_shard(s)).all(|n| n.shard_leader(s).is_some()))
-    })
-    .await;
-    let seeds: Vec<(u64, std::net::SocketAddr)> =
-        addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, *a)).collect();
-    let config = crema::CacheConfig::new(4, addr4)
-        .with_seed_nodes(seeds)
-        .with_raft_config(common::fast_raft())
-        .with_join(true);
-    let fourth = DistributedCache::new_with_listener(sharded(config), listener).await.unwrap();
     let meta_leader = all.iter().find(|n| n.shard_leader(0) == Some(n.node_id())).expect("a meta leader");
     meta_leader.add_peer(4, addr4).await.unwrap();
     wait_until(Duration::from_secs(20), "node 4 names the meta leader", || async {
@@ -194,18 +203,7 @@ async fn a_removed_first_member_started_again_says_it_was_removed() {
     common::init_tracing();
     let bound = common::bind(4);
     let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
-    let mut nodes = Vec::new();
-    for (i, (listener, _)) in bound.into_iter().enumerate() {
-        let config = sharded(common::node_config(i as u64 + 1, &addrs));
-        nodes.push(DistributedCache::new_with_listener(config, listener).await.unwrap());
-    }
-    let all: Vec<&DistributedCache> = nodes.iter().collect();
-    wait_until(Duration::from_secs(30), "the first map, every shard led", || async {
-        all.iter().all(|n| !n.shard_map().is_empty())
-            && (0..SHARDS)
-                .all(|s| all.iter().filter(|n| n.holds_shard(s)).all(|n| n.shard_leader(s).is_some()))
-    })
-    .await;
+    let mut nodes = start_sharded(bound, &addrs).await;
     // Node 4's replicas move to the node of 1..3 that does not hold each shard, then it leaves.
     for shard in nodes[0].shard_map().shards_of(4) {
         let members = nodes[0].shard_map().shard(shard).unwrap().members.clone();
@@ -219,19 +217,7 @@ async fn a_removed_first_member_started_again_says_it_was_removed() {
         })
         .await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let leader = nodes[..3].iter().find(|n| n.shard_leader(0) == Some(n.node_id()));
-        match leader.map(|l| l.remove_peer(4)) {
-            Some(removal) => match removal.await {
-                Ok(()) => break,
-                Err(crema::Error::NotLeader { .. }) if std::time::Instant::now() < deadline => {}
-                Err(e) => panic!("removing node 4: {e}"),
-            },
-            None => assert!(std::time::Instant::now() < deadline, "no meta leader"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    remove_by_hand(&nodes[..3].iter().collect::<Vec<_>>(), 4).await;
     let removed = nodes.pop().unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(20), removed.ended()).await;
     assert_eq!(ended.expect("node 4 stops once removed"), crema::NodeEnd::Removed);
