@@ -225,7 +225,8 @@ async fn a_removed_first_member_started_again_says_it_was_removed() {
 
     let listener = std::net::TcpListener::bind(addrs[3]).expect("rebind node 4's address");
     let again = DistributedCache::new_with_listener(sharded(common::node_config(4, &addrs)), listener).await;
-    let refused = again.err().expect("a removed node does not start again as a member").to_string();
+    let Err(refused) = again else { panic!("a removed node does not start again as a member") };
+    let refused = refused.to_string();
     assert!(refused.contains("was removed") && refused.contains("--join"), "{refused}");
     for node in &nodes {
         node.shutdown().await;
