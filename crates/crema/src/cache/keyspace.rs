@@ -27,8 +27,8 @@ use crate::types::ShardId;
 /// [`Error::Shutdown`] when the runtime stops first.
 ///
 /// When the returned future is dropped before the walk ends (the client left, its connection
-/// was killed, the node is stopping), the walk stops within a few thousand keys: the caches'
-/// walks ask [`walk_abandoned`] as they go. Found from outside: KEYS walks over millions of keys
+/// was killed, the node is stopping), the walk stops within a few dozen keys: the caches'
+/// walks ask `walk_abandoned` as they go. Found from outside: KEYS walks over millions of keys
 /// ran on for their whole length after their clients had gone, and held a stopping node 45 s.
 ///
 /// # Errors
