@@ -195,13 +195,18 @@ pub async fn preload(target: Arc<Target>, workload: &Workload, clients: usize) -
             let mine: Vec<u64> = (c as u64..workload.keys).step_by(clients).collect();
             for chunk in mine.chunks(64) {
                 let batch: Vec<Op> = chunk.iter().map(|i| Op::Set(workload.key(*i), value.clone())).collect();
-                // A write whose outcome is unknown (TIMEOUT) or that found no leader is sent
-                // again: SET is idempotent, and the preload is not measured. Said on stderr.
+                // A write whose outcome is unknown (TIMEOUT, or no answer within the client's
+                // own timeout) or that found no leader is sent again: SET is idempotent, and
+                // the preload is not measured. Said on stderr. (A batch pipelined through the
+                // redis crate's cluster client while leaders moved right after a start once
+                // waited the whole 30 s for its answer, about one run in twenty: not explained
+                // yet, see docs/reliability.md, "Open".)
                 let mut attempt = 1;
                 while let Err(e) = conn.run(&batch).await {
                     let text = e.to_string();
-                    let retriable =
-                        ["TIMEOUT", "TRYAGAIN", "CLUSTERDOWN"].iter().any(|code| text.contains(code));
+                    let retriable = ["TIMEOUT", "TRYAGAIN", "CLUSTERDOWN", "timed out"]
+                        .iter()
+                        .any(|code| text.contains(code));
                     if !retriable || attempt == PRELOAD_ATTEMPTS {
                         return Err(e);
                     }
