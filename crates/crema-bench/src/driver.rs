@@ -190,17 +190,16 @@ pub async fn preload(target: Arc<Target>, workload: &Workload, clients: usize) -
     let mut tasks = Vec::new();
     for c in 0..clients {
         let mut conn = target.connect(c).await?;
-        let (workload, value) = (workload.clone(), value.clone());
+        let (workload, value, target) = (workload.clone(), value.clone(), target.clone());
         tasks.push(tokio::spawn(async move {
             let mine: Vec<u64> = (c as u64..workload.keys).step_by(clients).collect();
             for chunk in mine.chunks(64) {
                 let batch: Vec<Op> = chunk.iter().map(|i| Op::Set(workload.key(*i), value.clone())).collect();
                 // A write whose outcome is unknown (TIMEOUT, or no answer within the client's
-                // own timeout) or that found no leader is sent again: SET is idempotent, and
-                // the preload is not measured. Said on stderr. (A batch pipelined through the
-                // redis crate's cluster client while leaders moved right after a start once
-                // waited the whole 30 s for its answer, about one run in twenty: not explained
-                // yet, see docs/reliability.md, "Open".)
+                // own timeout) or that found no leader is sent again, on a new connection: SET
+                // is idempotent, and the preload is not measured. Said on stderr. (The redis
+                // crate's cluster client 1.8.1 could wedge for good while it refreshed its slot
+                // map, so that every later command on it timed out; see docs/reliability.md.)
                 let mut attempt = 1;
                 while let Err(e) = conn.run(&batch).await {
                     let text = e.to_string();
@@ -215,6 +214,7 @@ pub async fn preload(target: Arc<Target>, workload: &Workload, clients: usize) -
                         batch.len(),
                         error_kind(&e)
                     );
+                    conn = target.connect(c).await?;
                     attempt += 1;
                 }
             }

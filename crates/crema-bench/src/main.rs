@@ -126,6 +126,11 @@ struct LoadArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Silent unless asked: `RUST_LOG=redis=info` shows the redis crate's cluster clients
+    // refreshing their slot maps, `RUST_LOG=crema=debug` the embedded nodes.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     let load = &cli.load;
     anyhow::ensure!(load.clients > 0 && load.pipeline > 0, "--clients and --pipeline must be at least 1");
     anyhow::ensure!(load.duration > 0.0 && load.warmup >= 0.0, "--duration must be positive");

@@ -1,5 +1,6 @@
-//! The sections of `INFO`: Redis's server, clients, memory, stats, replication, cluster and keyspace, in
-//! the `field:value` lines clients parse, plus `raft` and `shards` sections of crema's own.
+//! The sections of `INFO`: Redis's server, clients, memory, stats, replication, errorstats,
+//! cluster and keyspace, in the `field:value` lines clients parse, plus `raft` and `shards`
+//! sections of crema's own.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -18,6 +19,7 @@ pub static SECTIONS: &[(&str, Section)] = &[
     ("memory", memory),
     ("stats", stats),
     ("replication", replication),
+    ("errorstats", errorstats),
     ("cluster", cluster),
     ("keyspace", keyspace),
     ("raft", raft),
@@ -75,6 +77,8 @@ fn stats(state: &ServerState, _: &ClusterStatus, out: &mut String) {
     let s = state.cache.stats();
     line!(out, "total_connections_received:{}", state.clients.accepted.load(Ordering::Relaxed));
     line!(out, "total_commands_processed:{}", state.metrics.commands_processed());
+    let errors: u64 = state.metrics.error_replies().iter().map(|(_, count)| count).sum();
+    line!(out, "total_error_replies:{errors}");
     line!(out, "rejected_connections:{}", state.clients.rejected.load(Ordering::Relaxed));
     line!(out, "keyspace_hits:{}", s.hits);
     line!(out, "keyspace_misses:{}", s.misses);
@@ -99,6 +103,14 @@ fn replication(state: &ServerState, status: &ClusterStatus, out: &mut String) {
         line!(out, "master_link_status:{}", if group.leader_id.is_some() { "up" } else { "down" });
     }
     line!(out, "master_repl_offset:{}", group.applied_index);
+}
+
+/// Error replies by their first word, as Redis counts them (`errorstat_MOVED:count=12`): how
+/// often cluster clients were redirected or told to try again shows here first.
+fn errorstats(state: &ServerState, _: &ClusterStatus, out: &mut String) {
+    for (prefix, count) in state.metrics.error_replies() {
+        line!(out, "errorstat_{prefix}:count={count}");
+    }
 }
 
 fn keyspace(state: &ServerState, _: &ClusterStatus, out: &mut String) {

@@ -27,6 +27,37 @@ struct CommandLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrefixLabels {
+    prefix: &'static str,
+}
+
+/// The first words of the error replies crema makes, as INFO's `errorstats` and
+/// `crema_resp_error_replies_total` count them; an error that starts with any other word counts as
+/// `OTHER` (Redis keeps any first word, up to 128 of them: a fixed list keeps the series bounded).
+pub const ERROR_PREFIXES: &[&str] = &[
+    "ERR",
+    "MOVED",
+    "CROSSSLOT",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "TIMEOUT",
+    "NOTLEADER",
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+    "NOPROTO",
+    "EXECABORT",
+    "SHUTDOWN",
+    "OTHER",
+];
+
+/// The position in [`ERROR_PREFIXES`] of the error reply `text`'s first word.
+fn error_prefix(text: &str) -> usize {
+    let word = text.split(' ').next().unwrap_or_default();
+    ERROR_PREFIXES.iter().position(|p| *p == word).unwrap_or(ERROR_PREFIXES.len() - 1)
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -45,6 +76,8 @@ pub struct Metrics {
     registry: Registry,
     /// By position in [`crate::cmd::COMMANDS`]; the last is for unknown commands.
     series: Vec<CommandSeries>,
+    /// By position in [`ERROR_PREFIXES`].
+    error_replies: Vec<Counter>,
     proposals: Family<ResultLabels, Counter>,
     proposal_seconds: Histogram,
     /// Set once the RESP server exists, for the connection gauges.
@@ -70,6 +103,7 @@ impl Metrics {
         let command_errors = Family::<CommandLabels, Counter>::default();
         let command_seconds =
             Family::<CommandLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let error_replies = Family::<PrefixLabels, Counter>::default();
         let proposals = Family::<ResultLabels, Counter>::default();
         let proposal_seconds = latency_histogram();
         registry.register("resp_commands", "RESP commands run, by command", commands.clone());
@@ -77,6 +111,11 @@ impl Metrics {
             "resp_command_errors",
             "RESP commands answered with an error",
             command_errors.clone(),
+        );
+        registry.register(
+            "resp_error_replies",
+            "RESP error replies, by the error's first word (INFO errorstats)",
+            error_replies.clone(),
         );
         registry.register("resp_command_duration_seconds", "RESP command latency", command_seconds.clone());
         registry.register(
@@ -105,7 +144,11 @@ impl Metrics {
                 }
             })
             .collect();
-        Self { registry, series, proposals, proposal_seconds, server }
+        let error_replies = ERROR_PREFIXES
+            .iter()
+            .map(|prefix| error_replies.get_or_create(&PrefixLabels { prefix }).clone())
+            .collect();
+        Self { registry, series, error_replies, proposals, proposal_seconds, server }
     }
 
     /// Connects the connection gauges to the RESP server.
@@ -114,14 +157,26 @@ impl Metrics {
     }
 
     /// Records one RESP command: `index` is its position in [`crate::cmd::COMMANDS`], or
-    /// `None` for an unknown command.
-    pub fn observe_command(&self, index: Option<usize>, took: Duration, error: bool) {
+    /// `None` for an unknown command; `error` is its error reply's text, if it failed.
+    pub fn observe_command(&self, index: Option<usize>, took: Duration, error: Option<&str>) {
         let series = &self.series[index.unwrap_or(self.series.len() - 1)];
         series.count.inc();
-        if error {
+        if let Some(text) = error {
             series.errors.inc();
+            self.error_replies[error_prefix(text)].inc();
         }
         series.seconds.observe(took.as_secs_f64());
+    }
+
+    /// Error replies since the node started, by first word: the prefixes of
+    /// [`ERROR_PREFIXES`] with at least one (INFO's `errorstats`).
+    pub fn error_replies(&self) -> Vec<(&'static str, u64)> {
+        ERROR_PREFIXES
+            .iter()
+            .zip(&self.error_replies)
+            .map(|(prefix, counter)| (*prefix, counter.get()))
+            .filter(|(_, count)| *count > 0)
+            .collect()
     }
 
     /// Commands run since the node started, errors included (INFO's
@@ -438,5 +493,21 @@ impl Collector for NodeCollector {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_count_by_their_first_word() {
+        assert_eq!(ERROR_PREFIXES[error_prefix("MOVED 866 127.0.0.1:6381")], "MOVED");
+        assert_eq!(ERROR_PREFIXES[error_prefix("ERR unknown command 'x'")], "ERR");
+        assert_eq!(ERROR_PREFIXES[error_prefix("EXECABORT")], "EXECABORT");
+        // A word of no reply crema makes, a prefix of a known one, an empty text: OTHER.
+        for text in ["WRONGTYPE Operation", "MOVE 1 a:1", ""] {
+            assert_eq!(ERROR_PREFIXES[error_prefix(text)], "OTHER", "{text:?}");
+        }
     }
 }

@@ -31,6 +31,19 @@ async fn health_ready_metrics_and_cluster() {
     let _: () = c.set("k", "v").await.unwrap();
     let _: Option<String> = c.get("k").await.unwrap();
     let _: Option<String> = c.get("missing").await.unwrap();
+    // A transaction with an unknown command: ERR when queued, EXECABORT at EXEC.
+    let _: () = redis::cmd("MULTI").query_async(&mut c).await.unwrap();
+    let unknown = redis::cmd("NOSUCHCOMMAND").query_async::<()>(&mut c).await.unwrap_err();
+    assert_eq!(unknown.code(), Some("ERR"), "{unknown}");
+    let aborted = redis::cmd("EXEC").query_async::<()>(&mut c).await.unwrap_err();
+    assert_eq!(aborted.code(), Some("EXECABORT"), "{aborted}");
+    let info: String = redis::cmd("INFO").query_async(&mut c).await.unwrap();
+    for expected in [
+        "total_error_replies:2\r\n",
+        "# Errorstats\r\nerrorstat_ERR:count=1\r\nerrorstat_EXECABORT:count=1\r\n\r\n",
+    ] {
+        assert!(info.contains(expected), "{expected} missing from {info}");
+    }
     let (status, metrics) = http_get(node.admin, "/metrics").await;
     assert_eq!(status, 200);
     for expected in [
@@ -43,6 +56,8 @@ async fn health_ready_metrics_and_cluster() {
         "crema_raft_proposals_total{result=\"ok\"} 1",
         "crema_raft_proposal_latency_seconds_count 1",
         "crema_resp_commands_total{command=\"get\"} 2",
+        "crema_resp_error_replies_total{prefix=\"EXECABORT\"} 1",
+        "crema_resp_error_replies_total{prefix=\"MOVED\"} 0",
         "crema_resp_command_duration_seconds_bucket{",
         "crema_resp_connected_clients 1",
         "crema_process_resident_memory_bytes ",

@@ -192,6 +192,11 @@ async fn a_connection_that_asked_for_the_slot_map_is_redirected() {
     // Keys of two shards in one command: CROSSSLOT in cluster mode.
     let cross = cm.mget::<_, Vec<Option<String>>>(&["a", "b"]).await.unwrap_err();
     assert_eq!(cross.code(), Some("CROSSSLOT"), "{cross}");
+    // INFO errorstats counts the node's error replies by their first word, as Redis does.
+    let errors: String = redis::cmd("INFO").arg("errorstats").query_async(&mut cm).await.unwrap();
+    for expected in ["errorstat_MOVED:count=1\r\n", "errorstat_CROSSSLOT:count=1\r\n"] {
+        assert!(errors.contains(expected), "{expected} missing from {errors}");
+    }
     let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.unwrap();
     assert!(info.contains("cluster_state:ok") && info.contains("cluster_size:"), "{info}");
 }

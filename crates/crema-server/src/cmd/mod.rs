@@ -250,7 +250,7 @@ pub async fn run(
         }
     };
     let now = Instant::now();
-    state.metrics.observe_command(index, now.duration_since(session.clock), matches!(reply, Reply::Error(_)));
+    state.metrics.observe_command(index, now.duration_since(session.clock), reply.error_text());
     session.clock = now;
     reply
 }
@@ -379,16 +379,16 @@ pub async fn run_writes(
     let now = Instant::now();
     let took = now.duration_since(session.clock);
     for (index, reply) in indexes.iter().zip(&replies) {
-        state.metrics.observe_command(Some(*index), took, matches!(reply, Reply::Error(_)));
+        state.metrics.observe_command(Some(*index), took, reply.error_text());
     }
     session.clock = now;
     replies
 }
 
 /// Records a reply made by [`step`] without running anything.
-pub fn observe_reply(state: &ServerState, session: &mut Session, index: usize) {
+pub fn observe_reply(state: &ServerState, session: &mut Session, index: usize, reply: &Reply) {
     let now = Instant::now();
-    state.metrics.observe_command(Some(index), now.duration_since(session.clock), true);
+    state.metrics.observe_command(Some(index), now.duration_since(session.clock), reply.error_text());
     session.clock = now;
 }
 

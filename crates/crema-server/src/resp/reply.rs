@@ -54,6 +54,14 @@ impl Reply {
         Reply::Error(format!("ERR {msg}"))
     }
 
+    /// The text of an error reply; `None` for any other reply.
+    pub fn error_text(&self) -> Option<&str> {
+        match self {
+            Reply::Error(text) => Some(text),
+            _ => None,
+        }
+    }
+
     /// A bulk string from anything byte-like.
     pub fn bulk(b: impl Into<Bytes>) -> Reply {
         Reply::Bulk(b.into())

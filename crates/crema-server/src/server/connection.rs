@@ -328,7 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                     }
                 }
                 Step::Reply { index, reply } => {
-                    cmd::observe_reply(self.state, session, index);
+                    cmd::observe_reply(self.state, session, index, &reply);
                     run.entries.push(RunEntry::Ready(reply));
                 }
                 Step::Run(args, index) => {
