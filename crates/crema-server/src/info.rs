@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 
 use crema::{ClusterStatus, Role};
 
@@ -73,16 +74,77 @@ fn memory(state: &ServerState, _: &ClusterStatus, out: &mut String) {
     line!(out, "maxmemory_policy:allkeys-lfu");
 }
 
+/// The counters `INFO stats` and `INFO errorstats` show.
+#[derive(Debug, Clone, Default)]
+struct Counts {
+    connections: u64,
+    commands: u64,
+    rejected: u64,
+    hits: u64,
+    misses: u64,
+    evicted: u64,
+    /// By position in [`crate::metrics::ERROR_PREFIXES`].
+    errors: Vec<u64>,
+}
+
+impl Counts {
+    fn now(state: &ServerState) -> Self {
+        let cache = state.cache.stats();
+        Counts {
+            connections: state.clients.accepted.load(Ordering::Relaxed),
+            commands: state.metrics.commands_processed(),
+            rejected: state.clients.rejected.load(Ordering::Relaxed),
+            hits: cache.hits,
+            misses: cache.misses,
+            evicted: cache.evictions,
+            errors: state.metrics.error_replies(),
+        }
+    }
+}
+
+/// Where INFO's counters start: `CONFIG RESETSTAT` sets it to their values then, so that INFO
+/// counts from the reset as Redis does, while the Prometheus counters behind them keep going
+/// up (a scraper relies on that).
+#[derive(Debug, Default)]
+pub struct StatsBaseline(Mutex<Counts>);
+
+impl StatsBaseline {
+    /// `CONFIG RESETSTAT`: INFO's counters start again from zero.
+    pub fn reset(&self, state: &ServerState) {
+        *self.0.lock().expect("stats baseline poisoned") = Counts::now(state);
+    }
+
+    /// The counters since the last reset (since start, before any).
+    fn since(&self, state: &ServerState) -> Counts {
+        let now = Counts::now(state);
+        let base = self.0.lock().expect("stats baseline poisoned").clone();
+        let errors = now
+            .errors
+            .iter()
+            .enumerate()
+            .map(|(i, count)| count.saturating_sub(base.errors.get(i).copied().unwrap_or(0)))
+            .collect();
+        Counts {
+            connections: now.connections.saturating_sub(base.connections),
+            commands: now.commands.saturating_sub(base.commands),
+            rejected: now.rejected.saturating_sub(base.rejected),
+            hits: now.hits.saturating_sub(base.hits),
+            misses: now.misses.saturating_sub(base.misses),
+            evicted: now.evicted.saturating_sub(base.evicted),
+            errors,
+        }
+    }
+}
+
 fn stats(state: &ServerState, _: &ClusterStatus, out: &mut String) {
-    let s = state.cache.stats();
-    line!(out, "total_connections_received:{}", state.clients.accepted.load(Ordering::Relaxed));
-    line!(out, "total_commands_processed:{}", state.metrics.commands_processed());
-    let errors: u64 = state.metrics.error_replies().iter().map(|(_, count)| count).sum();
-    line!(out, "total_error_replies:{errors}");
-    line!(out, "rejected_connections:{}", state.clients.rejected.load(Ordering::Relaxed));
+    let s = state.stats_baseline.since(state);
+    line!(out, "total_connections_received:{}", s.connections);
+    line!(out, "total_commands_processed:{}", s.commands);
+    line!(out, "total_error_replies:{}", s.errors.iter().sum::<u64>());
+    line!(out, "rejected_connections:{}", s.rejected);
     line!(out, "keyspace_hits:{}", s.hits);
     line!(out, "keyspace_misses:{}", s.misses);
-    line!(out, "evicted_keys:{}", s.evictions);
+    line!(out, "evicted_keys:{}", s.evicted);
 }
 
 fn replication(state: &ServerState, status: &ClusterStatus, out: &mut String) {
@@ -108,8 +170,11 @@ fn replication(state: &ServerState, status: &ClusterStatus, out: &mut String) {
 /// Error replies by their first word, as Redis counts them (`errorstat_MOVED:count=12`): how
 /// often cluster clients were redirected or told to try again shows here first.
 fn errorstats(state: &ServerState, _: &ClusterStatus, out: &mut String) {
-    for (prefix, count) in state.metrics.error_replies() {
-        line!(out, "errorstat_{prefix}:count={count}");
+    let counts = state.stats_baseline.since(state).errors;
+    for (prefix, count) in crate::metrics::ERROR_PREFIXES.iter().zip(counts) {
+        if count > 0 {
+            line!(out, "errorstat_{prefix}:count={count}");
+        }
     }
 }
 

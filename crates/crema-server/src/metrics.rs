@@ -168,15 +168,15 @@ impl Metrics {
         series.seconds.observe(took.as_secs_f64());
     }
 
-    /// Error replies since the node started, by first word: the prefixes of
-    /// [`ERROR_PREFIXES`] with at least one (INFO's `errorstats`).
-    pub fn error_replies(&self) -> Vec<(&'static str, u64)> {
-        ERROR_PREFIXES
-            .iter()
-            .zip(&self.error_replies)
-            .map(|(prefix, counter)| (*prefix, counter.get()))
-            .filter(|(_, count)| *count > 0)
-            .collect()
+    /// Records an error reply made inside another reply (a command of a transaction, in
+    /// EXEC's answer): Redis counts those too.
+    pub fn observe_inner_error(&self, text: &str) {
+        self.error_replies[error_prefix(text)].inc();
+    }
+
+    /// Error replies since the node started, by position in [`ERROR_PREFIXES`].
+    pub fn error_replies(&self) -> Vec<u64> {
+        self.error_replies.iter().map(Counter::get).collect()
     }
 
     /// Commands run since the node started, errors included (INFO's

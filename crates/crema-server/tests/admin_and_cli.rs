@@ -44,6 +44,28 @@ async fn health_ready_metrics_and_cluster() {
     ] {
         assert!(info.contains(expected), "{expected} missing from {info}");
     }
+    // CONFIG RESETSTAT starts INFO's counters again (the RESETSTAT itself is the one command
+    // counted); the Prometheus counters below keep going up.
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut c).await.unwrap();
+    let info: String = redis::cmd("INFO").query_async(&mut c).await.unwrap();
+    for expected in [
+        "total_commands_processed:1\r\n",
+        "total_error_replies:0\r\n",
+        "keyspace_hits:0\r\n",
+        "keyspace_misses:0\r\n",
+        "# Errorstats\r\n\r\n",
+    ] {
+        assert!(info.contains(expected), "{expected} missing after CONFIG RESETSTAT from {info}");
+    }
+    // An error inside EXEC's answer counts, as Redis counts it (the transaction is the second
+    // proposal below).
+    let _: () = redis::cmd("MULTI").query_async(&mut c).await.unwrap();
+    let _: () = redis::cmd("INCR").arg("k").query_async(&mut c).await.unwrap();
+    // (The redis crate reports the error inside EXEC's answer as the command's.)
+    let inner = redis::cmd("EXEC").query_async::<Vec<redis::Value>>(&mut c).await.unwrap_err();
+    assert!(inner.to_string().contains("not an integer"), "{inner}");
+    let errors: String = redis::cmd("INFO").arg("errorstats").query_async(&mut c).await.unwrap();
+    assert!(errors.contains("errorstat_ERR:count=1\r\n"), "{errors}");
     let (status, metrics) = http_get(node.admin, "/metrics").await;
     assert_eq!(status, 200);
     for expected in [
@@ -53,8 +75,8 @@ async fn health_ready_metrics_and_cluster() {
         "crema_cache_entries 1",
         "crema_raft_is_leader 1",
         "crema_raft_leader_changes_total",
-        "crema_raft_proposals_total{result=\"ok\"} 1",
-        "crema_raft_proposal_latency_seconds_count 1",
+        "crema_raft_proposals_total{result=\"ok\"} 2",
+        "crema_raft_proposal_latency_seconds_count 2",
         "crema_resp_commands_total{command=\"get\"} 2",
         "crema_resp_error_replies_total{prefix=\"EXECABORT\"} 1",
         "crema_resp_error_replies_total{prefix=\"MOVED\"} 0",

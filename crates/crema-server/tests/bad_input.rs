@@ -318,6 +318,58 @@ async fn unfinished_bulks_past_the_total_cap_evict_the_largest_buffers() {
     still_serves(&node).await;
 }
 
+/// MULTI queues count with the query buffers (found from outside: 300 connections with full
+/// queues took a node to 3.4 GB, counted nowhere): past the cap on all of them, the largest are
+/// closed with an error, `CLIENT LIST` shows who holds what, and the others commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_queues_past_the_total_cap_evict_the_largest() {
+    let node = start(&["--max-total-query-buffer-bytes", "33554432"]);
+    let value = vec![b'x'; 1024 * 1024];
+    let mut clients = Vec::new();
+    for i in 0..10u32 {
+        let mut stream = TcpStream::connect(node.resp).await.unwrap();
+        let mut request = b"MULTI\r\n".to_vec();
+        for j in 0..7 {
+            let key = format!("q{i}:{j}");
+            request.extend(
+                format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n", key.len(), value.len()).as_bytes(),
+            );
+            request.extend(&value);
+            request.extend(b"\r\n");
+        }
+        // 7 MiB queued each: four fit under 32 MiB.
+        let _ = stream.write_all(&request).await;
+        let answered = read_some(&mut stream, 5 + 7 * 9).await;
+        clients.push((stream, answered));
+    }
+    let admin = &mut client(node.resp).await;
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(admin).await.unwrap();
+    let queued: Vec<&str> = list.lines().filter(|l| l.contains(" multi=7 ")).collect();
+    assert!((1..=4).contains(&queued.len()), "{list}");
+    for line in &queued {
+        let mem = line.split(' ').find_map(|f| f.strip_prefix("multi-mem=")).unwrap();
+        assert!(mem.parse::<usize>().unwrap() > 7 << 20, "{line}");
+        assert!(line.contains(" flags=x "), "{line}");
+    }
+    let (mut evicted, mut committed) = (0, 0);
+    for (stream, answered) in &mut clients {
+        let _ = stream.write_all(b"EXEC\r\n").await;
+        let said = [answered.clone(), read_some(stream, 4 + 7 * 5).await].concat();
+        let said = String::from_utf8_lossy(&said);
+        if said.contains("client evicted") {
+            evicted += 1;
+        } else if said.ends_with(&"+OK\r\n".repeat(7)) {
+            committed += 1;
+        }
+    }
+    assert_eq!(
+        (evicted + committed, committed),
+        (10, queued.len()),
+        "{evicted} evicted, {committed} committed"
+    );
+    still_serves(&node).await;
+}
+
 /// A command is one Raft entry, and an entry must fit in one peer frame: found from outside,
 /// one MSET of two 8 MiB values (each within the value limit) sent to the leader was proposed,
 /// never reached a follower, and every later write of its group timed out until the leader was

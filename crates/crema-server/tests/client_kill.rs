@@ -7,6 +7,7 @@ mod common;
 use common::cmd::{err, ok, q};
 use common::*;
 use redis::Value;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -185,6 +186,11 @@ async fn a_long_keys_ends_with_its_client_and_with_the_node() {
 
     let (_victim, addr) = start_keys("marker1").await;
     kill_and_see_it_leave(admin, &addr).await;
+    // A client that hangs up ends its KEYS too, once it has run a second (found from outside:
+    // abandoned KEYS queued for their turn by the thousand).
+    let (hung_up, addr) = start_keys("marker4").await;
+    drop(hung_up);
+    leaves_the_list(admin, &addr, "the client that hung up leaves the list").await;
 
     // Two walks running (one more than the node has cores to spare), and the node told to stop.
     let _first = start_keys("marker2").await;
@@ -198,9 +204,14 @@ async fn a_long_keys_ends_with_its_client_and_with_the_node() {
 async fn kill_and_see_it_leave(admin: &mut redis::aio::MultiplexedConnection, addr: &str) {
     let id = id_of(admin, addr).await;
     assert_eq!(q::<i64>(admin, &["CLIENT", "KILL", "ID", &id]).await.unwrap(), 1);
-    wait_until(std::time::Duration::from_secs(5), "the killed client leaves the list", || {
+    leaves_the_list(admin, addr, "the killed client leaves the list").await;
+}
+
+/// Waits up to 5 s for the client at `addr` to leave `admin`'s client list.
+async fn leaves_the_list(admin: &mut redis::aio::MultiplexedConnection, addr: &str, what: &str) {
+    wait_until(std::time::Duration::from_secs(5), what, || {
         let mut admin = admin.clone();
-        let addr = addr.to_owned();
+        let addr = format!("addr={addr} ");
         async move { !q::<String>(&mut admin, &["CLIENT", "LIST"]).await.unwrap().contains(&addr) }
     })
     .await;
@@ -219,4 +230,38 @@ async fn stops_on_sigterm(node: &mut Node, within: std::time::Duration) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     assert!(exit.success(), "serve exited with {exit}");
+}
+
+/// A WAIT that cannot be met (more replicas than a single node has, no timeout) ends when its
+/// client hangs up, as Redis frees a blocked client: found from outside, 50 such clients stayed
+/// connected, polling, for good. What a client pipelines behind a WAIT is answered after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_wait_ends_when_its_client_hangs_up() {
+    let node = start(&[]);
+    let admin = client(node.resp).await;
+    let connected = || async {
+        let info: String = q(&mut admin.clone(), &["INFO", "clients"]).await.unwrap();
+        let line =
+            info.lines().find_map(|l| l.strip_prefix("connected_clients:")).expect("connected_clients");
+        line.trim().parse::<usize>().unwrap()
+    };
+    let mut waiting = Vec::new();
+    for _ in 0..50 {
+        let mut raw = TcpStream::connect(node.resp).await.unwrap();
+        raw.write_all(b"*3\r\n$4\r\nWAIT\r\n$1\r\n5\r\n$1\r\n0\r\n").await.unwrap();
+        waiting.push(raw);
+    }
+    wait_until(Duration::from_secs(5), "50 WAITs running", || async { connected().await == 51 }).await;
+    drop(waiting);
+    wait_until(Duration::from_secs(5), "the WAITs of closed clients to end", || async {
+        connected().await == 1
+    })
+    .await;
+    // A WAIT with a timeout, and a PING sent behind it: answered in order once WAIT returns.
+    let mut raw = TcpStream::connect(node.resp).await.unwrap();
+    raw.write_all(b"WAIT 5 300\r\n").await.unwrap();
+    // Most likely while WAIT runs; sent with it, the answer would be the same.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    raw.write_all(b"PING\r\n").await.unwrap();
+    assert_eq!(read_some(&mut raw, 11).await, b":0\r\n+PONG\r\n");
 }

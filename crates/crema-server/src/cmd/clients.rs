@@ -18,7 +18,7 @@ pub(crate) struct LineFields<'a> {
     pub name: Option<&'a Bytes>,
     pub age_secs: u64,
     pub idle_secs: u64,
-    pub multi: i64,
+    pub multi: crate::server::registry::MultiFields,
     pub command: &'a str,
     pub user: &'a str,
     pub resp: u8,
@@ -32,8 +32,8 @@ pub(crate) struct LineFields<'a> {
 pub(crate) fn line(f: &LineFields<'_>) -> String {
     let text = |b: Option<&Bytes>| b.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
     format!(
-        "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi={} \
-         qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
+        "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi={} \
+         qbuf=0 qbuf-free=0 argv-mem=0 multi-mem={} rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem={} events=r \
          cmd={} user={} redir=-1 resp={} read-mode={} lib-name={} lib-ver={}",
         f.id,
         f.addr,
@@ -41,7 +41,10 @@ pub(crate) fn line(f: &LineFields<'_>) -> String {
         text(f.name),
         f.age_secs,
         f.idle_secs,
-        f.multi,
+        if f.multi.queued >= 0 { "x" } else { "N" },
+        f.multi.queued,
+        f.multi.queued_bytes,
+        f.multi.held_bytes,
         f.command,
         f.user,
         f.resp,
@@ -61,7 +64,7 @@ fn entry_line(entry: &ClientEntry) -> String {
         name: shown.name.as_ref(),
         age_secs: entry.created.elapsed().as_secs(),
         idle_secs: shown.active.map_or(entry.created, |t| t).elapsed().as_secs(),
-        multi: -1,
+        multi: shown.multi,
         command: if shown.last_command.is_empty() { "NULL" } else { shown.last_command },
         user: if shown.user.is_empty() { "default" } else { &shown.user },
         resp: shown.resp.max(2),

@@ -203,7 +203,7 @@ pub(crate) fn client_line(s: &Session) -> String {
         name: s.name.as_ref(),
         age_secs: s.created.elapsed().as_secs(),
         idle_secs: 0,
-        multi: s.tx.queued_count().map_or(-1, |n| n as i64),
+        multi: crate::server::registry::multi_fields(s),
         command: s.last_command,
         user: s.user.as_ref().map_or("default", |u| u.name.as_str()),
         resp: if s.protocol == Protocol::Resp3 { 3 } else { 2 },

@@ -251,6 +251,14 @@ pub async fn run(
     };
     let now = Instant::now();
     state.metrics.observe_command(index, now.duration_since(session.clock), reply.error_text());
+    if let (Some(i), Reply::Array(answers)) = (index, &reply) {
+        if matches!(COMMANDS[i].kind, Kind::Exec) {
+            answers
+                .iter()
+                .filter_map(Reply::error_text)
+                .for_each(|text| state.metrics.observe_inner_error(text));
+        }
+    }
     session.clock = now;
     reply
 }

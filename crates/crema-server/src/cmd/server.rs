@@ -151,7 +151,10 @@ fn config(call: &Call<'_>) -> Result<Reply, CmdError> {
             }
             Ok(Reply::Map(out))
         }
-        "RESETSTAT" => Ok(Reply::OK),
+        "RESETSTAT" => {
+            call.state.stats_baseline.reset(call.state);
+            Ok(Reply::OK)
+        }
         "SET" => Err(CmdError::Invalid(
             "CONFIG SET is not supported: crema settings are fixed at start (flags, config file, CREMA_* variables)"
                 .into(),
@@ -195,6 +198,9 @@ async fn wait(call: &mut Call<'_>) -> Result<Reply, CmdError> {
     let cache = &call.state.cache;
     let targets: Vec<(crema::ShardId, u64)> =
         cache.shard_info().iter().map(|s| (s.shard_id, s.applied_index)).collect();
+    // Asked often at first (replicas usually acknowledge within a round trip), then less: a
+    // WAIT for more replicas than there are asks every shard's group until its timeout.
+    let mut pause = Duration::from_millis(5);
     loop {
         let (mut acked, mut leads_all) = (i64::MAX, true);
         for (shard, target) in &targets {
@@ -207,7 +213,9 @@ async fn wait(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         if acked >= wanted || expired || !leads_all {
             return Ok(Reply::Integer(acked));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let pause_until = Instant::now() + pause;
+        tokio::time::sleep_until(deadline.map_or(pause_until, |d| d.min(pause_until)).into()).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 

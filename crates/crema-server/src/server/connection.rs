@@ -52,6 +52,11 @@ const UNAUTHENTICATED: RequestLimits =
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// How long a command runs before its connection also watches for its client hanging up
+/// (see `Connection::run_command`): most commands end long before and pay nothing for it, and a
+/// client that only shut down its sending side still gets the answers of those that do.
+const HANG_UP_WATCH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 const BUFFER_EVICTED: &str =
     "client evicted: the query buffers of all clients passed max-total-query-buffer-bytes, and this one was among the largest";
 
@@ -149,16 +154,17 @@ struct Connection<'a, S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// Tells the query buffers how much this connection holds; a large buffer may get a
     /// connection (this one included) evicted.
-    fn note_buffer(&mut self) {
-        let held = self.held_bytes();
+    fn note_buffer(&mut self, session: &Session) {
+        let held = self.held_bytes(session);
         note_buffer(self.state, self.id, held, &mut self.buffer_tracked, &self.buffer_evicted);
     }
 
-    /// What this connection's unrun requests hold: the bytes read, and what the parser keeps
-    /// per argument of the unfinished one (found from outside: a million empty arguments are 6
-    /// MB on the wire and were 32 MB more of parser state, counted nowhere).
-    fn held_bytes(&self) -> usize {
-        self.input.len() + self.progress.held_bytes()
+    /// What this connection's unrun requests hold: the bytes read, what the parser keeps per
+    /// argument of the unfinished one (found from outside: a million empty arguments are 6 MB
+    /// on the wire and were 32 MB more of parser state, counted nowhere), and its transaction's
+    /// queue and watched keys.
+    fn held_bytes(&self, session: &Session) -> usize {
+        self.input.len() + self.progress.held_bytes() + session.tx.held_bytes()
     }
 
     /// Why this connection must stop now, if it must: `CLIENT KILL` (its own included), or
@@ -215,12 +221,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             if session.authenticated {
                 self.release_stranger_slot();
             }
-            self.note_buffer();
+            self.note_buffer(session);
             if self.buffer_evicted.is_cancelled() {
                 let _ = self.reply_and_close(Reply::err(BUFFER_EVICTED)).await;
                 return Closed::BufferEvicted;
             }
-            if self.held_bytes() > settings.max_query_buffer_bytes {
+            if self.held_bytes(session) > settings.max_query_buffer_bytes {
                 let _ = self.reply_and_close(Reply::err("Protocol error: query buffer limit reached")).await;
                 return Closed::QueryBufferFull;
             }
@@ -333,13 +339,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 }
                 Step::Run(args, index) => {
                     self.propose_run(session, &mut run).await?;
-                    // A kill ends a long command (KEYS over millions of keys, a WATCH of many)
-                    // at once; its walk stops when dropped (`crema::cache::keyspace::off_runtime`).
-                    let reply = tokio::select! {
-                        biased;
-                        reply = cmd::run(self.state, session, args, index) => reply,
-                        () = self.entry.kill.cancelled() => return Err(Closed::Killed),
-                    };
+                    let reply = self.run_command(session, args, index).await?;
                     self.answer(session, reply).await?;
                     if session.quit {
                         self.flush().await?;
@@ -348,6 +348,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                 }
             }
         }
+    }
+
+    /// Runs one request that is not a write. A kill ends a long command (KEYS over millions of
+    /// keys, a WATCH of many) at once; its walk stops when dropped
+    /// (`crema::cache::keyspace::off_runtime`). A command also ends when its client hangs up,
+    /// as Redis frees a blocked client: WAIT (for as long as its client asked, forever with a
+    /// timeout of 0) from the start, any other once it has run for [`HANG_UP_WATCH_AFTER`]
+    /// (found from outside: 50 WAITs whose clients had closed stayed connected, polling, for
+    /// good, counted against `maxclients`; abandoned KEYS queued for their turn to walk by the
+    /// thousand, holding 1.6 GB and making everyone's DBSIZE wait). What the client sends
+    /// meanwhile is kept for after it, up to the query buffer's limit.
+    async fn run_command(
+        &mut self,
+        session: &mut Session,
+        args: Vec<bytes::Bytes>,
+        index: Option<usize>,
+    ) -> Result<Reply, Closed> {
+        let blocks = index.is_some_and(|i| matches!(cmd::COMMANDS[i].kind, cmd::Kind::Wait));
+        let watch_from = if blocks { Instant::now() } else { Instant::now() + HANG_UP_WATCH_AFTER };
+        let limit = self.state.settings.max_query_buffer_bytes;
+        let (stream, input, kill) = (&mut *self.stream, &mut self.input, &self.entry.kill);
+        let (reply, read_meanwhile) = {
+            let mut read_meanwhile = false;
+            let command = cmd::run(self.state, session, args, index);
+            tokio::pin!(command);
+            loop {
+                tokio::select! {
+                    biased;
+                    reply = &mut command => break (reply, read_meanwhile),
+                    () = kill.cancelled() => return Err(Closed::Killed),
+                    read = async {
+                        tokio::time::sleep_until(watch_from).await;
+                        input.reserve(READ_CHUNK);
+                        stream.read_buf(input).await
+                    }, if input.len() < limit => match read {
+                        Ok(0) => return Err(Closed::ByClient),
+                        Ok(_) => read_meanwhile = true,
+                        Err(e) => return Err(Closed::Io(e)),
+                    },
+                }
+            }
+        };
+        // Requests that arrived while it ran come after it: no read barrier taken before
+        // covers them.
+        if read_meanwhile {
+            session.new_batch();
+        }
+        Ok(reply)
     }
 
     /// Proposes the gathered writes and writes every reply of the run in order.

@@ -176,6 +176,8 @@ pub struct ServerState {
     pub acl: Access,
     /// The query buffers of all clients together.
     pub buffers: buffers::QueryBuffers,
+    /// Where INFO's counters start (`CONFIG RESETSTAT`).
+    pub stats_baseline: crate::info::StatsBaseline,
 }
 
 impl LeaderAddr for ServerState {
@@ -221,6 +223,7 @@ impl RespServer {
             resp_addr,
             acl,
             buffers,
+            stats_baseline: Default::default(),
         };
         Ok(Self { state: Arc::new(state), listener })
     }

@@ -31,6 +31,25 @@ pub struct Shown {
     pub local_reads: bool,
     /// When the last batch of requests was run.
     pub active: Option<Instant>,
+    /// Its transaction.
+    pub multi: MultiFields,
+}
+
+/// `CLIENT LIST`'s `multi`, `multi-mem` and `tot-mem`.
+#[derive(Debug, Clone, Copy)]
+pub struct MultiFields {
+    /// Commands queued since MULTI; -1 outside MULTI.
+    pub queued: i64,
+    /// What they hold.
+    pub queued_bytes: usize,
+    /// What they and the watched keys hold.
+    pub held_bytes: usize,
+}
+
+impl Default for MultiFields {
+    fn default() -> Self {
+        Self { queued: -1, queued_bytes: 0, held_bytes: 0 }
+    }
 }
 
 /// One connected client.
@@ -73,6 +92,16 @@ impl ClientEntry {
         shown.resp = if session.protocol == crate::resp::Protocol::Resp3 { 3 } else { 2 };
         shown.local_reads = session.read_mode == crate::cmd::ReadMode::Local;
         shown.active = Some(Instant::now());
+        shown.multi = multi_fields(session);
+    }
+}
+
+/// `CLIENT LIST`'s `multi`, `multi-mem` and `tot-mem` of `session`.
+pub fn multi_fields(session: &Session) -> MultiFields {
+    MultiFields {
+        queued: session.tx.queued_count().map_or(-1, |n| n as i64),
+        queued_bytes: session.tx.queued_bytes(),
+        held_bytes: session.tx.held_bytes(),
     }
 }
 
