@@ -164,7 +164,9 @@ enum ClusterCommand {
         id: NodeId,
     },
     /// Start the placement moves that replace replicas of down nodes and even out the
-    /// replicas per node (with several shards).
+    /// replicas per node (with several shards). At most two shards move at once: run it again
+    /// until it starts none. A down node's meta-shard replica is replaced last, which removes
+    /// the node from the cluster (to come back it starts with --join and is added again).
     Rebalance {
         #[command(flatten)]
         admin: AdminTarget,

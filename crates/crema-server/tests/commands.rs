@@ -324,6 +324,15 @@ async fn connection_commands() {
     assert!(err(c, &["NOSUCHCMD", "a"])
         .await
         .contains("unknown command 'NOSUCHCMD', with args beginning with: 'a'"));
+    // Each argument is followed by one space, as Redis writes them; none, none.
+    let mut raw = tokio::net::TcpStream::connect(node.resp).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"NOSUCHCMD\r\nNOSUCHCMD a b\r\n").await.unwrap();
+    let expected: &[u8] = b"-ERR unknown command 'NOSUCHCMD', with args beginning with: \r\n\
+        -ERR unknown command 'NOSUCHCMD', with args beginning with: 'a' 'b' \r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&read_some(&mut raw, expected.len()).await),
+        String::from_utf8_lossy(expected)
+    );
     assert!(err(c, &["AUTH", "pw"]).await.contains("without any password configured"));
     assert!(err(c, &["GET"]).await.contains("wrong number of arguments for 'get' command"));
 }

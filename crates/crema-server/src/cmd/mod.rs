@@ -287,9 +287,10 @@ fn unknown_command(state: &ServerState, session: &Session, args: &[Bytes]) -> Re
         return CmdError::NoAuth.to_reply(state);
     }
     let name = args.first().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
-    let quoted: Vec<String> =
-        args.iter().skip(1).take(8).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
-    CmdError::Unknown { name, args: quoted.join(" ") + " " }.to_reply(state)
+    // Each argument followed by a space, as Redis writes them (no argument: nothing).
+    let quoted: String =
+        args.iter().skip(1).take(8).map(|a| format!("'{}' ", String::from_utf8_lossy(a))).collect();
+    CmdError::Unknown { name, args: quoted }.to_reply(state)
 }
 
 async fn dispatch(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {

@@ -15,7 +15,8 @@
 //! against `max_moves`, being one already):
 //! 1. **Repair.** Only a shard with a majority of its members alive can change (its leader
 //!    carries the move out); a member that is not alive is replaced by the live non-member holding the
-//!    fewest replicas (when `replace_dead`); a shard with fewer than `replica_factor` members
+//!    fewest replicas (when `replace_dead`; in the meta shard only once the map places that node
+//!    in no other shard); a shard with fewer than `replica_factor` members
 //!    gets one more; a shard with more loses its most loaded member.
 //! 2. **Balance.** On shards whose members are all alive: while the most loaded live node holds at least two replicas more than the
 //!    least loaded one, a replica moves from the first to the second. Each such move lowers the
@@ -29,6 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::multiraft::ShardState;
 use crate::types::{NodeId, ShardId};
+
+/// The meta shard: its group's members are the cluster's nodes.
+const META_SHARD: ShardId = 0;
 
 /// Where one shard's voting replicas are meant to live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +222,18 @@ pub fn plan(map: &ShardMap, live: &BTreeSet<NodeId>, policy: &PlacementPolicy) -
             return moves;
         }
         let dead = s.members.iter().copied().find(|m| !live.contains(m));
+        // The meta shard's replica of a dead node goes last: leaving the meta shard removes the
+        // node from the cluster (it must be added again to come back), and a node removed while
+        // the map still places it in other shards left those a replica short for good (found
+        // from outside: a rebalance moved shard 0 first, and the node, restarted, refused to
+        // start while 8 shards still counted it).
+        if s.shard_id == META_SHARD
+            && dead.is_some_and(|d| {
+                map.shards.iter().any(|o| o.shard_id != META_SHARD && o.members.contains(&d))
+            })
+        {
+            continue;
+        }
         let add = least_loaded(&loads, &s.members);
         let planned = match (dead, add) {
             (Some(dead), Some(add)) if policy.replace_dead => {

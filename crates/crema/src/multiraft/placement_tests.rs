@@ -86,6 +86,27 @@ fn a_dead_node_is_replaced_by_the_least_loaded_live_one() {
 }
 
 #[test]
+fn a_dead_nodes_meta_replica_is_replaced_only_after_its_others() {
+    let mut map = ShardMap::initial(16, &[1, 2, 3, 4, 5], 3);
+    assert!(map.shard(0).unwrap().members.contains(&1));
+    let alive = live(&[2, 3, 4, 5]);
+    // Two moves at a time, as `crema cluster rebalance` starts them.
+    let policy = PlacementPolicy { max_moves: 2, ..Default::default() };
+    for _ in 0..100 {
+        let moves = plan(&map, &alive, &policy);
+        if moves.is_empty() {
+            break;
+        }
+        for m in moves.iter().filter(|m| m.shard_id == 0 && m.remove == Some(1)) {
+            let elsewhere = map.shards_of(1);
+            assert_eq!(elsewhere, vec![0], "node 1 left the meta shard while placed in {elsewhere:?}: {m:?}");
+        }
+        settle(&mut map, &moves);
+    }
+    assert!(map.shards_of(1).is_empty(), "node 1 still placed: {map:?}");
+}
+
+#[test]
 fn a_shard_without_a_majority_alive_is_left_alone() {
     let map = ShardMap::initial(3, &[1, 2, 3], 3);
     assert!(
