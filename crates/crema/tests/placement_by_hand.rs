@@ -232,3 +232,42 @@ async fn a_removed_first_member_started_again_says_it_was_removed() {
         node.shutdown().await;
     }
 }
+
+/// Found from outside: once a node had been added (a learner of the meta shard), a memory node
+/// restarted with the new node among its peers, as an operator lists it, built the bootstrap
+/// log of the members as they are now, which the leader's log (the first members, the new one
+/// added later) contradicts: its meta replica declared itself diverged and served nothing, for
+/// good, and a second such restart cost the meta shard its quorum. It catches up now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_node_restarted_after_a_node_was_added_catches_up() {
+    common::init_tracing();
+    let mut bound = common::bind(4);
+    let (listener, addr4) = bound.pop().unwrap();
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let mut nodes = start_sharded(bound, &addrs).await;
+    let fourth = joining_fourth(listener, addr4, &addrs).await;
+    let meta_leader = nodes.iter().find(|n| n.shard_leader(0) == Some(n.node_id())).expect("a meta leader");
+    meta_leader.add_peer(4, addr4).await.unwrap();
+    wait_until(Duration::from_secs(20), "node 4 has the map", || async { !fourth.shard_map().is_empty() })
+        .await;
+    nodes[0].put(Bytes::from("before"), "restart").await.unwrap();
+
+    // Node 1 restarts (memory: it keeps nothing), its peers now including node 4.
+    let restarted = nodes.remove(0);
+    restarted.shutdown().await;
+    let all = [&addrs[..], &[addr4]].concat();
+    let listener = std::net::TcpListener::bind(addrs[0]).expect("rebind node 1's address");
+    let again = DistributedCache::new_with_listener(sharded(common::node_config(1, &all)), listener).await;
+    let again = again.expect("node 1 starts again");
+    wait_until(Duration::from_secs(20), "node 1 caught up", || async {
+        let raft = again.raft_figures();
+        !raft.recovering && raft.diverged_shard.is_none() && again.shard_leader(0).is_some()
+    })
+    .await;
+    assert_eq!(again.raft_figures().diverged_shard, None);
+    assert_eq!(again.consistent_get(b"before").await.unwrap(), Some(Bytes::from("restart")));
+    again.put(Bytes::from("after"), "ok").await.unwrap();
+    for node in nodes.iter().chain([&again, &fourth]) {
+        node.shutdown().await;
+    }
+}

@@ -327,15 +327,18 @@ type NodeDbHandle = std::convert::Infallible;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Begin {
     /// With the bootstrap entries of the group's first members (`conf`): a first start, or a
-    /// memory node's replica of a group whose members never changed. `replays_removals`: the
+    /// memory node's replica of a data shard still at its first placement (the agreed map
+    /// says so; the meta shard's members, learners included, are not in the map, so a
+    /// restarted meta replica of a running cluster always begins `Empty`). `replays_removals`: the
     /// replica starts without the log it had here, so the log it is sent may hold the removal
     /// of an earlier replica of this node, which it replays instead of obeying
     /// (`GroupSettings::fresh`).
     Bootstrap { replays_removals: bool },
     /// Empty, its configuration learned from the log it is sent (from its start, or a
     /// snapshot), replaying removals: a replica placement adds (empty `conf`), or a memory
-    /// node's replica of a running group whose members changed since its first ones, which
-    /// recovers before it votes counting `conf`'s voters. The first members' bootstrap entries
+    /// node's replica of a running group whose members may have changed since its first ones
+    /// (a moved data shard, the meta shard), which recovers before it votes counting `conf`'s
+    /// voters. The first members' bootstrap entries
     /// would not do there (they are the group's first entries only while its members never
     /// changed, and a different prefix, committed, contradicts the leader's log for good), nor
     /// would `conf` over an empty log (the log's changes replayed over it do not end where the

@@ -176,20 +176,19 @@ impl DistributedCache {
             };
             let started = match &meta_now {
                 Some((voters, learners)) if id == META_SHARD => {
-                    // As the first members when they never changed (their bootstrap log);
-                    // else empty, recovering with the group's voters, or for the leader to
-                    // add when the group no longer counts this node (see `replica::Begin`).
+                    // Empty, its log sent by the leader, recovering with the group's voters, or
+                    // for the leader to add when the group no longer counts this node (see
+                    // `replica::Begin`). Never the bootstrap log of the members as they are now:
+                    // this node cannot know they are the group's first (found from outside:
+                    // after a node was added, a node restarted with the new one among its
+                    // peers built the bootstrap of all of them, which the leader's log, that
+                    // added the new one later, contradicts; the replica declared itself
+                    // diverged and served nothing, and a second such restart cost the meta
+                    // shard its quorum).
                     let me = config.node_id;
-                    let now = (voters.clone(), learners.clone());
-                    let first = config.initial_conf(id).is_some_and(|first| first == now);
                     let counted = voters.contains(&me) || learners.contains(&me);
-                    let conf = if counted { now } else { Default::default() };
-                    let begin = if first {
-                        super::replica::Begin::Bootstrap { replays_removals: true }
-                    } else {
-                        super::replica::Begin::Empty
-                    };
-                    replicas.start_replaying(id, &conf, begin)?
+                    let conf = if counted { (voters.clone(), learners.clone()) } else { Default::default() };
+                    replicas.start_replaying(id, &conf, super::replica::Begin::Empty)?
                 }
                 _ => replicas.start(id, &conf)?,
             };
