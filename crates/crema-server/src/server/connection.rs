@@ -57,6 +57,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// client that only shut down its sending side still gets the answers of those that do.
 const HANG_UP_WATCH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The most a connection reads while one of its commands runs (see `Connection::run_command`).
+const HANG_UP_READ_BYTES: usize = 64 * 1024;
+
 const BUFFER_EVICTED: &str =
     "client evicted: the query buffers of all clients passed max-total-query-buffer-bytes, and this one was among the largest";
 
@@ -358,7 +361,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// (found from outside: 50 WAITs whose clients had closed stayed connected, polling, for
     /// good, counted against `maxclients`; abandoned KEYS queued for their turn to walk by the
     /// thousand, holding 1.6 GB and making everyone's DBSIZE wait). What the client sends
-    /// meanwhile is kept for after it, up to the query buffer's limit.
+    /// meanwhile is kept for after it, up to `HANG_UP_READ_BYTES` (then it waits in the
+    /// socket, as before).
     async fn run_command(
         &mut self,
         session: &mut Session,
@@ -367,7 +371,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     ) -> Result<Reply, Closed> {
         let blocks = index.is_some_and(|i| matches!(cmd::COMMANDS[i].kind, cmd::Kind::Wait));
         let watch_from = if blocks { Instant::now() } else { Instant::now() + HANG_UP_WATCH_AFTER };
-        let limit = self.state.settings.max_query_buffer_bytes;
+        // Enough to hear a hang-up, and no more: a client whose command waits cannot grow its
+        // buffer past what it held plus this (the node-wide cap is looked at between commands).
+        let limit = (self.input.len() + HANG_UP_READ_BYTES).min(self.state.settings.max_query_buffer_bytes);
         let (stream, input, kill) = (&mut *self.stream, &mut self.input, &self.entry.kill);
         let (reply, read_meanwhile) = {
             let mut read_meanwhile = false;
