@@ -93,7 +93,7 @@ impl<S: LogStore> Group<S> {
         let voters = self.voters();
         let Some(recovery) = self.recovery.as_mut() else { return };
         let Some(floor) = recovery.floor_if_ready(&voters) else { return };
-        let restarted = recovery.recovering_peers(&voters);
+        let lost = recovery.history_lost(&voters, &floor);
         let me = self.settings.node_id;
         let raft = &mut self.raw.raft;
         // Read the clock once: two readings may fall on both sides of a second.
@@ -105,15 +105,11 @@ impl<S: LogStore> Group<S> {
             raft.vote = me;
         }
         let shard = self.shared.shard;
-        let quorum = voters.len() / 2 + 1;
-        if restarted.len() + 1 >= quorum
-            && floor.last_index > 0
-            && floor.term > crate::consensus::storage::BOOTSTRAP_TERM
-        {
+        if let Some(restarted) = lost {
             error!(
                 shard,
                 restarted = ?restarted,
-                "a majority of the voters restarted with memory storage at once: writes that only they held are lost; \
+                "a majority of the voters lost their Raft state at once (restarted with memory storage, or on empty data dirs): writes that only they held are lost; \
                  the group goes on from the state of the others. If none of the others holds the data, restart the \
                  survivors with --force-new-cluster (docs/reliability.md, \"Restarting a memory node\")"
             );
