@@ -271,3 +271,76 @@ async fn a_memory_node_restarted_after_a_node_was_added_catches_up() {
         node.shutdown().await;
     }
 }
+
+/// Found from outside: every member of a shard that had moved (so not at its first placement)
+/// restarted at once with memory storage: none of them could learn the group's members (no
+/// leader, no holder), so the shard never started again; and since the restarted nodes asked
+/// about their shards one after another, each look stopped at that shard, and the shards after
+/// it, whose other members were up, never started either: those lost their quorum for good,
+/// and no node was ready again. The shard now starts over, empty, with the members the map
+/// names (its data is lost: memory storage, every replica gone), and the others at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_shard_whose_members_all_restarted_starts_again_and_holds_back_no_other() {
+    common::init_tracing();
+    let bound = common::bind(5);
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let mut nodes: Vec<Option<DistributedCache>> =
+        start_sharded(bound, &addrs).await.into_iter().map(Some).collect();
+    // A move that leaves at most one of the meta shard's voters (the first three nodes) among
+    // the shard's members, so that restarting them all keeps the meta shard's quorum.
+    let meta_voters = nodes[0].as_ref().unwrap().voters().await.unwrap();
+    let map = nodes[0].as_ref().unwrap().shard_map();
+    let mut moves = Vec::new();
+    for p in map.shards().iter().filter(|p| p.shard_id != 0) {
+        for from in &p.members {
+            for to in (1..=5u64).filter(|to| !p.members.contains(to)) {
+                let after = p.members.iter().filter(|m| *m != from).chain([&to]);
+                if after.filter(|m| meta_voters.contains(m)).count() <= 1 {
+                    moves.push((p.shard_id, *from, to));
+                }
+            }
+        }
+    }
+    let (shard, from, to) = *moves.first().expect("a move that keeps the meta quorum");
+    let first = nodes[0].as_ref().unwrap();
+    first.move_shard(shard, from, to).await.unwrap();
+    wait_until(Duration::from_secs(30), "the move settles", || async {
+        first
+            .shard_map()
+            .shard(shard)
+            .is_some_and(|p| p.state == crema::ShardState::Active && p.members.contains(&to))
+    })
+    .await;
+    let members = first.shard_map().shard(shard).unwrap().members.clone();
+    let key = (0..).map(|i| Bytes::from(format!("k{i}"))).find(|k| first.router().shard_for_key(k) == shard);
+    first.put(key.unwrap(), "lost with its replicas").await.unwrap();
+
+    // Every member of the moved shard stops (memory: nothing kept), then all start again.
+    for id in &members {
+        nodes[*id as usize - 1].take().unwrap().shutdown().await;
+    }
+    for id in &members {
+        let listener = std::net::TcpListener::bind(addrs[*id as usize - 1]).expect("rebind");
+        let again = DistributedCache::new_with_listener(sharded(common::node_config(*id, &addrs)), listener);
+        nodes[*id as usize - 1] = Some(again.await.expect("starts again"));
+    }
+    let all: Vec<&DistributedCache> = nodes.iter().map(|n| n.as_ref().unwrap()).collect();
+    wait_until(Duration::from_secs(60), "every node holds its shards, every shard led", || async {
+        let map = all[0].shard_map();
+        map.shards().iter().all(|p| {
+            p.members.iter().all(|m| all[*m as usize - 1].holds_shard(p.shard_id))
+                && p.members.iter().all(|m| all[*m as usize - 1].shard_leader(p.shard_id).is_some())
+        })
+    })
+    .await;
+    // Every shard takes writes again, the one that lost every replica too.
+    for s in 0..SHARDS {
+        let key = (0..).map(|i| Bytes::from(format!("w{i}"))).find(|k| all[0].router().shard_for_key(k) == s);
+        let key = key.unwrap();
+        all[0].put(key.clone(), "after").await.unwrap();
+        assert_eq!(all[0].consistent_get(&key).await.unwrap(), Some(Bytes::from("after")), "shard {s}");
+    }
+    for node in all {
+        node.shutdown().await;
+    }
+}

@@ -37,7 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use raft::eraftpb::ConfChangeType;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 mod leader;
 
@@ -49,7 +49,7 @@ use crate::consensus::command::{CacheCommand, StampedCommand};
 use crate::consensus::group::GroupHandle;
 use crate::consensus::ApplyOutput;
 use crate::discovery::{ClusterDiscovery, NodeHealth, PeerManagementConfig};
-use crate::multiraft::{PlacementChange, ShardMap, ShardMapStore, ShardState};
+use crate::multiraft::{PlacementChange, ShardMap, ShardMapStore, ShardPlacement, ShardState};
 use crate::transport::envelope::{RemoteAnswer, RemoteRead};
 use crate::types::{NodeId, ShardId};
 
@@ -207,9 +207,8 @@ impl Placement {
     /// Starts and retires this node's replicas as the map says (see the module docs).
     async fn follow(&self, map: &ShardMap) {
         let table = &self.replicas.table;
-        // The map as the meta shard has it now, read once a replica is to start, and whether a
-        // read or an ask of this look found no answer (see `start_replica`).
-        let mut current = None;
+        let mut to_start = Vec::new();
+        // Whether an ask of this look about a removal found no answer (see `confirm_removal`).
         let mut unanswered = false;
         for placement in map.shards().iter().filter(|p| p.shard_id != META_SHARD) {
             let shard = placement.shard_id;
@@ -217,7 +216,7 @@ impl Placement {
             // The leader of a move this replica missed is heard (`admit::check_against_log`).
             table.with(shard, |held| held.group.shared.set_map_members(&placement.members));
             match table.get(shard) {
-                None if member => self.start_replica(shard, &mut current, &mut unanswered).await,
+                None if member => to_start.push(shard),
                 None => {}
                 // Only a replica that applied its own removal is retired: raft ids are node
                 // ids, so a replica replaced while its group still counts this node (this
@@ -232,6 +231,9 @@ impl Placement {
                 }
                 Some(_) => {}
             }
+        }
+        if !to_start.is_empty() {
+            self.start_replicas(&to_start).await;
         }
     }
 
@@ -254,65 +256,88 @@ impl Placement {
         }
     }
 
-    /// Starts this node's replica of `shard`, which the map gives it and it does not hold:
+    /// Starts this node's replicas of `shards`, which the map gives it and it does not hold:
     /// empty, for the shard's leader to add (a move to this node), or, on a memory node, as
     /// the member its group may already count (this node restarted: see `cache::start`), with
     /// the group's members, to recover before it votes (`consensus::recovery`).
     ///
-    /// A memory node waits for answers (a read-index round, a holder's), each up to the request
-    /// timeout: after one that did not come (`unanswered`), the others wait for the next look,
-    /// so the look (and the meta shard's leader's planning in it) goes on.
-    async fn start_replica(
-        &self,
-        shard: ShardId,
-        current: &mut Option<Option<ShardMap>>,
-        unanswered: &mut bool,
-    ) {
-        let started = if !self.starts_members {
-            self.replicas.join(shard)
-        } else {
-            if *unanswered {
-                return;
-            }
-            // The map read may be one the meta replica is still replaying (a restarted node
-            // goes through the first map on its way): read it again once the replica applied
-            // what the meta shard had committed.
-            if current.is_none() {
-                *current = Some(self.current_map().await);
-            }
-            let Some(Some(map)) = current.as_ref() else {
-                *unanswered = true;
-                return;
-            };
-            let Some(placement) = map.shard(shard).filter(|p| p.members.contains(&self.node_id)) else {
-                return;
-            };
-            if self.initial.as_ref().and_then(|first| first.shard(shard)) == Some(placement) {
-                // Unchanged since the first map (same epoch): so are its group's members.
-                self.replicas.rejoin(shard, &(placement.members.clone(), Vec::new()), true)
-            } else {
-                // As its leader has them; else (no leader: the restart of a member may be what
-                // it waits for) as a holder has applied them.
-                let members = match self.members_of(shard, true).await {
-                    Some(members) => Some(members),
-                    None => self.members_of(shard, false).await,
-                };
-                match members {
-                    Some(conf) if conf.0.contains(&self.node_id) || conf.1.contains(&self.node_id) => {
-                        self.replicas.rejoin(shard, &conf, false)
-                    }
-                    // Not counted yet: a move to this node, whose leader adds it once it is here.
-                    Some(_) => self.replicas.join(shard),
-                    None => {
-                        *unanswered = true; // No holder answered: next look.
-                        return;
-                    }
+    /// A memory node asks about each shard (a read-index round, a holder's), each ask up to the
+    /// request timeout, all shards at once: found from outside, asked one after another, a
+    /// shard no member answered for (all of them restarted) held back, look after look, every
+    /// shard after it, and shards whose other members were up never started, for good.
+    async fn start_replicas(&self, shards: &[ShardId]) {
+        if !self.starts_members {
+            for &shard in shards {
+                if let Err(e) = self.replicas.join(shard) {
+                    warn!(shard, error = %e, "a replica the shard map gives this node did not start");
                 }
+            }
+            return;
+        }
+        // The map read may be one the meta replica is still replaying (a restarted node goes
+        // through the first map on its way): read it again once the replica applied what the
+        // meta shard had committed.
+        let Some(map) = self.current_map().await else { return };
+        let starts = shards.iter().filter_map(|&shard| {
+            let placement = map.shard(shard).filter(|p| p.members.contains(&self.node_id))?;
+            Some(self.start_member(shard, placement))
+        });
+        futures_util::future::join_all(starts).await;
+    }
+
+    /// Starts this memory node's replica of `shard`, a member in the map (see
+    /// `start_replicas`); when nobody answered, the next look tries again.
+    async fn start_member(&self, shard: ShardId, placement: &ShardPlacement) {
+        let first_members = (placement.members.clone(), Vec::new());
+        let started = if self.initial.as_ref().and_then(|first| first.shard(shard)) == Some(placement) {
+            // Unchanged since the first map (same epoch): so are its group's members.
+            self.replicas.rejoin(shard, &first_members, true)
+        } else {
+            // As its leader has them; else (no leader: the restart of a member may be what it
+            // waits for) as a holder has applied them.
+            let members = match self.members_of(shard, true).await {
+                Some(members) => Some(members),
+                None => self.members_of(shard, false).await,
+            };
+            match members {
+                Some(conf) if conf.0.contains(&self.node_id) || conf.1.contains(&self.node_id) => {
+                    self.replicas.rejoin(shard, &conf, false)
+                }
+                // Not counted yet: a move to this node, whose leader adds it once it is here.
+                Some(_) => self.replicas.join(shard),
+                // Every member lost its replica (their memory nodes restarted at once): the
+                // group starts over from the members the map names, as a first start does.
+                // Only once its move settled: the group's voters were the map's members then,
+                // while a moving group may count a node the map no longer names.
+                None if placement.state == ShardState::Active
+                    && self.no_member_holds(shard, &placement.members).await =>
+                {
+                    error!(
+                        shard,
+                        members = ?placement.members,
+                        "none of the shard's members holds a replica of it (they restarted with memory storage \
+                         at once): it starts again empty with them; what it held is lost"
+                    );
+                    self.replicas.rejoin(shard, &first_members, true)
+                }
+                None => return, // No holder answered: next look.
             }
         };
         if let Err(e) = started {
             warn!(shard, error = %e, "a replica the shard map gives this node did not start");
         }
+    }
+
+    /// Whether every other member of `shard` in `members` answered that it holds no replica of
+    /// it (a member that is down, or holds one, keeps this node waiting).
+    async fn no_member_holds(&self, shard: ShardId, members: &[NodeId]) -> bool {
+        let asks = members.iter().filter(|id| **id != self.node_id).map(|&id| async move {
+            let only = super::remote::Targets::only(id);
+            let answer =
+                self.asker().ask(only, shard, RemoteRead::Replica { not_member: false }, false).await;
+            matches!(answer, Ok(RemoteAnswer::Replica { held: false, .. }))
+        });
+        futures_util::future::join_all(asks).await.into_iter().all(|empty| empty)
     }
 
     /// The map as the meta shard has it now: read after a read-index round of the meta shard
