@@ -339,3 +339,55 @@ async fn announced_strangers_get_a_bounded_number_of_links() {
     assert_eq!(node.consistent_get(b"still").await.unwrap().as_deref(), Some(&b"serving"[..]));
     node.shutdown().await;
 }
+
+/// Found from outside: the first node of a gossip cluster (no peer, no seed: it founded the
+/// cluster), started again with its first configuration and memory storage, founded a second
+/// cluster beside the running one; its one-voter meta shard led the running nodes' replicas
+/// into another history, they declared themselves diverged, and nothing healed. It listens to
+/// gossip before founding one now, and rejoins the cluster that counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_node_started_again_alone_rejoins_its_cluster() {
+    let (listener, addr) = bind(1).pop().unwrap();
+    let gossip_at = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let first_config = || {
+        let gossip = MemberlistConfig {
+            enabled: true,
+            bind_addr: Some(gossip_at),
+            advertise_addr: None,
+            seed_addrs: Vec::new(),
+            node_name: Some("node-1".into()),
+            peer_management: ALL,
+        };
+        CacheConfig::new(1, addr)
+            .with_raft_config(fast_raft())
+            .with_cluster_discovery(MemberlistDiscovery::new(1, addr, &gossip, &[]))
+    };
+    let first = DistributedCache::new_with_listener(first_config(), listener).await.unwrap();
+    first.wait_for_leader(Duration::from_secs(10)).await.expect("the first node leads");
+    let second = node(2, true, vec![gossip_at], LINKS, None).await;
+    let third = node(3, true, vec![gossip_at], LINKS, None).await;
+    wait_until(Duration::from_secs(30), "nodes 2 and 3 become voters", || async {
+        voters(&first).await == vec![1, 2, 3]
+    })
+    .await;
+    first.put("k", "v").await.unwrap();
+    first.shutdown().await;
+
+    let listener = std::net::TcpListener::bind(addr).expect("rebind node 1's address");
+    let again = DistributedCache::new_with_listener(first_config(), listener).await.unwrap();
+    wait_until(Duration::from_secs(30), "node 1 follows the running cluster", || async {
+        let raft = again.raft_figures();
+        !raft.recovering && again.shard_leader(0).is_some_and(|l| l != 1)
+    })
+    .await;
+    assert_eq!(again.consistent_get(b"k").await.unwrap(), Some(Bytes::from("v")));
+    assert_eq!(voters(&second).await, vec![1, 2, 3]);
+    for node in [&second, &third, &again] {
+        assert_eq!(node.raft_figures().diverged_shard, None, "node {}", node.node_id());
+    }
+    second.put("after", "1").await.unwrap();
+    assert_eq!(again.consistent_get(b"after").await.unwrap(), Some(Bytes::from("1")));
+    for node in [second, third, again] {
+        node.shutdown().await;
+    }
+}

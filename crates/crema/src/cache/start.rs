@@ -115,18 +115,32 @@ impl DistributedCache {
         // quorum answers (`consensus::recovery`).
         let stored = replicas.stored_shards()?;
         let memory = config.raft_storage == crate::config::RaftStorageType::Memory;
+        let stateless = (memory || stored.is_none()) && !config.force_new_cluster;
+        // The first node of a gossip cluster has no peer to ask: started again with its first
+        // command line, it would found a second cluster beside the running one (found from
+        // outside: its one-voter meta shard led the running nodes' replicas into another
+        // history, they declared themselves diverged, and shard 0 served nothing, for good).
+        // It listens to gossip first; the running cluster's nodes announce themselves to it.
+        let gossip_peers = if stateless && config.seed_nodes.is_empty() && !config.join {
+            gossip_peers(&config).await
+        } else {
+            Vec::new()
+        };
+        for (id, addr) in &gossip_peers {
+            transport.add_peer(*id, Some(*addr));
+        }
         // So does a node started with `--join` (one shard or many): the cluster may count it
         // already, added before this start, and then it recovers as a member instead of
         // waiting, empty, to be added.
-        let asks = (memory || stored.is_none())
-            && !config.force_new_cluster
-            && (router.num_shards() > 1 || config.join);
+        let asks = stateless && (router.num_shards() > 1 || config.join || !gossip_peers.is_empty());
         // Where the meta shard stands now, asked of the running cluster (`cache::meta_conf`):
         // the transport opens first, with no replica yet, for the answers to arrive.
         let meta_now = if asks {
             dispatcher.attach(table.clone());
             transport.open();
-            super::meta_conf::meta_members_now(&config, &transport, &dispatcher).await
+            let mut asking = config.clone();
+            asking.seed_nodes.extend(gossip_peers.iter().copied());
+            super::meta_conf::meta_members_now(&asking, &transport, &dispatcher).await
         } else {
             None
         };
@@ -319,5 +333,30 @@ impl DistributedCache {
             group_tasks: tasks,
             shut_down: AtomicBool::new(false),
         })
+    }
+}
+
+/// The nodes gossip reports alive within [`LISTEN_BEFORE_FOUNDING`] (none without gossip), with
+/// their peer addresses: with them, a node that has no peer to ask learns whether a cluster
+/// that counts it runs.
+///
+/// [`LISTEN_BEFORE_FOUNDING`]: crate::discovery::memberlist::LISTEN_BEFORE_FOUNDING
+async fn gossip_peers(config: &CacheConfig) -> Vec<(NodeId, std::net::SocketAddr)> {
+    let Some(discovery) = config.cluster_discovery.as_ref().filter(|d| d.kind() == "memberlist") else {
+        return Vec::new();
+    };
+    let deadline = tokio::time::Instant::now() + crate::discovery::memberlist::LISTEN_BEFORE_FOUNDING;
+    loop {
+        let alive: Vec<_> = (discovery.nodes().into_iter())
+            .filter(|n| n.node_id != config.node_id && n.health == crate::discovery::NodeHealth::Alive)
+            .map(|n| (n.node_id, n.raft_addr))
+            .collect();
+        if !alive.is_empty() || tokio::time::Instant::now() >= deadline {
+            if !alive.is_empty() {
+                info!(peers = ?alive, "gossip reports running nodes: asking them before founding a cluster");
+            }
+            return alive;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

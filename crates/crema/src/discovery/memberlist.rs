@@ -51,6 +51,10 @@ const MAX_PACKET: usize = 1400;
 const REANNOUNCE: Duration = Duration::from_secs(2);
 /// How often a node announces itself to members it holds down (three of them).
 const ANNOUNCE_TO_DOWN_EVERY: Duration = Duration::from_secs(2);
+/// How long a gossip node with no peer to ask listens before it founds a cluster (see
+/// `cache::start`): the running cluster's nodes announce themselves to it within two rounds of
+/// [`ANNOUNCE_TO_DOWN_EVERY`], or sooner while they still probe it.
+pub(crate) const LISTEN_BEFORE_FOUNDING: Duration = Duration::from_secs(5);
 /// How many gossip messages of each member carry one membership update (a node down, a node
 /// leaving). foca derives it from the cluster size given, which a node started with one seed
 /// address cannot know (it says three): two copies per member, of which a leave's own three
