@@ -190,7 +190,7 @@ pub struct ServeArgs {
     /// A started request must complete within this many ms [default: 30000].
     #[arg(long, env = "CREMA_SLOW_REQUEST_TIMEOUT_MS")]
     pub slow_request_timeout_ms: Option<u64>,
-    /// A client must take its replies within this many ms [default: 30000].
+    /// A client whose replies wait must take some of them every this many ms [default: 30000].
     #[arg(long, env = "CREMA_WRITE_TIMEOUT_MS")]
     pub write_timeout_ms: Option<u64>,
     /// Where the Raft log lives: memory, or rocksdb (durable; needs --data-dir and a build with

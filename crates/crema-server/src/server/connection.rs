@@ -4,8 +4,8 @@
 //! writes all their replies with one write. Limits are enforced here: the request parser refuses
 //! oversized lengths before buffering them, the unparsed bytes are capped, a request must
 //! complete within `request_timeout` (slow-drip clients), replies are flushed once
-//! `max_output_buffer_bytes` are pending and must be taken within `write_timeout` (clients that
-//! never read), and an idle connection closes after `idle_timeout` when set.
+//! `max_output_buffer_bytes` are pending, and some of them must be taken every `write_timeout`
+//! (clients that never read), and an idle connection closes after `idle_timeout` when set.
 
 use std::net::SocketAddr;
 
@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{ServerState, MAX_AUTH_FAILURES};
 use crate::cmd::write::PreparedWrite;
@@ -60,6 +60,9 @@ const HANG_UP_WATCH_AFTER: std::time::Duration = std::time::Duration::from_secs(
 /// The most a connection reads while one of its commands runs (see `Connection::run_command`).
 const HANG_UP_READ_BYTES: usize = 64 * 1024;
 
+/// How long replies may wait untaken once the query buffer is full (see `Connection::flush`).
+const PIPELINE_STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
 const BUFFER_EVICTED: &str =
     "client evicted: the query buffers of all clients passed max-total-query-buffer-bytes, and this one was among the largest";
 
@@ -73,6 +76,8 @@ enum Closed {
     Idle,
     SlowRequest,
     SlowReader,
+    /// The query buffer filled while the replies waited: see `Connection::flush`.
+    PipelineStalled,
     Protocol(String),
     QueryBufferFull,
     AuthFailures,
@@ -438,11 +443,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         Ok(())
     }
 
-    /// Writes the pending replies, within `write_timeout`. While the client does not take
-    /// them, its next requests are read on (up to the query buffer's limit), not run: found
-    /// from outside, a client that pipelines large requests with large replies (redis-py sends
-    /// a whole pipeline before it reads) and a server that stopped reading while its replies
-    /// waited each waited for the other, until the write timeout closed the connection.
+    /// Writes the pending replies; the client must take some of them at least every
+    /// `write_timeout` (a slow reader that keeps reading is served: found from outside, one
+    /// reading 95 KB/s was cut off 73 s into an 8 MB reply, the timeout counting from the
+    /// start). While the client does not take them, its next requests are read on (up to the
+    /// query buffer's limit), not run: found from outside, a client that pipelines large
+    /// requests with large replies (redis-py sends a whole pipeline before it reads) and a
+    /// server that stopped reading while its replies waited each waited for the other, until
+    /// the write timeout closed the connection. A client that sends more than the query
+    /// buffer holds before it reads waits for a server that cannot read on: once the buffer is
+    /// full and nothing was taken for [`PIPELINE_STALL`], the connection closes (found from
+    /// outside: hiredis and redis-rb pipelines of 96 MB stalled 30 s and were reset, silently).
     async fn flush(&mut self) -> Result<(), Closed> {
         if self.output.is_empty() {
             return Ok(());
@@ -455,7 +466,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             }
         }
         let settings = &self.state.settings;
-        let deadline = Instant::now() + settings.write_timeout;
+        let mut deadline = Instant::now() + settings.write_timeout;
         let (mut reader, mut writer) = tokio::io::split(&mut *self.stream);
         let (mut out, mut reading) = (&self.output[..], true);
         let (kill, stop) = (self.entry.kill.clone(), self.shutdown.clone());
@@ -468,13 +479,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             if room {
                 self.input.reserve(READ_CHUNK);
             }
+            // The buffer is full and the client still sends: it reads nothing until it is done.
+            let stalled = reading && !room;
+            let wait_until = if stalled { deadline.min(Instant::now() + PIPELINE_STALL) } else { deadline };
             tokio::select! {
                 biased;
                 () = &mut killed => return Err(Closed::Killed),
                 () = &mut shutdown => return Err(Closed::Shutdown),
                 written = writer.write(out) => match written {
                     Ok(0) => return Err(Closed::Io(std::io::ErrorKind::WriteZero.into())),
-                    Ok(n) => out = &out[n..],
+                    Ok(n) => {
+                        out = &out[n..];
+                        deadline = Instant::now() + settings.write_timeout;
+                    }
                     Err(e) => return Err(Closed::Io(e)),
                 },
                 read = reader.read_buf(&mut self.input), if room => match read {
@@ -492,7 +509,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                     }
                     Err(e) => return Err(Closed::Io(e)),
                 },
-                _ = tokio::time::sleep_until(deadline) => return Err(Closed::SlowReader),
+                _ = tokio::time::sleep_until(wait_until) => {
+                    if stalled && wait_until < deadline {
+                        let (held, addr) = (self.input.len() + parser_bytes, self.entry.addr);
+                        info!(
+                            %addr,
+                            held,
+                            "client closed: it sent more requests than its query buffer holds \
+                             (max-query-buffer-bytes) without reading their replies"
+                        );
+                        return Err(Closed::PipelineStalled);
+                    }
+                    return Err(Closed::SlowReader);
+                }
             }
         }
         match tokio::time::timeout_at(deadline, writer.flush()).await {

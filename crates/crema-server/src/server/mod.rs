@@ -45,7 +45,8 @@ pub struct RespSettings {
     pub idle_timeout: Duration,
     /// A request that started arriving must be complete within this (slow clients are closed).
     pub request_timeout: Duration,
-    /// A reply must be taken by the client within this, or the connection is closed.
+    /// While replies wait, the client must take some of them within this, or the connection
+    /// is closed.
     pub write_timeout: Duration,
     /// The password of the `default` user while the cluster has no ACL record of it; none: no
     /// password (see `crate::acl`).

@@ -335,3 +335,54 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub fn nothing_written(e: &redis::RedisError) -> bool {
     matches!(e.code(), Some("NOTLEADER" | "CLUSTERDOWN" | "TRYAGAIN"))
 }
+
+/// Resident memory of a process, in MiB (Linux).
+pub fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// A well-behaved client still gets answers.
+pub async fn still_serves(node: &Node) {
+    use redis::AsyncCommands as _;
+    let mut c = client(node.resp).await;
+    let _: () = c.set("canary", "alive").await.unwrap();
+    let got: String = c.get("canary").await.unwrap();
+    assert_eq!(got, "alive");
+}
+
+/// Waits until `INFO clients` (asked on a new connection, which counts) reports `n` clients.
+pub async fn wait_for_clients(node: &Node, n: usize, what: &str) {
+    let expected = format!("connected_clients:{n}\r");
+    wait_until(Duration::from_secs(10), what, || {
+        let (addr, expected) = (node.resp, expected.clone());
+        async move {
+            let mut c = client(addr).await;
+            let info: String = redis::cmd("INFO").arg("clients").query_async(&mut c).await.unwrap();
+            info.contains(&expected)
+        }
+    })
+    .await;
+}
+
+/// The next `n` replies on `stream`, each whole (error lines and bulk strings only).
+pub async fn read_replies(stream: &mut TcpStream, n: usize) -> Vec<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut replies = Vec::new();
+    while replies.len() < n {
+        let complete = buf.windows(2).position(|w| w == b"\r\n").and_then(|line_end| match buf[0] {
+            b'$' => {
+                let len: i64 = std::str::from_utf8(&buf[1..line_end]).ok()?.parse().ok()?;
+                let end = if len < 0 { line_end + 2 } else { line_end + 2 + len as usize + 2 };
+                (buf.len() >= end).then_some(end)
+            }
+            _ => Some(line_end + 2),
+        });
+        match complete {
+            Some(end) => replies.push(buf.drain(..end).collect()),
+            None => buf.extend(read_some(stream, 1).await),
+        }
+    }
+    replies
+}

@@ -1,0 +1,129 @@
+//! Clients that do not read their replies, or read them slowly, against a real `crema serve`:
+//! one that never reads is dropped with bounded memory; one that reads slowly but steadily is
+//! served whole; one that sends a whole pipeline before it reads is answered whole while the
+//! pipeline fits its query buffer, and closed at once when it does not.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::AsyncCommands;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A connection whose socket buffers are small, so that a large reply waits in the server
+/// and a large pipeline waits in the client.
+async fn narrow_connection(addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.set_send_buffer_size(64 * 1024).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_dropped_with_bounded_memory() {
+    let node = start(&["--write-timeout-ms", "500", "--max-output-buffer-bytes", "1048576"]);
+    let mut c = client(node.resp).await;
+    let _: () = c.set("big", "x".repeat(1 << 20)).await.unwrap();
+    let before = rss_mib(node.child.id());
+    // 3,000 GETs of a 1 MiB value = 3 GiB of replies, never read.
+    let mut greedy = TcpStream::connect(node.resp).await.unwrap();
+    let request = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(3000);
+    let _ = greedy.write_all(&request).await;
+    // The server blocks on its flush, gives up after the write timeout and closes.
+    // This probe and `c` above are the only clients left once it is dropped.
+    wait_for_clients(&node, 2, "the greedy client is dropped").await;
+    let after = rss_mib(node.child.id());
+    assert!(after < before + 256, "RSS grew from {before} to {after} MiB");
+    still_serves(&node).await;
+}
+
+/// A client that sends a whole pipeline before it reads a reply (redis-py does), with large
+/// requests and large replies: found from outside, the node stopped reading while its replies
+/// waited, each side waited for the other, and the write timeout closed the connection after
+/// 30 s with a quarter of the writes applied and no reply. It reads on while its replies wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_sent_whole_before_any_reply_is_read_is_answered_whole() {
+    let node = start(&[]);
+    let mut stream = TcpStream::connect(node.resp).await.unwrap();
+    let value = "v".repeat(1000);
+    for pass in 0..2 {
+        let mut pipeline = Vec::new();
+        for i in 0..20_000 {
+            let key = format!("k{i}");
+            let request =
+                format!("*4\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1000\r\n{value}\r\n$3\r\nGET\r\n", key.len());
+            pipeline.extend(request.into_bytes());
+        }
+        stream.write_all(&pipeline).await.unwrap();
+        let replies = read_replies(&mut stream, 20_000).await;
+        let expected: &[u8] = if pass == 0 { b"$-1\r\n" } else { b"$1000\r\n" };
+        let first = String::from_utf8_lossy(&replies[0][..replies[0].len().min(40)]).into_owned();
+        assert!(replies.iter().all(|r| r.starts_with(expected)), "pass {pass}: {first}");
+    }
+    still_serves(&node).await;
+}
+
+/// Found from outside: a client reading a large reply slowly but steadily (95 KB/s, a slow
+/// link) was cut off 73 s into an 8 MB reply, with a clean end of stream in the middle of the
+/// bulk string: the write timeout counted from the start of the reply. It counts from the
+/// last progress now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_that_keeps_reading_gets_the_whole_reply() {
+    // The socket wakes a waiting writer once a good part of its send buffer (some MB) is
+    // free: the timeout must leave the reader time for that.
+    let node = start(&["--write-timeout-ms", "4000"]);
+    let mut c = client(node.resp).await;
+    let value = "s".repeat(6 << 20);
+    let _: () = c.set("large", &value).await.unwrap();
+    let mut slow = narrow_connection(node.resp).await;
+    slow.write_all(&b"*2\r\n$3\r\nGET\r\n$5\r\nlarge\r\n".repeat(2)).await.unwrap();
+    let expected = format!("${}\r\n{value}\r\n", value.len()).repeat(2).into_bytes();
+    let (mut got, started) = (Vec::with_capacity(expected.len()), Instant::now());
+    let mut chunk = vec![0u8; 64 * 1024];
+    while got.len() < expected.len() {
+        // At most 1.3 MB/s: the 12 MB of replies take more than two write timeouts to read.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match slow.read(&mut chunk).await.unwrap() {
+            0 => {
+                panic!("closed after {:?} with {} of {} bytes", started.elapsed(), got.len(), expected.len())
+            }
+            n => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    assert!(started.elapsed() > Duration::from_secs(8), "the reply was read slowly: {:?}", started.elapsed());
+    assert!(got == expected, "the reply arrived whole");
+    still_serves(&node).await;
+}
+
+/// Found from outside: hiredis and redis-rb send a whole pipeline before they read a reply;
+/// one larger than the query buffer (96 MB of SETs and GETs of 8 MB values) left each side
+/// waiting for the other until the write timeout reset the connection, 30 s later, with
+/// nothing logged. Once the buffer is full and no reply is taken, it closes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_larger_than_the_query_buffer_is_closed_without_waiting_for_the_write_timeout() {
+    let node = start(&["--max-query-buffer-bytes", "1048576", "--write-timeout-ms", "60000"]);
+    let mut c = client(node.resp).await;
+    let _: () = c.set("large", "l".repeat(512 * 1024)).await.unwrap();
+    // 256 pairs of a 64 KiB SET and a GET of the 512 KiB value: 16 MiB of requests (more than
+    // the query buffer and the sockets hold), 128 MiB of replies, all sent before anything is
+    // read.
+    let filler = "f".repeat(64 * 1024);
+    let mut pipeline = Vec::new();
+    for i in 0..256 {
+        let key = format!("p{i}");
+        pipeline.extend(
+            format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{filler}\r\n", key.len(), filler.len())
+                .into_bytes(),
+        );
+        pipeline.extend(b"*2\r\n$3\r\nGET\r\n$5\r\nlarge\r\n");
+    }
+    let mut greedy = narrow_connection(node.resp).await;
+    let started = Instant::now();
+    let sent = tokio::time::timeout(Duration::from_secs(20), greedy.write_all(&pipeline)).await;
+    assert!(matches!(sent, Ok(Err(_))), "the server closed the connection while the client sent: {sent:?}");
+    assert!(started.elapsed() < Duration::from_secs(20), "closed after {:?}", started.elapsed());
+    wait_for_clients(&node, 2, "the greedy client is gone").await;
+    still_serves(&node).await;
+}
