@@ -32,7 +32,7 @@ start_cluster() { # storage
   done
   for _ in $(seq 100); do
     for port in 17380 17381 17382; do
-      if redis-cli -p $port INFO raft 2>/dev/null | grep -q 'role:Leader'; then leader=$port; return; fi
+      if redis-cli -p $port INFO raft 2>/dev/null | grep -q 'raft_role:Leader'; then leader=$port; return; fi
     done
     sleep 0.1
   done

@@ -199,7 +199,7 @@ fn raft(_: &ServerState, status: &ClusterStatus, out: &mut String) {
     let g = &status.group;
     line!(out, "node_id:{}", status.node_id);
     line!(out, "raft_addr:{}", status.raft_addr);
-    line!(out, "role:{:?}", g.role);
+    line!(out, "raft_role:{:?}", g.role);
     line!(out, "term:{}", g.term);
     line!(out, "leader_id:{}", g.leader_id.unwrap_or(0));
     line!(out, "commit_index:{}", g.commit_index);

@@ -53,7 +53,7 @@ async fn leads(addr: std::net::SocketAddr) -> bool {
     let mut info = redis::cmd("INFO");
     info.arg("raft");
     let info = tokio::time::timeout(Duration::from_millis(500), info.query_async::<String>(&mut c)).await;
-    matches!(info, Ok(Ok(info)) if info.contains("role:Leader"))
+    matches!(info, Ok(Ok(info)) if info.contains("raft_role:Leader"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

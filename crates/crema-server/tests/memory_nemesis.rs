@@ -143,7 +143,7 @@ impl Cluster {
 
     async fn leader(&self) -> Option<usize> {
         for i in (0..NODES).filter(|i| self.nodes[*i].is_some()) {
-            if self.raft_info(i).await.is_some_and(|text| text.contains("role:Leader")) {
+            if self.raft_info(i).await.is_some_and(|text| text.contains("raft_role:Leader")) {
                 return Some(i);
             }
         }

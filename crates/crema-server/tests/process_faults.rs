@@ -132,7 +132,7 @@ impl Cluster {
                 redis::cmd("INFO").arg("raft").query_async(&mut c),
             )
             .await;
-            if matches!(info, Ok(Ok(ref text)) if text.contains("role:Leader")) {
+            if matches!(info, Ok(Ok(ref text)) if text.contains("raft_role:Leader")) {
                 return Some(i);
             }
         }

@@ -206,7 +206,7 @@ pub async fn leader_among(addrs: &[SocketAddr]) -> usize {
             if let Ok(mut c) = client.get_multiplexed_async_connection().await {
                 let info: redis::RedisResult<String> =
                     redis::cmd("INFO").arg("raft").query_async(&mut c).await;
-                if info.is_ok_and(|i| i.contains("role:Leader")) {
+                if info.is_ok_and(|i| i.contains("raft_role:Leader")) {
                     return i;
                 }
             }
