@@ -135,6 +135,15 @@ impl CoordinatorState {
         }
     }
 
+    /// Takes `leader` as shard `shard`'s hint with an epoch above the one held; answers it.
+    pub(crate) fn set_leader(&self, shard: ShardId, leader: NodeId) -> u64 {
+        let mut hints = self.hints.lock().expect("hints poisoned");
+        let hint = hints.entry(shard).or_insert((None, 0));
+        *hint = (Some(leader), hint.1 + 1);
+        self.renewed.lock().expect("hints poisoned").insert(shard, Instant::now());
+        hint.1
+    }
+
     /// The leader of `shard` the newest hint names.
     pub(crate) fn hinted_leader(&self, shard: ShardId) -> Option<NodeId> {
         self.hints.lock().expect("hints poisoned").get(&shard).and_then(|(leader, _)| *leader)
@@ -204,6 +213,11 @@ impl Deref for NodeRef<'_> {
 /// assert!(shard < 4);
 /// let stats: MultiRaftStats = coordinator.stats();
 /// assert_eq!((stats.total_shards, stats.local_leader_shards), (4, 4));
+/// // The seed's hint calls: this node's own leadership (gossiped when gossip runs), a hint
+/// // heard from another node (kept only if newer).
+/// let epoch = coordinator.set_local_shard_leader(shard, 1);
+/// assert_eq!(coordinator.leader_hint(shard), Some((Some(1), epoch)));
+/// assert!(!coordinator.set_shard_leader_if_newer(shard, 2, epoch - 1));
 /// coordinator.node().shutdown().await;
 /// # Ok(()) }
 /// ```
@@ -299,10 +313,19 @@ impl<'a> MultiRaftCoordinator<'a> {
     /// Records that `leader` leads `shard` (a routing hint), with an epoch above any before;
     /// answers that epoch.
     pub fn set_shard_leader(&self, shard: ShardId, leader: NodeId) -> u64 {
-        let mut hints = self.node.coordinator_state().hints.lock().expect("hints poisoned");
-        let hint = hints.entry(shard).or_insert((None, 0));
-        *hint = (Some(leader), hint.1 + 1);
-        hint.1
+        self.node.coordinator_state().set_leader(shard, leader)
+    }
+
+    /// Records that this node leads `shard` (the seed's call when a node becomes a shard's
+    /// leader), with an epoch above any held, and gossips the hint to the other nodes when the
+    /// node runs gossip discovery; answers that epoch. The node does this by itself as its
+    /// groups elect leaders (with their terms as epochs).
+    pub fn set_local_shard_leader(&self, shard: ShardId, node: NodeId) -> u64 {
+        let epoch = self.set_shard_leader(shard, node);
+        if let Some(discovery) = self.node.config().cluster_discovery.as_ref() {
+            discovery.broadcast_shard_leaders(&[crate::discovery::ShardLeaderHint { shard, leader: node, epoch }]);
+        }
+        epoch
     }
 
     /// Records a hint heard from another node: kept only if `epoch` is newer than the hint held.
