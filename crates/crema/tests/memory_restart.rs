@@ -427,3 +427,47 @@ async fn a_forged_floor_no_log_reaches_is_settled_by_the_leaders_own_commit() {
     assert_eq!(node.cluster_status().await.unwrap().group.recovery, RecoveryState::Done);
     node.shutdown().await;
 }
+
+/// Found from outside: two of three memory nodes restarted at once; each took a heartbeat the
+/// old leader had queued for it before it stepped down (it had lost its quorum) for a live
+/// leader, and, recovering, did not tick: inside that leader's lease for good, it refused the
+/// pre-votes of the survivor (the only holder of the data), and no one led again. A leader
+/// not heard from for an election timeout loses its lease now, ticks or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovering_node_stops_deferring_to_a_leader_it_no_longer_hears() {
+    init_tracing();
+    let node = lone_node_three().await;
+    let addr = node.local_addr();
+    // Node 1 kept the data; node 2 restarted too.
+    let mut one = FakePeer::connect(addr, 1, at(5, 5, 40)).await;
+    let _two = FakePeer::connect(addr, 2, Position { recovering: true, ..at(0, 0, 0) }).await;
+    wait_until(Duration::from_secs(5), "the floor learned", || async {
+        node.cluster_status().await.unwrap().group.recovery
+            == RecoveryState::CatchingUp { last_term: 5, last_index: 40 }
+    })
+    .await;
+    // The heartbeat node 1 sent while it led, delivered late: node 1 is taken for the leader.
+    let mut heartbeat = raft_msg(MessageType::MsgHeartbeat, 1, 3, 5);
+    heartbeat.commit = 0;
+    one.send(&heartbeat).await;
+    wait_until(Duration::from_secs(5), "node 1 named leader", || async { node.shard_leader(0) == Some(1) })
+        .await;
+    // Node 1 stepped down and is silent: after two election timeouts (50 ticks of 100 ms each)
+    // this node names no leader, its lease long gone.
+    wait_until(Duration::from_secs(20), "the silent leader forgotten", || async {
+        node.shard_leader(0).is_none()
+    })
+    .await;
+    // Node 1 asks for pre-votes with its log (the best one reported).
+    let mut ask = raft_msg(MessageType::MsgRequestPreVote, 1, 3, 6);
+    (ask.log_term, ask.index) = (5, 40);
+    one.send(&ask).await;
+    let granted = loop {
+        let m = one.next_raft().await;
+        if m.get_msg_type() == MessageType::MsgRequestPreVoteResponse {
+            break m;
+        }
+    };
+    assert!(!granted.reject, "the pre-vote of the holder of the best log is granted");
+    node.shutdown().await;
+}

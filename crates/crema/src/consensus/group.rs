@@ -437,6 +437,15 @@ impl<S: LogStore> Group<S> {
             || (role == StateRole::Leader && self.shared.persist_failing());
         if !held_back {
             self.raw.tick();
+        } else if role == StateRole::Follower {
+            // Not raft-rs's tick (it would campaign) but its election clock, which a message
+            // of the leader sets back to zero: a leader not heard from for an election timeout
+            // loses its lease, so a candidate's (pre-)vote is considered again. Found from
+            // outside: two of three memory nodes restarted at once took a heartbeat the old
+            // leader had queued before it stepped down for a live leader, refused the
+            // survivor's pre-votes as inside that leader's lease for good, and nobody led.
+            let raft = &mut self.raw.raft;
+            raft.election_elapsed = (raft.election_elapsed + 1).min(2 * raft.election_timeout() + 1);
         }
         self.hand_over_if_no_voter();
         self.consider_hibernating();
@@ -450,13 +459,14 @@ impl<S: LogStore> Group<S> {
         });
     }
 
-    /// A learner never campaigns, so raft-rs goes on naming the last leader it heard of: one
+    /// A learner never campaigns (nor does a recovering voter), so raft-rs goes on naming the
+    /// last leader it heard of: one
     /// not heard from for two election timeouts is not named here (found from outside: a node
     /// that only followed the meta shard named a leader that had lost its quorum, and answered
     /// ready). Named again once it is heard from.
     fn forget_a_silent_leader(&mut self) {
         let raft = &self.raw.raft;
-        if raft.promotable() || raft.state == StateRole::Leader {
+        if (raft.promotable() && self.recovery.is_none()) || raft.state == StateRole::Leader {
             return;
         }
         let silent = raft.election_elapsed > 2 * self.settings.raft.election_tick;

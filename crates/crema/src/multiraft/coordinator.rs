@@ -323,7 +323,11 @@ impl<'a> MultiRaftCoordinator<'a> {
     pub fn set_local_shard_leader(&self, shard: ShardId, node: NodeId) -> u64 {
         let epoch = self.set_shard_leader(shard, node);
         if let Some(discovery) = self.node.config().cluster_discovery.as_ref() {
-            discovery.broadcast_shard_leaders(&[crate::discovery::ShardLeaderHint { shard, leader: node, epoch }]);
+            discovery.broadcast_shard_leaders(&[crate::discovery::ShardLeaderHint {
+                shard,
+                leader: node,
+                epoch,
+            }]);
         }
         epoch
     }
