@@ -378,7 +378,9 @@ async fn server_commands() {
     // Tools that check for a cluster node before speaking cluster (`redis-cli --cluster`) read these.
     assert!(info.contains("redis_mode:cluster\r\n") && info.contains("cluster_enabled:1\r\n"), "{info}");
     assert!(
-        info.contains("role:master") && info.contains("raft_role:Leader") && info.contains("connected_clients:1")
+        info.contains("role:master")
+            && info.contains("raft_role:Leader")
+            && info.contains("connected_clients:1")
     );
     // Found from outside: Ruby's, PHP's and Perl's clients read INFO into a map, and the Raft
     // section's `role` (Leader) replaced Redis's (master).

@@ -49,6 +49,8 @@ const TAG_BYTES: usize = 32;
 const MAX_PACKET: usize = 1400;
 /// How often a node that knows no member announces itself to the seeds again.
 const REANNOUNCE: Duration = Duration::from_secs(2);
+/// How long a node with seeds knows no member before it says so.
+const ALONE_WARNING: Duration = Duration::from_secs(10);
 /// How often a node announces itself to members it holds down (three of them).
 const ANNOUNCE_TO_DOWN_EVERY: Duration = Duration::from_secs(2);
 /// How long a gossip node with no peer to ask listens before it founds a cluster (see
@@ -245,6 +247,8 @@ impl ClusterDiscovery for MemberlistDiscovery {
             ctx,
             leaving: false,
             identities: Identities::default(),
+            dropped: Default::default(),
+            alone_since: None,
         };
         info!(node = self.node_id, %advertise, seeds = ?self.config.seed_addrs, "memberlist gossip started");
         Ok(Some(tokio::spawn(agent.run(command_rx))))
@@ -290,6 +294,13 @@ struct Agent {
     leaving: bool,
     /// What gossip said of each identity of each node (see [`Identities`]).
     identities: Identities,
+    /// Dropped packets are reported at most every ten seconds: without it, a node with the
+    /// wrong cluster secret (or none) waited, unready, with nothing said above debug (found
+    /// from outside).
+    dropped: crate::consensus::admit::WarnThrottle,
+    /// Since when this node has known no member while it has seeds, and whether that was
+    /// reported.
+    alone_since: Option<(std::time::Instant, bool)>,
 }
 
 impl Agent {
@@ -323,6 +334,9 @@ impl Agent {
                 _ = reannounce.tick() => {
                     if self.foca.iter_members().next().is_none() {
                         self.announce_to_seeds();
+                        self.warn_if_alone();
+                    } else {
+                        self.alone_since = None;
                     }
                 }
             }
@@ -342,16 +356,35 @@ impl Agent {
         }
     }
 
+    /// Once this node has known no member for [`ALONE_WARNING`] while it has seeds to announce
+    /// itself to, says so (once per such stretch).
+    fn warn_if_alone(&mut self) {
+        if self.seeds.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let (since, warned) = self.alone_since.get_or_insert((now, false));
+        if !*warned && now.duration_since(*since) >= ALONE_WARNING {
+            *warned = true;
+            warn!(
+                seeds = ?self.seeds,
+                waited = ?now.duration_since(*since),
+                "gossip: no member answered this node's seeds; check --gossip-seed and that every node has the \
+                 same cluster secret (a node with another one, or none, is not heard)"
+            );
+        }
+    }
+
     fn on_packet(&mut self, packet: &[u8], from: SocketAddr) {
         let data = match &mut self.signing {
             None => packet,
             Some(signing) => {
                 let Some(split) = packet.len().checked_sub(TAG_BYTES) else {
-                    return debug!(%from, "gossip packet too short: dropped");
+                    return self.note_dropped(from, "too short for a signed packet");
                 };
                 let (signed, tag) = packet.split_at(split);
                 if !signing.secret.check_tag(TAG_LABEL, signed, tag) {
-                    return debug!(%from, "gossip packet without a valid tag: dropped");
+                    return self.note_dropped(from, "no valid tag: another cluster secret, or none");
                 }
                 let Some((data, stamp)) = Stamp::split(signed) else {
                     return debug!(%from, "signed gossip packet without a stamp: dropped");
@@ -362,8 +395,27 @@ impl Agent {
                 data
             }
         };
-        if let Err(e) = self.foca.handle_data(data, &mut self.runtime) {
-            debug!(%from, error = %e, "gossip packet refused");
+        match self.foca.handle_data(data, &mut self.runtime) {
+            Ok(()) => {}
+            // Bytes that are no gossip this node reads: reported (a tagged packet of a node with
+            // a cluster secret, where this one has none, is one).
+            Err(foca::Error::MalformedPacket | foca::Error::Decode(_)) => {
+                let why = if self.signing.is_none() {
+                    "not gossip this node reads (a node with a cluster secret, where this one has none?)"
+                } else {
+                    "not gossip this node reads"
+                };
+                self.note_dropped(from, why);
+            }
+            Err(e) => debug!(%from, error = %e, "gossip packet refused"),
+        }
+    }
+
+    /// Counts a dropped packet; warns at most every ten seconds, naming the last sender.
+    fn note_dropped(&self, from: SocketAddr, why: &str) {
+        debug!(%from, why, "gossip packet dropped");
+        if let Some(count) = self.dropped.note(std::time::Instant::now()) {
+            warn!(%from, why, dropped_since_last_warning = count, "gossip packets dropped");
         }
     }
 
