@@ -352,3 +352,27 @@ async fn nodes_that_split_the_keys_differently_refuse_each_other() {
         node.shutdown().await;
     }
 }
+
+/// Found from outside: a node whose two peers died named itself, for 45 s and more, the leader
+/// of the shards it had led, in `cluster_shards` (`/cluster`, `crema status`, `CLUSTER
+/// NODES`), while its groups knew no leader (INFO and the metrics said none): a replica with
+/// no leader took the node's own old routing hint. Only a replica that has not heard from its
+/// group yet takes a hint now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_left_without_a_quorum_names_no_leader_for_its_shards() {
+    let mut nodes = sharded(3).await;
+    let survivor = nodes.remove(0);
+    let led = (0..SHARDS).filter(|s| survivor.shard_leader(*s) == Some(1)).count();
+    for node in nodes {
+        node.shutdown().await;
+    }
+    wait_until(Duration::from_secs(20), "no shard leader known on the survivor", || async {
+        (0..SHARDS).all(|s| survivor.shard_leader(s).is_none())
+    })
+    .await;
+    let shards = survivor.cluster_shards().await.unwrap();
+    assert_eq!(shards.len(), SHARDS as usize);
+    let named: Vec<_> = shards.iter().filter(|s| s.leader.is_some()).map(|s| (s.shard_id, s.leader)).collect();
+    assert!(named.is_empty(), "it led {led} shards; still named: {named:?}");
+    survivor.shutdown().await;
+}

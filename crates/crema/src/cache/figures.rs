@@ -130,11 +130,16 @@ impl DistributedCache {
                 // knows no members and no leader: the map's members and the hinted leader stand
                 // in, so every slot range keeps a primary (cluster clients refuse a slot map
                 // with a range that has none).
-                if let (true, Some(placement)) = (info.members.is_empty(), placement) {
-                    info.members = placement.members.clone();
-                }
-                if info.leader.is_none() {
-                    info.leader = hinted(&info.members);
+                // A replica that knows its group names the leader it knows, none included:
+                // found from outside, a node whose peers died named itself, from its own old
+                // hint, the leader of the shards it had led, for 45 s and more.
+                if info.members.is_empty() {
+                    if let Some(placement) = placement {
+                        info.members = placement.members.clone();
+                    }
+                    if info.leader.is_none() {
+                        info.leader = hinted(&info.members);
+                    }
                 }
                 out.push(info);
                 continue;
