@@ -31,7 +31,10 @@ pub struct ServeConfig {
     pub raft_addr: SocketAddr,
     /// Admin HTTP: /metrics, /health, /ready, /cluster.
     pub admin_addr: SocketAddr,
-    /// The other members: `id=raft_addr` or `id=raft_addr,resp_addr`.
+    /// The other members: `id=raft_addr` or `id=raft_addr,resp_addr`. In a file also as
+    /// `peer` or `seed`, the flag's names (found from outside: the help says keys are the flag
+    /// names).
+    #[serde(alias = "peer", alias = "seed")]
     pub peers: Vec<String>,
     /// Start empty, to be added to a running cluster with `crema cluster add-node`.
     pub join: bool,
@@ -85,7 +88,8 @@ pub struct ServeConfig {
     pub gossip_addr: Option<SocketAddr>,
     /// The gossip address other nodes reach this one at, when not `gossip_addr`.
     pub gossip_advertise_addr: Option<SocketAddr>,
-    /// Gossip addresses of nodes to join through.
+    /// Gossip addresses of nodes to join through (in a file also `gossip_seed`, the flag's name).
+    #[serde(alias = "gossip_seed")]
     pub gossip_seeds: Vec<SocketAddr>,
     /// Discovered nodes become transport peers (links; Raft membership unchanged).
     pub auto_add_peers: bool,
@@ -407,6 +411,11 @@ mod tests {
             "flag beats file, file beats default"
         );
         assert_eq!(c.raft_addr.port(), 9000);
+        // Keys as the flags are named work too (found from outside: `peer` and `gossip_seed`
+        // were refused, where the help says keys are the flag names with `_`).
+        std::fs::write(&path, "peer = [\"1=127.0.0.1:9100\"]\ngossip_seed = [\"127.0.0.1:7946\"]\n").unwrap();
+        let c = ServeConfig::from_file(&path).unwrap();
+        assert_eq!((c.peers.len(), c.gossip_seeds.len()), (1, 1));
         std::fs::write(&path, "no_such_setting = 1\n").unwrap();
         let err = ServeConfig::from_file(&path).unwrap_err();
         assert!(format!("{err:#}").contains("no_such_setting"), "{err:#}");
