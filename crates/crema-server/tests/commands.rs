@@ -385,6 +385,17 @@ async fn server_commands() {
     // Found from outside: Ruby's, PHP's and Perl's clients read INFO into a map, and the Raft
     // section's `role` (Leader) replaced Redis's (master).
     assert_eq!(info.lines().filter(|l| l.starts_with("role:")).count(), 1, "one `role` field: {info}");
+    // Error texts as Redis words them (found from outside, beside redis-server 7.0).
+    for (args, expected) in [
+        (&["CONFIG", "GET"][..], "wrong number of arguments for 'config|get' command"),
+        (&["WAIT", "1", "abc"], "timeout is not an integer or out of range"),
+        (&["HELLO", "2", "AUTH", "default"], "Syntax error in HELLO option 'AUTH'"),
+        (&["ACL", "LOG", "x"], "value is not an integer or out of range"),
+        (&["ACL", "LOG", "-1"], "value is out of range, must be positive"),
+    ] {
+        let said = err(c, args).await;
+        assert!(said.contains(expected), "{args:?}: {said}");
+    }
     let shards: String = q(c, &["INFO", "shards"]).await.unwrap();
     assert!(
         shards.contains("shards:1\r\nshard0:state=active,leader=1,members=1,learners=,slots=0-16383,"),

@@ -372,7 +372,8 @@ async fn a_node_left_without_a_quorum_names_no_leader_for_its_shards() {
     .await;
     let shards = survivor.cluster_shards().await.unwrap();
     assert_eq!(shards.len(), SHARDS as usize);
-    let named: Vec<_> = shards.iter().filter(|s| s.leader.is_some()).map(|s| (s.shard_id, s.leader)).collect();
+    let named: Vec<_> =
+        shards.iter().filter(|s| s.leader.is_some()).map(|s| (s.shard_id, s.leader)).collect();
     assert!(named.is_empty(), "it led {led} shards; still named: {named:?}");
     survivor.shutdown().await;
 }

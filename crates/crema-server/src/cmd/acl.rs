@@ -167,7 +167,8 @@ fn log(call: &Call<'_>) -> Result<Reply, CmdError> {
         }
         Some(arg) => match parse_int(arg) {
             Ok(n) if n >= 0 => Ok(log.reply(n as usize)),
-            _ => Err(CmdError::Invalid("value is out of range, must be positive".into())),
+            Ok(_) => Err(CmdError::Invalid("value is out of range, must be positive".into())),
+            Err(_) => Err(CmdError::Invalid("value is not an integer or out of range".into())),
         },
     }
 }

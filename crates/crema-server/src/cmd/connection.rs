@@ -126,7 +126,11 @@ async fn hello(call: &mut Call<'_>) -> Result<Reply, CmdError> {
                 name = Some(valid_name(call.arg(i + 1))?);
                 i += 2;
             }
-            _ => return Err(CmdError::Syntax),
+            // Redis names the option it could not take.
+            _ => {
+                let option = String::from_utf8_lossy(call.arg(i)).into_owned();
+                return Err(CmdError::Invalid(format!("Syntax error in HELLO option '{option}'")));
+            }
         }
     }
     if !call.session.authenticated {

@@ -155,6 +155,7 @@ fn config(call: &Call<'_>) -> Result<Reply, CmdError> {
             call.state.stats_baseline.reset(call.state);
             Ok(Reply::OK)
         }
+        "GET" => Err(CmdError::Invalid("wrong number of arguments for 'config|get' command".into())),
         "SET" => Err(CmdError::Invalid(
             "CONFIG SET is not supported: crema settings are fixed at start (flags, config file, CREMA_* variables)"
                 .into(),
@@ -188,7 +189,8 @@ fn config_params(call: &Call<'_>) -> Vec<(&'static str, String)> {
 
 async fn wait(call: &mut Call<'_>) -> Result<Reply, CmdError> {
     let wanted = parse_int(call.arg(1))?;
-    let timeout_ms = parse_int(call.arg(2))?;
+    let timeout_ms = parse_int(call.arg(2))
+        .map_err(|_| CmdError::Invalid("timeout is not an integer or out of range".into()))?;
     if timeout_ms < 0 {
         return Err(CmdError::Invalid("timeout is negative".into()));
     }
