@@ -32,6 +32,15 @@ pub fn decode_frame(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if len > max_frame_bytes {
+        // A TLS record header (handshake, TLS 1.x) read as a length: found from outside, a
+        // plaintext node met by a TLS one logged only a frame of 369,295,616 bytes.
+        if buf[0] == 0x16 && buf[1] == 0x03 {
+            return Err(TransportError::Handshake(
+                "a TLS handshake arrived on this plaintext peer port: the other node runs with peer TLS \
+                 (every node needs the same peer TLS settings)"
+                    .into(),
+            ));
+        }
         return Err(TransportError::FrameTooLarge { len, max: max_frame_bytes });
     }
     if buf.len() < LENGTH_PREFIX_BYTES + len {
@@ -69,6 +78,14 @@ mod tests {
             decode_frame(&mut buf, 100),
             Err(TransportError::FrameTooLarge { len: 101, max: 100 })
         ));
+    }
+
+    #[test]
+    fn a_tls_handshake_on_a_plaintext_port_is_named() {
+        // The first bytes of a TLS 1.2/1.3 ClientHello record.
+        let mut buf = BytesMut::from(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]);
+        let err = decode_frame(&mut buf, 16 << 20).unwrap_err().to_string();
+        assert!(err.contains("TLS handshake arrived on this plaintext peer port"), "{err}");
     }
 
     proptest! {
