@@ -385,6 +385,14 @@ async fn server_commands() {
     // Found from outside: Ruby's, PHP's and Perl's clients read INFO into a map, and the Raft
     // section's `role` (Leader) replaced Redis's (master).
     assert_eq!(info.lines().filter(|l| l.starts_with("role:")).count(), 1, "one `role` field: {info}");
+    // COMMAND GETKEYS answers as Redis does (cluster clients ask it).
+    let keys: Vec<String> = q(c, &["COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2"]).await.unwrap();
+    assert_eq!(keys, ["a", "b"]);
+    let keys: Vec<String> = q(c, &["COMMAND", "GETKEYS", "GET", "k"]).await.unwrap();
+    assert_eq!(keys, ["k"]);
+    assert!(err(c, &["COMMAND", "GETKEYS", "PING"]).await.contains("The command has no key arguments"));
+    assert!(err(c, &["COMMAND", "GETKEYS", "NOSUCH", "x"]).await.contains("Invalid command specified"));
+    assert!(err(c, &["COMMAND", "GETKEYS", "GET"]).await.contains("Invalid number of arguments"));
     // Error texts as Redis words them (found from outside, beside redis-server 7.0).
     for (args, expected) in [
         (&["CONFIG", "GET"][..], "wrong number of arguments for 'config|get' command"),

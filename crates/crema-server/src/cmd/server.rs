@@ -94,6 +94,8 @@ fn command(call: &Call<'_>) -> Result<Reply, CmdError> {
                 "    Return details about the given commands, or all of them.",
                 "DOCS [<command-name> ...]",
                 "    Return documentation details about the given commands, or all of them.",
+                "GETKEYS <full-command>",
+                "    Return the keys from a full Redis command.",
                 "HELP",
                 "    Print this help.",
             ]
@@ -101,7 +103,24 @@ fn command(call: &Call<'_>) -> Result<Reply, CmdError> {
             .map(Reply::Simple)
             .collect(),
         )),
-        Some(sub @ ("COUNT" | "HELP")) => {
+        // The keys of a whole command, as the table places them (cluster clients ask it for a
+        // command they do not know; found from outside: it was refused as unknown).
+        Some("GETKEYS") if call.args.len() >= 3 => {
+            let full = &call.args[2..];
+            let Some(spec) = super::lookup(&full[0]) else {
+                return Err(CmdError::Invalid("Invalid command specified".into()));
+            };
+            if !spec.arity_ok(full.len()) {
+                return Err(CmdError::Invalid("Invalid number of arguments specified for command".into()));
+            }
+            let keys: Vec<Reply> =
+                spec.key_positions(full.len()).map(|p| Reply::bulk(full[p].clone())).collect();
+            if keys.is_empty() {
+                return Err(CmdError::Invalid("The command has no key arguments".into()));
+            }
+            Ok(Reply::Array(keys))
+        }
+        Some(sub @ ("COUNT" | "HELP" | "GETKEYS")) => {
             Err(CmdError::Arity(format!("command|{}", sub.to_ascii_lowercase())))
         }
         Some("INFO") => Ok(Reply::Array(if call.args.len() == 2 {
