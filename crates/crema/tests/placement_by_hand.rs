@@ -59,6 +59,12 @@ async fn joining_fourth(
     DistributedCache::new_with_listener(sharded(config), listener).await.unwrap()
 }
 
+/// Node `id` of the sharded cluster at `addrs` started again on its address (memory: empty).
+async fn start_again(id: u64, addrs: &[std::net::SocketAddr]) -> crema::Result<DistributedCache> {
+    let listener = std::net::TcpListener::bind(addrs[id as usize - 1]).expect("rebind the node's address");
+    DistributedCache::new_with_listener(sharded(common::node_config(id, addrs)), listener).await
+}
+
 /// Removes node `id` from the meta shard through its leader of the moment (the nodes spread
 /// leaders by themselves).
 async fn remove_by_hand(nodes: &[&DistributedCache], id: u64) {
@@ -223,8 +229,7 @@ async fn a_removed_first_member_started_again_says_it_was_removed() {
     assert_eq!(ended.expect("node 4 stops once removed"), crema::NodeEnd::Removed);
     removed.shutdown().await;
 
-    let listener = std::net::TcpListener::bind(addrs[3]).expect("rebind node 4's address");
-    let again = DistributedCache::new_with_listener(sharded(common::node_config(4, &addrs)), listener).await;
+    let again = start_again(4, &addrs).await;
     let Err(refused) = again else { panic!("a removed node does not start again as a member") };
     let refused = refused.to_string();
     assert!(refused.contains("was removed") && refused.contains("--join"), "{refused}");
@@ -256,9 +261,7 @@ async fn a_memory_node_restarted_after_a_node_was_added_catches_up() {
     let restarted = nodes.remove(0);
     restarted.shutdown().await;
     let all = [&addrs[..], &[addr4]].concat();
-    let listener = std::net::TcpListener::bind(addrs[0]).expect("rebind node 1's address");
-    let again = DistributedCache::new_with_listener(sharded(common::node_config(1, &all)), listener).await;
-    let again = again.expect("node 1 starts again");
+    let again = start_again(1, &all).await.expect("node 1 starts again");
     wait_until(Duration::from_secs(20), "node 1 caught up", || async {
         let raft = again.raft_figures();
         !raft.recovering && raft.diverged_shard.is_none() && again.shard_leader(0).is_some()
@@ -320,9 +323,7 @@ async fn a_moved_shard_whose_members_all_restarted_starts_again_and_holds_back_n
         nodes[*id as usize - 1].take().unwrap().shutdown().await;
     }
     for id in &members {
-        let listener = std::net::TcpListener::bind(addrs[*id as usize - 1]).expect("rebind");
-        let again = DistributedCache::new_with_listener(sharded(common::node_config(*id, &addrs)), listener);
-        nodes[*id as usize - 1] = Some(again.await.expect("starts again"));
+        nodes[*id as usize - 1] = Some(start_again(*id, &addrs).await.expect("starts again"));
     }
     let all: Vec<&DistributedCache> = nodes.iter().map(|n| n.as_ref().unwrap()).collect();
     wait_until(Duration::from_secs(60), "every node holds its shards, every shard led", || async {

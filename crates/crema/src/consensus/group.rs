@@ -460,10 +460,9 @@ impl<S: LogStore> Group<S> {
     }
 
     /// A learner never campaigns (nor does a recovering voter), so raft-rs goes on naming the
-    /// last leader it heard of: one
-    /// not heard from for two election timeouts is not named here (found from outside: a node
-    /// that only followed the meta shard named a leader that had lost its quorum, and answered
-    /// ready). Named again once it is heard from.
+    /// last leader it heard of: one not heard from for two election timeouts is not named here
+    /// (found from outside: a node that only followed the meta shard named a leader that had
+    /// lost its quorum, and answered ready). Named again once it is heard from.
     fn forget_a_silent_leader(&mut self) {
         let raft = &self.raw.raft;
         if (raft.promotable() && self.recovery.is_none()) || raft.state == StateRole::Leader {
