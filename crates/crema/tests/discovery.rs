@@ -373,7 +373,7 @@ async fn the_first_node_started_again_alone_rejoins_its_cluster() {
     first.put("k", "v").await.unwrap();
     first.shutdown().await;
 
-    let listener = std::net::TcpListener::bind(addr).expect("rebind node 1's address");
+    let listener = common::rebind(addr).await;
     let again = DistributedCache::new_with_listener(first_config(), listener).await.unwrap();
     wait_until(Duration::from_secs(30), "node 1 follows the running cluster", || async {
         let raft = again.raft_figures();

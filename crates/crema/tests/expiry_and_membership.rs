@@ -271,7 +271,7 @@ async fn a_node_removed_while_down_and_added_again_stays() {
     lead.remove_peer(id).await.unwrap();
     lead.put("removed", "v").await.unwrap();
 
-    let listener = std::net::TcpListener::bind(addrs[victim]).expect("rebind the same address");
+    let listener = common::rebind(addrs[victim]).await;
     let fresh =
         DistributedCache::new_with_listener(node_config(id, &addrs).with_join(true), listener).await.unwrap();
     lead.add_peer(id, addrs[victim]).await.unwrap();

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -28,7 +28,7 @@ fn config(id: NodeId, addrs: &[SocketAddr], dir: &Path, shards: u32) -> CacheCon
 }
 
 async fn start(id: NodeId, addrs: &[SocketAddr], dir: &Path, shards: u32) -> DistributedCache {
-    let listener = TcpListener::bind(addrs[id as usize - 1]).expect("the node's address again");
+    let listener = common::rebind(addrs[id as usize - 1]).await;
     DistributedCache::new_with_listener(config(id, addrs, dir, shards), listener).await.expect("start node")
 }
 

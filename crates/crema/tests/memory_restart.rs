@@ -114,7 +114,7 @@ async fn restart(nodes: &mut [Option<DistributedCache>], addrs: &[SocketAddr], i
     if let Some(old) = nodes[index].take() {
         old.shutdown().await;
     }
-    let listener = std::net::TcpListener::bind(addrs[index]).expect("rebind the same address");
+    let listener = common::rebind(addrs[index]).await;
     let config = node_config(index as u64 + 1, addrs);
     nodes[index] = Some(DistributedCache::new_with_listener(config, listener).await.unwrap());
 }
@@ -334,7 +334,7 @@ async fn a_survivor_of_a_lost_majority_forces_a_new_cluster_and_keeps_its_data()
 
     // A replacement for one lost node, started empty, joins and catches up.
     let back = (survivor + 1) % 3;
-    let listener = std::net::TcpListener::bind(addrs[back]).unwrap();
+    let listener = common::rebind(addrs[back]).await;
     let config = node_config(back as u64 + 1, &addrs).with_join(true);
     let joined = DistributedCache::new_with_listener(config, listener).await.unwrap();
     node.add_peer(joined.node_id(), addrs[back]).await.unwrap();

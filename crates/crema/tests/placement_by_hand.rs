@@ -61,7 +61,7 @@ async fn joining_fourth(
 
 /// Node `id` of the sharded cluster at `addrs` started again on its address (memory: empty).
 async fn start_again(id: u64, addrs: &[std::net::SocketAddr]) -> crema::Result<DistributedCache> {
-    let listener = std::net::TcpListener::bind(addrs[id as usize - 1]).expect("rebind the node's address");
+    let listener = common::rebind(addrs[id as usize - 1]).await;
     DistributedCache::new_with_listener(sharded(common::node_config(id, addrs)), listener).await
 }
 

@@ -87,7 +87,7 @@ async fn a_durable_node_restarts_with_the_replicas_it_holds_now() {
     let fourth = nodes.pop().unwrap();
     fourth.shutdown().await;
     drop(fourth);
-    let listener = std::net::TcpListener::bind(addrs[3]).unwrap();
+    let listener = common::rebind(addrs[3]).await;
     let fourth = DistributedCache::new_with_listener(config(4), listener).await.unwrap();
     assert!(fourth.holds_shard(to_four.shard_id), "the shard moved to it is opened again");
     // The shard moved away is not served: had the node stopped before its state was deleted,
@@ -113,7 +113,7 @@ async fn restart_memory_node(nodes: &mut Vec<DistributedCache>, index: usize, co
     let addr = old.local_addr();
     old.shutdown().await;
     drop(old);
-    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let listener = common::rebind(addr).await;
     nodes.insert(index, DistributedCache::new_with_listener(config.clone(), listener).await.unwrap());
 }
 
@@ -312,7 +312,7 @@ async fn a_durable_node_down_while_a_shard_moved_away_retires_that_replica() {
     for i in 100..150 {
         nodes[i % 3].put(key(i), format!("v{i}")).await.unwrap();
     }
-    let listener = std::net::TcpListener::bind(addrs[3]).unwrap();
+    let listener = common::rebind(addrs[3]).await;
     let fourth = DistributedCache::new_with_listener(config(4), listener).await.unwrap();
     assert!(fourth.wait_for_leader(Duration::from_secs(30)).await.is_some(), "ready");
     assert!(!fourth.holds_shard(away.shard_id), "the replica moved away is routed around");

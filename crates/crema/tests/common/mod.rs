@@ -18,15 +18,36 @@ pub fn fast_raft() -> RaftConfig {
     RaftConfig { tick_interval_ms: 20, ..Default::default() }
 }
 
-/// Binds `n` listeners on 127.0.0.1:0.
+/// Binds `n` listeners on 127.0.0.1, on ports below the kernel's ephemeral range (32768 and up
+/// on Linux), from which every outgoing connection gets its port. A node started again binds
+/// its address again (see [`rebind`]): in the ephemeral range, a link between two other nodes
+/// could hold it for the rest of their test (found in CI, `AddrInUse`).
 pub fn bind(n: usize) -> Vec<(TcpListener, SocketAddr)> {
-    (0..n)
-        .map(|_| {
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    use rand::Rng;
+    let mut held = Vec::with_capacity(n);
+    while held.len() < n {
+        let port = rand::thread_rng().gen_range(20_000..32_000);
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
             let addr = l.local_addr().unwrap();
-            (l, addr)
-        })
-        .collect()
+            held.push((l, addr));
+        }
+    }
+    held
+}
+
+/// Binds `addr` (from [`bind`]) again for a node started again on it; retries while the port is
+/// in use, up to 10 s (a listener of the node just shut down may still be closing).
+pub async fn rebind(addr: SocketAddr) -> TcpListener {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("binding {addr} again: {e}"),
+        }
+    }
 }
 
 /// The config of node `id` in a cluster at `addrs` (node i+1 at addrs[i]).

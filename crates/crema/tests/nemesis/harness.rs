@@ -69,9 +69,7 @@ impl Cluster {
         seed: u64,
         tweak: Tweak,
     ) -> Arc<Self> {
-        let listeners: Vec<_> =
-            (0..size).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
-        let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let (listeners, addrs): (Vec<_>, Vec<_>) = crate::common::bind(size).into_iter().unzip();
         let dirs = (0..size).map(|_| tempfile::tempdir().unwrap()).collect();
         let cluster = Arc::new(Self {
             faults: Arc::new(Faults::new(seed)),
@@ -149,17 +147,7 @@ impl Cluster {
     /// to be added.
     pub(crate) async fn restart(&self, id: NodeId, join: bool) {
         let addr = self.addrs[id as usize - 1];
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let listener = loop {
-            match std::net::TcpListener::bind(addr) {
-                Ok(l) => break l,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("rebinding {addr} for node {id}: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("node {id} cannot bind {addr} again: {e}"),
-            }
-        };
+        let listener = crate::common::rebind(addr).await;
         let node = DistributedCache::new_with_listener(self.config(id, join), listener)
             .await
             .unwrap_or_else(|e| panic!("restarting node {id}: {e}"));
