@@ -1,23 +1,22 @@
 //! Prometheus metrics, declared in one place and served by the admin port's `/metrics`.
 //!
-//! Counters and histograms the server updates as it works (RESP commands, proposals,
-//! connections) live in the registry; figures the cache already keeps (hits, misses, entries,
-//! bytes, Raft term and indexes, leader changes) are read at scrape time by a collector, so the
-//! hot path pays nothing for them. Every name starts with `crema_`.
+//! The cache's own series (hits, entries, proposals, Raft, shards, gossip) come from its
+//! registry (`crema::metrics`, `DistributedCache::metrics`); the server adds the RESP series it
+//! updates as it works (commands, error replies, latency) and its connection figures, read at
+//! scrape time. Every name starts with `crema_`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+pub use crema::metrics::resident_memory_bytes;
+use crema::metrics::{latency_histogram, Counter, Histogram};
 use crema::DistributedCache;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{text::encode, DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
 
 use crate::server::ServerState;
 
@@ -57,11 +56,6 @@ fn error_prefix(text: &str) -> usize {
     ERROR_PREFIXES.iter().position(|p| *p == word).unwrap_or(ERROR_PREFIXES.len() - 1)
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
 /// Handles of one command's series, made once so that recording is a few atomic adds (no label
 /// hashing or locking per command).
 #[derive(Clone)]
@@ -71,15 +65,24 @@ struct CommandSeries {
     seconds: Histogram,
 }
 
+/// The RESP server's families; a scrape registers clones of them (shared values) next to the
+/// cache's own series.
+#[derive(Debug, Clone)]
+struct Families {
+    commands: Family<CommandLabels, Counter>,
+    command_errors: Family<CommandLabels, Counter>,
+    command_seconds: Family<CommandLabels, Histogram, fn() -> Histogram>,
+    error_replies: Family<PrefixLabels, Counter>,
+}
+
 /// The node's metrics.
 pub struct Metrics {
-    registry: Registry,
+    cache: Weak<DistributedCache>,
+    families: Families,
     /// By position in [`crate::cmd::COMMANDS`]; the last is for unknown commands.
     series: Vec<CommandSeries>,
     /// By position in [`ERROR_PREFIXES`].
     error_replies: Vec<Counter>,
-    proposals: Family<ResultLabels, Counter>,
-    proposal_seconds: Histogram,
     /// Set once the RESP server exists, for the connection gauges.
     server: Arc<OnceLock<Weak<ServerState>>>,
 }
@@ -90,65 +93,37 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn latency_histogram() -> Histogram {
-    // 10 µs to ~40 s.
-    Histogram::new(exponential_buckets(0.000_01, 2.0, 22))
-}
-
 impl Metrics {
     /// Metrics for `cache`'s node.
     pub fn new(cache: &Arc<DistributedCache>) -> Self {
-        let mut registry = Registry::with_prefix("crema");
-        let commands = Family::<CommandLabels, Counter>::default();
-        let command_errors = Family::<CommandLabels, Counter>::default();
-        let command_seconds =
-            Family::<CommandLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let error_replies = Family::<PrefixLabels, Counter>::default();
-        let proposals = Family::<ResultLabels, Counter>::default();
-        let proposal_seconds = latency_histogram();
-        registry.register("resp_commands", "RESP commands run, by command", commands.clone());
-        registry.register(
-            "resp_command_errors",
-            "RESP commands answered with an error",
-            command_errors.clone(),
-        );
-        registry.register(
-            "resp_error_replies",
-            "RESP error replies, by the error's first word (INFO errorstats)",
-            error_replies.clone(),
-        );
-        registry.register("resp_command_duration_seconds", "RESP command latency", command_seconds.clone());
-        registry.register(
-            "raft_proposals",
-            "Writes proposed through this node, by result",
-            proposals.clone(),
-        );
-        registry.register(
-            "raft_proposal_latency_seconds",
-            "Time from propose to applied on this node",
-            proposal_seconds.clone(),
-        );
-        let server = Arc::new(OnceLock::new());
-        registry.register_collector(Box::new(NodeCollector {
-            cache: Arc::downgrade(cache),
-            server: server.clone(),
-        }));
+        let families = Families {
+            commands: Family::default(),
+            command_errors: Family::default(),
+            command_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            error_replies: Family::default(),
+        };
         let names = crate::cmd::COMMANDS.iter().map(|c| c.name).chain(["unknown"]);
         let series = names
             .map(|command| {
                 let labels = CommandLabels { command };
                 CommandSeries {
-                    count: commands.get_or_create(&labels).clone(),
-                    errors: command_errors.get_or_create(&labels).clone(),
-                    seconds: command_seconds.get_or_create(&labels).clone(),
+                    count: families.commands.get_or_create(&labels).clone(),
+                    errors: families.command_errors.get_or_create(&labels).clone(),
+                    seconds: families.command_seconds.get_or_create(&labels).clone(),
                 }
             })
             .collect();
         let error_replies = ERROR_PREFIXES
             .iter()
-            .map(|prefix| error_replies.get_or_create(&PrefixLabels { prefix }).clone())
+            .map(|prefix| families.error_replies.get_or_create(&PrefixLabels { prefix }).clone())
             .collect();
-        Self { registry, series, error_replies, proposals, proposal_seconds, server }
+        Self {
+            cache: Arc::downgrade(cache),
+            families,
+            series,
+            error_replies,
+            server: Arc::new(OnceLock::new()),
+        }
     }
 
     /// Connects the connection gauges to the RESP server.
@@ -185,35 +160,28 @@ impl Metrics {
         self.series.iter().map(|s| s.count.get()).sum()
     }
 
-    /// Records one proposal.
-    pub fn observe_proposal(&self, took: Duration, ok: bool) {
-        self.proposals.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
-        if ok {
-            self.proposal_seconds.observe(took.as_secs_f64());
-        }
-    }
-
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition: the cache's registry (`crema::metrics`) and the RESP
+    /// server's series.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        let Some(cache) = self.cache.upgrade() else { return "# EOF\n".into() };
+        let mut metrics = cache.metrics();
+        let f = self.families.clone();
+        metrics.register("resp_commands", "RESP commands run, by command", f.commands);
+        metrics.register("resp_command_errors", "RESP commands answered with an error", f.command_errors);
+        metrics.register(
+            "resp_error_replies",
+            "RESP error replies, by the error's first word (INFO errorstats)",
+            f.error_replies,
+        );
+        metrics.register("resp_command_duration_seconds", "RESP command latency", f.command_seconds);
+        metrics.register_collector(Box::new(ServerCollector { server: self.server.clone() }));
+        metrics.render()
     }
 }
 
-/// This process's resident memory in bytes (Linux: `VmRSS` of `/proc/self/status`; none
-/// elsewhere).
-pub fn resident_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Reads the cache's own figures at scrape time.
+/// The RESP server's connection figures, read at scrape time.
 #[derive(Debug)]
-struct NodeCollector {
-    cache: Weak<DistributedCache>,
+struct ServerCollector {
     server: Arc<OnceLock<Weak<ServerState>>>,
 }
 
@@ -227,272 +195,53 @@ fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-/// One labelled value per shard replica: `name{shard="i"}`.
-fn per_shard(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    values: impl Iterator<Item = (u32, i64)>,
-    counter: bool,
-) -> std::fmt::Result {
-    let kind = if counter { MetricType::Counter } else { MetricType::Gauge };
-    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-    for (shard, value) in values {
-        let labels = [("shard", shard.to_string())];
-        let metric = family.encode_family(&labels)?;
-        if counter {
-            ConstCounter::new(value as u64).encode(metric)?;
-        } else {
-            ConstGauge::new(value).encode(metric)?;
-        }
-    }
-    Ok(())
-}
-
-/// The nodes the cluster discovery knows, by health (`crema_memberlist_nodes{state=...}`).
-fn discovery_metrics(e: &mut DescriptorEncoder<'_>, cache: &DistributedCache) -> std::fmt::Result {
-    let nodes = cache.discovered_nodes();
-    let count = |health: crema::NodeHealth| nodes.iter().filter(|n| n.health == health).count() as i64;
-    let mut metric = e.encode_descriptor(
-        "memberlist_nodes",
-        "Nodes the cluster discovery knows (this one included), by health",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (state, health) in [
-        ("alive", crema::NodeHealth::Alive),
-        ("suspect", crema::NodeHealth::Suspect),
-        ("down", crema::NodeHealth::Down),
-    ] {
-        let labels = [("state", state)];
-        ConstGauge::new(count(health)).encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// Replica moves this node planned and settled as the meta shard's leader (placement).
-fn migration_metrics(e: &mut DescriptorEncoder<'_>, cache: &DistributedCache) -> std::fmt::Result {
-    let moves = cache.migrations();
-    counter(
-        e,
-        "migrations_started",
-        "Replica moves this node planned (as the meta shard's leader)",
-        moves.started,
-    )?;
-    counter(e, "migrations_settled", "Replica moves this node settled", moves.settled)?;
-    // From 50 ms to about 7 minutes.
-    let histogram = Histogram::new(exponential_buckets(0.05, 2.0, 14));
-    for seconds in &moves.durations_seconds {
-        histogram.observe(*seconds);
-    }
-    histogram.encode(e.encode_descriptor(
-        "migration_duration_seconds",
-        "How long each replica move took, from its planning until the shard's group had its new members",
-        None,
-        histogram.metric_type(),
-    )?)
-}
-
-/// The figures of each shard replica (Multi-Raft), labelled by shard.
-fn shard_metrics(e: &mut DescriptorEncoder<'_>, cache: &DistributedCache) -> std::fmt::Result {
-    let shards = cache.shard_info();
-    let me = cache.node_id();
-    per_shard(
-        e,
-        "shard_entries",
-        "Entries held in the shard's local cache",
-        shards.iter().map(|s| (s.shard_id, s.entry_count as i64)),
-        false,
-    )?;
-    per_shard(
-        e,
-        "shard_is_leader",
-        "1 when this node leads the shard's Raft group",
-        shards.iter().map(|s| (s.shard_id, i64::from(s.leader == Some(me)))),
-        false,
-    )?;
-    per_shard(
-        e,
-        "shard_applied_index",
-        "Highest log index of the shard applied here",
-        shards.iter().map(|s| (s.shard_id, s.applied_index as i64)),
-        false,
-    )?;
-    per_shard(
-        e,
-        "shard_leader_changes",
-        "Leader changes of the shard's group seen by this node",
-        shards.iter().map(|s| (s.shard_id, cache.shard_leader_changes(s.shard_id) as i64)),
-        true,
-    )
-}
-
-impl Collector for NodeCollector {
+impl Collector for ServerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let Some(cache) = self.cache.upgrade() else { return Ok(()) };
-        let stats = cache.stats();
-        let raft = cache.raft_figures();
+        let Some(server) = self.server.get().and_then(Weak::upgrade) else { return Ok(()) };
         let e = &mut encoder;
-        counter(e, "cache_hits", "Local reads that found a live entry", stats.hits)?;
-        counter(e, "cache_misses", "Local reads that found nothing", stats.misses)?;
-        counter(
-            e,
-            "cache_evictions",
-            "Entries removed by evictions replicated from the leader",
-            stats.evictions,
-        )?;
-        gauge(e, "cache_entries", "Entries held in the local cache", cache.entry_count() as i64)?;
+        let clients = &server.clients;
         gauge(
             e,
-            "cache_size_bytes",
-            "Weighted size of the local cache (bytes when sized by memory, else entries)",
-            cache.storage().weighted_size() as i64,
-        )?;
-        gauge(e, "raft_term", "Current Raft term", raft.term as i64)?;
-        gauge(e, "raft_commit_index", "Highest committed log index known here", raft.commit_index as i64)?;
-        gauge(e, "raft_applied_index", "Highest log index applied here", raft.applied_index as i64)?;
-        gauge(e, "raft_is_leader", "1 when this node leads its Raft group", cache.is_leader() as i64)?;
-        counter(e, "raft_leader_changes", "Leader changes seen by this node", raft.leader_changes)?;
-        counter(
-            e,
-            "checkpoint_written",
-            "Checkpoints of this node's own state written (durable storage)",
-            raft.checkpoints_written,
+            "resp_connected_clients",
+            "RESP clients connected",
+            clients.connected.load(Ordering::Relaxed) as i64,
         )?;
         counter(
             e,
-            "raft_proposal_batches",
-            "Batches of writes proposed together as leader (one append per follower each)",
-            raft.proposal_batches,
+            "resp_connections",
+            "RESP connections accepted",
+            clients.accepted.load(Ordering::Relaxed),
         )?;
-        counter(e, "raft_proposed_entries", "Log entries proposed as leader", raft.proposed_entries)?;
-        counter(e, "raft_messages_sent", "Raft messages sent to peers", raft.messages_sent)?;
         counter(
             e,
-            "forwarded_writes",
-            "Writes forwarded to their shard's leader (sent to a node not leading the key's shard)",
-            raft.forwarded_writes,
+            "resp_rejected_connections",
+            "RESP connections refused at max clients",
+            clients.rejected.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "resp_auth_failures",
+            "Failed AUTH attempts",
+            clients.auth_failures.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "resp_auth_closed_connections",
+            "RESP connections closed for failing AUTH too often or not authenticating in time",
+            clients.auth_closed.load(Ordering::Relaxed),
         )?;
         gauge(
             e,
-            "raft_mailbox_requests",
-            "Requests waiting in the Raft group's mailbox",
-            raft.queued_requests as i64,
-        )?;
-        gauge(
-            e,
-            "raft_held_writes",
-            "Writes the leader holds for its next batch while its batches in flight commit",
-            raft.held_writes as i64,
+            "resp_query_buffer_bytes",
+            "Unparsed request bytes held by clients with large buffers (64 KiB or more)",
+            server.buffers.total_bytes() as i64,
         )?;
         counter(
             e,
-            "raft_read_rounds",
-            "Read-index rounds started (linearizable reads share them)",
-            raft.read_rounds,
-        )?;
-        counter(
-            e,
-            "raft_node_read_rounds",
-            "Node-level read rounds started: one leadership check of every shard this node leads with reads waiting",
-            raft.node_read_rounds,
-        )?;
-        counter(
-            e,
-            "raft_node_read_asks",
-            "Node-level asks sent to shard leaders: this node's reads of every shard one node leads, in one message",
-            raft.node_read_asks,
-        )?;
-        gauge(
-            e,
-            "raft_held_reads",
-            "Linearizable reads waiting for the next read-index round while one is in flight",
-            raft.held_reads as i64,
-        )?;
-        counter(
-            e,
-            "apply_rejected",
-            "Committed entries that did not decode (garbage or an unknown version), applied as no-ops",
-            raft.apply_rejected,
-        )?;
-        counter(
-            e,
-            "peer_messages_rejected",
-            "Raft messages from peers dropped or corrected because a correct peer could not have sent them",
-            raft.peer_messages_rejected,
-        )?;
-        counter(
-            e,
-            "peer_handshakes_refused",
-            "Incoming peer connections closed in the handshake (no proof of the cluster secret, or not a member)",
-            raft.peer_handshakes_refused,
-        )?;
-        gauge(
-            e,
-            "raft_recovering",
-            "1 while this node recovers from a restart without its raft state (it does not vote)",
-            raft.recovering as i64,
-        )?;
-        gauge(
-            e,
-            "raft_hibernating_shards",
-            "Shard replicas on this node whose idle Raft group hibernates (ticks no clock)",
-            raft.hibernating_shards as i64,
-        )?;
-        discovery_metrics(e, &cache)?;
-        shard_metrics(e, &cache)?;
-        if cache.router().num_shards() > 1 {
-            migration_metrics(e, &cache)?;
-        }
-        if let Some(rss) = resident_memory_bytes() {
-            gauge(e, "process_resident_memory_bytes", "Resident memory of this process", rss as i64)?;
-        }
-        if let Some(server) = self.server.get().and_then(Weak::upgrade) {
-            let clients = &server.clients;
-            gauge(
-                e,
-                "resp_connected_clients",
-                "RESP clients connected",
-                clients.connected.load(Ordering::Relaxed) as i64,
-            )?;
-            counter(
-                e,
-                "resp_connections",
-                "RESP connections accepted",
-                clients.accepted.load(Ordering::Relaxed),
-            )?;
-            counter(
-                e,
-                "resp_rejected_connections",
-                "RESP connections refused at max clients",
-                clients.rejected.load(Ordering::Relaxed),
-            )?;
-            counter(
-                e,
-                "resp_auth_failures",
-                "Failed AUTH attempts",
-                clients.auth_failures.load(Ordering::Relaxed),
-            )?;
-            counter(
-                e,
-                "resp_auth_closed_connections",
-                "RESP connections closed for failing AUTH too often or not authenticating in time",
-                clients.auth_closed.load(Ordering::Relaxed),
-            )?;
-            gauge(
-                e,
-                "resp_query_buffer_bytes",
-                "Unparsed request bytes held by clients with large buffers (64 KiB or more)",
-                server.buffers.total_bytes() as i64,
-            )?;
-            counter(
-                e,
-                "resp_evicted_clients",
-                "RESP connections closed because all query buffers together passed their cap",
-                server.buffers.evicted(),
-            )?;
-        }
-        Ok(())
+            "resp_evicted_clients",
+            "RESP connections closed because all query buffers together passed their cap",
+            server.buffers.evicted(),
+        )
     }
 }
 

@@ -58,6 +58,7 @@ pub mod faults;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod glob;
+pub mod metrics;
 pub mod multiraft;
 pub mod private_files;
 pub(crate) mod transport;
@@ -83,8 +84,8 @@ pub use discovery::{
 };
 pub use error::{Error, Result};
 pub use multiraft::{
-    key_slot, MultiRaftBuilder, MultiRaftCacheConfig, MultiRaftCoordinator, MultiRaftStats, ShardConfig,
-    ShardInfo, ShardRange, ShardRouter, ShardState,
+    key_slot, MultiRaftBuilder, MultiRaftCacheConfig, MultiRaftCoordinator, MultiRaftStats, Shard,
+    ShardConfig, ShardInfo, ShardRange, ShardRouter, ShardState,
 };
 pub use transport::auth::ClusterSecret;
 pub use transport::tls::{PeerTls, NODE_URI_PREFIX};

@@ -205,19 +205,13 @@ impl Call<'_> {
 
     /// Applies `command` through Raft; answers its output (a failed apply included).
     pub async fn execute_raw(&self, command: CacheCommand) -> Result<ApplyOutput, CmdError> {
-        let started = Instant::now();
-        let result = self.state.cache.execute(command).await;
-        self.state.metrics.observe_proposal(started.elapsed(), result.is_ok());
-        Ok(result?)
+        Ok(self.state.cache.execute(command).await?)
     }
 
     /// Proposes a connection's pipelined writes, each answered on its own (see
     /// `DistributedCache::execute_each`).
     pub async fn execute_each(&self, commands: Vec<CacheCommand>) -> Result<crema::EachAnswer, CmdError> {
-        let started = Instant::now();
-        let result = self.state.cache.execute_each(commands).await;
-        self.state.metrics.observe_proposal(started.elapsed(), result.is_ok());
-        Ok(result?)
+        Ok(self.state.cache.execute_each(commands).await?)
     }
 
     /// The largest value this node accepts.

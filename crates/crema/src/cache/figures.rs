@@ -10,6 +10,16 @@ use crate::multiraft::{ShardInfo, ShardRange, ShardState};
 use crate::types::{NodeId, ShardId};
 
 impl DistributedCache {
+    /// This node's replica of `shard`, if it holds one.
+    pub(crate) fn replica(&self, shard: ShardId) -> Option<super::shard::Shard> {
+        self.shards.get(shard)
+    }
+
+    /// Every replica this node holds.
+    pub(crate) fn replicas(&self) -> Vec<super::shard::Shard> {
+        self.shards.held()
+    }
+
     /// Leader changes of shard `shard`'s group seen by this node (0 for a shard it does not hold).
     pub fn shard_leader_changes(&self, shard: ShardId) -> u64 {
         self.shards.with(shard, |s| s.group.shared.leader_changes()).unwrap_or(0)

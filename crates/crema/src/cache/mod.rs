@@ -123,6 +123,8 @@ pub struct DistributedCache {
     supervisor: Supervisor,
     group_tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     shut_down: AtomicBool,
+    /// Series the cache API updates as it works (see `crate::metrics`).
+    live_metrics: crate::metrics::LiveMetrics,
 }
 
 impl std::fmt::Debug for DistributedCache {
@@ -154,6 +156,27 @@ impl DistributedCache {
         config.validate()?;
         listener.set_nonblocking(true)?;
         Self::start(config, tokio::net::TcpListener::from_std(listener)?).await
+    }
+
+    /// The node's metrics as of now: the cache's, the Raft groups', the shards' and the
+    /// gossip's, with the names the seed lists (prefixed `crema_`); see [`crate::metrics`].
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> crema::Result<()> {
+    /// use crema::{CacheConfig, DistributedCache};
+    ///
+    /// let cache = DistributedCache::new(CacheConfig::new(1, "127.0.0.1:0".parse().unwrap())).await?;
+    /// cache.put("k", "v").await?;
+    /// let _ = cache.get(b"k").await;
+    /// let metrics = cache.metrics();
+    /// assert_eq!(metrics.value("crema_cache_hits_total"), Some(1.0));
+    /// assert_eq!(metrics.value_with("crema_raft_proposals_total", "result=\"ok\""), Some(1.0));
+    /// assert!(metrics.render().contains("crema_raft_proposal_latency_seconds_count 1"));
+    /// # cache.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics(&self) -> crate::metrics::MetricsRegistry {
+        crate::metrics::MetricsRegistry::of(self, &self.live_metrics)
     }
 
     /// This node's id.

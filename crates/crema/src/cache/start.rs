@@ -332,6 +332,7 @@ impl DistributedCache {
             supervisor,
             group_tasks: tasks,
             shut_down: AtomicBool::new(false),
+            live_metrics: crate::metrics::LiveMetrics::new(),
         })
     }
 }

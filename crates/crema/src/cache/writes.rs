@@ -112,6 +112,13 @@ impl DistributedCache {
     /// write, every write in one shard and that shard failing); else each write's own result
     /// names an error of [`EachAnswer::errors`].
     pub async fn execute_each(&self, commands: Vec<CacheCommand>) -> Result<EachAnswer> {
+        let started = std::time::Instant::now();
+        let answer = self.write_each(commands).await;
+        self.live_metrics.observe_proposal(started.elapsed(), answer.is_ok());
+        answer
+    }
+
+    async fn write_each(&self, commands: Vec<CacheCommand>) -> Result<EachAnswer> {
         let count = commands.len();
         let (plan, now, deadline) = self.plan_write(CacheCommand::Batch(commands))?;
         let timeout = self.config.request_timeout;
@@ -165,6 +172,13 @@ impl DistributedCache {
     }
 
     async fn write(&self, command: CacheCommand) -> Result<Applied> {
+        let started = std::time::Instant::now();
+        let applied = self.write_planned(command).await;
+        self.live_metrics.observe_proposal(started.elapsed(), applied.is_ok());
+        applied
+    }
+
+    async fn write_planned(&self, command: CacheCommand) -> Result<Applied> {
         let (plan, now, deadline) = self.plan_write(command)?;
         let timeout = self.config.request_timeout;
         let written = async {

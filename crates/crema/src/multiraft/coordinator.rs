@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use crate::config::CacheConfig;
 use crate::error::Result;
-use crate::multiraft::{MultiRaftCacheConfig, ShardInfo, ShardRange, ShardState};
+use crate::multiraft::{MultiRaftCacheConfig, Shard, ShardInfo, ShardRange, ShardState};
 use crate::types::{NodeId, ShardId};
 use crate::DistributedCache;
 
@@ -268,6 +268,20 @@ impl<'a> MultiRaftCoordinator<'a> {
     /// The shard that owns `key`.
     pub fn shard_for_key(&self, key: &[u8]) -> ShardId {
         self.node.router().shard_for_key(key)
+    }
+
+    /// This node's replica of `shard`, if it holds one (see [`Shard`]).
+    pub fn shard(&self, shard: ShardId) -> Option<Shard> {
+        let total = self.node.router().num_shards();
+        self.node.replica(shard).map(|replica| Shard::new(replica, total))
+    }
+
+    /// Every shard replica this node holds, by shard id.
+    pub fn local_shards(&self) -> Vec<Shard> {
+        let total = self.node.router().num_shards();
+        let mut shards: Vec<Shard> = self.node.replicas().into_iter().map(|r| Shard::new(r, total)).collect();
+        shards.sort_by_key(Shard::shard_id);
+        shards
     }
 
     /// Every shard replica on this node, read without asking the groups (a group's learners

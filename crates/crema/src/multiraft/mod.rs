@@ -22,5 +22,5 @@ pub use coordinator::{MultiRaftBuilder, MultiRaftCoordinator, MultiRaftStats, Sh
 pub use map_store::{PlacementChange, ShardMapStore};
 pub use placement::{Move, PlacementPolicy, ShardMap, ShardPlacement};
 pub use router::{ShardRouter, MAX_SHARDS};
-pub use shard::{ShardInfo, ShardState};
+pub use shard::{Shard, ShardInfo, ShardState};
 pub use slot::{hash_tag, key_slot, shard_for_slot, ShardRange, SLOTS};

@@ -144,3 +144,79 @@ mod tests {
         );
     }
 }
+
+/// One shard replica on this node, the seed's `Shard`: a partition of the key space (its
+/// [`ShardRange`] of hash slots) with its own Raft group and its own local cache. A handle got
+/// from [`crate::MultiRaftCoordinator::shard`] or [`crate::MultiRaftCoordinator::local_shards`]:
+/// it reads the replica when asked, and once the replica leaves this node (moved away, or the
+/// node shut down) it says [`Shard::is_stopped`] and answers from what it last held.
+#[derive(Clone)]
+pub struct Shard {
+    replica: crate::cache::shard::Shard,
+    total_shards: u32,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("shard_id", &self.replica.id)
+            .field("leader", &self.leader())
+            .field("entries", &self.entry_count())
+            .finish()
+    }
+}
+
+impl Shard {
+    pub(crate) fn new(replica: crate::cache::shard::Shard, total_shards: u32) -> Self {
+        Self { replica, total_shards }
+    }
+
+    /// The shard.
+    pub fn shard_id(&self) -> ShardId {
+        self.replica.id
+    }
+
+    /// The hash slots it owns.
+    pub fn range(&self) -> ShardRange {
+        ShardRange { shard_id: self.replica.id, total_shards: self.total_shards }
+    }
+
+    /// True when `key` belongs to this shard (its hash slot is in [`Self::range`]).
+    pub fn owns(&self, key: &[u8]) -> bool {
+        self.range().contains(crate::multiraft::key_slot(key))
+    }
+
+    /// The leader of its Raft group as this replica knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.replica.group.shared.leader_id()
+    }
+
+    /// True while this node leads the shard's group.
+    pub fn is_leader(&self) -> bool {
+        self.replica.group.shared.is_leader()
+    }
+
+    /// The voters of its Raft group.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.replica.group.shared.voters()
+    }
+
+    /// Entries held in this replica's local cache.
+    pub fn entry_count(&self) -> u64 {
+        self.replica.storage.entry_count()
+    }
+
+    /// The value of `key` in this replica's local cache: what [`crate::DistributedCache::get`]
+    /// reads (may lag the leader on a follower). None for a key of another shard.
+    pub fn get(&self, key: &[u8]) -> Option<bytes::Bytes> {
+        if !self.owns(key) {
+            return None;
+        }
+        self.replica.storage.get(key)
+    }
+
+    /// True when the replica is no longer served on this node.
+    pub fn is_stopped(&self) -> bool {
+        self.replica.stop.is_cancelled()
+    }
+}
