@@ -36,6 +36,7 @@ async fn the_admin_token_guards_changes_and_reads() {
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("admin token"), "{body}");
     assert_eq!(http_get(node.admin, "/cluster").await.0, 401);
+    assert_eq!(http_get(node.admin, "/").await.0, 401, "the dashboard shows what /cluster does");
 
     let (ok, text) = crema(&["status", "--admin", &admin], None);
     assert!(!ok && text.contains("401"), "{text}");

@@ -67,6 +67,16 @@ async fn gossip_from_one_seed(secret_file: Option<&str>) {
         })
         .await;
     }
+    // The dashboard shows the same: every shard with its leader, node 3 down.
+    let (status, page) = http_get(nodes[0].admin, "/").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.starts_with("<!DOCTYPE html>") && page.contains("<h1>crema node 1</h1>"), "{page}");
+    assert!(
+        page.contains("<h2>Shards (4)</h2>") && page.contains("<h2>Nodes (discovery: memberlist)</h2>"),
+        "{page}"
+    );
+    assert_eq!(page.matches("<td class=\"l\">down</td>").count(), 1, "{page}");
+    assert_eq!(page.matches("<tr><td>").count(), 3 + 4, "three nodes and four shards: {page}");
     // Node 2 may be suspected for a moment on a loaded machine: the counts settle.
     wait_until(std::time::Duration::from_secs(15), "the metrics count two alive and one down", || async {
         let (_, metrics) = http_get(nodes[0].admin, "/metrics").await;

@@ -1,10 +1,11 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/health` (the process is up), `/ready`
 //! (a leader is known and this node has applied what it knows is committed), `/cluster` (this
-//! node's view as JSON), and membership changes (`POST /cluster/nodes`, `DELETE
+//! node's view as JSON), `/` (the same view as a page: `dashboard`), and membership changes (`POST /cluster/nodes`, `DELETE
 //! /cluster/nodes/{id}`) used by `crema cluster add-node` / `remove-node`. Who may call what:
 //! `auth`. How connections are taken (timeouts, a cap): `listener`.
 
 pub mod auth;
+pub mod dashboard;
 pub mod listener;
 
 use std::net::SocketAddr;
@@ -173,6 +174,8 @@ pub fn router(state: AdminState) -> Router {
     let read = Router::new()
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster))
+        .route("/", get(dashboard_page))
+        .route("/dashboard", get(dashboard_page))
         .route_layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::read));
     let change = Router::new()
         .route("/cluster/nodes", post(add_node))
@@ -306,41 +309,53 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 }
 
 async fn cluster(State(s): State<AdminState>) -> Response {
-    let every_shard = s.cache.cluster_shards().await;
-    match s.cache.cluster_status().await.and_then(|status| every_shard.map(|shards| (status, shards))) {
-        Ok((status, every_shard)) => {
-            let g = &status.group;
-            let shards = every_shard
-                .iter()
-                .map(|info| ShardView { held: s.cache.holds_shard(info.shard_id), ..ShardView::from(info) })
-                .collect();
-            Json(ClusterView {
-                node_id: status.node_id,
-                role: format!("{:?}", g.role),
-                term: g.term,
-                leader_id: g.leader_id,
-                commit_index: g.commit_index,
-                applied_index: g.applied_index,
-                voters: g.voters.clone(),
-                learners: g.learners.clone(),
-                members: status.members.iter().map(|(id, a)| (*id, a.to_string())).collect(),
-                raft_addr: status.raft_addr.to_string(),
-                resp_addr: s.resp_addr.to_string(),
-                entries: status.entry_count,
-                size: s.cache.storage().weighted_size(),
-                hits: status.stats.hits,
-                misses: status.stats.misses,
-                memory_bytes: crate::metrics::resident_memory_bytes(),
-                recovery: recovery_text(&g.recovery),
-                diverged: diverged_text(&s.cache.raft_figures()),
-                shards,
-                discovery: s.cache.discovery_kind().map(str::to_string),
-                nodes: s.cache.discovered_nodes(),
-            })
-            .into_response()
+    match cluster_view(&s).await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+async fn dashboard_page(State(s): State<AdminState>) -> Response {
+    match cluster_view(&s).await {
+        Ok(view) => {
+            ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], dashboard::render(&view)).into_response()
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
     }
+}
+
+/// This node's view of the cluster (`/cluster`, the dashboard).
+async fn cluster_view(s: &AdminState) -> crema::Result<ClusterView> {
+    let every_shard = s.cache.cluster_shards().await?;
+    let status = s.cache.cluster_status().await?;
+    let g = &status.group;
+    let shards = every_shard
+        .iter()
+        .map(|info| ShardView { held: s.cache.holds_shard(info.shard_id), ..ShardView::from(info) })
+        .collect();
+    Ok(ClusterView {
+        node_id: status.node_id,
+        role: format!("{:?}", g.role),
+        term: g.term,
+        leader_id: g.leader_id,
+        commit_index: g.commit_index,
+        applied_index: g.applied_index,
+        voters: g.voters.clone(),
+        learners: g.learners.clone(),
+        members: status.members.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+        raft_addr: status.raft_addr.to_string(),
+        resp_addr: s.resp_addr.to_string(),
+        entries: status.entry_count,
+        size: s.cache.storage().weighted_size(),
+        hits: status.stats.hits,
+        misses: status.stats.misses,
+        memory_bytes: crate::metrics::resident_memory_bytes(),
+        recovery: recovery_text(&g.recovery),
+        diverged: diverged_text(&s.cache.raft_figures()),
+        shards,
+        discovery: s.cache.discovery_kind().map(str::to_string),
+        nodes: s.cache.discovered_nodes(),
+    })
 }
 
 /// How diverged replicas are shown in `crema status` (none when there is none).
