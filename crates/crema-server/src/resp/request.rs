@@ -65,8 +65,23 @@ fn parse_len(buf: &[u8], at: usize, max_digits_ok: usize) -> Result<Option<(i64,
         return Ok(None);
     };
     let text = std::str::from_utf8(&buf[at..end]).map_err(|_| protocol("invalid length"))?;
-    let value: i64 = text.parse().map_err(|_| protocol(format!("invalid length '{text}'")))?;
+    let value = strict_i64(text).ok_or_else(|| protocol(format!("invalid length '{text}'")))?;
     Ok(Some((value, end + 2)))
+}
+
+/// `text` as Redis reads a length (`string2ll`): `0`, or an optional `-` and digits without a
+/// leading zero, in range. Rust's `parse` also takes `+4`, `-0` and `007`, which Redis refuses
+/// (found from outside: `$+4` was read as 4).
+fn strict_i64(text: &str) -> Option<i64> {
+    if text == "0" {
+        return Some(0);
+    }
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let first = *digits.as_bytes().first()?;
+    if !(b'1'..=b'9').contains(&first) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// Where an argument is: a range of the input (array requests) or its own bytes (inline
@@ -416,8 +431,19 @@ mod tests {
 
     #[test]
     fn malformed_input_is_a_protocol_error() {
-        for bad in [&b"*x\r\n"[..], b"*1\r\n:1\r\n", b"*1\r\n$-1\r\n", b"*1\r\n$1\r\nab\r\n", b"*1\r\n$z\r\n"]
-        {
+        // Lengths as Redis reads them: no sign but a minus, no leading zero, no space.
+        let lengths = [
+            &b"*1\r\n$+4\r\nPING\r\n"[..],
+            b"*1\r\n$-0\r\n\r\n",
+            b"*1\r\n$04\r\nPING\r\n",
+            b"*1\r\n$ 4\r\nPING\r\n",
+            b"*+1\r\n$4\r\nPING\r\n",
+            b"*01\r\n$4\r\nPING\r\n",
+            b"*-0\r\n",
+        ];
+        let others =
+            [&b"*x\r\n"[..], b"*1\r\n:1\r\n", b"*1\r\n$-1\r\n", b"*1\r\n$1\r\nab\r\n", b"*1\r\n$z\r\n"];
+        for bad in lengths.into_iter().chain(others) {
             assert!(
                 matches!(parse(bad), Err(RequestError::Protocol(_))),
                 "{:?}",

@@ -486,7 +486,16 @@ impl Agent {
     /// declared down yet): a member it suspects shows as `Suspect` until it refutes (`Alive`
     /// again) or is declared down. Nothing acts on suspicion; it is only reported (`/cluster`,
     /// `crema_memberlist_nodes`).
+    ///
+    /// And an identity foca stopped holding without declaring it down is down once it stays
+    /// away ([`Identities::dropped`]).
     fn sync_suspicion(&mut self) {
+        let held: Vec<&GossipId> = self.foca.iter_membership_state().map(|m| m.id()).collect();
+        let dropped = self.identities.dropped(&held, std::time::Instant::now());
+        for id in dropped {
+            info!(name = %self.name, node = id.node_id, gossip = %id.gossip, "gossip: an identity dropped for another on its address stayed away: down");
+            self.member(&id, NodeHealth::Down);
+        }
         let mut members = self.members.lock().expect("members poisoned");
         for member in self.foca.iter_membership_state() {
             let id = member.id();

@@ -51,6 +51,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long the higher id of a pair waits for the lower one to dial before it dials itself.
 const DIAL_FALLBACK: Duration = Duration::from_secs(2);
+/// Failed dials are logged at debug level until a peer stays unreachable this long, then
+/// once this often at info level (found from outside: a link that stayed down for three
+/// minutes left nothing in either node's log).
+const DIAL_FAILURES_SAID_EVERY: Duration = Duration::from_secs(10);
 /// Bulk frames (snapshot pieces) queued per peer at most: a sender waits for room, so one large
 /// snapshot never sits in front of other groups' heartbeats and appends for long.
 const BULK_QUEUE_FRAMES: usize = 2;
@@ -250,13 +254,24 @@ impl LinkTask {
         }
         let mut backoff = BACKOFF_MIN;
         let started = tokio::time::Instant::now();
+        let mut said = started;
+        let mut failed = 0u64;
         loop {
             let may_dial = self.dials() || started.elapsed() >= DIAL_FALLBACK;
             if may_dial {
                 if let Some(addr) = self.link.addr() {
                     match self.dial(addr).await {
                         Ok(conn) => return Some(conn),
-                        Err(e) => debug!(peer = self.link.id, %addr, error = %e, "dial failed"),
+                        Err(e) if said.elapsed() >= DIAL_FAILURES_SAID_EVERY => {
+                            failed += 1;
+                            said = tokio::time::Instant::now();
+                            let seconds = started.elapsed().as_secs();
+                            info!(peer = self.link.id, %addr, error = %e, failed, seconds, "cannot reach the peer: dialing on");
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            debug!(peer = self.link.id, %addr, error = %e, "dial failed");
+                        }
                     }
                 }
             }

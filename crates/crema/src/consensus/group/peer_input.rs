@@ -109,7 +109,8 @@ impl<S: LogStore> Group<S> {
             error!(
                 shard,
                 restarted = ?restarted,
-                "a majority of the voters lost their Raft state at once (restarted with memory storage, or on empty data dirs): writes that only they held are lost; \
+                "a majority of the voters lost their Raft state at once (restarted with memory storage, or on empty data dirs): writes that only they held are lost \
+                 (none when a voter that kept its state led the group when they stopped); \
                  the group goes on from the state of the others. If none of the others holds the data, restart the \
                  survivors with --force-new-cluster (docs/reliability.md, \"Restarting a memory node\")"
             );
