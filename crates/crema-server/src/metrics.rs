@@ -10,13 +10,11 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 pub use crema::metrics::resident_memory_bytes;
-use crema::metrics::{latency_histogram, Counter, Histogram};
+use crema::metrics::{counter, gauge, latency_histogram, Counter, Histogram};
 use crema::DistributedCache;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::server::ServerState;
 
@@ -183,16 +181,6 @@ impl Metrics {
 #[derive(Debug)]
 struct ServerCollector {
     server: Arc<OnceLock<Weak<ServerState>>>,
-}
-
-fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> std::fmt::Result {
-    let metric = ConstCounter::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> std::fmt::Result {
-    let metric = ConstGauge::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 impl Collector for ServerCollector {

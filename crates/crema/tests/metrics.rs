@@ -6,9 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cluster_with, discovered, wait_for_shard_leaders, wait_until};
+use common::{sharded_cluster, wait_until};
 use crema::metrics::{Counter, Gauge, MetricsRegistry};
-use crema::{DistributedCache, MultiRaftCacheConfig};
 
 const SHARDS: u32 = 4;
 
@@ -21,16 +20,7 @@ fn shard(metrics: &MetricsRegistry, name: &str, shard: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_names_what_the_seed_lists_and_counts_every_write() {
     common::init_tracing();
-    let nodes = cluster_with(3, |c| {
-        discovered(c).with_multiraft_config(MultiRaftCacheConfig {
-            enabled: true,
-            num_shards: SHARDS,
-            ..Default::default()
-        })
-    })
-    .await;
-    let all: Vec<&DistributedCache> = nodes.iter().collect();
-    wait_for_shard_leaders(&all, SHARDS, None).await;
+    let nodes = sharded_cluster(3, SHARDS).await;
     let before = nodes[0].metrics();
     assert_eq!(before.value_with("crema_raft_proposals_total", "result=\"ok\""), Some(0.0));
 
@@ -105,15 +95,7 @@ async fn the_registry_names_what_the_seed_lists_and_counts_every_write() {
 /// local cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_local_shard_is_a_handle_on_its_own_replica() {
-    let nodes = cluster_with(3, |c| {
-        discovered(c).with_multiraft_config(MultiRaftCacheConfig {
-            enabled: true,
-            num_shards: SHARDS,
-            ..Default::default()
-        })
-    })
-    .await;
-    wait_for_shard_leaders(&nodes.iter().collect::<Vec<_>>(), SHARDS, None).await;
+    let nodes = sharded_cluster(3, SHARDS).await;
     for i in 0..40 {
         nodes[0].put(format!("key:{i}"), format!("v{i}")).await.unwrap();
     }

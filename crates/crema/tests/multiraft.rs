@@ -7,22 +7,13 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{cluster_with, discovered, wait_for_shard_leaders, wait_until};
+use common::{cluster_with, discovered, wait_until};
 use crema::{ApplyOutput, CacheCommand, CommandError, DistributedCache, Error, MultiRaftCacheConfig};
 
 const SHARDS: u32 = 4;
 
 async fn sharded(n: usize) -> Vec<DistributedCache> {
-    let nodes = cluster_with(n, |c| {
-        discovered(c).with_multiraft_config(MultiRaftCacheConfig {
-            enabled: true,
-            num_shards: SHARDS,
-            ..Default::default()
-        })
-    })
-    .await;
-    wait_for_shard_leaders(&nodes.iter().collect::<Vec<_>>(), SHARDS, None).await;
-    nodes
+    common::sharded_cluster(n, SHARDS).await
 }
 
 fn key(i: usize) -> Bytes {
@@ -272,14 +263,7 @@ async fn the_builder_starts_a_sharded_node_and_checks_its_replica_factor() {
 #[tokio::test]
 async fn leaders_spread_over_the_nodes_by_themselves() {
     const MANY: u32 = 12;
-    let nodes = cluster_with(3, |c| {
-        discovered(c).with_multiraft_config(MultiRaftCacheConfig {
-            enabled: true,
-            num_shards: MANY,
-            ..Default::default()
-        })
-    })
-    .await;
+    let nodes = cluster_with(3, |c| common::sharded_config(c, MANY)).await;
     let leads = |id: u64| (0..MANY).filter(|s| nodes[0].shard_leader(*s) == Some(id)).count();
     let balanced = || {
         let counts = [leads(1), leads(2), leads(3)];

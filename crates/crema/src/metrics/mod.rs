@@ -46,7 +46,7 @@ use prometheus_client::registry::{Metric, Registry};
 
 use crate::DistributedCache;
 
-pub use figures::resident_memory_bytes;
+pub use figures::{counter, gauge, resident_memory_bytes};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {

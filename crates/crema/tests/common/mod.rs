@@ -154,3 +154,19 @@ pub fn discovered(c: CacheConfig) -> CacheConfig {
     let discovery = crema::StaticClusterDiscovery::new(c.node_id, c.raft_addr, c.seed_nodes.clone());
     c.with_cluster_discovery(discovery)
 }
+
+/// `c` with Multi-Raft on, `shards` shards, and the static discovery Multi-Raft needs.
+pub fn sharded_config(c: CacheConfig, shards: u32) -> CacheConfig {
+    discovered(c).with_multiraft_config(crema::MultiRaftCacheConfig {
+        enabled: true,
+        num_shards: shards,
+        ..Default::default()
+    })
+}
+
+/// An `n`-node cluster of `shards` shards, once every shard has a leader every node knows.
+pub async fn sharded_cluster(n: usize, shards: u32) -> Vec<DistributedCache> {
+    let nodes = cluster_with(n, |c| sharded_config(c, shards)).await;
+    wait_for_shard_leaders(&nodes.iter().collect::<Vec<_>>(), shards, None).await;
+    nodes
+}
