@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{cluster_with, discovered, wait_until};
-use crema::{ApplyOutput, CacheCommand, CommandError, DistributedCache, Error, MultiRaftCacheConfig};
+use common::{cluster_with, wait_until};
+use crema::{ApplyOutput, CacheCommand, CommandError, DistributedCache, Error};
 
 const SHARDS: u32 = 4;
 
@@ -307,10 +307,9 @@ async fn nodes_that_split_the_keys_differently_refuse_each_other() {
     for (i, (listener, _)) in bound.into_iter().enumerate() {
         let id = i as u64 + 1;
         let num_shards = if id == 3 { 8 } else { 4 };
-        let config = discovered(common::node_config(id, &addrs))
+        let config = common::sharded_config(common::node_config(id, &addrs), num_shards)
             .with_raft_storage_type(crema::RaftStorageType::RocksDb)
-            .with_data_dir(dirs[i].path())
-            .with_multiraft_config(MultiRaftCacheConfig { enabled: true, num_shards, ..Default::default() });
+            .with_data_dir(dirs[i].path());
         nodes.push(DistributedCache::new_with_listener(config, listener).await.unwrap());
     }
     let (one, three) = (&nodes[0], &nodes[2]);
