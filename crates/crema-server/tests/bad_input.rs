@@ -31,8 +31,13 @@ async fn impossible_lengths_get_an_error_and_a_closed_connection() {
     error_then_close(&node, b"*1\r\n$3\r\nGETxx", "not terminated by CRLF").await;
     error_then_close(&node, b"*abc\r\n", "invalid length").await;
     error_then_close(&node, b"SET \"unbalanced\r\n", "unbalanced quotes").await;
-    // `*0`, `*-1` and `*-0` carry no command: skipped, and the connection goes on.
-    let reply = raw_until(node.resp, b"*-0\r\n*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n", b"+PONG\r\n").await;
+    // Lengths Redis 7.0 refuses too (checked against redis-server): a sign other than `-`, a
+    // leading zero, `-0`.
+    error_then_close(&node, b"*1\r\n$+4\r\nPING\r\n", "invalid length '+4'").await;
+    error_then_close(&node, b"*01\r\n$4\r\nPING\r\n", "invalid length '01'").await;
+    error_then_close(&node, b"*-0\r\n", "invalid length '-0'").await;
+    // `*0` and `*-1` carry no command: skipped, and the connection goes on.
+    let reply = raw_until(node.resp, b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n", b"+PONG\r\n").await;
     assert_eq!(reply, b"+PONG\r\n");
     still_serves(&node).await;
 }
