@@ -182,10 +182,11 @@ impl<S: LogStore> Group<S> {
             heard = ?heard,
             needed,
             missing = ?missing,
-            "this node restarted with memory storage and cannot rejoin safely: it must hear from {needed} other \
-             voters and heard from {}; it does not vote until then. If the missing nodes are lost for good, the \
-             cluster's data is lost with them: restart one survivor with --force-new-cluster and add the others \
-             back with --join (docs/reliability.md, \"Restarting a memory node\")",
+            "this node started without its Raft state (memory storage, or an empty data dir: a first start and a \
+             restart look alike) and cannot take part safely yet: it must hear from {needed} other voters and \
+             heard from {}; it does not vote until then. In a new cluster, start the missing nodes. If they are \
+             lost for good, the cluster's data is lost with them: restart one survivor with --force-new-cluster \
+             and add the others back with --join (docs/reliability.md, \"Restarting a memory node\")",
             heard.len()
         );
     }
