@@ -1,7 +1,8 @@
 //! Clients that do not read their replies, or read them slowly, against a real `crema serve`:
 //! one that never reads is dropped with bounded memory; one that reads slowly but steadily is
 //! served whole; one that sends a whole pipeline before it reads is answered whole while the
-//! pipeline fits its query buffer, and closed at once when it does not.
+//! pipeline fits its query buffer, and closed at once when it does not; large values in
+//! replies that wait are not copied; a client gone without a word is probed (TCP keepalive).
 
 mod common;
 
@@ -37,6 +38,51 @@ async fn a_client_that_never_reads_is_dropped_with_bounded_memory() {
     let after = rss_mib(node.child.id());
     assert!(after < before + 256, "RSS grew from {before} to {after} MiB");
     still_serves(&node).await;
+}
+
+/// Found from outside: a 600-byte `MGET` naming one 8 MB value 63 times, never read, made the
+/// node copy the 504 MB reply into the connection's buffer; eight such clients held 4 GB for
+/// the 30 s of the write timeout, and the copying stalled the node long enough for its leader
+/// to lose its leadership. Large values now wait in a reply by reference: the clients cost the
+/// node next to nothing, others are served meanwhile, and a client that reads at last gets
+/// every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_in_replies_that_wait_are_not_copied() {
+    let node = start(&[]);
+    let mut c = client(node.resp).await;
+    let value = "m".repeat(4 << 20);
+    let _: () = c.set("big", &value).await.unwrap();
+    let before = rss_mib(node.child.id());
+    // 100 times the 4 MiB value: 400 MiB of reply per client, 1.6 GiB for the four.
+    let mut request = b"*101\r\n$4\r\nMGET\r\n".to_vec();
+    request.extend(b"$3\r\nbig\r\n".repeat(100));
+    let mut greedy = Vec::new();
+    for _ in 0..4 {
+        let mut stream = narrow_connection(node.resp).await;
+        stream.write_all(&request).await.unwrap();
+        greedy.push(stream);
+    }
+    wait_until(Duration::from_secs(20), "the four MGETs ran", || {
+        let admin = node.admin;
+        async move {
+            http_get(admin, "/metrics").await.1.contains("crema_resp_commands_total{command=\"mget\"} 4\n")
+        }
+    })
+    .await;
+    still_serves(&node).await;
+    let after = rss_mib(node.child.id());
+    assert!(after < before + 256, "RSS grew from {before} to {after} MiB");
+    // One of them reads its reply at last: all of it, byte for byte.
+    let element = format!("${}\r\n{value}\r\n", value.len());
+    let mut expected = b"*100\r\n".to_vec();
+    expected.extend(element.as_bytes().repeat(100));
+    let (mut got, mut chunk) = (0, vec![0u8; 1 << 20]);
+    while got < expected.len() {
+        let n = greedy[0].read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed after {got} of {} bytes", expected.len());
+        assert!(chunk[..n] == expected[got..got + n], "the reply differs at byte {got}");
+        got += n;
+    }
 }
 
 /// A client that sends a whole pipeline before it reads a reply (redis-py does), with large
@@ -126,4 +172,43 @@ async fn a_pipeline_larger_than_the_query_buffer_is_closed_without_waiting_for_t
     assert!(started.elapsed() < Duration::from_secs(20), "closed after {:?}", started.elapsed());
     wait_for_clients(&node, 2, "the greedy client is gone").await;
     still_serves(&node).await;
+}
+
+/// The kernel's timer on the server's side of the connection from `client_port` to the RESP
+/// port `server_port` (`/proc/net/tcp`'s `tr`: 2 is the keepalive timer), once it is there.
+fn server_side_timer(server_port: u16, client_port: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+        if port(fields[1])? != server_port || port(fields[2])? != client_port {
+            return None;
+        }
+        u8::from_str_radix(fields[5].split(':').next()?, 16).ok()
+    })
+}
+
+/// Found from outside: clients that vanished without a FIN or RST (their packets dropped, then
+/// killed) held their `--max-clients` slots for good. Client connections carry TCP keepalive
+/// now (Redis's `tcp-keepalive`, 300 s by default), so the kernel probes an idle client and
+/// closes one that is gone; `--tcp-keepalive-secs 0` turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connections_carry_tcp_keepalive() {
+    for (secs, timer) in [("7", 2), ("0", 0)] {
+        let node = start(&["--tcp-keepalive-secs", secs]);
+        let mut c = client(node.resp).await;
+        let config: Vec<String> =
+            redis::cmd("CONFIG").arg("GET").arg("tcp-keepalive").query_async(&mut c).await.unwrap();
+        assert_eq!(config, ["tcp-keepalive", secs]);
+        let mut idle = TcpStream::connect(node.resp).await.unwrap();
+        // Answered: the server has accepted it (and set its options).
+        idle.write_all(b"PING\r\n").await.unwrap();
+        assert_eq!(read_some(&mut idle, 7).await, b"+PONG\r\n");
+        let client_port = idle.local_addr().unwrap().port();
+        assert_eq!(
+            server_side_timer(node.resp.port(), client_port),
+            Some(timer),
+            "--tcp-keepalive-secs {secs}"
+        );
+    }
 }

@@ -195,6 +195,7 @@ fn config_params(call: &Call<'_>) -> Vec<(&'static str, String)> {
         ("maxmemory-policy", "allkeys-lfu".into()),
         ("maxclients", s.max_clients.to_string()),
         ("timeout", s.idle_timeout.as_secs().to_string()),
+        ("tcp-keepalive", s.tcp_keepalive.as_secs().to_string()),
         ("databases", "1".into()),
         ("save", String::new()),
         ("appendonly", "no".into()),

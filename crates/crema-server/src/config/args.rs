@@ -132,10 +132,13 @@ pub struct ServeArgs {
     #[arg(long, env = "CREMA_AUTO_REMOVE_VOTERS", value_parser = parse_yes_no)]
     pub auto_remove_voters: Option<bool>,
     /// Most entries in the local cache, split evenly over the shards (each shard holds at most
-    /// its share; keys beyond it are evicted) [default: 1000000].
+    /// its share; keys beyond it are evicted). Entries, not bytes: it does not bound memory
+    /// (a million 8 MiB values is 8 TiB); --max-memory-bytes does [default: 1000000].
     #[arg(long, env = "CREMA_MAX_CAPACITY")]
     pub max_capacity: Option<u64>,
-    /// Most bytes of keys and values in the local cache (replaces --max-capacity).
+    /// Most bytes of keys and values in the local cache (replaces --max-capacity). A soft bound:
+    /// writes that commit while the leader's evictions are on their way go over it for that
+    /// long, and the process needs more than it (copies in flight, the Raft log, buffers).
     #[arg(long, env = "CREMA_MAX_MEMORY_BYTES")]
     pub max_memory_bytes: Option<u64>,
     /// TTL in milliseconds for library `put`s that set none.
@@ -168,6 +171,11 @@ pub struct ServeArgs {
     /// Close clients idle this many seconds; 0 never [default: 0].
     #[arg(long, env = "CREMA_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// TCP keepalive on client connections, seconds: a client gone without a word (crashed
+    /// host, dropped NAT entry) is closed about this long after its last packet, plus three
+    /// probes a third of it apart; 0 off (Redis's tcp-keepalive) [default: 300].
+    #[arg(long, env = "CREMA_TCP_KEEPALIVE_SECS")]
+    pub tcp_keepalive_secs: Option<u64>,
     /// Largest bulk string in a request, bytes [default: 16777216].
     #[arg(long, env = "CREMA_MAX_BULK_BYTES")]
     pub max_bulk_bytes: Option<usize>,
@@ -263,6 +271,7 @@ impl ServeArgs {
             heartbeat_tick,
             max_clients,
             idle_timeout_secs,
+            tcp_keepalive_secs,
             max_bulk_bytes,
             max_args
         );

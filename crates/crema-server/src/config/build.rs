@@ -173,6 +173,7 @@ impl ServeConfig {
             max_output_buffer_bytes: self.max_output_buffer_bytes,
             max_clients: self.max_clients,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            tcp_keepalive: Duration::from_secs(self.tcp_keepalive_secs),
             request_timeout: Duration::from_millis(self.slow_request_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             auth_timeout: Duration::from_secs(self.auth_timeout_secs.max(1)),

@@ -125,6 +125,8 @@ pub struct ServeConfig {
     pub max_clients: usize,
     /// Close idle clients after this many seconds; 0 never closes them.
     pub idle_timeout_secs: u64,
+    /// TCP keepalive on client connections, seconds; 0 off.
+    pub tcp_keepalive_secs: u64,
     /// Largest bulk string in a request, bytes.
     pub max_bulk_bytes: usize,
     /// Most arguments in one request.
@@ -229,6 +231,7 @@ impl Default for ServeConfig {
             heartbeat_tick: raft.heartbeat_tick,
             max_clients: resp.max_clients,
             idle_timeout_secs: 0,
+            tcp_keepalive_secs: 300,
             max_bulk_bytes: resp.limits.max_bulk_bytes,
             max_args: resp.limits.max_args,
             max_inline_bytes: resp.limits.max_inline_bytes,

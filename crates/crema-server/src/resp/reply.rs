@@ -5,7 +5,11 @@
 //! becomes a flat array, null becomes the null bulk string, booleans become 1/0, doubles become
 //! bulk strings.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+#[cfg(test)]
+use bytes::BytesMut;
+
+use super::output::ReplySink;
 
 /// The protocol version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,8 +71,9 @@ impl Reply {
         Reply::Bulk(b.into())
     }
 
-    /// Appends this reply, encoded for `protocol`, to `out`.
-    pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
+    /// Appends this reply, encoded for `protocol`, to `out` (a `BytesMut`, or a connection's
+    /// [`super::output::Output`], which keeps large values by reference).
+    pub fn encode(&self, protocol: Protocol, out: &mut impl ReplySink) {
         let resp3 = protocol == Protocol::Resp3;
         match self {
             Reply::Simple(s) => line(out, b'+', s.as_bytes()),
@@ -79,11 +84,11 @@ impl Reply {
                 line(out, b'-', &clean);
             }
             Reply::Integer(i) => line(out, b':', itoa(*i).as_bytes()),
-            Reply::Bulk(b) => bulk(out, b),
-            Reply::Null if resp3 => out.put_slice(b"_\r\n"),
-            Reply::Null => out.put_slice(b"$-1\r\n"),
-            Reply::NullArray if resp3 => out.put_slice(b"_\r\n"),
-            Reply::NullArray => out.put_slice(b"*-1\r\n"),
+            Reply::Bulk(b) => bulk_value(out, b),
+            Reply::Null if resp3 => out.put(b"_\r\n"),
+            Reply::Null => out.put(b"$-1\r\n"),
+            Reply::NullArray if resp3 => out.put(b"_\r\n"),
+            Reply::NullArray => out.put(b"*-1\r\n"),
             Reply::Array(items) => {
                 line(out, b'*', itoa(items.len() as i64).as_bytes());
                 for item in items {
@@ -101,34 +106,37 @@ impl Reply {
                     v.encode(protocol, out);
                 }
             }
-            Reply::Boolean(b) if resp3 => out.put_slice(if *b { b"#t\r\n" } else { b"#f\r\n" }),
+            Reply::Boolean(b) if resp3 => out.put(if *b { b"#t\r\n" } else { b"#f\r\n" }),
             Reply::Boolean(b) => line(out, b':', if *b { b"1" } else { b"0" }),
             Reply::Double(d) if resp3 => line(out, b',', format_double(*d).as_bytes()),
             Reply::Double(d) => bulk(out, format_double(*d).as_bytes()),
             Reply::Verbatim(text) if resp3 => {
                 line(out, b'=', itoa(text.len() as i64 + 4).as_bytes());
-                out.reserve(text.len() + 6);
-                out.put_slice(b"txt:");
-                out.put_slice(text);
-                out.put_slice(b"\r\n");
+                out.put(b"txt:");
+                out.put_value(text);
+                out.put(b"\r\n");
             }
-            Reply::Verbatim(text) => bulk(out, text),
+            Reply::Verbatim(text) => bulk_value(out, text),
         }
     }
 }
 
-fn line(out: &mut BytesMut, kind: u8, body: &[u8]) {
-    out.reserve(body.len() + 3);
-    out.put_u8(kind);
-    out.put_slice(body);
-    out.put_slice(b"\r\n");
+fn line(out: &mut impl ReplySink, kind: u8, body: &[u8]) {
+    out.put(&[kind]);
+    out.put(body);
+    out.put(b"\r\n");
 }
 
-fn bulk(out: &mut BytesMut, body: &[u8]) {
+fn bulk(out: &mut impl ReplySink, body: &[u8]) {
     line(out, b'$', itoa(body.len() as i64).as_bytes());
-    out.reserve(body.len() + 2);
-    out.put_slice(body);
-    out.put_slice(b"\r\n");
+    out.put(body);
+    out.put(b"\r\n");
+}
+
+fn bulk_value(out: &mut impl ReplySink, body: &Bytes) {
+    line(out, b'$', itoa(body.len() as i64).as_bytes());
+    out.put_value(body);
+    out.put(b"\r\n");
 }
 
 fn itoa(i: i64) -> ItoaText {

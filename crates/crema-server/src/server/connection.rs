@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::{ServerState, MAX_AUTH_FAILURES};
 use crate::cmd::write::PreparedWrite;
 use crate::cmd::{self, Session, Step};
-use crate::resp::{take_request_resuming, Progress, Reply, RequestLimits};
+use crate::resp::{take_request_resuming, Output, Progress, Reply, RequestLimits};
 
 /// Most writes proposed together, and most bytes of keys and values in them: a batch stays
 /// well under the peer frame limit when it is forwarded from a follower.
@@ -108,7 +108,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         stream: &mut stream,
         input: BytesMut::new(),
         progress: Progress::default(),
-        output: BytesMut::new(),
+        output: Output::default(),
         id,
         evicted,
         buffer_evicted: CancellationToken::new(),
@@ -139,7 +139,7 @@ struct Connection<'a, S> {
     input: BytesMut,
     /// How far the request at the front of `input` was parsed (see `resp::Progress`).
     progress: Progress,
-    output: BytesMut,
+    output: Output,
     id: u64,
     /// While unauthenticated: cancelled when a newer stranger takes this one's place (see
     /// `Strangers`).
@@ -193,8 +193,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// Sends what the socket takes at once of the pending replies (a killed connection's
     /// last ones: `CLIENT KILL` of itself answers before it closes), without waiting.
     fn send_what_fits(&mut self) {
-        if let Some(Ok(n)) = self.stream.write(&self.output).now_or_never() {
-            let _ = self.output.split_to(n);
+        if let Some(Ok(n)) = self.stream.write(self.output.first()).now_or_never() {
+            self.output.advance(n);
             let _ = self.stream.flush().now_or_never();
         }
     }
@@ -459,8 +459,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             return Ok(());
         }
         // The usual case, first: the socket takes it all at once.
-        if let Some(Ok(n)) = self.stream.write(&self.output).now_or_never() {
-            let _ = self.output.split_to(n);
+        if let Some(Ok(n)) = self.stream.write(self.output.first()).now_or_never() {
+            self.output.advance(n);
             if self.output.is_empty() && matches!(self.stream.flush().now_or_never(), Some(Ok(()))) {
                 return Ok(());
             }
@@ -468,13 +468,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         let settings = &self.state.settings;
         let mut deadline = Instant::now() + settings.write_timeout;
         let (mut reader, mut writer) = tokio::io::split(&mut *self.stream);
-        let (mut out, mut reading) = (&self.output[..], true);
+        let mut reading = true;
         let (kill, stop) = (self.entry.kill.clone(), self.shutdown.clone());
         // Made once: each wait registers with its token (a lock, shared for shutdown).
         let (killed, shutdown) = (kill.cancelled(), stop.cancelled());
         tokio::pin!(killed, shutdown);
         let parser_bytes = self.progress.held_bytes();
-        while !out.is_empty() {
+        while !self.output.is_empty() {
             let room = reading && self.input.len() + parser_bytes < settings.max_query_buffer_bytes;
             if room {
                 self.input.reserve(READ_CHUNK);
@@ -482,14 +482,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             // The buffer is full and the client still sends: it reads nothing until it is done.
             let stalled = reading && !room;
             let wait_until = if stalled { deadline.min(Instant::now() + PIPELINE_STALL) } else { deadline };
+            let mut wrote = 0;
             tokio::select! {
                 biased;
                 () = &mut killed => return Err(Closed::Killed),
                 () = &mut shutdown => return Err(Closed::Shutdown),
-                written = writer.write(out) => match written {
+                written = writer.write(self.output.first()) => match written {
                     Ok(0) => return Err(Closed::Io(std::io::ErrorKind::WriteZero.into())),
                     Ok(n) => {
-                        out = &out[n..];
+                        wrote = n;
                         deadline = Instant::now() + settings.write_timeout;
                     }
                     Err(e) => return Err(Closed::Io(e)),
@@ -523,6 +524,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                     return Err(Closed::SlowReader);
                 }
             }
+            self.output.advance(wrote);
         }
         match tokio::time::timeout_at(deadline, writer.flush()).await {
             Ok(Ok(())) => {}

@@ -43,6 +43,8 @@ pub struct RespSettings {
     pub max_clients: usize,
     /// Close a connection idle this long; zero never closes (Redis's default).
     pub idle_timeout: Duration,
+    /// TCP keepalive on client connections (see [`keep_alive`]); zero off.
+    pub tcp_keepalive: Duration,
     /// A request that started arriving must be complete within this (slow clients are closed).
     pub request_timeout: Duration,
     /// While replies wait, the client must take some of them within this, or the connection
@@ -72,6 +74,7 @@ impl Default for RespSettings {
             max_output_buffer_bytes: 1024 * 1024,
             max_clients: 10_000,
             idle_timeout: Duration::ZERO,
+            tcp_keepalive: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             password: None,
@@ -269,6 +272,9 @@ impl RespServer {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            if let Err(e) = keep_alive(&stream, self.state.settings.tcp_keepalive) {
+                debug!(%addr, error = %e, "TCP keepalive not set");
+            }
             let local = stream.local_addr().ok();
             clients.connected.fetch_add(1, Ordering::AcqRel);
             clients.accepted.fetch_add(1, Ordering::Relaxed);
@@ -315,4 +321,18 @@ impl RespServer {
         }
         info!("RESP server stopped");
     }
+}
+/// Sets TCP keepalive on a client connection as Redis's `tcp-keepalive` does: the first probe
+/// after `time` of silence, then three a third of it apart; `time` zero turns it off. Found
+/// from outside: clients gone without a FIN or RST (a crashed host, a dropped NAT entry) held
+/// their `--max-clients` slots for good, the idle timeout being off by default.
+fn keep_alive(stream: &tokio::net::TcpStream, time: Duration) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    if time.is_zero() {
+        return socket.set_keepalive(false);
+    }
+    let interval = (time / 3).max(Duration::from_secs(1));
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new().with_time(time).with_interval(interval).with_retries(3),
+    )
 }
