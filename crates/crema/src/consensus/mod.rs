@@ -8,6 +8,8 @@ pub(crate) mod admit;
 pub mod apply;
 pub mod command;
 pub(crate) mod group;
+#[cfg(feature = "rocksdb")]
+mod log_mark;
 mod logger;
 pub mod long_double;
 mod nesting;

@@ -1,14 +1,16 @@
 //! [`NodeDb`]: a node's one RocksDB, shared by the Raft logs of every shard replica on it
 //! (feature `rocksdb`): how it is opened (a vector memtable, small caches), reopened after a
 //! failed write, and keyed (`[shard: u32 BE][tag]`, plus the index for entries); the changes
-//! a write carries ([`Op`]) and the free-space reserve checked before each write.
+//! a write carries ([`Op`]) and the free-space reserve checked before each write. A log that
+//! lost synced writes is refused when it opens (`log_mark`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use raft::StorageError;
-use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{DBRecoveryMode, Options, WriteBatch, WriteOptions, DB};
 
+use super::log_mark::LogMark;
 use super::rocks_writer::NodeWriter;
 use crate::types::ShardId;
 
@@ -32,6 +34,8 @@ pub(super) enum Op {
 pub struct NodeDb {
     path: PathBuf,
     pub(super) writer: NodeWriter,
+    /// How far the log was synced (see `log_mark`).
+    pub(super) mark: LogMark,
     /// None after a failed write: RocksDB must not be written through a handle that failed
     /// (Debian's build asserts on it), so the next write opens the database again, once every
     /// write through the failed handle has ended (until then the reopen fails on RocksDB's
@@ -100,21 +104,53 @@ impl NodeDb {
         batch.delete_range(shard.to_be_bytes().to_vec(), end);
         let mut options = WriteOptions::default();
         options.set_sync(true);
+        let before = db.latest_sequence_number();
         let written = db.write_opt(batch, &options);
-        if written.is_err() {
-            self.forget(&db);
+        match written {
+            Ok(()) => self.mark.note(before, false),
+            Err(_) => self.forget(&db),
         }
         written
+    }
+}
+
+impl Drop for NodeDb {
+    /// Syncs what is left and records the exact mark: a log damaged while the node is stopped
+    /// is refused whole at its next start.
+    fn drop(&mut self) {
+        let slot = self.slot.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(db) = slot.take() {
+            if db.flush_wal(true).is_ok() {
+                self.mark.note(db.latest_sequence_number(), true);
+            }
+        }
     }
 }
 
 /// Opens (creating if needed) the RocksDB database at `path`.
 ///
 /// # Errors
-/// RocksDB cannot open it (missing permissions, another process holds its lock, corruption).
-pub fn open_db(path: &Path) -> Result<Arc<NodeDb>, rocksdb::Error> {
-    let db = open_rocks(path)?;
-    Ok(Arc::new(NodeDb { path: path.to_owned(), writer: NodeWriter::default(), slot: RwLock::new(Some(db)) }))
+/// RocksDB cannot open it (missing permissions, another process holds its lock), or its log is
+/// damaged or lost writes it had synced (the text says what to do).
+pub fn open_db(path: &Path) -> Result<Arc<NodeDb>, String> {
+    let mark = LogMark::open(path);
+    let db = open_rocks(path).map_err(|e| match e.kind() {
+        rocksdb::ErrorKind::Corruption => format!("{e}: {}", untrusted(path)),
+        _ => e.to_string(),
+    })?;
+    mark.check(path, db.latest_sequence_number()).map_err(|e| format!("{e}: {}", untrusted(path)))?;
+    let slot = RwLock::new(Some(db));
+    Ok(Arc::new(NodeDb { path: path.to_owned(), writer: NodeWriter::default(), mark, slot }))
+}
+
+/// What to do with a log that cannot be trusted.
+fn untrusted(path: &Path) -> String {
+    format!(
+        "this node's Raft log cannot be trusted. Move {} away (keep the rest of the data dir) and start the \
+         node again: with no log it recovers as a node that lost its disk does, from the peers that kept \
+         theirs, before it votes; what only this node held is lost",
+        path.display()
+    )
 }
 
 pub(super) fn open_rocks(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
@@ -123,6 +159,9 @@ pub(super) fn open_rocks(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     // The log is written once and read rarely: keep RocksDB's own caches small.
     options.set_max_total_wal_size(64 * 1024 * 1024);
     options.set_keep_log_file_num(4);
+    // Only a torn last record (a write the power cut) is dropped: damage followed by records is
+    // an error, not a shorter log (see `log_mark`).
+    options.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
     // The log is only appended to while the node runs (reads come from each store's memory
     // mirror), and the groups' appends interleave in the writer's batches: a skip list paid a
     // seek across shards for every key (12% of a node's CPU under W3 with 16 shards). A vector

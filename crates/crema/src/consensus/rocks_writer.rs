@@ -161,11 +161,18 @@ fn write_batch(jobs: &[Job]) -> Result<(), String> {
         add_ops(&mut batch, &job.ops);
     }
     let mut options = WriteOptions::default();
-    options.set_sync(jobs.iter().any(|j| j.sync));
+    let sync = jobs.iter().any(|j| j.sync);
+    options.set_sync(sync);
+    let before = db.latest_sequence_number();
     db.write_opt(batch, &options).map_err(|e| {
         node.forget(&db);
         e.to_string()
-    })
+    })?;
+    if sync {
+        // Synced: so is every write before this one.
+        node.mark.note(before, false);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
