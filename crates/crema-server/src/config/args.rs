@@ -219,7 +219,8 @@ pub struct ServeArgs {
     /// Checkpoint after this many seconds if anything changed; 0: by threshold only [default: 300].
     #[arg(long, env = "CREMA_CHECKPOINT_INTERVAL_SECS")]
     pub checkpoint_interval_secs: Option<u64>,
-    /// With rocksdb: refuse writes while the data disk has less free [default: 67108864].
+    /// With rocksdb: refuse writes while the data disk has less free; 0 turns the reserve off,
+    /// and a disk that fills up may then abort the node inside RocksDB [default: 67108864].
     #[arg(long, env = "CREMA_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
 }

@@ -60,8 +60,6 @@ pub(crate) enum Reject {
     SnapshotAsked,
     /// A leader-only message (`MsgTimeoutNow`) from a node that is not this node's leader.
     NotFromLeader,
-    /// A heartbeat whose commit index lay past this node's log (corrected, not dropped).
-    CommitPastLog,
     /// An append whose previous entry lies past this node's log with term 0: raft-rs takes any
     /// index past its log for term 0, so it would match and commit past the log (a panic).
     AppendPastLog,
@@ -87,7 +85,6 @@ impl std::fmt::Display for Reject {
             Reject::BadSnapshot => "snapshot with a configuration raft-rs cannot restore or undecodable data",
             Reject::SnapshotAsked => "asks for a snapshot, which crema's nodes never do",
             Reject::NotFromLeader => "leader-only message from a non-leader",
-            Reject::CommitPastLog => "heartbeat commit index past this node's log (lowered)",
             Reject::AppendPastLog => "append after an entry past this node's log with term 0",
             Reject::TermLeap => "term too far past this replica's",
             Reject::NotAMember => "sender is not a member of the group",

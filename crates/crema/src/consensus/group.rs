@@ -374,7 +374,16 @@ impl<S: LogStore> Group<S> {
         let vouched = self.shared.map_names(msg.from);
         match admit::check_against_log(&self.raw.raft, &mut msg, vouched) {
             Ok(Admitted::AsIs) => {}
-            Ok(Admitted::CommitLowered) => self.note_rejected(&msg, Reject::CommitPastLog),
+            // Routine after a restart (the leader has not yet heard that this incarnation
+            // holds less): found from outside, a WARN on every ordinary restart read like a
+            // lost log. A log that lost synced writes is refused at open (`log_mark`).
+            Ok(Admitted::CommitLowered) => {
+                debug!(
+                    shard = self.shared.shard,
+                    from = msg.from,
+                    "heartbeat commit past this node's log lowered"
+                )
+            }
             Err(reason) => {
                 if reason == Reject::ConflictsWithCommitted && msg.term >= self.raw.raft.term {
                     self.note_diverged(&msg);
