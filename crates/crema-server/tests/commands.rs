@@ -465,6 +465,13 @@ async fn server_commands() {
     let info: String = q(c, &["CLUSTER", "INFO"]).await.unwrap();
     assert!(info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384"), "{info}");
     assert!(err(c, &["CLUSTER", "SETSLOT", "1", "NODE", "x"]).await.contains("unknown subcommand"));
+    // Every node is a master: no replicas, no failure reports; an unknown node as Redis says it.
+    for sub in ["REPLICAS", "SLAVES"] {
+        assert!(q::<Vec<String>>(c, &["CLUSTER", sub, &myid]).await.unwrap().is_empty(), "{sub}");
+    }
+    assert_eq!(q::<i64>(c, &["CLUSTER", "COUNT-FAILURE-REPORTS", &myid]).await.unwrap(), 0);
+    let stranger = format!("{:040x}", 9);
+    assert!(err(c, &["CLUSTER", "REPLICAS", &stranger]).await.contains(&format!("Unknown node {stranger}")));
 }
 
 #[tokio::test]

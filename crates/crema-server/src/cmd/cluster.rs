@@ -61,9 +61,30 @@ pub(super) async fn run(call: &mut Call<'_>) -> Result<Reply, CmdError> {
             let keys = keys.into_iter().filter(|k| crema::key_slot(k) == slot).take(count);
             Ok(Reply::Array(keys.map(Reply::Bulk).collect()))
         }
+        // Every node is a master (of the slots of the shards it leads, `nodes` below): none is
+        // listed as another's replica, and none is reported failing by a master but itself.
+        // Found from outside: redis-py's and valkey-py's `cluster_replicas()` failed on them.
+        ("REPLICAS" | "SLAVES", 3) => {
+            known_node(call.state, call.arg(2), &shards(call.state).await?)?;
+            Ok(Reply::Array(Vec::new()))
+        }
+        ("COUNT-FAILURE-REPORTS", 3) => {
+            known_node(call.state, call.arg(2), &shards(call.state).await?)?;
+            Ok(Reply::Integer(0))
+        }
         ("HELP", 2) => Ok(Reply::Array(HELP.iter().map(|line| Reply::Simple(line)).collect())),
         (
-            "KEYSLOT" | "MYID" | "SLOTS" | "SHARDS" | "NODES" | "INFO" | "COUNTKEYSINSLOT" | "GETKEYSINSLOT"
+            "KEYSLOT"
+            | "MYID"
+            | "SLOTS"
+            | "SHARDS"
+            | "NODES"
+            | "INFO"
+            | "COUNTKEYSINSLOT"
+            | "GETKEYSINSLOT"
+            | "REPLICAS"
+            | "SLAVES"
+            | "COUNT-FAILURE-REPORTS"
             | "HELP",
             _,
         ) => Err(CmdError::Arity(format!("cluster|{}", subcommand.to_ascii_lowercase()))),
@@ -76,6 +97,8 @@ pub(super) async fn run(call: &mut Call<'_>) -> Result<Reply, CmdError> {
 
 const HELP: &[&str] = &[
     "CLUSTER <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "COUNT-FAILURE-REPORTS <node-id>",
+    "    Return number of failure reports for <node-id> (always 0: no master reports another).",
     "COUNTKEYSINSLOT <slot>",
     "    Return the number of keys in <slot>.",
     "GETKEYSINSLOT <slot> <count>",
@@ -88,14 +111,29 @@ const HELP: &[&str] = &[
     "    Return the node id.",
     "NODES",
     "    Return cluster configuration seen by node.",
+    "REPLICAS <node-id>",
+    "    Return <node-id> replicas (none: every node is a master of the slots it leads).",
     "SHARDS",
     "    Return information about slot range mappings and the nodes associated with them.",
+    "SLAVES <node-id>",
+    "    Return <node-id> replicas.",
     "SLOTS",
     "    Return information about slots range mappings. Each range is made of:",
     "    start, end, master and replicas IP addresses, ports and ids",
     "HELP",
     "    Print this help.",
 ];
+
+/// Refuses a node id that `CLUSTER NODES` does not list, as Redis does.
+fn known_node(state: &ServerState, id: &[u8], shards: &[ShardInfo]) -> Result<(), CmdError> {
+    let me = state.cache.node_id();
+    let listed = shards.iter().flat_map(|s| s.members.iter().copied()).chain([me]);
+    let text = String::from_utf8_lossy(id);
+    match listed.into_iter().find(|n| cluster_node_id(*n).eq_ignore_ascii_case(&text)) {
+        Some(_) => Ok(()),
+        None => Err(CmdError::Invalid(format!("Unknown node {text}"))),
+    }
+}
 
 fn parse_slot(arg: &[u8]) -> Result<u16, CmdError> {
     super::parse_int(arg)

@@ -30,6 +30,10 @@ def main():
     covered = sorted((s[0], s[1]) for s in slots)
     assert covered[0][0] == 0 and covered[-1][1] == 16383, covered
     assert len(rc.get_nodes()) == len(nodes), rc.get_nodes()
+    # Every node is a master of the slots it leads: no replicas (found from outside, the
+    # command was unknown and cluster_replicas() raised).
+    for node in rc.get_nodes():
+        assert rc.cluster_replicas(rc.cluster_myid(node)) == {}, node
 
     for i in range(300):
         rc.set(f"key:{i}", i)
