@@ -123,7 +123,9 @@ fn cache_error_reply(e: &crema::Error, leaders: &dyn LeaderAddr) -> Reply {
             Reply::Error("TRYAGAIN leadership changed, nothing was written".into())
         }
         crema::Error::Timeout(d) => {
-            Reply::Error(format!("TIMEOUT no answer within {d:?} (a write may or may not have been applied)"))
+            // The same for reads and writes (found from outside: a read's timeout spoke of a
+            // write): only a write's outcome is unknown.
+            Reply::Error(format!("TIMEOUT no answer within {d:?} (a write may or may not have been applied; a read changed nothing)"))
         }
         crema::Error::InvalidCommand(c) => Reply::err(c),
         crema::Error::Shutdown => Reply::Error("SHUTDOWN the node is shutting down".into()),
