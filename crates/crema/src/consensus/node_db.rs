@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use raft::StorageError;
 use rocksdb::{DBRecoveryMode, Options, WriteBatch, WriteOptions, DB};
 
-use super::log_mark::LogMark;
+use super::log_mark::{number_in, LogMark, MARK_KEY};
 use super::rocks_writer::NodeWriter;
 use crate::types::ShardId;
 
@@ -104,26 +104,11 @@ impl NodeDb {
         batch.delete_range(shard.to_be_bytes().to_vec(), end);
         let mut options = WriteOptions::default();
         options.set_sync(true);
-        let before = db.latest_sequence_number();
         let written = db.write_opt(batch, &options);
-        match written {
-            Ok(()) => self.mark.note(before, false),
-            Err(_) => self.forget(&db),
+        if written.is_err() {
+            self.forget(&db);
         }
         written
-    }
-}
-
-impl Drop for NodeDb {
-    /// Syncs what is left and records the exact mark: a log damaged while the node is stopped
-    /// is refused whole at its next start.
-    fn drop(&mut self) {
-        let slot = self.slot.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(db) = slot.take() {
-            if db.flush_wal(true).is_ok() {
-                self.mark.note(db.latest_sequence_number(), true);
-            }
-        }
     }
 }
 
@@ -133,12 +118,13 @@ impl Drop for NodeDb {
 /// RocksDB cannot open it (missing permissions, another process holds its lock), or its log is
 /// damaged or lost writes it had synced (the text says what to do).
 pub fn open_db(path: &Path) -> Result<Arc<NodeDb>, String> {
-    let mark = LogMark::open(path);
     let db = open_rocks(path).map_err(|e| match e.kind() {
         rocksdb::ErrorKind::Corruption => format!("{e}: {}", untrusted(path)),
         _ => e.to_string(),
     })?;
-    mark.check(path, db.latest_sequence_number()).map_err(|e| format!("{e}: {}", untrusted(path)))?;
+    let in_log = db.get(MARK_KEY).map_err(|e| e.to_string())?;
+    let mark =
+        LogMark::open(path, number_in(in_log.as_deref())).map_err(|e| format!("{e}: {}", untrusted(path)))?;
     let slot = RwLock::new(Some(db));
     Ok(Arc::new(NodeDb { path: path.to_owned(), writer: NodeWriter::default(), mark, slot }))
 }

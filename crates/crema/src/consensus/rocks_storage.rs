@@ -235,12 +235,9 @@ impl Disk {
         add_ops(&mut batch, ops);
         let mut options = WriteOptions::default();
         options.set_sync(sync);
-        let before = db.latest_sequence_number();
         let written = db.write_opt(batch, &options);
-        match written {
-            Ok(()) if sync => self.db.mark.note(before, false),
-            Ok(()) => {}
-            Err(_) => self.db.forget(&db),
+        if written.is_err() {
+            self.db.forget(&db);
         }
         written
     }

@@ -184,8 +184,8 @@ impl<S: LogStore> Group<S> {
             missing = ?missing,
             "this node started without its Raft state (memory storage, or an empty data dir: a first start and a \
              restart look alike) and cannot take part safely yet: it must hear from {needed} other voters and \
-             heard from {}; it does not vote until then. In a new cluster, start the missing nodes. If they are \
-             lost for good, the cluster's data is lost with them: restart one survivor with --force-new-cluster \
+             heard from {}; it does not vote until then. Start the missing nodes (in a new cluster they may not \
+             have started yet). If they are lost for good, the cluster's data is lost with them: restart one survivor with --force-new-cluster \
              and add the others back with --join (docs/reliability.md, \"Restarting a memory node\")",
             heard.len()
         );
