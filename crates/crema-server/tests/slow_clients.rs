@@ -43,45 +43,50 @@ async fn a_client_that_never_reads_is_dropped_with_bounded_memory() {
 /// Found from outside: a 600-byte `MGET` naming one 8 MB value 63 times, never read, made the
 /// node copy the 504 MB reply into the connection's buffer; eight such clients held 4 GB for
 /// the 30 s of the write timeout, and the copying stalled the node long enough for its leader
-/// to lose its leadership. Large values now wait in a reply by reference: the clients cost the
-/// node next to nothing, others are served meanwhile, and a client that reads at last gets
-/// every byte.
+/// to lose its leadership. Large values now wait in a reply by reference; found again with a
+/// 16 KB value named 30,000 times (copied), a large reply is now written element by element
+/// as the client takes it. Such clients cost the node next to nothing, others are served
+/// meanwhile, and a client that reads at last gets every byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_values_in_replies_that_wait_are_not_copied() {
+async fn large_replies_that_wait_hold_next_to_nothing() {
     let node = start(&[]);
     let mut c = client(node.resp).await;
-    let value = "m".repeat(4 << 20);
-    let _: () = c.set("big", &value).await.unwrap();
-    let before = rss_mib(node.child.id());
-    // 100 times the 4 MiB value: 400 MiB of reply per client, 1.6 GiB for the four.
-    let mut request = b"*101\r\n$4\r\nMGET\r\n".to_vec();
-    request.extend(b"$3\r\nbig\r\n".repeat(100));
-    let mut greedy = Vec::new();
-    for _ in 0..4 {
-        let mut stream = narrow_connection(node.resp).await;
-        stream.write_all(&request).await.unwrap();
-        greedy.push(stream);
-    }
-    wait_until(Duration::from_secs(20), "the four MGETs ran", || {
-        let admin = node.admin;
-        async move {
-            http_get(admin, "/metrics").await.1.contains("crema_resp_commands_total{command=\"mget\"} 4\n")
+    // 100 times a 4 MiB value (shared, not copied), then 20,000 times an 8 KiB one (copied as
+    // the client takes it): 400 and 160 MiB of reply per client, 1.6 and 0.6 GiB for four.
+    for (round, (key, size, times)) in
+        [("big", 4 << 20, 100), ("small", 8 << 10, 20_000)].into_iter().enumerate()
+    {
+        let value = key.repeat(size / key.len());
+        let _: () = c.set(key, &value).await.unwrap();
+        let before = rss_mib(node.child.id());
+        let mut request = format!("*{}\r\n$4\r\nMGET\r\n", times + 1).into_bytes();
+        request.extend(format!("${}\r\n{key}\r\n", key.len()).repeat(times).into_bytes());
+        let mut greedy = Vec::new();
+        for _ in 0..4 {
+            let mut stream = narrow_connection(node.resp).await;
+            stream.write_all(&request).await.unwrap();
+            greedy.push(stream);
         }
-    })
-    .await;
-    still_serves(&node).await;
-    let after = rss_mib(node.child.id());
-    assert!(after < before + 256, "RSS grew from {before} to {after} MiB");
-    // One of them reads its reply at last: all of it, byte for byte.
-    let element = format!("${}\r\n{value}\r\n", value.len());
-    let mut expected = b"*100\r\n".to_vec();
-    expected.extend(element.as_bytes().repeat(100));
-    let (mut got, mut chunk) = (0, vec![0u8; 1 << 20]);
-    while got < expected.len() {
-        let n = greedy[0].read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed after {got} of {} bytes", expected.len());
-        assert!(chunk[..n] == expected[got..got + n], "the reply differs at byte {got}");
-        got += n;
+        let counted = format!("crema_resp_commands_total{{command=\"mget\"}} {}\n", 4 * (round + 1));
+        wait_until(Duration::from_secs(20), "the four MGETs ran", || {
+            let (admin, counted) = (node.admin, counted.clone());
+            async move { http_get(admin, "/metrics").await.1.contains(&counted) }
+        })
+        .await;
+        still_serves(&node).await;
+        let after = rss_mib(node.child.id());
+        assert!(after < before + 256, "{key}: RSS grew from {before} to {after} MiB");
+        // One of them reads its reply at last: all of it, byte for byte.
+        let element = format!("${}\r\n{value}\r\n", value.len());
+        let mut expected = format!("*{times}\r\n").into_bytes();
+        expected.extend(element.as_bytes().repeat(times));
+        let (mut got, mut chunk) = (0, vec![0u8; 1 << 20]);
+        while got < expected.len() {
+            let n = greedy[0].read(&mut chunk).await.unwrap();
+            assert!(n > 0, "{key}: closed after {got} of {} bytes", expected.len());
+            assert!(chunk[..n] == expected[got..got + n], "{key}: the reply differs at byte {got}");
+            got += n;
+        }
     }
 }
 

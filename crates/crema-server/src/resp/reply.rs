@@ -71,6 +71,29 @@ impl Reply {
         Reply::Bulk(b.into())
     }
 
+    /// The elements of an array or map (a map's keys and values in turn), for writing a large
+    /// reply piece by piece: [`Self::encode_head`], then each element. `None` for the others.
+    pub fn elements(&self) -> Option<Box<dyn Iterator<Item = &Reply> + Send + '_>> {
+        match self {
+            Reply::Array(items) => Some(Box::new(items.iter())),
+            Reply::Map(pairs) => Some(Box::new(pairs.iter().flat_map(|(k, v)| [k, v]))),
+            _ => None,
+        }
+    }
+
+    /// Appends the header of an array or map, encoded for `protocol`: what [`Self::encode`]
+    /// writes before the elements. Nothing for the other replies.
+    pub fn encode_head(&self, protocol: Protocol, out: &mut impl ReplySink) {
+        match self {
+            Reply::Array(items) => line(out, b'*', itoa(items.len() as i64).as_bytes()),
+            Reply::Map(pairs) if protocol == Protocol::Resp3 => {
+                line(out, b'%', itoa(pairs.len() as i64).as_bytes())
+            }
+            Reply::Map(pairs) => line(out, b'*', itoa(2 * pairs.len() as i64).as_bytes()),
+            _ => {}
+        }
+    }
+
     /// Appends this reply, encoded for `protocol`, to `out` (a `BytesMut`, or a connection's
     /// [`super::output::Output`], which keeps large values by reference).
     pub fn encode(&self, protocol: Protocol, out: &mut impl ReplySink) {
@@ -90,17 +113,13 @@ impl Reply {
             Reply::NullArray if resp3 => out.put(b"_\r\n"),
             Reply::NullArray => out.put(b"*-1\r\n"),
             Reply::Array(items) => {
-                line(out, b'*', itoa(items.len() as i64).as_bytes());
+                self.encode_head(protocol, out);
                 for item in items {
                     item.encode(protocol, out);
                 }
             }
             Reply::Map(pairs) => {
-                if resp3 {
-                    line(out, b'%', itoa(pairs.len() as i64).as_bytes());
-                } else {
-                    line(out, b'*', itoa(2 * pairs.len() as i64).as_bytes());
-                }
+                self.encode_head(protocol, out);
                 for (k, v) in pairs {
                     k.encode(protocol, out);
                     v.encode(protocol, out);
@@ -282,6 +301,33 @@ mod tests {
             reply.encode(protocol, &mut out);
             let parsed = redis::parse_redis_value(&out).expect("the redis crate parses our reply");
             prop_assert_eq!(parsed, as_client_sees(&reply, protocol));
+        }
+    }
+
+    proptest! {
+        /// Written piece by piece (heads, then elements, depth first), a reply is the bytes
+        /// it is written whole.
+        #[test]
+        fn pieces_make_the_whole(reply in any_reply(), resp3 in any::<bool>()) {
+            let protocol = if resp3 { Protocol::Resp3 } else { Protocol::Resp2 };
+            let mut whole = BytesMut::new();
+            reply.encode(protocol, &mut whole);
+            let mut pieces = BytesMut::new();
+            let mut stack: Vec<Box<dyn Iterator<Item = &Reply> + Send>> = vec![Box::new(std::iter::once(&reply))];
+            while let Some(top) = stack.last_mut() {
+                let Some(item) = top.next() else {
+                    stack.pop();
+                    continue;
+                };
+                match item.elements() {
+                    Some(elements) => {
+                        item.encode_head(protocol, &mut pieces);
+                        stack.push(elements);
+                    }
+                    None => item.encode(protocol, &mut pieces),
+                }
+            }
+            prop_assert_eq!(pieces, whole);
         }
     }
 

@@ -434,11 +434,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         Ok(())
     }
 
-    /// Encodes `reply`, writing out once enough is pending.
+    /// Encodes `reply`, writing out once enough is pending. An array or map is encoded element
+    /// by element, writing out between them as it grows, so that what waits for the client is
+    /// bounded by `max_output_buffer_bytes` and one element, however large the reply. Found
+    /// from outside: a 210 KB `MGET` naming a 16 KB value 30,000 times made the node copy a
+    /// 469 MB reply at once; eight such clients that never read held 3.9 GB and stalled the
+    /// node until its leader lost its leadership.
     async fn answer(&mut self, session: &Session, reply: Reply) -> Result<(), Closed> {
-        reply.encode(session.protocol, &mut self.output);
-        if self.output.len() >= self.state.settings.max_output_buffer_bytes {
-            self.flush().await?;
+        let limit = self.state.settings.max_output_buffer_bytes;
+        let Some(elements) = reply.elements() else {
+            reply.encode(session.protocol, &mut self.output);
+            return if self.output.len() >= limit { self.flush().await } else { Ok(()) };
+        };
+        reply.encode_head(session.protocol, &mut self.output);
+        let mut stack = vec![elements];
+        while let Some(top) = stack.last_mut() {
+            let Some(item) = top.next() else {
+                stack.pop();
+                continue;
+            };
+            match item.elements() {
+                Some(elements) => {
+                    item.encode_head(session.protocol, &mut self.output);
+                    stack.push(elements);
+                }
+                None => item.encode(session.protocol, &mut self.output),
+            }
+            if self.output.len() >= limit {
+                self.flush().await?;
+            }
         }
         Ok(())
     }
