@@ -71,9 +71,19 @@ impl Reply {
         Reply::Bulk(b.into())
     }
 
-    /// The elements of an array or map (a map's keys and values in turn), for writing a large
-    /// reply piece by piece: [`Self::encode_head`], then each element. `None` for the others.
-    pub fn elements(&self) -> Option<Box<dyn Iterator<Item = &Reply> + Send + '_>> {
+    /// This reply in the order it is written, an array's or a map's header apart from its
+    /// elements (depth first): a large reply can then be written piece by piece.
+    pub fn pieces(&self) -> Pieces<'_> {
+        Pieces { stack: vec![Box::new(std::iter::once(self))] }
+    }
+
+    /// Whether this is an array or a map (more than one [`Piece`]).
+    pub fn is_aggregate(&self) -> bool {
+        matches!(self, Reply::Array(_) | Reply::Map(_))
+    }
+
+    /// The elements of an array or map (a map's keys and values in turn); `None` for the others.
+    fn elements(&self) -> Option<Box<dyn Iterator<Item = &Reply> + Send + '_>> {
         match self {
             Reply::Array(items) => Some(Box::new(items.iter())),
             Reply::Map(pairs) => Some(Box::new(pairs.iter().flat_map(|(k, v)| [k, v]))),
@@ -83,7 +93,7 @@ impl Reply {
 
     /// Appends the header of an array or map, encoded for `protocol`: what [`Self::encode`]
     /// writes before the elements. Nothing for the other replies.
-    pub fn encode_head(&self, protocol: Protocol, out: &mut impl ReplySink) {
+    fn encode_head(&self, protocol: Protocol, out: &mut impl ReplySink) {
         match self {
             Reply::Array(items) => line(out, b'*', itoa(items.len() as i64).as_bytes()),
             Reply::Map(pairs) if protocol == Protocol::Resp3 => {
@@ -136,6 +146,51 @@ impl Reply {
                 out.put(b"\r\n");
             }
             Reply::Verbatim(text) => bulk_value(out, text),
+        }
+    }
+}
+
+/// One piece of a reply, as [`Reply::pieces`] gives them.
+#[derive(Debug, Clone, Copy)]
+pub enum Piece<'a> {
+    /// The header of an array or a map; its elements are the next pieces.
+    Head(&'a Reply),
+    /// A reply that is neither, whole.
+    Whole(&'a Reply),
+}
+
+impl Piece<'_> {
+    /// Appends this piece, encoded for `protocol`, to `out`.
+    pub fn encode(&self, protocol: Protocol, out: &mut impl ReplySink) {
+        match self {
+            Piece::Head(reply) => reply.encode_head(protocol, out),
+            Piece::Whole(reply) => reply.encode(protocol, out),
+        }
+    }
+}
+
+/// The pieces of a reply, depth first (see [`Reply::pieces`]).
+pub struct Pieces<'a> {
+    stack: Vec<Box<dyn Iterator<Item = &'a Reply> + Send + 'a>>,
+}
+
+impl<'a> Iterator for Pieces<'a> {
+    type Item = Piece<'a>;
+
+    fn next(&mut self) -> Option<Piece<'a>> {
+        loop {
+            let top = self.stack.last_mut()?;
+            let Some(item) = top.next() else {
+                self.stack.pop();
+                continue;
+            };
+            return Some(match item.elements() {
+                Some(elements) => {
+                    self.stack.push(elements);
+                    Piece::Head(item)
+                }
+                None => Piece::Whole(item),
+            });
         }
     }
 }
@@ -313,19 +368,8 @@ mod tests {
             let mut whole = BytesMut::new();
             reply.encode(protocol, &mut whole);
             let mut pieces = BytesMut::new();
-            let mut stack: Vec<Box<dyn Iterator<Item = &Reply> + Send>> = vec![Box::new(std::iter::once(&reply))];
-            while let Some(top) = stack.last_mut() {
-                let Some(item) = top.next() else {
-                    stack.pop();
-                    continue;
-                };
-                match item.elements() {
-                    Some(elements) => {
-                        item.encode_head(protocol, &mut pieces);
-                        stack.push(elements);
-                    }
-                    None => item.encode(protocol, &mut pieces),
-                }
+            for piece in reply.pieces() {
+                piece.encode(protocol, &mut pieces);
             }
             prop_assert_eq!(pieces, whole);
         }

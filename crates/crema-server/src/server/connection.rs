@@ -442,24 +442,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// node until its leader lost its leadership.
     async fn answer(&mut self, session: &Session, reply: Reply) -> Result<(), Closed> {
         let limit = self.state.settings.max_output_buffer_bytes;
-        let Some(elements) = reply.elements() else {
+        if !reply.is_aggregate() {
             reply.encode(session.protocol, &mut self.output);
             return if self.output.len() >= limit { self.flush().await } else { Ok(()) };
-        };
-        reply.encode_head(session.protocol, &mut self.output);
-        let mut stack = vec![elements];
-        while let Some(top) = stack.last_mut() {
-            let Some(item) = top.next() else {
-                stack.pop();
-                continue;
-            };
-            match item.elements() {
-                Some(elements) => {
-                    item.encode_head(session.protocol, &mut self.output);
-                    stack.push(elements);
-                }
-                None => item.encode(session.protocol, &mut self.output),
-            }
+        }
+        for piece in reply.pieces() {
+            piece.encode(session.protocol, &mut self.output);
             if self.output.len() >= limit {
                 self.flush().await?;
             }

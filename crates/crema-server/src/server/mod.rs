@@ -43,7 +43,7 @@ pub struct RespSettings {
     pub max_clients: usize,
     /// Close a connection idle this long; zero never closes (Redis's default).
     pub idle_timeout: Duration,
-    /// TCP keepalive on client connections (see [`keep_alive`]); zero off.
+    /// TCP keepalive on client connections (as Redis's `tcp-keepalive`); zero off.
     pub tcp_keepalive: Duration,
     /// A request that started arriving must be complete within this (slow clients are closed).
     pub request_timeout: Duration,

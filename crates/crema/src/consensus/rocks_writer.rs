@@ -318,7 +318,8 @@ mod tests {
             let len = std::fs::metadata(wal).unwrap().len();
             std::fs::OpenOptions::new().write(true).open(wal).unwrap().set_len(to(len)).unwrap();
         }
-        let damages: [(&str, fn(&std::path::Path)); 4] = [
+        type Damage = fn(&std::path::Path);
+        let damages: [(&str, Damage); 4] = [
             ("bytes flipped in the middle", |wal| {
                 let mut bytes = std::fs::read(wal).unwrap();
                 let at = bytes.len() / 10;
