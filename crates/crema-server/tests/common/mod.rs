@@ -122,18 +122,31 @@ fn spawn(args: &[&str], capture_log: bool) -> Result<Node, String> {
 /// Free 127.0.0.1 ports, for nodes that keep theirs across restarts. They are taken below the
 /// kernel's ephemeral range (32768 and up on Linux), from which every `:0` bind and every
 /// outgoing connection gets its port: found in CI, a node killed and started again found its
-/// port taken by another test's node meanwhile. (Bound then released: a test running at the
-/// same time could still pick the same one, one chance in thousands.)
+/// port taken by another test's node meanwhile. A port is handed out once per test process
+/// ([`claim_port`]): bound then released, it could otherwise go to a test running at the same
+/// time, whose node then cannot bind it (found in CI, one chance in thousands per start).
 pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
     use rand::Rng;
     let mut held: Vec<TcpListener> = Vec::with_capacity(n);
     while held.len() < n {
         let port = rand::thread_rng().gen_range(20_000..32_000);
+        if !claim_port(port) {
+            continue;
+        }
         if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
             held.push(listener);
         }
     }
     held.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+/// Whether `port` was not handed out before in this test process; claims it if so.
+fn claim_port(port: u16) -> bool {
+    static CLAIMED: std::sync::Mutex<Option<std::collections::HashSet<u16>>> = std::sync::Mutex::new(None);
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let claimed = claimed.get_or_insert_with(Default::default);
+    assert!(claimed.len() < 10_000, "a test process used up the ports 20000..32000");
+    claimed.insert(port)
 }
 
 /// `n` distinct free UDP addresses on 127.0.0.1 (for gossip).

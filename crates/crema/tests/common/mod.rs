@@ -21,18 +21,32 @@ pub fn fast_raft() -> RaftConfig {
 /// Binds `n` listeners on 127.0.0.1, on ports below the kernel's ephemeral range (32768 and up
 /// on Linux), from which every outgoing connection gets its port. A node started again binds
 /// its address again (see [`rebind`]): in the ephemeral range, a link between two other nodes
-/// could hold it for the rest of their test (found in CI, `AddrInUse`).
+/// could hold it for the rest of their test (found in CI, `AddrInUse`). A port is handed out
+/// once per test process ([`claim_port`]), so a node started again never finds its port taken
+/// by a node of a test running at the same time.
 pub fn bind(n: usize) -> Vec<(TcpListener, SocketAddr)> {
     use rand::Rng;
     let mut held = Vec::with_capacity(n);
     while held.len() < n {
         let port = rand::thread_rng().gen_range(20_000..32_000);
+        if !claim_port(port) {
+            continue;
+        }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
             let addr = l.local_addr().unwrap();
             held.push((l, addr));
         }
     }
     held
+}
+
+/// Whether `port` was not handed out before in this test process; claims it if so.
+fn claim_port(port: u16) -> bool {
+    static CLAIMED: std::sync::Mutex<Option<std::collections::HashSet<u16>>> = std::sync::Mutex::new(None);
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let claimed = claimed.get_or_insert_with(Default::default);
+    assert!(claimed.len() < 10_000, "a test process used up the ports 20000..32000");
+    claimed.insert(port)
 }
 
 /// Binds `addr` (from [`bind`]) again for a node started again on it; retries while the port is
