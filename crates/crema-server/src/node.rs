@@ -1,6 +1,17 @@
 //! Starting a whole node from a [`ServeConfig`]: the cache, the RESP server and the admin HTTP
 //! server, all stopped together by one cancellation token. `crema serve` runs one; `crema dev`
 //! runs several in one process.
+//!
+//! The RESP server and its connections run on a tokio runtime of their own (threads named
+//! `crema-clients`, one per core), apart from the Raft groups, the peer transport and the admin
+//! server on the runtime that started the node: tokio does not preempt a task, and a Raft
+//! group's write takes several hops between tasks (connection, group loop, peer links), each of
+//! which waited its turn behind every connection that had work. Found from outside: 200
+//! clients that each asked for an 8 MB value and never read it kept a leader copying into
+//! their sockets' kernel buffers, its Raft group waited 0.4-1.4 s, once long enough for an
+//! election. Apart, the operating system shares the cores between the two runtimes' threads,
+//! and the groups run within a few milliseconds whatever the clients do (measured in
+//! docs/performance.md, with what the hand-over between the runtimes costs).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +53,21 @@ pub struct RunningNode {
     pub admin_addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The RESP connections' runtime (see the module docs).
+    _clients: ClientsRuntime,
+}
+
+/// The RESP connections' runtime, shut down when dropped without waiting for its tasks: it is
+/// dropped on a thread of the node's runtime, where blocking is not allowed (after
+/// [`RunningNode::stop`] closed the connections, or when the node failed to start).
+struct ClientsRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ClientsRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl RunningNode {
@@ -53,9 +79,22 @@ impl RunningNode {
         config.validate()?;
         let raft_listener = std::net::TcpListener::bind(config.raft_addr)
             .with_context(|| format!("binding the raft address {}", config.raft_addr))?;
-        let resp_listener = TcpListener::bind(config.resp_addr)
-            .await
+        let clients = ClientsRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name("crema-clients")
+                .enable_all()
+                .build()
+                .context("starting the clients' runtime")?,
+        ));
+        let runtime = clients.0.as_ref().expect("just built");
+        let resp_listener = std::net::TcpListener::bind(config.resp_addr)
             .with_context(|| format!("binding the RESP address {}", config.resp_addr))?;
+        resp_listener.set_nonblocking(true)?;
+        // Registered with the clients' runtime, whose threads then accept and serve.
+        let resp_listener = {
+            let _inside = runtime.enter();
+            TcpListener::from_std(resp_listener)?
+        };
         let admin_listener = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
@@ -77,7 +116,7 @@ impl RunningNode {
         let admin_state = AdminState { cache: cache.clone(), metrics, resp_addr, auth };
         let admin_shutdown = shutdown.clone();
         let mut tasks = vec![
-            tokio::spawn(server.run(shutdown.clone())),
+            runtime.spawn(server.run(shutdown.clone())),
             tokio::spawn(async move {
                 if let Err(e) = admin::serve(admin_listener, admin_state, admin_shutdown).await {
                     tracing::error!(error = %e, "admin server failed");
@@ -88,7 +127,7 @@ impl RunningNode {
             let change = crema::acl::AclChange::replace(&users, true).map_err(anyhow::Error::msg)?;
             tasks.push(tokio::spawn(load_acl_file(cache.clone(), change, shutdown.clone())));
         }
-        Ok(Self { cache, resp_addr, raft_addr, admin_addr, shutdown, tasks })
+        Ok(Self { cache, resp_addr, raft_addr, admin_addr, shutdown, tasks, _clients: clients })
     }
 
     /// Stops accepting, closes client connections, stops the admin server and shuts the cache

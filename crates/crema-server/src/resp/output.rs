@@ -61,6 +61,12 @@ impl Output {
         self.chunks.front().map_or(&self.tail[..], |chunk| &chunk[..])
     }
 
+    /// [`Self::first`], cut to at most `max` bytes.
+    pub fn first_at_most(&self, max: usize) -> &[u8] {
+        let first = self.first();
+        &first[..first.len().min(max)]
+    }
+
     /// Drops the first `n` bytes of [`Self::first`], written.
     pub fn advance(&mut self, n: usize) {
         match self.chunks.front_mut() {
