@@ -3,7 +3,7 @@
 //! runs several in one process.
 //!
 //! The RESP server and its connections run on a tokio runtime of their own (threads named
-//! `crema-clients`, one per core), apart from the Raft groups, the peer transport and the admin
+//! `crema-clients`, `--client-threads`, by default half the cores), apart from the Raft groups, the peer transport and the admin
 //! server on the runtime that started the node: tokio does not preempt a task, and a Raft
 //! group's write takes several hops between tasks (connection, group loop, peer links), each of
 //! which waited its turn behind every connection that had work. Found from outside: 200
@@ -81,6 +81,7 @@ impl RunningNode {
             .with_context(|| format!("binding the raft address {}", config.raft_addr))?;
         let clients = ClientsRuntime(Some(
             tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.client_threads())
                 .thread_name("crema-clients")
                 .enable_all()
                 .build()

@@ -168,6 +168,10 @@ pub struct ServeArgs {
     /// Most RESP clients at once [default: 10000].
     #[arg(long, env = "CREMA_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
+    /// Threads that serve RESP clients, apart from the Raft groups' (whose threads are one per
+    /// core, or TOKIO_WORKER_THREADS); 0 picks half the cores, at least one [default: 0].
+    #[arg(long, env = "CREMA_CLIENT_THREADS")]
+    pub client_threads: Option<usize>,
     /// Close clients idle this many seconds; 0 never [default: 0].
     #[arg(long, env = "CREMA_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
@@ -271,6 +275,7 @@ impl ServeArgs {
             election_tick,
             heartbeat_tick,
             max_clients,
+            client_threads,
             idle_timeout_secs,
             tcp_keepalive_secs,
             max_bulk_bytes,

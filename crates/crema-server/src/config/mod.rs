@@ -123,6 +123,8 @@ pub struct ServeConfig {
     pub heartbeat_tick: usize,
     /// Most RESP clients at once.
     pub max_clients: usize,
+    /// Threads serving RESP clients (see `node`); 0 picks half the cores, at least one.
+    pub client_threads: usize,
     /// Close idle clients after this many seconds; 0 never closes them.
     pub idle_timeout_secs: u64,
     /// TCP keepalive on client connections, seconds; 0 off.
@@ -230,6 +232,7 @@ impl Default for ServeConfig {
             election_tick: raft.election_tick,
             heartbeat_tick: raft.heartbeat_tick,
             max_clients: resp.max_clients,
+            client_threads: 0,
             idle_timeout_secs: 0,
             tcp_keepalive_secs: 300,
             max_bulk_bytes: resp.limits.max_bulk_bytes,
@@ -290,6 +293,15 @@ impl ServeConfig {
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
+    /// The threads that serve RESP clients: `client_threads`, or half the cores (at least one)
+    /// when it is 0.
+    pub fn client_threads(&self) -> usize {
+        match self.client_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
+            n => n,
+        }
+    }
+
     /// The parsed peers.
     ///
     /// # Errors
@@ -309,6 +321,9 @@ impl ServeConfig {
         }
         if self.max_clients == 0 {
             bail!("max_clients must be at least 1");
+        }
+        if self.client_threads > 1024 {
+            bail!("client_threads must be at most 1024 (0 picks half the cores)");
         }
         if self.max_bulk_bytes < self.max_value_bytes.min(1024) {
             bail!("max_bulk_bytes is too small");
@@ -456,5 +471,15 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("must not include this node"));
         let c = ServeConfig { node_id: 0, ..Default::default() };
         assert!(c.validate().is_err());
+        let c = ServeConfig { client_threads: 1025, ..Default::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("client_threads"));
+    }
+
+    #[test]
+    fn client_threads_default_to_half_the_cores() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(ServeConfig::default().client_threads(), cores.div_ceil(2));
+        assert!(ServeConfig::default().client_threads() >= 1);
+        assert_eq!(ServeConfig { client_threads: 3, ..Default::default() }.client_threads(), 3);
     }
 }
