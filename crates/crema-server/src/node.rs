@@ -10,8 +10,10 @@
 //! clients that each asked for an 8 MB value and never read it kept a leader copying into
 //! their sockets' kernel buffers, its Raft group waited 0.4-1.4 s, once long enough for an
 //! election. Apart, the operating system shares the cores between the two runtimes' threads,
-//! and the groups run within a few milliseconds whatever the clients do (measured in
-//! docs/performance.md, with what the hand-over between the runtimes costs).
+//! and the groups run within a few milliseconds whatever the connections do (measured in
+//! docs/reliability.md and docs/performance.md, with what the hand-over between the runtimes
+//! costs; what the groups are given to replicate is another matter: writes of multi-MB values
+//! can still hold up heartbeats, docs/reliability.md, Open).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
