@@ -3,8 +3,8 @@
 //! runs several in one process.
 //!
 //! The RESP server and its connections run on a tokio runtime of their own (threads named
-//! `crema-clients`, `--client-threads`, by default half the cores), apart from the Raft groups, the peer transport and the admin
-//! server on the runtime that started the node: tokio does not preempt a task, and a Raft
+//! `crema-clients`, `--client-threads`, by default half the cores), apart from the Raft
+//! groups, the peer transport and the admin server on the runtime that started the node: tokio does not preempt a task, and a Raft
 //! group's write takes several hops between tasks (connection, group loop, peer links), each of
 //! which waited its turn behind every connection that had work. Found from outside: 200
 //! clients that each asked for an 8 MB value and never read it kept a leader copying into
