@@ -205,6 +205,7 @@ async fn a_connection_that_asked_for_the_slot_map_is_redirected() {
 async fn redis_py_cluster_and_redis_cli_dash_c_across_a_node_death() {
     let mut nodes = start_cluster(3, &["--shards", "4"]);
     all_shards_led(nodes[0].resp).await;
+    same_primaries_everywhere(&nodes).await;
     // redis-cli -c follows -MOVED by itself.
     let cli = |args: &[&str]| {
         let out = std::process::Command::new("redis-cli")
@@ -283,14 +284,7 @@ async fn the_redis_crates_cluster_client_across_a_node_death() {
     // of a new leader after the leader does), and the counts are taken before that read: a
     // leader that moves after it must count as a move (found in CI: 50 writes, one shard's,
     // were forwarded with no leader change counted after the client connected).
-    wait_until(std::time::Duration::from_secs(10), "every node names the same primaries", || async {
-        let mut maps = Vec::new();
-        for node in &nodes {
-            maps.push(slot_map(&mut client(node.resp).await).await);
-        }
-        maps.windows(2).all(|pair| pair[0] == pair[1])
-    })
-    .await;
+    same_primaries_everywhere(&nodes).await;
     let forwarded = metric_sum(&nodes, "crema_forwarded_writes_total").await;
     let changes = metric_sum(&nodes, "crema_raft_leader_changes_total").await;
     let seeds: Vec<String> = nodes.iter().map(|n| format!("redis://{}/", n.resp)).collect();
@@ -421,6 +415,19 @@ async fn nodes_on_every_interface_are_named_by_reachable_addresses() {
 }
 
 /// A counter summed over the nodes' `/metrics` (their admin API).
+/// Waits until every node's `CLUSTER SLOTS` names the same primaries: a node learns of a new
+/// leader after the leader does, and clients (and `redis-cli --cluster check`) compare them.
+async fn same_primaries_everywhere(nodes: &[Node]) {
+    wait_until(std::time::Duration::from_secs(10), "every node names the same primaries", || async {
+        let mut maps = Vec::new();
+        for node in nodes {
+            maps.push(slot_map(&mut client(node.resp).await).await);
+        }
+        maps.windows(2).all(|pair| pair[0] == pair[1])
+    })
+    .await;
+}
+
 async fn metric_sum(nodes: &[Node], name: &str) -> u64 {
     let mut sum = 0;
     for node in nodes {

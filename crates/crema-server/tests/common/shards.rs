@@ -15,7 +15,13 @@ pub async fn all_shards_led(addr: std::net::SocketAddr) {
             .collect();
         let counts: Vec<usize> =
             ["1", "2", "3"].iter().map(|n| leaders.iter().filter(|l| *l == n).count()).collect();
-        leaders.len() == 4 && counts.iter().sum::<usize>() == 4 && counts.iter().max() == Some(&2)
+        // 2, 1, 1: spread as the balancer leaves it. 2, 2, 0 is not yet (found in CI: the
+        // balancer moved a leadership to the third node while redis-cli compared the nodes'
+        // slot maps).
+        leaders.len() == 4
+            && counts.iter().sum::<usize>() == 4
+            && counts.iter().max() == Some(&2)
+            && counts.iter().min() == Some(&1)
     })
     .await;
 }
