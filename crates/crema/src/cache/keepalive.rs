@@ -77,9 +77,9 @@ pub(super) async fn keep_alive(beat: KeepAlive, cancel: CancellationToken) {
         });
         for peer in transport.peer_ids() {
             // A full queue means the peer is not reading: it will not hear this ping either.
-            let _ = transport.send(peer, ping.clone());
+            let _ = transport.send_urgent(peer, ping.clone());
             if let Some(leaders) = &leaders {
-                let _ = transport.send(peer, leaders.clone());
+                let _ = transport.send_urgent(peer, leaders.clone());
             }
         }
         if !groups.iter().any(|g| g.shared.is_hibernating()) {

@@ -254,7 +254,7 @@ pub(crate) type Answered = (ShardId, u64, u64);
 
 fn send_all(transport: &Transport, outbox: Outbox) {
     for (to, envelope) in outbox {
-        if let Err(e) = transport.send(to, envelope.to_frame()) {
+        if let Err(e) = transport.send_urgent(to, envelope.to_frame()) {
             debug!(to, error = %e, "read round message dropped");
         }
     }

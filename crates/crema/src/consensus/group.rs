@@ -98,6 +98,10 @@ const READ_ROUNDS_IN_FLIGHT: usize = 1;
 /// Writes gathered past this many are proposed even with `UNCOMMITTED_BATCHES` in flight.
 const GATHER_LIMIT: usize = 4096;
 
+/// A proposal batch holds writes of at most this many appends' worth (`max_size_per_msg`
+/// each; 4 MiB by default), or one write when that is larger (see `propose_batch`).
+const BATCH_MESSAGES: u64 = 4;
+
 /// A log write running off the loop (see the module header).
 pub(super) struct PersistJob {
     /// The number of the last Ready whose changes it holds.
@@ -247,9 +251,7 @@ impl<S: LogStore> Group<S> {
                 Err(_) => break,
             }
         }
-        if self.may_propose() {
-            self.propose_gathered();
-        }
+        self.propose_admitted();
         self.start_read_round();
         if self.raw.has_ready() {
             self.on_ready();
@@ -259,7 +261,7 @@ impl<S: LogStore> Group<S> {
         // them go now, not at the next wake-up.
         let mut more = false;
         if !self.gathered.is_empty() && self.may_propose() {
-            self.propose_gathered();
+            self.propose_admitted();
             more = true;
         }
         more |= self.start_read_round();

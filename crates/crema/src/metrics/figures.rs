@@ -139,6 +139,12 @@ impl NodeFigures {
         counter(e, "raft_leader_changes", "Leader changes seen by this node", raft.leader_changes)?;
         counter(
             e,
+            "raft_snapshots_installed",
+            "Snapshots installed here (a replica behind the leader's compacted log is caught up with one)",
+            raft.snapshots_installed,
+        )?;
+        counter(
+            e,
             "checkpoint_written",
             "Checkpoints of this node's own state written (durable storage)",
             raft.checkpoints_written,

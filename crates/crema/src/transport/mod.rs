@@ -278,6 +278,19 @@ impl Transport {
     /// `UnknownPeer` or `QueueFull`, or `FrameTooLarge` for a frame the peer would refuse;
     /// the frame is dropped.
     pub fn send(&self, to: NodeId, frame: Bytes) -> Result<(), TransportError> {
+        self.send_in_lane(to, frame, false)
+    }
+
+    /// Queues one small encoded frame for `to` ahead of everything `send` queued and not yet
+    /// written: heartbeats, votes, answers, notices (see `PeerLink::enqueue`).
+    ///
+    /// # Errors
+    /// As [`Self::send`].
+    pub fn send_urgent(&self, to: NodeId, frame: Bytes) -> Result<(), TransportError> {
+        self.send_in_lane(to, frame, true)
+    }
+
+    fn send_in_lane(&self, to: NodeId, frame: Bytes, urgent: bool) -> Result<(), TransportError> {
         // The peer would close the link on it, cutting every group's messages: refused here.
         let payload = frame.len().saturating_sub(frame::LENGTH_PREFIX_BYTES);
         if payload > self.config.max_frame_bytes {
@@ -295,19 +308,19 @@ impl Transport {
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         for _ in 0..copies {
-                            let _ = link.enqueue(frame.clone());
+                            let _ = link.enqueue(frame.clone(), urgent);
                         }
                     });
                     return Ok(());
                 }
                 Delivery::Send { copies, delay: None } => {
                     for _ in 1..copies {
-                        let _ = link.enqueue(frame.clone());
+                        let _ = link.enqueue(frame.clone(), urgent);
                     }
                 }
             }
         }
-        link.enqueue(frame)
+        link.enqueue(frame, urgent)
     }
 
     /// Queues one bulk frame (a snapshot piece) for `to`, waiting while its bulk lane is full:

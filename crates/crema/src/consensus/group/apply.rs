@@ -9,7 +9,7 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot,
 };
-use raft::StateRole;
+use raft::{ProgressState, StateRole};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
@@ -235,7 +235,9 @@ impl<S: LogStore> Group<S> {
     }
 
     /// Keeps at most `max_log_entries` applied entries, compacting in steps of a quarter of
-    /// that, and applied entries of at most `max_log_bytes`, compacting to half of that.
+    /// that, and applied entries of at most `max_log_bytes`, compacting to half of that. A
+    /// leader keeps what a follower still needs, while that stays within twice both limits
+    /// (see `followers_floor`).
     pub(super) fn compact_log(&mut self) {
         let keep = self.settings.raft.max_log_entries;
         let applied = self.sm.applied_index();
@@ -245,6 +247,11 @@ impl<S: LogStore> Group<S> {
         let heavy = store.retained_bytes() > budget;
         if heavy {
             limit = limit.max(store.first_index_within(budget / 2, applied + 1));
+        }
+        if let Some(floor) = self.followers_floor() {
+            let most = (applied + 1 - (2 * keep).min(applied))
+                .max(store.first_index_within(2 * budget, applied + 1));
+            limit = limit.min(floor.max(most));
         }
         if self.checkpoints.is_some() {
             self.checkpoint_if_due(applied);
@@ -256,6 +263,30 @@ impl<S: LogStore> Group<S> {
             let store = self.raw.mut_store();
             store.compact(limit).unwrap_or_else(|e| panic!("compacting the log failed: {e}"));
         }
+    }
+
+    /// As leader, the first entry its followers still need (past the match of the furthest
+    /// behind, or past the snapshot it is being sent). Compacting past it sends that follower
+    /// a snapshot of the whole cache: found from outside, a follower a few 8 MB writes behind
+    /// was sent snapshots of 160 MB, one after the other, each taking longer than the writes
+    /// that made the next one due. Every follower counts, heard from lately or not (raft-rs
+    /// forgets who was active at every election timeout, and a new leader knows no match at
+    /// first): `compact_log` bounds what this keeps, so a dead follower costs at most twice
+    /// the log's limits.
+    fn followers_floor(&self) -> Option<u64> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let me = self.settings.node_id;
+        raft.prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(_, pr)| match pr.state {
+                ProgressState::Snapshot => pr.pending_snapshot + 1,
+                _ => pr.matched + 1,
+            })
+            .min()
     }
 
     /// Takes a checkpoint of the state at `applied` when one is due: the state is captured here

@@ -58,7 +58,7 @@ impl<S: LogStore> Group<S> {
         let me = self.settings.node_id;
         for id in raft.prs().iter().map(|(id, _)| *id).filter(|id| *id != me) {
             // A notice lost leaves that member ticking: it campaigns and wakes the group.
-            let _ = self.transport.send(id, frame.clone());
+            let _ = self.transport.send_urgent(id, frame.clone());
         }
         debug!(shard = self.shared.shard, term, commit, "idle: the leader hibernates");
         self.enter_hibernation();

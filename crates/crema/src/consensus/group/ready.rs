@@ -180,8 +180,8 @@ impl<S: LogStore> Group<S> {
         self.shared.messages_sent.fetch_add(msgs.len() as u64, Ordering::Relaxed);
         for msg in msgs {
             let to = msg.to;
-            let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-            if is_snapshot {
+            let msg_type = msg.get_msg_type();
+            if msg_type == MessageType::MsgSnapshot {
                 self.send_snapshot(msg);
                 continue;
             }
@@ -198,7 +198,13 @@ impl<S: LogStore> Group<S> {
                 );
                 continue;
             }
-            if let Err(e) = self.transport.send(to, frame) {
+            // Appends keep their order in the ordinary lane; the rest (heartbeats, votes,
+            // answers) is small and goes ahead of them (see `Transport::send_urgent`).
+            let sent = match msg_type {
+                MessageType::MsgAppend => self.transport.send(to, frame),
+                _ => self.transport.send_urgent(to, frame),
+            };
+            if let Err(e) = sent {
                 debug!(shard = self.shared.shard, to, error = %e, "raft message dropped");
                 self.raw.report_unreachable(to);
             }

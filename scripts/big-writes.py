@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Do concurrent writes of multi-MB values cost leaderships? Starts 3 `crema serve` nodes
+(memory storage, RESP ports 15001-15003), has `crema-bench` make CLIENTS connections SET
+values of VALUE_SIZE bytes on the leader for SECS seconds, and meanwhile makes a small SET
+through a follower every 5 ms. Prints the slowest and p99 small SET, the small SETs that
+failed, the leaderships taken (of any shard), the snapshots sent, and the bench's
+throughput.
+
+    scripts/big-writes.py [--bin-dir target/release] [--clients 20] [--value-size 8000000]
+                          [--secs 20] [--tick-ms 100] [--shards 1]
+"""
+import argparse
+import glob
+import subprocess
+import tempfile
+import threading
+import time
+
+import redis
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--bin-dir", default="target/release")
+parser.add_argument("--clients", type=int, default=20)
+parser.add_argument("--value-size", type=int, default=8_000_000)
+parser.add_argument("--secs", type=int, default=20)
+parser.add_argument("--tick-ms", type=int, default=100)
+parser.add_argument("--shards", type=int, default=1)
+args = parser.parse_args()
+work = tempfile.mkdtemp()
+procs = []
+for i in (1, 2, 3):
+    peers = []
+    for j in (1, 2, 3):
+        if j != i:
+            peers += ["--peer", f"{j}=127.0.0.1:{15100 + j},127.0.0.1:{15000 + j}"]
+    procs.append(subprocess.Popen(
+        [f"{args.bin_dir}/crema", "serve", "--node-id", str(i), "--raft-addr", f"127.0.0.1:{15100 + i}",
+         "--resp-addr", f"127.0.0.1:{15000 + i}", "--admin-addr", f"127.0.0.1:{15200 + i}",
+         "--tick-interval-ms", str(args.tick_ms), "--shards", str(args.shards)] + peers,
+        stdout=subprocess.DEVNULL, stderr=open(f"{work}/node{i}.log", "w")))
+
+
+def leaderships():
+    return sum(open(f).read().count("role=Leader") for f in glob.glob(f"{work}/node*.log"))
+
+
+def leader_of_slot_zero():
+    for i in (1, 2, 3):
+        try:
+            c = redis.Redis(port=15000 + i, socket_timeout=2)
+            slots = c.execute_command("CLUSTER", "SLOTS")
+            if all(len(s) > 2 for s in slots):
+                return int(slots[0][2][1]) - 15000
+        except redis.RedisError:
+            pass
+    return None
+
+
+def all_led():
+    try:
+        info = redis.Redis(port=15001, socket_timeout=2).info("shards")
+    except redis.RedisError:
+        return False
+    return sum(1 for k, v in info.items() if k.startswith("shard") and "leader=0" not in str(v)) >= args.shards
+
+
+try:
+    deadline = time.time() + 30
+    while not (all_led() and leader_of_slot_zero() and leaderships() >= args.shards):
+        assert time.time() < deadline, "no leader"
+        time.sleep(0.1)
+    first = leader_of_slot_zero()
+    probe_node = first % 3 + 1
+    time.sleep(1)
+    leaderships_before = leaderships()
+    latencies, failures, stop = [], [], threading.Event()
+
+    def probe():
+        c = redis.Redis(port=15000 + probe_node, socket_timeout=10)
+        n = 0
+        while not stop.is_set():
+            started = time.time()
+            try:
+                c.set("probe", n)
+                latencies.append(time.time() - started)
+            except redis.RedisError as e:
+                failures.append(str(e))
+            n += 1
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    bench = subprocess.run(
+        [f"{args.bin_dir}/crema-bench", "--clients", str(args.clients), "--keys", str(args.clients),
+         "--value-size", str(args.value_size), "--reads", "0", "--duration", str(args.secs), "--warmup", "0",
+         "resp", "--addr", f"127.0.0.1:{15000 + first}"], capture_output=True, text=True)
+    stop.set()
+    thread.join()
+    elections = leaderships() - leaderships_before
+    snapshots = sum(open(f).read().count("snapshot sent") for f in glob.glob(f"{work}/node*.log"))
+    latencies.sort()
+    print(f"{len(latencies)} small SETs through a follower: slowest {latencies[-1] * 1000:.0f} ms, "
+          f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, {len(failures)} failed"
+          + (f" ({failures[0]})" if failures else ""))
+    print(f"leaderships taken: {elections}; snapshots sent: {snapshots}")
+    print("\n".join(line for line in bench.stdout.splitlines() if "ops/s" in line or "error" in line.lower())
+          or bench.stdout[-2000:] + bench.stderr[-2000:])
+finally:
+    for p in procs:
+        p.kill()
+        p.wait()
