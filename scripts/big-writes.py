@@ -3,8 +3,8 @@
 (memory storage, RESP ports 15001-15003), has `crema-bench` make CLIENTS connections SET
 values of VALUE_SIZE bytes on the leader for SECS seconds, and meanwhile makes a small SET
 through a follower every 5 ms. Prints the slowest and p99 small SET, the small SETs that
-failed, the leaderships taken (of any shard), the snapshots sent, and the bench's
-throughput.
+failed, the leaderships taken (of any shard), the snapshots sent, the frames to peers
+dropped, and the bench's throughput.
 
     scripts/big-writes.py [--bin-dir target/release] [--clients 20] [--value-size 8000000]
                           [--secs 20] [--tick-ms 100] [--shards 1]
@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 
 import redis
 
@@ -38,6 +39,15 @@ for i in (1, 2, 3):
          "--resp-addr", f"127.0.0.1:{15000 + i}", "--admin-addr", f"127.0.0.1:{15200 + i}",
          "--tick-interval-ms", str(args.tick_ms), "--shards", str(args.shards)] + peers,
         stdout=subprocess.DEVNULL, stderr=open(f"{work}/node{i}.log", "w")))
+
+
+def metric(i, name):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{15200 + i}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
 def leaderships():
@@ -73,6 +83,7 @@ try:
     probe_node = first % 3 + 1
     time.sleep(1)
     leaderships_before = leaderships()
+    dropped_before = sum(metric(i, "crema_peer_frames_dropped_total") for i in (1, 2, 3))
     latencies, failures, stop = [], [], threading.Event()
 
     def probe():
@@ -97,12 +108,13 @@ try:
     stop.set()
     thread.join()
     elections = leaderships() - leaderships_before
+    dropped = sum(metric(i, "crema_peer_frames_dropped_total") for i in (1, 2, 3)) - dropped_before
     snapshots = sum(open(f).read().count("snapshot sent") for f in glob.glob(f"{work}/node*.log"))
     latencies.sort()
     print(f"{len(latencies)} small SETs through a follower: slowest {latencies[-1] * 1000:.0f} ms, "
           f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, {len(failures)} failed"
           + (f" ({failures[0]})" if failures else ""))
-    print(f"leaderships taken: {elections}; snapshots sent: {snapshots}")
+    print(f"leaderships taken: {elections}; snapshots sent: {snapshots}; frames to peers dropped: {dropped:.0f}")
     print("\n".join(line for line in bench.stdout.splitlines() if "ops/s" in line or "error" in line.lower())
           or bench.stdout[-2000:] + bench.stderr[-2000:])
 finally:

@@ -28,12 +28,16 @@ async fn metric_sum(nodes: &[Node], name: &str) -> u64 {
 /// (64-160 MB) one after the other, and writes timed out. A pass put every gathered write in
 /// one batch (160 MB, two batches in flight), which overflowed the peer queues; the log was
 /// compacted past followers a few writes behind; heartbeats waited behind the appends.
-/// Measured on 2 cores, debug build, 20 clients writing 8 MB values for 5 s: before, an
-/// election in each of 3 runs and writes failing; after, none in 4 runs (44-52 writes, no
-/// snapshot). `scripts/big-writes.py` runs the same load on release builds.
+/// Measured on 2 cores, debug build, 20 clients writing 8 MB values for 5 s with election
+/// timeouts of 1-2 s (the default's): with the fixes taken out, all of 3 runs failed (an
+/// election, writes timing out); with them, none of 4 (45-46 writes, no snapshot). With
+/// 200-400 ms (10 ticks) one run in 3 still saw an election: the group loops handling 8 MB
+/// appends on 2 busy cores keep heartbeats waiting that long (docs/reliability.md).
+/// `scripts/big-writes.py` runs the same load on release builds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_multi_mb_writes_keep_the_leader_and_need_no_snapshots() {
-    let nodes = start_cluster(3, &[]); // 20 ms ticks, see `common::FAST`
+    // 20 ms ticks (see `common::FAST`), 50 to an election: 1-2 s, the default's.
+    let nodes = start_cluster(3, &["--election-tick", "50"]);
     let leader = leader_of(&nodes).await;
     let mut c = patient_client(nodes[leader].resp).await;
     let _: () = c.set("warm", "up").await.unwrap();

@@ -72,6 +72,7 @@ impl DistributedCache {
             node_read_asks: self.dispatcher.reads.asks(),
             held_reads: self.dispatcher.reads.held(),
             peer_handshakes_refused: self.transport.handshakes_refused(),
+            peer_frames_dropped: self.transport.frames_dropped(),
             forwarded_writes: self.dispatcher.forwarder.opened(),
             ..RaftFigures::default()
         };
@@ -273,6 +274,9 @@ pub struct RaftFigures {
     /// Incoming peer connections closed in the handshake: no proof of the cluster secret, or
     /// an id that is not a member of the cluster.
     pub peer_handshakes_refused: u64,
+    /// Frames this node did not send a peer because its queue to that peer was full (a peer
+    /// not reading, or more to send than the link carries): Raft sends lost appends again.
+    pub peer_frames_dropped: u64,
     /// True while this node recovers from a restart without its Raft state (memory storage):
     /// it does not vote until it has caught up (see [`crate::consensus::RecoveryState`]).
     pub recovering: bool,

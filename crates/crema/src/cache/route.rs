@@ -35,6 +35,10 @@ use crate::transport::envelope::{Envelope, WireError};
 use crate::transport::forward::ForwardSlot;
 use crate::types::NodeId;
 
+/// Forwarded writes larger than this wait for room on the link to the leader (a small one
+/// goes at once: it adds little, and waits behind nothing).
+const FORWARD_WAITS_FOR_ROOM_BYTES: usize = 64 * 1024;
+
 /// What one copy of a forwarded write came to.
 enum Attempt {
     /// A definite answer for the caller.
@@ -170,6 +174,13 @@ impl DistributedCache {
         copies: &mut u32,
     ) -> Attempt {
         let tick = self.config.raft.tick_interval();
+        // A large write waits for room on the link rather than fill it: the leader's groups
+        // replicate over the same link (see `Transport::room_for`).
+        if bytes.len() > FORWARD_WAITS_FOR_ROOM_BYTES
+            && tokio::time::timeout_at(deadline, self.transport.room_for(leader)).await.is_err()
+        {
+            return Attempt::Again;
+        }
         let reply = slot.arm(leader);
         let frame = Envelope::Forward { shard: shard.id, request_id: slot.seq, command: bytes.clone() };
         if let Err(e) = self.transport.send(leader, frame.to_frame()) {

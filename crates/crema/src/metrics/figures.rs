@@ -217,6 +217,12 @@ impl NodeFigures {
             "Incoming peer connections closed in the handshake (no proof of the cluster secret, or not a member)",
             raft.peer_handshakes_refused,
         )?;
+        counter(
+            e,
+            "peer_frames_dropped",
+            "Frames not sent to a peer because its queue was full (Raft sends lost appends again)",
+            raft.peer_frames_dropped,
+        )?;
         gauge(
             e,
             "raft_recovering",

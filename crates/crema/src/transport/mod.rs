@@ -36,6 +36,7 @@ use tracing::{debug, error, warn};
 use envelope::{Envelope, GroupPosition};
 pub use error::TransportError;
 use peer::PeerLink;
+pub(crate) use peer::ROOM_BYTES;
 
 use crate::types::NodeId;
 
@@ -124,6 +125,8 @@ pub(crate) struct Transport {
     /// Incoming connections closed in the handshake: no proof of the secret, or an id that is
     /// not a member.
     handshakes_refused: AtomicU64,
+    /// Frames not queued for a peer because its queue was full.
+    frames_dropped: AtomicU64,
     refusal_warnings: crate::consensus::admit::WarnThrottle,
     /// False until the node knows its members ([`Transport::open`]): peers that connect
     /// earlier wait in the listen backlog instead of being refused as strangers.
@@ -152,6 +155,7 @@ impl Transport {
             tracker: TaskTracker::new(),
             accept_task: std::sync::Mutex::default(),
             handshakes_refused: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
             refusal_warnings: Default::default(),
             open: tokio::sync::watch::Sender::new(false),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
@@ -182,6 +186,11 @@ impl Transport {
     /// Incoming peer connections refused in the handshake so far.
     pub fn handshakes_refused(&self) -> u64 {
         self.handshakes_refused.load(Ordering::Relaxed)
+    }
+
+    /// Frames not sent so far because the peer's queue was full (`QueueFull`).
+    pub fn frames_dropped(&self) -> u64 {
+        self.frames_dropped.load(Ordering::Relaxed)
     }
 
     /// Counts a refused handshake and logs an error, paced as [`Self::refuse`]: a refusal an
@@ -272,6 +281,21 @@ impl Transport {
         self.peers.read().expect("peer map poisoned").keys().copied().collect()
     }
 
+    /// Bytes queued for `to` and not yet written (its ordinary lane), if it is a peer.
+    pub fn queued_bytes(&self, to: NodeId) -> Option<usize> {
+        self.peers.read().expect("peer map poisoned").get(&to).map(|link| link.queued_bytes())
+    }
+
+    /// Resolves once fewer than [`ROOM_BYTES`] are queued for `to` (at once when it is no
+    /// peer, or when its link closes): where a large frame that may wait (a forwarded write)
+    /// waits, so that the link keeps room for the groups' appends.
+    pub async fn room_for(&self, to: NodeId) {
+        let link = self.peers.read().expect("peer map poisoned").get(&to).cloned();
+        if let Some(link) = link {
+            link.room().await;
+        }
+    }
+
     /// Queues one encoded frame for `to`.
     ///
     /// # Errors
@@ -320,7 +344,11 @@ impl Transport {
                 }
             }
         }
-        link.enqueue(frame, urgent)
+        let queued = link.enqueue(frame, urgent);
+        if queued.is_err() {
+            self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        queued
     }
 
     /// Queues one bulk frame (a snapshot piece) for `to`, waiting while its bulk lane is full:

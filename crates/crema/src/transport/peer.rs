@@ -61,7 +61,10 @@ const BULK_QUEUE_FRAMES: usize = 2;
 /// Bytes queued per peer at most (a frame is taken whatever its size when nothing is queued).
 /// Found from outside: the queue was bounded in frames only, and 200 reads of 15 MB each that a
 /// peer asked for and never read filled 2.9 GB (it could have been 128 GiB).
-const MAX_QUEUED_BYTES: usize = 64 << 20;
+pub(crate) const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// Bytes queued per peer below which the link counts as having room (see
+/// [`PeerLink::room`]): a quarter of what it queues before it drops.
+pub(crate) const ROOM_BYTES: usize = MAX_QUEUED_BYTES / 4;
 /// Bytes queued in a peer's urgent lane at most (its frames are small: heartbeats, votes,
 /// answers).
 const MAX_URGENT_BYTES: usize = 8 << 20;
@@ -149,6 +152,8 @@ pub(super) struct PeerLink {
     queued_bytes: AtomicUsize,
     /// Bytes in `urgent` (see [`MAX_URGENT_BYTES`]).
     urgent_bytes: AtomicUsize,
+    /// Told when `queued_bytes` falls below [`ROOM_BYTES`].
+    room: tokio::sync::Notify,
 }
 
 enum WriteEnd {
@@ -173,6 +178,7 @@ impl PeerLink {
             cancel: transport.cancel.child_token(),
             queued_bytes: AtomicUsize::new(0),
             urgent_bytes: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
         });
         let task = LinkTask {
             link: link.clone(),
@@ -213,10 +219,37 @@ impl PeerLink {
         Ok(())
     }
 
+    /// Bytes in the ordinary lane.
+    pub(super) fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the ordinary lane holds fewer than [`ROOM_BYTES`].
+    pub(super) async fn room(&self) {
+        loop {
+            let told = self.room.notified();
+            tokio::pin!(told);
+            told.as_mut().enable();
+            if self.queued_bytes() < ROOM_BYTES || self.cancel.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = told => {}
+                _ = self.cancel.cancelled() => return,
+            }
+        }
+    }
+
     /// Notes that `frame` left its lane.
     fn dequeued(&self, frame: &Bytes, urgent: bool) {
-        let count = if urgent { &self.urgent_bytes } else { &self.queued_bytes };
-        count.fetch_sub(frame.len(), Ordering::Relaxed);
+        if urgent {
+            self.urgent_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+            return;
+        }
+        let before = self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+        if before >= ROOM_BYTES && before - frame.len() < ROOM_BYTES {
+            self.room.notify_waiters();
+        }
     }
 
     /// A sender for bulk frames (see `BULK_QUEUE_FRAMES`).
