@@ -12,8 +12,8 @@
 //! election. Apart, the operating system shares the cores between the two runtimes' threads,
 //! and the groups run within a few milliseconds whatever the connections do (measured in
 //! docs/reliability.md and docs/performance.md, with what the hand-over between the runtimes
-//! costs; what the groups are given to replicate is another matter: writes of multi-MB values
-//! can still hold up heartbeats, docs/reliability.md, Open).
+//! costs; what the groups are given to replicate is bounded in the groups and the peer links,
+//! docs/reliability.md, "multi-MB writes").
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -30,13 +30,16 @@ pub struct RaftConfig {
     /// A leader that has not heard from a quorum for an election timeout steps down. Default true.
     pub check_quorum: bool,
     /// Log entries kept behind the applied index before the log is compacted; a follower further
-    /// behind than this is caught up with a snapshot. Default 10,000.
+    /// behind than this is caught up with a snapshot. A leader keeps up to twice as many for a
+    /// follower that still needs them. Default 10,000.
     pub max_log_entries: u64,
     /// What the applied entries kept in memory may weigh before the log is compacted (to half
     /// of it), however few they are: found from outside, 400 SETs of a 4 MB value held 1.8 GB
     /// of log on each node of a memory cluster whose cache held 4 MB. A follower further
-    /// behind is caught up with a snapshot. Durable nodes keep entries back to their last
-    /// checkpoint. Default 64 MiB.
+    /// behind is caught up with a snapshot. A leader keeps up to twice this for a follower that
+    /// still needs the entries (found from outside: followers a few 8 MB writes behind were
+    /// sent snapshots of the whole cache, one after the other). Durable nodes keep entries back
+    /// to their last checkpoint. Default 64 MiB.
     pub max_log_bytes: u64,
     /// An idle group stops ticking (no heartbeats) until a message or a request arrives; the
     /// node's pings to its peers keep failure detection going (see the Multi-Raft docs).
