@@ -175,11 +175,17 @@ impl DistributedCache {
     ) -> Attempt {
         let tick = self.config.raft.tick_interval();
         // A large write waits for room on the link rather than fill it: the leader's groups
-        // replicate over the same link (see `Transport::room_for`).
-        if bytes.len() > FORWARD_WAITS_FOR_ROOM_BYTES
-            && tokio::time::timeout_at(deadline, self.transport.room_for(leader)).await.is_err()
-        {
-            return Attempt::Again;
+        // replicate over the same link (see `Transport::room_for`). A link that stays full
+        // may be one to a dead leader: the wait ends when another one is named.
+        if bytes.len() > FORWARD_WAITS_FOR_ROOM_BYTES {
+            tokio::select! {
+                waited = tokio::time::timeout_at(deadline, self.transport.room_for(leader)) => {
+                    if waited.is_err() {
+                        return Attempt::Again;
+                    }
+                }
+                _ = shard.group.shared.leader_moved_from(leader) => return Attempt::Again,
+            }
         }
         let reply = slot.arm(leader);
         let frame = Envelope::Forward { shard: shard.id, request_id: slot.seq, command: bytes.clone() };
