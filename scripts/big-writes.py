@@ -4,20 +4,25 @@
 values of VALUE_SIZE bytes on the leader for SECS seconds, and meanwhile makes a small SET
 through a follower every 5 ms. Prints the slowest and p99 small SET, the small SETs that
 failed, the leaderships taken (of any shard), the snapshots sent, the frames to peers
-dropped, and the bench's throughput.
+dropped, the bench's throughput, and each node's resident memory at the end.
 
     scripts/big-writes.py [--bin-dir target/release] [--clients 20] [--value-size 8000000]
-                          [--secs 20] [--tick-ms 100] [--shards 1]
+                          [--secs 20] [--tick-ms 100] [--shards 1] [--storage rocksdb]
 """
 import argparse
 import glob
+import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
 
 import redis
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from three_nodes import start_three  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--bin-dir", default="target/release")
@@ -26,19 +31,12 @@ parser.add_argument("--value-size", type=int, default=8_000_000)
 parser.add_argument("--secs", type=int, default=20)
 parser.add_argument("--tick-ms", type=int, default=100)
 parser.add_argument("--shards", type=int, default=1)
+parser.add_argument("--storage", choices=["memory", "rocksdb"], default="memory")
 args = parser.parse_args()
 work = tempfile.mkdtemp()
-procs = []
-for i in (1, 2, 3):
-    peers = []
-    for j in (1, 2, 3):
-        if j != i:
-            peers += ["--peer", f"{j}=127.0.0.1:{15100 + j},127.0.0.1:{15000 + j}"]
-    procs.append(subprocess.Popen(
-        [f"{args.bin_dir}/crema", "serve", "--node-id", str(i), "--raft-addr", f"127.0.0.1:{15100 + i}",
-         "--resp-addr", f"127.0.0.1:{15000 + i}", "--admin-addr", f"127.0.0.1:{15200 + i}",
-         "--tick-interval-ms", str(args.tick_ms), "--shards", str(args.shards)] + peers,
-        stdout=subprocess.DEVNULL, stderr=open(f"{work}/node{i}.log", "w")))
+storage = ("--storage", "rocksdb", "--data-dir", f"{work}/data{{i}}") if args.storage == "rocksdb" else ()
+procs = start_three(f"{args.bin_dir}/crema", work,
+                    ("--tick-interval-ms", str(args.tick_ms), "--shards", str(args.shards), *storage))
 
 
 def metric(i, name):
@@ -115,6 +113,8 @@ try:
           f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, {len(failures)} failed"
           + (f" ({failures[0]})" if failures else ""))
     print(f"leaderships taken: {elections}; snapshots sent: {snapshots}; frames to peers dropped: {dropped:.0f}")
+    rss = [int(open(f"/proc/{p.pid}/status").read().split("VmRSS:")[1].split()[0]) // 1024 for p in procs]
+    print(f"resident memory at the end: {rss} MiB")
     print("\n".join(line for line in bench.stdout.splitlines() if "ops/s" in line or "error" in line.lower())
           or bench.stdout[-2000:] + bench.stderr[-2000:])
 finally:

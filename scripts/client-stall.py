@@ -8,13 +8,17 @@ changed.
     scripts/client-stall.py [--bin target/release/crema] [--clients 200] [--via leader]
 """
 import argparse
+import os
 import socket
-import subprocess
+import sys
 import tempfile
 import threading
 import time
 
 import redis
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from three_nodes import start_three  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--bin", default="target/release/crema")
@@ -22,16 +26,7 @@ parser.add_argument("--clients", type=int, default=200)
 parser.add_argument("--via", choices=["follower", "leader"], default="follower")
 args = parser.parse_args()
 work = tempfile.mkdtemp()
-procs = []
-for i in (1, 2, 3):
-    peers = []
-    for j in (1, 2, 3):
-        if j != i:
-            peers += ["--peer", f"{j}=127.0.0.1:{15100 + j},127.0.0.1:{15000 + j}"]
-    procs.append(subprocess.Popen(
-        [args.bin, "serve", "--node-id", str(i), "--raft-addr", f"127.0.0.1:{15100 + i}",
-         "--resp-addr", f"127.0.0.1:{15000 + i}", "--admin-addr", f"127.0.0.1:{15200 + i}"] + peers,
-        stdout=subprocess.DEVNULL, stderr=open(f"{work}/node{i}.log", "w")))
+procs = start_three(args.bin, work, ())
 
 
 def leader():

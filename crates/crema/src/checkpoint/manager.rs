@@ -66,14 +66,19 @@ impl CheckpointManager {
     }
 
     /// Whether a checkpoint is due at `applied`: at least `log_threshold` entries and as many
-    /// bytes of commands as the last checkpoint held (or `max_log_bytes`) since the last, or the
-    /// interval passed.
+    /// bytes of commands as the last checkpoint held since the last, or `max_log_bytes` of
+    /// commands however few the entries, or the interval passed. Found from outside: with
+    /// 8 MB writes the 10,000 entries of the default threshold came after 80 GB, so only the
+    /// interval took checkpoints, and a RocksDB node's log (kept in memory back to the older
+    /// checkpoint) grew to 2.8 GB in 30 s, 7 GB with 8 shards.
     pub fn due(&self, applied: u64) -> bool {
         if applied <= self.last_index {
             return false;
         }
-        let log_grown = applied - self.last_index >= self.config.log_threshold
-            && self.log_bytes >= self.last_bytes.min(self.config.max_log_bytes);
+        let max = self.config.max_log_bytes;
+        let log_grown = (applied - self.last_index >= self.config.log_threshold
+            && self.log_bytes >= self.last_bytes.min(max))
+            || (max > 0 && self.log_bytes >= max);
         log_grown || self.config.interval.is_some_and(|i| self.last_at.elapsed() >= i)
     }
 
@@ -181,8 +186,10 @@ mod tests {
         m.note_applied(4_999);
         assert!(!m.due(100_000), "the log since is smaller than the checkpoint");
         m.note_applied(1);
-        assert!(!m.due(199), "and never sooner than log_threshold entries");
+        assert!(!m.due(199), "and no sooner than log_threshold entries");
         assert!(m.due(200));
+        m.note_applied(5_000);
+        assert!(m.due(101), "max_log_bytes of commands, however few the entries");
 
         // A background job: the log applied meanwhile counts from its start.
         m.started(200);

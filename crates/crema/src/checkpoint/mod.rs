@@ -33,8 +33,9 @@ pub use manager::CheckpointManager;
 pub struct CheckpointConfig {
     /// The directory holding checkpoint files.
     pub dir: PathBuf,
-    /// Take one no sooner than this many applied entries after the last (and then once the log
-    /// since the last is as large as that checkpoint, or [`Self::max_log_bytes`]).
+    /// Take one no sooner than this many applied entries after the last, and then once the log
+    /// since the last is as large as that checkpoint; [`Self::max_log_bytes`] of commands take
+    /// one however few the entries.
     pub log_threshold: u64,
     /// Take one once the commands applied since the last reach this many bytes, however large
     /// the cache is: bounds the log kept on disk and in memory (0: every `log_threshold`
@@ -73,7 +74,8 @@ impl CheckpointConfig {
         self
     }
 
-    /// Take a checkpoint no sooner than `entries` applied entries after the last.
+    /// Take a checkpoint no sooner than `entries` applied entries after the last, unless
+    /// `max_log_bytes` of commands were applied since.
     #[must_use]
     pub fn with_log_threshold(mut self, entries: u64) -> Self {
         self.log_threshold = entries.max(1);

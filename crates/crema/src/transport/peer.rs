@@ -213,7 +213,7 @@ impl PeerLink {
         };
         let before = count.fetch_add(len, Ordering::Relaxed);
         if (before > 0 && before + len > max) || queue.try_send(frame).is_err() {
-            count.fetch_sub(len, Ordering::Relaxed);
+            self.release(len, urgent);
             return Err(TransportError::QueueFull(self.id));
         }
         Ok(())
@@ -242,12 +242,19 @@ impl PeerLink {
 
     /// Notes that `frame` left its lane.
     fn dequeued(&self, frame: &Bytes, urgent: bool) {
+        self.release(frame.len(), urgent);
+    }
+
+    /// Takes `len` bytes off a lane's count (a frame left it, or was never queued after all),
+    /// and tells those waiting for room when the ordinary lane falls below [`ROOM_BYTES`]: a
+    /// frame refused while the count was just past it takes it below too.
+    fn release(&self, len: usize, urgent: bool) {
         if urgent {
-            self.urgent_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+            self.urgent_bytes.fetch_sub(len, Ordering::Relaxed);
             return;
         }
-        let before = self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-        if before >= ROOM_BYTES && before - frame.len() < ROOM_BYTES {
+        let before = self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        if before >= ROOM_BYTES && before - len < ROOM_BYTES {
             self.room.notify_waiters();
         }
     }
@@ -407,7 +414,7 @@ impl LinkTask {
     async fn write_loop(&mut self, wr: WriteHalf, mut reader: JoinHandle<()>) -> WriteEnd {
         let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr);
         let end = loop {
-            tokio::select! {
+            let (frame, urgent) = tokio::select! {
                 biased;
                 _ = self.link.cancel.cancelled() => break WriteEnd::Closed,
                 conn = self.incoming_rx.recv() => match conn {
@@ -415,22 +422,8 @@ impl LinkTask {
                     None => break WriteEnd::Closed,
                 },
                 _ = &mut reader => break WriteEnd::Broken,
-                frame = self.urgent_rx.recv() => {
-                    let Some(frame) = frame else { break WriteEnd::Closed };
-                    self.link.dequeued(&frame, true);
-                    if let Err(e) = within_deadline(self.write_batch(&mut out, frame)).await {
-                        debug!(peer = self.link.id, error = %e, "write to peer failed");
-                        break WriteEnd::Broken;
-                    }
-                }
-                frame = self.queue_rx.recv() => {
-                    let Some(frame) = frame else { break WriteEnd::Closed };
-                    self.link.dequeued(&frame, false);
-                    if let Err(e) = within_deadline(self.write_batch(&mut out, frame)).await {
-                        debug!(peer = self.link.id, error = %e, "write to peer failed");
-                        break WriteEnd::Broken;
-                    }
-                }
+                frame = self.urgent_rx.recv() => (frame, true),
+                frame = self.queue_rx.recv() => (frame, false),
                 // Only when nothing else waits (biased): one piece, then the queue again.
                 Some(frame) = self.bulk_rx.recv() => {
                     let written = async {
@@ -441,7 +434,14 @@ impl LinkTask {
                         debug!(peer = self.link.id, error = %e, "write to peer failed");
                         break WriteEnd::Broken;
                     }
+                    continue;
                 }
+            };
+            let Some(frame) = frame else { break WriteEnd::Closed };
+            self.link.dequeued(&frame, urgent);
+            if let Err(e) = within_deadline(self.write_batch(&mut out, frame)).await {
+                debug!(peer = self.link.id, error = %e, "write to peer failed");
+                break WriteEnd::Broken;
             }
         };
         reader.abort();
