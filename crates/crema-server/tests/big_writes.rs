@@ -9,20 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use redis::AsyncCommands;
 
-/// The sum of one counter of every node's `/metrics`.
-async fn metric_sum(nodes: &[Node], name: &str) -> u64 {
-    let mut sum = 0;
-    for node in nodes {
-        let (_, text) = http_get(node.admin, "/metrics").await;
-        sum += text
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-            .sum::<f64>() as u64;
-    }
-    sum
-}
-
 /// Found from outside: 20 clients writing 8 MB values through the leader of a 3-node memory
 /// cluster cost 2-9 elections in 20-30 s, followers were sent snapshots of the whole cache
 /// (64-160 MB) one after the other, and writes timed out. A pass put every gathered write in

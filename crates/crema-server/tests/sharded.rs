@@ -427,17 +427,3 @@ async fn same_primaries_everywhere(nodes: &[Node]) {
     })
     .await;
 }
-
-async fn metric_sum(nodes: &[Node], name: &str) -> u64 {
-    let mut sum = 0;
-    for node in nodes {
-        let (status, body) = http_get(node.admin, "/metrics").await;
-        assert_eq!(status, 200, "{body}");
-        let value = body.lines().find_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some(name)).then(|| words.next()?.parse::<f64>().ok()).flatten()
-        });
-        sum += value.unwrap_or_else(|| panic!("{name} missing from /metrics")) as u64;
-    }
-    sum
-}

@@ -399,3 +399,18 @@ pub async fn read_replies(stream: &mut TcpStream, n: usize) -> Vec<Vec<u8>> {
     }
     replies
 }
+
+/// The sum over `nodes` of one unlabelled series of their `/metrics` (which must name it).
+pub async fn metric_sum(nodes: &[Node], name: &str) -> u64 {
+    let mut sum = 0;
+    for node in nodes {
+        let (status, body) = http_get(node.admin, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        let value = body.lines().find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(name)).then(|| words.next()?.parse::<f64>().ok()).flatten()
+        });
+        sum += value.unwrap_or_else(|| panic!("{name} missing from /metrics")) as u64;
+    }
+    sum
+}
