@@ -4,7 +4,9 @@
 values of VALUE_SIZE bytes on the leader for SECS seconds, and meanwhile makes a small SET
 through a follower every 5 ms. Prints the slowest and p99 small SET, the small SETs that
 failed, the leaderships taken (of any shard), the snapshots sent, the frames to peers
-dropped, the bench's throughput, and each node's resident memory at the end.
+dropped, how long the first small SET on the leader took once the load stopped and how many
+writes the leaders left out of the log because their callers had timed out, the bench's
+throughput, and each node's resident memory at the end.
 
     scripts/big-writes.py [--bin-dir target/release] [--clients 20] [--value-size 8000000]
                           [--secs 20] [--tick-ms 100] [--shards 1] [--storage rocksdb]
@@ -103,6 +105,10 @@ try:
         [f"{args.bin_dir}/crema-bench", "--clients", str(args.clients), "--keys", str(args.clients),
          "--value-size", str(args.value_size), "--reads", "0", "--duration", str(args.secs), "--warmup", "0",
          "resp", "--addr", f"127.0.0.1:{15000 + first}"], capture_output=True, text=True)
+    # Writes whose callers timed out under the load must not hold up the first one after it.
+    started = time.time()
+    redis.Redis(port=15000 + first, socket_timeout=60).set("after-load", 1)
+    after_load = time.time() - started
     stop.set()
     thread.join()
     elections = leaderships() - leaderships_before
@@ -113,6 +119,9 @@ try:
           f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, {len(failures)} failed"
           + (f" ({failures[0]})" if failures else ""))
     print(f"leaderships taken: {elections}; snapshots sent: {snapshots}; frames to peers dropped: {dropped:.0f}")
+    given_up = sum(metric(i, "crema_raft_writes_given_up_total") for i in (1, 2, 3))
+    print(f"first small SET on the leader after the load: {after_load * 1000:.0f} ms; "
+          f"writes left out of the log after their callers timed out: {given_up:.0f}")
     rss = [int(open(f"/proc/{p.pid}/status").read().split("VmRSS:")[1].split()[0]) // 1024 for p in procs]
     print(f"resident memory at the end: {rss} MiB")
     print("\n".join(line for line in bench.stdout.splitlines() if "ops/s" in line or "error" in line.lower())

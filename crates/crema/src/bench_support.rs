@@ -70,6 +70,7 @@ impl GroupBench {
                 id,
                 limits,
                 config.request_timeout,
+                config.request_timeout.min(config.forwarding_timeout),
                 config.raft.election_timeout(),
                 #[cfg(feature = "fault-injection")]
                 None,

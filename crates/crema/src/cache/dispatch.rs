@@ -67,6 +67,9 @@ pub(crate) struct Dispatcher {
     live_window: Duration,
     /// How long a peer's read may take here.
     read_timeout: Duration,
+    /// How long after a forwarded copy arrives its sender has given up on it for certain (see
+    /// `ForwardTicket::given_up_at`).
+    forward_patience: Duration,
     pub tasks: TaskTracker,
     pub limits: CommandLimits,
     snapshots: Mutex<SnapshotAssembler>,
@@ -80,11 +83,13 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// `election_timeout` paces the read rounds: a round unanswered for half of it is given
-    /// up, and a peer not heard from for a whole one is not asked.
+    /// up, and a peer not heard from for a whole one is not asked. `forward_patience` is the
+    /// lesser of the request and forwarding timeouts (see `ForwardTicket::given_up_at`).
     pub fn new(
         node_id: NodeId,
         limits: CommandLimits,
         read_timeout: Duration,
+        forward_patience: Duration,
         election_timeout: Duration,
         #[cfg(feature = "fault-injection")] faults: Option<Arc<crate::faults::Faults>>,
     ) -> Self {
@@ -100,6 +105,7 @@ impl Dispatcher {
             remote_reads: RemoteReads::default(),
             hints: Arc::default(),
             read_timeout,
+            forward_patience,
             tasks: TaskTracker::new(),
             limits,
             snapshots: Mutex::default(),
@@ -230,7 +236,12 @@ impl Dispatcher {
                 "a forwarded write must carry node {from}'s write session numbered {request_id}"
             ))),
         });
-        let ticket = ForwardTicket { transport: transport.clone(), to: from, request_id };
+        let ticket = ForwardTicket {
+            transport: transport.clone(),
+            to: from,
+            request_id,
+            given_up_at: std::time::Instant::now() + self.forward_patience,
+        };
         match (checked, self.table.get().and_then(|t| t.get(shard))) {
             (Err(e), _) => ticket.answer(Err(e.into())),
             // Nothing proposed, and no leader known here: the sender tries the next node

@@ -85,6 +85,7 @@ impl DistributedCache {
             f.persist_failing |= shared.persist_failing();
             f.proposal_batches += shared.proposals().0;
             f.proposed_entries += shared.proposals().1;
+            f.writes_given_up += shared.writes_given_up();
             f.messages_sent += shared.messages_sent();
             f.queued_requests += shard.group.queued_requests();
             f.held_writes += shared.held_writes();
@@ -239,6 +240,10 @@ pub struct RaftFigures {
     pub proposal_batches: u64,
     /// Log entries in those batches (writes proposed here as leader).
     pub proposed_entries: u64,
+    /// Writes this node held as leader (waiting for a batch in flight to commit) whose callers
+    /// gave up before they were proposed: left out of the log, so a write answered `TIMEOUT`
+    /// under overload is not applied long after.
+    pub writes_given_up: u64,
     /// Raft messages this node sent to its peers (appends, heartbeats, votes, responses).
     pub messages_sent: u64,
     /// Writes this node forwarded since it started: written through it for a shard another

@@ -174,6 +174,14 @@ impl DistributedCache {
         copies: &mut u32,
     ) -> Attempt {
         let tick = self.config.raft.tick_interval();
+        // Past the deadline no copy goes out: the caller is answered now (found with a test:
+        // the caller's own timeout is polled after this future, and a wait for `deadline`
+        // that is over at once sent another copy, 128 of them until tokio's budget ran out,
+        // for every forwarded write that timed out; with a forwarding timeout below the
+        // request timeout, copies went out without a pause until the request's deadline).
+        if Instant::now() >= deadline {
+            return Attempt::Answered(Err(Error::Timeout(self.config.request_timeout)));
+        }
         // A large write waits for room on the link rather than fill it: the leader's groups
         // replicate over the same link (see `Transport::room_for`). A link that stays full
         // may be one to a dead leader: the wait ends when another one is named.

@@ -33,6 +33,7 @@ impl DistributedCache {
             config.node_id,
             limits,
             config.request_timeout,
+            config.request_timeout.min(config.forwarding_timeout),
             config.raft.election_timeout(),
             #[cfg(feature = "fault-injection")]
             config.faults.clone(),

@@ -33,6 +33,17 @@ impl ProposalReply {
             Self::Forwarded(ticket) => ticket.answer(result),
         }
     }
+
+    /// Whoever waits for this write has stopped waiting (at `now`): a local caller dropped its
+    /// receiver (its request timed out), or a forwarded copy is older than its sender's
+    /// patience (see `ForwardTicket::given_up_at`). A write not yet proposed that nobody waits
+    /// for can be left out of the log: its caller was told `TIMEOUT`, which allows either.
+    pub fn given_up(&self, now: Instant) -> bool {
+        match self {
+            Self::Local(tx) => tx.is_closed(),
+            Self::Forwarded(ticket) => now >= ticket.given_up_at,
+        }
+    }
 }
 /// Where a read's read index goes.
 pub(crate) type ReadReply = oneshot::Sender<Result<u64>>;

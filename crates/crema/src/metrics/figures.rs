@@ -156,6 +156,12 @@ impl NodeFigures {
             raft.proposal_batches,
         )?;
         counter(e, "raft_proposed_entries", "Log entries proposed as leader", raft.proposed_entries)?;
+        counter(
+            e,
+            "raft_writes_given_up",
+            "Writes held by this leader whose callers timed out before they were proposed (left out of the log)",
+            raft.writes_given_up,
+        )?;
         counter(e, "raft_messages_sent", "Raft messages sent to peers", raft.messages_sent)?;
         counter(
             e,

@@ -164,6 +164,12 @@ pub(crate) struct ForwardTicket {
     /// The follower that forwarded the write.
     pub to: NodeId,
     pub request_id: u64,
+    /// When the follower has given up on this copy for certain: it ends a forwarded write
+    /// `forwarding_timeout` after the first copy went out, and its request at
+    /// `request_timeout`, so at the lesser of the two after this copy arrived (when the nodes
+    /// agree on them; a node with longer ones is answered `ProposalDropped` for a copy left
+    /// out of the log, and sends another).
+    pub given_up_at: std::time::Instant,
 }
 
 impl ForwardTicket {

@@ -70,6 +70,9 @@ pub(crate) struct GroupShared {
     pub(super) proposal_batches: AtomicU64,
     /// Entries in those batches.
     pub(super) proposed_entries: AtomicU64,
+    /// Writes this node held as leader whose callers gave up before they were proposed: left
+    /// out of the log (see `propose_batch`).
+    pub(super) writes_given_up: AtomicU64,
     /// Raft messages handed to the transport (snapshot pieces not included).
     pub(super) messages_sent: AtomicU64,
     /// Writes the leader took from the mailbox and holds until a batch in flight commits.
@@ -149,6 +152,7 @@ impl GroupShared {
             map_members: std::sync::RwLock::default(),
             learners: std::sync::RwLock::default(),
             proposal_batches: AtomicU64::new(0),
+            writes_given_up: AtomicU64::new(0),
             proposed_entries: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             held_writes: AtomicUsize::new(0),
@@ -338,6 +342,11 @@ impl GroupShared {
 
     pub(crate) fn set_persist_failing(&self, failing: bool) {
         self.persist_failing.store(failing, Ordering::Release);
+    }
+
+    /// Writes held here whose callers gave up before they were proposed (left out of the log).
+    pub fn writes_given_up(&self) -> u64 {
+        self.writes_given_up.load(Ordering::Relaxed)
     }
 
     pub fn snapshots_installed(&self) -> u64 {
