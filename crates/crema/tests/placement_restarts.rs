@@ -315,7 +315,11 @@ async fn a_durable_node_down_while_a_shard_moved_away_retires_that_replica() {
     let listener = common::rebind(addrs[3]).await;
     let fourth = DistributedCache::new_with_listener(config(4), listener).await.unwrap();
     assert!(fourth.wait_for_leader(Duration::from_secs(30)).await.is_some(), "ready");
-    assert!(!fourth.holds_shard(away.shard_id), "the replica moved away is routed around");
+    assert!(
+        !fourth.holds_shard(away.shard_id),
+        "the replica moved away is routed around: {:?}",
+        fourth.shard_map().shard(away.shard_id)
+    );
     wait_until(Duration::from_secs(30), "the replica moved away retired", || async {
         fourth.shard_status(away.shard_id).await.is_err()
     })

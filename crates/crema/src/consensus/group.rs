@@ -37,8 +37,9 @@
 //! publishes, `group/propose.rs` the batching of proposals and the commit notices,
 //! `group/ready.rs` the Ready (steps 1-7) with `group/persisting.rs` (step 5, in or off the
 //! loop) and `group/apply.rs` (steps 2 and 4), `group/hibernate.rs` idle groups, and
-//! `group/client_input.rs` client requests, `group/peer_input.rs` the checks on peer messages,
-//! handshakes and this node's recovery after a restart without its Raft state.
+//! `group/client_input.rs` client requests, `group/step.rs` stepping a peer's message (the
+//! checks it passes first), `group/peer_input.rs` handshakes and this node's recovery after a
+//! restart without its Raft state.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -49,10 +50,10 @@ use raft::eraftpb::{Message, MessageType};
 use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use super::admit::{self, Admitted, Reject, WarnThrottle};
-use super::pending::{PeerRead, ProposalReply, Proposals, ReadBatches};
+use super::admit::WarnThrottle;
+use super::pending::{ProposalReply, Proposals, ReadBatches};
 use super::recovery::Recovery;
 use super::state_machine::CacheStateMachine;
 use super::storage::LogStore;
@@ -72,6 +73,7 @@ mod propose;
 mod ready;
 mod shared;
 mod spawn;
+mod step;
 
 use handle::answer_shutdown;
 pub(crate) use handle::{ClientMsg, GroupHandle, PeerInput};
@@ -195,6 +197,10 @@ struct Group<S: LogStore> {
     /// successor first, whose floor was then the removal's own index, and the successor, added
     /// again, obeyed the old removal and exited).
     removal_floor: Option<u64>,
+    /// A fresh replica: the leader that sent that first append, and its term. Until the
+    /// replica has applied up to `removal_floor`, this leader is heard although the replayed
+    /// log does not count it yet (see `catching_up_from`).
+    catch_up_leader: Option<(NodeId, u64)>,
 }
 
 impl<S: LogStore> Group<S> {
@@ -359,80 +365,6 @@ impl<S: LogStore> Group<S> {
                 self.raw.report_snapshot(to, status);
             }
         }
-    }
-
-    fn step(&mut self, mut msg: Message) {
-        if self.settings.fresh
-            && self.removal_floor.is_none()
-            && msg.get_msg_type() == MessageType::MsgAppend
-            && self.raw.raft.raft_log.match_term(msg.index, msg.log_term)
-        {
-            self.removal_floor = Some(msg.commit);
-        }
-        if self.recovery.as_ref().is_some_and(Recovery::waiting) {
-            // Phase 1 of a recovery: nothing this node would answer can be trusted yet.
-            return;
-        }
-        let vouched = self.shared.map_names(msg.from);
-        match admit::check_against_log(&self.raw.raft, &mut msg, vouched) {
-            Ok(Admitted::AsIs) => {}
-            // Routine after a restart (the leader has not yet heard that this incarnation
-            // holds less): found from outside, a WARN on every ordinary restart read like a
-            // lost log. A log that lost synced writes is refused at open (`log_mark`).
-            Ok(Admitted::CommitLowered) => {
-                debug!(
-                    shard = self.shared.shard,
-                    from = msg.from,
-                    "heartbeat commit past this node's log lowered"
-                )
-            }
-            Err(reason) => {
-                if reason == Reject::ConflictsWithCommitted && msg.term >= self.raw.raft.term {
-                    self.note_diverged(&msg);
-                }
-                return self.note_rejected(&msg, reason);
-            }
-        }
-        let vote = matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
-        if vote && self.settings.votes_only_with_state && self.raw.raft.raft_log.last_index() == 0 {
-            debug!(
-                shard = self.shared.shard,
-                from = msg.from,
-                "empty, and not known to be new: vote request ignored"
-            );
-            return;
-        }
-        if vote && self.recovery.as_ref().is_some_and(|r| !r.may_vote_for(msg.log_term, msg.index)) {
-            debug!(
-                shard = self.shared.shard,
-                from = msg.from,
-                "recovering: vote request for a log behind the floor ignored"
-            );
-            return;
-        }
-        if msg.get_msg_type() == MessageType::MsgReadIndex && self.hold_peer_read(&mut msg) {
-            return;
-        }
-        if let Err(e) = self.raw.step(msg) {
-            debug!(shard = self.shared.shard, error = %e, "raft refused a message");
-        }
-    }
-
-    /// As leader, holds a follower's read-index request for this node's next read round
-    /// instead of letting raft-rs start a heartbeat round for it alone (see `ReadBatches`).
-    /// False for anything else (raft-rs handles it).
-    fn hold_peer_read(&mut self, msg: &mut Message) -> bool {
-        let from = msg.from;
-        if self.raw.raft.state != StateRole::Leader
-            || from == raft::INVALID_ID
-            || from == self.settings.node_id
-            || msg.entries.len() != 1
-        {
-            return false;
-        }
-        let ctx = std::mem::take(&mut msg.entries[0].data);
-        self.reads.push_peer(Instant::now(), PeerRead { from, term: self.raw.raft.term, ctx });
-        true
     }
 
     fn tick(&mut self) {

@@ -160,6 +160,7 @@ pub(crate) fn spawn_group<S: LogStore>(
         quiet_ticks: 0,
         reports,
         removal_floor: None,
+        catch_up_leader: None,
     };
     group.publish_voters();
     let task = tokio::spawn(group.run(cancel));

@@ -1,0 +1,112 @@
+//! Stepping a peer's Raft message (see `group`): the checks it passes first (`admit`: against
+//! the log, from a member or a leader the shard map or this replica's catching up vouches
+//! for), the votes a replica without state or still recovering does not grant, and a
+//! follower's read-index request, which a leader holds for its next read round.
+
+use std::time::Instant;
+
+use raft::eraftpb::{Message, MessageType};
+use raft::StateRole;
+use tracing::debug;
+
+use super::Group;
+use crate::consensus::admit::{self, Admitted, Reject};
+use crate::consensus::pending::PeerRead;
+use crate::consensus::recovery::Recovery;
+use crate::consensus::storage::LogStore;
+
+impl<S: LogStore> Group<S> {
+    pub(super) fn step(&mut self, mut msg: Message) {
+        if self.settings.fresh
+            && self.removal_floor.is_none()
+            && msg.get_msg_type() == MessageType::MsgAppend
+            && self.raw.raft.raft_log.match_term(msg.index, msg.log_term)
+        {
+            self.removal_floor = Some(msg.commit);
+            self.catch_up_leader = Some((msg.from, msg.term));
+        }
+        if self.recovery.as_ref().is_some_and(Recovery::waiting) {
+            // Phase 1 of a recovery: nothing this node would answer can be trusted yet.
+            return;
+        }
+        let vouched = self.shared.map_names(msg.from) || self.catching_up_from(&msg);
+        match admit::check_against_log(&self.raw.raft, &mut msg, vouched) {
+            Ok(Admitted::AsIs) => {}
+            // Routine after a restart (the leader has not yet heard that this incarnation
+            // holds less): found from outside, a WARN on every ordinary restart read like a
+            // lost log. A log that lost synced writes is refused at open (`log_mark`).
+            Ok(Admitted::CommitLowered) => {
+                debug!(
+                    shard = self.shared.shard,
+                    from = msg.from,
+                    "heartbeat commit past this node's log lowered"
+                )
+            }
+            Err(reason) => {
+                if reason == Reject::ConflictsWithCommitted && msg.term >= self.raw.raft.term {
+                    self.note_diverged(&msg);
+                }
+                return self.note_rejected(&msg, reason);
+            }
+        }
+        let vote = matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
+        if vote && self.settings.votes_only_with_state && self.raw.raft.raft_log.last_index() == 0 {
+            debug!(
+                shard = self.shared.shard,
+                from = msg.from,
+                "empty, and not known to be new: vote request ignored"
+            );
+            return;
+        }
+        if vote && self.recovery.as_ref().is_some_and(|r| !r.may_vote_for(msg.log_term, msg.index)) {
+            debug!(
+                shard = self.shared.shard,
+                from = msg.from,
+                "recovering: vote request for a log behind the floor ignored"
+            );
+            return;
+        }
+        if msg.get_msg_type() == MessageType::MsgReadIndex && self.hold_peer_read(&mut msg) {
+            return;
+        }
+        if let Err(e) = self.raw.step(msg) {
+            debug!(shard = self.shared.shard, error = %e, "raft refused a message");
+        }
+    }
+
+    /// Whether `msg` comes from the leader that is catching this fresh replica up, while the
+    /// replica replays the group's history below the commit index that leader first sent it.
+    /// The replayed log counts the members of its time, and the leader may have joined the
+    /// group later; the shard map does not name it either when it is the node the shard moves
+    /// away from. Found from outside: a shard moved from node A to node B, whose leadership
+    /// went to B, and then back to A: A's fresh replica replayed the first members (A's old
+    /// replica among them, B not), refused B's appends from then on as a non-member's, and
+    /// the move never settled (the shard unwritable for clients of B for minutes). By the
+    /// time the replica has applied that commit index, its log counts the leader (a leader is
+    /// a member of its configuration there, or it has stopped leading).
+    fn catching_up_from(&self, msg: &Message) -> bool {
+        match (self.catch_up_leader, self.removal_floor) {
+            (Some((leader, term)), Some(floor)) => {
+                msg.from == leader && msg.term >= term && self.raw.raft.raft_log.applied < floor
+            }
+            _ => false,
+        }
+    }
+
+    /// As leader, holds a follower's read-index request for this node's next read round
+    /// instead of letting raft-rs start a heartbeat round for it alone (see `ReadBatches`).
+    /// False for anything else (raft-rs handles it).
+    fn hold_peer_read(&mut self, msg: &mut Message) -> bool {
+        let from = msg.from;
+        if self.raw.raft.state != StateRole::Leader
+            || from == raft::INVALID_ID
+            || from == self.settings.node_id
+            || msg.entries.len() != 1
+        {
+            return false;
+        }
+        let ctx = std::mem::take(&mut msg.entries[0].data);
+        self.reads.push_peer(Instant::now(), PeerRead { from, term: self.raw.raft.term, ctx });
+        true
+    }
+}
