@@ -300,6 +300,7 @@ async fn a_durable_node_down_while_a_shard_moved_away_retires_that_replica() {
             .with_raft_storage_type(crema::RaftStorageType::RocksDb)
             .with_data_dir(dirs[id as usize - 1].path())
     };
+    common::init_tracing();
     let mut nodes = four_nodes_with_keys(bound, &config).await;
     let map = nodes[0].shard_map();
     let away = map.shards().iter().find(|p| p.shard_id != 0 && p.members.contains(&4)).unwrap().clone();
@@ -317,8 +318,9 @@ async fn a_durable_node_down_while_a_shard_moved_away_retires_that_replica() {
     assert!(fourth.wait_for_leader(Duration::from_secs(30)).await.is_some(), "ready");
     assert!(
         !fourth.holds_shard(away.shard_id),
-        "the replica moved away is routed around: {:?}",
-        fourth.shard_map().shard(away.shard_id)
+        "the replica moved away is routed around: {:?} {:?}",
+        fourth.shard_map().shard(away.shard_id),
+        fourth.shard_status(away.shard_id).await
     );
     wait_until(Duration::from_secs(30), "the replica moved away retired", || async {
         fourth.shard_status(away.shard_id).await.is_err()

@@ -235,6 +235,10 @@ async fn health(State(s): State<AdminState>) -> Response {
     }
 }
 
+/// How long one `/ready` waits for the shard map's confirmation (once per start; probes
+/// usually give up after a second).
+const READY_MAP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 async fn ready(State(s): State<AdminState>) -> Response {
     let raft = s.cache.raft_figures();
     if raft.persist_failing {
@@ -259,6 +263,13 @@ async fn ready(State(s): State<AdminState>) -> Response {
                     that does not follow the meta shard, started with --join or removed from it \
                     while it was down, waits to be added: crema cluster add-node, or discovery \
                     with --auto-add-voters)\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    // A restarted node's map is first the one its own log held: it may still name replicas
+    // moved away while the node was down (see `crema::cache::readiness`).
+    if !s.cache.confirm_shard_map(READY_MAP_WAIT).await {
+        let body = "not ready: the shard map is not yet confirmed as new as the meta shard leader's \
+                    (a read through the meta shard did not pass)\n";
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
     if !s.cache.holds_its_replicas() {

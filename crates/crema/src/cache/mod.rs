@@ -25,6 +25,7 @@ mod meta_conf;
 mod moves;
 mod placement;
 mod read_rounds;
+mod readiness;
 mod reads;
 #[cfg(feature = "rocksdb")]
 mod recovery;
@@ -44,7 +45,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -123,6 +123,9 @@ pub struct DistributedCache {
     supervisor: Supervisor,
     group_tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     shut_down: AtomicBool,
+    /// Whether this node's shard map was confirmed as new as the meta shard's leader's since
+    /// it started (see `cache::readiness`).
+    map_confirmed: AtomicBool,
     /// Series the cache API updates as it works (see `crate::metrics`).
     live_metrics: crate::metrics::LiveMetrics,
 }
@@ -373,46 +376,6 @@ impl DistributedCache {
     pub async fn transfer_shard_leader(&self, shard: ShardId, to: NodeId) -> Result<()> {
         self.check_running()?;
         self.shard(shard)?.group.transfer_leader(to).await
-    }
-
-    /// With several shards: whether this node knows the agreed map and holds a replica of every
-    /// shard it gives the node (a memory node starts them once it read the map: see
-    /// `cache::start`). Always true with one shard.
-    pub fn holds_its_replicas(&self) -> bool {
-        if self.keyspace.router().num_shards() == 1 {
-            return true;
-        }
-        let (me, map) = (self.config.node_id, self.shard_map.map());
-        !map.is_empty()
-            && (map.shards().iter())
-                .filter(|p| p.members.contains(&me))
-                .all(|p| self.shards.get(p.shard_id).is_some())
-    }
-
-    /// Waits up to `timeout` until this node knows a leader of every shard it holds, and, with
-    /// several shards, holds every shard the agreed map gives it (a memory node starts them
-    /// once it read the map: see `cache::start`); answers shard 0's leader (none at the
-    /// timeout).
-    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        if self.keyspace.router().num_shards() > 1 {
-            // Placement starts the replicas as it reads the map, and routes around (then
-            // retires) one the settled map no longer names, which may never know a leader (its
-            // group removed it while this node was away): looked at every tick.
-            loop {
-                let served = self.shards.held().into_iter().skip(1).filter(|s| self.holds_shard(s.id));
-                if self.holds_its_replicas()
-                    && served.into_iter().all(|s| s.group.shared.leader_id().is_some())
-                {
-                    break;
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return None;
-                }
-                tokio::time::sleep(self.config.raft.tick_interval()).await;
-            }
-        }
-        self.meta().group.shared.wait_for_leader(deadline).await
     }
 
     /// The peer address of node `id` as this node knows it (from configuration or applied

@@ -140,7 +140,7 @@ impl DistributedCache {
         self.shard_barrier(&self.shard(shard)?).await
     }
 
-    async fn shard_barrier(&self, shard: &Shard) -> Result<()> {
+    pub(super) async fn shard_barrier(&self, shard: &Shard) -> Result<()> {
         let group = &shard.group;
         if group.shared.leads_alone() {
             return Ok(());

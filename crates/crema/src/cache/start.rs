@@ -333,6 +333,7 @@ impl DistributedCache {
             supervisor,
             group_tasks: tasks,
             shut_down: AtomicBool::new(false),
+            map_confirmed: AtomicBool::new(false),
             live_metrics: crate::metrics::LiveMetrics::new(),
         })
     }
