@@ -11,8 +11,8 @@
 //!   whose group removed it (`cache::replica`). The meta shard stays on every node.
 //! - **Carrying moves out.** The leader of a shard whose group's voters differ from its members
 //!   in the map changes them one step per look, each through the checked membership path: a
-//!   missing member is added as a learner, promoted once it has the log (within
-//!   `CAUGHT_UP_SLACK` entries of the commit index), and only then is a member the map dropped
+//!   missing member is added as a learner, promoted once it has the log (through the group's
+//!   latest configuration change, and within `CAUGHT_UP_SLACK` entries of the commit index), and only then is a member the map dropped
 //!   removed (its leadership handed over first if that is this node). The meta shard demotes a
 //!   live voter to a learner instead of removing it: every node keeps a meta replica.
 //! - **Planning** (`leader.rs`). The meta shard's leader, once every look: a move whose group has its
@@ -39,6 +39,7 @@ use raft::eraftpb::ConfChangeType;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+mod catch_up;
 mod leader;
 
 use super::membership::Membership;
@@ -52,6 +53,7 @@ use crate::discovery::{ClusterDiscovery, NodeHealth, PeerManagementConfig};
 use crate::multiraft::{PlacementChange, ShardMap, ShardMapStore, ShardPlacement, ShardState};
 use crate::transport::envelope::{RemoteAnswer, RemoteRead};
 use crate::types::{NodeId, ShardId};
+use catch_up::caught_up;
 
 /// Shards moving at once, cluster-wide: each move costs a snapshot, and client traffic comes
 /// first.
@@ -60,12 +62,6 @@ const MAX_MOVES: usize = 2;
 /// reported at all: a cluster's nodes start one after another, and one not up yet is not dead
 /// (gossip declares a killed node down within a few seconds).
 const UNSEEN_GRACE: Duration = Duration::from_secs(10);
-
-/// A learner within this many entries of the commit index is promoted: under load a learner
-/// is rarely exactly at the commit index (appends in flight), and a voter that is some entries
-/// behind catches up within a few round trips; waiting for an exact match could wait forever
-/// on a busy shard.
-const CAUGHT_UP_SLACK: u64 = 1024;
 
 /// The nodes the planner may place replicas on: not declared down by discovery (a node gossip
 /// only suspects keeps its replicas: they move once it is declared down, and a suspicion it
@@ -374,15 +370,7 @@ impl Placement {
             info!(shard, node = id, ?kind, "placement: changing the shard's members");
             self.membership.change_in(group, kind, id, addr).await
         };
-        // Nothing acknowledged is never caught up, however short the log: a replica that does
-        // not take the leader's messages (a restarted memory node still recovering, or one
-        // with a stale view of the group) was promoted at once on a log shorter than the slack,
-        // and a voter that cannot vote left the shard one failure from losing its quorum.
-        let caught_up = |id: NodeId| {
-            status.replica_progress.iter().any(|(p, matched)| {
-                *p == id && *matched > 0 && matched + CAUGHT_UP_SLACK >= status.commit_index
-            })
-        };
+        let caught_up = |id: NodeId| caught_up(&status, id);
         // Members first: nothing is removed before every new member votes.
         if let Some(&id) = target.iter().find(|id| !voters.contains(id)) {
             if !learners.contains(&id) {

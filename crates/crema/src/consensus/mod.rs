@@ -108,6 +108,10 @@ pub struct GroupStatus {
     /// On the leader: each other member and the highest log index known to be on it (empty on
     /// a follower).
     pub replica_progress: Vec<(NodeId, u64)>,
+    /// On the leader: the index of the group's latest configuration change, or of the last
+    /// entry when this leader took over if that is later (0 on a follower). A member whose
+    /// progress reaches it holds the configuration the leader counts it in.
+    pub conf_index: u64,
     /// True while the group hibernates on this node: idle, it ticks no clock (see
     /// [`crate::RaftConfig::hibernate`]).
     pub hibernating: bool,

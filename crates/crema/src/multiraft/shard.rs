@@ -121,6 +121,7 @@ mod tests {
             recovery,
             pending_proposals: 0,
             replica_progress: Vec::new(),
+            conf_index: 0,
             hibernating: false,
         }
     }

@@ -123,6 +123,7 @@ impl<S: LogStore> Group<S> {
             recovery: self.recovery_state(),
             pending_proposals: self.proposals.len(),
             replica_progress,
+            conf_index: if raft.state == StateRole::Leader { raft.pending_conf_index } else { 0 },
             hibernating: self.hibernating,
         }
     }
