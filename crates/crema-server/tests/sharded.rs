@@ -427,3 +427,27 @@ async fn same_primaries_everywhere(nodes: &[Node]) {
     })
     .await;
 }
+
+/// A node that does not know the shard map yet (here: started to join a cluster that does not
+/// answer) answers `CLUSTER SLOTS` and `CLUSTER SHARDS` with `-CLUSTERDOWN`, on which cluster
+/// clients ask their next startup node. Found from outside: a restarted node answered, for up
+/// to 400 ms after its RESP port opened, one slot range without a primary, and redis-py's
+/// `RedisCluster` failed on it with an `IndexError`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_shard_map_answers_clusterdown_for_the_slot_map() {
+    let silent = free_addrs(1)[0];
+    let peer = format!("1={silent}");
+    let mut args = vec!["--node-id", "2", "--shards", "4", "--join", "true", "--peer", peer.as_str()];
+    args.extend(FAST);
+    let node = start(&args);
+    let mut c = client(node.resp).await;
+    for sub in ["SLOTS", "SHARDS"] {
+        let answer: redis::RedisResult<redis::Value> =
+            redis::cmd("CLUSTER").arg(sub).query_async(&mut c).await;
+        let err = answer.expect_err(sub);
+        assert_eq!(err.code(), Some("CLUSTERDOWN"), "CLUSTER {sub}: {err}");
+    }
+    // What needs no map is answered all the same.
+    let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg("foo").query_async(&mut c).await.unwrap();
+    assert_eq!(slot, 12182);
+}

@@ -70,6 +70,9 @@ pub enum CmdError {
         /// The client address of the shard's leader.
         addr: String,
     },
+    /// The cluster cannot serve this yet (Redis Cluster's `-CLUSTERDOWN`), with the reason.
+    #[error("{0}")]
+    ClusterDown(String),
     /// Cluster mode: the command's keys are in several shards.
     #[error("Keys in request don't hash to the same slot")]
     CrossSlot,
@@ -99,6 +102,7 @@ impl CmdError {
                 Reply::err("string exceeds maximum allowed size (proto-max-bulk-len)")
             }
             CmdError::Moved { .. } => Reply::Error(format!("MOVED {self}")),
+            CmdError::ClusterDown(_) => Reply::Error(format!("CLUSTERDOWN {self}")),
             CmdError::CrossSlot
             | CmdError::Command(CommandError::CrossSlot)
             | CmdError::Cache(crema::Error::InvalidCommand(CommandError::CrossSlot)) => {

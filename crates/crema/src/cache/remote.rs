@@ -360,6 +360,18 @@ impl DistributedCache {
                     Error::NotLeader { leader_hint: None }
                 });
             }
+            // This node may have started its replica meanwhile and been handed the shard's
+            // leadership (found from outside: a node restarted under load, given leaderships
+            // as soon as it caught up; the holders named it, and the writes that arrived
+            // before its replica started waited for their deadline). The copy is proposed
+            // here then, with the same session as the copies sent out.
+            if let Some(applied) = self.propose_if_leading(shard, bytes, deadline).await? {
+                slot.answered();
+                if let Some(session) = session {
+                    forwarder.reported(&session.abandoned);
+                }
+                return self.settled(applied);
+            }
             let Some(target) = targets.pick() else {
                 // A copy already sent may still be applied.
                 return Err(if sent {
@@ -405,6 +417,33 @@ impl DistributedCache {
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(Error::Shutdown),
             }
+        }
+    }
+
+    /// Proposes `bytes` (a write stamped with its session) to this node's replica of `shard`
+    /// when it holds one that leads: `None` when it does not, or when leadership moved before
+    /// the proposal could commit (nothing written by this copy).
+    ///
+    /// # Errors
+    /// What the proposal answered otherwise; `Timeout` at `deadline`.
+    async fn propose_if_leading(
+        &self,
+        shard: ShardId,
+        bytes: &Bytes,
+        deadline: Instant,
+    ) -> Result<Option<Applied>> {
+        let Some(held) =
+            self.shards.get(shard).filter(|s| self.holds_shard(shard) && s.group.shared.is_leader())
+        else {
+            return Ok(None);
+        };
+        let proposed = tokio::time::timeout_at(deadline, held.group.propose(bytes.clone())).await;
+        match proposed.unwrap_or(Err(Error::Timeout(self.config.request_timeout))) {
+            Ok(applied) => Ok(Some(applied)),
+            Err(Error::ProposalDropped | Error::NotLeader { .. }) => Ok(None),
+            // Retired under the write (a move away) while the node runs: the holders answer.
+            Err(Error::Shutdown) if self.check_running().is_ok() => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

@@ -246,12 +246,14 @@ impl DistributedCache {
             // timeouts (a transfer takes about one round trip, and the new leader's heartbeat
             // tells every node).
             let interval = 2 * config.raft.election_timeout();
+            // Two pings of the beat below (`cache::keepalive`).
+            let window = 2 * config.raft.tick_interval() * config.raft.heartbeat_tick as u32;
             let views = (shard_map.clone(), dispatcher.hints.clone(), dispatcher.clone());
             let balance = super::balance::balance_leaders(
                 config.node_id,
                 table.clone(),
                 views,
-                interval,
+                (interval, window),
                 cancel.clone(),
             );
             push(supervisor.spawn("the leader balancer", balance));
