@@ -1,7 +1,8 @@
 //! The peer port with mutual TLS (`CacheConfig::with_peer_tls`): nodes with certificates from
 //! the cluster CA form a cluster; a peer with no certificate, one from another CA, or one that
-//! claims a member's id that its certificate does not name gets nothing and changes nothing;
-//! a certificate naming a node that is not a member is refused after the hello.
+//! claims a member's id that its certificate does not name (or names no node, where the
+//! cluster's certificates name theirs) gets nothing and changes nothing; a certificate naming
+//! a node that is not a member is refused after the hello.
 
 mod common;
 
@@ -93,6 +94,17 @@ async fn only_certified_members_take_part() {
     assert!(hello_as(&mut s, member).await.is_empty(), "another member's certificate cannot claim this id");
     refused(target, before).await;
 
+    // The cluster CA and a certificate that names no node (a client's, as `crema certs init`
+    // writes one for redis-cli), claiming a member's id: this cluster's node certificates name
+    // their nodes, so it is no node's.
+    let before = target.raft_figures().peer_handshakes_refused;
+    let mut s = tls_connect(addr, ca.client_config(Some(ca.node(None)))).await.unwrap();
+    assert!(
+        hello_as(&mut s, member).await.is_empty(),
+        "a certificate naming no node cannot claim a member's id"
+    );
+    refused(target, before).await;
+
     // The cluster CA and a certificate naming node 99, not a member.
     let before = target.raft_figures().peer_handshakes_refused;
     let mut s = tls_connect(addr, ca.client_config(Some(ca.node(Some(99))))).await.unwrap();
@@ -103,6 +115,23 @@ async fn only_certified_members_take_part() {
     nodes[leader].put("k2", "v2").await.unwrap();
     for n in &nodes {
         assert_eq!(n.consistent_get(b"k2").await.unwrap().as_deref(), Some(&b"v2"[..]), "still serving");
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+/// Certificates that name no node (an operator's PKI) prove membership of the cluster: nodes
+/// whose certificates all name none form a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_whose_certificates_name_no_node_form_a_cluster() {
+    let ca = TestCa::new("crema test CA");
+    let nodes = cluster_with(3, |c| c.with_peer_tls(ca.peer_tls_naming(None))).await;
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    let leader = wait_leader(&refs, Duration::from_secs(10)).await;
+    nodes[leader].put("k", "v").await.unwrap();
+    for n in &nodes {
+        assert_eq!(n.consistent_get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]), "replicated over TLS");
     }
     for n in &nodes {
         n.shutdown().await;

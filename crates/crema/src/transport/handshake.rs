@@ -91,9 +91,11 @@ impl Transport {
                 return;
             }
             Ok(Ok(Envelope::Hello { node_id, .. }))
-                if node_id != 0 && tls::check_claim(node_id, conn.certified).is_err() =>
+                if node_id != 0
+                    && tls::check_claim(self.config.tls.as_ref(), node_id, conn.certified).is_err() =>
             {
-                let why = tls::check_claim(node_id, conn.certified).expect_err("checked");
+                let why =
+                    tls::check_claim(self.config.tls.as_ref(), node_id, conn.certified).expect_err("checked");
                 self.refuse(remote, &why.to_string());
                 return;
             }

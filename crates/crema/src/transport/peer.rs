@@ -367,7 +367,7 @@ impl LinkTask {
                 return Err(e);
             }
         };
-        if let Err(e) = super::tls::check_claim(self.link.id, conn.certified) {
+        if let Err(e) = super::tls::check_claim(config.tls.as_ref(), self.link.id, conn.certified) {
             self.transport.refuse(addr, &e.to_string());
             return Err(e);
         }

@@ -5,8 +5,11 @@
 //! dialing side's as a client certificate; the dialing side verifies the accepting side's for
 //! the address it dialed). A certificate may name its node: a URI subject alternative name
 //! `crema://node/N` (what `crema certs init` writes). When it does, the node id claimed in the
-//! hello must be that N, so a member's key is needed to speak as that member; a certificate
-//! that names no node proves membership of the cluster only (as the cluster secret does).
+//! hello must be that N, so a member's key is needed to speak as that member. A certificate
+//! that names no node proves membership of the cluster only (as the cluster secret does), and
+//! only where this node's own certificate names none either: where it does, the cluster's node
+//! certificates name their nodes, and one that names none (a client certificate from the same
+//! CA) is refused.
 //!
 //! Everything after the TLS handshake (the cluster-secret exchange if one is set too, the
 //! hello, Raft messages, forwarded writes, snapshots) rides the encrypted, authenticated stream.
@@ -147,14 +150,28 @@ pub fn node_id_of(cert: &CertificateDer<'_>) -> Option<NodeId> {
     })
 }
 
-/// Checks the id a peer claims in its hello against the one its certificate names.
+/// Checks the id a peer claims in its hello against the one its certificate names, on a peer
+/// port with TLS (`tls`; anything goes without).
 ///
 /// # Errors
-/// The certificate names another node.
-pub(super) fn check_claim(claimed: NodeId, certified: Option<NodeId>) -> Result<(), TransportError> {
+/// The certificate names another node; or it names none while this node's own certificate
+/// names this node: in a cluster whose certificates name their nodes, one that names none is
+/// not a node's. Found from outside: `crema certs init` also writes a client certificate (for
+/// `redis-cli --tls`) from the same CA, naming no node, and with it anyone could speak as any
+/// member on the peer port of a cluster secured by TLS alone.
+pub(super) fn check_claim(
+    tls: Option<&PeerTls>,
+    claimed: NodeId,
+    certified: Option<NodeId>,
+) -> Result<(), TransportError> {
+    let Some(tls) = tls else { return Ok(()) };
     match certified {
         Some(id) if id != claimed => Err(TransportError::Handshake(format!(
             "the peer claims to be node {claimed} but its certificate is node {id}'s"
+        ))),
+        None if tls.own_id.is_some() => Err(TransportError::Handshake(format!(
+            "the peer claims to be node {claimed} with a certificate that names no node ({NODE_URI_PREFIX}N), \
+             as this cluster's node certificates do (a client certificate?)"
         ))),
         _ => Ok(()),
     }

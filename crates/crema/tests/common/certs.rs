@@ -39,7 +39,13 @@ impl TestCa {
 
     /// Node `id`'s peer TLS settings.
     pub fn peer_tls(&self, id: u64) -> PeerTls {
-        let (cert, key) = self.node(Some(id));
+        self.peer_tls_naming(Some(id))
+    }
+
+    /// This node's TLS identity with a certificate naming node `id`, or no node (as an
+    /// operator's PKI may issue them).
+    pub fn peer_tls_naming(&self, id: Option<u64>) -> PeerTls {
+        let (cert, key) = self.node(id);
         PeerTls::from_pem(cert.as_bytes(), key.as_bytes(), self.pem().as_bytes()).unwrap()
     }
 
