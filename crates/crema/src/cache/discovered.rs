@@ -99,8 +99,12 @@ impl Discovered {
                 }
             }
             // Only for shards that exist (as `Envelope::Leaders`): found in review, a stranger's
-            // gossip could grow the hints with any shard id.
-            DiscoveryEvent::ShardLeader(hint) if hint.shard < self.table.num_shards() => {
+            // gossip could grow the hints with any shard id. And only naming a node that follows
+            // the meta shard (every node of the cluster does): found from outside, hints naming
+            // a node that does not exist routed requests to nowhere.
+            DiscoveryEvent::ShardLeader(hint)
+                if hint.shard < self.table.num_shards() && self.is_member(hint.leader) =>
+            {
                 self.coordinator.hint_if_newer(hint.shard, hint.leader, hint.epoch);
             }
             DiscoveryEvent::ShardLeader(_) => {}

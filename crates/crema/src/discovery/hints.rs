@@ -44,6 +44,10 @@ impl BroadcastHandler<GossipId> for Hints {
         if hint.shard >= crate::multiraft::MAX_SHARDS {
             return Err(HintError(format!("shard {} does not exist in any cluster", hint.shard)));
         }
+        let highest = self.newest.values().map(|(_, epoch)| *epoch).max().unwrap_or(0);
+        if !crate::multiraft::coordinator::epoch_in_reach(hint.epoch, highest) {
+            return Err(HintError(format!("epoch {} is past any term a shard reaches", hint.epoch)));
+        }
         if self.newest.get(&hint.shard).is_some_and(|(_, epoch)| *epoch >= hint.epoch) {
             return Ok(None);
         }
@@ -69,5 +73,12 @@ mod tests {
         assert!(hints.receive_item(&encode(3, 5), None).unwrap().is_some());
         assert!(hints.receive_item(&encode(3, 4), None).unwrap().is_none(), "an older epoch");
         assert_eq!(hints.newest.len(), 1);
+        // Just below 2^63, or any leap past every term known and a group's first terms.
+        assert!(hints.receive_item(&encode(4, (1 << 62) + 200), None).is_err());
+        assert!(hints.receive_item(&encode(4, 1 << 33), None).is_err());
+        assert!(
+            hints.receive_item(&encode(4, 1_796_640_713), None).unwrap().is_some(),
+            "a clock-started term"
+        );
     }
 }

@@ -91,6 +91,19 @@ impl ShardConfig {
 /// routed the shard's requests to nowhere until the nodes restarted) stops holding then.
 pub(crate) const HINT_HOLDS: Duration = Duration::from_secs(30);
 
+/// Whether a shard-leader hint's `epoch` (a term) is one a group could have reached, given
+/// `highest`, the highest epoch known here of any shard: a group starts its history at a term
+/// below [`MAX_TERM_LEAP`] (the clock in seconds) and goes on one term per election, so no real
+/// term is a leap past both. Found from outside: gossip without a cluster secret took a hint
+/// just below 2^63 (the only bound then) naming a node that does not exist, and every node
+/// forgot the leaders of the shards it does not hold, for as long as the packet was sent again.
+///
+/// [`MAX_TERM_LEAP`]: crate::consensus::admit::MAX_TERM_LEAP
+pub(crate) fn epoch_in_reach(epoch: u64, highest: u64) -> bool {
+    use crate::consensus::admit::MAX_TERM_LEAP;
+    epoch < highest.max(MAX_TERM_LEAP).saturating_add(MAX_TERM_LEAP)
+}
+
 /// A node's shard-leader hints and operation counter, kept by the node for its coordinator.
 #[derive(Debug)]
 pub(crate) struct CoordinatorState {
@@ -106,10 +119,10 @@ impl CoordinatorState {
     /// Keeps `leader` as shard `shard`'s hint if `epoch` is newer than the hint held.
     /// A hint not named again for [`HINT_HOLDS`] no longer holds off hints of earlier epochs.
     pub(crate) fn hint_if_newer(&self, shard: ShardId, leader: NodeId, epoch: u64) -> bool {
-        if epoch >= crate::consensus::admit::MAX_TERM {
-            return false; // No term gets there (see the peer port's checks).
-        }
         let mut hints = self.hints.lock().expect("hints poisoned");
+        if !epoch_in_reach(epoch, hints.values().map(|(_, e)| *e).max().unwrap_or(0)) {
+            return false; // No term gets there.
+        }
         let mut renewed = self.renewed.lock().expect("hints poisoned");
         let holds = renewed.get(&shard).is_some_and(|at| at.elapsed() < HINT_HOLDS);
         match hints.get(&shard) {
@@ -478,5 +491,19 @@ mod tests {
         );
         assert_eq!(config.range().first_slot(), 3072);
         assert_eq!(ShardConfig::new(0, 1).replicas, 3);
+    }
+
+    #[test]
+    fn a_hint_past_any_term_a_group_reaches_is_not_taken() {
+        let state = CoordinatorState::default();
+        assert!(!state.hint_if_newer(1, 99, (1 << 62) + 200), "just below 2^63");
+        assert!(!state.hint_if_newer(1, 99, 1 << 33));
+        assert!(state.hint_if_newer(1, 2, 1_796_640_713), "a clock-started term");
+        assert!(state.hint_if_newer(1, 3, 1_796_640_714), "the next election");
+        assert_eq!(state.hinted_leader(1), Some(3));
+        // Terms grow one per election: past the highest known, only as far as a leap.
+        let leap = crate::consensus::admit::MAX_TERM_LEAP;
+        assert!(state.hint_if_newer(2, 2, 1_796_640_714 + leap - 1));
+        assert!(!state.hint_if_newer(2, 2, 1_796_640_714 + 3 * leap));
     }
 }
