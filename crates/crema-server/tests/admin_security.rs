@@ -111,17 +111,20 @@ async fn half_sent_requests_are_timed_out_and_connections_capped() {
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }
 
-/// ACL users may use the admin port with HTTP Basic authentication: a user with `+@admin`
-/// changes membership, one without it is refused (as it is refused FLUSHALL), a wrong
-/// password is refused, and the token still works alongside.
+/// ACL users may use the admin port with HTTP Basic authentication while the RESP port needs
+/// authentication: a user with `+@admin` changes membership, one without it is refused (as it
+/// is refused FLUSHALL), a wrong password is refused, and the token still works alongside.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_users_on_the_admin_port() {
     use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("admin.token");
     std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
-    let node = start(&["--admin-token-file", file.to_str().unwrap()]);
-    let mut c = client(node.resp).await;
+    let node = start(&["--admin-token-file", file.to_str().unwrap(), "--password", "resp-pw"]);
+    let mut c = {
+        let url = format!("redis://default:resp-pw@{}/", node.resp);
+        redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+    };
     for rules in [
         &["ops", "on", ">ops-pw", "+@all", "~*"][..],
         &["app", "on", ">app-pw", "+@read", "+@write", "-@dangerous"],
@@ -167,4 +170,32 @@ async fn acl_users_on_the_admin_port() {
     let answer = raw(node.admin, request(basic("ops", "ops-pw")).as_bytes(), usize::MAX).await;
     let text = String::from_utf8_lossy(&answer).into_owned();
     assert!(!matches!(status(answer).as_str(), "401" | "403") && text.contains("handshake"), "{text}");
+}
+
+/// On a node whose RESP port needs no authentication anyone may make a user (`ACL SETUSER`),
+/// so the admin port takes no user's login there, only the token. Found from outside: with
+/// `--admin-token-file` and no RESP password, a user made through the RESP port rebalanced
+/// the cluster on the admin port without the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_user_logs_in_to_the_admin_port_while_the_resp_port_is_open() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin.token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let node = start(&["--admin-token-file", file.to_str().unwrap()]);
+    let mut c = client(node.resp).await;
+    let rules = ["mallory", "on", ">pw12345", "+@all", "~*"];
+    let _: () = redis::cmd("ACL").arg("SETUSER").arg(&rules[..]).query_async(&mut c).await.unwrap();
+    let basic = base64::engine::general_purpose::STANDARD.encode("mallory:pw12345");
+    let post = format!(
+        "POST /cluster/rebalance HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {basic}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let answer = String::from_utf8_lossy(&raw(node.admin, post.as_bytes(), usize::MAX).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("needs no authentication"), "{answer}");
+    let get = format!(
+        "GET /cluster HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {basic}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = String::from_utf8_lossy(&raw(node.admin, get.as_bytes(), usize::MAX).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
 }

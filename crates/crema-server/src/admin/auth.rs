@@ -11,7 +11,11 @@
 //! An ACL user (`ACL SETUSER`, replicated through Raft) may be used instead of the token, with
 //! HTTP Basic authentication: reads need a user allowed `INFO`, changes one allowed Redis's
 //! membership command (`CLUSTER MEET`, in `@admin`), so a user without `+@admin` is refused
-//! membership as it is refused `FLUSHALL`.
+//! membership as it is refused `FLUSHALL`. Only while the RESP port requires authentication
+//! (the `default` user has a password or is off): on an open RESP port anyone may make a user
+//! with `ACL SETUSER`, so a user proves nothing (found from outside: with `--admin-token-file`
+//! and no RESP password, a user made through the RESP port changed membership on the admin
+//! port without the token).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +39,9 @@ pub struct AdminAuth {
     pub open_metrics: bool,
     /// The cluster's ACL users, who may authenticate with HTTP Basic (none: only the token).
     pub users: Option<Arc<AclStore>>,
+    /// The node's `--password`, set: the `default` user needs it until the cluster holds a
+    /// record of that user (see `crate::acl`).
+    pub resp_password: bool,
 }
 
 /// What a Basic `Authorization` header decided.
@@ -47,6 +54,8 @@ enum Basic {
     WrongPass,
     /// A user whose rules do not allow the access.
     NoPerm(String),
+    /// A user, while the RESP port needs no authentication (see the module header).
+    OpenResp(String),
 }
 
 /// What an endpoint does.
@@ -78,6 +87,14 @@ impl AdminAuth {
                 return Err(
                     (StatusCode::FORBIDDEN, format!("NOPERM user {user} may not {what}\n")).into_response()
                 );
+            }
+            Basic::OpenResp(user) => {
+                let why = format!(
+                    "user {user} may not log in here: this node's RESP port needs no authentication (the default \
+                     user has no password), so anyone reaching it could have made that user; give the default \
+                     user a password (--password, or ACL SETUSER default) or use the admin token\n"
+                );
+                return Err((StatusCode::FORBIDDEN, why).into_response());
             }
         }
         match (&self.token, access) {
@@ -113,6 +130,15 @@ impl AdminAuth {
 }
 
 impl AdminAuth {
+    /// Whether a RESP connection starts logged in as a user that may do anything it likes to
+    /// the users (`default`, on, no password), as `crate::acl::Access::starting_user` decides.
+    fn resp_open(&self) -> bool {
+        match self.users.as_ref().and_then(|users| users.user(crate::acl::DEFAULT_USER)) {
+            Some(default) => default.enabled && default.nopass,
+            None => !self.resp_password,
+        }
+    }
+
     fn basic(&self, access: Access, headers: &HeaderMap) -> Basic {
         let Some(encoded) = headers
             .get(header::AUTHORIZATION)
@@ -129,6 +155,9 @@ impl AdminAuth {
         };
         if !user.accepts(password.as_bytes()) {
             return Basic::WrongPass;
+        }
+        if self.resp_open() {
+            return Basic::OpenResp(name.to_owned());
         }
         let allowed = match access {
             Access::Change => user.permits_command("cluster", Some("meet"), &["admin", "slow", "dangerous"]),
@@ -188,7 +217,7 @@ mod tests {
         let refused = none.check(Access::Change, remote, &HeaderMap::new()).unwrap_err();
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 
-        let token = AdminAuth { token: Some("s3cret-token".into()), open_metrics: false, users: None };
+        let token = AdminAuth { token: Some("s3cret-token".into()), ..AdminAuth::default() };
         for access in [Access::Read, Access::Change] {
             for peer in [local, remote] {
                 assert!(token.check(access, peer, &bearer("s3cret-token")).is_ok());

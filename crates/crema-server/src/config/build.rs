@@ -136,7 +136,12 @@ impl ServeConfig {
         if token.as_ref().is_some_and(|t| t.len() < 16) {
             bail!("the admin token must be at least 16 characters (e.g. `openssl rand -hex 32`)");
         }
-        Ok(AdminAuth { token, open_metrics: self.admin_open_metrics, users: None })
+        Ok(AdminAuth {
+            token,
+            open_metrics: self.admin_open_metrics,
+            users: None,
+            resp_password: self.password.is_some() || self.password_file.is_some(),
+        })
     }
 
     /// The cluster secret, from the setting or its file.
