@@ -7,10 +7,13 @@
 //! is still behind and sends a new snapshot. The announced size is checked against a limit
 //! before anything is buffered for it.
 //!
-//! Memory is bounded: the transfers in progress together may announce at most
-//! [`ASSEMBLY_BUDGET_BYTES`] (a new one that does not fit is refused, and its leader sends it
-//! again later), and a transfer that received nothing for [`ASSEMBLY_EXPIRY`] (its sender died,
-//! or moved on) is dropped when the next transfer starts.
+//! Memory is bounded: the buffers of the transfers in progress together hold at most
+//! [`ASSEMBLY_BUDGET_BYTES`] (a new transfer, or a piece, that does not fit drops its transfer,
+//! and its leader sends it again later), and a transfer that received nothing for
+//! [`ASSEMBLY_EXPIRY`] (its sender died, or moved on) is dropped. What counts is the memory a
+//! transfer holds (its buffer grows as pieces arrive, doubling up to the announced size), not
+//! the size it announced: found from outside, one forged announcement of 8 GiB, with nothing
+//! sent after it, kept every other sender's snapshots out for the expiry.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -52,13 +55,34 @@ pub struct Piece {
     pub data: Bytes,
 }
 
+/// The most a new transfer's buffer starts with, bytes (it grows as pieces arrive).
+const FIRST_BUFFER_BYTES: u64 = 64 << 20;
+
 /// Snapshots being received, by sender and group.
-#[derive(Default)]
 pub struct SnapshotAssembler {
     in_progress: HashMap<(NodeId, ShardId), Assembly>,
+    /// What the transfers' buffers may hold together ([`ASSEMBLY_BUDGET_BYTES`]).
+    budget: u64,
+}
+
+impl Default for SnapshotAssembler {
+    fn default() -> Self {
+        Self::with_budget(ASSEMBLY_BUDGET_BYTES)
+    }
 }
 
 impl SnapshotAssembler {
+    /// An assembler whose transfers' buffers hold at most `budget` bytes together.
+    pub fn with_budget(budget: u64) -> Self {
+        Self { in_progress: HashMap::new(), budget }
+    }
+
+    /// What the buffers of the transfers in progress hold, bytes, leaving out `except`'s.
+    fn held(&self, except: Option<(NodeId, ShardId)>) -> u64 {
+        let others = self.in_progress.iter().filter(|(key, _)| Some(**key) != except);
+        others.map(|(_, a)| a.data.capacity() as u64).sum()
+    }
+
     /// Drops the transfers that received nothing for [`ASSEMBLY_EXPIRY`]. Called on every
     /// piece and by the node's keep-alive beat: found from outside, an abandoned transfer's
     /// 400 MB stayed until some other piece arrived, which may be never.
@@ -90,20 +114,20 @@ impl SnapshotAssembler {
                     piece.total_len
                 ));
             }
-            let reserved: u64 = self.in_progress.values().map(|a| a.total_len).sum();
-            if reserved + piece.total_len > ASSEMBLY_BUDGET_BYTES {
+            let held = self.held(None);
+            let first = piece.total_len.min(FIRST_BUFFER_BYTES).min(self.budget / 16);
+            if held + first > self.budget {
                 return Err(format!(
-                    "snapshot of {} bytes does not fit beside the {reserved} bytes being received \
-                     (budget {ASSEMBLY_BUDGET_BYTES}); its leader sends it again later",
-                    piece.total_len
+                    "snapshot of {} bytes does not fit beside the {held} bytes held for others \
+                     (budget {}); its leader sends it again later",
+                    piece.total_len, self.budget
                 ));
             }
-            let capacity = piece.total_len.min(64 << 20) as usize;
             let assembly = Assembly {
                 transfer: piece.transfer,
                 header,
                 total_len: piece.total_len,
-                data: Vec::with_capacity(capacity),
+                data: Vec::with_capacity(first as usize),
                 touched: now,
             };
             self.in_progress.insert(key, assembly);
@@ -122,6 +146,23 @@ impl SnapshotAssembler {
                 piece.offset, piece.transfer
             ));
         }
+        let needed = assembly.data.len() + piece.data.len();
+        if needed > assembly.data.capacity() {
+            // Doubling (copies stay linear in the size), never past the announced size.
+            let grown = (2 * assembly.data.capacity()).max(needed).min(assembly.total_len as usize);
+            let held = self.held(Some(key));
+            if held + grown as u64 > self.budget {
+                self.in_progress.remove(&key);
+                return Err(format!(
+                    "snapshot transfer {} would hold {grown} bytes beside the {held} held for others \
+                     (budget {}); dropped, its leader sends it again later",
+                    piece.transfer, self.budget
+                ));
+            }
+            let assembly = self.in_progress.get_mut(&key).expect("looked up above");
+            assembly.data.reserve_exact(grown - assembly.data.len());
+        }
+        let assembly = self.in_progress.get_mut(&key).expect("looked up above");
         assembly.data.extend_from_slice(&piece.data);
         assembly.touched = now;
         if (assembly.data.len() as u64) < assembly.total_len {
@@ -171,23 +212,48 @@ mod tests {
 
     #[test]
     fn transfers_share_a_budget_and_idle_ones_expire() {
+        // First buffers of 10 bytes (a sixteenth of the budget).
+        let mut a = SnapshotAssembler::with_budget(160);
+        let t0 = Instant::now();
+        let filled = |len: usize| -> &'static [u8] { Box::leak(vec![b'x'; len].into_boxed_slice()) };
+        // Two transfers announce more than the budget together, and hold what they received.
+        a.accept(1, 0, piece(1, true, 150, 0, filled(60)), t0).unwrap();
+        a.accept(1, 1, piece(1, true, 150, 0, filled(60)), t0).unwrap();
+        // A third's first 50 bytes do not fit beside the 120 bytes they hold...
+        let refused = a.accept(2, 0, piece(1, true, 100, 0, filled(50)), t0);
+        assert!(refused.unwrap_err().contains("budget"));
+        // ... nor does a first buffer (10 bytes) beside 155.
+        a.accept(3, 0, piece(1, true, 100, 0, filled(35)), t0).unwrap();
+        assert!(a.accept(4, 0, piece(1, true, 100, 0, b""), t0).unwrap_err().contains("budget"));
+        assert!(a.accept(3, 0, piece(1, false, 100, 99, b"x"), t0).is_err(), "a gap drops it, and its bytes");
+        // ... and neither does more of one of them: it is dropped, the other goes on.
+        assert!(a.accept(1, 0, piece(1, false, 150, 60, filled(60)), t0).unwrap_err().contains("budget"));
+        a.accept(1, 1, piece(1, false, 150, 60, filled(60)), t0).unwrap();
+        // It goes silent past the expiry, and its memory goes with it.
+        let after = t0 + ASSEMBLY_EXPIRY + Duration::from_secs(1);
+        a.accept(2, 0, piece(1, true, 100, 0, filled(100)), after).unwrap();
+        assert!(
+            a.accept(1, 1, piece(1, false, 150, 120, filled(30)), after).is_err(),
+            "the silent one was dropped"
+        );
+        // A restarted transfer of the same sender and group replaces its own buffer.
+        a.accept(2, 0, piece(2, true, 100, 0, filled(100)), after).unwrap();
+    }
+
+    #[test]
+    fn an_announced_size_holds_no_memory_until_pieces_arrive() {
+        // Found from outside: one announcement of 8 GiB, and nothing after it, kept every
+        // other sender's snapshots out for the expiry.
         let mut a = SnapshotAssembler::default();
         let t0 = Instant::now();
-        let half = ASSEMBLY_BUDGET_BYTES / 2;
-        a.accept(1, 0, piece(1, true, half, 0, b"a"), t0).unwrap();
-        a.accept(1, 1, piece(1, true, half, 0, b"a"), t0).unwrap();
-        // A third does not fit beside them.
-        let refused = a.accept(2, 0, piece(1, true, 10, 0, b"a"), t0);
-        assert!(refused.unwrap_err().contains("budget"));
-        // One of them keeps receiving; the other goes silent past the expiry.
-        let later = t0 + ASSEMBLY_EXPIRY / 2;
-        a.accept(1, 0, piece(1, false, half, 1, b"b"), later).unwrap();
-        let after = t0 + ASSEMBLY_EXPIRY + Duration::from_secs(1);
-        a.accept(2, 0, piece(1, true, 10, 0, b"a"), after).unwrap();
-        assert!(a.accept(1, 1, piece(1, false, half, 1, b"b"), after).is_err(), "the silent one was dropped");
-        assert!(a.accept(1, 0, piece(1, false, half, 2, b"c"), after).is_ok(), "the live one goes on");
-        // A restarted transfer of the same sender and group replaces its own reservation.
-        a.accept(1, 0, piece(2, true, half, 0, b"a"), after).unwrap();
+        a.accept(9, 0, piece(1, true, MAX_SNAPSHOT_BYTES, 0, b""), t0).unwrap();
+        a.accept(9, 1, piece(1, true, MAX_SNAPSHOT_BYTES, 0, b""), t0).unwrap();
+        for shard in 0..8 {
+            a.accept(2, shard, piece(1, true, 100, 0, b"abc"), t0).unwrap();
+        }
+        let msg = a.accept(3, 0, piece(1, true, 3, 0, b"abc"), t0).unwrap().unwrap();
+        assert_eq!(msg.get_snapshot().data.as_ref(), b"abc");
+        assert!(a.held(None) <= 2 * FIRST_BUFFER_BYTES + 8 * 100);
     }
 
     #[test]
