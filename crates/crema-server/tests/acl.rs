@@ -92,6 +92,45 @@ async fn users_made_on_one_node_log_in_everywhere_and_their_rules_hold() {
     // Passwords are kept as SHA-256 only.
     let list = format!("{:?}", cmd(&mut local, &["ACL", "LIST"]).await.unwrap());
     assert!(!list.contains("rpw") && list.contains("user reader on #"), "{list}");
+
+    // Rules changed between MULTI and EXEC apply at EXEC, as in Redis 7 (found from outside:
+    // the queued commands ran with the rules of the moment they were queued). Changed through
+    // the node the transaction runs on: its answer comes once that node applied the change.
+    let mut admin = client(nodes[0].resp).await;
+    let rules = ["ACL", "SETUSER", "tx", "on", ">tpw", "~user:*", "+@all", "-@admin"];
+    assert_eq!(cmd(&mut admin, &rules).await.unwrap(), Value::Okay);
+    assert_eq!(cmd(&mut admin, &["SET", "user:{t}a", "before"]).await.unwrap(), Value::Okay);
+    let mut tx = tokio::net::TcpStream::connect(nodes[0].resp).await.unwrap();
+    let queued = say(&mut tx, b"AUTH tx tpw\r\nMULTI\r\nGET user:{t}a\r\nSET user:{t}b written\r\n", 4).await;
+    assert_eq!(queued, "+OK\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n");
+    let narrowed = ["ACL", "SETUSER", "tx", "resetkeys", "%R~user:*"];
+    assert_eq!(cmd(&mut admin, &narrowed).await.unwrap(), Value::Okay);
+    let exec = say(&mut tx, b"EXEC\r\n", 4).await;
+    assert!(
+        exec.starts_with("*2\r\n$6\r\nbefore\r\n-NOPERM ACLs rules changed between the moment the transaction was accumulated and the EXEC call."),
+        "{exec}"
+    );
+    assert_eq!(
+        cmd(&mut admin, &["GET", "user:{t}b"]).await.unwrap(),
+        Value::Nil,
+        "the refused SET did not run"
+    );
+}
+
+/// Sends `bytes` on `stream` and reads until `lines` lines (or 5 s).
+async fn say(stream: &mut tokio::net::TcpStream, bytes: &[u8], lines: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while out.windows(2).filter(|w| w == b"\r\n").count() < lines {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

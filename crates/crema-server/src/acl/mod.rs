@@ -180,7 +180,7 @@ pub fn refusal(user: &User, spec: &CommandSpec, args: &[Bytes]) -> Option<Refusa
         }));
     }
     spec.key_positions(args.len())
-        .find(|&p| !user.permits_key(&args[p], spec.is_write()))
+        .find(|&p| !user.permits_key_access(&args[p], spec.key_access(args, p)))
         .map(|p| Refusal::Key(args[p].clone()))
 }
 

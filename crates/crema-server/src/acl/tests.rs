@@ -74,3 +74,55 @@ fn a_deleted_or_disabled_user_ends_its_sessions() {
     assert!(matches!(check(&a, &mut s, &["GET", "k"]), Err(CmdError::UserGone)));
     assert!(s.quit, "the connection closes after the reply");
 }
+
+/// Found from outside: every key of a write was checked for writing alone, so a user with only
+/// `%W~secret:*` read the values through the writes that return or copy them.
+#[test]
+fn a_write_that_returns_or_copies_a_value_needs_read_access_too() {
+    let (mut sm, a) = access(None);
+    let rules = args(&["on", "nopass", "%W~secret:*", "%R~pub:*", "~app:*", "+@all"]);
+    apply(&mut sm, AclChange::set_user("wo", &rules).unwrap());
+    let mut s = session(a.login("wo", b""));
+    let refused = |s: &mut Session, words: &[&str]| matches!(check(&a, s, words), Err(CmdError::NoPermKey));
+    // Writes alone: a write pattern is enough.
+    for words in [
+        &["SET", "secret:a", "v"][..],
+        &["SET", "secret:a", "v", "EX", "10"],
+        &["SETNX", "secret:a", "v"],
+        &["MSET", "secret:a", "v", "secret:b", "w"],
+        &["APPEND", "secret:a", "v"],
+        &["SETRANGE", "secret:a", "0", "v"],
+        &["DEL", "secret:a"],
+        &["EXPIRE", "secret:a", "10"],
+        &["COPY", "pub:x", "app:y"],
+        &["COPY", "app:x", "secret:y"],
+        &["RENAME", "app:x", "secret:y"],
+    ] {
+        assert!(check(&a, &mut s, words).is_ok(), "{words:?}");
+    }
+    // Writes that hand the value back, or copy it: read access too.
+    for words in [
+        &["GET", "secret:a"][..],
+        &["GETSET", "secret:a", "x"],
+        &["GETDEL", "secret:a"],
+        &["GETEX", "secret:a"],
+        &["SET", "secret:a", "v", "GET"],
+        &["SET", "secret:a", "v", "NX", "get"],
+        &["INCR", "secret:n"],
+        &["INCRBY", "secret:n", "1"],
+        &["DECR", "secret:n"],
+        &["DECRBY", "secret:n", "1"],
+        &["INCRBYFLOAT", "secret:n", "1.5"],
+        &["COPY", "secret:a", "app:b"],
+        &["RENAME", "secret:a", "app:b"],
+        &["RENAMENX", "secret:a", "app:b"],
+        // A read-only pattern grants no write, the source of a COPY included.
+        &["COPY", "app:x", "pub:y"],
+        &["RENAME", "pub:x", "app:y"],
+        &["GETSET", "pub:x", "v"],
+    ] {
+        assert!(refused(&mut s, words), "{words:?} must need read and write access");
+    }
+    assert!(check(&a, &mut s, &["GETSET", "app:a", "x"]).is_ok(), "`~` grants both");
+    assert!(check(&a, &mut s, &["INCR", "app:n"]).is_ok());
+}

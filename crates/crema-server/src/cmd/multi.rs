@@ -330,6 +330,13 @@ fn plan(call: &mut Call<'_>, commands: Vec<(usize, Vec<Bytes>)>) -> (Vec<Slot>, 
     let mut steps = Vec::with_capacity(commands.len());
     for (index, args) in commands {
         let kind = COMMANDS[index].kind;
+        // Checked again, as Redis 7 does: rules changed since the command was queued apply to
+        // it (found from outside: a user whose key patterns were narrowed still read and wrote
+        // the keys it had lost through the commands it had queued before).
+        if let Err(e) = call.state.acl.check(call.session, &COMMANDS[index], &args, true) {
+            slots.push(Slot::Ready(rules_changed(call.state, e)));
+            continue;
+        }
         let queued = Call { state: call.state, session: &mut *call.session, args };
         let prepared = write::prepare(kind, &queued).and_then(|write| match write {
             Some(write) => Ok(Some((TxStep::Write(write.command), write.render))),
@@ -354,6 +361,17 @@ fn plan(call: &mut Call<'_>, commands: Vec<(usize, Vec<Bytes>)>) -> (Vec<Slot>, 
         });
     }
     (slots, steps)
+}
+
+/// The answer for a queued command its user may no longer run, in Redis's words.
+fn rules_changed(state: &ServerState, refused: CmdError) -> Reply {
+    match refused {
+        CmdError::NoPermCommand { .. } | CmdError::NoPermKey => Reply::Error(format!(
+            "NOPERM ACLs rules changed between the moment the transaction was accumulated and the EXEC call. \
+             This command is no longer allowed for the following reason: {refused}"
+        )),
+        other => other.to_reply(state),
+    }
 }
 
 /// Runs a queued command that touches no key, as it would run outside a transaction.

@@ -2,6 +2,9 @@
 //! them in `src/commands/*.json`. `COMMAND INFO` answers from it, the dispatcher checks arity and
 //! authentication with it, and a shard router can find a command's keys with it.
 
+use bytes::Bytes;
+use crema::acl::KeyAccess;
+
 /// Which command a table row is (the dispatcher matches on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -162,6 +165,29 @@ impl CommandSpec {
         let last = if self.last_key < 0 { argc + self.last_key } else { self.last_key.min(argc - 1) };
         let (first, step) = (self.first_key, self.step.max(1));
         (first..=last).step_by(step as usize).filter(move |_| first > 0).map(|p| p as usize)
+    }
+
+    /// What the call `args` does to its key at `position` (one of [`Self::key_positions`]),
+    /// as Redis's key specifications say for ACL checks: a write that also returns or copies
+    /// the value it finds (`GETSET`, `GETDEL`, `GETEX`, `SET ... GET`, the `INCR` family, the
+    /// source of `RENAME`) reads it too, and `COPY` only reads its source. Found from outside:
+    /// every key of a write was checked for writing alone, so a user with only `%W~secret:*`
+    /// read `secret:a` through `GETSET secret:a x`.
+    pub fn key_access(&self, args: &[Bytes], position: usize) -> KeyAccess {
+        let source = position == self.first_key as usize;
+        let both = match self.kind {
+            Kind::GetDel | Kind::GetEx | Kind::GetSet => true,
+            Kind::Incr | Kind::IncrBy | Kind::Decr | Kind::DecrBy | Kind::IncrByFloat => true,
+            Kind::Set => args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"get")),
+            Kind::Rename | Kind::RenameNx => source,
+            Kind::Copy if source => return KeyAccess::Read,
+            _ => false,
+        };
+        match (both, self.is_write()) {
+            (true, _) => KeyAccess::ReadWrite,
+            (false, true) => KeyAccess::Write,
+            (false, false) => KeyAccess::Read,
+        }
     }
 }
 

@@ -42,12 +42,9 @@ pub enum KeyAccess {
 }
 
 impl KeyAccess {
-    fn covers(self, write: bool) -> bool {
-        match self {
-            KeyAccess::ReadWrite => true,
-            KeyAccess::Read => !write,
-            KeyAccess::Write => write,
-        }
+    /// Whether a pattern with this access grants a command that needs `needs` on a key.
+    fn grants(self, needs: KeyAccess) -> bool {
+        self == KeyAccess::ReadWrite || self == needs
     }
 
     fn prefix(self) -> &'static str {
@@ -307,7 +304,14 @@ impl User {
 
     /// Whether the user may read (`write` false) or write `key`.
     pub fn permits_key(&self, key: &[u8], write: bool) -> bool {
-        self.keys.iter().any(|(access, pattern)| access.covers(write) && glob_match(pattern, key))
+        self.permits_key_access(key, if write { KeyAccess::Write } else { KeyAccess::Read })
+    }
+
+    /// Whether one of the user's patterns that match `key` grants all of `needs`: as in Redis, a
+    /// command that both reads and writes a key (`GETSET`, `INCR`, `SET ... GET`) needs a
+    /// pattern that allows both, not a `%W~` one and a `%R~` one.
+    pub fn permits_key_access(&self, key: &[u8], needs: KeyAccess) -> bool {
+        self.keys.iter().any(|(access, pattern)| access.grants(needs) && glob_match(pattern, key))
     }
 
     /// Whether every command and key is allowed (the checks can be skipped).
