@@ -463,7 +463,17 @@ impl Agent {
                 self.member(&id, NodeHealth::Alive)
             }
             OwnedNotification::MemberDown(id) => self.member(&id, NodeHealth::Down),
-            OwnedNotification::Rename(_, id) => self.member(&id, NodeHealth::Alive),
+            OwnedNotification::Rename(old, id) => {
+                self.member(&id, NodeHealth::Alive);
+                if self.signing.is_some() && old.node_id == id.node_id {
+                    // Signed, the newer identity on the address is the node itself, started
+                    // again: the process behind the old one is gone (found from outside: node
+                    // 3 killed 4 s after it restarted was shown alive for 25 s more, its old
+                    // identity held alive for `DROPPED_GRACE`). Unsigned, it may be a forgery
+                    // in the node's name, and the old identity waits out the grace.
+                    self.member(&old, NodeHealth::Down);
+                }
+            }
             // foca's own answer to `leave_cluster`: this node stops, and stays gone. Rejoining
             // here had the others see a fresh identity alive, and wait for SWIM to suspect it
             // (seconds) before they moved its replicas.
