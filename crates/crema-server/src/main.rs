@@ -298,25 +298,37 @@ fn private_umask() {
 /// soft default of 1,024 is spent by strangers' connections alone. Found from outside: under
 /// it, 1,100 idle connections to the peer port made the RESP port fail to accept and
 /// checkpoints fail to open their files.
-fn raise_open_file_limit(max_clients: usize) {
+///
+/// Answers how many clients fit: `max_clients`, or fewer when the limit stays below what they
+/// and the node's own needs take, as Redis lowers its `maxclients`. Found from outside: under
+/// a limit of 128, 250 idle clients took the descriptors RocksDB needed for its next log file,
+/// and the node refused every write until they left.
+fn raise_open_file_limit(max_clients: usize) -> usize {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return max_clients };
     if soft < hard {
         match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
             Err(e) => tracing::warn!(soft, hard, error = %e, "the open-file limit could not be raised"),
         }
     }
-    // Clients, then a margin for peers, handshakes (1,024 at most) and RocksDB.
+    // Clients, then a margin for peers, handshakes (1,024 at most) and RocksDB; under a small
+    // limit, half of it for the node (the peer port takes handshakes in proportion too).
     let wanted = max_clients as u64 + 4096;
     let now = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(soft, _)| soft);
-    if now < wanted {
-        tracing::warn!(
-            limit = now,
-            wanted,
-            "the open-file limit is below --max-clients and the node's own needs: raise it (ulimit -n)"
-        );
+    if now >= wanted {
+        return max_clients;
     }
+    let fitting = now.saturating_sub(4096).max(now / 2).max(1);
+    let lowered = max_clients.min(usize::try_from(fitting).unwrap_or(usize::MAX));
+    tracing::warn!(
+        limit = now,
+        wanted,
+        max_clients = lowered,
+        "the open-file limit is below --max-clients and the node's own needs: raise it (ulimit -n); \
+         until then fewer clients are let in"
+    );
+    lowered
 }
 
 /// Warns about secrets given as flags: any local user sees them in the process list.
@@ -333,10 +345,10 @@ fn warn_secret_flags() {
     }
 }
 
-async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     private_umask();
     warn_secret_flags();
-    raise_open_file_limit(config.max_clients);
+    config.max_clients = raise_open_file_limit(config.max_clients);
     let node = RunningNode::start(&config).await?;
     let stop = shutdown_signal()?;
     // Two lines scripts and tests can wait for: the ports are open, then a leader is known (a

@@ -429,3 +429,41 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit() {
         assert_eq!(soft, hard, "{open_files}");
     }
 }
+
+/// Found from outside: under an open-file limit of 128, 250 idle clients took the descriptors
+/// RocksDB needed for its next log file, and the node refused every write until they left.
+/// As Redis lowers `maxclients`, a node lets in only as many clients as its limit holds beside
+/// its own needs (half of it, under a small limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_is_lowered_to_fit_the_open_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let node =
+        start_wrapped(&["prlimit", "--nofile=256:256", "--"], &["--storage", "rocksdb", "--data-dir", data]);
+    let mut c = client(node.resp).await;
+    let max: Vec<String> =
+        redis::cmd("CONFIG").arg("GET").arg("maxclients").query_async(&mut c).await.unwrap();
+    assert_eq!(max, vec!["maxclients".to_owned(), "128".to_owned()]);
+    // Past the limit, clients are told so and closed, and the node keeps its descriptors.
+    let mut idle = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        let mut stream = TcpStream::connect(node.resp).await.unwrap();
+        stream.write_all(b"PING\r\n").await.unwrap();
+        let reply = read_some(&mut stream, 1).await;
+        if reply.starts_with(b"-ERR max number of clients reached") {
+            refused += 1;
+        } else {
+            assert_eq!(reply, b"+PONG\r\n");
+            idle.push(stream);
+        }
+    }
+    assert_eq!(idle.len(), 127, "128 clients in all, this one's first connection included");
+    assert_eq!(refused, 300 - 127);
+    let value = vec![b'v'; 64 << 10];
+    for i in 0..64 {
+        let _: () = c.set(format!("k{i}"), &value).await.unwrap();
+    }
+    let back: Vec<u8> = c.get("k63").await.unwrap();
+    assert_eq!(back, value);
+}

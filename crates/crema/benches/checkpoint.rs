@@ -51,7 +51,7 @@ fn main() {
     let data = captured.encode();
     let encode = started.elapsed();
     let started = Instant::now();
-    let path = store.write(entries, 1, &conf, &data, true).unwrap();
+    let path = store.write(entries, 1, &conf, &data, true, 0).unwrap();
     let write = started.elapsed();
     let file_bytes = std::fs::metadata(&path).unwrap().len();
 

@@ -268,7 +268,8 @@ impl CacheConfig {
     /// with several, its `shard-<id>` subdirectory (one directory, and one prune, per shard).
     /// Each file names its shard in its header.
     pub fn shard_checkpoint_config(&self, shard: crate::types::ShardId) -> Option<CheckpointConfig> {
-        let config = self.checkpoint_config()?.with_shard(shard);
+        let mut config = self.checkpoint_config()?.with_shard(shard);
+        config.min_free_bytes = config.min_free_bytes.max(self.min_free_disk_bytes);
         if self.shard_count() == 1 {
             return Some(config);
         }

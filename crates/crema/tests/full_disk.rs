@@ -84,8 +84,10 @@ async fn a_full_disk_refuses_writes_loses_nothing_and_recovers() {
     }
     let refusal =
         refusal.unwrap_or_else(|| panic!("never refused ({} writes acknowledged)", acknowledged.len()));
-    assert!(refusal.contains("disk full"), "{refusal}");
+    assert!(refusal.contains("disk nearly full") && refusal.contains("below the reserve"), "{refusal}");
     assert!(node.raft_figures().persist_failing, "the node reports it cannot persist");
+    let why = node.persist_error().expect("the node says why it cannot persist");
+    assert!(why.contains("disk nearly full"), "{why}");
     assert!(!acknowledged.is_empty());
 
     // Space comes back: the node goes on by itself, with everything it acknowledged.
@@ -155,7 +157,7 @@ async fn a_leader_whose_disk_fills_hands_over_and_catches_up_later() {
         }
         match nodes[first].put(format!("k{i}"), value.clone()).await {
             Ok(()) => acknowledged.push(i),
-            Err(Error::Storage(msg)) => assert!(msg.contains("disk full"), "{msg}"),
+            Err(Error::Storage(msg)) => assert!(msg.contains("disk nearly full"), "{msg}"),
             // Outcome unknown: the write that hit the reserve, or one caught by the hand-over.
             Err(Error::Timeout(_) | Error::NotLeader { .. } | Error::ProposalDropped) => {}
             Err(e) => panic!("unexpected error while the disk fills: {e}"),
@@ -205,6 +207,95 @@ async fn a_leader_whose_disk_fills_hands_over_and_catches_up_later() {
         assert_eq!(nodes[first].get(format!("k{i}").as_bytes()).await, Some(value.clone()), "k{i}");
     }
     for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Found from outside: a follower on a disk too small for the snapshot its leader sent
+/// installed it, could not write it as a checkpoint, exited (a panic), and fetched it again
+/// at each restart. Now a snapshot that does not fit is refused before it is installed, the
+/// node keeps running, and it takes the snapshot once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_too_large_for_the_disk_is_refused_until_there_is_room() {
+    init_tracing();
+    const KEYS: u32 = 24;
+    let small = SmallDisk::mount(256 << 20);
+    let big: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let bound = bind(3);
+    let addrs: Vec<_> = bound.iter().map(|(_, a)| *a).collect();
+    let data = |i: usize| if i == 2 { small.path.join("node") } else { big[i].path().join("node") };
+    let config = |i: usize| {
+        // A small log: the leader compacts past a follower that is away, and sends it a
+        // snapshot when it is back.
+        let raft = crema::RaftConfig { max_log_entries: 16, max_log_bytes: 4 << 20, ..fast_raft() };
+        node_config(i as u64 + 1, &addrs)
+            .with_raft_config(raft)
+            .with_raft_storage_type(RaftStorageType::RocksDb)
+            .with_data_dir(data(i))
+            .with_checkpoint_config(
+                CheckpointConfig::new(data(i).join("checkpoints"))
+                    .with_log_threshold(4)
+                    .with_max_log_bytes(4 << 20)
+                    .with_interval(None),
+            )
+            .with_min_free_disk_bytes(8 << 20)
+    };
+    let mut nodes = Vec::new();
+    for (i, (listener, _)) in bound.into_iter().enumerate() {
+        nodes.push(Some(DistributedCache::new_with_listener(config(i), listener).await.unwrap()));
+    }
+    let all: Vec<&DistributedCache> = nodes.iter().flatten().collect();
+    wait_leader(&all, Duration::from_secs(10)).await;
+    // Node 3 leaves; 96 MiB of values that do not compress are written without it.
+    let third = nodes[2].take().unwrap();
+    third.shutdown().await;
+    drop(third);
+    let value = |i: u32| -> Bytes {
+        (0..4u32 << 20).map(|j| (j.wrapping_mul(2_654_435_761).rotate_left(i) >> 13) as u8).collect()
+    };
+    let writer = |k: u32| {
+        let nodes = &nodes;
+        async move {
+            for _ in 0..50 {
+                for node in nodes.iter().flatten() {
+                    if node.put(format!("k{k}"), value(k)).await.is_ok() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("k{k} never written");
+        }
+    };
+    for k in 0..KEYS {
+        writer(k).await;
+    }
+    // The snapshot (96 MiB and more) does not fit in what a filler leaves free on node 3's
+    // disk: 100 MiB, of which RocksDB takes about 70 for the log file it preallocates (tmpfs
+    // allocates it).
+    let filler = small.path.join("filler");
+    let fill = small.free_bytes().saturating_sub(100 << 20);
+    std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
+    let third = DistributedCache::new_with_listener(config(2), rebind(addrs[2]).await).await.unwrap();
+    wait_until(Duration::from_secs(30), "node 3 refuses a snapshot", || async {
+        third.raft_figures().snapshots_refused > 0
+    })
+    .await;
+    assert_eq!(third.raft_figures().snapshots_installed, 0);
+    assert_eq!(third.get(b"k0").await, None, "nothing installed");
+
+    // Room again: the next snapshot is taken, and node 3 has everything.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(60), "node 3 installs the snapshot", || async {
+        third.raft_figures().snapshots_installed > 0
+    })
+    .await;
+    third.read_barrier().await.unwrap();
+    for k in 0..KEYS {
+        assert_eq!(third.get(format!("k{k}").as_bytes()).await, Some(value(k)), "k{k}");
+    }
+    third.shutdown().await;
+    for node in nodes.into_iter().flatten() {
         node.shutdown().await;
     }
 }

@@ -48,6 +48,7 @@ pub async fn serve(
     let open: Arc<Mutex<VecDeque<(u64, CancellationToken)>>> = Arc::default();
     let mut next_id = 0u64;
     let tracker = TaskTracker::new();
+    let accept_warnings = crema::consensus::WarnThrottle::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -56,7 +57,9 @@ pub async fn serve(
         let (stream, addr) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                warn!(error = %e, "admin accept failed");
+                if let Some(count) = accept_warnings.note(std::time::Instant::now()) {
+                    warn!(error = %e, count, "admin accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -242,7 +242,8 @@ const READY_MAP_WAIT: std::time::Duration = std::time::Duration::from_millis(500
 async fn ready(State(s): State<AdminState>) -> Response {
     let raft = s.cache.raft_figures();
     if raft.persist_failing {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: cannot persist the raft log (disk full?)\n")
+        let why = s.cache.persist_error().unwrap_or_else(|| "see the node's log".into());
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: cannot persist the raft log: {why}\n"))
             .into_response();
     }
     if let Some(shard) = raft.diverged_shard {

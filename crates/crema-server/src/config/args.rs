@@ -165,7 +165,8 @@ pub struct ServeArgs {
     /// Heartbeat interval in ticks [default: 3].
     #[arg(long, env = "CREMA_HEARTBEAT_TICK")]
     pub heartbeat_tick: Option<usize>,
-    /// Most RESP clients at once [default: 10000].
+    /// Most RESP clients at once; lowered, with a warning, to what the open-file limit holds
+    /// beside the node's own needs [default: 10000].
     #[arg(long, env = "CREMA_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
     /// Threads that serve RESP clients, apart from the Raft groups' (whose threads are one per
@@ -223,8 +224,9 @@ pub struct ServeArgs {
     /// Checkpoint after this many seconds if anything changed; 0: by threshold only [default: 300].
     #[arg(long, env = "CREMA_CHECKPOINT_INTERVAL_SECS")]
     pub checkpoint_interval_secs: Option<u64>,
-    /// With rocksdb: refuse writes while the data disk has less free; 0 turns the reserve off,
-    /// and a disk that fills up may then abort the node inside RocksDB [default: 67108864].
+    /// With rocksdb: refuse writes, checkpoints and received snapshots that would leave the data
+    /// disk less free; 0 turns the reserve off, and a disk that fills up may then abort the node
+    /// inside RocksDB [default: 67108864].
     #[arg(long, env = "CREMA_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
 }

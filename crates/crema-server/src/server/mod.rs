@@ -247,6 +247,8 @@ impl RespServer {
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         info!(addr = %self.state.resp_addr, "RESP server listening");
+        // Found from outside: out of descriptors, a node logged 60-110 of these a second.
+        let accept_warnings = crema::consensus::WarnThrottle::default();
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -256,7 +258,9 @@ impl RespServer {
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    if let Some(count) = accept_warnings.note(std::time::Instant::now()) {
+                        warn!(error = %e, count, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

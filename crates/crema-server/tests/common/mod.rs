@@ -81,7 +81,19 @@ pub fn try_start(args: &[&str]) -> Result<Node, String> {
     spawn(args, false)
 }
 
+/// Like [`start`], run through `wrapper` (a program and its arguments, the `crema` binary
+/// and `args` after them: `prlimit --nofile=256:256`, say).
+pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Node {
+    let mut node = spawn_wrapped(wrapper, args, false).unwrap_or_else(|e| panic!("{e}"));
+    node.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    node
+}
+
 fn spawn(args: &[&str], capture_log: bool) -> Result<Node, String> {
+    spawn_wrapped(&[], args, capture_log)
+}
+
+fn spawn_wrapped(wrapper: &[&str], args: &[&str], capture_log: bool) -> Result<Node, String> {
     let mut all: Vec<String> = vec!["serve".into()];
     for (flag, default) in
         [("--resp-addr", "127.0.0.1:0"), ("--raft-addr", "127.0.0.1:0"), ("--admin-addr", "127.0.0.1:0")]
@@ -97,7 +109,14 @@ fn spawn(args: &[&str], capture_log: bool) -> Result<Node, String> {
         (false, true) => Stdio::inherit(),
         (false, false) => Stdio::null(),
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_crema"))
+    let (program, before): (&str, Vec<&str>) = match wrapper.split_first() {
+        Some((program, rest)) => {
+            (program, rest.iter().copied().chain([env!("CARGO_BIN_EXE_crema")]).collect())
+        }
+        None => (env!("CARGO_BIN_EXE_crema"), Vec::new()),
+    };
+    let mut child = Command::new(program)
+        .args(&before)
         .args(&all)
         .env("RUST_LOG", if log || capture_log { "info,raft=warn" } else { "error" })
         .stdout(Stdio::piped())

@@ -58,6 +58,12 @@ impl DistributedCache {
         .collect()
     }
 
+    /// Why this node cannot persist the Raft log of one of its shards (the disk's or RocksDB's
+    /// words), while it cannot (see [`RaftFigures::persist_failing`]).
+    pub fn persist_error(&self) -> Option<String> {
+        self.shards.held().iter().find_map(|shard| shard.group.shared.persist_error())
+    }
+
     /// Cheap figures of the Raft groups (no round trip to their tasks): term, commit and
     /// applied index of shard 0's group; counts (leader changes, messages, ...) summed over
     /// every shard.
@@ -81,6 +87,7 @@ impl DistributedCache {
             let f = &mut figures;
             f.leader_changes += shared.leader_changes();
             f.snapshots_installed += shared.snapshots_installed();
+            f.snapshots_refused += shared.snapshots_refused();
             f.checkpoints_written += shared.checkpoints_written();
             f.persist_failing |= shared.persist_failing();
             f.proposal_batches += shared.proposals().0;
@@ -230,6 +237,9 @@ pub struct RaftFigures {
     pub leader_changes: u64,
     /// Snapshots received from a leader and installed since this node started.
     pub snapshots_installed: u64,
+    /// Snapshots from a leader refused because they would not fit this node's disk (they are
+    /// sent again; see `CheckpointConfig::min_free_bytes`).
+    pub snapshots_refused: u64,
     /// Checkpoints of this node's own state written since it started (durable storage; a
     /// received snapshot, written as a checkpoint too, counts in `snapshots_installed`).
     pub checkpoints_written: u64,

@@ -88,7 +88,9 @@ impl CheckpointManager {
     /// Writing failed (disk full, ...): nothing changed, the previous checkpoints stay.
     pub fn take(&mut self, index: u64, term: u64, conf: &ConfState, data: &[u8]) -> io::Result<()> {
         let data = data.to_vec();
-        let bytes = self.job(index, term, conf.clone(), move || Ok(data))()?;
+        // A received snapshot: `room_for` kept the reserve when it was let in, and failing now
+        // would be worse than taking from it.
+        let bytes = self.job_keeping(index, term, conf.clone(), move || Ok(data), 0)()?;
         self.started(index);
         self.completed(index, bytes)
     }
@@ -105,15 +107,47 @@ impl CheckpointManager {
         conf: ConfState,
         data: impl FnOnce() -> io::Result<Vec<u8>> + Send,
     ) -> impl FnOnce() -> io::Result<u64> + Send {
+        self.job_keeping(index, term, conf, data, self.config.min_free_bytes)
+    }
+
+    /// [`Self::job`], refused when it would leave less than `min_free` bytes on the disk.
+    fn job_keeping(
+        &self,
+        index: u64,
+        term: u64,
+        conf: ConfState,
+        data: impl FnOnce() -> io::Result<Vec<u8>> + Send,
+        min_free: u64,
+    ) -> impl FnOnce() -> io::Result<u64> + Send {
         let (store, compress, keep) = (self.store.clone(), self.config.compression, self.config.keep.max(2));
         move || {
             let started = Instant::now();
             let data = data()?;
-            let path = store.write(index, term, &conf, &data, compress)?;
+            let path = store.write(index, term, &conf, &data, compress, min_free)?;
             store.prune(keep)?;
             info!(index, bytes = data.len(), path = %path.display(), elapsed = ?started.elapsed(), "checkpoint written");
             Ok(data.len() as u64)
         }
+    }
+
+    /// Whether a received snapshot of `bytes` (its payload, before compression) can be written
+    /// as a checkpoint and leave the reserve free: a replica installs a snapshot only once it
+    /// can keep it (see `Group::step`).
+    ///
+    /// # Errors
+    /// Why not, in words for the log.
+    pub fn room_for(&self, bytes: u64) -> Result<(), String> {
+        let free = super::free_bytes(&self.config.dir).map_err(|e| format!("cannot read free space: {e}"))?;
+        let reserve = self.config.min_free_bytes;
+        // LZ4 may grow incompressible data a little, and the file has a header.
+        let written = bytes.saturating_add(bytes / 64).saturating_add(4096);
+        if free < written.saturating_add(reserve) {
+            return Err(format!(
+                "{bytes} bytes do not fit on the disk of {} ({free} bytes free, {reserve} kept free)",
+                self.config.dir.display()
+            ));
+        }
+        Ok(())
     }
 
     /// A checkpoint at `index` is being written: the next one is due from there.

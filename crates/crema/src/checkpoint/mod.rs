@@ -50,6 +50,10 @@ pub struct CheckpointConfig {
     /// The shard (Raft group) whose checkpoints these are: written into each file's header,
     /// and a file naming another shard is not loaded.
     pub shard: ShardId,
+    /// A checkpoint (or a received snapshot) is not written when it would leave less than
+    /// this many bytes free on its disk (0: no reserve). With durable storage the cache's
+    /// `min_free_disk_bytes` applies here too.
+    pub min_free_bytes: u64,
 }
 
 impl CheckpointConfig {
@@ -64,7 +68,15 @@ impl CheckpointConfig {
             compression: true,
             keep: 2,
             shard: DEFAULT_SHARD,
+            min_free_bytes: 0,
         }
+    }
+
+    /// Leaves at least `bytes` free on the checkpoints' disk (see [`Self::min_free_bytes`]).
+    #[must_use]
+    pub fn with_min_free_bytes(mut self, bytes: u64) -> Self {
+        self.min_free_bytes = bytes;
+        self
     }
 
     /// Checkpoints of shard `shard` (default: the first, the only one without Multi-Raft).
@@ -110,6 +122,15 @@ impl CheckpointConfig {
 pub struct CheckpointStore {
     dir: PathBuf,
     shard: ShardId,
+}
+
+/// Bytes free for this process on the disk holding `path`.
+///
+/// # Errors
+/// The file system cannot be asked.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
 /// The shard a checkpoint file's header names, read without the rest of the file; `None` when
@@ -181,8 +202,22 @@ impl CheckpointStore {
         conf: &ConfState,
         data: &[u8],
         compress: bool,
+        min_free_bytes: u64,
     ) -> io::Result<PathBuf> {
         let bytes = format::encode(self.shard, index, term, conf, data, compress);
+        // Found from outside: checkpoints (as large as the cache) were written with no look
+        // at the disk, filled it past the reserve the log keeps, and each time space was added
+        // the next checkpoint took it.
+        let needed = bytes.len() as u64 + min_free_bytes;
+        let free = free_bytes(&self.dir)?;
+        if free < needed {
+            return Err(io::Error::other(format!(
+                "not written: {} bytes would leave less than the reserve of {min_free_bytes} bytes \
+                 free on the disk of {} ({free} bytes free)",
+                bytes.len(),
+                self.dir.display()
+            )));
+        }
         let path = self.dir.join(format!("checkpoint-{index:020}{SUFFIX}"));
         // A name of its own per write: a received snapshot may be written while a checkpoint of
         // the node's own state is still being written in the background.
@@ -279,14 +314,34 @@ mod tests {
         ConfState { voters: vec![1], ..Default::default() }
     }
 
+    /// Found from outside: checkpoints were written with no look at the disk, and filled it
+    /// past the reserve the log keeps.
+    #[test]
+    fn a_checkpoint_that_would_eat_the_reserve_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        let refused = store.write(10, 1, &conf(), b"ten", true, free).unwrap_err();
+        assert!(refused.to_string().contains("reserve"), "{refused}");
+        assert!(store.list().unwrap().is_empty(), "nothing left behind");
+        assert!(fs::read_dir(dir.path()).unwrap().next().is_none(), "no temporary file either");
+        store.write(10, 1, &conf(), b"ten", true, free / 2).unwrap();
+        assert_eq!(store.load_newest_valid().unwrap().unwrap().data, b"ten");
+        // A received snapshot is let in only with room for it and the reserve.
+        let config = CheckpointConfig::new(dir.path()).with_min_free_bytes(free / 2);
+        let manager = CheckpointManager::open(config).unwrap();
+        assert!(manager.room_for(1 << 20).is_ok());
+        assert!(manager.room_for(free).unwrap_err().contains("do not fit"));
+    }
+
     #[test]
     fn the_newest_valid_checkpoint_wins_and_damaged_ones_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path()).unwrap();
         assert_eq!(store.load_newest_valid().unwrap(), None);
-        store.write(10, 1, &conf(), b"ten", true).unwrap();
-        store.write(20, 1, &conf(), b"twenty", false).unwrap();
-        let newest = store.write(30, 2, &conf(), b"thirty", true).unwrap();
+        store.write(10, 1, &conf(), b"ten", true, 0).unwrap();
+        store.write(20, 1, &conf(), b"twenty", false, 0).unwrap();
+        let newest = store.write(30, 2, &conf(), b"thirty", true, 0).unwrap();
         assert_eq!(store.load_newest_valid().unwrap().unwrap().data, b"thirty");
 
         // Flip a byte of the newest: the next older is used.
@@ -321,7 +376,7 @@ mod tests {
                 scope.spawn(move || {
                     for i in 0..200 {
                         let index = start + 2 * i;
-                        store.write(index, 1, &conf(), &[7; 4096], true).unwrap();
+                        store.write(index, 1, &conf(), &[7; 4096], true, 0).unwrap();
                         store.prune(2).unwrap();
                     }
                 });
@@ -338,10 +393,10 @@ mod tests {
     fn a_checkpoint_of_another_shard_is_left_out() {
         let dir = tempfile::tempdir().unwrap();
         let five = CheckpointStore::open_for_shard(dir.path(), 5).unwrap();
-        five.write(10, 1, &conf(), b"shard five", true).unwrap();
-        five.write(12, 1, &conf(), b"shard five, later", true).unwrap();
+        five.write(10, 1, &conf(), b"shard five", true, 0).unwrap();
+        five.write(12, 1, &conf(), b"shard five, later", true, 0).unwrap();
         let three = CheckpointStore::open_for_shard(dir.path(), 3).unwrap();
-        let foreign = three.write(20, 1, &conf(), b"shard three", true).unwrap();
+        let foreign = three.write(20, 1, &conf(), b"shard three", true, 0).unwrap();
         let loaded = five.load_newest_valid().unwrap().unwrap();
         assert_eq!((loaded.meta.index, loaded.meta.shard), (12, Some(5)));
         assert_eq!(loaded.data, b"shard five, later");
@@ -360,7 +415,7 @@ mod tests {
         fs::write(&leftover, b"half a checkpoint").unwrap();
         let store = CheckpointStore::open(dir.path()).unwrap();
         assert!(!leftover.exists());
-        store.write(5, 1, &conf(), b"five", true).unwrap();
+        store.write(5, 1, &conf(), b"five", true, 0).unwrap();
         assert_eq!(store.load_newest_valid().unwrap().unwrap().data, b"five");
     }
 }

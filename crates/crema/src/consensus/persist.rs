@@ -140,6 +140,7 @@ pub(crate) fn write_until_done(
 
 fn note_failing(shared: &GroupShared, error: &dyn std::fmt::Display) {
     error!(shard = shared.shard, %error, "cannot persist the raft log; writes wait until the disk accepts them");
+    shared.note_persist_error(error.to_string());
     shared.set_persist_failing(true);
 }
 

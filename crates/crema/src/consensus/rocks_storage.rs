@@ -226,6 +226,7 @@ impl Disk {
     /// writes the same ops through a freshly opened handle).
     fn write(&mut self, ops: &[Op], sync: bool) -> raft::Result<()> {
         check_free_space(self.db.path(), self.min_free_bytes).map_err(raft::Error::Store)?;
+        self.db.may_reopen().map_err(|e| raft::Error::Store(StorageError::Other(e.into())))?;
         self.write_ops(ops, sync).map_err(db_error)
     }
 

@@ -156,6 +156,7 @@ fn write_batch(jobs: &[Job]) -> Result<(), String> {
     let node = &first.db;
     let min_free = jobs.iter().map(|j| j.min_free_bytes).max().unwrap_or(0);
     check_free_space(node.path(), min_free).map_err(|e| e.to_string())?;
+    node.may_reopen()?;
     let db = node.handle().map_err(|e| e.to_string())?;
     let mut batch = WriteBatch::default();
     for job in jobs {
@@ -267,6 +268,8 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "both groups report the refused write");
             std::thread::sleep(Duration::from_millis(5));
         }
+        let why = ga.persist_error().expect("the group says why");
+        assert!(why.contains("below the reserve"), "{why}");
         a1.cancel.cancel();
         assert!(!a1.done.blocking_recv().unwrap(), "the stopping group's write is given up");
         assert!(!a2.done.blocking_recv().unwrap(), "and its later write with it");

@@ -26,6 +26,7 @@ impl Transport {
             _ = self.cancel.cancelled() => return,
             _ = open.wait_for(|open| *open) => {}
         }
+        let accept_warnings = crate::consensus::WarnThrottle::default();
         loop {
             let accepted = tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -49,7 +50,9 @@ impl Transport {
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accepting a peer connection failed");
+                    if let Some(count) = accept_warnings.note(std::time::Instant::now()) {
+                        warn!(error = %e, count, "accepting a peer connection failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

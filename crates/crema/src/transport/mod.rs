@@ -87,6 +87,15 @@ pub(crate) fn shard_count_mismatch(peer: NodeId, theirs: u32, ours: u32) -> Stri
 /// memory, with or without a cluster secret. A cluster's own nodes connect a few at a time.
 pub(crate) const MAX_HANDSHAKES: usize = 1024;
 
+/// Room for incoming handshakes: [`MAX_HANDSHAKES`], or an eighth of the open-file limit when
+/// that is less. Found from outside: under a limit of 128, 400 idle connections to the peer
+/// port took every descriptor, and the admin port could not accept.
+fn handshake_room() -> usize {
+    let limit =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(u64::MAX, |l| l.0);
+    MAX_HANDSHAKES.min(usize::try_from(limit / 8).unwrap_or(usize::MAX)).max(16)
+}
+
 /// Peers a joining node links to before it knows its cluster's members (see `knows`).
 const MAX_JOINING_PEERS: usize = 1024;
 
@@ -158,7 +167,7 @@ impl Transport {
             frames_dropped: AtomicU64::new(0),
             refusal_warnings: Default::default(),
             open: tokio::sync::watch::Sender::new(false),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(handshake_room())),
             pinned: RwLock::default(),
         });
         let t = transport.clone();

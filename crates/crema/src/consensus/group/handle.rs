@@ -113,10 +113,10 @@ impl GroupHandle {
     /// A follower refuses too rather than forward: it could not apply the write, so the client
     /// would wait for nothing and time out on a write that may well have committed.
     pub(crate) fn check_persisting(&self) -> Result<()> {
-        if self.shared.persist_failing() {
-            return Err(Error::Storage(
-                "writes are refused: this node cannot persist its raft log (disk full or failing; see its log)".into(),
-            ));
+        if let Some(why) = self.shared.persist_error() {
+            return Err(Error::Storage(format!(
+                "writes are refused: this node cannot persist its raft log: {why}"
+            )));
         }
         Ok(())
     }

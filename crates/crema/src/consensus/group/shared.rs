@@ -43,12 +43,16 @@ pub(crate) struct GroupShared {
     pub(super) leader_changes: AtomicU64,
     /// Snapshots received from a leader and installed.
     pub(super) snapshots_installed: AtomicU64,
+    /// Snapshots from a leader refused for want of disk space (see `Group::room_for_snapshot`).
+    pub(super) snapshots_refused: AtomicU64,
     /// Checkpoints of this node's own state written (durable storage only).
     pub(super) checkpoints_written: AtomicU64,
     /// The term of the last entry applied here.
     pub(super) applied_term: AtomicU64,
     /// True while the raft log cannot be persisted (disk full): the group waits.
     pub(super) persist_failing: AtomicBool,
+    /// Why, the last time it failed.
+    persist_error: Mutex<String>,
     /// This node applied its own removal: its group has stopped.
     pub(super) removed: AtomicBool,
     /// A leader of this replica's term or a later one sent entries that contradict entries this
@@ -143,9 +147,11 @@ impl GroupShared {
             leaderless_since: Mutex::new(Instant::now()),
             leader_changes: AtomicU64::new(0),
             snapshots_installed: AtomicU64::new(0),
+            snapshots_refused: AtomicU64::new(0),
             checkpoints_written: AtomicU64::new(0),
             applied_term: AtomicU64::new(0),
             persist_failing: AtomicBool::new(false),
+            persist_error: Mutex::new(String::new()),
             removed: AtomicBool::new(false),
             sole_voter: AtomicBool::new(false),
             voters: std::sync::RwLock::default(),
@@ -327,6 +333,11 @@ impl GroupShared {
         self.persist_failing.load(Ordering::Acquire)
     }
 
+    /// Why the raft log cannot be persisted, while it cannot (see [`Self::persist_failing`]).
+    pub fn persist_error(&self) -> Option<String> {
+        self.persist_failing().then(|| self.persist_error.lock().expect("persist error poisoned").clone())
+    }
+
     /// Whether this replica answers for its shard (reads here, writes through it, and peers'
     /// reads): it was not removed from its group, its history agrees with its group's
     /// ([`Self::diverged`]), and it is not a follower that cannot persist its log (disk full)
@@ -340,6 +351,11 @@ impl GroupShared {
         !(self.removed() || self.diverged() || cannot_follow)
     }
 
+    /// Records why the raft log cannot be persisted (see [`Self::persist_error`]).
+    pub(crate) fn note_persist_error(&self, error: String) {
+        *self.persist_error.lock().expect("persist error poisoned") = error;
+    }
+
     pub(crate) fn set_persist_failing(&self, failing: bool) {
         self.persist_failing.store(failing, Ordering::Release);
     }
@@ -351,6 +367,11 @@ impl GroupShared {
 
     pub fn snapshots_installed(&self) -> u64 {
         self.snapshots_installed.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots from a leader this replica refused for want of disk space.
+    pub fn snapshots_refused(&self) -> u64 {
+        self.snapshots_refused.load(Ordering::Relaxed)
     }
 
     pub fn checkpoints_written(&self) -> u64 {

@@ -69,9 +69,33 @@ impl<S: LogStore> Group<S> {
         if msg.get_msg_type() == MessageType::MsgReadIndex && self.hold_peer_read(&mut msg) {
             return;
         }
+        if msg.get_msg_type() == MessageType::MsgSnapshot && !self.room_for_snapshot(&msg) {
+            return;
+        }
         if let Err(e) = self.raw.step(msg) {
             debug!(shard = self.shared.shard, error = %e, "raft refused a message");
         }
+    }
+
+    /// Whether the snapshot `msg` carries fits this node's disk as a checkpoint, which it must
+    /// be written as once installed (after a restart the node starts from it: the log before
+    /// it is gone). One that does not is refused before raft-rs takes it, and the leader sends
+    /// one again later. Found from outside: a follower on a small disk installed a 150 MB
+    /// snapshot, could not write it, exited, and fetched it again at each restart.
+    fn room_for_snapshot(&mut self, msg: &Message) -> bool {
+        let Some(checkpoints) = self.checkpoints.as_ref() else { return true };
+        let Err(why) = checkpoints.room_for(msg.get_snapshot().data.len() as u64) else { return true };
+        self.shared.snapshots_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(count) = self.reject_warnings.note(Instant::now()) {
+            tracing::warn!(
+                shard = self.shared.shard,
+                from = msg.from,
+                index = msg.get_snapshot().get_metadata().index,
+                count,
+                "a snapshot from the leader refused, to be sent again: {why}"
+            );
+        }
+        false
     }
 
     /// Whether `msg` comes from the leader that is catching this fresh replica up, while the
