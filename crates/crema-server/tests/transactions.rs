@@ -87,12 +87,24 @@ async fn a_command_that_cannot_be_queued_aborts_the_transaction() {
     assert_eq!(ok(c, &["SET", "k", "1"]).await, queued());
     assert_eq!(ok(c, &["EXEC"]).await, Value::Array(vec![Value::Okay]), "those errors did not abort it");
 
-    for bad in [&["NOSUCHCOMMAND", "x"][..], &["SET", "k"], &["KEYS", "*"]] {
+    // Found from outside: subcommands were checked only when EXEC ran them, so these were
+    // queued and EXEC applied the rest; `DISCARD x` left the transaction to run.
+    for bad in [
+        &["NOSUCHCOMMAND", "x"][..],
+        &["SET", "k"],
+        &["KEYS", "*"],
+        &["CLIENT", "SETNAME"],
+        &["CLIENT", "NOSUCH"],
+        &["CONFIG", "GET"],
+        &["COMMAND", "COUNT", "x"],
+        &["DISCARD", "x"],
+    ] {
         ok(c, &["MULTI"]).await;
         assert_eq!(ok(c, &["SET", "k", "2"]).await, queued());
         let e = err(c, bad).await;
         assert!(
             e.contains("unknown command")
+                || e.contains("unknown subcommand")
                 || e.contains("wrong number")
                 || e.contains("not allowed inside a transaction"),
             "{bad:?}: {e}"
@@ -102,6 +114,13 @@ async fn a_command_that_cannot_be_queued_aborts_the_transaction() {
         assert!(e.contains("Transaction discarded because of previous errors."), "{e}");
         assert_eq!(ok(c, &["GET", "k"]).await, bulk("1"), "nothing of an aborted transaction applied");
     }
+    // `EXEC x` discards the transaction, as Redis's EXEC does when it fails its checks.
+    ok(c, &["MULTI"]).await;
+    assert_eq!(ok(c, &["INCR", "k"]).await, queued());
+    let e = err(c, &["EXEC", "x"]).await;
+    assert!(e.contains("Transaction discarded because of: wrong number of arguments"), "{e}");
+    assert!(err(c, &["EXEC"]).await.contains("EXEC without MULTI"));
+    assert_eq!(ok(c, &["GET", "k"]).await, bulk("1"), "the discarded INCR did not run");
     // The connection is out of MULTI again.
     assert_eq!(ok(c, &["SET", "k", "3"]).await, Value::Okay);
 }

@@ -180,7 +180,10 @@ pub fn refusal(user: &User, spec: &CommandSpec, args: &[Bytes]) -> Option<Refusa
         }));
     }
     spec.key_positions(args.len())
-        .find(|&p| !user.permits_key_access(&args[p], spec.key_access(args, p)))
+        .find(|&p| match spec.key_access(args, p) {
+            Some(needs) => !user.permits_key_access(&args[p], needs),
+            None => !user.permits_key_matching(&args[p]),
+        })
         .map(|p| Refusal::Key(args[p].clone()))
 }
 

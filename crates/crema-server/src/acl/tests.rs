@@ -123,6 +123,21 @@ fn a_write_that_returns_or_copies_a_value_needs_read_access_too() {
     ] {
         assert!(refused(&mut s, words), "{words:?} must need read and write access");
     }
+    // Neither reading nor writing the value: any pattern that matches will do, as in Redis.
+    for words in [
+        &["EXISTS", "secret:a"][..],
+        &["TYPE", "secret:a"],
+        &["STRLEN", "secret:a"],
+        &["TOUCH", "secret:a"],
+        &["WATCH", "secret:a"],
+        &["OBJECT", "ENCODING", "secret:a"],
+        &["MEMORY", "USAGE", "secret:a"],
+        &["EXISTS", "pub:a"],
+    ] {
+        assert!(check(&a, &mut s, words).is_ok(), "{words:?}");
+    }
+    assert!(refused(&mut s, &["EXISTS", "other:a"]), "a key no pattern matches");
+    assert!(refused(&mut s, &["TTL", "secret:a"]), "TTL reads (Redis's RO and ACCESS)");
     assert!(check(&a, &mut s, &["GETSET", "app:a", "x"]).is_ok(), "`~` grants both");
     assert!(check(&a, &mut s, &["INCR", "app:n"]).is_ok());
 }

@@ -235,6 +235,7 @@ pub async fn run(
             let spec = &COMMANDS[i];
             session.last_command = spec.name;
             match check(state, spec, session, &args, true) {
+                Err(e) if session.tx.in_multi() => multi::refused_at_once(state, session, spec.kind, e),
                 Err(e) => e.to_reply(state),
                 Ok(()) => {
                     let mut call = Call { state, session: &mut *session, args };

@@ -105,6 +105,26 @@ impl TxState {
     }
 }
 
+/// The answer for a command that runs at once inside MULTI (`EXEC`, `DISCARD`, ...) but
+/// failed its checks (`EXEC x`): the transaction fails, as in Redis, and an `EXEC` that failed
+/// them discards it. Found from outside: after `EXEC x` the transaction stayed open, and the
+/// next `EXEC` ran it.
+pub(super) fn refused_at_once(
+    state: &ServerState,
+    session: &mut Session,
+    kind: Kind,
+    refused: CmdError,
+) -> Reply {
+    if kind == Kind::Exec {
+        session.tx.reset();
+        return Reply::Error(format!("EXECABORT Transaction discarded because of: {refused}"));
+    }
+    if let Some(queue) = session.tx.queue.as_mut() {
+        queue.failed = true;
+    }
+    refused.to_reply(state)
+}
+
 /// Commands that run at once even inside MULTI (Redis's list).
 fn runs_at_once(kind: Kind) -> bool {
     matches!(kind, Kind::Exec | Kind::Discard | Kind::Multi | Kind::Watch | Kind::Quit | Kind::Reset)
@@ -145,7 +165,9 @@ pub(super) fn queue(
         Some(i) => {
             let spec = &COMMANDS[i];
             session.last_command = spec.name;
-            check(state, spec, session, &args, true).map_err(|e| e.to_reply(state)).and_then(|()| {
+            let checked =
+                check(state, spec, session, &args, true).and_then(|()| spec.check_subcommand(&args));
+            checked.map_err(|e| e.to_reply(state)).and_then(|()| {
                 if refused_in_multi(spec.kind) {
                     Err(Reply::err("Command not allowed inside a transaction"))
                 } else {

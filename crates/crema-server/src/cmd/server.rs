@@ -204,6 +204,8 @@ fn config_params(call: &Call<'_>) -> Vec<(&'static str, String)> {
         ("proto-max-bulk-len", s.limits.max_bulk_bytes.to_string()),
         // As INFO says (`cluster_enabled:1`): every node answers Redis Cluster's commands.
         ("cluster-enabled", "yes".into()),
+        // No keyspace notifications (no pub/sub): libraries that look find them off.
+        ("notify-keyspace-events", String::new()),
     ]
 }
 

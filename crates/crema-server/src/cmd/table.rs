@@ -151,12 +151,7 @@ impl CommandSpec {
 
     /// Whether `argc` arguments (name included) fit the arity.
     pub fn arity_ok(&self, argc: usize) -> bool {
-        let argc = argc as i32;
-        if self.arity >= 0 {
-            argc == self.arity
-        } else {
-            argc >= -self.arity
-        }
+        arity_ok(self.arity, argc)
     }
 
     /// The positions of the key arguments in a call with `argc` arguments.
@@ -167,27 +162,85 @@ impl CommandSpec {
         (first..=last).step_by(step as usize).filter(move |_| first > 0).map(|p| p as usize)
     }
 
+    /// Whether the subcommand of a `CLIENT`, `CONFIG` or `COMMAND` call exists here and has
+    /// its arity (Redis's), as a transaction checks when it queues one: found from outside,
+    /// `CLIENT SETNAME` without a name was queued, and `EXEC` ran the rest of the transaction
+    /// where Redis discards all of it. Other commands: `Ok` (their own checks run).
+    ///
+    /// # Errors
+    /// An unknown subcommand, or a wrong number of arguments for it.
+    pub fn check_subcommand(&self, args: &[Bytes]) -> Result<(), super::CmdError> {
+        let subs: &[(&str, i32)] = match self.kind {
+            Kind::Client => &[
+                ("setname", 3),
+                ("getname", 2),
+                ("id", 2),
+                ("info", 2),
+                ("list", -2),
+                ("kill", -3),
+                ("setinfo", 4),
+                ("no-evict", 3),
+                ("no-touch", 3),
+            ],
+            Kind::Config => &[("get", -3), ("set", -4), ("resetstat", 2)],
+            Kind::Command => {
+                &[("count", 2), ("list", -2), ("info", -2), ("docs", -2), ("getkeys", -3), ("help", 2)]
+            }
+            _ => return Ok(()),
+        };
+        let Some(sub) = args.get(1) else { return Ok(()) };
+        let lower = String::from_utf8_lossy(sub).to_ascii_lowercase();
+        match subs.iter().find(|(name, _)| *name == lower) {
+            Some((_, arity)) if arity_ok(*arity, args.len()) => Ok(()),
+            Some(_) => Err(super::CmdError::Arity(format!("{}|{lower}", self.name))),
+            None => Err(super::CmdError::Invalid(format!(
+                "unknown subcommand '{}'. Try {} HELP.",
+                String::from_utf8_lossy(sub),
+                self.name.to_uppercase()
+            ))),
+        }
+    }
+
     /// What the call `args` does to its key at `position` (one of [`Self::key_positions`]),
     /// as Redis's key specifications say for ACL checks: a write that also returns or copies
     /// the value it finds (`GETSET`, `GETDEL`, `GETEX`, `SET ... GET`, the `INCR` family, the
     /// source of `RENAME`) reads it too, and `COPY` only reads its source. Found from outside:
     /// every key of a write was checked for writing alone, so a user with only `%W~secret:*`
-    /// read `secret:a` through `GETSET secret:a x`.
-    pub fn key_access(&self, args: &[Bytes], position: usize) -> KeyAccess {
+    /// read `secret:a` through `GETSET secret:a x`. `None`: the command neither reads the value
+    /// nor writes it (`EXISTS`, `TYPE`, `STRLEN`, `TOUCH`, `WATCH`, `OBJECT`, `MEMORY USAGE`),
+    /// and any pattern that matches the key allows it, as in Redis.
+    pub fn key_access(&self, args: &[Bytes], position: usize) -> Option<KeyAccess> {
         let source = position == self.first_key as usize;
         let both = match self.kind {
             Kind::GetDel | Kind::GetEx | Kind::GetSet => true,
             Kind::Incr | Kind::IncrBy | Kind::Decr | Kind::DecrBy | Kind::IncrByFloat => true,
             Kind::Set => args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"get")),
             Kind::Rename | Kind::RenameNx => source,
-            Kind::Copy if source => return KeyAccess::Read,
+            Kind::Copy if source => return Some(KeyAccess::Read),
+            Kind::Exists
+            | Kind::Type
+            | Kind::StrLen
+            | Kind::Touch
+            | Kind::Watch
+            | Kind::Object
+            | Kind::Memory => return None,
             _ => false,
         };
-        match (both, self.is_write()) {
+        Some(match (both, self.is_write()) {
             (true, _) => KeyAccess::ReadWrite,
             (false, true) => KeyAccess::Write,
             (false, false) => KeyAccess::Read,
-        }
+        })
+    }
+}
+
+/// Whether `argc` arguments (the name included) fit `arity` (negative: at least `-arity`).
+fn arity_ok(arity: i32, argc: usize) -> bool {
+    let argc = i32::try_from(argc).unwrap_or(i32::MAX);
+    if arity >= 0 {
+        argc == arity
+    } else {
+        argc >= -arity
     }
 }
 

@@ -314,6 +314,12 @@ impl User {
         self.keys.iter().any(|(access, pattern)| access.grants(needs) && glob_match(pattern, key))
     }
 
+    /// Whether any of the user's patterns, whatever it grants, matches `key`: enough for a
+    /// command that neither reads nor writes the value (`EXISTS`, `TYPE`), as in Redis.
+    pub fn permits_key_matching(&self, key: &[u8]) -> bool {
+        self.keys.iter().any(|(_, pattern)| glob_match(pattern, key))
+    }
+
     /// Whether every command and key is allowed (the checks can be skipped).
     pub fn is_unrestricted(&self) -> bool {
         self.commands == [(true, CommandTarget::All)]
