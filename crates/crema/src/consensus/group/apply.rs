@@ -92,6 +92,11 @@ impl<S: LogStore> Group<S> {
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(&entry),
             };
             if let Some(reply) = self.proposals.settle(index, term) {
+                // Published before the answer: what the client asks next may read the applied
+                // index (WATCH records it, and a write since counts as a change). Found in CI: a
+                // WATCH right after a SET read the index before that SET (published only at the
+                // end of the batch), and its EXEC was refused though nothing had changed.
+                self.shared.applied.send_replace(index);
                 reply.send(result.map(|output| Applied { index, output }));
             }
         }
