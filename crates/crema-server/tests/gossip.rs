@@ -59,14 +59,7 @@ async fn gossip_from_one_seed(secret_file: Option<&str>) {
     assert!(body.contains("\"discovery\":\"memberlist\""), "{body}");
 
     // SIGKILL: no goodbye. The others declare it down within seconds, and keep serving.
-    let _ = nodes[2].child.kill();
-    let _ = nodes[2].child.wait();
-    for n in &nodes[..2] {
-        wait_until(std::time::Duration::from_secs(15), "node 3 declared down", || async {
-            gossip_view(n.admin).await.contains(&(3, "down".to_owned()))
-        })
-        .await;
-    }
+    kill_node_3_and_wait_until_the_others_see_it_down(&mut nodes).await;
     // The dashboard shows the same: every shard with its leader, node 3 down.
     let (status, page) = http_get(nodes[0].admin, "/").await;
     assert_eq!(status, 200, "{page}");
@@ -241,6 +234,12 @@ async fn a_node_killed_soon_after_it_started_again_is_declared_down_with_signed_
         sees_three_alive(nodes[2].admin)
     })
     .await;
+    kill_node_3_and_wait_until_the_others_see_it_down(&mut nodes).await;
+}
+
+/// SIGKILLs node 3 (`nodes[2]`: no goodbye) and waits until nodes 1 and 2 declare it down,
+/// within seconds.
+async fn kill_node_3_and_wait_until_the_others_see_it_down(nodes: &mut [Node]) {
     let _ = nodes[2].child.kill();
     let _ = nodes[2].child.wait();
     for n in &nodes[..2] {

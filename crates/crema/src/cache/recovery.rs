@@ -91,8 +91,11 @@ pub(crate) fn open_durable(
             if index + 1 < first {
                 return Err(Error::Storage(format!(
                     "the newest valid checkpoint ({index}) is older than the log, which starts at {first}: \
-                     entries between are lost; remove this node from the cluster and add it back on an empty {} with --join (restarted on it as it is, it would vote with an empty log)",
-                    dir.display()
+                     entries between are lost. Move {} (the node's raft log) and {} away and start the node \
+                     again: with no log it recovers as a node that lost its disk does, from the peers that kept \
+                     theirs, before it votes; what only this node held is lost",
+                    dir.display(),
+                    checkpoint_config.dir.display()
                 )));
             }
             sm.restore(index, &cp.data).map_err(|e| Error::Storage(format!("checkpoint {index}: {e}")))?;
@@ -113,9 +116,13 @@ pub(crate) fn open_durable(
         }
         None if first > 1 => {
             return Err(Error::Storage(format!(
-                "the log starts at {first} but {} holds no valid checkpoint: remove this node from the cluster and add it back on an empty {} with --join (restarted on it as it is, it would vote with an empty log)",
+                "the log starts at {first} but {} holds no valid checkpoint (restarted as it is, this replica would \
+                 vote with an empty state). Move {} (the node's raft log) and {} away and start the node again: with \
+                 no log it recovers as a node that lost its disk does, from the peers that kept theirs, before it \
+                 votes; what only this node held is lost",
                 checkpoint_config.dir.display(),
-                dir.display()
+                dir.display(),
+                checkpoint_config.dir.display()
             )));
         }
         None => {}

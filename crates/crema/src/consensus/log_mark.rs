@@ -61,7 +61,12 @@ impl LogMark {
                 warn!(path = %path.display(), "the synced-log mark does not hold a number: ignored");
                 0
             }),
-            Err(_) => 0,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            // Found from outside: bytes that are not text turned the check off without a word.
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "the synced-log mark cannot be read: ignored");
+                0
+            }
         };
         if in_log < recorded {
             return Err(format!(

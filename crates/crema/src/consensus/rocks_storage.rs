@@ -31,7 +31,8 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{WriteBatch, WriteOptions};
 
 use super::node_db::{
-    add_ops, check_free_space, entry_key, key, Op, TAG_COMPACTED, TAG_CONF_STATE, TAG_ENTRY, TAG_HARD_STATE,
+    add_ops, check_free_space, entry_key, key, needed_free, Op, TAG_COMPACTED, TAG_CONF_STATE, TAG_ENTRY,
+    TAG_HARD_STATE,
 };
 pub use super::node_db::{open_db, NodeDb};
 use super::rocks_writer::Job;
@@ -225,7 +226,8 @@ impl Disk {
     /// One attempt to write `ops` (the caller decides how to wait and retry, and a retry
     /// writes the same ops through a freshly opened handle).
     fn write(&mut self, ops: &[Op], sync: bool) -> raft::Result<()> {
-        check_free_space(self.db.path(), self.min_free_bytes).map_err(raft::Error::Store)?;
+        check_free_space(self.db.path(), needed_free(self.min_free_bytes, ops))
+            .map_err(raft::Error::Store)?;
         self.db.may_reopen().map_err(|e| raft::Error::Store(StorageError::Other(e.into())))?;
         self.write_ops(ops, sync).map_err(db_error)
     }

@@ -184,6 +184,39 @@ pub struct MemStorage {
     compacted: SnapshotMetadata,
     applied: u64,
     source: Option<SnapshotSource>,
+    /// When each follower may be given a snapshot again (see [`SnapshotPace`]).
+    pace: SnapshotPace,
+}
+
+/// Paces the snapshots a leader makes for one follower: the first at once, another within a
+/// pause only if the follower keeps asking, the pause doubling (1 s up to a minute) while it
+/// does. Found from outside: a follower whose disk could not hold a 138 MB snapshot refused it,
+/// and its leaders encoded and sent another about every second per shard (240 MB/s, a quarter
+/// of a core each, half a core on the follower) for as long as the disk stayed short. A
+/// follower that took its snapshot asks for no other, and the pause resets after it stays
+/// quiet for twice the pause.
+#[derive(Debug, Default)]
+struct SnapshotPace {
+    /// Per follower: when it was last given one, and the pause after it.
+    given: std::sync::Mutex<std::collections::HashMap<u64, (std::time::Instant, std::time::Duration)>>,
+}
+
+impl SnapshotPace {
+    const FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+    const MOST: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Whether follower `to` may be given a snapshot now (then counted as given).
+    fn may_give(&self, to: u64) -> bool {
+        let now = std::time::Instant::now();
+        let mut given = self.given.lock().expect("snapshot pace poisoned");
+        let pause = match given.get(&to) {
+            Some((at, pause)) if now.duration_since(*at) < *pause => return false,
+            Some((at, pause)) if now.duration_since(*at) < *pause * 2 => (*pause * 2).min(Self::MOST),
+            _ => Self::FIRST,
+        };
+        given.insert(to, (now, pause));
+        true
+    }
 }
 
 impl fmt::Debug for MemStorage {
@@ -234,7 +267,16 @@ impl MemStorage {
         let compacted =
             SnapshotMetadata { index: compacted_index, term: compacted_term, ..Default::default() };
         let bytes = entries.iter().map(entry_weight).sum();
-        Self { hard_state, conf_state, entries, bytes, compacted, applied: compacted_index, source: None }
+        Self {
+            hard_state,
+            conf_state,
+            entries,
+            bytes,
+            compacted,
+            applied: compacted_index,
+            source: None,
+            pace: SnapshotPace::default(),
+        }
     }
 
     /// The current hard state.
@@ -305,9 +347,9 @@ impl raft::Storage for MemStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let index = self.applied.max(self.compacted.index);
-        if index < request_index {
+        if index < request_index || (self.source.is_some() && !self.pace.may_give(to)) {
             return Err(store_err(StorageError::SnapshotTemporarilyUnavailable));
         }
         let mut snapshot = Snapshot::default();
@@ -420,6 +462,25 @@ mod tests {
     #[test]
     fn mem_storage_passes_the_conformance_suite() {
         crate::consensus::storage_suite::run_all(MemStorage::new);
+    }
+
+    /// A follower that keeps asking for snapshots gets one per pause, not one per round trip.
+    #[test]
+    fn snapshots_for_one_follower_are_paced() {
+        let pace = SnapshotPace::default();
+        assert!(pace.may_give(2), "the first at once");
+        assert!(!pace.may_give(2), "not another within the pause");
+        assert!(pace.may_give(3), "another follower is paced on its own");
+        // Asked again just after the pause: allowed, and the next pause is twice as long.
+        let given_at = pace.given.lock().unwrap()[&2].0;
+        pace.given.lock().unwrap().insert(2, (given_at - SnapshotPace::FIRST, SnapshotPace::FIRST));
+        assert!(pace.may_give(2));
+        assert_eq!(pace.given.lock().unwrap()[&2].1, SnapshotPace::FIRST * 2);
+        // Quiet for twice the pause: back to the first pause.
+        let given_at = pace.given.lock().unwrap()[&3].0;
+        pace.given.lock().unwrap().insert(3, (given_at - SnapshotPace::FIRST * 3, SnapshotPace::FIRST));
+        assert!(pace.may_give(3));
+        assert_eq!(pace.given.lock().unwrap()[&3].1, SnapshotPace::FIRST);
     }
 
     #[test]
