@@ -321,13 +321,21 @@ fn raise_open_file_limit(max_clients: usize) -> usize {
     }
     let fitting = now.saturating_sub(4096).max(now / 2).max(1);
     let lowered = max_clients.min(usize::try_from(fitting).unwrap_or(usize::MAX));
-    tracing::warn!(
-        limit = now,
-        wanted,
-        max_clients = lowered,
-        "the open-file limit is below --max-clients and the node's own needs: raise it (ulimit -n); \
-         until then fewer clients are let in"
-    );
+    if lowered < max_clients {
+        tracing::warn!(
+            limit = now,
+            wanted,
+            max_clients = lowered,
+            "the open-file limit is below --max-clients and the node's own needs: raise it (ulimit -n); \
+             until then fewer clients are let in"
+        );
+    } else {
+        tracing::warn!(
+            limit = now,
+            wanted,
+            "the open-file limit is below the node's needs: raise it (ulimit -n)"
+        );
+    }
     lowered
 }
 

@@ -281,8 +281,9 @@ async fn a_snapshot_too_large_for_the_disk_is_refused_until_there_is_room() {
         third.raft_figures().snapshots_refused > 0
     })
     .await;
-    assert_eq!(third.raft_figures().snapshots_installed, 0);
-    assert_eq!(third.get(b"k0").await, None, "nothing installed");
+    // (Reads through node 3 may be answered by the others meanwhile: its own state is the
+    // figure.)
+    assert_eq!(third.raft_figures().snapshots_installed, 0, "nothing installed");
 
     // Room again: the next snapshot is taken, and node 3 has everything.
     std::fs::remove_file(&filler).unwrap();

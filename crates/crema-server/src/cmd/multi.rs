@@ -117,7 +117,10 @@ pub(super) fn refused_at_once(
 ) -> Reply {
     if kind == Kind::Exec {
         session.tx.reset();
-        return Reply::Error(format!("EXECABORT Transaction discarded because of: {refused}"));
+        // Redis's words: the error without its `ERR` (a `NOPERM` keeps its code).
+        let text = refused.to_reply(state).error_text().unwrap_or_default().to_owned();
+        let text = text.strip_prefix("ERR ").unwrap_or(&text);
+        return Reply::Error(format!("EXECABORT Transaction discarded because of: {text}"));
     }
     if let Some(queue) = session.tx.queue.as_mut() {
         queue.failed = true;

@@ -74,7 +74,6 @@ pub(crate) fn open_durable(
     (voters, learners): &(Vec<NodeId>, Vec<NodeId>),
 ) -> Result<(RocksDbStorage, CheckpointManager)> {
     let started = Instant::now();
-    let dir = config.data_dir.as_ref().expect("validated: RocksDB storage has a data dir");
     let mut store = RocksDbStorage::open_bootstrapped(db, shard, voters, learners)?
         .with_min_free_bytes(config.min_free_disk_bytes);
     let checkpoint_config =
@@ -94,7 +93,7 @@ pub(crate) fn open_durable(
                      entries between are lost. Move {} (the node's raft log) and {} away and start the node \
                      again: with no log it recovers as a node that lost its disk does, from the peers that kept \
                      theirs, before it votes; what only this node held is lost",
-                    dir.display(),
+                    store.db_path().display(),
                     checkpoint_config.dir.display()
                 )));
             }
@@ -121,7 +120,7 @@ pub(crate) fn open_durable(
                  no log it recovers as a node that lost its disk does, from the peers that kept theirs, before it \
                  votes; what only this node held is lost",
                 checkpoint_config.dir.display(),
-                dir.display(),
+                store.db_path().display(),
                 checkpoint_config.dir.display()
             )));
         }

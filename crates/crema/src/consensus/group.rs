@@ -360,6 +360,8 @@ impl<S: LogStore> Group<S> {
             PeerInput::SnapshotSent { to, ok } => {
                 if !ok {
                     self.raw.report_unreachable(to);
+                    // It never arrived: no reason to wait before the next.
+                    self.raw.mut_store().forget_snapshot_pace(to);
                 }
                 let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
                 self.raw.report_snapshot(to, status);

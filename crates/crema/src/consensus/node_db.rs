@@ -252,28 +252,6 @@ pub(super) fn check_free_space(path: &Path, min_free_bytes: u64) -> Result<(), S
     Ok(())
 }
 
-/// The bytes `ops` write (keys and values): what a write takes of the disk beyond the reserve.
-pub(super) fn ops_bytes(ops: &[Op]) -> u64 {
-    ops.iter()
-        .map(|op| match op {
-            Op::Put(k, v) => k.len() + v.len(),
-            Op::Delete(k) => k.len(),
-            Op::DeleteRange(from, to) => from.len() + to.len(),
-        } as u64)
-        .sum()
-}
-
-/// The free space a write of `ops` needs under a reserve of `min_free_bytes`: the reserve and
-/// the write itself (found from outside: a follower catching up on 1 MiB values wrote a
-/// batch of tens of MB past a reserve it was just above, and RocksDB ran out of space).
-/// None with no reserve.
-pub(super) fn needed_free(min_free_bytes: u64, ops: &[Op]) -> u64 {
-    if min_free_bytes == 0 {
-        return 0;
-    }
-    min_free_bytes.saturating_add(ops_bytes(ops))
-}
-
 /// Adds `ops` to `batch`, in order.
 pub(super) fn add_ops(batch: &mut WriteBatch, ops: &[Op]) {
     for op in ops {
@@ -288,21 +266,6 @@ pub(super) fn add_ops(batch: &mut WriteBatch, ops: &[Op]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Found from outside: a batch of tens of MB was written by a node just above its reserve,
-    /// and RocksDB ran out of space. A write needs room for itself beyond the reserve.
-    #[test]
-    fn a_write_needs_the_reserve_and_room_for_itself() {
-        let ops = [Op::Put(vec![1; 10], vec![2; 1000]), Op::Delete(vec![3; 5])];
-        assert_eq!(ops_bytes(&ops), 1015);
-        assert_eq!(needed_free(64, &ops), 64 + 1015);
-        assert_eq!(needed_free(0, &ops), 0, "no reserve, no check");
-        let dir = tempfile::tempdir().unwrap();
-        let free = crate::checkpoint::free_bytes(dir.path()).unwrap();
-        let big = [Op::Put(vec![0; 8], vec![0; 4096])];
-        assert!(check_free_space(dir.path(), needed_free(free - 1024, &big)).is_err());
-        assert!(check_free_space(dir.path(), needed_free(free / 2, &big)).is_ok());
-    }
 
     /// Found from outside: a database that could not be opened again after a failed write
     /// (its log did not fit the disk) was tried every 220 ms, forever.

@@ -84,6 +84,11 @@ impl WriteTicket {
         note_failing(&self.shared, error);
     }
 
+    /// The disk refused the write again, perhaps for another reason: the group says the latest.
+    pub(crate) fn still_failing(&self, error: &dyn std::fmt::Display) {
+        self.shared.note_persist_error(error.to_string());
+    }
+
     /// True once the write's group reports that it cannot persist.
     pub(crate) fn reported_failing(&self) -> bool {
         self.shared.persist_failing()
@@ -128,6 +133,9 @@ pub(crate) fn write_until_done(
                 if failing_since.is_none() {
                     note_failing(shared, &e);
                     failing_since = Some(Instant::now());
+                } else {
+                    // The reason may change (the reserve, then the reopen's pause): say the latest.
+                    shared.note_persist_error(e.to_string());
                 }
                 if cancel.is_cancelled() {
                     return false;

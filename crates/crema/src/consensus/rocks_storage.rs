@@ -31,8 +31,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{WriteBatch, WriteOptions};
 
 use super::node_db::{
-    add_ops, check_free_space, entry_key, key, needed_free, Op, TAG_COMPACTED, TAG_CONF_STATE, TAG_ENTRY,
-    TAG_HARD_STATE,
+    add_ops, check_free_space, entry_key, key, Op, TAG_COMPACTED, TAG_CONF_STATE, TAG_ENTRY, TAG_HARD_STATE,
 };
 pub use super::node_db::{open_db, NodeDb};
 use super::rocks_writer::Job;
@@ -193,6 +192,11 @@ impl RocksDbStorage {
         Ok(store)
     }
 
+    /// Where the node's database (the raft log of every shard on it) lives.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        lock(&self.disk).db.path().to_owned()
+    }
+
     /// The current hard state.
     pub fn hard_state(&self) -> &HardState {
         self.mirror.hard_state()
@@ -226,8 +230,7 @@ impl Disk {
     /// One attempt to write `ops` (the caller decides how to wait and retry, and a retry
     /// writes the same ops through a freshly opened handle).
     fn write(&mut self, ops: &[Op], sync: bool) -> raft::Result<()> {
-        check_free_space(self.db.path(), needed_free(self.min_free_bytes, ops))
-            .map_err(raft::Error::Store)?;
+        check_free_space(self.db.path(), self.min_free_bytes).map_err(raft::Error::Store)?;
         self.db.may_reopen().map_err(|e| raft::Error::Store(StorageError::Other(e.into())))?;
         self.write_ops(ops, sync).map_err(db_error)
     }
@@ -285,6 +288,10 @@ impl raft::Storage for RocksDbStorage {
 }
 
 impl LogStore for RocksDbStorage {
+    fn forget_snapshot_pace(&mut self, to: u64) {
+        self.mirror.forget_snapshot_pace(to);
+    }
+
     fn append(&mut self, entries: &[Entry]) -> raft::Result<()> {
         let Some(first_new) = entries.first().map(|e| e.index) else { return Ok(()) };
         let old_last = raft::Storage::last_index(&self.mirror)?;

@@ -32,7 +32,7 @@ use tracing::error;
 
 use super::group::GroupShared;
 use super::log_mark::MARK_KEY;
-use super::node_db::{add_ops, check_free_space, ops_bytes, NodeDb, Op};
+use super::node_db::{add_ops, check_free_space, NodeDb, Op};
 use super::persist::{WriteTicket, RETRY_PAUSE};
 
 /// One group's write, handed to the node's log writer.
@@ -128,8 +128,12 @@ fn write_jobs(mut jobs: Vec<Job>, queue: &mpsc::Receiver<Job>, given_up: &mut Gi
         if failing_since.is_none() {
             failing_since = Some(Instant::now());
         }
-        for job in jobs.iter().filter(|j| !j.ticket.reported_failing()) {
-            job.ticket.failing(&e);
+        for job in &jobs {
+            if job.ticket.reported_failing() {
+                job.ticket.still_failing(&e);
+            } else {
+                job.ticket.failing(&e);
+            }
         }
         std::thread::sleep(RETRY_PAUSE);
     }
@@ -155,13 +159,7 @@ fn write_batch(jobs: &[Job]) -> Result<(), String> {
     let Some(first) = jobs.first() else { return Ok(()) };
     let node = &first.db;
     let min_free = jobs.iter().map(|j| j.min_free_bytes).max().unwrap_or(0);
-    // The reserve, and room for the batch itself (see `node_db::needed_free`).
-    let needed = if min_free == 0 {
-        0
-    } else {
-        jobs.iter().fold(min_free, |n, j| n.saturating_add(ops_bytes(&j.ops)))
-    };
-    check_free_space(node.path(), needed).map_err(|e| e.to_string())?;
+    check_free_space(node.path(), min_free).map_err(|e| e.to_string())?;
     node.may_reopen()?;
     let db = node.handle().map_err(|e| e.to_string())?;
     let mut batch = WriteBatch::default();

@@ -71,6 +71,10 @@ pub type SnapshotSource = Box<dyn Fn() -> Vec<u8> + Send>;
 ///   as of that index, or `SnapshotTemporarilyUnavailable` when the applied index is older than
 ///   `request_index`.
 pub trait LogStore: raft::Storage + Send + 'static {
+    /// Forgets how snapshots for follower `to` were paced: it started again, or the last one
+    /// never reached it (see `SnapshotPace`).
+    fn forget_snapshot_pace(&mut self, _to: u64) {}
+
     /// Appends `entries`, truncating any conflicting suffix first.
     ///
     /// # Errors
@@ -365,6 +369,10 @@ impl raft::Storage for MemStorage {
 }
 
 impl LogStore for MemStorage {
+    fn forget_snapshot_pace(&mut self, to: u64) {
+        self.pace.given.lock().expect("snapshot pace poisoned").remove(&to);
+    }
+
     fn append(&mut self, entries: &[Entry]) -> raft::Result<()> {
         let Some(first_new) = entries.first().map(|e| e.index) else {
             return Ok(());

@@ -50,6 +50,8 @@ impl<S: LogStore> Group<S> {
     pub(super) fn on_hello(&mut self, peer: NodeId, restarted: bool, position: GroupPosition) {
         if restarted {
             self.forget_progress(peer);
+            // A follower that started again may have room for the snapshot it refused.
+            self.raw.mut_store().forget_snapshot_pace(peer);
         }
         if let Some(recovery) = self.recovery.as_mut() {
             recovery.hear(peer, position);
