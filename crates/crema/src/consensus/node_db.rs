@@ -236,10 +236,9 @@ pub(super) fn check_free_space(path: &Path, min_free_bytes: u64) -> Result<(), S
     if min_free_bytes == 0 {
         return Ok(());
     }
-    let stat = nix::sys::statvfs::statvfs(path).map_err(|e| {
+    let free = crate::checkpoint::free_bytes(path).map_err(|e| {
         StorageError::Other(format!("cannot read free space of {}: {e}", path.display()).into())
     })?;
-    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
     if free < min_free_bytes {
         return Err(StorageError::Other(
             format!(
