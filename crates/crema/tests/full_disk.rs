@@ -287,7 +287,10 @@ async fn a_snapshot_too_large_for_the_disk_is_refused_until_there_is_room() {
 
     // Room again: the next snapshot is taken, and node 3 has everything.
     std::fs::remove_file(&filler).unwrap();
-    wait_until(Duration::from_secs(60), "node 3 installs the snapshot", || async {
+    // The leader paces the snapshots it makes for a follower that keeps asking (up to a minute
+    // apart while node 3 refused them: `SnapshotPace`), then the transfer: found in CI, 60 s
+    // were not always enough.
+    wait_until(Duration::from_secs(150), "node 3 installs the snapshot", || async {
         third.raft_figures().snapshots_installed > 0
     })
     .await;
