@@ -89,7 +89,7 @@ wait_port() { # host:port
 # --- systems: start_<name> starts it and sets ADDRS (space-separated host:port) and KIND ---
 
 start_crema() { # nodes storage [tls] [shards]
-  local n="$1" storage="$2" shards="${4:-1}" i j peers tls=()
+  local n="$1" storage="$2" shards="${4:-1}" i j peers ready tls=()
   rm -rf "$WORK/crema"
   ADDRS=""
   TLS_CA=""
@@ -114,15 +114,19 @@ start_crema() { # nodes storage [tls] [shards]
   done
   for a in $ADDRS; do wait_port "$a"; done
   ADDRS="${ADDRS# }"
-  # Ready once a write goes through and (with shards) every shard has a leader.
-  for _ in $(seq 1 100); do
-    command -v redis-cli >/dev/null || break
-    if redis_cli "${ADDRS%% *}" SET ready 1 2>/dev/null | grep -q OK \
-      && ! redis_cli "${ADDRS%% *}" INFO shards 2>/dev/null | grep -q 'state=initializing'; then
+  # Ready once every node said so (`crema ready`: its shard map confirmed and a leader known of
+  # every shard it serves; before that a node answers CLUSTERDOWN for the slot map, as CI saw a
+  # cluster client fail to connect when only the first node was asked) and a write goes through.
+  for _ in $(seq 1 300); do
+    ready=0
+    for i in $(seq 1 "$n"); do grep -q '^crema ready' "$WORK/crema-$i.log" && ready=$((ready + 1)); done
+    if [ "$ready" = "$n" ] \
+      && { ! command -v redis-cli >/dev/null || redis_cli "${ADDRS%% *}" SET ready 1 2>/dev/null | grep -q OK; }; then
       break
     fi
     sleep 0.1
   done
+  [ "$ready" = "$n" ] || echo "warning: not every crema node said 'crema ready' within 30 s" >&2
   KIND=resp
 }
 
@@ -203,7 +207,9 @@ bench() { # system-label workload-label extra crema-bench args...
   fi
   local json
   if ! json="$("$BIN/crema-bench" "${target_args[@]}" --duration "$SECS" --warmup "$WARMUP" --json "$@" 2>"$WORK/bench.err")"; then
-    echo "crema-bench failed for $system / $workload: $(grep -m1 -E '^Error|error' "$WORK/bench.err" || tail -1 "$WORK/bench.err")" >&2
+    echo "crema-bench failed for $system / $workload:" >&2
+    { grep -q '^Error' "$WORK/bench.err" && sed -n '/^Error/,/^Stack/p' "$WORK/bench.err" | head -12 \
+      || tail -5 "$WORK/bench.err"; } | sed 's/^/    /' >&2
     FAILURES=$((FAILURES + 1))
     return 0
   fi

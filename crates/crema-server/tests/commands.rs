@@ -1,5 +1,6 @@
-//! Every RESP command against a real `crema serve` process, through the `redis` crate (what
-//! applications use), with the edge cases clients rely on.
+//! The keyspace, connection and server commands against a real `crema serve` process, through
+//! the `redis` crate (what applications use), with the edge cases clients rely on (string
+//! commands: `string_commands.rs`).
 
 mod common;
 
@@ -8,128 +9,6 @@ use std::time::Duration;
 use common::cmd::{bulk, err, ok, q};
 use common::*;
 use redis::Value;
-
-#[tokio::test]
-async fn set_and_its_options() {
-    let node = start(&[]);
-    let c = &mut client(node.resp).await;
-    assert_eq!(ok(c, &["SET", "k", "v1"]).await, Value::Okay);
-    assert_eq!(ok(c, &["GET", "k"]).await, bulk("v1"));
-    assert_eq!(ok(c, &["SET", "k", "v2", "NX"]).await, Value::Nil, "NX on an existing key writes nothing");
-    assert_eq!(ok(c, &["SET", "k", "v2", "XX"]).await, Value::Okay);
-    assert_eq!(ok(c, &["SET", "new", "x", "XX"]).await, Value::Nil);
-    assert_eq!(ok(c, &["GET", "new"]).await, Value::Nil);
-    assert_eq!(ok(c, &["SET", "k", "v3", "GET"]).await, bulk("v2"));
-    assert_eq!(ok(c, &["SET", "k", "v4", "NX", "GET"]).await, bulk("v3"), "NX+GET answers the old value");
-    assert_eq!(ok(c, &["GET", "k"]).await, bulk("v3"), "and does not write");
-    assert_eq!(ok(c, &["SET", "fresh", "1", "NX", "GET"]).await, Value::Nil);
-    assert_eq!(ok(c, &["GET", "fresh"]).await, bulk("1"));
-    assert!(err(c, &["SET", "k", "v", "NX", "XX"]).await.contains("syntax error"));
-    assert!(err(c, &["SET", "k", "v", "EX", "10", "PX", "100"]).await.contains("syntax error"));
-    assert!(err(c, &["SET", "k", "v", "EX"]).await.contains("syntax error"));
-    assert!(err(c, &["SET", "k", "v", "EX", "0"]).await.contains("invalid expire time in 'set'"));
-    assert!(err(c, &["SET", "k", "v", "EX", "-5"]).await.contains("invalid expire time"));
-    assert!(err(c, &["SET", "k", "v", "EX", "ten"]).await.contains("not an integer"));
-    assert!(err(c, &["SET", "k"]).await.contains("wrong number of arguments for 'set'"));
-
-    // Expiry options and KEEPTTL.
-    ok(c, &["SET", "t", "1", "EX", "100"]).await;
-    let ttl: i64 = q(c, &["TTL", "t"]).await.unwrap();
-    assert!((99..=100).contains(&ttl), "{ttl}");
-    ok(c, &["SET", "t", "2", "KEEPTTL"]).await;
-    assert!(q::<i64>(c, &["PTTL", "t"]).await.unwrap() > 90_000, "KEEPTTL keeps the TTL");
-    ok(c, &["SET", "t", "3"]).await;
-    assert_eq!(q::<i64>(c, &["TTL", "t"]).await.unwrap(), -1, "a plain SET clears the TTL");
-    let at = (crema::unix_now_ms() + 60_000).to_string();
-    ok(c, &["SET", "t", "4", "PXAT", &at]).await;
-    assert_eq!(q::<i64>(c, &["PEXPIRETIME", "t"]).await.unwrap().to_string(), at);
-    ok(c, &["SET", "t", "5", "EXAT", "1"]).await;
-    assert_eq!(ok(c, &["GET", "t"]).await, Value::Nil, "an EXAT in the past leaves no key");
-    // Repeated, only the last value counts (found different from Redis from outside).
-    ok(c, &["SET", "t", "6", "PX", "GET", "PX", "100000"]).await;
-    assert!(q::<i64>(c, &["PTTL", "t"]).await.unwrap() > 90_000);
-    ok(c, &["SET", "t", "7", "EX", "-2147483648", "EX", "99999"]).await;
-    assert!(q::<i64>(c, &["TTL", "t"]).await.unwrap() > 99_000);
-    assert!(err(c, &["SET", "t", "8", "EX", "99", "EX", "0"]).await.contains("invalid expire time"));
-    assert!(err(c, &["SET", "t", "8", "EX", "99", "PX", "99"]).await.contains("syntax error"));
-
-    // The SET relatives.
-    assert_eq!(q::<i64>(c, &["SETNX", "sn", "1"]).await.unwrap(), 1);
-    assert_eq!(q::<i64>(c, &["SETNX", "sn", "2"]).await.unwrap(), 0);
-    assert_eq!(ok(c, &["SETEX", "se", "100", "v"]).await, Value::Okay);
-    assert!(q::<i64>(c, &["TTL", "se"]).await.unwrap() > 98);
-    assert_eq!(ok(c, &["PSETEX", "pse", "100000", "v"]).await, Value::Okay);
-    assert!(err(c, &["SETEX", "se", "0", "v"]).await.contains("invalid expire time in 'setex'"));
-    assert_eq!(ok(c, &["GETSET", "sn", "3"]).await, bulk("1"));
-    assert_eq!(ok(c, &["GETSET", "none", "3"]).await, Value::Nil);
-}
-
-#[tokio::test]
-async fn counters_are_exact_and_refuse_non_integers() {
-    let node = start(&[]);
-    let c = &mut client(node.resp).await;
-    assert_eq!(q::<i64>(c, &["INCR", "n"]).await.unwrap(), 1);
-    assert_eq!(q::<i64>(c, &["INCRBY", "n", "41"]).await.unwrap(), 42);
-    assert_eq!(q::<i64>(c, &["DECR", "n"]).await.unwrap(), 41);
-    assert_eq!(q::<i64>(c, &["DECRBY", "n", "50"]).await.unwrap(), -9);
-    ok(c, &["SET", "text", "hello"]).await;
-    assert!(err(c, &["INCR", "text"]).await.contains("value is not an integer or out of range"));
-    ok(c, &["SET", "spaced", " 1"]).await;
-    assert!(err(c, &["INCR", "spaced"]).await.contains("not an integer"));
-    assert!(err(c, &["INCRBY", "n", "1.5"]).await.contains("not an integer"));
-    ok(c, &["SET", "max", &i64::MAX.to_string()]).await;
-    assert!(err(c, &["INCR", "max"]).await.contains("increment or decrement would overflow"));
-    assert!(err(c, &["DECRBY", "n", &i64::MIN.to_string()]).await.contains("decrement would overflow"));
-    assert_eq!(ok(c, &["GET", "max"]).await, bulk(&i64::MAX.to_string()), "a failed INCR changes nothing");
-
-    assert_eq!(ok(c, &["INCRBYFLOAT", "f", "10.5"]).await, bulk("10.5"));
-    assert_eq!(ok(c, &["INCRBYFLOAT", "f", "0.1"]).await, bulk("10.6"));
-    assert_eq!(ok(c, &["INCRBYFLOAT", "f", "-5.6"]).await, bulk("5"));
-    assert!(err(c, &["INCRBYFLOAT", "text", "1"]).await.contains("not a valid float"));
-    assert!(err(c, &["INCRBYFLOAT", "f", "abc"]).await.contains("not a valid float"));
-    assert!(err(c, &["INCRBYFLOAT", "f", "inf"]).await.contains("increment would produce NaN or Infinity"));
-    // Redis computes in C long double and prints 17 decimal places, trimmed.
-    assert_eq!(ok(c, &["INCRBYFLOAT", "g", "0.1"]).await, bulk("0.1"));
-    assert_eq!(ok(c, &["INCRBYFLOAT", "g", "0.2"]).await, bulk("0.3"));
-    assert_eq!(ok(c, &["INCRBYFLOAT", "h", "0x10"]).await, bulk("16"));
-    let big = ok(c, &["INCRBYFLOAT", "h", "1e400"]).await;
-    assert_eq!(ok(c, &["GET", "h"]).await, big);
-    assert!(
-        matches!(&big, Value::BulkString(b) if b.len() == 401 && b.starts_with(b"1000000000000000000028188"))
-    );
-    ok(c, &["SET", "huge", "1.1e4932"]).await;
-    assert!(err(c, &["INCRBYFLOAT", "huge", "1e4932"])
-        .await
-        .contains("increment would produce NaN or Infinity"));
-    assert!(err(c, &["INCRBYFLOAT", "f", "1e5000"]).await.contains("not a valid float"));
-
-    ok(c, &["SET", "ttl", "1", "EX", "100"]).await;
-    q::<i64>(c, &["INCR", "ttl"]).await.unwrap();
-    assert!(q::<i64>(c, &["TTL", "ttl"]).await.unwrap() > 90, "INCR keeps the TTL");
-}
-
-#[tokio::test]
-async fn append_ranges_and_lengths() {
-    let node = start(&["--max-value-bytes", "64"]);
-    let c = &mut client(node.resp).await;
-    assert_eq!(q::<i64>(c, &["APPEND", "s", "Hello"]).await.unwrap(), 5);
-    assert_eq!(q::<i64>(c, &["APPEND", "s", " World"]).await.unwrap(), 11);
-    assert_eq!(q::<i64>(c, &["STRLEN", "s"]).await.unwrap(), 11);
-    assert_eq!(q::<i64>(c, &["STRLEN", "nokey"]).await.unwrap(), 0);
-    assert_eq!(ok(c, &["GETRANGE", "s", "0", "4"]).await, bulk("Hello"));
-    assert_eq!(ok(c, &["GETRANGE", "s", "-5", "-1"]).await, bulk("World"));
-    assert_eq!(ok(c, &["SUBSTR", "s", "6", "100"]).await, bulk("World"));
-    assert_eq!(ok(c, &["GETRANGE", "nokey", "0", "-1"]).await, bulk(""));
-    assert_eq!(q::<i64>(c, &["SETRANGE", "s", "6", "Redis"]).await.unwrap(), 11);
-    assert_eq!(ok(c, &["GET", "s"]).await, bulk("Hello Redis"));
-    assert_eq!(q::<i64>(c, &["SETRANGE", "pad", "3", "x"]).await.unwrap(), 4);
-    assert_eq!(ok(c, &["GET", "pad"]).await, Value::BulkString(b"\0\0\0x".to_vec()));
-    assert!(err(c, &["SETRANGE", "s", "-1", "x"]).await.contains("offset is out of range"));
-    assert!(err(c, &["SETRANGE", "s", "64", "x"]).await.contains("string exceeds maximum allowed size"));
-    let long = "x".repeat(60);
-    assert!(err(c, &["APPEND", "s", &long]).await.contains("string exceeds maximum allowed size"));
-    assert_eq!(q::<i64>(c, &["STRLEN", "s"]).await.unwrap(), 11, "a refused APPEND changes nothing");
-}
 
 #[tokio::test]
 async fn multi_key_commands_and_the_keyspace() {
@@ -459,7 +338,7 @@ async fn server_commands() {
     }
     let myid: String = q(c, &["CLUSTER", "MYID"]).await.unwrap();
     assert_eq!(myid, format!("{:040x}", 1));
-    let slots: Vec<(i64, i64, (String, i64, String))> = q(c, &["CLUSTER", "SLOTS"]).await.unwrap();
+    let slots = common::shards::slot_map(c).await;
     assert_eq!(slots.len(), 1);
     assert_eq!((slots[0].0, slots[0].1, &slots[0].2 .2), (0, 16383, &myid));
     let info: String = q(c, &["CLUSTER", "INFO"]).await.unwrap();

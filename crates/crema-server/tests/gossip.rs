@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::shards::all_shards_led;
+use common::shards::{all_shards_led, cluster_shards};
 use common::*;
 
 /// `(node id, health)` of every node `/cluster` on `admin` lists.
@@ -90,13 +90,22 @@ async fn gossip_from_one_seed(secret_file: Option<&str>) {
     assert!(status.lines().any(|l| l.contains("node 3") && l.contains("down")), "{status}");
 
     // Redis Cluster's view of a failed node: flagged `fail` (and its link down) in CLUSTER
-    // NODES, and no longer offered as a replica in CLUSTER SLOTS.
+    // NODES and in CLUSTER SHARDS, and the primary of no range in CLUSTER SLOTS.
     let dead = format!("{:040x}", 3);
     let listed: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await.unwrap();
     let line = listed.lines().find(|l| l.starts_with(&dead)).unwrap_or_else(|| panic!("{listed}"));
     assert!(line.contains(" master,fail ") && line.contains(" disconnected"), "{line}");
     let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.unwrap();
-    assert_eq!(slots.len(), 4, "one range per shard");
+    let (mut next, mut covered) = (0, 0);
+    for range in &slots {
+        let (start, end): (i64, i64) = (
+            redis::from_redis_value(range[0].clone()).unwrap(),
+            redis::from_redis_value(range[1].clone()).unwrap(),
+        );
+        assert_eq!(start, next, "ranges in order, none left out: {slots:?}");
+        (next, covered) = (end + 1, covered + end + 1 - start);
+    }
+    assert_eq!(covered, 16384, "every slot in a range");
     for range in &slots {
         let ids: Vec<String> = range[2..]
             .iter()
@@ -107,6 +116,10 @@ async fn gossip_from_one_seed(secret_file: Option<&str>) {
             .collect();
         assert!(!ids.is_empty() && !ids.contains(&dead), "{ids:?}");
     }
+    let shards = cluster_shards(&mut c).await;
+    let listed: Vec<_> = shards.iter().flat_map(|s| s.2.iter()).filter(|n| n.id == dead).collect();
+    assert!(!listed.is_empty(), "node 3 holds replicas of the shards: {shards:?}");
+    assert!(listed.iter().all(|n| n.health == "fail" && n.role == "replica"), "{listed:?}");
 }
 
 /// Found from outside: a node started again on another gossip address (a rescheduled pod) is a

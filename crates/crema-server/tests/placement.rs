@@ -189,11 +189,13 @@ async fn five_nodes_hold_three_replicas_of_each_shard_and_answer_for_every_key()
         redis::pipe().atomic().incr(&key, 1).query_async(&mut watcher).await.unwrap();
     assert_eq!(aborted, None, "the watched key changed: EXEC aborts");
 
-    // Any node's slot map names three members for every shard.
-    let ranges: Vec<Vec<redis::Value>> =
-        redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut clients[4]).await.unwrap();
-    assert_eq!(ranges.len(), SHARDS as usize);
-    assert!(ranges.iter().all(|r| r.len() == 5), "start, end and three members each: {ranges:?}");
+    // Any node's shard map names three members for every shard, its leader the primary.
+    let shards = common::shards::cluster_shards(&mut clients[4]).await;
+    assert_eq!(shards.len(), SHARDS as usize);
+    for (first, last, nodes) in &shards {
+        let roles: Vec<&str> = nodes.iter().map(|n| n.role.as_str()).collect();
+        assert_eq!(roles, ["master", "replica", "replica"], "slots {first}-{last}: {nodes:?}");
+    }
 
     // FLUSHALL reaches every shard.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut clients[3]).await.unwrap();

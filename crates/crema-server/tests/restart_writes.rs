@@ -28,26 +28,9 @@ const WRITERS: usize = 6;
 
 /// Node `i`'s arguments; `raft` and `resp` are every node's addresses.
 fn args(i: usize, raft: &[std::net::SocketAddr], resp: &[std::net::SocketAddr]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "--node-id".into(),
-        (i + 1).to_string(),
-        "--raft-addr".into(),
-        raft[i].to_string(),
-        "--resp-addr".into(),
-        resp[i].to_string(),
-        "--shards".into(),
-        "8".into(),
-        "--replicas".into(),
-        "3".into(),
-        // Long against anything a restart takes: a write that waits this long waits for good.
-        "--request-timeout-ms".into(),
-        "20000".into(),
-    ];
-    for j in (0..NODES).filter(|j| *j != i) {
-        args.extend(["--peer".into(), format!("{}={},{}", j + 1, raft[j], resp[j])]);
-    }
-    args.extend(FAST.iter().map(|s| s.to_string()));
-    args
+    // Long against anything a restart takes: a write that waits this long waits for good.
+    let extra = ["--shards", "8", "--replicas", "3", "--request-timeout-ms", "20000"];
+    member_args(i, raft, resp, &extra.map(String::from))
 }
 
 fn start_node(args: &[String]) -> Node {

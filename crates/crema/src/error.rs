@@ -62,7 +62,13 @@ pub enum Error {
     #[error("membership change refused: {0}")]
     Membership(String),
 
-    /// A Raft-level refusal (for example a conf change while another is pending). Nothing changed.
+    /// A membership change asked while another is not yet applied (or before a new leader
+    /// applied its log): Raft makes one at a time. Nothing changed; the same change may be
+    /// made shortly (the membership API asks again by itself until its timeout).
+    #[error("membership change not made yet: {0}")]
+    ChangePending(String),
+
+    /// A Raft-level refusal. Nothing changed.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
 
@@ -94,6 +100,7 @@ impl Error {
                 | Error::ProposalDropped
                 | Error::Timeout(_)
                 | Error::Transport(_)
+                | Error::ChangePending(_)
                 | Error::Raft(raft::Error::ProposalDropped)
         )
     }

@@ -93,6 +93,33 @@ async fn membership_changes_are_refused_on_a_follower() {
     }
 }
 
+/// An `Ok` from a membership change means the change was made. raft-rs takes a change
+/// proposed while another is not yet applied as an empty entry and answers it as accepted:
+/// found from outside, a shard's new leader "removed" a replica that way, and the replica, told
+/// it was retired, stopped while its group still counted it. Four removals asked at once: each
+/// is made (one at a time: the others wait for the one under way), or refused and not made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_answered_ok_was_made() {
+    init_tracing();
+    let nodes = cluster(5).await;
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    let leader = &nodes[wait_leader(&refs, Duration::from_secs(5)).await];
+    let others: Vec<u64> = nodes.iter().map(|n| n.node_id()).filter(|id| *id != leader.node_id()).collect();
+    let answers = futures_util::future::join_all(others.iter().map(|id| leader.remove_peer(*id))).await;
+    let voters = leader.voters().await.unwrap();
+    for (id, answer) in others.iter().copied().zip(answers) {
+        match answer {
+            Ok(()) => {
+                assert!(!voters.contains(&id), "node {id}'s removal was answered Ok, voters {voters:?}")
+            }
+            Err(e) => assert!(voters.contains(&id), "node {id}'s removal failed ({e}), voters {voters:?}"),
+        }
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
 /// raft-rs keeps a leader that removed itself leading, and it then panics on its own missing
 /// progress (found by the 10-minute membership run). The node must step aside instead: the
 /// others elect a leader and go on, and the removed node refuses requests.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::durable::{durable, start};
 use common::*;
-use crema::{CheckpointConfig, DistributedCache, Error, RaftStorageType};
+use crema::{CacheConfig, CheckpointConfig, DistributedCache, Error, RaftStorageType};
 
 /// A small tmpfs mounted for the test, unmounted when dropped (needs root, as CI runs).
 struct SmallDisk {
@@ -21,11 +21,16 @@ struct SmallDisk {
 
 impl SmallDisk {
     fn mount(bytes: u64) -> Self {
+        Self::mount_with(&format!("size={bytes}"))
+    }
+
+    /// A tmpfs with the mount options `options` (`size=...,nr_inodes=...`).
+    fn mount_with(options: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk");
         std::fs::create_dir(&path).unwrap();
         let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs", path.to_str().unwrap()])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs", path.to_str().unwrap()])
             .status()
             .expect("running mount");
         assert!(status.success(), "mounting a tmpfs failed: this test needs root (CI runs as root)");
@@ -214,7 +219,7 @@ async fn a_leader_whose_disk_fills_hands_over_and_catches_up_later() {
 /// Found from outside: a follower on a disk too small for the snapshot its leader sent
 /// installed it, could not write it as a checkpoint, exited (a panic), and fetched it again
 /// at each restart. Now a snapshot that does not fit is refused before it is installed, the
-/// node keeps running, and it takes the snapshot once there is room.
+/// node keeps running, and it has everything once there is room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_snapshot_too_large_for_the_disk_is_refused_until_there_is_room() {
     init_tracing();
@@ -248,6 +253,7 @@ async fn a_snapshot_too_large_for_the_disk_is_refused_until_there_is_room() {
     wait_leader(&all, Duration::from_secs(10)).await;
     // Node 3 leaves; 96 MiB of values that do not compress are written without it.
     let third = nodes[2].take().unwrap();
+    let third_last = third.cluster_status().await.unwrap().group.last_index;
     third.shutdown().await;
     drop(third);
     let value = |i: u32| -> Bytes {
@@ -270,6 +276,18 @@ async fn a_snapshot_too_large_for_the_disk_is_refused_until_there_is_room() {
     for k in 0..KEYS {
         writer(k).await;
     }
+    // Both others compacted their logs past node 3's (their checkpoints done): whichever
+    // leads sends it a snapshot. (A leader whose checkpoint lagged sent it the entries it
+    // still had, which filled its disk as log: found in CI, the test waited for a snapshot.)
+    wait_until(Duration::from_secs(60), "the others' logs compacted past node 3's", || async {
+        for node in nodes.iter().flatten() {
+            if !node.cluster_status().await.is_ok_and(|s| s.group.first_index > third_last + 1) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     // The snapshot (96 MiB and more) does not fit in what a filler leaves free on node 3's
     // disk: 100 MiB, of which RocksDB takes about 70 for the log file it preallocates (tmpfs
     // allocates it).
@@ -290,8 +308,18 @@ async fn a_snapshot_too_large_for_the_disk_is_refused_until_there_is_room() {
     // The leader paces the snapshots it makes for a follower that keeps asking (up to a minute
     // apart while node 3 refused them: `SnapshotPace`), then the transfer: found in CI, 60 s
     // were not always enough.
-    wait_until(Duration::from_secs(150), "node 3 installs the snapshot", || async {
-        third.raft_figures().snapshots_installed > 0
+    // (Or the log: a leader keeps some of it for a follower that is away, and one run found
+    // node 3 catching up on entries the leader still had once it refused the snapshot.)
+    wait_until(Duration::from_secs(150), "node 3 has every key", || async {
+        if third.read_barrier().await.is_err() {
+            return false;
+        }
+        for k in 0..KEYS {
+            if third.get(format!("k{k}").as_bytes()).await.map(|v| v.len()) != Some(4 << 20) {
+                return false;
+            }
+        }
+        true
     })
     .await;
     third.read_barrier().await.unwrap();
@@ -301,5 +329,107 @@ async fn a_snapshot_too_large_for_the_disk_is_refused_until_there_is_room() {
     third.shutdown().await;
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
+    }
+}
+
+/// Found in review: a received snapshot let in with room for it could still fail to be written
+/// as a checkpoint (the room taken meanwhile by another shard's snapshot, or, as here, no inode
+/// left for the file), and the node exited. Now the shard waits for the disk, says why, and
+/// installs the snapshot once it is written; the node stays up meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_the_disk_refuses_once_let_in_waits_for_the_disk() {
+    init_tracing();
+    const KEYS: u32 = 200;
+    // Bytes to spare but few inodes, for the new member's checkpoints only.
+    let inodes = SmallDisk::mount_with("size=256m,nr_inodes=64,mode=0700");
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let bound = bind(2);
+    let addrs: Vec<_> = bound.iter().map(|(_, a)| *a).collect();
+    // Node 1 alone, then node 2 added: a new member whose log is empty is caught up by a
+    // snapshot once the leader's log no longer starts at the first entry.
+    let config = |i: usize| {
+        let data = dirs[i].path().join("node");
+        let checkpoints = if i == 1 { inodes.path.join("checkpoints") } else { data.join("checkpoints") };
+        let config = CacheConfig::new(i as u64 + 1, addrs[i])
+            .with_raft_config(crema::RaftConfig { max_log_entries: 16, ..fast_raft() })
+            .with_raft_storage_type(RaftStorageType::RocksDb)
+            .with_data_dir(&data)
+            .with_checkpoint_config(
+                CheckpointConfig::new(checkpoints).with_log_threshold(4).with_interval(None),
+            );
+        if i == 0 {
+            config
+        } else {
+            config.with_seed_nodes(vec![(1, addrs[0])]).with_join(true)
+        }
+    };
+    let mut bound = bound.into_iter();
+    let first = DistributedCache::new_with_listener(config(0), bound.next().unwrap().0).await.unwrap();
+    wait_until(Duration::from_secs(10), "node 1 leads", || async { first.is_leader() }).await;
+    let value = |k: u32| Bytes::from(format!("value {k} {}", "x".repeat(1000)));
+    for k in 0..KEYS {
+        first.put(format!("k{k}"), value(k)).await.unwrap();
+    }
+    wait_until(Duration::from_secs(30), "node 1's log compacted", || async {
+        first.cluster_status().await.is_ok_and(|s| s.group.first_index > 10)
+    })
+    .await;
+
+    // Every inode of node 2's checkpoint disk taken (its directory made first): the snapshot
+    // fits its bytes, not a file.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(inodes.path.join("checkpoints")).unwrap();
+    }
+    let fillers = fill_inodes(&inodes.path);
+    assert!(!fillers.is_empty());
+    let second = DistributedCache::new_with_listener(config(1), bound.next().unwrap().0).await.unwrap();
+    first.add_learner(2, addrs[1]).await.unwrap();
+    wait_until(Duration::from_secs(30), "node 2 waits to keep the snapshot", || async {
+        second.persist_error().is_some_and(|why| why.contains("cannot be kept as a checkpoint"))
+    })
+    .await;
+    assert!(second.raft_figures().persist_failing);
+    assert_eq!(second.raft_figures().snapshots_installed, 0, "nothing installed yet");
+    // The node answers meanwhile: a write through it is refused at once, saying why (its
+    // replica could not apply it: `GroupHandle::check_persisting`).
+    let refused = second.put("while", "waiting").await.unwrap_err();
+    assert!(refused.to_string().contains("cannot be kept as a checkpoint"), "{refused}");
+
+    for filler in &fillers {
+        std::fs::remove_file(filler).unwrap();
+    }
+    wait_until(Duration::from_secs(30), "node 2 installs the snapshot", || async {
+        second.raft_figures().snapshots_installed > 0 && !second.raft_figures().persist_failing
+    })
+    .await;
+    second.read_barrier().await.unwrap();
+    for k in 0..KEYS {
+        assert_eq!(second.get(format!("k{k}").as_bytes()).await, Some(value(k)), "k{k}");
+    }
+    // Durable: after a restart node 2 starts from the checkpoint it wrote.
+    second.shutdown().await;
+    drop(second);
+    let second = DistributedCache::new_with_listener(config(1), rebind(addrs[1]).await).await.unwrap();
+    second.read_barrier().await.unwrap();
+    for k in 0..KEYS {
+        assert_eq!(second.get(format!("k{k}").as_bytes()).await, Some(value(k)), "k{k} after a restart");
+    }
+    second.shutdown().await;
+    first.shutdown().await;
+}
+
+/// Creates empty files in `dir` until the file system has no inode left; answers their paths.
+fn fill_inodes(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut made = Vec::new();
+    loop {
+        let path = dir.join(format!("filler-{}", made.len()));
+        match std::fs::File::create(&path) {
+            Ok(_) => made.push(path),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(28), "out of inodes (ENOSPC), not {e}");
+                return made;
+            }
+        }
     }
 }

@@ -9,34 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::wire::{raft_msg, FakePeer, Position};
+use common::wire::{append, at, lone_node_three, raft_msg, FakePeer, Position};
 use common::*;
-use crema::{CacheConfig, DistributedCache, RecoveryState};
+use crema::{DistributedCache, RecoveryState};
 use raft::eraftpb::{Message, MessageType};
-
-/// Node 3 of a 3-node memory cluster whose nodes 1 and 2 are fake peers driven by the test.
-async fn lone_node_three() -> DistributedCache {
-    let bound = bind(3);
-    let addrs: Vec<SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
-    let listener = bound.into_iter().nth(2).unwrap().0;
-    // Long election timeout: node 3's own attempts never interleave with the test's messages.
-    let config: CacheConfig = node_config(3, &addrs).with_raft_config(crema::RaftConfig {
-        tick_interval_ms: 100,
-        election_tick: 50,
-        ..Default::default()
-    });
-    DistributedCache::new_with_listener(config, listener).await.unwrap()
-}
 
 fn vote_request(from: u64, term: u64, log_term: u64, index: u64) -> Message {
     let mut m = raft_msg(MessageType::MsgRequestVote, from, 3, term);
     m.log_term = log_term;
     m.index = index;
     m
-}
-
-fn at(term: u64, last_term: u64, last_index: u64) -> Position {
-    Position { shard: 0, term, commit: last_index, last_term, last_index, recovering: false }
 }
 
 /// The case of a node that voted and crashed before anything was committed: node 1 won term 2
@@ -347,18 +329,6 @@ async fn a_survivor_of_a_lost_majority_forces_a_new_cluster_and_keeps_its_data()
     node.shutdown().await;
 }
 
-/// An append from node 1 as leader of `term`: `entries` (index, term) after `(index, log_term)`.
-fn append(term: u64, index: u64, log_term: u64, entries: &[(u64, u64)], commit: u64) -> Message {
-    let mut m = raft_msg(MessageType::MsgAppend, 1, 3, term);
-    (m.index, m.log_term, m.commit) = (index, log_term, commit);
-    m.entries = entries
-        .iter()
-        .map(|&(index, term)| raft::eraftpb::Entry { index, term, ..Default::default() })
-        .collect::<Vec<_>>()
-        .into();
-    m
-}
-
 /// A leader of a later term whose entries contradict what this replica committed: the group
 /// went on without part of its history (a majority of the voters lost its state at once).
 /// The replica is marked diverged and serves nothing; before, it stayed ready and answered
@@ -375,14 +345,14 @@ async fn a_replica_whose_committed_log_its_leader_contradicts_serves_nothing() {
     // Node 1 leads the next term and commits two entries on node 3 (which moved to a term of
     // its own choosing: nobody held more than the bootstrap log, a new history).
     let t = node.raft_figures().term + 1;
-    one.send(&append(t, 3, 1, &[(4, t), (5, t)], 5)).await;
+    one.send(&append(1, t, 3, 1, &[(4, t), (5, t)], 5)).await;
     wait_until(Duration::from_secs(5), "entries 4 and 5 committed", || async {
         node.raft_figures().commit_index == 5
     })
     .await;
     assert!(node.holds_shard(0) && node.raft_figures().diverged_shard.is_none());
     // A leader of a later term whose entries 4 and 5 are of another term.
-    one.send(&append(t + 1, 3, 1, &[(4, t + 1), (5, t + 1)], 5)).await;
+    one.send(&append(1, t + 1, 3, 1, &[(4, t + 1), (5, t + 1)], 5)).await;
     wait_until(Duration::from_secs(5), "the replica marked diverged", || async {
         node.raft_figures().diverged_shard == Some(0)
     })
@@ -413,13 +383,13 @@ async fn a_forged_floor_no_log_reaches_is_settled_by_the_leaders_own_commit() {
     })
     .await;
     // Node 1 leads term 5: entries up to index 5, the last of its own term, committed.
-    one.send(&append(5, 3, 1, &[(4, 4), (5, 5)], 4)).await;
+    one.send(&append(1, 5, 3, 1, &[(4, 4), (5, 5)], 4)).await;
     wait_until(Duration::from_secs(5), "entries appended", || async {
         node.raft_figures().commit_index == 4
     })
     .await;
     assert!(node.raft_figures().recovering, "index 4 is of an earlier term: not settled yet");
-    one.send(&append(5, 5, 5, &[], 5)).await;
+    one.send(&append(1, 5, 5, 5, &[], 5)).await;
     wait_until(Duration::from_secs(5), "recovered by the leader's own commit", || async {
         !node.raft_figures().recovering
     })

@@ -39,6 +39,11 @@ async fn settled(nodes: &[DistributedCache], shard: u32, members: &[NodeId], wha
 
 /// Hands `shard`'s leadership to `to` (asked of its leader) and waits until its holders agree.
 async fn lead(nodes: &[DistributedCache], shard: u32, to: NodeId) {
+    // (The node asked may not have heard the leader yet: found in CI, just after a move.)
+    wait_until(Duration::from_secs(20), "the node asked to lead knows a leader", || async {
+        nodes[to as usize - 1].shard_leader(shard).is_some()
+    })
+    .await;
     let current = nodes[to as usize - 1].shard_leader(shard).expect("a leader");
     if current != to {
         nodes[current as usize - 1].transfer_shard_leader(shard, to).await.unwrap();

@@ -335,3 +335,70 @@ async fn a_durable_node_down_while_a_shard_moved_away_retires_that_replica() {
         node.shutdown().await;
     }
 }
+
+/// A memory node restarted while a shard moves away from it (the map no longer names it, its
+/// group still counts it as a voter) starts that replica again, as the voter its group counts,
+/// until the move removes it. Found from outside: it came back without it, the group of four
+/// voters then had three running, and one more kill left the shard without a quorum for 10 s,
+/// twice, while `/cluster` listed two of its three members alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_node_restarted_while_a_shard_moves_away_takes_its_place_until_removed() {
+    let bound = common::bind(4);
+    let addrs: Vec<std::net::SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let config = |id: u64| six_shards(id, &addrs);
+    let mut nodes = four_nodes_with_keys(bound, &config).await;
+    let map = nodes[0].shard_map();
+    let moving = map.shards().iter().find(|p| p.shard_id != 0 && !p.members.contains(&4)).unwrap().clone();
+    let (leaving, stays) = (moving.members[0], moving.members[1]);
+    let other = moving.members[2];
+    // The shard moves from `leaving` to node 4, which stops at once: its replica never catches
+    // up, so the move stays under way, and the group keeps `leaving` as a voter.
+    nodes[0].move_shard(moving.shard_id, leaving, 4).await.unwrap();
+    let fourth = nodes.pop().unwrap();
+    fourth.shutdown().await;
+    drop(fourth);
+    assert!(nodes[0]
+        .shard_map()
+        .shard(moving.shard_id)
+        .is_some_and(|p| p.state == crema::ShardState::Transferring));
+    // The leaving node restarts with nothing (memory storage).
+    let index = leaving as usize - 1;
+    restart_memory_node(&mut nodes, index, &config(leaving)).await;
+    let back = &nodes[index];
+    wait_until(Duration::from_secs(30), "the leaving node's replica back, recovered", || async {
+        back.holds_shard(moving.shard_id)
+            && back.shard_status(moving.shard_id).await.is_ok_and(|s| {
+                s.recovery == crema::RecoveryState::Done
+                    && s.voters.contains(&leaving)
+                    && s.applied_index >= s.commit_index
+            })
+    })
+    .await;
+    // With it, the shard keeps a quorum when another member stops.
+    let gone = nodes.remove(stays as usize - 1);
+    gone.shutdown().await;
+    drop(gone);
+    let via = nodes.iter().find(|n| n.node_id() == other).unwrap();
+    let key_of_shard =
+        (0..10_000).map(key).find(|k| via.router().shard_for_key(k) == moving.shard_id).unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "a write to the shard with one of its first members stopped and the other back",
+        || async { via.put(key_of_shard.clone(), "written").await.is_ok() },
+    )
+    .await;
+    // Node 4 comes back: the move completes, and the leaving node's replica is retired.
+    let fourth =
+        DistributedCache::new_with_listener(config(4), common::rebind(addrs[3]).await).await.unwrap();
+    let back = nodes.iter().find(|n| n.node_id() == leaving).unwrap();
+    wait_until(Duration::from_secs(60), "the move settles and the leaving replica retires", || async {
+        via.shard_map().shard(moving.shard_id).is_some_and(|p| p.state == crema::ShardState::Active)
+            && !back.holds_shard(moving.shard_id)
+    })
+    .await;
+    assert_eq!(fourth.consistent_get(&key_of_shard).await.unwrap(), Some(Bytes::from("written")));
+    fourth.shutdown().await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

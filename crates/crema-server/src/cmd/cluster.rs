@@ -1,10 +1,15 @@
 //! `CLUSTER`: Redis Cluster's view of crema, so cluster-aware clients (redis-py's
 //! `RedisCluster`, node-redis `createCluster`, `redis-cli -c`) route by themselves.
 //!
-//! Each shard is one slot range; its primary is the shard's Raft leader and its replicas are the
-//! shard's other members (a node leads some shards and follows others, which Redis Cluster's
-//! one-role-per-node `CLUSTER NODES` cannot say: there every node is a master, with the slots of
-//! the shards it leads). Node ids are the crema node id as 40 hex digits.
+//! Each shard is one slot range whose primary is the shard's Raft leader. A node leads some
+//! shards and follows others, which Redis Cluster's one role per node cannot say: every node is
+//! a master, of the slots of the shards it leads (`CLUSTER NODES`, `SLOTS`, `REPLICAS`), and
+//! only `CLUSTER SHARDS`, whose entries are per shard, names the other members, as replicas of
+//! that shard. Found from outside: with the other members listed as replicas in `CLUSTER
+//! SLOTS`, valkey-glide filed each node under the first range that named it and sent the
+//! commands of every range that node led to that range's primary (215 of 300 writes forwarded),
+//! and redis-py's and valkey-py's `get_primaries()` missed the nodes last listed as a replica.
+//! Node ids are the crema node id as 40 hex digits.
 //!
 //! A connection that asked for the slot map (`CLUSTER SLOTS`, `SHARDS` or `NODES`) speaks
 //! cluster mode: a command on a key whose shard another node leads gets `-MOVED slot host:port`
@@ -50,17 +55,16 @@ pub(super) async fn run(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         }
         ("INFO", 2) => Ok(Reply::Verbatim(info(call.state, &shards(call.state).await?).into())),
         ("COUNTKEYSINSLOT", 3) => {
-            let slot = parse_slot(call.arg(2))?;
-            let keys = call.shard_keys(call.state.cache.router().shard_for_slot(slot)).await?;
-            Ok(Reply::Integer(keys.iter().filter(|k| crema::key_slot(k) == slot).count() as i64))
+            let slot = super::parse_int(call.arg(2))?;
+            let slot = valid_slot(slot).ok_or_else(|| CmdError::Invalid("Invalid slot".into()))?;
+            Ok(Reply::Integer(keys_in_slot(call, slot).await?.len() as i64))
         }
         ("GETKEYSINSLOT", 4) => {
-            let slot = parse_slot(call.arg(2))?;
-            let count = super::parse_int(call.arg(3))?;
-            let count =
-                usize::try_from(count).map_err(|_| CmdError::Invalid("Invalid number of keys".into()))?;
-            let keys = call.shard_keys(call.state.cache.router().shard_for_slot(slot)).await?;
-            let keys = keys.into_iter().filter(|k| crema::key_slot(k) == slot).take(count);
+            let (slot, count) = (super::parse_int(call.arg(2))?, super::parse_int(call.arg(3))?);
+            let (Some(slot), Ok(count)) = (valid_slot(slot), usize::try_from(count)) else {
+                return Err(CmdError::Invalid("Invalid slot or number of keys".into()));
+            };
+            let keys = keys_in_slot(call, slot).await?.into_iter().take(count);
             Ok(Reply::Array(keys.map(Reply::Bulk).collect()))
         }
         // Every node is a master (of the slots of the shards it leads, `nodes` below): none is
@@ -121,7 +125,7 @@ const HELP: &[&str] = &[
     "    Return <node-id> replicas.",
     "SLOTS",
     "    Return information about slots range mappings. Each range is made of:",
-    "    start, end, master and replicas IP addresses, ports and ids",
+    "    start, end, and the master's IP address, port and id (the shard's leader)",
     "HELP",
     "    Print this help.",
 ];
@@ -137,12 +141,24 @@ fn known_node(state: &ServerState, id: &[u8], shards: &[ShardInfo]) -> Result<()
     }
 }
 
-fn parse_slot(arg: &[u8]) -> Result<u16, CmdError> {
-    super::parse_int(arg)
-        .ok()
-        .and_then(|slot| u16::try_from(slot).ok())
-        .filter(|slot| usize::from(*slot) < SLOTS)
-        .ok_or_else(|| CmdError::Invalid("Invalid or out of range slot".into()))
+/// `slot` if it is one of the 16,384 (the slot errors are Redis's own words).
+fn valid_slot(slot: i64) -> Option<u16> {
+    u16::try_from(slot).ok().filter(|slot| usize::from(*slot) < SLOTS)
+}
+
+/// The live keys of `slot`, sorted. Under `--cluster-redirects always` a node answers for the
+/// slots of the shards it leads only (none elsewhere), as a Redis Cluster node answers for
+/// its own slots and KEYS does there (`Call::primary_scope`): found from outside, every node
+/// counted a slot's keys, one that held no replica of its shard too.
+async fn keys_in_slot(call: &mut Call<'_>, slot: u16) -> Result<Vec<bytes::Bytes>, CmdError> {
+    let shard = call.state.cache.router().shard_for_slot(slot);
+    if call.primary_scope().is_some_and(|led| !led.contains(&shard)) {
+        return Ok(Vec::new());
+    }
+    let mut keys: Vec<_> =
+        call.shard_keys(shard).await?.into_iter().filter(|k| crema::key_slot(k) == slot).collect();
+    keys.sort_unstable();
+    Ok(keys)
 }
 
 async fn shards(state: &ServerState) -> Result<Vec<ShardInfo>, CmdError> {
@@ -163,6 +179,11 @@ fn mapped(
     let covered: usize =
         shards.iter().map(|s| usize::from(s.last_slot) + 1 - usize::from(s.first_slot)).sum();
     let unplaced = shards.iter().find(|s| members(state, session, s, &[]).is_empty());
+    if !state.cache.has_been_ready() {
+        return Err(CmdError::ClusterDown(
+            "this node has not heard the leaders of its shards since it started (ask another node)".into(),
+        ));
+    }
     match unplaced {
         _ if covered < SLOTS => Err(CmdError::ClusterDown(format!(
             "this node knows the holders of {covered} of {SLOTS} slots (it is starting; ask another node)"
@@ -175,8 +196,9 @@ fn mapped(
     }
 }
 
-/// The nodes discovery declared down: `CLUSTER NODES` flags them `fail`, and the slot maps
-/// leave them out as replicas (Redis drops a failed replica from `CLUSTER SLOTS`).
+/// The nodes discovery declared down: `CLUSTER NODES` flags them `fail`, `CLUSTER SHARDS`
+/// says `health fail`, and `CLUSTER SLOTS` does not offer one as the primary of a range whose
+/// shard has no leader.
 fn down_nodes(state: &ServerState) -> Vec<NodeId> {
     let nodes = state.cache.discovered_nodes();
     nodes.into_iter().filter(|n| n.health == crema::NodeHealth::Down).map(|n| n.node_id).collect()
@@ -217,21 +239,35 @@ pub(super) fn host_port(addr: &str) -> (String, i64) {
     }
 }
 
+/// `CLUSTER SLOTS`: each range with its primary alone (see the module's header), touching
+/// ranges of one primary merged and each node given Redis 7's fourth element (its networking
+/// metadata: none), as Redis answers. Found from outside: node-redis's `masters` listed a
+/// node once per shard it led.
 fn slots(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> Reply {
     let down = down_nodes(state);
-    let ranges = shards.iter().map(|shard| {
-        let mut entry = vec![Reply::Integer(shard.first_slot.into()), Reply::Integer(shard.last_slot.into())];
-        for (id, addr) in members(state, session, shard, &down) {
+    let ranges = merged(shards.iter().map(|shard| {
+        // A shard with no known leader whose other members are all down still names one (as
+        // `mapped` checked it can): clients refuse a range without a primary.
+        let mut listed = members(state, session, shard, &down);
+        if listed.is_empty() {
+            listed = members(state, session, shard, &[]);
+        }
+        (shard.first_slot, shard.last_slot, listed.into_iter().next())
+    }));
+    let entries = ranges.into_iter().map(|(first, last, primary)| {
+        let mut entry = vec![Reply::Integer(first.into()), Reply::Integer(last.into())];
+        if let Some((id, addr)) = primary {
             let (host, port) = host_port(&addr);
             entry.push(Reply::Array(vec![
                 Reply::bulk(host),
                 Reply::Integer(port),
                 Reply::bulk(cluster_node_id(id)),
+                Reply::Map(Vec::new()),
             ]));
         }
         Reply::Array(entry)
     });
-    Reply::Array(ranges.collect())
+    Reply::Array(entries.collect())
 }
 
 fn shards_reply(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> Reply {
@@ -282,10 +318,12 @@ fn nodes(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> String
             (false, false) => "master",
         };
         let link = if failed { "disconnected" } else { "connected" };
-        let led: Vec<String> = shards
-            .iter()
-            .filter(|s| s.leader == Some(id))
-            .map(|s| format!("{}-{}", s.first_slot, s.last_slot))
+        let led = shards.iter().filter(|s| s.leader == Some(id)).map(|s| (s.first_slot, s.last_slot, ()));
+        let led: Vec<String> = merged(led)
+            .into_iter()
+            .map(
+                |(first, last, ())| if first == last { first.to_string() } else { format!("{first}-{last}") },
+            )
             .collect();
         let (_, port) = host_port(&addr);
         out.push_str(&format!(
@@ -295,6 +333,22 @@ fn nodes(state: &ServerState, session: &Session, shards: &[ShardInfo]) -> String
             if led.is_empty() { "" } else { " " },
             led.join(" ")
         ));
+    }
+    out
+}
+
+/// Slot ranges `(first, last, owner)` in slot order, touching ones of the same owner merged.
+fn merged<T: PartialEq>(ranges: impl Iterator<Item = (u16, u16, T)>) -> Vec<(u16, u16, T)> {
+    let mut out: Vec<(u16, u16, T)> = Vec::new();
+    for (first, last, owner) in ranges {
+        match out.last_mut() {
+            Some((_, held_last, held))
+                if usize::from(*held_last) + 1 == usize::from(first) && *held == owner =>
+            {
+                *held_last = last
+            }
+            _ => out.push((first, last, owner)),
+        }
     }
     out
 }

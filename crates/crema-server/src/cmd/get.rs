@@ -1,4 +1,4 @@
-//! Reading strings: GET, MGET, STRLEN, GETRANGE (SUBSTR), and the two reads that also write,
+//! Reading strings: GET, MGET, STRLEN, GETRANGE (SUBSTR), LCS, and the two reads that also write,
 //! GETDEL and GETEX (replicated, so they are decided in apply like every write).
 //!
 //! Each read is also prepared as data ([`prepare_read`]) for a transaction to evaluate in apply;
@@ -9,6 +9,7 @@
 use bytes::Bytes;
 use crema::{CacheCommand, ExpiryUpdate, ReadCommand};
 
+use super::lcs::LcsQuery;
 use super::write::{PreparedRead, PreparedWrite, Render};
 use super::{expiry_option, parse_int, value_reply, Call, CmdError, Kind};
 use crate::resp::Reply;
@@ -36,6 +37,13 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
             }
             Ok(Reply::Array(values.into_iter().map(value_reply).collect()))
         }
+        Kind::Lcs => {
+            let query = LcsQuery::parse(&call.args[3..])?;
+            let view = call.read_view(1..3).await?;
+            let (a, b) =
+                (view.get(call.arg(1)).unwrap_or_default(), view.get(call.arg(2)).unwrap_or_default());
+            query.answer(a, b).await
+        }
         Kind::StrLen | Kind::GetRange => {
             let PreparedRead { read, render } = prepare_read(kind, call)?;
             let view = call.read_view(1..2).await?;
@@ -52,6 +60,10 @@ pub(super) fn prepare_read(kind: Kind, call: &Call<'_>) -> Result<PreparedRead, 
         Kind::Get | Kind::GetEx => (ReadCommand::Values { keys: key() }, Render::Value),
         Kind::MGet => (ReadCommand::Values { keys: call.args[1..].to_vec() }, Render::Values),
         Kind::StrLen => (ReadCommand::Meta { keys: key() }, Render::StrLen),
+        Kind::Lcs => (
+            ReadCommand::Values { keys: call.args[1..3].to_vec() },
+            Render::Lcs(LcsQuery::parse(&call.args[3..])?),
+        ),
         Kind::GetRange => {
             let (start, end) = (parse_int(call.arg(2))?, parse_int(call.arg(3))?);
             (ReadCommand::Values { keys: key() }, Render::Range { start, end })

@@ -93,10 +93,11 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
             // Shards held elsewhere: the first key at or after a random point of the scan
             // order, so that each holder sends one key, not all of its keys.
             let cache = &call.state.cache;
+            let shards = call.primary_scope().unwrap_or_else(|| (0..cache.router().num_shards()).collect());
             let start = rand::random::<u64>() >> (64 - crema::cache::scan_order::CURSOR_BITS);
-            let (mut found, _) = cache.scan_keys(start, 1, None, true).await?;
+            let (mut found, _) = cache.scan_keys_in(&shards, start, 1, None, true).await?;
             if found.is_empty() {
-                found = cache.scan_keys(0, 1, None, true).await?.0;
+                found = cache.scan_keys_in(&shards, 0, 1, None, true).await?.0;
             }
             Ok(found.into_iter().next().map_or(Reply::Null, |(_, key)| Reply::Bulk(key)))
         }

@@ -21,6 +21,7 @@ mod get;
 mod incr;
 mod introspect;
 mod keyspace;
+pub mod lcs;
 pub mod multi;
 mod read_view;
 mod scan;
@@ -53,6 +54,26 @@ pub enum ReadMode {
     /// Reads are served from this node's cache at once: fastest, may lag the leader by a few
     /// milliseconds on a follower (your own writes are always visible). `READONLY` selects it.
     Local,
+}
+
+/// Which connections of a sharded crema are answered as by Redis Cluster (`-MOVED` for a key
+/// whose shard another node leads, `-CROSSSLOT` for keys of several shards) rather than
+/// forwarded (`--cluster-redirects`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Redirects {
+    /// Connections that asked for the slot map (`CLUSTER SLOTS`, `SHARDS`, `NODES`): cluster
+    /// clients there, plain clients served everywhere. The default.
+    #[default]
+    SlotMap,
+    /// Every connection, as Redis Cluster answers (and KEYS, SCAN, DBSIZE and RANDOMKEY cover
+    /// the shards the node leads: `Call::primary_scope`): for deployments whose clients are all
+    /// cluster-aware. Cluster clients read the slot map on one connection and send commands on
+    /// others, which `slot-map` forwards without a word, so they never learn that a
+    /// leadership moved and keep sending its keys to the old leader (one hop more each).
+    Always,
 }
 
 /// The state of one client connection.
@@ -300,7 +321,7 @@ async fn dispatch(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdError> {
     }
     match kind {
         Multi | Exec | Discard | Watch | Unwatch => multi::run(kind, call).await,
-        Get | MGet | StrLen | GetRange | GetEx => get::run(kind, call).await,
+        Get | MGet | StrLen | GetRange | GetEx | Lcs => get::run(kind, call).await,
         Exists | Touch | Type | Keys | Scan | RandomKey | Ttl | PTtl | ExpireTime | PExpireTime => {
             keyspace::run(kind, call).await
         }
@@ -317,7 +338,9 @@ async fn dispatch_keyless(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdE
         Ping | Echo | Hello | Auth | Select | Quit | Reset | Client | ReadOnly | ReadWrite | Asking => {
             connection::run(kind, call).await
         }
-        Command | Config | Info | DbSize | Time | Wait | Lolwut | Role => server::run(kind, call).await,
+        Command | Config | Info | DbSize | Time | LastSave | Wait | Lolwut | Role => {
+            server::run(kind, call).await
+        }
         Acl => acl::run(call).await,
         Cluster => cluster::run(call).await,
         _ => unreachable!("{kind:?} touches keys: a write prepared above, or a read"),

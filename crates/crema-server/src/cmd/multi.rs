@@ -336,7 +336,7 @@ async fn exec(call: &mut Call<'_>) -> Result<Reply, CmdError> {
     for slot in slots {
         replies.push(match slot {
             Slot::Step(render) => match outputs.next() {
-                Some(out) => render.reply(out).unwrap_or_else(|e| e.to_reply(call.state)),
+                Some(out) => render.reply_off_runtime(out).await.unwrap_or_else(|e| e.to_reply(call.state)),
                 None => CmdError::Invalid(super::write::UNEXPECTED_OUTPUT.into()).to_reply(call.state),
             },
             Slot::Ready(reply) => reply,

@@ -69,6 +69,31 @@ impl<'a> Call<'a> {
         })
     }
 
+    /// Under `--cluster-redirects always`, the shards this node leads: KEYS, SCAN, DBSIZE and
+    /// RANDOMKEY cover those, as a Redis Cluster primary covers its slots, so that a cluster
+    /// client that asks every primary in turn (redis-py's `dbsize()` and `scan_iter()`,
+    /// ioredis's per-master `scanStream`) sees each key once. None otherwise: they cover the
+    /// whole cluster, from any node, for clients that know one node. Found from outside: with
+    /// every node answering for the whole cluster, a cluster client's SCAN over three
+    /// primaries returned each key three times, and its DBSIZE three times the count.
+    ///
+    /// A shard with no known leader counts for the first member the map names (whom `CLUSTER
+    /// SLOTS` then names too, unless that one is down), so that its keys are not left out by
+    /// every node. A scan that spans a leadership change may miss or repeat the keys of the
+    /// shard that moved, as a Redis Cluster scan may across a failover.
+    pub fn primary_scope(&self) -> Option<Vec<crema::ShardId>> {
+        if self.state.settings.cluster_redirects != super::Redirects::Always {
+            return None;
+        }
+        let cache = &self.state.cache;
+        let (me, map) = (cache.node_id(), cache.shard_map());
+        let primary = |s: crema::ShardId| match cache.shard_leader(s) {
+            Some(leader) => leader == me,
+            None => map.shard(s).and_then(|p| p.members.first()) == Some(&me),
+        };
+        Some((0..cache.router().num_shards()).filter(|s| primary(*s)).collect())
+    }
+
     /// What a read of the keys `self.args[keys]` sees (see the module docs).
     pub async fn read_view(&mut self, keys: Range<usize>) -> Result<ReadView<'a>, CmdError> {
         let state: &'a crate::server::ServerState = self.state;
@@ -99,6 +124,9 @@ impl<'a> Call<'a> {
     /// here after the read barrier when this node holds every shard, else gathered from the
     /// shards' holders.
     pub async fn live_keys(&mut self, pattern: Option<&[u8]>) -> Result<Vec<Bytes>, CmdError> {
+        if let Some(led) = self.primary_scope() {
+            return Ok(self.state.cache.live_keys_in(&led, pattern, true).await?);
+        }
         if self.holds_every_shard() {
             self.read_barrier().await?;
         }
@@ -126,6 +154,9 @@ impl<'a> Call<'a> {
 
     /// How many live entries the cluster holds (DBSIZE).
     pub async fn live_count(&mut self) -> Result<u64, CmdError> {
+        if let Some(led) = self.primary_scope() {
+            return Ok(self.state.cache.live_count_in(&led, true).await?);
+        }
         if self.holds_every_shard() {
             self.read_barrier().await?;
         }

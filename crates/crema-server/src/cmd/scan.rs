@@ -194,7 +194,9 @@ async fn walk(
         reclaim(WINDOW_WANTS, WINDOW_IDLE);
     }
     let keep = count.max(WINDOW_KEYS.min(room() / 64));
-    let (keys, more) = if call.holds_every_shard() {
+    let (keys, more) = if let Some(led) = call.primary_scope() {
+        call.state.cache.scan_keys_in(&led, cursor, keep, pattern.as_deref(), true).await?
+    } else if call.holds_every_shard() {
         call.read_barrier().await?;
         let (keyspace, matching) = (call.storage().clone(), pattern.clone());
         off_runtime(move || {

@@ -1,4 +1,4 @@
-//! Commands about the node: COMMAND, CONFIG, INFO, DBSIZE, TIME, WAIT, ROLE, FLUSHDB, FLUSHALL,
+//! Commands about the node: COMMAND, CONFIG, INFO, DBSIZE, TIME, LASTSAVE, WAIT, ROLE, FLUSHDB, FLUSHALL,
 //! LOLWUT.
 
 use std::fmt::Write as _;
@@ -24,6 +24,9 @@ pub(super) async fn run(kind: Kind, call: &mut Call<'_>) -> Result<Reply, CmdErr
                 Reply::Bulk(Bytes::from(now.subsec_micros().to_string())),
             ]))
         }
+        // crema saves nothing as Redis does (checkpoints are per shard, see INFO): the time
+        // the node started, which is what Redis answers before its first save.
+        Kind::LastSave => Ok(Reply::Integer(call.state.started_unix_secs)),
         Kind::Wait => wait(call).await,
         Kind::Role => role(call).await,
         Kind::Lolwut => Ok(Reply::Verbatim(Bytes::from(format!(

@@ -11,6 +11,7 @@
 use bytes::Bytes;
 use crema::{ApplyOutput, CacheCommand, ReadCommand};
 
+use super::lcs::LcsQuery;
 use super::{get, incr, keyspace, server, set, value_reply, Call, CmdError, Kind};
 use crate::resp::Reply;
 use crate::server::ServerState;
@@ -50,6 +51,8 @@ pub enum Render {
     Type,
     /// TTL, PTTL, EXPIRETIME or PEXPIRETIME (the kind says which).
     Ttl(Kind),
+    /// LCS of the two values.
+    Lcs(LcsQuery),
 }
 
 /// A read prepared as data.
@@ -65,7 +68,7 @@ pub struct PreparedRead {
 pub(super) fn prepare_read(kind: Kind, call: &Call<'_>) -> Result<Option<PreparedRead>, CmdError> {
     use Kind::*;
     match kind {
-        Get | MGet | StrLen | GetRange | GetEx => get::prepare_read(kind, call).map(Some),
+        Get | MGet | StrLen | GetRange | GetEx | Lcs => get::prepare_read(kind, call).map(Some),
         Exists | Touch | Type | Ttl | PTtl | ExpireTime | PExpireTime => {
             Ok(Some(keyspace::prepare_read(kind, call)))
         }
@@ -162,6 +165,22 @@ fn runs_whose_replies_fit(state: &ServerState, writes: Vec<PreparedWrite>) -> Ve
 }
 
 impl Render {
+    /// [`Self::reply`], and LCS's, whose work may be large and runs off the client runtime
+    /// (see `LcsQuery::answer`): EXEC renders its replies with it.
+    ///
+    /// # Errors
+    /// As [`Self::reply`].
+    pub async fn reply_off_runtime(self, out: ApplyOutput) -> Result<Reply, CmdError> {
+        match (self, out) {
+            (Render::Lcs(query), ApplyOutput::Values(values)) => {
+                let mut values = values.into_iter().map(Option::unwrap_or_default);
+                let (a, b) = (values.next().unwrap_or_default(), values.next().unwrap_or_default());
+                query.answer(a, b).await
+            }
+            (render, out) => render.reply(out),
+        }
+    }
+
     /// The reply for `out`; a failed apply (INCR on text) is an error.
     pub fn reply(self, out: ApplyOutput) -> Result<Reply, CmdError> {
         Ok(match (self, out) {

@@ -8,7 +8,7 @@ use clap::Args;
 use crema::NodeId;
 
 use super::{ServeConfig, StorageKind};
-use crate::cmd::ReadMode;
+use crate::cmd::{ReadMode, Redirects};
 
 /// `crema serve` flags. Each also reads `CREMA_<NAME>` from the environment; a flag wins over
 /// the variable, the variable over the config file, the file over the default.
@@ -100,6 +100,12 @@ pub struct ServeArgs {
     /// Default read mode of connections: linearizable or local [default: linearizable].
     #[arg(long, env = "CREMA_READ_MODE", value_parser = parse_read_mode)]
     pub read_mode: Option<ReadMode>,
+    /// Which connections get Redis Cluster's -MOVED and -CROSSSLOT instead of being forwarded:
+    /// slot-map (those that asked for the slot map) or always (every one, as Redis Cluster,
+    /// and KEYS, SCAN and DBSIZE cover the shards the node leads; for clients that are all
+    /// cluster-aware) [default: slot-map].
+    #[arg(long, env = "CREMA_CLUSTER_REDIRECTS", value_enum)]
+    pub cluster_redirects: Option<Redirects>,
     /// Shards (Raft groups) the keys are split into by Redis Cluster's hash slots; every node
     /// of a cluster needs the same number [default: 1].
     #[arg(long, env = "CREMA_SHARDS")]
@@ -284,7 +290,7 @@ impl ServeArgs {
             max_args
         );
         overlay!(c, a, max_inline_bytes, max_query_buffer_bytes, max_output_buffer_bytes);
-        overlay!(c, a, max_total_query_buffer_bytes, shards, replicas);
+        overlay!(c, a, max_total_query_buffer_bytes, shards, replicas, cluster_redirects);
         overlay!(c, a, auto_add_peers, auto_remove_peers, auto_add_voters, auto_remove_voters);
         if a.gossip_addr.is_some() {
             c.gossip_addr = a.gossip_addr;

@@ -197,6 +197,7 @@ impl ServeConfig {
             },
             acl_file: self.aclfile.clone(),
             read_mode: self.read_mode,
+            cluster_redirects: self.cluster_redirects,
             client_addrs,
         })
     }

@@ -15,7 +15,7 @@ mod build;
 
 pub use args::ServeArgs;
 
-use crate::cmd::ReadMode;
+use crate::cmd::{ReadMode, Redirects};
 use crate::server::RespSettings;
 
 /// Every setting of a node. Field names are the TOML keys; the environment variable of a field
@@ -79,6 +79,8 @@ pub struct ServeConfig {
     pub protected_mode: bool,
     /// How connections read by default: `linearizable` or `local`.
     pub read_mode: ReadMode,
+    /// Which connections get `-MOVED`/`-CROSSSLOT` (see [`Redirects`]).
+    pub cluster_redirects: Redirects,
     /// Shards (Raft groups) the keys are split into (1: one group, no Multi-Raft).
     pub shards: u32,
     /// Voting replicas of each shard (placement: with more nodes, each shard on this many).
@@ -212,6 +214,7 @@ impl Default for ServeConfig {
             admin_open_metrics: false,
             protected_mode: true,
             read_mode: ReadMode::Linearizable,
+            cluster_redirects: Redirects::SlotMap,
             shards: 1,
             replicas: 3,
             gossip_addr: None,

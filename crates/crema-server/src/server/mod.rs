@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::acl::Access;
 use crate::cmd::error::LeaderAddr;
-use crate::cmd::ReadMode;
+use crate::cmd::{ReadMode, Redirects};
 use crate::metrics::Metrics;
 use crate::resp::RequestLimits;
 
@@ -61,6 +61,8 @@ pub struct RespSettings {
     pub tls: Option<tls::RespTls>,
     /// How new connections read.
     pub read_mode: ReadMode,
+    /// Which connections are in cluster mode (`-MOVED`, `-CROSSSLOT`).
+    pub cluster_redirects: Redirects,
     /// Client (RESP) addresses of other nodes, for `-NOTLEADER host:port`.
     pub client_addrs: BTreeMap<NodeId, String>,
 }
@@ -82,6 +84,7 @@ impl Default for RespSettings {
             auth_timeout: Duration::from_secs(10),
             tls: None,
             read_mode: ReadMode::Linearizable,
+            cluster_redirects: Redirects::SlotMap,
             client_addrs: BTreeMap::new(),
         }
     }
@@ -174,6 +177,8 @@ pub struct ServerState {
     pub clients: Clients,
     /// When the server started.
     pub started: Instant,
+    /// When the server started, in seconds since the Unix epoch (LASTSAVE).
+    pub started_unix_secs: i64,
     /// The RESP address.
     pub resp_addr: SocketAddr,
     /// The ACL users and the checks made with them.
@@ -224,6 +229,9 @@ impl RespServer {
             metrics,
             clients: Clients::default(),
             started: Instant::now(),
+            started_unix_secs: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
             resp_addr,
             acl,
             buffers,

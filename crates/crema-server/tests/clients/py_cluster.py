@@ -30,6 +30,13 @@ def main():
     covered = sorted((s[0], s[1]) for s in slots)
     assert covered[0][0] == 0 and covered[-1][1] == 16383, covered
     assert len(rc.get_nodes()) == len(nodes), rc.get_nodes()
+    # Each range names its primary alone, and every node that leads a shard is a primary to the
+    # client. Found from outside: with the other members listed as each range's replicas (every
+    # node holds replicas of shards others lead), redis-py's slot cache kept the role a node was
+    # last listed with, and get_primaries() missed nodes that lead shards.
+    assert all(not r["replicas"] for r in slots.values()), slots
+    leaders = {f"{r['primary'][0]}:{r['primary'][1]}" for r in slots.values()}
+    assert {n.name for n in rc.get_primaries()} == leaders, (rc.get_primaries(), leaders)
     # Every node is a master of the slots it leads: no replicas (found from outside, the
     # command was unknown and cluster_replicas() raised).
     for node in rc.get_nodes():

@@ -175,6 +175,25 @@ pub fn free_udp_addrs(n: usize) -> Vec<SocketAddr> {
     sockets.iter().map(|s| s.local_addr().unwrap()).collect()
 }
 
+/// The arguments of node `i` (id `i + 1`) of a cluster whose nodes listen at `raft` and `resp`
+/// (every node's), each listing the others as peers: `extra`, then the test tick (`FAST`).
+pub fn member_args(i: usize, raft: &[SocketAddr], resp: &[SocketAddr], extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--node-id".into(),
+        (i + 1).to_string(),
+        "--raft-addr".into(),
+        raft[i].to_string(),
+        "--resp-addr".into(),
+        resp[i].to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    for j in (0..raft.len()).filter(|j| *j != i) {
+        args.extend(["--peer".into(), format!("{}={},{}", j + 1, raft[j], resp[j])]);
+    }
+    args.extend(FAST.iter().map(|s| s.to_string()));
+    args
+}
+
 /// Starts an `n`-node cluster of processes on fixed ports; each lists the others as peers
 /// (with their RESP addresses, for `-NOTLEADER`). Ports are picked free, but another process can
 /// take one before the node binds it: then the whole cluster is started again on new ports.

@@ -378,9 +378,12 @@ impl Inbound for Dispatcher {
     fn is_joining(&self) -> bool {
         // A table without groups: a restarted memory node asking where its meta shard stands
         // (`cache::meta_conf`), not a node that waits to be added.
+        // A replica started again empty knows its group's members (`Group::unlisted`): the
+        // node is no stranger's to join.
         self.table.get().is_some_and(|t| {
             let groups = t.groups();
-            !groups.is_empty() && groups.iter().all(|g| g.shared.voters().is_empty())
+            !groups.is_empty()
+                && groups.iter().all(|g| g.shared.voters().is_empty() && !g.shared.members_listed())
         })
     }
 

@@ -91,9 +91,23 @@ impl DistributedCache {
     /// # Errors
     /// As [`Self::read_entries`]; also when one shard's keys do not fit in a peer frame.
     pub async fn live_keys(&self, pattern: Option<&[u8]>, linearizable: bool) -> Result<Vec<Bytes>> {
+        let all: Vec<ShardId> = (0..self.keyspace.router().num_shards()).collect();
+        self.live_keys_in(&all, pattern, linearizable).await
+    }
+
+    /// [`Self::live_keys`] of the shards `shards` only (those a node leads, for a Redis
+    /// Cluster client that asks every primary in turn).
+    ///
+    /// # Errors
+    /// As [`Self::live_keys`].
+    pub async fn live_keys_in(
+        &self,
+        shards: &[ShardId],
+        pattern: Option<&[u8]>,
+        linearizable: bool,
+    ) -> Result<Vec<Bytes>> {
         let _turn = gathers().acquire().await.map_err(|_| Error::Shutdown)?;
-        let shards = 0..self.keyspace.router().num_shards();
-        let fetches = shards.map(|shard| self.keys_of(shard, pattern, linearizable));
+        let fetches = shards.iter().map(|&shard| self.keys_of(shard, pattern, linearizable));
         let mut all = Vec::new();
         for keys in futures_util::future::join_all(fetches).await {
             all.extend(keys?);
@@ -129,10 +143,26 @@ impl DistributedCache {
         pattern: Option<&[u8]>,
         linearizable: bool,
     ) -> Result<(Vec<(u64, Bytes)>, bool)> {
+        let all: Vec<ShardId> = (0..self.keyspace.router().num_shards()).collect();
+        self.scan_keys_in(&all, cursor, keep, pattern, linearizable).await
+    }
+
+    /// [`Self::scan_keys`] of the shards `shards` only.
+    ///
+    /// # Errors
+    /// As [`Self::read_entries`].
+    pub async fn scan_keys_in(
+        &self,
+        shards: &[ShardId],
+        cursor: u64,
+        keep: usize,
+        pattern: Option<&[u8]>,
+        linearizable: bool,
+    ) -> Result<(Vec<(u64, Bytes)>, bool)> {
         let _turn = gathers().acquire().await.map_err(|_| Error::Shutdown)?;
         let keep = keep.clamp(1, MAX_SCAN_KEEP);
         let pattern = pattern.map(Bytes::copy_from_slice);
-        let fetches = (0..self.keyspace.router().num_shards()).map(|shard| {
+        let fetches = shards.iter().map(|&shard| {
             let pattern = pattern.clone();
             async move {
                 if self.barrier_here(shard, linearizable).await? {
@@ -210,8 +240,16 @@ impl DistributedCache {
     /// # Errors
     /// As [`Self::read_entries`].
     pub async fn live_count(&self, linearizable: bool) -> Result<u64> {
-        let shards = 0..self.keyspace.router().num_shards();
-        let fetches = shards.map(|shard| async move {
+        let all: Vec<ShardId> = (0..self.keyspace.router().num_shards()).collect();
+        self.live_count_in(&all, linearizable).await
+    }
+
+    /// [`Self::live_count`] of the shards `shards` only.
+    ///
+    /// # Errors
+    /// As [`Self::read_entries`].
+    pub async fn live_count_in(&self, shards: &[ShardId], linearizable: bool) -> Result<u64> {
+        let fetches = shards.iter().map(|&shard| async move {
             if self.barrier_here(shard, linearizable).await? {
                 let Some(storage) = self.keyspace.shard(shard).cloned() else { return Ok(0) };
                 return off_runtime(move || storage.live_count()).await;

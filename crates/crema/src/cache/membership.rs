@@ -3,7 +3,9 @@
 //! id that is already a voter, an address another member has, removing a node that is not a
 //! member (or the last voter), and an address where no crema node of that id answers the peer
 //! handshake (`Transport::probe`) are refused. The checks run on the leader, against the
-//! configuration it holds; raft-rs itself refuses a change while another is pending.
+//! configuration it holds. A change asked while another is not yet applied is refused by the
+//! group loop (raft-rs would take it as an empty entry and answer it as made: see
+//! `consensus::group::propose`) and asked again here until it is made or the timeout ends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +69,9 @@ impl DistributedCache {
     }
 }
 
+/// How soon a membership change refused for another one not yet applied is asked again.
+const PENDING_RETRY: Duration = Duration::from_millis(10);
+
 /// Proposes checked membership changes through the meta shard's group.
 #[derive(Clone)]
 pub(super) struct Membership {
@@ -128,24 +133,40 @@ impl Membership {
         demotions: bool,
     ) -> Result<()> {
         let timeout = self.timeout;
+        let mut pending = None;
         let checked_and_proposed = async {
-            let demotion =
-                demotions && kind == ConfChangeType::AddLearnerNode && group.shared.voters().contains(&id);
-            if !demotion {
-                self.check_membership_change(group, kind, id, addr).await?;
+            // One change at a time: one asked while another is not yet applied is checked and
+            // asked again (the other is applied within a round trip, unless the group lost
+            // its quorum, which the timeout ends).
+            loop {
+                let demotion = demotions
+                    && kind == ConfChangeType::AddLearnerNode
+                    && group.shared.voters().contains(&id);
+                if !demotion {
+                    self.check_membership_change(group, kind, id, addr).await?;
+                }
+                let change = ConfChange {
+                    change_type: kind,
+                    node_id: id,
+                    context: addr.map(|a| a.to_string().into_bytes().into()).unwrap_or_default(),
+                    ..Default::default()
+                };
+                pending = None;
+                match group.conf_change(change).await {
+                    Err(Error::ChangePending(why)) => {
+                        pending = Some(why);
+                        tokio::time::sleep(PENDING_RETRY).await;
+                    }
+                    answer => return answer,
+                }
             }
-            let change = ConfChange {
-                change_type: kind,
-                node_id: id,
-                context: addr.map(|a| a.to_string().into_bytes().into()).unwrap_or_default(),
-                ..Default::default()
-            };
-            group.conf_change(change).await
         };
-        tokio::time::timeout(timeout, checked_and_proposed)
-            .await
-            .unwrap_or(Err(Error::Timeout(timeout)))
-            .map(|_| ())
+        let answer = tokio::time::timeout(timeout, checked_and_proposed).await;
+        match answer {
+            Ok(answer) => answer.map(|_| ()),
+            // Refused for another change until the end: nothing was proposed.
+            Err(_) => Err(pending.map_or(Error::Timeout(timeout), Error::ChangePending)),
+        }
     }
 
     fn peer_addr(&self, id: NodeId) -> Option<SocketAddr> {
@@ -232,7 +253,8 @@ impl DistributedCache {
     /// # Errors
     /// `NotLeader` on a follower; `Membership` for id 0, an id already a voter (or a learner
     /// at another address), an address another member has, or an address where node `id`
-    /// does not answer; a Raft refusal (another change pending). Nothing changes on error.
+    /// does not answer; `ChangePending` when another change was still not applied at the
+    /// timeout. Nothing changes on error.
     pub async fn add_peer(&self, id: NodeId, addr: SocketAddr) -> Result<()> {
         self.change_membership(ConfChangeType::AddNode, id, Some(addr)).await
     }
@@ -250,7 +272,7 @@ impl DistributedCache {
     ///
     /// # Errors
     /// `NotLeader` on a follower; `Membership` when `id` is not a member or is the last voter;
-    /// a Raft refusal (another change pending). Nothing changes on error.
+    /// `ChangePending` as for [`Self::add_peer`]. Nothing changes on error.
     pub async fn remove_peer(&self, id: NodeId) -> Result<()> {
         self.change_membership(ConfChangeType::RemoveNode, id, None).await
     }

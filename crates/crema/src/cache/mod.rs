@@ -126,6 +126,8 @@ pub struct DistributedCache {
     /// Whether this node's shard map was confirmed as new as the meta shard's leader's since
     /// it started (see `cache::readiness`).
     map_confirmed: AtomicBool,
+    /// Set the first time the node was ready since it started (see `has_been_ready`).
+    ready_once: AtomicBool,
     /// Series the cache API updates as it works (see `crate::metrics`).
     live_metrics: crate::metrics::LiveMetrics,
 }

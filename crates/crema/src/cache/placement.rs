@@ -7,8 +7,10 @@
 //! - **Following the map.** A node starts an empty replica of each shard the map names it a
 //!   member of and it holds none of (the shard's leader then adds it as a learner and sends it
 //!   a snapshot; a memory node's replica of a group that counts it already starts as that
-//!   member, recovering, since the node restarted), and retires the replica of a shard whose move away from it has settled, or
-//!   whose group removed it (`cache::replica`). The meta shard stays on every node.
+//!   member, recovering, since the node restarted, and so does one of a shard moving away from
+//!   it whose group still counts it: `restart.rs`), and retires the replica of a shard whose
+//!   move away from it has settled, or whose group removed it (`cache::replica`). The meta
+//!   shard stays on every node.
 //! - **Carrying moves out.** The leader of a shard whose group's voters differ from its members
 //!   in the map changes them one step per look, each through the checked membership path: a
 //!   missing member is added as a learner, promoted once it has the log (through the group's
@@ -37,10 +39,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use raft::eraftpb::ConfChangeType;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info};
 
 mod catch_up;
 mod leader;
+mod restart;
 
 use super::membership::Membership;
 use super::remote::{targets, Asker};
@@ -50,7 +53,7 @@ use crate::consensus::command::{CacheCommand, StampedCommand};
 use crate::consensus::group::GroupHandle;
 use crate::consensus::ApplyOutput;
 use crate::discovery::{ClusterDiscovery, NodeHealth, PeerManagementConfig};
-use crate::multiraft::{PlacementChange, ShardMap, ShardMapStore, ShardPlacement, ShardState};
+use crate::multiraft::{PlacementChange, ShardMap, ShardMapStore, ShardState};
 use crate::transport::envelope::{RemoteAnswer, RemoteRead};
 use crate::types::{NodeId, ShardId};
 use catch_up::caught_up;
@@ -58,6 +61,13 @@ use catch_up::caught_up;
 /// Shards moving at once, cluster-wide: each move costs a snapshot, and client traffic comes
 /// first.
 const MAX_MOVES: usize = 2;
+/// How long after its start a memory node asks at every look about shards moving away from it
+/// whose groups may still count it (`rejoin_leaving`): only a node that restarted while such a
+/// move was under way is in one, and asking about every moving shard at every look for good
+/// would cost every node a request per moving shard per look. After it, once every
+/// `REJOIN_PACE` per shard.
+const REJOIN_WINDOW: Duration = Duration::from_secs(120);
+const REJOIN_PACE: Duration = Duration::from_secs(30);
 /// How long after its start the planner leaves alone a node of the map that discovery has not
 /// reported at all: a cluster's nodes start one after another, and one not up yet is not dead
 /// (gossip declares a killed node down within a few seconds).
@@ -111,6 +121,8 @@ pub(super) struct Placement {
     pub started: std::sync::Mutex<std::collections::HashMap<ShardId, std::time::Instant>>,
     /// When this task started (see `UNSEEN_GRACE`).
     pub began: std::time::Instant,
+    /// When this node last asked about each shard moving away from it (see `REJOIN_PACE`).
+    pub leaving_asked: std::sync::Mutex<std::collections::HashMap<ShardId, std::time::Instant>>,
 }
 
 /// The moves the meta shard's leader planned and settled on this node, for metrics.
@@ -204,6 +216,7 @@ impl Placement {
     async fn follow(&self, map: &ShardMap) {
         let table = &self.replicas.table;
         let mut to_start = Vec::new();
+        let mut leaving = Vec::new();
         // Whether an ask of this look about a removal found no answer (see `confirm_removal`).
         let mut unanswered = false;
         for placement in map.shards().iter().filter(|p| p.shard_id != META_SHARD) {
@@ -213,6 +226,12 @@ impl Placement {
             table.with(shard, |held| held.group.shared.set_map_members(&placement.members));
             match table.get(shard) {
                 None if member => to_start.push(shard),
+                None if self.starts_members
+                    && placement.state == ShardState::Transferring
+                    && self.may_ask_leaving(shard) =>
+                {
+                    leaving.push(shard);
+                }
                 None => {}
                 // Only a replica that applied its own removal is retired: raft ids are node
                 // ids, so a replica replaced while its group still counts this node (this
@@ -230,6 +249,9 @@ impl Placement {
         }
         if !to_start.is_empty() {
             self.start_replicas(&to_start).await;
+        }
+        if !leaving.is_empty() {
+            self.rejoin_leaving(&leaving).await;
         }
     }
 
@@ -250,90 +272,6 @@ impl Placement {
             }
             _ => false,
         }
-    }
-
-    /// Starts this node's replicas of `shards`, which the map gives it and it does not hold:
-    /// empty, for the shard's leader to add (a move to this node), or, on a memory node, as
-    /// the member its group may already count (this node restarted: see `cache::start`), with
-    /// the group's members, to recover before it votes (`consensus::recovery`).
-    ///
-    /// A memory node asks about each shard (a read-index round, a holder's), each ask up to the
-    /// request timeout, all shards at once: found from outside, asked one after another, a
-    /// shard no member answered for (all of them restarted) held back, look after look, every
-    /// shard after it, and shards whose other members were up never started, for good.
-    async fn start_replicas(&self, shards: &[ShardId]) {
-        if !self.starts_members {
-            for &shard in shards {
-                if let Err(e) = self.replicas.join(shard) {
-                    warn!(shard, error = %e, "a replica the shard map gives this node did not start");
-                }
-            }
-            return;
-        }
-        // The map read may be one the meta replica is still replaying (a restarted node goes
-        // through the first map on its way): read it again once the replica applied what the
-        // meta shard had committed.
-        let Some(map) = self.current_map().await else { return };
-        let starts = shards.iter().filter_map(|&shard| {
-            let placement = map.shard(shard).filter(|p| p.members.contains(&self.node_id))?;
-            Some(self.start_member(shard, placement))
-        });
-        futures_util::future::join_all(starts).await;
-    }
-
-    /// Starts this memory node's replica of `shard`, a member in the map (see
-    /// `start_replicas`); when nobody answered, the next look tries again.
-    async fn start_member(&self, shard: ShardId, placement: &ShardPlacement) {
-        let first_members = (placement.members.clone(), Vec::new());
-        let started = if self.initial.as_ref().and_then(|first| first.shard(shard)) == Some(placement) {
-            // Unchanged since the first map (same epoch): so are its group's members.
-            self.replicas.rejoin(shard, &first_members, true)
-        } else {
-            // As its leader has them; else (no leader: the restart of a member may be what it
-            // waits for) as a holder has applied them.
-            let members = match self.members_of(shard, true).await {
-                Some(members) => Some(members),
-                None => self.members_of(shard, false).await,
-            };
-            match members {
-                Some(conf) if conf.0.contains(&self.node_id) || conf.1.contains(&self.node_id) => {
-                    self.replicas.rejoin(shard, &conf, false)
-                }
-                // Not counted yet: a move to this node, whose leader adds it once it is here.
-                Some(_) => self.replicas.join(shard),
-                // Every member lost its replica (their memory nodes restarted at once): the
-                // group starts over from the members the map names, as a first start does.
-                // Only once its move settled: the group's voters were the map's members then,
-                // while a moving group may count a node the map no longer names.
-                None if placement.state == ShardState::Active
-                    && self.no_member_holds(shard, &placement.members).await =>
-                {
-                    error!(
-                        shard,
-                        members = ?placement.members,
-                        "none of the shard's members holds a replica of it (they restarted with memory storage \
-                         at once): it starts again empty with them; what it held is lost"
-                    );
-                    self.replicas.rejoin(shard, &first_members, true)
-                }
-                None => return, // No holder answered: next look.
-            }
-        };
-        if let Err(e) = started {
-            warn!(shard, error = %e, "a replica the shard map gives this node did not start");
-        }
-    }
-
-    /// Whether every other member of `shard` in `members` answered that it holds no replica of
-    /// it (a member that is down, or holds one, keeps this node waiting).
-    async fn no_member_holds(&self, shard: ShardId, members: &[NodeId]) -> bool {
-        let asks = members.iter().filter(|id| **id != self.node_id).map(|&id| async move {
-            let only = super::remote::Targets::only(id);
-            let answer =
-                self.asker().ask(only, shard, RemoteRead::Replica { not_member: false }, false).await;
-            matches!(answer, Ok(RemoteAnswer::Replica { held: false, .. }))
-        });
-        futures_util::future::join_all(asks).await.into_iter().all(|empty| empty)
     }
 
     /// The map as the meta shard has it now: read after a read-index round of the meta shard

@@ -72,7 +72,36 @@ impl DistributedCache {
                 tokio::time::sleep(self.config.raft.tick_interval()).await;
             }
         }
-        self.meta().group.shared.wait_for_leader(deadline).await
+        let leader = self.meta().group.shared.wait_for_leader(deadline).await;
+        if leader.is_some() {
+            // Ready now: latched here, where readiness is waited for, and not only when
+            // `has_been_ready` happens to be asked while every shard knows its leader (found in
+            // CI: asked first while the leader balancer moved a leadership, a node ready
+            // seconds before answered CLUSTERDOWN, and a cluster client could not connect).
+            self.ready_once.store(true, Ordering::Release);
+        }
+        leader
+    }
+
+    /// Whether this node has been ready (see the module header) at some point since it
+    /// started: its map confirmed, its replicas started, and each knowing a leader. A node
+    /// starting again knows its shards' members before it hears their leaders, and until then
+    /// could name only a guess as each slot range's primary: found from outside, a restarted
+    /// node's `CLUSTER SLOTS` named one node the primary of 9 of 16 ranges another led, for
+    /// 0.1 s after it first answered, and cluster clients that read it routed those ranges
+    /// wrong. Not ready again later: a shard without a leader then (its majority lost) must
+    /// not take the slot map of every other shard with it.
+    pub fn has_been_ready(&self) -> bool {
+        if self.ready_once.load(Ordering::Acquire) {
+            return true;
+        }
+        let ready = self.shard_map_confirmed()
+            && (self.keyspace.router().num_shards() == 1 || self.placed_and_led())
+            && self.meta().group.shared.leader_id().is_some();
+        if ready {
+            self.ready_once.store(true, Ordering::Release);
+        }
+        ready
     }
 
     /// Whether this node holds every replica the map gives it, and each data shard it serves

@@ -130,17 +130,24 @@ impl DistributedCache {
         for (id, addr) in &gossip_peers {
             transport.add_peer(*id, Some(*addr));
         }
-        // So does a node started with `--join` (one shard or many): the cluster may count it
-        // already, added before this start, and then it recovers as a member instead of
-        // waiting, empty, to be added.
-        let asks = stateless && (router.num_shards() > 1 || config.join || !gossip_peers.is_empty());
+        // So does a node started with `--join`: the cluster may count it already, added
+        // before this start, and then it recovers as a member instead of waiting, empty, to be
+        // added. With one shard as with many: the group's members may have changed since the
+        // command line was written (found from outside: a one-shard memory node restarted with
+        // the members of now among its peers built their bootstrap log, which the leader's
+        // log, that added one of them later, contradicts, and it served nothing, for good).
+        let asks = stateless
+            && (router.num_shards() > 1
+                || config.join
+                || !config.seed_nodes.is_empty()
+                || !gossip_peers.is_empty());
         // Where the meta shard stands now, asked of the running cluster (`cache::meta_conf`):
         // the transport opens first, with no replica yet, for the answers to arrive.
+        let mut asking = config.clone();
+        asking.seed_nodes.extend(gossip_peers.iter().copied());
         let meta_now = if asks {
             dispatcher.attach(table.clone());
             transport.open();
-            let mut asking = config.clone();
-            asking.seed_nodes.extend(gossip_peers.iter().copied());
             super::meta_conf::meta_members_now(&asking, &transport, &dispatcher).await
         } else {
             None
@@ -203,6 +210,11 @@ impl DistributedCache {
                     let me = config.node_id;
                     let counted = voters.contains(&me) || learners.contains(&me);
                     let conf = if counted { (voters.clone(), learners.clone()) } else { Default::default() };
+                    // Linked to (their connections taken): the leader may be a node this
+                    // one's command line does not name, added since.
+                    for id in voters.iter().chain(learners) {
+                        transport.add_peer(*id, None);
+                    }
                     replicas.start_replaying(id, &conf, super::replica::Begin::Empty)?
                 }
                 _ => replicas.start(id, &conf)?,
@@ -213,6 +225,17 @@ impl DistributedCache {
             }
         }
         let meta = table.get(META_SHARD).expect("every node holds the meta shard");
+        if asks && meta_now.is_none() && !config.join && !asking.seed_nodes.is_empty() {
+            // Started with the first map's members: no seed said how the group stands in time.
+            let looking = super::meta_conf::keep_asking(
+                asking,
+                transport.clone(),
+                dispatcher.clone(),
+                meta.group.clone(),
+                cancel.clone(),
+            );
+            push(supervisor.spawn("the meta shard's members asked again", looking));
+        }
         let shard_map = shard_map.expect("shard 0 exists");
         let migrations = Arc::new(super::placement::Migrations::default());
         let membership = Membership {
@@ -240,6 +263,7 @@ impl DistributedCache {
                 migrations: migrations.clone(),
                 started: std::sync::Mutex::default(),
                 began: std::time::Instant::now(),
+                leaving_asked: std::sync::Mutex::default(),
             };
             push(supervisor.spawn("the placement task", placement.run(cancel.clone())));
             // Leaders spread by themselves (see `cache::balance`), looked at every two election
@@ -336,6 +360,7 @@ impl DistributedCache {
             group_tasks: tasks,
             shut_down: AtomicBool::new(false),
             map_confirmed: AtomicBool::new(false),
+            ready_once: AtomicBool::new(false),
             live_metrics: crate::metrics::LiveMetrics::new(),
         })
     }

@@ -88,8 +88,8 @@ impl CheckpointManager {
     /// Writing failed (disk full, ...): nothing changed, the previous checkpoints stay.
     pub fn take(&mut self, index: u64, term: u64, conf: &ConfState, data: &[u8]) -> io::Result<()> {
         let data = data.to_vec();
-        // A received snapshot: `room_for` kept the reserve when it was let in, and failing now
-        // would be worse than taking from it.
+        // A received snapshot: `room_for` kept the reserve when it was let in, and waiting for
+        // the disk now (the group cannot go on without it) would be worse than taking from it.
         let bytes = self.job_keeping(index, term, conf.clone(), move || Ok(data), 0)()?;
         self.started(index);
         self.completed(index, bytes)

@@ -28,6 +28,23 @@ pub(super) enum Op {
     DeleteRange(Vec<u8>, Vec<u8>),
 }
 
+impl Op {
+    /// The bytes it adds to a write batch (keys and value; RocksDB's few bytes of framing
+    /// aside).
+    pub(super) fn bytes(&self) -> u64 {
+        let len = match self {
+            Op::Put(k, v) | Op::DeleteRange(k, v) => k.len() + v.len(),
+            Op::Delete(k) => k.len(),
+        };
+        len as u64
+    }
+}
+
+/// What `ops` add to a write batch.
+pub(super) fn ops_bytes(ops: &[Op]) -> u64 {
+    ops.iter().map(Op::bytes).sum()
+}
+
 /// A node's RocksDB, shared by the groups of every shard on it (keys carry the shard). The
 /// groups' off-loop writes go through its one log writer (`rocks_writer`), which writes what
 /// every group handed over meanwhile in one synced batch: more shards do not mean more fsyncs,
@@ -233,8 +250,14 @@ pub(super) fn entry_key(shard: ShardId, index: u64) -> Vec<u8> {
 /// Refuses a write while the disk holding `path` has less than `min_free_bytes` free (none
 /// when it is zero).
 pub(super) fn check_free_space(path: &Path, min_free_bytes: u64) -> Result<(), StorageError> {
+    room_above_reserve(path, min_free_bytes).map(|_| ())
+}
+
+/// The bytes the disk holding `path` has free above `min_free_bytes` (`u64::MAX` with no
+/// reserve: the disk is not asked); refused, as [`check_free_space`] says, when it is below.
+pub(super) fn room_above_reserve(path: &Path, min_free_bytes: u64) -> Result<u64, StorageError> {
     if min_free_bytes == 0 {
-        return Ok(());
+        return Ok(u64::MAX);
     }
     let free = crate::checkpoint::free_bytes(path).map_err(|e| {
         StorageError::Other(format!("cannot read free space of {}: {e}", path.display()).into())
@@ -248,7 +271,7 @@ pub(super) fn check_free_space(path: &Path, min_free_bytes: u64) -> Result<(), S
             .into(),
         ));
     }
-    Ok(())
+    Ok(free - min_free_bytes)
 }
 
 /// Adds `ops` to `batch`, in order.

@@ -122,6 +122,18 @@ impl Recovery {
         self.voters.as_deref()
     }
 
+    /// Counts the answers of `voters` from now on, as if given at the start, while phase 1
+    /// lasts and none were: the group's voters as a running member answered them, for a
+    /// replica whose configuration is its command line's (see `cache::meta_conf`). False when
+    /// too late or already given.
+    pub fn learn_voters(&mut self, voters: Vec<NodeId>) -> bool {
+        if !self.waiting() || self.voters.is_some() || voters.is_empty() {
+            return false;
+        }
+        self.voters = Some(voters);
+        true
+    }
+
     /// The majority of a group of `voters`.
     fn quorum(voters: usize) -> usize {
         voters / 2 + 1
@@ -395,6 +407,26 @@ mod tests {
         first.hear(3, recovering(0, 0, 0));
         let floor = first.floor_if_ready(&three).expect("a quorum never ran");
         assert_eq!(first.history_lost(&three, &floor), None);
+    }
+
+    #[test]
+    fn voters_learned_in_phase_one_count_and_only_then() {
+        // Started with voters 1, 2, 3; the group's are 1, 2, 3, 4, and node 2 is down.
+        let mut r = Recovery::new(3);
+        r.hear(1, at(4, 4, 50));
+        r.hear(4, at(4, 4, 50));
+        assert!(r.floor_if_ready(&[1, 2, 3]).is_none(), "node 4 is no voter it knows");
+        assert!(r.learn_voters(vec![1, 2, 3, 4]));
+        assert!(!r.learn_voters(vec![1, 3]), "once only");
+        let voters = r.voters().unwrap().to_vec();
+        assert_eq!(r.floor_if_ready(&voters).map(|f| f.last_index), Some(50));
+        // Too late once phase 1 ended: the floor stands.
+        let mut late = Recovery::new(3);
+        late.hear(1, at(4, 4, 50));
+        late.hear(2, at(4, 4, 50));
+        late.floor_if_ready(&[1, 2, 3]).unwrap();
+        assert!(!late.learn_voters(vec![1, 2, 3, 4]));
+        assert_eq!(late.voters(), None);
     }
 
     #[test]

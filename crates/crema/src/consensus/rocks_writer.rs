@@ -32,7 +32,7 @@ use tracing::error;
 
 use super::group::GroupShared;
 use super::log_mark::MARK_KEY;
-use super::node_db::{add_ops, check_free_space, NodeDb, Op};
+use super::node_db::{add_ops, ops_bytes, room_above_reserve, NodeDb, Op};
 use super::persist::{WriteTicket, RETRY_PAUSE};
 
 /// One group's write, handed to the node's log writer.
@@ -124,7 +124,18 @@ fn write_jobs(mut jobs: Vec<Job>, queue: &mpsc::Receiver<Job>, given_up: &mut Gi
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        let Err(e) = write_batch(&jobs) else { break };
+        let e = match write_batch(&jobs) {
+            Ok(count) => {
+                let rest = jobs.split_off(count);
+                landed(std::mem::replace(&mut jobs, rest), &jobs, failing_since);
+                if jobs.is_empty() {
+                    return;
+                }
+                // The rest goes in the next batch, with the room left then.
+                continue;
+            }
+            Err(e) => e,
+        };
         if failing_since.is_none() {
             failing_since = Some(Instant::now());
         }
@@ -137,12 +148,20 @@ fn write_jobs(mut jobs: Vec<Job>, queue: &mpsc::Receiver<Job>, given_up: &mut Gi
         }
         std::thread::sleep(RETRY_PAUSE);
     }
+}
+
+/// The `done` jobs landed: their groups hear it, and a group that reported it could not
+/// persist, with no write among the `waiting` ones, persists again.
+fn landed(done: Vec<Job>, waiting: &[Job], failing_since: Option<Instant>) {
     if let Some(since) = failing_since {
-        for job in &jobs {
-            job.ticket.recovered(since);
+        for job in &done {
+            let waits = waiting.iter().any(|w| w.ticket.is_of(&job.ticket.group()));
+            if job.ticket.reported_failing() && !waits {
+                job.ticket.recovered(since);
+            }
         }
     }
-    finish(jobs, true);
+    finish(done, true);
 }
 
 /// Tells the jobs' groups how their writes ended, after letting go of the database: a node
@@ -154,12 +173,19 @@ fn finish(jobs: Vec<Job>, written: bool) {
     }
 }
 
-/// One attempt to write every job's changes in one batch.
-fn write_batch(jobs: &[Job]) -> Result<(), String> {
-    let Some(first) = jobs.first() else { return Ok(()) };
+/// One attempt to write the jobs' changes in one batch: as many of them, from the first, as
+/// fit in the disk's room above the reserve, and the first whatever it weighs while the disk
+/// is above the reserve at all (a write refused for its size alone would wait for good: the
+/// group cannot make it smaller). Answers how many it wrote. Found from outside: a backlog of
+/// tens of MB went in one batch on a disk just above the reserve, and RocksDB ran out of space;
+/// counting the whole backlog against the room instead kept writes that each fit from ever
+/// being written.
+fn write_batch(jobs: &[Job]) -> Result<usize, String> {
+    let Some(first) = jobs.first() else { return Ok(0) };
     let node = &first.db;
     let min_free = jobs.iter().map(|j| j.min_free_bytes).max().unwrap_or(0);
-    check_free_space(node.path(), min_free).map_err(|e| e.to_string())?;
+    let room = room_above_reserve(node.path(), min_free).map_err(|e| e.to_string())?;
+    let jobs = &jobs[..fitting(jobs.iter().map(|j| ops_bytes(&j.ops)), room)];
     node.may_reopen()?;
     let db = node.handle().map_err(|e| e.to_string())?;
     let mut batch = WriteBatch::default();
@@ -181,7 +207,21 @@ fn write_batch(jobs: &[Job]) -> Result<(), String> {
     if let Some(number) = number {
         node.mark.synced(number);
     }
-    Ok(())
+    Ok(jobs.len())
+}
+
+/// How many writes of the `sizes` given, from the first, go in a batch that takes at most
+/// `room` bytes; at least one.
+fn fitting(sizes: impl IntoIterator<Item = u64>, room: u64) -> usize {
+    let mut taken = 0u64;
+    let within = sizes
+        .into_iter()
+        .take_while(|size| {
+            taken = taken.saturating_add(*size);
+            taken <= room
+        })
+        .count();
+    within.max(1)
 }
 
 #[cfg(test)]
@@ -290,6 +330,18 @@ mod tests {
                 "shard {shard}: only the bootstrap entry"
             );
         }
+    }
+
+    /// A batch takes the writes that fit in the room above the reserve, from the first, and
+    /// the first one whatever it weighs.
+    #[test]
+    fn a_batch_takes_what_fits_above_the_reserve_and_at_least_one_write() {
+        assert_eq!(fitting([10, 20, 30], u64::MAX), 3);
+        assert_eq!(fitting([10, 20, 30], 60), 3);
+        assert_eq!(fitting([10, 20, 30], 59), 2);
+        assert_eq!(fitting([10, 20, 30], 30), 2);
+        assert_eq!(fitting([10, 20, 30], 29), 1);
+        assert_eq!(fitting([100, 1], 50), 1, "the first alone, though it is over the room");
     }
 
     /// A log of 2,000 entries the writer wrote in 100 synced batches, in a node that then

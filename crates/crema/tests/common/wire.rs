@@ -168,3 +168,45 @@ impl FakePeer {
         assert!(closed.is_ok(), "the node should have closed the connection");
     }
 }
+
+/// Node 3 of a 3-node memory cluster of one shard whose nodes 1 and 2 are fake peers driven by
+/// the test, not connected yet: its ask of how the group stands goes unanswered (half an
+/// election timeout, 2.5 s: `cache::meta_conf`), its replica begins with the bootstrap log of
+/// nodes 1 to 3, and recovers once they connect.
+pub async fn lone_node_three() -> crema::DistributedCache {
+    let bound = super::bind(3);
+    let addrs: Vec<SocketAddr> = bound.iter().map(|(_, a)| *a).collect();
+    let listener = bound.into_iter().nth(2).unwrap().0;
+    // Long election timeout: node 3's own attempts never interleave with the test's messages.
+    let config = super::node_config(3, &addrs).with_raft_config(crema::RaftConfig {
+        tick_interval_ms: 100,
+        election_tick: 50,
+        ..Default::default()
+    });
+    crema::DistributedCache::new_with_listener(config, listener).await.unwrap()
+}
+
+/// A position of shard 0 at `term`, whose log ends at `(last_term, last_index)`, all committed.
+pub fn at(term: u64, last_term: u64, last_index: u64) -> Position {
+    Position { shard: 0, term, commit: last_index, last_term, last_index, recovering: false }
+}
+
+/// An append to node 3 from node `from` as leader of `term`: `entries` (index, term) after
+/// `(index, log_term)`, and its commit index.
+pub fn append(
+    from: u64,
+    term: u64,
+    index: u64,
+    log_term: u64,
+    entries: &[(u64, u64)],
+    commit: u64,
+) -> Message {
+    let mut m = raft_msg(MessageType::MsgAppend, from, 3, term);
+    (m.index, m.log_term, m.commit) = (index, log_term, commit);
+    m.entries = entries
+        .iter()
+        .map(|&(index, term)| raft::eraftpb::Entry { index, term, ..Default::default() })
+        .collect::<Vec<_>>()
+        .into();
+    m
+}

@@ -99,6 +99,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     evicted: Option<CancellationToken>,
 ) {
     let mut session = Session::new(id, addr, state.acl.starting_user(), state.settings.read_mode);
+    session.cluster_mode = state.settings.cluster_redirects == crate::cmd::Redirects::Always;
     session.local_addr = local_addr;
     let entry = state.clients.registry.register(id, addr, local_addr);
     let mut conn = Connection {

@@ -13,13 +13,17 @@ use raft::{ProgressState, StateRole};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use super::Group;
+use super::{blocking, Group};
 use crate::consensus::command::StampedCommand;
+use crate::consensus::persist::write_until_done;
 use crate::consensus::state_machine::{ApplyOutput, SnapshotCapture};
 use crate::consensus::storage::LogStore;
 use crate::consensus::Applied;
 use crate::error::{Error, Result};
 use crate::types::{NodeId, DEFAULT_SHARD};
+
+/// How long a group waits before it tries again to write a received snapshot its disk refused.
+const SNAPSHOT_KEEP_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<S: LogStore> Group<S> {
     pub(super) fn publish_voters(&self) {
@@ -36,12 +40,22 @@ impl<S: LogStore> Group<S> {
         *self.shared.learners.write().expect("learners poisoned") = learners;
     }
 
-    pub(super) fn install_snapshot(&mut self, snapshot: &Snapshot) {
+    /// Installs a snapshot raft-rs took from the leader: restored into the state machine (which
+    /// checks it), then made durable here as a checkpoint, and only then recorded in the log
+    /// store. Answers false if the node stopped while the disk refused the checkpoint (the
+    /// group then halts, and the log store never recorded the snapshot: a restart starts from
+    /// the older checkpoint and log).
+    pub(super) fn install_snapshot(&mut self, snapshot: &Snapshot) -> bool {
         let meta = snapshot.get_metadata();
         let started = Instant::now();
         let count = self.sm.restore(meta.index, &snapshot.data).unwrap_or_else(|e| {
             panic!("snapshot at index {} from the leader cannot be restored: {e}", meta.index)
         });
+        // Kept only once restored: a snapshot that does not restore must not become the
+        // newest checkpoint, which every later start would fail on.
+        if !self.keep_snapshot(snapshot) {
+            return false;
+        }
         self.raw
             .mut_store()
             .apply_snapshot(snapshot)
@@ -51,17 +65,48 @@ impl<S: LogStore> Group<S> {
         for (id, addr) in members {
             self.transport.add_peer(id, Some(addr));
         }
+        // The members before the applied index: a peer's question answered once this replica
+        // applied up to an index must read the members as of that index. Found from outside: a
+        // restarted node asked a fresh replica whether the group still counted it, was told
+        // "no" from the empty members of before the snapshot, and left the group a voter short.
+        self.publish_voters();
         self.shared.applied.send_replace(meta.index);
         self.shared.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         info!(shard = self.shared.shard, index = meta.index, entries = count, elapsed = ?started.elapsed(), "installed snapshot");
-        if let Some(checkpoints) = self.checkpoints.as_mut() {
-            // Durable at once: after a restart the node starts from this state, not from a log it
-            // no longer has.
-            if let Err(e) = checkpoints.take(meta.index, meta.term, meta.get_conf_state(), &snapshot.data) {
-                panic!("shard {} cannot write the received snapshot as a checkpoint: {e}", self.shared.shard);
-            }
+        true
+    }
+
+    /// Writes a received snapshot as a checkpoint before the log store records it: after a
+    /// restart the node starts from that state, not from the log the snapshot replaces (its
+    /// log store drops that log with the next write). While the disk refuses it, the group
+    /// waits here as it waits for its log (`persist`): it reports that it cannot persist,
+    /// answers nothing, and goes on once the checkpoint is written. Found in review: the
+    /// room a snapshot was let in with (`room_for_snapshot`) may be gone by the time it is
+    /// written (several shards' snapshots at once, inodes, another writer), and a failed write
+    /// ended the process.
+    fn keep_snapshot(&mut self, snapshot: &Snapshot) -> bool {
+        let Some(checkpoints) = self.checkpoints.as_mut() else { return true };
+        let meta = snapshot.get_metadata();
+        let (shard, index) = (self.shared.shard, meta.index);
+        let written = write_until_done(
+            &self.shared,
+            &self.cancel,
+            || {
+                blocking(|| checkpoints.take(index, meta.term, meta.get_conf_state(), &snapshot.data)).map_err(|e| {
+                    raft::Error::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("the snapshot of shard {shard} at index {index} from the leader cannot be kept as a checkpoint: {e}"),
+                    ))
+                })
+            },
+            // Not as often as a log write: each try encodes the whole snapshot again.
+            |pause| blocking(|| std::thread::sleep(pause.max(SNAPSHOT_KEEP_PAUSE))),
+        );
+        if !written {
+            self.halted = true;
+            self.writes_lost = true;
         }
-        self.publish_voters();
+        written
     }
 
     pub(super) fn apply(&mut self, entries: Vec<Entry>) {

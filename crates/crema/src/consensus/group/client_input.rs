@@ -33,6 +33,7 @@ impl<S: LogStore> Group<S> {
                 self.propose_gathered();
                 let _ = reply.send(self.force_new_cluster());
             }
+            ClientMsg::LearnMembers { voters, learners } => self.learn_members(voters, learners),
             ClientMsg::TransferLeader { to, reply } => {
                 let answer = if self.raw.raft.state != StateRole::Leader {
                     Err(self.not_leader())

@@ -81,6 +81,12 @@ pub(crate) enum ClientMsg {
     ForceNewCluster {
         reply: oneshot::Sender<Result<Vec<NodeId>>>,
     },
+    /// The group's members as a running member answered them, for a replica that started
+    /// with its command line's (see `learn_members`).
+    LearnMembers {
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+    },
     /// Test-only: the loop panics, as a bug would make it (fail-fast tests).
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -228,6 +234,14 @@ impl GroupHandle {
         rx.await.map_err(|_| Error::Shutdown)?
     }
 
+    /// Tells a replica that recovers the group's members as a running member answered them
+    /// (`cache::meta_conf`): its recovery counts the answers of those voters instead of its
+    /// configuration's, and it hears their leader's messages before its log names them (see
+    /// `Group::learn_members`).
+    pub async fn learn_members(&self, voters: Vec<NodeId>, learners: Vec<NodeId>) -> Result<()> {
+        self.client_tx.send(ClientMsg::LearnMembers { voters, learners }).await.map_err(|_| Error::Shutdown)
+    }
+
     /// Starts handing this group's leadership to voter `to` (see [`ClientMsg::TransferLeader`]);
     /// answers once started, not when done (it may fail, and this node then stays leader).
     pub async fn transfer_leader(&self, to: NodeId) -> Result<()> {
@@ -291,7 +305,7 @@ pub(super) fn answer_shutdown(msg: ClientMsg) {
         ClientMsg::ReadIndex { reply } => {
             let _ = reply.send(Err(Error::Shutdown));
         }
-        ClientMsg::Status { .. } => {}
+        ClientMsg::Status { .. } | ClientMsg::LearnMembers { .. } => {}
         ClientMsg::ForceNewCluster { reply } => {
             let _ = reply.send(Err(Error::Shutdown));
         }

@@ -106,6 +106,9 @@ impl<S: LogStore> Group<S> {
         if raft.term == floor.term && raft.vote == raft::INVALID_ID {
             raft.vote = me;
         }
+        // Published now, not with the Ready that persists it: the recovery may end below
+        // (`check_caught_up`), and whoever sees it ended must see the term it ended in.
+        self.shared.term.store(raft.term, Ordering::Release);
         let shard = self.shared.shard;
         if let Some(restarted) = lost {
             error!(
@@ -191,6 +194,30 @@ impl<S: LogStore> Group<S> {
              and add the others back with --join (docs/reliability.md, \"Restarting a memory node\")",
             heard.len()
         );
+    }
+
+    /// The group's members as a running member answered them, for a replica that recovers
+    /// with its command line's (`cache::meta_conf`, when the cluster did not answer before the
+    /// replica started): phase 1 counts those voters' answers, and their leader's messages
+    /// are heard before the replayed log names it, as a shard map vouches for a data shard's
+    /// members. Found from outside: a memory node whose seeds answered late started with its
+    /// first members, refused the group's leader (a node added since) for over five minutes,
+    /// or, with one of the first voters down, waited for it for good.
+    pub(super) fn learn_members(&mut self, voters: Vec<NodeId>, learners: Vec<NodeId>) {
+        let Some(recovery) = self.recovery.as_mut() else { return };
+        let counted = recovery.learn_voters(voters.clone());
+        let mut members = voters;
+        members.extend(learners);
+        members.sort_unstable();
+        members.dedup();
+        self.shared.set_map_members(&members);
+        info!(
+            shard = self.shared.shard,
+            ?members,
+            counted,
+            "recovering: the group's members learned from a running member"
+        );
+        self.leave_phase_one();
     }
 
     /// The way out when a majority of the voters is gone for good (etcd's

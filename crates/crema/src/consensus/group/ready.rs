@@ -40,8 +40,8 @@ impl<S: LogStore> Group<S> {
         if !ready.messages().is_empty() {
             self.send(ready.take_messages());
         }
-        if !ready.snapshot().is_empty() {
-            self.install_snapshot(ready.snapshot());
+        if !ready.snapshot().is_empty() && !self.install_snapshot(ready.snapshot()) {
+            return;
         }
         for rs in ready.take_read_states() {
             if let Some(ctx) = self.reads.ctx_of(&rs.request_ctx) {

@@ -277,6 +277,12 @@ impl GroupShared {
         self.map_members.read().expect("map members poisoned").contains(&id)
     }
 
+    /// Whether this replica was told its group's members (by the shard map, or as a member
+    /// started again: see `Group::unlisted`).
+    pub fn members_listed(&self) -> bool {
+        !self.map_members.read().expect("map members poisoned").is_empty()
+    }
+
     /// Whether `id` is one of the group's voters, as this node last applied them.
     pub fn has_voter(&self, id: NodeId) -> bool {
         self.voters.read().expect("voters poisoned").contains(&id)

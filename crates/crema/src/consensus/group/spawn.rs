@@ -114,6 +114,11 @@ pub(crate) fn spawn_group<S: LogStore>(
     let (client_tx, client_rx) = mpsc::channel(settings.mailbox_capacity);
     let (raft_tx, raft_rx) = mpsc::channel(settings.mailbox_capacity);
     let shared = Arc::new(GroupShared::new(settings.shard));
+    // A member started again empty knows its group's voters: they, and only they, are heard
+    // before its log names them (`Group::unlisted`), as a shard map's members are.
+    if !settings.recovery_voters.is_empty() {
+        shared.set_map_members(&settings.recovery_voters);
+    }
     shared.applied.send_replace(applied);
     shared.term.store(raw.raft.term, Ordering::Release);
     shared.commit.store(raw.raft.raft_log.committed, Ordering::Release);

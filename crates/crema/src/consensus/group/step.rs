@@ -1,7 +1,8 @@
 //! Stepping a peer's Raft message (see `group`): the checks it passes first (`admit`: against
 //! the log, from a member or a leader the shard map or this replica's catching up vouches
 //! for), the votes a replica without state or still recovering does not grant, and a
-//! follower's read-index request, which a leader holds for its next read round.
+//! follower's read-index request, which a leader holds for its next read round (and a
+//! follower drops: it is no one's to pass on).
 
 use std::time::Instant;
 
@@ -17,6 +18,9 @@ use crate::consensus::storage::LogStore;
 
 impl<S: LogStore> Group<S> {
     pub(super) fn step(&mut self, mut msg: Message) {
+        if self.unlisted(msg.from) {
+            return self.note_rejected(&msg, Reject::NotAMember);
+        }
         if self.settings.fresh
             && self.removal_floor.is_none()
             && msg.get_msg_type() == MessageType::MsgAppend
@@ -66,8 +70,23 @@ impl<S: LogStore> Group<S> {
             );
             return;
         }
-        if msg.get_msg_type() == MessageType::MsgReadIndex && self.hold_peer_read(&mut msg) {
-            return;
+        if msg.get_msg_type() == MessageType::MsgReadIndex {
+            if self.hold_peer_read(&mut msg) {
+                return;
+            }
+            if self.raw.raft.state != StateRole::Leader {
+                // Sent here by a peer that took this node for the leader: raft-rs would pass
+                // it on to the leader under that peer's name, which the leader refuses from
+                // this node's connection (found from outside: "sender is not the connection's
+                // peer" warnings after a former leader came back). The peer asks again once
+                // it hears the leader.
+                debug!(
+                    shard = self.shared.shard,
+                    from = msg.from,
+                    "a peer's read-index request reached a follower"
+                );
+                return;
+            }
         }
         if msg.get_msg_type() == MessageType::MsgSnapshot && !self.room_for_snapshot(&msg) {
             return;
@@ -96,6 +115,19 @@ impl<S: LogStore> Group<S> {
             );
         }
         false
+    }
+
+    /// Whether `from` is not among the members this replica was started with while its
+    /// configuration is still empty: a member started again empty (`recovery_voters` given:
+    /// see `cache::replica`), which learns its configuration from the log it is sent. With an
+    /// empty configuration `admit` takes anyone's messages (a node waiting to be added cannot
+    /// know who adds it), but this one knows its group's members. Found from outside: a
+    /// stranger flooding the peer port of a memory node as it restarted was taken for its
+    /// leader within 2 ms, its entries committed, its term pushed on the whole cluster.
+    fn unlisted(&self, from: crate::types::NodeId) -> bool {
+        !self.settings.recovery_voters.is_empty()
+            && self.raw.raft.prs().conf().voters().ids().iter().next().is_none()
+            && !self.shared.map_names(from)
     }
 
     /// Whether `msg` comes from the leader that is catching this fresh replica up, while the
