@@ -188,6 +188,11 @@ async fn connection_commands() {
     assert_eq!(ok(c, &["CLIENT", "SETNAME", "tester"]).await, Value::Okay);
     assert_eq!(ok(c, &["CLIENT", "GETNAME"]).await, bulk("tester"));
     assert!(err(c, &["CLIENT", "SETNAME", "has space"]).await.contains("cannot contain spaces"));
+    // Names are kept and copied into every CLIENT LIST: bounded (Redis sets no bound).
+    let long = "n".repeat(1025);
+    assert!(err(c, &["CLIENT", "SETNAME", &long]).await.contains("at most 1024 bytes"));
+    assert!(err(c, &["CLIENT", "SETINFO", "LIB-VER", &long]).await.contains("at most 1024 bytes"));
+    assert_eq!(ok(c, &["CLIENT", "GETNAME"]).await, bulk("tester"), "a refused name changes nothing");
     assert!(q::<i64>(c, &["CLIENT", "ID"]).await.unwrap() > 0);
     let info: String = q(c, &["CLIENT", "INFO"]).await.unwrap();
     assert!(info.contains("name=tester") && info.contains("read-mode=linearizable"), "{info}");
@@ -306,6 +311,14 @@ async fn server_commands() {
     let Value::Array(get) = &rows[0] else { panic!() };
     assert_eq!((&get[0], &get[1], &get[3]), (&bulk("get"), &Value::Int(2), &Value::Int(1)));
     assert!(matches!(ok(c, &["COMMAND", "DOCS", "get"]).await, Value::Array(_) | Value::Map(_)));
+    // Each answer is built whole: a million names would have built about 0.9 GB of it.
+    let mut names = vec!["COMMAND", "INFO"];
+    names.extend(std::iter::repeat_n("get", 1024));
+    assert!(matches!(ok(c, &names).await, Value::Array(rows) if rows.len() == 1024));
+    names.push("set");
+    assert!(err(c, &names).await.contains("at most 1024 command names"));
+    names[1] = "DOCS";
+    assert!(err(c, &names).await.contains("at most 1024 command names"));
     // ACL categories, LIST's filters, HELP and arity, as Redis 7 (found different from outside).
     assert!(matches!(&get[6], Value::Array(cats) if cats.contains(&bulk("@read"))), "{get:?}");
     let mut listed: Vec<String> = q(c, &["COMMAND", "LIST", "FILTERBY", "PATTERN", "mset*"]).await.unwrap();

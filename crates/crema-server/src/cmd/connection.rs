@@ -154,13 +154,23 @@ async fn hello(call: &mut Call<'_>) -> Result<Reply, CmdError> {
     ]))
 }
 
+/// The longest client name, library name or version `CLIENT SETNAME`, `CLIENT SETINFO` and
+/// `HELLO SETNAME` take (Redis sets none). Found in review: names of 16 MiB were kept uncounted
+/// and copied into every `CLIENT LIST` reply, three times each.
+pub(crate) const MAX_CLIENT_NAME_BYTES: usize = 1024;
+
 fn valid_name(name: &Bytes) -> Result<Bytes, CmdError> {
+    if name.len() > MAX_CLIENT_NAME_BYTES {
+        return Err(CmdError::Invalid(format!(
+            "client names, library names and versions may be at most {MAX_CLIENT_NAME_BYTES} bytes"
+        )));
+    }
     if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
         return Err(CmdError::Invalid(
             "Client names cannot contain spaces, newlines or special characters.".into(),
         ));
     }
-    Ok(name.clone())
+    Ok(crate::resp::detached(name))
 }
 
 fn client(call: &mut Call<'_>) -> Result<Reply, CmdError> {

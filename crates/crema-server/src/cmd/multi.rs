@@ -216,7 +216,7 @@ pub(super) fn queue(
                     "transaction too large: its commands exceed {limit} bytes (max-key-bytes + max-value-bytes)"
                 ));
             }
-            queue.commands.push((i, args));
+            queue.commands.push((i, args.iter().map(crate::resp::detached).collect()));
             Reply::Simple("QUEUED")
         }
     }
@@ -287,9 +287,10 @@ async fn watch(call: &mut Call<'_>) -> Result<Reply, CmdError> {
         if !call.session.tx.watched_keys.contains(key) {
             // The index of the key's shard, then the key: read where the shard is held.
             let (seen_index, live) = call.state.cache.watch_key(key).await?;
+            let key = crate::resp::detached(key);
             call.session.tx.watched_keys.insert(key.clone());
-            call.session.tx.watched.push(WatchedKey { key: key.clone(), seen_index, live });
             call.session.tx.watched_bytes += key.len() + ARG_OVERHEAD_BYTES;
+            call.session.tx.watched.push(WatchedKey { key, seen_index, live });
         }
         // Held shards answer at once: let the worker's other tasks run now and then.
         if i % 1024 == 1023 {

@@ -62,9 +62,20 @@ fn command_info(spec: &CommandSpec) -> Reply {
     ])
 }
 
+/// The most command names one `COMMAND INFO` or `COMMAND DOCS` takes. Each answer is built
+/// whole before it is written: found in review, a million names (a 9 MB request) built about
+/// 0.9 GB of reply, held until a client that reads slowly took it.
+const MAX_NAMED_COMMANDS: usize = 1024;
+
 fn command(call: &Call<'_>) -> Result<Reply, CmdError> {
     let named = |from: usize| call.args[from..].iter().map(|n| super::lookup(n));
-    match call.args.get(1).map(|_| call.option(1)).as_deref() {
+    let sub = call.args.get(1).map(|_| call.option(1));
+    if matches!(sub.as_deref(), Some("INFO" | "DOCS")) && call.args.len() > 2 + MAX_NAMED_COMMANDS {
+        return Err(CmdError::Invalid(format!(
+            "COMMAND INFO and COMMAND DOCS take at most {MAX_NAMED_COMMANDS} command names"
+        )));
+    }
+    match sub.as_deref() {
         None => Ok(Reply::Array(COMMANDS.iter().map(command_info).collect())),
         Some("COUNT") if call.args.len() == 2 => Ok(Reply::Integer(COMMANDS.len() as i64)),
         Some("LIST") => {

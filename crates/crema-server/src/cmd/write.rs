@@ -115,6 +115,17 @@ impl PreparedWrite {
         }
     }
 
+    /// Bytes of stored values applying it copies, as this node's copy of its key stands:
+    /// APPEND and SETRANGE copy the whole value (see [`crema::MOST_COPIED_PER_ENTRY`]).
+    pub fn copied_bytes(&self, cache: &crema::DistributedCache) -> usize {
+        match &self.command {
+            CacheCommand::Append { key, value, .. } | CacheCommand::SetRange { key, value, .. } => {
+                cache.storage().get_entry(key).map_or(0, |e| e.value.len()) + value.len()
+            }
+            _ => 0,
+        }
+    }
+
     /// The key of a write whose reply is a stored value (GETDEL, GETEX, GETSET, SET with GET):
     /// that reply may be as large as the largest value.
     fn value_reply_key(&self) -> Option<&Bytes> {

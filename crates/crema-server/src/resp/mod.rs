@@ -9,5 +9,5 @@ pub mod request;
 pub use output::{Output, ReplySink};
 pub use reply::{Protocol, Reply};
 pub use request::{
-    parse_request, take_request, take_request_resuming, Progress, RequestError, RequestLimits,
+    detached, parse_request, take_request, take_request_resuming, Progress, RequestError, RequestLimits,
 };

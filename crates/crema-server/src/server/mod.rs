@@ -304,10 +304,22 @@ impl RespServer {
                 match state.settings.tls.clone() {
                     None => connection::serve(&state, stream, id, addr, local, shutdown, evicted).await,
                     Some(acceptor) => {
-                        // The handshake counts against the client's time to authenticate.
+                        // The handshake counts against the client's time to authenticate, and a
+                        // newer stranger may close it as it may close one that authenticates
+                        // (found in review: handshakes that never ended filled --max-clients).
                         let patience = state.settings.auth_timeout.max(Duration::from_secs(10));
-                        match tokio::time::timeout(patience, acceptor.0.accept(stream)).await {
-                            Ok(Ok(tls)) => {
+                        let closed = async {
+                            match &evicted {
+                                Some(token) => token.cancelled().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let handshake = tokio::select! {
+                            done = tokio::time::timeout(patience, acceptor.0.accept(stream)) => Some(done),
+                            _ = closed => None,
+                        };
+                        match handshake {
+                            Some(Ok(Ok(tls))) => {
                                 connection::serve(&state, tls, id, addr, local, shutdown, evicted).await
                             }
                             failed => {

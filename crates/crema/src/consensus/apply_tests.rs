@@ -18,7 +18,7 @@ fn storage() -> CacheStorage {
 static VERSIONS: std::sync::LazyLock<KeyVersions> = std::sync::LazyLock::new(KeyVersions::default);
 
 fn apply_at_t(s: &CacheStorage, command: &CacheCommand) -> ApplyOutput {
-    apply_command(&Target { storage: s, versions: &VERSIONS, index: 1, t: T }, command)
+    apply_command(&Target::new(s, &VERSIONS, 1, T), command)
 }
 
 fn run(s: &CacheStorage, command: CacheCommand) -> ApplyOutput {
@@ -151,6 +151,31 @@ fn append_and_setrange_grow_within_the_limit() {
     // allocate past the largest command.
     let huge = CacheCommand::SetRange { key: b("h"), offset: 1 << 40, value: b("x"), max_len: u64::MAX };
     assert_eq!(run(&s, huge), ApplyOutput::Failed(ApplyError::TooLarge));
+}
+
+#[test]
+fn appends_and_setranges_of_one_entry_copy_a_bounded_amount() {
+    let s = storage();
+    let mib = 1 << 20;
+    run(&s, CacheCommand::put("big", vec![b'v'; mib]));
+    let append = || CacheCommand::Append { key: b("big"), value: b("x"), max_len: u64::MAX };
+    let setrange = || CacheCommand::SetRange { key: b("big"), offset: 0, value: b("y"), max_len: u64::MAX };
+    // Each copies the whole value (about 1 MiB): 64 of them reach the budget.
+    let mut batch: Vec<CacheCommand> = (0..60).map(|_| append()).collect();
+    batch.extend((0..4).map(|_| setrange()));
+    batch.extend((0..10).map(|_| append()));
+    let ApplyOutput::Batch(outputs) = run(&s, CacheCommand::Batch(batch)) else { panic!("a batch") };
+    assert_eq!(outputs[59], ApplyOutput::Int(mib as i64 + 60));
+    assert_eq!(outputs[63], ApplyOutput::Int(mib as i64 + 60));
+    assert!(
+        outputs[64..].iter().all(|o| *o == ApplyOutput::Failed(ApplyError::CopyBudget)),
+        "{:?}",
+        &outputs[64..]
+    );
+    let stored = value(&s, "big").unwrap().value;
+    assert_eq!((stored.len(), stored[0], stored[stored.len() - 1]), (mib + 60, b'y', b'x'));
+    // The next entry has a budget of its own.
+    assert_eq!(run(&s, append()), ApplyOutput::Int(mib as i64 + 61));
 }
 
 #[test]

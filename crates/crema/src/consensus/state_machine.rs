@@ -182,7 +182,7 @@ impl CacheStateMachine {
         self.applied_index = index;
         let t = self.storage.log_time_ms().max(stamped.now_ms);
         self.storage.advance_log_time(t);
-        let target = Target { storage: &self.storage, versions: &self.versions, index, t };
+        let target = Target::new(&self.storage, &self.versions, index, t);
         let _whole = stamped.command.writes_many_keys().then(|| self.storage.many_keys_write());
         let (acl, shard_map) = (&self.acl, &self.shard_map);
         let run = || match &stamped.command {

@@ -4,11 +4,14 @@
 //! in the log, and learns nothing. A probe (a hello from node id 0) is answered with this
 //! node's id and closed, which is how a membership change checks an address.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::envelope::Envelope;
@@ -18,6 +21,54 @@ use crate::types::NodeId;
 
 /// How long a probe waits for each answer of the handshake.
 const PROBE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The incoming connections in their handshake, oldest first, each with the token that closes
+/// it. Past the room (see `handshake_room`) a newcomer closes the oldest, as the RESP port does
+/// with connections that have not authenticated. Found in review: refused instead, as many
+/// connections as the room holds that said nothing, each renewed before its handshake timeout,
+/// kept every member whose link broke (a restart, a network blip) from linking again. A
+/// member's handshake takes milliseconds; to close it a flood must open the whole room's worth
+/// of connections within them.
+pub(super) struct Handshakes {
+    room: usize,
+    under_way: Mutex<VecDeque<(u64, CancellationToken)>>,
+    next: AtomicU64,
+}
+
+/// A handshake's place among those under way, given up when dropped.
+pub(super) struct Ticket {
+    id: u64,
+    handshakes: Arc<Handshakes>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.handshakes.under_way.lock().expect("handshakes poisoned").retain(|(id, _)| *id != self.id);
+    }
+}
+
+impl Handshakes {
+    pub(super) fn new(room: usize) -> Self {
+        Self { room: room.max(1), under_way: Mutex::default(), next: AtomicU64::new(0) }
+    }
+
+    /// Admits a handshake: its ticket, the token that closes it, and whether an older one was
+    /// closed to make room.
+    fn admit(self: &Arc<Self>) -> (Ticket, CancellationToken, bool) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let closes = CancellationToken::new();
+        let mut under_way = self.under_way.lock().expect("handshakes poisoned");
+        under_way.push_back((id, closes.clone()));
+        let mut closed_one = false;
+        while under_way.len() > self.room {
+            if let Some((_, oldest)) = under_way.pop_front() {
+                oldest.cancel();
+                closed_one = true;
+            }
+        }
+        (Ticket { id, handshakes: self.clone() }, closes, closed_one)
+    }
+}
 
 impl Transport {
     pub(super) async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
@@ -34,17 +85,17 @@ impl Transport {
             };
             match accepted {
                 Ok((stream, remote)) => {
-                    let Ok(room) = self.handshakes.clone().try_acquire_owned() else {
-                        drop(stream);
-                        self.refuse(remote, "too many handshakes under way");
-                        continue;
-                    };
+                    let (ticket, closes, closed_one) = self.handshakes.admit();
+                    if closed_one {
+                        self.refuse(remote, "too many handshakes under way: the oldest was closed");
+                    }
                     let t = self.clone();
                     self.tracker.spawn(async move {
                         let cancel = t.cancel.clone();
                         tokio::select! {
                             _ = cancel.cancelled() => {}
-                            _ = t.clone().adopt_incoming(stream, remote, room) => {}
+                            _ = closes.cancelled() => {}
+                            _ = t.clone().adopt_incoming(stream, remote, ticket) => {}
                         }
                     });
                 }
@@ -59,12 +110,7 @@ impl Transport {
         }
     }
 
-    async fn adopt_incoming(
-        self: Arc<Self>,
-        stream: TcpStream,
-        remote: SocketAddr,
-        room: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    async fn adopt_incoming(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, room: Ticket) {
         let mut conn = match Connection::open(stream, &self.config, None).await {
             Ok(conn) => conn,
             Err(e) => {

@@ -80,8 +80,8 @@ pub(crate) fn shard_count_mismatch(peer: NodeId, theirs: u32, ours: u32) -> Stri
     )
 }
 
-/// Incoming connections in their handshake at once (TLS, the secret's proof, the hello);
-/// more are closed at once. Each may hold a handshake frame (see
+/// Incoming connections in their handshake at once (TLS, the secret's proof, the hello); a
+/// newcomer past them closes the oldest (see `handshake::Handshakes`). Each may hold a handshake frame (see
 /// [`peer::handshake_frame_bytes`]) until the handshake timeout: found from outside, 1,500
 /// strangers that each sent all but one byte of a 1 MiB frame held 1.2-2 GiB of a node's
 /// memory, with or without a cluster secret. A cluster's own nodes connect a few at a time.
@@ -140,8 +140,8 @@ pub(crate) struct Transport {
     /// False until the node knows its members ([`Transport::open`]): peers that connect
     /// earlier wait in the listen backlog instead of being refused as strangers.
     open: tokio::sync::watch::Sender<bool>,
-    /// Room for incoming handshakes (see [`MAX_HANDSHAKES`]).
-    handshakes: Arc<tokio::sync::Semaphore>,
+    /// The incoming handshakes under way, at most [`MAX_HANDSHAKES`] (see `handshake_room`).
+    handshakes: Arc<handshake::Handshakes>,
     /// The peers this node was configured with (`--peer`): their links stay (see
     /// [`Transport::pin`]).
     pinned: RwLock<std::collections::HashSet<NodeId>>,
@@ -167,7 +167,7 @@ impl Transport {
             frames_dropped: AtomicU64::new(0),
             refusal_warnings: Default::default(),
             open: tokio::sync::watch::Sender::new(false),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(handshake_room())),
+            handshakes: Arc::new(handshake::Handshakes::new(handshake_room())),
             pinned: RwLock::default(),
         });
         let t = transport.clone();
