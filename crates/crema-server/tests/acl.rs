@@ -211,3 +211,16 @@ async fn the_acl_file_is_loaded_saved_reloaded_and_survives_a_restart() {
     let err = try_start(&["--aclfile", file.to_str().unwrap(), "--data-dir", bad.to_str().unwrap()]).err();
     assert!(err.is_some(), "a node with a bad ACL file must not start");
 }
+
+/// A refused login's name is kept in the ACL log at most 1 KiB long: where the default user
+/// needs no password, an `AUTH` may name a user of 16 MiB, and the log keeps 128 entries.
+#[tokio::test]
+async fn the_acl_log_keeps_at_most_a_kibibyte_of_a_refused_name() {
+    let node = start(&[]);
+    let mut c = client(node.resp).await;
+    let long_name = "n".repeat(100_000);
+    assert!(refused(&mut c, &["AUTH", &long_name, "guess"]).await.starts_with("WRONGPASS"));
+    let log = format!("{:?}", cmd(&mut c, &["ACL", "LOG"]).await.unwrap());
+    assert!(log.contains(&"n".repeat(1024)), "the name is shown");
+    assert!(!log.contains(&"n".repeat(1025)), "and at most 1 KiB of it");
+}

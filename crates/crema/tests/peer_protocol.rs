@@ -360,3 +360,50 @@ async fn a_read_index_request_to_a_follower_is_not_passed_on_under_another_name(
         n.shutdown().await;
     }
 }
+
+/// A write forwarded with a stamp a day ahead of the leader's clock (a node whose clock runs
+/// ahead, or a forged frame) is stamped with the leader's: apply's log time is the largest
+/// stamp it saw and never goes back, so every key with a shorter TTL would have counted as
+/// expired in conditional writes, and been purged, on every replica. Found in review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_with_a_stamp_far_ahead_does_not_move_the_log_time() {
+    use crema::consensus::command::StampedCommand;
+    use crema::consensus::sessions::SessionStamp;
+    use crema::CacheCommand;
+    init_tracing();
+    let nodes = cluster(3).await;
+    let refs: Vec<&DistributedCache> = nodes.iter().collect();
+    let leader = wait_leader(&refs, Duration::from_secs(5)).await;
+    let counter_ttl = Duration::from_secs(600);
+    nodes[leader].put_with_ttl("counter", "5", counter_ttl).await.unwrap();
+    // The real follower is stopped: nothing replaces the connection that claims its id.
+    let follower = (leader + 1) % 3;
+    let as_id = nodes[follower].node_id();
+    nodes[follower].shutdown().await;
+    let mut peer = FakePeer::connect(nodes[leader].local_addr(), as_id, Position::default()).await;
+    let day_ahead = crema::unix_now_ms() + 86_400_000;
+    let mut stamped = StampedCommand::new(day_ahead, CacheCommand::put("forwarded", "v"));
+    stamped.session = Some(SessionStamp {
+        origin: as_id,
+        incarnation: 1,
+        seq: 1,
+        oldest_pending: 1,
+        abandoned: Vec::new(),
+    });
+    let forward = Wire::Forward { shard: 0, request_id: 1, command: stamped.encode() };
+    assert!(peer.send_raw(&envelope(&forward)).await);
+    wait_until(Duration::from_secs(10), "the forwarded write is applied", || async {
+        nodes[leader].get(b"forwarded").await.is_some()
+    })
+    .await;
+    let log_time = nodes[leader].storage().shard(0).unwrap().log_time_ms();
+    assert!(log_time < crema::unix_now_ms() + 60_000, "the log time moved {} s ahead", log_time / 1000);
+    // A key with ten minutes left is still there for a conditional write.
+    let incr = CacheCommand::IncrBy { key: "counter".into(), delta: 1 };
+    assert_eq!(nodes[leader].execute(incr).await.unwrap(), crema::ApplyOutput::Int(6));
+    for (i, n) in nodes.iter().enumerate() {
+        if i != follower {
+            n.shutdown().await;
+        }
+    }
+}

@@ -16,6 +16,16 @@ pub const MAX_ENTRIES: usize = 128;
 /// Refusals this close to an entry count on it.
 const GROUP_WINDOW: Duration = Duration::from_secs(60);
 
+/// The most bytes of a refused key or login name an entry keeps. Found in review: an `AUTH`
+/// naming a 16 MiB user (possible where the default user needs no password) was kept whole, up
+/// to three times its size once made valid UTF-8, in each of the 128 entries.
+const MOST_SHOWN_BYTES: usize = 1024;
+
+/// `bytes` as an entry shows them: at most [`MOST_SHOWN_BYTES`] of them.
+fn shown(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(MOST_SHOWN_BYTES)]).into_owned()
+}
+
 /// One refusal, before it is logged.
 #[derive(Debug, Clone)]
 pub struct Denial {
@@ -40,13 +50,12 @@ impl Denial {
 
     /// A key the session's user may not touch.
     pub fn key(session: &Session, key: &[u8]) -> Self {
-        Self::new(session, "key", String::from_utf8_lossy(key).into_owned(), user_of(session))
+        Self::new(session, "key", shown(key), user_of(session))
     }
 
     /// A failed login as `username`.
     pub fn auth(session: &Session, username: &[u8]) -> Self {
-        let username = String::from_utf8_lossy(username).into_owned();
-        Self::new(session, "auth", "AUTH".to_owned(), username)
+        Self::new(session, "auth", "AUTH".to_owned(), shown(username))
     }
 }
 

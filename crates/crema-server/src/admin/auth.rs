@@ -67,6 +67,28 @@ pub enum Access {
     Change,
 }
 
+/// Whether a request looks sent by a web page rather than by a program on this machine: it
+/// carries an `Origin` (browsers add one to every cross-site request that can change
+/// anything) or names a host that is not a loopback address or `localhost` (what a page that
+/// rebound its own domain to 127.0.0.1 sends). Found in review: with no admin token, any page
+/// open in a browser on a node's machine could start a rebalance or remove a node through
+/// `127.0.0.1`. The crema CLI and curl send neither.
+fn from_a_browser(headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::ORIGIN) {
+        return true;
+    }
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    let name = match host.rsplit_once(':') {
+        // `[::1]:9090`, `127.0.0.1:9090`, `localhost:9090`; a bare IPv6 literal has colons too.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    !loopback
+}
+
 impl AdminAuth {
     /// Whether a request from `peer` with `headers` may do `access`; the refusal to send if not.
     #[allow(clippy::result_large_err)]
@@ -100,6 +122,12 @@ impl AdminAuth {
         match (&self.token, access) {
             (None, Access::Read) => Ok(()),
             (Some(_), Access::Read) if self.open_metrics => Ok(()),
+            (None, Access::Change) if peer.ip().is_loopback() && from_a_browser(headers) => Err((
+                StatusCode::FORBIDDEN,
+                "changes from a web page (a request with an Origin or a Host that is not this machine's) need the \
+                 node's admin token (--admin-token-file), even on 127.0.0.1\n",
+            )
+                .into_response()),
             (None, Access::Change) if peer.ip().is_loopback() => Ok(()),
             (None, Access::Change) => Err((
                 StatusCode::FORBIDDEN,
@@ -205,6 +233,33 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
         h
+    }
+
+    #[test]
+    fn a_web_page_changes_nothing_through_loopback_without_the_token() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let with = |pairs: &[(header::HeaderName, &str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(name.clone(), value.parse().unwrap());
+            }
+            h
+        };
+        let none = AdminAuth::default();
+        for host in ["127.0.0.1:9090", "localhost:9090", "[::1]:9090", "127.0.1.1", "LOCALHOST", "::1"] {
+            assert!(none.check(Access::Change, local, &with(&[(header::HOST, host)])).is_ok(), "{host}");
+        }
+        // A cross-site request carries its page's origin; a rebound domain names itself.
+        let page = with(&[(header::HOST, "127.0.0.1:9090"), (header::ORIGIN, "https://evil.example")]);
+        assert_eq!(none.check(Access::Change, local, &page).unwrap_err().status(), StatusCode::FORBIDDEN);
+        let rebound = with(&[(header::HOST, "rebind.evil.example:9090")]);
+        assert_eq!(none.check(Access::Change, local, &rebound).unwrap_err().status(), StatusCode::FORBIDDEN);
+        assert!(none.check(Access::Read, local, &rebound).is_ok(), "reads stay open");
+        // With the token, the token decides.
+        let token = AdminAuth { token: Some("s3cret-token".into()), ..AdminAuth::default() };
+        let mut page = page;
+        page.insert(header::AUTHORIZATION, "Bearer s3cret-token".parse().unwrap());
+        assert!(token.check(Access::Change, local, &page).is_ok());
     }
 
     #[test]

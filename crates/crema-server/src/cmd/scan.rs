@@ -148,7 +148,8 @@ pub(super) async fn run(call: &mut Call<'_>) -> Result<Reply, CmdError> {
     while i < call.args.len() {
         let value = call.args.get(i + 1).ok_or(CmdError::Syntax)?;
         match call.option(i).as_str() {
-            "MATCH" => pattern = Some(value.clone()),
+            // Kept for the next pages: a copy of its own, not the read buffer it came in.
+            "MATCH" => pattern = Some(crate::resp::detached(value)),
             "COUNT" => {
                 count = usize::try_from(parse_int(value)?).ok().filter(|c| *c > 0).ok_or(CmdError::Syntax)?;
             }

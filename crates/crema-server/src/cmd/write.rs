@@ -115,14 +115,28 @@ impl PreparedWrite {
         }
     }
 
-    /// Bytes of stored values applying it copies, as this node's copy of its key stands:
-    /// APPEND and SETRANGE copy the whole value (see [`crema::MOST_COPIED_PER_ENTRY`]).
-    pub fn copied_bytes(&self, cache: &crema::DistributedCache) -> usize {
+    /// For an APPEND or a SETRANGE (which copy the whole value when applied): the most bytes of
+    /// stored values applying it may copy, and the most bytes it may add to its value. `grown`:
+    /// what the writes before it in the same entry may have added. The value's length is this
+    /// node's copy of it, or the largest value allowed where this node holds no replica of the
+    /// key's shard: an estimate that errs high (see `server::connection`'s `MAX_RUN_COPIED_BYTES`).
+    pub fn copies(&self, cache: &crema::DistributedCache, grown: usize) -> Option<(usize, usize)> {
+        let stored = |key: &Bytes| {
+            let held = cache.holds_shard(cache.router().shard_for_key(key));
+            let len = if held {
+                cache.storage().get_entry(key).map_or(0, |e| e.value.len())
+            } else {
+                cache.config().max_value_bytes
+            };
+            len.saturating_add(grown)
+        };
         match &self.command {
-            CacheCommand::Append { key, value, .. } | CacheCommand::SetRange { key, value, .. } => {
-                cache.storage().get_entry(key).map_or(0, |e| e.value.len()) + value.len()
+            CacheCommand::Append { key, value, .. } => Some((stored(key) + value.len(), value.len())),
+            CacheCommand::SetRange { key, offset, value, .. } => {
+                let end = usize::try_from(*offset).unwrap_or(usize::MAX).saturating_add(value.len());
+                Some((stored(key).max(end), end))
             }
-            _ => 0,
+            _ => None,
         }
     }
 

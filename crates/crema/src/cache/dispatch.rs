@@ -228,14 +228,27 @@ impl Dispatcher {
     ) {
         // A forwarded write must carry its sender's write session: that is what makes a resent
         // copy harmless (see `consensus::sessions`).
-        let checked = StampedCommand::decode(&command).and_then(|c| match c.session {
+        let checked = StampedCommand::decode(&command).and_then(|c| match &c.session {
             Some(session) if session.origin == from && session.seq == request_id => {
-                c.command.validate(&self.limits)
+                c.command.validate(&self.limits).map(|()| c)
             }
             _ => Err(CommandError::Decode(format!(
                 "a forwarded write must carry node {from}'s write session numbered {request_id}"
             ))),
         });
+        let now = crate::cache::storage::unix_now_ms();
+        let (checked, command) = match checked {
+            Ok(mut c) if c.now_ms > now.saturating_add(FORWARDED_STAMP_LEAD_MS) => {
+                debug!(
+                    from,
+                    ahead_ms = c.now_ms - now,
+                    "a forwarded write stamped ahead of this clock restamped"
+                );
+                c.now_ms = now;
+                (Ok(()), Bytes::from(c.encode()))
+            }
+            checked => (checked.map(|_| ()), command),
+        };
         let ticket = ForwardTicket {
             transport: transport.clone(),
             to: from,
@@ -251,6 +264,14 @@ impl Dispatcher {
         }
     }
 }
+
+/// How far ahead of the leader's clock a forwarded write's stamp may be; one further ahead is
+/// stamped with the leader's clock. Apply's log time is the largest stamp it saw and never goes
+/// back: found in review, a write forwarded through a node whose clock ran ahead (or a forged
+/// frame) moved every replica's log time, and every key with a shorter TTL counted as expired
+/// in conditional writes (INCR began again at 1, SET NX was granted twice) and was purged, for
+/// as long as that clock was ahead. The leader's own clock stays the cluster's time.
+const FORWARDED_STAMP_LEAD_MS: u64 = 1_000;
 
 /// The position `positions` report for `group`'s shard (nothing known when absent).
 fn position_of(positions: &[GroupPosition], group: &GroupHandle) -> GroupPosition {

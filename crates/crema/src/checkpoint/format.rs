@@ -90,7 +90,14 @@ pub enum CheckpointError {
     Invalid(String),
 }
 
-/// Encodes a checkpoint of shard `shard`'s `payload` at `index`/`term`.
+/// The largest payload stored LZ4-compressed: the block format's size prefix has 32 bits.
+/// Found in review: a larger payload's prefix wrapped, and the checkpoint, its CRC intact,
+/// could never be read back (every later start of the node refused). A larger payload is
+/// stored as it is.
+pub const MOST_COMPRESSED_BYTES: usize = u32::MAX as usize;
+
+/// Encodes a checkpoint of shard `shard`'s `payload` at `index`/`term`, LZ4-compressed when
+/// `compress` and the payload is at most [`MOST_COMPRESSED_BYTES`].
 pub fn encode(
     shard: ShardId,
     index: u64,
@@ -99,6 +106,18 @@ pub fn encode(
     payload: &[u8],
     compress: bool,
 ) -> Vec<u8> {
+    encode_compressing_up_to(shard, (index, term), conf_state, payload, compress, MOST_COMPRESSED_BYTES)
+}
+
+fn encode_compressing_up_to(
+    shard: ShardId,
+    (index, term): (u64, u64),
+    conf_state: &ConfState,
+    payload: &[u8],
+    compress: bool,
+    most_compressed: usize,
+) -> Vec<u8> {
+    let compress = compress && payload.len() <= most_compressed;
     let conf = conf_state.write_to_bytes().expect("encoding a conf state cannot fail");
     let stored = if compress { lz4_flex::block::compress_prepend_size(payload) } else { payload.to_vec() };
     let mut out = Vec::with_capacity(FIXED_HEAD + conf.len() + 8 + stored.len() + 4);
@@ -200,6 +219,17 @@ mod tests {
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
+    }
+
+    #[test]
+    fn a_payload_too_large_for_the_size_prefix_is_stored_uncompressed() {
+        let payload = vec![7u8; 100];
+        let bytes = encode_compressing_up_to(4, (9, 2), &conf(), &payload, true, 99);
+        let (meta, back) = decode(&bytes).unwrap();
+        assert!(!meta.compressed);
+        assert_eq!(back, payload);
+        let bytes = encode_compressing_up_to(4, (9, 2), &conf(), &payload, true, 100);
+        assert!(decode(&bytes).unwrap().0.compressed);
     }
 
     #[test]

@@ -19,14 +19,14 @@ use crate::consensus::long_double::{LongDouble, ParseLongDoubleError};
 use crate::consensus::transaction::KeyMeta;
 use crate::consensus::versions::KeyVersions;
 
-/// Most bytes of stored values the APPENDs and SETRANGEs of one log entry (a transaction, or a
-/// pipeline's writes proposed together) copy before the next of them is refused
-/// ([`ApplyError::CopyBudget`]). Each copies its whole value, and an entry applies in one go on
-/// every replica: found in review, a transaction of 148,000 `APPEND big ""` on an 8 MiB value
-/// (queued in 8.5 MB) would have copied 1.2 TB, stalling its shard on every replica for minutes.
-/// The first always runs, so a single command works up to the largest value. Pipelines are
-/// split before this (`crema-server`'s write runs count the values they will copy), so only a
-/// transaction meets it. Decided from the applied state alone: the same on every replica.
+/// Most bytes of stored values the APPENDs and SETRANGEs of one transaction copy: one that would
+/// take it past this is refused ([`ApplyError::CopyBudget`]), the first always runs. Each copies
+/// its whole value, and a transaction applies in one go on every replica: found in review,
+/// 148,000 `APPEND big ""` in one transaction on an 8 MiB value (the queue's 8.5 MB hold them)
+/// would have copied 1.2 TB, stalling its shard on every replica for minutes. Decided from the
+/// applied state alone, the same on every replica, and only for entries of this build's format
+/// (see [`crate::consensus::command::COMMAND_FORMAT_BOUNDED`]). A pipeline's writes proposed
+/// together are not refused: `crema-server` proposes them in runs that copy a bounded amount.
 pub const MOST_COPIED_PER_ENTRY: u64 = 64 << 20;
 
 /// Where a command is applied: the cache, the record of changes, the entry's log index and the
@@ -40,23 +40,32 @@ pub(crate) struct Target<'a> {
     pub index: u64,
     /// The log time of the entry (unix ms).
     pub t: u64,
-    /// Bytes of values the entry's APPENDs and SETRANGEs copied so far.
-    copied: std::cell::Cell<u64>,
+    /// Bytes of values the entry's APPENDs and SETRANGEs copied so far, and the most they may
+    /// (none: no bound).
+    copies: std::cell::Cell<(u64, Option<u64>)>,
 }
 
 impl<'a> Target<'a> {
-    /// Where the entry at `index`, of log time `t`, applies.
+    /// Where the entry at `index`, of log time `t`, applies, with no bound on its copies.
     pub fn new(storage: &'a CacheStorage, versions: &'a KeyVersions, index: u64, t: u64) -> Self {
-        Self { storage, versions, index, t, copied: std::cell::Cell::new(0) }
+        Self { storage, versions, index, t, copies: std::cell::Cell::new((0, None)) }
     }
 
-    /// Whether a copy of `bytes` may run (see [`MOST_COPIED_PER_ENTRY`]); if so, it is counted.
+    /// The same, its APPENDs and SETRANGEs copying at most `most` bytes of stored values
+    /// (see [`MOST_COPIED_PER_ENTRY`]).
+    pub fn with_copy_bound(self, most: u64) -> Self {
+        self.copies.set((0, Some(most)));
+        self
+    }
+
+    /// Whether a copy of `bytes` may run (the first always may); if so, it is counted.
     fn may_copy(&self, bytes: usize) -> bool {
-        let copied = self.copied.get();
-        if copied >= MOST_COPIED_PER_ENTRY {
+        let (copied, most) = self.copies.get();
+        let after = copied.saturating_add(bytes as u64);
+        if copied > 0 && most.is_some_and(|most| after > most) {
             return false;
         }
-        self.copied.set(copied.saturating_add(bytes as u64));
+        self.copies.set((after, most));
         true
     }
 
@@ -158,11 +167,12 @@ pub enum ApplyError {
     /// The key to rename is not live (Redis's `ERR no such key`).
     #[error("no such key")]
     NoSuchKey,
-    /// An APPEND or SETRANGE after the others of its transaction had copied
-    /// [`MOST_COPIED_PER_ENTRY`] bytes of stored values: it was not applied.
+    /// An APPEND or SETRANGE that would take its transaction's copies of stored values past
+    /// [`MOST_COPIED_PER_ENTRY`]: it was not applied.
     #[error(
-        "not applied: the APPENDs and SETRANGEs before it in this transaction copied 64 MiB of stored values \
-         (each copies its whole value); run it in a transaction of its own"
+        "not applied: with the APPENDs and SETRANGEs before it, this transaction would copy more than {} MiB of \
+         stored values (each copies its whole value); run it in a transaction of its own",
+        MOST_COPIED_PER_ENTRY >> 20
     )]
     CopyBudget,
 }
@@ -285,6 +295,12 @@ fn set(
 
 /// Parses a value the way Redis's `string2ll` does: only the canonical decimal form of an i64.
 pub fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    // No canonical i64 is longer ("-9223372036854775808"): refused before anything reads the
+    // rest. Found in review: INCR on an 8 MiB value validated all of it as UTF-8 on every
+    // replica, and a transaction of 150,000 of them would have stalled its shard for minutes.
+    if bytes.len() > 20 {
+        return None;
+    }
     let text = std::str::from_utf8(bytes).ok()?;
     let n: i64 = text.parse().ok()?;
     // Rejects "+1", "01", "-0", " 1": Redis stores integers canonically and so do we.
@@ -293,6 +309,10 @@ pub fn parse_i64(bytes: &[u8]) -> Option<i64> {
 
 /// Parses a value as a float the way Redis's `INCRBYFLOAT` accepts it (no spaces, not NaN).
 pub fn parse_f64(bytes: &[u8]) -> Option<f64> {
+    // As Redis's `string2ld` (`MAX_LONG_DOUBLE_CHARS`), and for the reason `parse_i64` gives.
+    if bytes.len() > 5 * 1024 {
+        return None;
+    }
     let text = std::str::from_utf8(bytes).ok()?;
     if text.is_empty() || text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
         return None;

@@ -9,10 +9,13 @@
 //! `PutMany` with `only_if_none_exist`, ...) are decided in apply, never by a read on the
 //! proposing node, so two clients racing on the same key cannot lose an update.
 //!
-//! The encoding is one format-version byte followed by postcard: version 1 for a command made
-//! on the leader, version 2 for one forwarded by a follower, which also carries its write
-//! session (`consensus::sessions`). A version this build does not know is a decode error (a
-//! committed entry that does not decode is applied as a counted no-op).
+//! The encoding is one format-version byte followed by postcard: version 3 for a command made
+//! on the leader, version 4 for one forwarded by a follower, which also carries its write
+//! session (`consensus::sessions`). Versions 1 and 2 are the same without the bound on what a
+//! transaction's APPENDs and SETRANGEs copy ([`StampedCommand::bounded_copies`]): earlier builds
+//! wrote them, and they still decode and apply as those builds applied them. A version this build
+//! does not know is a decode error (a committed entry that does not decode is applied as a
+//! counted no-op).
 
 use std::time::Duration;
 
@@ -32,6 +35,16 @@ pub const COMMAND_FORMAT_VERSION: u8 = 1;
 
 /// Version byte leading an encoded command that carries a write session.
 pub const COMMAND_FORMAT_SESSION: u8 = 2;
+
+/// Version bytes of the formats above whose transactions copy at most
+/// [`crate::MOST_COPIED_PER_ENTRY`] in their APPENDs and SETRANGEs (see
+/// [`StampedCommand::bounded_copies`]): what this build writes. Entries an earlier build wrote
+/// keep the meaning they had when it applied them, so a log replayed after an upgrade changes
+/// nothing it decided.
+pub const COMMAND_FORMAT_BOUNDED: u8 = 3;
+
+/// [`COMMAND_FORMAT_BOUNDED`] with a write session.
+pub const COMMAND_FORMAT_BOUNDED_SESSION: u8 = 4;
 
 /// A change to the cache, replicated through the Raft log and applied on every node.
 ///
@@ -248,6 +261,10 @@ pub struct StampedCommand {
     pub command: CacheCommand,
     /// The write session of a forwarded write: every copy of it is applied once.
     pub session: Option<SessionStamp>,
+    /// Whether a transaction in it copies at most [`crate::MOST_COPIED_PER_ENTRY`] of stored
+    /// values in its APPENDs and SETRANGEs: true for every command this build makes, false for
+    /// entries an earlier build wrote (formats 1 and 2), which apply as they did.
+    pub bounded_copies: bool,
 }
 
 /// Size limits a command is validated against before it is proposed.
@@ -469,19 +486,19 @@ impl CacheCommand {
 impl StampedCommand {
     /// Stamps `command` with `now_ms`.
     pub fn new(now_ms: u64, command: CacheCommand) -> Self {
-        Self { now_ms, command, session: None }
+        Self { now_ms, command, session: None, bounded_copies: true }
     }
 
     /// Encodes the command: version byte + postcard (see the module docs).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.command.encoded_len_hint() + 40);
-        let encoded = match &self.session {
-            None => {
-                out.push(COMMAND_FORMAT_VERSION);
+        let encoded = match (&self.session, self.bounded_copies) {
+            (None, bounded) => {
+                out.push(if bounded { COMMAND_FORMAT_BOUNDED } else { COMMAND_FORMAT_VERSION });
                 postcard::to_extend(&(self.now_ms, &self.command), out)
             }
-            Some(session) => {
-                out.push(COMMAND_FORMAT_SESSION);
+            (Some(session), bounded) => {
+                out.push(if bounded { COMMAND_FORMAT_BOUNDED_SESSION } else { COMMAND_FORMAT_SESSION });
                 postcard::to_extend(&(self.now_ms, &self.command, session), out)
             }
         };
@@ -492,13 +509,14 @@ impl StampedCommand {
     pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
         let decode_error = |e: postcard::Error| CommandError::Decode(e.to_string());
         match bytes.split_first() {
-            Some((&COMMAND_FORMAT_VERSION, rest)) => {
+            Some((&v @ (COMMAND_FORMAT_VERSION | COMMAND_FORMAT_BOUNDED), rest)) => {
                 let (now_ms, command) = postcard::from_bytes(rest).map_err(decode_error)?;
-                Ok(Self { now_ms, command, session: None })
+                Ok(Self { now_ms, command, session: None, bounded_copies: v == COMMAND_FORMAT_BOUNDED })
             }
-            Some((&COMMAND_FORMAT_SESSION, rest)) => {
+            Some((&v @ (COMMAND_FORMAT_SESSION | COMMAND_FORMAT_BOUNDED_SESSION), rest)) => {
                 let (now_ms, command, session) = postcard::from_bytes(rest).map_err(decode_error)?;
-                Ok(Self { now_ms, command, session: Some(session) })
+                let bounded_copies = v == COMMAND_FORMAT_BOUNDED_SESSION;
+                Ok(Self { now_ms, command, session: Some(session), bounded_copies })
             }
             Some((v, _)) => Err(CommandError::Decode(format!("unknown format version {v}"))),
             None => Err(CommandError::Decode("empty command".into())),

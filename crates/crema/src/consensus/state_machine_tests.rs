@@ -312,3 +312,54 @@ fn snapshots_carry_the_shard_map_and_older_ones_restore_with_none() {
     restored.restore(3, &bytes).unwrap();
     assert!(restored.shard_map().map().is_empty());
 }
+
+/// A transaction's APPENDs and SETRANGEs copy at most `MOST_COPIED_PER_ENTRY` of stored values
+/// (each copies its whole value); entries of an earlier build's format, and pipelines' batches,
+/// apply as before.
+#[test]
+fn a_transactions_appends_and_setranges_copy_a_bounded_amount() {
+    let mib = 1 << 20;
+    let append = || CacheCommand::Append { key: "big".into(), value: "x".into(), max_len: u64::MAX };
+    let setrange =
+        || CacheCommand::SetRange { key: "big".into(), offset: 0, value: "y".into(), max_len: u64::MAX };
+    // Each copies about 1 MiB: the 64th would take the transaction past 64 MiB.
+    let mut writes: Vec<CacheCommand> = (0..60).map(|_| append()).collect();
+    writes.extend((0..4).map(|_| setrange()));
+    writes.extend((0..10).map(|_| append()));
+    let transaction = CacheCommand::Transaction(Transaction {
+        watches: Vec::new(),
+        steps: writes.iter().cloned().map(TxStep::Write).collect(),
+        max_reply_bytes: u64::MAX,
+    });
+    let mut sm = machine();
+    sm.apply(1, &at(1, CacheCommand::put("big", vec![b'v'; mib])));
+    let ApplyOutput::Exec(Some(outputs)) = sm.apply(2, &at(1, transaction.clone())) else {
+        panic!("applied")
+    };
+    assert_eq!(outputs[59], ApplyOutput::Int(mib as i64 + 60));
+    assert_eq!(outputs[62], ApplyOutput::Int(mib as i64 + 60));
+    let refused = ApplyOutput::Failed(ApplyError::CopyBudget);
+    assert!(outputs[63..].iter().all(|o| *o == refused), "{:?}", &outputs[63..]);
+    let stored = sm.storage().get(b"big").unwrap();
+    assert_eq!((stored.len(), stored[0], stored[stored.len() - 1]), (mib + 60, b'y', b'x'));
+    // The next transaction has a bound of its own.
+    let alone = CacheCommand::Transaction(Transaction {
+        watches: Vec::new(),
+        steps: vec![TxStep::Write(append())],
+        max_reply_bytes: u64::MAX,
+    });
+    assert_eq!(sm.apply(3, &at(1, alone)), ApplyOutput::Exec(Some(vec![ApplyOutput::Int(mib as i64 + 61)])));
+
+    // Written by an earlier build (format 1 or 2): applied whole, as that build applied it.
+    let mut earlier = at(1, transaction);
+    earlier.bounded_copies = false;
+    let earlier = StampedCommand::decode(&earlier.encode()).unwrap();
+    let ApplyOutput::Exec(Some(outputs)) = sm.apply(4, &earlier) else { panic!("applied") };
+    assert!(outputs.iter().all(|o| matches!(o, ApplyOutput::Int(_))), "{outputs:?}");
+    // A pipeline's batch is never refused (the server bounds its runs).
+    let ApplyOutput::Batch(outputs) = sm.apply(5, &at(1, CacheCommand::Batch(writes))) else {
+        panic!("a batch")
+    };
+    assert!(outputs.iter().all(|o| matches!(o, ApplyOutput::Int(_))), "{outputs:?}");
+    assert_eq!(sm.storage().get(b"big").unwrap().len(), mib + 61 + 70 + 70);
+}

@@ -10,7 +10,7 @@
 //! identity outranks another here for long: a forged or stale one counts only while foca
 //! holds it alive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::memberlist::GossipId;
@@ -29,7 +29,7 @@ pub(super) const DROPPED_GRACE: Duration = Duration::from_secs(30);
 pub(super) struct Identities {
     by_node: HashMap<NodeId, BTreeMap<u64, (GossipId, NodeHealth)>>,
     /// Live identities foca does not hold, since when.
-    missing: Vec<(GossipId, Instant)>,
+    missing: HashMap<GossipId, Instant>,
 }
 
 impl Identities {
@@ -64,24 +64,32 @@ impl Identities {
     /// forged identity that won its address is probed, found silent and declared down by foca
     /// within seconds, after which the real one is held again; declaring it down at once would
     /// have let one forged packet mark a live node down (and `--auto-remove-voters` remove it).
-    pub fn dropped(&mut self, held: &[&GossipId], now: Instant) -> Vec<GossipId> {
-        let live: Vec<&GossipId> = self
+    ///
+    /// Sets, not lists: found in review, with thousands of identities (strangers' gossip
+    /// without a cluster secret) each call compared every one with every other, on every
+    /// gossip event.
+    pub fn dropped(&mut self, held: &HashSet<&GossipId>, now: Instant) -> Vec<GossipId> {
+        let live: HashSet<&GossipId> = self
             .by_node
             .values()
             .flat_map(BTreeMap::values)
-            .filter(|(id, h)| *h != NodeHealth::Down && !held.contains(&id))
+            .filter(|(id, h)| *h != NodeHealth::Down && !held.contains(id))
             .map(|(id, _)| id)
             .collect();
-        self.missing.retain(|(id, _)| live.contains(&id));
+        self.missing.retain(|id, _| live.contains(id));
         let mut due = Vec::new();
         for id in live {
-            match self.missing.iter().find(|(m, _)| m == id) {
-                Some((_, since)) if now.duration_since(*since) >= DROPPED_GRACE => due.push(id.clone()),
+            match self.missing.get(id) {
+                Some(since) if now.duration_since(*since) >= DROPPED_GRACE => due.push(id.clone()),
                 Some(_) => {}
-                None => self.missing.push((id.clone(), now)),
+                None => {
+                    self.missing.insert(id.clone(), now);
+                }
             }
         }
-        self.missing.retain(|(id, _)| !due.contains(id));
+        for id in &due {
+            self.missing.remove(id);
+        }
         due
     }
 }
@@ -139,17 +147,21 @@ mod tests {
         ids.note(1, &real, NodeHealth::Alive);
         ids.note(1, &forged, NodeHealth::Alive);
         // foca holds the forged identity on node 3's address: node 3 is not down yet.
-        assert!(ids.dropped(&[&forged], t0).is_empty());
+        assert!(ids.dropped(&HashSet::from([&forged]), t0).is_empty());
         // It is probed, found silent and declared down by foca; node 3 is held again in time.
         ids.note(1, &forged, NodeHealth::Down);
-        assert!(ids.dropped(&[&real], t0 + DROPPED_GRACE).is_empty(), "node 3 stays alive");
+        assert!(ids.dropped(&HashSet::from([&real]), t0 + DROPPED_GRACE).is_empty(), "node 3 stays alive");
         // The other way round: the forged one won back nothing and is no longer held at all.
         let phantom = id(7, 7003, 30);
         ids.note(1, &phantom, NodeHealth::Alive);
-        assert!(ids.dropped(&[&real], t0 + DROPPED_GRACE).is_empty(), "not at once");
+        assert!(ids.dropped(&HashSet::from([&real]), t0 + DROPPED_GRACE).is_empty(), "not at once");
         let later = t0 + DROPPED_GRACE * 2;
-        assert_eq!(ids.dropped(&[&real], later), vec![phantom.clone()], "down once it stayed away");
+        assert_eq!(
+            ids.dropped(&HashSet::from([&real]), later),
+            vec![phantom.clone()],
+            "down once it stayed away"
+        );
         ids.note(1, &phantom, NodeHealth::Down);
-        assert!(ids.dropped(&[&real], later + DROPPED_GRACE).is_empty(), "said once");
+        assert!(ids.dropped(&HashSet::from([&real]), later + DROPPED_GRACE).is_empty(), "said once");
     }
 }

@@ -18,7 +18,7 @@
 //! port is authenticated and there is no secret (mutual TLS alone), gossip refuses to start:
 //! UDP has no TLS here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -84,7 +84,7 @@ pub struct MemberlistConfig {
 }
 
 /// A member as gossip knows it (see the module header).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(super) struct GossipId {
     pub(super) gossip: SocketAddr,
     pub(super) node_id: NodeId,
@@ -500,7 +500,7 @@ impl Agent {
     /// And an identity foca stopped holding without declaring it down is down once it stays
     /// away ([`Identities::dropped`]).
     fn sync_suspicion(&mut self) {
-        let held: Vec<&GossipId> = self.foca.iter_membership_state().map(|m| m.id()).collect();
+        let held: HashSet<&GossipId> = self.foca.iter_membership_state().map(|m| m.id()).collect();
         let dropped = self.identities.dropped(&held, std::time::Instant::now());
         for id in dropped {
             info!(name = %self.name, node = id.node_id, gossip = %id.gossip, "gossip: an identity dropped for another on its address stayed away: down");

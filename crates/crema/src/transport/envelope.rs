@@ -19,8 +19,12 @@ use crate::types::{NodeId, ShardId};
 /// the hello carries the sender's incarnation and each group's log position. Version 3: node
 /// pings and hibernation notices. Version 4: reads for nodes that hold no replica of a shard.
 /// Version 5: node-level read rounds (`ReadCheck`, `ReadIndexAsk` and their answers) and
-/// commit notices. Version 6: the hello carries the sender's client address.
-pub const ENVELOPE_VERSION: u8 = 7;
+/// commit notices. Version 6: the hello carries the sender's client address. Version 7: the
+/// hello carries the shard count. Version 8: commands in format 3 and 4, whose transactions
+/// bound what their APPENDs and SETRANGEs copy (`consensus::command`), and the answer that
+/// bound gives: a node of version 7 would apply such an entry as a no-op, so the two refuse
+/// each other's connections.
+pub const ENVELOPE_VERSION: u8 = 8;
 
 /// One Raft group's position on the sender of a hello: what a restarted memory node needs to
 /// learn before it may vote again (see `consensus::recovery`).

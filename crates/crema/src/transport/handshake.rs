@@ -31,7 +31,7 @@ const PROBE_PATIENCE: Duration = Duration::from_secs(2);
 /// of connections within them.
 pub(super) struct Handshakes {
     room: usize,
-    under_way: Mutex<VecDeque<(u64, CancellationToken)>>,
+    under_way: Mutex<VecDeque<(u64, CancellationToken, SocketAddr)>>,
     next: AtomicU64,
 }
 
@@ -43,7 +43,7 @@ pub(super) struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.handshakes.under_way.lock().expect("handshakes poisoned").retain(|(id, _)| *id != self.id);
+        self.handshakes.under_way.lock().expect("handshakes poisoned").retain(|(id, _, _)| *id != self.id);
     }
 }
 
@@ -52,21 +52,21 @@ impl Handshakes {
         Self { room: room.max(1), under_way: Mutex::default(), next: AtomicU64::new(0) }
     }
 
-    /// Admits a handshake: its ticket, the token that closes it, and whether an older one was
-    /// closed to make room.
-    fn admit(self: &Arc<Self>) -> (Ticket, CancellationToken, bool) {
+    /// Admits the handshake of a connection from `remote`: its ticket, the token that closes it,
+    /// and where an older one closed to make room came from.
+    fn admit(self: &Arc<Self>, remote: SocketAddr) -> (Ticket, CancellationToken, Option<SocketAddr>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let closes = CancellationToken::new();
         let mut under_way = self.under_way.lock().expect("handshakes poisoned");
-        under_way.push_back((id, closes.clone()));
-        let mut closed_one = false;
+        under_way.push_back((id, closes.clone(), remote));
+        let mut closed = None;
         while under_way.len() > self.room {
-            if let Some((_, oldest)) = under_way.pop_front() {
+            if let Some((_, oldest, from)) = under_way.pop_front() {
                 oldest.cancel();
-                closed_one = true;
+                closed = Some(from);
             }
         }
-        (Ticket { id, handshakes: self.clone() }, closes, closed_one)
+        (Ticket { id, handshakes: self.clone() }, closes, closed)
     }
 }
 
@@ -85,9 +85,9 @@ impl Transport {
             };
             match accepted {
                 Ok((stream, remote)) => {
-                    let (ticket, closes, closed_one) = self.handshakes.admit();
-                    if closed_one {
-                        self.refuse(remote, "too many handshakes under way: the oldest was closed");
+                    let (ticket, closes, closed) = self.handshakes.admit(remote);
+                    if let Some(from) = closed {
+                        self.refuse(from, "too many handshakes under way: the oldest closed for a newer one");
                     }
                     let t = self.clone();
                     self.tracker.spawn(async move {
@@ -118,11 +118,15 @@ impl Transport {
                 return;
             }
         };
+        // A connection that proved itself a node of the cluster (a certificate naming its node,
+        // or the secret) leaves the room strangers can take from it.
+        let mut room = (conn.certified.is_none()).then_some(room);
         if let Some(secret) = &self.config.secret {
             if let Err(e) = auth::accept(&mut conn, secret, &self.config).await {
                 self.refuse(remote, &e.to_string());
                 return;
             }
+            room = None;
         }
         let hello =
             tokio::time::timeout(self.config.handshake_timeout, conn.read_envelope(&self.config)).await;

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The envelope version this mirror speaks.
-pub const VERSION: u8 = 7;
+pub const VERSION: u8 = 8;
 
 /// A group's position as the hello carries it.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -38,6 +38,12 @@ pub enum Wire {
     Raft {
         shard: u32,
         message: Vec<u8>,
+    },
+    /// A write forwarded to the leader: an encoded `StampedCommand` with the sender's session.
+    Forward {
+        shard: u32,
+        request_id: u64,
+        command: Vec<u8>,
     },
 }
 
@@ -130,7 +136,7 @@ impl FakePeer {
             loop {
                 match self.read_wire().await? {
                     Wire::Raft { message, .. } => return Some(Message::parse_from_bytes(&message).unwrap()),
-                    Wire::Hello { .. } => continue,
+                    Wire::Hello { .. } | Wire::Forward { .. } => continue,
                 }
             }
         })
@@ -144,7 +150,7 @@ impl FakePeer {
             loop {
                 match self.read_wire().await {
                     Some(Wire::Raft { message, .. }) => return Message::parse_from_bytes(&message).unwrap(),
-                    Some(Wire::Hello { .. }) => continue,
+                    Some(Wire::Hello { .. } | Wire::Forward { .. }) => continue,
                     None => panic!("the node closed the connection"),
                 }
             }

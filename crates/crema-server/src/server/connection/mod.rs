@@ -29,12 +29,12 @@ use crate::resp::{take_request_resuming, Output, Progress, Reply, RequestLimits}
 const MAX_RUN_WRITES: usize = 512;
 const MAX_RUN_BYTES: usize = 1024 * 1024;
 
-/// Most bytes of stored values the APPENDs and SETRANGEs of a run copy, as this node's values
-/// stand when it is gathered: a quarter of what one entry may copy in apply
-/// ([`crema::MOST_COPIED_PER_ENTRY`]), so that a pipeline of them never meets that limit
-/// (values changed meanwhile by others would have to quadruple), and one entry's apply stays
-/// short on every replica.
-const MAX_RUN_COPIED_BYTES: usize = (crema::MOST_COPIED_PER_ENTRY / 4) as usize;
+/// Most bytes of stored values the APPENDs and SETRANGEs of a run may copy when applied (each
+/// copies its whole value), as estimated when it is gathered (`PreparedWrite::copies`, which errs
+/// high): a run is one Raft entry, applied in one go on every replica. Found in review: 512
+/// pipelined `APPEND big x` on an 8 MiB value made one entry that copied 4 GiB. A transaction is
+/// bounded in apply instead ([`crema::MOST_COPIED_PER_ENTRY`]).
+const MAX_RUN_COPIED_BYTES: usize = 16 << 20;
 
 /// One request of a run: a prepared write, or a reply already made (kept for the order).
 enum RunEntry {
@@ -46,8 +46,10 @@ enum RunEntry {
 struct WriteRun {
     entries: Vec<RunEntry>,
     bytes: usize,
-    /// Bytes of values its APPENDs and SETRANGEs will copy (see [`MAX_RUN_COPIED_BYTES`]).
+    /// Bytes of values its APPENDs and SETRANGEs may copy, and may add to the values they change
+    /// (see [`MAX_RUN_COPIED_BYTES`]).
     copied: usize,
+    grown: usize,
 }
 
 impl WriteRun {
@@ -330,14 +332,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                     // A large write goes out on its own: the run's writes are proposed as one
                     // Raft entry, which must fit in a peer frame (`crema::MAX_COMMAND_BYTES`).
                     let bytes = write.command_bytes();
-                    let copied = write.copied_bytes(&self.state.cache);
+                    let copies = write.copies(&self.state.cache, run.grown);
+                    let (copied, _) = copies.unwrap_or_default();
                     if (run.bytes > 0 && run.bytes + bytes > MAX_RUN_BYTES)
-                        || (run.copied > 0 && run.copied + copied > MAX_RUN_COPIED_BYTES)
+                        || (run.copied > 0 && run.copied.saturating_add(copied) > MAX_RUN_COPIED_BYTES)
                     {
                         self.propose_run(session, &mut run).await?;
                     }
+                    // Estimated again when it starts the next run (nothing grew before it there).
+                    let (copied, grows) = write.copies(&self.state.cache, run.grown).unwrap_or_default();
                     run.bytes += bytes;
-                    run.copied += copied;
+                    run.copied = run.copied.saturating_add(copied);
+                    run.grown = run.grown.saturating_add(grows);
                     run.entries.push(RunEntry::Write(index, write));
                     if run.is_full() {
                         self.propose_run(session, &mut run).await?;
@@ -414,7 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
     /// Proposes the gathered writes and writes every reply of the run in order.
     async fn propose_run(&mut self, session: &mut Session, run: &mut WriteRun) -> Result<(), Closed> {
         let entries = std::mem::take(&mut run.entries);
-        (run.bytes, run.copied) = (0, 0);
+        (run.bytes, run.copied, run.grown) = (0, 0, 0);
         let mut ready = Vec::with_capacity(entries.len());
         let mut writes = Vec::new();
         for entry in entries {
