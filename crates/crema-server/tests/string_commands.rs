@@ -245,18 +245,30 @@ async fn appends_to_a_large_value_copy_a_bounded_amount_per_entry() {
     }
     let lens: Vec<i64> = pipe.query_async(c).await.unwrap();
     assert_eq!(lens, (1..=100).map(|n| mib as i64 + n).collect::<Vec<_>>());
-    // About 1 MiB copied each: 16 at most per entry (one entry for all of them before).
+    // About 1 MiB copied each: 16 at most per entry (one entry for all of them without it).
     let entries = applied(q(c, &["INFO", "shards"]).await.unwrap()) - before;
     assert!(entries >= 100 / 16, "100 pipelined APPENDs to a 1 MiB value were {entries} entries");
+    // The same after a COPY in the pipeline: the copy's value counts for the APPENDs to it.
+    let before = applied(q(c, &["INFO", "shards"]).await.unwrap());
+    let mut pipe = redis::pipe();
+    pipe.cmd("COPY").arg("big").arg("copied").ignore();
+    for _ in 0..100 {
+        pipe.cmd("APPEND").arg("copied").arg("x");
+    }
+    let lens: Vec<i64> = pipe.query_async(c).await.unwrap();
+    assert_eq!(lens.last(), Some(&(mib as i64 + 200)));
+    let entries = applied(q(c, &["INFO", "shards"]).await.unwrap()) - before;
+    assert!(entries >= 100 / 16, "a COPY and 100 APPENDs to the copy were {entries} entries");
     let mut tx = b"*1\r\n$5\r\nMULTI\r\n".to_vec();
     for _ in 0..80 {
         tx.extend_from_slice(b"*3\r\n$6\r\nAPPEND\r\n$3\r\nbig\r\n$1\r\ny\r\n");
     }
     tx.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
-    let out = String::from_utf8(raw_until(node.resp, &tx, b"of its own\r\n").await).unwrap();
+    let out = String::from_utf8(raw_until(node.resp, &tx, b"on its own\r\n").await).unwrap();
     let exec = &out[out.find("*80\r\n").expect("EXEC's array")..];
     let applied = exec.matches("\r\n:").count();
-    let refused = exec.matches("\r\n-ERR not applied: with the APPENDs and SETRANGEs before it").count();
+    let refused =
+        exec.matches("\r\n-ERR not applied: with the APPENDs and SETRANGEs before it in its").count();
     assert_eq!((applied, refused), (63, 17), "{:?}", &exec[..300.min(exec.len())]);
     assert_eq!(q::<i64>(c, &["STRLEN", "big"]).await.unwrap(), mib as i64 + 163);
 }

@@ -70,7 +70,7 @@ pub use cache::storage::{CacheStats, CacheStorage};
 pub use cache::{ClusterStatus, DistributedCache, EachAnswer, MigrationFigures, NodeEnd, RaftFigures};
 pub use checkpoint::{CheckpointConfig, CheckpointManager, CheckpointStore};
 pub use config::{CacheConfig, ConfigError, RaftConfig, RaftStorageType, MAX_COMMAND_BYTES};
-pub use consensus::apply::{format_f64, parse_f64, parse_i64, MOST_COPIED_PER_ENTRY};
+pub use consensus::apply::{format_f64, parse_f64, parse_i64, MOST_COPIED_PER_BATCH, MOST_COPIED_PER_ENTRY};
 pub use consensus::command::{CacheCommand, CommandError, ExpireCondition, ExpiryUpdate, SetCondition};
 pub use consensus::long_double::{LongDouble, ParseLongDoubleError};
 pub use consensus::state_machine::CacheStateMachine;

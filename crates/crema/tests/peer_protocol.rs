@@ -380,20 +380,37 @@ async fn a_write_forwarded_with_a_stamp_far_ahead_does_not_move_the_log_time() {
     let follower = (leader + 1) % 3;
     let as_id = nodes[follower].node_id();
     nodes[follower].shutdown().await;
-    let mut peer = FakePeer::connect(nodes[leader].local_addr(), as_id, Position::default()).await;
     let day_ahead = crema::unix_now_ms() + 86_400_000;
-    let mut stamped = StampedCommand::new(day_ahead, CacheCommand::put("forwarded", "v"));
-    stamped.session = Some(SessionStamp {
-        origin: as_id,
-        incarnation: 1,
-        seq: 1,
-        oldest_pending: 1,
-        abandoned: Vec::new(),
-    });
-    let forward = Wire::Forward { shard: 0, request_id: 1, command: stamped.encode() };
-    assert!(peer.send_raw(&envelope(&forward)).await);
-    wait_until(Duration::from_secs(10), "the forwarded write is applied", || async {
-        nodes[leader].get(b"forwarded").await.is_some()
+    // Sent again (a new write of the same session) should the leadership have moved meanwhile.
+    let mut seq = 0;
+    let mut leader = leader;
+    wait_until(Duration::from_secs(20), "the forwarded write is applied", || {
+        seq += 1;
+        let live: Vec<usize> = (0..3).filter(|i| *i != follower).collect();
+        leader = live.iter().copied().find(|i| nodes[*i].is_leader()).unwrap_or(leader);
+        let (to, seq) = (nodes[leader].local_addr(), seq);
+        let leader_node = &nodes[leader];
+        async move {
+            let mut peer = FakePeer::connect(to, as_id, Position::default()).await;
+            let mut stamped = StampedCommand::new(day_ahead, CacheCommand::put("forwarded", "v"));
+            let session = SessionStamp {
+                origin: as_id,
+                incarnation: 1,
+                seq,
+                oldest_pending: seq,
+                abandoned: Vec::new(),
+            };
+            stamped.session = Some(session);
+            let forward = Wire::Forward { shard: 0, request_id: seq, command: stamped.encode() };
+            peer.send_raw(&envelope(&forward)).await;
+            for _ in 0..100 {
+                if leader_node.get(b"forwarded").await.is_some() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
     })
     .await;
     let log_time = nodes[leader].storage().shard(0).unwrap().log_time_ms();

@@ -83,9 +83,12 @@ fn from_a_browser(headers: &HeaderMap) -> bool {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
         _ => host,
     };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let name = name.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
     let loopback = name.eq_ignore_ascii_case("localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+            let ip = ip.to_canonical();
+            ip.is_loopback() || ip.is_unspecified()
+        });
     !loopback
 }
 
@@ -246,7 +249,16 @@ mod tests {
             h
         };
         let none = AdminAuth::default();
-        for host in ["127.0.0.1:9090", "localhost:9090", "[::1]:9090", "127.0.1.1", "LOCALHOST", "::1"] {
+        for host in [
+            "127.0.0.1:9090",
+            "localhost:9090",
+            "[::1]:9090",
+            "127.0.1.1",
+            "LOCALHOST",
+            "::1",
+            "localhost.:9090",
+            "[::ffff:127.0.0.1]:9090",
+        ] {
             assert!(none.check(Access::Change, local, &with(&[(header::HOST, host)])).is_ok(), "{host}");
         }
         // A cross-site request carries its page's origin; a rebound domain names itself.

@@ -115,11 +115,12 @@ impl PreparedWrite {
         }
     }
 
-    /// For an APPEND or a SETRANGE (which copy the whole value when applied): the most bytes of
-    /// stored values applying it may copy, and the most bytes it may add to its value. `grown`:
-    /// what the writes before it in the same entry may have added. The value's length is this
-    /// node's copy of it, or the largest value allowed where this node holds no replica of the
-    /// key's shard: an estimate that errs high (see `server::connection`'s `MAX_RUN_COPIED_BYTES`).
+    /// What applying it may copy of stored values (APPEND and SETRANGE copy the whole value),
+    /// and may add to the values it writes, as estimated for `crema-server`'s runs (see
+    /// `server::connection`'s `MAX_RUN_COPIED_BYTES`); `grown`: what the writes before it in
+    /// the same run may have added. A value's length is this node's copy of it, or the largest
+    /// value allowed where this node holds no replica of the key's shard. None for writes that
+    /// neither copy nor add.
     pub fn copies(&self, cache: &crema::DistributedCache, grown: usize) -> Option<(usize, usize)> {
         let stored = |key: &Bytes| {
             let held = cache.holds_shard(cache.router().shard_for_key(key));
@@ -131,11 +132,16 @@ impl PreparedWrite {
             len.saturating_add(grown)
         };
         match &self.command {
-            CacheCommand::Append { key, value, .. } => Some((stored(key) + value.len(), value.len())),
+            CacheCommand::Append { key, value, .. } => {
+                Some((stored(key).saturating_add(value.len()), value.len()))
+            }
             CacheCommand::SetRange { key, offset, value, .. } => {
                 let end = usize::try_from(*offset).unwrap_or(usize::MAX).saturating_add(value.len());
                 Some((stored(key).max(end), end))
             }
+            CacheCommand::Put { value, .. } | CacheCommand::Set { value, .. } => Some((0, value.len())),
+            CacheCommand::PutMany { pairs, .. } => Some((0, pairs.iter().map(|(_, v)| v.len()).sum())),
+            CacheCommand::Copy { from, .. } => Some((0, stored(from))),
             _ => None,
         }
     }

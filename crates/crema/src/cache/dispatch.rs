@@ -228,7 +228,12 @@ impl Dispatcher {
     ) {
         // A forwarded write must carry its sender's write session: that is what makes a resent
         // copy harmless (see `consensus::sessions`).
+        // In this build's format: one of an earlier build's (which no node of this envelope
+        // version writes) would bring a transaction without the copy bound into the log.
         let checked = StampedCommand::decode(&command).and_then(|c| match &c.session {
+            Some(_) if !c.bounded_copies => {
+                Err(CommandError::Decode("a forwarded write must be in command format 4".into()))
+            }
             Some(session) if session.origin == from && session.seq == request_id => {
                 c.command.validate(&self.limits).map(|()| c)
             }

@@ -183,8 +183,16 @@ impl CacheStateMachine {
         let t = self.storage.log_time_ms().max(stamped.now_ms);
         self.storage.advance_log_time(t);
         let mut target = Target::new(&self.storage, &self.versions, index, t);
-        if stamped.bounded_copies && matches!(stamped.command, CacheCommand::Transaction(_)) {
-            target = target.with_copy_bound(crate::consensus::apply::MOST_COPIED_PER_ENTRY);
+        if stamped.bounded_copies {
+            match stamped.command {
+                CacheCommand::Transaction(_) => {
+                    target = target.with_copy_bound(crate::consensus::apply::MOST_COPIED_PER_ENTRY)
+                }
+                CacheCommand::Batch(_) => {
+                    target = target.with_copy_bound(crate::consensus::apply::MOST_COPIED_PER_BATCH)
+                }
+                _ => {}
+            }
         }
         let _whole = stamped.command.writes_many_keys().then(|| self.storage.many_keys_write());
         let (acl, shard_map) = (&self.acl, &self.shard_map);

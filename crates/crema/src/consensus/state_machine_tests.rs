@@ -314,8 +314,8 @@ fn snapshots_carry_the_shard_map_and_older_ones_restore_with_none() {
 }
 
 /// A transaction's APPENDs and SETRANGEs copy at most `MOST_COPIED_PER_ENTRY` of stored values
-/// (each copies its whole value); entries of an earlier build's format, and pipelines' batches,
-/// apply as before.
+/// (each copies its whole value), a pipeline's batch `MOST_COPIED_PER_BATCH`; entries of an
+/// earlier build's format apply as before.
 #[test]
 fn a_transactions_appends_and_setranges_copy_a_bounded_amount() {
     let mib = 1 << 20;
@@ -326,6 +326,8 @@ fn a_transactions_appends_and_setranges_copy_a_bounded_amount() {
     let mut writes: Vec<CacheCommand> = (0..60).map(|_| append()).collect();
     writes.extend((0..4).map(|_| setrange()));
     writes.extend((0..10).map(|_| append()));
+    // Once one is refused, every later one is, however small.
+    writes.push(CacheCommand::SetRange { key: "small".into(), offset: 0, value: "z".into(), max_len: 8 });
     let transaction = CacheCommand::Transaction(Transaction {
         watches: Vec::new(),
         steps: writes.iter().cloned().map(TxStep::Write).collect(),
@@ -342,6 +344,7 @@ fn a_transactions_appends_and_setranges_copy_a_bounded_amount() {
     assert!(outputs[63..].iter().all(|o| *o == refused), "{:?}", &outputs[63..]);
     let stored = sm.storage().get(b"big").unwrap();
     assert_eq!((stored.len(), stored[0], stored[stored.len() - 1]), (mib + 60, b'y', b'x'));
+    assert!(sm.storage().get(b"small").is_none(), "the small SETRANGE after the refusals was refused too");
     // The next transaction has a bound of its own.
     let alone = CacheCommand::Transaction(Transaction {
         watches: Vec::new(),
@@ -356,10 +359,20 @@ fn a_transactions_appends_and_setranges_copy_a_bounded_amount() {
     let earlier = StampedCommand::decode(&earlier.encode()).unwrap();
     let ApplyOutput::Exec(Some(outputs)) = sm.apply(4, &earlier) else { panic!("applied") };
     assert!(outputs.iter().all(|o| matches!(o, ApplyOutput::Int(_))), "{outputs:?}");
-    // A pipeline's batch is never refused (the server bounds its runs).
+    // A pipeline's writes proposed together are bounded more loosely (the server splits them).
     let ApplyOutput::Batch(outputs) = sm.apply(5, &at(1, CacheCommand::Batch(writes))) else {
         panic!("a batch")
     };
     assert!(outputs.iter().all(|o| matches!(o, ApplyOutput::Int(_))), "{outputs:?}");
+    sm.apply(6, &at(1, CacheCommand::put("four", vec![b'v'; 4 * mib])));
+    let append_four = || CacheCommand::Append { key: "four".into(), value: "x".into(), max_len: u64::MAX };
+    let ApplyOutput::Batch(outputs) =
+        sm.apply(7, &at(1, CacheCommand::Batch((0..70).map(|_| append_four()).collect())))
+    else {
+        panic!("a batch")
+    };
+    assert_eq!(outputs[62], ApplyOutput::Int(4 * mib as i64 + 63), "63 copies of about 4 MiB fit in 256 MiB");
+    assert!(outputs[63..].iter().all(|o| *o == refused), "{:?}", &outputs[63..]);
     assert_eq!(sm.storage().get(b"big").unwrap().len(), mib + 61 + 70 + 70);
+    assert_eq!(sm.storage().get(b"four").unwrap().len(), 4 * mib + 63);
 }

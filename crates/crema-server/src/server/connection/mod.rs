@@ -30,10 +30,11 @@ const MAX_RUN_WRITES: usize = 512;
 const MAX_RUN_BYTES: usize = 1024 * 1024;
 
 /// Most bytes of stored values the APPENDs and SETRANGEs of a run may copy when applied (each
-/// copies its whole value), as estimated when it is gathered (`PreparedWrite::copies`, which errs
-/// high): a run is one Raft entry, applied in one go on every replica. Found in review: 512
-/// pipelined `APPEND big x` on an 8 MiB value made one entry that copied 4 GiB. A transaction is
-/// bounded in apply instead ([`crema::MOST_COPIED_PER_ENTRY`]).
+/// copies its whole value), as estimated when it is gathered (`PreparedWrite::copies`): a run is
+/// one Raft entry, applied in one go on every replica. Found in review: 512 pipelined `APPEND
+/// big x` on an 8 MiB value made one entry that copied 4 GiB. A sixteenth of what apply allows
+/// a run ([`crema::MOST_COPIED_PER_BATCH`]), which refuses the rest where the estimate was
+/// wrong (a value another client or a lagging replica changed).
 const MAX_RUN_COPIED_BYTES: usize = 16 << 20;
 
 /// One request of a run: a prepared write, or a reply already made (kept for the order).
@@ -332,15 +333,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
                     // A large write goes out on its own: the run's writes are proposed as one
                     // Raft entry, which must fit in a peer frame (`crema::MAX_COMMAND_BYTES`).
                     let bytes = write.command_bytes();
-                    let copies = write.copies(&self.state.cache, run.grown);
+                    let mut copies = write.copies(&self.state.cache, run.grown);
                     let (copied, _) = copies.unwrap_or_default();
                     if (run.bytes > 0 && run.bytes + bytes > MAX_RUN_BYTES)
-                        || (run.copied > 0 && run.copied.saturating_add(copied) > MAX_RUN_COPIED_BYTES)
+                        || (copied > 0
+                            && run.copied > 0
+                            && run.copied.saturating_add(copied) > MAX_RUN_COPIED_BYTES)
                     {
                         self.propose_run(session, &mut run).await?;
+                        if copies.is_some() {
+                            // Estimated again: nothing before it in the new run.
+                            copies = write.copies(&self.state.cache, 0);
+                        }
                     }
-                    // Estimated again when it starts the next run (nothing grew before it there).
-                    let (copied, grows) = write.copies(&self.state.cache, run.grown).unwrap_or_default();
+                    let (copied, grows) = copies.unwrap_or_default();
                     run.bytes += bytes;
                     run.copied = run.copied.saturating_add(copied);
                     run.grown = run.grown.saturating_add(grows);
